@@ -91,7 +91,6 @@ class _Library:
         self.lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL | os.RTLD_NOW)
         self.lib.emu_kernels.restype = ctypes.POINTER(_KernelEntry)
         self.lib.emu_kernels.argtypes = (ctypes.POINTER(ctypes.c_int),)
-        self.lib.emu_static_shared_bytes.restype = ctypes.c_size_t
         self.lib.emu_launch.restype = ctypes.c_int
         self.lib.emu_launch.argtypes = (
             ctypes.c_int, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint), ctypes.c_size_t,
@@ -105,8 +104,6 @@ class _Library:
             signature = table[i].signature().decode()
             params = tuple(p for p in signature.split(",") if p)
             self.kernels[table[i].name.decode()] = (i, params)
-        # The TLS block also holds one byte of the runtime's own; shared memory is the rest.
-        self.static_shared_bytes = max(0, int(self.lib.emu_static_shared_bytes()) - 1)
 
 
 class RawModule:
@@ -173,12 +170,10 @@ class Function:
         self.name = name
         self._index = index
         self.params = params
-        self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_LIMIT - library.static_shared_bytes
-
-    @property
-    def shared_size_bytes(self) -> int:
-        """Static shared memory of the module's kernels (all of them share one TLS block)."""
-        return self._library.static_shared_bytes
+        # Static shared memory is not known per kernel here (all of a module's
+        # __shared__ variables live in one TLS block); the NVRTC compile check
+        # reports it per kernel instead.
+        self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_LIMIT
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None):
         grid = _dims("grid", grid, MAX_GRID)
@@ -210,10 +205,9 @@ class Function:
             raise LaunchConfigError(f"{self.name}: shared_mem must be a non-negative int, got {shared_mem!r}")
         if shared_mem > self.max_dynamic_shared_size_bytes:
             raise LaunchConfigError(
-                f"{self.name}: shared_mem={shared_mem} bytes exceeds the {self.max_dynamic_shared_size_bytes} "
-                f"bytes available next to {self.shared_size_bytes} bytes of static shared memory; raise "
-                "max_dynamic_shared_size_bytes (at most "
-                f"{MAX_SHARED_OPT_IN - self.shared_size_bytes}) as on a GPU"
+                f"{self.name}: shared_mem={shared_mem} bytes exceeds max_dynamic_shared_size_bytes="
+                f"{self.max_dynamic_shared_size_bytes}; raise that attribute first (at most {MAX_SHARED_OPT_IN}), "
+                "as on a GPU"
             )
 
     def _marshal(self, args, guard):

@@ -552,13 +552,6 @@ extern "C" void __assert_fail(const char* assertion, const char* file, unsigned 
 }
 
 // ---- the launch -----------------------------------------------------------------
-extern "C" size_t emu_static_shared_bytes() {
-    char* lo;
-    size_t bytes;
-    locate_tls(&lo, &bytes);
-    return bytes;
-}
-
 extern "C" int emu_launch(int kernel, const unsigned int* grid, const unsigned int* block, size_t dyn_bytes,
                           void** args, int order, unsigned long long seed, double timeout_s, char* message,
                           size_t message_bytes, void** fault_addr) {

@@ -1,0 +1,108 @@
+"""Loads kernels/*.cu: a CuPy ``RawModule`` per device, or the CPU emulator.
+
+One function, :func:`get_kernel`, gives the kernel for the array at hand:
+CuPy arrays get a module compiled lazily by NVRTC for their device (memoised
+per device, cached on disk by CuPy); NumPy arrays get the emulator's build of
+the same source text with the same options. The specialisations each family
+can request are listed here, so the compile check can build every one.
+
+Example
+-------
+>>> from cussim import _kernels
+>>> "ssim_map<float, 5>" in _kernels.specialisations("ssim")
+True
+>>> "__global__" in _kernels.kernel_source("ssim")
+True
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+_PACKAGE = Path(__file__).resolve().parent
+# Installed wheel: cussim/kernels/. Source checkout or editable install: ../kernels/.
+KERNEL_DIRS = (_PACKAGE / "kernels", _PACKAGE.parent / "kernels")
+
+COMPILE_OPTIONS = ("-std=c++17",)
+# Architectures the compile check always covers (NVRTC 12 knows sm_70 to sm_121).
+BASE_ARCHS = (70, 80, 90)
+
+# Template arguments of each kernel family, in C++ spelling.
+ELEMENT_TYPES = ("float", "double", "__half", "unsigned char", "unsigned short")
+RADII = tuple(range(1, 8))  # window sizes 3 to 15
+
+
+def _ssim_specialisations():
+    names = []
+    for element in ELEMENT_TYPES:
+        for radius in RADII:
+            names.append(f"ssim_map<{element}, {radius}>")
+    return tuple(names)
+
+
+FAMILIES = {"ssim": _ssim_specialisations()}
+
+
+def kernel_dir() -> Path:
+    """The folder holding the .cu files, wherever cussim is installed."""
+    for folder in KERNEL_DIRS:
+        if (folder / "ssim.cu").is_file():
+            return folder
+    raise FileNotFoundError(f"cussim's kernels/*.cu not found in {', '.join(map(str, KERNEL_DIRS))}")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source(family: str) -> str:
+    """The source text of ``kernels/{family}.cu``."""
+    if family not in FAMILIES:
+        raise KeyError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
+    return (kernel_dir() / f"{family}.cu").read_text()
+
+
+def specialisations(family: str) -> tuple:
+    """Every name expression of ``family`` that the library can request."""
+    return FAMILIES[family]
+
+
+def compile_check_archs(supported) -> list[int]:
+    """sm_70, sm_80, sm_90 and every newer architecture the installed NVRTC knows."""
+    return sorted(a for a in supported if a in BASE_ARCHS or a > max(BASE_ARCHS))
+
+
+@functools.lru_cache(maxsize=None)
+def _emulated_module(family: str):
+    from . import _emulator
+
+    return _emulator.RawModule(
+        code=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=specialisations(family),
+        filename=f"{family}.cu",
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_module(family: str, device_id: int):
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return cupy.RawModule(
+            code=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=specialisations(family)
+        )
+
+
+def get_kernel(family: str, name: str, like):
+    """The kernel ``name`` of ``family`` for arrays like ``like``.
+
+    NumPy arrays run on the emulator; CuPy arrays on their device. The result
+    is called as ``kernel(grid, block, args, shared_mem=...)`` either way.
+    """
+    if name not in specialisations(family):
+        raise KeyError(f"{name!r} is not a specialisation of the {family!r} kernels")
+    if isinstance(like, np.ndarray):
+        return _emulated_module(family).get_function(name)
+    device = getattr(like, "device", None)
+    if device is None or not hasattr(device, "id"):
+        raise TypeError(f"expected a NumPy or CuPy array, got {type(like).__name__}")
+    return _cupy_module(family, device.id).get_function(name)

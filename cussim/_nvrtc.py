@@ -1,0 +1,185 @@
+"""NVRTC without a GPU: compile kernels to cubin and read ptxas's report.
+
+NVRTC (``libnvrtc``, from the ``nvidia-cuda-nvrtc-cu12`` wheel or a CUDA
+toolkit) compiles for any architecture it knows, with no driver and no device.
+With ``-arch=sm_XX --ptxas-options=-v`` its program log lists, per kernel, the
+registers, barriers, shared memory, stack frame and spill bytes. The tests use
+this to check every kernel specialisation the library can request; run
+``python -m cussim._nvrtc`` for the table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+class NVRTCError(RuntimeError):
+    """NVRTC could not be loaded, or a compilation failed; ``log`` holds its messages."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(f"{message}\n{log}".rstrip())
+        self.log = log
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """ptxas's resource report for one kernel on one architecture."""
+
+    name: str
+    arch: int
+    registers: int
+    barriers: int
+    shared_bytes: int
+    stack_frame: int
+    spill_stores: int
+    spill_loads: int
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    arch: int
+    log: str
+    kernels: tuple  # of KernelResources, in name_expressions order
+
+    @property
+    def warnings(self) -> list[str]:
+        return [line for line in self.log.splitlines() if re.search(r"\bwarning\b", line, re.I)]
+
+
+def _candidate_paths():
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        yield from sorted(glob.glob(os.path.join(root, "cuda_nvrtc", "lib", "libnvrtc.so*")))
+        yield from sorted(glob.glob(os.path.join(root, "cu1*", "lib", "libnvrtc.so*")))
+    for env in ("CUDA_PATH", "CUDA_HOME"):
+        if os.environ.get(env):
+            yield from sorted(glob.glob(os.path.join(os.environ[env], "lib64", "libnvrtc.so*")))
+    yield "libnvrtc.so"
+
+
+@lru_cache(maxsize=None)
+def library() -> ctypes.CDLL:
+    """Loads libnvrtc: the NVIDIA wheel first, then $CUDA_PATH, then the system's."""
+    tried = []
+    for path in _candidate_paths():
+        if "alt" in Path(path).name or "builtins" in Path(path).name:
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as exc:
+            tried.append(f"{path}: {exc}")
+            continue
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        return lib
+    raise NVRTCError(
+        "libnvrtc not found; install it with `pip install nvidia-cuda-nvrtc-cu12` (the `test` extra does)",
+        "\n".join(tried),
+    )
+
+
+def version() -> tuple[int, int]:
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    library().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return major.value, minor.value
+
+
+def supported_archs() -> list[int]:
+    """Architectures this NVRTC can compile for, e.g. [70, 75, 80, ..., 120]."""
+    lib = library()
+    count = ctypes.c_int()
+    lib.nvrtcGetNumSupportedArchs(ctypes.byref(count))
+    archs = (ctypes.c_int * count.value)()
+    lib.nvrtcGetSupportedArchs(archs)
+    return list(archs)
+
+
+def _check(status: int, what: str, log: str = "") -> None:
+    if status != 0:
+        raise NVRTCError(f"{what}: {library().nvrtcGetErrorString(status).decode()}", log)
+
+
+_PROPERTIES = re.compile(
+    r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+)
+_USAGE = re.compile(
+    r"Compiling entry function '(\S+)' for 'sm_\d+'.*?Used (\d+) registers(?:, used (\d+) barriers)?"
+    r"(?:, (\d+) bytes smem)?",
+    re.S,
+)
+
+
+def compile_report(source: str, options=(), name_expressions=(), arch: int = 90, filename: str = "kernel.cu"):
+    """Compiles ``source`` to a cubin for ``sm_{arch}`` and returns its :class:`CompileReport`.
+
+    Raises :class:`NVRTCError` with NVRTC's log when the compilation fails.
+    """
+    lib = library()
+    program = ctypes.c_void_p()
+    _check(lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(), filename.encode(), 0, None, None),
+           "nvrtcCreateProgram")
+    try:
+        for name in name_expressions:
+            _check(lib.nvrtcAddNameExpression(program, name.encode()), f"nvrtcAddNameExpression({name})")
+        opts = [*options, f"-arch=sm_{arch}", "--ptxas-options=-v"]
+        array = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+        status = lib.nvrtcCompileProgram(program, len(opts), array)
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+        buffer = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(program, buffer)
+        log = buffer.value.decode(errors="replace")
+        _check(status, f"NVRTC compilation of {filename} for sm_{arch}", log)
+        lowered = {}
+        for name in name_expressions:
+            mangled = ctypes.c_char_p()
+            _check(lib.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(mangled)), f"lowered name of {name}")
+            lowered[mangled.value.decode()] = name
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(program))
+    frames = {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in _PROPERTIES.finditer(log)}
+    kernels = []
+    for m in _USAGE.finditer(log):
+        mangled = m.group(1)
+        stack, stores, loads = frames.get(mangled, (0, 0, 0))
+        kernels.append(KernelResources(
+            name=lowered.get(mangled, mangled), arch=arch, registers=int(m.group(2)),
+            barriers=int(m.group(3) or 0), shared_bytes=int(m.group(4) or 0),
+            stack_frame=stack, spill_stores=stores, spill_loads=loads,
+        ))
+    return CompileReport(arch=arch, log=log, kernels=tuple(kernels))
+
+
+def format_table(reports) -> str:
+    """One line per kernel and architecture: registers, barriers, shared memory, stack, spills."""
+    lines = [f"{'kernel':<40} {'arch':>6} {'regs':>5} {'bars':>5} {'smem':>6} {'stack':>6} {'spill st/ld':>12}"]
+    for report in reports:
+        for k in report.kernels:
+            lines.append(
+                f"{k.name:<40} sm_{k.arch:<3} {k.registers:>5} {k.barriers:>5} {k.shared_bytes:>6} "
+                f"{k.stack_frame:>6} {k.spill_stores:>5}/{k.spill_loads:<6}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from . import _kernels
+
+    reports = []
+    for family in _kernels.FAMILIES:
+        source = _kernels.kernel_source(family)
+        for arch in _kernels.compile_check_archs(supported_archs()):
+            reports.append(compile_report(source, _kernels.COMPILE_OPTIONS, _kernels.specialisations(family), arch,
+                                          f"{family}.cu"))
+    print(f"NVRTC {'.'.join(map(str, version()))}")
+    print(format_table(reports))
+
+
+if __name__ == "__main__":
+    main()
