@@ -1,0 +1,180 @@
+"""The float64 reference against scikit-image and against finite differences (spec.md 4, 5, 7)."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+from skimage.metrics import structural_similarity
+
+from cussim import _reference as ref
+
+
+def _pairs():
+    rng = np.random.default_rng(7)
+    camera = data.camera()
+    astronaut = data.astronaut()
+    noisy = np.clip(camera + rng.normal(0, 18, camera.shape), 0, 255).astype(np.uint8)
+    blurred = ndimage.gaussian_filter(astronaut.astype(float), (2, 2, 0)).astype(np.uint8)
+    moon = data.moon()
+    shifted = np.roll(moon, 3, axis=1)
+    coins = data.coins().astype(np.float64) / 255
+    brighter = np.clip(coins * 1.2 + 0.05, 0, 1)
+    return {
+        "camera-noise": (camera, noisy, None, None),
+        "astronaut-blur": (astronaut, blurred, -1, None),
+        "moon-shift": (moon, shifted, None, None),
+        "coins-float": (coins, brighter, None, 1.0),
+    }
+
+
+PAIRS = _pairs()
+
+
+def _skimage_like(im1, im2, channel_axis, data_range, gaussian=False, win_size=None, sigma=1.5, sample=True):
+    """The reference with skimage's conventions: (mean, uncropped map)."""
+    if data_range is None:
+        data_range = 255.0
+    if gaussian:
+        taps = ref.skimage_gaussian_taps(sigma)
+        win_size = win_size or len(taps)
+    else:
+        win_size = win_size or 7
+        taps = ref.uniform_taps(win_size)
+    cov = win_size**2 / (win_size**2 - 1) if sample else 1.0
+    a, b = (np.moveaxis(im, channel_axis, 0) if channel_axis is not None else im for im in (im1, im2))
+    kwargs = dict(padding="reflect", data_range=data_range, cov=cov)
+    value = ref.ssim(a, b, taps, crop=(win_size - 1) // 2, axis=(-2, -1), **kwargs)
+    full = ref.ssim_map(a, b, taps, **kwargs)
+    if channel_axis is not None:
+        full = np.moveaxis(full, 0, channel_axis)
+    return float(np.mean(value)), full
+
+
+@pytest.mark.parametrize("pair", sorted(PAIRS))
+@pytest.mark.parametrize("gaussian", [False, True], ids=["uniform7", "gaussian"])
+def test_matches_skimage(pair, gaussian):
+    im1, im2, channel_axis, data_range = PAIRS[pair]
+    expected, expected_map = structural_similarity(
+        im1, im2, channel_axis=channel_axis, data_range=data_range if data_range else 255,
+        gaussian_weights=gaussian, full=True,
+    )
+    value, full = _skimage_like(im1, im2, channel_axis, data_range, gaussian)
+    assert abs(value - expected) < 1e-10
+    np.testing.assert_allclose(full, expected_map, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(win_size=5), dict(win_size=11, sample=False), dict(gaussian=True, sigma=0.8),
+        dict(gaussian=True, sigma=2.0, win_size=9), dict(gaussian=True, sample=False),
+    ],
+    ids=["uniform5", "uniform11-population", "gaussian-sigma0.8", "gaussian-sigma2-win9", "gaussian-population"],
+)
+def test_matches_skimage_parameters(options):
+    im1, im2, _, _ = PAIRS["camera-noise"]
+    gaussian = options.get("gaussian", False)
+    kwargs = dict(gaussian_weights=gaussian, use_sample_covariance=options.get("sample", True),
+                  sigma=options.get("sigma", 1.5), data_range=255, full=True)
+    if "win_size" in options:
+        kwargs["win_size"] = options["win_size"]
+    expected, expected_map = structural_similarity(im1, im2, **kwargs)
+    value, full = _skimage_like(im1, im2, None, 255.0, **options)
+    assert abs(value - expected) < 1e-10
+    np.testing.assert_allclose(full, expected_map, rtol=0, atol=1e-9)
+
+
+def _skimage_test_camera():
+    """skimage's own test images: the camera and a noisy copy (its test module's seed 5)."""
+    cam = data.camera()
+    noise = np.random.RandomState(5).randn(*cam.shape)
+    return cam, np.clip(cam + 20.0 * noise, 0, 255).astype(cam.dtype)
+
+
+def test_skimage_golden_values():
+    cam, cam_noisy = _skimage_test_camera()
+    # spec.md section 5: the IPOL imdiff value that skimage's tests pin (to 3 decimals),
+    # with Gaussian weights and population covariance.
+    ipol = ref.ssim(cam, cam_noisy, ref.skimage_gaussian_taps(1.5), padding="reflect", data_range=255.0, crop=5)
+    assert abs(ipol - 0.357959091663361) < 1e-3
+    assert abs(ipol - structural_similarity(cam, cam_noisy, gaussian_weights=True, use_sample_covariance=False,
+                                            data_range=255)) < 1e-10
+    # skimage 0.17's value with the default settings, which skimage pins to 7 decimals.
+    legacy = ref.ssim(cam, cam_noisy, ref.uniform_taps(7), padding="reflect", data_range=255.0, cov=49 / 48, crop=3)
+    assert abs(legacy - 0.3674518327910367) < 1e-7
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("window", ref.WINDOWS)
+@pytest.mark.parametrize("cov", [1.0, 25 / 24], ids=["population", "sample"])
+def test_gradient_matches_finite_differences(padding, window, cov):
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 9, 12)) * 2.0
+    y = rng.random((2, 9, 12)) * 2.0
+    taps = ref.window_taps(window, 5, 1.1)
+    kwargs = dict(padding=padding, data_range=2.0, cov=cov, crop=ref.mean_weights_crop(padding, 5))
+    value, grad = ref.ssim_with_gradient(x, y, taps, axis=(1, 2), **kwargs)
+    assert value.shape == (2,)
+    h = 1e-6
+    numeric = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += h
+        minus[index] -= h
+        numeric[index] = (ref.ssim(plus, y, taps, axis=(1, 2), **kwargs).sum()
+                          - ref.ssim(minus, y, taps, axis=(1, 2), **kwargs).sum()) / (2 * h)
+    assert np.abs(grad - numeric).max() / np.abs(numeric).max() < 1e-6
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_adjoint_is_the_transpose(padding):
+    """<F x, g> == <x, F^T g> for random x and g: the adjoint is exact, borders included."""
+    rng = np.random.default_rng(11)
+    taps = ref.window_taps("gaussian", 7, 1.5)
+    x = rng.standard_normal((8, 11))
+    fx = ref.filter_plane(x, taps, padding)
+    g = rng.standard_normal(fx.shape)
+    lhs = np.sum(fx * g)
+    rhs = np.sum(x * ref.filter_plane_adjoint(g, taps, padding, x.shape))
+    assert abs(lhs - rhs) < 1e-12 * max(1.0, abs(lhs))
+
+
+def test_gradient_over_broadcast_reference_and_all_axes():
+    rng = np.random.default_rng(4)
+    x = rng.random((3, 10, 10))
+    y = rng.random((10, 10))
+    taps = ref.window_taps("gaussian", 5, 1.5)
+    value, grad = ref.ssim_with_gradient(x, y, taps)
+    assert np.ndim(value) == 0 and grad.shape == x.shape
+    per_image = [ref.ssim_with_gradient(x[i], y, taps) for i in range(3)]
+    assert np.isclose(value, np.mean([v for v, _ in per_image]), rtol=1e-14)
+    np.testing.assert_allclose(grad, np.stack([g for _, g in per_image]) / 3, rtol=1e-12)
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("level", [0.0, 0.3712, 1.0, 255.0])
+def test_flat_image_against_itself_is_exactly_one(padding, level):
+    flat = np.full((2, 17, 19), level)
+    taps = ref.window_taps("gaussian", 11, 1.5)
+    S = ref.ssim_map(flat, flat, taps, padding=padding, data_range=255.0)
+    assert np.all(S == 1.0)
+    value, grad = ref.ssim_with_gradient(flat, flat, taps, padding=padding, data_range=255.0)
+    assert value == 1.0 and np.all(np.isfinite(grad))
+
+
+def test_mean_over_axes_must_include_the_plane():
+    x = np.zeros((2, 8, 8))
+    with pytest.raises(ValueError, match="must include both spatial axes"):
+        ref.ssim(x, x, ref.uniform_taps(3), axis=(0, 2))
+    with pytest.raises(ValueError, match="window must be one of"):
+        ref.window_taps("box", 3, 1.0)
+
+
+def test_nan_stays_local():
+    rng = np.random.default_rng(2)
+    x = rng.random((30, 30))
+    y = x.copy()
+    x[15, 15] = np.nan
+    S = ref.ssim_map(x, y, ref.window_taps("gaussian", 5, 1.5))
+    assert np.isnan(S[15, 15]) and np.isnan(S[13, 17])
+    assert np.isfinite(S[:12]).all() and np.isfinite(S[:, :12]).all()
