@@ -50,6 +50,15 @@ class CompileReport:
 
     @property
     def warnings(self) -> list[str]:
+        """Warnings about the source (the toolchain's notice that an old architecture is deprecated is not one)."""
+        return [line for line in self._warning_lines() if not _ARCH_DEPRECATION.search(line)]
+
+    @property
+    def notices(self) -> list[str]:
+        """The toolchain's own notices, e.g. that sm_70 is deprecated in CUDA 12."""
+        return [line for line in self._warning_lines() if _ARCH_DEPRECATION.search(line)]
+
+    def _warning_lines(self) -> list[str]:
         return [line for line in self.log.splitlines() if re.search(r"\bwarning\b", line, re.I)]
 
 
@@ -105,6 +114,7 @@ def _check(status: int, what: str, log: str = "") -> None:
         raise NVRTCError(f"{what}: {library().nvrtcGetErrorString(status).decode()}", log)
 
 
+_ARCH_DEPRECATION = re.compile(r"nvrtc: warning: Architectures prior to .* are deprecated")
 _PROPERTIES = re.compile(
     r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
 )

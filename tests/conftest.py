@@ -8,8 +8,8 @@ CuPy where a GPU is.
 
 import functools
 
-import numpy as np
 import pytest
+from executors import Executor
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,30 +29,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-class Executor:
-    """Moves test arrays to where a kernel runs and back."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def asarray(self, array):
-        if self.name == "emulator":
-            return np.asarray(array)
-        import cupy
-
-        return cupy.asarray(array)
-
-    def asnumpy(self, array):
-        if self.name == "emulator":
-            return np.asarray(array)
-        import cupy
-
-        return cupy.asnumpy(array)
-
-    def __repr__(self):
-        return self.name
 
 
 @pytest.fixture(params=["emulator", pytest.param("cupy", marks=pytest.mark.gpu)])

@@ -1,10 +1,11 @@
 // Kernels that exercise each feature of the CPU emulator (tests/test_emulator.py).
 // Plain CUDA C++: this file also compiles with NVRTC (test_compile.py checks it),
-// so every construct here is one a GPU accepts.
-#include <cassert>
-
-#ifndef CUSSIM_EMULATOR
+// so every construct here is one a GPU accepts (assert is built into NVRTC).
+#if !defined(CUSSIM_EMULATOR) && !defined(__CUDA_FP16_H__)
+// NVRTC alone has no cuda_fp16.h (CuPy and the CUDA toolkit supply it): a
+// storage type of the same name, so that the loads and stores below compile.
 struct __align__(2) __half { unsigned short __x; };
+#define CUSSIM_NO_FP16_API
 #endif
 
 // Block sum through shared memory and warp shuffles, one atomicAdd per block.
@@ -108,10 +109,15 @@ __global__ void intrinsics(const float* x, float* out) {
     o[7] = __int_as_float(__float_as_int(v));
 }
 
+#ifndef CUSSIM_NO_FP16_API
+// cuda_fp16.h's conversions, which the emulator provides itself.
 __global__ void halves(const __half* x, __half* y, float* as_float, const float* from) {
     as_float[threadIdx.x] = __half2float(x[threadIdx.x]);
     y[threadIdx.x] = __float2half(from[threadIdx.x]);
 }
+#endif
+
+__global__ void copy_halves(const __half* x, __half* y) { y[threadIdx.x] = x[threadIdx.x]; }
 
 __global__ void three_d(int* out) {
     const int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);

@@ -157,6 +157,9 @@ def test_half_loads_and_stores(module):
     with np.errstate(over="ignore"):
         expected = source.astype(np.float16)
     np.testing.assert_array_equal(stored.view(np.uint16), expected.view(np.uint16))
+    copied = np.zeros(n, np.float16)
+    module.get_function("copy_halves")((1,), (n,), (halves, copied))
+    np.testing.assert_array_equal(copied.view(np.uint16), halves.view(np.uint16))
 
 
 def test_three_dimensional_grids_and_blocks(module, order):

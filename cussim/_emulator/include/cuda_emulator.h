@@ -12,6 +12,7 @@
 
 // Standard headers before any CUDA macro: libstdc++ spells attributes like
 // __attribute__((__noinline__)), which the CUDA macro of that name would break.
+#include <cassert>  // assert() is built into NVRTC; device asserts reach runtime.cpp
 #include <cmath>
 #include <cstddef>
 #include <cstdint>

@@ -1,0 +1,27 @@
+"""Where kernel tests run: the emulator on NumPy arrays, or CuPy on a GPU."""
+
+import numpy as np
+
+
+class Executor:
+    """Moves test arrays to where a kernel runs and back."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def asarray(self, array):
+        if self.name == "emulator":
+            return np.asarray(array)
+        import cupy
+
+        return cupy.asarray(array)
+
+    def asnumpy(self, array):
+        if self.name == "emulator":
+            return np.asarray(array)
+        import cupy
+
+        return cupy.asnumpy(array)
+
+    def __repr__(self):
+        return self.name

@@ -1,0 +1,56 @@
+"""Compile check without a GPU: every kernel specialisation through NVRTC, per architecture.
+
+Compiles with the run-time options for sm_70, sm_80, sm_90 and every newer
+architecture the installed NVRTC knows, prints ptxas's registers, shared
+memory, stack frame and spills per kernel, and fails on a compile error, a
+warning, a spill, or static shared memory past the 48 KiB a block may use
+without opting in.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from cussim import _kernels, _nvrtc
+
+SHARED_LIMIT = 48 * 1024
+
+
+def _archs():
+    try:
+        return _kernels.compile_check_archs(_nvrtc.supported_archs())
+    except _nvrtc.NVRTCError as exc:  # the `test` extra installs NVRTC; say so rather than skip
+        pytest.fail(str(exc))
+
+
+def test_base_architectures_are_covered():
+    assert set(_kernels.BASE_ARCHS) <= set(_archs())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", _kernels.compile_check_archs(_nvrtc.supported_archs()))
+@pytest.mark.parametrize("family", sorted(_kernels.FAMILIES))
+def test_every_specialisation_compiles_cleanly(family, arch):
+    names = _kernels.specialisations(family)
+    report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, names, arch,
+                                   f"{family}.cu")
+    print(f"\n{family}.cu, NVRTC {'.'.join(map(str, _nvrtc.version()))}", *report.notices, sep="\n")
+    print(_nvrtc.format_table([report]))
+    assert not report.warnings, "\n".join(report.warnings)
+    assert sorted(k.name for k in report.kernels) == sorted(names)
+    for k in report.kernels:
+        assert k.spill_stores == 0 and k.spill_loads == 0, f"{k.name} spills on sm_{arch}"
+        assert k.shared_bytes <= SHARED_LIMIT, f"{k.name} uses {k.shared_bytes} bytes of static shared memory"
+
+
+def test_emulator_test_kernels_compile_with_nvrtc():
+    """The emulator's test kernels are real CUDA: what the emulator accepts, NVRTC must accept too."""
+    source = Path(__file__).with_name("emulator_kernels.cu").read_text()
+    names = ("block_sum<float>", "block_sum<double>", "block_sum<int>")
+    report = _nvrtc.compile_report(source, _kernels.COMPILE_OPTIONS, names, 80, "emulator_kernels.cu")
+    assert not report.warnings, "\n".join(report.warnings)
+
+
+def test_compile_errors_carry_the_log():
+    with pytest.raises(_nvrtc.NVRTCError, match="undefined_name"):
+        _nvrtc.compile_report("__global__ void k(float* x) { x[0] = undefined_name; }", arch=80)
