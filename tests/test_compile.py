@@ -3,8 +3,8 @@
 Compiles with the run-time options for sm_70, sm_80, sm_90 and every newer
 architecture the installed NVRTC knows, prints ptxas's registers, shared
 memory, stack frame and spills per kernel, and fails on a compile error, a
-warning, a spill, or static shared memory past the 48 KiB a block may use
-without opting in.
+warning, a spill, a local-memory stack frame, or static shared memory past the
+48 KiB a block may use without opting in.
 """
 
 from pathlib import Path
@@ -40,6 +40,7 @@ def test_every_specialisation_compiles_cleanly(family, arch):
     assert sorted(k.name for k in report.kernels) == sorted(names)
     for k in report.kernels:
         assert k.spill_stores == 0 and k.spill_loads == 0, f"{k.name} spills on sm_{arch}"
+        assert k.stack_frame == 0, f"{k.name} has a {k.stack_frame}-byte local-memory stack frame on sm_{arch}"
         assert k.shared_bytes <= SHARED_LIMIT, f"{k.name} uses {k.shared_bytes} bytes of static shared memory"
 
 

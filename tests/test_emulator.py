@@ -228,6 +228,26 @@ def test_launch_configuration_limits(module, grid, block, shared, match):
                                        shared_mem=shared)
 
 
+def test_shared_memory_opt_in_is_bounded(module):
+    function = module.get_function("tickets")
+    function.max_dynamic_shared_size_bytes = 100 * 1024
+    counter, ticket = np.zeros(1, np.int32), np.zeros(32, np.int32)
+    function((1,), (32,), (counter, ticket), shared_mem=64 * 1024)
+    with pytest.raises(_emulator.LaunchConfigError, match="outside 0..232448"):
+        function.max_dynamic_shared_size_bytes = 300 * 1024
+
+
+def test_missing_compiler_is_explained(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "no-such-compiler-cussim")
+    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+    _build._toolchain_identity.cache_clear()
+    try:
+        with pytest.raises(_emulator.CompileError, match="needs a C\\+\\+17 compiler.*set CXX"):
+            _emulator.RawModule(code="__global__ void k() {}").get_function("k")
+    finally:
+        _build._toolchain_identity.cache_clear()
+
+
 def test_unknown_kernel_name(module):
     with pytest.raises(_emulator.EmulatorError, match="block_sum<float>.*name_expressions"):
         module.get_function("block_sum<half>")

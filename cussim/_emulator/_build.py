@@ -129,7 +129,12 @@ def _digest(*parts) -> str:
 @functools.lru_cache(maxsize=None)
 def _toolchain_identity() -> str:
     cxx = _compiler()
-    version = subprocess.run(cxx + ["--version"], capture_output=True, text=True).stdout
+    try:
+        version = subprocess.run(cxx + ["--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise CompileError(
+            f"the emulator needs a C++17 compiler: {shlex.join(cxx)} did not run ({exc}); install g++ or set CXX"
+        ) from exc
     headers = b"".join(p.read_bytes() for p in sorted(INCLUDE_DIR.glob("*.h")))
     return _digest(" ".join(cxx), version, headers, RUNTIME_SOURCE.read_bytes(), CXX_FLAGS)
 

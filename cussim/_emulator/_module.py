@@ -173,7 +173,21 @@ class Function:
         # Static shared memory is not known per kernel here (all of a module's
         # __shared__ variables live in one TLS block); the NVRTC compile check
         # reports it per kernel instead.
-        self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_LIMIT
+        self._max_dynamic_shared = DEFAULT_SHARED_LIMIT
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        """Dynamic shared memory a launch may ask for: 48 KiB unless raised, as on a GPU."""
+        return self._max_dynamic_shared
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value: int) -> None:
+        if not 0 <= value <= MAX_SHARED_OPT_IN:
+            raise LaunchConfigError(
+                f"{self.name}: max_dynamic_shared_size_bytes={value} is outside 0..{MAX_SHARED_OPT_IN}, "
+                "the most a GPU block can opt in to (227 KiB on sm_90)"
+            )
+        self._max_dynamic_shared = value
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None):
         grid = _dims("grid", grid, MAX_GRID)

@@ -104,7 +104,7 @@ struct Fiber {
     uint3 idx;
     State state;
     // the pending synchronisation
-    int kind, size, arg, width, predicate, reduce;
+    int kind, arg, width, predicate, reduce;
     unsigned mask;
     unsigned long long value, result;
     const char* file;
@@ -156,6 +156,12 @@ const char* op_name(int kind) {
         case emu::OP_ANY: return "__any_sync";
         default: return "__all_sync";
     }
+}
+
+std::string hex(unsigned mask) {
+    char text[16];
+    std::snprintf(text, sizeof text, "0x%08x", mask);
+    return text;
 }
 
 std::string site(const char* file, int line) { return std::string(file) + ":" + std::to_string(line); }
@@ -242,6 +248,16 @@ void yield_to_scheduler() {
     __builtin_unreachable();
 }
 
+// Parks the current fiber at a synchronisation point until the scheduler
+// releases it, and returns what the scheduler left in f->result.
+unsigned long long wait_at(Fiber* f, State state, const char* file, int line) {
+    f->state = state;
+    f->file = file;
+    f->line = line;
+    yield_to_scheduler();
+    return f->result;
+}
+
 bool sync_error(const std::string& message) {
     L->status = SYNC_ERROR;
     L->message = message;
@@ -249,6 +265,8 @@ bool sync_error(const std::string& message) {
 }
 
 // ---- warp operations -----------------------------------------------------------
+bool is_shuffle(int kind) { return kind >= emu::OP_SHFL_IDX && kind <= emu::OP_SHFL_XOR; }
+
 // Resolves the warp operations of one warp whose lanes have all arrived.
 // Returns whether any lane was released; sets L->status on a usage error.
 bool resolve_warp(int warp) {
@@ -256,21 +274,18 @@ bool resolve_warp(int warp) {
     const int lanes = std::min(32, L->nthreads - first);
     const unsigned existing = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1);
     bool released = false;
-    unsigned handled = 0;
     for (int l0 = 0; l0 < lanes; ++l0) {
         Fiber& lead = L->fibers[first + l0];
-        if (lead.state != AT_WARP || (handled >> l0 & 1u)) continue;
+        if (lead.state != AT_WARP) continue;
         const unsigned mask = lead.mask;
         const std::string at = std::string(op_name(lead.kind)) + " (" + site(lead.file, lead.line) + ")";
         if (mask & ~existing)
-            return sync_error(where_thread(lead) + ": " + at + " has mask 0x" + [&] {
-                char b[16]; std::snprintf(b, sizeof b, "%08x", mask); return std::string(b); }() +
+            return sync_error(where_thread(lead) + ": " + at + " has mask " + hex(mask) +
                 ", which names lanes that do not exist (this warp has " + std::to_string(lanes) +
                 " threads; make the block size a multiple of 32 or narrow the mask)");
         if (!(mask >> l0 & 1u))
             return sync_error(where_thread(lead) + ": " + at + " is called by a lane that is not in its own mask");
-        if (lead.kind != emu::OP_SYNCWARP && lead.kind != emu::OP_BALLOT && lead.kind != emu::OP_ANY &&
-            lead.kind != emu::OP_ALL && (lead.width < 1 || lead.width > 32 || (lead.width & (lead.width - 1))))
+        if (is_shuffle(lead.kind) && (lead.width < 1 || lead.width > 32 || (lead.width & (lead.width - 1))))
             return sync_error(where_thread(lead) + ": " + at + " width " + std::to_string(lead.width) +
                               " is not a power of two from 1 to 32");
         bool ready = true;
@@ -282,10 +297,9 @@ bool resolve_warp(int warp) {
                                   " named in its mask, but " + where_thread(f) + " has exited");
             if (f.state != AT_WARP) { ready = false; continue; }
             if (f.kind != lead.kind || f.mask != mask)
-                return sync_error("warp divergence: " + where_thread(lead) + " " + waiting_at(lead) + " with mask 0x" +
-                                  [&] { char b[16]; std::snprintf(b, sizeof b, "%08x", mask); return std::string(b); }() +
-                                  ", while " + where_thread(f) + " " + waiting_at(f) + " with mask 0x" +
-                                  [&] { char b[16]; std::snprintf(b, sizeof b, "%08x", f.mask); return std::string(b); }());
+                return sync_error("warp divergence: " + where_thread(lead) + " " + waiting_at(lead) + " with mask " +
+                                  hex(mask) + ", while " + where_thread(f) + " " + waiting_at(f) + " with mask " +
+                                  hex(f.mask));
         }
         if (!ready) continue;
         unsigned long long vote = 0;
@@ -303,7 +317,7 @@ bool resolve_warp(int warp) {
                 case emu::OP_SHFL_XOR: src = (l ^ f.arg) >= seg + w ? l : (l ^ f.arg); break;
                 default: break;
             }
-            if (f.kind >= emu::OP_SHFL_IDX && f.kind <= emu::OP_SHFL_XOR) {
+            if (is_shuffle(f.kind)) {
                 if (src < 0 || src >= lanes || !(mask >> src & 1u))
                     return sync_error(where_thread(f) + ": " + std::string(op_name(f.kind)) + " (" +
                                       site(f.file, f.line) + ") reads lane " + std::to_string(src) +
@@ -319,7 +333,6 @@ bool resolve_warp(int warp) {
         }
         for (int l = 0; l < lanes; ++l)
             if (mask >> l & 1u) L->fibers[first + l].state = RUNNABLE;
-        handled |= mask;
         released = true;
     }
     return released;
@@ -503,29 +516,20 @@ void locate_tls(char** lo, size_t* bytes) {
 namespace emu {
 int syncthreads(int predicate, int reduce, const char* file, int line) {
     Fiber* f = L->cur;
-    f->state = AT_BARRIER;
     f->predicate = predicate;
     f->reduce = reduce;
-    f->file = file;
-    f->line = line;
-    yield_to_scheduler();
-    return (int)f->result;
+    return (int)wait_at(f, AT_BARRIER, file, line);
 }
 
-unsigned long long warp_op(int kind, unsigned mask, unsigned long long value, int size, int arg, int width,
-                           const char* file, int line) {
+unsigned long long warp_op(int kind, unsigned mask, unsigned long long value, int arg, int width, const char* file,
+                           int line) {
     Fiber* f = L->cur;
-    f->state = AT_WARP;
     f->kind = kind;
     f->mask = mask;
     f->value = value;
-    f->size = size;
     f->arg = arg;
     f->width = width;
-    f->file = file;
-    f->line = line;
-    yield_to_scheduler();
-    return f->result;
+    return wait_at(f, AT_WARP, file, line);
 }
 
 void trap(const char* what, const char* file, int line) {
@@ -566,7 +570,6 @@ extern "C" int emu_launch(int kernel, const unsigned int* grid, const unsigned i
     L->status = OK;
     L->message.clear();
     g_page = sysconf(_SC_PAGESIZE);
-    asm volatile("" ::: "memory");
 #if defined(__x86_64__)
     __asm__ volatile("stmxcsr %0" : "=m"(g_mxcsr_fpucw[0]));
     __asm__ volatile("fnstcw %0" : "=m"(g_mxcsr_fpucw[1]));

@@ -214,8 +214,8 @@ inline double max(double a, double b) { return ::fmax(a, b); }
 namespace emu {
 enum WarpOpKind { OP_SYNCWARP, OP_SHFL_IDX, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR, OP_BALLOT, OP_ANY, OP_ALL };
 int syncthreads(int predicate, int reduce, const char* file, int line);  // reduce: 0 none, 1 count, 2 and, 3 or
-unsigned long long warp_op(int kind, unsigned mask, unsigned long long value, int size, int arg, int width,
-                           const char* file, int line);
+unsigned long long warp_op(int kind, unsigned mask, unsigned long long value, int arg, int width, const char* file,
+                           int line);
 [[noreturn]] void trap(const char* what, const char* file, int line);
 void* dynamic_shared();
 unsigned active_mask();
@@ -227,12 +227,12 @@ struct Site {
     const char* file;
     int line;
     int syncthreads(int predicate = 0, int reduce = 0) const { return ::emu::syncthreads(predicate, reduce, file, line); }
-    void syncwarp(unsigned mask = 0xffffffffu) const { warp_op(OP_SYNCWARP, mask, 0, 0, 0, 32, file, line); }
+    void syncwarp(unsigned mask = 0xffffffffu) const { warp_op(OP_SYNCWARP, mask, 0, 0, 32, file, line); }
     template <class T> T shfl(int kind, unsigned mask, T var, int arg, int width) const {
         static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle of a type wider than 8 bytes");
         unsigned long long bits = 0;
         std::memcpy(&bits, &var, sizeof(T));
-        bits = warp_op(kind, mask, bits, (int)sizeof(T), arg, width, file, line);
+        bits = warp_op(kind, mask, bits, arg, width, file, line);
         T out;
         std::memcpy(&out, &bits, sizeof(T));
         return out;
@@ -241,9 +241,9 @@ struct Site {
     template <class T> T shfl_up(unsigned m, T v, unsigned d, int width = 32) const { return shfl(OP_SHFL_UP, m, v, (int)d, width); }
     template <class T> T shfl_down(unsigned m, T v, unsigned d, int width = 32) const { return shfl(OP_SHFL_DOWN, m, v, (int)d, width); }
     template <class T> T shfl_xor(unsigned m, T v, int lane_mask, int width = 32) const { return shfl(OP_SHFL_XOR, m, v, lane_mask, width); }
-    unsigned ballot(unsigned m, int p) const { return (unsigned)warp_op(OP_BALLOT, m, p != 0, 0, 0, 32, file, line); }
-    int any(unsigned m, int p) const { return (int)warp_op(OP_ANY, m, p != 0, 0, 0, 32, file, line); }
-    int all(unsigned m, int p) const { return (int)warp_op(OP_ALL, m, p != 0, 0, 0, 32, file, line); }
+    unsigned ballot(unsigned m, int p) const { return (unsigned)warp_op(OP_BALLOT, m, p != 0, 0, 32, file, line); }
+    int any(unsigned m, int p) const { return (int)warp_op(OP_ANY, m, p != 0, 0, 32, file, line); }
+    int all(unsigned m, int p) const { return (int)warp_op(OP_ALL, m, p != 0, 0, 32, file, line); }
     [[noreturn]] void trap_here(const char* what) const { trap(what, file, line); }
 };
 }  // namespace emu
