@@ -14,7 +14,7 @@ Example
 >>> x = rng.random((32, 32)); y = x + 0.05 * rng.standard_normal((32, 32))
 >>> taps = ref.window_taps("gaussian", 11, 1.5)
 >>> round(float(ref.ssim(x, y, taps)), 6)
-0.886127
+0.985257
 """
 
 from __future__ import annotations
@@ -86,8 +86,21 @@ def filter_plane_adjoint(g: np.ndarray, taps: np.ndarray, padding: str, shape: t
     return filter_plane(g, flipped, "reflect" if padding == "reflect" else "same")
 
 
+def _check(x, taps, padding):
+    """The few conditions the reference itself needs; the public API checks the rest."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if len(taps) % 2 != 1:
+        raise ValueError(f"the window must have an odd number of taps, got {len(taps)}")
+    if np.ndim(x) < 2:
+        raise ValueError(f"images need two spatial axes (the last two), got shape {np.shape(x)}")
+    if padding == "valid" and min(np.shape(x)[-2:]) < len(taps):
+        raise ValueError(f'padding="valid" needs images of at least {len(taps)} pixels a side, got {np.shape(x)}')
+
+
 def _moments(x, y, taps, padding, data_range, cov):
     """Filtered moments and the quantities of spec.md section 1 on values scaled by 1/L."""
+    _check(x, taps, padding)
     xs = np.asarray(x, dtype=np.float64) / data_range
     ys = np.asarray(y, dtype=np.float64) / data_range
     xs, ys = np.broadcast_arrays(xs, ys)

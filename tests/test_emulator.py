@@ -196,8 +196,9 @@ def test_scalar_types_pass_by_value(module):
         ((np.zeros(4), np.zeros(1, np.float32), np.int32(4)), r"dtype is float64, the kernel reads float32"),
         ((np.zeros(4, np.float32), 3.0, np.int32(4)), r"is a pointer: pass a NumPy array"),
         ((np.zeros(4, np.float32), np.int32(4)), r"takes 3 arguments"),
+        ((np.zeros(4, ">f4"), np.zeros(1, np.float32), np.int32(4)), r"byte-swapped"),
     ],
-    ids=["python-int", "wrong-width", "wrong-dtype", "not-an-array", "count"],
+    ids=["python-int", "wrong-width", "wrong-dtype", "not-an-array", "count", "byte-order"],
 )
 def test_argument_types_are_checked(module, args, match):
     with pytest.raises(_emulator.ArgumentTypeError, match=match):
@@ -361,6 +362,13 @@ def test_template_kernels_need_name_expressions(tmp_path, monkeypatch):
     module.get_function("k<7>")((1,), (1,), (out,))
     module.get_function("plain")
     assert out[0] == 7
+
+
+def test_unsupported_parameter_types_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+    module = _emulator.RawModule(code="__global__ void k(int2 v, int* x) { x[0] = v.x; }")
+    with pytest.raises(_emulator.CompileError, match="unsupported kernel parameter type"):
+        module.get_function("k")
 
 
 def test_options_reach_the_preprocessor(tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses that must not see this checkout through PYTHONPATH.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,11 @@ def test_installed_wheel_finds_its_kernels_from_any_directory(wheel, tmp_path):
     env_dir = tmp_path / "fresh-venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   env=CLEAN_ENV)
     # The fresh environment borrows only NumPy/SciPy from this one (appended to its path), never cussim.
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+                          capture_output=True, text=True, check=True, env=CLEAN_ENV).stdout.strip()
     Path(site, "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     script = textwrap.dedent("""
         import sys
@@ -53,8 +56,7 @@ def test_installed_wheel_finds_its_kernels_from_any_directory(wheel, tmp_path):
         print(_kernels.kernel_dir())
         print(len(_kernels.kernel_source("ssim")))
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([str(python), "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
+    result = subprocess.run([str(python), "-c", script], cwd=tmp_path, capture_output=True, text=True, env=CLEAN_ENV)
     assert result.returncode == 0, result.stderr
     module_file, kernel_dir, length = result.stdout.split()
     assert Path(module_file).is_relative_to(env_dir)

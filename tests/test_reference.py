@@ -162,12 +162,20 @@ def test_flat_image_against_itself_is_exactly_one(padding, level):
     assert value == 1.0 and np.all(np.isfinite(grad))
 
 
-def test_mean_over_axes_must_include_the_plane():
+def test_bad_arguments_are_named():
     x = np.zeros((2, 8, 8))
     with pytest.raises(ValueError, match="must include both spatial axes"):
         ref.ssim(x, x, ref.uniform_taps(3), axis=(0, 2))
     with pytest.raises(ValueError, match="window must be one of"):
         ref.window_taps("box", 3, 1.0)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        ref.ssim_map(x, x, ref.uniform_taps(3), padding="zeros")
+    with pytest.raises(ValueError, match="odd number of taps"):
+        ref.ssim_map(x, x, np.full(4, 0.25))
+    with pytest.raises(ValueError, match="two spatial axes"):
+        ref.ssim_map(x[0, 0], x[0, 0], ref.uniform_taps(3))
+    with pytest.raises(ValueError, match="at least 11 pixels a side"):
+        ref.ssim_map(x, x, ref.uniform_taps(11), padding="valid")
 
 
 def test_nan_stays_local():

@@ -265,6 +265,8 @@ def _argument(kernel, index, param, arg, guard):
         )
         if not matches:
             raise ArgumentTypeError(f"{where}: the array's dtype is {arg.dtype}, the kernel reads {pointee}")
+        if not arg.dtype.isnative:
+            raise ArgumentTypeError(f"{where}: the array is {arg.dtype.str} (byte-swapped); pass a native-order copy")
         if not param.startswith("const ") and not arg.flags.writeable:
             raise ArgumentTypeError(f"{where}: the kernel may write through it, but the array is read-only")
         return ctypes.c_void_p(guard.address(arg, index))

@@ -302,7 +302,13 @@ inline unsigned int atomicDec(unsigned int* address, unsigned int val) {
 
 // ---- kernel table: how the generated code exports kernels to Python ---------
 namespace emu {
-template <class T, class Enable = void> struct TypeCode;  // undefined: parameter type not supported
+template <class T> struct AlwaysFalse { static constexpr bool value = false; };
+template <class T, class Enable = void> struct TypeCode {
+    static_assert(AlwaysFalse<T>::value,
+                  "emulator: unsupported kernel parameter type; kernels take pointers and bool, integer, float, "
+                  "double, __half or __nv_bfloat16 values");
+    static constexpr const char* code = "";
+};
 #define EMU_TYPECODE(T, CODE) template <> struct TypeCode<T> { static constexpr const char* code = CODE; };
 EMU_TYPECODE(bool, "bool")
 EMU_TYPECODE(float, "float32")
