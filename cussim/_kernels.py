@@ -9,7 +9,7 @@ can request are listed here, so the compile check can build every one.
 Example
 -------
 >>> from cussim import _kernels
->>> "ssim_map<float, 5>" in _kernels.specialisations("ssim")
+>>> "ssim_forward<float, 5>" in _kernels.specialisations("ssim")
 True
 >>> "__global__" in _kernels.kernel_source("ssim")
 True
@@ -37,10 +37,11 @@ RADII = tuple(range(1, 8))  # window sizes 3 to 15
 
 def _ssim_specialisations():
     names = []
-    for element in ELEMENT_TYPES:
-        for radius in RADII:
-            names.append(f"ssim_map<{element}, {radius}>")
-    return tuple(names)
+    for kernel in ("ssim_forward", "ssim_backward"):
+        for element in ELEMENT_TYPES:
+            for radius in RADII:
+                names.append(f"{kernel}<{element}, {radius}>")
+    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>")
 
 
 FAMILIES = {"ssim": _ssim_specialisations()}

@@ -9,16 +9,18 @@ NumPy arrays). It does no per-pixel arithmetic.
 Example
 -------
 >>> import numpy as np
->>> from cussim import _launch, _reference
+>>> from cussim import _launch
+>>> from cussim._params import ssim_params
 >>> x = np.linspace(0, 1, 24 * 24, dtype=np.float32).reshape(24, 24)
->>> taps = _reference.window_taps("gaussian", 7, 1.5)
->>> s = _launch.ssim_map(x, x, taps=taps, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0)
->>> s.shape, float(s.min()), float(s.max())
-((24, 24), 1.0, 1.0)
+>>> s = np.empty((24, 24), np.float32)
+>>> _launch.forward(x, x, ssim_params(win_size=7), map_out=s)
+>>> float(s.min()), float(s.max())
+(1.0, 1.0)
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,7 @@ from . import _kernels
 TILE = 16
 MAX_GRID_Y = 65535
 PADDING_CODES = {"same": 0, "valid": 1, "reflect": 2}
+GRADIENT_DTYPES = {np.dtype(np.float16): np.dtype(np.float16), np.dtype(np.float64): np.dtype(np.float64)}
 ELEMENT_TYPES = {
     np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
@@ -49,6 +52,16 @@ def array_module(array):
 def compute_dtype(dtype) -> np.dtype:
     """float64 for float64 inputs, float32 for everything else (spec.md section 1)."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def gradient_dtype(dtype) -> np.dtype:
+    """The gradient's dtype: x's own for floating inputs, float32 for integer images."""
+    return GRADIENT_DTYPES.get(np.dtype(dtype), np.dtype(np.float32))
+
+
+def tiles(shape) -> int:
+    """Number of 16x16 tiles covering the last two axes of ``shape``."""
+    return -(-shape[-2] // TILE) * -(-shape[-1] // TILE)
 
 
 @dataclass(frozen=True)
@@ -96,54 +109,115 @@ def _merge_leading(shape, stride_sets):
     return counts, strides
 
 
-def plane_layouts(inputs, output):
-    """(outer count, inner count), a PlaneLayout per array, and the inputs, for arrays of one shape.
+def plane_layouts(inputs, outputs=()):
+    """(outer count, inner count), a PlaneLayout per array, and the inputs, for arrays of one batch shape.
 
     Inputs whose batch axes cannot be expressed in two stride levels (together
-    with the others) are copied to C order first, the only copy a launch makes.
+    with the others) are copied to C order first, the only copy a launch makes;
+    outputs are written in place, so theirs must fit.
     """
-    arrays = [*inputs, output]
-    lead = output.shape[:-2]
+    arrays = [*inputs, *outputs]
+    lead = inputs[0].shape[:-2]
     merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
     if merged is None:
-        xp = array_module(output)
-        arrays = [xp.ascontiguousarray(a) for a in inputs] + [output]
+        xp = array_module(inputs[0])
+        arrays = [xp.ascontiguousarray(a) for a in inputs] + list(outputs)
         merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
     if merged is None:
         raise ValueError(
-            f"the output's batch axes (strides {output.strides[:-2]}) cannot be addressed with two stride levels; "
-            "pass a C-contiguous output"
+            "an output's batch axes cannot be addressed with two stride levels; pass C-contiguous outputs"
         )
     counts, strides = merged
     layouts = [PlaneLayout(s[0], s[1], *_element_strides(a)[-2:]) for s, a in zip(strides, arrays)]
-    return counts, layouts, arrays[:-1]
+    return counts, layouts, arrays[: len(inputs)]
 
 
-def ssim_map(x, y, *, taps, K1, K2, padding, data_range, cov, out=None):
-    """The SSIM map of x against y (last two axes the plane; y broadcasts to x).
+@functools.lru_cache(maxsize=64)
+def _device_taps(module_name: str, device_id: int, taps: tuple, dtype: np.dtype):
+    """The window on the device, made once per device, window and dtype (no allocation per call)."""
+    if module_name == "numpy":
+        return np.asarray(taps, dtype=dtype)
+    import cupy
 
-    ``taps`` is the 1-D window (odd length, radius 1 to 7). Returns ``out``,
-    or a new array of the compute dtype with shape x.shape[:-2] + map shape.
+    with cupy.cuda.Device(device_id):
+        return cupy.asarray(taps, dtype=dtype)
+
+
+def _taps(x, params, dtype):
+    xp = array_module(x)
+    device = -1 if xp is np else x.device.id
+    return _device_taps(xp.__name__, device, params.taps, np.dtype(dtype))
+
+
+def _null(xp):
+    """A null pointer argument: None for the emulator, a 64-bit zero for CuPy."""
+    return None if xp is np else np.uint64(0)
+
+
+def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0):
+    """Launches ssim_forward: SSIM over x against y (y broadcasts to x), writing what is passed.
+
+    map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
+    block_sums: float64, one per plane and tile of the map, the sums of the map
+    pixels the mean counts; grad_maps: compute dtype, 3 x planes x map pixels,
+    contiguous, the partial maps weighted by ``weight`` where the mean counts.
     """
     xp = array_module(x)
-    element = ELEMENT_TYPES[np.dtype(x.dtype)]
     ctype = compute_dtype(x.dtype)
-    radius = (len(taps) - 1) // 2
     y = xp.broadcast_to(y, x.shape)
-    height, width = x.shape[-2:]
-    offset = radius if padding == "valid" else 0
-    map_shape = x.shape[:-2] + (height - 2 * offset, width - 2 * offset)
-    if out is None:
-        out = xp.empty(map_shape, dtype=ctype)
-    (outer, inner), (lx, ly, lm), (x, y) = plane_layouts([x, y], out)
+    outputs = [map_out] if map_out is not None else []
+    (outer, inner), layouts, (x, y) = plane_layouts([x, y], outputs)
+    lm = layouts[2] if map_out is not None else PlaneLayout(0, 0, 0, 0)
     planes = outer * inner
-    tiles = -(-map_shape[-2] // TILE) * -(-map_shape[-1] // TILE)
-    kernel = _kernels.get_kernel("ssim", f"ssim_map<{element}, {radius}>", x)
+    height, width = x.shape[-2:]
+    kernel = _kernels.get_kernel("ssim", f"ssim_forward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
     c = ctype.type
+    null = _null(xp)
     kernel(
-        (tiles, min(planes, MAX_GRID_Y)), (TILE, TILE),
-        (x, *lx.args(), y, *ly.args(), out, *lm.args(), np.int64(planes), np.int64(inner), np.int32(height),
-         np.int32(width), np.int32(PADDING_CODES[padding]), xp.asarray(taps, dtype=ctype), c(1.0 / data_range),
-         c(K1 * K1), c(K2 * K2), c(cov)),
+        (tiles(params.map_shape(x.shape)), min(planes, MAX_GRID_Y)), (TILE, TILE),
+        (x, *layouts[0].args(), y, *layouts[1].args(), null if map_out is None else map_out, *lm.args(),
+         null if block_sums is None else block_sums, null if grad_maps is None else grad_maps,
+         np.int64(planes), np.int64(inner), np.int32(height), np.int32(width),
+         np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), _taps(x, params, ctype),
+         c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight)),
     )
+
+
+def backward(x, y, grad_maps, grad, params, *, accumulate=False):
+    """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps."""
+    xp = array_module(x)
+    ctype = compute_dtype(x.dtype)
+    y = xp.broadcast_to(y, x.shape)
+    (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x, y], [grad])
+    planes = outer * inner
+    height, width = x.shape[-2:]
+    kernel = _kernels.get_kernel("ssim", f"ssim_backward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
+    kernel(
+        (tiles(x.shape), min(planes, MAX_GRID_Y)), (TILE, TILE),
+        (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
+         np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
+         ctype.type(1.0 / params.data_range), np.int32(bool(accumulate))),
+    )
+
+
+def finish(block_sums, out, *, per_output, scale, a=0.0, b=1.0):
+    """Launches ssim_finish: out[i] = a + b * scale * sum(block_sums[i*per_output : (i+1)*per_output]).
+
+    ``out`` is a 1-D (possibly strided) float32 or float64 array, one entry per output value.
+    """
+    name = "float" if out.dtype == np.float32 else "double"
+    kernel = _kernels.get_kernel("ssim", f"ssim_finish<{name}>", block_sums)
+    outputs = out.size
+    kernel(
+        (min(outputs, 2**31 - 1),), (256,),
+        (block_sums, np.int64(per_output), np.int64(outputs), np.float64(scale), np.float64(a), np.float64(b), out,
+         np.int64(out.strides[0] // out.itemsize if out.ndim else 0)),
+    )
+
+
+def ssim_map(x, y, params):
+    """The SSIM map of x against y, a new array of the compute dtype."""
+    xp = array_module(x)
+    out = xp.empty(params.map_shape(x.shape), dtype=compute_dtype(x.dtype))
+    forward(x, y, params, map_out=out)
     return out

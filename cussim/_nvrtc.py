@@ -116,13 +116,29 @@ def _check(status: int, what: str, log: str = "") -> None:
 
 _ARCH_DEPRECATION = re.compile(r"nvrtc: warning: Architectures prior to .* are deprecated")
 _PROPERTIES = re.compile(
-    r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+    r"Function properties for (\S+)\s*\n[^\n]*?(\d+) bytes stack frame, (\d+) bytes spill stores, "
+    r"(\d+) bytes spill loads"
 )
-_USAGE = re.compile(
-    r"Compiling entry function '(\S+)' for 'sm_\d+'.*?Used (\d+) registers(?:, used (\d+) barriers)?"
-    r"(?:, (\d+) bytes smem)?",
-    re.S,
-)
+_ENTRY = re.compile(r"Compiling entry function '(\S+)' for 'sm_\d+'")
+_USED = re.compile(r"Used (\d+) registers")
+_BARRIERS = re.compile(r"used (\d+) barriers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def _usage(log: str):
+    """(mangled name, registers, barriers, shared bytes) per entry function, in log order."""
+    usage, current = [], None
+    for line in log.splitlines():
+        entry = _ENTRY.search(line)
+        if entry:
+            current = entry.group(1)
+        used = _USED.search(line)
+        if used and current:
+            barriers, smem = _BARRIERS.search(line), _SMEM.search(line)
+            usage.append((current, int(used.group(1)), int(barriers.group(1)) if barriers else 0,
+                          int(smem.group(1)) if smem else 0))
+            current = None
+    return usage
 
 
 def compile_report(source: str, options=(), name_expressions=(), arch: int = 90, filename: str = "kernel.cu"):
@@ -155,13 +171,13 @@ def compile_report(source: str, options=(), name_expressions=(), arch: int = 90,
         lib.nvrtcDestroyProgram(ctypes.byref(program))
     frames = {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in _PROPERTIES.finditer(log)}
     kernels = []
-    for m in _USAGE.finditer(log):
-        mangled = m.group(1)
-        stack, stores, loads = frames.get(mangled, (0, 0, 0))
+    for mangled, registers, barriers, shared in _usage(log):
+        if mangled not in frames:
+            raise NVRTCError(f"no stack and spill figures for {mangled} in ptxas's report", log)
+        stack, stores, loads = frames[mangled]
         kernels.append(KernelResources(
-            name=lowered.get(mangled, mangled), arch=arch, registers=int(m.group(2)),
-            barriers=int(m.group(3) or 0), shared_bytes=int(m.group(4) or 0),
-            stack_frame=stack, spill_stores=stores, spill_loads=loads,
+            name=lowered.get(mangled, mangled), arch=arch, registers=registers, barriers=barriers,
+            shared_bytes=shared, stack_frame=stack, spill_stores=stores, spill_loads=loads,
         ))
     return CompileReport(arch=arch, log=log, kernels=tuple(kernels))
 

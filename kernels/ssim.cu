@@ -1,19 +1,32 @@
-// ssim.cu: the SSIM map (spec.md sections 1 to 3) of a batch of image planes.
+// ssim.cu: SSIM, its mean and its exact gradient (spec.md sections 1 to 4) for a
+// batch of image planes.
 //
-// Kernels
-//   ssim_map<T, R>   T: float, double, __half, unsigned char or unsigned short
-//                    (the stored element type); R: window radius (win_size = 2R+1).
-//                    Computes in double for double inputs, in float otherwise.
+// Kernels (T: float, double, __half, unsigned char or unsigned short, the
+// stored element type; R: window radius, win_size = 2R+1; C, the compute type,
+// is double for double inputs and float otherwise):
+//   ssim_forward<T, R>   the map value at every map pixel; optionally the map,
+//                        the per-block sums of the pixels that the mean counts
+//                        (float64, fixed order), and the three partial-derivative
+//                        maps g*Pmu, g*Pxx, g*Pxy that the gradient needs.
+//   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
+//                        of the three partial maps, combined with x and y
+//                        (spec.md section 4), written or added into grad.
+//   ssim_finish<O>       each output value from its block sums (float64, fixed
+//                        order), as a + b * mean, stored as O (float or double).
 //
-// Launch shape: block (16, 16); grid (tiles_h * tiles_w, min(planes, 65535)),
-// where the tiles cover the map (H x W, or (H-2R) x (W-2R) for "valid"); blocks
-// loop over planes, so any number of planes works. Every array is addressed by
-// element strides (int64): plane p = outer * inner_count + inner, then row and
-// column. A stride of 0 broadcasts (one reference image for a whole batch).
+// Launch shapes: forward and backward take block (16, 16) and grid
+// (tiles_h * tiles_w, min(planes, 65535)), the tiles covering the map
+// (forward) or the image (backward); blocks loop over planes, so any number
+// of planes works. ssim_finish takes block (256) and one block per output.
+// Every image array is addressed by element strides (int64): plane
+// p = outer * inner_count + inner, then row and column; a stride of 0
+// broadcasts (one reference image for a whole batch). Workspace arrays
+// (the partial maps, three planes x map blocks; the block sums) are contiguous.
 //
-// Per block: the (16+2R)^2 halo tile of x and y, scaled by 1/L, goes to shared
-// memory; a horizontal pass produces the five moments for each tile row, a
-// vertical pass finishes them in registers, and the map value follows.
+// Per block, the (16+2R)^2 halo tile goes to shared memory, a horizontal pass
+// filters each tile row, and a vertical pass finishes the filter in
+// registers. Zero padding ("same"), the valid interior ("valid") or
+// half-sample reflection ("reflect") decide what the halo holds.
 //
 // This file compiles unchanged with NVRTC and, for the CPU emulator, with g++
 // after cuda_emulator.h; it includes no header.
@@ -24,6 +37,11 @@ struct __align__(2) __half {
     unsigned short __x;
 };
 __device__ inline unsigned short __half_as_ushort(__half h) { return h.__x; }
+__device__ inline __half __ushort_as_half(unsigned short bits) {
+    __half h;
+    h.__x = bits;
+    return h;
+}
 #endif
 
 namespace cussim {
@@ -33,6 +51,15 @@ enum Padding { PAD_SAME = 0, PAD_VALID = 1, PAD_REFLECT = 2 };
 
 template <class T> struct ComputeType { using type = float; };
 template <> struct ComputeType<double> { using type = double; };
+// Blocks per SM that ptxas must fit (it caps registers at 64K / (256 * n)):
+// 4 for float arithmetic (64 registers), 1 for double, whose kernels would
+// spill under a lower cap on some architectures.
+template <class T> struct MinBlocks { static constexpr int value = 4; };
+template <> struct MinBlocks<double> { static constexpr int value = 1; };
+// The gradient has x's floating type; integer images get a float gradient.
+template <class T> struct GradientType { using type = float; };
+template <> struct GradientType<double> { using type = double; };
+template <> struct GradientType<__half> { using type = __half; };
 
 // IEEE half bits to float, exactly (no header, no intrinsic needed).
 __device__ inline float half_bits_to_float(unsigned short h) {
@@ -51,6 +78,25 @@ __device__ inline double element_value(double v) { return v; }
 __device__ inline float element_value(unsigned char v) { return (float)v; }
 __device__ inline float element_value(unsigned short v) { return (float)v; }
 __device__ inline float element_value(__half v) { return half_bits_to_float(__half_as_ushort(v)); }
+
+// float to IEEE half bits, round to nearest even (overflow to infinity, NaN kept).
+__device__ inline unsigned short float_to_half_bits(float f) {
+    const unsigned int x = __float_as_uint(f), sign = (x >> 16) & 0x8000u, magnitude = x & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);
+    if (magnitude >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);
+    if (magnitude < 0x38800000u) {  // a subnormal half (or zero): round magnitude / 2^-24
+        const float scaled = __uint_as_float(magnitude) * 16777216.0f;  // exact
+        return (unsigned short)(sign | (unsigned int)__float2int_rn(scaled));
+    }
+    unsigned int bits = (magnitude >> 13) - (112u << 10);
+    const unsigned int rest = magnitude & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (bits & 1u))) ++bits;
+    return (unsigned short)(sign | bits);
+}
+
+__device__ inline void store(float* p, float v) { *p = v; }
+__device__ inline void store(double* p, double v) { *p = v; }
+__device__ inline void store(__half* p, float v) { *p = __ushort_as_half(float_to_half_bits(v)); }
 
 // Round-to-nearest products and sums that the compiler may not fuse: with x == y
 // bitwise, A1 == B1 and A2 == B2 exactly, so S is exactly 1.
@@ -79,37 +125,67 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
     return (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
 }
 
-// The SSIM value from the five filtered moments (spec.md section 1): variances
-// clamped at 0, no covariance where a window is flat, S clamped to [-1, 1].
-// NaN moments give NaN.
+// SSIM at one pixel from the five filtered moments (spec.md section 1):
+// variances clamped at 0, no covariance where a window is flat, S clamped to
+// [-1, 1]; with want_partials, the partial derivatives of spec.md section 4,
+// zero where a clamp is active. NaN moments give NaN and zero partials.
+template <class C> struct Pixel {
+    C s, p_mu, p_xx, p_xy;
+};
+
 template <class C>
-__device__ inline C ssim_from_moments(C mx, C my, C exx, C eyy, C exy, C c1, C c2, C cov) {
+__device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c2, C cov, bool want_partials) {
     const C mxx = mul(mx, mx), myy = mul(my, my), mxy = mul(mx, my);
     const C sxx_raw = mul(cov, add(exx, -mxx));
     const C syy_raw = mul(cov, add(eyy, -myy));
-    const bool free_sxx = sxx_raw > C(0), free_syy = syy_raw > C(0);
+    const bool free_sxx = sxx_raw > C(0), free_sxy = free_sxx && syy_raw > C(0);
     const C sxx = free_sxx ? sxx_raw : C(0);
-    const C syy = free_syy ? syy_raw : C(0);
-    const C sxy = (free_sxx && free_syy) ? mul(cov, add(exy, -mxy)) : C(0);
+    const C syy = syy_raw > C(0) ? syy_raw : C(0);
+    const C sxy = free_sxy ? mul(cov, add(exy, -mxy)) : C(0);
     const C a1 = add(mul(C(2), mxy), c1);
     const C a2 = add(mul(C(2), sxy), c2);
     const C b1 = add(add(mxx, myy), c1);
     const C b2 = add(add(sxx, syy), c2);
-    const C s = mul(a1, a2) / mul(b1, b2);
-    return s > C(1) ? C(1) : (s < C(-1) ? C(-1) : s);
+    const C d = mul(b1, b2);
+    const C s_raw = mul(a1, a2) / d;
+    Pixel<C> out;
+    out.s = s_raw > C(1) ? C(1) : (s_raw < C(-1) ? C(-1) : s_raw);
+    out.p_mu = out.p_xx = out.p_xy = C(0);
+    if (want_partials && out.s == s_raw) {
+        const C s = out.s, inv_b1 = C(1) / b1, inv_b2 = C(1) / b2, inv_d = inv_b1 * inv_b2;
+        out.p_mu = C(2) * my * (free_sxy ? a2 - cov * a1 : a2) * inv_d - C(2) * mx * s * inv_b1 +
+                   (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
+        out.p_xx = free_sxx ? -cov * s * inv_b2 : C(0);
+        out.p_xy = free_sxy ? C(2) * cov * a1 * inv_d : C(0);
+    }
+    return out;
+}
+
+// Sums `value` over the block's 256 threads in a fixed order (float64).
+__device__ inline double block_sum(double value, double* scratch, int tid) {
+    scratch[tid] = value;
+    __syncthreads();
+    for (int k = kTile * kTile / 2; k > 0; k >>= 1) {
+        if (tid < k) scratch[tid] += scratch[tid + k];
+        __syncthreads();
+    }
+    const double total = scratch[0];
+    __syncthreads();
+    return total;
 }
 
 }  // namespace cussim
 
 template <class T, int R>
-__global__ void __launch_bounds__(256) ssim_map(
+__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
-    long long m_col, long long planes, long long inner_count, int height, int width, int padding,
+    long long m_col, double* __restrict__ block_sums, typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
+    long long planes, long long inner_count, int height, int width, int padding, int crop,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
-    typename cussim::ComputeType<T>::type cov) {
+    typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;  // halo tile side
@@ -118,9 +194,11 @@ __global__ void __launch_bounds__(256) ssim_map(
     __shared__ C tile_y[kSide][kSide];
     __shared__ C rows[5][kSide][kTile];  // horizontally filtered mx, my, Exx, Eyy, Exy
     __shared__ C weights[2 * R + 1];
+    __shared__ double scratch[kThreads];
 
     const int offset = padding == PAD_VALID ? R : 0;
     const int map_h = height - 2 * offset, map_w = width - 2 * offset;
+    const long long map_pixels = (long long)map_h * map_w, maps_size = planes * map_pixels;
     const int tiles_w = (map_w + kTile - 1) / kTile;
     const int tile_row = (int)(blockIdx.x / tiles_w) * kTile, tile_col = (int)(blockIdx.x % tiles_w) * kTile;
     const int tid = threadIdx.y * kTile + threadIdx.x;
@@ -164,10 +242,120 @@ __global__ void __launch_bounds__(256) ssim_map(
             for (int q = 0; q < 5; ++q) m[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
         }
         const int row = tile_row + threadIdx.y, col = tile_col + threadIdx.x;
+        double counted_value = 0.0;
         if (row < map_h && col < map_w) {
-            map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] =
-                ssim_from_moments(m[0], m[1], m[2], m[3], m[4], c1, c2, cov);
+            const Pixel<C> px = ssim_pixel(m[0], m[1], m[2], m[3], m[4], c1, c2, cov, grad_maps != nullptr);
+            if (map) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
+            const bool counted = row >= crop && row < map_h - crop && col >= crop && col < map_w - crop;
+            if (counted) counted_value = px.s;
+            if (grad_maps) {
+                const C g = counted ? weight : C(0);
+                const long long at = p * map_pixels + (long long)row * map_w + col;
+                grad_maps[at] = g * px.p_mu;
+                grad_maps[maps_size + at] = g * px.p_xx;
+                grad_maps[2 * maps_size + at] = g * px.p_xy;
+            }
+        }
+        if (block_sums) {
+            const double total = block_sum(counted_value, scratch, tid);
+            if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
+        } else {
+            __syncthreads();  // the next plane overwrites the tiles
+        }
+    }
+}
+
+template <class T, int R>
+__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backward(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
+    typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
+    long long g_col, long long planes, long long inner_count, int height, int width, int padding,
+    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
+    int accumulate) {
+    using namespace cussim;
+    using C = typename ComputeType<T>::type;
+    constexpr int kSide = kTile + 2 * R;
+    constexpr int kThreads = kTile * kTile;
+    __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pxy around the tile
+    __shared__ C rows[3][kSide][kTile];
+    __shared__ C weights[2 * R + 1];
+
+    const int offset = padding == PAD_VALID ? R : 0;
+    const int map_h = height - 2 * offset, map_w = width - 2 * offset;
+    const long long map_pixels = (long long)map_h * map_w, maps_size = planes * map_pixels;
+    const int tiles_w = (width + kTile - 1) / kTile;
+    const int tile_row = (int)(blockIdx.x / tiles_w) * kTile, tile_col = (int)(blockIdx.x % tiles_w) * kTile;
+    const int tid = threadIdx.y * kTile + threadIdx.x;
+    // The window is symmetric, so the adjoint's flipped taps are the taps.
+    if (tid < 2 * R + 1) weights[tid] = taps[tid];
+
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
+        const long long outer = p / inner_count, inner = p % inner_count;
+        const C* maps = grad_maps + p * map_pixels;
+        for (int k = tid; k < kSide * kSide; k += kThreads) {
+            const int r = k / kSide, c = k % kSide;
+            int map_row = tile_row - R + r - offset, map_col = tile_col - R + c - offset;
+            bool inside = map_row >= 0 && map_row < map_h && map_col >= 0 && map_col < map_w;
+            if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
+                map_row = reflect_index(map_row, map_h);
+                map_col = reflect_index(map_col, map_w);
+                inside = true;
+            }
+            const long long at = (long long)map_row * map_w + map_col;
+            for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? maps[q * maps_size + at] : C(0);
+        }
+        __syncthreads();
+        for (int k = tid; k < kSide * kTile; k += kThreads) {
+            const int r = k / kTile, c = k % kTile;
+            C b[3] = {0, 0, 0};
+#pragma unroll
+            for (int t = 0; t <= 2 * R; ++t) {
+                const C w = weights[t];
+#pragma unroll
+                for (int q = 0; q < 3; ++q) b[q] += w * tile[q][r][c + t];
+            }
+            for (int q = 0; q < 3; ++q) rows[q][r][c] = b[q];
+        }
+        __syncthreads();
+        C b[3] = {0, 0, 0};
+#pragma unroll
+        for (int t = 0; t <= 2 * R; ++t) {
+            const C w = weights[t];
+#pragma unroll
+            for (int q = 0; q < 3; ++q) b[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
+        }
+        const int row = tile_row + threadIdx.y, col = tile_col + threadIdx.x;
+        if (row < height && col < width) {
+            const T* xp = x + outer * x_outer + inner * x_inner;
+            const T* yp = y + outer * y_outer + inner * y_inner;
+            const C xv = load_scaled(xp, x_row, x_col, row, col, height, width, PAD_SAME, inv_range);
+            const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
+            C value = (b[0] + C(2) * xv * b[1] + yv * b[2]) * inv_range;
+            typename GradientType<T>::type* gp = grad + outer * g_outer + inner * g_inner + row * g_row + col * g_col;
+            if (accumulate) value += (C)element_value(*gp);
+            store(gp, value);
         }
         __syncthreads();  // the next plane overwrites the tiles
+    }
+}
+
+template <class O>
+__global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ block_sums, long long per_output,
+                                                   long long outputs, double scale, double a, double b,
+                                                   O* __restrict__ out, long long out_stride) {
+    __shared__ double scratch[256];
+    for (long long o = blockIdx.x; o < outputs; o += gridDim.x) {
+        double sum = 0.0;
+        for (long long j = threadIdx.x; j < per_output; j += 256) sum += block_sums[o * per_output + j];
+        scratch[threadIdx.x] = sum;
+        __syncthreads();
+        for (int k = 128; k > 0; k >>= 1) {
+            if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) out[o * out_stride] = (O)(a + b * (scratch[0] * scale));
+        __syncthreads();
     }
 }

@@ -55,3 +55,16 @@ def test_emulator_test_kernels_compile_with_nvrtc():
 def test_compile_errors_carry_the_log():
     with pytest.raises(_nvrtc.NVRTCError, match="undefined_name"):
         _nvrtc.compile_report("__global__ void k(float* x) { x[0] = undefined_name; }", arch=80)
+
+
+def test_report_parser_reads_spills_and_stack():
+    """The figures come from ptxas's own wording; a kernel that spills must be seen to spill."""
+    log = (
+        "ptxas info    : Compiling entry function '_Z1kv' for 'sm_90'\n"
+        "ptxas info    : Function properties for _Z1kv\n"
+        "ptxas         .     16 bytes stack frame, 12 bytes spill stores, 8 bytes spill loads\n"
+        "ptxas info    : Used 48 registers, used 1 barriers, 16 bytes cumulative stack size, 21288 bytes smem\n"
+    )
+    frames = {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in _nvrtc._PROPERTIES.finditer(log)}
+    assert frames == {"_Z1kv": (16, 12, 8)}
+    assert _nvrtc._usage(log) == [("_Z1kv", 48, 1, 21288)]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cussim import _kernels, _launch
+from cussim._params import ssim_params
 from cussim import _reference as ref
 from executors import Executor
 
@@ -24,14 +25,20 @@ def _images(shape, dtype, seed=0, noise=0.1):
     return clean.astype(dtype), noisy.astype(dtype)
 
 
-def _check(executor, x, y, *, window="gaussian", win_size=11, sigma=1.5, padding="same", cov=1.0, K=(0.01, 0.03)):
-    """Runs ssim_map on the executor and compares map and mean with the reference."""
-    data_range = RANGES[np.dtype(x.dtype).type]
-    taps = ref.window_taps(window, win_size, sigma)
-    out = _launch.ssim_map(executor.asarray(x), executor.asarray(y), taps=taps, K1=K[0], K2=K[1],
-                           padding=padding, data_range=data_range, cov=cov)
-    got = executor.asnumpy(out)
-    expected = ref.ssim_map(x, y, taps, K1=K[0], K2=K[1], padding=padding, data_range=data_range, cov=cov)
+def _params(x, window="gaussian", win_size=11, sigma=1.5, padding="same", sample_covariance=False, K=(0.01, 0.03)):
+    return ssim_params(window=window, win_size=win_size, sigma=sigma, padding=padding, K1=K[0], K2=K[1],
+                       sample_covariance=sample_covariance, data_range=RANGES[np.dtype(x.dtype).type])
+
+
+def _reference_kwargs(params):
+    return dict(K1=params.K1, K2=params.K2, padding=params.padding, data_range=params.data_range, cov=params.cov)
+
+
+def _check(executor, x, y, **options):
+    """Runs ssim_forward on the executor and compares the map with the reference."""
+    params = _params(x, **options)
+    got = executor.asnumpy(_launch.ssim_map(executor.asarray(x), executor.asarray(y), params))
+    expected = ref.ssim_map(x, y, np.asarray(params.taps), **_reference_kwargs(params))
     assert got.dtype == _launch.compute_dtype(x.dtype)
     assert got.shape == expected.shape
     assert not np.isnan(got).any()
@@ -65,11 +72,11 @@ def test_sizes_including_the_window_size(executor, shape, padding):
     _check(executor, x, y, padding=padding)
 
 
-@pytest.mark.parametrize("cov", [1.0, 121 / 120], ids=["population", "sample"])
+@pytest.mark.parametrize("sample", [False, True], ids=["population", "sample"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_covariance_factor_and_constants(executor, cov, dtype):
+def test_covariance_factor_and_constants(executor, sample, dtype):
     x, y = _images((3, 20, 26), dtype, noise=0.3)
-    _check(executor, x, y, cov=cov, padding="reflect", K=(0.02, 0.05))
+    _check(executor, x, y, sample_covariance=sample, padding="reflect", K=(0.02, 0.05))
 
 
 def test_views_need_no_copies(executor):
@@ -85,9 +92,8 @@ def test_zero_stride_reference_broadcasts(executor):
     _, y = _images((3, 24, 24), np.float32, seed=9)
     got = _check(executor, x, y)
     for i in range(5):
-        np.testing.assert_array_equal(got[i], executor.asnumpy(_launch.ssim_map(
-            executor.asarray(x[i]), executor.asarray(y), taps=ref.window_taps("gaussian", 11, 1.5), K1=0.01,
-            K2=0.03, padding="same", data_range=1.0, cov=1.0)))
+        single = _launch.ssim_map(executor.asarray(x[i]), executor.asarray(y), _params(x))
+        np.testing.assert_array_equal(got[i], executor.asnumpy(single))
 
 
 def test_channels_last_through_strides(executor):
@@ -114,26 +120,22 @@ def test_more_planes_than_the_grid_holds(executor, monkeypatch):
 def test_flat_image_against_itself_is_exactly_one(executor, padding, dtype):
     level = {np.uint8: 97, np.uint16: 40000}.get(dtype, 0.3712)
     flat = np.full((2, 19, 23), level, dtype=dtype)
-    got = executor.asnumpy(_launch.ssim_map(
-        executor.asarray(flat), executor.asarray(flat), taps=ref.window_taps("gaussian", 11, 1.5), K1=0.01,
-        K2=0.03, padding=padding, data_range=RANGES[dtype], cov=1.0))
+    got = executor.asnumpy(_launch.ssim_map(executor.asarray(flat), executor.asarray(flat),
+                                            _params(flat, padding=padding)))
     assert np.all(got == 1.0)
 
 
 def test_same_call_twice_is_bitwise_equal(executor):
     x, y = _images((2, 33, 35), np.float32, noise=0.25)
-    run = lambda: executor.asnumpy(_launch.ssim_map(  # noqa: E731
-        executor.asarray(x), executor.asarray(y), taps=ref.window_taps("gaussian", 11, 1.5), K1=0.01, K2=0.03,
-        padding="reflect", data_range=1.0, cov=1.0))
+    params = _params(x, padding="reflect")
+    run = lambda: executor.asnumpy(_launch.ssim_map(executor.asarray(x), executor.asarray(y), params))  # noqa: E731
     assert np.array_equal(run(), run())
 
 
 def test_nan_stays_in_its_windows(executor):
     x, y = _images((30, 30), np.float32)
     x[15, 15] = np.nan
-    got = executor.asnumpy(_launch.ssim_map(executor.asarray(x), executor.asarray(y),
-                                            taps=ref.window_taps("gaussian", 5, 1.5), K1=0.01, K2=0.03,
-                                            padding="same", data_range=1.0, cov=1.0))
+    got = executor.asnumpy(_launch.ssim_map(executor.asarray(x), executor.asarray(y), _params(x, win_size=5)))
     assert np.isnan(got[13:18, 13:18]).all()
     assert np.isfinite(got[:13]).all() and np.isfinite(got[:, :13]).all()
 
@@ -141,9 +143,8 @@ def test_nan_stays_in_its_windows(executor):
 @pytest.mark.parametrize("order", ["reverse", "shuffle"])
 def test_thread_orders_agree(order, monkeypatch):
     x, y = _images((2, 21, 29), np.float32)
-    taps = ref.window_taps("gaussian", 7, 1.5)
-    run = lambda: _launch.ssim_map(x, y, taps=taps, K1=0.01, K2=0.03, padding="reflect",  # noqa: E731
-                                   data_range=1.0, cov=1.0)
+    params = _params(x, win_size=7, padding="reflect")
+    run = lambda: _launch.ssim_map(x, y, params)  # noqa: E731
     forward = run()
     monkeypatch.setenv("CUSSIM_EMULATOR_ORDER", order)
     assert np.array_equal(run(), forward)
@@ -161,4 +162,115 @@ def test_kernel_source_is_found():
     with pytest.raises(KeyError, match="unknown kernel family"):
         _kernels.kernel_source("nope")
     with pytest.raises(KeyError, match="not a specialisation"):
-        _kernels.get_kernel("ssim", "ssim_map<int, 5>", np.zeros(1))
+        _kernels.get_kernel("ssim", "ssim_forward<int, 5>", np.zeros(1))
+
+
+# ---- means and exact gradients: ssim_forward's block sums and partial maps, ssim_finish, ssim_backward ----
+
+def _value_and_gradient(executor, x, y, params, per_image=False, accumulate_into=None):
+    """Mean SSIM (over everything, or per leading index) and d sum(means)/dx through the kernels."""
+    xp_x, xp_y = executor.asarray(x), executor.asarray(y)
+    planes = int(np.prod(x.shape[:-2], dtype=np.int64))
+    map_shape = params.map_shape(x.shape)
+    ctype = _launch.compute_dtype(x.dtype)
+    counted = int(np.prod(params.mean_shape(x.shape)))
+    outputs = x.shape[0] if per_image else 1
+    per_output_count = counted * planes // outputs
+    block_sums = executor.asarray(np.full(planes * _launch.tiles(map_shape), np.nan))
+    grad_maps = executor.asarray(np.full(3 * planes * map_shape[-2] * map_shape[-1], np.nan, ctype))
+    _launch.forward(xp_x, xp_y, params, block_sums=block_sums, grad_maps=grad_maps, weight=1.0 / per_output_count)
+    values = executor.asarray(np.full(outputs, np.nan, ctype))
+    _launch.finish(block_sums, values, per_output=block_sums.size // outputs, scale=1.0 / per_output_count)
+    if accumulate_into is None:
+        grad = executor.asarray(np.full(x.shape, np.nan, _launch.gradient_dtype(x.dtype)))
+    else:
+        grad = executor.asarray(accumulate_into)
+    _launch.backward(xp_x, xp_y, grad_maps, grad, params, accumulate=accumulate_into is not None)
+    return executor.asnumpy(values), executor.asnumpy(grad)
+
+
+def _check_gradient(executor, x, y, params, per_image=False, grad_rtol=1e-4):
+    value, grad = _value_and_gradient(executor, x, y, params, per_image)
+    axis = tuple(range(1, x.ndim)) if per_image else None
+    expected_value, expected_grad = ref.ssim_with_gradient(x, y, np.asarray(params.taps), axis=axis,
+                                                           crop=params.crop, **_reference_kwargs(params))
+    assert grad.dtype == _launch.gradient_dtype(x.dtype) and grad.shape == x.shape
+    assert not np.isnan(grad).any()
+    if value.dtype == np.float64:
+        np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-12)
+        assert np.linalg.norm(grad - expected_grad) <= 1e-10 * np.linalg.norm(expected_grad)
+    else:
+        np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-5)
+        assert np.linalg.norm(grad - expected_grad) <= grad_rtol * np.linalg.norm(expected_grad)
+    return value, grad
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("window", ref.WINDOWS)
+@pytest.mark.parametrize("sample", [False, True], ids=["population", "sample"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_mean_and_gradient(executor, padding, window, sample, dtype):
+    x, y = _images((2, 27, 35), dtype, noise=0.2)
+    _check_gradient(executor, x, y, _params(x, window=window, win_size=7, padding=padding,
+                                            sample_covariance=sample))
+
+
+@pytest.mark.parametrize("win_size", [3, 5, 9, 13, 15])
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_gradient_for_every_radius(executor, win_size, padding):
+    x, y = _images((19, 24), np.float32, seed=win_size, noise=0.15)
+    _check_gradient(executor, x, y, _params(x, win_size=win_size, sigma=win_size / 5, padding=padding))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.uint8, np.uint16], ids=lambda d: np.dtype(d).name)
+def test_gradient_of_other_dtypes(executor, dtype):
+    x, y = _images((2, 20, 22), dtype, noise=0.2)
+    # float16 gradients are stored in half precision: about 3 decimal digits
+    _check_gradient(executor, x, y, _params(x), grad_rtol=1e-3 if dtype == np.float16 else 1e-4)
+
+
+def test_per_image_means_and_broadcast_reference(executor):
+    x, _ = _images((4, 3, 21, 26), np.float32, noise=0.25)
+    _, y = _images((3, 21, 26), np.float32, seed=3)
+    value, _ = _check_gradient(executor, x, y, _params(x, padding="reflect"), per_image=True)
+    assert value.shape == (4,)
+
+
+def test_gradient_through_views(executor):
+    base_x, base_y = _images((3, 30, 44), np.float32, noise=0.2)
+    x, y = base_x[:, ::-1, 1::2].transpose(0, 2, 1), base_y[:, ::-1, 1::2].transpose(0, 2, 1)
+    _check_gradient(executor, x, y, _params(x, win_size=5, padding="valid"))
+
+
+def test_gradient_accumulates(executor):
+    x, y = _images((2, 18, 20), np.float32, noise=0.2)
+    params = _params(x)
+    _, plain = _value_and_gradient(executor, x, y, params)
+    start = np.linspace(-1, 1, x.size, dtype=np.float32).reshape(x.shape)
+    _, summed = _value_and_gradient(executor, x, y, params, accumulate_into=start.copy())
+    np.testing.assert_allclose(summed, start + plain, rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_of_identical_images_is_zero_and_finite(executor):
+    flat = np.full((2, 17, 17), 0.25, np.float32)
+    x, _ = _images((2, 17, 17), np.float32)
+    for image in (flat, x):
+        value, grad = _value_and_gradient(executor, image, image.copy(), _params(image))
+        assert value[0] == 1.0
+        assert np.all(np.isfinite(grad)) and np.abs(grad).max() < 1e-6
+
+
+def test_means_are_bitwise_reproducible(executor):
+    x, y = _images((3, 40, 37), np.float32, noise=0.3)
+    params = _params(x, padding="reflect")
+    first = _value_and_gradient(executor, x, y, params, per_image=True)
+    second = _value_and_gradient(executor, x, y, params, per_image=True)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_nan_input_gives_nan_mean_and_local_nan_gradient(executor):
+    x, y = _images((40, 40), np.float32)
+    x[20, 20] = np.nan
+    value, grad = _value_and_gradient(executor, x, y, _params(x, win_size=5))
+    assert np.isnan(value[0])
+    assert np.isfinite(grad[:10]).all() and np.isfinite(grad[:, :10]).all()

@@ -1,0 +1,102 @@
+"""The metric's parameters, checked once and carried down as one small value.
+
+The public functions turn their keyword arguments into an :class:`SsimParams`
+(:func:`ssim_params` names the argument and the fix for every bad value); the
+launch plans and kernels below never parse options again.
+
+Example
+-------
+>>> from cussim._params import ssim_params
+>>> p = ssim_params(win_size=7, window="uniform", padding="reflect", data_range=255)
+>>> p.radius, p.crop, round(p.taps[0], 6), p.map_shape((2, 20, 30))
+(3, 3, 0.142857, (2, 20, 30))
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+from . import _reference
+
+PADDINGS = _reference.PADDINGS
+WINDOWS = _reference.WINDOWS
+MIN_WIN_SIZE = 3
+MAX_WIN_SIZE = 15  # the kernels are compiled for radii 1 to 7
+
+
+@dataclass(frozen=True)
+class SsimParams:
+    """Everything the kernels need to know about the metric, already checked.
+
+    taps: the 1-D window (float64, odd length, symmetric); crop: the map border
+    left out of the mean ("reflect" leaves out (win_size-1)//2, as skimage);
+    cov: the covariance factor c (1, or NP/(NP-1) for sample covariance).
+    """
+
+    taps: tuple
+    K1: float
+    K2: float
+    data_range: float
+    padding: str
+    cov: float
+    crop: int
+
+    @property
+    def radius(self) -> int:
+        return (len(self.taps) - 1) // 2
+
+    @property
+    def win_size(self) -> int:
+        return len(self.taps)
+
+    def map_shape(self, shape) -> tuple:
+        """Shape of the SSIM map for images of ``shape`` (the last two axes shrink for "valid")."""
+        shrink = 2 * self.radius if self.padding == "valid" else 0
+        return tuple(shape[:-2]) + (shape[-2] - shrink, shape[-1] - shrink)
+
+    def mean_shape(self, shape) -> tuple:
+        """The plane of the map that the mean averages: (rows, columns) after the crop."""
+        rows, cols = self.map_shape(shape)[-2:]
+        return rows - 2 * self.crop, cols - 2 * self.crop
+
+
+def _positive_finite(name, value, fix):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}; {fix}")
+    return float(value)
+
+
+def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
+                sample_covariance=False, data_range=1.0) -> SsimParams:
+    """Checks the native API's metric arguments and returns their :class:`SsimParams`."""
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {', '.join(map(repr, WINDOWS))}, got {window!r}")
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(map(repr, PADDINGS))}, got {padding!r}")
+    if isinstance(win_size, bool) or not isinstance(win_size, numbers.Integral):
+        raise TypeError(f"win_size must be an odd int from {MIN_WIN_SIZE} to {MAX_WIN_SIZE}, got {win_size!r}")
+    if win_size % 2 == 0:
+        raise ValueError(f"win_size must be odd, got {win_size}; use {win_size - 1} or {win_size + 1}")
+    if not MIN_WIN_SIZE <= win_size <= MAX_WIN_SIZE:
+        raise ValueError(f"win_size must be from {MIN_WIN_SIZE} to {MAX_WIN_SIZE}, got {win_size}")
+    if window == "gaussian":
+        _positive_finite("sigma", sigma, "it is the Gaussian window's standard deviation in pixels (e.g. 1.5)")
+    for name, value in (("K1", K1), ("K2", K2)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r} (defaults: K1=0.01, K2=0.03)")
+    data_range = _positive_finite(
+        "data_range", data_range, "it is the value range of the images (1 for [0, 1] floats, 255 for uint8)"
+    )
+    win_size = int(win_size)
+    np_ = win_size * win_size
+    return SsimParams(
+        taps=tuple(float(t) for t in _reference.window_taps(window, win_size, float(sigma))),
+        K1=float(K1),
+        K2=float(K2),
+        data_range=data_range,
+        padding=padding,
+        cov=np_ / (np_ - 1) if sample_covariance else 1.0,
+        crop=_reference.mean_weights_crop(padding, win_size),
+    )
