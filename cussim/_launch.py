@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
+from . import _arrays, _kernels
 
 TILE = 16
 MAX_GRID_Y = 65535
@@ -38,15 +38,6 @@ ELEMENT_TYPES = {
     np.dtype(np.uint8): "unsigned char",
     np.dtype(np.uint16): "unsigned short",
 }
-
-
-def array_module(array):
-    """NumPy for NumPy arrays, CuPy for CuPy arrays."""
-    if isinstance(array, np.ndarray):
-        return np
-    import cupy
-
-    return cupy
 
 
 def compute_dtype(dtype) -> np.dtype:
@@ -120,8 +111,7 @@ def plane_layouts(inputs, outputs=()):
     lead = inputs[0].shape[:-2]
     merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
     if merged is None:
-        xp = array_module(inputs[0])
-        arrays = [xp.ascontiguousarray(a) for a in inputs] + list(outputs)
+        arrays = [_contiguous_copy(a) for a in inputs] + list(outputs)
         merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
     if merged is None:
         raise ValueError(
@@ -130,6 +120,12 @@ def plane_layouts(inputs, outputs=()):
     counts, strides = merged
     layouts = [PlaneLayout(s[0], s[1], *_element_strides(a)[-2:]) for s, a in zip(strides, arrays)]
     return counts, layouts, arrays[: len(inputs)]
+
+
+def _contiguous_copy(array):
+    copy = _arrays.empty(_arrays.array_module(array), array.shape, array.dtype)
+    copy[...] = array
+    return copy
 
 
 @functools.lru_cache(maxsize=64)
@@ -144,8 +140,8 @@ def _device_taps(module_name: str, device_id: int, taps: tuple, dtype: np.dtype)
 
 
 def _taps(x, params, dtype):
-    xp = array_module(x)
-    device = -1 if xp is np else x.device.id
+    xp = _arrays.array_module(x)
+    device = _arrays.device_of(x)
     return _device_taps(xp.__name__, device, params.taps, np.dtype(dtype))
 
 
@@ -162,7 +158,7 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     pixels the mean counts; grad_maps: compute dtype, 3 x planes x map pixels,
     contiguous, the partial maps weighted by ``weight`` where the mean counts.
     """
-    xp = array_module(x)
+    xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
     y = xp.broadcast_to(y, x.shape)
     outputs = [map_out] if map_out is not None else []
@@ -185,7 +181,7 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
 
 def backward(x, y, grad_maps, grad, params, *, accumulate=False):
     """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps."""
-    xp = array_module(x)
+    xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
     y = xp.broadcast_to(y, x.shape)
     (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x, y], [grad])
@@ -217,7 +213,7 @@ def finish(block_sums, out, *, per_output, scale, a=0.0, b=1.0):
 
 def ssim_map(x, y, params):
     """The SSIM map of x against y, a new array of the compute dtype."""
-    xp = array_module(x)
-    out = xp.empty(params.map_shape(x.shape), dtype=compute_dtype(x.dtype))
+    xp = _arrays.array_module(x)
+    out = _arrays.empty(xp, params.map_shape(x.shape), compute_dtype(x.dtype))
     forward(x, y, params, map_out=out)
     return out

@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["cussim._reference", "cussim._launch", "cussim._kernels", "cussim._emulator._module"]
+MODULES = ["cussim", "cussim._ssim", "cussim._params", "cussim._reference", "cussim._launch", "cussim._kernels",
+           "cussim._emulator._module"]
 
 
 @pytest.mark.parametrize("name", MODULES)

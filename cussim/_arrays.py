@@ -1,0 +1,146 @@
+"""Array handling for the public API: what an input is, where it lives, what it may be.
+
+Every array the public functions take passes through here: converted without
+a copy (CuPy arrays, ``__cuda_array_interface__`` and ``__dlpack__`` objects
+such as PyTorch CUDA tensors, NumPy arrays), checked for dtype and device, and
+every output buffer is checked for shape, dtype, device, layout and overlap
+with the inputs. Buffers the library itself creates go through :func:`empty`,
+which a test can count.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+SUPPORTED_DTYPES = tuple(np.dtype(d) for d in (np.float16, np.float32, np.float64, np.uint8, np.uint16))
+NUMPY_BACKENDS = ("reference", "emulator")
+DLPACK_CPU, DLPACK_CUDA = 1, 2
+
+# Incremented by every buffer the library creates (tests check the in-place path creates none).
+allocations = 0
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError(
+            "GPU arrays need CuPy: pip install 'cussim[cuda12]' (or [cuda13]) for the CUDA version you have"
+        ) from exc
+    return cupy
+
+
+def is_numpy(array) -> bool:
+    return isinstance(array, np.ndarray)
+
+
+def array_module(array):
+    """NumPy for NumPy arrays, CuPy for everything on a GPU."""
+    return np if is_numpy(array) else _cupy()
+
+
+def as_array(value, name: str):
+    """A NumPy or CuPy array viewing ``value`` (no copy), or a TypeError naming ``name``."""
+    if isinstance(value, np.ndarray):
+        return value
+    module = type(value).__module__.split(".")[0]
+    if module == "cupy":
+        return value
+    if hasattr(value, "__cuda_array_interface__"):
+        return _cupy().asarray(value)
+    if hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__"):
+        device_type = int(value.__dlpack_device__()[0])
+        if device_type == DLPACK_CPU:
+            return np.from_dlpack(value)
+        if device_type == DLPACK_CUDA:
+            return _cupy().from_dlpack(value)
+        raise TypeError(f"{name} lives on DLPack device type {device_type}; cussim takes CPU or CUDA arrays")
+    raise TypeError(
+        f"{name} must be a CuPy or NumPy array, or an object with __cuda_array_interface__ or __dlpack__ "
+        f"(e.g. a PyTorch tensor); got {type(value).__name__}"
+    )
+
+
+def check_dtype(array, name: str) -> None:
+    if array.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(d.name for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{name} has dtype {array.dtype}; cussim supports {names} (convert it with .astype)")
+
+
+def device_of(array):
+    """-1 for NumPy arrays, the CUDA device id otherwise."""
+    return -1 if is_numpy(array) else array.device.id
+
+
+def where(array) -> str:
+    device = device_of(array)
+    return "host memory (NumPy)" if device < 0 else f"GPU {device}"
+
+
+def check_same_place(reference, array, name: str, reference_name: str) -> None:
+    if is_numpy(reference) != is_numpy(array):
+        raise TypeError(
+            f"{name} is in {where(array)} but {reference_name} is in {where(reference)}; pass both as NumPy "
+            "arrays or both as GPU arrays"
+        )
+    if device_of(reference) != device_of(array):
+        raise ValueError(
+            f"{name} is on {where(array)} but {reference_name} is on {where(reference)}; move them to one device"
+        )
+
+
+def _byte_extent(array):
+    """[low, high) of the bytes an array may touch."""
+    start = array.ctypes.data if is_numpy(array) else array.data.ptr
+    low = high = start
+    for n, stride in zip(array.shape, array.strides):
+        if n == 0:
+            return start, start
+        if stride < 0:
+            low += stride * (n - 1)
+        else:
+            high += stride * (n - 1)
+    return low, high + array.itemsize
+
+
+def overlaps(a, b) -> bool:
+    """Whether two arrays may share memory (by their byte extents)."""
+    if a.size == 0 or b.size == 0:
+        return False
+    low_a, high_a = _byte_extent(a)
+    low_b, high_b = _byte_extent(b)
+    return low_a < high_b and low_b < high_a
+
+
+def check_output(array, name: str, *, shape, dtype, like, inputs) -> None:
+    """An output buffer (already through :func:`as_array`): right shape, dtype and place, no overlap with inputs."""
+    check_same_place(like, array, name, "the inputs")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(array.shape)}; it must be {tuple(shape)}")
+    if array.dtype != dtype:
+        raise TypeError(f"{name} has dtype {array.dtype}; it must be {np.dtype(dtype).name}")
+    if is_numpy(array) and not array.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for input_name, value in inputs.items():
+        if overlaps(array, value):
+            raise ValueError(f"{name} overlaps {input_name}; outputs must not share memory with the inputs")
+
+
+def empty(xp, shape, dtype):
+    """A new buffer; every buffer cussim creates comes from here."""
+    global allocations
+    allocations += 1
+    return xp.empty(shape, dtype=dtype)
+
+
+def numpy_backend() -> str:
+    """How NumPy inputs are computed: "reference" (float64, default) or "emulator" (the kernels on the CPU).
+
+    Set with the environment variable CUSSIM_NUMPY_BACKEND.
+    """
+    backend = os.environ.get("CUSSIM_NUMPY_BACKEND", "reference")
+    if backend not in NUMPY_BACKENDS:
+        raise ValueError(f"CUSSIM_NUMPY_BACKEND={backend!r}: use one of {', '.join(NUMPY_BACKENDS)}")
+    return backend

@@ -1,0 +1,437 @@
+"""The public SSIM and DSSIM functions: arguments in, one launch plan, outputs back.
+
+Inputs: CuPy arrays, objects with ``__cuda_array_interface__`` or
+``__dlpack__`` (PyTorch CUDA tensors, zero-copy; results come back as CuPy
+arrays), or NumPy arrays (computed by the float64 reference, or by the kernels
+on the CPU emulator with ``CUSSIM_NUMPY_BACKEND=emulator``). The last two axes
+are the image plane (or the last two other than ``channel_axis``); every other
+axis is a batch axis. The gradient is with respect to the FIRST argument x
+(the rendered image); y is the reference and broadcasts to x's shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _arrays, _launch, _reference
+from ._params import SsimParams, ssim_params
+
+INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Checked inputs in the kernels' layout: kept axes, averaged batch axes, then the plane."""
+
+    x: object
+    y: object
+    params: SsimParams
+    perm: tuple  # x_original.transpose(perm) is x
+    kept: int  # how many leading axes stay in the result
+    xp: object
+
+    @property
+    def value_shape(self) -> tuple:
+        return tuple(self.x.shape[: self.kept])
+
+    @property
+    def planes(self) -> int:
+        return math.prod(self.x.shape[:-2])
+
+    @property
+    def planes_per_value(self) -> int:
+        return math.prod(self.x.shape[self.kept : -2])
+
+    @property
+    def counted_per_value(self) -> int:
+        """Map pixels averaged into each value."""
+        return self.planes_per_value * math.prod(self.params.mean_shape(self.x.shape))
+
+    def original(self, array):
+        """An array in the kernels' layout, viewed in the caller's axis order."""
+        return array.transpose(np.argsort(self.perm))
+
+    def permuted(self, array):
+        """A caller-layout array viewed in the kernels' layout."""
+        return array.transpose(self.perm)
+
+    def device(self):
+        if self.xp is np:
+            return contextlib.nullcontext()
+        return self.xp.cuda.Device(self.x.device.id)
+
+
+def _normalise_axis(value, ndim, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not -ndim <= value < ndim:
+        raise ValueError(f"{name}={value} is out of range for arrays with {ndim} dimensions")
+    return int(value) % ndim
+
+
+def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis,
+             axis, reduce=True) -> _Problem:
+    x = _arrays.as_array(x, "x")
+    y = _arrays.as_array(y, "y")
+    _arrays.check_same_place(x, y, "y", "x")
+    _arrays.check_dtype(x, "x")
+    if y.dtype != x.dtype:
+        raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}; convert one to the other's dtype")
+    ndim = x.ndim
+    needed = 2 if channel_axis is None else 3
+    if ndim < needed:
+        raise ValueError(f"x has shape {x.shape}; images need two spatial axes"
+                         + (" besides channel_axis" if channel_axis is not None else ""))
+    try:
+        broadcast = np.broadcast_shapes(y.shape, x.shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != x.shape:
+        raise ValueError(f"y has shape {y.shape}, which does not broadcast to x's shape {x.shape}; "
+                         "the images must have the same dimensions")
+    channel = None if channel_axis is None else _normalise_axis(channel_axis, ndim, "channel_axis")
+    spatial = [a for a in range(ndim) if a != channel][-2:]
+    if data_range is None:
+        data_range = INTEGER_RANGES.get(x.dtype, 1.0)
+    params = ssim_params(win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2, padding=padding,
+                         sample_covariance=sample_covariance, data_range=data_range)
+    height, width = (x.shape[a] for a in spatial)
+    if min(height, width) < params.win_size:
+        raise ValueError(f"x's images are {height}x{width}, smaller than the {win_size}x{win_size} window; "
+                         "use a smaller win_size, or set channel_axis if an image axis holds channels")
+    if not reduce or axis is None:
+        averaged = set(range(ndim)) if reduce else set(spatial)
+    else:
+        axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+        averaged = [_normalise_axis(a, ndim, "axis") for a in axes]
+        if len(set(averaged)) != len(averaged):
+            raise ValueError(f"axis={axis!r} repeats an axis")
+        averaged = set(averaged)
+        if not set(spatial) <= averaged:
+            raise ValueError(f"axis={axis!r} must include both spatial axes {tuple(spatial)}: SSIM is a mean "
+                             "over the image plane (axis=None averages everything)")
+    kept = [a for a in range(ndim) if a not in averaged]
+    batch = [a for a in range(ndim) if a in averaged and a not in spatial]
+    perm = tuple(kept + batch + spatial)
+    y = _arrays.array_module(x).broadcast_to(y, x.shape)
+    return _Problem(x=x.transpose(perm), y=y.transpose(perm), params=params, perm=perm, kept=len(kept),
+                    xp=_arrays.array_module(x))
+
+
+class Workspace:
+    """Scratch buffers of :func:`ssim_with_gradient` and :func:`dssim_with_gradient`.
+
+    Made by :func:`make_workspace` for one image shape, window size and
+    padding; passing it (with ``out`` and ``grad``) makes those calls allocate
+    nothing. ``block_sums`` holds per-tile sums (float64), ``grad_maps`` the
+    three partial-derivative maps (compute dtype).
+    """
+
+    def __init__(self, block_sums, grad_maps):
+        self.block_sums = block_sums
+        self.grad_maps = grad_maps
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.block_sums.nbytes + self.grad_maps.nbytes)
+
+    def __repr__(self):
+        return f"Workspace({self.nbytes} bytes, {_arrays.where(self.grad_maps)})"
+
+
+def _workspace_sizes(problem: _Problem):
+    map_shape = problem.params.map_shape(problem.x.shape)
+    return problem.planes * _launch.tiles(map_shape), 3 * problem.planes * map_shape[-2] * map_shape[-1]
+
+
+def make_workspace(x, *, win_size=11, padding="same", channel_axis=None) -> Workspace:
+    """The workspace for gradients of images shaped like ``x`` (allocated once, reused every step).
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> x = np.zeros((2, 3, 64, 64), np.float32)
+    >>> cussim.make_workspace(x).nbytes
+    295680
+    """
+    problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
+                       padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None)
+    sums, maps = _workspace_sizes(problem)
+    xp = problem.xp
+    with problem.device():
+        return Workspace(_arrays.empty(xp, (sums,), np.float64),
+                         _arrays.empty(xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
+
+
+def _check_workspace(workspace, problem: _Problem, options: str) -> Workspace:
+    if not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must come from cussim.make_workspace, got {type(workspace).__name__}")
+    sums, maps = _workspace_sizes(problem)
+    ctype = _launch.compute_dtype(problem.x.dtype)
+    _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
+    if workspace.block_sums.size != sums or workspace.grad_maps.size != maps or workspace.grad_maps.dtype != ctype:
+        raise ValueError(f"workspace does not fit these images; make one with cussim.make_workspace(x, {options})")
+    for name, value in (("x", problem.x), ("y", problem.y)):
+        if _arrays.overlaps(workspace.grad_maps, value) or _arrays.overlaps(workspace.block_sums, value):
+            raise ValueError(f"workspace overlaps {name}")
+    return workspace
+
+
+def _value_buffer(problem: _Problem, out, name="out"):
+    """The caller's ``out`` checked (or a new one), and a 1-D view of it for the finishing kernel."""
+    dtype = _launch.compute_dtype(problem.x.dtype)
+    if out is None:
+        with problem.device():
+            out = _arrays.empty(problem.xp, problem.value_shape, dtype)
+    else:
+        out = _arrays.as_array(out, name)
+        _arrays.check_output(out, name, shape=problem.value_shape, dtype=dtype, like=problem.x,
+                             inputs={"x": problem.x, "y": problem.y})
+        if out.ndim > 1 and not out.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (it holds {out.size} values)")
+    return out, out.reshape(-1)
+
+
+def _reference_values(problem: _Problem, a, b, want_gradient):
+    """The float64 reference on NumPy inputs: (values, gradient in the kernels' layout or None)."""
+    p = problem.params
+    kwargs = dict(axis=tuple(range(problem.kept, problem.x.ndim)), crop=p.crop, K1=p.K1, K2=p.K2,
+                  padding=p.padding, data_range=p.data_range, cov=p.cov)
+    taps = np.asarray(p.taps)
+    if want_gradient:
+        value, grad = _reference.ssim_with_gradient(problem.x, problem.y, taps, **kwargs)
+        return a + b * value, b * grad
+    return a + b * _reference.ssim(problem.x, problem.y, taps, **kwargs), None
+
+
+def _use_kernels(problem: _Problem) -> bool:
+    return problem.xp is not np or _arrays.numpy_backend() == "emulator"
+
+
+def _mean(problem: _Problem, out, a, b, *, grad=None, workspace=None, accumulate=False, options=""):
+    """Values a + b * mean SSIM, and with ``grad`` their summed gradient written or added into grad."""
+    out, flat_out = _value_buffer(problem, out)
+    want_gradient = grad is not None
+    grad_view = problem.permuted(grad) if want_gradient else None
+    if workspace is not None:
+        workspace = _check_workspace(workspace, problem, options)
+    if not _use_kernels(problem):
+        value, gradient = _reference_values(problem, a, b, want_gradient)
+        flat_out[...] = np.reshape(value, -1)
+        if want_gradient:
+            grad_view[...] = gradient + grad_view if accumulate else gradient
+        return out
+    counted = problem.counted_per_value
+    with problem.device():
+        if workspace is None:
+            sums, maps = _workspace_sizes(problem)
+            block_sums = _arrays.empty(problem.xp, (sums,), np.float64)
+            grad_maps = (_arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype))
+                         if want_gradient else None)
+        else:
+            block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
+        _launch.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
+                        weight=b / counted)
+        _launch.finish(block_sums, flat_out, per_output=block_sums.size // max(1, flat_out.size),
+                       scale=1.0 / counted, a=a, b=b)
+        if want_gradient:
+            _launch.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate)
+    return out
+
+
+def _gradient_buffer(problem: _Problem, grad, accumulate):
+    x_original = problem.original(problem.x)
+    dtype = _launch.gradient_dtype(x_original.dtype)
+    if grad is None:
+        if accumulate:
+            raise ValueError("accumulate=True adds into grad: pass the grad array to add into")
+        with problem.device():
+            return _arrays.empty(problem.xp, x_original.shape, dtype)
+    grad = _arrays.as_array(grad, "grad")
+    _arrays.check_output(grad, "grad", shape=x_original.shape, dtype=dtype, like=problem.x,
+                         inputs={"x": problem.x, "y": problem.y})
+    return grad
+
+
+_DOC_PARAMETERS = """
+    Parameters
+    ----------
+    x, y : array
+        Images with the plane in the last two axes (or the last two besides
+        ``channel_axis``); y, the reference, broadcasts to x's shape. Dtypes:
+        float16, float32, float64, uint8, uint16 (float64 computes in float64,
+        the rest in float32).
+    data_range : float, optional
+        Value range L of the images: 1 for floats, the dtype's range for integers.
+    win_size : int
+        Odd window size, 3 to 15 (default 11).
+    sigma : float
+        Standard deviation of the Gaussian window (default 1.5).
+    window : {"gaussian", "uniform"}
+    K1, K2 : float
+        Constants of the formula (defaults 0.01, 0.03).
+    padding : {"same", "valid", "reflect"}
+        Zeros outside the image (map H x W, the default); only the interior
+        ((H-2r) x (W-2r)); or skimage's half-sample reflection, with the mean
+        over the map cropped by (win_size-1)//2.
+    sample_covariance : bool
+        Covariance factor NP/(NP-1) (skimage's default) instead of 1.
+    channel_axis : int, optional
+        An axis holding channels (e.g. -1 for H x W x C), handled by strides.
+"""
+
+
+def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
+         sample_covariance=False, channel_axis=None, axis=None, out=None):
+    """Mean structural similarity of x against y.
+    {parameters}    axis : int or tuple of ints, optional
+        Axes to average, NumPy-style; they must include the spatial axes. None
+        (the default) averages everything into a 0-d array; ``axis=(1, 2, 3)``
+        gives one value per image of an N x C x H x W batch.
+    out : array, optional
+        Where to write the result (compute dtype, the result's shape).
+
+    Returns
+    -------
+    array
+        The mean SSIM, a 0-d array or one value per kept index; a CuPy array
+        for GPU inputs, a NumPy array for NumPy inputs.
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((2, 32, 32), dtype=np.float32)
+    >>> y = np.clip(x + 0.1 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
+    >>> print(np.round(cussim.ssim(x, y, axis=(1, 2)), 4))
+    [0.9506 0.9548]
+    """
+    problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
+                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis)
+    return _mean(problem, out, 0.0, 1.0)
+
+
+def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
+          sample_covariance=False, channel_axis=None, axis=None, out=None):
+    """Structural dissimilarity (1 - SSIM) / 2, with the arguments of :func:`ssim`.
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> x = np.linspace(0, 1, 400, dtype=np.float32).reshape(20, 20)
+    >>> float(cussim.dssim(x, x)), round(float(cussim.dssim(x, 1 - x)), 4)
+    (0.0, 0.5895)
+    """
+    problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
+                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis)
+    return _mean(problem, out, 0.5, -0.5)
+
+
+def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
+             sample_covariance=False, channel_axis=None, out=None):
+    """The SSIM map: one value per window position, x's shape (the plane shrinks for "valid").
+    {parameters}    out : array, optional
+        Where to write the map (compute dtype, the map's shape, any strides).
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> x = np.linspace(0, 1, 24 * 30, dtype=np.float32).reshape(24, 30)
+    >>> cussim.ssim_map(x, x, padding="valid").shape
+    (14, 20)
+    """
+    problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
+                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
+                       reduce=False)
+    dtype = _launch.compute_dtype(problem.x.dtype)
+    map_shape = problem.params.map_shape(problem.x.shape)
+    original_shape = tuple(map_shape[i] for i in np.argsort(problem.perm))
+    if out is None:
+        with problem.device():
+            result = problem.original(_arrays.empty(problem.xp, map_shape, dtype))
+    else:
+        result = _arrays.as_array(out, "out")
+        _arrays.check_output(result, "out", shape=original_shape, dtype=dtype, like=problem.x,
+                             inputs={"x": problem.x, "y": problem.y})
+    if not _use_kernels(problem):
+        p = problem.params
+        S = _reference.ssim_map(problem.x, problem.y, np.asarray(p.taps), K1=p.K1, K2=p.K2, padding=p.padding,
+                                data_range=p.data_range, cov=p.cov)
+        problem.permuted(result)[...] = S
+        return result
+    with problem.device():
+        _launch.forward(problem.x, problem.y, problem.params, map_out=problem.permuted(result))
+    return result
+
+
+def _with_gradient(a, b, x, y, *, out, grad, workspace, accumulate, **kwargs):
+    problem = _prepare(x, y, **kwargs)
+    grad = _gradient_buffer(problem, grad, accumulate)
+    options = ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis"))
+    value = _mean(problem, out, a, b, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
+    return value, grad
+
+
+def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
+                       padding="same", sample_covariance=False, channel_axis=None, axis=None, out=None, grad=None,
+                       workspace=None, accumulate=False):
+    """Mean SSIM and its exact gradient with respect to x: ``(value, d sum(value) / dx)``.
+    {parameters}    axis, out : as in :func:`ssim`.
+    grad : array, optional
+        Where to write the gradient (x's shape; x's dtype for floats, float32
+        for integer images).
+    workspace : Workspace, optional
+        From :func:`make_workspace`; with ``out`` and ``grad`` too, the call
+        allocates nothing.
+    accumulate : bool
+        Add into ``grad`` instead of overwriting it (sums of losses).
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.random((16, 16)); y = rng.random((16, 16))
+    >>> value, grad = cussim.ssim_with_gradient(x, y, win_size=5)
+    >>> h = 1e-6; e = np.zeros_like(x); e[7, 9] = h
+    >>> numeric = (cussim.ssim(x + e, y, win_size=5) - cussim.ssim(x - e, y, win_size=5)) / (2 * h)
+    >>> bool(abs(numeric - grad[7, 9]) < 1e-8)
+    True
+    """
+    return _with_gradient(0.0, 1.0, x, y, out=out, grad=grad, workspace=workspace, accumulate=accumulate,
+                          data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
+                          padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis,
+                          axis=axis)
+
+
+def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
+                        padding="same", sample_covariance=False, channel_axis=None, axis=None, out=None, grad=None,
+                        workspace=None, accumulate=False):
+    """DSSIM = (1 - SSIM) / 2 and its exact gradient with respect to x, as :func:`ssim_with_gradient`.
+
+    The training-loop form: with preallocated ``out``, ``grad`` and
+    ``workspace`` nothing is allocated per step.
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> x = np.random.default_rng(2).random((3, 32, 32)).astype(np.float32)
+    >>> y = np.clip(x + 0.05, 0, 1)
+    >>> out, grad = np.empty((), np.float32), np.empty_like(x)
+    >>> ws = cussim.make_workspace(x)
+    >>> value, g = cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws)
+    >>> value is out and g is grad, round(float(out), 4)
+    (True, 0.0026)
+    """
+    return _with_gradient(0.5, -0.5, x, y, out=out, grad=grad, workspace=workspace, accumulate=accumulate,
+                          data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
+                          padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis,
+                          axis=axis)
+
+
+for _function in (ssim, ssim_map, ssim_with_gradient):
+    _function.__doc__ = _function.__doc__.replace("{parameters}", _DOC_PARAMETERS)

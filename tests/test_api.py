@@ -1,0 +1,341 @@
+"""The public API on every backend: NumPy through the reference and the emulator, CuPy on a GPU."""
+
+import numpy as np
+import pytest
+
+import cussim
+from cussim import _arrays
+from cussim import _reference as ref
+
+
+class Backend:
+    def __init__(self, name):
+        self.name = name
+
+    def asarray(self, a):
+        if self.name == "cupy":
+            import cupy
+
+            return cupy.asarray(a)
+        return np.asarray(a)
+
+    def asnumpy(self, a):
+        if self.name == "cupy":
+            import cupy
+
+            return cupy.asnumpy(a)
+        return np.asarray(a)
+
+    def __repr__(self):
+        return self.name
+
+
+@pytest.fixture(params=["reference", "emulator", pytest.param("cupy", marks=pytest.mark.gpu)])
+def backend(request, monkeypatch):
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator" if request.param == "emulator" else "reference")
+    return Backend(request.param)
+
+
+def _images(shape, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random(shape)
+    y = np.clip(x + 0.15 * rng.standard_normal(shape), 0, 1)
+    if np.dtype(dtype).kind == "u":
+        top = np.iinfo(dtype).max
+        return (x * top).round().astype(dtype), (y * top).round().astype(dtype)
+    return x.astype(dtype), y.astype(dtype)
+
+
+def _expected(x, y, *, win_size=11, sigma=1.5, window="gaussian", padding="same", sample=False, axes=None,
+              data_range=None, K1=0.01, K2=0.03):
+    """The reference's value and gradient for images whose plane is the last two axes."""
+    data_range = data_range or {np.uint8: 255.0, np.uint16: 65535.0}.get(np.dtype(x.dtype).type, 1.0)
+    n = win_size * win_size
+    value, grad = ref.ssim_with_gradient(
+        x, y, ref.window_taps(window, win_size, sigma), axis=axes, crop=ref.mean_weights_crop(padding, win_size),
+        K1=K1, K2=K2, padding=padding, data_range=data_range, cov=n / (n - 1) if sample else 1.0,
+    )
+    return value, grad
+
+
+def _close(got, expected, dtype):
+    got = np.asarray(got, dtype=np.float64)
+    if np.dtype(dtype) == np.float64:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def _close_gradient(got, expected, dtype):
+    got = np.asarray(got, dtype=np.float64)
+    tolerance = {np.dtype(np.float64): 1e-9, np.dtype(np.float16): 1e-3}.get(np.dtype(dtype), 1e-4)
+    assert np.linalg.norm(got - expected) <= tolerance * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.uint16],
+                         ids=lambda d: np.dtype(d).name)
+def test_values_and_dtypes(backend, dtype):
+    x, y = _images((2, 3, 24, 28), dtype)
+    value = cussim.ssim(backend.asarray(x), backend.asarray(y))
+    expected, _ = _expected(x, y)
+    compute = np.float64 if dtype == np.float64 else np.float32
+    assert value.shape == () and value.dtype == compute
+    _close(backend.asnumpy(value), expected, dtype)
+    d = cussim.dssim(backend.asarray(x), backend.asarray(y))
+    _close(backend.asnumpy(d), (1 - expected) / 2, dtype)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", "reflect"])
+@pytest.mark.parametrize("window", ["gaussian", "uniform"])
+def test_options(backend, padding, window):
+    x, y = _images((2, 30, 26))
+    options = dict(win_size=7, sigma=1.2, window=window, padding=padding, sample_covariance=True, K1=0.02,
+                   K2=0.05, data_range=2.0)
+    value = cussim.ssim(backend.asarray(x), backend.asarray(y), **options)
+    expected, _ = _expected(x, y, win_size=7, sigma=1.2, window=window, padding=padding, sample=True,
+                            data_range=2.0, K1=0.02, K2=0.05)
+    _close(backend.asnumpy(value), expected, np.float32)
+
+
+@pytest.mark.parametrize("axis, kept", [(None, ()), ((1, 2, 3), (0,)), ((0, 2, 3), (1,)), ((-1, -2), (0, 1)),
+                                        ((0, 1, 2, 3), ())])
+def test_axis(backend, axis, kept):
+    x, y = _images((4, 3, 20, 22))
+    value = cussim.ssim(backend.asarray(x), backend.asarray(y), axis=axis)
+    assert value.shape == tuple(x.shape[a] for a in kept)
+    expected_map = ref.ssim_map(x, y, ref.window_taps("gaussian", 11, 1.5))
+    _close(backend.asnumpy(value), expected_map.mean(axis=axis), np.float32)
+
+
+def test_channels_last(backend):
+    x, y = _images((2, 20, 24, 3))
+    value = cussim.ssim(backend.asarray(x), backend.asarray(y), channel_axis=-1, axis=(1, 2, 3))
+    expected, _ = _expected(np.moveaxis(x, -1, 1), np.moveaxis(y, -1, 1), axes=(1, 2, 3))
+    _close(backend.asnumpy(value), expected, np.float32)
+    full = cussim.ssim_map(backend.asarray(x), backend.asarray(y), channel_axis=-1)
+    assert full.shape == x.shape
+    expected_map = np.moveaxis(ref.ssim_map(np.moveaxis(x, -1, 0), np.moveaxis(y, -1, 0),
+                                            ref.window_taps("gaussian", 11, 1.5)), 0, -1)
+    assert np.linalg.norm(backend.asnumpy(full) - expected_map) <= 1e-4 * np.linalg.norm(expected_map)
+
+
+def test_ssim_map_and_out(backend):
+    x, y = _images((2, 25, 31))
+    for padding in ("same", "valid", "reflect"):
+        full = cussim.ssim_map(backend.asarray(x), backend.asarray(y), padding=padding, win_size=9)
+        expected = ref.ssim_map(x, y, ref.window_taps("gaussian", 9, 1.5), padding=padding)
+        assert full.shape == expected.shape and full.dtype == np.float32
+        assert np.linalg.norm(backend.asnumpy(full) - expected) <= 1e-4 * np.linalg.norm(expected)
+    out = backend.asarray(np.zeros((2, 31, 25), np.float32)).transpose(0, 2, 1)  # a strided out
+    result = cussim.ssim_map(backend.asarray(x), backend.asarray(y), out=out)
+    assert result is out
+    expected = ref.ssim_map(x, y, ref.window_taps("gaussian", 11, 1.5))
+    assert np.linalg.norm(backend.asnumpy(out) - expected) <= 1e-4 * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", "reflect"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_gradients(backend, padding, dtype):
+    x, y = _images((2, 3, 21, 19), dtype)
+    value, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), padding=padding,
+                                            axis=(1, 2, 3))
+    expected, expected_grad = _expected(x, y, padding=padding, axes=(1, 2, 3))
+    assert value.shape == (2,) and grad.shape == x.shape and grad.dtype == dtype
+    _close(backend.asnumpy(value), expected, dtype)
+    _close_gradient(backend.asnumpy(grad), expected_grad, dtype)
+    d_value, d_grad = cussim.dssim_with_gradient(backend.asarray(x), backend.asarray(y), padding=padding)
+    expected, expected_grad = _expected(x, y, padding=padding)
+    _close(backend.asnumpy(d_value), (1 - expected) / 2, dtype)
+    _close_gradient(backend.asnumpy(d_grad), -expected_grad / 2, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.uint8], ids=["float16", "uint8"])
+def test_gradient_dtypes(backend, dtype):
+    x, y = _images((2, 18, 20), dtype)
+    _, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y))
+    assert grad.dtype == (np.float16 if dtype == np.float16 else np.float32)
+    _, expected_grad = _expected(x, y)
+    _close_gradient(backend.asnumpy(grad), expected_grad, dtype)
+
+
+def test_gradient_with_broadcast_reference_and_channels_last(backend):
+    x, _ = _images((3, 20, 22, 3))
+    _, y = _images((20, 22, 3), seed=5)
+    value, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), channel_axis=-1)
+    expected, expected_grad = _expected(np.moveaxis(x, -1, 1), np.moveaxis(y, -1, 0))
+    _close(backend.asnumpy(value), expected, np.float32)
+    _close_gradient(backend.asnumpy(grad), np.moveaxis(expected_grad, 1, -1), np.float32)
+
+
+def test_in_place_outputs_and_accumulate(backend):
+    x, y = _images((2, 3, 20, 20))
+    out = backend.asarray(np.zeros(2, np.float32))
+    grad = backend.asarray(np.ones(x.shape, np.float32))
+    ws = cussim.make_workspace(backend.asarray(x))
+    value, g = cussim.dssim_with_gradient(backend.asarray(x), backend.asarray(y), axis=(1, 2, 3), out=out,
+                                          grad=grad, workspace=ws, accumulate=True)
+    assert value is out and g is grad
+    expected, expected_grad = _expected(x, y, axes=(1, 2, 3))
+    _close(backend.asnumpy(out), (1 - expected) / 2, np.float32)
+    _close_gradient(backend.asnumpy(grad) - 1, -expected_grad / 2, np.float32)
+
+
+@pytest.mark.parametrize("name", ["reference", "emulator"])
+def test_in_place_path_allocates_nothing(name, monkeypatch):
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", name)
+    x, y = _images((2, 3, 20, 20))
+    out, grad = np.zeros((), np.float32), np.zeros(x.shape, np.float32)
+    ws = cussim.make_workspace(x)
+    cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws)  # warm-up: compiles, caches the window
+    before = _arrays.allocations
+    for _ in range(3):
+        cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws)
+    assert _arrays.allocations == before
+
+
+@pytest.mark.gpu
+def test_in_place_path_allocates_nothing_on_the_gpu():
+    import cupy
+
+    x, y = (cupy.asarray(a) for a in _images((2, 3, 64, 64)))
+    out, grad = cupy.zeros((), cupy.float32), cupy.zeros(x.shape, cupy.float32)
+    ws = cussim.make_workspace(x)
+    cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws)
+
+    def refuse(size):
+        raise AssertionError(f"allocated {size} bytes on the device")
+
+    cupy.cuda.set_allocator(refuse)
+    try:
+        cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws)
+        cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws, accumulate=True)
+    finally:
+        cupy.cuda.set_allocator(cupy.get_default_memory_pool().malloc)
+
+
+def test_inputs_are_never_modified(backend):
+    x, y = _images((2, 20, 20))
+    x_device, y_device = backend.asarray(x), backend.asarray(y)
+    cussim.ssim_with_gradient(x_device, y_device)
+    cussim.ssim_map(x_device, y_device)
+    assert np.array_equal(backend.asnumpy(x_device), x) and np.array_equal(backend.asnumpy(y_device), y)
+
+
+def test_same_call_twice_is_bitwise_equal(backend):
+    x, y = _images((3, 33, 29))
+    first = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), axis=(1, 2))
+    second = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), axis=(1, 2))
+    assert all(np.array_equal(backend.asnumpy(a), backend.asnumpy(b)) for a, b in zip(first, second))
+
+
+def test_identical_images(backend):
+    flat = np.full((2, 16, 16), 0.37, np.float32)
+    x, _ = _images((2, 16, 16))
+    for image in (flat, x):
+        value, grad = cussim.ssim_with_gradient(backend.asarray(image), backend.asarray(image.copy()))
+        assert float(value) == 1.0
+        assert np.isfinite(backend.asnumpy(grad)).all()
+
+
+def test_nan_gives_nan_nothing_worse(backend):
+    x, y = _images((2, 30, 30))
+    x[0, 15, 15] = np.nan
+    value = cussim.ssim(backend.asarray(x), backend.asarray(y), axis=(1, 2))
+    assert np.isnan(backend.asnumpy(value)[0]) and np.isfinite(backend.asnumpy(value)[1])
+
+
+def test_dlpack_objects_are_accepted():
+    class DLPackOnly:  # what a PyTorch CPU tensor offers
+        def __init__(self, array):
+            self._array = array
+
+        def __dlpack__(self, **kwargs):
+            return self._array.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self._array.__dlpack_device__()
+
+    x, y = _images((20, 20))
+    assert float(cussim.ssim(DLPackOnly(x), DLPackOnly(y))) == pytest.approx(float(cussim.ssim(x, y)))
+
+
+# ---- every bad input: a clear exception naming the argument -------------------------------
+
+X, Y = _images((2, 20, 20))
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: cussim.ssim(X, Y[:, :19]), ValueError, "does not broadcast to x's shape"),
+        (lambda: cussim.ssim(X.astype(np.int32), Y.astype(np.int32)), TypeError, "x has dtype int32"),
+        (lambda: cussim.ssim(X, Y.astype(np.float64)), TypeError, "y has dtype float64 but x has float32"),
+        (lambda: cussim.ssim(X, Y, win_size=8), ValueError, "win_size must be odd"),
+        (lambda: cussim.ssim(X, Y, win_size=1), ValueError, "win_size must be from 3 to 15"),
+        (lambda: cussim.ssim(X, Y, win_size=17), ValueError, "win_size must be from 3 to 15"),
+        (lambda: cussim.ssim(X, Y, win_size=7.0), TypeError, "win_size must be an odd int"),
+        (lambda: cussim.ssim(X[:, :9, :9], Y[:, :9, :9]), ValueError, "9x9, smaller than the 11x11 window"),
+        (lambda: cussim.ssim(X, Y, K1=-0.1), ValueError, "K1 must be a finite number >= 0"),
+        (lambda: cussim.ssim(X, Y, K2=-0.1), ValueError, "K2 must be a finite number >= 0"),
+        (lambda: cussim.ssim(X, Y, sigma=-1.0), ValueError, "sigma must be a positive finite number"),
+        (lambda: cussim.ssim(X, Y, data_range=0), ValueError, "data_range must be a positive finite number"),
+        (lambda: cussim.ssim(X, Y, data_range=np.inf), ValueError, "data_range must be a positive finite"),
+        (lambda: cussim.ssim(X, Y, padding="zeros"), ValueError, "padding must be one of"),
+        (lambda: cussim.ssim(X, Y, window="box"), ValueError, "window must be one of"),
+        (lambda: cussim.ssim(X, Y, axis=(0, 1)), ValueError, "must include both spatial axes"),
+        (lambda: cussim.ssim(X, Y, axis=3), ValueError, "axis=3 is out of range"),
+        (lambda: cussim.ssim(X, Y, axis=(1, 1, 2)), ValueError, "repeats an axis"),
+        (lambda: cussim.ssim(X, Y, channel_axis=5), ValueError, "channel_axis=5 is out of range"),
+        (lambda: cussim.ssim(X[0, 0], Y[0, 0]), ValueError, "two spatial axes"),
+        (lambda: cussim.ssim([[1.0]], Y), TypeError, "x must be a CuPy or NumPy array"),
+        (lambda: cussim.ssim(X, Y, out=np.zeros(2, np.float32)), ValueError, r"out has shape \(2,\); it must be \(\)"),
+        (lambda: cussim.ssim(X, Y, out=np.zeros((), np.float64)), TypeError, "out has dtype float64; it must be"),
+        (lambda: cussim.ssim_map(X, Y, out=X), ValueError, "out overlaps x"),
+        (lambda: cussim.ssim_with_gradient(X, Y, grad=np.zeros((2, 20, 21), np.float32)), ValueError,
+         "grad has shape"),
+        (lambda: cussim.ssim_with_gradient(X, Y, grad=np.zeros(X.shape, np.float64)), TypeError,
+         "grad has dtype float64; it must be float32"),
+        (lambda: cussim.ssim_with_gradient(X, Y, grad=Y), ValueError, "grad overlaps y"),
+        (lambda: cussim.ssim_with_gradient(X, Y, accumulate=True), ValueError, "pass the grad array"),
+        (lambda: cussim.ssim_with_gradient(X, Y, workspace=np.zeros(4)), TypeError,
+         "workspace must come from cussim.make_workspace"),
+        (lambda: cussim.ssim_with_gradient(X, Y, workspace=cussim.make_workspace(X[:1])), ValueError,
+         "workspace does not fit these images"),
+    ],
+)
+def test_errors(backend, call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_read_only_output_is_refused():
+    out = np.zeros((), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        cussim.ssim(X, Y, out=out)
+
+
+def test_non_contiguous_value_out_is_refused():
+    out = np.zeros((4, 3), np.float32)[::2].T
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        cussim.ssim(np.zeros((3, 2, 12, 12), np.float32), np.zeros((3, 2, 12, 12), np.float32), axis=(2, 3),
+                    out=out)
+
+
+@pytest.mark.gpu
+def test_numpy_mixed_with_cupy_and_devices():
+    import cupy
+
+    with pytest.raises(TypeError, match="y is in host memory"):
+        cussim.ssim(cupy.asarray(X), Y)
+    if cupy.cuda.runtime.getDeviceCount() > 1:
+        with cupy.cuda.Device(1):
+            y1 = cupy.asarray(Y)
+        with pytest.raises(ValueError, match="move them to one device"):
+            cussim.ssim(cupy.asarray(X), y1)
+
+
+def test_numpy_backend_setting(monkeypatch):
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="CUSSIM_NUMPY_BACKEND='gpu'"):
+        cussim.ssim(X, Y)
