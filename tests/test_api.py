@@ -339,3 +339,14 @@ def test_numpy_backend_setting(monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "gpu")
     with pytest.raises(ValueError, match="CUSSIM_NUMPY_BACKEND='gpu'"):
         cussim.ssim(X, Y)
+
+
+@pytest.mark.slow
+def test_more_planes_than_a_grid_dimension_holds(monkeypatch):
+    """70000 planes: past CUDA's 65535 limit of grid.y and grid.z, on the emulator."""
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    x = np.random.default_rng(0).random((70000, 3, 3)).astype(np.float32)
+    y = x[::-1].copy()
+    value = cussim.ssim(x, y, win_size=3)
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "reference")
+    assert abs(float(value) - float(cussim.ssim(x, y, win_size=3))) < 1e-5

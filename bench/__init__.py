@@ -1,0 +1,1 @@
+"""cussim's benchmarks: ``python -m bench`` from the repository root (see run.py and NOTES.md)."""
