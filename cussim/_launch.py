@@ -100,22 +100,24 @@ def _merge_leading(shape, stride_sets):
     return counts, strides
 
 
-def plane_layouts(inputs, outputs=()):
+def plane_layouts(inputs, outputs=None):
     """(outer count, inner count), a PlaneLayout per array, and the inputs, for arrays of one batch shape.
 
-    Inputs whose batch axes cannot be expressed in two stride levels (together
-    with the others) are copied to C order first, the only copy a launch makes;
-    outputs are written in place, so theirs must fit.
+    ``outputs`` maps names to arrays written in place. Inputs whose batch axes
+    cannot be expressed in two stride levels (together with the others) are
+    copied to C order first, the only copy a launch makes; outputs must fit.
     """
-    arrays = [*inputs, *outputs]
+    outputs = outputs or {}
+    arrays = [*inputs, *outputs.values()]
     lead = inputs[0].shape[:-2]
     merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
     if merged is None:
-        arrays = [_contiguous_copy(a) for a in inputs] + list(outputs)
+        arrays = [_contiguous_copy(a) for a in inputs] + list(outputs.values())
         merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
     if merged is None:
         raise ValueError(
-            "an output's batch axes cannot be addressed with two stride levels; pass C-contiguous outputs"
+            f"{' or '.join(outputs)}: the batch axes of this layout cannot be addressed with two stride levels; "
+            "pass a C-contiguous array"
         )
     counts, strides = merged
     layouts = [PlaneLayout(s[0], s[1], *_element_strides(a)[-2:]) for s, a in zip(strides, arrays)]
@@ -161,7 +163,7 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
     y = xp.broadcast_to(y, x.shape)
-    outputs = [map_out] if map_out is not None else []
+    outputs = {"out": map_out} if map_out is not None else {}
     (outer, inner), layouts, (x, y) = plane_layouts([x, y], outputs)
     lm = layouts[2] if map_out is not None else PlaneLayout(0, 0, 0, 0)
     planes = outer * inner
@@ -184,7 +186,7 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False):
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
     y = xp.broadcast_to(y, x.shape)
-    (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x, y], [grad])
+    (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x, y], {"grad": grad})
     planes = outer * inner
     height, width = x.shape[-2:]
     kernel = _kernels.get_kernel("ssim", f"ssim_backward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)

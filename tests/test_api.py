@@ -350,3 +350,11 @@ def test_more_planes_than_a_grid_dimension_holds(monkeypatch):
     value = cussim.ssim(x, y, win_size=3)
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "reference")
     assert abs(float(value) - float(cussim.ssim(x, y, win_size=3))) < 1e-5
+
+
+def test_output_layout_that_strides_cannot_address(monkeypatch):
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    x, y = _images((3, 4, 5, 12, 12))
+    grad = np.zeros((5, 4, 3, 12, 12), np.float32).transpose(2, 1, 0, 3, 4)[:, ::-1]  # three stride levels
+    with pytest.raises(ValueError, match="grad: the batch axes"):
+        cussim.ssim_with_gradient(x, y, grad=grad)
