@@ -174,6 +174,41 @@ __device__ inline double block_sum(double value, double* scratch, int tid) {
     return total;
 }
 
+// Where a block's 16x16 tile lies, over the map (forward) or over the image
+// (backward). offset: map pixel (i, j) is centred on image pixel
+// (i + offset, j + offset); R for "valid", 0 otherwise.
+struct TileGeometry {
+    int offset, map_h, map_w, row, col;
+    long long map_pixels;
+};
+
+template <int R>
+__device__ inline TileGeometry tile_geometry(int padding, int height, int width, bool tiles_cover_map) {
+    TileGeometry g;
+    g.offset = padding == PAD_VALID ? R : 0;
+    g.map_h = height - 2 * g.offset;
+    g.map_w = width - 2 * g.offset;
+    g.map_pixels = (long long)g.map_h * g.map_w;
+    const int tiles_w = ((tiles_cover_map ? g.map_w : width) + kTile - 1) / kTile;
+    g.row = (int)(blockIdx.x / tiles_w) * kTile;
+    g.col = (int)(blockIdx.x % tiles_w) * kTile;
+    return g;
+}
+
+// The vertical half of the separable filter: this thread's pixel from Q
+// horizontally filtered tiles.
+template <class C, int R, int Q>
+__device__ inline void vertical_pass(const C (&rows)[Q][kTile + 2 * R][kTile], const C* weights, C (&out)[Q]) {
+#pragma unroll
+    for (int q = 0; q < Q; ++q) out[q] = C(0);
+#pragma unroll
+    for (int t = 0; t <= 2 * R; ++t) {
+        const C w = weights[t];
+#pragma unroll
+        for (int q = 0; q < Q; ++q) out[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
+    }
+}
+
 }  // namespace cussim
 
 template <class T, int R>
@@ -196,11 +231,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kThreads];
 
-    const int offset = padding == PAD_VALID ? R : 0;
-    const int map_h = height - 2 * offset, map_w = width - 2 * offset;
-    const long long map_pixels = (long long)map_h * map_w, maps_size = planes * map_pixels;
-    const int tiles_w = (map_w + kTile - 1) / kTile;
-    const int tile_row = (int)(blockIdx.x / tiles_w) * kTile, tile_col = (int)(blockIdx.x % tiles_w) * kTile;
+    const TileGeometry g = tile_geometry<R>(padding, height, width, true);
+    const long long maps_size = planes * g.map_pixels;
     const int tid = threadIdx.y * kTile + threadIdx.x;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
 
@@ -210,7 +242,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const T* yp = y + outer * y_outer + inner * y_inner;
         for (int k = tid; k < kSide * kSide; k += kThreads) {
             const int r = k / kSide, c = k % kSide;
-            const int row = tile_row + offset - R + r, col = tile_col + offset - R + c;
+            const int row = g.row + g.offset - R + r, col = g.col + g.offset - R + c;
             tile_x[r][c] = load_scaled(xp, x_row, x_col, row, col, height, width, padding, inv_range);
             tile_y[r][c] = load_scaled(yp, y_row, y_col, row, col, height, width, padding, inv_range);
         }
@@ -234,26 +266,21 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             rows[4][r][c] = exy;
         }
         __syncthreads();
-        C m[5] = {0, 0, 0, 0, 0};
-#pragma unroll
-        for (int t = 0; t <= 2 * R; ++t) {
-            const C w = weights[t];
-#pragma unroll
-            for (int q = 0; q < 5; ++q) m[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
-        }
-        const int row = tile_row + threadIdx.y, col = tile_col + threadIdx.x;
+        C m[5];
+        vertical_pass<C, R, 5>(rows, weights, m);
+        const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         double counted_value = 0.0;
-        if (row < map_h && col < map_w) {
+        if (row < g.map_h && col < g.map_w) {
             const Pixel<C> px = ssim_pixel(m[0], m[1], m[2], m[3], m[4], c1, c2, cov, grad_maps != nullptr);
             if (map) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
-            const bool counted = row >= crop && row < map_h - crop && col >= crop && col < map_w - crop;
+            const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
             if (grad_maps) {
-                const C g = counted ? weight : C(0);
-                const long long at = p * map_pixels + (long long)row * map_w + col;
-                grad_maps[at] = g * px.p_mu;
-                grad_maps[maps_size + at] = g * px.p_xx;
-                grad_maps[2 * maps_size + at] = g * px.p_xy;
+                const C w = counted ? weight : C(0);
+                const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
+                grad_maps[at] = w * px.p_mu;
+                grad_maps[maps_size + at] = w * px.p_xx;
+                grad_maps[2 * maps_size + at] = w * px.p_xy;
             }
         }
         if (block_sums) {
@@ -282,28 +309,25 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     __shared__ C rows[3][kSide][kTile];
     __shared__ C weights[2 * R + 1];
 
-    const int offset = padding == PAD_VALID ? R : 0;
-    const int map_h = height - 2 * offset, map_w = width - 2 * offset;
-    const long long map_pixels = (long long)map_h * map_w, maps_size = planes * map_pixels;
-    const int tiles_w = (width + kTile - 1) / kTile;
-    const int tile_row = (int)(blockIdx.x / tiles_w) * kTile, tile_col = (int)(blockIdx.x % tiles_w) * kTile;
+    const TileGeometry g = tile_geometry<R>(padding, height, width, false);
+    const long long maps_size = planes * g.map_pixels;
     const int tid = threadIdx.y * kTile + threadIdx.x;
     // The window is symmetric, so the adjoint's flipped taps are the taps.
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
 
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long outer = p / inner_count, inner = p % inner_count;
-        const C* maps = grad_maps + p * map_pixels;
+        const C* maps = grad_maps + p * g.map_pixels;
         for (int k = tid; k < kSide * kSide; k += kThreads) {
             const int r = k / kSide, c = k % kSide;
-            int map_row = tile_row - R + r - offset, map_col = tile_col - R + c - offset;
-            bool inside = map_row >= 0 && map_row < map_h && map_col >= 0 && map_col < map_w;
+            int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
+            bool inside = map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
             if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
-                map_row = reflect_index(map_row, map_h);
-                map_col = reflect_index(map_col, map_w);
+                map_row = reflect_index(map_row, g.map_h);
+                map_col = reflect_index(map_col, g.map_w);
                 inside = true;
             }
-            const long long at = (long long)map_row * map_w + map_col;
+            const long long at = (long long)map_row * g.map_w + map_col;
             for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? maps[q * maps_size + at] : C(0);
         }
         __syncthreads();
@@ -319,14 +343,9 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             for (int q = 0; q < 3; ++q) rows[q][r][c] = b[q];
         }
         __syncthreads();
-        C b[3] = {0, 0, 0};
-#pragma unroll
-        for (int t = 0; t <= 2 * R; ++t) {
-            const C w = weights[t];
-#pragma unroll
-            for (int q = 0; q < 3; ++q) b[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
-        }
-        const int row = tile_row + threadIdx.y, col = tile_col + threadIdx.x;
+        C b[3];
+        vertical_pass<C, R, 3>(rows, weights, b);
+        const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         if (row < height && col < width) {
             const T* xp = x + outer * x_outer + inner * x_inner;
             const T* yp = y + outer * y_outer + inner * y_inner;

@@ -6,34 +6,13 @@ import pytest
 import cussim
 from cussim import _arrays
 from cussim import _reference as ref
-
-
-class Backend:
-    def __init__(self, name):
-        self.name = name
-
-    def asarray(self, a):
-        if self.name == "cupy":
-            import cupy
-
-            return cupy.asarray(a)
-        return np.asarray(a)
-
-    def asnumpy(self, a):
-        if self.name == "cupy":
-            import cupy
-
-            return cupy.asnumpy(a)
-        return np.asarray(a)
-
-    def __repr__(self):
-        return self.name
+from executors import Executor
 
 
 @pytest.fixture(params=["reference", "emulator", pytest.param("cupy", marks=pytest.mark.gpu)])
 def backend(request, monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator" if request.param == "emulator" else "reference")
-    return Backend(request.param)
+    return Executor(request.param)
 
 
 def _images(shape, dtype=np.float32, seed=0):
