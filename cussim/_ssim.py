@@ -52,9 +52,13 @@ class _Problem:
         """Map pixels averaged into each value."""
         return self.planes_per_value * math.prod(self.params.mean_shape(self.x.shape))
 
+    @property
+    def inverse_perm(self) -> tuple:
+        return tuple(int(a) for a in np.argsort(self.perm))
+
     def original(self, array):
         """An array in the kernels' layout, viewed in the caller's axis order."""
-        return array.transpose(np.argsort(self.perm))
+        return array.transpose(self.inverse_perm)
 
     def permuted(self, array):
         """A caller-layout array viewed in the kernels' layout."""
@@ -350,7 +354,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
                        reduce=False)
     dtype = _launch.compute_dtype(problem.x.dtype)
     map_shape = problem.params.map_shape(problem.x.shape)
-    original_shape = tuple(map_shape[i] for i in np.argsort(problem.perm))
+    original_shape = tuple(map_shape[i] for i in problem.inverse_perm)
     if out is None:
         with problem.device():
             result = problem.original(_arrays.empty(problem.xp, map_shape, dtype))
