@@ -224,6 +224,9 @@ def _mean(problem: _Problem, out, a, b, *, grad=None, workspace=None, accumulate
     grad_view = problem.permuted(grad) if want_gradient else None
     if workspace is not None:
         workspace = _check_workspace(workspace, problem, options)
+    if problem.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
+        flat_out[...] = np.nan
+        return out
     if not _use_kernels(problem):
         value, gradient = _reference_values(problem, a, b, want_gradient)
         flat_out[...] = np.reshape(value, -1)
@@ -362,6 +365,8 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         result = _arrays.as_array(out, "out")
         _arrays.check_output(result, "out", shape=original_shape, dtype=dtype, like=problem.x,
                              inputs={"x": problem.x, "y": problem.y})
+    if problem.planes == 0:
+        return result
     if not _use_kernels(problem):
         p = problem.params
         S = _reference.ssim_map(problem.x, problem.y, np.asarray(p.taps), K1=p.K1, K2=p.K2, padding=p.padding,

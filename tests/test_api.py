@@ -337,3 +337,12 @@ def test_output_layout_that_strides_cannot_address(monkeypatch):
     grad = np.zeros((5, 4, 3, 12, 12), np.float32).transpose(2, 1, 0, 3, 4)[:, ::-1]  # three stride levels
     with pytest.raises(ValueError, match="grad: the batch axes"):
         cussim.ssim_with_gradient(x, y, grad=grad)
+
+
+def test_empty_batches(backend):
+    x = backend.asarray(np.zeros((0, 3, 16, 16), np.float32))
+    assert np.isnan(float(cussim.ssim(x, x)))
+    assert cussim.ssim(x, x, axis=(1, 2, 3)).shape == (0,)
+    assert cussim.ssim_map(x, x).shape == (0, 3, 16, 16)
+    value, grad = cussim.dssim_with_gradient(x, x)
+    assert np.isnan(float(value)) and grad.shape == x.shape

@@ -152,9 +152,11 @@ def test_thread_orders_agree(order, monkeypatch):
 
 def test_no_access_past_the_end_of_any_array(monkeypatch):
     monkeypatch.setenv("CUSSIM_EMULATOR_GUARD", "1")
+    emulator = Executor("emulator")
     for padding in ref.PADDINGS:
         x, y = _images((2, 17, 21), np.float16)
-        _check(Executor("emulator"), x, y, padding=padding, win_size=15)
+        _check(emulator, x, y, padding=padding, win_size=15)
+        _check_gradient(emulator, x, y, _params(x, padding=padding, win_size=15), grad_rtol=1e-3)
 
 
 def test_kernel_source_is_found():
