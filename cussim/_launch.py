@@ -30,6 +30,7 @@ from . import _arrays, _kernels
 TILE = 16
 MAX_GRID_Y = 65535
 PADDING_CODES = {"same": 0, "valid": 1, "reflect": 2}
+GRADIENT_FORMULAS = {"exact": 1, "skimage": 2}
 GRADIENT_DTYPES = {np.dtype(np.float16): np.dtype(np.float16), np.dtype(np.float64): np.dtype(np.float64)}
 ELEMENT_TYPES = {
     np.dtype(np.float32): "float",
@@ -152,13 +153,15 @@ def _null(xp):
     return None if xp is np else np.uint64(0)
 
 
-def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0):
+def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact"):
     """Launches ssim_forward: SSIM over x against y (y broadcasts to x), writing what is passed.
 
     map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
     block_sums: float64, one per plane and tile of the map, the sums of the map
     pixels the mean counts; grad_maps: compute dtype, 3 x planes x map pixels,
-    contiguous, the partial maps weighted by ``weight`` where the mean counts.
+    contiguous, the partial maps of ``formula`` ("exact", or "skimage" for
+    scikit-image's gradient) weighted by ``weight`` (where the mean counts, for
+    "exact"; everywhere, for "skimage").
     """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
@@ -176,7 +179,8 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
         (x, *layouts[0].args(), y, *layouts[1].args(), null if map_out is None else map_out, *lm.args(),
          null if block_sums is None else block_sums, null if grad_maps is None else grad_maps,
          np.int64(planes), np.int64(inner), np.int32(height), np.int32(width),
-         np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), _taps(x, params, ctype),
+         np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), np.int32(GRADIENT_FORMULAS[formula]),
+         _taps(x, params, ctype),
          c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight)),
     )
 
@@ -198,8 +202,8 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False):
     )
 
 
-def finish(block_sums, out, *, per_output, scale, a=0.0, b=1.0):
-    """Launches ssim_finish: out[i] = a + b * scale * sum(block_sums[i*per_output : (i+1)*per_output]).
+def finish(block_sums, out, *, per_output, count, a=0.0, b=1.0):
+    """Launches ssim_finish: out[i] = a + b * sum(block_sums[i*per_output : (i+1)*per_output]) / count.
 
     ``out`` is a 1-D (possibly strided) float32 or float64 array, one entry per output value.
     """
@@ -208,7 +212,7 @@ def finish(block_sums, out, *, per_output, scale, a=0.0, b=1.0):
     outputs = out.size
     kernel(
         (min(outputs, 2**31 - 1),), (256,),
-        (block_sums, np.int64(per_output), np.int64(outputs), np.float64(scale), np.float64(a), np.float64(b), out,
+        (block_sums, np.int64(per_output), np.int64(outputs), np.float64(count), np.float64(a), np.float64(b), out,
          np.int64(out.strides[0] // out.itemsize if out.ndim else 0)),
     )
 

@@ -220,3 +220,23 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
         if n == 1 and grad.shape[a] != 1:
             grad = grad.sum(axis=a, keepdims=True)
     return value, grad
+
+
+def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_range=1.0, cov=1.0):
+    """scikit-image's ``gradient=True`` result, per plane (spec.md section 5).
+
+    Not the gradient of the returned mean: skimage's formula, of the
+    uncropped map's mean over each plane, with respect to the second image,
+    (2/N) (F(A1/D) x + F(-S/B2) y + F((mx (A2 - A1) - my (B2 - B1) S) / D)),
+    N the plane's pixel count, the filter's adjoint standing for F.
+    """
+    xs, ys, mx, my, sxx, syy, sxy, _, _ = _moments(x, y, taps, padding, data_range, cov)
+    C1, C2 = K1 * K1, K2 * K2
+    A1, A2 = 2.0 * mx * my + C1, 2.0 * sxy + C2
+    B1, B2 = mx * mx + my * my + C1, sxx + syy + C2
+    D = B1 * B2
+    S = np.clip(A1 * A2 / D, -1.0, 1.0)
+    weight = 2.0 / (xs.shape[-2] * xs.shape[-1])
+    blur = lambda p: filter_plane_adjoint(weight * p, taps, padding, xs.shape)  # noqa: E731
+    grad = blur(A1 / D) * xs + blur(-S / B2) * ys + blur((mx * (A2 - A1) - my * (B2 - B1) * S) / D)
+    return grad / data_range

@@ -244,8 +244,8 @@ def _mean(problem: _Problem, out, a, b, *, grad=None, workspace=None, accumulate
             block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
         _launch.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
                         weight=b / counted)
-        _launch.finish(block_sums, flat_out, per_output=block_sums.size // max(1, flat_out.size),
-                       scale=1.0 / counted, a=a, b=b)
+        _launch.finish(block_sums, flat_out, per_output=block_sums.size // max(1, flat_out.size), count=counted,
+                       a=a, b=b)
         if want_gradient:
             _launch.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate)
     return out

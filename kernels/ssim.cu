@@ -6,13 +6,15 @@
 // is double for double inputs and float otherwise):
 //   ssim_forward<T, R>   the map value at every map pixel; optionally the map,
 //                        the per-block sums of the pixels that the mean counts
-//                        (float64, fixed order), and the three partial-derivative
-//                        maps g*Pmu, g*Pxx, g*Pxy that the gradient needs.
+//                        (float64, fixed order), and the three partial maps the
+//                        gradient needs: g*Pmu, g*Pxx, g*Pxy (the exact gradient)
+//                        or the terms of scikit-image's formula.
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
 //                        of the three partial maps, combined with x and y
 //                        (spec.md section 4), written or added into grad.
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
-//                        order), as a + b * mean, stored as O (float or double).
+//                        order), as a + b * sum / count, stored as O (float or
+//                        double).
 //
 // Launch shapes: forward and backward take block (16, 16) and grid
 // (tiles_h * tiles_w, min(planes, 65535)), the tiles covering the map
@@ -125,16 +127,25 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
     return (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
 }
 
+// What the forward writes into the three partial maps (the backward combines
+// them as map0 + 2 x map1 + y map2, each blurred by F^T):
+//   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dExy (spec.md section 4), zero where a
+//                   clamp is active; the gradient of the returned mean wrt x.
+//   GRADIENT_SKIMAGE: scikit-image's formula (spec.md section 5), which the
+//                   drop-in reproduces: (mx (A2 - A1) - my (B2 - B1) S) / D,
+//                   A1 / (2 D) and -S / B2, weighted over the whole map.
+enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE = 2 };
+
 // SSIM at one pixel from the five filtered moments (spec.md section 1):
 // variances clamped at 0, no covariance where a window is flat, S clamped to
-// [-1, 1]; with want_partials, the partial derivatives of spec.md section 4,
-// zero where a clamp is active. NaN moments give NaN and zero partials.
+// [-1, 1]; and the three partial-map values of `formula`. NaN moments give NaN
+// and zero exact partials.
 template <class C> struct Pixel {
-    C s, p_mu, p_xx, p_xy;
+    C s, partial[3];
 };
 
 template <class C>
-__device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c2, C cov, bool want_partials) {
+__device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c2, C cov, int formula) {
     const C mxx = mul(mx, mx), myy = mul(my, my), mxy = mul(mx, my);
     const C sxx_raw = mul(cov, add(exx, -mxx));
     const C syy_raw = mul(cov, add(eyy, -myy));
@@ -150,13 +161,18 @@ __device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c
     const C s_raw = mul(a1, a2) / d;
     Pixel<C> out;
     out.s = s_raw > C(1) ? C(1) : (s_raw < C(-1) ? C(-1) : s_raw);
-    out.p_mu = out.p_xx = out.p_xy = C(0);
-    if (want_partials && out.s == s_raw) {
-        const C s = out.s, inv_b1 = C(1) / b1, inv_b2 = C(1) / b2, inv_d = inv_b1 * inv_b2;
-        out.p_mu = C(2) * my * (free_sxy ? a2 - cov * a1 : a2) * inv_d - C(2) * mx * s * inv_b1 +
-                   (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
-        out.p_xx = free_sxx ? -cov * s * inv_b2 : C(0);
-        out.p_xy = free_sxy ? C(2) * cov * a1 * inv_d : C(0);
+    out.partial[0] = out.partial[1] = out.partial[2] = C(0);
+    if (formula == GRADIENT_NONE) return out;
+    const C s = out.s, inv_b1 = C(1) / b1, inv_b2 = C(1) / b2, inv_d = inv_b1 * inv_b2;
+    if (formula == GRADIENT_EXACT && s == s_raw) {
+        out.partial[0] = C(2) * my * (free_sxy ? a2 - cov * a1 : a2) * inv_d - C(2) * mx * s * inv_b1 +
+                         (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
+        out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
+        out.partial[2] = free_sxy ? C(2) * cov * a1 * inv_d : C(0);
+    } else if (formula == GRADIENT_SKIMAGE) {
+        out.partial[0] = (mx * (a2 - a1) - my * (b2 - b1) * s) * inv_d;
+        out.partial[1] = C(0.5) * a1 * inv_d;
+        out.partial[2] = -s * inv_b2;
     }
     return out;
 }
@@ -217,7 +233,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
     long long m_col, double* __restrict__ block_sums, typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
-    long long planes, long long inner_count, int height, int width, int padding, int crop,
+    long long planes, long long inner_count, int height, int width, int padding, int crop, int formula,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight) {
@@ -271,16 +287,15 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         double counted_value = 0.0;
         if (row < g.map_h && col < g.map_w) {
-            const Pixel<C> px = ssim_pixel(m[0], m[1], m[2], m[3], m[4], c1, c2, cov, grad_maps != nullptr);
+            const Pixel<C> px = ssim_pixel(m[0], m[1], m[2], m[3], m[4], c1, c2, cov, grad_maps ? formula : 0);
             if (map) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
             const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
             if (grad_maps) {
-                const C w = counted ? weight : C(0);
+                // skimage's gradient is that of the uncropped map's mean
+                const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
                 const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
-                grad_maps[at] = w * px.p_mu;
-                grad_maps[maps_size + at] = w * px.p_xx;
-                grad_maps[2 * maps_size + at] = w * px.p_xy;
+                for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
             }
         }
         if (block_sums) {
@@ -362,7 +377,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
 
 template <class O>
 __global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ block_sums, long long per_output,
-                                                   long long outputs, double scale, double a, double b,
+                                                   long long outputs, double count, double a, double b,
                                                    O* __restrict__ out, long long out_stride) {
     __shared__ double scratch[256];
     for (long long o = blockIdx.x; o < outputs; o += gridDim.x) {
@@ -374,7 +389,7 @@ __global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ bl
             if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
             __syncthreads();
         }
-        if (threadIdx.x == 0) out[o * out_stride] = (O)(a + b * (scratch[0] * scale));
+        if (threadIdx.x == 0) out[o * out_stride] = (O)(a + b * (scratch[0] / count));  // N ones: exactly 1
         __syncthreads();
     }
 }

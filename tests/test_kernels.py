@@ -182,7 +182,7 @@ def _value_and_gradient(executor, x, y, params, per_image=False, accumulate_into
     grad_maps = executor.asarray(np.full(3 * planes * map_shape[-2] * map_shape[-1], np.nan, ctype))
     _launch.forward(xp_x, xp_y, params, block_sums=block_sums, grad_maps=grad_maps, weight=1.0 / per_output_count)
     values = executor.asarray(np.full(outputs, np.nan, ctype))
-    _launch.finish(block_sums, values, per_output=block_sums.size // outputs, scale=1.0 / per_output_count)
+    _launch.finish(block_sums, values, per_output=block_sums.size // outputs, count=per_output_count)
     if accumulate_into is None:
         grad = executor.asarray(np.full(x.shape, np.nan, _launch.gradient_dtype(x.dtype)))
     else:
