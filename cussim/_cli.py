@@ -1,25 +1,254 @@
-"""The ``cussim`` command.
+"""The ``cussim`` command (also ``python -m cussim``).
+
+``cussim REF TEST`` compares two image files, or two folders whose images are
+paired by relative path, and prints SSIM and DSSIM per pair and a summary.
+Folders stream: images are decoded in a thread pool while the previous chunk
+computes, pairs of one shape share a launch, and each row is printed as soon
+as its chunk is done, so an interrupted run keeps what it printed.
 
 ``cussim demo`` compares scikit-image's bundled sample images with distorted
-copies (noise, blur, quantisation) and prints SSIM and DSSIM for each pair,
-with the native API's settings (Gaussian 11x11, sigma 1.5, zero padding) and
-with scikit-image's conventions next to scikit-image's own value. It runs on
-the GPU when CuPy finds one, else on the CPU, and says which.
+copies (noise, blur, quantisation), prints SSIM and DSSIM with the native
+settings next to scikit-image's conventions and scikit-image's own value,
+and writes each pair's SSIM map as a PNG heat map.
+
+Both run on the GPU when CuPy finds one (``--device auto``), else on the CPU
+(the float64 reference), and say which. Exit codes: 0 all pairs compared,
+1 some pairs failed (the others are still reported), 2 a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
-from ._ssim import ssim
+from . import _imagefiles
+from ._imagefiles import ImageError
+from ._params import ssim_params
+from ._ssim import ssim, ssim_map
 
 SAMPLE_IMAGES = ("camera", "astronaut", "coffee", "chelsea")
 # skimage's defaults in the native API's terms (its structural_similarity, with data_range given).
 SKIMAGE_CONVENTIONS = dict(window="uniform", win_size=7, padding="reflect", sample_covariance=True)
+NATIVE_DEFAULTS = dict(window="gaussian", win_size=11, padding="same", sample_covariance=False)
+CHUNK = 32  # pairs decoded ahead and computed together
+WORST = 5
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its paths: exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2
+        raise UsageError(message)
+
+
+# ---- devices -----------------------------------------------------------------------------
+
+def _gpu():
+    """CuPy and the GPU's name, or (None, why not)."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy, cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        return None, "no CUDA device"
+    except Exception as exc:  # no CuPy, no driver: the CPU path
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def select_device(choice: str):
+    """(array module, a line saying what computes) for --device cpu, gpu or auto."""
+    if choice != "cpu":
+        cupy, detail = _gpu()
+        if cupy is not None:
+            return cupy, f"GPU 0 ({detail}), cussim's CUDA kernels"
+        if choice == "gpu":
+            raise UsageError(f"--device gpu: no GPU available ({detail}); use --device cpu or auto")
+    return np, "CPU, cussim's float64 NumPy reference"
+
+
+def _numpy(array):
+    return array if isinstance(array, np.ndarray) else array.get()
+
+
+# ---- computing ------------------------------------------------------------------------------
+
+def compute_chunk(xp, decoded, options, want_maps):
+    """{index: (ssim, map or None) or an error message}; pairs of one shape and dtype share a launch."""
+    groups = {}
+    for index, (reference, test) in decoded.items():
+        groups.setdefault((reference.shape, reference.dtype), []).append(index)
+    results = {}
+    for (shape, _), indices in groups.items():
+        reference = xp.asarray(np.stack([decoded[i][0] for i in indices]))
+        test = xp.asarray(np.stack([decoded[i][1] for i in indices]))
+        kwargs = dict(options, channel_axis=-1 if len(shape) == 3 else None)
+        try:
+            values = _numpy(ssim(test, reference, axis=tuple(range(1, test.ndim)), **kwargs))
+            maps = _numpy(ssim_map(test, reference, **kwargs)) if want_maps else [None] * len(indices)
+        except (ValueError, TypeError) as exc:  # e.g. images smaller than the window
+            results.update({i: f"{'x'.join(map(str, shape))} images: {exc}" for i in indices})
+            continue
+        for k, i in enumerate(indices):
+            results[i] = (float(values[k]), maps[k])
+    return results
+
+
+def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
+    """Yields (pair, ssim, error message) in order, decoding the next chunk while this one computes."""
+    def decode(pair):
+        try:
+            return _imagefiles.read_pair(pair)
+        except ImageError as exc:
+            return exc
+
+    chunks = [pairs[i : i + CHUNK] for i in range(0, len(pairs), CHUNK)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pending = [pool.submit(decode, pair) for pair in chunks[0]] if chunks else []
+        for number, chunk in enumerate(chunks):
+            decoded_or_errors = [future.result() for future in pending]
+            pending = [pool.submit(decode, pair) for pair in chunks[number + 1]] if number + 1 < len(chunks) else []
+            decoded = {i: d for i, d in enumerate(decoded_or_errors) if not isinstance(d, ImageError)}
+            results = compute_chunk(xp, decoded, options, map_folder is not None) if decoded else {}
+            for i, pair in enumerate(chunk):
+                result = results.get(i, str(decoded_or_errors[i]))
+                if isinstance(result, str):
+                    yield pair, None, result
+                    if strict:
+                        return
+                    continue
+                value, full = result
+                if map_folder is not None:
+                    _imagefiles.write_heat_map(full, map_folder, pair.name)
+                yield pair, value, None
+
+
+# ---- reports ---------------------------------------------------------------------------------
+
+class Report:
+    """Rows as they come, in one of three formats, and the summary at the end."""
+
+    def __init__(self, kind: str, stream, device_line: str):
+        self.kind, self.stream = kind, stream
+        self.values, self.failed = [], []
+        self.csv = csv.writer(stream) if kind == "csv" else None
+        if kind == "table":
+            print(f"computed by: {device_line}", file=stream)
+            print(f"{'pair':<40} {'SSIM':>10} {'DSSIM':>10}", file=stream)
+        elif kind == "csv":
+            self.csv.writerow(["pair", "ssim", "dssim", "error"])
+
+    def row(self, pair, value, error):
+        if error is None:
+            self.values.append((value, pair.name))
+        else:
+            self.failed.append(pair.name)
+        if self.kind == "table":
+            text = f"{value:>10.6f} {(1 - value) / 2:>10.6f}" if error is None else f"  error: {error}"
+            print(f"{pair.name:<40} {text}", file=self.stream)
+        elif self.kind == "csv":
+            self.csv.writerow([pair.name, "" if error else repr(value), "" if error else repr((1 - value) / 2),
+                               error or ""])
+        else:
+            record = {"pair": pair.name, "ssim": value, "dssim": None if error else (1 - value) / 2}
+            if error:
+                record["error"] = error
+            print(json.dumps(record), file=self.stream)
+        self.stream.flush()
+
+    def summary(self) -> dict:
+        values = [v for v, _ in self.values]
+        worst = sorted(self.values)[:WORST]
+        return {
+            "pairs": len(values) + len(self.failed), "compared": len(values), "failed": len(self.failed),
+            "mean_ssim": float(np.mean(values)) if values else None,
+            "min_ssim": float(min(values)) if values else None,
+            "worst": [{"pair": name, "ssim": value} for value, name in worst],
+        }
+
+    def finish(self, elapsed: float):
+        s = self.summary()
+        if self.kind == "json":
+            print(json.dumps({"summary": s}), file=self.stream)
+            return
+        lines = [f"{s['compared']} of {s['pairs']} pairs compared in {elapsed:.2f} s"
+                 + (f", {s['failed']} failed" if s["failed"] else "")]
+        if s["compared"]:
+            lines.append(f"mean SSIM {s['mean_ssim']:.6f}, min SSIM {s['min_ssim']:.6f}")
+            lines.append("worst: " + ", ".join(f"{w['pair']} ({w['ssim']:.4f})" for w in s["worst"]))
+        target = self.stream if self.kind == "table" else sys.stderr
+        print("\n".join(lines), file=target)
+
+
+class Progress:
+    """A progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        self.active = sys.stderr.isatty() and total > 1
+
+    def step(self):
+        self.done += 1
+        if self.active:
+            filled = 30 * self.done // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total} pairs")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.active:
+            sys.stderr.write("\n")
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+def metric_options(args) -> dict:
+    options = dict(SKIMAGE_CONVENTIONS if args.skimage else NATIVE_DEFAULTS)
+    for name in ("window", "win_size", "padding", "sigma", "K1", "K2", "data_range"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.sample_covariance:
+        options["sample_covariance"] = True
+    return options
+
+
+def compare(args) -> int:
+    xp, device_line = select_device(args.device)
+    options = metric_options(args)
+    try:
+        ssim_params(**{"data_range": 1.0, **options})
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        pairs = _imagefiles.find_pairs(Path(args.ref), Path(args.test))
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise UsageError(str(exc)) from None
+    if not pairs:
+        raise UsageError(f"no image pairs: REF folder {args.ref!r} holds no images "
+                         f"({', '.join(_imagefiles.IMAGE_SUFFIXES)})")
+    stream = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        report = Report(args.format, stream, device_line)
+        progress = Progress(len(pairs))
+        start = time.perf_counter()
+        map_folder = Path(args.map) if args.map else None
+        for pair, value, error in run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict):
+            report.row(pair, value, error)
+            progress.step()
+        progress.close()
+        report.finish(time.perf_counter() - start)
+    finally:
+        if args.output:
+            stream.close()
+    return 1 if report.failed else 0
 
 
 def _distortions(image: np.ndarray, rng: np.random.Generator):
@@ -38,32 +267,15 @@ def _distortions(image: np.ndarray, rng: np.random.Generator):
     ]
 
 
-def _device():
-    """(array module, a line saying what computes): CuPy on a GPU when there is one, else NumPy."""
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-            return cupy, f"GPU 0 ({name}), cussim's CUDA kernels in float32"
-    except Exception:  # no CuPy, no driver or no device: the CPU path
-        pass
-    return np, "CPU, cussim's float64 NumPy reference (no GPU found; with one, `pip install cussim[cuda12]`)"
-
-
-def _ssim_pair(xp, reference, test, channel_axis, **options) -> float:
-    return float(ssim(xp.asarray(test), xp.asarray(reference), data_range=255, channel_axis=channel_axis,
-                      **options))
-
-
 def demo(args) -> int:
     from skimage import data
     from skimage.metrics import structural_similarity
 
-    xp, computed_by = _device()
+    xp, device_line = select_device(args.device)
     rng = np.random.default_rng(args.seed)
+    maps = Path(args.map)
     print("cussim demo: scikit-image sample images against distorted copies")
-    print(f"computed by: {computed_by}")
+    print(f"computed by: {device_line}")
     header = (f"{'image':<10} {'size':<12} {'distortion':<22} {'SSIM':>8} {'DSSIM':>8} "
               f"{'SSIM skimage-conv.':>19} {'skimage':>9}")
     print(header)
@@ -74,30 +286,72 @@ def demo(args) -> int:
         size = "x".join(map(str, image.shape))
         channel_axis = -1 if image.ndim == 3 else None
         for label, distorted in _distortions(image, rng):
-            value = _ssim_pair(xp, image, distorted, channel_axis)
-            compat = _ssim_pair(xp, image, distorted, channel_axis, **SKIMAGE_CONVENTIONS)
+            x, y = xp.asarray(distorted), xp.asarray(image)
+            value = float(ssim(x, y, channel_axis=channel_axis))
+            compat = float(ssim(x, y, channel_axis=channel_axis, **SKIMAGE_CONVENTIONS))
             theirs = structural_similarity(image, distorted, channel_axis=channel_axis, data_range=255)
+            slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+            _imagefiles.write_heat_map(_numpy(ssim_map(x, y, channel_axis=channel_axis)), maps, f"{name}-{slug}")
             print(f"{name:<10} {size:<12} {label:<22} {value:>8.5f} {(1 - value) / 2:>8.5f} {compat:>19.10f} "
                   f"{theirs:>9.6f}")
-    print(f"{len(args.images) * 5} pairs in {time.perf_counter() - start:.2f} s")
+    print(f"{len(args.images) * 5} pairs in {time.perf_counter() - start:.2f} s; SSIM maps in {maps}/")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cussim", description="SSIM, DSSIM and MS-SSIM on GPU arrays.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="SSIM of scikit-image's sample images against distorted copies")
-    demo_parser.add_argument("--images", nargs="+", choices=SAMPLE_IMAGES, default=list(SAMPLE_IMAGES),
-                             help="sample images to use (default: all)")
-    demo_parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
-    demo_parser.set_defaults(run=demo)
+def _device_option(parser):
+    parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
+                        help="where to compute (default auto: the GPU when CuPy finds one)")
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cussim", description="SSIM and DSSIM of image files or folders (REF against TEST); "
+                     "`cussim demo` runs on scikit-image's sample images.")
+    parser.add_argument("ref", metavar="REF", help="reference image, or folder of reference images")
+    parser.add_argument("test", metavar="TEST", help="test image, or folder with images at the same relative paths")
+    metric = parser.add_argument_group("metric (the native API's; --skimage for scikit-image's conventions)")
+    metric.add_argument("--skimage", action="store_true",
+                        help="uniform 7x7 window, reflected borders, sample covariance (skimage's defaults)")
+    metric.add_argument("--window", choices=("gaussian", "uniform"))
+    metric.add_argument("--win-size", dest="win_size", type=int)
+    metric.add_argument("--sigma", type=float)
+    metric.add_argument("--padding", choices=("same", "valid", "reflect"))
+    metric.add_argument("--k1", dest="K1", type=float)
+    metric.add_argument("--k2", dest="K2", type=float)
+    metric.add_argument("--sample-covariance", action="store_true")
+    metric.add_argument("--data-range", type=float, help="default: 255 for 8-bit, 65535 for 16-bit, 1 for float")
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                        help="table (default), csv, or json (one object per line, then a summary object)")
+    output.add_argument("--output", metavar="FILE", help="write the results to FILE instead of standard output")
+    output.add_argument("--map", metavar="DIR", help="write each pair's SSIM map to DIR as a PNG heat map")
+    output.add_argument("--strict", action="store_true", help="stop at the first pair that fails")
+    _device_option(parser)
+    parser.set_defaults(run=compare)
+    return parser
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cussim demo", description="SSIM of scikit-image's sample images against distorted "
+                     "copies, with the SSIM maps written as PNG heat maps.")
+    parser.add_argument("--images", nargs="+", choices=SAMPLE_IMAGES, default=list(SAMPLE_IMAGES),
+                        help="sample images to use (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    parser.add_argument("--map", metavar="DIR", default="cussim-demo-maps",
+                        help="folder for the SSIM heat maps (default: cussim-demo-maps)")
+    _device_option(parser)
+    parser.set_defaults(run=demo)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser = demo_parser() if argv[:1] == ["demo"] else compare_parser()
+        args = parser.parse_args(argv[1:] if argv[:1] == ["demo"] else argv)
+        return args.run(args)
+    except UsageError as exc:
+        print(f"cussim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cussim: interrupted", file=sys.stderr)
+        return 130
