@@ -86,7 +86,9 @@ def compute_chunk(xp, decoded, options, want_maps):
     """{index: (ssim, map or None) or an error message}; pairs of one shape and dtype share a launch."""
     groups = {}
     for index, (reference, test) in decoded.items():
-        groups.setdefault((reference.shape, reference.dtype), []).append(index)
+        # One launch per shape on the GPU; on the CPU, a pair at a time keeps the work in cache.
+        key = (reference.shape, reference.dtype) if xp is not np else (reference.shape, index)
+        groups.setdefault(key, []).append(index)
     results = {}
     for (shape, _), indices in groups.items():
         reference = xp.asarray(np.stack([decoded[i][0] for i in indices]))
