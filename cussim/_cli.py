@@ -236,12 +236,17 @@ def compare(args) -> int:
     if not pairs:
         raise UsageError(f"no image pairs: REF folder {args.ref!r} holds no images "
                          f"({', '.join(_imagefiles.IMAGE_SUFFIXES)})")
-    stream = open(args.output, "w", newline="") if args.output else sys.stdout
+    map_folder = Path(args.map) if args.map else None
+    try:
+        if map_folder is not None:
+            map_folder.mkdir(parents=True, exist_ok=True)
+        stream = open(args.output, "w", newline="") if args.output else sys.stdout
+    except OSError as exc:
+        raise UsageError(f"{exc.filename}: {exc.strerror}") from None
     try:
         report = Report(args.format, stream, device_line)
         progress = Progress(len(pairs))
         start = time.perf_counter()
-        map_folder = Path(args.map) if args.map else None
         for pair, value, error in run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict):
             report.row(pair, value, error)
             progress.step()

@@ -29,7 +29,9 @@ _SCIPY_MODE = {"same": "constant", "valid": "constant", "reflect": "reflect"}
 
 
 def gaussian_taps(radius: int, sigma: float) -> np.ndarray:
-    """Gaussian taps exp(-(i-r)^2 / (2 sigma^2)), i = 0..2r, normalised in float64."""
+    """Gaussian taps exp(-(i-r)^2 / (2 sigma^2)), i = 0..2r, normalised in float64 (sigma 0: the identity)."""
+    if sigma == 0:
+        return np.eye(1, 2 * radius + 1, radius).ravel()
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     taps = np.exp(-(offsets**2) / (2.0 * sigma * sigma))
     return taps / taps.sum()

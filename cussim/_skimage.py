@@ -133,7 +133,8 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
                         crop=(win_size - 1) // 2)
     # Channels become a leading (batch) axis: a view, no copy.
     x, y = _as_planes(im1, channel_axis), _as_planes(im2, channel_axis)
-    if _arrays.is_numpy(x) and (_arrays.numpy_backend() == "reference" or params.radius > MAX_KERNEL_RADIUS):
+    kernels_fit = 1 <= params.radius <= MAX_KERNEL_RADIUS
+    if _arrays.is_numpy(x) and (_arrays.numpy_backend() == "reference" or not kernels_fit):
         mssim, grad, S = _reference_results(x, y, params, gradient, full)
     else:
         mssim, grad, S = _kernel_results(x, y, params, gradient, full)

@@ -142,6 +142,8 @@ def test_failed_pairs_are_reported_and_the_rest_compared(folders, capsys, tmp_pa
         (["{ref}", "{test}", "--format", "xml"], "argument --format: invalid choice"),
         (["{ref}"], "the following arguments are required: TEST"),
         (["demo", "--images", "lena"], "argument --images: invalid choice"),
+        (["{ref}", "{test}", "--output", "{missing}/deeper/out.csv"], "No such file or directory"),
+        (["{ref}", "{test}", "--map", "{ref}/grey8.png"], "grey8.png: File exists"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(folders, capsys, tmp_path, argv, match):
@@ -152,6 +154,19 @@ def test_usage_errors_exit_2_with_one_line(folders, capsys, tmp_path, argv, matc
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("cussim: error: ")
     assert __import__("re").search(match, err)
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = _cli.Progress(4)
+    for _ in range(4):
+        bar.step()
+    bar.close()
+    assert "4/4 pairs" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    quiet = _cli.Progress(4)
+    quiet.step()
+    assert capsys.readouterr().err == ""
 
 
 def test_device_gpu_without_one(folders, capsys, monkeypatch):

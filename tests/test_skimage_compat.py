@@ -160,3 +160,13 @@ def test_gpu_kernels_need_a_window_they_were_compiled_for(monkeypatch):
     # NumPy inputs fall back to the reference for windows the kernels lack ...
     expected = skimage_ssim(x, x[::-1], data_range=1, win_size=21)
     assert abs(structural_similarity(x, x[::-1], data_range=1, win_size=21) - expected) < 1e-10
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.3])
+def test_tiny_gaussians(backend, sigma):
+    """sigma 0 is the identity filter; a radius-0 window has no kernel and uses the reference on NumPy."""
+    if backend.name == "cupy":
+        pytest.skip("the GPU kernels need a radius from 1 to 7")
+    x = np.random.default_rng(0).random((20, 20))
+    kwargs = dict(data_range=1, gaussian_weights=True, sigma=sigma, use_sample_covariance=False)
+    assert abs(structural_similarity(x, x[::-1].copy(), **kwargs) - skimage_ssim(x, x[::-1].copy(), **kwargs)) < 1e-10
