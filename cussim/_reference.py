@@ -115,7 +115,11 @@ def _moments(x, y, taps, padding, data_range, cov):
     syy_raw = cov * (eyy - my * my)
     # Clamp the variances at 0. A flat window has no covariance either
     # (Cauchy-Schwarz), so sxy is 0 where either variance is clamped; this keeps
-    # S exactly 1 for an image compared with itself.
+    # S exactly 1 for an image compared with itself. The derivatives (below)
+    # are those of the unclamped covariance: at a flat window of x, sxx changes
+    # only to second order with x but sxy to first order, so dS/dExy must stay.
+    # A clamped variance's own derivative is zero (and at a flat window its
+    # first-order effect is zero anyway).
     sxx_free = sxx_raw > 0
     syy_free = syy_raw > 0
     sxx = np.where(sxx_free, sxx_raw, 0.0)
@@ -125,29 +129,34 @@ def _moments(x, y, taps, padding, data_range, cov):
     return xs, ys, mx, my, sxx, syy, sxy, sxx_free, sxy_free
 
 
-def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials):
-    xs, ys, mx, my, sxx, syy, sxy, sxx_free, sxy_free = _moments(
-        x, y, taps, padding, data_range, cov
-    )
+def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials, term="ssim"):
+    """The map of ``term`` ("ssim": S, or "cs": the contrast-structure A2/B2) and, if asked,
+    its partial derivatives with respect to mx, Exx and Exy (zero where a clamp is active)."""
+    xs, ys, mx, my, sxx, syy, sxy, sxx_free, _ = _moments(x, y, taps, padding, data_range, cov)
     C1, C2 = K1 * K1, K2 * K2
     A1 = 2.0 * mx * my + C1
     A2 = 2.0 * sxy + C2
     B1 = mx * mx + my * my + C1
     B2 = sxx + syy + C2
-    S_raw = (A1 * A2) / (B1 * B2)
-    S = np.clip(S_raw, -1.0, 1.0)
+    raw = (A1 * A2) / (B1 * B2) if term == "ssim" else A2 / B2
+    value = np.clip(raw, -1.0, 1.0)
     if not want_partials:
-        return S, None
-    D = B1 * B2
-    s_free = S == S_raw
-    # Partial derivatives of S at each window centre (spec.md section 4), with
-    # the clamps' derivatives zeroed, in units of the scaled values.
-    p_mu = np.where(sxy_free, 2.0 * my * (A2 - cov * A1) / D, 2.0 * my * A2 / D)
-    p_mu = p_mu - 2.0 * mx * S / B1 + np.where(sxx_free, 2.0 * cov * mx * S / B2, 0.0)
-    p_xx = np.where(sxx_free, -cov * S / B2, 0.0)
-    p_xy = np.where(sxy_free, 2.0 * cov * A1 / D, 0.0)
-    partials = tuple(np.where(s_free, p, 0.0) for p in (p_mu, p_xx, p_xy))
-    return S, (xs, ys, partials)
+        return value, None
+    free = value == raw
+    if term == "ssim":
+        S, D = value, B1 * B2
+        # Partial derivatives of S at each window centre (spec.md section 4), with
+        # the clamps' derivatives zeroed, in units of the scaled values.
+        p_mu = 2.0 * my * (A2 - cov * A1) / D - 2.0 * mx * S / B1 + np.where(sxx_free, 2.0 * cov * mx * S / B2, 0.0)
+        p_xx = np.where(sxx_free, -cov * S / B2, 0.0)
+        p_xy = 2.0 * cov * A1 / D
+    else:  # cs = A2 / B2: A2 depends on Exy - mx my, B2 on Exx - mx^2
+        cs = value
+        p_mu = -2.0 * cov * my / B2 + np.where(sxx_free, 2.0 * cov * mx * cs / B2, 0.0)
+        p_xx = np.where(sxx_free, -cov * cs / B2, 0.0)
+        p_xy = 2.0 * cov / B2
+    partials = tuple(np.where(free, p, 0.0) for p in (p_mu, p_xx, p_xy))
+    return value, (xs, ys, partials)
 
 
 def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0):
@@ -211,10 +220,7 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
     # g: weight of each map pixel in the returned means (0 where cropped away).
     g = np.zeros(S.shape)
     _crop(g, crop)[...] = 1.0 / np.prod([_crop(S, crop).shape[a] for a in axes])
-    shape = xs.shape
-    blur = lambda p: filter_plane_adjoint(g * p, taps, padding, shape)  # noqa: E731
-    grad_scaled = blur(p_mu) + 2.0 * xs * blur(p_xx) + ys * blur(p_xy)
-    grad = grad_scaled / data_range
+    grad = _gradient_from_partials(xs, ys, (p_mu, p_xx, p_xy), g, taps, padding) / data_range
     # Leading axes that x broadcast over (y had them, x did not) sum back.
     extra = grad.ndim - x.ndim
     grad = grad.sum(axis=tuple(range(extra))) if extra else grad
@@ -222,6 +228,13 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
         if n == 1 and grad.shape[a] != 1:
             grad = grad.sum(axis=a, keepdims=True)
     return value, grad
+
+
+def _gradient_from_partials(xs, ys, partials, g, taps, padding):
+    """d/dx of sum(g * map) in scaled units: F^T(g Pmu) + 2 x F^T(g Pxx) + y F^T(g Pxy) (spec.md section 4)."""
+    p_mu, p_xx, p_xy = partials
+    blur = lambda p: filter_plane_adjoint(g * p, taps, padding, xs.shape)  # noqa: E731
+    return blur(p_mu) + 2.0 * xs * blur(p_xx) + ys * blur(p_xy)
 
 
 def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_range=1.0, cov=1.0):
@@ -242,3 +255,118 @@ def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_ra
     blur = lambda p: filter_plane_adjoint(weight * p, taps, padding, xs.shape)  # noqa: E731
     grad = blur(A1 / D) * xs + blur(-S / B2) * ys + blur((mx * (A2 - A1) - my * (B2 - B1) * S) / D)
     return grad / data_range
+
+
+# ---- MS-SSIM (spec.md section 6) ---------------------------------------------------------------
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_VARIANTS = ("pytorch_msssim", "tensorflow", "torchmetrics")
+_GUARD = 1e-12  # the smallest mean a power's derivative divides by
+
+
+def _pad_last_two(image, before, after, mode="constant"):
+    widths = [(0, 0)] * (image.ndim - 2) + [(before[0], after[0]), (before[1], after[1])]
+    return np.pad(image, widths, mode=mode)
+
+
+def downsampled_shape(shape, variant):
+    """The plane after one 2x2 mean of ``variant``: ceil halving, or floor for torchmetrics."""
+    h, w = shape[-2:]
+    if variant == "torchmetrics":
+        return tuple(shape[:-2]) + (h // 2, w // 2)
+    return tuple(shape[:-2]) + ((h + 1) // 2, (w + 1) // 2)
+
+
+def downsample(image, variant):
+    """One 2x2 mean over the last two axes, as ``variant`` does it (spec.md section 6).
+
+    pytorch_msssim pads an odd side with a zero on both sides and counts the
+    zeros; tensorflow repeats the last row or column; torchmetrics drops it.
+    """
+    h, w = image.shape[-2:]
+    if variant == "pytorch_msssim":
+        padded = _pad_last_two(image, (h % 2, w % 2), (h % 2, w % 2))
+    elif variant == "tensorflow":
+        padded = _pad_last_two(image, (0, 0), (h % 2, w % 2), mode="edge")
+    elif variant == "torchmetrics":
+        padded = image
+    else:
+        raise ValueError(f"variant must be one of {MS_SSIM_VARIANTS}, got {variant!r}")
+    oh, ow = downsampled_shape(image.shape, variant)[-2:]
+    p = padded[..., : 2 * oh, : 2 * ow]
+    return 0.25 * (p[..., 0::2, 0::2] + p[..., 1::2, 0::2] + p[..., 0::2, 1::2] + p[..., 1::2, 1::2])
+
+
+def downsample_adjoint(g, variant, shape):
+    """The adjoint of :func:`downsample`: each output's g/4 back to its four sources (``shape``: the input's)."""
+    h, w = shape[-2:]
+    spread = 0.25 * np.repeat(np.repeat(g, 2, axis=-2), 2, axis=-1)
+    if variant == "pytorch_msssim":
+        ph, pw = h % 2, w % 2
+        full = np.zeros(spread.shape[:-2] + (h + 2 * ph, w + 2 * pw))
+        full[..., : spread.shape[-2], : spread.shape[-1]] = spread
+        return full[..., ph : ph + h, pw : pw + w]
+    if variant == "tensorflow":
+        full = spread  # (h + h%2) x (w + w%2): the repeated row and column fold back onto the last ones
+        if h % 2:
+            full[..., h - 1, :] += full[..., h, :]
+        if w % 2:
+            full[..., :, w - 1] += full[..., :, w]
+        return full[..., :h, :w]
+    full = np.zeros(spread.shape[:-2] + (h, w))
+    full[..., : spread.shape[-2], : spread.shape[-1]] = spread
+    return full
+
+
+def ms_ssim_min_size(win_size, scales, variant):
+    """The smallest image side that keeps every scale at least win_size wide (valid padding)."""
+    side = win_size
+    for _ in range(scales - 1):
+        side = 2 * side if variant == "torchmetrics" else 2 * side - 1
+    return side
+
+
+def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytorch_msssim", K1=0.01, K2=0.03,
+                          data_range=1.0, axis=None, want_gradient=True):
+    """MS-SSIM (mean over ``axis``, which includes the plane) and d sum(value) / dx.
+
+    Per plane: prod_j relu(mean cs_j)^w_j * relu(mean S_M)^w_M over the scales
+    of ``variant`` (valid padding, population covariance); the per-plane
+    values are then averaged over the other axes of ``axis``. The gradient of
+    a relu'd (zero) mean is zero, and a power's derivative divides by the mean
+    only down to 1e-12, so finite inputs never give NaN or infinity.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x, y = np.broadcast_arrays(x, y)
+    scales = len(weights)
+    needed = ms_ssim_min_size(len(taps), scales, variant)
+    if min(x.shape[-2:]) < needed:
+        raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} are too small for {scales} scales of "
+                         f"{variant!r} with a {len(taps)}-tap window: the smaller side must be at least {needed}")
+    xs, ys = [x], [y]
+    for _ in range(scales - 1):
+        xs.append(downsample(xs[-1], variant))
+        ys.append(downsample(ys[-1], variant))
+    kwargs = dict(K1=K1, K2=K2, padding="valid", data_range=data_range, cov=1.0, want_partials=want_gradient)
+    terms = [_map_and_partials(xs[j], ys[j], taps, term="cs" if j < scales - 1 else "ssim", **kwargs)
+             for j in range(scales)]
+    means = np.stack([np.maximum(t[0].mean(axis=(-2, -1)), 0.0) for t in terms])  # (scales, *planes)
+    w = np.asarray(weights, dtype=np.float64).reshape((scales,) + (1,) * (means.ndim - 1))
+    per_plane = np.prod(means**w, axis=0)
+    axes = _normalise_axis(axis, x.ndim)
+    value = per_plane.mean(axis=tuple(a for a in axes if a < x.ndim - 2)) if x.ndim > 2 else per_plane
+    if not want_gradient:
+        return value, None
+    planes_per_value = np.prod([x.shape[a] for a in axes if a < x.ndim - 2], dtype=np.int64)
+    logs = w * np.log(np.maximum(means, _GUARD))
+    grad = None
+    for j in reversed(range(scales)):
+        others = np.exp(logs.sum(axis=0) - logs[j])
+        d_mean = np.where(means[j] > 0, w[j] * np.exp((w[j] - 1) * np.log(np.maximum(means[j], _GUARD))), 0.0)
+        d_mean = d_mean * others / planes_per_value
+        value_map, (x_scaled, y_scaled, partials) = terms[j]
+        g = (d_mean / (value_map.shape[-2] * value_map.shape[-1]))[..., None, None] * np.ones(value_map.shape)
+        grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid") / data_range
+        grad = grad_j if grad is None else grad_j + downsample_adjoint(grad, variant, xs[j].shape)
+    return value, grad

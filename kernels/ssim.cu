@@ -138,8 +138,8 @@ enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE =
 
 // SSIM at one pixel from the five filtered moments (spec.md section 1):
 // variances clamped at 0, no covariance where a window is flat, S clamped to
-// [-1, 1]; and the three partial-map values of `formula`. NaN moments give NaN
-// and zero exact partials.
+// [-1, 1]; and the three partial-map values of `formula`: those of the exact
+// gradient are zero where S is clamped, and dS/dExx is zero where sxx is.
 template <class C> struct Pixel {
     C s, partial[3];
 };
@@ -165,10 +165,12 @@ __device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c
     if (formula == GRADIENT_NONE) return out;
     const C s = out.s, inv_b1 = C(1) / b1, inv_b2 = C(1) / b2, inv_d = inv_b1 * inv_b2;
     if (formula == GRADIENT_EXACT && s == s_raw) {
-        out.partial[0] = C(2) * my * (free_sxy ? a2 - cov * a1 : a2) * inv_d - C(2) * mx * s * inv_b1 +
+        // Derivatives of the unclamped covariance: at a flat window of x, sxy
+        // moves to first order with x while sxx moves only to second order.
+        out.partial[0] = C(2) * my * (a2 - cov * a1) * inv_d - C(2) * mx * s * inv_b1 +
                          (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
         out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
-        out.partial[2] = free_sxy ? C(2) * cov * a1 * inv_d : C(0);
+        out.partial[2] = C(2) * cov * a1 * inv_d;
     } else if (formula == GRADIENT_SKIMAGE) {
         out.partial[0] = (mx * (a2 - a1) - my * (b2 - b1) * s) * inv_d;
         out.partial[1] = C(0.5) * a1 * inv_d;

@@ -276,3 +276,14 @@ def test_nan_input_gives_nan_mean_and_local_nan_gradient(executor):
     value, grad = _value_and_gradient(executor, x, y, _params(x, win_size=5))
     assert np.isnan(value[0])
     assert np.isfinite(grad[:10]).all() and np.isfinite(grad[:, :10]).all()
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_gradient_with_flat_patches(executor, padding, dtype):
+    """Black and constant patches (flat windows of x) against a textured y: dS/dExy must survive the clamp."""
+    x, _ = _images((2, 30, 33), dtype)
+    _, y = _images((2, 30, 33), dtype, seed=4, noise=0.3)
+    x[:, 5:20, 6:24] = 0
+    x[:, 22:, :12] = 0.5
+    _check_gradient(executor, x, y, _params(x, win_size=7, padding=padding))

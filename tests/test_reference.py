@@ -186,3 +186,86 @@ def test_nan_stays_local():
     S = ref.ssim_map(x, y, ref.window_taps("gaussian", 5, 1.5))
     assert np.isnan(S[15, 15]) and np.isnan(S[13, 17])
     assert np.isfinite(S[:12]).all() and np.isfinite(S[:, :12]).all()
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_gradient_at_flat_windows(padding):
+    """Where x is exactly flat, sxx is clamped but sxy still moves to first order with x."""
+    rng = np.random.default_rng(8)
+    x = rng.random((14, 15))
+    x[3:11, 4:12] = 0.0  # a black patch wider than the window
+    x[0:6, 0:6] = 0.5
+    y = rng.random((14, 15))
+    taps = ref.window_taps("gaussian", 5, 1.5)
+    kwargs = dict(padding=padding, crop=ref.mean_weights_crop(padding, 5))
+    _, grad = ref.ssim_with_gradient(x, y, taps, **kwargs)
+    h = 1e-7
+    numeric = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += h
+        minus[index] -= h
+        numeric[index] = (ref.ssim(plus, y, taps, **kwargs) - ref.ssim(minus, y, taps, **kwargs)) / (2 * h)
+    assert np.abs(grad - numeric).max() / np.abs(numeric).max() < 1e-6
+
+
+@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+def test_downsampling_adjoint_is_the_transpose(variant):
+    rng = np.random.default_rng(9)
+    for shape in ((2, 13, 15), (12, 10), (7, 8)):
+        a = rng.standard_normal(shape)
+        d = ref.downsample(a, variant)
+        assert d.shape == ref.downsampled_shape(shape, variant)
+        g = rng.standard_normal(d.shape)
+        assert abs(np.sum(d * g) - np.sum(a * ref.downsample_adjoint(g, variant, a.shape))) < 1e-12
+
+
+def test_downsampling_of_each_variant():
+    a = np.arange(15.0).reshape(3, 5)
+    # pytorch-msssim: one zero row/column on both sides of an odd side, zeros counted
+    np.testing.assert_allclose(ref.downsample(a, "pytorch_msssim")[0], [0 / 4, (1 + 2) / 4, (3 + 4) / 4])
+    # TensorFlow: the last row/column repeated at the end
+    np.testing.assert_allclose(ref.downsample(a, "tensorflow")[-1], [(10 + 11) / 2, (12 + 13) / 2, 14])
+    # torchmetrics: floor, the odd row/column dropped
+    np.testing.assert_allclose(ref.downsample(a, "torchmetrics"), [[(0 + 1 + 5 + 6) / 4, (2 + 3 + 7 + 8) / 4]])
+
+
+@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+@pytest.mark.parametrize("scales", [2, 3])
+def test_ms_ssim_gradient_matches_finite_differences(variant, scales):
+    rng = np.random.default_rng(scales)
+    taps = ref.window_taps("gaussian", 3, 1.0)
+    weights = ref.MS_SSIM_WEIGHTS[:scales]
+    side = ref.ms_ssim_min_size(3, scales, variant)
+    x = rng.random((2, side + 1, side + 2))
+    y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1)
+    kwargs = dict(weights=weights, variant=variant)
+    _, grad = ref.ms_ssim_with_gradient(x, y, taps, **kwargs)
+    value = lambda v: ref.ms_ssim_with_gradient(v, y, taps, want_gradient=False, **kwargs)[0]  # noqa: E731
+    h = 1e-6
+    numeric = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += h
+        minus[index] -= h
+        numeric[index] = (value(plus) - value(minus)) / (2 * h)
+    assert np.abs(grad - numeric).max() / np.abs(numeric).max() < 1e-6
+
+
+@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+def test_ms_ssim_of_an_image_against_its_negative_is_finite(variant):
+    x = np.random.default_rng(1).random((3, 180, 190))
+    value, grad = ref.ms_ssim_with_gradient(x, 1.0 - x, ref.window_taps("gaussian", 11, 1.5), variant=variant)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    same, _ = ref.ms_ssim_with_gradient(x, x, ref.window_taps("gaussian", 11, 1.5), variant=variant)
+    assert same == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("variant, side", [("pytorch_msssim", 161), ("tensorflow", 161), ("torchmetrics", 176)])
+def test_ms_ssim_minimum_size(variant, side):
+    taps = ref.window_taps("gaussian", 11, 1.5)
+    assert ref.ms_ssim_min_size(11, 5, variant) == side
+    ok = np.zeros((side, side + 3))
+    ref.ms_ssim_with_gradient(ok, ok, taps, variant=variant, want_gradient=False)
+    with pytest.raises(ValueError, match=f"too small for 5 scales.*at least {side}"):
+        ref.ms_ssim_with_gradient(ok[:-1], ok[:-1], taps, variant=variant)
