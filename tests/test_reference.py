@@ -30,6 +30,17 @@ def _pairs():
 PAIRS = _pairs()
 
 
+def _central_differences(f, x, h):
+    """d f / dx by central differences, one element at a time."""
+    numeric = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += h
+        minus[index] -= h
+        numeric[index] = (f(plus) - f(minus)) / (2 * h)
+    return numeric
+
+
 def _skimage_like(im1, im2, channel_axis, data_range, gaussian=False, win_size=None, sigma=1.5, sample=True):
     """The reference with skimage's conventions: (mean, uncropped map)."""
     if data_range is None:
@@ -115,14 +126,7 @@ def test_gradient_matches_finite_differences(padding, window, cov):
     kwargs = dict(padding=padding, data_range=2.0, cov=cov, crop=ref.mean_weights_crop(padding, 5))
     value, grad = ref.ssim_with_gradient(x, y, taps, axis=(1, 2), **kwargs)
     assert value.shape == (2,)
-    h = 1e-6
-    numeric = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += h
-        minus[index] -= h
-        numeric[index] = (ref.ssim(plus, y, taps, axis=(1, 2), **kwargs).sum()
-                          - ref.ssim(minus, y, taps, axis=(1, 2), **kwargs).sum()) / (2 * h)
+    numeric = _central_differences(lambda v: ref.ssim(v, y, taps, axis=(1, 2), **kwargs).sum(), x, 1e-6)
     assert np.abs(grad - numeric).max() / np.abs(numeric).max() < 1e-6
 
 
@@ -199,13 +203,7 @@ def test_gradient_at_flat_windows(padding):
     taps = ref.window_taps("gaussian", 5, 1.5)
     kwargs = dict(padding=padding, crop=ref.mean_weights_crop(padding, 5))
     _, grad = ref.ssim_with_gradient(x, y, taps, **kwargs)
-    h = 1e-7
-    numeric = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += h
-        minus[index] -= h
-        numeric[index] = (ref.ssim(plus, y, taps, **kwargs) - ref.ssim(minus, y, taps, **kwargs)) / (2 * h)
+    numeric = _central_differences(lambda v: ref.ssim(v, y, taps, **kwargs), x, 1e-7)
     assert np.abs(grad - numeric).max() / np.abs(numeric).max() < 1e-6
 
 
@@ -241,14 +239,8 @@ def test_ms_ssim_gradient_matches_finite_differences(variant, scales):
     y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1)
     kwargs = dict(weights=weights, variant=variant)
     _, grad = ref.ms_ssim_with_gradient(x, y, taps, **kwargs)
-    value = lambda v: ref.ms_ssim_with_gradient(v, y, taps, want_gradient=False, **kwargs)[0]  # noqa: E731
-    h = 1e-6
-    numeric = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += h
-        minus[index] -= h
-        numeric[index] = (value(plus) - value(minus)) / (2 * h)
+    numeric = _central_differences(
+        lambda v: ref.ms_ssim_with_gradient(v, y, taps, want_gradient=False, **kwargs)[0], x, 1e-6)
     assert np.abs(grad - numeric).max() / np.abs(numeric).max() < 1e-6
 
 
