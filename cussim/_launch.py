@@ -215,11 +215,3 @@ def finish(block_sums, out, *, per_output, count, a=0.0, b=1.0):
         (block_sums, np.int64(per_output), np.int64(outputs), np.float64(count), np.float64(a), np.float64(b), out,
          np.int64(out.strides[0] // out.itemsize if out.ndim else 0)),
     )
-
-
-def ssim_map(x, y, params):
-    """The SSIM map of x against y, a new array of the compute dtype."""
-    xp = _arrays.array_module(x)
-    out = _arrays.empty(xp, params.map_shape(x.shape), compute_dtype(x.dtype))
-    forward(x, y, params, map_out=out)
-    return out
