@@ -119,6 +119,22 @@ __global__ void halves(const __half* x, __half* y, float* as_float, const float*
 
 __global__ void copy_halves(const __half* x, __half* y) { y[threadIdx.x] = x[threadIdx.x]; }
 
+#ifdef CUSSIM_EMULATOR
+// cuda_bf16.h's type, which the emulator provides itself (NVRTC alone has no such header).
+__global__ void bfloat16s(const __nv_bfloat16* x, float* as_float, const float* from, __nv_bfloat16* y) {
+    as_float[threadIdx.x] = __bfloat162float(x[threadIdx.x]);
+    y[threadIdx.x] = __float2bfloat16(from[threadIdx.x]);
+}
+#endif
+
+// Two half-warps, each shuffling and synchronising within its own mask.
+__global__ void half_warp_groups(const int* x, int* out) {
+    const unsigned mask = threadIdx.x < 16 ? 0x0000ffffu : 0xffff0000u;
+    const int v = __shfl_xor_sync(mask, x[threadIdx.x], 1);
+    __syncwarp(mask);
+    out[threadIdx.x] = v + (int)__popc(__ballot_sync(mask, v % 2 == 0));
+}
+
 __global__ void three_d(int* out) {
     const int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
     const int b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);

@@ -162,6 +162,27 @@ def test_half_loads_and_stores(module):
     np.testing.assert_array_equal(copied.view(np.uint16), halves.view(np.uint16))
 
 
+def test_bfloat16_loads_and_stores(module):
+    values = np.array([1.0, -2.5, 3.140625, 1e-3, 65504.0, 1e30], np.float32)
+    bits = (values.view(np.uint32) >> 16).astype(np.uint16)  # exact bfloat16 values, truncated
+    as_float, stored = np.zeros(6, np.float32), np.zeros(6, np.uint16)
+    source = np.array([1.0, 1.00390625, 1.01171875, -7.0, 0.0, 3e38], np.float32)
+    module.get_function("bfloat16s")((1,), (6,), (bits, as_float, source, stored))
+    np.testing.assert_array_equal(as_float, (bits.astype(np.uint32) << 16).view(np.float32))
+    rounded = ((source.view(np.uint32) + 0x7FFF + ((source.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)
+    np.testing.assert_array_equal(stored, rounded)  # round to nearest even
+
+
+def test_warp_operations_on_partial_masks(module, order):
+    x = np.arange(32, dtype=np.int32) * 7 % 11
+    out = np.zeros(32, np.int32)
+    module.get_function("half_warp_groups")((1,), (32,), (x, out))
+    swapped = x[np.arange(32) ^ 1]
+    for half in (slice(0, 16), slice(16, 32)):
+        evens = int(np.sum(swapped[half] % 2 == 0))
+        np.testing.assert_array_equal(out[half], swapped[half] + evens)
+
+
 def test_three_dimensional_grids_and_blocks(module, order):
     out = np.full(2 * 3 * 2 * 4 * 2 * 2, -1, np.int32)
     module.get_function("three_d")((2, 3, 2), (4, 2, 2), (out,))
