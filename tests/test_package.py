@@ -77,9 +77,9 @@ def test_readme_commands_are_the_ones_ci_runs():
     assert 'pip install .' in readme and "cussim demo" in readme
 
 
-def test_demo_prints_real_values():
-    result = subprocess.run([sys.executable, "-m", "cussim", "demo", "--images", "camera"], capture_output=True,
-                            text=True, cwd=ROOT, check=True)
+def test_demo_prints_real_values(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cussim", "demo", "--images", "camera", "--map", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, check=True)
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("camera")]
     assert len(rows) == 5
     identical, noisy = rows[0], rows[2]
