@@ -1,6 +1,7 @@
 """The package as a user gets it: a wheel with the kernels inside, importable anywhere, without CuPy."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,9 +19,13 @@ CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    """A wheel built from a copy of the checkout (building in place would leave build/ behind)."""
+    source = tmp_path_factory.mktemp("source") / "cussim"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", ".venv", ".ci-venv", ".ci-cache", "__pycache__", ".pytest_cache"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True,
     )
     (path,) = out.glob("cussim-*.whl")
