@@ -10,6 +10,7 @@ which a test can count.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -72,6 +73,11 @@ def check_dtype(array, name: str) -> None:
 def device_of(array):
     """-1 for NumPy arrays, the CUDA device id otherwise."""
     return -1 if is_numpy(array) else array.device.id
+
+
+def on_device(array):
+    """A context for work on the array's GPU (nothing to enter for NumPy arrays)."""
+    return contextlib.nullcontext() if is_numpy(array) else array.device
 
 
 def where(array) -> str:

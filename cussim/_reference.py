@@ -124,15 +124,14 @@ def _moments(x, y, taps, padding, data_range, cov):
     syy_free = syy_raw > 0
     sxx = np.where(sxx_free, sxx_raw, 0.0)
     syy = np.where(syy_free, syy_raw, 0.0)
-    sxy_free = sxx_free & syy_free
-    sxy = np.where(sxy_free, cov * (exy - mx * my), 0.0)
-    return xs, ys, mx, my, sxx, syy, sxy, sxx_free, sxy_free
+    sxy = np.where(sxx_free & syy_free, cov * (exy - mx * my), 0.0)
+    return xs, ys, mx, my, sxx, syy, sxy, sxx_free
 
 
 def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials, term="ssim"):
     """The map of ``term`` ("ssim": S, or "cs": the contrast-structure A2/B2) and, if asked,
     its partial derivatives with respect to mx, Exx and Exy (zero where a clamp is active)."""
-    xs, ys, mx, my, sxx, syy, sxy, sxx_free, _ = _moments(x, y, taps, padding, data_range, cov)
+    xs, ys, mx, my, sxx, syy, sxy, sxx_free = _moments(x, y, taps, padding, data_range, cov)
     C1, C2 = K1 * K1, K2 * K2
     A1 = 2.0 * mx * my + C1
     A2 = 2.0 * sxy + C2
@@ -245,7 +244,7 @@ def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_ra
     (2/N) (F(A1/D) x + F(-S/B2) y + F((mx (A2 - A1) - my (B2 - B1) S) / D)),
     N the plane's pixel count, the filter's adjoint standing for F.
     """
-    xs, ys, mx, my, sxx, syy, sxy, _, _ = _moments(x, y, taps, padding, data_range, cov)
+    xs, ys, mx, my, sxx, syy, sxy, _ = _moments(x, y, taps, padding, data_range, cov)
     C1, C2 = K1 * K1, K2 * K2
     A1, A2 = 2.0 * mx * my + C1, 2.0 * sxy + C2
     B1, B2 = mx * mx + my * my + C1, sxx + syy + C2

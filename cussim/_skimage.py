@@ -9,7 +9,6 @@ emulator, with ``CUSSIM_NUMPY_BACKEND=emulator``).
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -182,7 +181,7 @@ def _kernel_results(x, y, params, gradient, full):
     planes = int(np.prod(x.shape[:-2], dtype=np.int64))
     map_shape = params.map_shape(x.shape)
     ctype = _launch.compute_dtype(x.dtype)
-    with contextlib.nullcontext() if xp is np else xp.cuda.Device(x.device.id):
+    with _arrays.on_device(x):
         block_sums = _arrays.empty(xp, (planes * _launch.tiles(map_shape),), np.float64)
         S = _arrays.empty(xp, map_shape, ctype) if full else None
         grad_maps = _arrays.empty(xp, (3 * planes * map_shape[-2] * map_shape[-1],), ctype) if gradient else None

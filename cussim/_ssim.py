@@ -11,7 +11,6 @@ axis is a batch axis. The gradient is with respect to the FIRST argument x
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -65,9 +64,7 @@ class _Problem:
         return array.transpose(self.perm)
 
     def device(self):
-        if self.xp is np:
-            return contextlib.nullcontext()
-        return self.xp.cuda.Device(self.x.device.id)
+        return _arrays.on_device(self.x)
 
 
 def _normalise_axis(value, ndim, name):
@@ -186,18 +183,18 @@ def _check_workspace(workspace, problem: _Problem, options: str) -> Workspace:
     return workspace
 
 
-def _value_buffer(problem: _Problem, out, name="out"):
+def _value_buffer(problem: _Problem, out):
     """The caller's ``out`` checked (or a new one), and a 1-D view of it for the finishing kernel."""
     dtype = _launch.compute_dtype(problem.x.dtype)
     if out is None:
         with problem.device():
             out = _arrays.empty(problem.xp, problem.value_shape, dtype)
     else:
-        out = _arrays.as_array(out, name)
-        _arrays.check_output(out, name, shape=problem.value_shape, dtype=dtype, like=problem.x,
+        out = _arrays.as_array(out, "out")
+        _arrays.check_output(out, "out", shape=problem.value_shape, dtype=dtype, like=problem.x,
                              inputs={"x": problem.x, "y": problem.y})
         if out.ndim > 1 and not out.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous (it holds {out.size} values)")
+            raise ValueError(f"out must be C-contiguous (it holds {out.size} values)")
     return out, out.reshape(-1)
 
 
