@@ -43,7 +43,8 @@ def _ssim_specialisations():
         for element in ELEMENT_TYPES:
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")
-    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>")
+    names += [f"msssim_downsample<{element}>" for element in ELEMENT_TYPES]
+    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine")
 
 
 FAMILIES = {"ssim": _ssim_specialisations()}

@@ -31,6 +31,9 @@ TILE = 16
 MAX_GRID_Y = 65535
 PADDING_CODES = {"same": 0, "valid": 1, "reflect": 2}
 GRADIENT_FORMULAS = {"exact": 1, "skimage": 2}
+TERMS = {"ssim": 0, "cs": 1}
+MS_SSIM_VARIANT_CODES = {"pytorch_msssim": 0, "tensorflow": 1, "torchmetrics": 2}
+MS_SSIM_GUARD = 1e-12  # the smallest mean a power's derivative divides by (as the reference)
 GRADIENT_DTYPES = {np.dtype(np.float16): np.dtype(np.float16), np.dtype(np.float64): np.dtype(np.float64)}
 ELEMENT_TYPES = {
     np.dtype(np.float32): "float",
@@ -132,20 +135,23 @@ def _contiguous_copy(array):
 
 
 @functools.lru_cache(maxsize=64)
-def _device_taps(module_name: str, device_id: int, taps: tuple, dtype: np.dtype):
-    """The window on the device, made once per device, window and dtype (no allocation per call)."""
+def _device_constants(module_name: str, device_id: int, values: tuple, dtype: np.dtype):
+    """Small constant arrays (windows, scale tables) on the device, made once per device and value."""
     if module_name == "numpy":
-        return np.asarray(taps, dtype=dtype)
+        return np.asarray(values, dtype=dtype)
     import cupy
 
     with cupy.cuda.Device(device_id):
-        return cupy.asarray(taps, dtype=dtype)
+        return cupy.asarray(values, dtype=dtype)
+
+
+def _constants(like, values, dtype):
+    return _device_constants(_arrays.array_module(like).__name__, _arrays.device_of(like), tuple(values),
+                             np.dtype(dtype))
 
 
 def _taps(x, params, dtype):
-    xp = _arrays.array_module(x)
-    device = _arrays.device_of(x)
-    return _device_taps(xp.__name__, device, params.taps, np.dtype(dtype))
+    return _constants(x, params.taps, dtype)
 
 
 def _null(xp):
@@ -153,8 +159,10 @@ def _null(xp):
     return None if xp is np else np.uint64(0)
 
 
-def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact"):
-    """Launches ssim_forward: SSIM over x against y (y broadcasts to x), writing what is passed.
+def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
+            term="ssim"):
+    """Launches ssim_forward: SSIM (or MS-SSIM's ``term="cs"``) of x against y (y broadcasts to x).
+
 
     map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
     block_sums: float64, one per plane and tile of the map, the sums of the map
@@ -179,14 +187,21 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
         (x, *layouts[0].args(), y, *layouts[1].args(), null if map_out is None else map_out, *lm.args(),
          null if block_sums is None else block_sums, null if grad_maps is None else grad_maps,
          np.int64(planes), np.int64(inner), np.int32(height), np.int32(width),
-         np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), np.int32(GRADIENT_FORMULAS[formula]),
+         np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), np.int32(TERMS[term]),
+         np.int32(GRADIENT_FORMULAS[formula]),
          _taps(x, params, ctype),
          c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight)),
     )
 
 
-def backward(x, y, grad_maps, grad, params, *, accumulate=False):
-    """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps."""
+def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
+             margin=0):
+    """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps.
+
+    MS-SSIM's extras: ``plane_weights`` (float64, one per plane) scale each
+    plane's gradient; ``coarse`` (compute dtype, contiguous planes of the next
+    scale, extended by ``margin``) adds the adjoint of ``variant``'s 2x2 mean.
+    """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
     y = xp.broadcast_to(y, x.shape)
@@ -198,7 +213,9 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False):
         (tiles(x.shape), min(planes, MAX_GRID_Y)), (TILE, TILE),
         (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
          np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
-         ctype.type(1.0 / params.data_range), np.int32(bool(accumulate))),
+         ctype.type(1.0 / params.data_range), _null(xp) if plane_weights is None else plane_weights,
+         _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), np.int32(margin),
+         np.int32(bool(accumulate))),
     )
 
 
@@ -214,4 +231,42 @@ def finish(block_sums, out, *, per_output, count, a=0.0, b=1.0):
         (min(outputs, 2**31 - 1),), (256,),
         (block_sums, np.int64(per_output), np.int64(outputs), np.float64(count), np.float64(a), np.float64(b), out,
          np.int64(out.strides[0] // out.itemsize if out.ndim else 0)),
+    )
+
+
+def downsample(x, y, x_out, y_out, variant, *, margin=0):
+    """Launches msssim_downsample: one 2x2 mean of ``variant`` of x and y (y broadcasts to x).
+
+    x_out, y_out: contiguous, compute dtype, (planes, h', w') with h', w' the
+    downsampled sides plus 2 ``margin`` (a whole-sample reflected border).
+    """
+    xp = _arrays.array_module(x)
+    y = xp.broadcast_to(y, x.shape)
+    (outer, inner), (lx, ly), (x, y) = plane_layouts([x, y])
+    planes = outer * inner
+    height, width = x.shape[-2:]
+    kernel = _kernels.get_kernel("ssim", f"msssim_downsample<{ELEMENT_TYPES[np.dtype(x.dtype)]}>", x)
+    blocks = min(-(-x_out.size // 256), 2**20)
+    kernel(
+        (blocks,), (256,),
+        (x, *lx.args(), y, *ly.args(), x_out, y_out, np.int64(planes), np.int64(inner), np.int32(height),
+         np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin)),
+    )
+
+
+def combine(block_sums, scale_table, image_values, *, planes, group, share, plane_weights=None):
+    """Launches msssim_combine: per image of ``group`` planes, the relu'd product of the scales' means.
+
+    scale_table: per scale (weight, map pixels, tiles, offset into block_sums);
+    image_values: float64, planes // group; plane_weights: float64, scales x
+    planes, the backward's per-plane weights times ``share`` (d output / d image).
+    """
+    kernel = _kernels.get_kernel("ssim", "msssim_combine", block_sums)
+    images = planes // group
+    table = _constants(block_sums, np.ravel(scale_table), np.float64)
+    kernel(
+        (min(images, 2**31 - 1),), (256,),
+        (block_sums, table, np.int32(len(scale_table)), np.int64(planes), np.int64(group), np.float64(share),
+         np.float64(MS_SSIM_GUARD), image_values, _null(_arrays.array_module(block_sums))
+         if plane_weights is None else plane_weights),
     )

@@ -317,6 +317,25 @@ def downsample_adjoint(g, variant, shape):
     return full
 
 
+def _mirror_fold(n, margin):
+    """The (n, n + 2 margin) matrix that sums each position of a whole-sample extension onto its pixel."""
+    source = np.abs(np.arange(-margin, n + margin))
+    source = np.where(source >= n, 2 * (n - 1) - source, source)
+    fold = np.zeros((n, n + 2 * margin))
+    fold[source, np.arange(n + 2 * margin)] = 1.0
+    return fold
+
+
+def mirror_extend(image, margin):
+    """The image extended by ``margin`` on every side by whole-sample reflection (dcb|abcd|cba)."""
+    return _pad_last_two(image, (margin, margin), (margin, margin), mode="reflect")
+
+
+def mirror_extend_adjoint(g, margin, shape):
+    """The adjoint of :func:`mirror_extend`: each extended position's g added onto its pixel of ``shape``."""
+    return _mirror_fold(shape[-2], margin) @ g @ _mirror_fold(shape[-1], margin).T
+
+
 def ms_ssim_min_size(win_size, scales, variant):
     """The smallest image side that keeps every scale at least win_size wide (valid padding)."""
     side = win_size
@@ -326,19 +345,25 @@ def ms_ssim_min_size(win_size, scales, variant):
 
 
 def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytorch_msssim", K1=0.01, K2=0.03,
-                          data_range=1.0, axis=None, want_gradient=True):
+                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True):
     """MS-SSIM (mean over ``axis``, which includes the plane) and d sum(value) / dx.
 
-    Per plane: prod_j relu(mean cs_j)^w_j * relu(mean S_M)^w_M over the scales
-    of ``variant`` (valid padding, population covariance); the per-plane
-    values are then averaged over the other axes of ``axis``. The gradient of
-    a relu'd (zero) mean is zero, and a power's derivative divides by the mean
-    only down to 1e-12, so finite inputs never give NaN or infinity.
+    Per image: prod_j relu(mean cs_j)^w_j * relu(mean S_M)^w_M over the scales
+    of ``variant``, population covariance, the cs maps over the valid
+    interior, S_M too except for torchmetrics, whose S_M is the full map with
+    whole-sample reflection (torchmetrics >= 1.5). An image is one plane, or
+    the planes along ``pool_axes`` (torchmetrics pools an image's channels
+    into each mean). The per-image values are averaged over the other axes
+    of ``axis``. The gradient of a relu'd (zero) mean is zero, and a power's
+    derivative divides by the mean only down to 1e-12, so finite inputs never
+    give NaN or infinity.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     x, y = np.broadcast_arrays(x, y)
     scales = len(weights)
+    if scales < 2:
+        raise ValueError(f"MS-SSIM needs at least two scales (weights), got {scales}")
     needed = ms_ssim_min_size(len(taps), scales, variant)
     if min(x.shape[-2:]) < needed:
         raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} are too small for {scales} scales of "
@@ -347,25 +372,34 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     for _ in range(scales - 1):
         xs.append(downsample(xs[-1], variant))
         ys.append(downsample(ys[-1], variant))
+    # torchmetrics: the last scale's S over the full map, the image extended by whole-sample reflection
+    margin = (len(taps) - 1) // 2 if variant == "torchmetrics" else 0
+    extended = [mirror_extend(a, margin) if margin else a for a in (xs[-1], ys[-1])]
     kwargs = dict(K1=K1, K2=K2, padding="valid", data_range=data_range, cov=1.0, want_partials=want_gradient)
-    terms = [_map_and_partials(xs[j], ys[j], taps, term="cs" if j < scales - 1 else "ssim", **kwargs)
-             for j in range(scales)]
-    means = np.stack([np.maximum(t[0].mean(axis=(-2, -1)), 0.0) for t in terms])  # (scales, *planes)
-    w = np.asarray(weights, dtype=np.float64).reshape((scales,) + (1,) * (means.ndim - 1))
-    per_plane = np.prod(means**w, axis=0)
-    axes = _normalise_axis(axis, x.ndim)
-    value = per_plane.mean(axis=tuple(a for a in axes if a < x.ndim - 2)) if x.ndim > 2 else per_plane
+    terms = [_map_and_partials(xs[j], ys[j], taps, term="cs", **kwargs) for j in range(scales - 1)]
+    terms.append(_map_and_partials(*extended, taps, term="ssim", **kwargs))
+    nd = x.ndim
+    mean_axes = tuple(sorted({a % nd for a in pool_axes} | {nd - 2, nd - 1}))
+    means = [np.maximum(t[0].mean(axis=mean_axes, keepdims=True), 0.0) for t in terms]  # per image
+    per_image = np.prod([m**w for m, w in zip(means, weights)], axis=0)
+    axes = _normalise_axis(axis, nd)
+    if not set(mean_axes) <= set(axes):
+        raise ValueError(f"axis={axis!r} must include the pooled axes {pool_axes}")
+    value = per_image.mean(axis=axes)
     if not want_gradient:
         return value, None
-    planes_per_value = np.prod([x.shape[a] for a in axes if a < x.ndim - 2], dtype=np.int64)
-    logs = w * np.log(np.maximum(means, _GUARD))
+    images_per_value = np.prod([per_image.shape[a] for a in axes], dtype=np.int64)
     grad = None
     for j in reversed(range(scales)):
-        others = np.exp(logs.sum(axis=0) - logs[j])
-        d_mean = np.where(means[j] > 0, w[j] * np.exp((w[j] - 1) * np.log(np.maximum(means[j], _GUARD))), 0.0)
-        d_mean = d_mean * others / planes_per_value
+        d_mean = np.where(means[j] > 0, weights[j] * np.maximum(means[j], _GUARD) ** (weights[j] - 1), 0.0)
+        for k in range(scales):
+            if k != j:
+                d_mean = d_mean * means[k] ** weights[k]
         value_map, (x_scaled, y_scaled, partials) = terms[j]
-        g = (d_mean / (value_map.shape[-2] * value_map.shape[-1]))[..., None, None] * np.ones(value_map.shape)
+        averaged = np.prod([value_map.shape[a] for a in mean_axes], dtype=np.int64)
+        g = np.broadcast_to(d_mean / (averaged * images_per_value), value_map.shape)
         grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid") / data_range
+        if j == scales - 1 and margin:
+            grad_j = mirror_extend_adjoint(grad_j, margin, xs[j].shape)
         grad = grad_j if grad is None else grad_j + downsample_adjoint(grad, variant, xs[j].shape)
     return value, grad

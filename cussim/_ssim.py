@@ -76,7 +76,14 @@ def _normalise_axis(value, ndim, name):
 
 
 def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis,
-             axis, reduce=True) -> _Problem:
+             axis, reduce=True, min_side=None, channels_pooled=False) -> _Problem:
+    """Checks the arguments and views x and y in the kernels' layout.
+
+    ``min_side``: (side, reason), a minimum image side other than the
+    window's (MS-SSIM). ``channels_pooled``: the channel axis must be averaged
+    and becomes the innermost batch axis, so each image's channels are
+    consecutive planes.
+    """
     x = _arrays.as_array(x, "x")
     y = _arrays.as_array(y, "y")
     _arrays.check_same_place(x, y, "y", "x")
@@ -102,6 +109,8 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     params = ssim_params(win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2, padding=padding,
                          sample_covariance=sample_covariance, data_range=data_range)
     height, width = (x.shape[a] for a in spatial)
+    if min_side is not None and min(height, width) < min_side[0]:
+        raise ValueError(f"x's images are {height}x{width}; {min_side[1]}")
     if min(height, width) < params.win_size:
         raise ValueError(f"x's images are {height}x{width}, smaller than the {win_size}x{win_size} window; "
                          "use a smaller win_size, or set channel_axis if an image axis holds channels")
@@ -118,6 +127,11 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
                              "over the image plane (axis=None averages everything)")
     kept = [a for a in range(ndim) if a not in averaged]
     batch = [a for a in range(ndim) if a in averaged and a not in spatial]
+    if channels_pooled and channel in batch:
+        batch = [a for a in batch if a != channel] + [channel]
+    elif channels_pooled and channel is not None:
+        raise ValueError(f"axis={axis!r} keeps channel_axis={channel_axis}, but this metric averages an image's "
+                         "channels together; include the channel axis in axis")
     perm = tuple(kept + batch + spatial)
     y = _arrays.array_module(x).broadcast_to(y, x.shape)
     return _Problem(x=x.transpose(perm), y=y.transpose(perm), params=params, perm=perm, kept=len(kept),
@@ -125,12 +139,14 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
 
 
 class Workspace:
-    """Scratch buffers of :func:`ssim_with_gradient` and :func:`dssim_with_gradient`.
+    """Scratch buffers of the in-place gradient functions.
 
-    Made by :func:`make_workspace` for one image shape, window size and
-    padding; passing it (with ``out`` and ``grad``) makes those calls allocate
-    nothing. ``block_sums`` holds per-tile sums (float64), ``grad_maps`` the
-    three partial-derivative maps (compute dtype).
+    Made by :func:`make_workspace` (SSIM and DSSIM) or
+    :func:`cussim.make_ms_ssim_workspace` (MS-SSIM) for one image shape and
+    set of options; passing it (with ``out`` and ``grad``) makes those calls
+    allocate nothing. ``block_sums`` holds float64 per-tile sums (and MS-SSIM's
+    per-image values and weights), ``grad_maps`` the compute-dtype partial
+    maps (and MS-SSIM's downsampled images and gradients).
     """
 
     def __init__(self, block_sums, grad_maps):

@@ -15,11 +15,22 @@
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double).
+// MS-SSIM (spec.md section 6) reuses the forward (term TERM_CS gives the
+// contrast-structure map A2 / B2) and the backward (per-plane weights, and the
+// adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:
+//   msssim_downsample<T> one 2x2 mean of x and y, as a variant does it, into
+//                        contiguous planes of the compute type.
+//   msssim_combine       per image: the scales' means from their block sums,
+//                        the relu'd weighted product, and d product / d mean
+//                        spread over the planes as backward weights.
+// They live in this file because the backward's fused adjoint and the
+// downsampling share one geometry (pooled_source / pooled_target).
 //
 // Launch shapes: forward and backward take block (16, 16) and grid
 // (tiles_h * tiles_w, min(planes, 65535)), the tiles covering the map
 // (forward) or the image (backward); blocks loop over planes, so any number
-// of planes works. ssim_finish takes block (256) and one block per output.
+// of planes works. ssim_finish and msssim_combine take block (256) and one
+// block per output (per image); msssim_downsample any 1-D launch.
 // Every image array is addressed by element strides (int64): plane
 // p = outer * inner_count + inner, then row and column; a stride of 0
 // broadcasts (one reference image for a whole batch). Workspace arrays
@@ -50,6 +61,11 @@ namespace cussim {
 
 constexpr int kTile = 16;
 enum Padding { PAD_SAME = 0, PAD_VALID = 1, PAD_REFLECT = 2 };
+// The map a forward computes: SSIM, or MS-SSIM's contrast-structure term A2 / B2.
+enum Term { TERM_SSIM = 0, TERM_CS = 1 };
+// MS-SSIM's 2x2 downsampling (spec.md section 6).
+enum Variant { VARIANT_PYTORCH_MSSSIM = 0, VARIANT_TENSORFLOW = 1, VARIANT_TORCHMETRICS = 2 };
+constexpr int kMaxScales = 16;
 
 template <class T> struct ComputeType { using type = float; };
 template <> struct ComputeType<double> { using type = double; };
@@ -115,6 +131,16 @@ __device__ inline int reflect_index(int i, int n) {
     return i < n ? i : period - 1 - i;
 }
 
+// Whole-sample symmetric index (dcb abcd cba), any distance outside [0, n):
+// torchmetrics' last MS-SSIM scale is SSIM over the image so extended.
+__device__ inline int mirror_index(int i, int n) {
+    if (n == 1) return 0;
+    const int period = 2 * n - 2;
+    i %= period;
+    if (i < 0) i += period;
+    return i < n ? i : period - i;
+}
+
 template <class T, class C>
 __device__ inline C load_scaled(const T* plane, long long row_stride, long long col_stride, int row, int col,
                                 int height, int width, int padding, C inv_range) {
@@ -136,16 +162,17 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
 //                   A1 / (2 D) and -S / B2, weighted over the whole map.
 enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE = 2 };
 
-// SSIM at one pixel from the five filtered moments (spec.md section 1):
-// variances clamped at 0, no covariance where a window is flat, S clamped to
-// [-1, 1]; and the three partial-map values of `formula`: those of the exact
-// gradient are zero where S is clamped, and dS/dExx is zero where sxx is.
+// SSIM (or, for TERM_CS, A2 / B2) at one pixel from the five filtered moments
+// (spec.md section 1): variances clamped at 0, no covariance where a window
+// is flat, the value clamped to [-1, 1]; and the three partial-map values of
+// `formula`: those of the exact gradient are zero where the value is clamped,
+// and d/dExx is zero where sxx is. scikit-image's formula is for TERM_SSIM.
 template <class C> struct Pixel {
     C s, partial[3];
 };
 
 template <class C>
-__device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c2, C cov, int formula) {
+__device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c2, C cov, int term, int formula) {
     const C mxx = mul(mx, mx), myy = mul(my, my), mxy = mul(mx, my);
     const C sxx_raw = mul(cov, add(exx, -mxx));
     const C syy_raw = mul(cov, add(eyy, -myy));
@@ -158,13 +185,18 @@ __device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c
     const C b1 = add(add(mxx, myy), c1);
     const C b2 = add(add(sxx, syy), c2);
     const C d = mul(b1, b2);
-    const C s_raw = mul(a1, a2) / d;
+    const C s_raw = term == TERM_CS ? a2 / b2 : mul(a1, a2) / d;
     Pixel<C> out;
     out.s = s_raw > C(1) ? C(1) : (s_raw < C(-1) ? C(-1) : s_raw);
     out.partial[0] = out.partial[1] = out.partial[2] = C(0);
     if (formula == GRADIENT_NONE) return out;
     const C s = out.s, inv_b1 = C(1) / b1, inv_b2 = C(1) / b2, inv_d = inv_b1 * inv_b2;
-    if (formula == GRADIENT_EXACT && s == s_raw) {
+    if (formula == GRADIENT_EXACT && s == s_raw && term == TERM_CS) {
+        // cs = A2 / B2: A2 moves with Exy - mx my, B2 with Exx - mx^2.
+        out.partial[0] = -C(2) * cov * my * inv_b2 + (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
+        out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
+        out.partial[2] = C(2) * cov * inv_b2;
+    } else if (formula == GRADIENT_EXACT && s == s_raw) {
         // Derivatives of the unclamped covariance: at a flat window of x, sxy
         // moves to first order with x while sxx moves only to second order.
         out.partial[0] = C(2) * my * (a2 - cov * a1) * inv_d - C(2) * mx * s * inv_b1 +
@@ -227,6 +259,71 @@ __device__ inline void vertical_pass(const C (&rows)[Q][kTile + 2 * R][kTile], c
     }
 }
 
+// MS-SSIM's 2x2 mean along one side of n pixels (spec.md section 6): output
+// o averages sources 2o + k - pad, k = 0, 1. pytorch_msssim pads an odd side
+// with a zero on both sides (pad 1, the zeros counted); tensorflow repeats the
+// last pixel; torchmetrics drops it.
+__device__ inline int pooled_size(int n, int variant) {
+    return variant == VARIANT_TORCHMETRICS ? n / 2 : (n + 1) / 2;
+}
+
+// The source of slot k of output o, or -1 for a padded zero.
+__device__ inline int pooled_source(int o, int k, int n, int variant) {
+    int i = 2 * o + k;
+    if (variant == VARIANT_PYTORCH_MSSSIM) i -= n & 1;
+    if (variant == VARIANT_TENSORFLOW && i >= n) i = n - 1;
+    return i >= 0 && i < n ? i : -1;
+}
+
+// Where source i goes: its output, and how many of that output's slots it
+// fills (0 when dropped, 2 for tensorflow's repeated last pixel).
+struct PooledTarget {
+    int index, slots;
+};
+
+__device__ inline PooledTarget pooled_target(int i, int n, int variant) {
+    PooledTarget t;
+    if (variant == VARIANT_PYTORCH_MSSSIM) {
+        t.index = (i + (n & 1)) / 2;
+        t.slots = 1;
+    } else {
+        t.index = i / 2;
+        t.slots = variant == VARIANT_TORCHMETRICS ? (i < (n & ~1) ? 1 : 0) : ((n & 1) && i == n - 1 ? 2 : 1);
+    }
+    return t;
+}
+
+// The positions e in [0, n + 2 margin) of a whole-sample extension by
+// `margin` (< n) that hold pixel t: t itself, and its one or two reflections.
+__device__ inline int mirror_sources(int t, int n, int margin, int (&e)[3]) {
+    int k = 0;
+    e[k++] = t + margin;
+    if (t >= 1 && t <= margin) e[k++] = margin - t;
+    if (t <= n - 2 && t > n - 2 - margin) e[k++] = 2 * n - 2 - t + margin;
+    return k;
+}
+
+// The adjoint of the 2x2 mean at pixel (row, col) of plane p: a quarter of
+// the coarse gradient per slot the pixel fills. coarse: contiguous planes
+// of the coarse image extended by `margin` on every side (the adjoint of the
+// extension folds each reflected position back).
+template <class C>
+__device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int col, int height, int width, int variant,
+                                   int margin) {
+    const PooledTarget r = pooled_target(row, height, variant), c = pooled_target(col, width, variant);
+    if (r.slots == 0 || c.slots == 0) return C(0);
+    const int coarse_h = pooled_size(height, variant), coarse_w = pooled_size(width, variant);
+    const int stride = coarse_w + 2 * margin;
+    const C* plane = coarse + p * (long long)(coarse_h + 2 * margin) * stride;
+    int rows[3], cols[3];
+    const int n_rows = mirror_sources(r.index, coarse_h, margin, rows);
+    const int n_cols = mirror_sources(c.index, coarse_w, margin, cols);
+    C sum = C(0);
+    for (int i = 0; i < n_rows; ++i)
+        for (int k = 0; k < n_cols; ++k) sum += plane[(long long)rows[i] * stride + cols[k]];
+    return C(0.25) * C(r.slots * c.slots) * sum;
+}
+
 }  // namespace cussim
 
 template <class T, int R>
@@ -235,7 +332,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
     long long m_col, double* __restrict__ block_sums, typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
-    long long planes, long long inner_count, int height, int width, int padding, int crop, int formula,
+    long long planes, long long inner_count, int height, int width, int padding, int crop, int term, int formula,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight) {
@@ -289,7 +386,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         double counted_value = 0.0;
         if (row < g.map_h && col < g.map_w) {
-            const Pixel<C> px = ssim_pixel(m[0], m[1], m[2], m[3], m[4], c1, c2, cov, grad_maps ? formula : 0);
+            const Pixel<C> px = ssim_pixel(m[0], m[1], m[2], m[3], m[4], c1, c2, cov, term, grad_maps ? formula : 0);
             if (map) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
             const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
@@ -317,7 +414,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
-    int accumulate) {
+    const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
+    int variant, int margin, int accumulate) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
@@ -369,6 +467,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const C xv = load_scaled(xp, x_row, x_col, row, col, height, width, PAD_SAME, inv_range);
             const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
             C value = (b[0] + C(2) * xv * b[1] + yv * b[2]) * inv_range;
+            if (plane_weights) value *= (C)plane_weights[p];
+            if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant, margin);
             typename GradientType<T>::type* gp = grad + outer * g_outer + inner * g_inner + row * g_row + col * g_col;
             if (accumulate) value += (C)element_value(*gp);
             store(gp, value);
@@ -393,5 +493,96 @@ __global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ bl
         }
         if (threadIdx.x == 0) out[o * out_stride] = (O)(a + b * (scratch[0] / count));  // N ones: exactly 1
         __syncthreads();
+    }
+}
+
+// One 2x2 mean of x and y (spec.md section 6) into contiguous planes of the
+// compute type, unscaled, extended by `margin` on every side by whole-sample
+// reflection (0 but for torchmetrics' last scale); the forward's strides.
+template <class T>
+__global__ void __launch_bounds__(256) msssim_downsample(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    typename cussim::ComputeType<T>::type* __restrict__ x_out, typename cussim::ComputeType<T>::type* __restrict__ y_out,
+    long long planes, long long inner_count, int height, int width, int variant, int margin) {
+    using namespace cussim;
+    using C = typename ComputeType<T>::type;
+    const int pooled_h = pooled_size(height, variant), pooled_w = pooled_size(width, variant);
+    const int out_h = pooled_h + 2 * margin, out_w = pooled_w + 2 * margin;
+    const long long total = planes * out_h * out_w;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long p = i / ((long long)out_h * out_w);
+        const int o_row = mirror_index((int)(i / out_w % out_h) - margin, pooled_h);
+        const int o_col = mirror_index((int)(i % out_w) - margin, pooled_w);
+        const long long outer = p / inner_count, inner = p % inner_count;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
+        C sx = C(0), sy = C(0);
+        for (int kr = 0; kr < 2; ++kr) {
+            const int row = pooled_source(o_row, kr, height, variant);
+            for (int kc = 0; kc < 2; ++kc) {
+                const int col = pooled_source(o_col, kc, width, variant);
+                if (row < 0 || col < 0) continue;
+                sx += (C)element_value(xp[row * x_row + col * x_col]);
+                sy += (C)element_value(yp[row * y_row + col * y_col]);
+            }
+        }
+        x_out[i] = C(0.25) * sx;
+        y_out[i] = C(0.25) * sy;
+    }
+}
+
+// Per image (one block each; an image is `group` consecutive planes, whose
+// means pool before the product, as torchmetrics pools channels): each
+// scale's mean m_j from its block sums in a fixed order, value =
+// prod_j max(m_j, 0)^w_j, and, if plane_weights is given, each plane's
+// backward weight d value / d m_j / (pixels averaged) * share, which is 0
+// where m_j <= 0 (the relu) and uses max(m_j, guard) in the power's
+// derivative, so finite inputs never give infinity or NaN.
+// scale_table holds, per scale: w_j, map pixels per plane, tiles per plane,
+// and the offset of the scale's block sums (planes x tiles, plane-major).
+__global__ void __launch_bounds__(256) msssim_combine(
+    const double* __restrict__ block_sums, const double* __restrict__ scale_table, int scales, long long planes,
+    long long group, double share, double guard, double* __restrict__ image_values,
+    double* __restrict__ plane_weights) {
+    using namespace cussim;
+    __shared__ double scratch[256];
+    __shared__ double means[kMaxScales];
+    const long long images = planes / group;
+    for (long long image = blockIdx.x; image < images; image += gridDim.x) {
+        for (int j = 0; j < scales; ++j) {
+            const long long tiles = (long long)scale_table[4 * j + 2];
+            const double* sums = block_sums + (long long)scale_table[4 * j + 3] + image * group * tiles;
+            double partial = 0.0;
+            for (long long k = threadIdx.x; k < group * tiles; k += 256) partial += sums[k];
+            scratch[threadIdx.x] = partial;
+            __syncthreads();
+            for (int k = 128; k > 0; k >>= 1) {
+                if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
+                __syncthreads();
+            }
+            if (threadIdx.x == 0) means[j] = fmax(scratch[0] / (scale_table[4 * j + 1] * (double)group), 0.0);
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) {
+            double value = 1.0;
+            for (int j = 0; j < scales; ++j) value *= pow(means[j], scale_table[4 * j]);
+            image_values[image] = value;
+        }
+        if (plane_weights) {
+            for (int j = 0; j < scales; ++j) {
+                const double w = scale_table[4 * j];
+                double d = 0.0;
+                if (means[j] > 0.0) {
+                    d = w * pow(fmax(means[j], guard), w - 1.0);
+                    for (int k = 0; k < scales; ++k)
+                        if (k != j) d *= pow(means[k], scale_table[4 * k]);
+                    d *= share / (scale_table[4 * j + 1] * (double)group);
+                }
+                for (long long q = threadIdx.x; q < group; q += 256) plane_weights[j * planes + image * group + q] = d;
+            }
+        }
+        __syncthreads();  // means[] is rewritten for the next image
     }
 }

@@ -218,6 +218,14 @@ def test_downsampling_adjoint_is_the_transpose(variant):
         assert abs(np.sum(d * g) - np.sum(a * ref.downsample_adjoint(g, variant, a.shape))) < 1e-12
 
 
+def test_mirror_extension_and_its_adjoint():
+    a = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(ref.mirror_extend(a, 2)[2], [2, 1, 0, 1, 2, 3, 2, 1])  # dcb|abcd|cba
+    g = np.random.default_rng(3).standard_normal((3, 7, 8))
+    b = np.random.default_rng(4).standard_normal((3, 3, 4))
+    assert np.sum(ref.mirror_extend(b, 2) * g) == pytest.approx(np.sum(b * ref.mirror_extend_adjoint(g, 2, b.shape)))
+
+
 def test_downsampling_of_each_variant():
     a = np.arange(15.0).reshape(3, 5)
     # pytorch-msssim: one zero row/column on both sides of an odd side, zeros counted
@@ -229,19 +237,29 @@ def test_downsampling_of_each_variant():
 
 
 @pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
-@pytest.mark.parametrize("scales", [2, 3])
-def test_ms_ssim_gradient_matches_finite_differences(variant, scales):
+@pytest.mark.parametrize("scales, pool_axes", [(2, ()), (3, ()), (3, (0,))])
+def test_ms_ssim_gradient_matches_finite_differences(variant, scales, pool_axes):
     rng = np.random.default_rng(scales)
     taps = ref.window_taps("gaussian", 3, 1.0)
     weights = ref.MS_SSIM_WEIGHTS[:scales]
     side = ref.ms_ssim_min_size(3, scales, variant)
     x = rng.random((2, side + 1, side + 2))
     y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1)
-    kwargs = dict(weights=weights, variant=variant)
+    kwargs = dict(weights=weights, variant=variant, pool_axes=pool_axes)
     _, grad = ref.ms_ssim_with_gradient(x, y, taps, **kwargs)
     numeric = _central_differences(
         lambda v: ref.ms_ssim_with_gradient(v, y, taps, want_gradient=False, **kwargs)[0], x, 1e-6)
     assert np.abs(grad - numeric).max() / np.abs(numeric).max() < 1e-6
+
+
+def test_ms_ssim_gradient_is_zero_where_a_relu_mean_is_zero():
+    """A negative cs mean makes the product 0 for every small change: the gradient is exactly 0."""
+    rng = np.random.default_rng(4)
+    taps = ref.window_taps("gaussian", 3, 1.0)
+    x = rng.random((7, 9))
+    y = 1.0 - x  # anti-correlated: cs < 0 at the first scale
+    value, grad = ref.ms_ssim_with_gradient(x, y, taps, weights=(0.5, 0.5))
+    assert value == 0.0 and not grad.any()
 
 
 @pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)

@@ -1,0 +1,368 @@
+"""MS-SSIM (spec.md section 6) and its exact gradient: arguments in, one launch plan, outputs back.
+
+Three named variants, each matching its original at every scale: how an odd
+side is halved, and how the scales' means combine (see :func:`ms_ssim`). The
+launch plan: 2x2 downsamplings into the workspace, one forward per scale
+(contrast-structure maps, SSIM at the last), a combine of the scales' means
+per image, the finish of the averaged values; for the gradient, one backward
+per scale from the coarsest, each adding the adjoint of the next scale's
+downsampling, so the gradient flows back through every scale.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _arrays, _launch, _reference
+from ._ssim import Workspace, _gradient_buffer, _prepare, _Problem, _use_kernels, _value_buffer
+
+VARIANTS = _reference.MS_SSIM_VARIANTS
+DEFAULT_WEIGHTS = _reference.MS_SSIM_WEIGHTS
+MAX_SCALES = 16  # msssim_combine's kMaxScales
+
+
+def _check_weights(weights) -> tuple:
+    if weights is None:
+        return DEFAULT_WEIGHTS
+    try:
+        values = tuple(weights)
+    except TypeError:
+        raise TypeError(f"weights must be a sequence of numbers (one per scale), got {weights!r}") from None
+    if not 2 <= len(values) <= MAX_SCALES:
+        raise ValueError(f"weights has {len(values)} entries; MS-SSIM takes 2 to {MAX_SCALES} scales, one weight "
+                         "each (for one scale use cussim.ssim)")
+    for w in values:
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"weights must be finite numbers >= 0, got {weights!r}")
+    if not any(values):
+        raise ValueError("weights are all 0; at least one scale must count")
+    return tuple(float(w) for w in values)
+
+
+def _check_variant(variant) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
+    return variant
+
+
+@dataclass(frozen=True)
+class _Pyramid:
+    """The scales of one problem and where their arrays lie in the workspace.
+
+    Scale 0 is the input; scale j+1 is scale j halved by the variant's 2x2
+    mean. torchmetrics' last scale is stored extended by the window radius
+    (whole-sample reflection), its SSIM map the valid part of that.
+    """
+
+    problem: _Problem
+    variant: str
+    weights: tuple
+    group: int  # planes per image (an image's channels, pooled by torchmetrics)
+
+    @property
+    def scales(self) -> int:
+        return len(self.weights)
+
+    @property
+    def margin(self) -> int:
+        return self.problem.params.radius if self.variant == "torchmetrics" else 0
+
+    def side(self, j) -> tuple:
+        """(h, w) of scale j, unextended."""
+        shape = self.problem.x.shape[-2:]
+        for _ in range(j):
+            shape = _reference.downsampled_shape(shape, self.variant)
+        return tuple(shape)
+
+    def stored(self, j) -> tuple:
+        """(h, w) of scale j as the kernels see it (torchmetrics' last scale extended)."""
+        h, w = self.side(j)
+        m = self.margin if j == self.scales - 1 else 0
+        return h + 2 * m, w + 2 * m
+
+    def map_pixels(self, j) -> int:
+        h, w = self.stored(j)
+        r = self.problem.params.radius
+        return (h - 2 * r) * (w - 2 * r)
+
+    def tiles(self, j) -> int:
+        return _launch.tiles(self.problem.params.map_shape(self.stored(j)))
+
+    @property
+    def planes(self) -> int:
+        return self.problem.planes
+
+    @property
+    def images(self) -> int:
+        return self.planes // self.group
+
+    def scale_table(self) -> tuple:
+        """Per scale: weight, map pixels per plane, tiles per plane, offset of its block sums."""
+        table, offset = [], 0
+        for j in range(self.scales):
+            table.append((self.weights[j], self.map_pixels(j), self.tiles(j), offset))
+            offset += self.planes * self.tiles(j)
+        return tuple(table)
+
+    def sizes(self, with_gradient: bool) -> tuple:
+        """(float64 elements, compute-dtype elements) of the workspace."""
+        float64 = self.planes * sum(self.tiles(j) for j in range(self.scales)) + self.images
+        images = self.planes * sum(math.prod(self.stored(j)) for j in range(1, self.scales))
+        scratch = 2 * images  # x and y at scales 1.. (the gradients at scales 1.. are as big)
+        if with_gradient:
+            float64 += self.scales * self.planes
+            scratch += images + 3 * self.planes * sum(self.map_pixels(j) for j in range(self.scales))
+        return float64, scratch
+
+
+def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
+    """The workspace carved into named views (no copies, no allocation)."""
+    cursor = {"sums": 0, "scratch": 0}
+    buffers = {"sums": sums, "scratch": scratch}
+
+    def take(buffer, shape):
+        start = cursor[buffer]
+        cursor[buffer] += math.prod(shape)
+        return buffers[buffer][start : cursor[buffer]].reshape(shape)
+
+    planes, scales = pyramid.planes, pyramid.scales
+    views = {
+        "block_sums": take("sums", (planes * sum(pyramid.tiles(j) for j in range(scales)),)),
+        "image_values": take("sums", (pyramid.images,)),
+        "x": [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)],
+        "y": [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)],
+    }
+    if with_gradient:
+        views["plane_weights"] = take("sums", (scales, planes))
+        views["grad"] = [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)]
+        views["grad_maps"] = [take("scratch", (3 * planes * pyramid.map_pixels(j),)) for j in range(scales)]
+    offsets = [row[3] for row in pyramid.scale_table()]
+    views["scale_sums"] = [views["block_sums"][o : o + planes * pyramid.tiles(j)] for j, o in enumerate(offsets)]
+    return views
+
+
+def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, channel_axis, axis) -> _Pyramid:
+    variant = _check_variant(variant)
+    weights = _check_weights(weights)
+    side = _reference.ms_ssim_min_size(win_size if isinstance(win_size, numbers.Integral) else 0, len(weights),
+                                       variant)
+    reason = (f"MS-SSIM ({variant!r}, {len(weights)} scales, win_size={win_size}) needs a smaller side of at "
+              f"least {side}; pass fewer weights (scales) or a smaller win_size")
+    pooled = variant == "torchmetrics" and channel_axis is not None
+    problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window="gaussian", K1=K1,
+                       K2=K2, padding="valid", sample_covariance=False, channel_axis=channel_axis, axis=axis,
+                       min_side=(side, reason), channels_pooled=pooled)
+    group = problem.x.shape[-3] if pooled else 1
+    return _Pyramid(problem=problem, variant=variant, weights=weights, group=group)
+
+
+def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_size=11, channel_axis=None) -> Workspace:
+    """The workspace of :func:`ms_ssim_with_gradient` for images shaped like ``x`` (allocated once).
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> x = np.zeros((3, 180, 200), np.float32)
+    >>> ws = cussim.make_ms_ssim_workspace(x)
+    >>> ws.nbytes > x.nbytes
+    True
+    """
+    pyramid = _pyramid(x, x, variant=variant, weights=weights, data_range=None, win_size=win_size, sigma=1.5,
+                       K1=0.01, K2=0.03, channel_axis=channel_axis, axis=None)
+    return _new_workspace(pyramid, with_gradient=True)
+
+
+def _new_workspace(pyramid: _Pyramid, with_gradient: bool) -> Workspace:
+    problem = pyramid.problem
+    float64, scratch = pyramid.sizes(with_gradient)
+    with problem.device():
+        return Workspace(_arrays.empty(problem.xp, (float64,), np.float64),
+                         _arrays.empty(problem.xp, (scratch,), _launch.compute_dtype(problem.x.dtype)))
+
+
+def _check_workspace(workspace, pyramid: _Pyramid, options: str) -> Workspace:
+    problem = pyramid.problem
+    if not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must come from cussim.make_ms_ssim_workspace, got {type(workspace).__name__}")
+    float64, scratch = pyramid.sizes(with_gradient=True)
+    _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
+    if (workspace.block_sums.size != float64 or workspace.grad_maps.size != scratch
+            or workspace.grad_maps.dtype != _launch.compute_dtype(problem.x.dtype)):
+        raise ValueError("workspace does not fit these images; make one with "
+                         f"cussim.make_ms_ssim_workspace(x, {options})")
+    for name, value in (("x", problem.x), ("y", problem.y)):
+        if _arrays.overlaps(workspace.grad_maps, value) or _arrays.overlaps(workspace.block_sums, value):
+            raise ValueError(f"workspace overlaps {name}")
+    return workspace
+
+
+def _reference_values(pyramid: _Pyramid, want_gradient):
+    """The float64 reference on NumPy inputs: (values, gradient in the kernels' layout or None)."""
+    problem = pyramid.problem
+    p = problem.params
+    ndim = problem.x.ndim
+    return _reference.ms_ssim_with_gradient(
+        problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
+        K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.kept, ndim)),
+        pool_axes=(ndim - 3,) if pyramid.group > 1 else (), want_gradient=want_gradient)
+
+
+def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
+    """Every launch of one MS-SSIM value (and gradient), in order, on the inputs' device."""
+    problem, variant, scales, margin = pyramid.problem, pyramid.variant, pyramid.scales, pyramid.margin
+    params = problem.params
+    want_gradient = grad_view is not None
+    xs, ys = [problem.x] + views["x"][1:], [problem.y] + views["y"][1:]
+    for j in range(1, scales):
+        _launch.downsample(xs[j - 1], ys[j - 1], xs[j], ys[j], variant, margin=margin if j == scales - 1 else 0)
+    for j in range(scales):
+        _launch.forward(xs[j], ys[j], params, block_sums=views["scale_sums"][j], weight=1.0,
+                        grad_maps=views["grad_maps"][j] if want_gradient else None,
+                        term="cs" if j < scales - 1 else "ssim")
+    images_per_value = pyramid.images // max(1, flat_out.size)
+    _launch.combine(views["block_sums"], pyramid.scale_table(), views["image_values"], planes=pyramid.planes,
+                    group=pyramid.group, share=1.0 / images_per_value,
+                    plane_weights=views["plane_weights"] if want_gradient else None)
+    _launch.finish(views["image_values"], flat_out, per_output=images_per_value, count=images_per_value)
+    if not want_gradient:
+        return
+    grads = [grad_view] + views["grad"][1:]
+    for j in reversed(range(scales)):
+        _launch.backward(xs[j], ys[j], views["grad_maps"][j], grads[j], params,
+                         accumulate=accumulate if j == 0 else False, plane_weights=views["plane_weights"][j],
+                         coarse=grads[j + 1] if j + 1 < scales else None, variant=variant,
+                         margin=margin if j + 1 == scales - 1 else 0)
+
+
+def _compute(pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=""):
+    problem = pyramid.problem
+    out, flat_out = _value_buffer(problem, out)
+    want_gradient = grad is not None
+    grad_view = problem.permuted(grad) if want_gradient else None
+    if workspace is not None:
+        workspace = _check_workspace(workspace, pyramid, options)
+    if problem.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
+        flat_out[...] = np.nan
+        return out
+    if not _use_kernels(problem):
+        value, gradient = _reference_values(pyramid, want_gradient)
+        flat_out[...] = np.reshape(value, -1)
+        if want_gradient:
+            grad_view[...] = gradient + grad_view if accumulate else gradient
+        return out
+    with problem.device():
+        if workspace is None:
+            workspace = _new_workspace(pyramid, with_gradient=want_gradient)
+        views = _views(pyramid, workspace.block_sums, workspace.grad_maps, want_gradient)
+        _launch_plan(pyramid, flat_out, views, grad_view, accumulate)
+    return out
+
+
+_DOC_PARAMETERS = """
+    Parameters
+    ----------
+    x, y : array
+        Images with the plane in the last two axes (or the last two besides
+        ``channel_axis``); y, the reference, broadcasts to x's shape. Dtypes:
+        float16, float32, float64, uint8, uint16 (float64 computes in float64,
+        the rest in float32).
+    variant : {"pytorch_msssim", "tensorflow", "torchmetrics"}
+        Whose MS-SSIM (spec.md section 6). "pytorch_msssim" (pytorch-msssim
+        1.0) halves an odd side with a zero on both sides, counted in the
+        mean; "tensorflow" (tf.image.ssim_multiscale) repeats the last row or
+        column; "torchmetrics" (normalize="relu", torchmetrics >= 1.5) drops
+        it, takes the last scale's SSIM over the full image extended by
+        whole-sample reflection, and averages an image's channels (with
+        ``channel_axis``) into each scale's mean before the product. The
+        others average the per-channel products.
+    weights : sequence of float, optional
+        One exponent per scale, 2 to 16 of them, finite and >= 0; default the
+        five published ones (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
+    data_range : float, optional
+        Value range L of the images: 1 for floats, the dtype's range for integers.
+    win_size : int
+        Odd Gaussian window size, 3 to 15 (default 11); every scale must be at
+        least this wide (the error says the minimum image side).
+    sigma, K1, K2 : float
+        The Gaussian's standard deviation (1.5) and the formula's constants.
+    channel_axis : int, optional
+        An axis holding channels (e.g. -1 for H x W x C, 1 for N x C x H x W).
+    axis : int or tuple of ints, optional
+        Axes to average, NumPy-style; they must include the spatial axes (and,
+        for "torchmetrics" with ``channel_axis``, the channel axis). None
+        averages everything.
+    out : array, optional
+        Where to write the result (compute dtype, the result's shape).
+"""
+
+
+def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5, K1=0.01,
+            K2=0.03, channel_axis=None, axis=None, out=None):
+    """Multi-scale structural similarity of x against y.
+    {parameters}
+    Returns
+    -------
+    array
+        The mean MS-SSIM, a 0-d array or one value per kept index. Negative
+        means are taken as 0 (the relu of every variant), so finite inputs
+        never give NaN.
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((2, 176, 176))
+    >>> y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    >>> print(np.round(cussim.ms_ssim(x, y, axis=(1, 2)), 4))
+    [0.9792 0.9792]
+    >>> float(cussim.ms_ssim(x, x, variant="torchmetrics"))
+    1.0
+    """
+    pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
+                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis)
+    return _compute(pyramid, out)
+
+
+def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5,
+                          K1=0.01, K2=0.03, channel_axis=None, axis=None, out=None, grad=None, workspace=None,
+                          accumulate=False):
+    """MS-SSIM and its exact gradient with respect to x: ``(value, d sum(value) / dx)``.
+    {parameters}    grad : array, optional
+        Where to write the gradient (x's shape; x's dtype for floats, float32
+        for integer images).
+    workspace : Workspace, optional
+        From :func:`make_ms_ssim_workspace`; with ``out`` and ``grad`` too,
+        the call allocates nothing.
+    accumulate : bool
+        Add into ``grad`` instead of overwriting it.
+
+    The gradient is 0 through a mean that the relu zeroed, and a power's
+    derivative divides by a mean no smaller than 1e-12: finite inputs give a
+    finite gradient, even for an image against its negative.
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.random((161, 161)); y = rng.random((161, 161))
+    >>> value, grad = cussim.ms_ssim_with_gradient(x, y, weights=(0.5, 0.5), win_size=7)
+    >>> h = 1e-6; e = np.zeros_like(x); e[80, 90] = h
+    >>> f = lambda v: cussim.ms_ssim(v, y, weights=(0.5, 0.5), win_size=7)
+    >>> bool(abs((f(x + e) - f(x - e)) / (2 * h) - grad[80, 90]) < 1e-8)
+    True
+    """
+    pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
+                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis)
+    grad = _gradient_buffer(pyramid.problem, grad, accumulate)
+    options = ", ".join(f"{name}={value!r}" for name, value in (
+        ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis)))
+    value = _compute(pyramid, out, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
+    return value, grad
+
+
+for _function in (ms_ssim, ms_ssim_with_gradient):
+    _function.__doc__ = _function.__doc__.replace("{parameters}", _DOC_PARAMETERS)
