@@ -318,7 +318,7 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     >>> x = rng.random((2, 176, 176))
     >>> y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
     >>> print(np.round(cussim.ms_ssim(x, y, axis=(1, 2)), 4))
-    [0.9792 0.9792]
+    [0.954  0.9518]
     >>> float(cussim.ms_ssim(x, x, variant="torchmetrics"))
     1.0
     """

@@ -39,7 +39,9 @@
 // Per block, the (16+2R)^2 halo tile goes to shared memory, a horizontal pass
 // filters each tile row, and a vertical pass finishes the filter in
 // registers. Zero padding ("same"), the valid interior ("valid") or
-// half-sample reflection ("reflect") decide what the halo holds.
+// half-sample reflection ("reflect") decide what the halo holds. The tile is
+// stored shifted by its centre pixel, so float32 variances of flat, bright
+// regions keep their digits (see ssim_pixel).
 //
 // This file compiles unchanged with NVRTC and, for the CPU emulator, with g++
 // after cuda_emulator.h; it includes no header.
@@ -171,15 +173,20 @@ template <class C> struct Pixel {
     C s, partial[3];
 };
 
+// The moments m (mx, my, Exx, Eyy, Exy) come from images shifted by (kx, ky),
+// constants near the window's values: the variances and the covariance, which
+// are shift-invariant, then lose no digits to E[x^2] - mx^2 cancellation, and
+// the means are mx' + kx, my' + ky.
 template <class C>
-__device__ inline Pixel<C> ssim_pixel(C mx, C my, C exx, C eyy, C exy, C c1, C c2, C cov, int term, int formula) {
-    const C mxx = mul(mx, mx), myy = mul(my, my), mxy = mul(mx, my);
-    const C sxx_raw = mul(cov, add(exx, -mxx));
-    const C syy_raw = mul(cov, add(eyy, -myy));
+__device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C cov, int term, int formula) {
+    const C sxx_raw = mul(cov, add(m[2], -mul(m[0], m[0])));
+    const C syy_raw = mul(cov, add(m[3], -mul(m[1], m[1])));
     const bool free_sxx = sxx_raw > C(0), free_sxy = free_sxx && syy_raw > C(0);
     const C sxx = free_sxx ? sxx_raw : C(0);
     const C syy = syy_raw > C(0) ? syy_raw : C(0);
-    const C sxy = free_sxy ? mul(cov, add(exy, -mxy)) : C(0);
+    const C sxy = free_sxy ? mul(cov, add(m[4], -mul(m[0], m[1]))) : C(0);
+    const C mx = add(m[0], kx), my = add(m[1], ky);
+    const C mxx = mul(mx, mx), myy = mul(my, my), mxy = mul(mx, my);
     const C a1 = add(mul(C(2), mxy), c1);
     const C a2 = add(mul(C(2), sxy), c2);
     const C b1 = add(add(mxx, myy), c1);
@@ -355,11 +362,16 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const long long outer = p / inner_count, inner = p % inner_count;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
+        // The shifts: the image pixel nearest the tile's centre (every thread reads the same one).
+        const int centre_row = min(g.row + g.offset + kTile / 2, height - 1);
+        const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
+        const C kx = load_scaled(xp, x_row, x_col, centre_row, centre_col, height, width, PAD_SAME, inv_range);
+        const C ky = load_scaled(yp, y_row, y_col, centre_row, centre_col, height, width, PAD_SAME, inv_range);
         for (int k = tid; k < kSide * kSide; k += kThreads) {
             const int r = k / kSide, c = k % kSide;
             const int row = g.row + g.offset - R + r, col = g.col + g.offset - R + c;
-            tile_x[r][c] = load_scaled(xp, x_row, x_col, row, col, height, width, padding, inv_range);
-            tile_y[r][c] = load_scaled(yp, y_row, y_col, row, col, height, width, padding, inv_range);
+            tile_x[r][c] = load_scaled(xp, x_row, x_col, row, col, height, width, padding, inv_range) - kx;
+            tile_y[r][c] = load_scaled(yp, y_row, y_col, row, col, height, width, padding, inv_range) - ky;
         }
         __syncthreads();
         for (int k = tid; k < kSide * kTile; k += kThreads) {
@@ -386,7 +398,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         double counted_value = 0.0;
         if (row < g.map_h && col < g.map_w) {
-            const Pixel<C> px = ssim_pixel(m[0], m[1], m[2], m[3], m[4], c1, c2, cov, term, grad_maps ? formula : 0);
+            const Pixel<C> px = ssim_pixel(m, kx, ky, c1, c2, cov, term, grad_maps ? formula : 0);
             if (map) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
             const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
