@@ -44,7 +44,8 @@ def _ssim_specialisations():
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")
     names += [f"msssim_downsample<{element}>" for element in ELEMENT_TYPES]
-    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine")
+    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine", "msssim_fold<float>",
+                           "msssim_fold<double>")
 
 
 FAMILIES = {"ssim": _ssim_specialisations()}

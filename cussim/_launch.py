@@ -194,13 +194,12 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     )
 
 
-def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
-             margin=0):
+def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None):
     """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps.
 
     MS-SSIM's extras: ``plane_weights`` (float64, one per plane) scale each
     plane's gradient; ``coarse`` (compute dtype, contiguous planes of the next
-    scale, extended by ``margin``) adds the adjoint of ``variant``'s 2x2 mean.
+    scale) adds the adjoint of ``variant``'s 2x2 mean.
     """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
@@ -214,7 +213,7 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
         (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
          np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
          ctype.type(1.0 / params.data_range), _null(xp) if plane_weights is None else plane_weights,
-         _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), np.int32(margin),
+         _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)),
          np.int32(bool(accumulate))),
     )
 
@@ -251,6 +250,20 @@ def downsample(x, y, x_out, y_out, variant, *, margin=0):
         (blocks,), (256,),
         (x, *lx.args(), y, *ly.args(), x_out, y_out, np.int64(planes), np.int64(inner), np.int32(height),
          np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin)),
+    )
+
+
+def fold(extended, out, *, margin):
+    """Launches msssim_fold: the adjoint of a whole-sample extension by ``margin``.
+
+    extended: contiguous (planes, h + 2 margin, w + 2 margin); out: contiguous (planes, h, w).
+    """
+    name = "float" if out.dtype == np.float32 else "double"
+    kernel = _kernels.get_kernel("ssim", f"msssim_fold<{name}>", out)
+    planes, height, width = out.shape
+    kernel(
+        (min(-(-out.size // 256), 2**20),), (256,),
+        (extended, out, np.int64(planes), np.int32(height), np.int32(width), np.int32(margin)),
     )
 
 

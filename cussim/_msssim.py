@@ -116,6 +116,8 @@ class _Pyramid:
         if with_gradient:
             float64 += self.scales * self.planes
             scratch += images + 3 * self.planes * sum(self.map_pixels(j) for j in range(self.scales))
+            if self.margin:  # the last scale's gradient folded back from its extension
+                scratch += self.planes * math.prod(self.side(self.scales - 1))
         return float64, scratch
 
 
@@ -140,6 +142,8 @@ def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
         views["plane_weights"] = take("sums", (scales, planes))
         views["grad"] = [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)]
         views["grad_maps"] = [take("scratch", (3 * planes * pyramid.map_pixels(j),)) for j in range(scales)]
+        if pyramid.margin:
+            views["folded"] = take("scratch", (planes, *pyramid.side(scales - 1)))
     offsets = [row[3] for row in pyramid.scale_table()]
     views["scale_sums"] = [views["block_sums"][o : o + planes * pyramid.tiles(j)] for j, o in enumerate(offsets)]
     return views
@@ -232,10 +236,13 @@ def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=
         return
     grads = [grad_view] + views["grad"][1:]
     for j in reversed(range(scales)):
+        coarse = grads[j + 1] if j + 1 < scales else None
+        if margin and j + 1 == scales - 1:  # torchmetrics: the extension's adjoint first
+            _launch.fold(coarse, views["folded"], margin=margin)
+            coarse = views["folded"]
         _launch.backward(xs[j], ys[j], views["grad_maps"][j], grads[j], params,
                          accumulate=accumulate if j == 0 else False, plane_weights=views["plane_weights"][j],
-                         coarse=grads[j + 1] if j + 1 < scales else None, variant=variant,
-                         margin=margin if j + 1 == scales - 1 else 0)
+                         coarse=coarse, variant=variant)
 
 
 def _compute(pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=""):

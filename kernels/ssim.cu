@@ -18,6 +18,8 @@
 // MS-SSIM (spec.md section 6) reuses the forward (term TERM_CS gives the
 // contrast-structure map A2 / B2) and the backward (per-plane weights, and the
 // adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:
+//   msssim_fold<C>       the adjoint of torchmetrics' whole-sample extension
+//                        of its last scale.
 //   msssim_downsample<T> one 2x2 mean of x and y, as a variant does it, into
 //                        contiguous planes of the compute type.
 //   msssim_combine       per image: the scales' means from their block sums,
@@ -300,35 +302,34 @@ __device__ inline PooledTarget pooled_target(int i, int n, int variant) {
     return t;
 }
 
-// The positions e in [0, n + 2 margin) of a whole-sample extension by
-// `margin` (< n) that hold pixel t: t itself, and its one or two reflections.
-__device__ inline int mirror_sources(int t, int n, int margin, int (&e)[3]) {
-    int k = 0;
-    e[k++] = t + margin;
-    if (t >= 1 && t <= margin) e[k++] = margin - t;
-    if (t <= n - 2 && t > n - 2 - margin) e[k++] = 2 * n - 2 - t + margin;
-    return k;
+// The positions in [0, n + 2 margin) of a whole-sample extension by `margin`
+// (< n) that hold pixel t: t itself, and one or two reflections (fixed
+// slots, so that they stay in registers).
+struct MirrorSources {
+    int at[3];
+    bool valid[3];
+};
+
+__device__ inline MirrorSources mirror_sources(int t, int n, int margin) {
+    MirrorSources s;
+    s.at[0] = t + margin;
+    s.valid[0] = true;
+    s.at[1] = margin - t;
+    s.valid[1] = t >= 1 && t <= margin;
+    s.at[2] = 2 * n - 2 - t + margin;
+    s.valid[2] = t <= n - 2 && t > n - 2 - margin;
+    return s;
 }
 
 // The adjoint of the 2x2 mean at pixel (row, col) of plane p: a quarter of
-// the coarse gradient per slot the pixel fills. coarse: contiguous planes
-// of the coarse image extended by `margin` on every side (the adjoint of the
-// extension folds each reflected position back).
+// the coarse gradient (contiguous planes) per slot the pixel fills.
 template <class C>
-__device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int col, int height, int width, int variant,
-                                   int margin) {
+__device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int col, int height, int width, int variant) {
     const PooledTarget r = pooled_target(row, height, variant), c = pooled_target(col, width, variant);
     if (r.slots == 0 || c.slots == 0) return C(0);
-    const int coarse_h = pooled_size(height, variant), coarse_w = pooled_size(width, variant);
-    const int stride = coarse_w + 2 * margin;
-    const C* plane = coarse + p * (long long)(coarse_h + 2 * margin) * stride;
-    int rows[3], cols[3];
-    const int n_rows = mirror_sources(r.index, coarse_h, margin, rows);
-    const int n_cols = mirror_sources(c.index, coarse_w, margin, cols);
-    C sum = C(0);
-    for (int i = 0; i < n_rows; ++i)
-        for (int k = 0; k < n_cols; ++k) sum += plane[(long long)rows[i] * stride + cols[k]];
-    return C(0.25) * C(r.slots * c.slots) * sum;
+    const int coarse_w = pooled_size(width, variant);
+    const long long plane_size = (long long)pooled_size(height, variant) * coarse_w;
+    return C(0.25) * C(r.slots * c.slots) * coarse[p * plane_size + (long long)r.index * coarse_w + c.index];
 }
 
 }  // namespace cussim
@@ -367,6 +368,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
         const C kx = load_scaled(xp, x_row, x_col, centre_row, centre_col, height, width, PAD_SAME, inv_range);
         const C ky = load_scaled(yp, y_row, y_col, centre_row, centre_col, height, width, PAD_SAME, inv_range);
+#pragma unroll 1
         for (int k = tid; k < kSide * kSide; k += kThreads) {
             const int r = k / kSide, c = k % kSide;
             const int row = g.row + g.offset - R + r, col = g.col + g.offset - R + c;
@@ -427,7 +429,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
-    int variant, int margin, int accumulate) {
+    int variant, int accumulate) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
@@ -445,6 +447,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long outer = p / inner_count, inner = p % inner_count;
         const C* maps = grad_maps + p * g.map_pixels;
+
         for (int k = tid; k < kSide * kSide; k += kThreads) {
             const int r = k / kSide, c = k % kSide;
             int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
@@ -480,7 +483,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
             C value = (b[0] + C(2) * xv * b[1] + yv * b[2]) * inv_range;
             if (plane_weights) value *= (C)plane_weights[p];
-            if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant, margin);
+            if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant);
             typename GradientType<T>::type* gp = grad + outer * g_outer + inner * g_inner + row * g_row + col * g_col;
             if (accumulate) value += (C)element_value(*gp);
             store(gp, value);
@@ -512,7 +515,7 @@ __global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ bl
 // compute type, unscaled, extended by `margin` on every side by whole-sample
 // reflection (0 but for torchmetrics' last scale); the forward's strides.
 template <class T>
-__global__ void __launch_bounds__(256) msssim_downsample(
+__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim_downsample(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ x_out, typename cussim::ComputeType<T>::type* __restrict__ y_out,
@@ -531,11 +534,10 @@ __global__ void __launch_bounds__(256) msssim_downsample(
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
         C sx = C(0), sy = C(0);
-        for (int kr = 0; kr < 2; ++kr) {
-            const int row = pooled_source(o_row, kr, height, variant);
-            for (int kc = 0; kc < 2; ++kc) {
-                const int col = pooled_source(o_col, kc, width, variant);
-                if (row < 0 || col < 0) continue;
+        for (int k = 0; k < 4; ++k) {
+            const int row = pooled_source(o_row, k / 2, height, variant);
+            const int col = pooled_source(o_col, k % 2, width, variant);
+            if (row >= 0 && col >= 0) {
                 sx += (C)element_value(xp[row * x_row + col * x_col]);
                 sy += (C)element_value(yp[row * y_row + col * y_col]);
             }
@@ -549,23 +551,27 @@ __global__ void __launch_bounds__(256) msssim_downsample(
 // means pool before the product, as torchmetrics pools channels): each
 // scale's mean m_j from its block sums in a fixed order, value =
 // prod_j max(m_j, 0)^w_j, and, if plane_weights is given, each plane's
-// backward weight d value / d m_j / (pixels averaged) * share, which is 0
-// where m_j <= 0 (the relu) and uses max(m_j, guard) in the power's
-// derivative, so finite inputs never give infinity or NaN.
+// backward weight d value / d m_j / (pixels averaged) * share: 0 where a
+// relu'd mean is 0 (the product is 0 around there), and with
+// max(m_j, guard) in the power's derivative, so finite inputs never give
+// infinity or NaN. Thread j handles scale j (scales <= kMaxScales <= 256).
 // scale_table holds, per scale: w_j, map pixels per plane, tiles per plane,
 // and the offset of the scale's block sums (planes x tiles, plane-major).
-__global__ void __launch_bounds__(256) msssim_combine(
+__global__ void __launch_bounds__(256, 1) msssim_combine(
     const double* __restrict__ block_sums, const double* __restrict__ scale_table, int scales, long long planes,
     long long group, double share, double guard, double* __restrict__ image_values,
     double* __restrict__ plane_weights) {
     using namespace cussim;
     __shared__ double scratch[256];
     __shared__ double means[kMaxScales];
+    __shared__ double weighted_logs[kMaxScales];  // w_j log m_j (0 where w_j = 0)
+    __shared__ double scale_weights[kMaxScales];  // d value / d m_j * share / pixels averaged
     const long long images = planes / group;
+    const int j = threadIdx.x;
     for (long long image = blockIdx.x; image < images; image += gridDim.x) {
-        for (int j = 0; j < scales; ++j) {
-            const long long tiles = (long long)scale_table[4 * j + 2];
-            const double* sums = block_sums + (long long)scale_table[4 * j + 3] + image * group * tiles;
+        for (int s = 0; s < scales; ++s) {
+            const long long tiles = (long long)scale_table[4 * s + 2];
+            const double* sums = block_sums + (long long)scale_table[4 * s + 3] + image * group * tiles;
             double partial = 0.0;
             for (long long k = threadIdx.x; k < group * tiles; k += 256) partial += sums[k];
             scratch[threadIdx.x] = partial;
@@ -574,27 +580,60 @@ __global__ void __launch_bounds__(256) msssim_combine(
                 if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
                 __syncthreads();
             }
-            if (threadIdx.x == 0) means[j] = fmax(scratch[0] / (scale_table[4 * j + 1] * (double)group), 0.0);
+            if (threadIdx.x == 0) means[s] = fmax(scratch[0] / (scale_table[4 * s + 1] * (double)group), 0.0);
             __syncthreads();
         }
-        if (threadIdx.x == 0) {
-            double value = 1.0;
-            for (int j = 0; j < scales; ++j) value *= pow(means[j], scale_table[4 * j]);
-            image_values[image] = value;
+        // zero: some scale with weight > 0 has a relu'd mean of 0, so the product is 0
+        bool zero = false;
+        for (int s = 0; s < scales; ++s) zero = zero || (means[s] == 0.0 && scale_table[4 * s] > 0.0);
+        if (j < scales) {
+            const double w = scale_table[4 * j];
+            weighted_logs[j] = (w == 0.0 || zero) ? 0.0 : w * log(means[j]);
         }
+        __syncthreads();
+        double total_log = 0.0;
+        for (int s = 0; s < scales; ++s) total_log += weighted_logs[s];
+        if (j == 0) image_values[image] = zero ? 0.0 : exp(total_log);
+        if (j < scales) {
+            const double w = scale_table[4 * j];
+            const double others = total_log - weighted_logs[j];
+            scale_weights[j] = (zero || w == 0.0)
+                                   ? 0.0
+                                   : w * exp(others + (w - 1.0) * log(fmax(means[j], guard))) * share /
+                                         (scale_table[4 * j + 1] * (double)group);
+        }
+        __syncthreads();
         if (plane_weights) {
-            for (int j = 0; j < scales; ++j) {
-                const double w = scale_table[4 * j];
-                double d = 0.0;
-                if (means[j] > 0.0) {
-                    d = w * pow(fmax(means[j], guard), w - 1.0);
-                    for (int k = 0; k < scales; ++k)
-                        if (k != j) d *= pow(means[k], scale_table[4 * k]);
-                    d *= share / (scale_table[4 * j + 1] * (double)group);
-                }
-                for (long long q = threadIdx.x; q < group; q += 256) plane_weights[j * planes + image * group + q] = d;
-            }
+            for (int s = 0; s < scales; ++s)
+                for (long long q = threadIdx.x; q < group; q += 256)
+                    plane_weights[s * planes + image * group + q] = scale_weights[s];
         }
-        __syncthreads();  // means[] is rewritten for the next image
+        __syncthreads();  // the shared arrays are rewritten for the next image
+    }
+}
+
+// The adjoint of a whole-sample extension by `margin` (< n): each extended
+// position's value summed onto the pixel it copies (torchmetrics' last
+// MS-SSIM scale). extended: contiguous planes of (h + 2 margin) x
+// (w + 2 margin); out: contiguous planes of h x w.
+template <class C>
+__global__ void __launch_bounds__(256) msssim_fold(const C* __restrict__ extended, C* __restrict__ out,
+                                                   long long planes, int height, int width, int margin) {
+    using namespace cussim;
+    const int ext_h = height + 2 * margin, ext_w = width + 2 * margin;
+    const long long total = planes * height * width;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long p = i / ((long long)height * width);
+        const int row = (int)(i / width % height), col = (int)(i % width);
+        const C* plane = extended + p * ext_h * ext_w;
+        const MirrorSources rows = mirror_sources(row, height, margin), cols = mirror_sources(col, width, margin);
+        C sum = C(0);
+#pragma unroll
+        for (int a = 0; a < 3; ++a)
+#pragma unroll
+            for (int b = 0; b < 3; ++b)
+                if (rows.valid[a] && cols.valid[b]) sum += plane[(long long)rows.at[a] * ext_w + cols.at[b]];
+        out[i] = sum;
     }
 }
