@@ -163,7 +163,6 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
             term="ssim"):
     """Launches ssim_forward: SSIM (or MS-SSIM's ``term="cs"``) of x against y (y broadcasts to x).
 
-
     map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
     block_sums: float64, one per plane and tile of the map, the sums of the map
     pixels the mean counts; grad_maps: compute dtype, 3 x planes x map pixels,
