@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _arrays, _launch, _reference
-from ._ssim import Workspace, _gradient_buffer, _prepare, _Problem, _use_kernels, _value_buffer
+from . import _launch, _reference, _ssim
+from ._ssim import Workspace, _gradient_buffer, _prepare, _Problem
 
 VARIANTS = _reference.MS_SSIM_VARIANTS
 DEFAULT_WEIGHTS = _reference.MS_SSIM_WEIGHTS
@@ -177,31 +177,7 @@ def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_siz
     """
     pyramid = _pyramid(x, x, variant=variant, weights=weights, data_range=None, win_size=win_size, sigma=1.5,
                        K1=0.01, K2=0.03, channel_axis=channel_axis, axis=None)
-    return _new_workspace(pyramid, with_gradient=True)
-
-
-def _new_workspace(pyramid: _Pyramid, with_gradient: bool) -> Workspace:
-    problem = pyramid.problem
-    float64, scratch = pyramid.sizes(with_gradient)
-    with problem.device():
-        return Workspace(_arrays.empty(problem.xp, (float64,), np.float64),
-                         _arrays.empty(problem.xp, (scratch,), _launch.compute_dtype(problem.x.dtype)))
-
-
-def _check_workspace(workspace, pyramid: _Pyramid, options: str) -> Workspace:
-    problem = pyramid.problem
-    if not isinstance(workspace, Workspace):
-        raise TypeError(f"workspace must come from cussim.make_ms_ssim_workspace, got {type(workspace).__name__}")
-    float64, scratch = pyramid.sizes(with_gradient=True)
-    _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
-    if (workspace.block_sums.size != float64 or workspace.grad_maps.size != scratch
-            or workspace.grad_maps.dtype != _launch.compute_dtype(problem.x.dtype)):
-        raise ValueError("workspace does not fit these images; make one with "
-                         f"cussim.make_ms_ssim_workspace(x, {options})")
-    for name, value in (("x", problem.x), ("y", problem.y)):
-        if _arrays.overlaps(workspace.grad_maps, value) or _arrays.overlaps(workspace.block_sums, value):
-            raise ValueError(f"workspace overlaps {name}")
-    return workspace
+    return _ssim._allocate_workspace(pyramid.problem, pyramid.sizes(with_gradient=True))
 
 
 def _reference_values(pyramid: _Pyramid, want_gradient):
@@ -247,37 +223,22 @@ def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=
 
 def _compute(pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=""):
     problem = pyramid.problem
-    out, flat_out = _value_buffer(problem, out)
-    want_gradient = grad is not None
-    grad_view = problem.permuted(grad) if want_gradient else None
-    if workspace is not None:
-        workspace = _check_workspace(workspace, pyramid, options)
-    if problem.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
-        flat_out[...] = np.nan
-        return out
-    if not _use_kernels(problem):
-        value, gradient = _reference_values(pyramid, want_gradient)
-        flat_out[...] = np.reshape(value, -1)
-        if want_gradient:
-            grad_view[...] = gradient + grad_view if accumulate else gradient
-        return out
-    with problem.device():
+
+    def launch(flat_out, grad_view, workspace):
+        want_gradient = grad_view is not None
         if workspace is None:
-            workspace = _new_workspace(pyramid, with_gradient=want_gradient)
+            workspace = _ssim._allocate_workspace(problem, pyramid.sizes(want_gradient))
         views = _views(pyramid, workspace.block_sums, workspace.grad_maps, want_gradient)
         _launch_plan(pyramid, flat_out, views, grad_view, accumulate)
-    return out
+
+    return _ssim._compute(
+        problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
+        check_workspace=lambda ws: _ssim._check_workspace(ws, problem, pyramid.sizes(with_gradient=True),
+                                                          "make_ms_ssim_workspace", options),
+        reference=lambda want_gradient: _reference_values(pyramid, want_gradient), launch=launch)
 
 
-_DOC_PARAMETERS = """
-    Parameters
-    ----------
-    x, y : array
-        Images with the plane in the last two axes (or the last two besides
-        ``channel_axis``); y, the reference, broadcasts to x's shape. Dtypes:
-        float16, float32, float64, uint8, uint16 (float64 computes in float64,
-        the rest in float32).
-    variant : {"pytorch_msssim", "tensorflow", "torchmetrics"}
+_DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics"}
         Whose MS-SSIM (spec.md section 6). "pytorch_msssim" (pytorch-msssim
         1.0) halves an odd side with a zero on both sides, counted in the
         mean; "tensorflow" (tf.image.ssim_multiscale) repeats the last row or

@@ -178,21 +178,26 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None) -> Work
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None)
-    sums, maps = _workspace_sizes(problem)
-    xp = problem.xp
+    return _allocate_workspace(problem, _workspace_sizes(problem))
+
+
+def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
+    """A workspace of ``sizes`` = (float64 elements, compute-dtype elements) on x's device."""
+    sums, maps = sizes
     with problem.device():
-        return Workspace(_arrays.empty(xp, (sums,), np.float64),
-                         _arrays.empty(xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
+        return Workspace(_arrays.empty(problem.xp, (sums,), np.float64),
+                         _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
 
 
-def _check_workspace(workspace, problem: _Problem, options: str) -> Workspace:
+def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: str) -> Workspace:
+    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device, apart from the inputs."""
     if not isinstance(workspace, Workspace):
-        raise TypeError(f"workspace must come from cussim.make_workspace, got {type(workspace).__name__}")
-    sums, maps = _workspace_sizes(problem)
+        raise TypeError(f"workspace must come from cussim.{maker}, got {type(workspace).__name__}")
+    sums, maps = sizes
     ctype = _launch.compute_dtype(problem.x.dtype)
     _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
     if workspace.block_sums.size != sums or workspace.grad_maps.size != maps or workspace.grad_maps.dtype != ctype:
-        raise ValueError(f"workspace does not fit these images; make one with cussim.make_workspace(x, {options})")
+        raise ValueError(f"workspace does not fit these images; make one with cussim.{maker}(x, {options})")
     for name, value in (("x", problem.x), ("y", problem.y)):
         if _arrays.overlaps(workspace.grad_maps, value) or _arrays.overlaps(workspace.block_sums, value):
             raise ValueError(f"workspace overlaps {name}")
@@ -230,24 +235,39 @@ def _use_kernels(problem: _Problem) -> bool:
     return problem.xp is not np or _arrays.numpy_backend() == "emulator"
 
 
-def _mean(problem: _Problem, out, a, b, *, grad=None, workspace=None, accumulate=False, options=""):
-    """Values a + b * mean SSIM, and with ``grad`` their summed gradient written or added into grad."""
+def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch):
+    """The steps of every mean (SSIM's and MS-SSIM's): outputs checked, then the reference or the kernels.
+
+    ``check_workspace(workspace)`` returns the caller's workspace checked;
+    ``reference(want_gradient)`` gives (values, gradient in the kernels'
+    layout or None) on NumPy inputs; ``launch(flat_out, grad_view,
+    workspace)`` queues the kernels on x's device (workspace may be None).
+    """
     out, flat_out = _value_buffer(problem, out)
     want_gradient = grad is not None
     grad_view = problem.permuted(grad) if want_gradient else None
     if workspace is not None:
-        workspace = _check_workspace(workspace, problem, options)
+        workspace = check_workspace(workspace)
     if problem.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
         flat_out[...] = np.nan
         return out
     if not _use_kernels(problem):
-        value, gradient = _reference_values(problem, a, b, want_gradient)
+        value, gradient = reference(want_gradient)
         flat_out[...] = np.reshape(value, -1)
         if want_gradient:
             grad_view[...] = gradient + grad_view if accumulate else gradient
         return out
-    counted = problem.counted_per_value
     with problem.device():
+        launch(flat_out, grad_view, workspace)
+    return out
+
+
+def _mean(problem: _Problem, out, a, b, *, grad=None, workspace=None, accumulate=False, options=""):
+    """Values a + b * mean SSIM, and with ``grad`` their summed gradient written or added into grad."""
+
+    def launch(flat_out, grad_view, workspace):
+        want_gradient = grad_view is not None
+        counted = problem.counted_per_value
         if workspace is None:
             sums, maps = _workspace_sizes(problem)
             block_sums = _arrays.empty(problem.xp, (sums,), np.float64)
@@ -261,7 +281,11 @@ def _mean(problem: _Problem, out, a, b, *, grad=None, workspace=None, accumulate
                        a=a, b=b)
         if want_gradient:
             _launch.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate)
-    return out
+
+    return _compute(
+        problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
+        check_workspace=lambda ws: _check_workspace(ws, problem, _workspace_sizes(problem), "make_workspace", options),
+        reference=lambda want_gradient: _reference_values(problem, a, b, want_gradient), launch=launch)
 
 
 def _gradient_buffer(problem: _Problem, grad, accumulate):
@@ -278,7 +302,8 @@ def _gradient_buffer(problem: _Problem, grad, accumulate):
     return grad
 
 
-_DOC_PARAMETERS = """
+# The images' part of the parameter docs, shared with the MS-SSIM functions.
+DOC_IMAGES = """
     Parameters
     ----------
     x, y : array
@@ -286,7 +311,8 @@ _DOC_PARAMETERS = """
         ``channel_axis``); y, the reference, broadcasts to x's shape. Dtypes:
         float16, float32, float64, uint8, uint16 (float64 computes in float64,
         the rest in float32).
-    data_range : float, optional
+"""
+_DOC_PARAMETERS = DOC_IMAGES + """    data_range : float, optional
         Value range L of the images: 1 for floats, the dtype's range for integers.
     win_size : int
         Odd window size, 3 to 15 (default 11).
