@@ -152,12 +152,41 @@ def _torchmetrics_ms():
 MS_SSIM_PEERS = {"pytorch-msssim": _pytorch_msssim_ms, "torchmetrics": _torchmetrics_ms}
 
 
+def _fussim_losses():
+    import fussim
+    from torch.nn.functional import l1_loss
+
+    return [Peer("fussim", "l1_dssim_loss same", "torch",
+                 lambda r, t: 0.8 * l1_loss(r, t) + 0.2 * (1 - fussim.fused_ssim(r, t)), True),
+            Peer("fussim", "SSIMLoss same", "torch", lambda x, y: 1 - fussim.fused_ssim(x, y), True)]
+
+
+def _pytorch_msssim_losses():
+    import pytorch_msssim
+    from torch.nn.functional import l1_loss
+
+    # pytorch-msssim has only "valid": its 3DGS loss is not quite cussim's (the ratio is flagged as differing)
+    return [Peer("pytorch-msssim", "l1_dssim_loss valid", "torch",
+                 lambda r, t: 0.8 * l1_loss(r, t) + 0.2 * (1 - pytorch_msssim.ssim(r, t, data_range=1.0)), True),
+            Peer("pytorch-msssim", "SSIMLoss valid", "torch",
+                 lambda x, y: 1 - pytorch_msssim.ssim(x, y, data_range=1.0), True)]
+
+
+# Training losses in PyTorch, forward plus backward: each loader gives the peer's l1_dssim_loss and SSIMLoss,
+# their conventions named "<loss> <padding>".
+TORCH_LOSS_PEERS = {"fussim": _fussim_losses, "pytorch-msssim": _pytorch_msssim_losses}
+
+
 def load(loaders: dict, names=None) -> tuple[list, list]:
-    """([Peer], [reason each missing one was skipped]) for ``names`` (default: all) of ``loaders``."""
+    """([Peer], [reason each missing one was skipped]) for ``names`` (default: all) of ``loaders``.
+
+    A loader returns one Peer, or a list of them (one per loss).
+    """
     found, reasons = [], []
     for name in names or loaders:
         try:
-            found.append(loaders[name]())
+            loaded = loaders[name]()
+            found += loaded if isinstance(loaded, list) else [loaded]
         except Exception as exc:  # noqa: BLE001  (any import failure skips the peer)
             reasons.append(f"{name} skipped: {type(exc).__name__}: {exc}")
     return found, reasons

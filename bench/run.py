@@ -10,7 +10,9 @@
   imports (fussim, pytorch-msssim, torchmetrics, kornia, piq, cuCIM, skimage on
   the CPU for cases up to ``SKIMAGE_MAX_PIXELS``), each peer's value checked
   against cussim's in its convention before it is timed;
-- MS-SSIM (float32) against pytorch-msssim and torchmetrics, the same way.
+- MS-SSIM (float32) against pytorch-msssim and torchmetrics, the same way;
+- ``cussim.torch``'s ``l1_dssim_loss`` and ``SSIMLoss``, forward plus backward
+  at 1x3x1080x1920, against the same losses built on fussim and pytorch-msssim.
 
 Device events around each call, warm-up first, the median of the repeats;
 where one input pair would fit in the L2 cache, the calls rotate over enough
@@ -177,11 +179,12 @@ def closest_convention(theirs: float, ours: dict) -> str:
     return min(ours, key=lambda convention: abs(ours[convention] - theirs))
 
 
-def _ours_row(metric, operation, convention, label, dtype, pixels, seconds, limits=None, win_size=11):
+def _ours_row(metric, operation, convention, label, dtype, pixels, seconds, limits=None, win_size=11, work=None):
+    """A cussim timing; ``work``: the case of work_per_pixel (default: the metric's, with the operation's)."""
     row = {"metric": metric, "operation": operation, "convention": convention, "shape": label, "dtype": dtype,
            "ms": seconds * 1e3, "gpx_per_s": pixels / seconds / 1e9}
     if limits:
-        work = work_per_pixel(metric + OPERATIONS[operation], win_size, 2 if dtype == "float16" else 4)
+        work = work_per_pixel(work or metric + OPERATIONS[operation], win_size, 2 if dtype == "float16" else 4)
         floor = floor_seconds(work, pixels, limits["fma_per_second"], limits["copy_bytes_per_second"])
         row.update(floor_ms=floor * 1e3, fraction_of_floor=floor / seconds)
     return row
@@ -357,6 +360,37 @@ def ms_ssim_cases(cupy, cussim, label, shape, repeats, limits, cache_bytes, foun
     return rows
 
 
+def torch_loss_cases(cupy, label, shape, repeats, limits, cache_bytes, found, torch_peers) -> list:
+    """cussim.torch's l1_dssim_loss (weight 0.2) and SSIMLoss, forward plus backward, against the same
+    losses built on fussim and pytorch-msssim; all timed with PyTorch's CUDA events."""
+    import cussim.torch as ct
+
+    pairs = input_pairs(cupy, shape, "float32", seed=2, cache_bytes=cache_bytes)
+    x0, y0 = pairs[0]
+    ours = {"l1_dssim_loss same": lambda r, t: ct.l1_dssim_loss(r, t, weight=0.2),
+            "SSIMLoss same": ct.SSIMLoss(), "SSIMLoss valid": ct.SSIMLoss(padding="valid")}
+    rows, timed, values = [], {}, {}
+    for convention, loss in ours.items():
+        mine = peer_adapters.Peer("cussim.torch", convention, "torch", loss, True)
+        seconds = torch_peers.time(torch_peers.timed_call(mine, "value+gradient", pairs), repeats)
+        timed[convention] = _ours_row("torch " + convention.split()[0], "value+gradient", convention, label,
+                                      "float32", math.prod(shape), seconds, limits, work="ssim_with_gradient")
+        values[convention] = torch_peers.value(mine, x0, y0)
+        rows.append(timed[convention])
+    for peer in found:
+        # beside cussim in the peer's convention where cussim.torch has it, else beside its "same"
+        beside = peer.convention if peer.convention in ours else peer.convention.split()[0] + " same"
+        try:
+            difference = abs(torch_peers.value(peer, x0, y0) - values[beside])
+            seconds = torch_peers.time(torch_peers.timed_call(peer, "value+gradient", pairs), repeats)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{peer.name} {peer.convention} skipped: {type(exc).__name__}: {exc}")
+            continue
+        rows.append(_peer_row(timed[beside], peer, seconds, difference,
+                              beside == peer.convention and difference <= VALUE_TOLERANCE["float32"]))
+    return rows
+
+
 def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     limits = ceilings(cupy, repeats)
     cache_bytes = cupy.cuda.Device().attributes["L2CacheSize"]
@@ -370,7 +404,13 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     for reason in reasons + reasons_ms:
         print(reason)
     found, matches = check_conventions(cupy, cussim, found, torch_peers)
+    found_losses, reasons_losses = peer_adapters.load(peer_adapters.TORCH_LOSS_PEERS)
+    for reason in reasons_losses:
+        print(reason)
     rows = []
+    if torch_peers is not None:
+        label = "1x3x1080x1920"
+        rows += torch_loss_cases(cupy, label, SHAPES[label], repeats, limits, cache_bytes, found_losses, torch_peers)
     for label, shape in SHAPES.items():
         for dtype in DTYPES:
             rows += ssim_cases(cupy, cussim, label, shape, dtype, repeats, limits, cache_bytes, found, matches,

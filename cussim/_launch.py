@@ -160,7 +160,7 @@ def _null(xp):
 
 
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
-            term="ssim"):
+            term="ssim", sum_scale=1.0, l1=0.0):
     """Launches ssim_forward: SSIM (or MS-SSIM's ``term="cs"``) of x against y (y broadcasts to x).
 
     map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
@@ -168,7 +168,9 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     pixels the mean counts; grad_maps: compute dtype, 3 x planes x map pixels,
     contiguous, the partial maps of ``formula`` ("exact", or "skimage" for
     scikit-image's gradient) weighted by ``weight`` (where the mean counts, for
-    "exact"; everywhere, for "skimage").
+    "exact"; everywhere, for "skimage"). With ``l1`` not 0, each counted
+    pixel adds ``sum_scale * S + l1 * |x - y|`` (in units of the data range)
+    to block_sums instead of S: the fused L1 + SSIM loss.
     """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
@@ -189,12 +191,16 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
          np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), np.int32(TERMS[term]),
          np.int32(GRADIENT_FORMULAS[formula]),
          _taps(x, params, ctype),
-         c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight)),
+         c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
+         np.float64(sum_scale), np.float64(l1)),
     )
 
 
-def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None):
+def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
+             l1=0.0):
     """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps.
+
+    ``l1``: adds ``l1 * sign(x - y)``, the gradient of the fused L1 term.
 
     MS-SSIM's extras: ``plane_weights`` (float64, one per plane) scale each
     plane's gradient; ``coarse`` (compute dtype, contiguous planes of the next
@@ -212,7 +218,7 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
         (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
          np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
          ctype.type(1.0 / params.data_range), _null(xp) if plane_weights is None else plane_weights,
-         _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)),
+         _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1),
          np.int32(bool(accumulate))),
     )
 

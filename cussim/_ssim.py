@@ -219,16 +219,19 @@ def _value_buffer(problem: _Problem, out):
     return out, out.reshape(-1)
 
 
-def _reference_values(problem: _Problem, a, b, want_gradient):
+def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     """The float64 reference on NumPy inputs: (values, gradient in the kernels' layout or None)."""
     p = problem.params
-    kwargs = dict(axis=tuple(range(problem.kept, problem.x.ndim)), crop=p.crop, K1=p.K1, K2=p.K2,
-                  padding=p.padding, data_range=p.data_range, cov=p.cov)
+    axes = tuple(range(problem.kept, problem.x.ndim))
+    kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov)
     taps = np.asarray(p.taps)
+    difference = problem.x.astype(np.float64) - problem.y.astype(np.float64)
+    l1_value = l1 * np.abs(difference).mean(axis=axes) if l1 else 0.0
     if want_gradient:
         value, grad = _reference.ssim_with_gradient(problem.x, problem.y, taps, **kwargs)
-        return a + b * value, b * grad
-    return a + b * _reference.ssim(problem.x, problem.y, taps, **kwargs), None
+        l1_grad = l1 / problem.counted_per_value * np.sign(difference) if l1 else 0.0
+        return a + b * value + l1_value, b * grad + l1_grad
+    return a + b * _reference.ssim(problem.x, problem.y, taps, **kwargs) + l1_value, None
 
 
 def _use_kernels(problem: _Problem) -> bool:
@@ -262,8 +265,9 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
     return out
 
 
-def _mean(problem: _Problem, out, a, b, *, grad=None, workspace=None, accumulate=False, options=""):
-    """Values a + b * mean SSIM, and with ``grad`` their summed gradient written or added into grad."""
+def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, accumulate=False, options=""):
+    """Values a + b * mean SSIM (+ l1 * mean |x - y|, "same" padding only), and with ``grad`` their
+    summed gradient written or added into grad."""
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
@@ -275,17 +279,19 @@ def _mean(problem: _Problem, out, a, b, *, grad=None, workspace=None, accumulate
                          if want_gradient else None)
         else:
             block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
+        # With the L1 term the block sums hold b * S + l1 * |x - y| per pixel, so the finish scales by 1.
         _launch.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
-                        weight=b / counted)
+                        weight=b / counted, sum_scale=b, l1=l1 * problem.params.data_range)
         _launch.finish(block_sums, flat_out, per_output=block_sums.size // max(1, flat_out.size), count=counted,
-                       a=a, b=b)
+                       a=a, b=1.0 if l1 else b)
         if want_gradient:
-            _launch.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate)
+            _launch.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
+                             l1=l1 / counted)
 
     return _compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
         check_workspace=lambda ws: _check_workspace(ws, problem, _workspace_sizes(problem), "make_workspace", options),
-        reference=lambda want_gradient: _reference_values(problem, a, b, want_gradient), launch=launch)
+        reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
 
 
 def _gradient_buffer(problem: _Problem, grad, accumulate):
@@ -417,11 +423,11 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     return result
 
 
-def _with_gradient(a, b, x, y, *, out, grad, workspace, accumulate, **kwargs):
+def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kwargs):
     problem = _prepare(x, y, **kwargs)
     grad = _gradient_buffer(problem, grad, accumulate)
     options = ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis"))
-    value = _mean(problem, out, a, b, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
+    value = _mean(problem, out, a, b, l1=l1, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad
 
 
@@ -479,6 +485,61 @@ def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window
                           data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                           padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis,
                           axis=axis)
+
+
+def _ssim_share(weight) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight <= 1:
+        raise ValueError(f"weight must be a number from 0 to 1 (the share of 1 - SSIM in the loss), got {weight!r}")
+    return float(weight)
+
+
+def l1_dssim_loss(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01,
+                  K2=0.03, sample_covariance=False, channel_axis=None, axis=None, out=None):
+    """The 3D Gaussian Splatting loss ``(1 - weight) * mean|x - y| + weight * (1 - SSIM)``, fused.
+
+    One forward pass computes both terms (zero padding, ``"same"``, as 3DGS).
+    The L1 term is in the images' own units (3DGS images are in [0, 1]).
+    Other arguments as in :func:`ssim`.
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> x = np.random.default_rng(3).random((3, 32, 32))
+    >>> y = np.clip(x + 0.1, 0, 1)
+    >>> l1 = np.abs(x - y).mean()
+    >>> bool(np.isclose(cussim.l1_dssim_loss(x, y, weight=0.2), 0.8 * l1 + 0.2 * (1 - cussim.ssim(x, y))))
+    True
+    """
+    share = _ssim_share(weight)
+    problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
+                       padding="same", sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis)
+    return _mean(problem, out, share, -share, l1=1.0 - share)
+
+
+def l1_dssim_loss_with_gradient(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, window="gaussian",
+                                K1=0.01, K2=0.03, sample_covariance=False, channel_axis=None, axis=None, out=None,
+                                grad=None, workspace=None, accumulate=False):
+    """:func:`l1_dssim_loss` and its exact gradient with respect to x, in one forward and one backward pass.
+
+    ``out``, ``grad``, ``workspace`` (from :func:`make_workspace`) and
+    ``accumulate`` as in :func:`ssim_with_gradient`. The L1 term's gradient
+    is ``(1 - weight) * sign(x - y) / n`` (0 where x == y).
+
+    Example
+    -------
+    >>> import numpy as np, cussim
+    >>> x = np.random.default_rng(4).random((2, 24, 24)); y = x[::-1].copy()
+    >>> value, grad = cussim.l1_dssim_loss_with_gradient(x, y)
+    >>> h = 1e-6; e = np.zeros_like(x); e[1, 5, 7] = h
+    >>> numeric = (cussim.l1_dssim_loss(x + e, y) - cussim.l1_dssim_loss(x - e, y)) / (2 * h)
+    >>> bool(abs(numeric - grad[1, 5, 7]) < 1e-8)
+    True
+    """
+    share = _ssim_share(weight)
+    return _with_gradient(share, -share, x, y, l1=1.0 - share, out=out, grad=grad, workspace=workspace,
+                          accumulate=accumulate, data_range=data_range, win_size=win_size, sigma=sigma,
+                          window=window, K1=K1, K2=K2, padding="same", sample_covariance=sample_covariance,
+                          channel_axis=channel_axis, axis=axis)
 
 
 for _function in (ssim, ssim_map, ssim_with_gradient):

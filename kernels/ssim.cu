@@ -343,7 +343,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     long long planes, long long inner_count, int height, int width, int padding, int crop, int term, int formula,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
-    typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight) {
+    typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
+    double l1) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;  // halo tile side
@@ -404,6 +405,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             if (map) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
             const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
+            if (counted && l1 != 0.0) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
+                const int r = R + threadIdx.y, c = R + threadIdx.x;
+                const C dx = (tile_x[r][c] + kx) - (tile_y[r][c] + ky);
+                counted_value = sum_scale * counted_value + l1 * (double)fabs(dx);
+            }
             if (grad_maps) {
                 // skimage's gradient is that of the uncropped map's mean
                 const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
@@ -429,7 +435,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
-    int variant, int accumulate) {
+    int variant, typename cussim::ComputeType<T>::type l1, int accumulate) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
@@ -484,6 +490,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             C value = (b[0] + C(2) * xv * b[1] + yv * b[2]) * inv_range;
             if (plane_weights) value *= (C)plane_weights[p];
             if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant);
+            if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
             typename GradientType<T>::type* gp = grad + outer * g_outer + inner * g_inner + row * g_row + col * g_col;
             if (accumulate) value += (C)element_value(*gp);
             store(gp, value);

@@ -159,6 +159,40 @@ def test_in_place_outputs_and_accumulate(backend):
     _close_gradient(backend.asnumpy(grad) - 1, -expected_grad / 2, np.float32)
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_fused_l1_dssim_loss(backend, dtype, weight):
+    """(1 - w) * mean|x - y| + w * (1 - SSIM) per kept index, broadcast y, data range 2, in place with accumulate."""
+    x, _ = _images((2, 3, 21, 19), dtype)
+    _, y = _images((3, 21, 19), dtype, seed=3)
+    x, y = 2 * x, 2 * y
+    ys = np.broadcast_to(y, x.shape)
+    ssim_value, ssim_grad = _expected(x, ys, axes=(1, 2, 3), data_range=2.0)
+    difference = x.astype(np.float64) - ys
+    expected = (1 - weight) * np.abs(difference).mean(axis=(1, 2, 3)) + weight * (1 - ssim_value)
+    expected_grad = (1 - weight) * np.sign(difference) / difference[0].size - weight * ssim_grad
+    value = cussim.l1_dssim_loss(backend.asarray(x), backend.asarray(y), weight=weight, axis=(1, 2, 3),
+                                 data_range=2.0)
+    _close(backend.asnumpy(value), expected, dtype)
+    out, grad = backend.asarray(np.zeros(2, dtype)), backend.asarray(np.ones(x.shape, dtype))
+    workspace = cussim.make_workspace(backend.asarray(x))
+    result = cussim.l1_dssim_loss_with_gradient(backend.asarray(x), backend.asarray(y), weight=weight, axis=(1, 2, 3),
+                                                data_range=2.0, out=out, grad=grad, workspace=workspace,
+                                                accumulate=True)
+    assert result[0] is out and result[1] is grad
+    _close(backend.asnumpy(out), expected, dtype)
+    _close_gradient(backend.asnumpy(grad) - 1, expected_grad, dtype)
+
+
+def test_fused_l1_dssim_loss_weight_is_checked():
+    x, y = _images((2, 16, 16))
+    for weight in (-0.1, 1.5, float("nan"), True, "0.2"):
+        with pytest.raises(ValueError, match="weight must be a number from 0 to 1"):
+            cussim.l1_dssim_loss(x, y, weight=weight)
+    with pytest.raises(TypeError, match="padding"):
+        cussim.l1_dssim_loss(x, y, padding="valid")  # zero padding only: the L1 term covers every pixel
+
+
 @pytest.mark.parametrize("name", ["reference", "emulator"])
 def test_in_place_path_allocates_nothing(name, monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", name)

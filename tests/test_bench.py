@@ -187,3 +187,26 @@ def test_gpu_cases_logic_on_the_host(dtype, capsys):
 def test_the_check_pair_tells_the_conventions_apart():
     values = sorted(peers.cussim_values(cussim, *peers.check_pair(np)).values())
     assert min(b - a for a, b in zip(values, values[1:])) > 2e-2
+
+
+def test_torch_loss_cases_on_the_host():
+    found, reasons = peers.load(peers.TORCH_LOSS_PEERS, ["pytorch-msssim"])
+    if not found:
+        pytest.skip(reasons[0])
+    limits = {"copy_bytes_per_second": 1e12, "fma_per_second": 1e13}
+    rows = run.torch_loss_cases(_HostCupy(), "1x3x40x48", (1, 3, 40, 48), 1, limits, 0, found, _HostTorchPeers())
+    assert {r["convention"] for r in rows if "peer" not in r} == {"l1_dssim_loss same", "SSIMLoss same",
+                                                                   "SSIMLoss valid"}
+    versus = {r["convention"]: r for r in rows if "peer" in r}
+    assert versus["SSIMLoss valid"]["same_computation"] and versus["SSIMLoss valid"]["value_difference"] < 1e-6
+    assert versus["l1_dssim_loss valid"]["cussim_convention"] == "l1_dssim_loss same"
+    assert not versus["l1_dssim_loss valid"]["same_computation"]
+
+
+def test_the_fitting_example_runs(capsys):
+    pytest.importorskip("torch")
+    from bench import fit_image
+
+    assert fit_image.main(["--device", "cpu", "--size", "176", "--steps", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["SSIMLoss", "DSSIMLoss", "MSSSIMLoss", "L1DSSIMLoss(weight=0.2)"]

@@ -1,0 +1,236 @@
+"""PyTorch autograd functions and loss modules over cussim's fused kernels.
+
+``import cussim`` never imports PyTorch; ``import cussim.torch`` does (the
+``torch`` extra). Each function returns the mean over the whole batch as a
+0-d tensor and back-propagates to x, to y, or to both, computing a gradient
+only for the inputs that require one (SSIM, MS-SSIM and the L1 term are
+symmetric in x and y, so y's gradient is the same kernels with the roles
+exchanged; a y that broadcasts gets its gradient summed back to its shape).
+
+- CUDA tensors: zero-copy through DLPack, on the tensors' device and
+  PyTorch's current CUDA stream; the value and the gradient are computed
+  together in the forward pass (one fused forward and backward launch), and
+  the backward only scales them by the incoming gradient.
+- CPU tensors: the same functions through cussim's CPU path (the float64
+  reference, or the kernels on the emulator with
+  ``CUSSIM_NUMPY_BACKEND=emulator``).
+- dtypes: float32 and float64; float16 computes in float32 (as under
+  autocast); bfloat16 is converted to float32 first. Any strides work
+  (non-contiguous views, channels-last).
+- ``torch.compile``: the functions are excluded from tracing (a graph break).
+
+Keyword options are those of the matching cussim function (``data_range``,
+``win_size``, ``sigma``, ``window``, ``K1``, ``K2``, ``padding``,
+``sample_covariance``, ``channel_axis``; MS-SSIM's ``variant`` and
+``weights``), except ``axis`` and the output buffers.
+
+Example
+-------
+>>> import torch, cussim.torch as ct
+>>> target = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+>>> render = (target + 0.1 * torch.randn_like(target)).clamp(0, 1).requires_grad_()
+>>> loss = ct.l1_dssim_loss(render, target, weight=0.2)
+>>> loss.backward()
+>>> render.grad.shape, bool(loss > 0)
+(torch.Size([1, 3, 32, 32]), True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+import cussim
+
+# name: (value function, value-and-gradient function) of cussim
+_METRICS = {
+    "ssim": (cussim.ssim, cussim.ssim_with_gradient),
+    "dssim": (cussim.dssim, cussim.dssim_with_gradient),
+    "ms_ssim": (cussim.ms_ssim, cussim.ms_ssim_with_gradient),
+    "l1_dssim_loss": (cussim.l1_dssim_loss, cussim.l1_dssim_loss_with_gradient),
+}
+_NOT_OPTIONS = ("axis", "out", "grad", "workspace", "accumulate")
+
+
+def _disable_tracing(function):
+    """Excluded from torch.compile's tracing (cussim's calls are opaque to it): a graph break, not an error."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(function) if disable else function
+
+
+def _as_array(tensor):
+    """A CuPy (CUDA) or NumPy (CPU) view of the tensor's data: no copy."""
+    tensor = tensor.detach()
+    if tensor.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(tensor)
+    return tensor.numpy()
+
+
+def _cuda_context(device):
+    """CuPy on the tensor's device and PyTorch's current stream there."""
+    import cupy
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(device.index))
+    stack.enter_context(cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device.index))
+    return stack
+
+
+def _computable(tensor, name):
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype == torch.bfloat16:  # cussim has no bfloat16: compute in float32
+        return tensor.float()
+    return tensor
+
+
+def _value_dtype(tensor):
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _evaluate(metric, x, y, options, want_gradient):
+    """(value tensor, d value / d x or None) from cussim, on x's device."""
+    value_fn, gradient_fn = _METRICS[metric]
+    out = torch.empty((), dtype=_value_dtype(x), device=x.device)
+    grad = torch.empty_like(x, memory_format=torch.preserve_format) if want_gradient else None
+    context = _cuda_context(x.device) if x.is_cuda else contextlib.nullcontext()
+    with context:
+        if want_gradient:
+            gradient_fn(_as_array(x), _as_array(y), out=_as_array(out), grad=_as_array(grad), **options)
+        else:
+            value_fn(_as_array(x), _as_array(y), out=_as_array(out), **options)
+    return out, grad
+
+
+class _Metric(torch.autograd.Function):
+    """One cussim metric as an autograd Function: both gradients computed in forward, scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, x, y, metric, options, recording):
+        # ``recording``: grad mode was on at the call (forward itself runs with it off)
+        want_x, want_y = recording and ctx.needs_input_grad[0], recording and ctx.needs_input_grad[1]
+        value, grad_x = _evaluate(metric, x, y, options, want_x)
+        grad_y = None
+        if want_y:  # the roles exchanged: y in x's shape first, its gradient summed back to y's shape
+            _, grad_y = _evaluate(metric, y.expand(x.shape), x, options, True)
+            grad_y = grad_y.sum_to_size(y.shape) if y.shape != x.shape else grad_y
+        ctx.save_for_backward(grad_x, grad_y)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_x, grad_y = ctx.saved_tensors
+        scale = grad_output.to(torch.float64)
+        return (None if grad_x is None else (grad_x * scale).to(grad_x.dtype),
+                None if grad_y is None else (grad_y * scale).to(grad_y.dtype), None, None, None)
+
+
+def _apply(metric, x, y, options):
+    for name in _NOT_OPTIONS:
+        if name in options:
+            raise TypeError(f"cussim.torch.{metric} takes no {name!r}: it returns the mean over the whole batch "
+                            f"as a new tensor (cussim.{metric} on CuPy or NumPy arrays takes {name})")
+    x, y = _computable(x, "x"), _computable(y, "y")
+    if x.device != y.device:
+        raise ValueError(f"x is on {x.device} and y on {y.device}; put both on one device")
+    if y.dtype != x.dtype:
+        raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}; convert one to the other's dtype")
+    return _Metric.apply(x, y, metric, dict(options), torch.is_grad_enabled())
+
+
+@_disable_tracing
+def ssim(x, y, **options):
+    """Mean SSIM of x against y, differentiable in x and y (options as :func:`cussim.ssim`).
+
+    >>> import torch, cussim.torch as ct
+    >>> x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    >>> float(ct.ssim(x, x))
+    1.0
+    """
+    return _apply("ssim", x, y, options)
+
+
+@_disable_tracing
+def dssim(x, y, **options):
+    """Mean DSSIM, (1 - SSIM) / 2, differentiable in x and y (options as :func:`cussim.dssim`).
+
+    >>> import torch, cussim.torch as ct
+    >>> x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    >>> float(ct.dssim(x, x))
+    0.0
+    """
+    return _apply("dssim", x, y, options)
+
+
+@_disable_tracing
+def ms_ssim(x, y, **options):
+    """Mean MS-SSIM, differentiable in x and y (options as :func:`cussim.ms_ssim`, e.g. ``variant``).
+
+    >>> import torch, cussim.torch as ct
+    >>> x = torch.rand(1, 3, 180, 180, dtype=torch.float64)
+    >>> round(float(ct.ms_ssim(x, x)), 12)
+    1.0
+    """
+    return _apply("ms_ssim", x, y, options)
+
+
+@_disable_tracing
+def l1_dssim_loss(render, target, weight=0.2, **options):
+    """``(1 - weight) * mean|render - target| + weight * (1 - SSIM)``, the 3DGS loss, fused.
+
+    One forward launch computes both terms and their gradient (zero padding;
+    options as :func:`cussim.l1_dssim_loss`).
+
+    >>> import torch, cussim.torch as ct
+    >>> a = torch.zeros(1, 1, 16, 16, dtype=torch.float64); b = a + 0.5
+    >>> round(float(ct.l1_dssim_loss(a, b, weight=0.0)), 6)
+    0.5
+    """
+    return _apply("l1_dssim_loss", render, target, dict(options, weight=weight))
+
+
+class _Loss(torch.nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+class SSIMLoss(_Loss):
+    """``1 - SSIM(x, y)`` as a module; options as :func:`ssim`.
+
+    >>> import torch, cussim.torch as ct
+    >>> loss = ct.SSIMLoss(win_size=7)
+    >>> x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    >>> loss, float(loss(x, x))
+    (SSIMLoss(win_size=7), 0.0)
+    """
+
+    def forward(self, x, y):
+        return 1 - ssim(x, y, **self.options)
+
+
+class DSSIMLoss(_Loss):
+    """DSSIM, ``(1 - SSIM(x, y)) / 2``, as a module; options as :func:`dssim`."""
+
+    def forward(self, x, y):
+        return dssim(x, y, **self.options)
+
+
+class MSSSIMLoss(_Loss):
+    """``1 - MS-SSIM(x, y)`` as a module; options as :func:`ms_ssim`."""
+
+    def forward(self, x, y):
+        return 1 - ms_ssim(x, y, **self.options)
+
+
+class L1DSSIMLoss(_Loss):
+    """:func:`l1_dssim_loss` as a module (``weight`` and the SSIM options)."""
+
+    def forward(self, render, target):
+        return l1_dssim_loss(render, target, **self.options)

@@ -1,0 +1,283 @@
+"""cussim.torch: autograd functions and loss modules, against gradcheck and a plain PyTorch SSIM."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cussim
+
+torch = pytest.importorskip("torch")
+ct = pytest.importorskip("cussim.torch")
+F = torch.nn.functional
+
+
+def plain_ssim(x, y, win_size=11, sigma=1.5, padding="same", K1=0.01, K2=0.03):
+    """SSIM written in PyTorch: depthwise conv2d with the Gaussian window, population covariance, data range 1."""
+    r = win_size // 2
+    taps = torch.exp(-((torch.arange(win_size, dtype=torch.float64) - r) ** 2) / (2 * sigma**2))
+    taps = (taps / taps.sum()).to(x.dtype)
+    channels = x.shape[1]
+    window = (taps[:, None] * taps[None, :]).expand(channels, 1, win_size, win_size)
+
+    def blur(a):
+        return F.conv2d(a, window, padding=r if padding == "same" else 0, groups=channels)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = K1**2, K2**2
+    return ((2 * mx * my + c1) * (2 * sxy + c2) / ((mx * mx + my * my + c1) * (sxx + syy + c2))).mean()
+
+
+def images(shape=(2, 3, 24, 28), dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=generator, dtype=dtype)
+    y = (x + 0.2 * torch.randn(shape, generator=generator, dtype=dtype)).clamp(0, 1)
+    return x, y
+
+
+def gradients(function, x, y):
+    x, y = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    value = function(x, y)
+    value.backward()
+    return value.detach(), x.grad, y.grad
+
+
+def test_import_cussim_does_not_import_torch():
+    code = "import sys, cussim; cussim.ssim; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+@pytest.mark.parametrize("options", [{}, {"padding": "valid"}, {"padding": "reflect", "win_size": 7},
+                                     {"window": "uniform", "win_size": 5, "sample_covariance": True},
+                                     {"sigma": 0.8, "win_size": 5, "K2": 0.05, "data_range": 2.0}])
+@pytest.mark.parametrize("name", ["ssim", "dssim"])
+def test_gradcheck_ssim_and_dssim(name, options):
+    x, y = images((1, 2, 13, 15))
+    function = getattr(ct, name)
+    assert torch.autograd.gradcheck(lambda a, b: function(a, b, **options),
+                                    (x.requires_grad_(), y.requires_grad_()))
+
+
+@pytest.mark.parametrize("options", [{}, {"variant": "tensorflow"}, {"variant": "torchmetrics", "channel_axis": 1},
+                                     {"weights": (0.5, 0.5), "win_size": 5}])
+def test_gradcheck_ms_ssim(options):
+    x, y = images((1, 2, 23, 24) if "weights" in options else (1, 2, 176, 177))
+    # ms_ssim's value is a product of powers: check its gradient along a few random directions
+    assert torch.autograd.gradcheck(lambda a, b: ct.ms_ssim(a, b, **options), (x.requires_grad_(), y.requires_grad_()),
+                                    fast_mode=True)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.2, 1.0])
+def test_gradcheck_l1_dssim_loss(weight):
+    x, y = images((1, 2, 13, 15))
+    assert torch.autograd.gradcheck(lambda a, b: ct.l1_dssim_loss(a, b, weight=weight, win_size=5),
+                                    (x.requires_grad_(), y.requires_grad_()))
+
+
+def test_broadcast_reference_gets_its_gradient_summed():
+    x, _ = images((2, 3, 13, 15))
+    y = images((1, 1, 13, 15), seed=1)[0]
+    assert torch.autograd.gradcheck(lambda a, b: ct.ssim(a, b, win_size=5), (x.requires_grad_(), y.requires_grad_()))
+    _, _, grad_y = gradients(ct.ssim, x, y)
+    assert grad_y.shape == y.shape
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_against_plain_pytorch(padding, dtype, tolerance):
+    x, y = images(dtype=dtype)
+    value, grad_x, grad_y = gradients(lambda a, b: ct.ssim(a, b, padding=padding), x, y)
+    plain, plain_x, plain_y = gradients(lambda a, b: plain_ssim(a, b, padding=padding), x, y)
+    assert value.dtype == dtype and float(value) == pytest.approx(float(plain), abs=tolerance)
+    for ours, theirs in ((grad_x, plain_x), (grad_y, plain_y)):
+        assert ours.dtype == dtype
+        assert float((ours - theirs).norm() / theirs.norm()) < 100 * tolerance
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed"])
+def test_non_contiguous_inputs(layout):
+    x, y = images((2, 3, 30, 34))
+    if layout == "channels_last":
+        x, y = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x, y = x[:, :, ::2, 1::2], y[:, :, 1::2, ::2]
+    else:
+        x, y = x.transpose(2, 3), y.transpose(2, 3)
+    assert not x.is_contiguous()
+    value, grad_x, grad_y = gradients(ct.ssim, x, y)
+    plain, plain_x, plain_y = gradients(plain_ssim, x.contiguous(), y.contiguous())
+    assert float(value) == pytest.approx(float(plain), abs=1e-12)
+    torch.testing.assert_close(grad_x, plain_x, rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(grad_y, plain_y, rtol=1e-9, atol=1e-13)
+
+
+def test_l1_dssim_loss_is_the_3dgs_loss():
+    x, y = images()
+    value, grad_x, grad_y = gradients(lambda a, b: ct.l1_dssim_loss(a, b, weight=0.3), x, y)
+    plain, plain_x, plain_y = gradients(lambda a, b: 0.7 * F.l1_loss(a, b) + 0.3 * (1 - plain_ssim(a, b)), x, y)
+    assert float(value) == pytest.approx(float(plain), abs=1e-12)
+    torch.testing.assert_close(grad_x, plain_x, rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(grad_y, plain_y, rtol=1e-9, atol=1e-13)
+
+
+def test_ms_ssim_matches_cussim():
+    x, y = images((1, 3, 180, 181))
+    value, grad_x, _ = gradients(lambda a, b: ct.ms_ssim(a, b, variant="tensorflow"), x, y)
+    expected, expected_grad = cussim.ms_ssim_with_gradient(x.numpy(), y.numpy(), variant="tensorflow")
+    assert float(value) == pytest.approx(float(expected), abs=1e-14)
+    np.testing.assert_allclose(grad_x.numpy(), expected_grad, rtol=1e-12, atol=1e-16)
+
+
+def test_only_the_gradients_asked_for_are_computed(monkeypatch):
+    calls = []
+    evaluate = ct._evaluate
+    monkeypatch.setattr(ct, "_evaluate", lambda *args: calls.append(args[-1]) or evaluate(*args))
+    x, y = images()
+    ct.ssim(x, y)
+    ct.ssim(x.requires_grad_(), y)
+    with torch.no_grad():
+        ct.ssim(x, y.requires_grad_())
+    ct.ssim(x.detach(), y)
+    assert calls == [False, True, False, False, True]
+
+
+def test_inputs_are_not_modified():
+    x, y = images()
+    before = x.clone(), y.clone()
+    gradients(ct.l1_dssim_loss, x, y)
+    gradients(ct.ms_ssim, *images((1, 3, 176, 176)))
+    assert torch.equal(x, before[0]) and torch.equal(y, before[1])
+
+
+def test_float16_and_bfloat16_compute_in_float32():
+    x, y = images(dtype=torch.float32)
+    reference = ct.ssim(x.half().float(), y.half().float())
+    value, grad_x, _ = gradients(ct.ssim, x.half(), y.half())
+    assert value.dtype == torch.float32 and grad_x.dtype == torch.float16
+    assert float(value) == pytest.approx(float(reference), abs=1e-6)
+    value, grad_x, _ = gradients(ct.dssim, x.bfloat16(), y.bfloat16())
+    assert value.dtype == torch.float32 and grad_x.dtype == torch.bfloat16
+    assert float(value) == pytest.approx(float(ct.dssim(x.bfloat16().float(), y.bfloat16().float())), abs=1e-6)
+
+
+def test_autocast_half_inputs():
+    x, y = images(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = ct.ssim(x.requires_grad_(), y)
+    value.backward()
+    assert value.dtype == torch.float32 and x.grad.dtype == torch.float32
+
+
+def test_the_emulator_runs_the_kernels_for_cpu_tensors(monkeypatch):
+    x, y = images(dtype=torch.float32)
+    reference = gradients(ct.l1_dssim_loss, x, y)
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    value, grad_x, grad_y = gradients(ct.l1_dssim_loss, x, y)
+    assert float(value) == pytest.approx(float(reference[0]), abs=1e-6)
+    torch.testing.assert_close(grad_x, reference[1], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(grad_y, reference[2], rtol=1e-4, atol=1e-8)
+
+
+def test_torch_compile_graph_breaks_at_most():
+    x, y = images()
+
+    def loss(a, b):
+        return 0.5 * ct.dssim(a * 1.0, b) + 0.5 * F.mse_loss(a, b)
+
+    compiled = torch.compile(loss, backend="eager")
+    value, grad_x, _ = gradients(compiled, x, y)
+    expected, expected_x, _ = gradients(loss, x, y)
+    assert float(value) == pytest.approx(float(expected), abs=1e-14)
+    torch.testing.assert_close(grad_x, expected_x)
+
+
+@pytest.mark.parametrize("module", [ct.SSIMLoss(), ct.DSSIMLoss(win_size=7), ct.L1DSSIMLoss(weight=0.5),
+                                    ct.MSSSIMLoss(weights=(0.3, 0.3, 0.4))])
+def test_the_loss_modules_drive_an_image_to_its_target(module):
+    target, _ = images((1, 3, 48, 48), dtype=torch.float32, seed=3)
+    image = torch.full_like(target, 0.5).requires_grad_()
+    optimizer = torch.optim.Adam([image], lr=0.05)
+    first = float(module(image, target).detach())
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = module(image, target)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert float(module(image, target)) < 0.2 * first
+        assert float(module(target, target)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_arguments_are_named():
+    x, y = images()
+    with pytest.raises(TypeError, match="takes no 'axis'"):
+        ct.ssim(x, y, axis=(1, 2, 3))
+    with pytest.raises(TypeError, match="takes no 'out'"):
+        ct.dssim(x, y, out=torch.empty(()))
+    with pytest.raises(TypeError, match="y must be a torch.Tensor"):
+        ct.ssim(x, y.numpy())
+    with pytest.raises(TypeError, match="y has dtype torch.float32 but x has torch.float64"):
+        ct.ssim(x, y.float())
+    with pytest.raises(ValueError, match="does not broadcast"):
+        ct.ssim(x, y[..., :-1])
+    with pytest.raises(ValueError, match="weight must be a number from 0 to 1"):
+        ct.l1_dssim_loss(x, y, weight=1.5)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        ct.SSIMLoss(padding="zeros")(x, y)
+
+
+# ---- on a GPU: the same through the kernels, PyTorch's stream, every device ----
+
+def _cuda_images(device="cuda", dtype=torch.float32, shape=(2, 3, 64, 72)):
+    x, y = images(shape, dtype=dtype)
+    return x.to(device), y.to(device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ssim", "dssim", "ms_ssim", "l1_dssim_loss"])
+def test_gpu_matches_the_cpu_path(name):
+    x, y = _cuda_images(shape=(1, 3, 176, 180))
+    function = getattr(ct, name)
+    value, grad_x, grad_y = gradients(function, x, y)
+    expected = gradients(function, x.cpu().double(), y.cpu().double())
+    assert value.device == x.device and float(value) == pytest.approx(float(expected[0]), abs=2e-5)
+    for ours, theirs in ((grad_x, expected[1]), (grad_y, expected[2])):
+        assert float((ours.cpu().double() - theirs).norm() / theirs.norm()) < 1e-4
+
+
+@pytest.mark.gpu
+def test_gpu_non_contiguous_and_channels_last():
+    x, y = _cuda_images(shape=(2, 3, 66, 70))
+    for a, b in ((x.to(memory_format=torch.channels_last), y), (x[..., 1::2], y[..., ::2])):
+        value, grad_x, grad_y = gradients(ct.ssim, a, b)
+        plain, plain_x, plain_y = gradients(plain_ssim, a.contiguous(), b.contiguous())
+        assert float(value) == pytest.approx(float(plain), abs=2e-5)
+        torch.testing.assert_close(grad_x, plain_x, rtol=1e-3, atol=1e-7)
+        torch.testing.assert_close(grad_y, plain_y, rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_gpu_work_on_a_side_stream():
+    x, y = _cuda_images(shape=(1, 3, 512, 512))
+    expected = gradients(ct.l1_dssim_loss, x, y)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        a = (x * 1.0).requires_grad_()  # made on the side stream, used at once there
+        value = ct.l1_dssim_loss(a, y)
+        value.backward()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert float(value) == float(expected[0])
+    assert torch.equal(a.grad, expected[1])
+
+
+@pytest.mark.gpu
+def test_gpu_every_device():
+    for index in range(torch.cuda.device_count()):
+        x, y = _cuda_images(device=f"cuda:{index}")
+        value, grad_x, _ = gradients(ct.ssim, x, y)
+        assert value.device == x.device and grad_x.device == x.device
+        assert float(value) == pytest.approx(float(plain_ssim(x.cpu().double(), y.cpu().double())), abs=2e-5)
