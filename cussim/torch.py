@@ -9,8 +9,8 @@ exchanged; a y that broadcasts gets its gradient summed back to its shape).
 
 - CUDA tensors: zero-copy through DLPack, on the tensors' device and
   PyTorch's current CUDA stream; the value and the gradient are computed
-  together in the forward pass (one fused forward and backward launch), and
-  the backward only scales them by the incoming gradient.
+  together in the forward pass (cussim's fused forward, finish and backward
+  kernels), and the backward only scales the gradient by the incoming one.
 - CPU tensors: the same functions through cussim's CPU path (the float64
   reference, or the kernels on the emulator with
   ``CUSSIM_NUMPY_BACKEND=emulator``).
@@ -123,9 +123,8 @@ class _Metric(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grad_x, grad_y = ctx.saved_tensors
-        scale = grad_output.to(torch.float64)
-        return (None if grad_x is None else (grad_x * scale).to(grad_x.dtype),
-                None if grad_y is None else (grad_y * scale).to(grad_y.dtype), None, None, None)
+        return (None if grad_x is None else grad_x * grad_output.to(grad_x.dtype),
+                None if grad_y is None else grad_y * grad_output.to(grad_y.dtype), None, None, None)
 
 
 def _apply(metric, x, y, options):
@@ -134,6 +133,8 @@ def _apply(metric, x, y, options):
             raise TypeError(f"cussim.torch.{metric} takes no {name!r}: it returns the mean over the whole batch "
                             f"as a new tensor (cussim.{metric} on CuPy or NumPy arrays takes {name})")
     x, y = _computable(x, "x"), _computable(y, "y")
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"x is on {x.device}; cussim.torch takes CPU or CUDA tensors (move them with .cuda())")
     if x.device != y.device:
         raise ValueError(f"x is on {x.device} and y on {y.device}; put both on one device")
     if y.dtype != x.dtype:

@@ -96,6 +96,14 @@ def test_against_plain_pytorch(padding, dtype, tolerance):
         assert float((ours - theirs).norm() / theirs.norm()) < 100 * tolerance
 
 
+def test_the_incoming_gradient_scales_both_gradients():
+    x, y = images(dtype=torch.float32)
+    _, grad_x, grad_y = gradients(lambda a, b: -3 * ct.ms_ssim(a, b, weights=(0.5, 0.5)), x, y)
+    _, plain_x, plain_y = gradients(lambda a, b: ct.ms_ssim(a, b, weights=(0.5, 0.5)), x, y)
+    torch.testing.assert_close(grad_x, -3 * plain_x)
+    torch.testing.assert_close(grad_y, -3 * plain_y)
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed"])
 def test_non_contiguous_inputs(layout):
     x, y = images((2, 3, 30, 34))
@@ -222,6 +230,8 @@ def test_bad_arguments_are_named():
         ct.ssim(x, y.float())
     with pytest.raises(ValueError, match="does not broadcast"):
         ct.ssim(x, y[..., :-1])
+    with pytest.raises(ValueError, match="cussim.torch takes CPU or CUDA tensors"):
+        ct.ssim(x.to("meta"), y.to("meta"))
     with pytest.raises(ValueError, match="weight must be a number from 0 to 1"):
         ct.l1_dssim_loss(x, y, weight=1.5)
     with pytest.raises(ValueError, match="padding must be one of"):
