@@ -179,12 +179,14 @@ def closest_convention(theirs: float, ours: dict) -> str:
     return min(ours, key=lambda convention: abs(ours[convention] - theirs))
 
 
-def _ours_row(metric, operation, convention, label, dtype, pixels, seconds, limits=None, win_size=11, work=None):
-    """A cussim timing; ``work``: the case of work_per_pixel (default: the metric's, with the operation's)."""
+def _ours_row(metric, operation, convention, label, dtype, pixels, seconds, limits=None, win_size=11,
+              work_case=None):
+    """A cussim timing, with its floor given ``limits``; ``work_case``: the case of work_per_pixel
+    (default: the metric's, with the operation's)."""
     row = {"metric": metric, "operation": operation, "convention": convention, "shape": label, "dtype": dtype,
            "ms": seconds * 1e3, "gpx_per_s": pixels / seconds / 1e9}
     if limits:
-        work = work_per_pixel(work or metric + OPERATIONS[operation], win_size, 2 if dtype == "float16" else 4)
+        work = work_per_pixel(work_case or metric + OPERATIONS[operation], win_size, 2 if dtype == "float16" else 4)
         floor = floor_seconds(work, pixels, limits["fma_per_second"], limits["copy_bytes_per_second"])
         row.update(floor_ms=floor * 1e3, fraction_of_floor=floor / seconds)
     return row
@@ -193,8 +195,8 @@ def _ours_row(metric, operation, convention, label, dtype, pixels, seconds, limi
 def _peer_row(ours: dict, peer, seconds, difference, same):
     """A peer's timing beside cussim's row ``ours`` (cussim in ``cussim_convention``)."""
     return {**{k: ours[k] for k in ("metric", "operation", "shape", "dtype", "ms")}, "peer": peer.name,
-            "convention": peer.convention, "cussim_convention": ours["convention"], "peer_ms": seconds * 1e3, "speedup": seconds * 1e3 / ours["ms"], "value_difference": difference,
-            "same_computation": same}
+            "convention": peer.convention, "cussim_convention": ours["convention"], "peer_ms": seconds * 1e3,
+            "speedup": seconds * 1e3 / ours["ms"], "value_difference": difference, "same_computation": same}
 
 
 class _TorchPeers:
@@ -374,7 +376,7 @@ def torch_loss_cases(cupy, label, shape, repeats, limits, cache_bytes, found, to
         mine = peer_adapters.Peer("cussim.torch", convention, "torch", loss, True)
         seconds = torch_peers.time(torch_peers.timed_call(mine, "value+gradient", pairs), repeats)
         timed[convention] = _ours_row("torch " + convention.split()[0], "value+gradient", convention, label,
-                                      "float32", math.prod(shape), seconds, limits, work="ssim_with_gradient")
+                                      "float32", math.prod(shape), seconds, limits, work_case="ssim_with_gradient")
         values[convention] = torch_peers.value(mine, x0, y0)
         rows.append(timed[convention])
     for peer in found:
@@ -472,7 +474,8 @@ def markdown(machine: str, limits: dict | None, rows: list, note: str = "") -> s
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in against:
             marker = "" if r["same_computation"] else " (differs)"
-            lines.append(f"| {r['metric']} | {r['operation']} | {r['shape']} | {r['dtype']} | {r['peer']} ({r['convention']}) | "
+            lines.append(f"| {r['metric']} | {r['operation']} | {r['shape']} | {r['dtype']} | "
+                         f"{r['peer']} ({r['convention']}) | "
                          f"{r['peer_ms']:.3f} | {r['ms']:.3f} | {r['speedup']:.1f}x | "
                          f"{r['value_difference']:.1e}{marker} |")
     return "\n".join(lines) + "\n"

@@ -52,7 +52,8 @@ def test_markdown_names_the_machine_and_every_ratio():
     peer = peers.Peer("fussim", "same", "torch", None, True)
     versus = run._peer_row(ours, peer, 6e-4, 2e-8, True)
     text = run.markdown("Some GPU", limits, [ours, versus])
-    assert text.startswith("# cussim on Some GPU") and "| ssim | value | same | 1x3x1080x1920 | float32 | 0.200 |" in text
+    assert text.startswith("# cussim on Some GPU")
+    assert "| ssim | value | same | 1x3x1080x1920 | float32 | 0.200 |" in text
     assert "| ssim | value | 1x3x1080x1920 | float32 | fussim (same) | 0.600 | 0.200 | 3.0x | 2.0e-08 |" in text
     differs = run.markdown("CPU", None, [ours, run._peer_row(ours, peer, 6e-4, 0.1, False)])
     assert "0.200 | 3.0x | 1.0e-01 (differs) |" in differs and "Ceilings" not in differs
