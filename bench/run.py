@@ -240,11 +240,9 @@ def _on_host(array):
     return array.get() if hasattr(array, "get") else array
 
 
-def _peer_value(peer, x, y, cupy, torch_peers) -> float:
+def _peer_value(peer, x, y, torch_peers) -> float:
     """The peer's value of one pair of CuPy arrays, in its own framework."""
     if peer.framework == "torch":
-        if torch_peers is None:
-            raise RuntimeError("PyTorch with CUDA is not available")
         return torch_peers.value(peer, x, y)
     if peer.framework == "numpy":
         return float(peer.value(_on_host(x), _on_host(y)))
@@ -254,13 +252,37 @@ def _peer_value(peer, x, y, cupy, torch_peers) -> float:
 def _time_peer(peer, operation, pairs, cupy, torch_peers, repeats) -> float:
     """Seconds of one peer operation on the case's pairs, in its own framework and with its clock."""
     if peer.framework == "torch":
-        if torch_peers is None:
-            raise RuntimeError("PyTorch with CUDA is not available")
         return torch_peers.time(torch_peers.timed_call(peer, operation, pairs), repeats)
     if peer.framework == "numpy":
         host = [(_on_host(x), _on_host(y)) for x, y in pairs[:1]]
         return _host_time(rotating(host, peer.value), max(1, min(repeats, 3)))
     return _time(cupy, rotating(pairs, peer.value), repeats)
+
+
+def _peer_rows(peer, ours: dict, pairs, expected: float, same, cupy, torch_peers, repeats, where: str) -> list:
+    """A peer's rows beside cussim's ``ours`` ({operation: row}).
+
+    Its value on the first pair is compared with ``expected`` once;
+    ``same(difference)`` says whether the two compute the same thing. Then
+    each operation is timed (the gradient only where the peer has one). A
+    failure is printed and skips the peer, or that operation.
+    """
+    try:
+        difference = abs(_peer_value(peer, *pairs[0], torch_peers) - expected)
+    except Exception as exc:  # noqa: BLE001  (a peer that fails on a case is reported, not fatal)
+        print(f"{peer.name} {where} skipped: {type(exc).__name__}: {exc}")
+        return []
+    rows = []
+    for operation, row in ours.items():
+        if operation != "value" and not peer.differentiable:
+            continue
+        try:
+            seconds = _time_peer(peer, operation, pairs, cupy, torch_peers, repeats)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{peer.name} {operation} {where} skipped: {type(exc).__name__}: {exc}")
+            continue
+        rows.append(_peer_row(row, peer, seconds, difference, same(difference)))
+    return rows
 
 
 def check_conventions(cupy, cussim, found, torch_peers) -> tuple[list, dict]:
@@ -275,7 +297,7 @@ def check_conventions(cupy, cussim, found, torch_peers) -> tuple[list, dict]:
     ran, matches = [], {}
     for peer in found:
         try:
-            theirs = _peer_value(peer, x, y, cupy, torch_peers)
+            theirs = _peer_value(peer, x, y, torch_peers)
         except Exception as exc:  # noqa: BLE001  (a peer that cannot run is reported, not fatal)
             print(f"{peer.name} skipped: it failed on the convention check: {type(exc).__name__}: {exc}")
             continue
@@ -319,15 +341,9 @@ def ssim_cases(cupy, cussim, label, shape, dtype, repeats, limits, cache_bytes, 
         if peer.framework == "numpy" and pixels > SKIMAGE_MAX_PIXELS:
             print(f"{peer.name}: {label} skipped (over {SKIMAGE_MAX_PIXELS} pixels on the CPU)")
             continue
-        for operation in ("value", "value+gradient") if peer.differentiable else ("value",):
-            try:
-                difference = abs(_peer_value(peer, x0, y0, cupy, torch_peers) - value_of[peer.convention])
-                seconds = _time_peer(peer, operation, pairs, cupy, torch_peers, repeats)
-            except Exception as exc:  # noqa: BLE001  (a peer that fails on a case is reported, not fatal)
-                print(f"{peer.name} {operation} {label} {dtype} skipped: {type(exc).__name__}: {exc}")
-                continue
-            rows.append(_peer_row(ours[timed_as[peer.convention], operation], peer, seconds, difference,
-                                  matches[peer.name]))
+        beside = {op: ours[timed_as[peer.convention], op] for op in OPERATIONS}
+        rows += _peer_rows(peer, beside, pairs, value_of[peer.convention], lambda _, same=matches[peer.name]: same,
+                           cupy, torch_peers, repeats, f"{label} {dtype}")
     return rows
 
 
@@ -350,15 +366,8 @@ def ms_ssim_cases(cupy, cussim, label, shape, repeats, limits, cache_bytes, foun
         rows += ours.values()
         mine = float(cussim.ms_ssim(x0, y0, variant=variant, channel_axis=1))
         for peer in (p for p in found if p.convention == variant):
-            for operation in ours:
-                try:
-                    difference = abs(_peer_value(peer, x0, y0, cupy, torch_peers) - mine)
-                    seconds = _time_peer(peer, operation, pairs, cupy, torch_peers, repeats)
-                except Exception as exc:  # noqa: BLE001
-                    print(f"{peer.name} ms_ssim {operation} {label} skipped: {type(exc).__name__}: {exc}")
-                    continue
-                rows.append(_peer_row(ours[operation], peer, seconds, difference,
-                                      difference <= VALUE_TOLERANCE["float32"]))
+            rows += _peer_rows(peer, ours, pairs, mine, lambda d: d <= VALUE_TOLERANCE["float32"], cupy, torch_peers,
+                               repeats, f"ms_ssim {label}")
     return rows
 
 
@@ -382,14 +391,9 @@ def torch_loss_cases(cupy, label, shape, repeats, limits, cache_bytes, found, to
     for peer in found:
         # beside cussim in the peer's convention where cussim.torch has it, else beside its "same"
         beside = peer.convention if peer.convention in ours else peer.convention.split()[0] + " same"
-        try:
-            difference = abs(torch_peers.value(peer, x0, y0) - values[beside])
-            seconds = torch_peers.time(torch_peers.timed_call(peer, "value+gradient", pairs), repeats)
-        except Exception as exc:  # noqa: BLE001
-            print(f"{peer.name} {peer.convention} skipped: {type(exc).__name__}: {exc}")
-            continue
-        rows.append(_peer_row(timed[beside], peer, seconds, difference,
-                              beside == peer.convention and difference <= VALUE_TOLERANCE["float32"]))
+        rows += _peer_rows(peer, {"value+gradient": timed[beside]}, pairs, values[beside],
+                           lambda d, same=beside == peer.convention: same and d <= VALUE_TOLERANCE["float32"],
+                           cupy, torch_peers, repeats, peer.convention)
     return rows
 
 
@@ -405,10 +409,12 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     found_ms, reasons_ms = peer_adapters.load(peer_adapters.MS_SSIM_PEERS)
     for reason in reasons + reasons_ms:
         print(reason)
-    found, matches = check_conventions(cupy, cussim, found, torch_peers)
     found_losses, reasons_losses = peer_adapters.load(peer_adapters.TORCH_LOSS_PEERS)
     for reason in reasons_losses:
         print(reason)
+    if torch_peers is None:
+        found, found_ms, found_losses = [p for p in found if p.framework != "torch"], [], []
+    found, matches = check_conventions(cupy, cussim, found, torch_peers)
     rows = []
     if torch_peers is not None:
         label = "1x3x1080x1920"

@@ -225,11 +225,13 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     axes = tuple(range(problem.kept, problem.x.ndim))
     kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov)
     taps = np.asarray(p.taps)
-    difference = problem.x.astype(np.float64) - problem.y.astype(np.float64)
-    l1_value = l1 * np.abs(difference).mean(axis=axes) if l1 else 0.0
+    l1_value = l1_grad = 0.0
+    if l1:  # the fused L1 term, only where it is asked for (it costs a float64 copy of the images)
+        difference = problem.x.astype(np.float64) - problem.y.astype(np.float64)
+        l1_value = l1 * np.abs(difference).mean(axis=axes)
+        l1_grad = l1 / problem.counted_per_value * np.sign(difference) if want_gradient else 0.0
     if want_gradient:
         value, grad = _reference.ssim_with_gradient(problem.x, problem.y, taps, **kwargs)
-        l1_grad = l1 / problem.counted_per_value * np.sign(difference) if l1 else 0.0
         return a + b * value + l1_value, b * grad + l1_grad
     return a + b * _reference.ssim(problem.x, problem.y, taps, **kwargs) + l1_value, None
 
