@@ -6,7 +6,7 @@ import pytest
 import cussim
 from cussim import _arrays
 from cussim import _reference as ref
-from executors import Executor
+from executors import Executor, device_allocations_refused
 
 
 @pytest.fixture(params=["reference", "emulator", pytest.param("cupy", marks=pytest.mark.gpu)])
@@ -214,16 +214,9 @@ def test_in_place_path_allocates_nothing_on_the_gpu():
     out, grad = cupy.zeros((), cupy.float32), cupy.zeros(x.shape, cupy.float32)
     ws = cussim.make_workspace(x)
     cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws)
-
-    def refuse(size):
-        raise AssertionError(f"allocated {size} bytes on the device")
-
-    cupy.cuda.set_allocator(refuse)
-    try:
+    with device_allocations_refused():
         cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws)
         cussim.dssim_with_gradient(x, y, out=out, grad=grad, workspace=ws, accumulate=True)
-    finally:
-        cupy.cuda.set_allocator(cupy.get_default_memory_pool().malloc)
 
 
 def test_inputs_are_never_modified(backend):
