@@ -6,12 +6,12 @@ import importlib
 import pytest
 
 MODULES = ["cussim", "cussim._ssim", "cussim._msssim", "cussim._skimage", "cussim._params", "cussim._reference", "cussim._launch", "cussim._kernels",
-           "cussim._emulator._module", "cussim.torch"]
+           "cussim._emulator._module", "cussim.torch", "cussim.torch._fused_ssim", "cussim.torch.pytorch_msssim"]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    if name == "cussim.torch":
+    if name.startswith("cussim.torch"):
         pytest.importorskip("torch")
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -203,8 +203,8 @@ class _Module(torch.nn.Module):
         if spatial_dims != 2:
             raise ValueError(f"spatial_dims must be 2 (images; 3, volumes, is not in cussim yet), got {spatial_dims!r}")
         ssim_params(win_size=win_size, sigma=win_sigma, data_range=data_range, **_constants(K))
-        self.data_range, self.size_average, self.win_size, self.win_sigma = data_range, size_average, win_size, win_sigma
-        self.channel, self.spatial_dims, self.K = channel, spatial_dims, K
+        self.data_range, self.size_average, self.K = data_range, size_average, K
+        self.win_size, self.win_sigma, self.channel, self.spatial_dims = win_size, win_sigma, channel, spatial_dims
 
     def _options(self):
         return dict(data_range=self.data_range, size_average=self.size_average, win_size=self.win_size,
@@ -215,7 +215,7 @@ class _Module(torch.nn.Module):
 
 
 class SSIM(_Module):
-    """``pytorch_msssim.SSIM``: :func:`ssim` as a module, with the same arguments and ``channel``, ``spatial_dims``.
+    """``pytorch_msssim.SSIM``: :func:`ssim` as a module, with its arguments and ``channel``, ``spatial_dims``.
 
     Example
     -------
@@ -240,7 +240,7 @@ class SSIM(_Module):
 
 
 class MS_SSIM(_Module):
-    """``pytorch_msssim.MS_SSIM``: :func:`ms_ssim` as a module, with the same arguments and ``channel``, ``spatial_dims``.
+    """``pytorch_msssim.MS_SSIM``: :func:`ms_ssim` as a module, with its arguments and ``channel``, ``spatial_dims``.
 
     Example
     -------
