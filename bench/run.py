@@ -12,7 +12,10 @@
   against cussim's in its convention before it is timed;
 - MS-SSIM (float32) against pytorch-msssim and torchmetrics, the same way;
 - ``cussim.torch``'s ``l1_dssim_loss`` and ``SSIMLoss``, forward plus backward
-  at 1x3x1080x1920, against the same losses built on fussim and pytorch-msssim.
+  at 1x3x1080x1920, against the same losses built on fussim and pytorch-msssim;
+- ``cussim.torch``'s drop-ins (``fused_ssim``, ``pytorch_msssim.ssim`` and
+  ``.ms_ssim``), the value and the value with its gradient at 1x3x1080x1920,
+  against the functions they replace (fussim's ``fused_ssim``, pytorch-msssim).
 
 Device events around each call, warm-up first, the median of the repeats;
 where one input pair would fit in the L2 cache, the calls rotate over enough
@@ -397,6 +400,26 @@ def torch_loss_cases(cupy, label, shape, repeats, limits, cache_bytes, found, to
     return rows
 
 
+def drop_in_cases(cupy, label, shape, repeats, limits, cache_bytes, found, torch_peers) -> list:
+    """cussim.torch's drop-ins (peers.drop_ins) beside the functions they replace, called the same way on the
+    same tensors: the value, and the value with its gradient to x; all timed with PyTorch's CUDA events."""
+    pairs = input_pairs(cupy, shape, "float32", seed=3, cache_bytes=cache_bytes)
+    rows = []
+    for convention, value in peer_adapters.drop_ins().items():
+        mine = peer_adapters.Peer("cussim.torch", convention, "torch", value, True)
+        work = "ms_ssim" if convention.endswith("ms_ssim") else "ssim"
+        ours = {op: _ours_row(convention, op, convention, label, "float32", math.prod(shape),
+                              torch_peers.time(torch_peers.timed_call(mine, op, pairs), repeats), limits,
+                              work_case=work + suffix)
+                for op, suffix in OPERATIONS.items()}
+        rows += ours.values()
+        expected = torch_peers.value(mine, *pairs[0])
+        for peer in (p for p in found if p.convention == convention):
+            rows += _peer_rows(peer, ours, pairs, expected, lambda d: d <= VALUE_TOLERANCE["float32"], cupy,
+                               torch_peers, repeats, convention)
+    return rows
+
+
 def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     limits = ceilings(cupy, repeats)
     cache_bytes = cupy.cuda.Device().attributes["L2CacheSize"]
@@ -412,6 +435,9 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     found_losses, reasons_losses = peer_adapters.load(peer_adapters.TORCH_LOSS_PEERS)
     for reason in reasons_losses:
         print(reason)
+    found_drop_ins, reasons_drop_ins = peer_adapters.load(peer_adapters.DROP_IN_PEERS)
+    for reason in reasons_drop_ins:
+        print(reason)
     if torch_peers is None:
         found, found_ms, found_losses = [p for p in found if p.framework != "torch"], [], []
     found, matches = check_conventions(cupy, cussim, found, torch_peers)
@@ -419,6 +445,7 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     if torch_peers is not None:
         label = "1x3x1080x1920"
         rows += torch_loss_cases(cupy, label, SHAPES[label], repeats, limits, cache_bytes, found_losses, torch_peers)
+        rows += drop_in_cases(cupy, label, SHAPES[label], repeats, limits, cache_bytes, found_drop_ins, torch_peers)
     for label, shape in SHAPES.items():
         for dtype in DTYPES:
             rows += ssim_cases(cupy, cussim, label, shape, dtype, repeats, limits, cache_bytes, found, matches,
