@@ -36,7 +36,8 @@ def wheel(tmp_path_factory):
 def test_wheel_ships_kernels_and_emulator_sources(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("cussim/kernels/ssim.cu", "cussim/_emulator/include/cuda_emulator.h",
-                     "cussim/_emulator/runtime.cpp", "cussim/_kernels.py"):
+                     "cussim/_emulator/runtime.cpp", "cussim/_kernels.py", "cussim/torch/__init__.py",
+                     "cussim/torch/pytorch_msssim.py"):
         assert required in names
     assert not [n for n in names if n.startswith("tests/")]
 
