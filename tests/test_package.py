@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
+def _checkout_on_path() -> dict:
+    """The environment with this checkout first on PYTHONPATH (for subprocesses run from elsewhere)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     """A wheel built from a copy of the checkout (building in place would leave build/ behind)."""
@@ -82,9 +87,10 @@ def test_readme_commands_are_the_ones_ci_runs():
     assert 'pip install .' in readme and "cussim demo" in readme
 
 
-def test_demo_prints_real_values(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "cussim", "demo", "--images", "camera", "--map", str(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT, check=True)
+def test_demo_prints_real_values_and_writes_nothing_unasked(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cussim", "demo", "--images", "camera"],
+                            capture_output=True, text=True, cwd=tmp_path, check=True, env=_checkout_on_path())
+    assert list(tmp_path.iterdir()) == [] and "--map DIR writes the SSIM maps" in result.stdout
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("camera")]
     assert len(rows) == 5
     identical, noisy = rows[0], rows[2]
