@@ -193,17 +193,17 @@ class Report:
 
 
 class Progress:
-    """A progress bar on stderr, only when stderr is a terminal."""
+    """A progress bar on stderr, only when stderr is a terminal: ``done/total unit``."""
 
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
+    def __init__(self, total: int, unit: str = "pairs"):
+        self.total, self.done, self.unit = total, 0, unit
         self.active = sys.stderr.isatty() and total > 1
 
     def step(self):
         self.done += 1
         if self.active:
             filled = 30 * self.done // self.total
-            sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total} pairs")
+            sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total} {self.unit}")
             sys.stderr.flush()
 
     def close(self):

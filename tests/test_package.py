@@ -99,3 +99,16 @@ def test_demo_prints_real_values_and_writes_nothing_unasked(tmp_path):
     # the skimage-conventions column agrees with skimage's own value
     assert all(abs(float(r[-2]) - float(r[-1])) < 1e-5 for r in rows)
     assert "computed by: CPU" in result.stdout or "computed by: GPU" in result.stdout
+
+
+def test_without_nvrtc_the_message_names_the_extra(monkeypatch):
+    from cussim import _nvrtc
+
+    monkeypatch.setattr(_nvrtc, "_candidate_paths", lambda: [])
+    _nvrtc.library.cache_clear()
+    try:
+        with pytest.raises(_nvrtc.NVRTCError, match=r'libnvrtc not found; install cussim\'s `test` extra, '
+                                                    r'`pip install "cussim\[test\]"`'):
+            _nvrtc.library()
+    finally:
+        _nvrtc.library.cache_clear()
