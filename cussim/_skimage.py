@@ -81,8 +81,8 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     grad : array, when ``gradient`` is True
     S : array, when ``full`` is True
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from skimage import data
     >>> from cussim import structural_similarity
