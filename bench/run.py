@@ -73,7 +73,7 @@ class Work:
 
 
 def work_per_pixel(case: str, win_size: int = 11, itemsize: int = 4) -> Work:
-    """FLOPs and bytes per pixel that any implementation must spend (design.md, Performance method).
+    """FLOPs and bytes per pixel that any implementation must spend (the floor of the benchmark).
 
     Forward: five moments (x, y, x*x, y*y, x*y: 3 products), each a separable
     win_size-tap filter in two passes of one FMA (2 FLOPs) per tap, and about 30

@@ -1,4 +1,4 @@
-"""MS-SSIM (spec.md section 6) and its exact gradient: arguments in, one launch plan, outputs back.
+"""MS-SSIM (docs/spec.rst section 6) and its exact gradient: arguments in, one launch plan, outputs back.
 
 Three named variants, each matching its original at every scale: how an odd
 side is halved, and how the scales' means combine (see :func:`ms_ssim`). The
@@ -239,7 +239,7 @@ def _compute(pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=Fa
 
 
 _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics"}
-        Whose MS-SSIM (spec.md section 6). "pytorch_msssim" (pytorch-msssim
+        Whose MS-SSIM (docs/spec.rst section 6). "pytorch_msssim" (pytorch-msssim
         1.0) halves an odd side with a zero on both sides, counted in the
         mean; "tensorflow" (tf.image.ssim_multiscale) repeats the last row or
         column; "torchmetrics" (normalize="relu", torchmetrics >= 1.5) drops

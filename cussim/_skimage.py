@@ -1,7 +1,7 @@
 """``cussim.structural_similarity``: scikit-image 0.26's function, on the GPU.
 
 Same signature, defaults, validation order, messages and warnings as
-``skimage.metrics.structural_similarity`` (spec.md section 5). CuPy (and
+``skimage.metrics.structural_similarity`` (docs/spec.rst section 5). CuPy (and
 other GPU) arrays run cussim's kernels and give CuPy results; NumPy arrays
 give NumPy results from the float64 reference (or the kernels on the
 emulator, with ``CUSSIM_NUMPY_BACKEND=emulator``).
