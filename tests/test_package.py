@@ -27,7 +27,8 @@ def wheel(tmp_path_factory):
     """A wheel built from a copy of the checkout (building in place would leave build/ behind)."""
     source = tmp_path_factory.mktemp("source") / "cussim"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", ".venv", ".ci-venv", ".ci-cache", "__pycache__", ".pytest_cache"))
+        ".git", "build", "*.egg-info", ".venv", ".ci-venv", ".ci-cache", "__pycache__", ".pytest_cache", "_build",
+        "local-results", "wheels"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
@@ -49,10 +50,10 @@ def test_wheel_ships_kernels_and_emulator_sources(wheel):
 @pytest.mark.slow
 def test_installed_wheel_finds_its_kernels_from_any_directory(wheel, tmp_path):
     env_dir = tmp_path / "fresh-venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir)  # without pip of its own (seconds saved): this pip installs into it
     python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
-                   env=CLEAN_ENV)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], check=True, env=CLEAN_ENV)
     # The fresh environment borrows only NumPy/SciPy from this one (appended to its path), never cussim.
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True, env=CLEAN_ENV).stdout.strip()
