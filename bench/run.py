@@ -21,8 +21,10 @@ Device events around each call, warm-up first, the median of the repeats;
 where one input pair would fit in the L2 cache, the calls rotate over enough
 pairs to overflow it. Each cussim case is reported as a fraction of its floor,
 max(FLOPs / FMA rate, bytes / copy bandwidth) from :func:`work_per_pixel`.
-Results: ``bench/results/<gpu>/<date>.json``, ``.md`` and (with matplotlib)
-``.png``.
+Results: ``<output>/<gpu>/<date>.json``, ``.md`` and (with matplotlib)
+``.png``, where ``--output`` says, by default under ``bench/local-results/``
+(ignored by git). The results in ``bench/results/`` are committed on purpose:
+``--output bench/results`` writes there.
 
 Without a GPU it says so and runs the CPU cases instead: cussim's NumPy path
 (the float64 reference) against skimage, written the same way under the
@@ -45,7 +47,7 @@ from pathlib import Path
 
 from bench import peers as peer_adapters
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "local-results"  # ignored by git; bench/results holds committed runs
 SHAPES = {"1x3x1080x1920": (1, 3, 1080, 1920), "5x1x1500x1500": (5, 1, 1500, 1500),
           "32x3x256x256": (32, 3, 256, 256), "1x3x2160x3840": (1, 3, 2160, 3840)}
 CPU_SHAPES = {"1x3x256x256": (1, 3, 256, 256), "1x1x720x1280": (1, 1, 720, 1280)}
@@ -74,7 +76,7 @@ class Work:
 
 
 def work_per_pixel(case: str, win_size: int = 11, itemsize: int = 4) -> Work:
-    """FLOPs and bytes per pixel that any implementation must spend (design.md, Performance method).
+    """FLOPs and bytes per pixel that any implementation must spend (the floor of the benchmark).
 
     Forward: five moments (x, y, x*x, y*y, x*y: 3 products), each a separable
     win_size-tap filter in two passes of one FMA (2 FLOPs) per tap, and about 30
@@ -532,7 +534,9 @@ def write_results(folder: Path, machine: str, record: dict, text: str, rows: lis
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=50, help="timed repeats per case (median reported)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for the results (default bench/results)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for the results (default bench/local-results, which git ignores; "
+                             "bench/results holds the runs committed on purpose)")
     args = parser.parse_args(argv)
     import cussim
     from bench.folders import machine
@@ -556,7 +560,7 @@ def main(argv=None) -> int:
         record.update(limits, cupy=cupy.__version__)
     record.update(machine=name, cases=rows)
     text = markdown(name, limits, rows, note)
-    stem = write_results(args.output, name, record, text, rows)
+    stem = write_results(args.output or RESULTS, name, record, text, rows)
     print(text)
     print(f"written: {stem}.json, .md")
     return 0

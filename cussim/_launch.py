@@ -45,7 +45,7 @@ ELEMENT_TYPES = {
 
 
 def compute_dtype(dtype) -> np.dtype:
-    """float64 for float64 inputs, float32 for everything else (spec.md section 1)."""
+    """float64 for float64 inputs, float32 for everything else (docs/spec.rst section 1)."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 

@@ -1,4 +1,4 @@
-// ssim.cu: SSIM, its mean and its exact gradient (spec.md sections 1 to 4) for a
+// ssim.cu: SSIM, its mean and its exact gradient (docs/spec.rst sections 1 to 4) for a
 // batch of image planes.
 //
 // Kernels (T: float, double, __half, unsigned char or unsigned short, the
@@ -11,11 +11,11 @@
 //                        or the terms of scikit-image's formula.
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
 //                        of the three partial maps, combined with x and y
-//                        (spec.md section 4), written or added into grad.
+//                        (docs/spec.rst section 4), written or added into grad.
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double).
-// MS-SSIM (spec.md section 6) reuses the forward (term TERM_CS gives the
+// MS-SSIM (docs/spec.rst section 6) reuses the forward (term TERM_CS gives the
 // contrast-structure map A2 / B2) and the backward (per-plane weights, and the
 // adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:
 //   msssim_fold<C>       the adjoint of torchmetrics' whole-sample extension
@@ -67,7 +67,7 @@ constexpr int kTile = 16;
 enum Padding { PAD_SAME = 0, PAD_VALID = 1, PAD_REFLECT = 2 };
 // The map a forward computes: SSIM, or MS-SSIM's contrast-structure term A2 / B2.
 enum Term { TERM_SSIM = 0, TERM_CS = 1 };
-// MS-SSIM's 2x2 downsampling (spec.md section 6).
+// MS-SSIM's 2x2 downsampling (docs/spec.rst section 6).
 enum Variant { VARIANT_PYTORCH_MSSSIM = 0, VARIANT_TENSORFLOW = 1, VARIANT_TORCHMETRICS = 2 };
 constexpr int kMaxScales = 16;
 
@@ -159,15 +159,15 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
 
 // What the forward writes into the three partial maps (the backward combines
 // them as map0 + 2 x map1 + y map2, each blurred by F^T):
-//   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dExy (spec.md section 4), zero where a
+//   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dExy (docs/spec.rst section 4), zero where a
 //                   clamp is active; the gradient of the returned mean wrt x.
-//   GRADIENT_SKIMAGE: scikit-image's formula (spec.md section 5), which the
+//   GRADIENT_SKIMAGE: scikit-image's formula (docs/spec.rst section 5), which the
 //                   drop-in reproduces: (mx (A2 - A1) - my (B2 - B1) S) / D,
 //                   A1 / (2 D) and -S / B2, weighted over the whole map.
 enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE = 2 };
 
 // SSIM (or, for TERM_CS, A2 / B2) at one pixel from the five filtered moments
-// (spec.md section 1): variances clamped at 0, no covariance where a window
+// (docs/spec.rst section 1): variances clamped at 0, no covariance where a window
 // is flat, the value clamped to [-1, 1]; and the three partial-map values of
 // `formula`: those of the exact gradient are zero where the value is clamped,
 // and d/dExx is zero where sxx is. scikit-image's formula is for TERM_SSIM.
@@ -268,7 +268,7 @@ __device__ inline void vertical_pass(const C (&rows)[Q][kTile + 2 * R][kTile], c
     }
 }
 
-// MS-SSIM's 2x2 mean along one side of n pixels (spec.md section 6): output
+// MS-SSIM's 2x2 mean along one side of n pixels (docs/spec.rst section 6): output
 // o averages sources 2o + k - pad, k = 0, 1. pytorch_msssim pads an odd side
 // with a zero on both sides (pad 1, the zeros counted); tensorflow repeats the
 // last pixel; torchmetrics drops it.
@@ -518,7 +518,7 @@ __global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ bl
     }
 }
 
-// One 2x2 mean of x and y (spec.md section 6) into contiguous planes of the
+// One 2x2 mean of x and y (docs/spec.rst section 6) into contiguous planes of the
 // compute type, unscaled, extended by `margin` on every side by whole-sample
 // reflection (0 but for torchmetrics' last scale); the forward's strides.
 template <class T>

@@ -37,8 +37,8 @@ Keyword options are those of the matching cussim function (``data_range``,
 ``sample_covariance``, ``channel_axis``, ``axis``; MS-SSIM's ``variant`` and
 ``weights``), except the output buffers.
 
-Example
--------
+Examples
+--------
 >>> import torch, cussim.torch as ct
 >>> target = torch.rand(1, 3, 32, 32, dtype=torch.float64)
 >>> render = (target + 0.1 * torch.randn_like(target)).clamp(0, 1).requires_grad_()
@@ -197,6 +197,9 @@ def ssim(x, y, **options):
 def dssim(x, y, **options):
     """Mean DSSIM, (1 - SSIM) / 2, differentiable in x and y (options as :func:`cussim.dssim`).
 
+    Half of 3DGS's SSIM loss term 1 - SSIM: use ``1 - ssim(x, y)`` or
+    :func:`l1_dssim_loss` for 3DGS's loss.
+
     >>> import torch, cussim.torch as ct
     >>> x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
     >>> float(ct.dssim(x, x))
@@ -256,7 +259,10 @@ class SSIMLoss(_Loss):
 
 
 class DSSIMLoss(_Loss):
-    """DSSIM, ``(1 - SSIM(x, y)) / 2``, as a module; options as :func:`dssim`."""
+    """DSSIM, ``(1 - SSIM(x, y)) / 2``, as a module; options as :func:`dssim`.
+
+    Half of 3DGS's SSIM loss term: :class:`SSIMLoss` is ``1 - SSIM``.
+    """
 
     def forward(self, x, y):
         return dssim(x, y, **self.options)
