@@ -28,13 +28,13 @@ plus a halo of the window radius r (``dask.array.overlap``):
   exchange), so one array's halo crosses between chunks, not five.
 - Spatial chunks narrower than the window are merged with a neighbour (so
   every halo comes from one neighbour); other axes keep their chunks.
-- MS-SSIM: per-scale chunking is feasible (after aligning chunk boundaries
-  with each variant's 2x2 pairing, a halving is chunk-local, and each scale's
-  mean is a halo computation like SSIM's), but each scale's contrast-structure
-  mean would need an entry point of its own into the kernels. Here each image
-  is one chunk (the spatial axes, and the channel axis that ``"torchmetrics"``
-  pools, are rechunked whole) and batches stay chunked: MS-SSIM scales across
-  many images, not beyond one image per worker.
+- MS-SSIM, every scale chunked: a scale is halved chunk by chunk once each
+  variant's treatment of an odd side is applied to the whole array and the
+  chunks are made even (aligned with the 2x2 pairs); each scale's mean is then
+  a halo computation like SSIM's. The contrast-structure means come from the
+  SSIM functions with the luminance term made exactly 1 (see ``_CS_K1``), the
+  scales' per-image means combine as in :func:`cussim.ms_ssim`. Coarse scales
+  have few pixels, so their chunks are merged up to the window's width.
 
 Example
 -------
@@ -59,7 +59,7 @@ try:
 except ImportError as exc:  # the extra is not installed
     raise ImportError('cussim.dask needs Dask: pip install "cussim[dask]"') from exc
 
-from . import _arrays, _launch, _msssim, _ssim
+from . import _arrays, _launch, _msssim, _reference, _ssim
 
 __all__ = ["dssim", "dssim_with_gradient", "ms_ssim", "ssim", "ssim_map", "ssim_with_gradient"]
 
@@ -366,46 +366,84 @@ def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window
     return _mean_with_gradient(chunked, 0.5, -0.5)
 
 
+def _even(sizes):
+    """Chunk sizes along an even-sided axis, each even (an odd chunk hands its last pixel to the next)."""
+    even, carry = [], 0
+    for size in sizes:
+        size += carry
+        carry = size % 2
+        if size - carry:
+            even.append(size - carry)
+    return tuple(even)
+
+
+def _halved(a, variant):
+    """One 2x2 mean of ``variant`` over the last two axes, chunk by chunk.
+
+    The variant's treatment of an odd side comes first, on the whole array
+    (pytorch_msssim: a zero before it, tensorflow: the last row or column
+    repeated, torchmetrics: the last one dropped); then every chunk is even
+    and aligned with the pairs, and each is halved on its own.
+    """
+    h, w = a.shape[-2:]
+    lead = [(0, 0)] * (a.ndim - 2)
+    if variant == "pytorch_msssim":
+        a = da.pad(a, lead + [(h % 2, 0), (w % 2, 0)], mode="constant")
+    elif variant == "tensorflow":
+        a = da.pad(a, lead + [(0, h % 2), (0, w % 2)], mode="edge")
+    else:
+        a = a[..., : h - h % 2, : w - w % 2]
+    a = a.rechunk(a.chunks[:-2] + tuple(_even(c) for c in a.chunks[-2:]))
+    chunks = a.chunks[:-2] + tuple(tuple(n // 2 for n in c) for c in a.chunks[-2:])
+    # On even sides every variant's 2x2 mean is the same; torchmetrics' needs no padding.
+    return a.map_blocks(_reference.downsample, "torchmetrics", chunks=chunks, dtype=a.dtype)
+
+
+# Contrast-structure means through the SSIM functions: with C1 = K1^2 = 1e20, A1 = 2 mx my + C1 and
+# B1 = mx^2 + my^2 + C1 both round to C1 exactly (in float32 and float64, for means within 60 data
+# ranges), so S = A1 A2 / (B1 B2) is cs = A2 / B2 up to the rounding of two products.
+_CS_K1 = 1e10
+
+
 def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5, K1=0.01,
             K2=0.03, channel_axis=None, axis=None):
-    """MS-SSIM, lazily: :func:`cussim.ms_ssim` on Dask arrays, one image per chunk.
+    """MS-SSIM, lazily, every scale chunked: :func:`cussim.ms_ssim` on Dask arrays.
 
-    Arguments as in :func:`cussim.ms_ssim`. Each image (its plane, and for
-    ``variant="torchmetrics"`` with ``channel_axis`` its channels) is
-    rechunked into one chunk and computed by :func:`cussim.ms_ssim`; batch
-    axes keep their chunks, and the per-image values are averaged from
-    per-chunk float64 sums (see the module's notes on per-scale chunking).
+    Arguments as in :func:`cussim.ms_ssim`. Each scale is halved chunk by
+    chunk and its mean (contrast-structure, or SSIM at the last scale) is
+    computed like :func:`ssim`'s, from chunks and their halos; the scales'
+    means combine per image as in :func:`cussim.ms_ssim`.
 
     Example
     -------
     >>> import dask.array as da, numpy as np, cussim, cussim.dask
     >>> rng = np.random.default_rng(3)
-    >>> x = rng.random((4, 3, 176, 176)); y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
-    >>> lazy = cussim.dask.ms_ssim(da.from_array(x, chunks=(1, 3, 88, 88)), y, channel_axis=1, axis=(1, 2, 3))
+    >>> x = rng.random((2, 3, 176, 180)); y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    >>> lazy = cussim.dask.ms_ssim(da.from_array(x, chunks=(1, 2, 60, 70)), y, channel_axis=1, axis=(1, 2, 3))
     >>> lazy.chunks, bool(np.abs(lazy.compute() - cussim.ms_ssim(x, y, channel_axis=1, axis=(1, 2, 3))).max() < 1e-12)
-    (((1, 1, 1, 1),), True)
+    (((1, 1),), True)
     """
     x, y = _inputs(x, y)
     pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights, data_range=data_range,
                                win_size=win_size, sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis)
     problem = pyramid.problem
+    dtype = _launch.compute_dtype(x.dtype)
     y = da.broadcast_to(y, x.shape).transpose(problem.perm)
-    x = x.transpose(problem.perm)
-    ndim, kept = x.ndim, problem.kept
-    whole = ndim - (3 if pyramid.group > 1 else 2)  # from this axis on, an image is one chunk
-    x = x.rechunk({axis_: -1 for axis_ in range(whole, ndim)})
-    y = y.rechunk(x.chunks)
-    averaged = tuple(range(kept, ndim))
-    options = dict(variant=variant, weights=pyramid.weights, data_range=problem.params.data_range,
-                   win_size=win_size, sigma=sigma, K1=K1, K2=K2, axis=averaged,
-                   channel_axis=ndim - 3 if pyramid.group > 1 else None)
-
-    def block(xb, yb):
-        images = math.prod(xb.shape[kept:-2]) // pyramid.group  # images averaged into each value here
-        values = _msssim.ms_ssim(xb, yb, **options)
-        return (values.astype(np.float64) * images).reshape(xb.shape[:kept] + (1,) * (ndim - kept))
-
-    sums = da.map_blocks(block, x, y, chunks=x.chunks[:kept] + tuple((1,) * len(c) for c in x.chunks[kept:]),
-                         dtype=np.float64, meta=_arrays.array_module(x._meta).empty((0,) * ndim, np.float64))
-    images_per_value = problem.planes_per_value // pyramid.group
-    return (sums.sum(axis=averaged) / images_per_value).astype(_launch.compute_dtype(x.dtype))
+    scale_x, scale_y = x.transpose(problem.perm), y
+    r, margin = problem.params.radius, pyramid.margin
+    plane = (x.ndim - 2, x.ndim - 1)
+    means = []
+    for j in range(pyramid.scales):
+        if j:
+            scale_x, scale_y = (_halved(a.astype(dtype), variant) for a in (scale_x, scale_y))
+        last = j == pyramid.scales - 1
+        images = [scale_x, scale_y]
+        if last and margin:  # torchmetrics: the last scale's SSIM over the image extended by whole-sample reflection
+            images = [da.pad(a, [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)], mode="reflect") for a in images]
+        chunked = _Chunked.prepare(*images, window="gaussian", sigma=sigma, sample_covariance=False,
+                                   data_range=problem.params.data_range, win_size=win_size,
+                                   K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=plane)
+        plane_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane
+        means.append(plane_means.mean(axis=-1) if pyramid.group > 1 else plane_means)  # pooled channels
+    per_image = math.prod(da.maximum(m, 0.0) ** w for m, w in zip(means, pyramid.weights))
+    return per_image.mean(axis=tuple(range(problem.kept, per_image.ndim))).astype(dtype)

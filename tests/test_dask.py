@@ -110,14 +110,29 @@ def test_chunks_run_on_the_kernels(monkeypatch):
 
 @pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow", "torchmetrics"])
 def test_ms_ssim_equals_in_memory(variant):
-    x, y = pair((3, 2, 161, 170), seed=6)
-    dx = da.from_array(x, chunks=(2, 1, 60, 100))
+    """Chunks that split windows at every scale, and odd sides at several scales."""
+    x, y = pair((3, 2, 61, 70), seed=6)
+    dx = da.from_array(x, chunks=(2, 1, 17, 30))
     for kwargs in (dict(), dict(channel_axis=1, axis=(1, 2, 3)), dict(axis=(0, 2, 3))):
         if variant == "torchmetrics" and kwargs.get("axis") == (0, 2, 3):
             continue  # this variant pools channels only when channel_axis says which axis holds them
-        lazy = cd.ms_ssim(dx, y, variant=variant, win_size=7, **kwargs)
-        np.testing.assert_allclose(lazy.compute(), cussim.ms_ssim(x, y, variant=variant, win_size=7, **kwargs),
-                                   rtol=0, atol=1e-12)
+        kwargs.update(variant=variant, win_size=7, weights=(0.2, 0.3, 0.5))
+        lazy = cd.ms_ssim(dx, y, **kwargs)
+        np.testing.assert_allclose(lazy.compute(), cussim.ms_ssim(x, y, **kwargs), rtol=0, atol=1e-12)
+
+
+def test_ms_ssim_float32():
+    x, y = pair((177, 163), np.float32, seed=8)
+    lazy = cd.ms_ssim(da.from_array(x, chunks=(50, 64)), y, variant="tensorflow")
+    assert lazy.dtype == np.float32
+    assert abs(float(lazy.compute()) - float(cussim.ms_ssim(x, y, variant="tensorflow"))) < 1e-5
+
+
+def test_halving_follows_each_variant():
+    x = np.random.default_rng(9).random((2, 23, 30))
+    for variant in ("pytorch_msssim", "tensorflow", "torchmetrics"):
+        halved = cd._halved(da.from_array(x, chunks=(1, 7, 9)), variant)
+        np.testing.assert_array_equal(halved.compute(), cussim._reference.downsample(x, variant))
 
 
 def test_nothing_is_computed_before_compute():
@@ -159,7 +174,9 @@ def test_bad_inputs_are_named():
         cd.ssim(dx, da.from_array(np.ma.masked_array(y), chunks=10, asarray=False))
 
 
-def test_merged_chunks():
+def test_merged_and_even_chunks():
+    assert cd._even((7, 9, 6)) == (6, 10, 6)
+    assert cd._even((1, 1, 3, 1)) == (2, 2, 2)
     assert cd._merged((3, 30, 12), 11) == (33, 12)
     assert cd._merged((25, 25, 10), 11) == (25, 35)
     assert cd._merged((5, 5, 5), 11) == (15,)
