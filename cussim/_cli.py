@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _imagefiles
+from . import _cluster, _imagefiles
 from ._imagefiles import ImageError
 from ._params import ssim_params
 from ._ssim import ssim, ssim_map
@@ -248,7 +248,9 @@ def compare(args) -> int:
         report = Report(args.format, stream, device_line)
         progress = Progress(len(pairs))
         start = time.perf_counter()
-        for pair, value, error in run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict):
+        rows = (_cluster.run_pairs(args, pairs, options, map_folder=map_folder) if _cluster.wanted(args)
+                else run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict))
+        for pair, value, error in rows:
             report.row(pair, value, error)
             progress.step()
         progress.close()
@@ -368,6 +370,7 @@ def compare_parser() -> argparse.ArgumentParser:
     output.add_argument("--output", metavar="FILE", help="write the results to FILE (default: standard output)")
     output.add_argument("--map", metavar="DIR", help=HEAT_MAP_HELP)
     output.add_argument("--strict", action="store_true", help="stop at the first pair that fails")
+    _cluster.add_options(parser)
     _device_option(parser)
     parser.set_defaults(run=compare)
     return parser

@@ -84,7 +84,7 @@ def test_import_without_cupy():
 def test_readme_commands_are_the_ones_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    for command in ('pip install -e ".[test,peers]"', "python -m pytest"):
+    for command in ('pip install -e ".[test,peers,dask]"', "python -m pytest"):
         assert command in readme and command in ci
     assert 'pip install .' in readme and "cussim demo" in readme
 
