@@ -391,6 +391,10 @@ def demo_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["precompile"]:
+        from ._precompile import main as precompile
+
+        return precompile(argv[1:])
     parser = demo_parser() if argv[:1] == ["demo"] else compare_parser()
     try:
         args = parser.parse_args(argv[1:] if argv[:1] == ["demo"] else argv)

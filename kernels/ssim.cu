@@ -22,9 +22,10 @@
 //                        of its last scale.
 //   msssim_downsample<T> one 2x2 mean of x and y, as a variant does it, into
 //                        contiguous planes of the compute type.
-//   msssim_combine       per image: the scales' means from their block sums,
+//   msssim_combine<N>    per image: the scales' means from their block sums,
 //                        the relu'd weighted product, and d product / d mean
-//                        spread over the planes as backward weights.
+//                        spread over the planes as backward weights (N = 256,
+//                        the block size).
 // They live in this file because the backward's fused adjoint and the
 // downsampling share one geometry (pooled_source / pooled_target).
 //
@@ -564,12 +565,17 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim_downs
 // infinity or NaN. Thread j handles scale j (scales <= kMaxScales <= 256).
 // scale_table holds, per scale: w_j, map pixels per plane, tiles per plane,
 // and the offset of the scale's block sums (planes x tiles, plane-major).
-__global__ void __launch_bounds__(256, 1) msssim_combine(
+// A template (on the block size, 256) like every kernel here, so that NVRTC
+// compiles it only into a module that names it: a kernel that is not a
+// template would be compiled into every module built from this file.
+template <int Threads>
+__global__ void __launch_bounds__(Threads, 1) msssim_combine(
     const double* __restrict__ block_sums, const double* __restrict__ scale_table, int scales, long long planes,
     long long group, double share, double guard, double* __restrict__ image_values,
     double* __restrict__ plane_weights) {
     using namespace cussim;
-    __shared__ double scratch[256];
+    static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
+    __shared__ double scratch[Threads];
     __shared__ double means[kMaxScales];
     __shared__ double weighted_logs[kMaxScales];  // w_j log m_j (0 where w_j = 0)
     __shared__ double scale_weights[kMaxScales];  // d value / d m_j * share / pixels averaged
@@ -580,10 +586,10 @@ __global__ void __launch_bounds__(256, 1) msssim_combine(
             const long long tiles = (long long)scale_table[4 * s + 2];
             const double* sums = block_sums + (long long)scale_table[4 * s + 3] + image * group * tiles;
             double partial = 0.0;
-            for (long long k = threadIdx.x; k < group * tiles; k += 256) partial += sums[k];
+            for (long long k = threadIdx.x; k < group * tiles; k += Threads) partial += sums[k];
             scratch[threadIdx.x] = partial;
             __syncthreads();
-            for (int k = 128; k > 0; k >>= 1) {
+            for (int k = Threads / 2; k > 0; k >>= 1) {
                 if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
                 __syncthreads();
             }
@@ -612,7 +618,7 @@ __global__ void __launch_bounds__(256, 1) msssim_combine(
         __syncthreads();
         if (plane_weights) {
             for (int s = 0; s < scales; ++s)
-                for (long long q = threadIdx.x; q < group; q += 256)
+                for (long long q = threadIdx.x; q < group; q += Threads)
                     plane_weights[s * planes + image * group + q] = scale_weights[s];
         }
         __syncthreads();  // the shared arrays are rewritten for the next image
