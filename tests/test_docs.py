@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["cussim", "cussim._ssim", "cussim._msssim", "cussim._skimage", "cussim._params", "cussim._reference", "cussim._launch", "cussim._kernels",
+MODULES = ["cussim", "cussim._ssim", "cussim._msssim", "cussim._skimage", "cussim._params", "cussim._reference", "cussim._launch", "cussim._kernels", "cussim._precompile",
            "cussim._emulator._module", "cussim.torch"]
 
 
