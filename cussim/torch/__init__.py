@@ -285,3 +285,6 @@ class L1DSSIMLoss(_Loss):
 # the drop-ins are written over the functions above
 from . import pytorch_msssim  # noqa: E402
 from ._fused_ssim import fused_ssim  # noqa: E402
+
+__all__ = ["DSSIMLoss", "L1DSSIMLoss", "MSSSIMLoss", "SSIMLoss", "dssim", "fused_ssim", "l1_dssim_loss", "ms_ssim",
+           "pytorch_msssim", "ssim"]
