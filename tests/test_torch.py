@@ -291,3 +291,30 @@ def test_gpu_every_device():
         value, grad_x, _ = gradients(ct.ssim, x, y)
         assert value.device == x.device and grad_x.device == x.device
         assert float(value) == pytest.approx(float(plain_ssim(x.cpu().double(), y.cpu().double())), abs=2e-5)
+
+
+@pytest.mark.parametrize("scale", [1024.0, 65536.0, 2.0**24])
+def test_float16_gradient_is_scaled_in_float32_and_rounded_once(scale):
+    """GradScaler's loss scales: the float16 gradient equals the float32 one cast once, and stays finite."""
+    x, y = images((1, 3, 32, 32), dtype=torch.float32)
+    x16 = x.half().requires_grad_()
+    (ct.ssim(x16, y.half()) * scale).backward()
+    x32 = x.half().float().requires_grad_()
+    (ct.ssim(x32, y.half().float()) * scale).backward()
+    assert torch.isfinite(x16.grad).all()
+    assert torch.equal(x16.grad, x32.grad.half())
+
+
+@pytest.mark.parametrize("name", ["ssim", "ms_ssim", "l1_dssim_loss"])
+def test_a_second_derivative_is_a_clear_error(name):
+    shape = (1, 1, 176, 176) if name == "ms_ssim" else (1, 2, 16, 16)
+    x, y = images(shape)
+    function = getattr(ct, name)
+    x.requires_grad_()
+    with pytest.raises(RuntimeError, match=f"cussim.torch.{name} has no second derivative"):
+        torch.autograd.gradgradcheck(function, (x, y.requires_grad_()))
+    # A gradient penalty: never a silently missing or wrong gradient.
+    weight = torch.tensor(2.0, dtype=x.dtype)
+    (gradient,) = torch.autograd.grad(function(x, y) * weight, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="has no second derivative"):
+        ((gradient**2).sum() + function(x, y)).backward()
