@@ -8,8 +8,10 @@ folder, then times, each reading and decoding the files itself:
 - the same on the GPU when CuPy finds one,
 - ``skimage.metrics.structural_similarity`` in a loop over the pairs,
 
-and writes ``bench/results/folders-<machine>.json``. Wall-clock seconds of
-whole runs (``time.perf_counter``), so decoding and writing are included.
+and writes ``folders-<machine>.json`` where ``--output`` says (default
+``bench/local-results/``, ignored by git; ``--output bench/results`` for a
+run to commit). Wall-clock seconds of whole runs (``time.perf_counter``), so
+decoding and writing are included.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.run import RESULTS  # the default output folder, ignored by git
 
 
 def write_pairs(root: Path, pairs: int, size: int) -> tuple[Path, Path]:
@@ -89,6 +91,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.folders", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for the results (default bench/local-results, which git ignores)")
     args = parser.parse_args(argv)
     from cussim._cli import _gpu
 
@@ -103,9 +107,10 @@ def main(argv=None) -> int:
     print(f"{args.pairs} pairs of {args.size}x{args.size} RGB PNGs on {name}")
     for label, seconds in rows.items():
         print(f"{label:<14} {seconds:8.2f} s {args.pairs / seconds:9.1f} pairs/s")
-    RESULTS.mkdir(exist_ok=True)
+    output = args.output or RESULTS
+    output.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-    (RESULTS / f"folders-{stem}.json").write_text(json.dumps({
+    (output / f"folders-{stem}.json").write_text(json.dumps({
         "machine": name, "pairs": args.pairs, "size": args.size,
         "seconds": rows, "pairs_per_second": {k: args.pairs / v for k, v in rows.items()},
     }, indent=2) + "\n")

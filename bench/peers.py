@@ -177,6 +177,37 @@ def _pytorch_msssim_losses():
 TORCH_LOSS_PEERS = {"fussim": _fussim_losses, "pytorch-msssim": _pytorch_msssim_losses}
 
 
+def drop_ins() -> dict:
+    """cussim.torch's drop-ins, each filed under the convention of the function it replaces: {convention: value}."""
+    from cussim.torch import fused_ssim, pytorch_msssim
+
+    return {"fused_ssim same": lambda x, y: fused_ssim(x, y),
+            "fused_ssim valid": lambda x, y: fused_ssim(x, y, padding="valid"),
+            "pytorch_msssim.ssim": lambda x, y: pytorch_msssim.ssim(x, y, data_range=1.0),
+            "pytorch_msssim.ms_ssim": lambda x, y: pytorch_msssim.ms_ssim(x, y, data_range=1.0)}
+
+
+def _fussim_originals():
+    import fussim
+
+    # fused-ssim publishes nothing on the package registry: fussim, its drop-in, stands for it
+    return [Peer("fussim", "fused_ssim same", "torch", lambda x, y: fussim.fused_ssim(x, y), True),
+            Peer("fussim", "fused_ssim valid", "torch", lambda x, y: fussim.fused_ssim(x, y, padding="valid"), True)]
+
+
+def _pytorch_msssim_originals():
+    import pytorch_msssim
+
+    return [Peer("pytorch-msssim", "pytorch_msssim.ssim", "torch",
+                 lambda x, y: pytorch_msssim.ssim(x, y, data_range=1.0), True),
+            Peer("pytorch-msssim", "pytorch_msssim.ms_ssim", "torch",
+                 lambda x, y: pytorch_msssim.ms_ssim(x, y, data_range=1.0), True)]
+
+
+# The functions cussim.torch's drop-ins replace, called the same way (drop_ins() holds cussim's side).
+DROP_IN_PEERS = {"fussim": _fussim_originals, "pytorch-msssim": _pytorch_msssim_originals}
+
+
 def load(loaders: dict, names=None) -> tuple[list, list]:
     """([Peer], [reason each missing one was skipped]) for ``names`` (default: all) of ``loaders``.
 

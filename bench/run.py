@@ -12,14 +12,19 @@
   against cussim's in its convention before it is timed;
 - MS-SSIM (float32) against pytorch-msssim and torchmetrics, the same way;
 - ``cussim.torch``'s ``l1_dssim_loss`` and ``SSIMLoss``, forward plus backward
-  at 1x3x1080x1920, against the same losses built on fussim and pytorch-msssim.
+  at 1x3x1080x1920, against the same losses built on fussim and pytorch-msssim;
+- ``cussim.torch``'s drop-ins (``fused_ssim``, ``pytorch_msssim.ssim`` and
+  ``.ms_ssim``), the value and the value with its gradient at 1x3x1080x1920,
+  against the functions they replace (fussim's ``fused_ssim``, pytorch-msssim).
 
 Device events around each call, warm-up first, the median of the repeats;
 where one input pair would fit in the L2 cache, the calls rotate over enough
 pairs to overflow it. Each cussim case is reported as a fraction of its floor,
 max(FLOPs / FMA rate, bytes / copy bandwidth) from :func:`work_per_pixel`.
-Results: ``bench/results/<gpu>/<date>.json``, ``.md`` and (with matplotlib)
-``.png``.
+Results: ``<output>/<gpu>/<date>.json``, ``.md`` and (with matplotlib)
+``.png``, where ``--output`` says, by default under ``bench/local-results/``
+(ignored by git). The results in ``bench/results/`` are committed on purpose:
+``--output bench/results`` writes there.
 
 Without a GPU it says so and runs the CPU cases instead: cussim's NumPy path
 (the float64 reference) against skimage, written the same way under the
@@ -42,7 +47,7 @@ from pathlib import Path
 
 from bench import peers as peer_adapters
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "local-results"  # ignored by git; bench/results holds committed runs
 SHAPES = {"1x3x1080x1920": (1, 3, 1080, 1920), "5x1x1500x1500": (5, 1, 1500, 1500),
           "32x3x256x256": (32, 3, 256, 256), "1x3x2160x3840": (1, 3, 2160, 3840)}
 CPU_SHAPES = {"1x3x256x256": (1, 3, 256, 256), "1x1x720x1280": (1, 1, 720, 1280)}
@@ -71,7 +76,7 @@ class Work:
 
 
 def work_per_pixel(case: str, win_size: int = 11, itemsize: int = 4) -> Work:
-    """FLOPs and bytes per pixel that any implementation must spend (design.md, Performance method).
+    """FLOPs and bytes per pixel that any implementation must spend (the floor of the benchmark).
 
     Forward: five moments (x, y, x*x, y*y, x*y: 3 products), each a separable
     win_size-tap filter in two passes of one FMA (2 FLOPs) per tap, and about 30
@@ -397,6 +402,26 @@ def torch_loss_cases(cupy, label, shape, repeats, limits, cache_bytes, found, to
     return rows
 
 
+def drop_in_cases(cupy, label, shape, repeats, limits, cache_bytes, found, torch_peers) -> list:
+    """cussim.torch's drop-ins (peers.drop_ins) beside the functions they replace, called the same way on the
+    same tensors: the value, and the value with its gradient to x; all timed with PyTorch's CUDA events."""
+    pairs = input_pairs(cupy, shape, "float32", seed=3, cache_bytes=cache_bytes)
+    rows = []
+    for convention, value in peer_adapters.drop_ins().items():
+        mine = peer_adapters.Peer("cussim.torch", convention, "torch", value, True)
+        work = "ms_ssim" if convention.endswith("ms_ssim") else "ssim"
+        ours = {op: _ours_row(convention, op, convention, label, "float32", math.prod(shape),
+                              torch_peers.time(torch_peers.timed_call(mine, op, pairs), repeats), limits,
+                              work_case=work + suffix)
+                for op, suffix in OPERATIONS.items()}
+        rows += ours.values()
+        expected = torch_peers.value(mine, *pairs[0])
+        for peer in (p for p in found if p.convention == convention):
+            rows += _peer_rows(peer, ours, pairs, expected, lambda d: d <= VALUE_TOLERANCE["float32"], cupy,
+                               torch_peers, repeats, convention)
+    return rows
+
+
 def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     limits = ceilings(cupy, repeats)
     cache_bytes = cupy.cuda.Device().attributes["L2CacheSize"]
@@ -412,6 +437,9 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     found_losses, reasons_losses = peer_adapters.load(peer_adapters.TORCH_LOSS_PEERS)
     for reason in reasons_losses:
         print(reason)
+    found_drop_ins, reasons_drop_ins = peer_adapters.load(peer_adapters.DROP_IN_PEERS)
+    for reason in reasons_drop_ins:
+        print(reason)
     if torch_peers is None:
         found, found_ms, found_losses = [p for p in found if p.framework != "torch"], [], []
     found, matches = check_conventions(cupy, cussim, found, torch_peers)
@@ -419,6 +447,7 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     if torch_peers is not None:
         label = "1x3x1080x1920"
         rows += torch_loss_cases(cupy, label, SHAPES[label], repeats, limits, cache_bytes, found_losses, torch_peers)
+        rows += drop_in_cases(cupy, label, SHAPES[label], repeats, limits, cache_bytes, found_drop_ins, torch_peers)
     for label, shape in SHAPES.items():
         for dtype in DTYPES:
             rows += ssim_cases(cupy, cussim, label, shape, dtype, repeats, limits, cache_bytes, found, matches,
@@ -505,7 +534,9 @@ def write_results(folder: Path, machine: str, record: dict, text: str, rows: lis
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=50, help="timed repeats per case (median reported)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for the results (default bench/results)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for the results (default bench/local-results, which git ignores; "
+                             "bench/results holds the runs committed on purpose)")
     args = parser.parse_args(argv)
     import cussim
     from bench.folders import machine
@@ -529,7 +560,7 @@ def main(argv=None) -> int:
         record.update(limits, cupy=cupy.__version__)
     record.update(machine=name, cases=rows)
     text = markdown(name, limits, rows, note)
-    stem = write_results(args.output, name, record, text, rows)
+    stem = write_results(args.output or RESULTS, name, record, text, rows)
     print(text)
     print(f"written: {stem}.json, .md")
     return 0

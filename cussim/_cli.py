@@ -9,7 +9,7 @@ as its chunk is done, so an interrupted run keeps what it printed.
 ``cussim demo`` compares scikit-image's bundled sample images with distorted
 copies (noise, blur, quantisation), prints SSIM and DSSIM with the native
 settings next to scikit-image's conventions and scikit-image's own value,
-and writes each pair's SSIM map as a PNG heat map.
+and with ``--map DIR`` writes each pair's SSIM map there as a PNG heat map.
 
 Both run on the GPU when CuPy finds one (``--device auto``), else on the CPU
 (the float64 reference), and say which. Exit codes: 0 all pairs compared,
@@ -23,13 +23,14 @@ import csv
 import json
 import re
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from . import _imagefiles
+from . import _cluster, _imagefiles
 from ._imagefiles import ImageError
 from ._params import ssim_params
 from ._ssim import ssim, ssim_map
@@ -43,11 +44,11 @@ WORST = 5
 
 
 class UsageError(Exception):
-    """A mistake in the command line or its paths: exit code 2."""
+    """A mistake in the command line or its paths: exit code 2, reported under the usage line."""
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2
+    def error(self, message):  # reported by main, exit code 2
         raise UsageError(message)
 
 
@@ -130,7 +131,7 @@ def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
                     continue
                 value, full = result
                 if map_folder is not None:
-                    _imagefiles.write_heat_map(full, map_folder, pair.name)
+                    _imagefiles.write_heat_map(full, value, map_folder, pair.name)
                 yield pair, value, None
 
 
@@ -142,7 +143,7 @@ class Report:
     def __init__(self, kind: str, stream, device_line: str):
         self.kind, self.stream = kind, stream
         self.values, self.failed = [], []
-        self.csv = csv.writer(stream) if kind == "csv" else None
+        self.csv = csv.writer(stream, lineterminator="\n") if kind == "csv" else None
         if kind == "table":
             print(f"computed by: {device_line}", file=stream)
             print(f"{'pair':<40} {'SSIM':>10} {'DSSIM':>10}", file=stream)
@@ -192,17 +193,17 @@ class Report:
 
 
 class Progress:
-    """A progress bar on stderr, only when stderr is a terminal."""
+    """A progress bar on stderr, only when stderr is a terminal: ``done/total unit``."""
 
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
+    def __init__(self, total: int, unit: str = "pairs"):
+        self.total, self.done, self.unit = total, 0, unit
         self.active = sys.stderr.isatty() and total > 1
 
     def step(self):
         self.done += 1
         if self.active:
             filled = 30 * self.done // self.total
-            sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total} pairs")
+            sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total} {self.unit}")
             sys.stderr.flush()
 
     def close(self):
@@ -234,7 +235,7 @@ def compare(args) -> int:
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UsageError(str(exc)) from None
     if not pairs:
-        raise UsageError(f"no image pairs: REF folder {args.ref!r} holds no images "
+        raise UsageError(f"no image pairs: neither {args.ref!r} nor {args.test!r} holds images "
                          f"({', '.join(_imagefiles.IMAGE_SUFFIXES)})")
     map_folder = Path(args.map) if args.map else None
     try:
@@ -247,7 +248,9 @@ def compare(args) -> int:
         report = Report(args.format, stream, device_line)
         progress = Progress(len(pairs))
         start = time.perf_counter()
-        for pair, value, error in run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict):
+        rows = (_cluster.run_pairs(args, pairs, options, map_folder=map_folder) if _cluster.wanted(args)
+                else run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict))
+        for pair, value, error in rows:
             report.row(pair, value, error)
             progress.step()
         progress.close()
@@ -280,7 +283,7 @@ def demo(args) -> int:
 
     xp, device_line = select_device(args.device)
     rng = np.random.default_rng(args.seed)
-    maps = Path(args.map)
+    maps = Path(args.map) if args.map else None
     print("cussim demo: scikit-image sample images against distorted copies")
     print(f"computed by: {device_line}")
     header = (f"{'image':<10} {'size':<12} {'distortion':<22} {'SSIM':>8} {'DSSIM':>8} "
@@ -297,41 +300,77 @@ def demo(args) -> int:
             value = float(ssim(x, y, channel_axis=channel_axis))
             compat = float(ssim(x, y, channel_axis=channel_axis, **SKIMAGE_CONVENTIONS))
             theirs = structural_similarity(image, distorted, channel_axis=channel_axis, data_range=255)
-            slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-            _imagefiles.write_heat_map(_numpy(ssim_map(x, y, channel_axis=channel_axis)), maps, f"{name}-{slug}")
+            if maps is not None:
+                slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+                _imagefiles.write_heat_map(_numpy(ssim_map(x, y, channel_axis=channel_axis)), value, maps,
+                                           f"{name}-{slug}")
             print(f"{name:<10} {size:<12} {label:<22} {value:>8.5f} {(1 - value) / 2:>8.5f} {compat:>19.10f} "
                   f"{theirs:>9.6f}")
-    print(f"{len(args.images) * 5} pairs in {time.perf_counter() - start:.2f} s; SSIM maps in {maps}/")
+    elapsed = f"{len(args.images) * 5} pairs in {time.perf_counter() - start:.2f} s"
+    print(f"{elapsed}; SSIM maps in {maps}/" if maps else f"{elapsed} (--map DIR writes the SSIM maps)")
     return 0
 
 
 def _device_option(parser):
     parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
-                        help="where to compute (default auto: the GPU when CuPy finds one)")
+                        help="where to compute: gpu (CuPy's first GPU), cpu (the float64 NumPy reference), or "
+                             "auto, the default: the GPU when CuPy finds one, else the CPU")
+
+
+HEAT_MAP_HELP = ("write each pair's SSIM map to DIR as a PNG heat map, DIR/<name>.ssim.png: the map (channels "
+                 "averaged) from dark blue (SSIM 0 or less) to bright yellow (1), a labelled colour bar beside it "
+                 "and the pair's mean SSIM above it (default: no maps)")
+COMPARE_EPILOG = """\
+Folders are paired by relative path; an image under only one of them is
+reported as a failed pair. Exit codes: 0 every pair compared, 1 some pairs
+failed (the others are still reported), 2 a usage error.
+
+examples:
+  cussim reference.png rendered.png
+  cussim refs/ renders/ --format csv --output results.csv
+  cussim refs/ renders/ --skimage --map maps/
+"""
 
 
 def compare_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cussim", description="SSIM and DSSIM of image files or folders (REF against TEST); "
-                     "`cussim demo` runs on scikit-image's sample images.")
+    parser = _Parser(prog="cussim", description=textwrap.fill(
+                         "SSIM and DSSIM = (1 - SSIM) / 2 of image files or folders (TEST against REF); "
+                         "`cussim demo` runs on scikit-image's sample images.", 78),
+                     epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ref", metavar="REF", help="reference image, or folder of reference images")
     parser.add_argument("test", metavar="TEST", help="test image, or folder with images at the same relative paths")
-    metric = parser.add_argument_group("metric (the native API's; --skimage for scikit-image's conventions)")
+    metric = parser.add_argument_group("metric", textwrap.fill(
+        "Defaults are the native API's (3DGS's and fused-ssim's conventions); --skimage switches to "
+        "scikit-image's, and the options given with it override it.", 76, initial_indent="  ",
+        subsequent_indent="  "))
     metric.add_argument("--skimage", action="store_true",
-                        help="uniform 7x7 window, reflected borders, sample covariance (skimage's defaults)")
-    metric.add_argument("--window", choices=("gaussian", "uniform"))
-    metric.add_argument("--win-size", dest="win_size", type=int)
-    metric.add_argument("--sigma", type=float)
-    metric.add_argument("--padding", choices=("same", "valid", "reflect"))
-    metric.add_argument("--k1", dest="K1", type=float)
-    metric.add_argument("--k2", dest="K2", type=float)
-    metric.add_argument("--sample-covariance", action="store_true")
-    metric.add_argument("--data-range", type=float, help="default: 255 for 8-bit, 65535 for 16-bit, 1 for float")
+                        help="scikit-image's conventions: --window uniform --win-size 7 --padding reflect "
+                             "--sample-covariance (the numbers of skimage.metrics.structural_similarity)")
+    metric.add_argument("--window", choices=("gaussian", "uniform"),
+                        help="window shape: gaussian (default) or uniform (default with --skimage)")
+    metric.add_argument("--win-size", dest="win_size", type=int, metavar="N",
+                        help="window side in pixels, odd, 3 to 15 (default 11; 7 with --skimage)")
+    metric.add_argument("--sigma", type=float,
+                        help="standard deviation of the Gaussian window in pixels (default 1.5)")
+    metric.add_argument("--padding", choices=("same", "valid", "reflect"),
+                        help="borders: same (default) zeros outside, every pixel averaged; valid only windows "
+                             "inside the image; reflect (default with --skimage) mirrored borders, the mean "
+                             "over the map cropped by (N-1)//2")
+    metric.add_argument("--k1", dest="K1", type=float, metavar="K1",
+                        help="constant of the luminance term, C1 = (K1 * data range)^2 (default 0.01)")
+    metric.add_argument("--k2", dest="K2", type=float, metavar="K2",
+                        help="constant of the contrast term, C2 = (K2 * data range)^2 (default 0.03)")
+    metric.add_argument("--sample-covariance", action="store_true",
+                        help="covariance factor N^2/(N^2-1) (sample covariance, on with --skimage) instead of 1")
+    metric.add_argument("--data-range", type=float, metavar="L",
+                        help="value range of the pixels (default: 255 for 8-bit, 65535 for 16-bit, 1 for float)")
     output = parser.add_argument_group("output")
     output.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="table (default), csv, or json (one object per line, then a summary object)")
-    output.add_argument("--output", metavar="FILE", help="write the results to FILE instead of standard output")
-    output.add_argument("--map", metavar="DIR", help="write each pair's SSIM map to DIR as a PNG heat map")
+    output.add_argument("--output", metavar="FILE", help="write the results to FILE (default: standard output)")
+    output.add_argument("--map", metavar="DIR", help=HEAT_MAP_HELP)
     output.add_argument("--strict", action="store_true", help="stop at the first pair that fails")
+    _cluster.add_options(parser)
     _device_option(parser)
     parser.set_defaults(run=compare)
     return parser
@@ -339,12 +378,12 @@ def compare_parser() -> argparse.ArgumentParser:
 
 def demo_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cussim demo", description="SSIM of scikit-image's sample images against distorted "
-                     "copies, with the SSIM maps written as PNG heat maps.")
+                     "copies (noise, blur, quantisation), with the native settings, with scikit-image's "
+                     "conventions, and scikit-image's own value.")
     parser.add_argument("--images", nargs="+", choices=SAMPLE_IMAGES, default=list(SAMPLE_IMAGES),
                         help="sample images to use (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
-    parser.add_argument("--map", metavar="DIR", default="cussim-demo-maps",
-                        help="folder for the SSIM heat maps (default: cussim-demo-maps)")
+    parser.add_argument("--map", metavar="DIR", help=HEAT_MAP_HELP)
     _device_option(parser)
     parser.set_defaults(run=demo)
     return parser
@@ -352,12 +391,16 @@ def demo_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["precompile"]:
+        from ._precompile import main as precompile
+
+        return precompile(argv[1:])
+    parser = demo_parser() if argv[:1] == ["demo"] else compare_parser()
     try:
-        parser = demo_parser() if argv[:1] == ["demo"] else compare_parser()
         args = parser.parse_args(argv[1:] if argv[:1] == ["demo"] else argv)
         return args.run(args)
     except UsageError as exc:
-        print(f"cussim: error: {exc}", file=sys.stderr)
+        print(f"{parser.format_usage().rstrip()}\ncussim: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cussim: interrupted", file=sys.stderr)

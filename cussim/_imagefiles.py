@@ -33,10 +33,18 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def find_pairs(reference: Path, test: Path) -> list[Pair]:
-    """Two files, or the images of two folders paired by relative path (missing partners included).
+def _images_under(folder: Path) -> set[str]:
+    """Relative paths (POSIX) of the images anywhere under folder."""
+    return {Path(root, file).relative_to(folder).as_posix()
+            for root, _, files in os.walk(folder) for file in files if is_image(Path(root, file))}
 
-    Raises FileNotFoundError or NotADirectoryError (a usage error) for paths that cannot be paired.
+
+def find_pairs(reference: Path, test: Path) -> list[Pair]:
+    """Two files, or the images of two folders paired by relative path.
+
+    An image found under only one of the folders is still a pair, whose
+    missing partner is reported when it is read. Raises FileNotFoundError or
+    NotADirectoryError (a usage error) for paths that cannot be paired.
     """
     for label, path in (("REF", reference), ("TEST", test)):
         if not path.exists():
@@ -45,14 +53,8 @@ def find_pairs(reference: Path, test: Path) -> list[Pair]:
         raise NotADirectoryError(f"REF {str(reference)!r} and TEST {str(test)!r} must be two files or two folders")
     if reference.is_file():
         return [Pair(test.name, reference, test)]
-    pairs = []
-    for root, _, files in os.walk(reference):
-        for file in sorted(files):
-            path = Path(root, file)
-            if is_image(path):
-                relative = path.relative_to(reference)
-                pairs.append(Pair(relative.as_posix(), path, test / relative))
-    return sorted(pairs, key=lambda pair: pair.name)
+    names = _images_under(reference) | _images_under(test)
+    return [Pair(name, reference / name, test / name) for name in sorted(names)]
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -97,10 +99,11 @@ def read_pair(pair: Pair):
 # Eight stops of a dark-blue to yellow ramp: low SSIM dark, high SSIM bright.
 _RAMP = np.array([[13, 8, 135], [84, 2, 163], [139, 10, 165], [185, 50, 137], [219, 92, 104], [244, 136, 73],
                   [254, 188, 43], [240, 249, 33]], dtype=np.float64)
+_CAPTION, _BAR, _GAP, _LABELS = 16, 12, 4, 34  # pixels: caption band, colour bar, gaps, bar labels
 
 
 def heat_map(ssim_map: np.ndarray) -> np.ndarray:
-    """An RGB uint8 picture of an SSIM map (channels averaged), 0 or less dark, 1 bright."""
+    """An RGB uint8 picture of an SSIM map (channels averaged): 0 or less dark blue, 1 bright yellow."""
     values = np.asarray(ssim_map, dtype=np.float64)
     if values.ndim == 3:
         values = values.mean(axis=-1)
@@ -110,10 +113,33 @@ def heat_map(ssim_map: np.ndarray) -> np.ndarray:
     return ((1 - t) * _RAMP[low] + t * _RAMP[low + 1]).round().astype(np.uint8)
 
 
-def write_heat_map(ssim_map: np.ndarray, folder: Path, name: str) -> Path:
+def labelled_heat_map(ssim_map: np.ndarray, ssim: float) -> np.ndarray:
+    """The heat map under a caption with the pair's mean SSIM, beside a colour bar labelled 1, 0.5 and <=0."""
+    from PIL import Image, ImageDraw
+
+    picture = heat_map(ssim_map)
+    rows, cols = picture.shape[:2]
+    caption = f"SSIM {ssim:.6f}"
+    bar_rows = max(rows, 48)
+    width = max(cols + _GAP + _BAR + _GAP + _LABELS, 8 * len(caption))
+    canvas = Image.new("RGB", (width, _CAPTION + bar_rows), "white")
+    canvas.paste(Image.fromarray(picture), (0, _CAPTION))
+    ramp = np.linspace(1.0, 0.0, bar_rows)[:, None].repeat(_BAR, axis=1)
+    left = cols + _GAP
+    canvas.paste(Image.fromarray(heat_map(ramp)), (left, _CAPTION))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), caption, fill="black")
+    for label, fraction in (("1", 0.0), ("0.5", 0.5), ("<=0", 1.0)):
+        top = _CAPTION + fraction * (bar_rows - 1) - 5
+        draw.text((left + _BAR + _GAP, min(max(top, _CAPTION), _CAPTION + bar_rows - 11)), label, fill="black")
+    return np.asarray(canvas)
+
+
+def write_heat_map(ssim_map: np.ndarray, ssim: float, folder: Path, name: str) -> Path:
+    """``folder/<name without suffix>.ssim.png``: :func:`labelled_heat_map` of one pair."""
     import imageio.v3 as iio
 
     target = folder / (Path(name).with_suffix("").as_posix() + ".ssim.png")
     target.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(target, heat_map(ssim_map))
+    iio.imwrite(target, labelled_heat_map(ssim_map, ssim))
     return target

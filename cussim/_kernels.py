@@ -1,10 +1,18 @@
-"""Loads kernels/*.cu: a CuPy ``RawModule`` per device, or the CPU emulator.
+"""Loads kernels/*.cu: one module per specialisation, compiled when first launched.
 
-One function, :func:`get_kernel`, gives the kernel for the array at hand:
-CuPy arrays get a module compiled lazily by NVRTC for their device (memoised
-per device, cached on disk by CuPy); NumPy arrays get the emulator's build of
-the same source text with the same options. The specialisations each family
-can request are listed here, so the compile check can build every one.
+One function, :func:`get_kernel`, gives the kernel for the array at hand. Each
+specialisation (a name expression such as ``ssim_forward<float, 5>``) is a
+module of its own, compiled the first time it is asked for, so a call
+compiles only the kernels it launches: a first float32 ``ssim`` compiles two,
+not all of them. CuPy arrays get a ``RawModule`` compiled by NVRTC for their
+device (memoised per device; CuPy 14 and later keep it in their on-disk cache
+under a key that holds the source, the options and the name expression, so a
+later process loads it instead of compiling); NumPy arrays get the
+emulator's build of the same source, options and name expression (cached by
+content hash). Every kernel in kernels/*.cu is a template, so each module
+holds only the kernel it names (NVRTC compiles a non-template kernel into
+every module of its file). The specialisations each family can request are
+listed here, so the compile check and ``cussim precompile`` can build every one.
 
 Example
 -------
@@ -44,7 +52,7 @@ def _ssim_specialisations():
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")
     names += [f"msssim_downsample<{element}>" for element in ELEMENT_TYPES]
-    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine", "msssim_fold<float>",
+    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<256>", "msssim_fold<float>",
                            "msssim_fold<double>")
 
 
@@ -77,24 +85,32 @@ def compile_check_archs(supported) -> list[int]:
     return sorted(a for a in supported if a in BASE_ARCHS or a > max(BASE_ARCHS))
 
 
+def check_specialisation(family: str, name: str) -> None:
+    """Raises KeyError unless ``name`` is a specialisation of ``family``."""
+    if name not in specialisations(family):
+        raise KeyError(f"{name!r} is not a specialisation of the {family!r} kernels")
+
+
 @functools.lru_cache(maxsize=None)
-def _emulated_module(family: str):
+def emulated_kernel(family: str, name: str):
+    """The emulator's build of the one specialisation ``name`` (built on first use, cached by content hash)."""
     from . import _emulator
 
-    return _emulator.RawModule(
-        code=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=specialisations(family),
-        filename=f"{family}.cu",
+    module = _emulator.RawModule(
+        code=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=(name,), filename=f"{family}.cu"
     )
+    return module.get_function(name)
 
 
 @functools.lru_cache(maxsize=None)
-def _cupy_module(family: str, device_id: int):
+def cupy_kernel(family: str, name: str, device_id: int):
+    """CuPy's build of the one specialisation ``name`` for GPU ``device_id`` (compiled on first use)."""
     import cupy
 
+    module = cupy.RawModule(code=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=(name,))
     with cupy.cuda.Device(device_id):
-        return cupy.RawModule(
-            code=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=specialisations(family)
-        )
+        module.compile()
+        return module.get_function(name)
 
 
 def get_kernel(family: str, name: str, like):
@@ -103,11 +119,10 @@ def get_kernel(family: str, name: str, like):
     NumPy arrays run on the emulator; CuPy arrays on their device. The result
     is called as ``kernel(grid, block, args, shared_mem=...)`` either way.
     """
-    if name not in specialisations(family):
-        raise KeyError(f"{name!r} is not a specialisation of the {family!r} kernels")
+    check_specialisation(family, name)
     if isinstance(like, np.ndarray):
-        return _emulated_module(family).get_function(name)
+        return emulated_kernel(family, name)
     device = getattr(like, "device", None)
     if device is None or not hasattr(device, "id"):
         raise TypeError(f"expected a NumPy or CuPy array, got {type(like).__name__}")
-    return _cupy_module(family, device.id).get_function(name)
+    return cupy_kernel(family, name, device.id)

@@ -45,7 +45,7 @@ ELEMENT_TYPES = {
 
 
 def compute_dtype(dtype) -> np.dtype:
-    """float64 for float64 inputs, float32 for everything else (spec.md section 1)."""
+    """float64 for float64 inputs, float32 for everything else (docs/spec.rst section 1)."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
@@ -279,7 +279,7 @@ def combine(block_sums, scale_table, image_values, *, planes, group, share, plan
     image_values: float64, planes // group; plane_weights: float64, scales x
     planes, the backward's per-plane weights times ``share`` (d output / d image).
     """
-    kernel = _kernels.get_kernel("ssim", "msssim_combine", block_sums)
+    kernel = _kernels.get_kernel("ssim", "msssim_combine<256>", block_sums)
     images = planes // group
     table = _constants(block_sums, np.ravel(scale_table), np.float64)
     kernel(

@@ -1,4 +1,4 @@
-"""MS-SSIM (spec.md section 6) and its exact gradient: arguments in, one launch plan, outputs back.
+"""MS-SSIM (docs/spec.rst section 6) and its exact gradient: arguments in, one launch plan, outputs back.
 
 Three named variants, each matching its original at every scale: how an odd
 side is halved, and how the scales' means combine (see :func:`ms_ssim`). The
@@ -167,8 +167,8 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
 def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_size=11, channel_axis=None) -> Workspace:
     """The workspace of :func:`ms_ssim_with_gradient` for images shaped like ``x`` (allocated once).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> x = np.zeros((3, 180, 200), np.float32)
     >>> ws = cussim.make_ms_ssim_workspace(x)
@@ -239,7 +239,7 @@ def _compute(pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=Fa
 
 
 _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics"}
-        Whose MS-SSIM (spec.md section 6). "pytorch_msssim" (pytorch-msssim
+        Whose MS-SSIM (docs/spec.rst section 6). "pytorch_msssim" (pytorch-msssim
         1.0) halves an odd side with a zero on both sides, counted in the
         mean; "tensorflow" (tf.image.ssim_multiscale) repeats the last row or
         column; "torchmetrics" (normalize="relu", torchmetrics >= 1.5) drops
@@ -279,8 +279,8 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
         means are taken as 0 (the relu of every variant), so finite inputs
         never give NaN.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> rng = np.random.default_rng(0)
     >>> x = rng.random((2, 176, 176))
@@ -312,8 +312,8 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
     derivative divides by a mean no smaller than 1e-12: finite inputs give a
     finite gradient, even for an image against its negative.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> rng = np.random.default_rng(1)
     >>> x = rng.random((161, 161)); y = rng.random((161, 161))

@@ -1,4 +1,4 @@
-"""Float64 NumPy/SciPy implementation of spec.md sections 1 to 4.
+"""Float64 NumPy/SciPy implementation of docs/spec.rst sections 1 to 4.
 
 This module is the oracle of the tests and the path for NumPy inputs. It is
 written for clarity, not speed: every quantity of the spec appears by name.
@@ -101,7 +101,7 @@ def _check(x, taps, padding):
 
 
 def _moments(x, y, taps, padding, data_range, cov):
-    """Filtered moments and the quantities of spec.md section 1 on values scaled by 1/L."""
+    """Filtered moments and the quantities of docs/spec.rst section 1 on values scaled by 1/L."""
     _check(x, taps, padding)
     xs = np.asarray(x, dtype=np.float64) / data_range
     ys = np.asarray(y, dtype=np.float64) / data_range
@@ -144,7 +144,7 @@ def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_part
     free = value == raw
     if term == "ssim":
         S, D = value, B1 * B2
-        # Partial derivatives of S at each window centre (spec.md section 4), with
+        # Partial derivatives of S at each window centre (docs/spec.rst section 4), with
         # the clamps' derivatives zeroed, in units of the scaled values.
         p_mu = 2.0 * my * (A2 - cov * A1) / D - 2.0 * mx * S / B1 + np.where(sxx_free, 2.0 * cov * mx * S / B2, 0.0)
         p_xx = np.where(sxx_free, -cov * S / B2, 0.0)
@@ -205,7 +205,7 @@ def ssim(x, y, taps, *, axis=None, crop=0, **kwargs):
 
 def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, padding="same",
                        data_range=1.0, cov=1.0):
-    """(mean SSIM over ``axis``, d sum(mean) / dx), the exact gradient of spec.md section 4.
+    """(mean SSIM over ``axis``, d sum(mean) / dx), the exact gradient of docs/spec.rst section 4.
 
     The gradient is with respect to the first argument x and has x's shape.
     """
@@ -230,14 +230,14 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
 
 
 def _gradient_from_partials(xs, ys, partials, g, taps, padding):
-    """d/dx of sum(g * map) in scaled units: F^T(g Pmu) + 2 x F^T(g Pxx) + y F^T(g Pxy) (spec.md section 4)."""
+    """d/dx of sum(g * map) in scaled units: F^T(g Pmu) + 2 x F^T(g Pxx) + y F^T(g Pxy) (docs/spec.rst section 4)."""
     p_mu, p_xx, p_xy = partials
     blur = lambda p: filter_plane_adjoint(g * p, taps, padding, xs.shape)  # noqa: E731
     return blur(p_mu) + 2.0 * xs * blur(p_xx) + ys * blur(p_xy)
 
 
 def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_range=1.0, cov=1.0):
-    """scikit-image's ``gradient=True`` result, per plane (spec.md section 5).
+    """scikit-image's ``gradient=True`` result, per plane (docs/spec.rst section 5).
 
     Not the gradient of the returned mean: skimage's formula, of the
     uncropped map's mean over each plane, with respect to the second image,
@@ -256,7 +256,7 @@ def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_ra
     return grad / data_range
 
 
-# ---- MS-SSIM (spec.md section 6) ---------------------------------------------------------------
+# ---- MS-SSIM (docs/spec.rst section 6) ---------------------------------------------------------------
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_VARIANTS = ("pytorch_msssim", "tensorflow", "torchmetrics")
@@ -277,7 +277,7 @@ def downsampled_shape(shape, variant):
 
 
 def downsample(image, variant):
-    """One 2x2 mean over the last two axes, as ``variant`` does it (spec.md section 6).
+    """One 2x2 mean over the last two axes, as ``variant`` does it (docs/spec.rst section 6).
 
     pytorch_msssim pads an odd side with a zero on both sides and counts the
     zeros; tensorflow repeats the last row or column; torchmetrics drops it.

@@ -1,7 +1,7 @@
 """``cussim.structural_similarity``: scikit-image 0.26's function, on the GPU.
 
 Same signature, defaults, validation order, messages and warnings as
-``skimage.metrics.structural_similarity`` (spec.md section 5). CuPy (and
+``skimage.metrics.structural_similarity`` (docs/spec.rst section 5). CuPy (and
 other GPU) arrays run cussim's kernels and give CuPy results; NumPy arrays
 give NumPy results from the float64 reference (or the kernels on the
 emulator, with ``CUSSIM_NUMPY_BACKEND=emulator``).
@@ -81,8 +81,8 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     grad : array, when ``gradient`` is True
     S : array, when ``full`` is True
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from skimage import data
     >>> from cussim import structural_similarity

@@ -169,8 +169,8 @@ def _workspace_sizes(problem: _Problem):
 def make_workspace(x, *, win_size=11, padding="same", channel_axis=None) -> Workspace:
     """The workspace for gradients of images shaped like ``x`` (allocated once, reused every step).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> x = np.zeros((2, 3, 64, 64), np.float32)
     >>> cussim.make_workspace(x).nbytes
@@ -356,8 +356,8 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
         The mean SSIM, a 0-d array or one value per kept index; a CuPy array
         for GPU inputs, a NumPy array for NumPy inputs.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> rng = np.random.default_rng(0)
     >>> x = rng.random((2, 32, 32), dtype=np.float32)
@@ -374,8 +374,11 @@ def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K
           sample_covariance=False, channel_axis=None, axis=None, out=None):
     """Structural dissimilarity (1 - SSIM) / 2, with the arguments of :func:`ssim`.
 
-    Example
-    -------
+    Half of 3DGS's SSIM loss term, which is 1 - SSIM: for 3DGS's loss use
+    :func:`l1_dssim_loss`, or ``1 - ssim(x, y)``.
+
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> x = np.linspace(0, 1, 400, dtype=np.float32).reshape(20, 20)
     >>> float(cussim.dssim(x, x)), round(float(cussim.dssim(x, 1 - x)), 4)
@@ -392,8 +395,8 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     {parameters}    out : array, optional
         Where to write the map (compute dtype, the map's shape, any strides).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> x = np.linspace(0, 1, 24 * 30, dtype=np.float32).reshape(24, 30)
     >>> cussim.ssim_map(x, x, padding="valid").shape
@@ -447,8 +450,8 @@ def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window=
     accumulate : bool
         Add into ``grad`` instead of overwriting it (sums of losses).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> rng = np.random.default_rng(1)
     >>> x = rng.random((16, 16)); y = rng.random((16, 16))
@@ -470,10 +473,12 @@ def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window
     """DSSIM = (1 - SSIM) / 2 and its exact gradient with respect to x, as :func:`ssim_with_gradient`.
 
     The training-loop form: with preallocated ``out``, ``grad`` and
-    ``workspace`` nothing is allocated per step.
+    ``workspace`` nothing is allocated per step. DSSIM is half of 3DGS's SSIM
+    term 1 - SSIM (and so is its gradient): 3DGS's loss is
+    :func:`l1_dssim_loss_with_gradient`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> x = np.random.default_rng(2).random((3, 32, 32)).astype(np.float32)
     >>> y = np.clip(x + 0.05, 0, 1)
@@ -503,8 +508,8 @@ def l1_dssim_loss(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, 
     The L1 term is in the images' own units (3DGS images are in [0, 1]).
     Other arguments as in :func:`ssim`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> x = np.random.default_rng(3).random((3, 32, 32))
     >>> y = np.clip(x + 0.1, 0, 1)
@@ -527,8 +532,8 @@ def l1_dssim_loss_with_gradient(x, y, *, weight=0.2, data_range=None, win_size=1
     ``accumulate`` as in :func:`ssim_with_gradient`. The L1 term's gradient
     is ``(1 - weight) * sign(x - y) / n`` (0 where x == y).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, cussim
     >>> x = np.random.default_rng(4).random((2, 24, 24)); y = x[::-1].copy()
     >>> value, grad = cussim.l1_dssim_loss_with_gradient(x, y)

@@ -1,4 +1,4 @@
-// ssim.cu: SSIM, its mean and its exact gradient (spec.md sections 1 to 4) for a
+// ssim.cu: SSIM, its mean and its exact gradient (docs/spec.rst sections 1 to 4) for a
 // batch of image planes.
 //
 // Kernels (T: float, double, __half, unsigned char or unsigned short, the
@@ -11,20 +11,21 @@
 //                        or the terms of scikit-image's formula.
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
 //                        of the three partial maps, combined with x and y
-//                        (spec.md section 4), written or added into grad.
+//                        (docs/spec.rst section 4), written or added into grad.
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double).
-// MS-SSIM (spec.md section 6) reuses the forward (term TERM_CS gives the
+// MS-SSIM (docs/spec.rst section 6) reuses the forward (term TERM_CS gives the
 // contrast-structure map A2 / B2) and the backward (per-plane weights, and the
 // adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:
 //   msssim_fold<C>       the adjoint of torchmetrics' whole-sample extension
 //                        of its last scale.
 //   msssim_downsample<T> one 2x2 mean of x and y, as a variant does it, into
 //                        contiguous planes of the compute type.
-//   msssim_combine       per image: the scales' means from their block sums,
+//   msssim_combine<N>    per image: the scales' means from their block sums,
 //                        the relu'd weighted product, and d product / d mean
-//                        spread over the planes as backward weights.
+//                        spread over the planes as backward weights (N = 256,
+//                        the block size).
 // They live in this file because the backward's fused adjoint and the
 // downsampling share one geometry (pooled_source / pooled_target).
 //
@@ -67,7 +68,7 @@ constexpr int kTile = 16;
 enum Padding { PAD_SAME = 0, PAD_VALID = 1, PAD_REFLECT = 2 };
 // The map a forward computes: SSIM, or MS-SSIM's contrast-structure term A2 / B2.
 enum Term { TERM_SSIM = 0, TERM_CS = 1 };
-// MS-SSIM's 2x2 downsampling (spec.md section 6).
+// MS-SSIM's 2x2 downsampling (docs/spec.rst section 6).
 enum Variant { VARIANT_PYTORCH_MSSSIM = 0, VARIANT_TENSORFLOW = 1, VARIANT_TORCHMETRICS = 2 };
 constexpr int kMaxScales = 16;
 
@@ -159,15 +160,15 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
 
 // What the forward writes into the three partial maps (the backward combines
 // them as map0 + 2 x map1 + y map2, each blurred by F^T):
-//   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dExy (spec.md section 4), zero where a
+//   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dExy (docs/spec.rst section 4), zero where a
 //                   clamp is active; the gradient of the returned mean wrt x.
-//   GRADIENT_SKIMAGE: scikit-image's formula (spec.md section 5), which the
+//   GRADIENT_SKIMAGE: scikit-image's formula (docs/spec.rst section 5), which the
 //                   drop-in reproduces: (mx (A2 - A1) - my (B2 - B1) S) / D,
 //                   A1 / (2 D) and -S / B2, weighted over the whole map.
 enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE = 2 };
 
 // SSIM (or, for TERM_CS, A2 / B2) at one pixel from the five filtered moments
-// (spec.md section 1): variances clamped at 0, no covariance where a window
+// (docs/spec.rst section 1): variances clamped at 0, no covariance where a window
 // is flat, the value clamped to [-1, 1]; and the three partial-map values of
 // `formula`: those of the exact gradient are zero where the value is clamped,
 // and d/dExx is zero where sxx is. scikit-image's formula is for TERM_SSIM.
@@ -268,7 +269,7 @@ __device__ inline void vertical_pass(const C (&rows)[Q][kTile + 2 * R][kTile], c
     }
 }
 
-// MS-SSIM's 2x2 mean along one side of n pixels (spec.md section 6): output
+// MS-SSIM's 2x2 mean along one side of n pixels (docs/spec.rst section 6): output
 // o averages sources 2o + k - pad, k = 0, 1. pytorch_msssim pads an odd side
 // with a zero on both sides (pad 1, the zeros counted); tensorflow repeats the
 // last pixel; torchmetrics drops it.
@@ -518,7 +519,7 @@ __global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ bl
     }
 }
 
-// One 2x2 mean of x and y (spec.md section 6) into contiguous planes of the
+// One 2x2 mean of x and y (docs/spec.rst section 6) into contiguous planes of the
 // compute type, unscaled, extended by `margin` on every side by whole-sample
 // reflection (0 but for torchmetrics' last scale); the forward's strides.
 template <class T>
@@ -564,12 +565,17 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim_downs
 // infinity or NaN. Thread j handles scale j (scales <= kMaxScales <= 256).
 // scale_table holds, per scale: w_j, map pixels per plane, tiles per plane,
 // and the offset of the scale's block sums (planes x tiles, plane-major).
-__global__ void __launch_bounds__(256, 1) msssim_combine(
+// A template (on the block size, 256) like every kernel here, so that NVRTC
+// compiles it only into a module that names it: a kernel that is not a
+// template would be compiled into every module built from this file.
+template <int Threads>
+__global__ void __launch_bounds__(Threads, 1) msssim_combine(
     const double* __restrict__ block_sums, const double* __restrict__ scale_table, int scales, long long planes,
     long long group, double share, double guard, double* __restrict__ image_values,
     double* __restrict__ plane_weights) {
     using namespace cussim;
-    __shared__ double scratch[256];
+    static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
+    __shared__ double scratch[Threads];
     __shared__ double means[kMaxScales];
     __shared__ double weighted_logs[kMaxScales];  // w_j log m_j (0 where w_j = 0)
     __shared__ double scale_weights[kMaxScales];  // d value / d m_j * share / pixels averaged
@@ -580,10 +586,10 @@ __global__ void __launch_bounds__(256, 1) msssim_combine(
             const long long tiles = (long long)scale_table[4 * s + 2];
             const double* sums = block_sums + (long long)scale_table[4 * s + 3] + image * group * tiles;
             double partial = 0.0;
-            for (long long k = threadIdx.x; k < group * tiles; k += 256) partial += sums[k];
+            for (long long k = threadIdx.x; k < group * tiles; k += Threads) partial += sums[k];
             scratch[threadIdx.x] = partial;
             __syncthreads();
-            for (int k = 128; k > 0; k >>= 1) {
+            for (int k = Threads / 2; k > 0; k >>= 1) {
                 if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
                 __syncthreads();
             }
@@ -612,7 +618,7 @@ __global__ void __launch_bounds__(256, 1) msssim_combine(
         __syncthreads();
         if (plane_weights) {
             for (int s = 0; s < scales; ++s)
-                for (long long q = threadIdx.x; q < group; q += 256)
+                for (long long q = threadIdx.x; q < group; q += Threads)
                     plane_weights[s * planes + image * group + q] = scale_weights[s];
         }
         __syncthreads();  // the shared arrays are rewritten for the next image

@@ -347,15 +347,30 @@ def test_numpy_backend_setting(monkeypatch):
         cussim.ssim(X, Y)
 
 
-@pytest.mark.slow
 def test_more_planes_than_a_grid_dimension_holds(monkeypatch):
-    """70000 planes: past CUDA's 65535 limit of grid.y and grid.z, on the emulator."""
+    """Past CUDA's 65535 limit of grid.y and grid.z: the launches for 70000 planes stay inside the grid limits
+    (checked as the emulator checks them, without running 70000 blocks), and the kernels loop over the planes
+    past their grid (end to end on the emulator with the limit lowered to 4: value and gradient)."""
+    from cussim import _kernels, _launch
+    from cussim._emulator import _module
+
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    x = np.random.default_rng(0).random((70000, 3, 3)).astype(np.float32)
-    y = x[::-1].copy()
-    value = cussim.ssim(x, y, win_size=3)
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "reference")
-    assert abs(float(value) - float(cussim.ssim(x, y, win_size=3))) < 1e-5
+    x, y = _images((11, 9, 9))
+    with monkeypatch.context() as lowered:
+        lowered.setattr(_launch, "MAX_GRID_Y", 4)
+        value, grad = cussim.ssim_with_gradient(x, y, win_size=3)
+    expected_value, expected_grad = _expected(x, y, win_size=3)
+    _close(value, expected_value, np.float32)
+    _close_gradient(grad, expected_grad, np.float32)
+
+    grids = []
+    monkeypatch.setattr(_kernels, "get_kernel", lambda family, name, like: lambda grid, *_, **__: grids.append(grid))
+    planes = np.zeros((70000, 3, 3), np.float32)
+    cussim.ssim_with_gradient(planes, planes, win_size=3)
+    assert len(grids) >= 2
+    for grid in grids:
+        _module._dims("grid", grid, _module.MAX_GRID)  # raises LaunchConfigError past a limit
+    assert max(grid[1] for grid in grids if len(grid) > 1) == _module.MAX_GRID[1]
 
 
 def test_output_layout_that_strides_cannot_address(monkeypatch):

@@ -1,6 +1,7 @@
 """The benchmark's own logic (its timings need a GPU and are not tests)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,10 +205,35 @@ def test_torch_loss_cases_on_the_host():
     assert not versus["l1_dssim_loss valid"]["same_computation"]
 
 
-def test_the_fitting_example_runs(capsys):
+def test_the_fitting_example_runs_with_cpu_defaults_and_a_progress_bar(capsys, monkeypatch):
     pytest.importorskip("torch")
     from bench import fit_image
 
-    assert fit_image.main(["--device", "cpu", "--size", "176", "--steps", "2"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert fit_image.main(["--device", "cpu", "--steps", "2"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "fitting 1x3x176x176 on cpu, 2 Adam steps per loss"  # the CPU's size
     assert [line.split()[0] for line in lines[2:]] == ["SSIMLoss", "DSSIMLoss", "MSSSIMLoss", "L1DSSIMLoss(weight=0.2)"]
+    assert "7/7 SSIMLoss steps" in captured.err and "7/7 L1DSSIMLoss(weight=0.2) steps" in captured.err
+    assert fit_image.DEFAULTS["cpu"]["steps"] * 4 < 200 < fit_image.DEFAULTS["cuda"]["steps"]
+
+
+def test_the_fitting_example_names_the_extra_without_pytorch(capsys, monkeypatch):
+    from bench import fit_image
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    assert fit_image.main(["--device", "cpu"]) == 2
+    assert 'pip install "cussim[torch]" (the torch extra)' in capsys.readouterr().err
+
+
+def test_results_go_to_a_folder_git_ignores_unless_told(tmp_path):
+    """``python -m bench`` and ``python -m bench.folders`` leave the tracked tree clean by default."""
+    from bench import folders
+
+    assert folders.RESULTS == run.RESULTS and not run.RESULTS.is_relative_to(ROOT / "bench" / "results")
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(run.RESULTS / "some-gpu" / "2026-01-01.json")],
+                             cwd=ROOT)
+    assert ignored.returncode == 0

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from skimage import data
 from skimage.metrics import structural_similarity as skimage_ssim
 
-from cussim import _cli
+from cussim import _cli, _imagefiles
 
 
 def _noisy(image, seed, sigma):
@@ -101,7 +102,21 @@ def test_two_files_native_metric_and_maps(folders, capsys, tmp_path):
     a, b = iio.imread(ref / "rgb8.png"), iio.imread(test / "rgb8.png")
     assert row["ssim"] == pytest.approx(float(cussim.ssim(b, a, channel_axis=-1, win_size=7)), abs=1e-7)
     heat = iio.imread(tmp_path / "maps" / "rgb8.ssim.png")
-    assert heat.shape == (128, 144, 3) and heat.dtype == np.uint8
+    assert heat.dtype == np.uint8 and heat.shape[0] > 128 and heat.shape[1] > 144
+    picture = _imagefiles.heat_map(cussim.ssim_map(b, a, channel_axis=-1, win_size=7))
+    assert np.array_equal(heat[-128:, :144], picture)  # the map itself, under the caption
+
+
+def test_heat_maps_carry_their_scale_and_the_pairs_ssim():
+    ssim_map = np.linspace(0, 1, 40 * 50).reshape(40, 50)
+    low, high = (_imagefiles.labelled_heat_map(ssim_map, value) for value in (0.1, 0.9))
+    assert low.shape == high.shape and low.shape[1] > 50
+    caption = slice(0, low.shape[0] - 48)  # the bar is at least 48 rows tall
+    assert not np.array_equal(low[caption], high[caption])  # the value is written above the map
+    assert np.array_equal(low[caption.stop:], high[caption.stop:])
+    bar = low[caption.stop:, 50:].reshape(-1, 3)
+    ramp = [tuple(c) for c in _imagefiles.heat_map(np.array([1.0, 0.0]))]
+    assert all(colour in {tuple(c) for c in bar} for colour in ramp)  # the colour bar runs from 1 to 0
 
 
 def test_failed_pairs_are_reported_and_the_rest_compared(folders, capsys, tmp_path):
@@ -116,11 +131,13 @@ def test_failed_pairs_are_reported_and_the_rest_compared(folders, capsys, tmp_pa
     (broken_test / "corrupt.png").write_bytes(b"not a png")
     iio.imwrite(broken_test / "resized.png", camera[:60])
     iio.imwrite(broken_test / "tiny.png", camera[:6, :6])
+    iio.imwrite(broken_test / "only-in-test.png", camera)
     code, out, _ = _run([broken_ref, broken_test, "--format", "json"], capsys)
     assert code == 1
     rows = {r["pair"]: r for r in map(json.loads, out.splitlines()[:-1])}
     assert rows["good.png"]["ssim"] == 1.0
-    assert "no such file" in rows["missing.png"]["error"]
+    assert rows["missing.png"]["error"] == f"{broken_test / 'missing.png'}: no such file"
+    assert rows["only-in-test.png"]["error"] == f"{broken_ref / 'only-in-test.png'}: no such file"
     assert "corrupt.png: cannot read it as an image" in rows["corrupt.png"]["error"]
     assert "does not match the reference" in rows["resized.png"]["error"]
     assert "smaller than the 11x11 window" in rows["tiny.png"]["error"]
@@ -135,7 +152,7 @@ def test_failed_pairs_are_reported_and_the_rest_compared(folders, capsys, tmp_pa
         (["{missing}", "{test}"], "REF '.*nowhere' does not exist"),
         (["{ref}", "{missing}"], "TEST '.*nowhere' does not exist"),
         (["{ref}", "{test}/grey8.png"], "must be two files or two folders"),
-        (["{empty}", "{test}"], "no image pairs"),
+        (["{empty}", "{empty}"], "no image pairs: neither"),
         (["{ref}", "{test}", "--bogus"], "unrecognized arguments: --bogus"),
         (["{ref}", "{test}", "--win-size", "8"], "win_size must be odd"),
         (["{ref}", "{test}", "--format", "xml"], "argument --format: invalid choice"),
@@ -145,14 +162,35 @@ def test_failed_pairs_are_reported_and_the_rest_compared(folders, capsys, tmp_pa
         (["{ref}", "{test}", "--map", "{ref}/grey8.png"], "grey8.png: File exists"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(folders, capsys, tmp_path, argv, match):
+def test_usage_errors_exit_2_under_the_usage_line(folders, capsys, tmp_path, argv, match):
     ref, test, _ = folders
     (tmp_path / "empty").mkdir()
     values = dict(ref=ref, test=test, missing=tmp_path / "nowhere", empty=tmp_path / "empty")
     code, out, err = _run([a.format(**values) for a in argv], capsys)
     assert code == 2 and out == ""
-    assert len(err.strip().splitlines()) == 1 and err.startswith("cussim: error: ")
-    assert __import__("re").search(match, err)
+    usage = "usage: cussim demo [-h]" if argv[0] == "demo" else "usage: cussim [-h]"
+    *head, last = err.strip().splitlines()
+    assert err.startswith(usage) and all(not line.startswith("cussim: error") for line in head)
+    assert last.startswith("cussim: error: ") and re.search(match, last)
+
+
+@pytest.mark.parametrize("parser", [_cli.compare_parser, _cli.demo_parser])
+def test_help_gives_every_option_a_meaning_and_its_default(parser):
+    for action in parser()._actions:
+        assert action.help and len(action.help) > 20, action.option_strings
+        if action.option_strings and action.option_strings[0] in (
+                "--window", "--win-size", "--sigma", "--padding", "--k1", "--k2", "--data-range", "--format",
+                "--output", "--device", "--seed", "--images", "--map"):
+            assert "default" in action.help, action.option_strings
+    text = _cli.compare_parser().format_help()
+    assert "Exit codes" in text and "--skimage" in text and "bright yellow (1)" in text
+
+
+def test_csv_lines_end_with_lf(folders, capsys, tmp_path):
+    ref, test, _ = folders
+    code, _, _ = _run([ref, test, "--format", "csv", "--output", tmp_path / "r.csv"], capsys)
+    data_bytes = (tmp_path / "r.csv").read_bytes()
+    assert code == 0 and b"\r" not in data_bytes and data_bytes.count(b"\n") == 8  # header and 7 pairs
 
 
 def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
@@ -175,9 +213,9 @@ def test_device_gpu_without_one(folders, capsys, monkeypatch):
     assert code == 2 and "--device gpu: no GPU available" in err
 
 
-def test_demo_writes_maps(capsys, tmp_path):
+def test_demo_writes_maps_when_asked(capsys, tmp_path):
     code, out, _ = _run(["demo", "--images", "camera", "--map", tmp_path / "maps", "--device", "cpu"], capsys)
-    assert code == 0 and "computed by: CPU" in out
+    assert code == 0 and "computed by: CPU" in out and f"SSIM maps in {tmp_path / 'maps'}" in out
     assert len(list((tmp_path / "maps").glob("camera-*.ssim.png"))) == 5
 
 

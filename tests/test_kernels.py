@@ -1,4 +1,4 @@
-"""kernels/ssim.cu on every executor present, against the float64 reference (spec.md section 7)."""
+"""kernels/ssim.cu on every executor present, against the float64 reference (docs/spec.rst section 7)."""
 
 import numpy as np
 import pytest

@@ -51,7 +51,7 @@ def _expected(x, y, *, variant="pytorch_msssim", weights=ref.MS_SSIM_WEIGHTS, wi
 
 
 def _check(value, grad, expected_value, expected_grad, dtype):
-    """spec.md section 7: float64 to rounding, float32 to abs 1e-5 (value) and relative L2 1e-4 (gradient)."""
+    """docs/spec.rst section 7: float64 to rounding, float32 to abs 1e-5 (value) and relative L2 1e-4 (gradient)."""
     value, grad = np.asarray(value, np.float64), np.asarray(grad, np.float64)
     assert np.isfinite(value).all() and np.isfinite(grad).all()
     value_tol, grad_tol = (1e-12, 1e-10) if np.dtype(dtype) == np.float64 else (1e-5, 1e-4)

@@ -1,4 +1,4 @@
-"""The float64 reference against scikit-image and against finite differences (spec.md 4, 5, 7)."""
+"""The float64 reference against scikit-image and against finite differences (docs/spec.rst 4, 5, 7)."""
 
 import numpy as np
 import pytest
@@ -104,7 +104,7 @@ def _skimage_test_camera():
 
 def test_skimage_golden_values():
     cam, cam_noisy = _skimage_test_camera()
-    # spec.md section 5: the IPOL imdiff value that skimage's tests pin (to 3 decimals),
+    # docs/spec.rst section 5: the IPOL imdiff value that skimage's tests pin (to 3 decimals),
     # with Gaussian weights and population covariance.
     ipol = ref.ssim(cam, cam_noisy, ref.skimage_gaussian_taps(1.5), padding="reflect", data_range=255.0, crop=5)
     assert abs(ipol - 0.357959091663361) < 1e-3

@@ -1,4 +1,4 @@
-"""cussim.structural_similarity against scikit-image's own function (spec.md section 5 and 7)."""
+"""cussim.structural_similarity against scikit-image's own function (docs/spec.rst section 5 and 7)."""
 
 import warnings
 
@@ -48,7 +48,7 @@ OPTIONS = {
 
 
 def _compare(backend, got, expected, working_dtype):
-    """float64 work (skimage's for integer and float64 images) at 1e-10 / 1e-9; float32 work at spec.md's."""
+    """float64 work (skimage's for integer and float64 images) at 1e-10 / 1e-9; float32 work at docs/spec.rst's."""
     got = backend.asnumpy(got)
     if np.dtype(working_dtype) == np.float64:
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9 if np.ndim(expected) else 1e-10)

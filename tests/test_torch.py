@@ -1,4 +1,5 @@
-"""cussim.torch: autograd functions and loss modules, against gradcheck and a plain PyTorch SSIM."""
+"""cussim.torch: autograd functions, loss modules and fused_ssim, against gradcheck, a plain PyTorch SSIM and
+torchmetrics (PyTorch's (N, C, H, W) layout)."""
 
 import subprocess
 import sys
@@ -220,8 +221,12 @@ def test_the_loss_modules_drive_an_image_to_its_target(module):
 
 def test_bad_arguments_are_named():
     x, y = images()
-    with pytest.raises(TypeError, match="takes no 'axis'"):
-        ct.ssim(x, y, axis=(1, 2, 3))
+    with pytest.raises(TypeError, match="takes no 'workspace'"):
+        ct.ms_ssim(x, y, workspace=None)
+    with pytest.raises(ValueError, match=r"axis=\(0, 1\) must include both spatial axes"):
+        ct.ssim(x, y, axis=(0, 1))
+    with pytest.raises(ValueError, match="axis=7 is out of range"):
+        ct.ssim(x, y, axis=(2, 3, 7))
     with pytest.raises(TypeError, match="takes no 'out'"):
         ct.dssim(x, y, out=torch.empty(()))
     with pytest.raises(TypeError, match="y must be a torch.Tensor"):
@@ -236,6 +241,135 @@ def test_bad_arguments_are_named():
         ct.l1_dssim_loss(x, y, weight=1.5)
     with pytest.raises(ValueError, match="padding must be one of"):
         ct.SSIMLoss(padding="zeros")(x, y)
+
+
+# ---- values per image or channel (axis), and PyTorch's (N, C, H, W) layout ----
+
+@pytest.mark.parametrize("name,axis", [("ssim", (1, 2, 3)), ("dssim", (2, 3)), ("l1_dssim_loss", (-1, -2)),
+                                       ("ms_ssim", (1, 2, 3))])
+def test_axis_gives_one_differentiable_value_per_kept_index(name, axis):
+    shape = (2, 3, 23, 24) if name == "ms_ssim" else (2, 3, 13, 15)
+    options = {"weights": (0.5, 0.5), "win_size": 5} if name == "ms_ssim" else {"win_size": 5}
+    x, y = images(shape)
+    function = getattr(ct, name)
+    values = function(x, y, axis=axis, **options)
+    expected = getattr(cussim, name)(x.numpy(), y.numpy(), axis=axis, channel_axis=1, **options)
+    assert values.shape == expected.shape
+    np.testing.assert_allclose(values.numpy(), expected, rtol=0, atol=1e-14)
+    # gradcheck differentiates every value separately: each image's gradient must be scaled by its own
+    assert torch.autograd.gradcheck(lambda a, b: function(a, b, axis=axis, **options),
+                                    (x.requires_grad_(), y.requires_grad_()), fast_mode=name == "ms_ssim")
+
+
+def test_axis_with_a_reference_broadcast_over_kept_axes():
+    x, _ = images((2, 3, 13, 15))
+    y = images((1, 1, 13, 15), seed=1)[0]
+    assert ct.ssim(x, y, axis=(2, 3), win_size=5).shape == (2, 3)
+    assert torch.autograd.gradcheck(lambda a, b: ct.ssim(a, b, axis=(2, 3), win_size=5),
+                                    (x.requires_grad_(), y.requires_grad_()))
+
+
+@pytest.fixture(scope="module")
+def astronaut_pair():
+    """The astronaut as a 1 x 3 x 200 x 233 tensor in [0, 1], and a noisy copy."""
+    data = pytest.importorskip("skimage.data")
+    x = torch.tensor(data.astronaut()[100:300, 150:383] / 255.0).permute(2, 0, 1)[None]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    return x.contiguous(), (x + 0.1 * noise).clamp(0, 1)
+
+
+def test_4d_tensors_are_nchw_so_torchmetrics_ms_ssim_pools_channels(astronaut_pair):
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = astronaut_pair
+    value, grad_x, grad_y = gradients(lambda a, b: ct.ms_ssim(a, b, variant="torchmetrics"), x, y)
+    theirs = gradients(lambda a, b: tm.multiscale_structural_similarity_index_measure(a, b, data_range=1.0), x, y)
+    assert float(value) == pytest.approx(float(theirs[0]), abs=1e-8)
+    for ours, expected in ((grad_x, theirs[1]), (grad_y, theirs[2])):
+        assert float((ours - expected).norm() / expected.norm()) < 1e-6
+    # each channel an image of its own: a different number (what 4-D tensors gave before)
+    separate = ct.ms_ssim(x, y, variant="torchmetrics", channel_axis=None)
+    assert abs(float(separate) - float(value)) > 1e-6
+    # one value per image, pooled the same way
+    per_image = tm.multiscale_structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
+    torch.testing.assert_close(ct.ms_ssim(x, y, variant="torchmetrics", axis=(1, 2, 3)), per_image, rtol=0, atol=1e-8)
+
+
+def test_the_layout_changes_nothing_for_the_other_metrics():
+    x, y = images((2, 3, 24, 28))
+    for name in ("ssim", "dssim", "l1_dssim_loss"):
+        function = getattr(ct, name)
+        assert float(function(x, y)) == float(function(x, y, channel_axis=None))
+    assert float(ct.ms_ssim(*images((2, 3, 40, 44)), weights=(0.5, 0.5))) == pytest.approx(
+        float(ct.ms_ssim(*images((2, 3, 40, 44)), weights=(0.5, 0.5), channel_axis=None)), abs=1e-15)
+    # other shapes keep cussim's rule: the last two axes are the plane, the rest batch axes
+    x3, y3 = x[0], y[0]
+    assert float(ct.ms_ssim(x3, y3, variant="torchmetrics", weights=(0.5, 0.5), win_size=5)) == pytest.approx(
+        float(cussim.ms_ssim(x3.numpy(), y3.numpy(), variant="torchmetrics", weights=(0.5, 0.5), win_size=5)),
+        abs=1e-15)
+
+
+def test_torchmetrics_ssim_is_valid_ssim_of_reflect_padded_images(astronaut_pair):
+    """The one-line switch docs/switching.rst gives for torchmetrics' structural_similarity_index_measure."""
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = astronaut_pair
+
+    def switched(a, b):
+        return ct.ssim(F.pad(a, (5, 5, 5, 5), mode="reflect"), F.pad(b, (5, 5, 5, 5), mode="reflect"),
+                       padding="valid")
+
+    value, grad_x, grad_y = gradients(switched, x, y)
+    theirs = gradients(lambda a, b: tm.structural_similarity_index_measure(a, b, data_range=1.0), x, y)
+    assert float(value) == pytest.approx(float(theirs[0]), abs=1e-12)
+    torch.testing.assert_close(grad_x, theirs[1], rtol=1e-8, atol=1e-14)
+    torch.testing.assert_close(grad_y, theirs[2], rtol=1e-8, atol=1e-14)
+
+
+# ---- fused_ssim: fused-ssim's (and fussim's) conventions ----
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("window_size", [7, 9, 11])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_fused_ssim_is_the_plain_ssim_with_the_gradient_to_img1(padding, window_size, dtype, tolerance):
+    img1, img2 = images((2, 3, 30, 33), dtype=dtype)
+    value, grad_1, grad_2 = gradients(lambda a, b: ct.fused_ssim(a, b, padding=padding, window_size=window_size),
+                                      img1, img2)
+    plain, plain_1, _ = gradients(lambda a, b: plain_ssim(a, b, win_size=window_size, padding=padding), img1, img2)
+    assert value.dtype == dtype and float(value) == pytest.approx(float(plain), abs=tolerance)
+    assert float((grad_1 - plain_1).norm() / plain_1.norm()) < 100 * tolerance
+    assert grad_2 is None  # fused-ssim never differentiates the reference
+
+
+def test_fused_ssim_defaults_and_positional_arguments():
+    img1, img2 = images((1, 3, 24, 26))
+    assert float(ct.fused_ssim(img1, img2)) == pytest.approx(float(plain_ssim(img1, img2)), abs=1e-12)
+    assert float(ct.fused_ssim(img1, img2, "valid", True)) == pytest.approx(
+        float(plain_ssim(img1, img2, padding="valid")), abs=1e-12)
+
+
+def test_fused_ssim_train_false_keeps_no_gradient_state(monkeypatch):
+    calls = []
+    evaluate = ct._evaluate
+    monkeypatch.setattr(ct, "_evaluate", lambda *args: calls.append(args[-1]) or evaluate(*args))
+    img1, img2 = images()
+    img1.requires_grad_()
+    value = ct.fused_ssim(img1, img2, train=False)
+    assert not value.requires_grad and value.grad_fn is None
+    assert float(value) == pytest.approx(float(plain_ssim(img1.detach(), img2)), abs=1e-12)
+    ct.fused_ssim(img1, img2)
+    assert calls == [False, True]
+
+
+def test_fused_ssim_bad_arguments_are_named():
+    img1, img2 = images()
+    with pytest.raises(ValueError, match="padding must be 'same' or 'valid'"):
+        ct.fused_ssim(img1, img2, padding="reflect")
+    for window_size in (8, 17, 1, True, 11.0):
+        with pytest.raises(ValueError, match="window_size must be an odd int from 3 to 15"):
+            ct.fused_ssim(img1, img2, window_size=window_size)
+    with pytest.raises(TypeError, match="img2 must be a torch.Tensor"):
+        ct.fused_ssim(img1, img2.numpy())
+    with pytest.raises(TypeError, match="img1 must be a torch.Tensor"):
+        ct.fused_ssim(img1.tolist(), img2)
 
 
 # ---- on a GPU: the same through the kernels, PyTorch's stream, every device ----

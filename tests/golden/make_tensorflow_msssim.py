@@ -22,19 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from msssim_inputs import CASES, images  # noqa: E402
 
 
-def main():
+def write(filename, metric):
+    """Writes ``filename`` beside this file: ``metric(case, x, y)``'s per-image values for every case."""
     results = []
     for case in CASES:
         x, y = images(case)  # N x H x W x C, float64 in [0, data_range]
-        value = tf.image.ssim_multiscale(
-            tf.constant(x), tf.constant(y), max_val=case["data_range"], power_factors=case["weights"],
-            filter_size=case["win_size"], filter_sigma=case["sigma"],
-        )
+        value = metric(case, tf.constant(x), tf.constant(y))
         results.append({"name": case["name"], "values": [float(v) for v in np.asarray(value)]})
-    out = Path(__file__).with_name("tensorflow_msssim.json")
+    out = Path(__file__).with_name(filename)
     out.write_text(json.dumps({"tensorflow": tf.__version__, "numpy": np.__version__, "results": results},
                               indent=1) + "\n")
     print(f"wrote {out}")
+
+
+def main():
+    write("tensorflow_msssim.json", lambda case, x, y: tf.image.ssim_multiscale(
+        x, y, max_val=case["data_range"], power_factors=case["weights"], filter_size=case["win_size"],
+        filter_sigma=case["sigma"]))
 
 
 if __name__ == "__main__":

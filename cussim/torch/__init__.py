@@ -2,10 +2,23 @@
 
 ``import cussim`` never imports PyTorch; ``import cussim.torch`` does (the
 ``torch`` extra). Each function returns the mean over the whole batch as a
-0-d tensor and back-propagates to x, to y, or to both, computing a gradient
-only for the inputs that require one (SSIM, MS-SSIM and the L1 term are
-symmetric in x and y, so y's gradient is the same kernels with the roles
-exchanged; a y that broadcasts gets its gradient summed back to its shape).
+0-d tensor (or, with ``axis``, one value per index of the axes it keeps) and
+back-propagates to x, to y, or to both, computing a gradient only for the
+inputs that require one (SSIM, MS-SSIM and the L1 term are symmetric in x
+and y, so y's gradient is the same kernels with the roles exchanged; a y that
+broadcasts gets its gradient summed back to its shape).
+
+PyTorch's layout: a 4-D tensor is (N, C, H, W), so ``channel_axis`` defaults
+to 1 there. SSIM, DSSIM and the L1 loss average channels like any batch axis,
+so this changes nothing for them; ``ms_ssim(x, y, variant="torchmetrics")``
+averages each image's channels into every scale's mean, as torchmetrics does
+(``channel_axis=None`` treats each channel as an image of its own). Other
+shapes keep cussim's rule: the last two axes are the image plane.
+
+Drop-ins for code written against other libraries (change the import, keep
+the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``) and
+:mod:`cussim.torch.pytorch_msssim` (pytorch-msssim's ``ssim``, ``ms_ssim``,
+``SSIM`` and ``MS_SSIM``).
 
 - CUDA tensors: zero-copy through DLPack, on the tensors' device and
   PyTorch's current CUDA stream; the value and the gradient are computed
@@ -24,11 +37,11 @@ exchanged; a y that broadcasts gets its gradient summed back to its shape).
 
 Keyword options are those of the matching cussim function (``data_range``,
 ``win_size``, ``sigma``, ``window``, ``K1``, ``K2``, ``padding``,
-``sample_covariance``, ``channel_axis``; MS-SSIM's ``variant`` and
-``weights``), except ``axis`` and the output buffers.
+``sample_covariance``, ``channel_axis``, ``axis``; MS-SSIM's ``variant`` and
+``weights``), except the output buffers.
 
-Example
--------
+Examples
+--------
 >>> import torch, cussim.torch as ct
 >>> target = torch.rand(1, 3, 32, 32, dtype=torch.float64)
 >>> render = (target + 0.1 * torch.randn_like(target)).clamp(0, 1).requires_grad_()
@@ -41,6 +54,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import torch
 
@@ -53,7 +67,7 @@ _METRICS = {
     "ms_ssim": (cussim.ms_ssim, cussim.ms_ssim_with_gradient),
     "l1_dssim_loss": (cussim.l1_dssim_loss, cussim.l1_dssim_loss_with_gradient),
 }
-_NOT_OPTIONS = ("axis", "out", "grad", "workspace", "accumulate")
+_NOT_OPTIONS = ("out", "grad", "workspace", "accumulate")
 
 
 def _disable_tracing(function):
@@ -94,17 +108,32 @@ def _value_dtype(tensor):
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
+def _value_shapes(x, axis):
+    """(x's shape with the averaged axes as 1, the same without them): the values' shapes for ``axis``.
+
+    For ``axis=None``, both are (): one 0-d value. cussim checks ``axis`` itself.
+    """
+    if axis is None:
+        return (), ()
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    averaged = {int(a) % x.ndim for a in axes if isinstance(a, numbers.Integral)}
+    kept = tuple(1 if a in averaged else n for a, n in enumerate(x.shape))
+    return kept, tuple(n for a, n in enumerate(x.shape) if a not in averaged)
+
+
 def _evaluate(metric, x, y, options, want_gradient):
-    """(value tensor, d value / d x or None) from cussim, on x's device."""
+    """(values, d sum(values) / d x or None) from cussim, on x's device; the values keep averaged axes as 1."""
     value_fn, gradient_fn = _METRICS[metric]
-    out = torch.empty((), dtype=_value_dtype(x), device=x.device)
+    kept_shape, value_shape = _value_shapes(x, options.get("axis"))
+    out = torch.empty(kept_shape, dtype=_value_dtype(x), device=x.device)
     grad = torch.empty_like(x, memory_format=torch.preserve_format) if want_gradient else None
     context = _cuda_context(x.device) if x.is_cuda else contextlib.nullcontext()
     with context:
         if want_gradient:
-            gradient_fn(_as_array(x), _as_array(y), out=_as_array(out), grad=_as_array(grad), **options)
+            gradient_fn(_as_array(x), _as_array(y), out=_as_array(out.view(value_shape)), grad=_as_array(grad),
+                        **options)
         else:
-            value_fn(_as_array(x), _as_array(y), out=_as_array(out), **options)
+            value_fn(_as_array(x), _as_array(y), out=_as_array(out.view(value_shape)), **options)
     return out, grad
 
 
@@ -150,8 +179,8 @@ class _NoSecondDerivative(torch.autograd.Function):
 def _apply(metric, x, y, options):
     for name in _NOT_OPTIONS:
         if name in options:
-            raise TypeError(f"cussim.torch.{metric} takes no {name!r}: it returns the mean over the whole batch "
-                            f"as a new tensor (cussim.{metric} on CuPy or NumPy arrays takes {name})")
+            raise TypeError(f"cussim.torch.{metric} takes no {name!r}: it returns its values as a new tensor "
+                            f"(cussim.{metric} on CuPy or NumPy arrays takes {name})")
     x, y = _computable(x, "x"), _computable(y, "y")
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"x is on {x.device}; cussim.torch takes CPU or CUDA tensors (move them with .cuda())")
@@ -159,7 +188,17 @@ def _apply(metric, x, y, options):
         raise ValueError(f"x is on {x.device} and y on {y.device}; put both on one device")
     if y.dtype != x.dtype:
         raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}; convert one to the other's dtype")
-    return _Metric.apply(x, y, metric, dict(options), torch.is_grad_enabled())
+    options = dict(options)
+    if x.ndim == 4:  # PyTorch's (N, C, H, W)
+        options.setdefault("channel_axis", 1)
+    if options.get("axis") is None:
+        return _Metric.apply(x, y, metric, options, torch.is_grad_enabled())
+    # one value per kept index: the incoming gradient scales each image's gradient, so a y that broadcasts
+    # is expanded here and autograd sums its gradient after the scaling (cussim names a y that cannot)
+    with contextlib.suppress(RuntimeError):
+        y = y.expand(x.shape)
+    _, value_shape = _value_shapes(x, options["axis"])
+    return _Metric.apply(x, y, metric, options, torch.is_grad_enabled()).view(value_shape)
 
 
 @_disable_tracing
@@ -177,6 +216,9 @@ def ssim(x, y, **options):
 @_disable_tracing
 def dssim(x, y, **options):
     """Mean DSSIM, (1 - SSIM) / 2, differentiable in x and y (options as :func:`cussim.dssim`).
+
+    Half of 3DGS's SSIM loss term 1 - SSIM: use ``1 - ssim(x, y)`` or
+    :func:`l1_dssim_loss` for 3DGS's loss.
 
     >>> import torch, cussim.torch as ct
     >>> x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
@@ -237,7 +279,10 @@ class SSIMLoss(_Loss):
 
 
 class DSSIMLoss(_Loss):
-    """DSSIM, ``(1 - SSIM(x, y)) / 2``, as a module; options as :func:`dssim`."""
+    """DSSIM, ``(1 - SSIM(x, y)) / 2``, as a module; options as :func:`dssim`.
+
+    Half of 3DGS's SSIM loss term: :class:`SSIMLoss` is ``1 - SSIM``.
+    """
 
     def forward(self, x, y):
         return dssim(x, y, **self.options)
@@ -255,3 +300,8 @@ class L1DSSIMLoss(_Loss):
 
     def forward(self, render, target):
         return l1_dssim_loss(render, target, **self.options)
+
+
+# the drop-ins are written over the functions above
+from . import pytorch_msssim  # noqa: E402
+from ._fused_ssim import fused_ssim  # noqa: E402

@@ -1,0 +1,449 @@
+"""SSIM, DSSIM and MS-SSIM on Dask arrays: images larger than one device's memory, lazily.
+
+``pip install "cussim[dask]"``; ``import cussim`` never imports Dask, this
+module does. Every function takes Dask arrays whose chunks are NumPy or CuPy
+arrays (or plain arrays, which become one-chunk Dask arrays), with the
+arguments of the in-memory function of the same name, and returns Dask arrays:
+nothing is computed before ``.compute()``. The results equal the in-memory
+ones (1e-12 in float64; the specification's float32 tolerances otherwise)
+whatever the chunking.
+
+Design. Every chunk is computed by cussim's own functions (the float64
+reference for NumPy chunks, the CUDA kernels for CuPy chunks), on the chunk
+plus a halo of the window radius r (``dask.array.overlap``):
+
+- The halo's boundary follows the padding: zeros for ``"same"``, half-sample
+  reflection for ``"reflect"``'s map. A chunk's map is then the ``"valid"``
+  map of the chunk and its halo. ``"valid"`` maps and every mean over a
+  ``"valid"`` or ``"reflect"`` map count only the windows that lie inside the
+  image (the reflect mean leaves out the border where reflection would be
+  read), so each chunk computes the windows centred in its share of that
+  interior, from its own pixels and its neighbours' halo.
+- Means: each chunk's mean times its window count, summed in float64 over the
+  chunks and divided by the total count.
+- Gradients, two stages: each chunk gives the exact gradient of its own share
+  of the mean with respect to the chunk and its halo (the partial maps and
+  the adjoint blur run inside cussim, on the chunk); then each halo is added
+  back into the neighbour it was read from (the adjoint of the halo
+  exchange), so one array's halo crosses between chunks, not five.
+- Spatial chunks narrower than the window are merged with a neighbour (so
+  every halo comes from one neighbour); other axes keep their chunks.
+- MS-SSIM, every scale chunked: a scale is halved chunk by chunk once each
+  variant's treatment of an odd side is applied to the whole array and the
+  chunks are made even (aligned with the 2x2 pairs); each scale's mean is then
+  a halo computation like SSIM's. The contrast-structure means come from the
+  SSIM functions with the luminance term made exactly 1 (see ``_CS_K1``), the
+  scales' per-image means combine as in :func:`cussim.ms_ssim`. Coarse scales
+  have few pixels, so their chunks are merged up to the window's width.
+
+Example
+-------
+>>> import dask.array as da, numpy as np, cussim, cussim.dask
+>>> rng = np.random.default_rng(0)
+>>> x = rng.random((300, 400)); y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+>>> lazy = cussim.dask.ssim(da.from_array(x, chunks=(100, 150)), da.from_array(y, chunks=(128, 128)))
+>>> bool(abs(lazy.compute() - cussim.ssim(x, y)) < 1e-12)
+True
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+try:
+    import dask.array as da
+except ImportError as exc:  # the extra is not installed
+    raise ImportError('cussim.dask needs Dask: pip install "cussim[dask]"') from exc
+
+from . import _arrays, _launch, _msssim, _reference, _ssim
+
+__all__ = ["dssim", "dssim_with_gradient", "ms_ssim", "ssim", "ssim_map", "ssim_with_gradient"]
+
+
+def _as_dask(value, name):
+    if isinstance(value, da.Array):
+        return value
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise TypeError(f"{name} must be a Dask array (or a NumPy or CuPy array), got {type(value).__name__}")
+    return da.asarray(value)
+
+
+def _stand_in(array):
+    """A NumPy array of the array's shape and dtype that holds no data (for the in-memory checks)."""
+    return np.broadcast_to(np.zeros((), array.dtype), array.shape)
+
+
+def _merged(sizes, minimum):
+    """Chunk sizes along one axis with every chunk at least ``minimum`` (small ones join a neighbour)."""
+    merged = []
+    for size in sizes:
+        if merged and merged[-1] < minimum:
+            merged[-1] += size
+        else:
+            merged.append(size)
+    if len(merged) > 1 and merged[-1] < minimum:
+        last = merged.pop()
+        merged[-1] += last
+    return tuple(merged)
+
+
+def _inputs(x, y):
+    """x and y as Dask arrays with chunks of one kind, y broadcast to x's shape."""
+    x, y = _as_dask(x, "x"), _as_dask(y, "y")
+    if type(x._meta) is not type(y._meta):
+        raise TypeError(f"x's chunks are {type(x._meta).__name__} arrays but y's are {type(y._meta).__name__}; "
+                        "make both NumPy or both CuPy chunks (dask.array.Array.map_blocks(cupy.asarray))")
+    return x, y
+
+
+@dataclass(frozen=True)
+class _Chunked:
+    """Checked inputs in the kernels' layout (kept axes, averaged batch axes, then the plane), rechunked."""
+
+    problem: _ssim._Problem  # from stand-ins: shapes, layout and parameters, no data
+    x: da.Array
+    y: da.Array
+    metric: dict  # the keyword arguments of cussim's functions for one chunk and its halo
+
+    @classmethod
+    def prepare(cls, x, y, *, window, sigma, sample_covariance, **kwargs):
+        x, y = _inputs(x, y)
+        problem = _ssim._prepare(_stand_in(x), _stand_in(y), window=window, sigma=sigma,
+                                 sample_covariance=sample_covariance, **kwargs)
+        y = da.broadcast_to(y, x.shape).transpose(problem.perm)
+        x = x.transpose(problem.perm)
+        p = problem.params
+        chunks = x.chunks[:-2] + tuple(_merged(c, p.win_size) for c in x.chunks[-2:])
+        metric = dict(data_range=p.data_range, win_size=p.win_size, sigma=sigma, window=window, K1=p.K1, K2=p.K2,
+                      padding="valid", sample_covariance=sample_covariance)
+        return cls(problem, x.rechunk(chunks), y.rechunk(chunks), metric)
+
+    @property
+    def ndim(self):
+        return self.x.ndim
+
+    @property
+    def averaged_axes(self):
+        return tuple(range(self.problem.kept, self.ndim))
+
+    def meta(self, dtype):
+        return _arrays.array_module(self.x._meta).empty((0,) * self.ndim, dtype)
+
+    def with_halo(self, boundary):
+        """x and y, each chunk extended by the window radius on the plane's axes."""
+        r, spatial = self.problem.params.radius, (self.ndim - 2, self.ndim - 1)
+        depth = {a: r if a in spatial else 0 for a in range(self.ndim)}
+        edges = {a: boundary if a in spatial else "none" for a in range(self.ndim)}
+        return [da.overlap.overlap(a, depth=depth, boundary=edges) for a in (self.x, self.y)]
+
+    def windows(self, block_id, margin):
+        """(index of an extended chunk, pixels): the windows centred in the chunk, at least
+        ``margin`` from the image's border; pixels is 0 where there are none."""
+        r = self.problem.params.radius
+        index, pixels = [Ellipsis], 1
+        for axis in (-2, -1):
+            chunks, number = self.x.chunks[axis], block_id[self.ndim + axis]
+            start = sum(chunks[:number])
+            low, high = max(start, margin), min(start + chunks[number], sum(chunks) - margin)
+            if high <= low:
+                return None, 0
+            index.append(slice(low - start, high - start + 2 * r))
+            pixels *= high - low
+        return tuple(index), pixels
+
+    def counted_margin(self):
+        """The border of the image whose windows the means leave out ("valid" and "reflect": r)."""
+        return 0 if self.problem.params.padding == "same" else self.problem.params.radius
+
+    def value_chunks(self):
+        """Chunks of per-chunk sums: the kept axes as x's, one entry per chunk on the averaged axes."""
+        kept = self.problem.kept
+        return self.x.chunks[:kept] + tuple((1,) * len(c) for c in self.x.chunks[kept:])
+
+    def mean(self, sums, a, b):
+        """a + b * mean, from per-chunk float64 sums, in the compute dtype (lazy)."""
+        total = sums.sum(axis=self.averaged_axes)
+        return (a + b * total / self.problem.counted_per_value).astype(_launch.compute_dtype(self.x.dtype))
+
+
+def _chunk_share(chunked: _Chunked, xe, ye, block_id, gradient_scale=None):
+    """One chunk's float64 sum of the windows the mean counts, and with ``gradient_scale`` b the
+    gradient of b times its share of the mean, over the extended chunk (else None)."""
+    xp = _arrays.array_module(xe)
+    kept = chunked.problem.kept
+    sum_shape = xe.shape[:kept] + (1,) * (chunked.ndim - kept)
+    with_gradient = gradient_scale is not None
+    grad = xp.zeros(xe.shape, _launch.gradient_dtype(xe.dtype)) if with_gradient else None
+    index, pixels = chunked.windows(block_id, chunked.counted_margin())
+    if not pixels:
+        return xp.zeros(sum_shape, np.float64), grad
+    count = pixels * math.prod(xe.shape[kept:-2])  # windows averaged into each value here
+    args = (xe[index], ye[index])
+    if with_gradient:
+        mean, share = _ssim.ssim_with_gradient(*args, axis=chunked.averaged_axes, **chunked.metric)
+        grad[index] = share * (gradient_scale * count / chunked.problem.counted_per_value)
+    else:
+        mean = _ssim.ssim(*args, axis=chunked.averaged_axes, **chunked.metric)
+    return (mean.astype(np.float64) * count).reshape(sum_shape), grad
+
+
+def _fold_halos(extended, radius):
+    """The adjoint of the halo exchange: a chunk's gradient plus what its neighbours' halos hold of it.
+
+    ``extended`` is the chunk's gradient over chunk + halo (2r on each side:
+    its own halo r, then the neighbour's halo r that reached into it).
+    """
+    r = radius
+    h, w = extended.shape[-2] - 4 * r, extended.shape[-1] - 4 * r
+    rows = extended[..., 2 * r : 2 * r + h, :].copy()
+    rows[..., :r, :] += extended[..., :r, :]
+    rows[..., h - r :, :] += extended[..., h + 3 * r :, :]
+    out = rows[..., 2 * r : 2 * r + w].copy()
+    out[..., :r] += rows[..., :r]
+    out[..., w - r :] += rows[..., w + 3 * r :]
+    return out
+
+
+def _mean(chunked: _Chunked, a, b):
+    xe, ye = chunked.with_halo(0)
+    sums = da.map_blocks(lambda xb, yb, block_id=None: _chunk_share(chunked, xb, yb, block_id)[0], xe, ye,
+                         chunks=chunked.value_chunks(), dtype=np.float64, meta=chunked.meta(np.float64))
+    return chunked.mean(sums, a, b)
+
+
+def _mean_with_gradient(chunked: _Chunked, a, b):
+    xe, ye = chunked.with_halo(0)
+    shares = da.map_blocks(lambda xb, yb, block_id=None: _chunk_share(chunked, xb, yb, block_id, b), xe, ye,
+                           chunks=xe.chunks, dtype=object, meta=np.empty((0,) * chunked.ndim, object))
+    sums = shares.map_blocks(operator.itemgetter(0), chunks=chunked.value_chunks(), dtype=np.float64,
+                             meta=chunked.meta(np.float64))
+    gdtype = _launch.gradient_dtype(chunked.x.dtype)
+    grads = shares.map_blocks(operator.itemgetter(1), chunks=xe.chunks, dtype=gdtype, meta=chunked.meta(gdtype))
+    # Each chunk's extended gradient, extended again by the neighbours' halos, folded back onto the chunk.
+    r, spatial = chunked.problem.params.radius, (chunked.ndim - 2, chunked.ndim - 1)
+    around = da.overlap.overlap(grads, depth={a: r if a in spatial else 0 for a in range(chunked.ndim)},
+                                boundary={a: 0 if a in spatial else "none" for a in range(chunked.ndim)})
+    grad = around.map_blocks(_fold_halos, r, chunks=chunked.x.chunks, dtype=gdtype, meta=chunked.meta(gdtype))
+    return chunked.mean(sums, a, b), chunked.problem.original(grad)
+
+
+def _map(chunked: _Chunked):
+    padding = chunked.problem.params.padding
+    xe, ye = chunked.with_halo("reflect" if padding == "reflect" else 0)
+    margin = chunked.problem.params.radius if padding == "valid" else 0
+
+    def block(xb, yb, block_id=None):
+        index, _ = chunked.windows(block_id, margin)
+        return _ssim.ssim_map(xb[index], yb[index], **chunked.metric)
+
+    chunks = list(chunked.x.chunks)
+    if margin:  # the valid map: each chunk's share of the interior
+        for axis in (-2, -1):
+            ends = np.cumsum(chunks[axis])
+            starts = ends - chunks[axis]
+            chunks[axis] = tuple(int(v) for v in np.minimum(ends, ends[-1] - margin) - np.maximum(starts, margin))
+    dtype = _launch.compute_dtype(chunked.x.dtype)
+    maps = da.map_blocks(block, xe, ye, chunks=tuple(chunks), dtype=dtype, meta=chunked.meta(dtype))
+    return chunked.problem.original(maps)
+
+
+def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
+         sample_covariance=False, channel_axis=None, axis=None):
+    """Mean SSIM of x against y, lazily: :func:`cussim.ssim` on Dask arrays.
+
+    Parameters
+    ----------
+    x, y : dask.array.Array
+        Images (NumPy or CuPy chunks; NumPy and CuPy arrays are taken as one
+        chunk), the plane in the last two axes (or the last two besides
+        ``channel_axis``); y broadcasts to x's shape. Any axis may be chunked.
+    data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis, axis
+        As in :func:`cussim.ssim`.
+
+    Returns
+    -------
+    dask.array.Array
+        The mean SSIM (0-d, or one value per kept index), in the compute
+        dtype; ``.compute()`` gives what :func:`cussim.ssim` gives.
+
+    Example
+    -------
+    >>> import dask.array as da, numpy as np, cussim.dask
+    >>> image = np.linspace(0, 1, 64 * 90).reshape(64, 90)
+    >>> x = da.from_array(image, chunks=32)
+    >>> lazy = cussim.dask.ssim(x, x ** 2, padding="reflect")
+    >>> round(float(lazy.compute()), 6), round(float(cussim.ssim(image, image ** 2, padding="reflect")), 6)
+    (0.687882, 0.687882)
+    """
+    chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
+                               K2=K2, padding=padding, sample_covariance=sample_covariance,
+                               channel_axis=channel_axis, axis=axis)
+    return _mean(chunked, 0.0, 1.0)
+
+
+def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
+          sample_covariance=False, channel_axis=None, axis=None):
+    """(1 - SSIM) / 2, lazily, with the arguments of :func:`ssim`.
+
+    Example
+    -------
+    >>> import dask.array as da, numpy as np, cussim.dask
+    >>> x = da.from_array(np.linspace(0, 1, 40 * 40).reshape(40, 40), chunks=20)
+    >>> float(cussim.dask.dssim(x, x).compute()), round(float(cussim.dask.dssim(x, x ** 2).compute()), 6)
+    (0.0, 0.174219)
+    """
+    chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
+                               K2=K2, padding=padding, sample_covariance=sample_covariance,
+                               channel_axis=channel_axis, axis=axis)
+    return _mean(chunked, 0.5, -0.5)
+
+
+def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
+             padding="same", sample_covariance=False, channel_axis=None):
+    """The SSIM map, lazily, chunked like x: :func:`cussim.ssim_map` on Dask arrays.
+
+    Arguments as in :func:`ssim` (no ``axis``). With ``padding="valid"`` the
+    plane shrinks by the window radius on every side, and so do the chunks on
+    the border (chunks narrower than the window join a neighbour first).
+
+    Example
+    -------
+    >>> import dask.array as da, numpy as np, cussim.dask
+    >>> x = da.from_array(np.linspace(0, 1, 60 * 50).reshape(60, 50), chunks=25)
+    >>> cussim.dask.ssim_map(x, x, padding="valid").chunks
+    ((20, 30), (20, 20))
+    """
+    chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
+                               K2=K2, padding=padding, sample_covariance=sample_covariance,
+                               channel_axis=channel_axis, axis=None, reduce=False)
+    return _map(chunked)
+
+
+def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
+                       padding="same", sample_covariance=False, channel_axis=None, axis=None):
+    """Mean SSIM and its exact gradient with respect to x, lazily: ``(value, d sum(value) / dx)``.
+
+    Arguments as in :func:`ssim`. The gradient is a Dask array chunked like
+    x, in :func:`cussim.ssim_with_gradient`'s dtype; computing both together
+    (``dask.compute(value, grad)``) runs each chunk once.
+
+    Example
+    -------
+    >>> import dask, dask.array as da, numpy as np, cussim, cussim.dask
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.random((50, 70)); y = rng.random((50, 70))
+    >>> lazy = cussim.dask.ssim_with_gradient(da.from_array(x, chunks=20), y, padding="reflect")
+    >>> value, grad = dask.compute(*lazy)
+    >>> expected = cussim.ssim_with_gradient(x, y, padding="reflect")[1]
+    >>> bool(np.abs(grad - expected).max() < 1e-15), grad.shape
+    (True, (50, 70))
+    """
+    chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
+                               K2=K2, padding=padding, sample_covariance=sample_covariance,
+                               channel_axis=channel_axis, axis=axis)
+    return _mean_with_gradient(chunked, 0.0, 1.0)
+
+
+def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
+                        padding="same", sample_covariance=False, channel_axis=None, axis=None):
+    """DSSIM = (1 - SSIM) / 2 and its exact gradient with respect to x, lazily, as :func:`ssim_with_gradient`.
+
+    Example
+    -------
+    >>> import dask, dask.array as da, numpy as np, cussim, cussim.dask
+    >>> x = np.random.default_rng(2).random((3, 40, 40)).astype(np.float32)
+    >>> value, grad = dask.compute(*cussim.dask.dssim_with_gradient(da.from_array(x, chunks=(1, 16, 40)), 1 - x))
+    >>> value.dtype, grad.dtype, bool(abs(value - cussim.dssim(x, 1 - x)) < 1e-6)
+    (dtype('float32'), dtype('float32'), True)
+    """
+    chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
+                               K2=K2, padding=padding, sample_covariance=sample_covariance,
+                               channel_axis=channel_axis, axis=axis)
+    return _mean_with_gradient(chunked, 0.5, -0.5)
+
+
+def _even(sizes):
+    """Chunk sizes along an even-sided axis, each even (an odd chunk hands its last pixel to the next)."""
+    even, carry = [], 0
+    for size in sizes:
+        size += carry
+        carry = size % 2
+        if size - carry:
+            even.append(size - carry)
+    return tuple(even)
+
+
+def _halved(a, variant):
+    """One 2x2 mean of ``variant`` over the last two axes, chunk by chunk.
+
+    The variant's treatment of an odd side comes first, on the whole array
+    (pytorch_msssim: a zero before it, tensorflow: the last row or column
+    repeated, torchmetrics: the last one dropped); then every chunk is even
+    and aligned with the pairs, and each is halved on its own.
+    """
+    h, w = a.shape[-2:]
+    lead = [(0, 0)] * (a.ndim - 2)
+    if variant == "pytorch_msssim":
+        a = da.pad(a, lead + [(h % 2, 0), (w % 2, 0)], mode="constant")
+    elif variant == "tensorflow":
+        a = da.pad(a, lead + [(0, h % 2), (0, w % 2)], mode="edge")
+    else:
+        a = a[..., : h - h % 2, : w - w % 2]
+    a = a.rechunk(a.chunks[:-2] + tuple(_even(c) for c in a.chunks[-2:]))
+    chunks = a.chunks[:-2] + tuple(tuple(n // 2 for n in c) for c in a.chunks[-2:])
+    # On even sides every variant's 2x2 mean is the same; torchmetrics' needs no padding.
+    return a.map_blocks(_reference.downsample, "torchmetrics", chunks=chunks, dtype=a.dtype)
+
+
+# Contrast-structure means through the SSIM functions: with C1 = K1^2 = 1e20, A1 = 2 mx my + C1 and
+# B1 = mx^2 + my^2 + C1 both round to C1 exactly (in float32 and float64, for means within 60 data
+# ranges), so S = A1 A2 / (B1 B2) is cs = A2 / B2 up to the rounding of two products.
+_CS_K1 = 1e10
+
+
+def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5, K1=0.01,
+            K2=0.03, channel_axis=None, axis=None):
+    """MS-SSIM, lazily, every scale chunked: :func:`cussim.ms_ssim` on Dask arrays.
+
+    Arguments as in :func:`cussim.ms_ssim`. Each scale is halved chunk by
+    chunk and its mean (contrast-structure, or SSIM at the last scale) is
+    computed like :func:`ssim`'s, from chunks and their halos; the scales'
+    means combine per image as in :func:`cussim.ms_ssim`.
+
+    Example
+    -------
+    >>> import dask.array as da, numpy as np, cussim, cussim.dask
+    >>> rng = np.random.default_rng(3)
+    >>> x = rng.random((2, 3, 176, 180)); y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    >>> lazy = cussim.dask.ms_ssim(da.from_array(x, chunks=(1, 2, 60, 70)), y, channel_axis=1, axis=(1, 2, 3))
+    >>> lazy.chunks, bool(np.abs(lazy.compute() - cussim.ms_ssim(x, y, channel_axis=1, axis=(1, 2, 3))).max() < 1e-12)
+    (((1, 1),), True)
+    """
+    x, y = _inputs(x, y)
+    pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights, data_range=data_range,
+                               win_size=win_size, sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis)
+    problem = pyramid.problem
+    dtype = _launch.compute_dtype(x.dtype)
+    y = da.broadcast_to(y, x.shape).transpose(problem.perm)
+    scale_x, scale_y = x.transpose(problem.perm), y
+    r, margin = problem.params.radius, pyramid.margin
+    plane = (x.ndim - 2, x.ndim - 1)
+    means = []
+    for j in range(pyramid.scales):
+        if j:
+            scale_x, scale_y = (_halved(a.astype(dtype), variant) for a in (scale_x, scale_y))
+        last = j == pyramid.scales - 1
+        images = [scale_x, scale_y]
+        if last and margin:  # torchmetrics: the last scale's SSIM over the image extended by whole-sample reflection
+            images = [da.pad(a, [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)], mode="reflect") for a in images]
+        chunked = _Chunked.prepare(*images, window="gaussian", sigma=sigma, sample_covariance=False,
+                                   data_range=problem.params.data_range, win_size=win_size,
+                                   K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=plane)
+        plane_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane
+        means.append(plane_means.mean(axis=-1) if pyramid.group > 1 else plane_means)  # pooled channels
+    per_image = math.prod(da.maximum(m, 0.0) ** w for m, w in zip(means, pyramid.weights))
+    return per_image.mean(axis=tuple(range(problem.kept, per_image.ndim))).astype(dtype)

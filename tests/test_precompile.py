@@ -1,0 +1,166 @@
+"""Compilation per need, and `cussim precompile` filling the caches that a later process reads.
+
+Counted, not timed: which specialisations a cold first call builds, and
+whether a later process builds anything at all. The timings are
+``python -m bench.first_call``'s (bench/NOTES.md).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cussim
+from cussim import _cli, _kernels, _precompile
+from cussim._emulator import _build
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST = ["ssim_forward<float, 5>", "ssim_finish<float>"]  # a default float32 ssim launches these
+
+
+@pytest.fixture
+def cold_emulator(tmp_path, monkeypatch):
+    """An empty emulator cache and nothing built in this process; yields the name expressions of every build."""
+    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    built, build = [], _build.build_module
+
+    def recording(source, filename, options=(), name_expressions=()):
+        built.append(tuple(name_expressions))
+        return build(source, filename, options, name_expressions)
+
+    monkeypatch.setattr(_build, "build_module", recording)
+    _kernels.emulated_kernel.cache_clear()
+    yield built
+    _kernels.emulated_kernel.cache_clear()  # the modules of tmp_path stay out of later tests
+
+
+def _images(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 24, 24)).astype(dtype)
+    return x, np.clip(x + 0.1, 0, 1).astype(dtype)
+
+
+def test_a_first_call_builds_only_the_specialisations_it_launches(cold_emulator):
+    x, y = _images()
+    cussim.ssim(x, y)
+    assert cold_emulator == [(name,) for name in FIRST]
+    cussim.dssim_with_gradient(x, y)  # adds the backward, rebuilds nothing
+    assert cold_emulator[2:] == [("ssim_backward<float, 5>",)]
+    cussim.ssim(x, y, win_size=7)
+    cussim.ssim(*_images(np.float64))
+    assert cold_emulator[3:] == [("ssim_forward<float, 3>",), ("ssim_forward<double, 5>",), ("ssim_finish<double>",)]
+
+
+def test_every_kernel_is_a_template():
+    """A non-template kernel would be compiled into every module of its file, whatever the call needs."""
+    for family in _kernels.FAMILIES:
+        plain, templates = _build.kernel_names(_kernels.kernel_source(family))
+        assert plain == [], f"kernels/{family}.cu: make {', '.join(plain)} a template (see msssim_combine)"
+        assert {name.split("<")[0] for name in _kernels.specialisations(family)} == set(templates)
+
+
+def test_names_resolve_to_specialisations():
+    every = _precompile.resolve([])
+    assert len(every) == sum(len(_kernels.specialisations(f)) for f in _kernels.FAMILIES)
+    assert _precompile.resolve(["ssim", "ssim_finish<float>"]) == _precompile.resolve(["ssim"])
+    assert _precompile.resolve([FIRST[1], FIRST[0]]) == [("ssim", FIRST[1]), ("ssim", FIRST[0])]
+    with pytest.raises(ValueError, match=r"unknown kernel 'ssim_forward<float,5>'.*--list"):
+        _precompile.resolve(["ssim_forward<float,5>"])
+
+
+def test_precompile_without_a_gpu_says_so_and_exits_3(monkeypatch, capsys):
+    monkeypatch.setattr(_precompile, "gpu_devices", lambda: (None, "no GPU: CuPy sees no CUDA device"))
+    assert _cli.main(["precompile", "ssim"]) == _precompile.NO_GPU == 3
+    err = capsys.readouterr().err
+    assert "no GPU" in err and "nothing compiled" in err and "--emulator" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nope"], "unknown kernel 'nope'"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
+])
+def test_precompile_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(["precompile", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def _python(code_or_args, env):
+    args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def _files(folder: Path):
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+LATER_EMULATOR_PROCESS = """
+import numpy as np, cussim
+from cussim._emulator import _build
+def refuse(*args, **kwargs):
+    raise AssertionError("the later process compiled")
+_build._run = refuse
+x = np.random.default_rng(0).random((2, 24, 24), dtype=np.float32)
+print(float(cussim.ssim(x, x)))
+"""
+
+
+def test_precompile_fills_the_emulator_cache_that_a_later_process_uses(tmp_path):
+    env = {"CUSSIM_CACHE_DIR": str(tmp_path), "CUSSIM_NUMPY_BACKEND": "emulator"}
+    done = _python(["-m", "cussim", "precompile", "--emulator", *FIRST], env)
+    assert done.returncode == 0, done.stderr
+    assert "emulator: 2 specialisations built" in done.stdout
+    before = _files(tmp_path / "emulator")
+    later = _python(LATER_EMULATOR_PROCESS, env)
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.strip() == "1.0"
+    assert _files(tmp_path / "emulator") == before
+
+
+LATER_GPU_PROCESS = """
+import cupy, numpy, cussim
+x = cupy.asarray(numpy.random.default_rng(0).random((2, 64, 64), dtype=numpy.float32))
+print(float(cussim.ssim(x, x)))
+"""
+# CuPy saves each entry's source beside it (a .cu file) when asked: cussim's entries are those of kernels/ssim.cu.
+CUPY_ENV = {"CUPY_CACHE_SAVE_CUDA_SOURCE": "1"}
+
+
+def _cussim_entries(folder: Path):
+    sources = [p for p in folder.rglob("*.cu") if "ssim_forward(" in p.read_text(errors="replace")]
+    entries = sources + [p.with_suffix("") for p in sources if p.with_suffix("").exists()]
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in entries}
+
+
+def _require_cupy_that_keeps_name_expressions():
+    import cupy
+
+    if int(cupy.__version__.split(".")[0]) < _precompile.CUPY_KEEPS_NAME_EXPRESSIONS:
+        pytest.skip(f"CuPy {cupy.__version__} does not read modules with name expressions back from its cache")
+
+
+@pytest.mark.gpu
+def test_precompile_fills_cupys_cache_that_a_later_process_uses(tmp_path):
+    _require_cupy_that_keeps_name_expressions()
+    env = {**CUPY_ENV, "CUPY_CACHE_DIR": str(tmp_path)}
+    done = _python(["-m", "cussim", "precompile", *FIRST], env)
+    assert done.returncode == 0, done.stderr
+    before = _cussim_entries(tmp_path)
+    assert len([name for name in before if name.endswith(".cu")]) == len(FIRST)
+    later = _python(LATER_GPU_PROCESS, env)
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.strip() == "1.0"
+    assert _cussim_entries(tmp_path) == before  # nothing compiled again, nothing added
+
+
+@pytest.mark.gpu
+def test_a_first_gpu_call_compiles_only_what_it_launches(tmp_path):
+    _require_cupy_that_keeps_name_expressions()
+    later = _python(LATER_GPU_PROCESS, {**CUPY_ENV, "CUPY_CACHE_DIR": str(tmp_path)})
+    assert later.returncode == 0, later.stderr
+    assert len([name for name in _cussim_entries(tmp_path) if name.endswith(".cu")]) == len(FIRST)
