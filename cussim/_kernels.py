@@ -85,6 +85,16 @@ def compile_check_archs(supported) -> list[int]:
     return sorted(a for a in supported if a in BASE_ARCHS or a > max(BASE_ARCHS))
 
 
+def compile_check_jobs(supported) -> list[dict]:
+    """The compile check, as :func:`cussim._nvrtc.compile_report` arguments: one program per family and
+    architecture holding every specialisation, with the run-time options."""
+    return [
+        dict(source=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=specialisations(family),
+             arch=arch, filename=f"{family}.cu")
+        for family in FAMILIES for arch in compile_check_archs(supported)
+    ]
+
+
 def check_specialisation(family: str, name: str) -> None:
     """Raises KeyError unless ``name`` is a specialisation of ``family``."""
     if name not in specialisations(family):

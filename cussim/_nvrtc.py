@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import importlib.util
+import json
+import multiprocessing
 import os
 import re
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -183,6 +187,50 @@ def compile_report(source: str, options=(), name_expressions=(), arch: int = 90,
     return CompileReport(arch=arch, log=log, kernels=tuple(kernels))
 
 
+def _report_from_cache(path: Path):
+    data = json.loads(path.read_text())
+    return CompileReport(arch=data["arch"], log=data["log"],
+                         kernels=tuple(KernelResources(**k) for k in data["kernels"]))
+
+
+def _report_to_cache(path: Path, report: CompileReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(report)))
+    os.replace(tmp, path)
+
+
+def _cache_key(job: dict) -> str:
+    return hashlib.sha256(json.dumps([version(), job], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def compile_reports(jobs, *, workers: int | None = None, cache: Path | None = None) -> list:
+    """:func:`compile_report` of each job (a dict of its keyword arguments), in parallel processes.
+
+    ``workers`` processes at a time (default: one per CPU). With ``cache``, a
+    folder, each report is kept there under a hash of the job and NVRTC's
+    version, and read back instead of compiling the same inputs again.
+    """
+    jobs = [dict(job) for job in jobs]
+    paths = [cache / f"report-{_cache_key(job)}.json" if cache is not None else None for job in jobs]
+    reports = [_report_from_cache(path) if path is not None and path.exists() else None for path in paths]
+    missing = [i for i, report in enumerate(reports) if report is None]
+    if missing:
+        # spawn: the compiling processes share nothing with this one (which may hold threads, e.g. PyTorch's)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(len(missing), workers or os.cpu_count() or 1), mp_context=context) as pool:
+            futures = {i: pool.submit(_compile_job, jobs[i]) for i in missing}
+            for i, future in futures.items():
+                reports[i] = future.result()
+                if paths[i] is not None:
+                    _report_to_cache(paths[i], reports[i])
+    return reports
+
+
+def _compile_job(job: dict) -> CompileReport:
+    return compile_report(**job)
+
+
 def format_table(reports) -> str:
     """One line per kernel and architecture: registers, barriers, shared memory, stack, spills."""
     lines = [f"{'kernel':<40} {'arch':>6} {'regs':>5} {'bars':>5} {'smem':>6} {'stack':>6} {'spill st/ld':>12}"]
@@ -198,12 +246,7 @@ def format_table(reports) -> str:
 def main() -> None:
     from . import _kernels
 
-    reports = []
-    for family in _kernels.FAMILIES:
-        source = _kernels.kernel_source(family)
-        for arch in _kernels.compile_check_archs(supported_archs()):
-            reports.append(compile_report(source, _kernels.COMPILE_OPTIONS, _kernels.specialisations(family), arch,
-                                          f"{family}.cu"))
+    reports = compile_reports(_kernels.compile_check_jobs(supported_archs()))
     print(f"NVRTC {'.'.join(map(str, version()))}")
     print(format_table(reports))
 

@@ -5,6 +5,12 @@ architecture the installed NVRTC knows, prints ptxas's registers, shared
 memory, stack frame and spills per kernel, and fails on a compile error, a
 warning, a spill, a local-memory stack frame, or static shared memory past the
 48 KiB a block may use without opting in.
+
+The programs (one per family and architecture, holding every specialisation)
+compile once for the module, in parallel processes, and their reports are kept
+in ``$CUSSIM_CACHE_DIR/nvrtc`` under a hash of the source, options, names,
+architecture and NVRTC's version: an unchanged kernel is not compiled again by
+the next run, a changed one always is.
 """
 
 from pathlib import Path
@@ -12,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cussim import _kernels, _nvrtc
+from cussim._emulator import _build
 
 SHARED_LIMIT = 48 * 1024
 
@@ -27,13 +34,20 @@ def test_base_architectures_are_covered():
     assert set(_kernels.BASE_ARCHS) <= set(_archs())
 
 
+@pytest.fixture(scope="module")
+def reports():
+    """{(family, arch): CompileReport} of the whole compile check."""
+    jobs = _kernels.compile_check_jobs(_nvrtc.supported_archs())
+    done = _nvrtc.compile_reports(jobs, cache=_build.cache_dir().with_name("nvrtc"))
+    return {(job["filename"].removesuffix(".cu"), job["arch"]): report for job, report in zip(jobs, done)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", _kernels.compile_check_archs(_nvrtc.supported_archs()))
 @pytest.mark.parametrize("family", sorted(_kernels.FAMILIES))
-def test_every_specialisation_compiles_cleanly(family, arch):
+def test_every_specialisation_compiles_cleanly(reports, family, arch):
     names = _kernels.specialisations(family)
-    report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, names, arch,
-                                   f"{family}.cu")
+    report = reports[family, arch]
     print(f"\n{family}.cu, NVRTC {'.'.join(map(str, _nvrtc.version()))}", *report.notices, sep="\n")
     print(_nvrtc.format_table([report]))
     assert not report.warnings, "\n".join(report.warnings)
@@ -42,6 +56,19 @@ def test_every_specialisation_compiles_cleanly(family, arch):
         assert k.spill_stores == 0 and k.spill_loads == 0, f"{k.name} spills on sm_{arch}"
         assert k.stack_frame == 0, f"{k.name} has a {k.stack_frame}-byte local-memory stack frame on sm_{arch}"
         assert k.shared_bytes <= SHARED_LIMIT, f"{k.name} uses {k.shared_bytes} bytes of static shared memory"
+
+
+def test_reports_are_kept_by_their_inputs(tmp_path):
+    """A kept report is read back only for the same source, options, names and architecture."""
+    job = dict(source="template <int N> __global__ void k(float* x) { x[0] = N; }", name_expressions=("k<1>",),
+               arch=80, filename="k.cu")
+    first, = _nvrtc.compile_reports([job], cache=tmp_path)
+    kept = list(tmp_path.iterdir())
+    again, other = _nvrtc.compile_reports([job, {**job, "arch": 90}], cache=tmp_path)
+    assert again == first and other.arch == 90 and other.kernels[0].name == "k<1>"
+    assert len(list(tmp_path.iterdir())) == 2 and kept[0].exists()
+    changed, = _nvrtc.compile_reports([{**job, "source": job["source"].replace("= N", "= 2 * N")}], cache=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 3 and changed.kernels[0].name == "k<1>"
 
 
 def test_emulator_test_kernels_compile_with_nvrtc():
