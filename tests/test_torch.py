@@ -439,16 +439,21 @@ def test_float16_gradient_is_scaled_in_float32_and_rounded_once(scale):
     assert torch.equal(x16.grad, x32.grad.half())
 
 
-@pytest.mark.parametrize("name", ["ssim", "ms_ssim", "l1_dssim_loss"])
-def test_a_second_derivative_is_a_clear_error(name):
-    shape = (1, 1, 176, 176) if name == "ms_ssim" else (1, 2, 16, 16)
-    x, y = images(shape)
+@pytest.mark.parametrize("name, options", [("ssim", {"win_size": 3}), ("dssim", {"win_size": 3}),
+                                           ("ms_ssim", {"win_size": 3, "weights": (0.5, 0.5)}),
+                                           ("l1_dssim_loss", {"win_size": 3})])
+def test_a_second_derivative_is_a_clear_error(name, options):
+    """Double backward: a clear error at the second backward, never a silently wrong or missing gradient."""
+    x, y = images((1, 1, 6, 6))
     function = getattr(ct, name)
     x.requires_grad_()
     with pytest.raises(RuntimeError, match=f"cussim.torch.{name} has no second derivative"):
-        torch.autograd.gradgradcheck(function, (x, y.requires_grad_()))
-    # A gradient penalty: never a silently missing or wrong gradient.
+        torch.autograd.gradgradcheck(lambda a, b: function(a, b, **options), (x, y.requires_grad_()))
+    # A gradient penalty, with the metric's own term beside it (the penalty must not silently vanish).
     weight = torch.tensor(2.0, dtype=x.dtype)
-    (gradient,) = torch.autograd.grad(function(x, y) * weight, x, create_graph=True)
+    (gradient,) = torch.autograd.grad(function(x, y, **options) * weight, x, create_graph=True)
     with pytest.raises(RuntimeError, match="has no second derivative"):
-        ((gradient**2).sum() + function(x, y)).backward()
+        ((gradient**2).sum() + function(x, y, **options)).backward()
+    # create_graph=True alone still gives the first derivative
+    (first,) = torch.autograd.grad(function(x, y, **options), x)
+    assert torch.equal(gradient, 2 * first)
