@@ -4,8 +4,8 @@ Every array the public functions take passes through here: converted without
 a copy (CuPy arrays, ``__cuda_array_interface__`` and ``__dlpack__`` objects
 such as PyTorch CUDA tensors, NumPy arrays), checked for dtype and device, and
 every output buffer is checked for shape, dtype, device, layout and overlap
-with the inputs. Buffers the library itself creates go through :func:`empty`,
-which a test can count.
+with itself, the other outputs and the inputs. Buffers the library itself
+creates go through :func:`empty`, which a test can count.
 """
 
 from __future__ import annotations
@@ -120,8 +120,48 @@ def overlaps(a, b) -> bool:
     return low_a < high_b and low_b < high_a
 
 
-def check_output(array, name: str, *, shape, dtype, like, inputs) -> None:
-    """An output buffer (already through :func:`as_array`): right shape, dtype and place, no overlap with inputs."""
+def overlaps_itself(array) -> bool:
+    """Whether two elements of an array may share memory (a 0 stride, or strides that interleave).
+
+    The sufficient test: with the axes sorted by stride, each stride passes
+    the extent of the axes inside it. Layouts that fail it only by
+    interleaving without sharing are refused too; none arises from slicing,
+    transposing or reshaping.
+    """
+    extent = array.itemsize
+    for stride, n in sorted((abs(s), n) for n, s in zip(array.shape, array.strides) if n > 1):
+        if stride < extent:
+            return True
+        extent = stride * (n - 1) + extent
+    return False
+
+
+def check_apart(outputs: dict, inputs: dict) -> None:
+    """Every output (name: array or None) apart from itself, from the other outputs and from the inputs.
+
+    The one overlap check of every public function, on every path: a shared
+    byte gives a wrong result, so it is refused before anything is computed.
+    """
+    outputs = {name: a for name, a in outputs.items() if a is not None}
+    for name, array in outputs.items():
+        if overlaps_itself(array):
+            raise ValueError(f"{name} has elements that share memory (strides {tuple(array.strides)}); outputs "
+                             "need one element per value: pass a new array (e.g. from empty_like)")
+    names = list(outputs)
+    for i, name in enumerate(names):
+        for other in names[i + 1 :]:
+            if overlaps(outputs[name], outputs[other]):
+                raise ValueError(f"{name} overlaps {other}; outputs must not share memory with each other")
+        for input_name, value in inputs.items():
+            if overlaps(outputs[name], value):
+                raise ValueError(f"{name} overlaps {input_name}; outputs must not share memory with the inputs")
+
+
+def check_output(array, name: str, *, shape, dtype, like) -> None:
+    """An output buffer (already through :func:`as_array`): right shape, dtype and place, writable.
+
+    Overlaps are checked with all the outputs together (:func:`check_apart`).
+    """
     check_same_place(like, array, name, "the inputs")
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(array.shape)}; it must be {tuple(shape)}")
@@ -129,9 +169,6 @@ def check_output(array, name: str, *, shape, dtype, like, inputs) -> None:
         raise TypeError(f"{name} has dtype {array.dtype}; it must be {np.dtype(dtype).name}")
     if is_numpy(array) and not array.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    for input_name, value in inputs.items():
-        if overlaps(array, value):
-            raise ValueError(f"{name} overlaps {input_name}; outputs must not share memory with the inputs")
 
 
 def empty(xp, shape, dtype):

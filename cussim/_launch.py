@@ -104,12 +104,20 @@ def _merge_leading(shape, stride_sets):
     return counts, strides
 
 
+def addressable(array) -> bool:
+    """Whether the kernels can write this output as it lies: element strides, batch axes in two levels."""
+    return (all(s % array.itemsize == 0 for s in array.strides)
+            and _merge_leading(array.shape[:-2], [_element_strides(array)[:-2]]) is not None)
+
+
 def plane_layouts(inputs, outputs=None):
     """(outer count, inner count), a PlaneLayout per array, and the inputs, for arrays of one batch shape.
 
     ``outputs`` maps names to arrays written in place. Inputs whose batch axes
     cannot be expressed in two stride levels (together with the others) are
-    copied to C order first, the only copy a launch makes; outputs must fit.
+    copied to C order first, the only copy a launch makes; outputs must be
+    :func:`addressable` (the public functions give the kernels a C-order
+    buffer in place of one that is not).
     """
     outputs = outputs or {}
     arrays = [*inputs, *outputs.values()]

@@ -11,6 +11,7 @@ axis is a batch axis. The gradient is with respect to the FIRST argument x
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -65,6 +66,10 @@ class _Problem:
 
     def device(self):
         return _arrays.on_device(self.x)
+
+    def check_apart(self, outputs: dict) -> None:
+        """The outputs (name: array or None) apart from each other, themselves and x and y."""
+        _arrays.check_apart(outputs, {"x": self.x, "y": self.y})
 
 
 def _normalise_axis(value, ndim, name):
@@ -190,7 +195,7 @@ def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
 
 
 def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: str) -> Workspace:
-    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device, apart from the inputs."""
+    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute)."""
     if not isinstance(workspace, Workspace):
         raise TypeError(f"workspace must come from cussim.{maker}, got {type(workspace).__name__}")
     sums, maps = sizes
@@ -198,9 +203,6 @@ def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: s
     _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
     if workspace.block_sums.size != sums or workspace.grad_maps.size != maps or workspace.grad_maps.dtype != ctype:
         raise ValueError(f"workspace does not fit these images; make one with cussim.{maker}(x, {options})")
-    for name, value in (("x", problem.x), ("y", problem.y)):
-        if _arrays.overlaps(workspace.grad_maps, value) or _arrays.overlaps(workspace.block_sums, value):
-            raise ValueError(f"workspace overlaps {name}")
     return workspace
 
 
@@ -212,8 +214,7 @@ def _value_buffer(problem: _Problem, out):
             out = _arrays.empty(problem.xp, problem.value_shape, dtype)
     else:
         out = _arrays.as_array(out, "out")
-        _arrays.check_output(out, "out", shape=problem.value_shape, dtype=dtype, like=problem.x,
-                             inputs={"x": problem.x, "y": problem.y})
+        _arrays.check_output(out, "out", shape=problem.value_shape, dtype=dtype, like=problem.x)
         if out.ndim > 1 and not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous (it holds {out.size} values)")
     return out, out.reshape(-1)
@@ -240,6 +241,20 @@ def _use_kernels(problem: _Problem) -> bool:
     return problem.xp is not np or _arrays.numpy_backend() == "emulator"
 
 
+@contextlib.contextmanager
+def _addressable(problem: _Problem, view, keep=False):
+    """Yields the output ``view`` for the kernels, or, where they cannot address its layout, a new C-order
+    buffer (holding view's values if ``keep``) copied into it afterwards: any output layout works on every path."""
+    if view is None or _launch.addressable(view):
+        yield view
+        return
+    target = _arrays.empty(problem.xp, view.shape, view.dtype)
+    if keep:
+        target[...] = view
+    yield target
+    view[...] = target
+
+
 def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch):
     """The steps of every mean (SSIM's and MS-SSIM's): outputs checked, then the reference or the kernels.
 
@@ -253,6 +268,8 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
     grad_view = problem.permuted(grad) if want_gradient else None
     if workspace is not None:
         workspace = check_workspace(workspace)
+    problem.check_apart({"out": out, "grad": grad, "workspace.block_sums": getattr(workspace, "block_sums", None),
+                         "workspace.grad_maps": getattr(workspace, "grad_maps", None)})
     if problem.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
         flat_out[...] = np.nan
         return out
@@ -262,8 +279,8 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
         if want_gradient:
             grad_view[...] = gradient + grad_view if accumulate else gradient
         return out
-    with problem.device():
-        launch(flat_out, grad_view, workspace)
+    with problem.device(), _addressable(problem, grad_view, keep=accumulate) as target:
+        launch(flat_out, target, workspace)
     return out
 
 
@@ -305,8 +322,7 @@ def _gradient_buffer(problem: _Problem, grad, accumulate):
         with problem.device():
             return _arrays.empty(problem.xp, x_original.shape, dtype)
     grad = _arrays.as_array(grad, "grad")
-    _arrays.check_output(grad, "grad", shape=x_original.shape, dtype=dtype, like=problem.x,
-                         inputs={"x": problem.x, "y": problem.y})
+    _arrays.check_output(grad, "grad", shape=x_original.shape, dtype=dtype, like=problem.x)
     return grad
 
 
@@ -413,8 +429,8 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
             result = problem.original(_arrays.empty(problem.xp, map_shape, dtype))
     else:
         result = _arrays.as_array(out, "out")
-        _arrays.check_output(result, "out", shape=original_shape, dtype=dtype, like=problem.x,
-                             inputs={"x": problem.x, "y": problem.y})
+        _arrays.check_output(result, "out", shape=original_shape, dtype=dtype, like=problem.x)
+        problem.check_apart({"out": result})
     if problem.planes == 0:
         return result
     if not _use_kernels(problem):
@@ -423,8 +439,8 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
                                 data_range=p.data_range, cov=p.cov)
         problem.permuted(result)[...] = S
         return result
-    with problem.device():
-        _launch.forward(problem.x, problem.y, problem.params, map_out=problem.permuted(result))
+    with problem.device(), _addressable(problem, problem.permuted(result)) as target:
+        _launch.forward(problem.x, problem.y, problem.params, map_out=target)
     return result
 
 

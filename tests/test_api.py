@@ -373,12 +373,56 @@ def test_more_planes_than_a_grid_dimension_holds(monkeypatch):
     assert max(grid[1] for grid in grids if len(grid) > 1) == _module.MAX_GRID[1]
 
 
-def test_output_layout_that_strides_cannot_address(monkeypatch):
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    x, y = _images((3, 4, 5, 12, 12))
-    grad = np.zeros((5, 4, 3, 12, 12), np.float32).transpose(2, 1, 0, 3, 4)[:, ::-1]  # three stride levels
-    with pytest.raises(ValueError, match="grad: the batch axes"):
-        cussim.ssim_with_gradient(x, y, grad=grad)
+def _module(backend):
+    if backend.name != "cupy":
+        return np
+    import cupy
+
+    return cupy
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_any_layout_works_on_every_path(backend, accumulate):
+    """Inputs and outputs whose batch axes need three stride levels: the kernels get C-order buffers in their
+    place (copied back for outputs), so every path gives the contiguous arrays' results."""
+    xp = _module(backend)
+    x, y = (backend.asarray(a) for a in _images((4, 3, 2, 12, 12), np.float64))
+    x, y = x.transpose(2, 1, 0, 3, 4), y.transpose(2, 1, 0, 3, 4)[:, ::-1]
+    grad, ssim_map = (xp.ones((4, 3, 2, 12, 12)).transpose(2, 1, 0, 3, 4)[:, ::-1] for _ in range(2))
+    value, grad = cussim.ssim_with_gradient(x, y, grad=grad, accumulate=accumulate)
+    cussim.ssim_map(x, y, out=ssim_map)
+    x, y = (np.ascontiguousarray(backend.asnumpy(a)) for a in (x, y))
+    expected_value, expected_grad = _expected(x, y)
+    _close(backend.asnumpy(value), expected_value, np.float64)
+    _close_gradient(backend.asnumpy(grad) - accumulate, expected_grad, np.float64)
+    np.testing.assert_allclose(backend.asnumpy(ssim_map), cussim.ssim_map(x, y), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ssim", "ms_ssim"])
+def test_outputs_sharing_memory_are_refused(backend, name):
+    """out inside grad, a workspace overlapping grad or x, an output that overlaps itself: clear errors on
+    every path."""
+    xp = _module(backend)
+    shape = (2, 1, 48, 48) if name == "ms_ssim" else (2, 3, 20, 20)
+    options = dict(weights=(0.5, 0.5), win_size=5) if name == "ms_ssim" else {}
+    x, y = (backend.asarray(a) for a in _images(shape, np.float64))
+    function = getattr(cussim, f"{name}_with_gradient")
+    grad = xp.empty(shape)
+    with pytest.raises(ValueError, match="out overlaps grad; outputs must not share memory with each other"):
+        function(x, y, out=grad.reshape(-1)[:1].reshape(()), grad=grad, **options)
+    overlapping = xp.lib.stride_tricks.as_strided(xp.zeros(shape[-1] * shape[-2]), shape, (0, 0, 8 * shape[-1], 8))
+    with pytest.raises(ValueError, match=r"grad has elements that share memory \(strides \(0, 0,"):
+        function(x, y, grad=overlapping, **options)
+    make = cussim.make_ms_ssim_workspace if name == "ms_ssim" else cussim.make_workspace
+    made = make(x, **options)
+    memory = xp.empty(made.grad_maps.size + x.size)
+    workspace = cussim.Workspace(made.block_sums, memory[: made.grad_maps.size])
+    with pytest.raises(ValueError, match="grad overlaps workspace.grad_maps"):
+        function(x, y, grad=memory[made.grad_maps.size - 1 : -1].reshape(shape), workspace=workspace, **options)
+    with pytest.raises(ValueError, match="workspace.block_sums overlaps x"):
+        function(x, y, workspace=cussim.Workspace(x.reshape(-1)[: made.block_sums.size], made.grad_maps), **options)
+    with pytest.raises(ValueError, match="out has elements that share memory"):
+        cussim.ssim_map(x, y, out=overlapping)
 
 
 def test_empty_batches(backend):
