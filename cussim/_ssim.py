@@ -122,6 +122,8 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     if not reduce or axis is None:
         averaged = set(range(ndim)) if reduce else set(spatial)
     else:
+        if not isinstance(axis, (numbers.Integral, tuple, list)):
+            raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}")
         axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
         averaged = [_normalise_axis(a, ndim, "axis") for a in axes]
         if len(set(averaged)) != len(averaged):
