@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _cluster, _imagefiles
 from ._imagefiles import ImageError
-from ._params import ssim_params
+from ._params import check_compute_range, ssim_params
 from ._ssim import ssim, ssim_map
 
 SAMPLE_IMAGES = ("camera", "astronaut", "coffee", "chelsea")
@@ -227,7 +227,7 @@ def compare(args) -> int:
     xp, device_line = select_device(args.device)
     options = metric_options(args)
     try:
-        ssim_params(**{"data_range": 1.0, **options})
+        check_compute_range(ssim_params(**{"data_range": 1.0, **options}), np.float32)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     try:

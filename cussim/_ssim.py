@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _arrays, _launch, _reference
-from ._params import SsimParams, ssim_params
+from ._params import SsimParams, check_compute_range, ssim_params
 
 INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -113,6 +113,7 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
         data_range = INTEGER_RANGES.get(x.dtype, 1.0)
     params = ssim_params(win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2, padding=padding,
                          sample_covariance=sample_covariance, data_range=data_range)
+    check_compute_range(params, _launch.compute_dtype(x.dtype))
     height, width = (x.shape[a] for a in spatial)
     if min_side is not None and min(height, width) < min_side[0]:
         raise ValueError(f"x's images are {height}x{width}; {min_side[1]}")

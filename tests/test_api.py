@@ -291,6 +291,12 @@ X, Y = _images((2, 20, 20))
         (lambda: cussim.ssim(X, Y, axis=(0, 1)), ValueError, "must include both spatial axes"),
         (lambda: cussim.ssim(X, Y, axis=3), ValueError, "axis=3 is out of range"),
         (lambda: cussim.ssim(X, Y, axis=(1, 1, 2)), ValueError, "repeats an axis"),
+        (lambda: cussim.ssim(X, Y, K1=1e200), ValueError, r"K1=1e\+200, K2=0.03: .* overflow float32 arithmetic"),
+        (lambda: cussim.ssim(X, Y, K1=1e20), ValueError, "overflow float32 arithmetic"),
+        (lambda: cussim.ms_ssim(X, Y, K2=1e20), ValueError, "overflow float32 arithmetic"),
+        (lambda: cussim.ssim(X.astype(np.float64), Y.astype(np.float64), K1=1e200), ValueError,
+         "overflow float64 arithmetic"),
+        (lambda: cussim.ssim(X, Y, data_range=1e-39), ValueError, "data_range=1e-39 is too small for float32"),
         (lambda: cussim.ssim(X, Y, axis=2.0), TypeError, "axis must be an int or a tuple of ints, got 2.0"),
         (lambda: cussim.ssim(X, Y, axis=(1.0, 2)), TypeError, r"axis must be an int, got 1.0"),
         (lambda: cussim.ssim(np.ma.masked_less(X, 0.5), Y), TypeError, r"x is a masked array \(numpy.ma\)"),
@@ -316,6 +322,14 @@ X, Y = _images((2, 20, 20))
 def test_errors(backend, call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_large_constants_within_range_agree_on_every_path(backend):
+    """K1 = 1e15 fits float32 arithmetic: a number, the same on every path (no NaN, no OverflowError)."""
+    x, y = _images((2, 20, 20))
+    value = backend.asnumpy(cussim.ssim(backend.asarray(x), backend.asarray(y), K1=1e15))
+    expected, _ = _expected(x, y, K1=1e15)
+    _close(value, expected, np.float32)
 
 
 def test_read_only_output_is_refused():
