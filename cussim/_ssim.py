@@ -340,7 +340,10 @@ DOC_IMAGES = """
         the rest in float32).
 """
 _DOC_PARAMETERS = DOC_IMAGES + """    data_range : float, optional
-        Value range L of the images: 1 for floats, the dtype's range for integers.
+        Value range L of the images: the dtype's range for integers (255,
+        65535); 1 for floats, the [0, 1] convention: pass it for floats in any
+        other range (255 for [0, 255], 2 for [-1, 1]). Never guessed from the
+        values.
     win_size : int
         Odd window size, 3 to 15 (default 11).
     sigma : float
