@@ -188,7 +188,7 @@ def _reference_values(pyramid: _Pyramid, want_gradient):
     return _reference.ms_ssim_with_gradient(
         problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
         K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.kept, ndim)),
-        pool_axes=(ndim - 3,) if pyramid.group > 1 else (), want_gradient=want_gradient)
+        pool_axes=(ndim - 3,) if pyramid.group > 1 else (), want_gradient=want_gradient, limit=problem.limit)
 
 
 def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):

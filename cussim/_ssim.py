@@ -67,6 +67,12 @@ class _Problem:
     def device(self):
         return _arrays.on_device(self.x)
 
+    @property
+    def limit(self) -> float:
+        """The largest number of the compute dtype: where the kernels' arithmetic overflows, the reference
+        gives NaN too (docs/spec.rst section 1)."""
+        return float(np.finfo(_launch.compute_dtype(self.x.dtype)).max)
+
     def check_apart(self, outputs: dict) -> None:
         """The outputs (name: array or None) apart from each other, themselves and x and y."""
         _arrays.check_apart(outputs, {"x": self.x, "y": self.y})
@@ -227,7 +233,8 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     """The float64 reference on NumPy inputs: (values, gradient in the kernels' layout or None)."""
     p = problem.params
     axes = tuple(range(problem.kept, problem.x.ndim))
-    kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov)
+    kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov,
+                  limit=problem.limit)
     taps = np.asarray(p.taps)
     l1_value = l1_grad = 0.0
     if l1:  # the fused L1 term, only where it is asked for (it costs a float64 copy of the images)
@@ -442,7 +449,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     if not _use_kernels(problem):
         p = problem.params
         S = _reference.ssim_map(problem.x, problem.y, np.asarray(p.taps), K1=p.K1, K2=p.K2, padding=p.padding,
-                                data_range=p.data_range, cov=p.cov)
+                                data_range=p.data_range, cov=p.cov, limit=problem.limit)
         problem.permuted(result)[...] = S
         return result
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:

@@ -332,6 +332,35 @@ def test_large_constants_within_range_agree_on_every_path(backend):
     _close(value, expected, np.float32)
 
 
+OVERFLOWING = pytest.mark.parametrize("scale, data_range", [(3e19, 1.0), (1.0, 1e-30), (1e10, 1.0)],
+                                      ids=["values-3e19", "data_range-1e-30", "values-1e10"])
+
+
+@OVERFLOWING
+def test_statistics_beyond_float32_are_nan_on_every_path(backend, scale, data_range):
+    """float32 images whose scaled statistics overflow float32: NaN on every path (the float64 reference
+    included), where the kernels' arithmetic overflows; a number on none."""
+    x, y = (backend.asarray(a * np.float32(scale)) for a in _images((2, 40, 40)))
+    assert np.isnan(float(cussim.ssim(x, y, data_range=data_range)))
+    assert np.isnan(backend.asnumpy(cussim.ssim_map(x, y, data_range=data_range))).mean() > 0.9
+
+
+@OVERFLOWING
+def test_statistics_beyond_float32_never_give_a_zero_gradient(request, backend, scale, data_range):
+    """Nor a silently zero gradient, nor an MS-SSIM whose relu turned the NaN means into 0."""
+    if backend.name != "reference":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "kernels/ssim.cu: ssim_pixel zeroes the partials of a NaN map pixel (s == s_raw is false) and "
+            "msssim_combine's fmax(mean, 0) turns a NaN mean into 0; both must keep the NaN")))
+    x, y = (backend.asarray(a * np.float32(scale)) for a in _images((2, 40, 40)))
+    value, grad = cussim.ssim_with_gradient(x, y, data_range=data_range)
+    assert np.isnan(float(value)) and np.isnan(backend.asnumpy(grad)).mean() > 0.9
+    values, grad = cussim.ms_ssim_with_gradient(x, y, data_range=data_range, weights=(0.5, 0.5), win_size=5,
+                                                axis=(1, 2))
+    values, grad = backend.asnumpy(values), backend.asnumpy(grad)
+    assert np.isnan(values).any() and np.isnan(grad[np.isnan(values)]).all()
+
+
 def test_read_only_output_is_refused():
     out = np.zeros((), np.float32)
     out.flags.writeable = False
