@@ -101,12 +101,11 @@ def check_same_place(reference, array, name: str, reference_name: str) -> None:
 
 
 def _byte_extent(array):
-    """[low, high) of the bytes an array may touch."""
-    start = array.ctypes.data if is_numpy(array) else array.data.ptr
-    low = high = start
+    """[low, high) of the bytes an array may touch; None for an empty array."""
+    if array.size == 0:
+        return None
+    low = high = array.ctypes.data if is_numpy(array) else array.data.ptr
     for n, stride in zip(array.shape, array.strides):
-        if n == 0:
-            return start, start
         if stride < 0:
             low += stride * (n - 1)
         else:
@@ -114,13 +113,9 @@ def _byte_extent(array):
     return low, high + array.itemsize
 
 
-def overlaps(a, b) -> bool:
-    """Whether two arrays may share memory (by their byte extents)."""
-    if a.size == 0 or b.size == 0:
-        return False
-    low_a, high_a = _byte_extent(a)
-    low_b, high_b = _byte_extent(b)
-    return low_a < high_b and low_b < high_a
+def _meet(a, b) -> bool:
+    """Whether two byte extents (or None) share a byte."""
+    return a is not None and b is not None and a[0] < b[1] and b[0] < a[1]
 
 
 def overlaps_itself(array) -> bool:
@@ -131,6 +126,8 @@ def overlaps_itself(array) -> bool:
     interleaving without sharing are refused too; none arises from slicing,
     transposing or reshaping.
     """
+    if array.size == 0:
+        return False
     extent = array.itemsize
     for stride, n in sorted((abs(s), n) for n, s in zip(array.shape, array.strides) if n > 1):
         if stride < extent:
@@ -150,13 +147,15 @@ def check_apart(outputs: dict, inputs: dict) -> None:
         if overlaps_itself(array):
             raise ValueError(f"{name} has elements that share memory (strides {tuple(array.strides)}); outputs "
                              "need one element per value: pass a new array (e.g. from empty_like)")
+    extents = {name: _byte_extent(a) for name, a in outputs.items()}
+    input_extents = {name: _byte_extent(a) for name, a in inputs.items()}
     names = list(outputs)
     for i, name in enumerate(names):
         for other in names[i + 1 :]:
-            if overlaps(outputs[name], outputs[other]):
+            if _meet(extents[name], extents[other]):
                 raise ValueError(f"{name} overlaps {other}; outputs must not share memory with each other")
-        for input_name, value in inputs.items():
-            if overlaps(outputs[name], value):
+        for input_name, extent in input_extents.items():
+            if _meet(extents[name], extent):
                 raise ValueError(f"{name} overlaps {input_name}; outputs must not share memory with the inputs")
 
 
