@@ -126,7 +126,7 @@ def overlaps_itself(array) -> bool:
     interleaving without sharing are refused too; none arises from slicing,
     transposing or reshaping.
     """
-    if array.size == 0:
+    if array.size == 0 or array.flags.c_contiguous:
         return False
     extent = array.itemsize
     for stride, n in sorted((abs(s), n) for n, s in zip(array.shape, array.strides) if n > 1):
