@@ -104,14 +104,27 @@ def _merge_leading(shape, stride_sets):
     return counts, strides
 
 
+def _whole_elements(array) -> bool:
+    """Whether every stride is a whole number of elements (NumPy allows byte strides that are not)."""
+    return all(s % array.itemsize == 0 for s in array.strides)
+
+
+def addressable(array) -> bool:
+    """Whether the kernels can write this output as it lies: element strides, batch axes in two levels."""
+    return _whole_elements(array) and _merge_leading(array.shape[:-2], [_element_strides(array)[:-2]]) is not None
+
+
 def plane_layouts(inputs, outputs=None):
     """(outer count, inner count), a PlaneLayout per array, and the inputs, for arrays of one batch shape.
 
     ``outputs`` maps names to arrays written in place. Inputs whose batch axes
     cannot be expressed in two stride levels (together with the others) are
-    copied to C order first, the only copy a launch makes; outputs must fit.
+    copied to C order first, the only copy a launch makes; outputs must be
+    :func:`addressable` (the public functions give the kernels a C-order
+    buffer in place of one that is not).
     """
     outputs = outputs or {}
+    inputs = [a if _whole_elements(a) else _contiguous_copy(a) for a in inputs]
     arrays = [*inputs, *outputs.values()]
     lead = inputs[0].shape[:-2]
     merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])

@@ -188,7 +188,7 @@ def _reference_values(pyramid: _Pyramid, want_gradient):
     return _reference.ms_ssim_with_gradient(
         problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
         K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.kept, ndim)),
-        pool_axes=(ndim - 3,) if pyramid.group > 1 else (), want_gradient=want_gradient)
+        pool_axes=(ndim - 3,) if pyramid.group > 1 else (), want_gradient=want_gradient, limit=problem.limit)
 
 
 def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
@@ -251,7 +251,8 @@ _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensor
         One exponent per scale, 2 to 16 of them, finite and >= 0; default the
         five published ones (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
     data_range : float, optional
-        Value range L of the images: 1 for floats, the dtype's range for integers.
+        Value range L of the images, as in :func:`cussim.ssim`: the dtype's
+        range for integers, 1 for floats (pass it for other ranges).
     win_size : int
         Odd Gaussian window size, 3 to 15 (default 11); every scale must be at
         least this wide (the error says the minimum image side).
