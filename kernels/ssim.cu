@@ -43,8 +43,10 @@
 // filters each tile row, and a vertical pass finishes the filter in
 // registers. Zero padding ("same"), the valid interior ("valid") or
 // half-sample reflection ("reflect") decide what the halo holds. The tile is
-// stored shifted by its centre pixel, so float32 variances of flat, bright
-// regions keep their digits (see ssim_pixel).
+// stored shifted by its centre pixel (tile_shift), so float32 variances of
+// flat, bright regions keep their digits (see ssim_pixel); the partial maps
+// are those of the shifted moments, and the backward moves them to its own
+// tile's shift, so that the gradient keeps its digits too (see ssim_backward).
 //
 // This file compiles unchanged with NVRTC and, for the CPU emulator, with g++
 // after cuda_emulator.h; it includes no header.
@@ -146,6 +148,18 @@ __device__ inline int mirror_index(int i, int n) {
     return i < n ? i : period - i;
 }
 
+// A tile's shift: the scaled image value at the pixel nearest the centre of
+// the 16x16 tile whose first pixel is (row, col), or 0 where that value is not
+// finite, so that a NaN or an infinity stays in the windows that hold it.
+template <class T, class C>
+__device__ inline C tile_shift(const T* plane, long long row_stride, long long col_stride, int row, int col,
+                               int height, int width, C inv_range) {
+    row = min(row + kTile / 2, height - 1);
+    col = min(col + kTile / 2, width - 1);
+    const C k = (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
+    return k - k == C(0) ? k : C(0);
+}
+
 template <class T, class C>
 __device__ inline C load_scaled(const T* plane, long long row_stride, long long col_stride, int row, int col,
                                 int height, int width, int padding, C inv_range) {
@@ -179,7 +193,10 @@ template <class C> struct Pixel {
 // The moments m (mx, my, Exx, Eyy, Exy) come from images shifted by (kx, ky),
 // constants near the window's values: the variances and the covariance, which
 // are shift-invariant, then lose no digits to E[x^2] - mx^2 cancellation, and
-// the means are mx' + kx, my' + ky.
+// the means are mx' + kx, my' + ky. The partials are those of the shifted
+// moments: partial[0] is dS/dmx' with Exx', Exy' held fixed, which is
+// Pmu + 2 kx Pxx + ky Pxy, computed without that sum's cancellation (its
+// covariance terms take the shifted means; for x == y it is exactly 0).
 template <class C>
 __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C cov, int term, int formula) {
     const C sxx_raw = mul(cov, add(m[2], -mul(m[0], m[0])));
@@ -202,21 +219,23 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     if (formula == GRADIENT_NONE) return out;
     const C s = out.s, inv_b1 = C(1) / b1, inv_b2 = C(1) / b2, inv_d = inv_b1 * inv_b2;
     if (formula == GRADIENT_EXACT && s == s_raw && term == TERM_CS) {
-        // cs = A2 / B2: A2 moves with Exy - mx my, B2 with Exx - mx^2.
-        out.partial[0] = -C(2) * cov * my * inv_b2 + (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
+        // cs = A2 / B2: A2 moves with Exy' - mx' my', B2 with Exx' - mx'^2.
+        out.partial[0] = -C(2) * cov * m[1] * inv_b2 + (free_sxx ? C(2) * cov * m[0] * s * inv_b2 : C(0));
         out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
         out.partial[2] = C(2) * cov * inv_b2;
     } else if (formula == GRADIENT_EXACT && s == s_raw) {
         // Derivatives of the unclamped covariance: at a flat window of x, sxy
         // moves to first order with x while sxx moves only to second order.
-        out.partial[0] = C(2) * my * (a2 - cov * a1) * inv_d - C(2) * mx * s * inv_b1 +
-                         (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
+        // The luminance term 2 (my A2 / B2 - mx S) / B1 is exactly 0 for x == y.
+        out.partial[0] = C(2) * (my * (a2 / b2) - mx * s) * inv_b1 - C(2) * cov * m[1] * a1 * inv_d +
+                         (free_sxx ? C(2) * cov * m[0] * s * inv_b2 : C(0));
         out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
         out.partial[2] = C(2) * cov * a1 * inv_d;
     } else if (formula == GRADIENT_SKIMAGE) {
-        out.partial[0] = (mx * (a2 - a1) - my * (b2 - b1) * s) * inv_d;
         out.partial[1] = C(0.5) * a1 * inv_d;
         out.partial[2] = -s * inv_b2;
+        out.partial[0] = (mx * (a2 - a1) - my * (b2 - b1) * s) * inv_d + C(2) * kx * out.partial[1] +
+                         ky * out.partial[2];
     }
     return out;
 }
@@ -365,11 +384,9 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const long long outer = p / inner_count, inner = p % inner_count;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
-        // The shifts: the image pixel nearest the tile's centre (every thread reads the same one).
-        const int centre_row = min(g.row + g.offset + kTile / 2, height - 1);
-        const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
-        const C kx = load_scaled(xp, x_row, x_col, centre_row, centre_col, height, width, PAD_SAME, inv_range);
-        const C ky = load_scaled(yp, y_row, y_col, centre_row, centre_col, height, width, PAD_SAME, inv_range);
+        // The shifts (every thread reads the same pixel).
+        const C kx = tile_shift(xp, x_row, x_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
+        const C ky = tile_shift(yp, y_row, y_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
 #pragma unroll 1
         for (int k = tid; k < kSide * kSide; k += kThreads) {
             const int r = k / kSide, c = k % kSide;
@@ -443,6 +460,14 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     constexpr int kThreads = kTile * kTile;
     __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pxy around the tile
     __shared__ C rows[3][kSide][kTile];
+    // The shifts (x, y) of the forward tiles under this tile's halo: 4 x 4
+    // from tile (shift_row, shift_col), which holds every map pixel the halo
+    // reads, reflected or not, for R <= 8 (a halo side of 16 + 2R <= 32 map
+    // pixels, whose reflections past the map's end land in the tile before).
+    // own_shift: this tile's (x, y) shift, the same for all its windows.
+    static_assert(R <= 8, "the shift table covers halos of R <= 8");
+    __shared__ C shifts[2][4][4];
+    __shared__ C own_shift[2];
     __shared__ C weights[2 * R + 1];
 
     const TileGeometry g = tile_geometry<R>(padding, height, width, false);
@@ -454,7 +479,24 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long outer = p / inner_count, inner = p % inner_count;
         const C* maps = grad_maps + p * g.map_pixels;
-
+        // The partial maps are those of moments shifted by the forward tile's
+        // (kx, ky) (ssim_pixel); with this tile's own shift (bx, by), the same
+        // for every window here, dL/dx = F^T(P0 + 2 (bx - kx) P1 + (by - ky) P2)
+        // + 2 (x - bx) F^T(P1) + (y - by) F^T(P2): no term is larger than the
+        // gradient where the image is bright and flat.
+        const int shift_row = max(((g.row - R - g.offset) >> 4) - 1, 0);
+        const int shift_col = max(((g.col - R - g.offset) >> 4) - 1, 0);
+        if (tid < 17) {
+            const T* xp = x + outer * x_outer + inner * x_inner;
+            const T* yp = y + outer * y_outer + inner * y_inner;
+            const bool own = tid == 16;
+            const int row = own ? g.row : (shift_row + tid / 4) * kTile + g.offset;
+            const int col = own ? g.col : (shift_col + tid % 4) * kTile + g.offset;
+            C* slot = own ? own_shift : &shifts[0][tid / 4][tid % 4];
+            slot[0] = tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
+            slot[own ? 1 : 16] = tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
+        }
+        __syncthreads();
         for (int k = tid; k < kSide * kSide; k += kThreads) {
             const int r = k / kSide, c = k % kSide;
             int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
@@ -464,8 +506,16 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
                 map_col = reflect_index(map_col, g.map_w);
                 inside = true;
             }
-            const long long at = (long long)map_row * g.map_w + map_col;
-            for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? maps[q * maps_size + at] : C(0);
+            C value[3] = {C(0), C(0), C(0)};
+            if (inside) {
+                const long long at = (long long)map_row * g.map_w + map_col;
+                for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
+                // the shift of the forward tile that holds this map pixel
+                const int i = map_row / kTile - shift_row, j = map_col / kTile - shift_col;
+                value[0] += C(2) * (own_shift[0] - shifts[0][i][j]) * value[1] +
+                            (own_shift[1] - shifts[1][i][j]) * value[2];
+            }
+            for (int q = 0; q < 3; ++q) tile[q][r][c] = value[q];
         }
         __syncthreads();
         for (int k = tid; k < kSide * kTile; k += kThreads) {
@@ -488,7 +538,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const T* yp = y + outer * y_outer + inner * y_inner;
             const C xv = load_scaled(xp, x_row, x_col, row, col, height, width, PAD_SAME, inv_range);
             const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
-            C value = (b[0] + C(2) * xv * b[1] + yv * b[2]) * inv_range;
+            C value = (b[0] + C(2) * (xv - own_shift[0]) * b[1] + (yv - own_shift[1]) * b[2]) * inv_range;
             if (plane_weights) value *= (C)plane_weights[p];
             if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant);
             if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
