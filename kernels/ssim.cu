@@ -172,6 +172,26 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
     return (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
 }
 
+// Whether the (16 + 2R)^2 halo tile whose first pixel is (top, left) lies
+// inside the image, and whether element offsets within it fit in 32 bits.
+template <int R>
+__device__ inline bool halo_inside(int top, int left, int height, int width) {
+    return top >= 0 && left >= 0 && top + kTile + 2 * R <= height && left + kTile + 2 * R <= width;
+}
+
+template <int R>
+__device__ inline bool small_strides(long long row_stride, long long col_stride) {
+    constexpr long long limit = 0x7fffffffLL / (2 * (kTile + 2 * R));
+    return row_stride < limit && row_stride > -limit && col_stride < limit && col_stride > -limit;
+}
+
+// P0 = dS/dmx' of moments shifted by (kx, ky), moved to the shift `own`:
+// P0 + 2 (own_x - kx) P1 + (own_y - ky) P2 (see ssim_backward).
+template <class C>
+__device__ inline C moved_partial(const C (&p)[3], const C* own, C kx, C ky) {
+    return p[0] + C(2) * (own[0] - kx) * p[1] + (own[1] - ky) * p[2];
+}
+
 // What the forward writes into the three partial maps (the backward combines
 // them as map0 + 2 x map1 + y map2, each blurred by F^T):
 //   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dExy (docs/spec.rst section 4), zero where a
@@ -240,16 +260,18 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     return out;
 }
 
-// Sums `value` over the block's 256 threads in a fixed order (float64).
+// Sums `value` over the block's 256 threads in a fixed order (float64): each
+// warp's 32 values by a shuffle tree, then thread 0 adds the 8 warp sums in
+// order (one barrier). The total is thread 0's return value; `scratch` (8
+// doubles) is read by thread 0 alone before its next barrier, so the next
+// call may write it after that barrier.
 __device__ inline double block_sum(double value, double* scratch, int tid) {
-    scratch[tid] = value;
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(0xffffffffu, value, offset);
+    if ((tid & 31) == 0) scratch[tid >> 5] = value;
     __syncthreads();
-    for (int k = kTile * kTile / 2; k > 0; k >>= 1) {
-        if (tid < k) scratch[tid] += scratch[tid + k];
-        __syncthreads();
-    }
-    const double total = scratch[0];
-    __syncthreads();
+    double total = 0.0;
+    if (tid == 0)
+        for (int w = 0; w < kTile * kTile / 32; ++w) total += scratch[w];
     return total;
 }
 
@@ -373,7 +395,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     __shared__ C tile_y[kSide][kSide];
     __shared__ C rows[5][kSide][kTile];  // horizontally filtered mx, my, Exx, Eyy, Exy
     __shared__ C weights[2 * R + 1];
-    __shared__ double scratch[kThreads];
+    __shared__ double scratch[kThreads / 32];
 
     const TileGeometry g = tile_geometry<R>(padding, height, width, true);
     const long long maps_size = planes * g.map_pixels;
@@ -387,12 +409,28 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         // The shifts (every thread reads the same pixel).
         const C kx = tile_shift(xp, x_row, x_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
         const C ky = tile_shift(yp, y_row, y_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
+        const int top = g.row + g.offset - R, left = g.col + g.offset - R;
+        if (halo_inside<R>(top, left, height, width) && small_strides<R>(x_row, x_col) &&
+            small_strides<R>(y_row, y_col)) {
+            // The fast path (most tiles): the whole halo inside the image, so no
+            // bounds test and no padding; 32-bit offsets from its first pixel.
+            const T* xo = xp + top * x_row + left * x_col;
+            const T* yo = yp + top * y_row + left * y_col;
+            const int xr = (int)x_row, xc = (int)x_col, yr = (int)y_row, yc = (int)y_col;
 #pragma unroll 1
-        for (int k = tid; k < kSide * kSide; k += kThreads) {
-            const int r = k / kSide, c = k % kSide;
-            const int row = g.row + g.offset - R + r, col = g.col + g.offset - R + c;
-            tile_x[r][c] = load_scaled(xp, x_row, x_col, row, col, height, width, padding, inv_range) - kx;
-            tile_y[r][c] = load_scaled(yp, y_row, y_col, row, col, height, width, padding, inv_range) - ky;
+            for (int k = tid; k < kSide * kSide; k += kThreads) {
+                const int r = k / kSide, c = k % kSide;
+                tile_x[r][c] = (C)element_value(xo[r * xr + c * xc]) * inv_range - kx;
+                tile_y[r][c] = (C)element_value(yo[r * yr + c * yc]) * inv_range - ky;
+            }
+        } else {
+#pragma unroll 1
+            for (int k = tid; k < kSide * kSide; k += kThreads) {
+                const int r = k / kSide, c = k % kSide;
+                const int row = top + r, col = left + c;
+                tile_x[r][c] = load_scaled(xp, x_row, x_col, row, col, height, width, padding, inv_range) - kx;
+                tile_y[r][c] = load_scaled(yp, y_row, y_col, row, col, height, width, padding, inv_range) - ky;
+            }
         }
         __syncthreads();
         for (int k = tid; k < kSide * kTile; k += kThreads) {
@@ -497,25 +535,42 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             slot[own ? 1 : 16] = tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
         }
         __syncthreads();
-        for (int k = tid; k < kSide * kSide; k += kThreads) {
-            const int r = k / kSide, c = k % kSide;
-            int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
-            bool inside = map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
-            if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
-                map_row = reflect_index(map_row, g.map_h);
-                map_col = reflect_index(map_col, g.map_w);
-                inside = true;
+        const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
+        if (halo_inside<R>(top, left, g.map_h, g.map_w) && small_strides<R>(g.map_w, 1)) {
+            // The fast path (most tiles): the halo inside the map, 32-bit offsets, no bounds test.
+            const C* m0 = maps + (long long)top * g.map_w + left;
+            const C* m1 = m0 + maps_size;
+            const C* m2 = m1 + maps_size;
+#pragma unroll 1
+            for (int k = tid; k < kSide * kSide; k += kThreads) {
+                const int r = k / kSide, c = k % kSide, at = r * g.map_w + c;
+                const int i = (top + r) / kTile - shift_row, j = (left + c) / kTile - shift_col;
+                const C value[3] = {m0[at], m1[at], m2[at]};
+                tile[0][r][c] = moved_partial(value, own_shift, shifts[0][i][j], shifts[1][i][j]);
+                tile[1][r][c] = value[1];
+                tile[2][r][c] = value[2];
             }
-            C value[3] = {C(0), C(0), C(0)};
-            if (inside) {
-                const long long at = (long long)map_row * g.map_w + map_col;
-                for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
-                // the shift of the forward tile that holds this map pixel
-                const int i = map_row / kTile - shift_row, j = map_col / kTile - shift_col;
-                value[0] += C(2) * (own_shift[0] - shifts[0][i][j]) * value[1] +
-                            (own_shift[1] - shifts[1][i][j]) * value[2];
+        } else {
+#pragma unroll 1
+            for (int k = tid; k < kSide * kSide; k += kThreads) {
+                const int r = k / kSide, c = k % kSide;
+                int map_row = top + r, map_col = left + c;
+                bool inside = map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
+                if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
+                    map_row = reflect_index(map_row, g.map_h);
+                    map_col = reflect_index(map_col, g.map_w);
+                    inside = true;
+                }
+                C value[3] = {C(0), C(0), C(0)};
+                if (inside) {
+                    const long long at = (long long)map_row * g.map_w + map_col;
+                    for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
+                    // the shift of the forward tile that holds this map pixel
+                    const int i = map_row / kTile - shift_row, j = map_col / kTile - shift_col;
+                    value[0] = moved_partial(value, own_shift, shifts[0][i][j], shifts[1][i][j]);
+                }
+                for (int q = 0; q < 3; ++q) tile[q][r][c] = value[q];
             }
-            for (int q = 0; q < 3; ++q) tile[q][r][c] = value[q];
         }
         __syncthreads();
         for (int k = tid; k < kSide * kTile; k += kThreads) {
