@@ -356,3 +356,14 @@ def test_gradient_where_every_tile_has_its_own_shift(executor, shape, win_size, 
     ramp = np.add.outer(np.linspace(0, 3, shape[-2]), np.linspace(0, 2, shape[-1])).astype(np.float32)
     params = ssim_params(win_size=win_size, sigma=win_size / 5, padding=padding, data_range=6.0)
     _check_gradient(executor, x + ramp, y + ramp, params)
+
+
+def test_repeated_launches_use_each_calls_arrays(executor):
+    """Launch plans are reused for equal layouts: each call must still read and write its own arrays."""
+    rng = np.random.default_rng(0)
+    for seed in (1, 2, 3):
+        x, y = _images((3, 20, 22), np.float32, seed=seed, noise=0.1 * seed)
+        _check_gradient(executor, x, y, _params(x, padding="reflect"))
+        # three batch levels that no strides merge: copied on every call, so never planned with the copy
+        x, y = rng.random((2, 5, 4, 5, 12, 14), dtype=np.float32)
+        _check(executor, x[::2, :, ::-1], y[::2, :, ::-1])
