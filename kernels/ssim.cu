@@ -172,6 +172,21 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
     return (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
 }
 
+// The row pitch of a halo tile in shared memory, in elements. The
+// horizontal passes read tile[r][c + t] with thread k at r = k / 16,
+// c = k % 16: a warp covers rows r and r + 1, columns 0..15. With 4-byte
+// elements and a pitch of 16 mod 32 words, row r + 1 lies 16 banks after
+// row r, so the warp's 32 reads hit 32 different banks for every tap t: no
+// bank conflict by construction (a pitch of 16 + 2R = 26 words put rows 26
+// banks apart: 2-way conflicts for 10 of 16 columns). 8-byte elements are
+// served per half-warp, one row of 16 consecutive elements: conflict-free at
+// any pitch, so they keep the unpadded side. The vertical pass reads
+// rows[q][ty + t][tx] (pitch 16): rows ty and ty + 1 are 16 banks apart too.
+template <class C, int R> struct TilePitch {
+    static constexpr int side = kTile + 2 * R;
+    static constexpr int value = sizeof(C) == 4 ? side + ((16 - side) % 32 + 32) % 32 : side;
+};
+
 // Whether the (16 + 2R)^2 halo tile whose first pixel is (top, left) lies
 // inside the image, and whether element offsets within it fit in 32 bits.
 template <int R>
@@ -391,8 +406,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;  // halo tile side
     constexpr int kThreads = kTile * kTile;
-    __shared__ C tile_x[kSide][kSide];
-    __shared__ C tile_y[kSide][kSide];
+    __shared__ C tile_x[kSide][TilePitch<C, R>::value];
+    __shared__ C tile_y[kSide][TilePitch<C, R>::value];
     __shared__ C rows[5][kSide][kTile];  // horizontally filtered mx, my, Exx, Eyy, Exy
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kThreads / 32];
@@ -438,12 +453,15 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             C mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
 #pragma unroll
             for (int t = 0; t <= 2 * R; ++t) {
+                // 7 operations per tap (w a and w b shared), not 8; with x == y
+                // bitwise the moments of x and y stay bitwise equal.
                 const C a = tile_x[r][c + t], b = tile_y[r][c + t], w = weights[t];
-                mx += w * a;
-                my += w * b;
-                exx += w * (a * a);
-                eyy += w * (b * b);
-                exy += w * (a * b);
+                const C wa = w * a, wb = w * b;
+                mx += wa;
+                my += wb;
+                exx += wa * a;
+                eyy += wb * b;
+                exy += wa * b;
             }
             rows[0][r][c] = mx;
             rows[1][r][c] = my;
@@ -496,7 +514,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
     constexpr int kThreads = kTile * kTile;
-    __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pxy around the tile
+    __shared__ C tile[3][kSide][TilePitch<C, R>::value];  // g*Pmu, g*Pxx, g*Pxy around the tile
     __shared__ C rows[3][kSide][kTile];
     // The shifts (x, y) of the forward tiles under this tile's halo: 4 x 4
     // from tile (shift_row, shift_col), which holds every map pixel the halo
