@@ -66,11 +66,11 @@ def cases(cussim, shape=SHAPE):
     ]
 
 
-def run(cussim, repeats: int) -> list:
+def run(cussim, repeats: int, shape=SHAPE) -> list:
     """One row per case: microseconds per call (median of ``repeats``) and launches per call."""
     rows = []
     with recorded_launches() as counts:
-        for label, call in cases(cussim):
+        for label, call in cases(cussim, shape):
             call()  # warm: kernels looked up, constants made
             counts.clear()
             call()
@@ -80,7 +80,7 @@ def run(cussim, repeats: int) -> list:
                 start = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - start)
-            rows.append({"case": label, "shape": "x".join(map(str, SHAPE)), "host_us": statistics.median(times) * 1e6,
+            rows.append({"case": label, "shape": "x".join(map(str, shape)), "host_us": statistics.median(times) * 1e6,
                          "launches": launches})
     return rows
 

@@ -84,8 +84,7 @@ def nvdisasm() -> str:
 
 
 def disassemble(names, arch: int) -> dict:
-    """{name expression: [(address, opcode)]} of kernels/ssim.cu's ``names`` for ``sm_{arch}``,
-    plus {name: {label: address}} and the branch targets, as parsed from nvdisasm's text."""
+    """:func:`parse` of the SASS of kernels/ssim.cu's ``names`` (name expressions) for ``sm_{arch}``."""
     cubin, lowered = _nvrtc.compile_cubin(_kernels.kernel_source("ssim"), _kernels.COMPILE_OPTIONS, tuple(names),
                                           arch, "ssim.cu")
     with tempfile.TemporaryDirectory() as folder:
@@ -93,6 +92,12 @@ def disassemble(names, arch: int) -> dict:
         with open(path, "wb") as f:
             f.write(cubin)
         text = subprocess.run([nvdisasm(), "-c", path], check=True, capture_output=True, text=True).stdout
+    return parse(text, lowered)
+
+
+def parse(text: str, lowered: dict) -> dict:
+    """nvdisasm's text as {name expression: {"instructions": [(address, opcode, operands)], "labels": ...}}
+    for the functions in ``lowered`` ({mangled name: name expression})."""
     functions, current = {}, None
     for line in text.splitlines():
         section = _SECTION.match(line)
