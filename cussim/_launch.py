@@ -4,7 +4,9 @@ The layer between the public API and kernels/*.cu: it picks the kernel's
 template arguments, expresses every array as element strides (no copies for
 any strided view, 0 strides for a broadcast reference), sizes the grid, and
 launches on the array's executor (CuPy on its device, or the emulator for
-NumPy arrays). It does no per-pixel arithmetic.
+NumPy arrays). It does no per-pixel arithmetic. A launch's plan (kernel,
+grid, every scalar argument) is kept per layout, dtype, parameters and device,
+so a repeated call only fills in its data pointers.
 
 Example
 -------
