@@ -24,7 +24,9 @@ outermost loop of the SASS, found by its backward branch). Inside it:
   That is an upper bound: it includes code of options that a call skips by a
   branch (the gradient's partials in a value-only call, for example).
 
-Predicated instructions count as issued (a GPU issues them). Code before the
+Predicated instructions count as issued (a GPU issues them). A CALL counts
+as one instruction: the subroutines it reaches (the slow paths of a float
+division, 64-bit division past 32-bit operands) run rarely or never. Code before the
 plane loop (once per block) is not counted. The counts are exact properties
 of the binary; what they cost in time on a GPU is a prediction.
 """

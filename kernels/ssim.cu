@@ -536,10 +536,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
         const long long outer = p / inner_count, inner = p % inner_count;
         const C* maps = grad_maps + p * g.map_pixels;
         // The partial maps are those of moments shifted by the forward tile's
-        // (kx, ky) (ssim_pixel); with this tile's own shift (bx, by), the same
-        // for every window here, dL/dx = F^T(P0 + 2 (bx - kx) P1 + (by - ky) P2)
-        // + 2 (x - bx) F^T(P1) + (y - by) F^T(P2): no term is larger than the
-        // gradient where the image is bright and flat.
+        // (kx, ky) (ssim_pixel); with this tile's own shift (bx, by) =
+        // own_shift, the same for every window here,
+        // dL/dx = F^T(P0 + 2 (bx - kx) P1 + (by - ky) P2) + 2 (x - bx) F^T(P1)
+        // + (y - by) F^T(P2): no term is larger than the gradient where the
+        // image is bright and flat.
         const int shift_row = max(((g.row - R - g.offset) >> 4) - 1, 0);
         const int shift_col = max(((g.col - R - g.offset) >> 4) - 1, 0);
         if (tid < 17) {
@@ -548,9 +549,10 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const bool own = tid == 16;
             const int row = own ? g.row : (shift_row + tid / 4) * kTile + g.offset;
             const int col = own ? g.col : (shift_col + tid % 4) * kTile + g.offset;
-            C* slot = own ? own_shift : &shifts[0][tid / 4][tid % 4];
-            slot[0] = tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
-            slot[own ? 1 : 16] = tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
+            *(own ? &own_shift[0] : &shifts[0][tid / 4][tid % 4]) =
+                tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
+            *(own ? &own_shift[1] : &shifts[1][tid / 4][tid % 4]) =
+                tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
         }
         __syncthreads();
         const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
