@@ -11,6 +11,7 @@ downsampling, so the gradient flows back through every scale.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -71,26 +72,39 @@ class _Pyramid:
     def margin(self) -> int:
         return self.problem.params.radius if self.variant == "torchmetrics" else 0
 
+    @functools.cached_property
+    def _sides(self) -> tuple:
+        """(h, w) of every scale, unextended (worked out once: a call asks dozens of times)."""
+        sides = [tuple(self.problem.x.shape[-2:])]
+        for _ in range(1, self.scales):
+            sides.append(tuple(_reference.downsampled_shape(sides[-1], self.variant)))
+        return tuple(sides)
+
+    @functools.cached_property
+    def _stored(self) -> tuple:
+        m = self.margin
+        return tuple((h + 2 * m, w + 2 * m) if j == self.scales - 1 else (h, w)
+                     for j, (h, w) in enumerate(self._sides))
+
     def side(self, j) -> tuple:
         """(h, w) of scale j, unextended."""
-        shape = self.problem.x.shape[-2:]
-        for _ in range(j):
-            shape = _reference.downsampled_shape(shape, self.variant)
-        return tuple(shape)
+        return self._sides[j]
 
     def stored(self, j) -> tuple:
         """(h, w) of scale j as the kernels see it (torchmetrics' last scale extended)."""
-        h, w = self.side(j)
-        m = self.margin if j == self.scales - 1 else 0
-        return h + 2 * m, w + 2 * m
+        return self._stored[j]
 
     def map_pixels(self, j) -> int:
         h, w = self.stored(j)
         r = self.problem.params.radius
         return (h - 2 * r) * (w - 2 * r)
 
+    @functools.cached_property
+    def _tiles(self) -> tuple:
+        return tuple(_launch.tiles(self.problem.params.map_shape(shape)) for shape in self._stored)
+
     def tiles(self, j) -> int:
-        return _launch.tiles(self.problem.params.map_shape(self.stored(j)))
+        return self._tiles[j]
 
     @property
     def planes(self) -> int:
