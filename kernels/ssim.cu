@@ -148,6 +148,9 @@ __device__ inline int mirror_index(int i, int n) {
     return i < n ? i : period - i;
 }
 
+// True for a finite value: v - v is 0, where a NaN or an infinity gives NaN.
+template <class C> __device__ inline bool is_finite(C v) { return v - v == C(0); }
+
 // A tile's shift: the scaled image value at the pixel nearest the centre of
 // the 16x16 tile whose first pixel is (row, col), or 0 where that value is not
 // finite, so that a NaN or an infinity stays in the windows that hold it.
@@ -157,7 +160,7 @@ __device__ inline C tile_shift(const T* plane, long long row_stride, long long c
     row = min(row + kTile / 2, height - 1);
     col = min(col + kTile / 2, width - 1);
     const C k = (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
-    return k - k == C(0) ? k : C(0);
+    return is_finite(k) ? k : C(0);
 }
 
 template <class T, class C>
@@ -249,6 +252,13 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     const C d = mul(b1, b2);
     const C s_raw = term == TERM_CS ? a2 / b2 : mul(a1, a2) / d;
     Pixel<C> out;
+    // Statistics beyond the compute type (finite means, an infinite denominator):
+    // the pixel and its partials are NaN (docs/spec.rst section 1), never 0.
+    const C denominator = term == TERM_CS ? b2 : d;
+    if (is_finite(mx) && is_finite(my) && !is_finite(denominator)) {
+        out.s = out.partial[0] = out.partial[1] = out.partial[2] = denominator - denominator;  // NaN
+        return out;
+    }
     out.s = s_raw > C(1) ? C(1) : (s_raw < C(-1) ? C(-1) : s_raw);
     out.partial[0] = out.partial[1] = out.partial[2] = C(0);
     if (formula == GRADIENT_NONE) return out;
@@ -718,7 +728,10 @@ __global__ void __launch_bounds__(Threads, 1) msssim_combine(
                 if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
                 __syncthreads();
             }
-            if (threadIdx.x == 0) means[s] = fmax(scratch[0] / (scale_table[4 * s + 1] * (double)group), 0.0);
+            if (threadIdx.x == 0) {  // relu, keeping a NaN mean NaN (fmax would make it 0)
+                const double mean = scratch[0] / (scale_table[4 * s + 1] * (double)group);
+                means[s] = mean < 0.0 ? 0.0 : mean;
+            }
             __syncthreads();
         }
         // zero: some scale with weight > 0 has a relu'd mean of 0, so the product is 0
