@@ -104,8 +104,11 @@ def _merge_leading(shape, stride_sets):
     return counts, strides
 
 
-def plane_layouts(inputs, outputs=None):
+def plane_layouts(inputs, outputs=None, *, spatial=2):
     """(outer count, inner count), a PlaneLayout per array, and the inputs, for arrays of one batch shape.
+
+    The batch is every axis but the last ``spatial`` (2; 3 for volumes, whose
+    depth stride the caller reads from the arrays returned).
 
     ``outputs`` maps names to arrays written in place. Inputs whose batch axes
     cannot be expressed in two stride levels (together with the others) are
@@ -113,11 +116,11 @@ def plane_layouts(inputs, outputs=None):
     """
     outputs = outputs or {}
     arrays = [*inputs, *outputs.values()]
-    lead = inputs[0].shape[:-2]
-    merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
+    lead = inputs[0].shape[:-spatial]
+    merged = _merge_leading(lead, [_element_strides(a)[:-spatial] for a in arrays])
     if merged is None:
         arrays = [_contiguous_copy(a) for a in inputs] + list(outputs.values())
-        merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
+        merged = _merge_leading(lead, [_element_strides(a)[:-spatial] for a in arrays])
     if merged is None:
         raise ValueError(
             f"{' or '.join(outputs)}: the batch axes of this layout cannot be addressed with two stride levels; "
