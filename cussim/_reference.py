@@ -58,7 +58,7 @@ def skimage_gaussian_taps(sigma: float) -> np.ndarray:
     return gaussian_taps(int(3.5 * sigma + 0.5), sigma)
 
 
-def _crop(array, border, spatial=2):
+def cropped(array, border, spatial=2):
     """``array`` without ``border`` elements on both ends of each of its last ``spatial`` axes."""
     if not border:
         return array
@@ -74,7 +74,7 @@ def filter_plane(img: np.ndarray, taps: np.ndarray, padding: str, spatial: int =
     out = img
     for axis in range(-spatial, 0):
         out = ndimage.correlate1d(out, taps, axis=axis, mode=_SCIPY_MODE[padding], cval=0.0)
-    return _crop(out, (len(taps) - 1) // 2, spatial) if padding == "valid" else out
+    return cropped(out, (len(taps) - 1) // 2, spatial) if padding == "valid" else out
 
 
 def filter_plane_adjoint(g: np.ndarray, taps: np.ndarray, padding: str, shape: tuple, spatial: int = 2) -> np.ndarray:
@@ -87,7 +87,7 @@ def filter_plane_adjoint(g: np.ndarray, taps: np.ndarray, padding: str, shape: t
     """
     if padding == "valid":
         embedded = np.zeros(shape, dtype=np.float64)
-        _crop(embedded, (len(taps) - 1) // 2, spatial)[...] = g
+        cropped(embedded, (len(taps) - 1) // 2, spatial)[...] = g
         g = embedded
     flipped = np.ascontiguousarray(taps[::-1])
     return filter_plane(g, flipped, "reflect" if padding == "reflect" else "same", spatial)
@@ -198,7 +198,7 @@ def ssim(x, y, taps, *, axis=None, crop=0, spatial=2, **kwargs):
     (skimage's (win_size-1)//2 for "reflect"). Other keywords as :func:`ssim_map`.
     """
     S = ssim_map(x, y, taps, spatial=spatial, **kwargs)
-    return _crop(S, crop, spatial).mean(axis=_normalise_axis(axis, S.ndim, spatial))
+    return cropped(S, crop, spatial).mean(axis=_normalise_axis(axis, S.ndim, spatial))
 
 
 def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, padding="same",
@@ -213,11 +213,11 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
         want_partials=True, spatial=spatial,
     )
     axes = _normalise_axis(axis, S.ndim, spatial)
-    counted = _crop(S, crop, spatial)
+    counted = cropped(S, crop, spatial)
     value = counted.mean(axis=axes)
     # g: weight of each map pixel in the returned means (0 where cropped away).
     g = np.zeros(S.shape)
-    _crop(g, crop, spatial)[...] = 1.0 / np.prod([counted.shape[a] for a in axes])
+    cropped(g, crop, spatial)[...] = 1.0 / np.prod([counted.shape[a] for a in axes])
     grad = _gradient_from_partials(xs, ys, (p_mu, p_xx, p_xy), g, taps, padding, spatial) / data_range
     # Leading axes that x broadcast over (y had them, x did not) sum back.
     extra = grad.ndim - x.ndim

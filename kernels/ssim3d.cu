@@ -280,6 +280,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T>::value) ssim3d_bac
                 if (padding == PAD_REFLECT) {
                     map_row = reflect_index(map_row, g.map_h);
                     map_col = reflect_index(map_col, g.map_w);
+                    inside = true;
                 }
                 const long long at = ((long long)map_d * g.map_h + map_row) * g.map_w + map_col;
                 for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? maps[q * maps_size + at] : C(0);

@@ -1,0 +1,244 @@
+"""kernels/ssim3d.cu on every executor present, against the float64 reference (docs/spec.rst section 7)."""
+
+import numpy as np
+import pytest
+
+from cussim import _launch, _launch3d
+from cussim import _reference as ref
+from cussim._params import ssim_params
+from executors import Executor
+from test_kernels import DTYPES, RANGES
+
+
+def _volumes(shape, dtype, seed=0, noise=0.1):
+    """A smooth volume and a noisy copy, in dtype's range (the last three axes: depth, rows, columns)."""
+    rng = np.random.default_rng(seed)
+    z, r, c = np.meshgrid(*(np.linspace(0, s, n) for s, n in zip((2, 3, 2), shape[-3:])), indexing="ij")
+    clean = np.broadcast_to(0.5 + 0.4 * np.sin(r + 2 * c - z) * np.cos(3 * r + z), shape)
+    noisy = np.clip(clean + noise * rng.standard_normal(shape), 0, 1)
+    top = RANGES[dtype]
+    if np.dtype(dtype).kind == "u":
+        return (clean * top).round().astype(dtype), (noisy * top).round().astype(dtype)
+    return clean.astype(dtype), noisy.astype(dtype)
+
+
+def _params(x, window="gaussian", win_size=5, sigma=1.0, padding="same", sample_covariance=False, K=(0.01, 0.03)):
+    return ssim_params(window=window, win_size=win_size, sigma=sigma, padding=padding, K1=K[0], K2=K[1],
+                       sample_covariance=sample_covariance, data_range=RANGES[np.dtype(x.dtype).type], spatial_dims=3)
+
+
+def _reference_kwargs(params):
+    return dict(K1=params.K1, K2=params.K2, padding=params.padding, data_range=params.data_range, cov=params.cov,
+                spatial=3)
+
+
+def _ssim_map(executor, x, y, params):
+    xx = executor.asarray(x)
+    out = executor.asarray(np.full(params.map_shape(x.shape), np.nan, _launch.compute_dtype(x.dtype)))
+    _launch3d.forward(xx, executor.asarray(y), params, map_out=out)
+    return executor.asnumpy(out)
+
+
+def _check_map(executor, x, y, params):
+    got = _ssim_map(executor, x, y, params)
+    expected = ref.ssim_map(x, y, np.asarray(params.taps), **_reference_kwargs(params))
+    assert got.shape == expected.shape and got.dtype == _launch.compute_dtype(x.dtype)
+    assert not np.isnan(got).any()
+    if got.dtype == np.float64:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    else:
+        assert np.linalg.norm(got - expected) <= 1e-4 * np.linalg.norm(expected)
+        assert abs(got.mean(dtype=np.float64) - expected.mean()) < 1e-5
+    return got
+
+
+def _value_and_gradient(executor, x, y, params, per_volume=False, accumulate_into=None):
+    """Mean SSIM (over everything, or per leading index) and d sum(means)/dx through the kernels."""
+    xx, yy = executor.asarray(x), executor.asarray(y)
+    volumes = int(np.prod(x.shape[:-3], dtype=np.int64))
+    map_shape = params.map_shape(x.shape)
+    ctype = _launch.compute_dtype(x.dtype)
+    outputs = x.shape[0] if per_volume else 1
+    count = int(np.prod(params.mean_shape(x.shape))) * volumes // outputs
+    block_sums = executor.asarray(np.full(volumes * _launch3d.tiles(map_shape), np.nan))
+    grad_maps = executor.asarray(np.full(3 * int(np.prod(map_shape)), np.nan, ctype))
+    _launch3d.forward(xx, yy, params, block_sums=block_sums, grad_maps=grad_maps, weight=1.0 / count)
+    values = executor.asarray(np.full(outputs, np.nan, ctype))
+    _launch.finish(block_sums, values, per_output=block_sums.size // outputs, count=count)
+    start = np.full(x.shape, np.nan, _launch.gradient_dtype(x.dtype)) if accumulate_into is None else accumulate_into
+    grad = executor.asarray(start)
+    _launch3d.backward(xx, yy, grad_maps, grad, params, accumulate=accumulate_into is not None)
+    return executor.asnumpy(values), executor.asnumpy(grad)
+
+
+def _check_gradient(executor, x, y, params, per_volume=False, grad_rtol=1e-4):
+    value, grad = _value_and_gradient(executor, x, y, params, per_volume)
+    axis = tuple(range(1, x.ndim)) if per_volume else None
+    expected_value, expected_grad = ref.ssim_with_gradient(x, y, np.asarray(params.taps), axis=axis,
+                                                           crop=params.crop, **_reference_kwargs(params))
+    assert grad.dtype == _launch.gradient_dtype(x.dtype) and grad.shape == x.shape
+    assert not np.isnan(grad).any()
+    if value.dtype == np.float64:
+        np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-12)
+        assert np.linalg.norm(grad - expected_grad) <= 1e-10 * np.linalg.norm(expected_grad)
+    else:
+        np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-5)
+        assert np.linalg.norm(grad - expected_grad) <= grad_rtol * np.linalg.norm(expected_grad)
+    return value, grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_dtypes_and_paddings(executor, dtype, padding):
+    x, y = _volumes((2, 9, 19, 21), dtype)
+    _check_map(executor, x, y, _params(x, padding=padding))
+
+
+@pytest.mark.parametrize("win_size", [3, 5, 7, 9, 11, 13, 15])
+@pytest.mark.parametrize("window", ref.WINDOWS)
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_windows(executor, win_size, window, padding):
+    x, y = _volumes((win_size + 2, 18, win_size + 3), np.float32, seed=win_size)
+    _check_map(executor, x, y, _params(x, window=window, win_size=win_size, sigma=0.4 + win_size / 7,
+                                       padding=padding))
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 5), (6, 17, 5), (5, 5, 33), (40, 7, 6)])
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_sizes_including_the_window_size_and_several_depth_chunks(executor, shape, padding):
+    x, y = _volumes(shape, np.float32, seed=sum(shape))
+    _check_map(executor, x, y, _params(x, padding=padding))
+
+
+@pytest.mark.parametrize("depth_chunk", [1, 3, 7])
+def test_any_depth_chunk(executor, monkeypatch, depth_chunk):
+    monkeypatch.setattr(_launch3d, "DEPTH_CHUNK", depth_chunk)
+    x, y = _volumes((2, 11, 9, 10), np.float32, noise=0.2)
+    for padding in ref.PADDINGS:
+        _check_map(executor, x, y, _params(x, padding=padding))
+        _check_gradient(executor, x, y, _params(x, padding=padding))
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["population", "sample"])
+def test_covariance_factor_and_constants(executor, sample):
+    x, y = _volumes((2, 7, 12, 13), np.float64, noise=0.3)
+    _check_map(executor, x, y, _params(x, sample_covariance=sample, padding="reflect", K=(0.02, 0.05)))
+
+
+def test_views_need_no_copies(executor):
+    base_x, base_y = _volumes((3, 2, 14, 20, 12), np.float32)
+    # swapped volumes and batch, transposed rows and depth, strided rows, reversed columns
+    view = lambda a: a.transpose(1, 0, 3, 2, 4)[:, 1:, :, ::2, ::-1]  # noqa: E731
+    _check_map(executor, view(base_x), view(base_y), _params(base_x))
+    _check_gradient(executor, view(base_x), view(base_y), _params(base_x, padding="valid"))
+
+
+def test_zero_stride_reference_broadcasts(executor):
+    x, _ = _volumes((3, 2, 7, 9, 11), np.float32, noise=0.2)
+    _, y = _volumes((2, 7, 9, 11), np.float32, seed=9)
+    got = _check_map(executor, x, y, _params(x))
+    for i in range(3):
+        np.testing.assert_array_equal(got[i], _ssim_map(executor, x[i], y, _params(x)))
+    _check_gradient(executor, x, np.broadcast_to(y, x.shape), _params(x), per_volume=True)
+
+
+def test_batch_axes_that_do_not_merge_are_copied_once(executor):
+    x, y = _volumes((3, 4, 2, 6, 7, 8), np.float32)
+    _check_map(executor, x[:, ::2, ::-1], y[:, ::2, ::-1], _params(x))
+
+
+def test_more_volumes_than_the_grid_holds(executor, monkeypatch):
+    monkeypatch.setattr(_launch3d, "MAX_GRID_Y", 2)
+    x, y = _volumes((5, 6, 7, 8), np.float32)
+    _check_map(executor, x, y, _params(x))
+    _check_gradient(executor, x, y, _params(x), per_volume=True)
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_flat_volume_against_itself_is_exactly_one(executor, padding, dtype):
+    level = {np.uint8: 97, np.uint16: 40000}.get(dtype, 0.3712)
+    flat = np.full((2, 7, 9, 8), level, dtype=dtype)
+    assert np.all(_ssim_map(executor, flat, flat, _params(flat, padding=padding)) == 1.0)
+
+
+def test_nan_stays_in_its_windows(executor):
+    x, y = _volumes((12, 12, 12), np.float32)
+    x[6, 6, 6] = np.nan
+    got = _ssim_map(executor, x, y, _params(x))
+    assert np.isnan(got[4:9, 4:9, 4:9]).all()
+    assert np.isfinite(got[:4]).all() and np.isfinite(got[:, :4]).all() and np.isfinite(got[..., 9:]).all()
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("window", ref.WINDOWS)
+@pytest.mark.parametrize("sample", [False, True], ids=["population", "sample"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_mean_and_gradient(executor, padding, window, sample, dtype):
+    x, y = _volumes((2, 8, 11, 13), dtype, noise=0.2)
+    _check_gradient(executor, x, y, _params(x, window=window, padding=padding, sample_covariance=sample))
+
+
+@pytest.mark.parametrize("win_size", [3, 7, 9, 11, 13, 15])
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_gradient_for_every_radius(executor, win_size, padding):
+    x, y = _volumes((win_size + 1, win_size + 2, 17), np.float32, seed=win_size, noise=0.15)
+    _check_gradient(executor, x, y, _params(x, win_size=win_size, sigma=win_size / 5, padding=padding))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.uint8, np.uint16], ids=lambda d: np.dtype(d).name)
+def test_gradient_of_other_dtypes(executor, dtype):
+    x, y = _volumes((2, 7, 10, 9), dtype, noise=0.2)
+    # float16 gradients are stored in half precision: about 3 decimal digits
+    _check_gradient(executor, x, y, _params(x), grad_rtol=1e-3 if dtype == np.float16 else 1e-4)
+
+
+def test_gradient_accumulates(executor):
+    x, y = _volumes((2, 6, 8, 9), np.float32, noise=0.2)
+    _, plain = _value_and_gradient(executor, x, y, _params(x))
+    start = np.linspace(-1, 1, x.size, dtype=np.float32).reshape(x.shape)
+    _, summed = _value_and_gradient(executor, x, y, _params(x), accumulate_into=start.copy())
+    np.testing.assert_allclose(summed, start + plain, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_gradient_with_flat_patches(executor, padding):
+    """Constant blocks of x against a textured y: dS/dExy must survive the clamp."""
+    x, _ = _volumes((9, 12, 13), np.float32)
+    _, y = _volumes((9, 12, 13), np.float32, seed=4, noise=0.3)
+    x[2:7, 1:9, 3:11] = 0
+    _check_gradient(executor, x, y, _params(x, padding=padding))
+
+
+def test_identical_volumes_give_one_and_a_zero_gradient(executor):
+    x, _ = _volumes((2, 7, 9, 9), np.float32)
+    value, grad = _value_and_gradient(executor, x, x.copy(), _params(x))
+    assert value[0] == 1.0 and np.all(np.isfinite(grad)) and np.abs(grad).max() < 1e-6
+
+
+def test_means_are_bitwise_reproducible(executor):
+    x, y = _volumes((2, 20, 11, 12), np.float32, noise=0.3)
+    first = _value_and_gradient(executor, x, y, _params(x, padding="reflect"), per_volume=True)
+    second = _value_and_gradient(executor, x, y, _params(x, padding="reflect"), per_volume=True)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("order", ["reverse", "shuffle"])
+def test_thread_orders_agree(order, monkeypatch):
+    emulator = Executor("emulator")
+    x, y = _volumes((2, 9, 13, 11), np.float32)
+    params = _params(x, padding="reflect", sample_covariance=True)
+    forward = _value_and_gradient(emulator, x, y, params, per_volume=True)
+    monkeypatch.setenv("CUSSIM_EMULATOR_ORDER", order)
+    assert all(np.array_equal(a, b) for a, b in zip(_value_and_gradient(emulator, x, y, params, per_volume=True),
+                                                     forward))
+
+
+def test_no_access_past_the_end_of_any_array(monkeypatch):
+    monkeypatch.setenv("CUSSIM_EMULATOR_GUARD", "1")
+    emulator = Executor("emulator")
+    for padding in ref.PADDINGS:
+        x, y = _volumes((2, 15, 16, 17), np.float16)
+        params = _params(x, padding=padding, win_size=15, sigma=2.0)
+        _check_map(emulator, x, y, params)
+        _check_gradient(emulator, x, y, params, grad_rtol=1e-3)
