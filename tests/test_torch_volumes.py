@@ -1,0 +1,89 @@
+"""cussim.torch on 5-D tensors (N, C, D, H, W): volumes, against gradcheck and a plain PyTorch 3-D SSIM."""
+
+import pytest
+
+import cussim
+
+torch = pytest.importorskip("torch")
+ct = pytest.importorskip("cussim.torch")
+F = torch.nn.functional
+
+
+def plain_ssim3d(x, y, win_size=11, sigma=1.5, K1=0.01, K2=0.03):
+    """SSIM of volumes written in PyTorch: depthwise conv3d with the Gaussian window, zero padding."""
+    r = win_size // 2
+    taps = torch.exp(-((torch.arange(win_size, dtype=torch.float64) - r) ** 2) / (2 * sigma**2))
+    taps = (taps / taps.sum()).to(x.dtype)
+    channels = x.shape[1]
+    window = (taps[:, None, None] * taps[None, :, None] * taps[None, None, :]).expand(channels, 1, *[win_size] * 3)
+
+    def blur(a):
+        return F.conv3d(a, window, padding=r, groups=channels)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = K1**2, K2**2
+    return ((2 * mx * my + c1) * (2 * sxy + c2) / ((mx * mx + my * my + c1) * (sxx + syy + c2))).mean()
+
+
+def volumes(shape=(2, 2, 7, 8, 9), dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=generator, dtype=dtype)
+    y = (x + 0.2 * torch.randn(shape, generator=generator, dtype=dtype)).clamp(0, 1)
+    return x, y
+
+
+def gradients(function, x, y):
+    x, y = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    value = function(x, y)
+    value.backward()
+    return value.detach(), x.grad, y.grad
+
+
+@pytest.mark.parametrize("name", ["ssim", "dssim"])
+@pytest.mark.parametrize("options", [{"win_size": 3}, {"win_size": 5, "padding": "reflect"},
+                                     {"window": "uniform", "win_size": 3, "padding": "valid"}])
+def test_gradcheck_on_volumes(name, options):
+    x, y = volumes((1, 2, 5, 6, 7))
+    function = getattr(ct, name)
+    assert torch.autograd.gradcheck(lambda a, b: function(a, b, **options), (x.requires_grad_(), y.requires_grad_()))
+
+
+def test_gradcheck_l1_dssim_loss_on_volumes():
+    x, y = volumes((1, 1, 5, 6, 7))
+    assert torch.autograd.gradcheck(lambda a, b: ct.l1_dssim_loss(a, b, weight=0.3, win_size=3),
+                                    (x.requires_grad_(), y.requires_grad_()))
+
+
+def test_volumes_match_a_plain_pytorch_ssim_with_both_gradients():
+    x, y = volumes((2, 2, 12, 13, 14))
+    ours = gradients(ct.ssim, x, y)
+    theirs = gradients(plain_ssim3d, x, y)
+    torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=1e-10)
+    for mine, expected in zip(ours[1:], theirs[1:]):
+        assert float((mine - expected).norm() / expected.norm()) < 1e-9
+
+
+def test_five_d_tensors_are_volumes_with_channels_on_axis_1():
+    x, y = volumes((2, 3, 12, 12, 13))
+    per_volume = ct.ssim(x, y, axis=(1, 2, 3, 4))
+    native = cussim.ssim(x.numpy(), y.numpy(), spatial_dims=3, channel_axis=1, axis=(1, 2, 3, 4))
+    torch.testing.assert_close(per_volume, torch.from_numpy(native), rtol=0, atol=1e-12)
+    # spatial_dims=2 still reads a 5-D tensor as a batch of planes
+    planes = ct.ssim(x, y, spatial_dims=2)
+    assert abs(float(planes) - float(cussim.ssim(x.numpy(), y.numpy()))) < 1e-12
+
+
+def test_loss_modules_and_float32(monkeypatch):
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    x, y = volumes((1, 2, 12, 12, 12), torch.float32)
+    loss = ct.SSIMLoss()(x.requires_grad_(), y)
+    loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.shape == x.shape
+    assert abs(loss.item() - (1 - float(plain_ssim3d(x.detach().double(), y.double())))) < 1e-5
+    value, grad_x, grad_y = gradients(lambda a, b: ct.l1_dssim_loss(a, b, weight=0.2), x, y)
+    expected = gradients(lambda a, b: 0.8 * (a - b).abs().mean() + 0.2 * (1 - plain_ssim3d(a, b)), x.double(),
+                         y.double())
+    assert abs(float(value) - float(expected[0])) < 1e-5
+    for mine, theirs in zip((grad_x, grad_y), expected[1:]):
+        assert float((mine.double() - theirs).norm() / theirs.norm()) < 1e-4
