@@ -58,7 +58,8 @@ def _ssim_specialisations():
 
 def _ssim3d_specialisations():
     return tuple(f"{kernel}<{element}, {radius}>" for kernel in ("ssim3d_forward", "ssim3d_backward")
-                 for element in ELEMENT_TYPES for radius in RADII)
+                 for element in ELEMENT_TYPES for radius in RADII) + tuple(
+                     f"msssim3d_downsample<{element}>" for element in ELEMENT_TYPES)
 
 
 FAMILIES = {"ssim": _ssim_specialisations(), "ssim3d": _ssim3d_specialisations()}

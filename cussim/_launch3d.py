@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _arrays, _kernels
-from ._launch import (ELEMENT_TYPES, GRADIENT_FORMULAS, MAX_GRID_Y, PADDING_CODES, TERMS, TILE, _element_strides,
-                      _null, _taps, compute_dtype, plane_layouts)
+from ._launch import (ELEMENT_TYPES, GRADIENT_FORMULAS, MAX_GRID_Y, MS_SSIM_VARIANT_CODES, PADDING_CODES, TERMS,
+                      TILE, _element_strides, _null, _taps, compute_dtype, plane_layouts)
 from ._launch import tiles as plane_tiles
 
 DEPTH_CHUNK = 16  # output planes per block: the 2R halo planes are read once per chunk
@@ -79,10 +79,13 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     )
 
 
-def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, l1=0.0):
+def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
+             l1=0.0):
     """Launches ssim3d_backward: as :func:`cussim._launch.backward`, over volumes.
 
-    ``plane_weights`` (float64, one per volume) scale each volume's gradient.
+    MS-SSIM's extras: ``plane_weights`` (float64, one per volume) scale each
+    volume's gradient; ``coarse`` (compute dtype, contiguous volumes of the
+    next scale) adds the adjoint of ``variant``'s 2x2x2 mean.
     """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
@@ -96,5 +99,24 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
         (x, *sx, y, *sy, grad_maps, grad, *sg, np.int64(volumes), np.int64(inner), np.int32(depth),
          np.int32(height), np.int32(width), np.int32(DEPTH_CHUNK), np.int32(PADDING_CODES[params.padding]),
          _taps(x, params, ctype), ctype.type(1.0 / params.data_range),
-         _null(xp) if plane_weights is None else plane_weights, ctype.type(l1), np.int32(bool(accumulate))),
+         _null(xp) if plane_weights is None else plane_weights, _null(xp) if coarse is None else coarse,
+         np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1), np.int32(bool(accumulate))),
+    )
+
+
+def downsample(x, y, x_out, y_out, variant):
+    """Launches msssim3d_downsample: one 2x2x2 mean of ``variant`` of x and y (y broadcasts to x).
+
+    x_out, y_out: contiguous, compute dtype, (volumes, d', h', w'), the
+    downsampled sides.
+    """
+    xp = _arrays.array_module(x)
+    y = xp.broadcast_to(y, x.shape)
+    volumes, inner, (sx, sy), (x, y) = _volume_layouts([x, y], {})
+    depth, height, width = x.shape[-3:]
+    kernel = _kernels.get_kernel("ssim3d", f"msssim3d_downsample<{ELEMENT_TYPES[np.dtype(x.dtype)]}>", x)
+    kernel(
+        (min(-(-x_out.size // 256), 2**20),), (256,),
+        (x, *sx, y, *sy, x_out, y_out, np.int64(volumes), np.int64(inner), np.int32(depth), np.int32(height),
+         np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant])),
     )

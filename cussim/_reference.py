@@ -20,6 +20,8 @@ Example
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy import ndimage
 
@@ -267,53 +269,52 @@ def _pad_last_two(image, before, after, mode="constant"):
     return np.pad(image, widths, mode=mode)
 
 
-def downsampled_shape(shape, variant):
-    """The plane after one 2x2 mean of ``variant``: ceil halving, or floor for torchmetrics."""
-    h, w = shape[-2:]
-    if variant == "torchmetrics":
-        return tuple(shape[:-2]) + (h // 2, w // 2)
-    return tuple(shape[:-2]) + ((h + 1) // 2, (w + 1) // 2)
+def downsampled_shape(shape, variant, spatial=2):
+    """The image after one 2x2 (2x2x2) mean of ``variant``: ceil halving, or floor for torchmetrics."""
+    sides = shape[len(shape) - spatial :]
+    halved = tuple(n // 2 if variant == "torchmetrics" else (n + 1) // 2 for n in sides)
+    return tuple(shape[: len(shape) - spatial]) + halved
 
 
-def downsample(image, variant):
-    """One 2x2 mean over the last two axes, as ``variant`` does it (docs/spec.rst section 6).
+def downsample(image, variant, spatial=2):
+    """One 2x2 mean over the last two axes (2x2x2 over three), as ``variant`` does it (docs/spec.rst section 6).
 
     pytorch_msssim pads an odd side with a zero on both sides and counts the
     zeros; tensorflow repeats the last row or column; torchmetrics drops it.
     """
-    h, w = image.shape[-2:]
-    if variant == "pytorch_msssim":
-        padded = _pad_last_two(image, (h % 2, w % 2), (h % 2, w % 2))
-    elif variant == "tensorflow":
-        padded = _pad_last_two(image, (0, 0), (h % 2, w % 2), mode="edge")
-    elif variant == "torchmetrics":
-        padded = image
-    else:
+    if variant not in MS_SSIM_VARIANTS:
         raise ValueError(f"variant must be one of {MS_SSIM_VARIANTS}, got {variant!r}")
-    oh, ow = downsampled_shape(image.shape, variant)[-2:]
-    p = padded[..., : 2 * oh, : 2 * ow]
-    return 0.25 * (p[..., 0::2, 0::2] + p[..., 1::2, 0::2] + p[..., 0::2, 1::2] + p[..., 1::2, 1::2])
-
-
-def downsample_adjoint(g, variant, shape):
-    """The adjoint of :func:`downsample`: each output's g/4 back to its four sources (``shape``: the input's)."""
-    h, w = shape[-2:]
-    spread = 0.25 * np.repeat(np.repeat(g, 2, axis=-2), 2, axis=-1)
+    odd = [n % 2 for n in image.shape[image.ndim - spatial :]]
+    lead = [(0, 0)] * (image.ndim - spatial)
     if variant == "pytorch_msssim":
-        ph, pw = h % 2, w % 2
-        full = np.zeros(spread.shape[:-2] + (h + 2 * ph, w + 2 * pw))
-        full[..., : spread.shape[-2], : spread.shape[-1]] = spread
-        return full[..., ph : ph + h, pw : pw + w]
-    if variant == "tensorflow":
-        full = spread  # (h + h%2) x (w + w%2): the repeated row and column fold back onto the last ones
-        if h % 2:
-            full[..., h - 1, :] += full[..., h, :]
-        if w % 2:
-            full[..., :, w - 1] += full[..., :, w]
-        return full[..., :h, :w]
-    full = np.zeros(spread.shape[:-2] + (h, w))
-    full[..., : spread.shape[-2], : spread.shape[-1]] = spread
-    return full
+        padded = np.pad(image, lead + [(k, k) for k in odd])
+    elif variant == "tensorflow":
+        padded = np.pad(image, lead + [(0, k) for k in odd], mode="edge")
+    else:
+        padded = image
+    out = downsampled_shape(image.shape, variant, spatial)[image.ndim - spatial :]
+    padded = padded[(Ellipsis,) + tuple(slice(0, 2 * n) for n in out)]
+    corners = itertools.product((0, 1), repeat=spatial)
+    return sum(padded[(Ellipsis,) + tuple(slice(k, None, 2) for k in corner)] for corner in corners) / 2**spatial
+
+
+def downsample_adjoint(g, variant, shape, spatial=2):
+    """The adjoint of :func:`downsample`: each output's g / 2^spatial back to its sources (``shape``: the input's)."""
+    spread = g / 2**spatial
+    for axis in range(g.ndim - spatial, g.ndim):
+        spread = np.repeat(spread, 2, axis=axis)
+    for axis in range(g.ndim - spatial, g.ndim):  # one spatial axis at a time, back to its source length
+        n, have = shape[axis], spread.shape[axis]
+        before = n % 2 if variant == "pytorch_msssim" else 0
+        moved = np.moveaxis(spread, axis, -1)
+        full = np.zeros(moved.shape[:-1] + (n + 2 * before,))
+        if variant == "tensorflow" and n % 2:  # the repeated last sample folds back onto the last one
+            full[..., :n] = moved[..., :n]
+            full[..., n - 1] += moved[..., n]
+        else:
+            full[..., :have] = moved
+        spread = np.moveaxis(full[..., before : before + n], -1, axis)
+    return spread
 
 
 def _mirror_fold(n, margin):
@@ -344,7 +345,7 @@ def ms_ssim_min_size(win_size, scales, variant):
 
 
 def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytorch_msssim", K1=0.01, K2=0.03,
-                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True):
+                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True, spatial=2):
     """MS-SSIM (mean over ``axis``, which includes the plane) and d sum(value) / dx.
 
     Per image: prod_j relu(mean cs_j)^w_j * relu(mean S_M)^w_M over the scales
@@ -353,7 +354,9 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     whole-sample reflection (torchmetrics >= 1.5). An image is one plane, or
     the planes along ``pool_axes`` (torchmetrics pools an image's channels
     into each mean). The per-image values are averaged over the other axes
-    of ``axis``. The gradient of a relu'd (zero) mean is zero, and a power's
+    of ``axis``. Volumes (``spatial=3``) are pooled 2x2x2, as pytorch-msssim
+    does on 5-D tensors (not for torchmetrics, whose last scale's reflection is
+    of planes here). The gradient of a relu'd (zero) mean is zero, and a power's
     derivative divides by the mean only down to 1e-12, so finite inputs never
     give NaN or infinity.
     """
@@ -364,24 +367,27 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     if scales < 2:
         raise ValueError(f"MS-SSIM needs at least two scales (weights), got {scales}")
     needed = ms_ssim_min_size(len(taps), scales, variant)
-    if min(x.shape[-2:]) < needed:
-        raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} are too small for {scales} scales of "
+    if variant == "torchmetrics" and spatial != 2:
+        raise ValueError("the torchmetrics variant is for images (spatial=2)")
+    if min(x.shape[-spatial:]) < needed:
+        raise ValueError(f"images of {'x'.join(map(str, x.shape[-spatial:]))} are too small for {scales} scales of "
                          f"{variant!r} with a {len(taps)}-tap window: the smaller side must be at least {needed}")
     xs, ys = [x], [y]
     for _ in range(scales - 1):
-        xs.append(downsample(xs[-1], variant))
-        ys.append(downsample(ys[-1], variant))
+        xs.append(downsample(xs[-1], variant, spatial))
+        ys.append(downsample(ys[-1], variant, spatial))
     # torchmetrics: the last scale's S over the full map, the image extended by whole-sample reflection
     margin = (len(taps) - 1) // 2 if variant == "torchmetrics" else 0
     extended = [mirror_extend(a, margin) if margin else a for a in (xs[-1], ys[-1])]
-    kwargs = dict(K1=K1, K2=K2, padding="valid", data_range=data_range, cov=1.0, want_partials=want_gradient)
+    kwargs = dict(K1=K1, K2=K2, padding="valid", data_range=data_range, cov=1.0, want_partials=want_gradient,
+                  spatial=spatial)
     terms = [_map_and_partials(xs[j], ys[j], taps, term="cs", **kwargs) for j in range(scales - 1)]
     terms.append(_map_and_partials(*extended, taps, term="ssim", **kwargs))
     nd = x.ndim
-    mean_axes = tuple(sorted({a % nd for a in pool_axes} | {nd - 2, nd - 1}))
+    mean_axes = tuple(sorted({a % nd for a in pool_axes} | set(range(nd - spatial, nd))))
     means = [np.maximum(t[0].mean(axis=mean_axes, keepdims=True), 0.0) for t in terms]  # per image
     per_image = np.prod([m**w for m, w in zip(means, weights)], axis=0)
-    axes = _normalise_axis(axis, nd)
+    axes = _normalise_axis(axis, nd, spatial)
     if not set(mean_axes) <= set(axes):
         raise ValueError(f"axis={axis!r} must include the pooled axes {pool_axes}")
     value = per_image.mean(axis=axes)
@@ -397,8 +403,8 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
         value_map, (x_scaled, y_scaled, partials) = terms[j]
         averaged = np.prod([value_map.shape[a] for a in mean_axes], dtype=np.int64)
         g = np.broadcast_to(d_mean / (averaged * images_per_value), value_map.shape)
-        grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid") / data_range
+        grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid", spatial) / data_range
         if j == scales - 1 and margin:
             grad_j = mirror_extend_adjoint(grad_j, margin, xs[j].shape)
-        grad = grad_j if grad is None else grad_j + downsample_adjoint(grad, variant, xs[j].shape)
+        grad = grad_j if grad is None else grad_j + downsample_adjoint(grad, variant, xs[j].shape, spatial)
     return value, grad

@@ -12,7 +12,13 @@
 //                          exact gradient or of scikit-image's formula.
 //   ssim3d_backward<T, R>  as ssim_backward: F^T of the three partial maps,
 //                          combined with x and y, written or added into grad.
-// ssim.cu's ssim_finish turns the block sums into the means.
+//   msssim3d_downsample<T> MS-SSIM's 2x2x2 mean of x and y (docs/spec.rst section 6,
+//                          pytorch-msssim's avg_pool3d on 5-D tensors), as a
+//                          variant halves each side, into contiguous volumes
+//                          of the compute type.
+// ssim.cu's ssim_finish turns the block sums into the means, its
+// msssim_combine the scales' means into MS-SSIM; the backward adds the
+// adjoint of the next scale's 2x2x2 mean (ssim.cu's pooled_target per axis).
 //
 // The 2.5-D scheme: a block of (16, 16) threads owns a 16 x 16 tile of rows
 // and columns and marches along depth over a chunk of `chunk` output planes.
@@ -131,6 +137,19 @@ struct RollingWindow {
     }
 };
 
+// The adjoint of the 2x2x2 mean at voxel (z, row, col) of volume p: an
+// eighth of the coarse gradient (contiguous volumes) per slot the voxel fills.
+template <class C>
+__device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int row, int col, int depth, int height,
+                                     int width, int variant) {
+    const PooledTarget d = pooled_target(z, depth, variant), r = pooled_target(row, height, variant),
+                       c = pooled_target(col, width, variant);
+    if (d.slots == 0 || r.slots == 0 || c.slots == 0) return C(0);
+    const long long coarse_h = pooled_size(height, variant), coarse_w = pooled_size(width, variant);
+    const long long at = ((p * pooled_size(depth, variant) + d.index) * coarse_h + r.index) * coarse_w + c.index;
+    return C(0.125) * C(d.slots * r.slots * c.slots) * coarse[at];
+}
+
 // Blocks per SM that ptxas must fit: the rolling window holds 5 (2R+1)
 // values per thread, so the 3-D kernels get the whole register file (255 per
 // thread at one block of 256 threads) rather than spill.
@@ -246,6 +265,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T>::value) ssim3d_bac
     long long g_row, long long g_col, long long volumes, long long inner_count, int depth, int height, int width,
     int chunk, int padding, const typename cussim::ComputeType<T>::type* __restrict__ taps,
     typename cussim::ComputeType<T>::type inv_range, const double* __restrict__ volume_weights,
+    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant,
     typename cussim::ComputeType<T>::type l1, int accumulate) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
@@ -306,6 +326,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T>::value) ssim3d_bac
                                         inv_range);
                 C value = (blurred[0] + C(2) * xv * blurred[1] + yv * blurred[2]) * inv_range;
                 if (volume_weights) value *= (C)volume_weights[p];
+                if (coarse) value += pooled_adjoint3d(coarse, p, z, row, col, depth, height, width, variant);
                 if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
                 typename GradientType<T>::type* gp =
                     grad + outer * g_outer + inner * g_inner + z * g_depth + row * g_row + col * g_col;
@@ -313,5 +334,38 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T>::value) ssim3d_bac
                 store(gp, value);
             }
         }
+    }
+}
+
+template <class T>
+__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim3d_downsample(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
+    typename cussim::ComputeType<T>::type* __restrict__ x_out, typename cussim::ComputeType<T>::type* __restrict__ y_out,
+    long long volumes, long long inner_count, int depth, int height, int width, int variant) {
+    using namespace cussim;
+    using C = typename ComputeType<T>::type;
+    const long long out_d = pooled_size(depth, variant), out_h = pooled_size(height, variant),
+                    out_w = pooled_size(width, variant);
+    const long long total = volumes * out_d * out_h * out_w;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long p = i / (out_d * out_h * out_w);
+        const int o_z = (int)(i / (out_h * out_w) % out_d), o_row = (int)(i / out_w % out_h), o_col = (int)(i % out_w);
+        const long long outer = p / inner_count, inner = p % inner_count;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
+        C sx = C(0), sy = C(0);
+        for (int k = 0; k < 8; ++k) {
+            const int z = pooled_source(o_z, k / 4, depth, variant);
+            const int row = pooled_source(o_row, k / 2 % 2, height, variant);
+            const int col = pooled_source(o_col, k % 2, width, variant);
+            if (z >= 0 && row >= 0 && col >= 0) {
+                sx += (C)element_value(xp[z * x_depth + row * x_row + col * x_col]);
+                sy += (C)element_value(yp[z * y_depth + row * y_row + col * y_col]);
+            }
+        }
+        x_out[i] = C(0.125) * sx;
+        y_out[i] = C(0.125) * sy;
     }
 }
