@@ -242,3 +242,32 @@ def test_no_access_past_the_end_of_any_array(monkeypatch):
         params = _params(x, padding=padding, win_size=15, sigma=2.0)
         _check_map(emulator, x, y, params)
         _check_gradient(emulator, x, y, params, grad_rtol=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_downsampling_of_volumes(executor, variant, dtype):
+    x, y = _volumes((2, 7, 10, 9), dtype)
+    view_x, view_y = x[:, :, ::-1], y[:, :, ::-1]  # strided, reversed rows: no copies needed
+    shape = ref.downsampled_shape(x.shape, variant, 3)
+    ctype = _launch.compute_dtype(x.dtype)
+    x_out = executor.asarray(np.full(shape, np.nan, ctype))
+    y_out = executor.asarray(np.full(shape, np.nan, ctype))
+    _launch3d.downsample(executor.asarray(view_x), executor.asarray(view_y), x_out, y_out, variant)
+    for got, source in ((x_out, view_x), (y_out, view_y)):
+        expected = ref.downsample(source.astype(np.float64), variant, 3)
+        np.testing.assert_allclose(executor.asnumpy(got), expected, rtol=1e-6 if ctype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
+def test_backward_adds_the_adjoint_of_the_2x2x2_mean(executor, variant):
+    """With zero partial maps, the backward writes the adjoint of the downsampling of the coarse gradient."""
+    x, y = _volumes((2, 7, 10, 9), np.float64)
+    params = _params(x, win_size=3)
+    coarse = np.random.default_rng(0).standard_normal(ref.downsampled_shape(x.shape, variant, 3))
+    grad = executor.asarray(np.full(x.shape, np.nan))
+    zeros = executor.asarray(np.zeros(3 * x.size))
+    _launch3d.backward(executor.asarray(x), executor.asarray(y), zeros, grad, params, coarse=executor.asarray(coarse),
+                       variant=variant)
+    np.testing.assert_allclose(executor.asnumpy(grad), ref.downsample_adjoint(coarse, variant, x.shape, 3),
+                               rtol=0, atol=1e-15)

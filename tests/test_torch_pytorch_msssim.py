@@ -108,6 +108,21 @@ def test_ssim_of_volumes_matches_pytorch_msssim(volumes, case):
     assert_same(module_ours, module_theirs, LOOSE)
 
 
+@pytest.mark.parametrize("weights", [None, [0.3, 0.3, 0.4]])
+def test_ms_ssim_of_volumes_matches_pytorch_msssim(weights):
+    """pytorch-msssim asks for a side above 16 (win_size - 1) whatever the weights: 33 for a 3-tap window."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 2, 33, 34, 35, dtype=torch.float64, generator=generator) * 255
+    y = (x + 20 * torch.randn(x.shape, dtype=torch.float64, generator=generator)).clamp(0, 255)
+    window = window64(3, 1.5)[:2, None]
+    ours, theirs = both((dropin.ms_ssim, original.ms_ssim), x, y, win=window, win_size=3, weights=weights,
+                        size_average=False)
+    assert_same(ours, theirs, TIGHT)
+    modules = (dropin.MS_SSIM(channel=2, spatial_dims=3, win_size=3), original.MS_SSIM(channel=2, spatial_dims=3,
+                                                                                       win_size=3))
+    assert_same(*both(modules, x, y), LOOSE)
+
+
 MS_SSIM_CASES = {
     "defaults": ({}, LOOSE),
     "win": ({"win": window64()}, TIGHT),
@@ -176,7 +191,7 @@ def test_what_cussim_refuses_is_named(photos):
     x, y = photos
     with pytest.raises(ValueError, match=r"should have the same dimensions.*must have one shape"):
         dropin.ssim(x, y[:1])
-    with pytest.raises(NotImplementedError, match="5-D .* volumes .* no MS-SSIM of volumes yet"):
+    with pytest.raises(ValueError, match=r"volumes are 2x176x183; MS-SSIM .* needs a smaller side of at least 161"):
         dropin.ms_ssim(x[:, :, None].expand(2, 3, 2, 176, 183), y[:, :, None].expand(2, 3, 2, 176, 183))
     with pytest.raises(ValueError, match=r"should be 4-d or 5-d tensors, but got \(3, 176, 183\)"):
         dropin.ssim(x[0], y[0])
@@ -199,8 +214,6 @@ def test_what_cussim_refuses_is_named(photos):
         dropin.ssim(x[..., :8], y[..., :8])
     with pytest.raises(ValueError, match="needs a smaller side of at least"):
         dropin.ms_ssim(x[..., :100], y[..., :100])
-    with pytest.raises(NotImplementedError, match="spatial_dims=3: cussim has no MS-SSIM of volumes yet"):
-        dropin.MS_SSIM(spatial_dims=3)
     with pytest.raises(ValueError, match="spatial_dims must be 2"):
         dropin.MS_SSIM(spatial_dims=1)
     with pytest.raises(ValueError, match="channel must be a positive int"):

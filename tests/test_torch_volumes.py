@@ -87,3 +87,9 @@ def test_loss_modules_and_float32(monkeypatch):
     assert abs(float(value) - float(expected[0])) < 1e-5
     for mine, theirs in zip((grad_x, grad_y), expected[1:]):
         assert float((mine.double() - theirs).norm() / theirs.norm()) < 1e-4
+
+
+def test_gradcheck_ms_ssim_on_volumes():
+    x, y = volumes((1, 2, 9, 10, 11))
+    assert torch.autograd.gradcheck(lambda a, b: ct.ms_ssim(a, b, win_size=3, weights=(0.5, 0.5)),
+                                    (x.requires_grad_(), y.requires_grad_()), fast_mode=True)

@@ -219,3 +219,54 @@ def test_inputs_are_never_modified(backend):
     x0, y0 = x.copy(), y.copy()
     cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), win_size=5, spatial_dims=3)
     assert np.array_equal(x, x0) and np.array_equal(y, y0)
+
+
+# ---- MS-SSIM of volumes ----
+
+MS_OPTIONS = dict(win_size=3, weights=(0.3, 0.3, 0.4), spatial_dims=3)
+
+
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_ms_ssim_of_volumes(backend, variant, dtype):
+    x, y = _volumes((2, 11, 12, 13), dtype)
+    value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), variant=variant,
+                                               axis=(1, 2, 3), **MS_OPTIONS)
+    expected, expected_grad = ref.ms_ssim_with_gradient(x, y, ref.window_taps("gaussian", 3, 1.5), variant=variant,
+                                                        weights=MS_OPTIONS["weights"], axis=(1, 2, 3), spatial=3)
+    _close(backend.asnumpy(value), expected, dtype)
+    _close_gradient(backend.asnumpy(grad), expected_grad, dtype)
+
+
+def test_ms_ssim_gradient_against_central_differences():
+    x, y = _volumes((9, 10, 11), np.float64, seed=4)
+    _, grad = cussim.ms_ssim_with_gradient(x, y, **MS_OPTIONS)
+    h, rng = 1e-6, np.random.default_rng(0)
+    for index in map(tuple, rng.integers(0, x.shape, size=(12, 3))):
+        e = np.zeros_like(x)
+        e[index] = h
+        numeric = (cussim.ms_ssim(x + e, y, **MS_OPTIONS) - cussim.ms_ssim(x - e, y, **MS_OPTIONS)) / (2 * h)
+        assert abs(numeric - grad[index]) <= 1e-6 * np.abs(grad).max()
+
+
+@pytest.mark.parametrize("name", ["reference", "emulator"])
+def test_ms_ssim_in_place_path_allocates_nothing(name, monkeypatch):
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", name)
+    x, y = _volumes((2, 9, 10, 11))
+    out, grad = np.zeros((), np.float32), np.ones(x.shape, np.float32)
+    ws = cussim.make_ms_ssim_workspace(x, win_size=3, weights=MS_OPTIONS["weights"], spatial_dims=3)
+    kwargs = dict(MS_OPTIONS, out=out, grad=grad, workspace=ws, accumulate=True)
+    cussim.ms_ssim_with_gradient(x, y, **kwargs)
+    before = _arrays.allocations
+    cussim.ms_ssim_with_gradient(x, y, **kwargs)
+    assert _arrays.allocations == before
+    _, plain = cussim.ms_ssim_with_gradient(x, y, **MS_OPTIONS)
+    np.testing.assert_allclose(grad, 1 + 2 * plain, rtol=1e-5, atol=1e-7)
+
+
+def test_ms_ssim_volume_errors():
+    x, y = _volumes((9, 10, 11))
+    with pytest.raises(ValueError, match="variant='torchmetrics' is for images"):
+        cussim.ms_ssim(x, y, variant="torchmetrics", **MS_OPTIONS)
+    with pytest.raises(ValueError, match="volumes are 9x10x11; MS-SSIM .* needs a smaller side of at least 161"):
+        cussim.ms_ssim(x, y, spatial_dims=3)

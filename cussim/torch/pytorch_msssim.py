@@ -7,19 +7,18 @@ Change the import, keep the code::
 
 Same signatures, defaults (``data_range=255``, ``size_average=True``,
 ``win_size=11``, ``win_sigma=1.5``, ``K=(0.01, 0.03)``), values and gradients
-(to X and to Y) as pytorch-msssim 1.0 on (N, C, H, W) tensors, and on
-(N, C, D, H, W) volumes for SSIM: a Gaussian window (along each spatial
-axis), valid padding, one SSIM per image and channel, then
+(to X and to Y) as pytorch-msssim 1.0 on (N, C, H, W) tensors and
+(N, C, D, H, W) volumes: a Gaussian window (along each spatial axis), valid
+padding, one SSIM per image and channel, then
 ``nonnegative_ssim``'s relu, then the mean over everything
 (``size_average=True``) or over the channels (one value per image). MS-SSIM
 is cussim's ``"pytorch_msssim"`` variant (an odd side halved with a zero on
-both sides, relu on every scale's mean). Trailing axes of size 1 after the
+both sides, relu on every scale's mean; 2x2x2 means for volumes). Trailing axes of size 1 after the
 first two are dropped first, as pytorch-msssim does.
 
 Where it differs, it says so with an exception rather than computing
 something else:
 
-- MS-SSIM of 5-D tensors (volumes, ``spatial_dims=3``): NotImplementedError.
 - An image smaller than the window: ValueError (pytorch-msssim skips the blur
   along that axis, with a warning).
 - ``win`` must be a Gaussian window, one for every channel, as pytorch-msssim's
@@ -63,9 +62,9 @@ __all__ = ["MS_SSIM", "SSIM", "ms_ssim", "ssim"]
 _TAPS_RTOL = 1e-6  # a float32 Gaussian (pytorch-msssim's) against cussim's float64 one: 1.4e-7 at most
 
 
-def _images(X, Y, volumes=True):
-    """X and Y as pytorch-msssim reads them: same shape, trailing size-1 axes dropped, (N, C, H, W) or, where
-    ``volumes``, (N, C, D, H, W)."""
+def _images(X, Y):
+    """X and Y as pytorch-msssim reads them: same shape, trailing size-1 axes dropped, (N, C, H, W) or
+    (N, C, D, H, W)."""
     for name, image in (("X", X), ("Y", Y)):
         if not isinstance(image, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
@@ -74,9 +73,6 @@ def _images(X, Y, volumes=True):
                          f"{tuple(Y.shape)}: X and Y must have one shape (pytorch-msssim does not broadcast)")
     for axis in range(X.ndim - 1, 1, -1):
         X, Y = X.squeeze(axis), Y.squeeze(axis)
-    if X.ndim == 5 and not volumes:
-        raise NotImplementedError(f"X and Y are 5-D {tuple(X.shape)}, volumes (N, C, D, H, W); cussim has no "
-                                  "MS-SSIM of volumes yet: keep pytorch_msssim's ms_ssim for them")
     if X.ndim not in (4, 5):
         raise ValueError(f"Input images should be 4-d or 5-d tensors, but got {tuple(X.shape)}: X and Y must be "
                          "(N, C, H, W) or (N, C, D, H, W)")
@@ -186,9 +182,9 @@ def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5,
     >>> round(float(ms_ssim(X, X, data_range=1.0, weights=[0.5, 0.5])), 12)
     1.0
     """
-    X, Y = _images(X, Y, volumes=False)
+    X, Y = _images(X, Y)
     per_channel = _ms_ssim(X, Y, variant="pytorch_msssim", weights=_weights(weights), data_range=data_range,
-                           axis=(2, 3), **_constants(K), **_window(win, win_size, win_sigma))
+                           axis=tuple(range(2, X.ndim)), **_constants(K), **_window(win, win_size, win_sigma))
     return _reduced(per_channel, size_average)
 
 
@@ -253,9 +249,6 @@ class MS_SSIM(_Module):
     def __init__(self, data_range=255, size_average=True, win_size=11, win_sigma=1.5, channel=3, spatial_dims=2,
                  weights=None, K=(0.01, 0.03)):
         super().__init__(data_range, size_average, win_size, win_sigma, channel, spatial_dims, K)
-        if spatial_dims == 3:
-            raise NotImplementedError("spatial_dims=3: cussim has no MS-SSIM of volumes yet; keep pytorch_msssim's "
-                                      "MS_SSIM for volumes")
         self.weights = weights
 
     def _options(self):
