@@ -7,19 +7,13 @@ from cussim import _launch, _launch3d
 from cussim import _reference as ref
 from cussim._params import ssim_params
 from executors import Executor
-from test_kernels import DTYPES, RANGES
+from test_kernels import DTYPES, RANGES, _check_gradient, _check_map, _images, _value_and_gradient
+from test_kernels import _ssim_map as ssim_map_through_kernels
 
 
 def _volumes(shape, dtype, seed=0, noise=0.1):
-    """A smooth volume and a noisy copy, in dtype's range (the last three axes: depth, rows, columns)."""
-    rng = np.random.default_rng(seed)
-    z, r, c = np.meshgrid(*(np.linspace(0, s, n) for s, n in zip((2, 3, 2), shape[-3:])), indexing="ij")
-    clean = np.broadcast_to(0.5 + 0.4 * np.sin(r + 2 * c - z) * np.cos(3 * r + z), shape)
-    noisy = np.clip(clean + noise * rng.standard_normal(shape), 0, 1)
-    top = RANGES[dtype]
-    if np.dtype(dtype).kind == "u":
-        return (clean * top).round().astype(dtype), (noisy * top).round().astype(dtype)
-    return clean.astype(dtype), noisy.astype(dtype)
+    """A smooth volume (the last three axes: depth, rows, columns) and a noisy copy, in dtype's range."""
+    return _images(shape, dtype, seed, noise, spatial=3)
 
 
 def _params(x, window="gaussian", win_size=5, sigma=1.0, padding="same", sample_covariance=False, K=(0.01, 0.03)):
@@ -27,64 +21,8 @@ def _params(x, window="gaussian", win_size=5, sigma=1.0, padding="same", sample_
                        sample_covariance=sample_covariance, data_range=RANGES[np.dtype(x.dtype).type], spatial_dims=3)
 
 
-def _reference_kwargs(params):
-    return dict(K1=params.K1, K2=params.K2, padding=params.padding, data_range=params.data_range, cov=params.cov,
-                spatial=3)
-
-
 def _ssim_map(executor, x, y, params):
-    xx = executor.asarray(x)
-    out = executor.asarray(np.full(params.map_shape(x.shape), np.nan, _launch.compute_dtype(x.dtype)))
-    _launch3d.forward(xx, executor.asarray(y), params, map_out=out)
-    return executor.asnumpy(out)
-
-
-def _check_map(executor, x, y, params):
-    got = _ssim_map(executor, x, y, params)
-    expected = ref.ssim_map(x, y, np.asarray(params.taps), **_reference_kwargs(params))
-    assert got.shape == expected.shape and got.dtype == _launch.compute_dtype(x.dtype)
-    assert not np.isnan(got).any()
-    if got.dtype == np.float64:
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
-    else:
-        assert np.linalg.norm(got - expected) <= 1e-4 * np.linalg.norm(expected)
-        assert abs(got.mean(dtype=np.float64) - expected.mean()) < 1e-5
-    return got
-
-
-def _value_and_gradient(executor, x, y, params, per_volume=False, accumulate_into=None):
-    """Mean SSIM (over everything, or per leading index) and d sum(means)/dx through the kernels."""
-    xx, yy = executor.asarray(x), executor.asarray(y)
-    volumes = int(np.prod(x.shape[:-3], dtype=np.int64))
-    map_shape = params.map_shape(x.shape)
-    ctype = _launch.compute_dtype(x.dtype)
-    outputs = x.shape[0] if per_volume else 1
-    count = int(np.prod(params.mean_shape(x.shape))) * volumes // outputs
-    block_sums = executor.asarray(np.full(volumes * _launch3d.tiles(map_shape), np.nan))
-    grad_maps = executor.asarray(np.full(3 * int(np.prod(map_shape)), np.nan, ctype))
-    _launch3d.forward(xx, yy, params, block_sums=block_sums, grad_maps=grad_maps, weight=1.0 / count)
-    values = executor.asarray(np.full(outputs, np.nan, ctype))
-    _launch.finish(block_sums, values, per_output=block_sums.size // outputs, count=count)
-    start = np.full(x.shape, np.nan, _launch.gradient_dtype(x.dtype)) if accumulate_into is None else accumulate_into
-    grad = executor.asarray(start)
-    _launch3d.backward(xx, yy, grad_maps, grad, params, accumulate=accumulate_into is not None)
-    return executor.asnumpy(values), executor.asnumpy(grad)
-
-
-def _check_gradient(executor, x, y, params, per_volume=False, grad_rtol=1e-4):
-    value, grad = _value_and_gradient(executor, x, y, params, per_volume)
-    axis = tuple(range(1, x.ndim)) if per_volume else None
-    expected_value, expected_grad = ref.ssim_with_gradient(x, y, np.asarray(params.taps), axis=axis,
-                                                           crop=params.crop, **_reference_kwargs(params))
-    assert grad.dtype == _launch.gradient_dtype(x.dtype) and grad.shape == x.shape
-    assert not np.isnan(grad).any()
-    if value.dtype == np.float64:
-        np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-12)
-        assert np.linalg.norm(grad - expected_grad) <= 1e-10 * np.linalg.norm(expected_grad)
-    else:
-        np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-5)
-        assert np.linalg.norm(grad - expected_grad) <= grad_rtol * np.linalg.norm(expected_grad)
-    return value, grad
+    return executor.asnumpy(ssim_map_through_kernels(executor.asarray(x), executor.asarray(y), params))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -139,7 +77,7 @@ def test_zero_stride_reference_broadcasts(executor):
     got = _check_map(executor, x, y, _params(x))
     for i in range(3):
         np.testing.assert_array_equal(got[i], _ssim_map(executor, x[i], y, _params(x)))
-    _check_gradient(executor, x, np.broadcast_to(y, x.shape), _params(x), per_volume=True)
+    _check_gradient(executor, x, np.broadcast_to(y, x.shape), _params(x), per_image=True)
 
 
 def test_batch_axes_that_do_not_merge_are_copied_once(executor):
@@ -151,7 +89,7 @@ def test_more_volumes_than_the_grid_holds(executor, monkeypatch):
     monkeypatch.setattr(_launch3d, "MAX_GRID_Y", 2)
     x, y = _volumes((5, 6, 7, 8), np.float32)
     _check_map(executor, x, y, _params(x))
-    _check_gradient(executor, x, y, _params(x), per_volume=True)
+    _check_gradient(executor, x, y, _params(x), per_image=True)
 
 
 @pytest.mark.parametrize("padding", ref.PADDINGS)
@@ -218,8 +156,8 @@ def test_identical_volumes_give_one_and_a_zero_gradient(executor):
 
 def test_means_are_bitwise_reproducible(executor):
     x, y = _volumes((2, 20, 11, 12), np.float32, noise=0.3)
-    first = _value_and_gradient(executor, x, y, _params(x, padding="reflect"), per_volume=True)
-    second = _value_and_gradient(executor, x, y, _params(x, padding="reflect"), per_volume=True)
+    first = _value_and_gradient(executor, x, y, _params(x, padding="reflect"), per_image=True)
+    second = _value_and_gradient(executor, x, y, _params(x, padding="reflect"), per_image=True)
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
 
 
@@ -228,9 +166,9 @@ def test_thread_orders_agree(order, monkeypatch):
     emulator = Executor("emulator")
     x, y = _volumes((2, 9, 13, 11), np.float32)
     params = _params(x, padding="reflect", sample_covariance=True)
-    forward = _value_and_gradient(emulator, x, y, params, per_volume=True)
+    forward = _value_and_gradient(emulator, x, y, params, per_image=True)
     monkeypatch.setenv("CUSSIM_EMULATOR_ORDER", order)
-    assert all(np.array_equal(a, b) for a, b in zip(_value_and_gradient(emulator, x, y, params, per_volume=True),
+    assert all(np.array_equal(a, b) for a, b in zip(_value_and_gradient(emulator, x, y, params, per_image=True),
                                                      forward))
 
 

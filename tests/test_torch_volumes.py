@@ -7,6 +7,7 @@ import cussim
 torch = pytest.importorskip("torch")
 ct = pytest.importorskip("cussim.torch")
 F = torch.nn.functional
+from test_torch import gradients, images  # noqa: E402  (after the importorskip of torch)
 
 
 def plain_ssim3d(x, y, win_size=11, sigma=1.5, K1=0.01, K2=0.03):
@@ -26,37 +27,23 @@ def plain_ssim3d(x, y, win_size=11, sigma=1.5, K1=0.01, K2=0.03):
     return ((2 * mx * my + c1) * (2 * sxy + c2) / ((mx * mx + my * my + c1) * (sxx + syy + c2))).mean()
 
 
-def volumes(shape=(2, 2, 7, 8, 9), dtype=torch.float64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=generator, dtype=dtype)
-    y = (x + 0.2 * torch.randn(shape, generator=generator, dtype=dtype)).clamp(0, 1)
-    return x, y
-
-
-def gradients(function, x, y):
-    x, y = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
-    value = function(x, y)
-    value.backward()
-    return value.detach(), x.grad, y.grad
-
-
 @pytest.mark.parametrize("name", ["ssim", "dssim"])
 @pytest.mark.parametrize("options", [{"win_size": 3}, {"win_size": 5, "padding": "reflect"},
                                      {"window": "uniform", "win_size": 3, "padding": "valid"}])
 def test_gradcheck_on_volumes(name, options):
-    x, y = volumes((1, 2, 5, 6, 7))
+    x, y = images((1, 2, 5, 6, 7))
     function = getattr(ct, name)
     assert torch.autograd.gradcheck(lambda a, b: function(a, b, **options), (x.requires_grad_(), y.requires_grad_()))
 
 
 def test_gradcheck_l1_dssim_loss_on_volumes():
-    x, y = volumes((1, 1, 5, 6, 7))
+    x, y = images((1, 1, 5, 6, 7))
     assert torch.autograd.gradcheck(lambda a, b: ct.l1_dssim_loss(a, b, weight=0.3, win_size=3),
                                     (x.requires_grad_(), y.requires_grad_()))
 
 
 def test_volumes_match_a_plain_pytorch_ssim_with_both_gradients():
-    x, y = volumes((2, 2, 12, 13, 14))
+    x, y = images((2, 2, 12, 13, 14))
     ours = gradients(ct.ssim, x, y)
     theirs = gradients(plain_ssim3d, x, y)
     torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=1e-10)
@@ -65,7 +52,7 @@ def test_volumes_match_a_plain_pytorch_ssim_with_both_gradients():
 
 
 def test_five_d_tensors_are_volumes_with_channels_on_axis_1():
-    x, y = volumes((2, 3, 12, 12, 13))
+    x, y = images((2, 3, 12, 12, 13))
     per_volume = ct.ssim(x, y, axis=(1, 2, 3, 4))
     native = cussim.ssim(x.numpy(), y.numpy(), spatial_dims=3, channel_axis=1, axis=(1, 2, 3, 4))
     torch.testing.assert_close(per_volume, torch.from_numpy(native), rtol=0, atol=1e-12)
@@ -76,7 +63,7 @@ def test_five_d_tensors_are_volumes_with_channels_on_axis_1():
 
 def test_loss_modules_and_float32(monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    x, y = volumes((1, 2, 12, 12, 12), torch.float32)
+    x, y = images((1, 2, 12, 12, 12), torch.float32)
     loss = ct.SSIMLoss()(x.requires_grad_(), y)
     loss.backward()
     assert loss.dtype == torch.float32 and x.grad.shape == x.shape
@@ -90,6 +77,6 @@ def test_loss_modules_and_float32(monkeypatch):
 
 
 def test_gradcheck_ms_ssim_on_volumes():
-    x, y = volumes((1, 2, 9, 10, 11))
+    x, y = images((1, 2, 9, 10, 11))
     assert torch.autograd.gradcheck(lambda a, b: ct.ms_ssim(a, b, win_size=3, weights=(0.5, 0.5)),
                                     (x.requires_grad_(), y.requires_grad_()), fast_mode=True)

@@ -3,31 +3,13 @@ scikit-image's N-D structural_similarity and against finite differences (docs/sp
 
 import numpy as np
 import pytest
-from scipy import ndimage
 from skimage.metrics import structural_similarity as skimage_ssim
 
 import cussim
 from cussim import _arrays
 from cussim import _reference as ref
-from executors import Executor, device_allocations_refused
-from test_api import _close, _close_gradient
-
-
-@pytest.fixture(params=["reference", "emulator", pytest.param("cupy", marks=pytest.mark.gpu)])
-def backend(request, monkeypatch):
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator" if request.param == "emulator" else "reference")
-    return Executor(request.param)
-
-
-def _volumes(shape, dtype=np.float32, seed=0):
-    rng = np.random.default_rng(seed)
-    x = ndimage.gaussian_filter(rng.random(shape), 1.0)
-    x = (x - x.min()) / np.ptp(x)
-    y = np.clip(x + 0.1 * rng.standard_normal(shape), 0, 1)
-    if np.dtype(dtype).kind == "u":
-        top = np.iinfo(dtype).max
-        return (x * top).round().astype(dtype), (y * top).round().astype(dtype)
-    return x.astype(dtype), y.astype(dtype)
+from executors import device_allocations_refused
+from test_api import _close, _close_gradient, _images, backend  # noqa: F401  (backend: the fixture, NumPy paths and CuPy)
 
 
 def _expected(x, y, *, win_size=11, sigma=1.5, window="gaussian", padding="same", sample=False, axes=None,
@@ -45,8 +27,8 @@ def _expected(x, y, *, win_size=11, sigma=1.5, window="gaussian", padding="same"
 
 @pytest.mark.parametrize("gaussian", [False, True], ids=["uniform", "gaussian"])
 @pytest.mark.parametrize("sample", [False, True], ids=["population", "sample"])
-def test_reference_matches_skimage_on_volumes(gaussian, sample):
-    x, y = _volumes((13, 16, 15), np.float64, seed=1)
+def test_reference_matches_skimage_on_images(gaussian, sample):
+    x, y = _images((13, 16, 15), np.float64, seed=1)
     win_size = 11 if gaussian else 7
     taps = ref.skimage_gaussian_taps(1.5) if gaussian else ref.uniform_taps(7)
     kwargs = dict(padding="reflect", cov=win_size**3 / (win_size**3 - 1) if sample else 1.0, spatial=3)
@@ -57,14 +39,14 @@ def test_reference_matches_skimage_on_volumes(gaussian, sample):
 
 
 def test_native_api_gives_skimage_numbers_with_its_options():
-    x, y = _volumes((12, 14, 13), np.float64, seed=2)
+    x, y = _images((12, 14, 13), np.float64, seed=2)
     got = cussim.ssim(x, y, window="uniform", win_size=7, padding="reflect", sample_covariance=True, spatial_dims=3)
     assert abs(got - skimage_ssim(x, y, data_range=1)) < 1e-10
 
 
 @pytest.mark.parametrize("padding", ref.PADDINGS)
 def test_exact_gradient_against_central_differences(padding):
-    x, y = _volumes((6, 7, 8), np.float64, seed=3)
+    x, y = _images((6, 7, 8), np.float64, seed=3)
     value, grad = cussim.ssim_with_gradient(x, y, win_size=3, sigma=0.8, padding=padding, spatial_dims=3)
     h = 1e-6
     numeric = np.zeros_like(x)
@@ -82,7 +64,7 @@ def test_exact_gradient_against_central_differences(padding):
                          ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("padding", ref.PADDINGS)
 def test_values_and_gradients(backend, dtype, padding):
-    x, y = _volumes((2, 12, 13, 14), dtype)
+    x, y = _images((2, 12, 13, 14), dtype)
     value, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), padding=padding, spatial_dims=3)
     expected, expected_grad = _expected(x, y, padding=padding)
     _close(backend.asnumpy(value), expected, dtype)
@@ -93,7 +75,7 @@ def test_values_and_gradients(backend, dtype, padding):
 
 @pytest.mark.parametrize("window", ["gaussian", "uniform"])
 def test_options_axis_and_map(backend, window):
-    x, y = _volumes((2, 3, 9, 10, 11))
+    x, y = _images((2, 3, 9, 10, 11))
     kwargs = dict(window=window, win_size=5, sample_covariance=True, padding="reflect", spatial_dims=3)
     value = cussim.ssim(backend.asarray(x), backend.asarray(y), axis=(1, 2, 3, 4), **kwargs)
     expected, _ = _expected(x, y, window=window, win_size=5, sample=True, padding="reflect", axes=(1, 2, 3, 4))
@@ -107,8 +89,8 @@ def test_options_axis_and_map(backend, window):
 
 
 def test_channels_last_and_broadcast_reference(backend):
-    x, _ = _volumes((2, 9, 10, 11, 3))
-    _, y = _volumes((9, 10, 11, 3), seed=5)
+    x, _ = _images((2, 9, 10, 11, 3))
+    _, y = _images((9, 10, 11, 3), seed=5)
     value, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), channel_axis=-1, win_size=7,
                                             spatial_dims=3)
     expected, expected_grad = _expected(np.moveaxis(x, -1, 1), np.moveaxis(np.broadcast_to(y, x.shape), -1, 1),
@@ -118,7 +100,7 @@ def test_channels_last_and_broadcast_reference(backend):
 
 
 def test_strided_views(backend):
-    bx, by = _volumes((3, 14, 20, 12))
+    bx, by = _images((3, 14, 20, 12))
     x, y = bx.transpose(0, 2, 1, 3)[:, ::2, :, ::-1], by.transpose(0, 2, 1, 3)[:, ::2, :, ::-1]
     value, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), win_size=5, padding="valid",
                                             spatial_dims=3)
@@ -128,7 +110,7 @@ def test_strided_views(backend):
 
 
 def test_in_place_outputs_workspace_and_accumulate(backend):
-    x, y = _volumes((2, 9, 10, 11))
+    x, y = _images((2, 9, 10, 11))
     out = backend.asarray(np.zeros(2, np.float32))
     grad = backend.asarray(np.ones(x.shape, np.float32))
     ws = cussim.make_workspace(backend.asarray(x), win_size=7, spatial_dims=3)
@@ -142,7 +124,7 @@ def test_in_place_outputs_workspace_and_accumulate(backend):
 
 @pytest.mark.parametrize("weight", [0.0, 0.2, 1.0])
 def test_fused_l1_dssim_loss(backend, weight):
-    x, y = _volumes((2, 8, 9, 10), np.float64)
+    x, y = _images((2, 8, 9, 10), np.float64)
     ssim_value, ssim_grad = _expected(x, y, win_size=5)
     expected = (1 - weight) * np.abs(x - y).mean() + weight * (1 - ssim_value)
     expected_grad = (1 - weight) * np.sign(x - y) / x.size - weight * ssim_grad
@@ -155,7 +137,7 @@ def test_fused_l1_dssim_loss(backend, weight):
 
 
 def test_identical_volumes_and_a_flat_one(backend):
-    x, _ = _volumes((7, 8, 9))
+    x, _ = _images((7, 8, 9))
     for volume in (x, np.full_like(x, 0.3)):
         value, grad = cussim.ssim_with_gradient(backend.asarray(volume), backend.asarray(volume.copy()), win_size=5,
                                                 spatial_dims=3)
@@ -165,7 +147,7 @@ def test_identical_volumes_and_a_flat_one(backend):
 @pytest.mark.parametrize("name", ["reference", "emulator"])
 def test_in_place_path_allocates_nothing(name, monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", name)
-    x, y = _volumes((2, 7, 8, 9))
+    x, y = _images((2, 7, 8, 9))
     out, grad = np.zeros((), np.float32), np.zeros(x.shape, np.float32)
     ws = cussim.make_workspace(x, win_size=5, spatial_dims=3)
     kwargs = dict(win_size=5, out=out, grad=grad, workspace=ws, spatial_dims=3)
@@ -180,7 +162,7 @@ def test_in_place_path_allocates_nothing(name, monkeypatch):
 def test_in_place_path_allocates_nothing_on_the_gpu():
     import cupy
 
-    x, y = (cupy.asarray(a) for a in _volumes((2, 16, 32, 32)))
+    x, y = (cupy.asarray(a) for a in _images((2, 16, 32, 32)))
     out, grad = cupy.zeros((), cupy.float32), cupy.zeros(x.shape, cupy.float32)
     ws = cussim.make_workspace(x, spatial_dims=3)
     kwargs = dict(out=out, grad=grad, workspace=ws, spatial_dims=3)
@@ -190,7 +172,7 @@ def test_in_place_path_allocates_nothing_on_the_gpu():
         cussim.dssim_with_gradient(x, y, accumulate=True, **kwargs)
 
 
-X, Y = _volumes((2, 9, 12, 12))
+X, Y = _images((2, 9, 12, 12))
 
 
 @pytest.mark.parametrize(
@@ -215,7 +197,7 @@ def test_errors(call, error, match):
 
 
 def test_inputs_are_never_modified(backend):
-    x, y = _volumes((2, 7, 8, 9))
+    x, y = _images((2, 7, 8, 9))
     x0, y0 = x.copy(), y.copy()
     cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), win_size=5, spatial_dims=3)
     assert np.array_equal(x, x0) and np.array_equal(y, y0)
@@ -228,8 +210,8 @@ MS_OPTIONS = dict(win_size=3, weights=(0.3, 0.3, 0.4), spatial_dims=3)
 
 @pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_ms_ssim_of_volumes(backend, variant, dtype):
-    x, y = _volumes((2, 11, 12, 13), dtype)
+def test_ms_ssim_of_images(backend, variant, dtype):
+    x, y = _images((2, 11, 12, 13), dtype)
     value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), variant=variant,
                                                axis=(1, 2, 3), **MS_OPTIONS)
     expected, expected_grad = ref.ms_ssim_with_gradient(x, y, ref.window_taps("gaussian", 3, 1.5), variant=variant,
@@ -239,7 +221,7 @@ def test_ms_ssim_of_volumes(backend, variant, dtype):
 
 
 def test_ms_ssim_gradient_against_central_differences():
-    x, y = _volumes((9, 10, 11), np.float64, seed=4)
+    x, y = _images((9, 10, 11), np.float64, seed=4)
     _, grad = cussim.ms_ssim_with_gradient(x, y, **MS_OPTIONS)
     h, rng = 1e-6, np.random.default_rng(0)
     for index in map(tuple, rng.integers(0, x.shape, size=(12, 3))):
@@ -252,7 +234,7 @@ def test_ms_ssim_gradient_against_central_differences():
 @pytest.mark.parametrize("name", ["reference", "emulator"])
 def test_ms_ssim_in_place_path_allocates_nothing(name, monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", name)
-    x, y = _volumes((2, 9, 10, 11))
+    x, y = _images((2, 9, 10, 11))
     out, grad = np.zeros((), np.float32), np.ones(x.shape, np.float32)
     ws = cussim.make_ms_ssim_workspace(x, win_size=3, weights=MS_OPTIONS["weights"], spatial_dims=3)
     kwargs = dict(MS_OPTIONS, out=out, grad=grad, workspace=ws, accumulate=True)
@@ -265,7 +247,7 @@ def test_ms_ssim_in_place_path_allocates_nothing(name, monkeypatch):
 
 
 def test_ms_ssim_volume_errors():
-    x, y = _volumes((9, 10, 11))
+    x, y = _images((9, 10, 11))
     with pytest.raises(ValueError, match="variant='torchmetrics' is for images"):
         cussim.ms_ssim(x, y, variant="torchmetrics", **MS_OPTIONS)
     with pytest.raises(ValueError, match="volumes are 9x10x11; MS-SSIM .* needs a smaller side of at least 161"):
