@@ -180,6 +180,9 @@ def test_no_access_past_the_end_of_any_array(monkeypatch):
         params = _params(x, padding=padding, win_size=15, sigma=2.0)
         _check_map(emulator, x, y, params)
         _check_gradient(emulator, x, y, params, grad_rtol=1e-3)
+    for variant in ("pytorch_msssim", "tensorflow"):
+        test_downsampling_of_volumes(emulator, variant, np.float16)
+        test_backward_adds_the_adjoint_of_the_2x2x2_mean(emulator, variant)
 
 
 @pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
