@@ -151,14 +151,18 @@ __device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int ro
 }
 
 // Blocks per SM that ptxas must fit: the rolling window holds 5 (2R+1)
-// values per thread, so the 3-D kernels get the whole register file (255 per
-// thread at one block of 256 threads) rather than spill.
-template <class T> struct MinBlocks3d { static constexpr int value = 1; };
+// values per thread (3 (2R+1) backward). float arithmetic up to R = 5 fits
+// two blocks of 256 threads (128 registers) without spilling on every
+// architecture the compile check covers; larger windows and double get the
+// whole register file (255 per thread at one block) rather than spill.
+template <class T, int R> struct MinBlocks3d {
+    static constexpr int value = (sizeof(typename ComputeType<T>::type) == 4 && R <= 5) ? 2 : 1;
+};
 
 }  // namespace cussim
 
 template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T>::value) ssim3d_forward(
+__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_forward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_depth,
@@ -257,7 +261,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T>::value) ssim3d_for
 }
 
 template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T>::value) ssim3d_backward(
+__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,

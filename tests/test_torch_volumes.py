@@ -80,3 +80,16 @@ def test_gradcheck_ms_ssim_on_volumes():
     x, y = images((1, 2, 9, 10, 11))
     assert torch.autograd.gradcheck(lambda a, b: ct.ms_ssim(a, b, win_size=3, weights=(0.5, 0.5)),
                                     (x.requires_grad_(), y.requires_grad_()), fast_mode=True)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_fused_ssim3d_is_fused_ssims_volume_convention(padding):
+    x, y = images((2, 1, 12, 13, 14))
+    ours = gradients(lambda a, b: ct.fused_ssim3d(a, b, padding=padding), x, y)
+    native, grad = cussim.ssim_with_gradient(x.numpy(), y.numpy(), padding=padding, spatial_dims=3)
+    assert abs(float(ours[0]) - float(native)) < 1e-12 and ours[2] is None  # img2 is never differentiated
+    torch.testing.assert_close(ours[1], torch.from_numpy(grad), rtol=0, atol=1e-12)
+    if padding == "same":
+        torch.testing.assert_close(ours[0], plain_ssim3d(x, y), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r"fused_ssim3d takes \(N, C, D, H, W\) volumes"):
+        ct.fused_ssim3d(x[0], y[0])

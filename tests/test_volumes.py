@@ -27,7 +27,7 @@ def _expected(x, y, *, win_size=11, sigma=1.5, window="gaussian", padding="same"
 
 @pytest.mark.parametrize("gaussian", [False, True], ids=["uniform", "gaussian"])
 @pytest.mark.parametrize("sample", [False, True], ids=["population", "sample"])
-def test_reference_matches_skimage_on_images(gaussian, sample):
+def test_reference_matches_skimage_on_volumes(gaussian, sample):
     x, y = _images((13, 16, 15), np.float64, seed=1)
     win_size = 11 if gaussian else 7
     taps = ref.skimage_gaussian_taps(1.5) if gaussian else ref.uniform_taps(7)
@@ -210,7 +210,7 @@ MS_OPTIONS = dict(win_size=3, weights=(0.3, 0.3, 0.4), spatial_dims=3)
 
 @pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_ms_ssim_of_images(backend, variant, dtype):
+def test_ms_ssim_of_volumes(backend, variant, dtype):
     x, y = _images((2, 11, 12, 13), dtype)
     value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), variant=variant,
                                                axis=(1, 2, 3), **MS_OPTIONS)

@@ -18,7 +18,8 @@ tensor is (N, C, D, H, W), volumes, as in pytorch-msssim and fused-ssim:
 cussim's rule: the last two axes are the image plane.
 
 Drop-ins for code written against other libraries (change the import, keep
-the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``) and
+the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``),
+:func:`fused_ssim3d` (fused-ssim's volumes) and
 :mod:`cussim.torch.pytorch_msssim` (pytorch-msssim's ``ssim``, ``ms_ssim``,
 ``SSIM`` and ``MS_SSIM``).
 
@@ -288,4 +289,4 @@ class L1DSSIMLoss(_Loss):
 
 # the drop-ins are written over the functions above
 from . import pytorch_msssim  # noqa: E402
-from ._fused_ssim import fused_ssim  # noqa: E402
+from ._fused_ssim import fused_ssim, fused_ssim3d  # noqa: E402
