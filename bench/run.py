@@ -565,9 +565,17 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for the results (default bench/local-results, which git ignores; "
                              "bench/results holds the runs committed on purpose)")
+    parser.add_argument("--host-overhead", action="store_true",
+                        help="only the host time per call, with kernel launches recorded instead of run (no GPU)")
     args = parser.parse_args(argv)
     import cussim
     from bench.folders import machine
+
+    if args.host_overhead:
+        from bench import host
+
+        print(host.markdown(host.run(cussim, args.repeats), machine()))
+        return 0
 
     record = {"python": platform.python_version(), "date": datetime.date.today().isoformat(),
               "work_per_pixel": {case: asdict(work_per_pixel(case)) for case in CASES}}

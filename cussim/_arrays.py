@@ -4,8 +4,8 @@ Every array the public functions take passes through here: converted without
 a copy (CuPy arrays, ``__cuda_array_interface__`` and ``__dlpack__`` objects
 such as PyTorch CUDA tensors, NumPy arrays), checked for dtype and device, and
 every output buffer is checked for shape, dtype, device, layout and overlap
-with the inputs. Buffers the library itself creates go through :func:`empty`,
-which a test can count.
+with itself, the other outputs and the inputs. Buffers the library itself
+creates go through :func:`empty`, which a test can count.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def array_module(array):
 
 def as_array(value, name: str):
     """A NumPy or CuPy array viewing ``value`` (no copy), or a TypeError naming ``name``."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array (numpy.ma); cussim does not support masks: pass "
+                        f"{name}.filled(value) to compare the filled image, or np.asarray({name}) to ignore the mask")
     if isinstance(value, np.ndarray):
         return value
     module = type(value).__module__.split(".")[0]
@@ -98,12 +101,11 @@ def check_same_place(reference, array, name: str, reference_name: str) -> None:
 
 
 def _byte_extent(array):
-    """[low, high) of the bytes an array may touch."""
-    start = array.ctypes.data if is_numpy(array) else array.data.ptr
-    low = high = start
+    """[low, high) of the bytes an array may touch; None for an empty array."""
+    if array.size == 0:
+        return None
+    low = high = array.ctypes.data if is_numpy(array) else array.data.ptr
     for n, stride in zip(array.shape, array.strides):
-        if n == 0:
-            return start, start
         if stride < 0:
             low += stride * (n - 1)
         else:
@@ -111,17 +113,57 @@ def _byte_extent(array):
     return low, high + array.itemsize
 
 
-def overlaps(a, b) -> bool:
-    """Whether two arrays may share memory (by their byte extents)."""
-    if a.size == 0 or b.size == 0:
+def _meet(a, b) -> bool:
+    """Whether two byte extents (or None) share a byte."""
+    return a is not None and b is not None and a[0] < b[1] and b[0] < a[1]
+
+
+def overlaps_itself(array) -> bool:
+    """Whether two elements of an array may share memory (a 0 stride, or strides that interleave).
+
+    The sufficient test: with the axes sorted by stride, each stride passes
+    the extent of the axes inside it. Layouts that fail it only by
+    interleaving without sharing are refused too; none arises from slicing,
+    transposing or reshaping.
+    """
+    if array.size == 0 or array.flags.c_contiguous:
         return False
-    low_a, high_a = _byte_extent(a)
-    low_b, high_b = _byte_extent(b)
-    return low_a < high_b and low_b < high_a
+    extent = array.itemsize
+    for stride, n in sorted((abs(s), n) for n, s in zip(array.shape, array.strides) if n > 1):
+        if stride < extent:
+            return True
+        extent = stride * (n - 1) + extent
+    return False
 
 
-def check_output(array, name: str, *, shape, dtype, like, inputs) -> None:
-    """An output buffer (already through :func:`as_array`): right shape, dtype and place, no overlap with inputs."""
+def check_apart(outputs: dict, inputs: dict) -> None:
+    """Every output (name: array or None) apart from itself, from the other outputs and from the inputs.
+
+    The one overlap check of every public function, on every path: a shared
+    byte gives a wrong result, so it is refused before anything is computed.
+    """
+    outputs = {name: a for name, a in outputs.items() if a is not None}
+    for name, array in outputs.items():
+        if overlaps_itself(array):
+            raise ValueError(f"{name} has elements that share memory (strides {tuple(array.strides)}); outputs "
+                             "need one element per value: pass a new array (e.g. from empty_like)")
+    extents = {name: _byte_extent(a) for name, a in outputs.items()}
+    input_extents = {name: _byte_extent(a) for name, a in inputs.items()}
+    names = list(outputs)
+    for i, name in enumerate(names):
+        for other in names[i + 1 :]:
+            if _meet(extents[name], extents[other]):
+                raise ValueError(f"{name} overlaps {other}; outputs must not share memory with each other")
+        for input_name, extent in input_extents.items():
+            if _meet(extents[name], extent):
+                raise ValueError(f"{name} overlaps {input_name}; outputs must not share memory with the inputs")
+
+
+def check_output(array, name: str, *, shape, dtype, like) -> None:
+    """An output buffer (already through :func:`as_array`): right shape, dtype and place, writable.
+
+    Overlaps are checked with all the outputs together (:func:`check_apart`).
+    """
     check_same_place(like, array, name, "the inputs")
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(array.shape)}; it must be {tuple(shape)}")
@@ -129,9 +171,6 @@ def check_output(array, name: str, *, shape, dtype, like, inputs) -> None:
         raise TypeError(f"{name} has dtype {array.dtype}; it must be {np.dtype(dtype).name}")
     if is_numpy(array) and not array.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    for input_name, value in inputs.items():
-        if overlaps(array, value):
-            raise ValueError(f"{name} overlaps {input_name}; outputs must not share memory with the inputs")
 
 
 def empty(xp, shape, dtype):

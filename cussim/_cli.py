@@ -32,8 +32,8 @@ import numpy as np
 
 from . import _cluster, _imagefiles
 from ._imagefiles import ImageError
-from ._params import ssim_params
-from ._ssim import ssim, ssim_map
+from ._params import check_compute_range, ssim_params
+from ._ssim import INTEGER_RANGES, ssim, ssim_map
 
 SAMPLE_IMAGES = ("camera", "astronaut", "coffee", "chelsea")
 # skimage's defaults in the native API's terms (its structural_similarity, with data_range given).
@@ -71,10 +71,10 @@ def select_device(choice: str):
     if choice != "cpu":
         cupy, detail = _gpu()
         if cupy is not None:
-            return cupy, f"GPU 0 ({detail}), cussim's CUDA kernels"
+            return cupy, f"GPU 0 ({detail}), cussim's CUDA kernels in float32 arithmetic (float64 for float64 images)"
         if choice == "gpu":
             raise UsageError(f"--device gpu: no GPU available ({detail}); use --device cpu or auto")
-    return np, "CPU, cussim's float64 NumPy reference"
+    return np, "CPU, cussim's NumPy reference in float64 arithmetic (scikit-image's precision for 8 and 16-bit images)"
 
 
 def _numpy(array):
@@ -82,6 +82,23 @@ def _numpy(array):
 
 
 # ---- computing ------------------------------------------------------------------------------
+
+FLOAT_PIXELS = ("float pixels have no implied value range: pass --data-range (1 for images in [0, 1], 255 for "
+                "[0, 255])")
+
+
+def on_device(xp, images, options):
+    """(images on xp, options with their data range): integer images take their dtype's range, float images
+    need --data-range (ValueError); on the CPU they are compared in float64, the reference's own precision."""
+    options = dict(options)
+    if options.get("data_range") is None:
+        if images[0].dtype.kind == "f":
+            raise ValueError(FLOAT_PIXELS)
+        options["data_range"] = INTEGER_RANGES[images[0].dtype]
+    if xp is np:
+        images = [image.astype(np.float64) for image in images]
+    return [xp.asarray(image) for image in images], options
+
 
 def compute_chunk(xp, decoded, options, want_maps):
     """{index: (ssim, map or None) or an error message}; pairs of one shape and dtype share a launch."""
@@ -92,11 +109,10 @@ def compute_chunk(xp, decoded, options, want_maps):
         groups.setdefault(key, []).append(index)
     results = {}
     for (shape, _), indices in groups.items():
-        reference = xp.asarray(np.stack([decoded[i][0] for i in indices]))
-        test = xp.asarray(np.stack([decoded[i][1] for i in indices]))
         grey = options.get("spatial_dims", 2)
-        kwargs = dict(options, channel_axis=-1 if len(shape) == grey + 1 else None)
         try:
+            (reference, test), kwargs = on_device(xp, [np.stack([decoded[i][k] for i in indices]) for k in (0, 1)],
+                                                  dict(options, channel_axis=-1 if len(shape) == grey + 1 else None))
             values = _numpy(ssim(test, reference, axis=tuple(range(1, test.ndim)), **kwargs))
             maps = _numpy(ssim_map(test, reference, **kwargs)) if want_maps else [None] * len(indices)
         except (ValueError, TypeError) as exc:  # e.g. images smaller than the window
@@ -230,7 +246,7 @@ def compare(args) -> int:
     xp, device_line = select_device(args.device)
     options = metric_options(args)
     try:
-        ssim_params(**{"data_range": 1.0, **options})
+        check_compute_range(ssim_params(**{"data_range": 1.0, **options}), np.float32)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     if args.volumes and args.map:
@@ -302,13 +318,13 @@ def demo(args) -> int:
         size = "x".join(map(str, image.shape))
         channel_axis = -1 if image.ndim == 3 else None
         for label, distorted in _distortions(image, rng):
-            x, y = xp.asarray(distorted), xp.asarray(image)
-            value = float(ssim(x, y, channel_axis=channel_axis))
-            compat = float(ssim(x, y, channel_axis=channel_axis, **SKIMAGE_CONVENTIONS))
+            (x, y), options = on_device(xp, [distorted, image], dict(channel_axis=channel_axis))
+            value = float(ssim(x, y, **options))
+            compat = float(ssim(x, y, **options, **SKIMAGE_CONVENTIONS))
             theirs = structural_similarity(image, distorted, channel_axis=channel_axis, data_range=255)
             if maps is not None:
                 slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-                _imagefiles.write_heat_map(_numpy(ssim_map(x, y, channel_axis=channel_axis)), value, maps,
+                _imagefiles.write_heat_map(_numpy(ssim_map(x, y, **options)), value, maps,
                                            f"{name}-{slug}")
             print(f"{name:<10} {size:<12} {label:<22} {value:>8.5f} {(1 - value) / 2:>8.5f} {compat:>19.10f} "
                   f"{theirs:>9.6f}")
@@ -373,7 +389,8 @@ def compare_parser() -> argparse.ArgumentParser:
                         help="compare 3-D stacks: every page of a multi-page TIFF, or a .npy array, is a D x H x W "
                              "(x 3 for colour) volume, the window applied along depth too")
     metric.add_argument("--data-range", type=float, metavar="L",
-                        help="value range of the pixels (default: 255 for 8-bit, 65535 for 16-bit, 1 for float)")
+                        help="value range of the pixels (default: 255 for 8-bit, 65535 for 16-bit; float images "
+                             "need it)")
     output = parser.add_argument_group("output")
     output.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="table (default), csv, or json (one object per line, then a summary object)")

@@ -4,7 +4,9 @@ The layer between the public API and kernels/*.cu: it picks the kernel's
 template arguments, expresses every array as element strides (no copies for
 any strided view, 0 strides for a broadcast reference), sizes the grid, and
 launches on the array's executor (CuPy on its device, or the emulator for
-NumPy arrays). It does no per-pixel arithmetic.
+NumPy arrays). It does no per-pixel arithmetic. A launch's plan (kernel,
+grid, every scalar argument) is kept per layout, dtype, parameters and device,
+so a repeated call only fills in its data pointers.
 
 Example
 -------
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -104,6 +107,16 @@ def _merge_leading(shape, stride_sets):
     return counts, strides
 
 
+def _whole_elements(array) -> bool:
+    """Whether every stride is a whole number of elements (NumPy allows byte strides that are not)."""
+    return all(s % array.itemsize == 0 for s in array.strides)
+
+
+def addressable(array) -> bool:
+    """Whether the kernels can write this output as it lies: element strides, batch axes in two levels."""
+    return _whole_elements(array) and _merge_leading(array.shape[:-2], [_element_strides(array)[:-2]]) is not None
+
+
 def plane_layouts(inputs, outputs=None, *, spatial=2):
     """(outer count, inner count), a PlaneLayout per array, and the inputs, for arrays of one batch shape.
 
@@ -112,9 +125,12 @@ def plane_layouts(inputs, outputs=None, *, spatial=2):
 
     ``outputs`` maps names to arrays written in place. Inputs whose batch axes
     cannot be expressed in two stride levels (together with the others) are
-    copied to C order first, the only copy a launch makes; outputs must fit.
+    copied to C order first, the only copy a launch makes; outputs must be
+    :func:`addressable` (the public functions give the kernels a C-order
+    buffer in place of one that is not).
     """
     outputs = outputs or {}
+    inputs = [a if _whole_elements(a) else _contiguous_copy(a) for a in inputs]
     arrays = [*inputs, *outputs.values()]
     lead = inputs[0].shape[:-spatial]
     merged = _merge_leading(lead, [_element_strides(a)[:-spatial] for a in arrays])
@@ -162,6 +178,66 @@ def _null(xp):
     return None if xp is np else np.uint64(0)
 
 
+class _Plan(NamedTuple):
+    """Everything of one launch that depends only on its key: the data pointers go into ``slots``."""
+
+    kernel: object
+    grid: tuple
+    block: tuple
+    args: tuple  # None at the slots
+    slots: tuple  # (position in args, index in the call's pointers)
+
+
+_PLANS: dict = {}
+MAX_PLANS = 1024
+
+
+def _signature(array):
+    """What a launch plan depends on of an array: its kind, shape, strides, dtype and device (not its data)."""
+    if array is None:
+        return None
+    return type(array), array.shape, array.strides, array.dtype, _arrays.device_of(array)
+
+
+def _launch_planned(key, build, pointers):
+    """Launches with the plan of ``key`` (made by ``build`` on first use), its slots filled from ``pointers``.
+
+    ``build()`` returns (kernel, grid, block, args, slots, reusable): the
+    launch of this call, where args[position] is pointers[index] for each
+    (position, index) in slots. A launch is not reusable where a layout made a
+    copy (the copy is an argument of this call alone). Repeated calls with the
+    same shapes, strides, dtypes and parameters then skip the layout work, the
+    kernel lookup and the conversion of every scalar argument.
+    """
+    key = (key, MAX_GRID_Y, _kernels.get_kernel, _kernels.emulated_kernel)  # what tests and bench/host.py replace
+    plan = _PLANS.get(key)
+    if plan is None:
+        kernel, grid, block, args, slots, reusable = build()
+        kernel(grid, block, args)
+        if reusable:
+            if len(_PLANS) >= MAX_PLANS:
+                _PLANS.clear()
+            template = list(args)
+            for position, _ in slots:
+                template[position] = None  # the plan keeps no array alive
+            _PLANS[key] = _Plan(kernel, grid, block, tuple(template), tuple(slots))
+        return
+    args = list(plan.args)
+    for position, index in plan.slots:
+        args[position] = pointers[index]
+    plan.kernel(plan.grid, plan.block, tuple(args))
+
+
+def _data_pointer(array):
+    return array.ctypes.data if _arrays.is_numpy(array) else array.data.ptr
+
+
+def _slots(args, arrays):
+    """(position, index) of each of ``arrays`` (not None) among ``args``, by identity."""
+    return [(position, index) for index, array in enumerate(arrays) if array is not None
+            for position, arg in enumerate(args) if arg is array]
+
+
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
             term="ssim", sum_scale=1.0, l1=0.0):
     """Launches ssim_forward: SSIM (or MS-SSIM's ``term="cs"``) of x against y (y broadcasts to x).
@@ -175,28 +251,42 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     pixel adds ``sum_scale * S + l1 * |x - y|`` (in units of the data range)
     to block_sums instead of S: the fused L1 + SSIM loss.
     """
-    xp = _arrays.array_module(x)
-    ctype = compute_dtype(x.dtype)
-    y = xp.broadcast_to(y, x.shape)
+    pointers = (x, y, map_out, block_sums, grad_maps)
+    key = ("forward", _signature(x), _signature(y), _signature(map_out), block_sums is None, grad_maps is None,
+           params, weight, formula, term, sum_scale, l1)
+    _launch_planned(key, lambda: _forward_launch(pointers, params, weight, formula, term, sum_scale, l1), pointers)
+
+
+def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1):
+    x_in, y_in, map_out, block_sums, grad_maps = pointers
+    xp = _arrays.array_module(x_in)
+    ctype = compute_dtype(x_in.dtype)
     outputs = {"out": map_out} if map_out is not None else {}
-    (outer, inner), layouts, (x, y) = plane_layouts([x, y], outputs)
+    (outer, inner), layouts, (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)], outputs)
     lm = layouts[2] if map_out is not None else PlaneLayout(0, 0, 0, 0)
     planes = outer * inner
     height, width = x.shape[-2:]
     kernel = _kernels.get_kernel("ssim", f"ssim_forward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
     c = ctype.type
     null = _null(xp)
-    kernel(
-        (tiles(params.map_shape(x.shape)), min(planes, MAX_GRID_Y)), (TILE, TILE),
-        (x, *layouts[0].args(), y, *layouts[1].args(), null if map_out is None else map_out, *lm.args(),
-         null if block_sums is None else block_sums, null if grad_maps is None else grad_maps,
-         np.int64(planes), np.int64(inner), np.int32(height), np.int32(width),
-         np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), np.int32(TERMS[term]),
-         np.int32(GRADIENT_FORMULAS[formula]),
-         _taps(x, params, ctype),
-         c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
-         np.float64(sum_scale), np.float64(l1)),
-    )
+    args = (x, *layouts[0].args(), y, *layouts[1].args(), null if map_out is None else map_out, *lm.args(),
+            null if block_sums is None else block_sums, null if grad_maps is None else grad_maps,
+            np.int64(planes), np.int64(inner), np.int32(height), np.int32(width),
+            np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), np.int32(TERMS[term]),
+            np.int32(GRADIENT_FORMULAS[formula]),
+            _taps(x, params, ctype),
+            c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
+            np.float64(sum_scale), np.float64(l1))
+    return _planned_launch(kernel, (tiles(params.map_shape(x.shape)), min(planes, MAX_GRID_Y)), (TILE, TILE), args,
+                           (x, y), pointers)
+
+
+def _planned_launch(kernel, grid, block, args, laid_out, pointers):
+    """build()'s result for :func:`_launch_planned`: the inputs as laid out (a view or a copy) take the
+    caller's inputs' slots, and the plan is reusable where no input was copied."""
+    slots = _slots(args, (*laid_out, *pointers[len(laid_out):]))
+    reusable = all(_data_pointer(a) == _data_pointer(p) for a, p in zip(laid_out, pointers))
+    return kernel, grid, block, args, slots, reusable
 
 
 def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
@@ -209,21 +299,26 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
     plane's gradient; ``coarse`` (compute dtype, contiguous planes of the next
     scale) adds the adjoint of ``variant``'s 2x2 mean.
     """
-    xp = _arrays.array_module(x)
-    ctype = compute_dtype(x.dtype)
-    y = xp.broadcast_to(y, x.shape)
-    (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x, y], {"grad": grad})
+    pointers = (x, y, grad_maps, grad, plane_weights, coarse)
+    key = ("backward", _signature(x), _signature(y), _signature(grad), plane_weights is None, coarse is None, params,
+           accumulate, variant, l1)
+    _launch_planned(key, lambda: _backward_launch(pointers, params, accumulate, variant, l1), pointers)
+
+
+def _backward_launch(pointers, params, accumulate, variant, l1):
+    x_in, y_in, grad_maps, grad, plane_weights, coarse = pointers
+    xp = _arrays.array_module(x_in)
+    ctype = compute_dtype(x_in.dtype)
+    (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)], {"grad": grad})
     planes = outer * inner
     height, width = x.shape[-2:]
     kernel = _kernels.get_kernel("ssim", f"ssim_backward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
-    kernel(
-        (tiles(x.shape), min(planes, MAX_GRID_Y)), (TILE, TILE),
-        (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
-         np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
-         ctype.type(1.0 / params.data_range), _null(xp) if plane_weights is None else plane_weights,
-         _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1),
-         np.int32(bool(accumulate))),
-    )
+    args = (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
+            np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
+            ctype.type(1.0 / params.data_range), _null(xp) if plane_weights is None else plane_weights,
+            _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1),
+            np.int32(bool(accumulate)))
+    return _planned_launch(kernel, (tiles(x.shape), min(planes, MAX_GRID_Y)), (TILE, TILE), args, (x, y), pointers)
 
 
 def finish(block_sums, out, *, per_output, count, a=0.0, b=1.0):
@@ -231,14 +326,19 @@ def finish(block_sums, out, *, per_output, count, a=0.0, b=1.0):
 
     ``out`` is a 1-D (possibly strided) float32 or float64 array, one entry per output value.
     """
+    pointers = (block_sums, out)
+    key = ("finish", _signature(block_sums), _signature(out), per_output, count, a, b)
+    _launch_planned(key, lambda: _finish_launch(pointers, per_output, count, a, b), pointers)
+
+
+def _finish_launch(pointers, per_output, count, a, b):
+    block_sums, out = pointers
     name = "float" if out.dtype == np.float32 else "double"
     kernel = _kernels.get_kernel("ssim", f"ssim_finish<{name}>", block_sums)
     outputs = out.size
-    kernel(
-        (min(outputs, 2**31 - 1),), (256,),
-        (block_sums, np.int64(per_output), np.int64(outputs), np.float64(count), np.float64(a), np.float64(b), out,
-         np.int64(out.strides[0] // out.itemsize if out.ndim else 0)),
-    )
+    args = (block_sums, np.int64(per_output), np.int64(outputs), np.float64(count), np.float64(a), np.float64(b), out,
+            np.int64(out.strides[0] // out.itemsize if out.ndim else 0))
+    return kernel, (min(outputs, 2**31 - 1),), (256,), args, _slots(args, pointers), True
 
 
 def downsample(x, y, x_out, y_out, variant, *, margin=0):

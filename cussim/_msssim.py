@@ -13,6 +13,7 @@ convention on 5-D tensors) and the volume kernels.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -77,24 +78,37 @@ class _Pyramid:
     def spatial(self) -> int:
         return self.problem.params.spatial
 
+    @functools.cached_property
+    def _sides(self) -> tuple:
+        """The spatial sides of every scale, unextended (worked out once: a call asks dozens of times)."""
+        sides = [tuple(self.problem.x.shape[-self.spatial :])]
+        for _ in range(1, self.scales):
+            sides.append(tuple(_reference.downsampled_shape(sides[-1], self.variant, self.spatial)))
+        return tuple(sides)
+
+    @functools.cached_property
+    def _stored(self) -> tuple:
+        m = self.margin
+        return tuple(tuple(n + 2 * m for n in s) if j == self.scales - 1 else s for j, s in enumerate(self._sides))
+
     def side(self, j) -> tuple:
         """The spatial sides of scale j ((h, w), or (d, h, w)), unextended."""
-        shape = self.problem.x.shape[-self.spatial :]
-        for _ in range(j):
-            shape = _reference.downsampled_shape(shape, self.variant, self.spatial)
-        return tuple(shape)
+        return self._sides[j]
 
     def stored(self, j) -> tuple:
         """The sides of scale j as the kernels see them (torchmetrics' last scale extended)."""
-        m = self.margin if j == self.scales - 1 else 0
-        return tuple(n + 2 * m for n in self.side(j))
+        return self._stored[j]
 
     def map_pixels(self, j) -> int:
         r = self.problem.params.radius
         return math.prod(n - 2 * r for n in self.stored(j))
 
+    @functools.cached_property
+    def _tiles(self) -> tuple:
+        return tuple(self.problem.launcher.tiles(self.problem.params.map_shape(shape)) for shape in self._stored)
+
     def tiles(self, j) -> int:
-        return self.problem.launcher.tiles(self.problem.params.map_shape(self.stored(j)))
+        return self._tiles[j]
 
     @property
     def planes(self) -> int:
@@ -199,7 +213,8 @@ def _reference_values(pyramid: _Pyramid, want_gradient):
     return _reference.ms_ssim_with_gradient(
         problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
         K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.kept, ndim)),
-        pool_axes=(ndim - p.spatial - 1,) if pyramid.group > 1 else (), want_gradient=want_gradient, spatial=p.spatial)
+        pool_axes=(ndim - p.spatial - 1,) if pyramid.group > 1 else (), want_gradient=want_gradient,
+        limit=problem.limit, spatial=p.spatial)
 
 
 def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
@@ -263,7 +278,8 @@ _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensor
         One exponent per scale, 2 to 16 of them, finite and >= 0; default the
         five published ones (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
     data_range : float, optional
-        Value range L of the images: 1 for floats, the dtype's range for integers.
+        Value range L of the images, as in :func:`cussim.ssim`: the dtype's
+        range for integers, 1 for floats (pass it for other ranges).
     win_size : int
         Odd Gaussian window size, 3 to 15 (default 11); every scale must be at
         least this wide (the error says the minimum image side).

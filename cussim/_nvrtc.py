@@ -146,11 +146,8 @@ def _usage(log: str):
     return usage
 
 
-def compile_report(source: str, options=(), name_expressions=(), arch: int = 90, filename: str = "kernel.cu"):
-    """Compiles ``source`` to a cubin for ``sm_{arch}`` and returns its :class:`CompileReport`.
-
-    Raises :class:`NVRTCError` with NVRTC's log when the compilation fails.
-    """
+def _compile(source: str, options, name_expressions, arch: int, filename: str, want_cubin: bool):
+    """(log, {mangled: name expression}, cubin bytes or None) of one NVRTC compilation for ``sm_{arch}``."""
     lib = library()
     program = ctypes.c_void_p()
     _check(lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(), filename.encode(), 0, None, None),
@@ -172,8 +169,29 @@ def compile_report(source: str, options=(), name_expressions=(), arch: int = 90,
             mangled = ctypes.c_char_p()
             _check(lib.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(mangled)), f"lowered name of {name}")
             lowered[mangled.value.decode()] = name
+        cubin = None
+        if want_cubin:
+            lib.nvrtcGetCUBINSize(program, ctypes.byref(size))
+            data = ctypes.create_string_buffer(size.value)
+            _check(lib.nvrtcGetCUBIN(program, data), "nvrtcGetCUBIN")
+            cubin = data.raw
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(program))
+    return log, lowered, cubin
+
+
+def compile_cubin(source: str, options=(), name_expressions=(), arch: int = 90, filename: str = "kernel.cu"):
+    """(cubin bytes, {mangled name: name expression}) of ``source`` for ``sm_{arch}`` (for a disassembler)."""
+    _, lowered, cubin = _compile(source, options, name_expressions, arch, filename, True)
+    return cubin, lowered
+
+
+def compile_report(source: str, options=(), name_expressions=(), arch: int = 90, filename: str = "kernel.cu"):
+    """Compiles ``source`` to a cubin for ``sm_{arch}`` and returns its :class:`CompileReport`.
+
+    Raises :class:`NVRTCError` with NVRTC's log when the compilation fails.
+    """
+    log, lowered, _ = _compile(source, options, name_expressions, arch, filename, False)
     frames = {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in _PROPERTIES.finditer(log)}
     kernels = []
     for mangled, registers, barriers, shared in _usage(log):

@@ -18,6 +18,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import _reference
 
 PADDINGS = _reference.PADDINGS
@@ -111,3 +113,23 @@ def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, 
         crop=_reference.mean_weights_crop(padding, win_size),
         spatial=spatial_dims,
     )
+
+
+def check_compute_range(params: SsimParams, dtype) -> None:
+    """Refuses constants that overflow arithmetic in ``dtype`` (the compute dtype), on every path alike.
+
+    The kernels compute on values scaled by 1/L, with C1 = K1^2 and C2 = K2^2;
+    for images inside their data range the largest quantity is the
+    denominator (mx^2 + my^2 + C1)(sxx + syy + C2) <= 4 (1 + C1)(1 + C2).
+    Both it and 1/L must be finite in ``dtype``.
+    """
+    dtype = np.dtype(dtype)
+    largest = float(np.finfo(dtype).max)
+    c1, c2 = params.K1 * params.K1, params.K2 * params.K2
+    if not 4.0 * (1.0 + c1) * (1.0 + c2) <= largest:
+        raise ValueError(f"K1={params.K1!r}, K2={params.K2!r}: SSIM's constants C1 = K1^2 and C2 = K2^2 overflow "
+                         f"{dtype.name} arithmetic (4 (1 + C1)(1 + C2) must stay below {largest:.3g}); use "
+                         "constants near the defaults K1=0.01, K2=0.03")
+    if not 1.0 / params.data_range <= largest:
+        raise ValueError(f"data_range={params.data_range!r} is too small for {dtype.name} arithmetic (1 / "
+                         f"data_range must stay below {largest:.3g}); it is the value range of the images")

@@ -132,9 +132,15 @@ def _moments(x, y, taps, padding, data_range, cov, spatial):
     return xs, ys, mx, my, sxx, syy, sxy, sxx_free
 
 
-def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials, term="ssim", spatial=2):
+def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials, term="ssim", limit=None, spatial=2):
     """The map of ``term`` ("ssim": S, or "cs": the contrast-structure A2/B2) and, if asked,
-    its partial derivatives with respect to mx, Exx and Exy (zero where a clamp is active)."""
+    its partial derivatives with respect to mx, Exx and Exy (zero where a clamp is active).
+
+    ``limit``: the largest number of the compute dtype (float32's for the
+    kernels' float32 arithmetic). Where the denominators of finite windows
+    pass it, that arithmetic overflows: the map pixel and its partials are
+    NaN there (docs/spec.rst section 1), so the gradient is NaN, never 0.
+    """
     xs, ys, mx, my, sxx, syy, sxy, sxx_free = _moments(x, y, taps, padding, data_range, cov, spatial)
     C1, C2 = K1 * K1, K2 * K2
     A1 = 2.0 * mx * my + C1
@@ -143,6 +149,11 @@ def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_part
     B2 = sxx + syy + C2
     raw = (A1 * A2) / (B1 * B2) if term == "ssim" else A2 / B2
     value = np.clip(raw, -1.0, 1.0)
+    overflow = False
+    if limit is not None:
+        bounded = B2 <= limit if term == "cs" else (B1 <= limit) & (B2 <= limit) & (B1 * B2 <= limit)
+        overflow = np.isfinite(mx) & np.isfinite(my) & ~bounded
+        value = np.where(overflow, np.nan, value)
     if not want_partials:
         return value, None
     free = value == raw
@@ -158,18 +169,19 @@ def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_part
         p_mu = -2.0 * cov * my / B2 + np.where(sxx_free, 2.0 * cov * mx * cs / B2, 0.0)
         p_xx = np.where(sxx_free, -cov * cs / B2, 0.0)
         p_xy = 2.0 * cov / B2
-    partials = tuple(np.where(free, p, 0.0) for p in (p_mu, p_xx, p_xy))
+    partials = tuple(np.where(overflow, np.nan, np.where(free, p, 0.0)) for p in (p_mu, p_xx, p_xy))
     return value, (xs, ys, partials)
 
 
-def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0, spatial=2):
+def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0, limit=None, spatial=2):
     """The SSIM map S over the last ``spatial`` axes (the image's shape, or the valid interior).
 
-    ``cov`` is the covariance factor c: 1, or NP/(NP-1) for sample covariance.
+    ``cov`` is the covariance factor c: 1, or NP/(NP-1) for sample covariance;
+    ``limit`` as in :func:`_map_and_partials`.
     """
     S, _ = _map_and_partials(
         x, y, taps, K1=K1, K2=K2, padding=padding, data_range=data_range, cov=cov,
-        want_partials=False, spatial=spatial,
+        want_partials=False, limit=limit, spatial=spatial,
     )
     return S
 
@@ -204,7 +216,7 @@ def ssim(x, y, taps, *, axis=None, crop=0, spatial=2, **kwargs):
 
 
 def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, padding="same",
-                       data_range=1.0, cov=1.0, spatial=2):
+                       data_range=1.0, cov=1.0, limit=None, spatial=2):
     """(mean SSIM over ``axis``, d sum(mean) / dx), the exact gradient of docs/spec.rst section 4.
 
     The gradient is with respect to the first argument x and has x's shape.
@@ -212,7 +224,7 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
     x = np.asarray(x, dtype=np.float64)
     S, (xs, ys, (p_mu, p_xx, p_xy)) = _map_and_partials(
         x, y, taps, K1=K1, K2=K2, padding=padding, data_range=data_range, cov=cov,
-        want_partials=True, spatial=spatial,
+        want_partials=True, limit=limit, spatial=spatial,
     )
     axes = _normalise_axis(axis, S.ndim, spatial)
     counted = cropped(S, crop, spatial)
@@ -345,7 +357,7 @@ def ms_ssim_min_size(win_size, scales, variant):
 
 
 def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytorch_msssim", K1=0.01, K2=0.03,
-                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True, spatial=2):
+                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True, limit=None, spatial=2):
     """MS-SSIM (mean over ``axis``, which includes the plane) and d sum(value) / dx.
 
     Per image: prod_j relu(mean cs_j)^w_j * relu(mean S_M)^w_M over the scales
@@ -380,7 +392,7 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     margin = (len(taps) - 1) // 2 if variant == "torchmetrics" else 0
     extended = [mirror_extend(a, margin) if margin else a for a in (xs[-1], ys[-1])]
     kwargs = dict(K1=K1, K2=K2, padding="valid", data_range=data_range, cov=1.0, want_partials=want_gradient,
-                  spatial=spatial)
+                  limit=limit, spatial=spatial)
     terms = [_map_and_partials(xs[j], ys[j], taps, term="cs", **kwargs) for j in range(scales - 1)]
     terms.append(_map_and_partials(*extended, taps, term="ssim", **kwargs))
     nd = x.ndim

@@ -12,6 +12,7 @@ batch axis. The gradient is with respect to the FIRST argument x
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _arrays, _launch, _launch3d, _reference
-from ._params import SsimParams, check_spatial_dims, ssim_params
+from ._params import SsimParams, check_compute_range, check_spatial_dims, ssim_params
 
 INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -73,6 +74,16 @@ class _Problem:
     def device(self):
         return _arrays.on_device(self.x)
 
+    @property
+    def limit(self) -> float:
+        """The largest number of the compute dtype: where the kernels' arithmetic overflows, the reference
+        gives NaN too (docs/spec.rst section 1)."""
+        return float(np.finfo(_launch.compute_dtype(self.x.dtype)).max)
+
+    def check_apart(self, outputs: dict) -> None:
+        """The outputs (name: array or None) apart from each other, themselves and x and y."""
+        _arrays.check_apart(outputs, {"x": self.x, "y": self.y})
+
 
 def _normalise_axis(value, ndim, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -118,6 +129,7 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
         data_range = INTEGER_RANGES.get(x.dtype, 1.0)
     params = ssim_params(win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2, padding=padding,
                          sample_covariance=sample_covariance, data_range=data_range, spatial_dims=spatial_dims)
+    check_compute_range(params, _launch.compute_dtype(x.dtype))
     sides = [x.shape[a] for a in spatial]
     kind = "images" if spatial_dims == 2 else "volumes"
     if min_side is not None and min(sides) < min_side[0]:
@@ -129,6 +141,8 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     if not reduce or axis is None:
         averaged = set(range(ndim)) if reduce else set(spatial)
     else:
+        if not isinstance(axis, (numbers.Integral, tuple, list)):
+            raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}")
         axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
         averaged = [_normalise_axis(a, ndim, "axis") for a in axes]
         if len(set(averaged)) != len(averaged):
@@ -206,7 +220,7 @@ def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
 
 
 def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: str) -> Workspace:
-    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device, apart from the inputs."""
+    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute)."""
     if not isinstance(workspace, Workspace):
         raise TypeError(f"workspace must come from cussim.{maker}, got {type(workspace).__name__}")
     sums, maps = sizes
@@ -214,9 +228,6 @@ def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: s
     _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
     if workspace.block_sums.size != sums or workspace.grad_maps.size != maps or workspace.grad_maps.dtype != ctype:
         raise ValueError(f"workspace does not fit these images; make one with cussim.{maker}(x, {options})")
-    for name, value in (("x", problem.x), ("y", problem.y)):
-        if _arrays.overlaps(workspace.grad_maps, value) or _arrays.overlaps(workspace.block_sums, value):
-            raise ValueError(f"workspace overlaps {name}")
     return workspace
 
 
@@ -228,8 +239,7 @@ def _value_buffer(problem: _Problem, out):
             out = _arrays.empty(problem.xp, problem.value_shape, dtype)
     else:
         out = _arrays.as_array(out, "out")
-        _arrays.check_output(out, "out", shape=problem.value_shape, dtype=dtype, like=problem.x,
-                             inputs={"x": problem.x, "y": problem.y})
+        _arrays.check_output(out, "out", shape=problem.value_shape, dtype=dtype, like=problem.x)
         if out.ndim > 1 and not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous (it holds {out.size} values)")
     return out, out.reshape(-1)
@@ -240,7 +250,7 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     p = problem.params
     axes = tuple(range(problem.kept, problem.x.ndim))
     kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov,
-                  spatial=p.spatial)
+                  limit=problem.limit, spatial=p.spatial)
     taps = np.asarray(p.taps)
     l1_value = l1_grad = 0.0
     if l1:  # the fused L1 term, only where it is asked for (it costs a float64 copy of the images)
@@ -257,6 +267,20 @@ def _use_kernels(problem: _Problem) -> bool:
     return problem.xp is not np or _arrays.numpy_backend() == "emulator"
 
 
+@contextlib.contextmanager
+def _addressable(problem: _Problem, view, keep=False):
+    """Yields the output ``view`` for the kernels, or, where they cannot address its layout, a new C-order
+    buffer (holding view's values if ``keep``) copied into it afterwards: any output layout works on every path."""
+    if view is None or _launch.addressable(view):
+        yield view
+        return
+    target = _arrays.empty(problem.xp, view.shape, view.dtype)
+    if keep:
+        target[...] = view
+    yield target
+    view[...] = target
+
+
 def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch):
     """The steps of every mean (SSIM's and MS-SSIM's): outputs checked, then the reference or the kernels.
 
@@ -270,6 +294,8 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
     grad_view = problem.permuted(grad) if want_gradient else None
     if workspace is not None:
         workspace = check_workspace(workspace)
+    problem.check_apart({"out": out, "grad": grad, "workspace.block_sums": getattr(workspace, "block_sums", None),
+                         "workspace.grad_maps": getattr(workspace, "grad_maps", None)})
     if problem.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
         flat_out[...] = np.nan
         return out
@@ -279,8 +305,8 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
         if want_gradient:
             grad_view[...] = gradient + grad_view if accumulate else gradient
         return out
-    with problem.device():
-        launch(flat_out, grad_view, workspace)
+    with problem.device(), _addressable(problem, grad_view, keep=accumulate) as target:
+        launch(flat_out, target, workspace)
     return out
 
 
@@ -323,8 +349,7 @@ def _gradient_buffer(problem: _Problem, grad, accumulate):
         with problem.device():
             return _arrays.empty(problem.xp, x_original.shape, dtype)
     grad = _arrays.as_array(grad, "grad")
-    _arrays.check_output(grad, "grad", shape=x_original.shape, dtype=dtype, like=problem.x,
-                         inputs={"x": problem.x, "y": problem.y})
+    _arrays.check_output(grad, "grad", shape=x_original.shape, dtype=dtype, like=problem.x)
     return grad
 
 
@@ -339,7 +364,10 @@ DOC_IMAGES = """
         the rest in float32).
 """
 _DOC_PARAMETERS = DOC_IMAGES + """    data_range : float, optional
-        Value range L of the images: 1 for floats, the dtype's range for integers.
+        Value range L of the images: the dtype's range for integers (255,
+        65535); 1 for floats, the [0, 1] convention: pass it for floats in any
+        other range (255 for [0, 255], 2 for [-1, 1]). Never guessed from the
+        values.
     win_size : int
         Odd window size, 3 to 15 (default 11).
     sigma : float
@@ -438,18 +466,18 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
             result = problem.original(_arrays.empty(problem.xp, map_shape, dtype))
     else:
         result = _arrays.as_array(out, "out")
-        _arrays.check_output(result, "out", shape=original_shape, dtype=dtype, like=problem.x,
-                             inputs={"x": problem.x, "y": problem.y})
+        _arrays.check_output(result, "out", shape=original_shape, dtype=dtype, like=problem.x)
+        problem.check_apart({"out": result})
     if problem.planes == 0:
         return result
     if not _use_kernels(problem):
         p = problem.params
         S = _reference.ssim_map(problem.x, problem.y, np.asarray(p.taps), K1=p.K1, K2=p.K2, padding=p.padding,
-                                data_range=p.data_range, cov=p.cov, spatial=p.spatial)
+                                data_range=p.data_range, cov=p.cov, limit=problem.limit, spatial=p.spatial)
         problem.permuted(result)[...] = S
         return result
-    with problem.device():
-        problem.launcher.forward(problem.x, problem.y, problem.params, map_out=problem.permuted(result))
+    with problem.device(), _addressable(problem, problem.permuted(result)) as target:
+        problem.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
     return result
 
 

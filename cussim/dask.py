@@ -36,8 +36,8 @@ plus a halo of the window radius r (``dask.array.overlap``):
   scales' per-image means combine as in :func:`cussim.ms_ssim`. Coarse scales
   have few pixels, so their chunks are merged up to the window's width.
 
-Example
--------
+Examples
+--------
 >>> import dask.array as da, numpy as np, cussim, cussim.dask
 >>> rng = np.random.default_rng(0)
 >>> x = rng.random((300, 400)); y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
@@ -270,8 +270,8 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
         The mean SSIM (0-d, or one value per kept index), in the compute
         dtype; ``.compute()`` gives what :func:`cussim.ssim` gives.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import dask.array as da, numpy as np, cussim.dask
     >>> image = np.linspace(0, 1, 64 * 90).reshape(64, 90)
     >>> x = da.from_array(image, chunks=32)
@@ -289,8 +289,8 @@ def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K
           sample_covariance=False, channel_axis=None, axis=None):
     """(1 - SSIM) / 2, lazily, with the arguments of :func:`ssim`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import dask.array as da, numpy as np, cussim.dask
     >>> x = da.from_array(np.linspace(0, 1, 40 * 40).reshape(40, 40), chunks=20)
     >>> float(cussim.dask.dssim(x, x).compute()), round(float(cussim.dask.dssim(x, x ** 2).compute()), 6)
@@ -310,8 +310,8 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     plane shrinks by the window radius on every side, and so do the chunks on
     the border (chunks narrower than the window join a neighbour first).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import dask.array as da, numpy as np, cussim.dask
     >>> x = da.from_array(np.linspace(0, 1, 60 * 50).reshape(60, 50), chunks=25)
     >>> cussim.dask.ssim_map(x, x, padding="valid").chunks
@@ -331,8 +331,8 @@ def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window=
     x, in :func:`cussim.ssim_with_gradient`'s dtype; computing both together
     (``dask.compute(value, grad)``) runs each chunk once.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import dask, dask.array as da, numpy as np, cussim, cussim.dask
     >>> rng = np.random.default_rng(1)
     >>> x = rng.random((50, 70)); y = rng.random((50, 70))
@@ -352,8 +352,8 @@ def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window
                         padding="same", sample_covariance=False, channel_axis=None, axis=None):
     """DSSIM = (1 - SSIM) / 2 and its exact gradient with respect to x, lazily, as :func:`ssim_with_gradient`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import dask, dask.array as da, numpy as np, cussim, cussim.dask
     >>> x = np.random.default_rng(2).random((3, 40, 40)).astype(np.float32)
     >>> value, grad = dask.compute(*cussim.dask.dssim_with_gradient(da.from_array(x, chunks=(1, 16, 40)), 1 - x))
@@ -414,8 +414,8 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     computed like :func:`ssim`'s, from chunks and their halos; the scales'
     means combine per image as in :func:`cussim.ms_ssim`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import dask.array as da, numpy as np, cussim, cussim.dask
     >>> rng = np.random.default_rng(3)
     >>> x = rng.random((2, 3, 176, 180)); y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)

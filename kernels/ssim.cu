@@ -43,8 +43,10 @@
 // filters each tile row, and a vertical pass finishes the filter in
 // registers. Zero padding ("same"), the valid interior ("valid") or
 // half-sample reflection ("reflect") decide what the halo holds. The tile is
-// stored shifted by its centre pixel, so float32 variances of flat, bright
-// regions keep their digits (see ssim_pixel).
+// stored shifted by its centre pixel (tile_shift), so float32 variances of
+// flat, bright regions keep their digits (see ssim_pixel); the partial maps
+// are those of the shifted moments, and the backward moves them to its own
+// tile's shift, so that the gradient keeps its digits too (see ssim_backward).
 //
 // This file compiles unchanged with NVRTC and, for the CPU emulator, with g++
 // after cuda_emulator.h; it includes no header.
@@ -146,6 +148,18 @@ __device__ inline int mirror_index(int i, int n) {
     return i < n ? i : period - i;
 }
 
+// A tile's shift: the scaled image value at the pixel nearest the centre of
+// the 16x16 tile whose first pixel is (row, col), or 0 where that value is not
+// finite, so that a NaN or an infinity stays in the windows that hold it.
+template <class T, class C>
+__device__ inline C tile_shift(const T* plane, long long row_stride, long long col_stride, int row, int col,
+                               int height, int width, C inv_range) {
+    row = min(row + kTile / 2, height - 1);
+    col = min(col + kTile / 2, width - 1);
+    const C k = (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
+    return k - k == C(0) ? k : C(0);
+}
+
 template <class T, class C>
 __device__ inline C load_scaled(const T* plane, long long row_stride, long long col_stride, int row, int col,
                                 int height, int width, int padding, C inv_range) {
@@ -156,6 +170,41 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
         return C(0);
     }
     return (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
+}
+
+// The row pitch of a halo tile in shared memory, in elements. The
+// horizontal passes read tile[r][c + t] with thread k at r = k / 16,
+// c = k % 16: a warp covers rows r and r + 1, columns 0..15. With 4-byte
+// elements and a pitch of 16 mod 32 words, row r + 1 lies 16 banks after
+// row r, so the warp's 32 reads hit 32 different banks for every tap t: no
+// bank conflict by construction (a pitch of 16 + 2R = 26 words put rows 26
+// banks apart: 2-way conflicts for 10 of 16 columns). 8-byte elements are
+// served per half-warp, one row of 16 consecutive elements: conflict-free at
+// any pitch, so they keep the unpadded side. The vertical pass reads
+// rows[q][ty + t][tx] (pitch 16): rows ty and ty + 1 are 16 banks apart too.
+template <class C, int R> struct TilePitch {
+    static constexpr int side = kTile + 2 * R;
+    static constexpr int value = sizeof(C) == 4 ? side + ((16 - side) % 32 + 32) % 32 : side;
+};
+
+// Whether the (16 + 2R)^2 halo tile whose first pixel is (top, left) lies
+// inside the image, and whether element offsets within it fit in 32 bits.
+template <int R>
+__device__ inline bool halo_inside(int top, int left, int height, int width) {
+    return top >= 0 && left >= 0 && top + kTile + 2 * R <= height && left + kTile + 2 * R <= width;
+}
+
+template <int R>
+__device__ inline bool small_strides(long long row_stride, long long col_stride) {
+    constexpr long long limit = 0x7fffffffLL / (2 * (kTile + 2 * R));
+    return row_stride < limit && row_stride > -limit && col_stride < limit && col_stride > -limit;
+}
+
+// P0 = dS/dmx' of moments shifted by (kx, ky), moved to the shift `own`:
+// P0 + 2 (own_x - kx) P1 + (own_y - ky) P2 (see ssim_backward).
+template <class C>
+__device__ inline C moved_partial(const C (&p)[3], const C* own, C kx, C ky) {
+    return p[0] + C(2) * (own[0] - kx) * p[1] + (own[1] - ky) * p[2];
 }
 
 // What the forward writes into the three partial maps (the backward combines
@@ -179,7 +228,10 @@ template <class C> struct Pixel {
 // The moments m (mx, my, Exx, Eyy, Exy) come from images shifted by (kx, ky),
 // constants near the window's values: the variances and the covariance, which
 // are shift-invariant, then lose no digits to E[x^2] - mx^2 cancellation, and
-// the means are mx' + kx, my' + ky.
+// the means are mx' + kx, my' + ky. The partials are those of the shifted
+// moments: partial[0] is dS/dmx' with Exx', Exy' held fixed, which is
+// Pmu + 2 kx Pxx + ky Pxy, computed without that sum's cancellation (its
+// covariance terms take the shifted means; for x == y it is exactly 0).
 template <class C>
 __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C cov, int term, int formula) {
     const C sxx_raw = mul(cov, add(m[2], -mul(m[0], m[0])));
@@ -202,35 +254,39 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     if (formula == GRADIENT_NONE) return out;
     const C s = out.s, inv_b1 = C(1) / b1, inv_b2 = C(1) / b2, inv_d = inv_b1 * inv_b2;
     if (formula == GRADIENT_EXACT && s == s_raw && term == TERM_CS) {
-        // cs = A2 / B2: A2 moves with Exy - mx my, B2 with Exx - mx^2.
-        out.partial[0] = -C(2) * cov * my * inv_b2 + (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
+        // cs = A2 / B2: A2 moves with Exy' - mx' my', B2 with Exx' - mx'^2.
+        out.partial[0] = -C(2) * cov * m[1] * inv_b2 + (free_sxx ? C(2) * cov * m[0] * s * inv_b2 : C(0));
         out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
         out.partial[2] = C(2) * cov * inv_b2;
     } else if (formula == GRADIENT_EXACT && s == s_raw) {
         // Derivatives of the unclamped covariance: at a flat window of x, sxy
         // moves to first order with x while sxx moves only to second order.
-        out.partial[0] = C(2) * my * (a2 - cov * a1) * inv_d - C(2) * mx * s * inv_b1 +
-                         (free_sxx ? C(2) * cov * mx * s * inv_b2 : C(0));
+        // The luminance term 2 (my A2 / B2 - mx S) / B1 is exactly 0 for x == y.
+        out.partial[0] = C(2) * (my * (a2 / b2) - mx * s) * inv_b1 - C(2) * cov * m[1] * a1 * inv_d +
+                         (free_sxx ? C(2) * cov * m[0] * s * inv_b2 : C(0));
         out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
         out.partial[2] = C(2) * cov * a1 * inv_d;
     } else if (formula == GRADIENT_SKIMAGE) {
-        out.partial[0] = (mx * (a2 - a1) - my * (b2 - b1) * s) * inv_d;
         out.partial[1] = C(0.5) * a1 * inv_d;
         out.partial[2] = -s * inv_b2;
+        out.partial[0] = (mx * (a2 - a1) - my * (b2 - b1) * s) * inv_d + C(2) * kx * out.partial[1] +
+                         ky * out.partial[2];
     }
     return out;
 }
 
-// Sums `value` over the block's 256 threads in a fixed order (float64).
+// Sums `value` over the block's 256 threads in a fixed order (float64): each
+// warp's 32 values by a shuffle tree, then thread 0 adds the 8 warp sums in
+// order (one barrier). The total is thread 0's return value; `scratch` (8
+// doubles) is read by thread 0 alone before its next barrier, so the next
+// call may write it after that barrier.
 __device__ inline double block_sum(double value, double* scratch, int tid) {
-    scratch[tid] = value;
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(0xffffffffu, value, offset);
+    if ((tid & 31) == 0) scratch[tid >> 5] = value;
     __syncthreads();
-    for (int k = kTile * kTile / 2; k > 0; k >>= 1) {
-        if (tid < k) scratch[tid] += scratch[tid + k];
-        __syncthreads();
-    }
-    const double total = scratch[0];
-    __syncthreads();
+    double total = 0.0;
+    if (tid == 0)
+        for (int w = 0; w < kTile * kTile / 32; ++w) total += scratch[w];
     return total;
 }
 
@@ -350,11 +406,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;  // halo tile side
     constexpr int kThreads = kTile * kTile;
-    __shared__ C tile_x[kSide][kSide];
-    __shared__ C tile_y[kSide][kSide];
+    __shared__ C tile_x[kSide][TilePitch<C, R>::value];
+    __shared__ C tile_y[kSide][TilePitch<C, R>::value];
     __shared__ C rows[5][kSide][kTile];  // horizontally filtered mx, my, Exx, Eyy, Exy
     __shared__ C weights[2 * R + 1];
-    __shared__ double scratch[kThreads];
+    __shared__ double scratch[kThreads / 32];
 
     const TileGeometry g = tile_geometry<R>(padding, height, width, true);
     const long long maps_size = planes * g.map_pixels;
@@ -365,17 +421,31 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const long long outer = p / inner_count, inner = p % inner_count;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
-        // The shifts: the image pixel nearest the tile's centre (every thread reads the same one).
-        const int centre_row = min(g.row + g.offset + kTile / 2, height - 1);
-        const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
-        const C kx = load_scaled(xp, x_row, x_col, centre_row, centre_col, height, width, PAD_SAME, inv_range);
-        const C ky = load_scaled(yp, y_row, y_col, centre_row, centre_col, height, width, PAD_SAME, inv_range);
+        // The shifts (every thread reads the same pixel).
+        const C kx = tile_shift(xp, x_row, x_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
+        const C ky = tile_shift(yp, y_row, y_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
+        const int top = g.row + g.offset - R, left = g.col + g.offset - R;
+        if (halo_inside<R>(top, left, height, width) && small_strides<R>(x_row, x_col) &&
+            small_strides<R>(y_row, y_col)) {
+            // The fast path (most tiles): the whole halo inside the image, so no
+            // bounds test and no padding; 32-bit offsets from its first pixel.
+            const T* xo = xp + top * x_row + left * x_col;
+            const T* yo = yp + top * y_row + left * y_col;
+            const int xr = (int)x_row, xc = (int)x_col, yr = (int)y_row, yc = (int)y_col;
 #pragma unroll 1
-        for (int k = tid; k < kSide * kSide; k += kThreads) {
-            const int r = k / kSide, c = k % kSide;
-            const int row = g.row + g.offset - R + r, col = g.col + g.offset - R + c;
-            tile_x[r][c] = load_scaled(xp, x_row, x_col, row, col, height, width, padding, inv_range) - kx;
-            tile_y[r][c] = load_scaled(yp, y_row, y_col, row, col, height, width, padding, inv_range) - ky;
+            for (int k = tid; k < kSide * kSide; k += kThreads) {
+                const int r = k / kSide, c = k % kSide;
+                tile_x[r][c] = (C)element_value(xo[r * xr + c * xc]) * inv_range - kx;
+                tile_y[r][c] = (C)element_value(yo[r * yr + c * yc]) * inv_range - ky;
+            }
+        } else {
+#pragma unroll 1
+            for (int k = tid; k < kSide * kSide; k += kThreads) {
+                const int r = k / kSide, c = k % kSide;
+                const int row = top + r, col = left + c;
+                tile_x[r][c] = load_scaled(xp, x_row, x_col, row, col, height, width, padding, inv_range) - kx;
+                tile_y[r][c] = load_scaled(yp, y_row, y_col, row, col, height, width, padding, inv_range) - ky;
+            }
         }
         __syncthreads();
         for (int k = tid; k < kSide * kTile; k += kThreads) {
@@ -383,12 +453,15 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             C mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
 #pragma unroll
             for (int t = 0; t <= 2 * R; ++t) {
+                // 7 operations per tap (w a and w b shared), not 8; with x == y
+                // bitwise the moments of x and y stay bitwise equal.
                 const C a = tile_x[r][c + t], b = tile_y[r][c + t], w = weights[t];
-                mx += w * a;
-                my += w * b;
-                exx += w * (a * a);
-                eyy += w * (b * b);
-                exy += w * (a * b);
+                const C wa = w * a, wb = w * b;
+                mx += wa;
+                my += wb;
+                exx += wa * a;
+                eyy += wb * b;
+                exy += wa * b;
             }
             rows[0][r][c] = mx;
             rows[1][r][c] = my;
@@ -441,8 +514,16 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
     constexpr int kThreads = kTile * kTile;
-    __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pxy around the tile
+    __shared__ C tile[3][kSide][TilePitch<C, R>::value];  // g*Pmu, g*Pxx, g*Pxy around the tile
     __shared__ C rows[3][kSide][kTile];
+    // The shifts (x, y) of the forward tiles under this tile's halo: 4 x 4
+    // from tile (shift_row, shift_col), which holds every map pixel the halo
+    // reads, reflected or not, for R <= 8 (a halo side of 16 + 2R <= 32 map
+    // pixels, whose reflections past the map's end land in the tile before).
+    // own_shift: this tile's (x, y) shift, the same for all its windows.
+    static_assert(R <= 8, "the shift table covers halos of R <= 8");
+    __shared__ C shifts[2][4][4];
+    __shared__ C own_shift[2];
     __shared__ C weights[2 * R + 1];
 
     const TileGeometry g = tile_geometry<R>(padding, height, width, false);
@@ -454,18 +535,62 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long outer = p / inner_count, inner = p % inner_count;
         const C* maps = grad_maps + p * g.map_pixels;
-
-        for (int k = tid; k < kSide * kSide; k += kThreads) {
-            const int r = k / kSide, c = k % kSide;
-            int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
-            bool inside = map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
-            if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
-                map_row = reflect_index(map_row, g.map_h);
-                map_col = reflect_index(map_col, g.map_w);
-                inside = true;
+        // The partial maps are those of moments shifted by the forward tile's
+        // (kx, ky) (ssim_pixel); with this tile's own shift (bx, by) =
+        // own_shift, the same for every window here,
+        // dL/dx = F^T(P0 + 2 (bx - kx) P1 + (by - ky) P2) + 2 (x - bx) F^T(P1)
+        // + (y - by) F^T(P2): no term is larger than the gradient where the
+        // image is bright and flat.
+        const int shift_row = max(((g.row - R - g.offset) >> 4) - 1, 0);
+        const int shift_col = max(((g.col - R - g.offset) >> 4) - 1, 0);
+        if (tid < 17) {
+            const T* xp = x + outer * x_outer + inner * x_inner;
+            const T* yp = y + outer * y_outer + inner * y_inner;
+            const bool own = tid == 16;
+            const int row = own ? g.row : (shift_row + tid / 4) * kTile + g.offset;
+            const int col = own ? g.col : (shift_col + tid % 4) * kTile + g.offset;
+            *(own ? &own_shift[0] : &shifts[0][tid / 4][tid % 4]) =
+                tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
+            *(own ? &own_shift[1] : &shifts[1][tid / 4][tid % 4]) =
+                tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
+        }
+        __syncthreads();
+        const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
+        if (halo_inside<R>(top, left, g.map_h, g.map_w) && small_strides<R>(g.map_w, 1)) {
+            // The fast path (most tiles): the halo inside the map, 32-bit offsets, no bounds test.
+            const C* m0 = maps + (long long)top * g.map_w + left;
+            const C* m1 = m0 + maps_size;
+            const C* m2 = m1 + maps_size;
+#pragma unroll 1
+            for (int k = tid; k < kSide * kSide; k += kThreads) {
+                const int r = k / kSide, c = k % kSide, at = r * g.map_w + c;
+                const int i = (top + r) / kTile - shift_row, j = (left + c) / kTile - shift_col;
+                const C value[3] = {m0[at], m1[at], m2[at]};
+                tile[0][r][c] = moved_partial(value, own_shift, shifts[0][i][j], shifts[1][i][j]);
+                tile[1][r][c] = value[1];
+                tile[2][r][c] = value[2];
             }
-            const long long at = (long long)map_row * g.map_w + map_col;
-            for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? maps[q * maps_size + at] : C(0);
+        } else {
+#pragma unroll 1
+            for (int k = tid; k < kSide * kSide; k += kThreads) {
+                const int r = k / kSide, c = k % kSide;
+                int map_row = top + r, map_col = left + c;
+                bool inside = map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
+                if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
+                    map_row = reflect_index(map_row, g.map_h);
+                    map_col = reflect_index(map_col, g.map_w);
+                    inside = true;
+                }
+                C value[3] = {C(0), C(0), C(0)};
+                if (inside) {
+                    const long long at = (long long)map_row * g.map_w + map_col;
+                    for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
+                    // the shift of the forward tile that holds this map pixel
+                    const int i = map_row / kTile - shift_row, j = map_col / kTile - shift_col;
+                    value[0] = moved_partial(value, own_shift, shifts[0][i][j], shifts[1][i][j]);
+                }
+                for (int q = 0; q < 3; ++q) tile[q][r][c] = value[q];
+            }
         }
         __syncthreads();
         for (int k = tid; k < kSide * kTile; k += kThreads) {
@@ -488,7 +613,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const T* yp = y + outer * y_outer + inner * y_inner;
             const C xv = load_scaled(xp, x_row, x_col, row, col, height, width, PAD_SAME, inv_range);
             const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
-            C value = (b[0] + C(2) * xv * b[1] + yv * b[2]) * inv_range;
+            C value = (b[0] + C(2) * (xv - own_shift[0]) * b[1] + (yv - own_shift[1]) * b[2]) * inv_range;
             if (plane_weights) value *= (C)plane_weights[p];
             if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant);
             if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx

@@ -250,7 +250,9 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_
                     // ssim3d_backward as dS/dmx of the unshifted mean, as ssim.cu's ssim_pixel returns it.
                     const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
                     const long long at = p * g.map_voxels + ((long long)d * g.map_h + row) * g.map_w + col;
-                    for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
+                    const C partials[3] = {px.partial[0] - C(2) * kx * px.partial[1] - ky * px.partial[2],
+                                           px.partial[1], px.partial[2]};
+                    for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * partials[q];
                 }
             }
         }

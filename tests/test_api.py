@@ -291,6 +291,16 @@ X, Y = _images((2, 20, 20))
         (lambda: cussim.ssim(X, Y, axis=(0, 1)), ValueError, "must include both spatial axes"),
         (lambda: cussim.ssim(X, Y, axis=3), ValueError, "axis=3 is out of range"),
         (lambda: cussim.ssim(X, Y, axis=(1, 1, 2)), ValueError, "repeats an axis"),
+        (lambda: cussim.ssim(X, Y, K1=1e200), ValueError, r"K1=1e\+200, K2=0.03: .* overflow float32 arithmetic"),
+        (lambda: cussim.ssim(X, Y, K1=1e20), ValueError, "overflow float32 arithmetic"),
+        (lambda: cussim.ms_ssim(X, Y, K2=1e20), ValueError, "overflow float32 arithmetic"),
+        (lambda: cussim.ssim(X.astype(np.float64), Y.astype(np.float64), K1=1e200), ValueError,
+         "overflow float64 arithmetic"),
+        (lambda: cussim.ssim(X, Y, data_range=1e-39), ValueError, "data_range=1e-39 is too small for float32"),
+        (lambda: cussim.ssim(X, Y, axis=2.0), TypeError, "axis must be an int or a tuple of ints, got 2.0"),
+        (lambda: cussim.ssim(X, Y, axis=(1.0, 2)), TypeError, r"axis must be an int, got 1.0"),
+        (lambda: cussim.ssim(np.ma.masked_less(X, 0.5), Y), TypeError, r"x is a masked array \(numpy.ma\)"),
+        (lambda: cussim.ssim(X, np.ma.masked_less(Y, 0.5)), TypeError, "y is a masked array"),
         (lambda: cussim.ssim(X, Y, channel_axis=5), ValueError, "channel_axis=5 is out of range"),
         (lambda: cussim.ssim(X[0, 0], Y[0, 0]), ValueError, "two spatial axes"),
         (lambda: cussim.ssim([[1.0]], Y), TypeError, "x must be a CuPy or NumPy array"),
@@ -312,6 +322,43 @@ X, Y = _images((2, 20, 20))
 def test_errors(backend, call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_large_constants_within_range_agree_on_every_path(backend):
+    """K1 = 1e15 fits float32 arithmetic: a number, the same on every path (no NaN, no OverflowError)."""
+    x, y = _images((2, 20, 20))
+    value = backend.asnumpy(cussim.ssim(backend.asarray(x), backend.asarray(y), K1=1e15))
+    expected, _ = _expected(x, y, K1=1e15)
+    _close(value, expected, np.float32)
+
+
+OVERFLOWING = pytest.mark.parametrize("scale, data_range", [(3e19, 1.0), (1.0, 1e-30), (1e10, 1.0)],
+                                      ids=["values-3e19", "data_range-1e-30", "values-1e10"])
+
+
+@OVERFLOWING
+def test_statistics_beyond_float32_are_nan_on_every_path(backend, scale, data_range):
+    """float32 images whose scaled statistics overflow float32: NaN on every path (the float64 reference
+    included), where the kernels' arithmetic overflows; a number on none."""
+    x, y = (backend.asarray(a * np.float32(scale)) for a in _images((2, 40, 40)))
+    assert np.isnan(float(cussim.ssim(x, y, data_range=data_range)))
+    assert np.isnan(backend.asnumpy(cussim.ssim_map(x, y, data_range=data_range))).mean() > 0.9
+
+
+@OVERFLOWING
+def test_statistics_beyond_float32_never_give_a_zero_gradient(request, backend, scale, data_range):
+    """Nor a silently zero gradient, nor an MS-SSIM whose relu turned the NaN means into 0."""
+    if backend.name != "reference":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "kernels/ssim.cu: ssim_pixel zeroes the partials of a NaN map pixel (s == s_raw is false) and "
+            "msssim_combine's fmax(mean, 0) turns a NaN mean into 0; both must keep the NaN")))
+    x, y = (backend.asarray(a * np.float32(scale)) for a in _images((2, 40, 40)))
+    value, grad = cussim.ssim_with_gradient(x, y, data_range=data_range)
+    assert np.isnan(float(value)) and np.isnan(backend.asnumpy(grad)).mean() > 0.9
+    values, grad = cussim.ms_ssim_with_gradient(x, y, data_range=data_range, weights=(0.5, 0.5), win_size=5,
+                                                axis=(1, 2))
+    values, grad = backend.asnumpy(values), backend.asnumpy(grad)
+    assert np.isnan(values).any() and np.isnan(grad[np.isnan(values)]).all()
 
 
 def test_read_only_output_is_refused():
@@ -373,12 +420,74 @@ def test_more_planes_than_a_grid_dimension_holds(monkeypatch):
     assert max(grid[1] for grid in grids if len(grid) > 1) == _module.MAX_GRID[1]
 
 
-def test_output_layout_that_strides_cannot_address(monkeypatch):
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    x, y = _images((3, 4, 5, 12, 12))
-    grad = np.zeros((5, 4, 3, 12, 12), np.float32).transpose(2, 1, 0, 3, 4)[:, ::-1]  # three stride levels
-    with pytest.raises(ValueError, match="grad: the batch axes"):
-        cussim.ssim_with_gradient(x, y, grad=grad)
+def _module(backend):
+    if backend.name != "cupy":
+        return np
+    import cupy
+
+    return cupy
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_any_layout_works_on_every_path(backend, accumulate):
+    """Inputs and outputs whose batch axes need three stride levels: the kernels get C-order buffers in their
+    place (copied back for outputs), so every path gives the contiguous arrays' results."""
+    xp = _module(backend)
+    x, y = (backend.asarray(a) for a in _images((4, 3, 2, 12, 12), np.float64))
+    x, y = x.transpose(2, 1, 0, 3, 4), y.transpose(2, 1, 0, 3, 4)[:, ::-1]
+    grad, ssim_map = (xp.ones((4, 3, 2, 12, 12)).transpose(2, 1, 0, 3, 4)[:, ::-1] for _ in range(2))
+    value, grad = cussim.ssim_with_gradient(x, y, grad=grad, accumulate=accumulate)
+    cussim.ssim_map(x, y, out=ssim_map)
+    x, y = (np.ascontiguousarray(backend.asnumpy(a)) for a in (x, y))
+    expected_value, expected_grad = _expected(x, y)
+    _close(backend.asnumpy(value), expected_value, np.float64)
+    _close_gradient(backend.asnumpy(grad) - accumulate, expected_grad, np.float64)
+    np.testing.assert_allclose(backend.asnumpy(ssim_map), cussim.ssim_map(x, y), rtol=0, atol=1e-12)
+
+
+def test_strides_that_are_not_whole_elements(backend):
+    """NumPy allows byte strides that split elements: inputs are copied for the kernels, outputs computed
+    into a C-order buffer, so every path gives the contiguous arrays' results."""
+    if backend.name == "cupy":
+        pytest.skip("CuPy arrays have whole-element strides")
+    x, y = _images((20, 20))
+
+    def unaligned(values):
+        array = np.ndarray(values.shape, values.dtype, np.zeros(values.size * 6 + 8, np.uint8), 0, (120, 6))
+        array[...] = values
+        return array
+
+    value, grad = cussim.ssim_with_gradient(unaligned(x), unaligned(y), grad=unaligned(np.zeros_like(x)))
+    expected_value, expected_grad = _expected(x, y)
+    _close(value, expected_value, np.float32)
+    _close_gradient(grad, expected_grad, np.float32)
+
+
+@pytest.mark.parametrize("name", ["ssim", "ms_ssim"])
+def test_outputs_sharing_memory_are_refused(backend, name):
+    """out inside grad, a workspace overlapping grad or x, an output that overlaps itself: clear errors on
+    every path."""
+    xp = _module(backend)
+    shape = (2, 1, 48, 48) if name == "ms_ssim" else (2, 3, 20, 20)
+    options = dict(weights=(0.5, 0.5), win_size=5) if name == "ms_ssim" else {}
+    x, y = (backend.asarray(a) for a in _images(shape, np.float64))
+    function = getattr(cussim, f"{name}_with_gradient")
+    grad = xp.empty(shape)
+    with pytest.raises(ValueError, match="out overlaps grad; outputs must not share memory with each other"):
+        function(x, y, out=grad.reshape(-1)[:1].reshape(()), grad=grad, **options)
+    overlapping = xp.lib.stride_tricks.as_strided(xp.zeros(shape[-1] * shape[-2]), shape, (0, 0, 8 * shape[-1], 8))
+    with pytest.raises(ValueError, match=r"grad has elements that share memory \(strides \(0, 0,"):
+        function(x, y, grad=overlapping, **options)
+    make = cussim.make_ms_ssim_workspace if name == "ms_ssim" else cussim.make_workspace
+    made = make(x, **options)
+    memory = xp.empty(made.grad_maps.size + x.size)
+    workspace = cussim.Workspace(made.block_sums, memory[: made.grad_maps.size])
+    with pytest.raises(ValueError, match="grad overlaps workspace.grad_maps"):
+        function(x, y, grad=memory[made.grad_maps.size - 1 : -1].reshape(shape), workspace=workspace, **options)
+    with pytest.raises(ValueError, match="workspace.block_sums overlaps x"):
+        function(x, y, workspace=cussim.Workspace(x.reshape(-1)[: made.block_sums.size], made.grad_maps), **options)
+    with pytest.raises(ValueError, match="out has elements that share memory"):
+        cussim.ssim_map(x, y, out=overlapping)
 
 
 def test_empty_batches(backend):

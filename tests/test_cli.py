@@ -69,8 +69,8 @@ def test_folders_in_every_format_match_skimage(folders, capsys, tmp_path):
     lines = [json.loads(line) for line in out.splitlines()]
     rows, summary = lines[:-1], lines[-1]["summary"]
     assert {r["pair"] for r in rows} == set(expected)
-    for r in rows:
-        assert r["ssim"] == pytest.approx(expected[r["pair"]], abs=1e-6)
+    for r in rows:  # scikit-image's numbers to 1e-10 on the CPU (float64, as scikit-image on integer images)
+        assert r["ssim"] == pytest.approx(expected[r["pair"]], abs=1e-10)
         assert r["dssim"] == pytest.approx((1 - r["ssim"]) / 2)
     assert summary["compared"] == len(expected) and summary["failed"] == 0
     assert summary["min_ssim"] == pytest.approx(min(expected.values()), abs=1e-6)
@@ -78,14 +78,15 @@ def test_folders_in_every_format_match_skimage(folders, capsys, tmp_path):
     code, out, err = _run([ref, test, "--skimage", "--format", "csv"], capsys)
     assert code == 0
     table = list(csv.DictReader(io.StringIO(out)))
-    assert {r["pair"]: float(r["ssim"]) for r in table} == pytest.approx(expected, abs=1e-6)
+    assert {r["pair"]: float(r["ssim"]) for r in table} == pytest.approx(expected, abs=1e-10)
     assert "pairs compared" in err  # csv keeps its summary off the data
 
     output = tmp_path / "results.txt"
     code, out, _ = _run([ref, test, "--skimage", "--output", output], capsys)
     assert code == 0 and out == ""
     text = output.read_text()
-    assert text.startswith("computed by: CPU") and "mean SSIM" in text and "worst:" in text
+    assert text.startswith("computed by: CPU, cussim's NumPy reference in float64 arithmetic")
+    assert "mean SSIM" in text and "worst:" in text
     for name, value in expected.items():
         row = next(line for line in text.splitlines() if line.startswith(name + " "))
         assert float(row.split()[1]) == pytest.approx(value, abs=1e-6)
@@ -105,6 +106,22 @@ def test_two_files_native_metric_and_maps(folders, capsys, tmp_path):
     assert heat.dtype == np.uint8 and heat.shape[0] > 128 and heat.shape[1] > 144
     picture = _imagefiles.heat_map(cussim.ssim_map(b, a, channel_axis=-1, win_size=7))
     assert np.array_equal(heat[-128:, :144], picture)  # the map itself, under the caption
+
+
+def test_float_images_need_a_data_range(capsys, tmp_path):
+    """A float image has no implied range: never a silently mis-scaled number, on the CPU or the GPU."""
+    rng = np.random.default_rng(0)
+    reference = (rng.random((40, 48)) * 255).astype(np.float32)
+    test = np.clip(reference + rng.normal(0, 12, reference.shape), 0, 255).astype(np.float32)
+    iio.imwrite(tmp_path / "ref.tif", reference)
+    iio.imwrite(tmp_path / "test.tif", test)
+    code, out, _ = _run([tmp_path / "ref.tif", tmp_path / "test.tif", "--format", "json"], capsys)
+    assert code == 1 and "float pixels have no implied value range: pass --data-range" in out
+    code, out, _ = _run([tmp_path / "ref.tif", tmp_path / "test.tif", "--format", "json", "--skimage",
+                         "--data-range", "255"], capsys)
+    assert code == 0
+    expected = skimage_ssim(reference.astype(np.float64), test.astype(np.float64), data_range=255)
+    assert json.loads(out.splitlines()[0])["ssim"] == pytest.approx(expected, abs=1e-10)
 
 
 def test_heat_maps_carry_their_scale_and_the_pairs_ssim():

@@ -303,3 +303,76 @@ def test_gradient_with_flat_patches(executor, padding, dtype):
     x[:, 5:20, 6:24] = 0
     x[:, 22:, :12] = 0.5
     _check_gradient(executor, x, y, _params(x, win_size=7, padding=padding))
+
+
+BRIGHT_FLAT = [(0.95, 1e-3, "same"), (0.95, 1e-3, "valid"), (0.95, 1e-3, "reflect"), (0.99, 1e-4, "valid"),
+               (0.99, 1e-4, "reflect")]
+
+
+@pytest.mark.parametrize("level, spread, padding", BRIGHT_FLAT)
+def test_gradient_of_bright_flat_images_keeps_its_digits(executor, level, spread, padding):
+    """The backward combines partials of shifted moments: unshifted, they cancelled (1.7e-4 and 2.3e-3 errors).
+
+    Not "same" at 0.99 +- 1e-4: zero padding puts a step of 0.99 into the border windows, where the
+    gradient of such near-identical images is 1e4 times smaller than the moments it comes from, in the
+    backward as in the forward's 1 - S (a float32 limit of the five moments, 3e-4 at 128 x 128).
+    """
+    rng = np.random.default_rng(5)
+    x, y = (level + spread * rng.uniform(-1, 1, (2, 2, 40, 40))).astype(np.float32)
+    _check_gradient(executor, x, y, _params(x, padding=padding))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.uint8], ids=lambda d: np.dtype(d).name)
+def test_gradient_of_a_flat_image_against_itself_is_exactly_zero(executor, dtype):
+    """Tiny C2 made the partials ~1e12 and their unshifted sum inf in float16 (4.2e6 in float32)."""
+    flat = np.full((3, 3), 255, dtype)
+    params = ssim_params(win_size=3, K2=1e-6, padding="valid", data_range=1.0)
+    value, grad = _value_and_gradient(executor, flat, flat.copy(), params)
+    assert value[0] == 1.0
+    assert np.all(grad == 0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("image", ["x", "y"])
+def test_non_finite_tile_centre_stays_in_its_windows(executor, bad, padding, image):
+    """A NaN or infinity at the pixel a tile is shifted by affects the same pixels as on the float64 path."""
+    x, y = _images((2, 40, 40), np.float32)
+    params = _params(x, win_size=5, padding=padding)
+    centre = 8 + (params.radius if padding == "valid" else 0)  # the centre of the first tile, and of another
+    (x if image == "x" else y)[:, [centre, centre + 16], [centre, centre + 16]] = bad
+    got = executor.asnumpy(_ssim_map(executor.asarray(x), executor.asarray(y), params))
+    with np.errstate(invalid="ignore"):
+        expected = ref.ssim_map(x, y, np.asarray(params.taps), **_reference_kwargs(params))
+        _, expected_grad = ref.ssim_with_gradient(x, y, np.asarray(params.taps), crop=params.crop,
+                                                  **_reference_kwargs(params))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    assert np.isnan(got).sum() == 2 * 2 * 5 * 5
+    _, grad = _value_and_gradient(executor, x, y, params)
+    finite = np.isfinite(expected_grad)
+    np.testing.assert_array_equal(np.isfinite(grad), finite)
+    assert np.linalg.norm(grad[finite] - expected_grad[finite]) <= 1e-4 * np.linalg.norm(expected_grad[finite])
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 13), (33, 47), (2, 50, 36)])
+@pytest.mark.parametrize("win_size", [3, 15])
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_gradient_where_every_tile_has_its_own_shift(executor, shape, win_size, padding):
+    """A ramp gives each forward tile a different shift: the backward must find each map pixel's."""
+    if padding != "same" and min(shape[-2:]) < win_size:
+        pytest.skip("no map pixel is averaged")
+    x, y = _images(shape, np.float32, seed=win_size, noise=0.2)
+    ramp = np.add.outer(np.linspace(0, 3, shape[-2]), np.linspace(0, 2, shape[-1])).astype(np.float32)
+    params = ssim_params(win_size=win_size, sigma=win_size / 5, padding=padding, data_range=6.0)
+    _check_gradient(executor, x + ramp, y + ramp, params)
+
+
+def test_repeated_launches_use_each_calls_arrays(executor):
+    """Launch plans are reused for equal layouts: each call must still read and write its own arrays."""
+    rng = np.random.default_rng(0)
+    for seed in (1, 2, 3):
+        x, y = _images((3, 20, 22), np.float32, seed=seed, noise=0.1 * seed)
+        _check_gradient(executor, x, y, _params(x, padding="reflect"))
+        # three batch levels that no strides merge: copied on every call, so never planned with the copy
+        x, y = rng.random((2, 5, 4, 5, 12, 14), dtype=np.float32)
+        _check(executor, x[::2, :, ::-1], y[::2, :, ::-1])

@@ -425,3 +425,49 @@ def test_gpu_every_device():
         value, grad_x, _ = gradients(ct.ssim, x, y)
         assert value.device == x.device and grad_x.device == x.device
         assert float(value) == pytest.approx(float(plain_ssim(x.cpu().double(), y.cpu().double())), abs=2e-5)
+
+
+@pytest.mark.parametrize("scale", [1024.0, 65536.0, 2.0**24])
+def test_float16_gradient_is_scaled_in_float32_and_rounded_once(scale):
+    """GradScaler's loss scales: the float16 gradient equals the float32 one cast once, and stays finite."""
+    x, y = images((1, 3, 32, 32), dtype=torch.float32)
+    x16 = x.half().requires_grad_()
+    (ct.ssim(x16, y.half()) * scale).backward()
+    x32 = x.half().float().requires_grad_()
+    (ct.ssim(x32, y.half().float()) * scale).backward()
+    assert torch.isfinite(x16.grad).all()
+    assert torch.equal(x16.grad, x32.grad.half())
+
+
+@pytest.mark.parametrize("name, options", [("ssim", {"win_size": 3}), ("dssim", {"win_size": 3}),
+                                           ("ms_ssim", {"win_size": 3, "weights": (0.5, 0.5)}),
+                                           ("l1_dssim_loss", {"win_size": 3})])
+def test_a_second_derivative_is_a_clear_error(name, options):
+    """Double backward: a clear error at the second backward, never a silently wrong or missing gradient."""
+    x, y = images((1, 1, 6, 6))
+    function = getattr(ct, name)
+    x.requires_grad_()
+    with pytest.raises(RuntimeError, match=f"cussim.torch.{name} has no second derivative"):
+        torch.autograd.gradgradcheck(lambda a, b: function(a, b, **options), (x, y.requires_grad_()))
+    # A gradient penalty, with the metric's own term beside it (the penalty must not silently vanish).
+    weight = torch.tensor(2.0, dtype=x.dtype)
+    (gradient,) = torch.autograd.grad(function(x, y, **options) * weight, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="has no second derivative"):
+        ((gradient**2).sum() + function(x, y, **options)).backward()
+    # create_graph=True alone still gives the first derivative
+    (first,) = torch.autograd.grad(function(x, y, **options), x)
+    assert torch.equal(gradient, 2 * first)
+
+
+@pytest.mark.parametrize("numpy_backend", ["reference", "emulator"])
+def test_any_layout_on_every_path(numpy_backend, monkeypatch):
+    """A permuted 5-D tensor (batch axes in three stride levels) differentiates on the kernel path too."""
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", numpy_backend)
+    x, y = images((4, 3, 5, 16, 16))
+    permuted = x.permute(2, 1, 0, 3, 4)
+    ssim = lambda a, b: ct.ssim(a, b, win_size=3)  # noqa: E731
+    value, grad_x, grad_y = gradients(ssim, permuted, y.permute(2, 1, 0, 3, 4))
+    expected = gradients(ssim, permuted.contiguous(), y.permute(2, 1, 0, 3, 4).contiguous())
+    assert float(value) == pytest.approx(float(expected[0]), abs=1e-12)
+    torch.testing.assert_close(grad_x, expected[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad_y, expected[2], rtol=0, atol=1e-12)

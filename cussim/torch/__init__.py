@@ -30,9 +30,12 @@ the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``),
 - CPU tensors: the same functions through cussim's CPU path (the float64
   reference, or the kernels on the emulator with
   ``CUSSIM_NUMPY_BACKEND=emulator``).
-- dtypes: float32 and float64; float16 computes in float32 (as under
-  autocast); bfloat16 is converted to float32 first. Any strides work
-  (non-contiguous views, channels-last).
+- dtypes: float32 and float64; float16 and bfloat16 are converted to
+  float32 first, so the gradient is computed and scaled (e.g. by a
+  GradScaler) in float32 and rounded to the input's dtype once. Any strides
+  work (non-contiguous views, channels-last).
+- First derivatives only: a second backward through these functions (a
+  gradient penalty, ``gradgradcheck``) raises a RuntimeError.
 - ``torch.compile``: the functions are excluded from tracing (a graph break).
 
 Keyword options are those of the matching cussim function (``data_range``,
@@ -99,7 +102,7 @@ def _cuda_context(device):
 def _computable(tensor, name):
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dtype == torch.bfloat16:  # cussim has no bfloat16: compute in float32
+    if tensor.dtype in (torch.float16, torch.bfloat16):  # the gradient in float32, rounded once by autograd
         return tensor.float()
     return tensor
 
@@ -150,13 +153,30 @@ class _Metric(torch.autograd.Function):
             _, grad_y = _evaluate(metric, y.expand(x.shape), x, options, True)
             grad_y = grad_y.sum_to_size(y.shape) if y.shape != x.shape else grad_y
         ctx.save_for_backward(grad_x, grad_y)
+        ctx.metric, ctx.inputs = metric, (x, y)  # for _NoSecondDerivative only (no in-place check on them)
         return value
 
     @staticmethod
     def backward(ctx, grad_output):
         grad_x, grad_y = ctx.saved_tensors
-        return (None if grad_x is None else grad_x * grad_output.to(grad_x.dtype),
-                None if grad_y is None else grad_y * grad_output.to(grad_y.dtype), None, None, None)
+        grads = [None if g is None else g * grad_output.to(g.dtype) for g in (grad_x, grad_y)]
+        if torch.is_grad_enabled():  # create_graph=True: a second backward must fail, never be silently wrong
+            grads = [None if g is None else _NoSecondDerivative.apply(g, *ctx.inputs, ctx.metric) for g in grads]
+        return (*grads, None, None, None)
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """A first derivative passed through unchanged, tied to x and y so that differentiating it raises."""
+
+    @staticmethod
+    def forward(ctx, gradient, x, y, metric):
+        ctx.metric = metric
+        return gradient.view_as(gradient)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        raise RuntimeError(f"cussim.torch.{ctx.metric} has no second derivative: differentiating its gradient "
+                           "(create_graph=True then a second backward, e.g. a gradient penalty) is not supported")
 
 
 def _apply(metric, x, y, options):
@@ -290,3 +310,6 @@ class L1DSSIMLoss(_Loss):
 # the drop-ins are written over the functions above
 from . import pytorch_msssim  # noqa: E402
 from ._fused_ssim import fused_ssim, fused_ssim3d  # noqa: E402
+
+__all__ = ["DSSIMLoss", "L1DSSIMLoss", "MSSSIMLoss", "SSIMLoss", "dssim", "fused_ssim", "fused_ssim3d", "l1_dssim_loss", "ms_ssim",
+           "pytorch_msssim", "ssim"]

@@ -44,8 +44,8 @@ def fused_ssim(img1, img2, padding="same", train=True, window_size=11):
         0-d: the mean SSIM (float32 for float16, bfloat16 and float32 images,
         float64 for float64 ones).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from cussim.torch import fused_ssim        # was: from fused_ssim import fused_ssim
     >>> gt = torch.rand(1, 3, 32, 32, dtype=torch.float64)

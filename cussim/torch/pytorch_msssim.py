@@ -31,8 +31,8 @@ of any image large enough for the scales it is given (pytorch-msssim asks for
 a side above 16 * (win_size - 1) whatever the number of ``weights``).
 ``channel`` is checked and otherwise unused: cussim needs no per-channel window.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> from cussim.torch.pytorch_msssim import ssim, MS_SSIM
 >>> X = torch.rand(2, 3, 176, 176, dtype=torch.float64) * 255
@@ -148,8 +148,8 @@ def ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, wi
     torch.Tensor
         0-d, or (N,) with ``size_average=False``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from cussim.torch.pytorch_msssim import ssim   # was: from pytorch_msssim import ssim
     >>> X = torch.rand(4, 3, 32, 32, dtype=torch.float64)
@@ -174,8 +174,8 @@ def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5,
         One exponent per scale, 2 to 16 of them (a list or a tensor); default
         (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from cussim.torch.pytorch_msssim import ms_ssim   # was: from pytorch_msssim import ms_ssim
     >>> X = torch.rand(1, 3, 64, 64, dtype=torch.float64)
@@ -211,8 +211,8 @@ class _Module(torch.nn.Module):
 class SSIM(_Module):
     """``pytorch_msssim.SSIM``: :func:`ssim` as a module, with its arguments and ``channel``, ``spatial_dims``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from cussim.torch.pytorch_msssim import SSIM   # was: from pytorch_msssim import SSIM
     >>> module = SSIM(data_range=1.0, size_average=False, channel=1)
@@ -236,8 +236,8 @@ class SSIM(_Module):
 class MS_SSIM(_Module):
     """``pytorch_msssim.MS_SSIM``: :func:`ms_ssim` as a module, with its arguments and ``channel``, ``spatial_dims``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from cussim.torch.pytorch_msssim import MS_SSIM   # was: from pytorch_msssim import MS_SSIM
     >>> module = MS_SSIM(data_range=1.0, weights=[0.2, 0.8], win_size=7)

@@ -1,0 +1,195 @@
+"""Thread instructions per pixel in the kernels' SASS, counted without a GPU.
+
+``python -m bench.sass`` compiles kernels/ssim.cu with NVRTC to a cubin (as
+the compile check does), disassembles it with NVIDIA's ``nvdisasm`` (the
+nvidia-cuda-nvdisasm wheel, or a CUDA toolkit on PATH) and prints, per
+kernel, the instructions one thread issues per map pixel.
+
+How the count is made. Each block of 16 x 16 threads computes one 16 x 16
+tile per plane, one pixel per thread, in the body of its plane loop (the
+outermost loop of the SASS, found by its backward branch). Inside it:
+
+- every loop that ends in a backward branch is a strided loop of the source
+  (``for (k = tid; k < n; k += 256)``: the halo tile's loads, the horizontal
+  pass). It runs n / 256 source iterations per pixel on average; its SASS
+  body may hold several source iterations (the compiler unrolls), counted by
+  its shared-memory stores against the stores one source iteration makes. So
+  it costs (body instructions / source iterations in the body) x n / 256.
+  Where there are several versions of one loop (the compiler's, for
+  reflection and for zero padding; the forward's fast path for tiles whose
+  halo lies inside the image, about 95 % of the tiles at 1080 x 1920), the
+  table shows the cheapest: the common path, that of an interior tile.
+- everything else in the plane body (the vertical pass, the formula, the
+  stores, the block sum, fully unrolled loops) is counted once per pixel.
+  That is an upper bound: it includes code of options that a call skips by a
+  branch (the gradient's partials in a value-only call, for example).
+
+Predicated instructions count as issued (a GPU issues them). A CALL counts
+as one instruction: the subroutines it reaches (the slow paths of a float
+division, 64-bit division past 32-bit operands) run rarely or never. Code before the
+plane loop (once per block) is not counted. The counts are exact properties
+of the binary; what they cost in time on a GPU is a prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+from cussim import _kernels, _nvrtc
+
+TILE = 16
+THREADS = TILE * TILE
+
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+_SECTION = re.compile(r"^\s*\.text\.(\S+):\s*$")
+
+
+@dataclass(frozen=True)
+class Loop:
+    kind: str
+    body: int  # SASS instructions between the loop's head and its backward branch
+    per_iteration: float  # SASS instructions per source iteration
+    per_pixel: float
+
+
+@dataclass(frozen=True)
+class KernelCount:
+    name: str
+    total: int  # static instructions of the whole kernel
+    straight: int  # plane-loop instructions outside the strided loops (counted once per pixel)
+    loops: tuple
+
+    @property
+    def per_pixel(self) -> float:
+        return self.straight + sum(loop.per_pixel for loop in self.loops)
+
+
+def nvdisasm() -> str:
+    """The nvdisasm executable: from the nvidia-cuda-nvdisasm wheel, else on PATH."""
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(glob.glob(os.path.join(root, "*", "bin", "nvdisasm"))):
+            return path
+    found = shutil.which("nvdisasm")
+    if found is None:
+        raise SystemExit("nvdisasm not found: `pip install nvidia-cuda-nvdisasm` (or put a CUDA toolkit on PATH)")
+    return found
+
+
+def disassemble(names, arch: int) -> dict:
+    """:func:`parse` of the SASS of kernels/ssim.cu's ``names`` (name expressions) for ``sm_{arch}``."""
+    cubin, lowered = _nvrtc.compile_cubin(_kernels.kernel_source("ssim"), _kernels.COMPILE_OPTIONS, tuple(names),
+                                          arch, "ssim.cu")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "ssim.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        text = subprocess.run([nvdisasm(), "-c", path], check=True, capture_output=True, text=True).stdout
+    return parse(text, lowered)
+
+
+def parse(text: str, lowered: dict) -> dict:
+    """nvdisasm's text as {name expression: {"instructions": [(address, opcode, operands)], "labels": ...}}
+    for the functions in ``lowered`` ({mangled name: name expression})."""
+    functions, current = {}, None
+    for line in text.splitlines():
+        section = _SECTION.match(line)
+        if section:
+            current = lowered.get(section.group(1))
+            if current is not None:
+                functions[current] = {"instructions": [], "labels": {}, "pending": []}
+            continue
+        if current is None:
+            continue
+        function = functions[current]
+        label = _LABEL.match(line)
+        if label:
+            function["pending"].append(label.group(1))
+            continue
+        match = _INSTRUCTION.search(line)
+        if match:
+            address = int(match.group(1), 16)
+            for name in function["pending"]:
+                function["labels"][name] = address
+            function["pending"] = []
+            function["instructions"].append((address, match.group(2), match.group(3)))
+    return functions
+
+
+def _loops(function):
+    """(head, branch address) of every backward branch but a branch to itself (the trap after EXIT)."""
+    loops = {}
+    for address, opcode, operands in function["instructions"]:
+        target = re.search(r"\.L_x_\d+", operands)
+        if opcode.startswith("BRA") and target:
+            head = function["labels"][target.group()]
+            if head < address:
+                loops[head] = max(loops.get(head, address), address)
+    return sorted(loops.items())
+
+
+def _classify(opcodes, stores_per_iteration):
+    """The source loop a SASS loop is, from what it does: loads from global memory, or filters shared rows."""
+    if any(op.startswith("LDG") for op in opcodes):
+        return "tile load", stores_per_iteration["tile load"]
+    return "horizontal pass", stores_per_iteration["horizontal pass"]
+
+
+def count(name: str, function, halo_side: int) -> KernelCount:
+    """Instructions per pixel of one kernel (see the module's docstring for the method)."""
+    instructions = function["instructions"]
+    loops = _loops(function)
+    plane_head, plane_end = max(loops, key=lambda loop: loop[1] - loop[0])
+    inner = [(h, e) for h, e in loops if plane_head < h and e < plane_end]
+    inner = [(h, e) for h, e in inner if not any(h2 < h and e <= e2 for h2, e2 in inner)]  # outermost only
+    planes_per_pixel_iterations = {"tile load": halo_side * halo_side / THREADS,
+                                   "horizontal pass": halo_side * TILE / THREADS}
+    # shared stores per source iteration: the forward stores x and y (tile) and five moments (rows);
+    # the backward three partial maps in each
+    forward = name.startswith("ssim_forward")
+    stores = {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
+    cheapest = {}
+    for head, end in inner:
+        body = [op for address, op, _ in instructions if head <= address <= end]
+        kind, per_store = _classify(body, stores)
+        sts = sum(op.startswith("STS") for op in body)
+        per_iteration = len(body) * per_store / max(sts, 1)
+        loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind])
+        if kind not in cheapest or loop.per_pixel < cheapest[kind].per_pixel:
+            cheapest[kind] = loop
+    straight = [op for address, op, _ in instructions
+                if plane_head <= address <= plane_end and not any(h <= address <= e for h, e in inner)]
+    return KernelCount(name, len(instructions), len(straight), tuple(cheapest.values()))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="SM architecture (default 90)")
+    parser.add_argument("--dtype", default="float", help="element type, in C++ (default float)")
+    parser.add_argument("--radius", type=int, default=5, help="window radius R, win_size = 2R + 1 (default 5)")
+    args = parser.parse_args(argv)
+    names = [f"ssim_forward<{args.dtype}, {args.radius}>", f"ssim_backward<{args.dtype}, {args.radius}>"]
+    functions = disassemble(names, args.arch)
+    print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
+          f"(python -m bench.sass; method in bench/sass.py)")
+    print(f"{'kernel':<34} {'per pixel':>9} {'straight':>9} {'loop (body, per iteration, per pixel)':>40} "
+          f"{'static':>7}")
+    for name in names:
+        c = count(name, functions[name], TILE + 2 * args.radius)
+        loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
+                          for loop in c.loops)
+        print(f"{name:<34} {c.per_pixel:>9.0f} {c.straight:>9} {loops:>40} {c.total:>7}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
