@@ -21,8 +21,8 @@ Conventions (``CONVENTIONS`` holds cussim's options for each):
   same way, and the benchmark times it against cussim's ``same`` (the same
   work: one H x W map).
 
-The value functions take the case's whole N x C x H x W batch and return the
-mean over it, as cussim's default ``axis=None`` does. skimage and cuCIM have
+The value functions take the case's whole N x C x H x W batch (N x C x D x H x W
+for the volume peers, ``VOLUME_PEERS``) and return the mean over it, as cussim's default ``axis=None`` does. skimage and cuCIM have
 no batch form: they are called once per image, and the per-image values
 averaged (every image has as many pixels, so that is the same mean).
 """
@@ -41,15 +41,17 @@ TIMED_AS = {"mirror": "same"}  # conventions cussim has no option for: the cussi
 MIRROR_RADIUS = 5
 
 
-def cussim_value(cussim, x, y, convention: str) -> float:
-    """cussim's mean SSIM of the batch in ``convention`` (a key of CONVENTIONS, or "mirror")."""
+def cussim_value(cussim, x, y, convention: str, spatial_dims: int = 2) -> float:
+    """cussim's mean SSIM of the batch in ``convention`` (a key of CONVENTIONS, or "mirror"), of images
+    (``spatial_dims=2``) or volumes (3)."""
     if convention == "mirror":
         from cussim._arrays import array_module
 
-        pad = [(0, 0)] * (x.ndim - 2) + [(MIRROR_RADIUS, MIRROR_RADIUS)] * 2
+        pad = [(0, 0)] * (x.ndim - spatial_dims) + [(MIRROR_RADIUS, MIRROR_RADIUS)] * spatial_dims
         xp = array_module(x)
-        return float(cussim.ssim(xp.pad(x, pad, mode="reflect"), xp.pad(y, pad, mode="reflect"), padding="valid"))
-    return float(cussim.ssim(x, y, **CONVENTIONS[convention]))
+        return float(cussim.ssim(xp.pad(x, pad, mode="reflect"), xp.pad(y, pad, mode="reflect"), padding="valid",
+                                 spatial_dims=spatial_dims))
+    return float(cussim.ssim(x, y, spatial_dims=spatial_dims, **CONVENTIONS[convention]))
 
 
 def check_pair(xp):
@@ -62,9 +64,23 @@ def check_pair(xp):
     return xp.asarray(x), xp.asarray(y)
 
 
-def cussim_values(cussim, x, y) -> dict:
+def volume_check_pair(xp):
+    """A 1x1x16x24x24 float32 pair (a smooth random volume and a noisy copy) on which every two conventions
+    differ by 5e-2 at least."""
+    import numpy as np
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    x = ndimage.gaussian_filter(rng.random((1, 1, 16, 24, 24)), (0, 0, 2, 2, 2))
+    x = (x - x.min()) / np.ptp(x)
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    return xp.asarray(x.astype(np.float32)), xp.asarray(y.astype(np.float32))
+
+
+def cussim_values(cussim, x, y, spatial_dims: int = 2) -> dict:
     """cussim's value in every convention: {convention: value}."""
-    return {convention: cussim_value(cussim, x, y, convention) for convention in [*CONVENTIONS, "mirror"]}
+    return {convention: cussim_value(cussim, x, y, convention, spatial_dims)
+            for convention in [*CONVENTIONS, "mirror"]}
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,24 @@ def _torchmetrics_ms():
     return Peer("torchmetrics", "torchmetrics", "torch",
                 lambda x, y: multiscale_structural_similarity_index_measure(x, y, data_range=1.0, normalize="relu"),
                 True)
+
+
+def _pytorch_msssim_volumes():
+    import pytorch_msssim
+
+    return Peer("pytorch-msssim", "valid", "torch", lambda x, y: pytorch_msssim.ssim(x, y, data_range=1.0), True)
+
+
+def _torchmetrics_volumes():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return Peer("torchmetrics", "mirror", "torch",
+                lambda x, y: structural_similarity_index_measure(x, y, data_range=1.0), True)
+
+
+# SSIM of N x C x D x H x W volumes (fused-ssim's fused_ssim3d publishes nothing on the package registry and
+# fussim has no volumes: no fused 3-D peer can be installed here).
+VOLUME_PEERS = {"pytorch-msssim": _pytorch_msssim_volumes, "torchmetrics": _torchmetrics_volumes}
 
 
 MS_SSIM_PEERS = {"pytorch-msssim": _pytorch_msssim_ms, "torchmetrics": _torchmetrics_ms}

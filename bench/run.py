@@ -11,6 +11,9 @@
   the CPU for cases up to ``SKIMAGE_MAX_PIXELS``), each peer's value checked
   against cussim's in its convention before it is timed;
 - MS-SSIM (float32) against pytorch-msssim and torchmetrics, the same way;
+- SSIM of volumes (``spatial_dims=3``) at 1x1x128x128x128 and 4x1x64x128x128,
+  float32, the value and the value with its gradient, against pytorch-msssim
+  and torchmetrics on 5-D tensors, the same way;
 - ``cussim.torch``'s ``l1_dssim_loss`` and ``SSIMLoss``, forward plus backward
   at 1x3x1080x1920, against the same losses built on fussim and pytorch-msssim;
 - ``cussim.torch``'s drop-ins (``fused_ssim``, ``pytorch_msssim.ssim`` and
@@ -51,6 +54,8 @@ RESULTS = Path(__file__).resolve().parent / "local-results"  # ignored by git; b
 SHAPES = {"1x3x1080x1920": (1, 3, 1080, 1920), "5x1x1500x1500": (5, 1, 1500, 1500),
           "32x3x256x256": (32, 3, 256, 256), "1x3x2160x3840": (1, 3, 2160, 3840)}
 CPU_SHAPES = {"1x3x256x256": (1, 3, 256, 256), "1x1x720x1280": (1, 1, 720, 1280)}
+VOLUME_SHAPES = {"1x1x128x128x128": (1, 1, 128, 128, 128), "4x1x64x128x128": (4, 1, 64, 128, 128)}
+CPU_VOLUME_SHAPES = {"1x1x48x64x64": (1, 1, 48, 64, 64)}
 DTYPES = ("float32", "float16")
 SKIMAGE_MAX_PIXELS = 12_000_000  # skimage on the CPU takes seconds per call beyond this
 # A peer's value must be this close to cussim's in its convention, and closer to it than to any other convention
@@ -75,20 +80,21 @@ class Work:
     bytes: float  # per pixel, DRAM traffic at the least
 
 
-def work_per_pixel(case: str, win_size: int = 11, itemsize: int = 4) -> Work:
-    """FLOPs and bytes per pixel that any implementation must spend (the floor of the benchmark).
+def work_per_pixel(case: str, win_size: int = 11, itemsize: int = 4, spatial_dims: int = 2) -> Work:
+    """FLOPs and bytes per pixel (voxel) that any implementation must spend (the floor of the benchmark).
 
     Forward: five moments (x, y, x*x, y*y, x*y: 3 products), each a separable
     win_size-tap filter in two passes of one FMA (2 FLOPs) per tap, and about 30
     FLOPs of formula; it reads x and y once (``itemsize`` bytes each). The
     gradient adds three blurred partial maps (two passes each) and about 40
     FLOPs of partials and combining; it writes and reads back three float32
-    partial maps, reads x and y again and writes the gradient.
+    partial maps, reads x and y again and writes the gradient. Volumes
+    (``spatial_dims=3``) filter in three passes instead of two.
     """
-    forward_flops = 3 + 5 * 2 * win_size * 2 + 30
+    forward_flops = 3 + 5 * 2 * win_size * spatial_dims + 30
     if case == "ssim":
         return Work(forward_flops, 2 * itemsize)
-    gradient = Work(forward_flops + 3 * 2 * win_size * 2 + 40, 2 * itemsize + 3 * 4 + 3 * 4 + 2 * itemsize + itemsize)
+    gradient = Work(forward_flops + 3 * 2 * win_size * spatial_dims + 40, 2 * itemsize + 3 * 4 + 3 * 4 + 2 * itemsize + itemsize)
     if case == "ssim_with_gradient":
         return gradient
     # MS-SSIM: the scales after the first add 1/4 + 1/16 + ... < 1/3 of the work (counted as 1/3,
@@ -185,13 +191,14 @@ def closest_convention(theirs: float, ours: dict) -> str:
 
 
 def _ours_row(metric, operation, convention, label, dtype, pixels, seconds, limits=None, win_size=11,
-              work_case=None):
+              work_case=None, spatial_dims=2):
     """A cussim timing, with its floor given ``limits``; ``work_case``: the case of work_per_pixel
     (default: the metric's, with the operation's)."""
     row = {"metric": metric, "operation": operation, "convention": convention, "shape": label, "dtype": dtype,
            "ms": seconds * 1e3, "gpx_per_s": pixels / seconds / 1e9}
     if limits:
-        work = work_per_pixel(work_case or metric + OPERATIONS[operation], win_size, 2 if dtype == "float16" else 4)
+        work = work_per_pixel(work_case or metric + OPERATIONS[operation], win_size, 2 if dtype == "float16" else 4,
+                              spatial_dims)
         floor = floor_seconds(work, pixels, limits["fma_per_second"], limits["copy_bytes_per_second"])
         row.update(floor_ms=floor * 1e3, fraction_of_floor=floor / seconds)
     return row
@@ -290,15 +297,16 @@ def _peer_rows(peer, ours: dict, pairs, expected: float, same, cupy, torch_peers
     return rows
 
 
-def check_conventions(cupy, cussim, found, torch_peers) -> tuple[list, dict]:
-    """Runs each SSIM peer on a pair whose conventions differ by 2e-2 or more (peers.check_pair).
+def check_conventions(cupy, cussim, found, torch_peers, spatial_dims=2) -> tuple[list, dict]:
+    """Runs each SSIM peer on a pair whose conventions differ by 2e-2 or more (peers.check_pair, or
+    peers.volume_check_pair for the volume peers, ``spatial_dims=3``).
 
     Returns the peers that ran and {name: whether its value is cussim's in the
     peer's convention, to VALUE_TOLERANCE["float32"], and nearer it than any
     other}. A peer that fails here is skipped with the reason printed.
     """
-    x, y = peer_adapters.check_pair(cupy)
-    ours = peer_adapters.cussim_values(cussim, x, y)
+    x, y = (peer_adapters.volume_check_pair if spatial_dims == 3 else peer_adapters.check_pair)(cupy)
+    ours = peer_adapters.cussim_values(cussim, x, y, spatial_dims)
     ran, matches = [], {}
     for peer in found:
         try:
@@ -314,32 +322,35 @@ def check_conventions(cupy, cussim, found, torch_peers) -> tuple[list, dict]:
     return ran, matches
 
 
-def ssim_cases(cupy, cussim, label, shape, dtype, repeats, limits, cache_bytes, found, matches, torch_peers) -> list:
+def ssim_cases(cupy, cussim, label, shape, dtype, repeats, limits, cache_bytes, found, matches, torch_peers,
+               spatial_dims=2) -> list:
     """SSIM rows of one shape and dtype: cussim in every convention a peer uses, then each peer.
 
     ``matches``: each peer's convention check (:func:`check_conventions`); the
     value difference on the case's own data is recorded beside it.
+    ``spatial_dims=3``: N x C x D x H x W volumes (the metric "ssim3d").
     """
     pairs = input_pairs(cupy, shape, dtype, seed=0, cache_bytes=cache_bytes)
     pixels = math.prod(shape)
     out, grad = cupy.empty((), cupy.float32), cupy.empty(shape, dtype)
     x0, y0 = pairs[0]
-    value_of = peer_adapters.cussim_values(cussim, x0, y0)
+    value_of = peer_adapters.cussim_values(cussim, x0, y0, spatial_dims)
+    metric = "ssim3d" if spatial_dims == 3 else "ssim"
     timed_as = {p.convention: peer_adapters.TIMED_AS.get(p.convention, p.convention) for p in found}
     conventions = ["same"] + sorted(set(timed_as.values()) - {"same"})
     rows, ours = [], {}
     for convention in conventions:
-        options = peer_adapters.CONVENTIONS[convention]
+        options = dict(peer_adapters.CONVENTIONS[convention], spatial_dims=spatial_dims)
         win_size = options.get("win_size", 11)
-        workspace = cussim.make_workspace(x0, win_size=win_size, padding=options["padding"])
+        workspace = cussim.make_workspace(x0, win_size=win_size, padding=options["padding"], spatial_dims=spatial_dims)
         calls = {
             "value": rotating(pairs, lambda x, y: cussim.ssim(x, y, out=out, **options)),
             "value+gradient": rotating(pairs, lambda x, y: cussim.ssim_with_gradient(
                 x, y, out=out, grad=grad, workspace=workspace, **options)),
         }
         for operation, fn in calls.items():
-            row = _ours_row("ssim", operation, convention, label, dtype, pixels, _time(cupy, fn, repeats), limits,
-                            win_size)
+            row = _ours_row(metric, operation, convention, label, dtype, pixels, _time(cupy, fn, repeats), limits,
+                            win_size, work_case="ssim" + OPERATIONS[operation], spatial_dims=spatial_dims)
             ours[convention, operation] = row
             rows.append(row)
     for peer in found:
@@ -440,9 +451,13 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     found_drop_ins, reasons_drop_ins = peer_adapters.load(peer_adapters.DROP_IN_PEERS)
     for reason in reasons_drop_ins:
         print(reason)
+    found_volumes, reasons_volumes = peer_adapters.load(peer_adapters.VOLUME_PEERS)
+    for reason in reasons_volumes:
+        print(reason)
     if torch_peers is None:
-        found, found_ms, found_losses = [p for p in found if p.framework != "torch"], [], []
+        found, found_ms, found_losses, found_volumes = [p for p in found if p.framework != "torch"], [], [], []
     found, matches = check_conventions(cupy, cussim, found, torch_peers)
+    found_volumes, volume_matches = check_conventions(cupy, cussim, found_volumes, torch_peers, spatial_dims=3)
     rows = []
     if torch_peers is not None:
         label = "1x3x1080x1920"
@@ -453,27 +468,40 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
             rows += ssim_cases(cupy, cussim, label, shape, dtype, repeats, limits, cache_bytes, found, matches,
                                torch_peers)
         rows += ms_ssim_cases(cupy, cussim, label, shape, repeats, limits, cache_bytes, found_ms, torch_peers)
+    for label, shape in VOLUME_SHAPES.items():
+        rows += ssim_cases(cupy, cussim, label, shape, "float32", repeats, limits, cache_bytes, found_volumes,
+                           volume_matches, torch_peers, spatial_dims=3)
     return limits, rows
 
 
 def cpu_run(cussim, repeats: int) -> list:
-    """cussim's NumPy path (the float64 reference) against skimage, on small images."""
+    """cussim's NumPy path (the float64 reference) against skimage, on small images and a small volume."""
     import numpy as np
 
     found, reasons = peer_adapters.load(peer_adapters.SSIM_PEERS, ["skimage"])
     for reason in reasons:
         print(reason)
-    _, matches = check_conventions(np, cussim, found, None)
     rows = []
-    for label, shape in CPU_SHAPES.items():
+    for spatial_dims, shapes in ((2, CPU_SHAPES), (3, CPU_VOLUME_SHAPES)):
+        _, matches = check_conventions(np, cussim, found, None, spatial_dims)
+        rows += _cpu_cases(cussim, shapes, found, matches, repeats, spatial_dims)
+    return rows
+
+
+def _cpu_cases(cussim, shapes, found, matches, repeats, spatial_dims) -> list:
+    import numpy as np
+
+    rows = []
+    for label, shape in shapes.items():
         pairs = input_pairs(np, shape, "float32", seed=0)
         pixels = math.prod(shape)
-        value_of = peer_adapters.cussim_values(cussim, *pairs[0])
+        value_of = peer_adapters.cussim_values(cussim, *pairs[0], spatial_dims)
+        metric = "ssim3d" if spatial_dims == 3 else "ssim"
         for convention in ("same", "skimage"):
-            options = peer_adapters.CONVENTIONS[convention]
+            options = dict(peer_adapters.CONVENTIONS[convention], spatial_dims=spatial_dims)
             calls = {"value": lambda x, y: cussim.ssim(x, y, **options),
                      "value+gradient": lambda x, y: cussim.ssim_with_gradient(x, y, **options)}
-            ours = {op: _ours_row("ssim", op, convention, label, "float32", pixels,
+            ours = {op: _ours_row(metric, op, convention, label, "float32", pixels,
                                   _host_time(rotating(pairs, call), repeats)) for op, call in calls.items()}
             rows += ours.values()
             for peer in (p for p in found if p.convention == convention):

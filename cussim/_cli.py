@@ -109,9 +109,10 @@ def compute_chunk(xp, decoded, options, want_maps):
         groups.setdefault(key, []).append(index)
     results = {}
     for (shape, _), indices in groups.items():
+        grey = options.get("spatial_dims", 2)
         try:
             (reference, test), kwargs = on_device(xp, [np.stack([decoded[i][k] for i in indices]) for k in (0, 1)],
-                                                  dict(options, channel_axis=-1 if len(shape) == 3 else None))
+                                                  dict(options, channel_axis=-1 if len(shape) == grey + 1 else None))
             values = _numpy(ssim(test, reference, axis=tuple(range(1, test.ndim)), **kwargs))
             maps = _numpy(ssim_map(test, reference, **kwargs)) if want_maps else [None] * len(indices)
         except (ValueError, TypeError) as exc:  # e.g. images smaller than the window
@@ -126,7 +127,7 @@ def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
     """Yields (pair, ssim, error message) in order, decoding the next chunk while this one computes."""
     def decode(pair):
         try:
-            return _imagefiles.read_pair(pair)
+            return _imagefiles.read_pair(pair, volumes=options.get("spatial_dims") == 3)
         except ImageError as exc:
             return exc
 
@@ -236,6 +237,8 @@ def metric_options(args) -> dict:
             options[name] = getattr(args, name)
     if args.sample_covariance:
         options["sample_covariance"] = True
+    if args.volumes:
+        options["spatial_dims"] = 3
     return options
 
 
@@ -246,13 +249,16 @@ def compare(args) -> int:
         check_compute_range(ssim_params(**{"data_range": 1.0, **options}), np.float32)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+    if args.volumes and args.map:
+        raise UsageError("--map draws 2-D heat maps; it does not take --volumes")
     try:
-        pairs = _imagefiles.find_pairs(Path(args.ref), Path(args.test))
+        pairs = _imagefiles.find_pairs(Path(args.ref), Path(args.test), volumes=args.volumes)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UsageError(str(exc)) from None
     if not pairs:
-        raise UsageError(f"no image pairs: neither {args.ref!r} nor {args.test!r} holds images "
-                         f"({', '.join(_imagefiles.IMAGE_SUFFIXES)})")
+        kind = "volumes" if args.volumes else "images"
+        raise UsageError(f"no {kind[:-1]} pairs: neither {args.ref!r} nor {args.test!r} holds {kind} "
+                         f"({', '.join(_imagefiles.suffixes(args.volumes))})")
     map_folder = Path(args.map) if args.map else None
     try:
         if map_folder is not None:
@@ -345,6 +351,7 @@ examples:
   cussim reference.png rendered.png
   cussim refs/ renders/ --format csv --output results.csv
   cussim refs/ renders/ --skimage --map maps/
+  cussim reference.tif reconstruction.tif --volumes
 """
 
 
@@ -378,6 +385,9 @@ def compare_parser() -> argparse.ArgumentParser:
                         help="constant of the contrast term, C2 = (K2 * data range)^2 (default 0.03)")
     metric.add_argument("--sample-covariance", action="store_true",
                         help="covariance factor N^2/(N^2-1) (sample covariance, on with --skimage) instead of 1")
+    metric.add_argument("--volumes", action="store_true",
+                        help="compare 3-D stacks: every page of a multi-page TIFF, or a .npy array, is a D x H x W "
+                             "(x 3 for colour) volume, the window applied along depth too")
     metric.add_argument("--data-range", type=float, metavar="L",
                         help="value range of the pixels (default: 255 for 8-bit, 65535 for 16-bit; float images "
                              "need it)")

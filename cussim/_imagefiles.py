@@ -3,11 +3,14 @@
 Decoding uses imageio (which scikit-image brings). An image becomes a 2-D
 grey array or an H x W x 3 colour array of its own integer (or float) type:
 a single channel is squeezed and an alpha channel is dropped (SSIM compares
-what is shown, not the transparency).
+what is shown, not the transparency). Volumes (``volumes=True``: every page
+of a multi-page TIFF, or a ``.npy`` array) become D x H x W grey or
+D x H x W x 3 colour arrays the same way.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+VOLUME_SUFFIXES = (".npy", ".tif", ".tiff")
 PIXEL_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
 
@@ -29,17 +33,22 @@ class Pair:
     test: Path
 
 
-def is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+def suffixes(volumes: bool) -> tuple:
+    """The file name endings read as images, or as volumes."""
+    return VOLUME_SUFFIXES if volumes else IMAGE_SUFFIXES
 
 
-def _images_under(folder: Path) -> set[str]:
-    """Relative paths (POSIX) of the images anywhere under folder."""
+def is_image(path: Path, volumes: bool = False) -> bool:
+    return path.is_file() and path.suffix.lower() in suffixes(volumes)
+
+
+def _images_under(folder: Path, volumes: bool) -> set[str]:
+    """Relative paths (POSIX) of the images (or volumes) anywhere under folder."""
     return {Path(root, file).relative_to(folder).as_posix()
-            for root, _, files in os.walk(folder) for file in files if is_image(Path(root, file))}
+            for root, _, files in os.walk(folder) for file in files if is_image(Path(root, file), volumes)}
 
 
-def find_pairs(reference: Path, test: Path) -> list[Pair]:
+def find_pairs(reference: Path, test: Path, volumes: bool = False) -> list[Pair]:
     """Two files, or the images of two folders paired by relative path.
 
     An image found under only one of the folders is still a pair, whose
@@ -53,12 +62,11 @@ def find_pairs(reference: Path, test: Path) -> list[Pair]:
         raise NotADirectoryError(f"REF {str(reference)!r} and TEST {str(test)!r} must be two files or two folders")
     if reference.is_file():
         return [Pair(test.name, reference, test)]
-    names = _images_under(reference) | _images_under(test)
+    names = _images_under(reference, volumes) | _images_under(test, volumes)
     return [Pair(name, reference / name, test / name) for name in sorted(names)]
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A grey (H x W) or colour (H x W x 3) array, or ImageError naming the file."""
+def _decode(path: Path, volumes: bool) -> np.ndarray:
     import imageio.v3 as iio
 
     if not path.exists():
@@ -67,16 +75,28 @@ def read_image(path: Path) -> np.ndarray:
         encoded = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror})") from None
+    kind = "a volume" if volumes else "an image"
     try:
-        image = np.asarray(iio.imread(encoded, extension=path.suffix.lower()))
+        if path.suffix.lower() == ".npy":
+            return np.load(io.BytesIO(encoded), allow_pickle=False)
+        pages = {"index": None} if volumes else {}  # every page of a TIFF stack
+        return np.asarray(iio.imread(encoded, extension=path.suffix.lower(), **pages))
     except Exception as exc:  # every decoder error means the same to the user
-        raise ImageError(f"{path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
-    if image.ndim == 3 and image.shape[-1] in (2, 4):  # grey or colour with alpha
+        raise ImageError(f"{path}: cannot read it as {kind} ({type(exc).__name__}: {exc})") from None
+
+
+def read_image(path: Path, volumes: bool = False) -> np.ndarray:
+    """A grey (H x W) or colour (H x W x 3) array, or with ``volumes`` a grey (D x H x W) or colour
+    (D x H x W x 3) one, or ImageError naming the file."""
+    image = _decode(path, volumes)
+    grey = 3 if volumes else 2
+    if image.ndim == grey + 1 and image.shape[-1] in (2, 4):  # grey or colour with alpha
         image = image[..., :-1]
-    if image.ndim == 3 and image.shape[-1] == 1:
+    if image.ndim == grey + 1 and image.shape[-1] == 1:
         image = image[..., 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
-        raise ImageError(f"{path}: shape {image.shape} is neither a grey nor a colour image")
+    if image.ndim not in (grey, grey + 1) or (image.ndim == grey + 1 and image.shape[-1] != 3):
+        raise ImageError(f"{path}: shape {image.shape} is neither a grey nor a colour "
+                         + ("volume (D x H x W, or D x H x W x 3)" if volumes else "image"))
     if image.dtype == np.int16 or image.dtype == np.int32:  # some decoders widen 16-bit grey
         if image.min() >= 0 and image.max() <= 65535:
             image = image.astype(np.uint16)
@@ -85,9 +105,9 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
-def read_pair(pair: Pair):
+def read_pair(pair: Pair, volumes: bool = False):
     """(reference, test) arrays of one shape and dtype, or ImageError."""
-    reference, test = read_image(pair.reference), read_image(pair.test)
+    reference, test = read_image(pair.reference, volumes), read_image(pair.test, volumes)
     if reference.shape != test.shape:
         raise ImageError(f"{pair.test}: {'x'.join(map(str, test.shape))} does not match the reference "
                          f"{pair.reference} ({'x'.join(map(str, reference.shape))})")

@@ -56,7 +56,16 @@ def _ssim_specialisations():
                            "msssim_fold<double>")
 
 
-FAMILIES = {"ssim": _ssim_specialisations()}
+def _ssim3d_specialisations():
+    return tuple(f"{kernel}<{element}, {radius}>" for kernel in ("ssim3d_forward", "ssim3d_backward")
+                 for element in ELEMENT_TYPES for radius in RADII) + tuple(
+                     f"msssim3d_downsample<{element}>" for element in ELEMENT_TYPES)
+
+
+FAMILIES = {"ssim": _ssim_specialisations(), "ssim3d": _ssim3d_specialisations()}
+# A family's source is its file after those of the families it builds on (the volumes' kernels use
+# ssim.cu's per-pixel maths); #line directives keep the compilers' messages pointing at each file.
+PREREQUISITES = {"ssim3d": ("ssim",)}
 
 
 def kernel_dir() -> Path:
@@ -69,10 +78,13 @@ def kernel_dir() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def kernel_source(family: str) -> str:
-    """The source text of ``kernels/{family}.cu``."""
+    """The source text of ``kernels/{family}.cu``, after that of the families it builds on."""
     if family not in FAMILIES:
         raise KeyError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
-    return (kernel_dir() / f"{family}.cu").read_text()
+    files = (*PREREQUISITES.get(family, ()), family)
+    if len(files) == 1:
+        return (kernel_dir() / f"{family}.cu").read_text()
+    return "".join(f'#line 1 "{name}.cu"\n' + (kernel_dir() / f"{name}.cu").read_text() + "\n" for name in files)
 
 
 def specialisations(family: str) -> tuple:

@@ -117,8 +117,11 @@ def addressable(array) -> bool:
     return _whole_elements(array) and _merge_leading(array.shape[:-2], [_element_strides(array)[:-2]]) is not None
 
 
-def plane_layouts(inputs, outputs=None):
+def plane_layouts(inputs, outputs=None, *, spatial=2):
     """(outer count, inner count), a PlaneLayout per array, and the inputs, for arrays of one batch shape.
+
+    The batch is every axis but the last ``spatial`` (2; 3 for volumes, whose
+    depth stride the caller reads from the arrays returned).
 
     ``outputs`` maps names to arrays written in place. Inputs whose batch axes
     cannot be expressed in two stride levels (together with the others) are
@@ -129,11 +132,11 @@ def plane_layouts(inputs, outputs=None):
     outputs = outputs or {}
     inputs = [a if _whole_elements(a) else _contiguous_copy(a) for a in inputs]
     arrays = [*inputs, *outputs.values()]
-    lead = inputs[0].shape[:-2]
-    merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
+    lead = inputs[0].shape[:-spatial]
+    merged = _merge_leading(lead, [_element_strides(a)[:-spatial] for a in arrays])
     if merged is None:
         arrays = [_contiguous_copy(a) for a in inputs] + list(outputs.values())
-        merged = _merge_leading(lead, [_element_strides(a)[:-2] for a in arrays])
+        merged = _merge_leading(lead, [_element_strides(a)[:-spatial] for a in arrays])
     if merged is None:
         raise ValueError(
             f"{' or '.join(outputs)}: the batch axes of this layout cannot be addressed with two stride levels; "

@@ -6,7 +6,9 @@ launch plan: 2x2 downsamplings into the workspace, one forward per scale
 (contrast-structure maps, SSIM at the last), a combine of the scales' means
 per image, the finish of the averaged values; for the gradient, one backward
 per scale from the coarsest, each adding the adjoint of the next scale's
-downsampling, so the gradient flows back through every scale.
+downsampling, so the gradient flows back through every scale. Volumes
+(``spatial_dims=3``) take the same plan with 2x2x2 means (pytorch-msssim's
+convention on 5-D tensors) and the volume kernels.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class _Pyramid:
     """The scales of one problem and where their arrays lie in the workspace.
 
     Scale 0 is the input; scale j+1 is scale j halved by the variant's 2x2
-    mean. torchmetrics' last scale is stored extended by the window radius
+    (2x2x2) mean. torchmetrics' last scale is stored extended by the window radius
     (whole-sample reflection), its SSIM map the valid part of that.
     """
 
@@ -72,36 +74,38 @@ class _Pyramid:
     def margin(self) -> int:
         return self.problem.params.radius if self.variant == "torchmetrics" else 0
 
+    @property
+    def spatial(self) -> int:
+        return self.problem.params.spatial
+
     @functools.cached_property
     def _sides(self) -> tuple:
-        """(h, w) of every scale, unextended (worked out once: a call asks dozens of times)."""
-        sides = [tuple(self.problem.x.shape[-2:])]
+        """The spatial sides of every scale, unextended (worked out once: a call asks dozens of times)."""
+        sides = [tuple(self.problem.x.shape[-self.spatial :])]
         for _ in range(1, self.scales):
-            sides.append(tuple(_reference.downsampled_shape(sides[-1], self.variant)))
+            sides.append(tuple(_reference.downsampled_shape(sides[-1], self.variant, self.spatial)))
         return tuple(sides)
 
     @functools.cached_property
     def _stored(self) -> tuple:
         m = self.margin
-        return tuple((h + 2 * m, w + 2 * m) if j == self.scales - 1 else (h, w)
-                     for j, (h, w) in enumerate(self._sides))
+        return tuple(tuple(n + 2 * m for n in s) if j == self.scales - 1 else s for j, s in enumerate(self._sides))
 
     def side(self, j) -> tuple:
-        """(h, w) of scale j, unextended."""
+        """The spatial sides of scale j ((h, w), or (d, h, w)), unextended."""
         return self._sides[j]
 
     def stored(self, j) -> tuple:
-        """(h, w) of scale j as the kernels see it (torchmetrics' last scale extended)."""
+        """The sides of scale j as the kernels see them (torchmetrics' last scale extended)."""
         return self._stored[j]
 
     def map_pixels(self, j) -> int:
-        h, w = self.stored(j)
         r = self.problem.params.radius
-        return (h - 2 * r) * (w - 2 * r)
+        return math.prod(n - 2 * r for n in self.stored(j))
 
     @functools.cached_property
     def _tiles(self) -> tuple:
-        return tuple(_launch.tiles(self.problem.params.map_shape(shape)) for shape in self._stored)
+        return tuple(self.problem.launcher.tiles(self.problem.params.map_shape(shape)) for shape in self._stored)
 
     def tiles(self, j) -> int:
         return self._tiles[j]
@@ -163,9 +167,13 @@ def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
     return views
 
 
-def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, channel_axis, axis) -> _Pyramid:
+def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, channel_axis, axis,
+             spatial_dims=2) -> _Pyramid:
     variant = _check_variant(variant)
     weights = _check_weights(weights)
+    if variant == "torchmetrics" and spatial_dims != 2:
+        raise ValueError("variant='torchmetrics' is for images (spatial_dims=2); volumes take 'pytorch_msssim' "
+                         "(pytorch-msssim's 5-D convention) or 'tensorflow'")
     side = _reference.ms_ssim_min_size(win_size if isinstance(win_size, numbers.Integral) else 0, len(weights),
                                        variant)
     reason = (f"MS-SSIM ({variant!r}, {len(weights)} scales, win_size={win_size}) needs a smaller side of at "
@@ -173,13 +181,16 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
     pooled = variant == "torchmetrics" and channel_axis is not None
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window="gaussian", K1=K1,
                        K2=K2, padding="valid", sample_covariance=False, channel_axis=channel_axis, axis=axis,
-                       min_side=(side, reason), channels_pooled=pooled)
+                       min_side=(side, reason), channels_pooled=pooled, spatial_dims=spatial_dims)
     group = problem.x.shape[-3] if pooled else 1
     return _Pyramid(problem=problem, variant=variant, weights=weights, group=group)
 
 
-def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_size=11, channel_axis=None) -> Workspace:
+def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_size=11, channel_axis=None,
+                           spatial_dims=2) -> Workspace:
     """The workspace of :func:`ms_ssim_with_gradient` for images shaped like ``x`` (allocated once).
+
+    ``spatial_dims=3`` for volumes, as in the functions that take it.
 
     Examples
     --------
@@ -190,7 +201,7 @@ def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_siz
     True
     """
     pyramid = _pyramid(x, x, variant=variant, weights=weights, data_range=None, win_size=win_size, sigma=1.5,
-                       K1=0.01, K2=0.03, channel_axis=channel_axis, axis=None)
+                       K1=0.01, K2=0.03, channel_axis=channel_axis, axis=None, spatial_dims=spatial_dims)
     return _ssim._allocate_workspace(pyramid.problem, pyramid.sizes(with_gradient=True))
 
 
@@ -202,19 +213,21 @@ def _reference_values(pyramid: _Pyramid, want_gradient):
     return _reference.ms_ssim_with_gradient(
         problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
         K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.kept, ndim)),
-        pool_axes=(ndim - 3,) if pyramid.group > 1 else (), want_gradient=want_gradient, limit=problem.limit)
+        pool_axes=(ndim - p.spatial - 1,) if pyramid.group > 1 else (), want_gradient=want_gradient,
+        limit=problem.limit, spatial=p.spatial)
 
 
 def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
     """Every launch of one MS-SSIM value (and gradient), in order, on the inputs' device."""
     problem, variant, scales, margin = pyramid.problem, pyramid.variant, pyramid.scales, pyramid.margin
-    params = problem.params
+    params, launcher = problem.params, problem.launcher
     want_gradient = grad_view is not None
     xs, ys = [problem.x] + views["x"][1:], [problem.y] + views["y"][1:]
     for j in range(1, scales):
-        _launch.downsample(xs[j - 1], ys[j - 1], xs[j], ys[j], variant, margin=margin if j == scales - 1 else 0)
+        extension = {"margin": margin} if margin and j == scales - 1 else {}  # torchmetrics' planes only
+        launcher.downsample(xs[j - 1], ys[j - 1], xs[j], ys[j], variant, **extension)
     for j in range(scales):
-        _launch.forward(xs[j], ys[j], params, block_sums=views["scale_sums"][j], weight=1.0,
+        launcher.forward(xs[j], ys[j], params, block_sums=views["scale_sums"][j], weight=1.0,
                         grad_maps=views["grad_maps"][j] if want_gradient else None,
                         term="cs" if j < scales - 1 else "ssim")
     images_per_value = pyramid.images // max(1, flat_out.size)
@@ -230,7 +243,7 @@ def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=
         if margin and j + 1 == scales - 1:  # torchmetrics: the extension's adjoint first
             _launch.fold(coarse, views["folded"], margin=margin)
             coarse = views["folded"]
-        _launch.backward(xs[j], ys[j], views["grad_maps"][j], grads[j], params,
+        launcher.backward(xs[j], ys[j], views["grad_maps"][j], grads[j], params,
                          accumulate=accumulate if j == 0 else False, plane_weights=views["plane_weights"][j],
                          coarse=coarse, variant=variant)
 
@@ -274,6 +287,10 @@ _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensor
         The Gaussian's standard deviation (1.5) and the formula's constants.
     channel_axis : int, optional
         An axis holding channels (e.g. -1 for H x W x C, 1 for N x C x H x W).
+    spatial_dims : {2, 3}
+        3: D x H x W volumes in the last three axes, halved by 2x2x2 means
+        (pytorch-msssim's convention on 5-D tensors); "pytorch_msssim" and
+        "tensorflow" variants.
     axis : int or tuple of ints, optional
         Axes to average, NumPy-style; they must include the spatial axes (and,
         for "torchmetrics" with ``channel_axis``, the channel axis). None
@@ -284,7 +301,7 @@ _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensor
 
 
 def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5, K1=0.01,
-            K2=0.03, channel_axis=None, axis=None, out=None):
+            K2=0.03, channel_axis=None, axis=None, out=None, spatial_dims=2):
     """Multi-scale structural similarity of x against y.
     {parameters}
     Returns
@@ -306,13 +323,13 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     1.0
     """
     pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
-                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis)
+                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     return _compute(pyramid, out)
 
 
 def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5,
                           K1=0.01, K2=0.03, channel_axis=None, axis=None, out=None, grad=None, workspace=None,
-                          accumulate=False):
+                          accumulate=False, spatial_dims=2):
     """MS-SSIM and its exact gradient with respect to x: ``(value, d sum(value) / dx)``.
     {parameters}    grad : array, optional
         Where to write the gradient (x's shape; x's dtype for floats, float32
@@ -339,10 +356,11 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
     True
     """
     pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
-                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis)
+                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     grad = _gradient_buffer(pyramid.problem, grad, accumulate)
     options = ", ".join(f"{name}={value!r}" for name, value in (
-        ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis)))
+        ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis),
+        ("spatial_dims", spatial_dims)))
     value = _compute(pyramid, out, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad
 

@@ -26,6 +26,7 @@ PADDINGS = _reference.PADDINGS
 WINDOWS = _reference.WINDOWS
 MIN_WIN_SIZE = 3
 MAX_WIN_SIZE = 15  # the kernels are compiled for radii 1 to 7
+SPATIAL_DIMS = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class SsimParams:
 
     taps: the 1-D window (float64, odd length, symmetric); crop: the map border
     left out of the mean ("reflect" leaves out (win_size-1)//2, as skimage);
-    cov: the covariance factor c (1, or NP/(NP-1) for sample covariance).
+    cov: the covariance factor c (1, or NP/(NP-1) for sample covariance);
+    spatial: how many trailing axes the image has (2, a plane; 3, a volume).
     """
 
     taps: tuple
@@ -44,6 +46,7 @@ class SsimParams:
     padding: str
     cov: float
     crop: int
+    spatial: int = 2
 
     @property
     def radius(self) -> int:
@@ -54,14 +57,13 @@ class SsimParams:
         return len(self.taps)
 
     def map_shape(self, shape) -> tuple:
-        """Shape of the SSIM map for images of ``shape`` (the last two axes shrink for "valid")."""
+        """Shape of the SSIM map for images of ``shape`` (the spatial axes shrink for "valid")."""
         shrink = 2 * self.radius if self.padding == "valid" else 0
-        return tuple(shape[:-2]) + (shape[-2] - shrink, shape[-1] - shrink)
+        return tuple(shape[: -self.spatial]) + tuple(n - shrink for n in shape[-self.spatial :])
 
     def mean_shape(self, shape) -> tuple:
-        """The plane of the map that the mean averages: (rows, columns) after the crop."""
-        rows, cols = self.map_shape(shape)[-2:]
-        return rows - 2 * self.crop, cols - 2 * self.crop
+        """The part of the map that the mean averages: its spatial sides after the crop."""
+        return tuple(n - 2 * self.crop for n in self.map_shape(shape)[-self.spatial :])
 
 
 def _positive_finite(name, value, fix):
@@ -70,8 +72,15 @@ def _positive_finite(name, value, fix):
     return float(value)
 
 
+def check_spatial_dims(spatial_dims) -> int:
+    """``spatial_dims`` as an int, 2 (images) or 3 (volumes), or a ValueError naming it."""
+    if isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS:
+        raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}")
+    return int(spatial_dims)
+
+
 def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-                sample_covariance=False, data_range=1.0) -> SsimParams:
+                sample_covariance=False, data_range=1.0, spatial_dims=2) -> SsimParams:
     """Checks the native API's metric arguments and returns their :class:`SsimParams`."""
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(map(repr, WINDOWS))}, got {window!r}")
@@ -91,8 +100,9 @@ def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, 
     data_range = _positive_finite(
         "data_range", data_range, "it is the value range of the images (1 for [0, 1] floats, 255 for uint8)"
     )
+    spatial_dims = check_spatial_dims(spatial_dims)
     win_size = int(win_size)
-    np_ = win_size * win_size
+    np_ = win_size**spatial_dims
     return SsimParams(
         taps=tuple(float(t) for t in _reference.window_taps(window, win_size, float(sigma))),
         K1=float(K1),
@@ -101,6 +111,7 @@ def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, 
         padding=padding,
         cov=np_ / (np_ - 1) if sample_covariance else 1.0,
         crop=_reference.mean_weights_crop(padding, win_size),
+        spatial=spatial_dims,
     )
 
 

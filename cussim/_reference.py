@@ -3,8 +3,9 @@
 This module is the oracle of the tests and the path for NumPy inputs. It is
 written for clarity, not speed: every quantity of the spec appears by name.
 
-The image plane is always the last two axes; any leading axes are a batch.
-A window is a 1-D array of taps (odd length, symmetric), applied separably.
+The image is always the last ``spatial`` axes (2, a plane, by default; 3 for
+a D x H x W volume); any leading axes are a batch. A window is a 1-D array of
+taps (odd length, symmetric), applied separably along each spatial axis.
 
 Example
 -------
@@ -19,12 +20,15 @@ Example
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy import ndimage
 
 PADDINGS = ("same", "valid", "reflect")
 WINDOWS = ("gaussian", "uniform")
 
+NUMBER_WORDS = {2: "two", 3: "three"}  # spatial axes, in messages
 _SCIPY_MODE = {"same": "constant", "valid": "constant", "reflect": "reflect"}
 
 
@@ -56,61 +60,61 @@ def skimage_gaussian_taps(sigma: float) -> np.ndarray:
     return gaussian_taps(int(3.5 * sigma + 0.5), sigma)
 
 
-def filter_plane(img: np.ndarray, taps: np.ndarray, padding: str) -> np.ndarray:
-    """The window filter F over the last two axes.
+def cropped(array, border, spatial=2):
+    """``array`` without ``border`` elements on both ends of each of its last ``spatial`` axes."""
+    if not border:
+        return array
+    return array[(Ellipsis,) + tuple(slice(border, n - border) for n in array.shape[-spatial:])]
+
+
+def filter_plane(img: np.ndarray, taps: np.ndarray, padding: str, spatial: int = 2) -> np.ndarray:
+    """The window filter F over the last ``spatial`` axes.
 
     "same" pads with zeros (no renormalisation), "reflect" is half-sample
-    symmetric, "valid" returns only the (H-2r) x (W-2r) interior.
+    symmetric, "valid" returns only the interior (each side shrinks by 2r).
     """
-    r = (len(taps) - 1) // 2
     out = img
-    for axis in (-2, -1):
+    for axis in range(-spatial, 0):
         out = ndimage.correlate1d(out, taps, axis=axis, mode=_SCIPY_MODE[padding], cval=0.0)
-    if padding == "valid":
-        out = out[..., r : out.shape[-2] - r, r : out.shape[-1] - r]
-    return out
+    return cropped(out, (len(taps) - 1) // 2, spatial) if padding == "valid" else out
 
 
-def filter_plane_adjoint(g: np.ndarray, taps: np.ndarray, padding: str, shape: tuple) -> np.ndarray:
+def filter_plane_adjoint(g: np.ndarray, taps: np.ndarray, padding: str, shape: tuple, spatial: int = 2) -> np.ndarray:
     """F^T: the adjoint of :func:`filter_plane`, mapping a map-shaped array to ``shape``.
 
-    For "valid" the map is embedded in a zero plane of the image's shape first.
+    For "valid" the map is embedded in a zero image of the image's shape first.
     The taps are flipped, which is the adjoint for zero padding with any taps
     and, for the symmetric taps used here, for "reflect" as well (the reflect
     filter matrix of a symmetric window is symmetric).
     """
     if padding == "valid":
-        r = (len(taps) - 1) // 2
-        embedded = np.zeros(shape[:-2] + shape[-2:], dtype=np.float64)
-        embedded[..., r : shape[-2] - r, r : shape[-1] - r] = g
+        embedded = np.zeros(shape, dtype=np.float64)
+        cropped(embedded, (len(taps) - 1) // 2, spatial)[...] = g
         g = embedded
     flipped = np.ascontiguousarray(taps[::-1])
-    return filter_plane(g, flipped, "reflect" if padding == "reflect" else "same")
+    return filter_plane(g, flipped, "reflect" if padding == "reflect" else "same", spatial)
 
 
-def _check(x, taps, padding):
+def _check(x, taps, padding, spatial):
     """The few conditions the reference itself needs; the public API checks the rest."""
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
     if len(taps) % 2 != 1:
         raise ValueError(f"the window must have an odd number of taps, got {len(taps)}")
-    if np.ndim(x) < 2:
-        raise ValueError(f"images need two spatial axes (the last two), got shape {np.shape(x)}")
-    if padding == "valid" and min(np.shape(x)[-2:]) < len(taps):
+    if np.ndim(x) < spatial:
+        raise ValueError(f"images need {NUMBER_WORDS[spatial]} spatial axes (the last {spatial}), "
+                         f"got shape {np.shape(x)}")
+    if padding == "valid" and min(np.shape(x)[-spatial:]) < len(taps):
         raise ValueError(f'padding="valid" needs images of at least {len(taps)} pixels a side, got {np.shape(x)}')
 
 
-def _moments(x, y, taps, padding, data_range, cov):
+def _moments(x, y, taps, padding, data_range, cov, spatial):
     """Filtered moments and the quantities of docs/spec.rst section 1 on values scaled by 1/L."""
-    _check(x, taps, padding)
+    _check(x, taps, padding, spatial)
     xs = np.asarray(x, dtype=np.float64) / data_range
     ys = np.asarray(y, dtype=np.float64) / data_range
     xs, ys = np.broadcast_arrays(xs, ys)
-    mx = filter_plane(xs, taps, padding)
-    my = filter_plane(ys, taps, padding)
-    exx = filter_plane(xs * xs, taps, padding)
-    eyy = filter_plane(ys * ys, taps, padding)
-    exy = filter_plane(xs * ys, taps, padding)
+    mx, my, exx, eyy, exy = (filter_plane(a, taps, padding, spatial) for a in (xs, ys, xs * xs, ys * ys, xs * ys))
     sxx_raw = cov * (exx - mx * mx)
     syy_raw = cov * (eyy - my * my)
     # Clamp the variances at 0. A flat window has no covariance either
@@ -128,7 +132,7 @@ def _moments(x, y, taps, padding, data_range, cov):
     return xs, ys, mx, my, sxx, syy, sxy, sxx_free
 
 
-def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials, term="ssim", limit=None):
+def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials, term="ssim", limit=None, spatial=2):
     """The map of ``term`` ("ssim": S, or "cs": the contrast-structure A2/B2) and, if asked,
     its partial derivatives with respect to mx, Exx and Exy (zero where a clamp is active).
 
@@ -137,7 +141,7 @@ def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_part
     pass it, that arithmetic overflows: the map pixel and its partials are
     NaN there (docs/spec.rst section 1), so the gradient is NaN, never 0.
     """
-    xs, ys, mx, my, sxx, syy, sxy, sxx_free = _moments(x, y, taps, padding, data_range, cov)
+    xs, ys, mx, my, sxx, syy, sxy, sxx_free = _moments(x, y, taps, padding, data_range, cov, spatial)
     C1, C2 = K1 * K1, K2 * K2
     A1 = 2.0 * mx * my + C1
     A2 = 2.0 * sxy + C2
@@ -169,15 +173,15 @@ def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_part
     return value, (xs, ys, partials)
 
 
-def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0, limit=None):
-    """The SSIM map S over the last two axes (H x W, or the valid interior).
+def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0, limit=None, spatial=2):
+    """The SSIM map S over the last ``spatial`` axes (the image's shape, or the valid interior).
 
     ``cov`` is the covariance factor c: 1, or NP/(NP-1) for sample covariance;
     ``limit`` as in :func:`_map_and_partials`.
     """
     S, _ = _map_and_partials(
         x, y, taps, K1=K1, K2=K2, padding=padding, data_range=data_range, cov=cov,
-        want_partials=False, limit=limit,
+        want_partials=False, limit=limit, spatial=spatial,
     )
     return S
 
@@ -187,36 +191,32 @@ def mean_weights_crop(padding: str, win_size: int) -> int:
     return (win_size - 1) // 2 if padding == "reflect" else 0
 
 
-def _normalise_axis(axis, ndim):
-    """Axes of the mean as a sorted tuple; they must include the two spatial axes."""
+def _normalise_axis(axis, ndim, spatial=2):
+    """Axes of the mean as a sorted tuple; they must include the spatial axes."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if np.isscalar(axis) else tuple(axis)
     axes = tuple(sorted({int(a) % ndim for a in axes}))
-    if ndim - 1 not in axes or ndim - 2 not in axes:
+    if not set(range(ndim - spatial, ndim)) <= set(axes):
         raise ValueError(
-            f"axis={axis!r} must include both spatial axes (the last two, "
-            f"{ndim - 2} and {ndim - 1}); SSIM is a mean over the image plane"
+            f"axis={axis!r} must include {'both' if spatial == 2 else 'all'} spatial axes (the last "
+            f"{NUMBER_WORDS[spatial]}, {tuple(range(ndim - spatial, ndim))}); SSIM is a mean over the image"
         )
     return axes
 
 
-def _crop(S, crop):
-    return S[..., crop : S.shape[-2] - crop, crop : S.shape[-1] - crop] if crop else S
-
-
-def ssim(x, y, taps, *, axis=None, crop=0, **kwargs):
-    """Mean SSIM over ``axis`` (which includes the last two axes), in float64.
+def ssim(x, y, taps, *, axis=None, crop=0, spatial=2, **kwargs):
+    """Mean SSIM over ``axis`` (which includes the last ``spatial`` axes), in float64.
 
     ``crop`` leaves that many map pixels out of the mean on every side
     (skimage's (win_size-1)//2 for "reflect"). Other keywords as :func:`ssim_map`.
     """
-    S = ssim_map(x, y, taps, **kwargs)
-    return _crop(S, crop).mean(axis=_normalise_axis(axis, S.ndim))
+    S = ssim_map(x, y, taps, spatial=spatial, **kwargs)
+    return cropped(S, crop, spatial).mean(axis=_normalise_axis(axis, S.ndim, spatial))
 
 
 def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, padding="same",
-                       data_range=1.0, cov=1.0, limit=None):
+                       data_range=1.0, cov=1.0, limit=None, spatial=2):
     """(mean SSIM over ``axis``, d sum(mean) / dx), the exact gradient of docs/spec.rst section 4.
 
     The gradient is with respect to the first argument x and has x's shape.
@@ -224,14 +224,15 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
     x = np.asarray(x, dtype=np.float64)
     S, (xs, ys, (p_mu, p_xx, p_xy)) = _map_and_partials(
         x, y, taps, K1=K1, K2=K2, padding=padding, data_range=data_range, cov=cov,
-        want_partials=True, limit=limit,
+        want_partials=True, limit=limit, spatial=spatial,
     )
-    axes = _normalise_axis(axis, S.ndim)
-    value = _crop(S, crop).mean(axis=axes)
+    axes = _normalise_axis(axis, S.ndim, spatial)
+    counted = cropped(S, crop, spatial)
+    value = counted.mean(axis=axes)
     # g: weight of each map pixel in the returned means (0 where cropped away).
     g = np.zeros(S.shape)
-    _crop(g, crop)[...] = 1.0 / np.prod([_crop(S, crop).shape[a] for a in axes])
-    grad = _gradient_from_partials(xs, ys, (p_mu, p_xx, p_xy), g, taps, padding) / data_range
+    cropped(g, crop, spatial)[...] = 1.0 / np.prod([counted.shape[a] for a in axes])
+    grad = _gradient_from_partials(xs, ys, (p_mu, p_xx, p_xy), g, taps, padding, spatial) / data_range
     # Leading axes that x broadcast over (y had them, x did not) sum back.
     extra = grad.ndim - x.ndim
     grad = grad.sum(axis=tuple(range(extra))) if extra else grad
@@ -241,29 +242,29 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
     return value, grad
 
 
-def _gradient_from_partials(xs, ys, partials, g, taps, padding):
+def _gradient_from_partials(xs, ys, partials, g, taps, padding, spatial=2):
     """d/dx of sum(g * map) in scaled units: F^T(g Pmu) + 2 x F^T(g Pxx) + y F^T(g Pxy) (docs/spec.rst section 4)."""
     p_mu, p_xx, p_xy = partials
-    blur = lambda p: filter_plane_adjoint(g * p, taps, padding, xs.shape)  # noqa: E731
+    blur = lambda p: filter_plane_adjoint(g * p, taps, padding, xs.shape, spatial)  # noqa: E731
     return blur(p_mu) + 2.0 * xs * blur(p_xx) + ys * blur(p_xy)
 
 
-def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_range=1.0, cov=1.0):
-    """scikit-image's ``gradient=True`` result, per plane (docs/spec.rst section 5).
+def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_range=1.0, cov=1.0, spatial=2):
+    """scikit-image's ``gradient=True`` result, per image (docs/spec.rst section 5).
 
     Not the gradient of the returned mean: skimage's formula, of the
-    uncropped map's mean over each plane, with respect to the second image,
+    uncropped map's mean over each image, with respect to the second image,
     (2/N) (F(A1/D) x + F(-S/B2) y + F((mx (A2 - A1) - my (B2 - B1) S) / D)),
-    N the plane's pixel count, the filter's adjoint standing for F.
+    N the image's pixel count, the filter's adjoint standing for F.
     """
-    xs, ys, mx, my, sxx, syy, sxy, _ = _moments(x, y, taps, padding, data_range, cov)
+    xs, ys, mx, my, sxx, syy, sxy, _ = _moments(x, y, taps, padding, data_range, cov, spatial)
     C1, C2 = K1 * K1, K2 * K2
     A1, A2 = 2.0 * mx * my + C1, 2.0 * sxy + C2
     B1, B2 = mx * mx + my * my + C1, sxx + syy + C2
     D = B1 * B2
     S = np.clip(A1 * A2 / D, -1.0, 1.0)
-    weight = 2.0 / (xs.shape[-2] * xs.shape[-1])
-    blur = lambda p: filter_plane_adjoint(weight * p, taps, padding, xs.shape)  # noqa: E731
+    weight = 2.0 / np.prod(xs.shape[-spatial:])
+    blur = lambda p: filter_plane_adjoint(weight * p, taps, padding, xs.shape, spatial)  # noqa: E731
     grad = blur(A1 / D) * xs + blur(-S / B2) * ys + blur((mx * (A2 - A1) - my * (B2 - B1) * S) / D)
     return grad / data_range
 
@@ -280,53 +281,52 @@ def _pad_last_two(image, before, after, mode="constant"):
     return np.pad(image, widths, mode=mode)
 
 
-def downsampled_shape(shape, variant):
-    """The plane after one 2x2 mean of ``variant``: ceil halving, or floor for torchmetrics."""
-    h, w = shape[-2:]
-    if variant == "torchmetrics":
-        return tuple(shape[:-2]) + (h // 2, w // 2)
-    return tuple(shape[:-2]) + ((h + 1) // 2, (w + 1) // 2)
+def downsampled_shape(shape, variant, spatial=2):
+    """The image after one 2x2 (2x2x2) mean of ``variant``: ceil halving, or floor for torchmetrics."""
+    sides = shape[len(shape) - spatial :]
+    halved = tuple(n // 2 if variant == "torchmetrics" else (n + 1) // 2 for n in sides)
+    return tuple(shape[: len(shape) - spatial]) + halved
 
 
-def downsample(image, variant):
-    """One 2x2 mean over the last two axes, as ``variant`` does it (docs/spec.rst section 6).
+def downsample(image, variant, spatial=2):
+    """One 2x2 mean over the last two axes (2x2x2 over three), as ``variant`` does it (docs/spec.rst section 6).
 
     pytorch_msssim pads an odd side with a zero on both sides and counts the
     zeros; tensorflow repeats the last row or column; torchmetrics drops it.
     """
-    h, w = image.shape[-2:]
-    if variant == "pytorch_msssim":
-        padded = _pad_last_two(image, (h % 2, w % 2), (h % 2, w % 2))
-    elif variant == "tensorflow":
-        padded = _pad_last_two(image, (0, 0), (h % 2, w % 2), mode="edge")
-    elif variant == "torchmetrics":
-        padded = image
-    else:
+    if variant not in MS_SSIM_VARIANTS:
         raise ValueError(f"variant must be one of {MS_SSIM_VARIANTS}, got {variant!r}")
-    oh, ow = downsampled_shape(image.shape, variant)[-2:]
-    p = padded[..., : 2 * oh, : 2 * ow]
-    return 0.25 * (p[..., 0::2, 0::2] + p[..., 1::2, 0::2] + p[..., 0::2, 1::2] + p[..., 1::2, 1::2])
-
-
-def downsample_adjoint(g, variant, shape):
-    """The adjoint of :func:`downsample`: each output's g/4 back to its four sources (``shape``: the input's)."""
-    h, w = shape[-2:]
-    spread = 0.25 * np.repeat(np.repeat(g, 2, axis=-2), 2, axis=-1)
+    odd = [n % 2 for n in image.shape[image.ndim - spatial :]]
+    lead = [(0, 0)] * (image.ndim - spatial)
     if variant == "pytorch_msssim":
-        ph, pw = h % 2, w % 2
-        full = np.zeros(spread.shape[:-2] + (h + 2 * ph, w + 2 * pw))
-        full[..., : spread.shape[-2], : spread.shape[-1]] = spread
-        return full[..., ph : ph + h, pw : pw + w]
-    if variant == "tensorflow":
-        full = spread  # (h + h%2) x (w + w%2): the repeated row and column fold back onto the last ones
-        if h % 2:
-            full[..., h - 1, :] += full[..., h, :]
-        if w % 2:
-            full[..., :, w - 1] += full[..., :, w]
-        return full[..., :h, :w]
-    full = np.zeros(spread.shape[:-2] + (h, w))
-    full[..., : spread.shape[-2], : spread.shape[-1]] = spread
-    return full
+        padded = np.pad(image, lead + [(k, k) for k in odd])
+    elif variant == "tensorflow":
+        padded = np.pad(image, lead + [(0, k) for k in odd], mode="edge")
+    else:
+        padded = image
+    out = downsampled_shape(image.shape, variant, spatial)[image.ndim - spatial :]
+    padded = padded[(Ellipsis,) + tuple(slice(0, 2 * n) for n in out)]
+    corners = itertools.product((0, 1), repeat=spatial)
+    return sum(padded[(Ellipsis,) + tuple(slice(k, None, 2) for k in corner)] for corner in corners) / 2**spatial
+
+
+def downsample_adjoint(g, variant, shape, spatial=2):
+    """The adjoint of :func:`downsample`: each output's g / 2^spatial back to its sources (``shape``: the input's)."""
+    spread = g / 2**spatial
+    for axis in range(g.ndim - spatial, g.ndim):
+        spread = np.repeat(spread, 2, axis=axis)
+    for axis in range(g.ndim - spatial, g.ndim):  # one spatial axis at a time, back to its source length
+        n, have = shape[axis], spread.shape[axis]
+        before = n % 2 if variant == "pytorch_msssim" else 0
+        moved = np.moveaxis(spread, axis, -1)
+        full = np.zeros(moved.shape[:-1] + (n + 2 * before,))
+        if variant == "tensorflow" and n % 2:  # the repeated last sample folds back onto the last one
+            full[..., :n] = moved[..., :n]
+            full[..., n - 1] += moved[..., n]
+        else:
+            full[..., :have] = moved
+        spread = np.moveaxis(full[..., before : before + n], -1, axis)
+    return spread
 
 
 def _mirror_fold(n, margin):
@@ -357,7 +357,7 @@ def ms_ssim_min_size(win_size, scales, variant):
 
 
 def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytorch_msssim", K1=0.01, K2=0.03,
-                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True, limit=None):
+                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True, limit=None, spatial=2):
     """MS-SSIM (mean over ``axis``, which includes the plane) and d sum(value) / dx.
 
     Per image: prod_j relu(mean cs_j)^w_j * relu(mean S_M)^w_M over the scales
@@ -366,7 +366,9 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     whole-sample reflection (torchmetrics >= 1.5). An image is one plane, or
     the planes along ``pool_axes`` (torchmetrics pools an image's channels
     into each mean). The per-image values are averaged over the other axes
-    of ``axis``. The gradient of a relu'd (zero) mean is zero, and a power's
+    of ``axis``. Volumes (``spatial=3``) are pooled 2x2x2, as pytorch-msssim
+    does on 5-D tensors (not for torchmetrics, whose last scale's reflection is
+    of planes here). The gradient of a relu'd (zero) mean is zero, and a power's
     derivative divides by the mean only down to 1e-12, so finite inputs never
     give NaN or infinity.
     """
@@ -377,25 +379,27 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     if scales < 2:
         raise ValueError(f"MS-SSIM needs at least two scales (weights), got {scales}")
     needed = ms_ssim_min_size(len(taps), scales, variant)
-    if min(x.shape[-2:]) < needed:
-        raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} are too small for {scales} scales of "
+    if variant == "torchmetrics" and spatial != 2:
+        raise ValueError("the torchmetrics variant is for images (spatial=2)")
+    if min(x.shape[-spatial:]) < needed:
+        raise ValueError(f"images of {'x'.join(map(str, x.shape[-spatial:]))} are too small for {scales} scales of "
                          f"{variant!r} with a {len(taps)}-tap window: the smaller side must be at least {needed}")
     xs, ys = [x], [y]
     for _ in range(scales - 1):
-        xs.append(downsample(xs[-1], variant))
-        ys.append(downsample(ys[-1], variant))
+        xs.append(downsample(xs[-1], variant, spatial))
+        ys.append(downsample(ys[-1], variant, spatial))
     # torchmetrics: the last scale's S over the full map, the image extended by whole-sample reflection
     margin = (len(taps) - 1) // 2 if variant == "torchmetrics" else 0
     extended = [mirror_extend(a, margin) if margin else a for a in (xs[-1], ys[-1])]
     kwargs = dict(K1=K1, K2=K2, padding="valid", data_range=data_range, cov=1.0, want_partials=want_gradient,
-                  limit=limit)
+                  limit=limit, spatial=spatial)
     terms = [_map_and_partials(xs[j], ys[j], taps, term="cs", **kwargs) for j in range(scales - 1)]
     terms.append(_map_and_partials(*extended, taps, term="ssim", **kwargs))
     nd = x.ndim
-    mean_axes = tuple(sorted({a % nd for a in pool_axes} | {nd - 2, nd - 1}))
+    mean_axes = tuple(sorted({a % nd for a in pool_axes} | set(range(nd - spatial, nd))))
     means = [np.maximum(t[0].mean(axis=mean_axes, keepdims=True), 0.0) for t in terms]  # per image
     per_image = np.prod([m**w for m, w in zip(means, weights)], axis=0)
-    axes = _normalise_axis(axis, nd)
+    axes = _normalise_axis(axis, nd, spatial)
     if not set(mean_axes) <= set(axes):
         raise ValueError(f"axis={axis!r} must include the pooled axes {pool_axes}")
     value = per_image.mean(axis=axes)
@@ -411,8 +415,8 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
         value_map, (x_scaled, y_scaled, partials) = terms[j]
         averaged = np.prod([value_map.shape[a] for a in mean_axes], dtype=np.int64)
         g = np.broadcast_to(d_mean / (averaged * images_per_value), value_map.shape)
-        grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid") / data_range
+        grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid", spatial) / data_range
         if j == scales - 1 and margin:
             grad_j = mirror_extend_adjoint(grad_j, margin, xs[j].shape)
-        grad = grad_j if grad is None else grad_j + downsample_adjoint(grad, variant, xs[j].shape)
+        grad = grad_j if grad is None else grad_j + downsample_adjoint(grad, variant, xs[j].shape, spatial)
     return value, grad

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from . import _arrays, _launch, _reference
+from . import _arrays, _launch, _launch3d, _reference
 from ._params import SsimParams
 
 TRUNCATE = 3.5  # skimage's Gaussian: radius int(3.5 * sigma + 0.5)
@@ -71,9 +71,9 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     map's mean with respect to im2 (the second image), which is not the
     gradient of the value returned (``cussim.ssim_with_gradient`` gives that,
     with respect to the first image); ``full=True`` returns the uncropped map.
-    Images are 2-D (with channel_axis, 2-D plus channels); NumPy volumes of
-    other dimensions are passed to scikit-image itself. data_range must be
-    positive.
+    Images are 2-D or 3-D volumes (with channel_axis, plus channels); NumPy
+    arrays of other dimensions are passed to scikit-image itself, GPU arrays of
+    other dimensions are refused. data_range must be positive.
 
     Returns
     -------
@@ -120,16 +120,17 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     data_range = _data_range(im1, im2, data_range, stacklevel=3)
     if not data_range > 0:
         raise ValueError(f"data_range must be positive, got {data_range}")
-    if len(spatial_shape) != 2:
-        return _volume(im1, im2, win_size=win_size, gradient=gradient, data_range=data_range,
+    spatial = len(spatial_shape)
+    if spatial not in (2, 3):
+        return _other_dimensions(im1, im2, win_size=win_size, gradient=gradient, data_range=data_range,
                        channel_axis=channel_axis, gaussian_weights=gaussian_weights, full=full, K1=K1, K2=K2,
                        sigma=sigma, use_sample_covariance=use_sample_covariance)
     taps = _reference.gaussian_taps(int(TRUNCATE * sigma + 0.5), sigma) if gaussian_weights else \
         _reference.uniform_taps(win_size)
-    np_ = win_size**2
+    np_ = win_size**spatial
     params = SsimParams(taps=tuple(float(t) for t in taps), K1=float(K1), K2=float(K2), data_range=data_range,
                         padding="reflect", cov=np_ / (np_ - 1) if use_sample_covariance else 1.0,
-                        crop=(win_size - 1) // 2)
+                        crop=(win_size - 1) // 2, spatial=spatial)
     # Channels become a leading (batch) axis: a view, no copy.
     x, y = _as_planes(im1, channel_axis), _as_planes(im2, channel_axis)
     kernels_fit = 1 <= params.radius <= MAX_KERNEL_RADIUS
@@ -159,10 +160,10 @@ def _restore(planes, channel_axis):
 
 def _reference_results(x, y, params, gradient, full):
     taps = np.asarray(params.taps)
-    kwargs = dict(K1=params.K1, K2=params.K2, padding="reflect", data_range=params.data_range, cov=params.cov)
+    kwargs = dict(K1=params.K1, K2=params.K2, padding="reflect", data_range=params.data_range, cov=params.cov,
+                  spatial=params.spatial)
     S = _reference.ssim_map(x, y, taps, **kwargs)
-    c = params.crop
-    mssim = np.float64(S[..., c : S.shape[-2] - c, c : S.shape[-1] - c].mean(dtype=np.float64))
+    mssim = np.float64(_reference.cropped(S, params.crop, params.spatial).mean(dtype=np.float64))
     grad = _reference.skimage_gradient(x, y, taps, **kwargs) if gradient else None
     return mssim, grad, S
 
@@ -178,30 +179,32 @@ def _kernel_results(x, y, params, gradient, full):
     working = _float_type(x.dtype)
     if x.dtype != working or y.dtype != working:  # skimage's working dtype: float64 for integer images
         x, y = x.astype(working), y.astype(working)
-    planes = int(np.prod(x.shape[:-2], dtype=np.int64))
+    launcher = _launch3d if params.spatial == 3 else _launch
+    planes = int(np.prod(x.shape[: -params.spatial], dtype=np.int64))
     map_shape = params.map_shape(x.shape)
     ctype = _launch.compute_dtype(x.dtype)
     with _arrays.on_device(x):
-        block_sums = _arrays.empty(xp, (planes * _launch.tiles(map_shape),), np.float64)
+        block_sums = _arrays.empty(xp, (planes * launcher.tiles(map_shape),), np.float64)
         S = _arrays.empty(xp, map_shape, ctype) if full else None
-        grad_maps = _arrays.empty(xp, (3 * planes * map_shape[-2] * map_shape[-1],), ctype) if gradient else None
-        _launch.forward(x, y, params, map_out=S, block_sums=block_sums, grad_maps=grad_maps,
-                        weight=2.0 / (map_shape[-2] * map_shape[-1]), formula="skimage")
+        grad_maps = _arrays.empty(xp, (3 * int(np.prod(map_shape)),), ctype) if gradient else None
+        launcher.forward(x, y, params, map_out=S, block_sums=block_sums, grad_maps=grad_maps,
+                         weight=2.0 / np.prod(map_shape[-params.spatial :]), formula="skimage")
         mssim = _arrays.empty(xp, (), np.float64)
         counted = planes * int(np.prod(params.mean_shape(x.shape)))
         _launch.finish(block_sums, mssim.reshape(-1), per_output=block_sums.size, count=counted)
         grad = None
         if gradient:
             grad = _arrays.empty(xp, x.shape, _launch.gradient_dtype(x.dtype))
-            _launch.backward(x, y, grad_maps, grad, params)
+            launcher.backward(x, y, grad_maps, grad, params)
     return (np.float64(mssim) if xp is np else mssim), grad, S
 
 
-def _volume(im1, im2, **kwargs):
-    """Images of other than two spatial dimensions: scikit-image itself for NumPy, an error for GPU arrays."""
+def _other_dimensions(im1, im2, **kwargs):
+    """Images of other than two or three spatial dimensions: scikit-image itself for NumPy, an error for GPU arrays."""
     if not _arrays.is_numpy(im1):
         ndim = im1.ndim - (kwargs["channel_axis"] is not None)
-        raise ValueError(f"cussim's kernels compute 2-D images; these have {ndim} spatial dimensions")
+        raise ValueError(f"cussim's kernels compute 2-D images and 3-D volumes; these have {ndim} spatial "
+                         "dimensions (pass NumPy arrays for scikit-image's N-D computation)")
     from skimage.metrics import structural_similarity as skimage_ssim
 
     return skimage_ssim(im1, im2, **kwargs)

@@ -4,8 +4,9 @@ Inputs: CuPy arrays, objects with ``__cuda_array_interface__`` or
 ``__dlpack__`` (PyTorch CUDA tensors, zero-copy; results come back as CuPy
 arrays), or NumPy arrays (computed by the float64 reference, or by the kernels
 on the CPU emulator with ``CUSSIM_NUMPY_BACKEND=emulator``). The last two axes
-are the image plane (or the last two other than ``channel_axis``); every other
-axis is a batch axis. The gradient is with respect to the FIRST argument x
+are the image plane (or the last two other than ``channel_axis``), the last
+three with ``spatial_dims=3`` (a D x H x W volume); every other axis is a
+batch axis. The gradient is with respect to the FIRST argument x
 (the rendered image); y is the reference and broadcasts to x's shape.
 """
 
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _arrays, _launch, _reference
-from ._params import SsimParams, check_compute_range, ssim_params
+from . import _arrays, _launch, _launch3d, _reference
+from ._params import SsimParams, check_compute_range, check_spatial_dims, ssim_params
 
 INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -41,11 +42,17 @@ class _Problem:
 
     @property
     def planes(self) -> int:
-        return math.prod(self.x.shape[:-2])
+        """Images (planes, or volumes) in the batch."""
+        return math.prod(self.x.shape[: -self.params.spatial])
 
     @property
     def planes_per_value(self) -> int:
-        return math.prod(self.x.shape[self.kept : -2])
+        return math.prod(self.x.shape[self.kept : -self.params.spatial])
+
+    @property
+    def launcher(self):
+        """The launch plans of these images: _launch for planes, _launch3d for volumes."""
+        return _launch3d if self.params.spatial == 3 else _launch
 
     @property
     def counted_per_value(self) -> int:
@@ -87,8 +94,11 @@ def _normalise_axis(value, ndim, name):
 
 
 def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis,
-             axis, reduce=True, min_side=None, channels_pooled=False) -> _Problem:
+             axis, reduce=True, min_side=None, channels_pooled=False, spatial_dims=2) -> _Problem:
     """Checks the arguments and views x and y in the kernels' layout.
+
+    ``spatial_dims``: 2 (the image is the last two axes besides the
+    channel axis) or 3 (a volume, the last three).
 
     ``min_side``: (side, reason), a minimum image side other than the
     window's (MS-SSIM). ``channels_pooled``: the channel axis must be averaged
@@ -102,9 +112,9 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     if y.dtype != x.dtype:
         raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}; convert one to the other's dtype")
     ndim = x.ndim
-    needed = 2 if channel_axis is None else 3
-    if ndim < needed:
-        raise ValueError(f"x has shape {x.shape}; images need two spatial axes"
+    spatial_dims = check_spatial_dims(spatial_dims)
+    if ndim < spatial_dims + (channel_axis is not None):
+        raise ValueError(f"x has shape {x.shape}; images need {_reference.NUMBER_WORDS[spatial_dims]} spatial axes"
                          + (" besides channel_axis" if channel_axis is not None else ""))
     try:
         broadcast = np.broadcast_shapes(y.shape, x.shape)
@@ -114,17 +124,19 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
         raise ValueError(f"y has shape {y.shape}, which does not broadcast to x's shape {x.shape}; "
                          "the images must have the same dimensions")
     channel = None if channel_axis is None else _normalise_axis(channel_axis, ndim, "channel_axis")
-    spatial = [a for a in range(ndim) if a != channel][-2:]
+    spatial = [a for a in range(ndim) if a != channel][-spatial_dims:]
     if data_range is None:
         data_range = INTEGER_RANGES.get(x.dtype, 1.0)
     params = ssim_params(win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2, padding=padding,
-                         sample_covariance=sample_covariance, data_range=data_range)
+                         sample_covariance=sample_covariance, data_range=data_range, spatial_dims=spatial_dims)
     check_compute_range(params, _launch.compute_dtype(x.dtype))
-    height, width = (x.shape[a] for a in spatial)
-    if min_side is not None and min(height, width) < min_side[0]:
-        raise ValueError(f"x's images are {height}x{width}; {min_side[1]}")
-    if min(height, width) < params.win_size:
-        raise ValueError(f"x's images are {height}x{width}, smaller than the {win_size}x{win_size} window; "
+    sides = [x.shape[a] for a in spatial]
+    kind = "images" if spatial_dims == 2 else "volumes"
+    if min_side is not None and min(sides) < min_side[0]:
+        raise ValueError(f"x's {kind} are {'x'.join(map(str, sides))}; {min_side[1]}")
+    if min(sides) < params.win_size:
+        raise ValueError(f"x's {kind} are {'x'.join(map(str, sides))}, smaller than the "
+                         f"{'x'.join([str(win_size)] * spatial_dims)} window; "
                          "use a smaller win_size, or set channel_axis if an image axis holds channels")
     if not reduce or axis is None:
         averaged = set(range(ndim)) if reduce else set(spatial)
@@ -137,8 +149,8 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
             raise ValueError(f"axis={axis!r} repeats an axis")
         averaged = set(averaged)
         if not set(spatial) <= averaged:
-            raise ValueError(f"axis={axis!r} must include both spatial axes {tuple(spatial)}: SSIM is a mean "
-                             "over the image plane (axis=None averages everything)")
+            raise ValueError(f"axis={axis!r} must include {'both' if spatial_dims == 2 else 'all'} spatial axes "
+                             f"{tuple(spatial)}: SSIM is a mean over the image (axis=None averages everything)")
     kept = [a for a in range(ndim) if a not in averaged]
     batch = [a for a in range(ndim) if a in averaged and a not in spatial]
     if channels_pooled and channel in batch:
@@ -177,11 +189,14 @@ class Workspace:
 
 def _workspace_sizes(problem: _Problem):
     map_shape = problem.params.map_shape(problem.x.shape)
-    return problem.planes * _launch.tiles(map_shape), 3 * problem.planes * map_shape[-2] * map_shape[-1]
+    return (problem.planes * problem.launcher.tiles(map_shape),
+            3 * math.prod(map_shape))
 
 
-def make_workspace(x, *, win_size=11, padding="same", channel_axis=None) -> Workspace:
+def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial_dims=2) -> Workspace:
     """The workspace for gradients of images shaped like ``x`` (allocated once, reused every step).
+
+    ``spatial_dims=3`` for volumes, as in the functions that take it.
 
     Examples
     --------
@@ -191,7 +206,8 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None) -> Work
     295680
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
-                       padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None)
+                       padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
+                       spatial_dims=spatial_dims)
     return _allocate_workspace(problem, _workspace_sizes(problem))
 
 
@@ -234,7 +250,7 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     p = problem.params
     axes = tuple(range(problem.kept, problem.x.ndim))
     kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov,
-                  limit=problem.limit)
+                  limit=problem.limit, spatial=p.spatial)
     taps = np.asarray(p.taps)
     l1_value = l1_grad = 0.0
     if l1:  # the fused L1 term, only where it is asked for (it costs a float64 copy of the images)
@@ -309,13 +325,14 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
         else:
             block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
         # With the L1 term the block sums hold b * S + l1 * |x - y| per pixel, so the finish scales by 1.
-        _launch.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
-                        weight=b / counted, sum_scale=b, l1=l1 * problem.params.data_range)
+        launcher = problem.launcher
+        launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
+                         weight=b / counted, sum_scale=b, l1=l1 * problem.params.data_range)
         _launch.finish(block_sums, flat_out, per_output=block_sums.size // max(1, flat_out.size), count=counted,
                        a=a, b=1.0 if l1 else b)
         if want_gradient:
-            _launch.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
-                             l1=l1 / counted)
+            launcher.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
+                              l1=l1 / counted)
 
     return _compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
@@ -363,14 +380,19 @@ _DOC_PARAMETERS = DOC_IMAGES + """    data_range : float, optional
         ((H-2r) x (W-2r)); or skimage's half-sample reflection, with the mean
         over the map cropped by (win_size-1)//2.
     sample_covariance : bool
-        Covariance factor NP/(NP-1) (skimage's default) instead of 1.
+        Covariance factor NP/(NP-1) (skimage's default) instead of 1, with NP
+        = win_size ** spatial_dims.
     channel_axis : int, optional
         An axis holding channels (e.g. -1 for H x W x C), handled by strides.
+    spatial_dims : {2, 3}
+        2 (the default): the image is the last two axes (besides
+        ``channel_axis``); 3: a D x H x W volume, the last three, filtered by
+        the window along each of them.
 """
 
 
 def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-         sample_covariance=False, channel_axis=None, axis=None, out=None):
+         sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2):
     """Mean structural similarity of x against y.
     {parameters}    axis : int or tuple of ints, optional
         Axes to average, NumPy-style; they must include the spatial axes. None
@@ -395,12 +417,13 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
     [0.9506 0.9548]
     """
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
-                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis)
+                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis,
+                       spatial_dims=spatial_dims)
     return _mean(problem, out, 0.0, 1.0)
 
 
 def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-          sample_covariance=False, channel_axis=None, axis=None, out=None):
+          sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2):
     """Structural dissimilarity (1 - SSIM) / 2, with the arguments of :func:`ssim`.
 
     Half of 3DGS's SSIM loss term, which is 1 - SSIM: for 3DGS's loss use
@@ -414,12 +437,13 @@ def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K
     (0.0, 0.5895)
     """
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
-                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis)
+                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis,
+                       spatial_dims=spatial_dims)
     return _mean(problem, out, 0.5, -0.5)
 
 
 def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-             sample_covariance=False, channel_axis=None, out=None):
+             sample_covariance=False, channel_axis=None, out=None, spatial_dims=2):
     """The SSIM map: one value per window position, x's shape (the plane shrinks for "valid").
     {parameters}    out : array, optional
         Where to write the map (compute dtype, the map's shape, any strides).
@@ -433,7 +457,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     """
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
-                       reduce=False)
+                       reduce=False, spatial_dims=spatial_dims)
     dtype = _launch.compute_dtype(problem.x.dtype)
     map_shape = problem.params.map_shape(problem.x.shape)
     original_shape = tuple(map_shape[i] for i in problem.inverse_perm)
@@ -449,25 +473,25 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     if not _use_kernels(problem):
         p = problem.params
         S = _reference.ssim_map(problem.x, problem.y, np.asarray(p.taps), K1=p.K1, K2=p.K2, padding=p.padding,
-                                data_range=p.data_range, cov=p.cov, limit=problem.limit)
+                                data_range=p.data_range, cov=p.cov, limit=problem.limit, spatial=p.spatial)
         problem.permuted(result)[...] = S
         return result
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
-        _launch.forward(problem.x, problem.y, problem.params, map_out=target)
+        problem.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
     return result
 
 
 def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kwargs):
     problem = _prepare(x, y, **kwargs)
     grad = _gradient_buffer(problem, grad, accumulate)
-    options = ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis"))
+    options = ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
     value = _mean(problem, out, a, b, l1=l1, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad
 
 
 def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding="same", sample_covariance=False, channel_axis=None, axis=None, out=None, grad=None,
-                       workspace=None, accumulate=False):
+                       workspace=None, accumulate=False, spatial_dims=2):
     """Mean SSIM and its exact gradient with respect to x: ``(value, d sum(value) / dx)``.
     {parameters}    axis, out : as in :func:`ssim`.
     grad : array, optional
@@ -493,12 +517,12 @@ def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window=
     return _with_gradient(0.0, 1.0, x, y, out=out, grad=grad, workspace=workspace, accumulate=accumulate,
                           data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                           padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis,
-                          axis=axis)
+                          axis=axis, spatial_dims=spatial_dims)
 
 
 def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                         padding="same", sample_covariance=False, channel_axis=None, axis=None, out=None, grad=None,
-                        workspace=None, accumulate=False):
+                        workspace=None, accumulate=False, spatial_dims=2):
     """DSSIM = (1 - SSIM) / 2 and its exact gradient with respect to x, as :func:`ssim_with_gradient`.
 
     The training-loop form: with preallocated ``out``, ``grad`` and
@@ -520,7 +544,7 @@ def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window
     return _with_gradient(0.5, -0.5, x, y, out=out, grad=grad, workspace=workspace, accumulate=accumulate,
                           data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                           padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis,
-                          axis=axis)
+                          axis=axis, spatial_dims=spatial_dims)
 
 
 def _ssim_share(weight) -> float:
@@ -530,7 +554,7 @@ def _ssim_share(weight) -> float:
 
 
 def l1_dssim_loss(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01,
-                  K2=0.03, sample_covariance=False, channel_axis=None, axis=None, out=None):
+                  K2=0.03, sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2):
     """The 3D Gaussian Splatting loss ``(1 - weight) * mean|x - y| + weight * (1 - SSIM)``, fused.
 
     One forward pass computes both terms (zero padding, ``"same"``, as 3DGS).
@@ -548,13 +572,14 @@ def l1_dssim_loss(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, 
     """
     share = _ssim_share(weight)
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
-                       padding="same", sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis)
+                       padding="same", sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis,
+                       spatial_dims=spatial_dims)
     return _mean(problem, out, share, -share, l1=1.0 - share)
 
 
 def l1_dssim_loss_with_gradient(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, window="gaussian",
                                 K1=0.01, K2=0.03, sample_covariance=False, channel_axis=None, axis=None, out=None,
-                                grad=None, workspace=None, accumulate=False):
+                                grad=None, workspace=None, accumulate=False, spatial_dims=2):
     """:func:`l1_dssim_loss` and its exact gradient with respect to x, in one forward and one backward pass.
 
     ``out``, ``grad``, ``workspace`` (from :func:`make_workspace`) and
@@ -575,7 +600,7 @@ def l1_dssim_loss_with_gradient(x, y, *, weight=0.2, data_range=None, win_size=1
     return _with_gradient(share, -share, x, y, l1=1.0 - share, out=out, grad=grad, workspace=workspace,
                           accumulate=accumulate, data_range=data_range, win_size=win_size, sigma=sigma,
                           window=window, K1=K1, K2=K2, padding="same", sample_covariance=sample_covariance,
-                          channel_axis=channel_axis, axis=axis)
+                          channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
 
 
 for _function in (ssim, ssim_map, ssim_with_gradient):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cussim import _arrays, _kernels, _launch
+from cussim import _arrays, _kernels, _launch, _launch3d
 from cussim._params import ssim_params
 from cussim import _reference as ref
 from executors import Executor
@@ -12,11 +12,13 @@ DTYPES = [np.float32, np.float64, np.float16, np.uint8, np.uint16]
 RANGES = {np.float32: 1.0, np.float64: 1.0, np.float16: 1.0, np.uint8: 255.0, np.uint16: 65535.0}
 
 
-def _images(shape, dtype, seed=0, noise=0.1):
-    """A smooth image and a noisy copy, in dtype's range."""
+def _images(shape, dtype, seed=0, noise=0.1, spatial=2):
+    """A smooth image (volume, for ``spatial=3``) and a noisy copy, in dtype's range."""
     rng = np.random.default_rng(seed)
-    rows, cols = np.meshgrid(np.linspace(0, 3, shape[-2]), np.linspace(0, 2, shape[-1]), indexing="ij")
-    clean = 0.5 + 0.4 * np.sin(rows + 2 * cols) * np.cos(3 * rows)
+    ranges = (2, 3, 2)[-spatial:]
+    *depth, rows, cols = np.meshgrid(*(np.linspace(0, s, n) for s, n in zip(ranges, shape[-spatial:])), indexing="ij")
+    z = depth[0] if depth else 0
+    clean = 0.5 + 0.4 * np.sin(rows + 2 * cols - z) * np.cos(3 * rows + z)
     clean = np.broadcast_to(clean, shape)
     noisy = np.clip(clean + noise * rng.standard_normal(shape), 0, 1)
     top = RANGES[dtype]
@@ -31,19 +33,24 @@ def _params(x, window="gaussian", win_size=11, sigma=1.5, padding="same", sample
 
 
 def _ssim_map(x, y, params):
-    """The map through ssim_forward alone, into a new array of the compute dtype."""
+    """The map through ssim_forward alone (ssim3d_forward for volumes), into a new array of the compute dtype."""
     out = _arrays.array_module(x).empty(params.map_shape(x.shape), dtype=_launch.compute_dtype(x.dtype))
-    _launch.forward(x, y, params, map_out=out)
+    (_launch3d if params.spatial == 3 else _launch).forward(x, y, params, map_out=out)
     return out
 
 
 def _reference_kwargs(params):
-    return dict(K1=params.K1, K2=params.K2, padding=params.padding, data_range=params.data_range, cov=params.cov)
+    return dict(K1=params.K1, K2=params.K2, padding=params.padding, data_range=params.data_range, cov=params.cov,
+                spatial=params.spatial)
 
 
 def _check(executor, x, y, **options):
     """Runs ssim_forward on the executor and compares the map with the reference."""
-    params = _params(x, **options)
+    return _check_map(executor, x, y, _params(x, **options))
+
+
+def _check_map(executor, x, y, params):
+    """The map of ``params`` through the kernels on the executor, compared with the reference."""
     got = executor.asnumpy(_ssim_map(executor.asarray(x), executor.asarray(y), params))
     expected = ref.ssim_map(x, y, np.asarray(params.taps), **_reference_kwargs(params))
     assert got.dtype == _launch.compute_dtype(x.dtype)
@@ -177,24 +184,26 @@ def test_kernel_source_is_found():
 # ---- means and exact gradients: ssim_forward's block sums and partial maps, ssim_finish, ssim_backward ----
 
 def _value_and_gradient(executor, x, y, params, per_image=False, accumulate_into=None):
-    """Mean SSIM (over everything, or per leading index) and d sum(means)/dx through the kernels."""
+    """Mean SSIM (over everything, or per leading index) and d sum(means)/dx through the kernels (those of
+    volumes, kernels/ssim3d.cu, for params.spatial == 3)."""
+    launcher = _launch3d if params.spatial == 3 else _launch
     xp_x, xp_y = executor.asarray(x), executor.asarray(y)
-    planes = int(np.prod(x.shape[:-2], dtype=np.int64))
+    planes = int(np.prod(x.shape[: -params.spatial], dtype=np.int64))
     map_shape = params.map_shape(x.shape)
     ctype = _launch.compute_dtype(x.dtype)
     counted = int(np.prod(params.mean_shape(x.shape)))
     outputs = x.shape[0] if per_image else 1
     per_output_count = counted * planes // outputs
-    block_sums = executor.asarray(np.full(planes * _launch.tiles(map_shape), np.nan))
-    grad_maps = executor.asarray(np.full(3 * planes * map_shape[-2] * map_shape[-1], np.nan, ctype))
-    _launch.forward(xp_x, xp_y, params, block_sums=block_sums, grad_maps=grad_maps, weight=1.0 / per_output_count)
+    block_sums = executor.asarray(np.full(planes * launcher.tiles(map_shape), np.nan))
+    grad_maps = executor.asarray(np.full(3 * int(np.prod(map_shape)), np.nan, ctype))
+    launcher.forward(xp_x, xp_y, params, block_sums=block_sums, grad_maps=grad_maps, weight=1.0 / per_output_count)
     values = executor.asarray(np.full(outputs, np.nan, ctype))
     _launch.finish(block_sums, values, per_output=block_sums.size // outputs, count=per_output_count)
     if accumulate_into is None:
         grad = executor.asarray(np.full(x.shape, np.nan, _launch.gradient_dtype(x.dtype)))
     else:
         grad = executor.asarray(accumulate_into)
-    _launch.backward(xp_x, xp_y, grad_maps, grad, params, accumulate=accumulate_into is not None)
+    launcher.backward(xp_x, xp_y, grad_maps, grad, params, accumulate=accumulate_into is not None)
     return executor.asnumpy(values), executor.asnumpy(grad)
 
 

@@ -96,9 +96,38 @@ def test_golden_values():
     assert abs(structural_similarity(cam, noisy) - 0.3674518327910367) < 1e-10  # skimage 0.17's value
 
 
-def test_volumes_are_passed_to_skimage():
+def _volumes():
     rng = np.random.default_rng(1)
-    x, y = rng.random((9, 10, 11)), rng.random((9, 10, 11))
+    smooth = ndimage.gaussian_filter(rng.random((13, 15, 17)), 2)
+    smooth = (smooth - smooth.min()) / np.ptp(smooth)
+    noisy = np.clip(smooth + 0.1 * rng.standard_normal(smooth.shape), 0, 1)
+    return {
+        "float64": (smooth, noisy, {"data_range": 1}),
+        "uint8-channels-last": (np.stack([smooth, noisy[::-1]], -1).__mul__(255).astype(np.uint8),
+                                np.stack([noisy, smooth], -1).__mul__(255).astype(np.uint8), {"channel_axis": -1}),
+        "float32": (smooth.astype(np.float32), noisy.astype(np.float32), {"data_range": 1}),
+    }
+
+
+VOLUMES = _volumes()
+
+
+@pytest.mark.parametrize("volume", sorted(VOLUMES))
+@pytest.mark.parametrize("option", ["default", "gaussian", "gaussian-sigma1.2-population", "win3"])
+def test_volumes_match_skimage(backend, volume, option):
+    im1, im2, extra = VOLUMES[volume]
+    kwargs = {**extra, **OPTIONS[option]}
+    expected = skimage_ssim(im1, im2, gradient=True, full=True, **kwargs)
+    got = structural_similarity(backend.asarray(im1), backend.asarray(im2), gradient=True, full=True, **kwargs)
+    working = expected[2].dtype
+    assert got[1].shape == im1.shape and got[2].shape == im1.shape and got[2].dtype == working
+    for g, e in zip(got, expected):
+        _compare(backend, g, e, working)
+
+
+def test_four_spatial_dimensions_are_passed_to_skimage():
+    rng = np.random.default_rng(1)
+    x, y = rng.random((7, 7, 8, 9)), rng.random((7, 7, 8, 9))
     assert structural_similarity(x, y, data_range=1) == skimage_ssim(x, y, data_range=1)
 
 

@@ -79,6 +79,50 @@ def test_ssim_matches_pytorch_msssim(photos, case):
         assert float(ours[0][1]) == 0 and float(ours[0][0]) > 0.5
 
 
+@pytest.fixture(scope="module")
+def volumes():
+    """Two smooth random 2-channel volumes, (2, 2, 17, 20, 23) float64 in [0, 255], and noisy copies."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 2, 17, 20, 23, dtype=torch.float64, generator=generator)
+    x = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False) * 255
+    noise = torch.randn(x.shape, dtype=torch.float64, generator=generator)
+    return x, (x + 12 * noise).clamp(0, 255)
+
+
+VOLUME_CASES = {
+    "defaults": ({}, LOOSE),
+    "win": ({"win": window64()[:2, None]}, TIGHT),  # (C, 1, 1, 1, size), the 3-D convolution's window
+    "size_average-K-data_range": ({"win": window64(7, 1.0)[:2, None], "size_average": False, "K": (0.02, 0.05),
+                                   "data_range": 300.0}, TIGHT),
+    "win_size_sigma": ({"win_size": 5, "win_sigma": 0.8}, LOOSE),
+}
+
+
+@pytest.mark.parametrize("case", VOLUME_CASES)
+def test_ssim_of_volumes_matches_pytorch_msssim(volumes, case):
+    arguments, tolerance = VOLUME_CASES[case]
+    ours, theirs = both((dropin.ssim, original.ssim), *volumes, **arguments)
+    assert_same(ours, theirs, tolerance)
+    module_ours, module_theirs = both((dropin.SSIM(channel=2, spatial_dims=3), original.SSIM(channel=2,
+                                                                                           spatial_dims=3)), *volumes)
+    assert_same(module_ours, module_theirs, LOOSE)
+
+
+@pytest.mark.parametrize("weights", [None, [0.3, 0.3, 0.4]])
+def test_ms_ssim_of_volumes_matches_pytorch_msssim(weights):
+    """pytorch-msssim asks for a side above 16 (win_size - 1) whatever the weights: 33 for a 3-tap window."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 2, 33, 34, 35, dtype=torch.float64, generator=generator) * 255
+    y = (x + 20 * torch.randn(x.shape, dtype=torch.float64, generator=generator)).clamp(0, 255)
+    window = window64(3, 1.5)[:2, None]
+    ours, theirs = both((dropin.ms_ssim, original.ms_ssim), x, y, win=window, win_size=3, weights=weights,
+                        size_average=False)
+    assert_same(ours, theirs, TIGHT)
+    modules = (dropin.MS_SSIM(channel=2, spatial_dims=3, win_size=3), original.MS_SSIM(channel=2, spatial_dims=3,
+                                                                                       win_size=3))
+    assert_same(*both(modules, x, y), LOOSE)
+
+
 MS_SSIM_CASES = {
     "defaults": ({}, LOOSE),
     "win": ({"win": window64()}, TIGHT),
@@ -147,7 +191,7 @@ def test_what_cussim_refuses_is_named(photos):
     x, y = photos
     with pytest.raises(ValueError, match=r"should have the same dimensions.*must have one shape"):
         dropin.ssim(x, y[:1])
-    with pytest.raises(NotImplementedError, match="5-D .* volumes .* no 3-D SSIM yet"):
+    with pytest.raises(ValueError, match=r"volumes are 2x176x183; MS-SSIM .* needs a smaller side of at least 161"):
         dropin.ms_ssim(x[:, :, None].expand(2, 3, 2, 176, 183), y[:, :, None].expand(2, 3, 2, 176, 183))
     with pytest.raises(ValueError, match=r"should be 4-d or 5-d tensors, but got \(3, 176, 183\)"):
         dropin.ssim(x[0], y[0])
@@ -170,8 +214,6 @@ def test_what_cussim_refuses_is_named(photos):
         dropin.ssim(x[..., :8], y[..., :8])
     with pytest.raises(ValueError, match="needs a smaller side of at least"):
         dropin.ms_ssim(x[..., :100], y[..., :100])
-    with pytest.raises(NotImplementedError, match="spatial_dims=3: cussim has no 3-D SSIM yet"):
-        dropin.SSIM(spatial_dims=3)
     with pytest.raises(ValueError, match="spatial_dims must be 2"):
         dropin.MS_SSIM(spatial_dims=1)
     with pytest.raises(ValueError, match="channel must be a positive int"):

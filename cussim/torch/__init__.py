@@ -12,11 +12,14 @@ PyTorch's layout: a 4-D tensor is (N, C, H, W), so ``channel_axis`` defaults
 to 1 there. SSIM, DSSIM and the L1 loss average channels like any batch axis,
 so this changes nothing for them; ``ms_ssim(x, y, variant="torchmetrics")``
 averages each image's channels into every scale's mean, as torchmetrics does
-(``channel_axis=None`` treats each channel as an image of its own). Other
-shapes keep cussim's rule: the last two axes are the image plane.
+(``channel_axis=None`` treats each channel as an image of its own). A 5-D
+tensor is (N, C, D, H, W), volumes, as in pytorch-msssim and fused-ssim:
+``channel_axis=1`` and ``spatial_dims=3`` by default. Other shapes keep
+cussim's rule: the last two axes are the image plane.
 
 Drop-ins for code written against other libraries (change the import, keep
-the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``) and
+the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``),
+:func:`fused_ssim3d` (fused-ssim's volumes) and
 :mod:`cussim.torch.pytorch_msssim` (pytorch-msssim's ``ssim``, ``ms_ssim``,
 ``SSIM`` and ``MS_SSIM``).
 
@@ -189,8 +192,10 @@ def _apply(metric, x, y, options):
     if y.dtype != x.dtype:
         raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}; convert one to the other's dtype")
     options = dict(options)
-    if x.ndim == 4:  # PyTorch's (N, C, H, W)
+    if x.ndim in (4, 5):  # PyTorch's (N, C, H, W) and (N, C, D, H, W)
         options.setdefault("channel_axis", 1)
+    if x.ndim == 5:
+        options.setdefault("spatial_dims", 3)
     if options.get("axis") is None:
         return _Metric.apply(x, y, metric, options, torch.is_grad_enabled())
     # one value per kept index: the incoming gradient scales each image's gradient, so a y that broadcasts
@@ -304,7 +309,7 @@ class L1DSSIMLoss(_Loss):
 
 # the drop-ins are written over the functions above
 from . import pytorch_msssim  # noqa: E402
-from ._fused_ssim import fused_ssim  # noqa: E402
+from ._fused_ssim import fused_ssim, fused_ssim3d  # noqa: E402
 
-__all__ = ["DSSIMLoss", "L1DSSIMLoss", "MSSSIMLoss", "SSIMLoss", "dssim", "fused_ssim", "l1_dssim_loss", "ms_ssim",
+__all__ = ["DSSIMLoss", "L1DSSIMLoss", "MSSSIMLoss", "SSIMLoss", "dssim", "fused_ssim", "fused_ssim3d", "l1_dssim_loss", "ms_ssim",
            "pytorch_msssim", "ssim"]

@@ -69,3 +69,26 @@ def fused_ssim(img1, img2, padding="same", train=True, window_size=11):
     options = dict(data_range=1.0, win_size=int(window_size), sigma=1.5, K1=0.01, K2=0.03, padding=padding)
     with torch.set_grad_enabled(bool(train) and torch.is_grad_enabled()):
         return ssim(img1, img2.detach(), **options)
+
+
+def fused_ssim3d(img1, img2, padding="same", train=True):
+    """fused-ssim's ``fused_ssim3d``: :func:`fused_ssim` of (N, C, D, H, W) volumes.
+
+    The window is the 11-tap Gaussian along depth, rows and columns (11 x 11
+    x 11); "valid" averages the voxels whose window lies inside the volume.
+    The gradient goes to img1 only; ``train`` as in :func:`fused_ssim`.
+
+    Example
+    -------
+    >>> import torch
+    >>> from cussim.torch import fused_ssim3d        # was: from fused_ssim import fused_ssim3d
+    >>> gt = torch.rand(1, 1, 12, 14, 16, dtype=torch.float64)
+    >>> render = gt.flip(-1).requires_grad_()
+    >>> (1 - fused_ssim3d(render, gt)).backward()
+    >>> render.grad.shape
+    torch.Size([1, 1, 12, 14, 16])
+    """
+    if isinstance(img1, torch.Tensor) and img1.ndim != 5:
+        raise ValueError(f"img1 has shape {tuple(img1.shape)}; fused_ssim3d takes (N, C, D, H, W) volumes "
+                         "(fused_ssim takes images)")
+    return fused_ssim(img1, img2, padding=padding, train=train)

@@ -7,19 +7,18 @@ Change the import, keep the code::
 
 Same signatures, defaults (``data_range=255``, ``size_average=True``,
 ``win_size=11``, ``win_sigma=1.5``, ``K=(0.01, 0.03)``), values and gradients
-(to X and to Y) as pytorch-msssim 1.0 on (N, C, H, W) tensors: a Gaussian
-window, valid padding, one SSIM per image and channel, then
+(to X and to Y) as pytorch-msssim 1.0 on (N, C, H, W) tensors and
+(N, C, D, H, W) volumes: a Gaussian window (along each spatial axis), valid
+padding, one SSIM per image and channel, then
 ``nonnegative_ssim``'s relu, then the mean over everything
 (``size_average=True``) or over the channels (one value per image). MS-SSIM
 is cussim's ``"pytorch_msssim"`` variant (an odd side halved with a zero on
-both sides, relu on every scale's mean). Trailing axes of size 1 after the
+both sides, relu on every scale's mean; 2x2x2 means for volumes). Trailing axes of size 1 after the
 first two are dropped first, as pytorch-msssim does.
 
 Where it differs, it says so with an exception rather than computing
 something else:
 
-- 5-D tensors (volumes, ``spatial_dims=3``): NotImplementedError, cussim has
-  no 3-D kernels yet.
 - An image smaller than the window: ValueError (pytorch-msssim skips the blur
   along that axis, with a warning).
 - ``win`` must be a Gaussian window, one for every channel, as pytorch-msssim's
@@ -54,7 +53,7 @@ import numpy as np
 import torch
 
 from .. import _reference
-from .._params import ssim_params
+from .._params import check_spatial_dims, ssim_params
 from . import ms_ssim as _ms_ssim
 from . import ssim as _ssim
 
@@ -64,7 +63,8 @@ _TAPS_RTOL = 1e-6  # a float32 Gaussian (pytorch-msssim's) against cussim's floa
 
 
 def _images(X, Y):
-    """X and Y as pytorch-msssim reads them: same shape, trailing size-1 axes dropped, (N, C, H, W)."""
+    """X and Y as pytorch-msssim reads them: same shape, trailing size-1 axes dropped, (N, C, H, W) or
+    (N, C, D, H, W)."""
     for name, image in (("X", X), ("Y", Y)):
         if not isinstance(image, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
@@ -73,12 +73,9 @@ def _images(X, Y):
                          f"{tuple(Y.shape)}: X and Y must have one shape (pytorch-msssim does not broadcast)")
     for axis in range(X.ndim - 1, 1, -1):
         X, Y = X.squeeze(axis), Y.squeeze(axis)
-    if X.ndim == 5:
-        raise NotImplementedError(f"X and Y are 5-D {tuple(X.shape)}, volumes (N, C, D, H, W); cussim has no 3-D "
-                                  "SSIM yet: keep pytorch_msssim for volumes")
-    if X.ndim != 4:
+    if X.ndim not in (4, 5):
         raise ValueError(f"Input images should be 4-d or 5-d tensors, but got {tuple(X.shape)}: X and Y must be "
-                         "(N, C, H, W)")
+                         "(N, C, H, W) or (N, C, D, H, W)")
     return X, Y
 
 
@@ -160,7 +157,7 @@ def ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, wi
     (1.0, torch.Size([4]))
     """
     X, Y = _images(X, Y)
-    per_channel = _ssim(X, Y, data_range=data_range, padding="valid", axis=(2, 3), **_constants(K),
+    per_channel = _ssim(X, Y, data_range=data_range, padding="valid", axis=tuple(range(2, X.ndim)), **_constants(K),
                         **_window(win, win_size, win_sigma))
     if nonnegative_ssim:
         per_channel = torch.relu(per_channel)
@@ -187,7 +184,7 @@ def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5,
     """
     X, Y = _images(X, Y)
     per_channel = _ms_ssim(X, Y, variant="pytorch_msssim", weights=_weights(weights), data_range=data_range,
-                           axis=(2, 3), **_constants(K), **_window(win, win_size, win_sigma))
+                           axis=tuple(range(2, X.ndim)), **_constants(K), **_window(win, win_size, win_sigma))
     return _reduced(per_channel, size_average)
 
 
@@ -198,10 +195,7 @@ class _Module(torch.nn.Module):
         super().__init__()
         if isinstance(channel, bool) or not isinstance(channel, numbers.Integral) or channel < 1:
             raise ValueError(f"channel must be a positive int (the images' channels), got {channel!r}")
-        if spatial_dims == 3:
-            raise NotImplementedError("spatial_dims=3: cussim has no 3-D SSIM yet; keep pytorch_msssim for volumes")
-        if spatial_dims != 2:
-            raise ValueError(f"spatial_dims must be 2 (images; 3, volumes, is not in cussim yet), got {spatial_dims!r}")
+        check_spatial_dims(spatial_dims)
         ssim_params(win_size=win_size, sigma=win_sigma, data_range=data_range, **_constants(K))
         self.data_range, self.size_average, self.K = data_range, size_average, K
         self.win_size, self.win_sigma, self.channel, self.spatial_dims = win_size, win_sigma, channel, spatial_dims

@@ -1,0 +1,122 @@
+"""Launch plans for volumes: kernels/ssim3d.cu's forward and backward, as :mod:`cussim._launch` for planes.
+
+The same arguments and outputs as ``_launch.forward`` and ``_launch.backward``,
+for arrays whose last three axes are a D x H x W volume (the batch axes before
+them merged into two stride levels, as for planes); ``_launch.finish`` turns
+the block sums into means. Each block owns a 16 x 16 tile of rows and columns
+and a chunk of :data:`DEPTH_CHUNK` planes along depth.
+
+Example
+-------
+>>> import numpy as np
+>>> from cussim import _launch3d
+>>> from cussim._params import ssim_params
+>>> x = np.linspace(0, 1, 9 * 12 * 12, dtype=np.float32).reshape(9, 12, 12)
+>>> s = np.empty(x.shape, np.float32)
+>>> _launch3d.forward(x, x, ssim_params(win_size=5, spatial_dims=3), map_out=s)
+>>> float(s.min()), float(s.max())
+(1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _arrays, _kernels
+from ._launch import (ELEMENT_TYPES, GRADIENT_FORMULAS, MAX_GRID_Y, MS_SSIM_VARIANT_CODES, PADDING_CODES, TERMS,
+                      TILE, _element_strides, _null, _taps, compute_dtype, plane_layouts)
+from ._launch import tiles as plane_tiles
+
+DEPTH_CHUNK = 16  # output planes per block: the 2R halo planes are read once per chunk
+
+
+def tiles(shape) -> int:
+    """Blocks per volume of ``shape`` (its last three axes): 16 x 16 tiles times depth chunks."""
+    return plane_tiles(shape) * -(-shape[-3] // DEPTH_CHUNK)
+
+
+def _volume_layouts(inputs, outputs):
+    """(volumes, inner count, stride arguments per array, inputs): the planes' layouts plus each depth stride."""
+    (outer, inner), layouts, inputs = plane_layouts(inputs, outputs, spatial=3)
+    strides = []
+    for layout, array in zip(layouts, [*inputs, *outputs.values()]):
+        o, i, row, col = layout.args()
+        strides.append((o, i, np.int64(_element_strides(array)[-3]), row, col))
+    return outer * inner, inner, strides, inputs
+
+
+def _none_strides():
+    return tuple(np.int64(0) for _ in range(5))
+
+
+def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
+            term="ssim", sum_scale=1.0, l1=0.0):
+    """Launches ssim3d_forward: as :func:`cussim._launch.forward`, over volumes.
+
+    block_sums: float64, volumes x :func:`tiles` of the map; grad_maps:
+    compute dtype, 3 x volumes x map voxels, contiguous.
+    """
+    xp = _arrays.array_module(x)
+    ctype = compute_dtype(x.dtype)
+    y = xp.broadcast_to(y, x.shape)
+    outputs = {"out": map_out} if map_out is not None else {}
+    volumes, inner, strides, (x, y) = _volume_layouts([x, y], outputs)
+    depth, height, width = x.shape[-3:]
+    map_shape = params.map_shape(x.shape)
+    kernel = _kernels.get_kernel("ssim3d", f"ssim3d_forward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
+    c = ctype.type
+    null = _null(xp)
+    kernel(
+        (tiles(map_shape), min(volumes, MAX_GRID_Y)), (TILE, TILE),
+        (x, *strides[0], y, *strides[1], null if map_out is None else map_out,
+         *(strides[2] if map_out is not None else _none_strides()),
+         null if block_sums is None else block_sums, null if grad_maps is None else grad_maps,
+         np.int64(volumes), np.int64(inner), np.int32(depth), np.int32(height), np.int32(width),
+         np.int32(DEPTH_CHUNK), np.int32(PADDING_CODES[params.padding]), np.int32(params.crop),
+         np.int32(TERMS[term]), np.int32(GRADIENT_FORMULAS[formula]), _taps(x, params, ctype),
+         c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
+         np.float64(sum_scale), np.float64(l1)),
+    )
+
+
+def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
+             l1=0.0):
+    """Launches ssim3d_backward: as :func:`cussim._launch.backward`, over volumes.
+
+    MS-SSIM's extras: ``plane_weights`` (float64, one per volume) scale each
+    volume's gradient; ``coarse`` (compute dtype, contiguous volumes of the
+    next scale) adds the adjoint of ``variant``'s 2x2x2 mean.
+    """
+    xp = _arrays.array_module(x)
+    ctype = compute_dtype(x.dtype)
+    y = xp.broadcast_to(y, x.shape)
+    volumes, inner, (sx, sy, sg), (x, y) = _volume_layouts([x, y], {"grad": grad})
+    depth, height, width = x.shape[-3:]
+    kernel = _kernels.get_kernel("ssim3d", f"ssim3d_backward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>",
+                                 x)
+    kernel(
+        (tiles(x.shape), min(volumes, MAX_GRID_Y)), (TILE, TILE),
+        (x, *sx, y, *sy, grad_maps, grad, *sg, np.int64(volumes), np.int64(inner), np.int32(depth),
+         np.int32(height), np.int32(width), np.int32(DEPTH_CHUNK), np.int32(PADDING_CODES[params.padding]),
+         _taps(x, params, ctype), ctype.type(1.0 / params.data_range),
+         _null(xp) if plane_weights is None else plane_weights, _null(xp) if coarse is None else coarse,
+         np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1), np.int32(bool(accumulate))),
+    )
+
+
+def downsample(x, y, x_out, y_out, variant):
+    """Launches msssim3d_downsample: one 2x2x2 mean of ``variant`` of x and y (y broadcasts to x).
+
+    x_out, y_out: contiguous, compute dtype, (volumes, d', h', w'), the
+    downsampled sides.
+    """
+    xp = _arrays.array_module(x)
+    y = xp.broadcast_to(y, x.shape)
+    volumes, inner, (sx, sy), (x, y) = _volume_layouts([x, y], {})
+    depth, height, width = x.shape[-3:]
+    kernel = _kernels.get_kernel("ssim3d", f"msssim3d_downsample<{ELEMENT_TYPES[np.dtype(x.dtype)]}>", x)
+    kernel(
+        (min(-(-x_out.size // 256), 2**20),), (256,),
+        (x, *sx, y, *sy, x_out, y_out, np.int64(volumes), np.int64(inner), np.int32(depth), np.int32(height),
+         np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant])),
+    )

@@ -1,0 +1,378 @@
+// ssim3d.cu: SSIM, its mean and its exact gradient (docs/spec.rst sections 1 to 4) for a
+// batch of D x H x W volumes, the window applied along depth, rows and columns.
+//
+// cussim/_kernels.py compiles this file after kernels/ssim.cu (the "ssim3d"
+// family's source is the two, concatenated), so the per-voxel maths is the
+// planes' own: ssim_pixel, load_scaled, reflect_index, block_sum, store.
+//
+// Kernels (T, R and C as in ssim.cu):
+//   ssim3d_forward<T, R>   as ssim_forward, per voxel of the map: the map, the
+//                          per-block sums (float64, fixed order) of the voxels
+//                          the mean counts, the three partial maps of the
+//                          exact gradient or of scikit-image's formula.
+//   ssim3d_backward<T, R>  as ssim_backward: F^T of the three partial maps,
+//                          combined with x and y, written or added into grad.
+//   msssim3d_downsample<T> MS-SSIM's 2x2x2 mean of x and y (docs/spec.rst section 6,
+//                          pytorch-msssim's avg_pool3d on 5-D tensors), as a
+//                          variant halves each side, into contiguous volumes
+//                          of the compute type.
+// ssim.cu's ssim_finish turns the block sums into the means, its
+// msssim_combine the scales' means into MS-SSIM; the backward adds the
+// adjoint of the next scale's 2x2x2 mean (ssim.cu's pooled_target per axis).
+//
+// The 2.5-D scheme: a block of (16, 16) threads owns a 16 x 16 tile of rows
+// and columns and marches along depth over a chunk of `chunk` output planes.
+// Each input plane it passes goes through the 2-D filter of ssim.cu (a
+// (16+2R)^2 halo tile in shared memory, a horizontal pass, a vertical pass in
+// registers); each thread keeps the last 2R+1 filtered planes in registers
+// (a rolling window, 5 moments forward, 3 partial maps backward), and the
+// depth taps over that window finish the 3-D filter. The halo costs 2R planes
+// per chunk, not (16+2R)^3 / 16^3 per voxel.
+//
+// Launch shapes: block (16, 16); grid (tiles_h * tiles_w * chunks,
+// min(volumes, 65535)), blockIdx.x = chunk * tiles_h * tiles_w + tile, the
+// tiles and chunks covering the map (forward) or the volume (backward);
+// blocks loop over volumes. Block sums: volumes x gridDim.x, volume-major.
+// Arrays are addressed by element strides (int64): volume
+// p = outer * inner_count + inner, then depth, row and column. The partial
+// maps are contiguous: 3 x volumes x map voxels.
+
+namespace cussim {
+
+// Where a block's tile and depth chunk lie, over the map (forward) or over
+// the volume (backward); map voxel (d, i, j) is centred on volume voxel
+// (d + offset, i + offset, j + offset), offset R for "valid", 0 otherwise.
+struct BrickGeometry {
+    int offset, map_d, map_h, map_w, row, col, first, last;
+    long long map_voxels;
+};
+
+template <int R>
+__device__ inline BrickGeometry brick_geometry(int padding, int depth, int height, int width, int chunk,
+                                               bool covers_map) {
+    BrickGeometry g;
+    g.offset = padding == PAD_VALID ? R : 0;
+    g.map_d = depth - 2 * g.offset;
+    g.map_h = height - 2 * g.offset;
+    g.map_w = width - 2 * g.offset;
+    g.map_voxels = (long long)g.map_d * g.map_h * g.map_w;
+    const int tiles_h = ((covers_map ? g.map_h : height) + kTile - 1) / kTile;
+    const int tiles_w = ((covers_map ? g.map_w : width) + kTile - 1) / kTile;
+    const int tile = (int)(blockIdx.x % (tiles_h * tiles_w));
+    g.row = tile / tiles_w * kTile;
+    g.col = tile % tiles_w * kTile;
+    g.first = (int)(blockIdx.x / (tiles_h * tiles_w)) * chunk;
+    g.last = min(g.first + chunk, covers_map ? g.map_d : depth);
+    return g;
+}
+
+// One voxel of a volume, scaled by inv_range; outside the depth range zero,
+// or reflected with "reflect" (rows and columns as load_scaled).
+template <class T, class C>
+__device__ inline C load_voxel(const T* volume, long long depth_stride, long long row_stride, long long col_stride,
+                               int z, int row, int col, int depth, int height, int width, int padding, C inv_range) {
+    if (padding == PAD_REFLECT) {
+        z = reflect_index(z, depth);
+    } else if (z < 0 || z >= depth) {
+        return C(0);
+    }
+    return load_scaled(volume + z * depth_stride, row_stride, col_stride, row, col, height, width, padding,
+                       inv_range);
+}
+
+// The 2-D filter of Q quantities over a halo tile: after the call, out[q]
+// holds this thread's pixel of quantity q filtered along rows and columns.
+// sample(r, c, v) gives the Q values at halo position (r, c). The caller has
+// filled what sample reads and synchronised; the call synchronises once more
+// (after the horizontal pass, the only one that calls sample), so the caller
+// may refill the tile as soon as it returns.
+template <class C, int R, int Q, class Sample>
+__device__ inline void filter_tile(Sample sample, C (&rows)[Q][kTile + 2 * R][kTile], const C* weights, int tid,
+                                   C (&out)[Q]) {
+    constexpr int kSide = kTile + 2 * R;
+    for (int k = tid; k < kSide * kTile; k += kTile * kTile) {
+        const int r = k / kTile, c = k % kTile;
+        C sums[Q];
+#pragma unroll
+        for (int q = 0; q < Q; ++q) sums[q] = C(0);
+#pragma unroll
+        for (int t = 0; t <= 2 * R; ++t) {
+            const C w = weights[t];
+            C v[Q];
+            sample(r, c + t, v);
+#pragma unroll
+            for (int q = 0; q < Q; ++q) sums[q] += w * v[q];
+        }
+#pragma unroll
+        for (int q = 0; q < Q; ++q) rows[q][r][c] = sums[q];
+    }
+    __syncthreads();
+    vertical_pass<C, R, Q>(rows, weights, out);
+}
+
+// The depth taps over the rolling window of the last 2R+1 filtered planes;
+// push() adds the newest plane, dropping the oldest.
+template <class C, int R, int Q>
+struct RollingWindow {
+    C planes[2 * R + 1][Q];
+
+    __device__ inline void push(const C (&newest)[Q]) {
+#pragma unroll
+        for (int t = 0; t < 2 * R; ++t)
+#pragma unroll
+            for (int q = 0; q < Q; ++q) planes[t][q] = planes[t + 1][q];
+#pragma unroll
+        for (int q = 0; q < Q; ++q) planes[2 * R][q] = newest[q];
+    }
+
+    __device__ inline void filtered(const C* weights, C (&out)[Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) out[q] = C(0);
+#pragma unroll
+        for (int t = 0; t <= 2 * R; ++t) {
+            const C w = weights[t];
+#pragma unroll
+            for (int q = 0; q < Q; ++q) out[q] += w * planes[t][q];
+        }
+    }
+};
+
+// The adjoint of the 2x2x2 mean at voxel (z, row, col) of volume p: an
+// eighth of the coarse gradient (contiguous volumes) per slot the voxel fills.
+template <class C>
+__device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int row, int col, int depth, int height,
+                                     int width, int variant) {
+    const PooledTarget d = pooled_target(z, depth, variant), r = pooled_target(row, height, variant),
+                       c = pooled_target(col, width, variant);
+    if (d.slots == 0 || r.slots == 0 || c.slots == 0) return C(0);
+    const long long coarse_h = pooled_size(height, variant), coarse_w = pooled_size(width, variant);
+    const long long at = ((p * pooled_size(depth, variant) + d.index) * coarse_h + r.index) * coarse_w + c.index;
+    return C(0.125) * C(d.slots * r.slots * c.slots) * coarse[at];
+}
+
+// Blocks per SM that ptxas must fit: the rolling window holds 5 (2R+1)
+// values per thread (3 (2R+1) backward). float arithmetic up to R = 5 fits
+// two blocks of 256 threads (128 registers) without spilling on every
+// architecture the compile check covers; larger windows and double get the
+// whole register file (255 per thread at one block) rather than spill.
+template <class T, int R> struct MinBlocks3d {
+    static constexpr int value = (sizeof(typename ComputeType<T>::type) == 4 && R <= 5) ? 2 : 1;
+};
+
+}  // namespace cussim
+
+template <class T, int R>
+__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_forward(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
+    typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_depth,
+    long long m_row, long long m_col, double* __restrict__ block_sums,
+    typename cussim::ComputeType<T>::type* __restrict__ grad_maps, long long volumes, long long inner_count, int depth,
+    int height, int width, int chunk, int padding, int crop, int term, int formula,
+    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
+    typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
+    typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
+    double l1) {
+    using namespace cussim;
+    using C = typename ComputeType<T>::type;
+    constexpr int kSide = kTile + 2 * R;
+    __shared__ C tiles[2][kSide][kSide];  // x and y around the tile, one plane, shifted by (kx, ky)
+    __shared__ C rows[5][kSide][kTile];   // filtered along rows: mx, my, Exx, Eyy, Exy
+    __shared__ C weights[2 * R + 1];
+    __shared__ double scratch[kTile * kTile];
+
+    const BrickGeometry g = brick_geometry<R>(padding, depth, height, width, chunk, true);
+    const long long maps_size = volumes * g.map_voxels;
+    const int tid = threadIdx.y * kTile + threadIdx.x;
+    if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
+    const bool in_map = row < g.map_h && col < g.map_w;
+    const bool counted_column = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
+
+    for (long long p = blockIdx.y; p < volumes; p += gridDim.y) {
+        const long long outer = p / inner_count, inner = p % inner_count;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
+        // The shifts (ssim.cu's ssim_pixel): the voxel nearest the brick's centre.
+        const int centre_z = min(g.first + g.offset + chunk / 2, depth - 1);
+        const int centre_row = min(g.row + g.offset + kTile / 2, height - 1);
+        const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
+        const C kx = load_voxel(xp, x_depth, x_row, x_col, centre_z, centre_row, centre_col, depth, height, width,
+                                PAD_SAME, inv_range);
+        const C ky = load_voxel(yp, y_depth, y_row, y_col, centre_z, centre_row, centre_col, depth, height, width,
+                                PAD_SAME, inv_range);
+        RollingWindow<C, R, 5> window = {};
+        double thread_sum = 0.0;
+        // Input plane z feeds map planes z - offset - R .. z - offset + R.
+        for (int z = g.first + g.offset - R; z < g.last + g.offset + R; ++z) {
+#pragma unroll 1
+            for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
+                const int r = k / kSide, c = k % kSide;
+                const int in_row = g.row + g.offset - R + r, in_col = g.col + g.offset - R + c;
+                const C a = load_voxel(xp, x_depth, x_row, x_col, z, in_row, in_col, depth, height, width, padding,
+                                       inv_range) - kx;
+                const C b = load_voxel(yp, y_depth, y_row, y_col, z, in_row, in_col, depth, height, width, padding,
+                                       inv_range) - ky;
+                tiles[0][r][c] = a;
+                tiles[1][r][c] = b;
+            }
+            __syncthreads();
+            C m[5];
+            filter_tile<C, R, 5>(
+                [&](int r, int c, C (&v)[5]) {
+                    const C a = tiles[0][r][c], b = tiles[1][r][c];
+                    v[0] = a;
+                    v[1] = b;
+                    v[2] = a * a;
+                    v[3] = b * b;
+                    v[4] = a * b;
+                },
+                rows, weights, tid, m);
+            window.push(m);
+            const int d = z - g.offset - R;  // the map plane whose window is now complete
+            if (d >= g.first && in_map) {
+                C moments[5];
+                window.filtered(weights, moments);
+                const Pixel<C> px = ssim_pixel(moments, kx, ky, c1, c2, cov, term, grad_maps ? formula : 0);
+                if (map) map[outer * m_outer + inner * m_inner + d * m_depth + row * m_row + col * m_col] = px.s;
+                const bool counted = counted_column && d >= crop && d < g.map_d - crop;
+                double value = counted ? (double)px.s : 0.0;
+                if (counted && l1 != 0.0) {  // the fused L1 term ("same" padding: the voxel is (d, row, col))
+                    const C dx = load_voxel(xp, x_depth, x_row, x_col, d, row, col, depth, height, width, PAD_SAME,
+                                            inv_range) -
+                                 load_voxel(yp, y_depth, y_row, y_col, d, row, col, depth, height, width, PAD_SAME,
+                                            inv_range);
+                    value = sum_scale * value + l1 * (double)fabs(dx);
+                }
+                thread_sum += value;
+                if (grad_maps) {
+                    // skimage's gradient is that of the uncropped map's mean. partial[0] is blurred by
+                    // ssim3d_backward as dS/dmx of the unshifted mean, as ssim.cu's ssim_pixel returns it.
+                    const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
+                    const long long at = p * g.map_voxels + ((long long)d * g.map_h + row) * g.map_w + col;
+                    const C partials[3] = {px.partial[0] - C(2) * kx * px.partial[1] - ky * px.partial[2],
+                                           px.partial[1], px.partial[2]};
+                    for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * partials[q];
+                }
+            }
+        }
+        if (block_sums) {
+            const double total = block_sum(thread_sum, scratch, tid);
+            if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
+        }
+    }
+}
+
+template <class T, int R>
+__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_backward(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
+    const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
+    typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_depth,
+    long long g_row, long long g_col, long long volumes, long long inner_count, int depth, int height, int width,
+    int chunk, int padding, const typename cussim::ComputeType<T>::type* __restrict__ taps,
+    typename cussim::ComputeType<T>::type inv_range, const double* __restrict__ volume_weights,
+    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant,
+    typename cussim::ComputeType<T>::type l1, int accumulate) {
+    using namespace cussim;
+    using C = typename ComputeType<T>::type;
+    constexpr int kSide = kTile + 2 * R;
+    __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pxy around the tile, one map plane
+    __shared__ C rows[3][kSide][kTile];
+    __shared__ C weights[2 * R + 1];
+
+    const BrickGeometry g = brick_geometry<R>(padding, depth, height, width, chunk, false);
+    const long long maps_size = volumes * g.map_voxels;
+    const int tid = threadIdx.y * kTile + threadIdx.x;
+    // The window is symmetric, so the adjoint's flipped taps are the taps.
+    if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
+
+    for (long long p = blockIdx.y; p < volumes; p += gridDim.y) {
+        const long long outer = p / inner_count, inner = p % inner_count;
+        const C* maps = grad_maps + p * g.map_voxels;
+        RollingWindow<C, R, 3> window = {};
+        // Map plane d feeds volume planes d + offset - R .. d + offset + R.
+        for (int d = g.first - g.offset - R; d < g.last - g.offset + R; ++d) {
+            int map_d = d;
+            bool plane_inside = d >= 0 && d < g.map_d;
+            if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
+                map_d = reflect_index(d, g.map_d);
+                plane_inside = true;
+            }
+            for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
+                const int r = k / kSide, c = k % kSide;
+                int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
+                bool inside = plane_inside && map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
+                if (padding == PAD_REFLECT) {
+                    map_row = reflect_index(map_row, g.map_h);
+                    map_col = reflect_index(map_col, g.map_w);
+                    inside = true;
+                }
+                const long long at = ((long long)map_d * g.map_h + map_row) * g.map_w + map_col;
+                for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? maps[q * maps_size + at] : C(0);
+            }
+            __syncthreads();
+            C b[3];
+            filter_tile<C, R, 3>(
+                [&](int r, int c, C (&v)[3]) {
+#pragma unroll
+                    for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
+                },
+                rows, weights, tid, b);
+            window.push(b);
+            const int z = d + g.offset - R;  // the volume plane whose window is now complete
+            if (z >= g.first && row < height && col < width) {
+                C blurred[3];
+                window.filtered(weights, blurred);
+                const T* xp = x + outer * x_outer + inner * x_inner;
+                const T* yp = y + outer * y_outer + inner * y_inner;
+                const C xv = load_voxel(xp, x_depth, x_row, x_col, z, row, col, depth, height, width, PAD_SAME,
+                                        inv_range);
+                const C yv = load_voxel(yp, y_depth, y_row, y_col, z, row, col, depth, height, width, PAD_SAME,
+                                        inv_range);
+                C value = (blurred[0] + C(2) * xv * blurred[1] + yv * blurred[2]) * inv_range;
+                if (volume_weights) value *= (C)volume_weights[p];
+                if (coarse) value += pooled_adjoint3d(coarse, p, z, row, col, depth, height, width, variant);
+                if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
+                typename GradientType<T>::type* gp =
+                    grad + outer * g_outer + inner * g_inner + z * g_depth + row * g_row + col * g_col;
+                if (accumulate) value += (C)element_value(*gp);
+                store(gp, value);
+            }
+        }
+    }
+}
+
+template <class T>
+__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim3d_downsample(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
+    typename cussim::ComputeType<T>::type* __restrict__ x_out, typename cussim::ComputeType<T>::type* __restrict__ y_out,
+    long long volumes, long long inner_count, int depth, int height, int width, int variant) {
+    using namespace cussim;
+    using C = typename ComputeType<T>::type;
+    const long long out_d = pooled_size(depth, variant), out_h = pooled_size(height, variant),
+                    out_w = pooled_size(width, variant);
+    const long long total = volumes * out_d * out_h * out_w;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long p = i / (out_d * out_h * out_w);
+        const int o_z = (int)(i / (out_h * out_w) % out_d), o_row = (int)(i / out_w % out_h), o_col = (int)(i % out_w);
+        const long long outer = p / inner_count, inner = p % inner_count;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
+        C sx = C(0), sy = C(0);
+        for (int k = 0; k < 8; ++k) {
+            const int z = pooled_source(o_z, k / 4, depth, variant);
+            const int row = pooled_source(o_row, k / 2 % 2, height, variant);
+            const int col = pooled_source(o_col, k % 2, width, variant);
+            if (z >= 0 && row >= 0 && col >= 0) {
+                sx += (C)element_value(xp[z * x_depth + row * x_row + col * x_col]);
+                sy += (C)element_value(yp[z * y_depth + row * y_row + col * y_col]);
+            }
+        }
+        x_out[i] = C(0.125) * sx;
+        y_out[i] = C(0.125) * sy;
+    }
+}
