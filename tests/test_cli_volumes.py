@@ -19,7 +19,8 @@ def _tiff_stack(path, volume):
 
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory):
-    """REF and TEST folders of volumes: an 8-bit grey TIFF stack, a 16-bit one, a float .npy and an RGB .npy."""
+    """REF and TEST folders of volumes: an 8-bit grey TIFF stack, a 16-bit one, an 8-bit RGB .npy; and a float
+    .npy pair beside them (float pixels need --data-range)."""
     root = tmp_path_factory.mktemp("volumes")
     ref, test = root / "ref", root / "test"
     ref.mkdir()
@@ -32,8 +33,8 @@ def stacks(tmp_path_factory):
         "grey8.tif": ((smooth * 255).round().astype(np.uint8), (noisy * 255).round().astype(np.uint8), 255),
         "grey16.tiff": ((smooth * 65535).round().astype(np.uint16), (noisy * 65535).round().astype(np.uint16),
                         65535),
-        "float.npy": (smooth.astype(np.float32), noisy.astype(np.float32), 1.0),
-        "rgb.npy": (np.stack([smooth, noisy, smooth], -1), np.stack([noisy, smooth, noisy], -1), 1.0),
+        "rgb8.npy": ((np.stack([smooth, noisy, smooth], -1) * 255).round().astype(np.uint8),
+                     (np.stack([noisy, smooth, noisy], -1) * 255).round().astype(np.uint8), 255),
     }
     expected = {}
     for name, (a, b, top) in volumes.items():
@@ -44,6 +45,8 @@ def stacks(tmp_path_factory):
                 _tiff_stack(folder / name, volume)
         expected[name] = skimage_ssim(b, a, data_range=top, channel_axis=-1 if a.ndim == 4 else None)
     (ref / "flat.png").write_bytes(b"not read: not a volume suffix")
+    np.save(root / "float-ref.npy", smooth.astype(np.float32))
+    np.save(root / "float-test.npy", noisy.astype(np.float32))
     return ref, test, expected
 
 
@@ -61,12 +64,13 @@ def test_volume_folders_match_skimage(stacks, capsys):
         assert abs(rows[name]["ssim"] - value) < 1e-6, name
 
 
-def test_single_stacks_with_native_options(stacks, capsys):
-    ref, test, _ = stacks
-    code, rows = _json_rows([ref / "float.npy", test / "float.npy", "--volumes", "--win-size", "7", "--format",
-                             "json", "--device", "cpu"], capsys)
-    expected = cussim.ssim(np.load(test / "float.npy"), np.load(ref / "float.npy"), win_size=7, spatial_dims=3)
-    assert code == 0 and abs(rows["float.npy"]["ssim"] - float(expected)) < 1e-7
+def test_single_float_stacks_with_native_options(stacks, capsys):
+    root = stacks[0].parent
+    code, rows = _json_rows([root / "float-ref.npy", root / "float-test.npy", "--volumes", "--win-size", "7",
+                             "--data-range", "1", "--format", "json", "--device", "cpu"], capsys)
+    expected = cussim.ssim(np.load(root / "float-test.npy"), np.load(root / "float-ref.npy"), win_size=7,
+                           spatial_dims=3)
+    assert code == 0 and abs(rows["float-test.npy"]["ssim"] - float(expected)) < 1e-7
 
 
 def test_without_volumes_a_stack_is_no_image(stacks, capsys):
@@ -83,9 +87,9 @@ def test_volume_errors(stacks, tmp_path, capsys):
     empty.mkdir()
     assert _cli.main([str(empty), str(empty), "--volumes"]) == 2
     assert "no volume pairs" in capsys.readouterr().err
-    np.save(tmp_path / "flat.npy", np.zeros((20, 20)))
+    np.save(tmp_path / "flat.npy", np.zeros((20, 20), np.uint8))
     code, rows = _json_rows([tmp_path / "flat.npy", tmp_path / "flat.npy", "--volumes", "--format", "json"], capsys)
     assert code == 1 and "neither a grey nor a colour volume" in rows["flat.npy"]["error"]
-    np.save(tmp_path / "small.npy", np.zeros((5, 20, 20)))
+    np.save(tmp_path / "small.npy", np.zeros((5, 20, 20), np.uint8))
     code, rows = _json_rows([tmp_path / "small.npy", tmp_path / "small.npy", "--volumes", "--format", "json"], capsys)
     assert code == 1 and "smaller than the 11x11x11 window" in rows["small.npy"]["error"]
