@@ -51,11 +51,14 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 try:
     import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:  # the extra is not installed
     raise ImportError('cussim.dask needs Dask: pip install "cussim[dask]"') from exc
 
@@ -100,6 +103,98 @@ def _inputs(x, y):
     return x, y
 
 
+def _cut(block, rows, cols):
+    """A copy of part of a block's plane (a view would keep the whole block in memory)."""
+    return block[..., rows, cols].copy()
+
+
+def _call_extended(func, pad, mode, block_id, *pieces):
+    """``func`` of each array's block extended by its halo: each array's 3 x 3 pieces (None outside the
+    image) joined, and padded with ``mode`` on the sides where the image ends."""
+    extended = []
+    for around in pieces:
+        xp = _arrays.array_module(around[1][1])
+        rows = [xp.concatenate([p for p in row if p is not None], axis=-1) for row in around if row[1] is not None]
+        joined = xp.concatenate(rows, axis=-2)
+        if any(any(side) for side in pad):
+            joined = xp.pad(joined, [(0, 0)] * (joined.ndim - 2) + pad, mode=mode)
+        extended.append(joined)
+    return func(*extended, block_id=block_id)
+
+
+def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta):
+    """The Dask array whose block ``block_id`` is ``func(*extended, block_id=block_id)``.
+
+    ``extended`` holds that block of each of ``arrays`` (same chunks) with a
+    halo of ``radius`` on the last two axes: read from the neighbours inside
+    the image, zeros (``boundary=0``) or half-sample reflection
+    (``"reflect"``) outside it, as ``dask.array.overlap`` would give.
+
+    Unlike ``dask.array.overlap`` and ``map_blocks``, each halo is cut from
+    its neighbour as a small copy, and one task per block joins the block
+    with those strips and runs ``func``. A chunk is then needed only by its
+    own task and by a few small cuts, so Dask's ordering frees it soon after
+    it is read, and a computation holds a few rows of chunks, not the image
+    (overlap's views and the fused joins kept most of the image alive).
+    """
+    r = radius
+    name = f"halo-{func.__name__.strip('<>')}-{tokenize(func, [a.name for a in arrays], r, boundary, chunks)}"
+    grid = arrays[0].numblocks
+    offsets = (-1, 0, 1) if r else (0,)
+    side = {-1: slice(-r, None), 0: slice(None), 1: slice(0, r)}  # the part of the neighbour at this offset
+    mode = "symmetric" if boundary == "reflect" else "constant"
+    dsk = {}
+    for block_id in np.ndindex(*grid):
+        *lead, i, j = block_id
+        pieces = []
+        for a in arrays:
+            around = [[None] * 3 for _ in range(3)]
+            for di in offsets:
+                for dj in offsets:
+                    ni, nj = i + di, j + dj
+                    if not (0 <= ni < grid[-2] and 0 <= nj < grid[-1]):
+                        continue
+                    source = (a.name, *lead, ni, nj)
+                    if di or dj:
+                        key = (f"halo-cut-{r}-{a.name}", *lead, ni, nj, -di, -dj)
+                        dsk[key] = (_cut, source, side[di], side[dj])
+                        source = key
+                    around[di + 1][dj + 1] = source
+            pieces.append(around)
+        pad = [(r * (i == 0), r * (i == grid[-2] - 1)), (r * (j == 0), r * (j == grid[-1] - 1))]
+        dsk[(name, *block_id)] = (partial(_call_extended, func, pad, mode, block_id), *pieces)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=arrays)
+    return da.Array(graph, name, chunks=chunks, dtype=dtype, meta=meta)
+
+
+def _accumulate(total, block, kept):
+    part = block.reshape(block.shape[:kept])
+    return part if total is None else total + part
+
+
+def _sum_in_order(sums, kept):
+    """``sums`` summed over its axes after the first ``kept``, one block after another in C order.
+
+    A chain, not ``sum``'s tree: Dask's ordering computes the blocks in the
+    chain's order, so the stencil behind ``sums`` sweeps the image row by row
+    (a tree made it take squares of chunks and the rings of neighbours around
+    each, holding much of the image at once).
+    """
+    name = f"sum-in-order-{tokenize(sums.name, kept)}"
+    grid = sums.numblocks
+    dsk = {}
+    for lead in np.ndindex(*grid[:kept]):
+        total = None
+        for step, rest in enumerate(np.ndindex(*grid[kept:])):
+            key = (f"partial-{name}", *lead, step)
+            dsk[key] = (_accumulate, total, (sums.name, *lead, *rest), kept)
+            total = key
+        dsk[(name, *lead)] = total
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[sums])
+    return da.Array(graph, name, chunks=sums.chunks[:kept], dtype=sums.dtype,
+                    meta=da.utils.meta_from_array(sums._meta, ndim=kept))
+
+
 @dataclass(frozen=True)
 class _Chunked:
     """Checked inputs in the kernels' layout (kept axes, averaged batch axes, then the plane), rechunked."""
@@ -133,12 +228,15 @@ class _Chunked:
     def meta(self, dtype):
         return _arrays.array_module(self.x._meta).empty((0,) * self.ndim, dtype)
 
-    def with_halo(self, boundary):
-        """x and y, each chunk extended by the window radius on the plane's axes."""
-        r, spatial = self.problem.params.radius, (self.ndim - 2, self.ndim - 1)
-        depth = {a: r if a in spatial else 0 for a in range(self.ndim)}
-        edges = {a: boundary if a in spatial else "none" for a in range(self.ndim)}
-        return [da.overlap.overlap(a, depth=depth, boundary=edges) for a in (self.x, self.y)]
+    def with_halo(self, func, boundary, chunks, dtype, meta):
+        """:func:`_with_halo` of ``func`` over x and y, with the window radius as the halo."""
+        return _with_halo(func, [self.x, self.y], self.problem.params.radius, boundary, chunks=chunks, dtype=dtype,
+                          meta=meta)
+
+    def extended_chunks(self):
+        """x's chunks, each spatial one widened by the halo on both sides."""
+        r = self.problem.params.radius
+        return self.x.chunks[:-2] + tuple(tuple(n + 2 * r for n in c) for c in self.x.chunks[-2:])
 
     def windows(self, block_id, margin):
         """(index of an extended chunk, pixels): the windows centred in the chunk, at least
@@ -166,7 +264,7 @@ class _Chunked:
 
     def mean(self, sums, a, b):
         """a + b * mean, from per-chunk float64 sums, in the compute dtype (lazy)."""
-        total = sums.sum(axis=self.averaged_axes)
+        total = _sum_in_order(sums, self.problem.kept)
         return (a + b * total / self.problem.counted_per_value).astype(_launch.compute_dtype(self.x.dtype))
 
 
@@ -209,36 +307,39 @@ def _fold_halos(extended, radius):
 
 
 def _mean(chunked: _Chunked, a, b):
-    xe, ye = chunked.with_halo(0)
-    sums = da.map_blocks(lambda xb, yb, block_id=None: _chunk_share(chunked, xb, yb, block_id)[0], xe, ye,
-                         chunks=chunked.value_chunks(), dtype=np.float64, meta=chunked.meta(np.float64))
+    def share(xe, ye, block_id):
+        return _chunk_share(chunked, xe, ye, block_id)[0]
+
+    sums = chunked.with_halo(share, 0, chunked.value_chunks(), np.float64, chunked.meta(np.float64))
     return chunked.mean(sums, a, b)
 
 
 def _mean_with_gradient(chunked: _Chunked, a, b):
-    xe, ye = chunked.with_halo(0)
-    shares = da.map_blocks(lambda xb, yb, block_id=None: _chunk_share(chunked, xb, yb, block_id, b), xe, ye,
-                           chunks=xe.chunks, dtype=object, meta=np.empty((0,) * chunked.ndim, object))
+    def share(xe, ye, block_id):
+        return _chunk_share(chunked, xe, ye, block_id, b)
+
+    shares = chunked.with_halo(share, 0, chunked.extended_chunks(), object, np.empty((0,) * chunked.ndim, object))
     sums = shares.map_blocks(operator.itemgetter(0), chunks=chunked.value_chunks(), dtype=np.float64,
                              meta=chunked.meta(np.float64))
     gdtype = _launch.gradient_dtype(chunked.x.dtype)
-    grads = shares.map_blocks(operator.itemgetter(1), chunks=xe.chunks, dtype=gdtype, meta=chunked.meta(gdtype))
+    grads = shares.map_blocks(operator.itemgetter(1), dtype=gdtype, meta=chunked.meta(gdtype))
     # Each chunk's extended gradient, extended again by the neighbours' halos, folded back onto the chunk.
-    r, spatial = chunked.problem.params.radius, (chunked.ndim - 2, chunked.ndim - 1)
-    around = da.overlap.overlap(grads, depth={a: r if a in spatial else 0 for a in range(chunked.ndim)},
-                                boundary={a: 0 if a in spatial else "none" for a in range(chunked.ndim)})
-    grad = around.map_blocks(_fold_halos, r, chunks=chunked.x.chunks, dtype=gdtype, meta=chunked.meta(gdtype))
+    r = chunked.problem.params.radius
+
+    def fold(extended, block_id):
+        return _fold_halos(extended, r)
+
+    grad = _with_halo(fold, [grads], r, 0, chunks=chunked.x.chunks, dtype=gdtype, meta=chunked.meta(gdtype))
     return chunked.mean(sums, a, b), chunked.problem.original(grad)
 
 
 def _map(chunked: _Chunked):
     padding = chunked.problem.params.padding
-    xe, ye = chunked.with_halo("reflect" if padding == "reflect" else 0)
     margin = chunked.problem.params.radius if padding == "valid" else 0
 
-    def block(xb, yb, block_id=None):
+    def block(xe, ye, block_id):
         index, _ = chunked.windows(block_id, margin)
-        return _ssim.ssim_map(xb[index], yb[index], **chunked.metric)
+        return _ssim.ssim_map(xe[index], ye[index], **chunked.metric)
 
     chunks = list(chunked.x.chunks)
     if margin:  # the valid map: each chunk's share of the interior
@@ -247,7 +348,8 @@ def _map(chunked: _Chunked):
             starts = ends - chunks[axis]
             chunks[axis] = tuple(int(v) for v in np.minimum(ends, ends[-1] - margin) - np.maximum(starts, margin))
     dtype = _launch.compute_dtype(chunked.x.dtype)
-    maps = da.map_blocks(block, xe, ye, chunks=tuple(chunks), dtype=dtype, meta=chunked.meta(dtype))
+    maps = chunked.with_halo(block, "reflect" if padding == "reflect" else 0, tuple(chunks), dtype,
+                             chunked.meta(dtype))
     return chunked.problem.original(maps)
 
 
