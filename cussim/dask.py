@@ -59,10 +59,12 @@ try:
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
+    from dask.utils import funcname
 except ImportError as exc:  # the extra is not installed
     raise ImportError('cussim.dask needs Dask: pip install "cussim[dask]"') from exc
 
 from . import _arrays, _launch, _msssim, _reference, _ssim
+from ._params import SsimParams
 
 __all__ = ["dssim", "dssim_with_gradient", "ms_ssim", "ssim", "ssim_map", "ssim_with_gradient"]
 
@@ -138,7 +140,7 @@ def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta):
     (overlap's views and the fused joins kept most of the image alive).
     """
     r = radius
-    name = f"halo-{func.__name__.strip('<>')}-{tokenize(func, [a.name for a in arrays], r, boundary, chunks)}"
+    name = f"halo-{funcname(func)}-{tokenize(func, [a.name for a in arrays], r, boundary, chunks)}"
     grid = arrays[0].numblocks
     offsets = (-1, 0, 1) if r else (0,)
     side = {-1: slice(-r, None), 0: slice(None), 1: slice(0, r)}  # the part of the neighbour at this offset
@@ -196,13 +198,57 @@ def _sum_in_order(sums, kept):
 
 
 @dataclass(frozen=True)
+class _Layout:
+    """What each chunk's task needs: the parameters and the chunk sizes, never an array.
+
+    It travels with every task (and is hashed for the task names), so it must
+    stay small: the arrays the checks ran on are broadcast stand-ins, and a
+    task that held one pickled it whole (a 20,000 x 20,000 float32 pair: 3.2
+    GB, in every task).
+    """
+
+    params: SsimParams
+    kept: int  # leading axes that stay in the result
+    counted_per_value: int  # map pixels averaged into each value
+    chunks: tuple  # x's chunks in the kernels' layout
+    metric: dict  # the keyword arguments of cussim's functions for one chunk and its halo
+
+    @property
+    def ndim(self):
+        return len(self.chunks)
+
+    @property
+    def averaged_axes(self):
+        return tuple(range(self.kept, self.ndim))
+
+    def windows(self, block_id, margin):
+        """(index of an extended chunk, pixels): the windows centred in the chunk, at least
+        ``margin`` from the image's border; pixels is 0 where there are none."""
+        r = self.params.radius
+        index, pixels = [Ellipsis], 1
+        for axis in (-2, -1):
+            chunks, number = self.chunks[axis], block_id[self.ndim + axis]
+            start = sum(chunks[:number])
+            low, high = max(start, margin), min(start + chunks[number], sum(chunks) - margin)
+            if high <= low:
+                return None, 0
+            index.append(slice(low - start, high - start + 2 * r))
+            pixels *= high - low
+        return tuple(index), pixels
+
+    def counted_margin(self):
+        """The border of the image whose windows the means leave out ("valid" and "reflect": r)."""
+        return 0 if self.params.padding == "same" else self.params.radius
+
+
+@dataclass(frozen=True)
 class _Chunked:
     """Checked inputs in the kernels' layout (kept axes, averaged batch axes, then the plane), rechunked."""
 
-    problem: _ssim._Problem  # from stand-ins: shapes, layout and parameters, no data
+    layout: _Layout
+    perm: tuple  # x in the caller's layout, transposed by perm, is x here
     x: da.Array
     y: da.Array
-    metric: dict  # the keyword arguments of cussim's functions for one chunk and its halo
 
     @classmethod
     def prepare(cls, x, y, *, window, sigma, sample_covariance, **kwargs):
@@ -215,85 +261,73 @@ class _Chunked:
         chunks = x.chunks[:-2] + tuple(_merged(c, p.win_size) for c in x.chunks[-2:])
         metric = dict(data_range=p.data_range, win_size=p.win_size, sigma=sigma, window=window, K1=p.K1, K2=p.K2,
                       padding="valid", sample_covariance=sample_covariance)
-        return cls(problem, x.rechunk(chunks), y.rechunk(chunks), metric)
-
-    @property
-    def ndim(self):
-        return self.x.ndim
-
-    @property
-    def averaged_axes(self):
-        return tuple(range(self.problem.kept, self.ndim))
+        layout = _Layout(p, problem.kept, problem.counted_per_value, chunks, metric)
+        return cls(layout, problem.perm, x.rechunk(chunks), y.rechunk(chunks))
 
     def meta(self, dtype):
-        return _arrays.array_module(self.x._meta).empty((0,) * self.ndim, dtype)
+        return _arrays.array_module(self.x._meta).empty((0,) * self.x.ndim, dtype)
 
     def with_halo(self, func, boundary, chunks, dtype, meta):
         """:func:`_with_halo` of ``func`` over x and y, with the window radius as the halo."""
-        return _with_halo(func, [self.x, self.y], self.problem.params.radius, boundary, chunks=chunks, dtype=dtype,
+        return _with_halo(func, [self.x, self.y], self.layout.params.radius, boundary, chunks=chunks, dtype=dtype,
                           meta=meta)
 
     def extended_chunks(self):
         """x's chunks, each spatial one widened by the halo on both sides."""
-        r = self.problem.params.radius
+        r = self.layout.params.radius
         return self.x.chunks[:-2] + tuple(tuple(n + 2 * r for n in c) for c in self.x.chunks[-2:])
-
-    def windows(self, block_id, margin):
-        """(index of an extended chunk, pixels): the windows centred in the chunk, at least
-        ``margin`` from the image's border; pixels is 0 where there are none."""
-        r = self.problem.params.radius
-        index, pixels = [Ellipsis], 1
-        for axis in (-2, -1):
-            chunks, number = self.x.chunks[axis], block_id[self.ndim + axis]
-            start = sum(chunks[:number])
-            low, high = max(start, margin), min(start + chunks[number], sum(chunks) - margin)
-            if high <= low:
-                return None, 0
-            index.append(slice(low - start, high - start + 2 * r))
-            pixels *= high - low
-        return tuple(index), pixels
-
-    def counted_margin(self):
-        """The border of the image whose windows the means leave out ("valid" and "reflect": r)."""
-        return 0 if self.problem.params.padding == "same" else self.problem.params.radius
 
     def value_chunks(self):
         """Chunks of per-chunk sums: the kept axes as x's, one entry per chunk on the averaged axes."""
-        kept = self.problem.kept
+        kept = self.layout.kept
         return self.x.chunks[:kept] + tuple((1,) * len(c) for c in self.x.chunks[kept:])
 
     def mean(self, sums, a, b):
         """a + b * mean, from per-chunk float64 sums, in the compute dtype (lazy)."""
-        total = _sum_in_order(sums, self.problem.kept)
-        return (a + b * total / self.problem.counted_per_value).astype(_launch.compute_dtype(self.x.dtype))
+        total = _sum_in_order(sums, self.layout.kept)
+        return (a + b * total / self.layout.counted_per_value).astype(_launch.compute_dtype(self.x.dtype))
+
+    def original(self, array):
+        """An array in the kernels' layout, in the caller's axis order."""
+        return array.transpose(tuple(int(a) for a in np.argsort(self.perm)))
 
 
-def _chunk_share(chunked: _Chunked, xe, ye, block_id, gradient_scale=None):
+def _chunk_share(layout: _Layout, xe, ye, block_id, gradient_scale=None):
     """One chunk's float64 sum of the windows the mean counts, and with ``gradient_scale`` b the
     gradient of b times its share of the mean, over the extended chunk (else None)."""
     xp = _arrays.array_module(xe)
-    kept = chunked.problem.kept
-    sum_shape = xe.shape[:kept] + (1,) * (chunked.ndim - kept)
+    kept = layout.kept
+    sum_shape = xe.shape[:kept] + (1,) * (layout.ndim - kept)
     with_gradient = gradient_scale is not None
     grad = xp.zeros(xe.shape, _launch.gradient_dtype(xe.dtype)) if with_gradient else None
-    index, pixels = chunked.windows(block_id, chunked.counted_margin())
+    index, pixels = layout.windows(block_id, layout.counted_margin())
     if not pixels:
         return xp.zeros(sum_shape, np.float64), grad
     count = pixels * math.prod(xe.shape[kept:-2])  # windows averaged into each value here
     args = (xe[index], ye[index])
     if with_gradient:
-        mean, share = _ssim.ssim_with_gradient(*args, axis=chunked.averaged_axes, **chunked.metric)
-        grad[index] = share * (gradient_scale * count / chunked.problem.counted_per_value)
+        mean, share = _ssim.ssim_with_gradient(*args, axis=layout.averaged_axes, **layout.metric)
+        grad[index] = share * (gradient_scale * count / layout.counted_per_value)
     else:
-        mean = _ssim.ssim(*args, axis=chunked.averaged_axes, **chunked.metric)
+        mean = _ssim.ssim(*args, axis=layout.averaged_axes, **layout.metric)
     return (mean.astype(np.float64) * count).reshape(sum_shape), grad
 
 
-def _fold_halos(extended, radius):
+def _chunk_sum(layout: _Layout, xe, ye, block_id):
+    return _chunk_share(layout, xe, ye, block_id)[0]
+
+
+def _chunk_map(layout: _Layout, margin, xe, ye, block_id):
+    index, _ = layout.windows(block_id, margin)
+    return _ssim.ssim_map(xe[index], ye[index], **layout.metric)
+
+
+def _fold_halos(extended, radius, block_id=None):
     """The adjoint of the halo exchange: a chunk's gradient plus what its neighbours' halos hold of it.
 
     ``extended`` is the chunk's gradient over chunk + halo (2r on each side:
-    its own halo r, then the neighbour's halo r that reached into it).
+    its own halo r, then the neighbour's halo r that reached into it); every
+    chunk is folded alike, whatever its ``block_id``.
     """
     r = radius
     h, w = extended.shape[-2] - 4 * r, extended.shape[-1] - 4 * r
@@ -307,40 +341,28 @@ def _fold_halos(extended, radius):
 
 
 def _mean(chunked: _Chunked, a, b):
-    def share(xe, ye, block_id):
-        return _chunk_share(chunked, xe, ye, block_id)[0]
-
-    sums = chunked.with_halo(share, 0, chunked.value_chunks(), np.float64, chunked.meta(np.float64))
+    sums = chunked.with_halo(partial(_chunk_sum, chunked.layout), 0, chunked.value_chunks(), np.float64,
+                             chunked.meta(np.float64))
     return chunked.mean(sums, a, b)
 
 
 def _mean_with_gradient(chunked: _Chunked, a, b):
-    def share(xe, ye, block_id):
-        return _chunk_share(chunked, xe, ye, block_id, b)
-
-    shares = chunked.with_halo(share, 0, chunked.extended_chunks(), object, np.empty((0,) * chunked.ndim, object))
+    shares = chunked.with_halo(partial(_chunk_share, chunked.layout, gradient_scale=b), 0, chunked.extended_chunks(),
+                               object, np.empty((0,) * chunked.x.ndim, object))
     sums = shares.map_blocks(operator.itemgetter(0), chunks=chunked.value_chunks(), dtype=np.float64,
                              meta=chunked.meta(np.float64))
     gdtype = _launch.gradient_dtype(chunked.x.dtype)
     grads = shares.map_blocks(operator.itemgetter(1), dtype=gdtype, meta=chunked.meta(gdtype))
     # Each chunk's extended gradient, extended again by the neighbours' halos, folded back onto the chunk.
-    r = chunked.problem.params.radius
-
-    def fold(extended, block_id):
-        return _fold_halos(extended, r)
-
-    grad = _with_halo(fold, [grads], r, 0, chunks=chunked.x.chunks, dtype=gdtype, meta=chunked.meta(gdtype))
-    return chunked.mean(sums, a, b), chunked.problem.original(grad)
+    r = chunked.layout.params.radius
+    grad = _with_halo(partial(_fold_halos, radius=r), [grads], r, 0, chunks=chunked.x.chunks, dtype=gdtype,
+                      meta=chunked.meta(gdtype))
+    return chunked.mean(sums, a, b), chunked.original(grad)
 
 
 def _map(chunked: _Chunked):
-    padding = chunked.problem.params.padding
-    margin = chunked.problem.params.radius if padding == "valid" else 0
-
-    def block(xe, ye, block_id):
-        index, _ = chunked.windows(block_id, margin)
-        return _ssim.ssim_map(xe[index], ye[index], **chunked.metric)
-
+    padding = chunked.layout.params.padding
+    margin = chunked.layout.params.radius if padding == "valid" else 0
     chunks = list(chunked.x.chunks)
     if margin:  # the valid map: each chunk's share of the interior
         for axis in (-2, -1):
@@ -348,9 +370,9 @@ def _map(chunked: _Chunked):
             starts = ends - chunks[axis]
             chunks[axis] = tuple(int(v) for v in np.minimum(ends, ends[-1] - margin) - np.maximum(starts, margin))
     dtype = _launch.compute_dtype(chunked.x.dtype)
-    maps = chunked.with_halo(block, "reflect" if padding == "reflect" else 0, tuple(chunks), dtype,
-                             chunked.meta(dtype))
-    return chunked.problem.original(maps)
+    maps = chunked.with_halo(partial(_chunk_map, chunked.layout, margin), "reflect" if padding == "reflect" else 0,
+                             tuple(chunks), dtype, chunked.meta(dtype))
+    return chunked.original(maps)
 
 
 def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
