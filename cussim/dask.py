@@ -10,7 +10,7 @@ whatever the chunking.
 
 Design. Every chunk is computed by cussim's own functions (the float64
 reference for NumPy chunks, the CUDA kernels for CuPy chunks), on the chunk
-plus a halo of the window radius r (``dask.array.overlap``):
+plus a halo of the window radius r:
 
 - The halo's boundary follows the padding: zeros for ``"same"``, half-sample
   reflection for ``"reflect"``'s map. A chunk's map is then the ``"valid"``
@@ -19,8 +19,14 @@ plus a halo of the window radius r (``dask.array.overlap``):
   image (the reflect mean leaves out the border where reflection would be
   read), so each chunk computes the windows centred in its share of that
   interior, from its own pixels and its neighbours' halo.
+- Memory: a computation holds about a row of chunks. Each halo is cut from
+  its neighbour as a small copy, and one task per chunk joins the chunk with
+  its halos and computes (not ``dask.array.overlap``, whose views and fused
+  joins kept most of the image alive); tasks carry only the parameters and
+  the chunk sizes.
 - Means: each chunk's mean times its window count, summed in float64 over the
-  chunks and divided by the total count.
+  chunks (one after another, in the chunks' order, so that Dask sweeps the
+  image row by row) and divided by the total count.
 - Gradients, two stages: each chunk gives the exact gradient of its own share
   of the mean with respect to the chunk and its halo (the partial maps and
   the adjoint blur run inside cussim, on the chunk); then each halo is added
