@@ -8,8 +8,6 @@ import pytest
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
-from dask.callbacks import Callback  # noqa: E402
-
 import cussim  # noqa: E402
 import cussim.dask as cd  # noqa: E402
 
@@ -153,47 +151,17 @@ def test_nothing_is_computed_before_compute():
     assert calls and grad.shape == x.shape
 
 
-class _ChunksHeld(Callback):
-    """The most chunk-sized arrays the synchronous scheduler holds at once (a view counts as its base)."""
-
-    def __init__(self, chunk_bytes):
-        super().__init__()
-        self.chunk_bytes, self.most = chunk_bytes, 0
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        held = set()
-        for value in state["cache"].values():
-            for a in value if isinstance(value, tuple) else (value,):
-                while isinstance(a, np.ndarray) and isinstance(a.base, np.ndarray):
-                    a = a.base
-                if isinstance(a, np.ndarray) and a.nbytes >= self.chunk_bytes // 2:
-                    held.add(id(a))
-        self.most = max(self.most, len(held))
-
-
 def test_a_chunk_grid_is_swept_row_by_row():
-    """Means hold about a row of chunks, not the image: a 6 x 6 grid of x and y chunks, each made by its own
-    task (as read from files), is computed holding at most (6 + 3) chunks of each at once (Dask's overlap with a
-    tree reduction held 48 to 66 of the 72)."""
-    side, n = 48, 6
+    """Means hold about a row of chunks, not the image: for a 6 x 6 grid of x and y chunks, each made by its own
+    task, at most (6 + 3) chunks of each at once (Dask's overlap and a tree reduction held 48 to 66 of the 72).
+    Maps and gradients are arrays whose consumer orders the blocks; under a sum they hold far fewer too (47, 85)."""
+    from bench.dask_cpu import held_grid
 
-    def read(which, block_info=None):
-        return np.random.default_rng([which, *block_info[None]["chunk-location"]]).random((side, side))
-
-    x, y = (da.map_blocks(read, which, chunks=((side,) * n,) * 2, dtype=np.float64) for which in (0, 1))
-    bound = 2 * (n + 3)
-    for lazy in (cd.ssim(x, y), cd.dssim(x, y, padding="valid"), cd.ssim_with_gradient(x, y, padding="reflect")[0],
-                 cd.ms_ssim(x, y, weights=(0.5, 0.5))):
-        held = _ChunksHeld(side * side * 8)
-        with held, dask.config.set(scheduler="synchronous"):
-            lazy.compute()
-        assert 0 < held.most <= bound
-    # Maps and gradients: how their consumer orders the blocks decides; with a sum they still hold far fewer.
-    for lazy in (cd.ssim_map(x, y).sum(), cd.ssim_with_gradient(x, y)[1].sum()):
-        held = _ChunksHeld(side * side * 8)
-        with held, dask.config.set(scheduler="synchronous"):
-            lazy.compute()
-        assert 0 < held.most <= 40
+    rows = held_grid(n=6, side=48)
+    assert len(rows) == 6
+    for row in rows:
+        bound = 44 if row["run"].endswith(".sum()") else 2 * (6 + 3)
+        assert 0 < row["chunks_held"] <= bound, row
 
 
 def test_tasks_carry_no_image():
