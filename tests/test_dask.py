@@ -154,7 +154,7 @@ def test_nothing_is_computed_before_compute():
 def test_a_chunk_grid_is_swept_row_by_row():
     """Means hold about a row of chunks, not the image: for a 6 x 6 grid of x and y chunks, each made by its own
     task, at most (6 + 3) chunks of each at once (Dask's overlap and a tree reduction held 48 to 66 of the 72).
-    Maps and gradients are arrays whose consumer orders the blocks; under a sum they hold far fewer too (47, 85)."""
+    Maps and gradients are arrays whose consumer orders the blocks; under a sum they hold fewer too (were 47, 85)."""
     from bench.dask_cpu import held_grid
 
     rows = held_grid(n=6, side=48)
