@@ -10,7 +10,7 @@ whatever the chunking.
 
 Design. Every chunk is computed by cussim's own functions (the float64
 reference for NumPy chunks, the CUDA kernels for CuPy chunks), on the chunk
-plus a halo of the window radius r (``dask.array.overlap``):
+plus a halo of the window radius r:
 
 - The halo's boundary follows the padding: zeros for ``"same"``, half-sample
   reflection for ``"reflect"``'s map. A chunk's map is then the ``"valid"``
@@ -19,8 +19,14 @@ plus a halo of the window radius r (``dask.array.overlap``):
   image (the reflect mean leaves out the border where reflection would be
   read), so each chunk computes the windows centred in its share of that
   interior, from its own pixels and its neighbours' halo.
+- Memory: a computation holds about a row of chunks. Each halo is cut from
+  its neighbour as a small copy, and one task per chunk joins the chunk with
+  its halos and computes (not ``dask.array.overlap``, whose views and fused
+  joins kept most of the image alive); tasks carry only the parameters and
+  the chunk sizes.
 - Means: each chunk's mean times its window count, summed in float64 over the
-  chunks and divided by the total count.
+  chunks (one after another, in the chunks' order, so that Dask sweeps the
+  image row by row) and divided by the total count.
 - Gradients, two stages: each chunk gives the exact gradient of its own share
   of the mean with respect to the chunk and its halo (the partial maps and
   the adjoint blur run inside cussim, on the chunk); then each halo is added
@@ -51,15 +57,20 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 try:
     import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.utils import funcname
 except ImportError as exc:  # the extra is not installed
     raise ImportError('cussim.dask needs Dask: pip install "cussim[dask]"') from exc
 
 from . import _arrays, _launch, _msssim, _reference, _ssim
+from ._params import SsimParams
 
 __all__ = ["dssim", "dssim_with_gradient", "ms_ssim", "ssim", "ssim_map", "ssim_with_gradient"]
 
@@ -100,14 +111,150 @@ def _inputs(x, y):
     return x, y
 
 
+def _cut(block, rows, cols):
+    """A copy of part of a block's plane (a view would keep the whole block in memory)."""
+    return block[..., rows, cols].copy()
+
+
+def _call_extended(func, pad, mode, block_id, *pieces):
+    """``func`` of each array's block extended by its halo: each array's 3 x 3 pieces (None outside the
+    image) joined, and padded with ``mode`` on the sides where the image ends."""
+    extended = []
+    for around in pieces:
+        xp = _arrays.array_module(around[1][1])
+        rows = [xp.concatenate([p for p in row if p is not None], axis=-1) for row in around if row[1] is not None]
+        joined = xp.concatenate(rows, axis=-2)
+        if any(any(side) for side in pad):
+            joined = xp.pad(joined, [(0, 0)] * (joined.ndim - 2) + pad, mode=mode)
+        extended.append(joined)
+    return func(*extended, block_id=block_id)
+
+
+def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta):
+    """The Dask array whose block ``block_id`` is ``func(*extended, block_id=block_id)``.
+
+    ``extended`` holds that block of each of ``arrays`` (same chunks) with a
+    halo of ``radius`` on the last two axes: read from the neighbours inside
+    the image, zeros (``boundary=0``) or half-sample reflection
+    (``"reflect"``) outside it, as ``dask.array.overlap`` would give.
+
+    Unlike ``dask.array.overlap`` and ``map_blocks``, each halo is cut from
+    its neighbour as a small copy, and one task per block joins the block
+    with those strips and runs ``func``. A chunk is then needed only by its
+    own task and by a few small cuts, so Dask's ordering frees it soon after
+    it is read, and a computation holds a few rows of chunks, not the image
+    (overlap's views and the fused joins kept most of the image alive).
+    """
+    r = radius
+    name = f"halo-{funcname(func)}-{tokenize(func, [a.name for a in arrays], r, boundary, chunks)}"
+    grid = arrays[0].numblocks
+    offsets = (-1, 0, 1) if r else (0,)
+    side = {-1: slice(-r, None), 0: slice(None), 1: slice(0, r)}  # the part of the neighbour at this offset
+    mode = "symmetric" if boundary == "reflect" else "constant"
+    dsk = {}
+    for block_id in np.ndindex(*grid):
+        *lead, i, j = block_id
+        pieces = []
+        for a in arrays:
+            around = [[None] * 3 for _ in range(3)]
+            for di in offsets:
+                for dj in offsets:
+                    ni, nj = i + di, j + dj
+                    if not (0 <= ni < grid[-2] and 0 <= nj < grid[-1]):
+                        continue
+                    source = (a.name, *lead, ni, nj)
+                    if di or dj:
+                        key = (f"halo-cut-{r}-{a.name}", *lead, ni, nj, -di, -dj)
+                        dsk[key] = (_cut, source, side[di], side[dj])
+                        source = key
+                    around[di + 1][dj + 1] = source
+            pieces.append(around)
+        pad = [(r * (i == 0), r * (i == grid[-2] - 1)), (r * (j == 0), r * (j == grid[-1] - 1))]
+        dsk[(name, *block_id)] = (partial(_call_extended, func, pad, mode, block_id), *pieces)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=arrays)
+    return da.Array(graph, name, chunks=chunks, dtype=dtype, meta=meta)
+
+
+def _accumulate(total, block, kept):
+    part = block.reshape(block.shape[:kept])
+    return part if total is None else total + part
+
+
+def _sum_in_order(sums, kept):
+    """``sums`` summed over its axes after the first ``kept``, one block after another in C order.
+
+    A chain, not ``sum``'s tree: Dask's ordering computes the blocks in the
+    chain's order, so the stencil behind ``sums`` sweeps the image row by row
+    (a tree made it take squares of chunks and the rings of neighbours around
+    each, holding much of the image at once).
+    """
+    name = f"sum-in-order-{tokenize(sums.name, kept)}"
+    grid = sums.numblocks
+    dsk = {}
+    for lead in np.ndindex(*grid[:kept]):
+        total = None
+        for step, rest in enumerate(np.ndindex(*grid[kept:])):
+            key = (f"partial-{name}", *lead, step)
+            dsk[key] = (_accumulate, total, (sums.name, *lead, *rest), kept)
+            total = key
+        dsk[(name, *lead)] = total
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[sums])
+    return da.Array(graph, name, chunks=sums.chunks[:kept], dtype=sums.dtype,
+                    meta=da.utils.meta_from_array(sums._meta, ndim=kept))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What each chunk's task needs: the parameters and the chunk sizes, never an array.
+
+    It travels with every task (and is hashed for the task names), so it must
+    stay small: the arrays the checks ran on are broadcast stand-ins, and a
+    task that held one pickled it whole (a 20,000 x 20,000 float32 pair: 3.2
+    GB, in every task).
+    """
+
+    params: SsimParams
+    kept: int  # leading axes that stay in the result
+    counted_per_value: int  # map pixels averaged into each value
+    chunks: tuple  # x's chunks in the kernels' layout
+    metric: dict  # the keyword arguments of cussim's functions for one chunk and its halo
+
+    @property
+    def ndim(self):
+        return len(self.chunks)
+
+    @property
+    def averaged_axes(self):
+        return tuple(range(self.kept, self.ndim))
+
+    def windows(self, block_id, margin):
+        """(index of an extended chunk, pixels): the windows centred in the chunk, at least
+        ``margin`` from the image's border; pixels is 0 where there are none."""
+        r = self.params.radius
+        index, pixels = [Ellipsis], 1
+        for axis in (-2, -1):
+            chunks, number = self.chunks[axis], block_id[self.ndim + axis]
+            start = sum(chunks[:number])
+            low, high = max(start, margin), min(start + chunks[number], sum(chunks) - margin)
+            if high <= low:
+                return None, 0
+            index.append(slice(low - start, high - start + 2 * r))
+            pixels *= high - low
+        return tuple(index), pixels
+
+    def counted_margin(self):
+        """The border of the image whose windows the means leave out ("valid" and "reflect": r)."""
+        return 0 if self.params.padding == "same" else self.params.radius
+
+
 @dataclass(frozen=True)
 class _Chunked:
     """Checked inputs in the kernels' layout (kept axes, averaged batch axes, then the plane), rechunked."""
 
-    problem: _ssim._Problem  # from stand-ins: shapes, layout and parameters, no data
+    layout: _Layout
+    perm: tuple  # x in the caller's layout, transposed by perm, is x here
     x: da.Array
     y: da.Array
-    metric: dict  # the keyword arguments of cussim's functions for one chunk and its halo
 
     @classmethod
     def prepare(cls, x, y, *, window, sigma, sample_covariance, **kwargs):
@@ -120,82 +267,73 @@ class _Chunked:
         chunks = x.chunks[:-2] + tuple(_merged(c, p.win_size) for c in x.chunks[-2:])
         metric = dict(data_range=p.data_range, win_size=p.win_size, sigma=sigma, window=window, K1=p.K1, K2=p.K2,
                       padding="valid", sample_covariance=sample_covariance)
-        return cls(problem, x.rechunk(chunks), y.rechunk(chunks), metric)
-
-    @property
-    def ndim(self):
-        return self.x.ndim
-
-    @property
-    def averaged_axes(self):
-        return tuple(range(self.problem.kept, self.ndim))
+        layout = _Layout(p, problem.kept, problem.counted_per_value, chunks, metric)
+        return cls(layout, problem.perm, x.rechunk(chunks), y.rechunk(chunks))
 
     def meta(self, dtype):
-        return _arrays.array_module(self.x._meta).empty((0,) * self.ndim, dtype)
+        return _arrays.array_module(self.x._meta).empty((0,) * self.x.ndim, dtype)
 
-    def with_halo(self, boundary):
-        """x and y, each chunk extended by the window radius on the plane's axes."""
-        r, spatial = self.problem.params.radius, (self.ndim - 2, self.ndim - 1)
-        depth = {a: r if a in spatial else 0 for a in range(self.ndim)}
-        edges = {a: boundary if a in spatial else "none" for a in range(self.ndim)}
-        return [da.overlap.overlap(a, depth=depth, boundary=edges) for a in (self.x, self.y)]
+    def with_halo(self, func, boundary, chunks, dtype, meta):
+        """:func:`_with_halo` of ``func`` over x and y, with the window radius as the halo."""
+        return _with_halo(func, [self.x, self.y], self.layout.params.radius, boundary, chunks=chunks, dtype=dtype,
+                          meta=meta)
 
-    def windows(self, block_id, margin):
-        """(index of an extended chunk, pixels): the windows centred in the chunk, at least
-        ``margin`` from the image's border; pixels is 0 where there are none."""
-        r = self.problem.params.radius
-        index, pixels = [Ellipsis], 1
-        for axis in (-2, -1):
-            chunks, number = self.x.chunks[axis], block_id[self.ndim + axis]
-            start = sum(chunks[:number])
-            low, high = max(start, margin), min(start + chunks[number], sum(chunks) - margin)
-            if high <= low:
-                return None, 0
-            index.append(slice(low - start, high - start + 2 * r))
-            pixels *= high - low
-        return tuple(index), pixels
-
-    def counted_margin(self):
-        """The border of the image whose windows the means leave out ("valid" and "reflect": r)."""
-        return 0 if self.problem.params.padding == "same" else self.problem.params.radius
+    def extended_chunks(self):
+        """x's chunks, each spatial one widened by the halo on both sides."""
+        r = self.layout.params.radius
+        return self.x.chunks[:-2] + tuple(tuple(n + 2 * r for n in c) for c in self.x.chunks[-2:])
 
     def value_chunks(self):
         """Chunks of per-chunk sums: the kept axes as x's, one entry per chunk on the averaged axes."""
-        kept = self.problem.kept
+        kept = self.layout.kept
         return self.x.chunks[:kept] + tuple((1,) * len(c) for c in self.x.chunks[kept:])
 
     def mean(self, sums, a, b):
         """a + b * mean, from per-chunk float64 sums, in the compute dtype (lazy)."""
-        total = sums.sum(axis=self.averaged_axes)
-        return (a + b * total / self.problem.counted_per_value).astype(_launch.compute_dtype(self.x.dtype))
+        total = _sum_in_order(sums, self.layout.kept)
+        return (a + b * total / self.layout.counted_per_value).astype(_launch.compute_dtype(self.x.dtype))
+
+    def original(self, array):
+        """An array in the kernels' layout, in the caller's axis order."""
+        return array.transpose(tuple(int(a) for a in np.argsort(self.perm)))
 
 
-def _chunk_share(chunked: _Chunked, xe, ye, block_id, gradient_scale=None):
+def _chunk_share(layout: _Layout, xe, ye, block_id, gradient_scale=None):
     """One chunk's float64 sum of the windows the mean counts, and with ``gradient_scale`` b the
     gradient of b times its share of the mean, over the extended chunk (else None)."""
     xp = _arrays.array_module(xe)
-    kept = chunked.problem.kept
-    sum_shape = xe.shape[:kept] + (1,) * (chunked.ndim - kept)
+    kept = layout.kept
+    sum_shape = xe.shape[:kept] + (1,) * (layout.ndim - kept)
     with_gradient = gradient_scale is not None
     grad = xp.zeros(xe.shape, _launch.gradient_dtype(xe.dtype)) if with_gradient else None
-    index, pixels = chunked.windows(block_id, chunked.counted_margin())
+    index, pixels = layout.windows(block_id, layout.counted_margin())
     if not pixels:
         return xp.zeros(sum_shape, np.float64), grad
     count = pixels * math.prod(xe.shape[kept:-2])  # windows averaged into each value here
     args = (xe[index], ye[index])
     if with_gradient:
-        mean, share = _ssim.ssim_with_gradient(*args, axis=chunked.averaged_axes, **chunked.metric)
-        grad[index] = share * (gradient_scale * count / chunked.problem.counted_per_value)
+        mean, share = _ssim.ssim_with_gradient(*args, axis=layout.averaged_axes, **layout.metric)
+        grad[index] = share * (gradient_scale * count / layout.counted_per_value)
     else:
-        mean = _ssim.ssim(*args, axis=chunked.averaged_axes, **chunked.metric)
+        mean = _ssim.ssim(*args, axis=layout.averaged_axes, **layout.metric)
     return (mean.astype(np.float64) * count).reshape(sum_shape), grad
 
 
-def _fold_halos(extended, radius):
+def _chunk_sum(layout: _Layout, xe, ye, block_id):
+    return _chunk_share(layout, xe, ye, block_id)[0]
+
+
+def _chunk_map(layout: _Layout, margin, xe, ye, block_id):
+    index, _ = layout.windows(block_id, margin)
+    return _ssim.ssim_map(xe[index], ye[index], **layout.metric)
+
+
+def _fold_halos(extended, radius, block_id=None):
     """The adjoint of the halo exchange: a chunk's gradient plus what its neighbours' halos hold of it.
 
     ``extended`` is the chunk's gradient over chunk + halo (2r on each side:
-    its own halo r, then the neighbour's halo r that reached into it).
+    its own halo r, then the neighbour's halo r that reached into it); every
+    chunk is folded alike, whatever its ``block_id``.
     """
     r = radius
     h, w = extended.shape[-2] - 4 * r, extended.shape[-1] - 4 * r
@@ -209,37 +347,28 @@ def _fold_halos(extended, radius):
 
 
 def _mean(chunked: _Chunked, a, b):
-    xe, ye = chunked.with_halo(0)
-    sums = da.map_blocks(lambda xb, yb, block_id=None: _chunk_share(chunked, xb, yb, block_id)[0], xe, ye,
-                         chunks=chunked.value_chunks(), dtype=np.float64, meta=chunked.meta(np.float64))
+    sums = chunked.with_halo(partial(_chunk_sum, chunked.layout), 0, chunked.value_chunks(), np.float64,
+                             chunked.meta(np.float64))
     return chunked.mean(sums, a, b)
 
 
 def _mean_with_gradient(chunked: _Chunked, a, b):
-    xe, ye = chunked.with_halo(0)
-    shares = da.map_blocks(lambda xb, yb, block_id=None: _chunk_share(chunked, xb, yb, block_id, b), xe, ye,
-                           chunks=xe.chunks, dtype=object, meta=np.empty((0,) * chunked.ndim, object))
+    shares = chunked.with_halo(partial(_chunk_share, chunked.layout, gradient_scale=b), 0, chunked.extended_chunks(),
+                               object, np.empty((0,) * chunked.x.ndim, object))
     sums = shares.map_blocks(operator.itemgetter(0), chunks=chunked.value_chunks(), dtype=np.float64,
                              meta=chunked.meta(np.float64))
     gdtype = _launch.gradient_dtype(chunked.x.dtype)
-    grads = shares.map_blocks(operator.itemgetter(1), chunks=xe.chunks, dtype=gdtype, meta=chunked.meta(gdtype))
+    grads = shares.map_blocks(operator.itemgetter(1), dtype=gdtype, meta=chunked.meta(gdtype))
     # Each chunk's extended gradient, extended again by the neighbours' halos, folded back onto the chunk.
-    r, spatial = chunked.problem.params.radius, (chunked.ndim - 2, chunked.ndim - 1)
-    around = da.overlap.overlap(grads, depth={a: r if a in spatial else 0 for a in range(chunked.ndim)},
-                                boundary={a: 0 if a in spatial else "none" for a in range(chunked.ndim)})
-    grad = around.map_blocks(_fold_halos, r, chunks=chunked.x.chunks, dtype=gdtype, meta=chunked.meta(gdtype))
-    return chunked.mean(sums, a, b), chunked.problem.original(grad)
+    r = chunked.layout.params.radius
+    grad = _with_halo(partial(_fold_halos, radius=r), [grads], r, 0, chunks=chunked.x.chunks, dtype=gdtype,
+                      meta=chunked.meta(gdtype))
+    return chunked.mean(sums, a, b), chunked.original(grad)
 
 
 def _map(chunked: _Chunked):
-    padding = chunked.problem.params.padding
-    xe, ye = chunked.with_halo("reflect" if padding == "reflect" else 0)
-    margin = chunked.problem.params.radius if padding == "valid" else 0
-
-    def block(xb, yb, block_id=None):
-        index, _ = chunked.windows(block_id, margin)
-        return _ssim.ssim_map(xb[index], yb[index], **chunked.metric)
-
+    padding = chunked.layout.params.padding
+    margin = chunked.layout.params.radius if padding == "valid" else 0
     chunks = list(chunked.x.chunks)
     if margin:  # the valid map: each chunk's share of the interior
         for axis in (-2, -1):
@@ -247,8 +376,9 @@ def _map(chunked: _Chunked):
             starts = ends - chunks[axis]
             chunks[axis] = tuple(int(v) for v in np.minimum(ends, ends[-1] - margin) - np.maximum(starts, margin))
     dtype = _launch.compute_dtype(chunked.x.dtype)
-    maps = da.map_blocks(block, xe, ye, chunks=tuple(chunks), dtype=dtype, meta=chunked.meta(dtype))
-    return chunked.problem.original(maps)
+    maps = chunked.with_halo(partial(_chunk_map, chunked.layout, margin), "reflect" if padding == "reflect" else 0,
+                             tuple(chunks), dtype, chunked.meta(dtype))
+    return chunked.original(maps)
 
 
 def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",

@@ -151,6 +151,28 @@ def test_nothing_is_computed_before_compute():
     assert calls and grad.shape == x.shape
 
 
+def test_a_chunk_grid_is_swept_row_by_row():
+    """Means hold about a row of chunks, not the image: for a 6 x 6 grid of x and y chunks, each made by its own
+    task, at most (6 + 3) chunks of each at once (Dask's overlap and a tree reduction held 48 to 66 of the 72).
+    Maps and gradients are arrays whose consumer orders the blocks; under a sum they hold fewer too (were 47, 85)."""
+    from bench.dask_cpu import held_grid
+
+    rows = held_grid(n=6, side=48)
+    assert len(rows) == 6
+    for row in rows:
+        bound = 44 if row["run"].endswith(".sum()") else 2 * (6 + 3)
+        assert 0 < row["chunks_held"] <= bound, row
+
+
+def test_tasks_carry_no_image():
+    """Tasks hold parameters and chunk sizes, not the broadcast stand-ins the checks ran on: pickled (to hash a task,
+    or to send it to a worker) those were whole images, 9.7 GB to build a 20,000 x 20,000 float32 graph."""
+    cloudpickle = pytest.importorskip("cloudpickle")
+    x = da.zeros((1200, 1500), chunks=500)
+    for lazy in (cd.ssim(x, x), *cd.ssim_with_gradient(x, x), cd.ssim_map(x, x), cd.ms_ssim(x, x)):
+        assert max(len(cloudpickle.dumps(task)) for task in dict(lazy.__dask_graph__()).values()) < 20_000
+
+
 def test_bad_inputs_are_named():
     x, y = pair((30, 30))
     dx = da.from_array(x, chunks=10)
