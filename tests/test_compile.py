@@ -10,7 +10,8 @@ The programs (one per family and architecture, holding every specialisation)
 compile once for the module, in parallel processes, and their reports are kept
 in ``$CUSSIM_CACHE_DIR/nvrtc`` under a hash of the source, options, names,
 architecture and NVRTC's version: an unchanged kernel is not compiled again by
-the next run, a changed one always is.
+the next run, a changed one always is. The per-architecture check is slow
+and left out of a plain ``pytest``: ``python -m pytest -m slow`` runs it (CI does).
 """
 
 from pathlib import Path
