@@ -14,8 +14,8 @@ holds only the kernel it names (NVRTC compiles a non-template kernel into
 every module of its file). The specialisations each family can request are
 listed here, so the compile check and ``cussim precompile`` can build every one.
 
-Example
--------
+Examples
+--------
 >>> from cussim import _kernels
 >>> "ssim_forward<float, 5>" in _kernels.specialisations("ssim")
 True

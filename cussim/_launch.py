@@ -8,8 +8,8 @@ NumPy arrays). It does no per-pixel arithmetic. A launch's plan (kernel,
 grid, every scalar argument) is kept per layout, dtype, parameters and device,
 so a repeated call only fills in its data pointers.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from cussim import _launch
 >>> from cussim._params import ssim_params

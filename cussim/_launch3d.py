@@ -6,8 +6,8 @@ them merged into two stride levels, as for planes); ``_launch.finish`` turns
 the block sums into means. Each block owns a 16 x 16 tile of rows and columns
 and a chunk of :data:`DEPTH_CHUNK` planes along depth.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from cussim import _launch3d
 >>> from cussim._params import ssim_params

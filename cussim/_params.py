@@ -4,8 +4,8 @@ The public functions turn their keyword arguments into an :class:`SsimParams`
 (:func:`ssim_params` names the argument and the fix for every bad value); the
 launch plans and kernels below never parse options again.
 
-Example
--------
+Examples
+--------
 >>> from cussim._params import ssim_params
 >>> p = ssim_params(win_size=7, window="uniform", padding="reflect", data_range=255)
 >>> p.radius, p.crop, round(p.taps[0], 6), p.map_shape((2, 20, 30))

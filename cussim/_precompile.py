@@ -44,8 +44,8 @@ def resolve(names) -> list:
 
     Raises ValueError naming the first unknown name. No names: everything.
 
-    Example
-    -------
+    Examples
+    --------
     >>> resolve(["ssim_finish<float>"])
     [('ssim', 'ssim_finish<float>')]
     >>> len(resolve([])) == sum(len(_kernels.specialisations(f)) for f in _kernels.FAMILIES)

@@ -7,8 +7,8 @@ The image is always the last ``spatial`` axes (2, a plane, by default; 3 for
 a D x H x W volume); any leading axes are a batch. A window is a 1-D array of
 taps (odd length, symmetric), applied separably along each spatial axis.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from cussim import _reference as ref
 >>> rng = np.random.default_rng(0)

@@ -109,8 +109,8 @@ class _Library:
 class RawModule:
     """Emulated counterpart of ``cupy.RawModule``: compiles lazily, on first use.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from cussim._emulator import RawModule
     >>> code = '''

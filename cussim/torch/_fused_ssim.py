@@ -78,8 +78,8 @@ def fused_ssim3d(img1, img2, padding="same", train=True):
     x 11); "valid" averages the voxels whose window lies inside the volume.
     The gradient goes to img1 only; ``train`` as in :func:`fused_ssim`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from cussim.torch import fused_ssim3d        # was: from fused_ssim import fused_ssim3d
     >>> gt = torch.rand(1, 1, 12, 14, 16, dtype=torch.float64)
