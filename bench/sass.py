@@ -117,8 +117,11 @@ def disassemble(names, arch: int, family: str = "ssim") -> dict:
         path = os.path.join(folder, f"{family}.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        text = subprocess.run([nvdisasm(), "-c", path], check=True, capture_output=True, text=True).stdout
-    return parse(text, lowered)
+        done = subprocess.run([nvdisasm(), "-c", path], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"nvdisasm cannot disassemble sm_{arch} ({done.stderr.strip()}); choose another --arch, "
+                         "or an nvdisasm that knows it")
+    return parse(done.stdout, lowered)
 
 
 def parse(text: str, lowered: dict) -> dict:
@@ -229,22 +232,25 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="SM architecture (default 90)")
-    parser.add_argument("--dtype", default="float", help="element type, in C++ (default float)")
-    parser.add_argument("--radius", type=int, default=5, help="window radius R, win_size = 2R + 1 (default 5)")
+    parser.add_argument("--dtype", default="float", choices=_kernels.ELEMENT_TYPES,
+                        help="element type, in C++ (default float)")
+    parser.add_argument("--radius", type=int, default=5, choices=_kernels.RADII,
+                        help="window radius R, win_size = 2R + 1 (default 5)")
     args = parser.parse_args(argv)
+    rows = []
+    for family, prefix, chunk in (("ssim", "ssim", 0), ("ssim3d", "ssim3d", DEPTH_CHUNK)):
+        names = [f"{prefix}_{kernel}<{args.dtype}, {args.radius}>" for kernel in ("forward", "backward")]
+        functions = disassemble(names, args.arch, family)
+        rows += [count(name, functions[name], TILE + 2 * args.radius, chunk) for name in names]
     print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
           f"(voxel for ssim3d, depth chunk {DEPTH_CHUNK}; python -m bench.sass; method in bench/sass.py)")
     print(f"{'kernel':<36} {'per pixel':>9} {'straight':>9} {'output':>7} {'planes':>7} "
           f"{'loop (body, per iteration, per pixel)':>40} {'static':>7}")
-    for family, prefix, chunk in (("ssim", "ssim", 0), ("ssim3d", "ssim3d", DEPTH_CHUNK)):
-        names = [f"{prefix}_{kernel}<{args.dtype}, {args.radius}>" for kernel in ("forward", "backward")]
-        functions = disassemble(names, args.arch, family)
-        for name in names:
-            c = count(name, functions[name], TILE + 2 * args.radius, chunk)
-            loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
-                              for loop in c.loops)
-            print(f"{name:<36} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
-                  f"{c.total:>7}")
+    for c in rows:
+        loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
+                          for loop in c.loops)
+        print(f"{c.name:<36} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
+              f"{c.total:>7}")
     return 0
 
 

@@ -115,3 +115,20 @@ def test_sass_count_of_a_march_along_depth_counts_planes_per_output_plane_and_th
     # without a chunk (a 2-D count) the march's straight code is all counted once per pixel
     flat = sass.count("ssim3d_forward<float, 5>", function, halo_side=26)
     assert (flat.straight, flat.output, flat.planes) == (8, 0, 1.0)
+
+
+def test_sass_names_an_architecture_nvdisasm_cannot_read(monkeypatch, tmp_path):
+    script = tmp_path / "nvdisasm"
+    script.write_text('#!/bin/sh\necho \'nvdisasm fatal   : CUDA architecture "SM70" is deprecated\' >&2\nexit 1\n')
+    script.chmod(0o755)
+    monkeypatch.setattr(sass, "nvdisasm", lambda: str(script))
+    monkeypatch.setattr(sass._nvrtc, "compile_cubin", lambda *args: (b"", {}))
+    with pytest.raises(SystemExit, match=r"cannot disassemble sm_70 \(.*deprecated\); choose another --arch"):
+        sass.main(["--arch", "70"])
+
+
+def test_sass_refuses_a_radius_or_dtype_the_library_lacks(capsys):
+    for argv, named in ((["--radius", "9"], "--radius: invalid choice: 9"), (["--dtype", "half"], "--dtype")):
+        with pytest.raises(SystemExit):
+            sass.main(argv)
+        assert named in capsys.readouterr().err
