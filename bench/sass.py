@@ -1,34 +1,55 @@
-"""Thread instructions per pixel in the kernels' SASS, counted without a GPU.
+"""Thread instructions per pixel (voxel) in the kernels' SASS, counted without a GPU.
 
-``python -m bench.sass`` compiles kernels/ssim.cu with NVRTC to a cubin (as
-the compile check does), disassembles it with NVIDIA's ``nvdisasm`` (the
-nvidia-cuda-nvdisasm wheel, or a CUDA toolkit on PATH) and prints, per
-kernel, the instructions one thread issues per map pixel.
+``python -m bench.sass`` compiles kernels/ssim.cu and kernels/ssim3d.cu with
+NVRTC to cubins (as the compile check does), disassembles them with NVIDIA's
+``nvdisasm`` (the nvidia-cuda-nvdisasm wheel, or a CUDA toolkit on PATH) and
+prints, per kernel, the instructions one thread issues per map pixel of the
+2-D kernels and per map voxel of the 3-D ones.
 
-How the count is made. Each block of 16 x 16 threads computes one 16 x 16
-tile per plane, one pixel per thread, in the body of its plane loop (the
-outermost loop of the SASS, found by its backward branch). Inside it:
+How the count is made. Each block of 16 x 16 threads filters one 16 x 16
+tile per plane, one pixel per thread, in the body of its march: the loop of
+the SASS (found by its backward branch) that holds the strided loops, found
+by descending from the outermost loop while a loop holds just one loop that
+itself holds loops. For the 2-D kernels that is the outermost loop, over
+planes; for the 3-D ones, the loop over depth inside the loop over volumes.
+Inside the march:
 
 - every loop that ends in a backward branch is a strided loop of the source
   (``for (k = tid; k < n; k += 256)``: the halo tile's loads, the horizontal
-  pass). It runs n / 256 source iterations per pixel on average; its SASS
-  body may hold several source iterations (the compiler unrolls), counted by
-  its shared-memory stores against the stores one source iteration makes. So
-  it costs (body instructions / source iterations in the body) x n / 256.
-  Where there are several versions of one loop (the compiler's, for
-  reflection and for zero padding; the forward's fast path for tiles whose
-  halo lies inside the image, about 95 % of the tiles at 1080 x 1920), the
-  table shows the cheapest: the common path, that of an interior tile.
-- everything else in the plane body (the vertical pass, the formula, the
-  stores, the block sum, fully unrolled loops) is counted once per pixel.
-  That is an upper bound: it includes code of options that a call skips by a
-  branch (the gradient's partials in a value-only call, for example).
+  pass). It runs n / 256 source iterations per pixel of a plane on average;
+  its SASS body may hold several source iterations (the compiler unrolls),
+  counted by its shared-memory stores against the stores one source
+  iteration makes. So it costs (body instructions / source iterations in the
+  body) x n / 256. Where there are several versions of one loop (the
+  compiler's, for reflection and for zero padding; the 2-D forward's fast
+  path for tiles whose halo lies inside the image, about 95 % of the tiles at
+  1080 x 1920), the table shows the cheapest: the common path, that of an
+  interior tile.
+- everything else in the march (the vertical pass, the formula, the stores,
+  the block sum, fully unrolled loops) is counted once per plane. That is an
+  upper bound: it includes code of options that a call skips by a branch
+  (the gradient's partials in a value-only call, for example).
+
+The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
+depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,
+16): the march runs c + 2R times, once per input plane, and each of its
+passes filters a plane (the strided loops, the vertical pass, the push into
+the rolling window), but only c of them complete an output plane (the depth
+taps, the formula, the stores). That output code is the forward branch of
+the march's straight code that skips the most instructions and no loop (the
+source's ``if (d >= first && ...)``). So per voxel a 3-D kernel costs
+(strided loops + straight code outside the output region) x (c + 2R) / c +
+the output region, (16 + 10) / 16 = 1.625 planes per output plane at R = 5;
+a 2-D kernel has no output region and one plane per output plane. Output
+code the compiler hoists above that branch counts per plane, so the figure
+stays an upper bound.
 
 Predicated instructions count as issued (a GPU issues them). A CALL counts
 as one instruction: the subroutines it reaches (the slow paths of a float
-division, 64-bit division past 32-bit operands) run rarely or never. Code before the
-plane loop (once per block) is not counted. The counts are exact properties
-of the binary; what they cost in time on a GPU is a prediction.
+division, 64-bit division past 32-bit operands) run rarely or never. Code
+before the march (once per block, or per volume) is not counted. The counts
+are exact properties of the binary; what they cost in time on a GPU is a
+prediction.
 """
 
 from __future__ import annotations
@@ -44,6 +65,7 @@ import tempfile
 from dataclasses import dataclass
 
 from cussim import _kernels, _nvrtc
+from cussim._launch3d import DEPTH_CHUNK
 
 TILE = 16
 THREADS = TILE * TILE
@@ -58,19 +80,21 @@ class Loop:
     kind: str
     body: int  # SASS instructions between the loop's head and its backward branch
     per_iteration: float  # SASS instructions per source iteration
-    per_pixel: float
+    per_pixel: float  # per pixel of each plane the march filters
 
 
 @dataclass(frozen=True)
 class KernelCount:
     name: str
     total: int  # static instructions of the whole kernel
-    straight: int  # plane-loop instructions outside the strided loops (counted once per pixel)
+    straight: int  # march instructions outside the strided loops and the output region (once per plane)
     loops: tuple
+    output: int = 0  # the 3-D kernels' output region (once per voxel)
+    planes: float = 1.0  # planes the march filters per output plane: (c + 2R) / c for volumes
 
     @property
     def per_pixel(self) -> float:
-        return self.straight + sum(loop.per_pixel for loop in self.loops)
+        return (self.straight + sum(loop.per_pixel for loop in self.loops)) * self.planes + self.output
 
 
 def nvdisasm() -> str:
@@ -85,16 +109,19 @@ def nvdisasm() -> str:
     return found
 
 
-def disassemble(names, arch: int) -> dict:
-    """:func:`parse` of the SASS of kernels/ssim.cu's ``names`` (name expressions) for ``sm_{arch}``."""
-    cubin, lowered = _nvrtc.compile_cubin(_kernels.kernel_source("ssim"), _kernels.COMPILE_OPTIONS, tuple(names),
-                                          arch, "ssim.cu")
+def disassemble(names, arch: int, family: str = "ssim") -> dict:
+    """:func:`parse` of the SASS of ``names`` (name expressions) of kernels/{family}.cu for ``sm_{arch}``."""
+    cubin, lowered = _nvrtc.compile_cubin(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, tuple(names),
+                                          arch, f"{family}.cu")
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "ssim.cubin")
+        path = os.path.join(folder, f"{family}.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        text = subprocess.run([nvdisasm(), "-c", path], check=True, capture_output=True, text=True).stdout
-    return parse(text, lowered)
+        done = subprocess.run([nvdisasm(), "-c", path], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"nvdisasm cannot disassemble sm_{arch} ({done.stderr.strip()}); choose another --arch, "
+                         "or an nvdisasm that knows it")
+    return parse(done.stdout, lowered)
 
 
 def parse(text: str, lowered: dict) -> dict:
@@ -137,6 +164,34 @@ def _loops(function):
     return sorted(loops.items())
 
 
+def _children(loop, loops):
+    """The loops directly inside ``loop`` (a (head, end) pair of ``loops``)."""
+    inside = [(h, e) for h, e in loops if loop[0] <= h and e <= loop[1] and (h, e) != loop]
+    return [(h, e) for h, e in inside if not any(h2 <= h and e <= e2 and (h2, e2) != (h, e) for h2, e2 in inside)]
+
+
+def _march(loops):
+    """The loop holding the strided loops: from the outermost, down while a loop holds one loop holding loops."""
+    march = max(loops, key=lambda loop: loop[1] - loop[0])
+    while len(children := _children(march, loops)) == 1 and _children(children[0], loops):
+        march = children[0]
+    return march
+
+
+def _output_region(function, march, inner):
+    """(first, last) address of the instructions that the march's longest forward branch over no loop skips."""
+    best = (0, -1)
+    for address, opcode, operands in function["instructions"]:
+        target = re.search(r"\.L_x_\d+", operands)
+        if not (opcode.startswith("BRA") and target and march[0] < address < march[1]):
+            continue
+        head = function["labels"][target.group()]
+        if address < head <= march[1] and not any(address < h < head for h, _ in inner):
+            if head - address > best[1] - best[0]:
+                best = (address + 1, head - 1)
+    return best
+
+
 def _classify(opcodes, stores_per_iteration):
     """The source loop a SASS loop is, from what it does: loads from global memory, or filters shared rows."""
     if any(op.startswith("LDG") for op in opcodes):
@@ -144,18 +199,18 @@ def _classify(opcodes, stores_per_iteration):
     return "horizontal pass", stores_per_iteration["horizontal pass"]
 
 
-def count(name: str, function, halo_side: int) -> KernelCount:
-    """Instructions per pixel of one kernel (see the module's docstring for the method)."""
+def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
+    """Instructions per pixel of one kernel, per voxel for a 3-D one that marches over ``chunk`` output planes
+    (see the module's docstring for the method)."""
     instructions = function["instructions"]
     loops = _loops(function)
-    plane_head, plane_end = max(loops, key=lambda loop: loop[1] - loop[0])
-    inner = [(h, e) for h, e in loops if plane_head < h and e < plane_end]
-    inner = [(h, e) for h, e in inner if not any(h2 < h and e <= e2 for h2, e2 in inner)]  # outermost only
+    march = _march(loops)
+    inner = _children(march, loops)
     planes_per_pixel_iterations = {"tile load": halo_side * halo_side / THREADS,
                                    "horizontal pass": halo_side * TILE / THREADS}
     # shared stores per source iteration: the forward stores x and y (tile) and five moments (rows);
     # the backward three partial maps in each
-    forward = name.startswith("ssim_forward")
+    forward = "_forward<" in name
     stores = {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
     cheapest = {}
     for head, end in inner:
@@ -166,28 +221,36 @@ def count(name: str, function, halo_side: int) -> KernelCount:
         loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind])
         if kind not in cheapest or loop.per_pixel < cheapest[kind].per_pixel:
             cheapest[kind] = loop
-    straight = [op for address, op, _ in instructions
-                if plane_head <= address <= plane_end and not any(h <= address <= e for h, e in inner)]
-    return KernelCount(name, len(instructions), len(straight), tuple(cheapest.values()))
+    first, last = _output_region(function, march, inner) if chunk else (0, -1)
+    straight = [address for address, _, _ in instructions
+                if march[0] <= address <= march[1] and not any(h <= address <= e for h, e in inner)]
+    output = sum(first <= address <= last for address in straight)
+    planes = (chunk + halo_side - TILE) / chunk if chunk else 1.0
+    return KernelCount(name, len(instructions), len(straight) - output, tuple(cheapest.values()), output, planes)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="SM architecture (default 90)")
-    parser.add_argument("--dtype", default="float", help="element type, in C++ (default float)")
-    parser.add_argument("--radius", type=int, default=5, help="window radius R, win_size = 2R + 1 (default 5)")
+    parser.add_argument("--dtype", default="float", choices=_kernels.ELEMENT_TYPES,
+                        help="element type, in C++ (default float)")
+    parser.add_argument("--radius", type=int, default=5, choices=_kernels.RADII,
+                        help="window radius R, win_size = 2R + 1 (default 5)")
     args = parser.parse_args(argv)
-    names = [f"ssim_forward<{args.dtype}, {args.radius}>", f"ssim_backward<{args.dtype}, {args.radius}>"]
-    functions = disassemble(names, args.arch)
+    rows = []
+    for family, prefix, chunk in (("ssim", "ssim", 0), ("ssim3d", "ssim3d", DEPTH_CHUNK)):
+        names = [f"{prefix}_{kernel}<{args.dtype}, {args.radius}>" for kernel in ("forward", "backward")]
+        functions = disassemble(names, args.arch, family)
+        rows += [count(name, functions[name], TILE + 2 * args.radius, chunk) for name in names]
     print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
-          f"(python -m bench.sass; method in bench/sass.py)")
-    print(f"{'kernel':<34} {'per pixel':>9} {'straight':>9} {'loop (body, per iteration, per pixel)':>40} "
-          f"{'static':>7}")
-    for name in names:
-        c = count(name, functions[name], TILE + 2 * args.radius)
+          f"(voxel for ssim3d, depth chunk {DEPTH_CHUNK}; python -m bench.sass; method in bench/sass.py)")
+    print(f"{'kernel':<36} {'per pixel':>9} {'straight':>9} {'output':>7} {'planes':>7} "
+          f"{'loop (body, per iteration, per pixel)':>40} {'static':>7}")
+    for c in rows:
         loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
                           for loop in c.loops)
-        print(f"{name:<34} {c.per_pixel:>9.0f} {c.straight:>9} {loops:>40} {c.total:>7}")
+        print(f"{c.name:<36} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
+              f"{c.total:>7}")
     return 0
 
 

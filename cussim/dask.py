@@ -10,7 +10,8 @@ whatever the chunking.
 
 Design. Every chunk is computed by cussim's own functions (the float64
 reference for NumPy chunks, the CUDA kernels for CuPy chunks), on the chunk
-plus a halo of the window radius r:
+plus a halo of the window radius r on each spatial axis (rows and columns;
+depth too for volumes, ``spatial_dims=3``):
 
 - The halo's boundary follows the padding: zeros for ``"same"``, half-sample
   reflection for ``"reflect"``'s map. A chunk's map is then the ``"valid"``
@@ -33,11 +34,12 @@ plus a halo of the window radius r:
   back into the neighbour it was read from (the adjoint of the halo
   exchange), so one array's halo crosses between chunks, not five.
 - Spatial chunks narrower than the window are merged with a neighbour (so
-  every halo comes from one neighbour); other axes keep their chunks.
+  a chunk's halo is cut from its adjacent chunks alone: 8 in a plane, 26 in
+  a volume); other axes keep their chunks.
 - MS-SSIM, every scale chunked: a scale is halved chunk by chunk once each
   variant's treatment of an odd side is applied to the whole array and the
-  chunks are made even (aligned with the 2x2 pairs); each scale's mean is then
-  a halo computation like SSIM's. The contrast-structure means come from the
+  chunks are made even (aligned with the 2x2 pairs, 2x2x2 for volumes);
+  each scale's mean is then a halo computation like SSIM's. The contrast-structure means come from the
   SSIM functions with the luminance term made exactly 1 (see ``_CS_K1``), the
   scales' per-image means combine as in :func:`cussim.ms_ssim`. Coarse scales
   have few pixels, so their chunks are merged up to the window's width.
@@ -111,30 +113,46 @@ def _inputs(x, y):
     return x, y
 
 
-def _cut(block, rows, cols):
-    """A copy of part of a block's plane (a view would keep the whole block in memory)."""
-    return block[..., rows, cols].copy()
+def _cut(block, *sides):
+    """A copy of part of a block's image, one slice per spatial axis (a view would keep the whole block in
+    memory)."""
+    return block[(Ellipsis, *sides)].copy()
+
+
+def _centre(around):
+    """The block in the middle of nested 3 x 3 (x 3) pieces."""
+    while isinstance(around, list):
+        around = around[1]
+    return around
+
+
+def _joined(xp, around, spatial):
+    """Nested pieces (3 per spatial axis, the outermost list along the first; None outside the image) as one
+    array."""
+    if not spatial:
+        return around
+    parts = [_joined(xp, part, spatial - 1) for part in around if part is not None]
+    return xp.concatenate(parts, axis=-spatial)
 
 
 def _call_extended(func, pad, mode, block_id, *pieces):
-    """``func`` of each array's block extended by its halo: each array's 3 x 3 pieces (None outside the
-    image) joined, and padded with ``mode`` on the sides where the image ends."""
+    """``func`` of each array's block extended by its halo: each array's 3 x 3 (x 3) pieces joined, and
+    padded with ``mode`` on the sides where the image ends."""
     extended = []
     for around in pieces:
-        xp = _arrays.array_module(around[1][1])
-        rows = [xp.concatenate([p for p in row if p is not None], axis=-1) for row in around if row[1] is not None]
-        joined = xp.concatenate(rows, axis=-2)
+        xp = _arrays.array_module(_centre(around))
+        joined = _joined(xp, around, len(pad))
         if any(any(side) for side in pad):
-            joined = xp.pad(joined, [(0, 0)] * (joined.ndim - 2) + pad, mode=mode)
+            joined = xp.pad(joined, [(0, 0)] * (joined.ndim - len(pad)) + pad, mode=mode)
         extended.append(joined)
     return func(*extended, block_id=block_id)
 
 
-def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta):
+def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta, spatial=2):
     """The Dask array whose block ``block_id`` is ``func(*extended, block_id=block_id)``.
 
     ``extended`` holds that block of each of ``arrays`` (same chunks) with a
-    halo of ``radius`` on the last two axes: read from the neighbours inside
+    halo of ``radius`` on the last ``spatial`` axes: read from the neighbours inside
     the image, zeros (``boundary=0``) or half-sample reflection
     (``"reflect"``) outside it, as ``dask.array.overlap`` would give.
 
@@ -146,30 +164,34 @@ def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta):
     (overlap's views and the fused joins kept most of the image alive).
     """
     r = radius
-    name = f"halo-{funcname(func)}-{tokenize(func, [a.name for a in arrays], r, boundary, chunks)}"
+    name = f"halo-{funcname(func)}-{tokenize(func, [a.name for a in arrays], r, boundary, chunks, spatial)}"
     grid = arrays[0].numblocks
     offsets = (-1, 0, 1) if r else (0,)
     side = {-1: slice(-r, None), 0: slice(None), 1: slice(0, r)}  # the part of the neighbour at this offset
     mode = "symmetric" if boundary == "reflect" else "constant"
     dsk = {}
+
+    def around(a, lead, index, shift=()):
+        """The nested pieces of ``a`` around the block at spatial ``index`` (``shift`` so far)."""
+        axis = len(shift)
+        if axis == spatial:
+            place = tuple(i + d for i, d in zip(index, shift))
+            source = (a.name, *lead, *place)
+            if not any(shift):
+                return source
+            key = (f"halo-cut-{r}-{a.name}", *lead, *place, *(-d for d in shift))
+            dsk[key] = (_cut, source, *(side[d] for d in shift))
+            return key
+        pieces = [None] * 3
+        for d in offsets:
+            if 0 <= index[axis] + d < grid[axis - spatial]:
+                pieces[d + 1] = around(a, lead, index, (*shift, d))
+        return pieces
+
     for block_id in np.ndindex(*grid):
-        *lead, i, j = block_id
-        pieces = []
-        for a in arrays:
-            around = [[None] * 3 for _ in range(3)]
-            for di in offsets:
-                for dj in offsets:
-                    ni, nj = i + di, j + dj
-                    if not (0 <= ni < grid[-2] and 0 <= nj < grid[-1]):
-                        continue
-                    source = (a.name, *lead, ni, nj)
-                    if di or dj:
-                        key = (f"halo-cut-{r}-{a.name}", *lead, ni, nj, -di, -dj)
-                        dsk[key] = (_cut, source, side[di], side[dj])
-                        source = key
-                    around[di + 1][dj + 1] = source
-            pieces.append(around)
-        pad = [(r * (i == 0), r * (i == grid[-2] - 1)), (r * (j == 0), r * (j == grid[-1] - 1))]
+        lead, index = block_id[:-spatial], block_id[-spatial:]
+        pieces = [around(a, lead, index) for a in arrays]
+        pad = [(r * (i == 0), r * (i == n - 1)) for i, n in zip(index, grid[-spatial:])]
         dsk[(name, *block_id)] = (partial(_call_extended, func, pad, mode, block_id), *pieces)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=arrays)
     return da.Array(graph, name, chunks=chunks, dtype=dtype, meta=meta)
@@ -227,12 +249,16 @@ class _Layout:
     def averaged_axes(self):
         return tuple(range(self.kept, self.ndim))
 
+    @property
+    def spatial(self):
+        return self.params.spatial
+
     def windows(self, block_id, margin):
         """(index of an extended chunk, pixels): the windows centred in the chunk, at least
         ``margin`` from the image's border; pixels is 0 where there are none."""
         r = self.params.radius
         index, pixels = [Ellipsis], 1
-        for axis in (-2, -1):
+        for axis in range(-self.spatial, 0):
             chunks, number = self.chunks[axis], block_id[self.ndim + axis]
             start = sum(chunks[:number])
             low, high = max(start, margin), min(start + chunks[number], sum(chunks) - margin)
@@ -249,7 +275,7 @@ class _Layout:
 
 @dataclass(frozen=True)
 class _Chunked:
-    """Checked inputs in the kernels' layout (kept axes, averaged batch axes, then the plane), rechunked."""
+    """Checked inputs in the kernels' layout (kept axes, averaged batch axes, then the image), rechunked."""
 
     layout: _Layout
     perm: tuple  # x in the caller's layout, transposed by perm, is x here
@@ -264,9 +290,9 @@ class _Chunked:
         y = da.broadcast_to(y, x.shape).transpose(problem.perm)
         x = x.transpose(problem.perm)
         p = problem.params
-        chunks = x.chunks[:-2] + tuple(_merged(c, p.win_size) for c in x.chunks[-2:])
+        chunks = x.chunks[: -p.spatial] + tuple(_merged(c, p.win_size) for c in x.chunks[-p.spatial :])
         metric = dict(data_range=p.data_range, win_size=p.win_size, sigma=sigma, window=window, K1=p.K1, K2=p.K2,
-                      padding="valid", sample_covariance=sample_covariance)
+                      padding="valid", sample_covariance=sample_covariance, spatial_dims=p.spatial)
         layout = _Layout(p, problem.kept, problem.counted_per_value, chunks, metric)
         return cls(layout, problem.perm, x.rechunk(chunks), y.rechunk(chunks))
 
@@ -276,12 +302,12 @@ class _Chunked:
     def with_halo(self, func, boundary, chunks, dtype, meta):
         """:func:`_with_halo` of ``func`` over x and y, with the window radius as the halo."""
         return _with_halo(func, [self.x, self.y], self.layout.params.radius, boundary, chunks=chunks, dtype=dtype,
-                          meta=meta)
+                          meta=meta, spatial=self.layout.spatial)
 
     def extended_chunks(self):
         """x's chunks, each spatial one widened by the halo on both sides."""
-        r = self.layout.params.radius
-        return self.x.chunks[:-2] + tuple(tuple(n + 2 * r for n in c) for c in self.x.chunks[-2:])
+        r, spatial = self.layout.params.radius, self.layout.spatial
+        return self.x.chunks[:-spatial] + tuple(tuple(n + 2 * r for n in c) for c in self.x.chunks[-spatial:])
 
     def value_chunks(self):
         """Chunks of per-chunk sums: the kept axes as x's, one entry per chunk on the averaged axes."""
@@ -309,7 +335,7 @@ def _chunk_share(layout: _Layout, xe, ye, block_id, gradient_scale=None):
     index, pixels = layout.windows(block_id, layout.counted_margin())
     if not pixels:
         return xp.zeros(sum_shape, np.float64), grad
-    count = pixels * math.prod(xe.shape[kept:-2])  # windows averaged into each value here
+    count = pixels * math.prod(xe.shape[kept : -layout.spatial])  # windows averaged into each value here
     args = (xe[index], ye[index])
     if with_gradient:
         mean, share = _ssim.ssim_with_gradient(*args, axis=layout.averaged_axes, **layout.metric)
@@ -328,21 +354,26 @@ def _chunk_map(layout: _Layout, margin, xe, ye, block_id):
     return _ssim.ssim_map(xe[index], ye[index], **layout.metric)
 
 
-def _fold_halos(extended, radius, block_id=None):
+def _along(axis, start, stop):
+    """The index of ``start:stop`` along ``axis`` (negative) and everything on the other axes."""
+    return (Ellipsis, slice(start, stop)) + (slice(None),) * (-axis - 1)
+
+
+def _fold_halos(extended, radius, spatial, block_id=None):
     """The adjoint of the halo exchange: a chunk's gradient plus what its neighbours' halos hold of it.
 
-    ``extended`` is the chunk's gradient over chunk + halo (2r on each side:
-    its own halo r, then the neighbour's halo r that reached into it); every
-    chunk is folded alike, whatever its ``block_id``.
+    ``extended`` is the chunk's gradient over chunk + halo (2r on each side
+    of each of the last ``spatial`` axes: its own halo r, then the
+    neighbour's halo r that reached into it); every chunk is folded alike,
+    whatever its ``block_id``, one axis after another.
     """
-    r = radius
-    h, w = extended.shape[-2] - 4 * r, extended.shape[-1] - 4 * r
-    rows = extended[..., 2 * r : 2 * r + h, :].copy()
-    rows[..., :r, :] += extended[..., :r, :]
-    rows[..., h - r :, :] += extended[..., h + 3 * r :, :]
-    out = rows[..., 2 * r : 2 * r + w].copy()
-    out[..., :r] += rows[..., :r]
-    out[..., w - r :] += rows[..., w + 3 * r :]
+    r, out = radius, extended
+    for axis in range(-spatial, 0):
+        n = out.shape[axis] - 4 * r
+        folded = out[_along(axis, 2 * r, 2 * r + n)].copy()
+        folded[_along(axis, None, r)] += out[_along(axis, None, r)]
+        folded[_along(axis, n - r, None)] += out[_along(axis, n + 3 * r, None)]
+        out = folded
     return out
 
 
@@ -360,9 +391,9 @@ def _mean_with_gradient(chunked: _Chunked, a, b):
     gdtype = _launch.gradient_dtype(chunked.x.dtype)
     grads = shares.map_blocks(operator.itemgetter(1), dtype=gdtype, meta=chunked.meta(gdtype))
     # Each chunk's extended gradient, extended again by the neighbours' halos, folded back onto the chunk.
-    r = chunked.layout.params.radius
-    grad = _with_halo(partial(_fold_halos, radius=r), [grads], r, 0, chunks=chunked.x.chunks, dtype=gdtype,
-                      meta=chunked.meta(gdtype))
+    r, spatial = chunked.layout.params.radius, chunked.layout.spatial
+    grad = _with_halo(partial(_fold_halos, radius=r, spatial=spatial), [grads], r, 0, chunks=chunked.x.chunks,
+                      dtype=gdtype, meta=chunked.meta(gdtype), spatial=spatial)
     return chunked.mean(sums, a, b), chunked.original(grad)
 
 
@@ -371,7 +402,7 @@ def _map(chunked: _Chunked):
     margin = chunked.layout.params.radius if padding == "valid" else 0
     chunks = list(chunked.x.chunks)
     if margin:  # the valid map: each chunk's share of the interior
-        for axis in (-2, -1):
+        for axis in range(-chunked.layout.spatial, 0):
             ends = np.cumsum(chunks[axis])
             starts = ends - chunks[axis]
             chunks[axis] = tuple(int(v) for v in np.minimum(ends, ends[-1] - margin) - np.maximum(starts, margin))
@@ -382,7 +413,7 @@ def _map(chunked: _Chunked):
 
 
 def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-         sample_covariance=False, channel_axis=None, axis=None):
+         sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2):
     """Mean SSIM of x against y, lazily: :func:`cussim.ssim` on Dask arrays.
 
     Parameters
@@ -390,8 +421,10 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
     x, y : dask.array.Array
         Images (NumPy or CuPy chunks; NumPy and CuPy arrays are taken as one
         chunk), the plane in the last two axes (or the last two besides
-        ``channel_axis``); y broadcasts to x's shape. Any axis may be chunked.
-    data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis, axis
+        ``channel_axis``), a volume in the last three with
+        ``spatial_dims=3``; y broadcasts to x's shape. Any axis may be
+        chunked, depth too.
+    data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis, axis, spatial_dims
         As in :func:`cussim.ssim`.
 
     Returns
@@ -408,15 +441,22 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
     >>> lazy = cussim.dask.ssim(x, x ** 2, padding="reflect")
     >>> round(float(lazy.compute()), 6), round(float(cussim.ssim(image, image ** 2, padding="reflect")), 6)
     (0.687882, 0.687882)
+
+    Volumes, chunked along depth too:
+
+    >>> volume = np.linspace(0, 1, 20 * 24 * 28).reshape(20, 24, 28)
+    >>> lazy = cussim.dask.ssim(da.from_array(volume, chunks=(8, 12, 14)), volume ** 2, win_size=7, spatial_dims=3)
+    >>> bool(abs(lazy.compute() - cussim.ssim(volume, volume ** 2, win_size=7, spatial_dims=3)) < 1e-12)
+    True
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=axis)
+                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     return _mean(chunked, 0.0, 1.0)
 
 
 def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-          sample_covariance=False, channel_axis=None, axis=None):
+          sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2):
     """(1 - SSIM) / 2, lazily, with the arguments of :func:`ssim`.
 
     Examples
@@ -428,12 +468,12 @@ def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=axis)
+                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     return _mean(chunked, 0.5, -0.5)
 
 
 def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
-             padding="same", sample_covariance=False, channel_axis=None):
+             padding="same", sample_covariance=False, channel_axis=None, spatial_dims=2):
     """The SSIM map, lazily, chunked like x: :func:`cussim.ssim_map` on Dask arrays.
 
     Arguments as in :func:`ssim` (no ``axis``). With ``padding="valid"`` the
@@ -449,12 +489,12 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=None, reduce=False)
+                               channel_axis=channel_axis, axis=None, reduce=False, spatial_dims=spatial_dims)
     return _map(chunked)
 
 
 def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
-                       padding="same", sample_covariance=False, channel_axis=None, axis=None):
+                       padding="same", sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2):
     """Mean SSIM and its exact gradient with respect to x, lazily: ``(value, d sum(value) / dx)``.
 
     Arguments as in :func:`ssim`. The gradient is a Dask array chunked like
@@ -474,12 +514,12 @@ def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window=
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=axis)
+                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     return _mean_with_gradient(chunked, 0.0, 1.0)
 
 
 def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
-                        padding="same", sample_covariance=False, channel_axis=None, axis=None):
+                        padding="same", sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2):
     """DSSIM = (1 - SSIM) / 2 and its exact gradient with respect to x, lazily, as :func:`ssim_with_gradient`.
 
     Examples
@@ -492,7 +532,7 @@ def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=axis)
+                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     return _mean_with_gradient(chunked, 0.5, -0.5)
 
 
@@ -507,26 +547,26 @@ def _even(sizes):
     return tuple(even)
 
 
-def _halved(a, variant):
-    """One 2x2 mean of ``variant`` over the last two axes, chunk by chunk.
+def _halved(a, variant, spatial=2):
+    """One 2x2 mean of ``variant`` over the last two axes (2x2x2 over three), chunk by chunk.
 
     The variant's treatment of an odd side comes first, on the whole array
     (pytorch_msssim: a zero before it, tensorflow: the last row or column
     repeated, torchmetrics: the last one dropped); then every chunk is even
     and aligned with the pairs, and each is halved on its own.
     """
-    h, w = a.shape[-2:]
-    lead = [(0, 0)] * (a.ndim - 2)
+    sides = a.shape[-spatial:]
+    lead = [(0, 0)] * (a.ndim - spatial)
     if variant == "pytorch_msssim":
-        a = da.pad(a, lead + [(h % 2, 0), (w % 2, 0)], mode="constant")
+        a = da.pad(a, lead + [(n % 2, 0) for n in sides], mode="constant")
     elif variant == "tensorflow":
-        a = da.pad(a, lead + [(0, h % 2), (0, w % 2)], mode="edge")
+        a = da.pad(a, lead + [(0, n % 2) for n in sides], mode="edge")
     else:
-        a = a[..., : h - h % 2, : w - w % 2]
-    a = a.rechunk(a.chunks[:-2] + tuple(_even(c) for c in a.chunks[-2:]))
-    chunks = a.chunks[:-2] + tuple(tuple(n // 2 for n in c) for c in a.chunks[-2:])
+        a = a[(Ellipsis, *(slice(0, n - n % 2) for n in sides))]
+    a = a.rechunk(a.chunks[:-spatial] + tuple(_even(c) for c in a.chunks[-spatial:]))
+    chunks = a.chunks[:-spatial] + tuple(tuple(n // 2 for n in c) for c in a.chunks[-spatial:])
     # On even sides every variant's 2x2 mean is the same; torchmetrics' needs no padding.
-    return a.map_blocks(_reference.downsample, "torchmetrics", chunks=chunks, dtype=a.dtype)
+    return a.map_blocks(_reference.downsample, "torchmetrics", spatial, chunks=chunks, dtype=a.dtype)
 
 
 # Contrast-structure means through the SSIM functions: with C1 = K1^2 = 1e20, A1 = 2 mx my + C1 and
@@ -536,7 +576,7 @@ _CS_K1 = 1e10
 
 
 def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5, K1=0.01,
-            K2=0.03, channel_axis=None, axis=None):
+            K2=0.03, channel_axis=None, axis=None, spatial_dims=2):
     """MS-SSIM, lazily, every scale chunked: :func:`cussim.ms_ssim` on Dask arrays.
 
     Arguments as in :func:`cussim.ms_ssim`. Each scale is halved chunk by
@@ -555,25 +595,27 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     """
     x, y = _inputs(x, y)
     pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights, data_range=data_range,
-                               win_size=win_size, sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis)
+                               win_size=win_size, sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis,
+                               spatial_dims=spatial_dims)
     problem = pyramid.problem
     dtype = _launch.compute_dtype(x.dtype)
     y = da.broadcast_to(y, x.shape).transpose(problem.perm)
     scale_x, scale_y = x.transpose(problem.perm), y
-    r, margin = problem.params.radius, pyramid.margin
-    plane = (x.ndim - 2, x.ndim - 1)
+    r, margin, spatial = problem.params.radius, pyramid.margin, pyramid.spatial
+    image = tuple(range(x.ndim - spatial, x.ndim))
     means = []
     for j in range(pyramid.scales):
         if j:
-            scale_x, scale_y = (_halved(a.astype(dtype), variant) for a in (scale_x, scale_y))
+            scale_x, scale_y = (_halved(a.astype(dtype), variant, spatial) for a in (scale_x, scale_y))
         last = j == pyramid.scales - 1
         images = [scale_x, scale_y]
         if last and margin:  # torchmetrics: the last scale's SSIM over the image extended by whole-sample reflection
-            images = [da.pad(a, [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)], mode="reflect") for a in images]
+            images = [da.pad(a, [(0, 0)] * (a.ndim - spatial) + [(r, r)] * spatial, mode="reflect") for a in images]
         chunked = _Chunked.prepare(*images, window="gaussian", sigma=sigma, sample_covariance=False,
                                    data_range=problem.params.data_range, win_size=win_size,
-                                   K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=plane)
-        plane_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane
-        means.append(plane_means.mean(axis=-1) if pyramid.group > 1 else plane_means)  # pooled channels
+                                   K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=image,
+                                   spatial_dims=spatial)
+        image_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane (volume)
+        means.append(image_means.mean(axis=-1) if pyramid.group > 1 else image_means)  # pooled channels
     per_image = math.prod(da.maximum(m, 0.0) ** w for m, w in zip(means, pyramid.weights))
     return per_image.mean(axis=tuple(range(problem.kept, per_image.ndim))).astype(dtype)

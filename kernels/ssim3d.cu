@@ -150,19 +150,24 @@ __device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int ro
     return C(0.125) * C(d.slots * r.slots * c.slots) * coarse[at];
 }
 
-// Blocks per SM that ptxas must fit: the rolling window holds 5 (2R+1)
-// values per thread (3 (2R+1) backward). float arithmetic up to R = 5 fits
-// two blocks of 256 threads (128 registers) without spilling on every
-// architecture the compile check covers; larger windows and double get the
+// Blocks per SM that ptxas must fit, from the rolling window's registers per
+// thread: Q (2R+1) values of the compute type (Q = 5 forward, 3 backward).
+// Up to 55 32-bit registers of window in float arithmetic (forward to R = 5,
+// backward to R = 7) and 42 in double (forward R = 1, backward to R = 3),
+// the rest of the kernel fits beside it in 128 registers, two blocks of 256
+// threads, without spilling on every architecture the compile check covers
+// (the next sizes spill: float forward R = 6 24 to 36 bytes, double forward
+// R = 2 12 to 52, double backward R = 4 36 to 44); larger windows get the
 // whole register file (255 per thread at one block) rather than spill.
-template <class T, int R> struct MinBlocks3d {
-    static constexpr int value = (sizeof(typename ComputeType<T>::type) == 4 && R <= 5) ? 2 : 1;
+template <class T, int R, int Q> struct MinBlocks3d {
+    static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
+    static constexpr int value = Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 }  // namespace cussim
 
 template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_forward(
+__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim3d_forward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_depth,
@@ -264,7 +269,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_
 }
 
 template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_backward(
+__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim3d_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,

@@ -135,6 +135,74 @@ def test_halving_follows_each_variant():
         np.testing.assert_array_equal(halved.compute(), cussim._reference.downsample(x, variant))
 
 
+# Chunks along the three axes of a 19 x 22 x 24 volume (window 5, radius 2): depth split too; chunks narrower than
+# the window (merged with a neighbour); uneven ones.
+VOLUME_CHUNKINGS = [(-1, -1, -1), (8, 9, 13), ((3, 12, 4), (2, 20), 5)]
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("chunks", VOLUME_CHUNKINGS, ids=str)
+def test_volumes_equal_in_memory(padding, chunks):
+    """spatial_dims=3: the halo on depth, rows and columns; the means, maps and gradients of the volume functions."""
+    x, y = pair((2, 19, 22, 24), seed=10)
+    dx, dy = chunked(x, chunks, lead=(-1,)), chunked(y, (7, 11, 12), lead=(1,))
+    kwargs = dict(padding=padding, win_size=5, spatial_dims=3)
+    value, grad = dask.compute(*cd.ssim_with_gradient(dx, dy, axis=(1, 2, 3), **kwargs))
+    expected_value, expected_grad = cussim.ssim_with_gradient(x, y, axis=(1, 2, 3), **kwargs)
+    np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=0, atol=1e-12 * np.abs(expected_grad).max())
+    value, grad = dask.compute(*cd.dssim_with_gradient(dx, dy, **kwargs))
+    expected_value, expected_grad = cussim.dssim_with_gradient(x, y, **kwargs)
+    np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=0, atol=1e-12 * np.abs(expected_grad).max())
+    np.testing.assert_allclose(cd.ssim(dx, dy, **kwargs).compute(), cussim.ssim(x, y, **kwargs), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cd.dssim(dx, dy, **kwargs).compute(), cussim.dssim(x, y, **kwargs), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cd.ssim_map(dx, dy, **kwargs).compute(), cussim.ssim_map(x, y, **kwargs), rtol=0,
+                               atol=1e-12)
+
+
+def test_volumes_with_channels_last_and_a_uniform_window():
+    x, y = pair((14, 15, 16, 2), seed=11)
+    dx = da.from_array(x, chunks=(6, 7, 16, 1))
+    kwargs = dict(channel_axis=-1, spatial_dims=3, win_size=3, window="uniform", sample_covariance=True,
+                  padding="reflect")
+    value, grad = dask.compute(*cd.ssim_with_gradient(dx, y, axis=(0, 1, 2), **kwargs))
+    expected_value, expected_grad = cussim.ssim_with_gradient(x, y, axis=(0, 1, 2), **kwargs)
+    assert value.shape == (2,)
+    np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=0, atol=1e-12 * np.abs(expected_grad).max())
+
+
+def test_volume_chunks_run_on_the_kernels(monkeypatch):
+    """The volume kernels (the CPU emulator here) compute each chunk within the float32 tolerances."""
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    x, y = pair((12, 14, 16), np.float32, seed=12)
+    kwargs = dict(win_size=5, spatial_dims=3)
+    reference_value, reference_grad = cussim.ssim_with_gradient(x.astype(np.float64), y.astype(np.float64), **kwargs)
+    value, grad = dask.compute(*cd.ssim_with_gradient(da.from_array(x, chunks=(6, 7, 16)), y, **kwargs))
+    assert value.dtype == np.float32
+    assert abs(float(value) - reference_value) < 1e-5
+    assert relative_l2(grad, reference_grad) < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
+def test_volume_ms_ssim_equals_in_memory(variant):
+    """2x2x2 halving chunk by chunk, odd sides at several scales, depth chunked."""
+    x, y = pair((1, 2, 20, 21, 23), seed=13)
+    dx = da.from_array(x, chunks=(1, 1, 7, 9, 10))
+    for kwargs in (dict(), dict(channel_axis=1, axis=(1, 2, 3, 4))):
+        kwargs.update(variant=variant, win_size=3, weights=(0.2, 0.3, 0.5), spatial_dims=3)
+        np.testing.assert_allclose(cd.ms_ssim(dx, y, **kwargs).compute(), cussim.ms_ssim(x, y, **kwargs), rtol=0,
+                                   atol=1e-12)
+
+
+def test_volume_halving_follows_each_variant():
+    x = np.random.default_rng(14).random((2, 9, 12, 11))
+    for variant in ("pytorch_msssim", "tensorflow", "torchmetrics"):
+        halved = cd._halved(da.from_array(x, chunks=(1, 4, 5, 3)), variant, spatial=3)
+        np.testing.assert_array_equal(halved.compute(), cussim._reference.downsample(x, variant, spatial=3))
+
+
 def test_nothing_is_computed_before_compute():
     calls = []
 
@@ -169,7 +237,9 @@ def test_tasks_carry_no_image():
     or to send it to a worker) those were whole images, 9.7 GB to build a 20,000 x 20,000 float32 graph."""
     cloudpickle = pytest.importorskip("cloudpickle")
     x = da.zeros((1200, 1500), chunks=500)
-    for lazy in (cd.ssim(x, x), *cd.ssim_with_gradient(x, x), cd.ssim_map(x, x), cd.ms_ssim(x, x)):
+    v = da.zeros((100, 120, 150), chunks=50)
+    for lazy in (cd.ssim(x, x), *cd.ssim_with_gradient(x, x), cd.ssim_map(x, x), cd.ms_ssim(x, x),
+                 *cd.ssim_with_gradient(v, v, spatial_dims=3), cd.ms_ssim(v, v, spatial_dims=3, win_size=7)):
         assert max(len(cloudpickle.dumps(task)) for task in dict(lazy.__dask_graph__()).values()) < 20_000
 
 
@@ -192,6 +262,12 @@ def test_bad_inputs_are_named():
         cd.dssim(dx, dx, axis=0)
     with pytest.raises(ValueError, match="needs a smaller side of at least"):
         cd.ms_ssim(dx, dx)
+    with pytest.raises(ValueError, match="spatial_dims must be 2"):
+        cd.ssim(dx, dx, spatial_dims=4)
+    with pytest.raises(ValueError, match="volumes are 1x30x30, smaller than the 11x11x11 window"):
+        cd.ssim_with_gradient(dx[None], dx[None], spatial_dims=3)
+    with pytest.raises(ValueError, match="variant='torchmetrics' is for images"):
+        cd.ms_ssim(dx[None], dx[None], spatial_dims=3, variant="torchmetrics")
     with pytest.raises(TypeError, match="chunks are ndarray arrays but y's are"):
         cd.ssim(dx, da.from_array(np.ma.masked_array(y), chunks=10, asarray=False))
 
