@@ -14,6 +14,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -72,7 +73,22 @@ def _positive_finite(name, value, fix):
 
 def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
                 sample_covariance=False, data_range=1.0) -> SsimParams:
-    """Checks the native API's metric arguments and returns their :class:`SsimParams`."""
+    """Checks the native API's metric arguments and returns their :class:`SsimParams`.
+
+    Arguments seen before (by value and type) return their checked result
+    from a cache: a training loop's call does not check and build its window
+    again. Bad values raise every time (a raise is never cached); unhashable
+    ones are checked without the cache.
+    """
+    arguments = (win_size, sigma, window, K1, K2, padding, sample_covariance, data_range)
+    try:
+        hash(arguments)
+    except TypeError:
+        return _checked_params(*arguments)
+    return _cached_params(*arguments)
+
+
+def _checked_params(win_size, sigma, window, K1, K2, padding, sample_covariance, data_range) -> SsimParams:
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(map(repr, WINDOWS))}, got {window!r}")
     if padding not in PADDINGS:
@@ -102,6 +118,9 @@ def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, 
         cov=np_ / (np_ - 1) if sample_covariance else 1.0,
         crop=_reference.mean_weights_crop(padding, win_size),
     )
+
+
+_cached_params = functools.lru_cache(maxsize=256, typed=True)(_checked_params)
 
 
 def check_compute_range(params: SsimParams, dtype) -> None:
