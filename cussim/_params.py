@@ -46,7 +46,7 @@ class SsimParams:
     cov: float
     crop: int
 
-    @property
+    @functools.cached_property
     def radius(self) -> int:
         return (len(self.taps) - 1) // 2
 
