@@ -136,6 +136,15 @@ def overlaps_itself(array) -> bool:
     return False
 
 
+def _sharing_test(arrays):
+    """shares(a, b) for two of ``arrays``: whether their byte ranges meet. NumPy's own bounds test (in C)
+    where all are NumPy arrays; on a GPU, each array's byte extent computed once."""
+    if all(is_numpy(a) for a in arrays):
+        return np.may_share_memory
+    extents = {id(a): _byte_extent(a) for a in arrays}
+    return lambda a, b: _meet(extents[id(a)], extents[id(b)])
+
+
 def check_apart(outputs: dict, inputs: dict) -> None:
     """Every output (name: array or None) apart from itself, from the other outputs and from the inputs.
 
@@ -147,15 +156,14 @@ def check_apart(outputs: dict, inputs: dict) -> None:
         if overlaps_itself(array):
             raise ValueError(f"{name} has elements that share memory (strides {tuple(array.strides)}); outputs "
                              "need one element per value: pass a new array (e.g. from empty_like)")
-    extents = {name: _byte_extent(a) for name, a in outputs.items()}
-    input_extents = {name: _byte_extent(a) for name, a in inputs.items()}
+    shares = _sharing_test([*outputs.values(), *inputs.values()])
     names = list(outputs)
     for i, name in enumerate(names):
         for other in names[i + 1 :]:
-            if _meet(extents[name], extents[other]):
+            if shares(outputs[name], outputs[other]):
                 raise ValueError(f"{name} overlaps {other}; outputs must not share memory with each other")
-        for input_name, extent in input_extents.items():
-            if _meet(extents[name], extent):
+        for input_name, array in inputs.items():
+            if shares(outputs[name], array):
                 raise ValueError(f"{name} overlaps {input_name}; outputs must not share memory with the inputs")
 
 

@@ -347,18 +347,20 @@ def downsample(x, y, x_out, y_out, variant, *, margin=0):
     x_out, y_out: contiguous, compute dtype, (planes, h', w') with h', w' the
     downsampled sides plus 2 ``margin`` (a whole-sample reflected border).
     """
-    xp = _arrays.array_module(x)
-    y = xp.broadcast_to(y, x.shape)
-    (outer, inner), (lx, ly), (x, y) = plane_layouts([x, y])
-    planes = outer * inner
+    pointers = (x, y, x_out, y_out)
+    key = ("downsample", _signature(x), _signature(y), _signature(x_out), variant, margin)
+    _launch_planned(key, lambda: _downsample_launch(pointers, variant, margin), pointers)
+
+
+def _downsample_launch(pointers, variant, margin):
+    x_in, y_in, x_out, y_out = pointers
+    xp = _arrays.array_module(x_in)
+    (outer, inner), (lx, ly), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)])
     height, width = x.shape[-2:]
     kernel = _kernels.get_kernel("ssim", f"msssim_downsample<{ELEMENT_TYPES[np.dtype(x.dtype)]}>", x)
-    blocks = min(-(-x_out.size // 256), 2**20)
-    kernel(
-        (blocks,), (256,),
-        (x, *lx.args(), y, *ly.args(), x_out, y_out, np.int64(planes), np.int64(inner), np.int32(height),
-         np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin)),
-    )
+    args = (x, *lx.args(), y, *ly.args(), x_out, y_out, np.int64(outer * inner), np.int64(inner), np.int32(height),
+            np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin))
+    return _planned_launch(kernel, (min(-(-x_out.size // 256), 2**20),), (256,), args, (x, y), pointers)
 
 
 def fold(extended, out, *, margin):
@@ -366,13 +368,18 @@ def fold(extended, out, *, margin):
 
     extended: contiguous (planes, h + 2 margin, w + 2 margin); out: contiguous (planes, h, w).
     """
+    pointers = (extended, out)
+    key = ("fold", _signature(extended), _signature(out), margin)
+    _launch_planned(key, lambda: _fold_launch(pointers, margin), pointers)
+
+
+def _fold_launch(pointers, margin):
+    extended, out = pointers
     name = "float" if out.dtype == np.float32 else "double"
     kernel = _kernels.get_kernel("ssim", f"msssim_fold<{name}>", out)
     planes, height, width = out.shape
-    kernel(
-        (min(-(-out.size // 256), 2**20),), (256,),
-        (extended, out, np.int64(planes), np.int32(height), np.int32(width), np.int32(margin)),
-    )
+    args = (extended, out, np.int64(planes), np.int32(height), np.int32(width), np.int32(margin))
+    return kernel, (min(-(-out.size // 256), 2**20),), (256,), args, _slots(args, pointers), True
 
 
 def combine(block_sums, scale_table, image_values, *, planes, group, share, plane_weights=None):
@@ -382,12 +389,18 @@ def combine(block_sums, scale_table, image_values, *, planes, group, share, plan
     image_values: float64, planes // group; plane_weights: float64, scales x
     planes, the backward's per-plane weights times ``share`` (d output / d image).
     """
+    pointers = (block_sums, image_values, plane_weights)
+    key = ("combine", _signature(block_sums), _signature(image_values), plane_weights is None, scale_table, planes,
+           group, share)
+    _launch_planned(key, lambda: _combine_launch(pointers, scale_table, planes, group, share), pointers)
+
+
+def _combine_launch(pointers, scale_table, planes, group, share):
+    block_sums, image_values, plane_weights = pointers
     kernel = _kernels.get_kernel("ssim", "msssim_combine<256>", block_sums)
     images = planes // group
     table = _constants(block_sums, np.ravel(scale_table), np.float64)
-    kernel(
-        (min(images, 2**31 - 1),), (256,),
-        (block_sums, table, np.int32(len(scale_table)), np.int64(planes), np.int64(group), np.float64(share),
-         np.float64(MS_SSIM_GUARD), image_values, _null(_arrays.array_module(block_sums))
-         if plane_weights is None else plane_weights),
-    )
+    args = (block_sums, table, np.int32(len(scale_table)), np.int64(planes), np.int64(group), np.float64(share),
+            np.float64(MS_SSIM_GUARD), image_values,
+            _null(_arrays.array_module(block_sums)) if plane_weights is None else plane_weights)
+    return kernel, (min(images, 2**31 - 1),), (256,), args, _slots(args, pointers), True

@@ -118,6 +118,7 @@ class _Pyramid:
     def images(self) -> int:
         return self.planes // self.group
 
+    @functools.cached_property
     def scale_table(self) -> tuple:
         """Per scale: weight, map pixels per plane, tiles per plane, offset of its block sums."""
         table, offset = [], 0
@@ -162,7 +163,7 @@ def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
         views["grad_maps"] = [take("scratch", (3 * planes * pyramid.map_pixels(j),)) for j in range(scales)]
         if pyramid.margin:
             views["folded"] = take("scratch", (planes, *pyramid.side(scales - 1)))
-    offsets = [row[3] for row in pyramid.scale_table()]
+    offsets = [row[3] for row in pyramid.scale_table]
     views["scale_sums"] = [views["block_sums"][o : o + planes * pyramid.tiles(j)] for j, o in enumerate(offsets)]
     return views
 
@@ -231,7 +232,7 @@ def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=
                         grad_maps=views["grad_maps"][j] if want_gradient else None,
                         term="cs" if j < scales - 1 else "ssim")
     images_per_value = pyramid.images // max(1, flat_out.size)
-    _launch.combine(views["block_sums"], pyramid.scale_table(), views["image_values"], planes=pyramid.planes,
+    _launch.combine(views["block_sums"], pyramid.scale_table, views["image_values"], planes=pyramid.planes,
                     group=pyramid.group, share=1.0 / images_per_value,
                     plane_weights=views["plane_weights"] if want_gradient else None)
     _launch.finish(views["image_values"], flat_out, per_output=images_per_value, count=images_per_value)

@@ -14,6 +14,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class SsimParams:
     crop: int
     spatial: int = 2
 
-    @property
+    @functools.cached_property
     def radius(self) -> int:
         return (len(self.taps) - 1) // 2
 
@@ -81,7 +82,23 @@ def check_spatial_dims(spatial_dims) -> int:
 
 def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
                 sample_covariance=False, data_range=1.0, spatial_dims=2) -> SsimParams:
-    """Checks the native API's metric arguments and returns their :class:`SsimParams`."""
+    """Checks the native API's metric arguments and returns their :class:`SsimParams`.
+
+    Arguments seen before (by value and type) return their checked result
+    from a cache: a training loop's call does not check and build its window
+    again. Bad values raise every time (a raise is never cached); unhashable
+    ones are checked without the cache.
+    """
+    arguments = (win_size, sigma, window, K1, K2, padding, sample_covariance, data_range, spatial_dims)
+    try:
+        hash(arguments)
+    except TypeError:
+        return _checked_params(*arguments)
+    return _cached_params(*arguments)
+
+
+def _checked_params(win_size, sigma, window, K1, K2, padding, sample_covariance, data_range,
+                    spatial_dims) -> SsimParams:
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(map(repr, WINDOWS))}, got {window!r}")
     if padding not in PADDINGS:
@@ -113,6 +130,9 @@ def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, 
         crop=_reference.mean_weights_crop(padding, win_size),
         spatial=spatial_dims,
     )
+
+
+_cached_params = functools.lru_cache(maxsize=256, typed=True)(_checked_params)
 
 
 def check_compute_range(params: SsimParams, dtype) -> None:

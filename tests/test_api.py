@@ -486,6 +486,33 @@ def test_outputs_sharing_memory_are_refused(backend, name):
         cussim.ssim_map(x, y, out=overlapping)
 
 
+def test_overlaps_follow_the_bytes(backend):
+    """A reversed view overlaps what it views; neighbouring slices of one buffer do not (the host's bounds test)."""
+    xp = _module(backend)
+    x, y = (backend.asarray(a) for a in _images((2, 3, 20, 20), np.float64))
+    with pytest.raises(ValueError, match="grad overlaps x; outputs must not share memory with the inputs"):
+        cussim.ssim_with_gradient(x, y, grad=x[..., ::-1])
+    memory = xp.empty(x.size + 1)
+    value, grad = cussim.ssim_with_gradient(x, y, out=memory[:1].reshape(()), grad=memory[1:].reshape(x.shape))
+    assert float(value) == float(memory[0]) and float(value) < 1
+
+
+def test_metric_arguments_are_checked_on_every_call():
+    """Checked parameters come from a cache, a bad value raises each time, an unhashable one is checked too."""
+    from cussim._params import ssim_params
+
+    assert ssim_params(win_size=7, window="uniform") is ssim_params(win_size=7, window="uniform")
+    assert ssim_params(data_range=255).data_range == ssim_params(data_range=255.0).data_range == 255.0
+    x = np.zeros((16, 16), np.float32)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="win_size must be odd, got 8; use 7 or 9"):
+            cussim.ssim(x, x, win_size=8)
+    with pytest.raises(TypeError, match=r"win_size must be an odd int from 3 to 15, got \[7\]"):
+        cussim.ssim(x, x, win_size=[7])
+    with pytest.raises(ValueError, match="data_range must be a positive finite number"):
+        cussim.ssim(x, x, data_range=np.array([2.0]))
+
+
 def test_empty_batches(backend):
     x = backend.asarray(np.zeros((0, 3, 16, 16), np.float32))
     assert np.isnan(float(cussim.ssim(x, x)))

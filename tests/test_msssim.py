@@ -66,6 +66,19 @@ SMALL = dict(SCALES, sigma=1.0)
 
 
 @pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+def test_planned_launches_take_each_calls_images(kernels, variant):
+    """A second call with other images of the same layout reuses every launch plan (downsample, fold,
+    combine, forward, backward, finish) and still computes on its own images and buffers."""
+    pooled = variant == "torchmetrics"
+    options = dict(variant=variant, channel_axis=1, axis=(1, 2, 3), **SMALL)
+    expected_options = dict(variant=variant, axis=(1, 2, 3), pool_axes=(1,) if pooled else (), **SMALL)
+    for seed in (1, 2):
+        x, y = _pair((2, 3, 37, 42), np.float32, seed=seed)
+        value, grad = cussim.ms_ssim_with_gradient(x, y, **options)
+        _check(value, grad, *_expected(x, y, **expected_options), np.float32)
+
+
+@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernels_match_the_reference_for_every_variant(backend, variant, dtype):
     x, y = _pair((2, 3, 37, 42), dtype, seed=1)  # odd and even sides at every scale

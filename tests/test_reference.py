@@ -279,3 +279,67 @@ def test_ms_ssim_minimum_size(variant, side):
     ref.ms_ssim_with_gradient(ok, ok, taps, variant=variant, want_gradient=False)
     with pytest.raises(ValueError, match=f"too small for 5 scales.*at least {side}"):
         ref.ms_ssim_with_gradient(ok[:-1], ok[:-1], taps, variant=variant)
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("taps", [ref.window_taps("gaussian", 11, 1.5), ref.uniform_taps(7), ref.uniform_taps(11),
+                                  np.array([0.1, 0.5, 0.4]), ref.gaussian_taps(2, 0.0)],
+                         ids=["gaussian11", "box7", "box11", "asymmetric3", "identity5"])
+@pytest.mark.parametrize("shape", [(2, 3, 40, 70), (13, 11), (1, 5, 300), (4, 16, 5), (3, 4)])
+def test_filter_plane_is_scipys_correlation(padding, taps, shape):
+    """The sliced sums equal SciPy's correlate1d along both axes (the former implementation), on every padding,
+    for boxes summed by doubling, symmetric and asymmetric windows, images narrower than the window."""
+    if padding == "valid" and min(shape[-2:]) < len(taps):
+        pytest.skip("no valid interior")
+    x = np.random.default_rng(5).standard_normal(shape)
+    mode = "reflect" if padding == "reflect" else "constant"
+    expected = ndimage.correlate1d(ndimage.correlate1d(x, taps, axis=-2, mode=mode), taps, axis=-1, mode=mode)
+    if padding == "valid":
+        r = len(taps) // 2
+        expected = expected[..., r : shape[-2] - r, r : shape[-1] - r]
+    assert np.abs(ref.filter_plane(x, taps, padding) - expected).max() < 1e-14
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_results_do_not_depend_on_the_chunks(padding, monkeypatch):
+    """The map, partials and gradient assembled from many small chunks (several planes, rows and a halo each)
+    are bitwise those of one chunk: each chunk reads exactly its halo."""
+    rng = np.random.default_rng(6)
+    x, y = rng.random((2, 3, 37, 29)), rng.random((2, 3, 37, 29))
+    taps = ref.window_taps("gaussian", 7, 1.5)
+    kwargs = dict(padding=padding, cov=49 / 48, crop=ref.mean_weights_crop(padding, 7), limit=3.4e38)
+    monkeypatch.setattr(ref, "_CHUNK_PIXELS", 1 << 20)
+    whole = ref.ssim_with_gradient(x, y, taps, **kwargs), ref.ssim_map(x, y, taps, padding=padding)
+    monkeypatch.setattr(ref, "_CHUNK_PIXELS", 40)  # 16-row chunks of one plane
+    chunked = ref.ssim_with_gradient(x, y, taps, **kwargs), ref.ssim_map(x, y, taps, padding=padding)
+    assert [list(ref._chunks(6, 37, 29))[i] for i in (0, 1, 3)] == [
+        (slice(0, 1), slice(0, 16)), (slice(0, 1), slice(16, 32)), (slice(1, 2), slice(0, 16))]
+    for a, b in zip((*whole[0], whole[1]), (*chunked[0], chunked[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_overflow_beyond_the_limit_is_nan_in_one_chunk_only():
+    """A window whose denominator passes ``limit`` gives NaN there and only there, even when the rest of its chunk
+    is bounded (the whole-chunk maxima only pick the common case)."""
+    x = np.full((1, 30, 30), 0.5)
+    y = x.copy()
+    x[0, 15, 15] = 1e20
+    S = ref.ssim_map(x, y, ref.window_taps("gaussian", 5, 1.5), limit=float(np.finfo(np.float32).max))
+    assert np.isnan(S[0, 13:18, 13:18]).all() and np.isnan(S).sum() == 25
+    assert (S[0, :10] == 1.0).all()
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("taps", [ref.window_taps("gaussian", 7, 1.5), ref.uniform_taps(7)], ids=["gaussian7", "box7"])
+def test_filter_volume_is_scipys_correlation(padding, taps, monkeypatch):
+    """Volumes (spatial=3): the sliced sums along all three axes equal SciPy's correlate1d, in chunks of 16
+    slices of one volume."""
+    monkeypatch.setattr(ref, "_CHUNK_PIXELS", 64)
+    x = np.random.default_rng(8).standard_normal((2, 26, 9, 11))
+    mode = "reflect" if padding == "reflect" else "constant"
+    expected = x
+    for axis in (-3, -2, -1):
+        expected = ndimage.correlate1d(expected, taps, axis=axis, mode=mode)
+    if padding == "valid":
+        expected = ref.cropped(expected, 3, 3)
+    assert np.abs(ref.filter_plane(x, taps, padding, 3) - expected).max() < 1e-14
