@@ -477,10 +477,12 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             C mx = 0, md = 0, exx = 0, eyy = 0, edd = 0;
 #pragma unroll
             for (int t = 0; t <= 2 * R; ++t) {
-                // 9 operations per tap (w a, w b and w d shared); with x == y
-                // bitwise, d = 0 and md, Edd are exactly 0.
+                // 9 operations per tap (w a, w b and w d shared; w b as w a - w d,
+                // which keeps ptxas's 64 registers for R = 7 without a spill);
+                // with x == y bitwise, d = 0, md and Edd are exactly 0 and Eyy
+                // stays bitwise equal to Exx.
                 const C a = tile_x[r][c + t], b = tile_y[r][c + t], w = weights[t];
-                const C d = a - b, wa = w * a, wb = w * b, wd = w * d;
+                const C d = a - b, wa = w * a, wd = w * d, wb = wa - wd;
                 mx += wa;
                 md += wd;
                 exx += wa * a;
