@@ -239,11 +239,12 @@ template <class C> struct Pixel {
 //   S = A1 / B1 * A2 / B2 = (1 - md^2 / B1) (1 - var(d) / B2),
 // without the cancellation of sxx + syy - 2 sxy, which float32 cannot resolve
 // where a window holds a step (zero padding beside bright values) and x, y
-// differ by little; S <= 1 by construction. The partials are those of the
-// shifted moments: partial[0] is dS/dmx' with my', Exx', Edd' held fixed,
-// partial[1] dS/dExx', partial[2] dS/dEdd' (the backward combines them as
-// map0 + 2 x' map1 + 2 d' map2), each computed without cancellation: for x == y
-// all but partial[2] are exactly 0, and the backward's d' is exactly 0.
+// differ by little, and S cannot round above 1 there (both factors lie in
+// [0, 1] when x and y are close; the clamp would zero the partials). The
+// partials are those of the shifted moments: partial[0] is dS/dmx' with my',
+// Exx', Edd' held fixed, partial[1] dS/dExx', partial[2] dS/dEdd' (the backward
+// combines them as map0 + 2 x' map1 + 2 d' map2), each computed without
+// cancellation: for x == y all but partial[2] are exactly 0, and d' is exactly 0.
 template <class C>
 __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C cov, int term, int formula) {
     const C my_shifted = add(m[0], -m[1]);
@@ -260,7 +261,7 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     const C b2 = add(add(sxx, syy), c2);
     const C d = mul(b1, b2);
     const C inv_b1 = C(1) / b1, inv_b2 = C(1) / b2;
-    const C u = mul(vd, inv_b2);                                   // 1 - A2 / B2
+    const C u = mul(vd, inv_b2);  // 1 - A2 / B2
     const C cs = free_sxy ? add(C(1), -u) : c2 / b2;  // A2 / B2, exactly 1 for flat x == y
     const C l = term == TERM_CS ? C(1) : add(C(1), -mul(mul(md, inv_b1), md));  // A1 / B1
     const C s_raw = mul(l, cs);
@@ -639,7 +640,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const T* yp = y + outer * y_outer + inner * y_inner;
             const C xv = load_scaled(xp, x_row, x_col, row, col, height, width, PAD_SAME, inv_range);
             const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
-            C value = (b[0] + C(2) * ((xv - own_shift[0]) * b[1] + ((xv - yv) - own_shift[1]) * b[2])) * inv_range;
+            const C xs = xv - own_shift[0], ds = (xv - yv) - own_shift[1];  // x' and d' at this tile's shifts
+            C value = (b[0] + C(2) * (xs * b[1] + ds * b[2])) * inv_range;
             if (plane_weights) value *= (C)plane_weights[p];
             if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant);
             if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx

@@ -246,8 +246,9 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R>::value) ssim3d_
                 }
                 thread_sum += value;
                 if (grad_maps) {
-                    // skimage's gradient is that of the uncropped map's mean. partial[0] is blurred by
-                    // ssim3d_backward as dS/dmx of the unshifted mean, as ssim.cu's ssim_pixel returns it.
+                    // skimage's gradient is that of the uncropped map's mean. partial[0] moves from the
+                    // moments shifted by kx (x) and kx - ky (d = x - y) to unshifted ones: ssim3d_backward
+                    // combines the maps with x and x - y themselves.
                     const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
                     const long long at = p * g.map_voxels + ((long long)d * g.map_h + row) * g.map_w + col;
                     const C partials[3] = {px.partial[0] - C(2) * (kx * px.partial[1] + (kx - ky) * px.partial[2]),
