@@ -7,7 +7,7 @@
 //   ssim_forward<T, R>   the map value at every map pixel; optionally the map,
 //                        the per-block sums of the pixels that the mean counts
 //                        (float64, fixed order), and the three partial maps the
-//                        gradient needs: g*Pmu, g*Pxx, g*Pxy (the exact gradient)
+//                        gradient needs: g*Pmu, g*Pxx, g*Pdd (the exact gradient)
 //                        or the terms of scikit-image's formula.
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
 //                        of the three partial maps, combined with x and y
@@ -203,20 +203,23 @@ __device__ inline bool small_strides(long long row_stride, long long col_stride)
     return row_stride < limit && row_stride > -limit && col_stride < limit && col_stride > -limit;
 }
 
-// P0 = dS/dmx' of moments shifted by (kx, ky), moved to the shift `own`:
-// P0 + 2 (own_x - kx) P1 + (own_y - ky) P2 (see ssim_backward).
+// P0 = dS/dmx' of moments shifted by kx (x) and kd = kx - ky (d = x - y), moved
+// to the shifts `own` (x's, d's): P0 + 2 (own_x - kx) P1 + 2 (own_d - kd) P2 (see
+// ssim_backward).
 template <class C>
-__device__ inline C moved_partial(const C (&p)[3], const C* own, C kx, C ky) {
-    return p[0] + C(2) * (own[0] - kx) * p[1] + (own[1] - ky) * p[2];
+__device__ inline C moved_partial(const C (&p)[3], const C* own, C kx, C kd) {
+    return p[0] + C(2) * ((own[0] - kx) * p[1] + (own[1] - kd) * p[2]);
 }
 
 // What the forward writes into the three partial maps (the backward combines
-// them as map0 + 2 x map1 + y map2, each blurred by F^T):
-//   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dExy (docs/spec.rst section 4), zero where a
-//                   clamp is active; the gradient of the returned mean wrt x.
+// them as map0 + 2 x map1 + 2 (x - y) map2, each blurred by F^T):
+//   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dEdd with Edd = E[(x - y)^2], the moments
+//                   of ssim_pixel (docs/spec.rst section 4 in those moments), zero
+//                   where a clamp is active; the gradient of the returned mean wrt x.
 //   GRADIENT_SKIMAGE: scikit-image's formula (docs/spec.rst section 5), which the
-//                   drop-in reproduces: (mx (A2 - A1) - my (B2 - B1) S) / D,
-//                   A1 / (2 D) and -S / B2, weighted over the whole map.
+//                   drop-in reproduces, map0 + 2 x P1 + y P2 with P1 = A1 / (2 D)
+//                   and P2 = -S / B2: (mx (A2 - A1) - my (B2 - B1) S) / D,
+//                   P1 + P2 / 2 and -P2 / 2, weighted over the whole map.
 enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE = 2 };
 
 // SSIM (or, for TERM_CS, A2 / B2) at one pixel from the five filtered moments
@@ -228,29 +231,40 @@ template <class C> struct Pixel {
     C s, partial[3];
 };
 
-// The moments m (mx, my, Exx, Eyy, Exy) come from images shifted by (kx, ky),
-// constants near the window's values: the variances and the covariance, which
-// are shift-invariant, then lose no digits to E[x^2] - mx^2 cancellation, and
-// the means are mx' + kx, my' + ky. The partials are those of the shifted
-// moments: partial[0] is dS/dmx' with Exx', Exy' held fixed, which is
-// Pmu + 2 kx Pxx + ky Pxy, computed without that sum's cancellation (its
-// covariance terms take the shifted means; for x == y it is exactly 0).
+// The moments m (mx', md', Exx', Eyy', Edd') are those of x' = x - kx, y' = y - ky
+// and d' = x' - y', shifted by (kx, ky), constants near the window's values: the
+// variances, which are shift-invariant, then lose no digits to E[x^2] - mx^2
+// cancellation, and the means are mx = mx' + kx, md = md' + kx - ky, my = mx - md.
+// With var(d) = sxx + syy - 2 sxy carried as Edd' - md'^2, the formula reads
+//   S = A1 / B1 * A2 / B2 = (1 - md^2 / B1) (1 - var(d) / B2),
+// without the cancellation of sxx + syy - 2 sxy, which float32 cannot resolve
+// where a window holds a step (zero padding beside bright values) and x, y
+// differ by little, and S cannot round above 1 there (both factors lie in
+// [0, 1] when x and y are close; the clamp would zero the partials). The
+// partials are those of the shifted moments: partial[0] is dS/dmx' with my',
+// Exx', Edd' held fixed, partial[1] dS/dExx', partial[2] dS/dEdd' (the backward
+// combines them as map0 + 2 x' map1 + 2 d' map2), each computed without
+// cancellation: for x == y all but partial[2] are exactly 0, and d' is exactly 0.
 template <class C>
 __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C cov, int term, int formula) {
+    const C my_shifted = add(m[0], -m[1]);
     const C sxx_raw = mul(cov, add(m[2], -mul(m[0], m[0])));
-    const C syy_raw = mul(cov, add(m[3], -mul(m[1], m[1])));
+    const C syy_raw = mul(cov, add(m[3], -mul(my_shifted, my_shifted)));
+    const C vd_raw = mul(cov, add(m[4], -mul(m[1], m[1])));
     const bool free_sxx = sxx_raw > C(0), free_sxy = free_sxx && syy_raw > C(0);
     const C sxx = free_sxx ? sxx_raw : C(0);
     const C syy = syy_raw > C(0) ? syy_raw : C(0);
-    const C sxy = free_sxy ? mul(cov, add(m[4], -mul(m[0], m[1]))) : C(0);
-    const C mx = add(m[0], kx), my = add(m[1], ky);
-    const C mxx = mul(mx, mx), myy = mul(my, my), mxy = mul(mx, my);
-    const C a1 = add(mul(C(2), mxy), c1);
-    const C a2 = add(mul(C(2), sxy), c2);
-    const C b1 = add(add(mxx, myy), c1);
+    // var(d) = sxx + syy - 2 sxy; with no covariance where a window is flat, sxx + syy.
+    const C vd = free_sxy ? (vd_raw > C(0) ? vd_raw : C(0)) : add(sxx, syy);
+    const C mx = add(m[0], kx), md = add(m[1], add(kx, -ky)), my = add(mx, -md);
+    const C b1 = add(add(mul(mx, mx), mul(my, my)), c1);
     const C b2 = add(add(sxx, syy), c2);
     const C d = mul(b1, b2);
-    const C s_raw = term == TERM_CS ? a2 / b2 : mul(a1, a2) / d;
+    const C inv_b1 = C(1) / b1, inv_b2 = C(1) / b2;
+    const C u = mul(vd, inv_b2);  // 1 - A2 / B2
+    const C cs = free_sxy ? add(C(1), -u) : c2 / b2;  // A2 / B2, exactly 1 for flat x == y
+    const C l = term == TERM_CS ? C(1) : add(C(1), -mul(mul(md, inv_b1), md));  // A1 / B1
+    const C s_raw = mul(l, cs);
     Pixel<C> out;
     // Statistics beyond the compute type (finite means, an infinite denominator):
     // the pixel and its partials are NaN (docs/spec.rst section 1), never 0.
@@ -262,25 +276,26 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     out.s = s_raw > C(1) ? C(1) : (s_raw < C(-1) ? C(-1) : s_raw);
     out.partial[0] = out.partial[1] = out.partial[2] = C(0);
     if (formula == GRADIENT_NONE) return out;
-    const C s = out.s, inv_b1 = C(1) / b1, inv_b2 = C(1) / b2, inv_d = inv_b1 * inv_b2;
-    if (formula == GRADIENT_EXACT && s == s_raw && term == TERM_CS) {
-        // cs = A2 / B2: A2 moves with Exy' - mx' my', B2 with Exx' - mx'^2.
-        out.partial[0] = -C(2) * cov * m[1] * inv_b2 + (free_sxx ? C(2) * cov * m[0] * s * inv_b2 : C(0));
-        out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
-        out.partial[2] = C(2) * cov * inv_b2;
-    } else if (formula == GRADIENT_EXACT && s == s_raw) {
-        // Derivatives of the unclamped covariance: at a flat window of x, sxy
-        // moves to first order with x while sxx moves only to second order.
-        // The luminance term 2 (my A2 / B2 - mx S) / B1 is exactly 0 for x == y.
-        out.partial[0] = C(2) * (my * (a2 / b2) - mx * s) * inv_b1 - C(2) * cov * m[1] * a1 * inv_d +
-                         (free_sxx ? C(2) * cov * m[0] * s * inv_b2 : C(0));
-        out.partial[1] = free_sxx ? -cov * s * inv_b2 : C(0);
-        out.partial[2] = C(2) * cov * a1 * inv_d;
+    const C s = out.s;
+    if (formula == GRADIENT_EXACT && s == s_raw) {
+        // dS/dmx' = dl/dmx cs + l dcs/dmx', dl/dmx = -2 md (1 - mx md / B1) / B1 (0 for TERM_CS),
+        // dcs/dmx' = 2 c (md' - mx' u) / B2 (through var(d) and sxx). Derivatives of the
+        // unclamped covariance: at a flat window of x, var(d) moves to first order with x
+        // while sxx moves only to second order, so only the sxx terms vanish there.
+        const C dl = term == TERM_CS ? C(0) : -C(2) * md * (C(1) - mx * md * inv_b1) * inv_b1;
+        const C dcs = C(2) * cov * (m[1] - (free_sxx ? m[0] * u : C(0))) * inv_b2;
+        out.partial[0] = dl * cs + l * dcs;
+        out.partial[1] = free_sxx ? cov * l * u * inv_b2 : C(0);
+        out.partial[2] = -cov * l * inv_b2;
     } else if (formula == GRADIENT_SKIMAGE) {
-        out.partial[1] = C(0.5) * a1 * inv_d;
-        out.partial[2] = -s * inv_b2;
-        out.partial[0] = (mx * (a2 - a1) - my * (b2 - b1) * s) * inv_d + C(2) * kx * out.partial[1] +
-                         ky * out.partial[2];
+        // scikit-image's map0 + 2 x P1 + y P2 with P1 = A1 / (2 D), P2 = -S / B2, as
+        // map0 + 2 x (P1 + P2 / 2) + 2 d (-P2 / 2).
+        const C a1 = add(mul(C(2), mul(mx, my)), c1), a2 = free_sxy ? add(b2, -vd) : c2;
+        const C inv_d = inv_b1 * inv_b2;
+        const C p1 = C(0.5) * a1 * inv_d, p2 = -s * inv_b2;
+        out.partial[0] = (mx * (a2 - a1) - my * (b2 - b1) * s) * inv_d + C(2) * kx * p1 + ky * p2;
+        out.partial[1] = p1 + C(0.5) * p2;
+        out.partial[2] = -C(0.5) * p2;
     }
     return out;
 }
@@ -418,7 +433,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     constexpr int kThreads = kTile * kTile;
     __shared__ C tile_x[kSide][TilePitch<C, R>::value];
     __shared__ C tile_y[kSide][TilePitch<C, R>::value];
-    __shared__ C rows[5][kSide][kTile];  // horizontally filtered mx, my, Exx, Eyy, Exy
+    __shared__ C rows[5][kSide][kTile];  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kThreads / 32];
 
@@ -460,24 +475,26 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         __syncthreads();
         for (int k = tid; k < kSide * kTile; k += kThreads) {
             const int r = k / kTile, c = k % kTile;
-            C mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
+            C mx = 0, md = 0, exx = 0, eyy = 0, edd = 0;
 #pragma unroll
             for (int t = 0; t <= 2 * R; ++t) {
-                // 7 operations per tap (w a and w b shared), not 8; with x == y
-                // bitwise the moments of x and y stay bitwise equal.
+                // 9 operations per tap (w a, w b and w d shared; w b as w a - w d,
+                // which keeps ptxas's 64 registers for R = 7 without a spill);
+                // with x == y bitwise, d = 0, md and Edd are exactly 0 and Eyy
+                // stays bitwise equal to Exx.
                 const C a = tile_x[r][c + t], b = tile_y[r][c + t], w = weights[t];
-                const C wa = w * a, wb = w * b;
+                const C d = a - b, wa = w * a, wd = w * d, wb = wa - wd;
                 mx += wa;
-                my += wb;
+                md += wd;
                 exx += wa * a;
                 eyy += wb * b;
-                exy += wa * b;
+                edd += wd * d;
             }
             rows[0][r][c] = mx;
-            rows[1][r][c] = my;
+            rows[1][r][c] = md;
             rows[2][r][c] = exx;
             rows[3][r][c] = eyy;
-            rows[4][r][c] = exy;
+            rows[4][r][c] = edd;
         }
         __syncthreads();
         C m[5];
@@ -524,13 +541,13 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
     constexpr int kThreads = kTile * kTile;
-    __shared__ C tile[3][kSide][TilePitch<C, R>::value];  // g*Pmu, g*Pxx, g*Pxy around the tile
+    __shared__ C tile[3][kSide][TilePitch<C, R>::value];  // g*Pmu, g*Pxx, g*Pdd around the tile
     __shared__ C rows[3][kSide][kTile];
-    // The shifts (x, y) of the forward tiles under this tile's halo: 4 x 4
+    // The shifts (of x, of x - y) of the forward tiles under this tile's halo: 4 x 4
     // from tile (shift_row, shift_col), which holds every map pixel the halo
     // reads, reflected or not, for R <= 8 (a halo side of 16 + 2R <= 32 map
     // pixels, whose reflections past the map's end land in the tile before).
-    // own_shift: this tile's (x, y) shift, the same for all its windows.
+    // own_shift: this tile's shifts (of x, of x - y), the same for all its windows.
     static_assert(R <= 8, "the shift table covers halos of R <= 8");
     __shared__ C shifts[2][4][4];
     __shared__ C own_shift[2];
@@ -546,10 +563,10 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
         const long long outer = p / inner_count, inner = p % inner_count;
         const C* maps = grad_maps + p * g.map_pixels;
         // The partial maps are those of moments shifted by the forward tile's
-        // (kx, ky) (ssim_pixel); with this tile's own shift (bx, by) =
-        // own_shift, the same for every window here,
-        // dL/dx = F^T(P0 + 2 (bx - kx) P1 + (by - ky) P2) + 2 (x - bx) F^T(P1)
-        // + (y - by) F^T(P2): no term is larger than the gradient where the
+        // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd)
+        // = own_shift, the same for every window here,
+        // dL/dx = F^T(P0 + 2 (bx - kx) P1 + 2 (bd - kd) P2) + 2 (x - bx) F^T(P1)
+        // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
         // image is bright and flat.
         const int shift_row = max(((g.row - R - g.offset) >> 4) - 1, 0);
         const int shift_col = max(((g.col - R - g.offset) >> 4) - 1, 0);
@@ -559,10 +576,10 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const bool own = tid == 16;
             const int row = own ? g.row : (shift_row + tid / 4) * kTile + g.offset;
             const int col = own ? g.col : (shift_col + tid % 4) * kTile + g.offset;
-            *(own ? &own_shift[0] : &shifts[0][tid / 4][tid % 4]) =
-                tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
-            *(own ? &own_shift[1] : &shifts[1][tid / 4][tid % 4]) =
-                tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
+            const C kx = tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
+            const C ky = tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
+            *(own ? &own_shift[0] : &shifts[0][tid / 4][tid % 4]) = kx;
+            *(own ? &own_shift[1] : &shifts[1][tid / 4][tid % 4]) = kx - ky;
         }
         __syncthreads();
         const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
@@ -623,7 +640,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const T* yp = y + outer * y_outer + inner * y_inner;
             const C xv = load_scaled(xp, x_row, x_col, row, col, height, width, PAD_SAME, inv_range);
             const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
-            C value = (b[0] + C(2) * (xv - own_shift[0]) * b[1] + (yv - own_shift[1]) * b[2]) * inv_range;
+            const C xs = xv - own_shift[0], ds = (xv - yv) - own_shift[1];  // x' and d' at this tile's shifts
+            C value = (b[0] + C(2) * (xs * b[1] + ds * b[2])) * inv_range;
             if (plane_weights) value *= (C)plane_weights[p];
             if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant);
             if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx

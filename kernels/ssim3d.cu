@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
     __shared__ C tiles[2][kSide][kSide];  // x and y around the tile, one plane, shifted by (kx, ky)
-    __shared__ C rows[5][kSide][kTile];   // filtered along rows: mx, my, Exx, Eyy, Exy
+    __shared__ C rows[5][kSide][kTile];   // filtered along rows: mx, md, Exx, Eyy, Edd
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kTile * kTile];
 
@@ -225,12 +225,12 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
             C m[5];
             filter_tile<C, R, 5>(
                 [&](int r, int c, C (&v)[5]) {
-                    const C a = tiles[0][r][c], b = tiles[1][r][c];
+                    const C a = tiles[0][r][c], b = tiles[1][r][c], d = a - b;
                     v[0] = a;
-                    v[1] = b;
+                    v[1] = d;
                     v[2] = a * a;
                     v[3] = b * b;
-                    v[4] = a * b;
+                    v[4] = d * d;
                 },
                 rows, weights, tid, m);
             window.push(m);
@@ -251,11 +251,12 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
                 }
                 thread_sum += value;
                 if (grad_maps) {
-                    // skimage's gradient is that of the uncropped map's mean. partial[0] is blurred by
-                    // ssim3d_backward as dS/dmx of the unshifted mean, as ssim.cu's ssim_pixel returns it.
+                    // skimage's gradient is that of the uncropped map's mean. partial[0] moves from the
+                    // moments shifted by kx (x) and kx - ky (d = x - y) to unshifted ones: ssim3d_backward
+                    // combines the maps with x and x - y themselves.
                     const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
                     const long long at = p * g.map_voxels + ((long long)d * g.map_h + row) * g.map_w + col;
-                    const C partials[3] = {px.partial[0] - C(2) * kx * px.partial[1] - ky * px.partial[2],
+                    const C partials[3] = {px.partial[0] - C(2) * (kx * px.partial[1] + (kx - ky) * px.partial[2]),
                                            px.partial[1], px.partial[2]};
                     for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * partials[q];
                 }
@@ -282,7 +283,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
-    __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pxy around the tile, one map plane
+    __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pdd around the tile, one map plane
     __shared__ C rows[3][kSide][kTile];
     __shared__ C weights[2 * R + 1];
 
@@ -336,7 +337,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim
                                         inv_range);
                 const C yv = load_voxel(yp, y_depth, y_row, y_col, z, row, col, depth, height, width, PAD_SAME,
                                         inv_range);
-                C value = (blurred[0] + C(2) * xv * blurred[1] + yv * blurred[2]) * inv_range;
+                C value = (blurred[0] + C(2) * (xv * blurred[1] + (xv - yv) * blurred[2])) * inv_range;
                 if (volume_weights) value *= (C)volume_weights[p];
                 if (coarse) value += pooled_adjoint3d(coarse, p, z, row, col, depth, height, width, variant);
                 if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
