@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 import textwrap
@@ -418,17 +419,21 @@ def demo_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["precompile"]:
-        from ._precompile import main as precompile
-
-        return precompile(argv[1:])
-    parser = demo_parser() if argv[:1] == ["demo"] else compare_parser()
     try:
-        args = parser.parse_args(argv[1:] if argv[:1] == ["demo"] else argv)
-        return args.run(args)
-    except UsageError as exc:
-        print(f"{parser.format_usage().rstrip()}\ncussim: error: {exc}", file=sys.stderr)
-        return 2
+        if argv[:1] == ["precompile"]:
+            from ._precompile import main as precompile
+
+            return precompile(argv[1:])
+        parser = demo_parser() if argv[:1] == ["demo"] else compare_parser()
+        try:
+            args = parser.parse_args(argv[1:] if argv[:1] == ["demo"] else argv)
+            return args.run(args)
+        except UsageError as exc:
+            print(f"{parser.format_usage().rstrip()}\ncussim: error: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         print("cussim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`cussim ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a pipeline cut short

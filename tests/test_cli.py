@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -241,3 +242,12 @@ def test_console_script_and_module(folders):
     result = subprocess.run([sys.executable, "-m", "cussim", str(ref / "grey8.png"), str(test / "grey8.png"),
                              "--format", "csv"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("pair,ssim,dssim,error")
+
+
+def test_a_closed_stdout_ends_quietly(monkeypatch):
+    """`cussim ... | head`: the reader goes away; exit 141 (128 + SIGPIPE), no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", buffering=1) as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        assert _cli.main(["precompile", "--list"]) == 141
