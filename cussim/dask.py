@@ -594,10 +594,9 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     (((1, 1),), True)
     """
     x, y = _inputs(x, y)
-    pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights, data_range=data_range,
-                               win_size=win_size, sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis,
-                               spatial_dims=spatial_dims)
-    problem = pyramid.problem
+    problem, pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights,
+                                        data_range=data_range, win_size=win_size, sigma=sigma, K1=K1, K2=K2,
+                                        channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     dtype = _launch.compute_dtype(x.dtype)
     y = da.broadcast_to(y, x.shape).transpose(problem.perm)
     scale_x, scale_y = x.transpose(problem.perm), y
