@@ -217,7 +217,7 @@ def _reference_values(problem: _Problem, pyramid: _Pyramid, want_gradient):
     ndim = problem.x.ndim
     return _reference.ms_ssim_with_gradient(
         problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
-        K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.kept, ndim)),
+        K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.layout.kept, ndim)),
         pool_axes=(ndim - p.spatial - 1,) if pyramid.group > 1 else (), want_gradient=want_gradient,
         limit=problem.limit, spatial=p.spatial)
 
@@ -225,7 +225,7 @@ def _reference_values(problem: _Problem, pyramid: _Pyramid, want_gradient):
 def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
     """Every launch of one MS-SSIM value (and gradient), in order, on the inputs' device."""
     variant, scales, margin = pyramid.variant, pyramid.scales, pyramid.margin
-    params, launcher = problem.params, problem.launcher
+    params, launcher = problem.params, problem.layout.launcher
     want_gradient = grad_view is not None
     xs, ys = [problem.x] + views["x"][1:], [problem.y] + views["y"][1:]
     for j in range(1, scales):

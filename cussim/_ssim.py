@@ -84,37 +84,13 @@ class _Problem:
     def params(self) -> SsimParams:
         return self.layout.params
 
-    @property
-    def perm(self) -> tuple:
-        return self.layout.perm
-
-    @property
-    def kept(self) -> int:
-        return self.layout.kept
-
-    @property
-    def value_shape(self) -> tuple:
-        return self.layout.value_shape
-
-    @property
-    def planes(self) -> int:
-        return self.layout.planes
-
-    @property
-    def counted_per_value(self) -> int:
-        return self.layout.counted_per_value
-
-    @property
-    def launcher(self):
-        return self.layout.launcher
-
     def original(self, array):
         """An array in the kernels' layout, viewed in the caller's axis order."""
         return array.transpose(self.layout.inverse_perm)
 
     def permuted(self, array):
         """A caller-layout array viewed in the kernels' layout."""
-        return array.transpose(self.perm)
+        return array.transpose(self.layout.perm)
 
     def device(self):
         return _arrays.on_device(self.x)
@@ -301,10 +277,10 @@ def _value_buffer(problem: _Problem, out):
     dtype = _launch.compute_dtype(problem.x.dtype)
     if out is None:
         with problem.device():
-            out = _arrays.empty(problem.xp, problem.value_shape, dtype)
+            out = _arrays.empty(problem.xp, problem.layout.value_shape, dtype)
     else:
         out = _arrays.as_array(out, "out")
-        _arrays.check_output(out, "out", shape=problem.value_shape, dtype=dtype, like=problem.x)
+        _arrays.check_output(out, "out", shape=problem.layout.value_shape, dtype=dtype, like=problem.x)
         if out.ndim > 1 and not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous (it holds {out.size} values)")
     return out, out.reshape(-1)
@@ -313,7 +289,7 @@ def _value_buffer(problem: _Problem, out):
 def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     """The float64 reference on NumPy inputs: (values, gradient in the kernels' layout or None)."""
     p = problem.params
-    axes = tuple(range(problem.kept, problem.x.ndim))
+    axes = tuple(range(problem.layout.kept, problem.x.ndim))
     kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov,
                   limit=problem.limit, spatial=p.spatial)
     taps = np.asarray(p.taps)
@@ -321,7 +297,7 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     if l1:  # the fused L1 term, only where it is asked for (it costs a float64 copy of the images)
         difference = problem.x.astype(np.float64) - problem.y.astype(np.float64)
         l1_value = l1 * np.abs(difference).mean(axis=axes)
-        l1_grad = l1 / problem.counted_per_value * np.sign(difference) if want_gradient else 0.0
+        l1_grad = l1 / problem.layout.counted_per_value * np.sign(difference) if want_gradient else 0.0
     if want_gradient:
         value, grad = _reference.ssim_with_gradient(problem.x, problem.y, taps, **kwargs)
         return a + b * value + l1_value, b * grad + l1_grad
@@ -361,7 +337,7 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
         workspace = check_workspace(workspace)
     problem.check_apart({"out": out, "grad": grad, "workspace.block_sums": getattr(workspace, "block_sums", None),
                          "workspace.grad_maps": getattr(workspace, "grad_maps", None)})
-    if problem.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
+    if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
         flat_out[...] = np.nan
         return out
     if not _use_kernels(problem):
@@ -381,7 +357,7 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
-        counted = problem.counted_per_value
+        counted = problem.layout.counted_per_value
         if workspace is None:
             sums, maps = problem.layout.workspace_sizes
             block_sums = _arrays.empty(problem.xp, (sums,), np.float64)
@@ -390,7 +366,7 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
         else:
             block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
         # With the L1 term the block sums hold b * S + l1 * |x - y| per pixel, so the finish scales by 1.
-        launcher = problem.launcher
+        launcher = problem.layout.launcher
         launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
                          weight=b / counted, sum_scale=b, l1=l1 * problem.params.data_range)
         _launch.finish(block_sums, flat_out, per_output=block_sums.size // max(1, flat_out.size), count=counted,
@@ -401,7 +377,8 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
 
     return _compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
-        check_workspace=lambda ws: _check_workspace(ws, problem, problem.layout.workspace_sizes, "make_workspace", options),
+        check_workspace=lambda ws: _check_workspace(ws, problem, problem.layout.workspace_sizes, "make_workspace",
+                                                    options),
         reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
 
 
@@ -532,7 +509,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         result = _arrays.as_array(out, "out")
         _arrays.check_output(result, "out", shape=original_shape, dtype=dtype, like=problem.x)
         problem.check_apart({"out": result})
-    if problem.planes == 0:
+    if problem.layout.planes == 0:
         return result
     if not _use_kernels(problem):
         p = problem.params
@@ -541,7 +518,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         problem.permuted(result)[...] = S
         return result
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
-        problem.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
+        problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
     return result
 
 
