@@ -126,9 +126,9 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     and becomes the innermost batch axis, so each image's channels are
     consecutive planes.
 
-    Everything but the arrays themselves is checked by :func:`_layout`, from a
-    cache keyed by the shapes, dtypes and options: a repeated call converts
-    the arrays, checks where they are and views them.
+    Everything but the arrays themselves is checked by :func:`_checked_layout`,
+    from a cache keyed by the shapes, dtypes and options (never by data): a
+    repeated call converts the arrays, checks where they are and views them.
     """
     x = _arrays.as_array(x, "x")
     y = _arrays.as_array(y, "y")
@@ -151,7 +151,10 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
 def _checked_layout(x_shape, y_shape, x_dtype, y_dtype, data_range, win_size, sigma, window, K1, K2, padding,
                     sample_covariance, channel_axis, axis, reduce, min_side, channels_pooled, spatial_dims,
                     axis_types):
-    """_prepare's checks of shapes, dtypes and options: their :class:`_Layout`, or the exception naming the fix."""
+    """_prepare's checks of shapes, dtypes and options: their :class:`_Layout`, or the exception naming the fix.
+
+    ``axis_types`` (the types of axis's members) is only part of the cache's key.
+    """
     _arrays.check_dtype(x_dtype, "x")
     if y_dtype != x_dtype:
         raise TypeError(f"y has dtype {y_dtype} but x has {x_dtype}; convert one to the other's dtype")
