@@ -67,10 +67,11 @@ def as_array(value, name: str):
     )
 
 
-def check_dtype(array, name: str) -> None:
-    if array.dtype not in SUPPORTED_DTYPES:
+def check_dtype(dtype, name: str) -> None:
+    """Refuses an array dtype the kernels do not take; ``name`` is the array's."""
+    if dtype not in SUPPORTED_DTYPES:
         names = ", ".join(d.name for d in SUPPORTED_DTYPES)
-        raise TypeError(f"{name} has dtype {array.dtype}; cussim supports {names} (convert it with .astype)")
+        raise TypeError(f"{name} has dtype {dtype}; cussim supports {names} (convert it with .astype)")
 
 
 def device_of(array):

@@ -114,7 +114,14 @@ def _whole_elements(array) -> bool:
 
 def addressable(array) -> bool:
     """Whether the kernels can write this output as it lies: element strides, batch axes in two levels."""
-    return _whole_elements(array) and _merge_leading(array.shape[:-2], [_element_strides(array)[:-2]]) is not None
+    return _addressable_layout(tuple(array.shape), tuple(array.strides), array.itemsize)
+
+
+@functools.lru_cache(maxsize=256)
+def _addressable_layout(shape, strides, itemsize) -> bool:
+    if any(s % itemsize for s in strides):
+        return False
+    return _merge_leading(shape[:-2], [tuple(s // itemsize for s in strides[:-2])]) is not None
 
 
 def plane_layouts(inputs, outputs=None, *, spatial=2):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _launch, _reference, _ssim
-from ._ssim import Workspace, _gradient_buffer, _prepare, _Problem
+from ._ssim import Workspace, _gradient_buffer, _Layout, _prepare, _Problem
 
 VARIANTS = _reference.MS_SSIM_VARIANTS
 DEFAULT_WEIGHTS = _reference.MS_SSIM_WEIGHTS
@@ -61,7 +61,7 @@ class _Pyramid:
     (whole-sample reflection), its SSIM map the valid part of that.
     """
 
-    problem: _Problem
+    layout: _Layout
     variant: str
     weights: tuple
     group: int  # planes per image (an image's channels, pooled by torchmetrics)
@@ -72,16 +72,16 @@ class _Pyramid:
 
     @property
     def margin(self) -> int:
-        return self.problem.params.radius if self.variant == "torchmetrics" else 0
+        return self.layout.params.radius if self.variant == "torchmetrics" else 0
 
     @property
     def spatial(self) -> int:
-        return self.problem.params.spatial
+        return self.layout.params.spatial
 
     @functools.cached_property
     def _sides(self) -> tuple:
         """The spatial sides of every scale, unextended (worked out once: a call asks dozens of times)."""
-        sides = [tuple(self.problem.x.shape[-self.spatial :])]
+        sides = [self.layout.shape[-self.spatial :]]
         for _ in range(1, self.scales):
             sides.append(tuple(_reference.downsampled_shape(sides[-1], self.variant, self.spatial)))
         return tuple(sides)
@@ -100,19 +100,19 @@ class _Pyramid:
         return self._stored[j]
 
     def map_pixels(self, j) -> int:
-        r = self.problem.params.radius
+        r = self.layout.params.radius
         return math.prod(n - 2 * r for n in self.stored(j))
 
     @functools.cached_property
     def _tiles(self) -> tuple:
-        return tuple(self.problem.launcher.tiles(self.problem.params.map_shape(shape)) for shape in self._stored)
+        return tuple(self.layout.launcher.tiles(self.layout.params.map_shape(shape)) for shape in self._stored)
 
     def tiles(self, j) -> int:
         return self._tiles[j]
 
     @property
     def planes(self) -> int:
-        return self.problem.planes
+        return self.layout.planes
 
     @property
     def images(self) -> int:
@@ -169,7 +169,8 @@ def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
 
 
 def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, channel_axis, axis,
-             spatial_dims=2) -> _Pyramid:
+             spatial_dims=2) -> tuple:
+    """The checked problem and its :class:`_Pyramid` (one per layout and options, from a cache)."""
     variant = _check_variant(variant)
     weights = _check_weights(weights)
     if variant == "torchmetrics" and spatial_dims != 2:
@@ -184,7 +185,11 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
                        K2=K2, padding="valid", sample_covariance=False, channel_axis=channel_axis, axis=axis,
                        min_side=(side, reason), channels_pooled=pooled, spatial_dims=spatial_dims)
     group = problem.x.shape[-3] if pooled else 1
-    return _Pyramid(problem=problem, variant=variant, weights=weights, group=group)
+    return problem, _cached_pyramid(problem.layout, variant, weights, group)
+
+
+# Its scales are worked out once per layout and options, not once per call.
+_cached_pyramid = functools.lru_cache(maxsize=256)(_Pyramid)
 
 
 def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_size=11, channel_axis=None,
@@ -201,27 +206,26 @@ def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_siz
     >>> ws.nbytes > x.nbytes
     True
     """
-    pyramid = _pyramid(x, x, variant=variant, weights=weights, data_range=None, win_size=win_size, sigma=1.5,
+    problem, pyramid = _pyramid(x, x, variant=variant, weights=weights, data_range=None, win_size=win_size, sigma=1.5,
                        K1=0.01, K2=0.03, channel_axis=channel_axis, axis=None, spatial_dims=spatial_dims)
-    return _ssim._allocate_workspace(pyramid.problem, pyramid.sizes(with_gradient=True))
+    return _ssim._allocate_workspace(problem, pyramid.sizes(with_gradient=True))
 
 
-def _reference_values(pyramid: _Pyramid, want_gradient):
+def _reference_values(problem: _Problem, pyramid: _Pyramid, want_gradient):
     """The float64 reference on NumPy inputs: (values, gradient in the kernels' layout or None)."""
-    problem = pyramid.problem
     p = problem.params
     ndim = problem.x.ndim
     return _reference.ms_ssim_with_gradient(
         problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
-        K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.kept, ndim)),
+        K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.layout.kept, ndim)),
         pool_axes=(ndim - p.spatial - 1,) if pyramid.group > 1 else (), want_gradient=want_gradient,
         limit=problem.limit, spatial=p.spatial)
 
 
-def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
+def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
     """Every launch of one MS-SSIM value (and gradient), in order, on the inputs' device."""
-    problem, variant, scales, margin = pyramid.problem, pyramid.variant, pyramid.scales, pyramid.margin
-    params, launcher = problem.params, problem.launcher
+    variant, scales, margin = pyramid.variant, pyramid.scales, pyramid.margin
+    params, launcher = problem.params, problem.layout.launcher
     want_gradient = grad_view is not None
     xs, ys = [problem.x] + views["x"][1:], [problem.y] + views["y"][1:]
     for j in range(1, scales):
@@ -249,21 +253,20 @@ def _launch_plan(pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=
                          coarse=coarse, variant=variant)
 
 
-def _compute(pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=""):
-    problem = pyramid.problem
+def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=""):
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
         if workspace is None:
             workspace = _ssim._allocate_workspace(problem, pyramid.sizes(want_gradient))
         views = _views(pyramid, workspace.block_sums, workspace.grad_maps, want_gradient)
-        _launch_plan(pyramid, flat_out, views, grad_view, accumulate)
+        _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate)
 
     return _ssim._compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
         check_workspace=lambda ws: _ssim._check_workspace(ws, problem, pyramid.sizes(with_gradient=True),
                                                           "make_ms_ssim_workspace", options),
-        reference=lambda want_gradient: _reference_values(pyramid, want_gradient), launch=launch)
+        reference=lambda want_gradient: _reference_values(problem, pyramid, want_gradient), launch=launch)
 
 
 _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics"}
@@ -323,9 +326,9 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     >>> float(cussim.ms_ssim(x, x, variant="torchmetrics"))
     1.0
     """
-    pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
+    problem, pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
                        sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
-    return _compute(pyramid, out)
+    return _compute(problem, pyramid, out)
 
 
 def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5,
@@ -356,13 +359,13 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
     >>> bool(abs((f(x + e) - f(x - e)) / (2 * h) - grad[80, 90]) < 1e-8)
     True
     """
-    pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
+    problem, pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
                        sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
-    grad = _gradient_buffer(pyramid.problem, grad, accumulate)
+    grad = _gradient_buffer(problem, grad, accumulate)
     options = ", ".join(f"{name}={value!r}" for name, value in (
         ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis),
         ("spatial_dims", spatial_dims)))
-    value = _compute(pyramid, out, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
+    value = _compute(problem, pyramid, out, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad
 
 

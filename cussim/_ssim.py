@@ -13,6 +13,7 @@ batch axis. The gradient is with respect to the FIRST argument x
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -26,50 +27,70 @@ INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 @dataclass(frozen=True)
-class _Problem:
-    """Checked inputs in the kernels' layout: kept axes, averaged batch axes, then the plane."""
+class _Layout:
+    """What a call's shapes, dtypes and options determine: made once per key by :func:`_checked_layout`
+    (cached), so its derived values are computed once too."""
 
-    x: object
-    y: object
     params: SsimParams
     perm: tuple  # x_original.transpose(perm) is x
     kept: int  # how many leading axes stay in the result
-    xp: object
+    shape: tuple  # x's shape in the kernels' layout
 
-    @property
+    @functools.cached_property
     def value_shape(self) -> tuple:
-        return tuple(self.x.shape[: self.kept])
+        return self.shape[: self.kept]
 
-    @property
+    @functools.cached_property
     def planes(self) -> int:
         """Images (planes, or volumes) in the batch."""
-        return math.prod(self.x.shape[: -self.params.spatial])
+        return math.prod(self.shape[: -self.params.spatial])
 
-    @property
-    def planes_per_value(self) -> int:
-        return math.prod(self.x.shape[self.kept : -self.params.spatial])
+    @functools.cached_property
+    def counted_per_value(self) -> int:
+        """Map pixels averaged into each value."""
+        return math.prod(self.shape[self.kept : -self.params.spatial]) * math.prod(self.params.mean_shape(self.shape))
+
+    @functools.cached_property
+    def inverse_perm(self) -> tuple:
+        return tuple(int(a) for a in np.argsort(self.perm))
+
+    @functools.cached_property
+    def original_shape(self) -> tuple:
+        """x's shape as the caller passed it."""
+        return tuple(self.shape[a] for a in self.inverse_perm)
 
     @property
     def launcher(self):
         """The launch plans of these images: _launch for planes, _launch3d for volumes."""
         return _launch3d if self.params.spatial == 3 else _launch
 
-    @property
-    def counted_per_value(self) -> int:
-        """Map pixels averaged into each value."""
-        return self.planes_per_value * math.prod(self.params.mean_shape(self.x.shape))
+    @functools.cached_property
+    def workspace_sizes(self) -> tuple:
+        """(float64, compute-dtype) elements of SSIM's workspace: per-tile sums, and the gradient's 3 maps."""
+        map_shape = self.params.map_shape(self.shape)
+        return self.planes * self.launcher.tiles(map_shape), 3 * math.prod(map_shape)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Checked inputs in the kernels' layout: kept axes, averaged batch axes, then the plane."""
+
+    x: object
+    y: object
+    layout: _Layout
+    xp: object
 
     @property
-    def inverse_perm(self) -> tuple:
-        return tuple(int(a) for a in np.argsort(self.perm))
+    def params(self) -> SsimParams:
+        return self.layout.params
 
     def original(self, array):
         """An array in the kernels' layout, viewed in the caller's axis order."""
-        return array.transpose(self.inverse_perm)
+        return array.transpose(self.layout.inverse_perm)
 
     def permuted(self, array):
         """A caller-layout array viewed in the kernels' layout."""
-        return array.transpose(self.perm)
+        return array.transpose(self.layout.perm)
 
     def device(self):
         return _arrays.on_device(self.x)
@@ -104,33 +125,59 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     window's (MS-SSIM). ``channels_pooled``: the channel axis must be averaged
     and becomes the innermost batch axis, so each image's channels are
     consecutive planes.
+
+    Everything but the arrays themselves is checked by :func:`_checked_layout`,
+    from a cache keyed by the shapes, dtypes and options (never by data): a
+    repeated call converts the arrays, checks where they are and views them.
     """
     x = _arrays.as_array(x, "x")
     y = _arrays.as_array(y, "y")
     _arrays.check_same_place(x, y, "y", "x")
-    _arrays.check_dtype(x, "x")
-    if y.dtype != x.dtype:
-        raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}; convert one to the other's dtype")
-    ndim = x.ndim
+    arguments = (x.shape, y.shape, x.dtype, y.dtype, data_range, win_size, sigma, window, K1, K2, padding,
+                 sample_covariance, channel_axis, axis, reduce, min_side, channels_pooled, spatial_dims,
+                 # (1, 2), (True, 2) and (1.0, 2) are equal keys: the types keep a bad axis from a good one's plan
+                 tuple(map(type, axis)) if isinstance(axis, (tuple, list)) else None)
+    try:
+        hash(arguments)
+    except TypeError:
+        layout = _checked_layout(*arguments)
+    else:
+        layout = _cached_layout(*arguments)
+    if y.shape != x.shape:
+        y = _arrays.array_module(x).broadcast_to(y, x.shape)
+    return _Problem(x=x.transpose(layout.perm), y=y.transpose(layout.perm), layout=layout, xp=_arrays.array_module(x))
+
+
+def _checked_layout(x_shape, y_shape, x_dtype, y_dtype, data_range, win_size, sigma, window, K1, K2, padding,
+                    sample_covariance, channel_axis, axis, reduce, min_side, channels_pooled, spatial_dims,
+                    axis_types):
+    """_prepare's checks of shapes, dtypes and options: their :class:`_Layout`, or the exception naming the fix.
+
+    ``axis_types`` (the types of axis's members) is only part of the cache's key.
+    """
+    _arrays.check_dtype(x_dtype, "x")
+    if y_dtype != x_dtype:
+        raise TypeError(f"y has dtype {y_dtype} but x has {x_dtype}; convert one to the other's dtype")
+    ndim = len(x_shape)
     spatial_dims = check_spatial_dims(spatial_dims)
     if ndim < spatial_dims + (channel_axis is not None):
-        raise ValueError(f"x has shape {x.shape}; images need {_reference.NUMBER_WORDS[spatial_dims]} spatial axes"
+        raise ValueError(f"x has shape {x_shape}; images need {_reference.NUMBER_WORDS[spatial_dims]} spatial axes"
                          + (" besides channel_axis" if channel_axis is not None else ""))
     try:
-        broadcast = np.broadcast_shapes(y.shape, x.shape)
+        broadcast = np.broadcast_shapes(y_shape, x_shape)
     except ValueError:
         broadcast = None
-    if broadcast != x.shape:
-        raise ValueError(f"y has shape {y.shape}, which does not broadcast to x's shape {x.shape}; "
+    if broadcast != x_shape:
+        raise ValueError(f"y has shape {y_shape}, which does not broadcast to x's shape {x_shape}; "
                          "the images must have the same dimensions")
     channel = None if channel_axis is None else _normalise_axis(channel_axis, ndim, "channel_axis")
     spatial = [a for a in range(ndim) if a != channel][-spatial_dims:]
     if data_range is None:
-        data_range = INTEGER_RANGES.get(x.dtype, 1.0)
+        data_range = INTEGER_RANGES.get(x_dtype, 1.0)
     params = ssim_params(win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2, padding=padding,
                          sample_covariance=sample_covariance, data_range=data_range, spatial_dims=spatial_dims)
-    check_compute_range(params, _launch.compute_dtype(x.dtype))
-    sides = [x.shape[a] for a in spatial]
+    check_compute_range(params, _launch.compute_dtype(x_dtype))
+    sides = [x_shape[a] for a in spatial]
     kind = "images" if spatial_dims == 2 else "volumes"
     if min_side is not None and min(sides) < min_side[0]:
         raise ValueError(f"x's {kind} are {'x'.join(map(str, sides))}; {min_side[1]}")
@@ -159,9 +206,11 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
         raise ValueError(f"axis={axis!r} keeps channel_axis={channel_axis}, but this metric averages an image's "
                          "channels together; include the channel axis in axis")
     perm = tuple(kept + batch + spatial)
-    y = _arrays.array_module(x).broadcast_to(y, x.shape)
-    return _Problem(x=x.transpose(perm), y=y.transpose(perm), params=params, perm=perm, kept=len(kept),
-                    xp=_arrays.array_module(x))
+    return _Layout(params, perm, len(kept), tuple(x_shape[a] for a in perm))
+
+
+# A raise is never cached, so bad arguments raise on every call.
+_cached_layout = functools.lru_cache(maxsize=256, typed=True)(_checked_layout)
 
 
 class Workspace:
@@ -187,11 +236,6 @@ class Workspace:
         return f"Workspace({self.nbytes} bytes, {_arrays.where(self.grad_maps)})"
 
 
-def _workspace_sizes(problem: _Problem):
-    map_shape = problem.params.map_shape(problem.x.shape)
-    return (problem.planes * problem.launcher.tiles(map_shape),
-            3 * math.prod(map_shape))
-
 
 def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial_dims=2) -> Workspace:
     """The workspace for gradients of images shaped like ``x`` (allocated once, reused every step).
@@ -208,7 +252,7 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
                        spatial_dims=spatial_dims)
-    return _allocate_workspace(problem, _workspace_sizes(problem))
+    return _allocate_workspace(problem, problem.layout.workspace_sizes)
 
 
 def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
@@ -236,10 +280,10 @@ def _value_buffer(problem: _Problem, out):
     dtype = _launch.compute_dtype(problem.x.dtype)
     if out is None:
         with problem.device():
-            out = _arrays.empty(problem.xp, problem.value_shape, dtype)
+            out = _arrays.empty(problem.xp, problem.layout.value_shape, dtype)
     else:
         out = _arrays.as_array(out, "out")
-        _arrays.check_output(out, "out", shape=problem.value_shape, dtype=dtype, like=problem.x)
+        _arrays.check_output(out, "out", shape=problem.layout.value_shape, dtype=dtype, like=problem.x)
         if out.ndim > 1 and not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous (it holds {out.size} values)")
     return out, out.reshape(-1)
@@ -248,7 +292,7 @@ def _value_buffer(problem: _Problem, out):
 def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     """The float64 reference on NumPy inputs: (values, gradient in the kernels' layout or None)."""
     p = problem.params
-    axes = tuple(range(problem.kept, problem.x.ndim))
+    axes = tuple(range(problem.layout.kept, problem.x.ndim))
     kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov,
                   limit=problem.limit, spatial=p.spatial)
     taps = np.asarray(p.taps)
@@ -256,7 +300,7 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     if l1:  # the fused L1 term, only where it is asked for (it costs a float64 copy of the images)
         difference = problem.x.astype(np.float64) - problem.y.astype(np.float64)
         l1_value = l1 * np.abs(difference).mean(axis=axes)
-        l1_grad = l1 / problem.counted_per_value * np.sign(difference) if want_gradient else 0.0
+        l1_grad = l1 / problem.layout.counted_per_value * np.sign(difference) if want_gradient else 0.0
     if want_gradient:
         value, grad = _reference.ssim_with_gradient(problem.x, problem.y, taps, **kwargs)
         return a + b * value + l1_value, b * grad + l1_grad
@@ -296,7 +340,7 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
         workspace = check_workspace(workspace)
     problem.check_apart({"out": out, "grad": grad, "workspace.block_sums": getattr(workspace, "block_sums", None),
                          "workspace.grad_maps": getattr(workspace, "grad_maps", None)})
-    if problem.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
+    if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
         flat_out[...] = np.nan
         return out
     if not _use_kernels(problem):
@@ -316,16 +360,16 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
-        counted = problem.counted_per_value
+        counted = problem.layout.counted_per_value
         if workspace is None:
-            sums, maps = _workspace_sizes(problem)
+            sums, maps = problem.layout.workspace_sizes
             block_sums = _arrays.empty(problem.xp, (sums,), np.float64)
             grad_maps = (_arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype))
                          if want_gradient else None)
         else:
             block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
         # With the L1 term the block sums hold b * S + l1 * |x - y| per pixel, so the finish scales by 1.
-        launcher = problem.launcher
+        launcher = problem.layout.launcher
         launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
                          weight=b / counted, sum_scale=b, l1=l1 * problem.params.data_range)
         _launch.finish(block_sums, flat_out, per_output=block_sums.size // max(1, flat_out.size), count=counted,
@@ -336,20 +380,20 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
 
     return _compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
-        check_workspace=lambda ws: _check_workspace(ws, problem, _workspace_sizes(problem), "make_workspace", options),
+        check_workspace=lambda ws: _check_workspace(ws, problem, problem.layout.workspace_sizes, "make_workspace",
+                                                    options),
         reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
 
 
 def _gradient_buffer(problem: _Problem, grad, accumulate):
-    x_original = problem.original(problem.x)
-    dtype = _launch.gradient_dtype(x_original.dtype)
+    dtype = _launch.gradient_dtype(problem.x.dtype)
     if grad is None:
         if accumulate:
             raise ValueError("accumulate=True adds into grad: pass the grad array to add into")
         with problem.device():
-            return _arrays.empty(problem.xp, x_original.shape, dtype)
+            return _arrays.empty(problem.xp, problem.layout.original_shape, dtype)
     grad = _arrays.as_array(grad, "grad")
-    _arrays.check_output(grad, "grad", shape=x_original.shape, dtype=dtype, like=problem.x)
+    _arrays.check_output(grad, "grad", shape=problem.layout.original_shape, dtype=dtype, like=problem.x)
     return grad
 
 
@@ -460,7 +504,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
                        reduce=False, spatial_dims=spatial_dims)
     dtype = _launch.compute_dtype(problem.x.dtype)
     map_shape = problem.params.map_shape(problem.x.shape)
-    original_shape = tuple(map_shape[i] for i in problem.inverse_perm)
+    original_shape = tuple(map_shape[i] for i in problem.layout.inverse_perm)
     if out is None:
         with problem.device():
             result = problem.original(_arrays.empty(problem.xp, map_shape, dtype))
@@ -468,7 +512,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         result = _arrays.as_array(out, "out")
         _arrays.check_output(result, "out", shape=original_shape, dtype=dtype, like=problem.x)
         problem.check_apart({"out": result})
-    if problem.planes == 0:
+    if problem.layout.planes == 0:
         return result
     if not _use_kernels(problem):
         p = problem.params
@@ -477,7 +521,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         problem.permuted(result)[...] = S
         return result
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
-        problem.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
+        problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
     return result
 
 

@@ -287,14 +287,14 @@ class _Chunked:
         x, y = _inputs(x, y)
         problem = _ssim._prepare(_stand_in(x), _stand_in(y), window=window, sigma=sigma,
                                  sample_covariance=sample_covariance, **kwargs)
-        y = da.broadcast_to(y, x.shape).transpose(problem.perm)
-        x = x.transpose(problem.perm)
+        y = da.broadcast_to(y, x.shape).transpose(problem.layout.perm)
+        x = x.transpose(problem.layout.perm)
         p = problem.params
         chunks = x.chunks[: -p.spatial] + tuple(_merged(c, p.win_size) for c in x.chunks[-p.spatial :])
         metric = dict(data_range=p.data_range, win_size=p.win_size, sigma=sigma, window=window, K1=p.K1, K2=p.K2,
                       padding="valid", sample_covariance=sample_covariance, spatial_dims=p.spatial)
-        layout = _Layout(p, problem.kept, problem.counted_per_value, chunks, metric)
-        return cls(layout, problem.perm, x.rechunk(chunks), y.rechunk(chunks))
+        layout = _Layout(p, problem.layout.kept, problem.layout.counted_per_value, chunks, metric)
+        return cls(layout, problem.layout.perm, x.rechunk(chunks), y.rechunk(chunks))
 
     def meta(self, dtype):
         return _arrays.array_module(self.x._meta).empty((0,) * self.x.ndim, dtype)
@@ -594,13 +594,12 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     (((1, 1),), True)
     """
     x, y = _inputs(x, y)
-    pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights, data_range=data_range,
-                               win_size=win_size, sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis,
-                               spatial_dims=spatial_dims)
-    problem = pyramid.problem
+    problem, pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights,
+                                        data_range=data_range, win_size=win_size, sigma=sigma, K1=K1, K2=K2,
+                                        channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     dtype = _launch.compute_dtype(x.dtype)
-    y = da.broadcast_to(y, x.shape).transpose(problem.perm)
-    scale_x, scale_y = x.transpose(problem.perm), y
+    y = da.broadcast_to(y, x.shape).transpose(problem.layout.perm)
+    scale_x, scale_y = x.transpose(problem.layout.perm), y
     r, margin, spatial = problem.params.radius, pyramid.margin, pyramid.spatial
     image = tuple(range(x.ndim - spatial, x.ndim))
     means = []
@@ -618,4 +617,4 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
         image_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane (volume)
         means.append(image_means.mean(axis=-1) if pyramid.group > 1 else image_means)  # pooled channels
     per_image = math.prod(da.maximum(m, 0.0) ** w for m, w in zip(means, pyramid.weights))
-    return per_image.mean(axis=tuple(range(problem.kept, per_image.ndim))).astype(dtype)
+    return per_image.mean(axis=tuple(range(problem.layout.kept, per_image.ndim))).astype(dtype)

@@ -513,6 +513,62 @@ def test_metric_arguments_are_checked_on_every_call():
         cussim.ssim(x, x, data_range=np.array([2.0]))
 
 
+def test_repeated_calls_reuse_a_layout_only_where_it_fits(backend):
+    """A call's checks and layout come from a cache keyed by shapes, dtypes and options: new arrays of one
+    layout get their own results, and a changed layout or option never gets a stale one."""
+    from cussim import _ssim
+
+    calls = [  # (x, y, keywords), each call's images new
+        (*_images((2, 3, 20, 24), seed=1), {}),
+        (*_images((2, 3, 20, 24), seed=2), {}),  # same layout, other arrays
+        (*_images((2, 3, 24, 20), seed=3), {}),  # other shape
+        (*_images((2, 3, 20, 24), np.float64, seed=4), {}),  # other dtype
+        (*_images((2, 3, 20, 24), seed=5), {"axis": (1, 2, 3)}),
+        (*_images((2, 20, 24, 3), seed=6), {"channel_axis": -1, "axis": (1, 2, 3)}),
+        (*_images((2, 3, 20, 24), seed=7), {"win_size": 7, "padding": "valid", "data_range": 2.0}),
+    ]
+    x, y, _ = calls[0]
+    calls.append((np.moveaxis(_images((3, 20, 2, 24), seed=8)[0], 2, 0), y, {}))  # other strides: the same shape
+    for x, y, keywords in calls:
+        keywords = {"win_size": 5, **keywords}
+        value, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), **keywords)
+        _ssim._cached_layout.cache_clear()
+        fresh_value, fresh_grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), **keywords)
+        np.testing.assert_array_equal(backend.asnumpy(value), backend.asnumpy(fresh_value))
+        np.testing.assert_array_equal(backend.asnumpy(grad), backend.asnumpy(fresh_grad))
+        assert grad.shape == x.shape
+    expected, _ = _expected(x, y, win_size=5)
+    _close(backend.asnumpy(value), expected, np.float32)
+
+
+def test_checks_of_a_cached_layout_run_on_every_call(backend):
+    """Every check still raises on a repeated call: arguments, outputs and overlaps alike. (1, 2) and
+    (True, 2) are equal keys, so a bad axis must not find the plan of a good one."""
+    x, y = (backend.asarray(a) for a in _images((4, 16, 16)))
+    grad = backend.asarray(np.empty((4, 16, 16), np.float32))
+    read_only = np.empty((), np.float32)
+    read_only.flags.writeable = False
+    cussim.ssim(x, y, axis=(0, 1, 2))
+    cussim.ssim_with_gradient(x, y, grad=grad)
+    for _ in range(2):
+        for axis, error in [((False, 1, 2), "axis must be an int"), ((0.0, 1, 2), "axis must be an int")]:
+            with pytest.raises(TypeError, match=error):
+                cussim.ssim(x, y, axis=axis)
+        with pytest.raises(TypeError, match="y has dtype float64 but x has float32"):
+            cussim.ssim(x, backend.asarray(_images((4, 16, 16), np.float64)[1]))
+        with pytest.raises(ValueError, match="data_range must be a positive finite number"):
+            cussim.ssim(x, y, data_range=float("nan"))
+        with pytest.raises(ValueError, match="does not broadcast to x's shape"):
+            cussim.ssim(x, y[..., :-1])
+        with pytest.raises(ValueError, match="grad overlaps x"):
+            cussim.ssim_with_gradient(x, y, grad=x)
+        with pytest.raises(ValueError, match="grad has shape"):
+            cussim.ssim_with_gradient(x, y, grad=grad[1:])
+        if backend.name != "cupy":
+            with pytest.raises(ValueError, match="out is read-only"):
+                cussim.ssim(x, y, out=read_only)
+
+
 def test_empty_batches(backend):
     x = backend.asarray(np.zeros((0, 3, 16, 16), np.float32))
     assert np.isnan(float(cussim.ssim(x, x)))

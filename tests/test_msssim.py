@@ -326,3 +326,25 @@ def test_tensorflow_variant_matches_tensorflow_golden_values(case, monkeypatch):
                            sigma=case["sigma"], data_range=case["data_range"], channel_axis=-1, axis=(1, 2, 3))
     # TensorFlow's float32 arithmetic: 2e-5 on the quantised camera's flat sky, 1e-6 elsewhere
     np.testing.assert_allclose(value, golden[case["name"]], rtol=0, atol=3e-5)
+
+
+def test_repeated_calls_reuse_scales_only_where_they_fit(backend):
+    """The scales of a layout come from a cache: new arrays of one layout, another shape, variant or weights,
+    each give what a call with the caches emptied gives."""
+    from cussim import _msssim, _ssim
+
+    calls = [
+        (_pair((2, 48, 52), seed=1), {}),
+        (_pair((2, 48, 52), seed=2), {}),
+        (_pair((2, 52, 48), seed=3), {}),
+        (_pair((2, 52, 48), seed=4), {"variant": "torchmetrics"}),
+        (_pair((2, 52, 48), seed=5), {"weights": (0.5, 0.5)}),
+    ]
+    for (x, y), keywords in calls:
+        keywords = {"win_size": 5, "weights": (0.3, 0.3, 0.4), **keywords}
+        value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), **keywords)
+        _ssim._cached_layout.cache_clear()
+        _msssim._cached_pyramid.cache_clear()
+        fresh_value, fresh_grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), **keywords)
+        np.testing.assert_array_equal(backend.asnumpy(value), backend.asnumpy(fresh_value))
+        np.testing.assert_array_equal(backend.asnumpy(grad), backend.asnumpy(fresh_grad))
