@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _arrays, _kernels
 from ._launch import (ELEMENT_TYPES, GRADIENT_FORMULAS, MAX_GRID_Y, MS_SSIM_VARIANT_CODES, PADDING_CODES, TERMS,
-                      TILE, _element_strides, _null, _taps, compute_dtype, plane_layouts)
+                      TILE, _element_strides, _null, _taps, compute_dtype, finish_args, plane_layouts)
 from ._launch import tiles as plane_tiles
 
 DEPTH_CHUNK = 16  # output planes per block: the 2R halo planes are read once per chunk
@@ -50,7 +50,7 @@ def _none_strides():
 
 
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
-            term="ssim", sum_scale=1.0, l1=0.0):
+            term="ssim", sum_scale=1.0, l1=0.0, finish=None):
     """Launches ssim3d_forward: as :func:`cussim._launch.forward`, over volumes.
 
     block_sums: float64, volumes x :func:`tiles` of the map; grad_maps:
@@ -75,7 +75,7 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
          np.int32(DEPTH_CHUNK), np.int32(PADDING_CODES[params.padding]), np.int32(params.crop),
          np.int32(TERMS[term]), np.int32(GRADIENT_FORMULAS[formula]), _taps(x, params, ctype),
          c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
-         np.float64(sum_scale), np.float64(l1)),
+         np.float64(sum_scale), np.float64(l1), *finish_args(finish, null)),
     )
 
 
