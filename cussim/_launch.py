@@ -271,6 +271,13 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
                     pointers)
 
 
+def block_sums(xp, size):
+    """``size`` float64 elements for a forward that finishes: the block sums, then the block counter (zero)."""
+    sums = _arrays.empty(xp, (size,), np.float64)
+    sums[-1:] = 0
+    return sums
+
+
 def finish_args(finish, null):
     """The forward kernels' trailing arguments for ``finish`` (see :func:`forward`), or for no finish."""
     if finish is None:

@@ -260,15 +260,9 @@ def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
     """A workspace of ``sizes`` = (float64 elements, compute-dtype elements) on x's device."""
     sums, maps = sizes
     with problem.device():
-        return Workspace(_block_sums(problem.xp, sums),
+        return Workspace(_launch.block_sums(problem.xp, sums),
                          _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
 
-
-def _block_sums(xp, sums):
-    """``sums`` float64 elements for the forward, the last (its block counter) zero."""
-    block_sums = _arrays.empty(xp, (sums,), np.float64)
-    block_sums[-1:] = 0
-    return block_sums
 
 
 def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: str) -> Workspace:
@@ -371,7 +365,7 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
         counted = problem.layout.counted_per_value
         if workspace is None:
             sums, maps = problem.layout.workspace_sizes
-            block_sums = _block_sums(problem.xp, sums)
+            block_sums = _launch.block_sums(problem.xp, sums)
             grad_maps = (_arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype))
                          if want_gradient else None)
         else:
