@@ -8,13 +8,17 @@
 //                        the per-block sums of the pixels that the mean counts
 //                        (float64, fixed order), and the three partial maps the
 //                        gradient needs: g*Pmu, g*Pxx, g*Pdd (the exact gradient)
-//                        or the terms of scikit-image's formula.
+//                        or the terms of scikit-image's formula. Given `out`,
+//                        the last block to finish writes the values as
+//                        ssim_finish does (finish_if_last): one launch.
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
 //                        of the three partial maps, combined with x and y
 //                        (docs/spec.rst section 4), written or added into grad.
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
-//                        double).
+//                        double), for block sums that no forward finished
+//                        (MS-SSIM's per-image values, scikit-image's float64
+//                        mean).
 // MS-SSIM (docs/spec.rst section 6) reuses the forward (term TERM_CS gives the
 // contrast-structure map A2 / B2) and the backward (per-plane weights, and the
 // adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:

@@ -177,8 +177,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
-    double l1, typename cussim::ComputeType<T>::type* __restrict__ out, long long out_stride, long long outputs,
-    double count, double a, double b) {
+    double l1) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
@@ -268,7 +267,6 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
             if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
         }
     }
-    if (outputs) finish_if_last(block_sums, volumes * gridDim.x, outputs, count, a, b, out, out_stride, scratch, tid);
 }
 
 template <class T, int R>
