@@ -274,8 +274,16 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
 def block_sums(xp, size):
     """``size`` float64 elements for a forward that finishes: the block sums, then the block counter (zero)."""
     sums = _arrays.empty(xp, (size,), np.float64)
-    sums[-1:] = 0
+    zero_block_counter(sums)
     return sums
+
+
+def zero_block_counter(block_sums):
+    """Sets the forward's block counter, block_sums' last element, to zero (on a GPU, a memset, no kernel)."""
+    if _arrays.is_numpy(block_sums):
+        block_sums[-1] = 0
+    else:
+        block_sums[-1:].data.memset_async(0, block_sums.itemsize)
 
 
 def finish_args(finish, null):

@@ -222,12 +222,19 @@ class Workspace:
     set of options; passing it (with ``out`` and ``grad``) makes those calls
     allocate nothing. ``block_sums`` holds float64 per-tile sums (and MS-SSIM's
     per-image values and weights), ``grad_maps`` the compute-dtype partial
-    maps (and MS-SSIM's downsampled images and gradients).
+    maps (and MS-SSIM's downsampled images and gradients). For SSIM the last
+    element of ``block_sums`` counts the kernel's finished blocks; cussim sets
+    it to zero at the workspace's first SSIM call and every launch leaves it
+    there.
     """
 
     def __init__(self, block_sums, grad_maps):
         self.block_sums = block_sums
         self.grad_maps = grad_maps
+        # Whether block_sums' last element is SSIM's block counter at zero (see _launch.forward's
+        # ``finish``): cussim zeroes it at the first SSIM call that uses the workspace, after the
+        # call's checks, and MS-SSIM, which uses that element otherwise, clears this flag.
+        self._counter_is_zero = False
 
     @property
     def nbytes(self) -> int:
@@ -260,10 +267,8 @@ def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
     """A workspace of ``sizes`` = (float64 elements, compute-dtype elements) on x's device."""
     sums, maps = sizes
     with problem.device():
-        return Workspace(_launch.block_sums(problem.xp, sums),
+        return Workspace(_arrays.empty(problem.xp, (sums,), np.float64),
                          _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
-
-
 
 def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: str) -> Workspace:
     """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute)."""
@@ -370,6 +375,9 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
                          if want_gradient else None)
         else:
             block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
+            if not workspace._counter_is_zero:
+                _launch.zero_block_counter(block_sums)
+                workspace._counter_is_zero = True
         # With the L1 term the block sums hold b * S + l1 * |x - y| per pixel, so the finish scales by 1.
         launcher = problem.layout.launcher
         launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
