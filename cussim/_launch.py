@@ -246,7 +246,7 @@ def _slots(args, arrays):
 
 
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
-            term="ssim", sum_scale=1.0, l1=0.0):
+            term="ssim", sum_scale=1.0, l1=0.0, finish=None):
     """Launches ssim_forward: SSIM (or MS-SSIM's ``term="cs"``) of x against y (y broadcasts to x).
 
     map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
@@ -257,15 +257,46 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     "exact"; everywhere, for "skimage"). With ``l1`` not 0, each counted
     pixel adds ``sum_scale * S + l1 * |x - y|`` (in units of the data range)
     to block_sums instead of S: the fused L1 + SSIM loss.
+
+    ``finish`` = (out, count, a, b) folds :func:`finish` into this launch: the
+    last block writes out[i] = a + b * (sum of output i's block sums) / count,
+    bitwise as ssim_finish does. block_sums then holds one more element, the
+    blocks' counter: zero when allocated, and zero again after each launch.
     """
-    pointers = (x, y, map_out, block_sums, grad_maps)
+    out = None if finish is None else finish[0]
+    pointers = (x, y, map_out, block_sums, grad_maps, out)
     key = ("forward", _signature(x), _signature(y), _signature(map_out), block_sums is None, grad_maps is None,
-           params, weight, formula, term, sum_scale, l1)
-    _launch_planned(key, lambda: _forward_launch(pointers, params, weight, formula, term, sum_scale, l1), pointers)
+           params, weight, formula, term, sum_scale, l1, _signature(out), finish and finish[1:])
+    _launch_planned(key, lambda: _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish),
+                    pointers)
 
 
-def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1):
-    x_in, y_in, map_out, block_sums, grad_maps = pointers
+def block_sums(xp, size):
+    """``size`` float64 elements for a forward that finishes: the block sums, then the block counter (zero)."""
+    sums = _arrays.empty(xp, (size,), np.float64)
+    zero_block_counter(sums)
+    return sums
+
+
+def zero_block_counter(block_sums):
+    """Sets the forward's block counter, block_sums' last element, to zero (on a GPU, a memset, no kernel)."""
+    if _arrays.is_numpy(block_sums):
+        block_sums[-1] = 0
+    else:
+        block_sums[-1:].data.memset_async(0, block_sums.itemsize)
+
+
+def finish_args(finish, null):
+    """The forward kernels' trailing arguments for ``finish`` (see :func:`forward`), or for no finish."""
+    if finish is None:
+        return null, np.int64(0), np.int64(0), np.float64(1.0), np.float64(0.0), np.float64(1.0)
+    out, count, a, b = finish
+    return (out, np.int64(out.strides[0] // out.itemsize if out.ndim else 0), np.int64(out.size), np.float64(count),
+            np.float64(a), np.float64(b))
+
+
+def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish):
+    x_in, y_in, map_out, block_sums, grad_maps, _ = pointers
     xp = _arrays.array_module(x_in)
     ctype = compute_dtype(x_in.dtype)
     outputs = {"out": map_out} if map_out is not None else {}
@@ -283,7 +314,7 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1):
             np.int32(GRADIENT_FORMULAS[formula]),
             _taps(x, params, ctype),
             c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
-            np.float64(sum_scale), np.float64(l1))
+            np.float64(sum_scale), np.float64(l1), *finish_args(finish, null))
     return _planned_launch(kernel, (tiles(params.map_shape(x.shape)), min(planes, MAX_GRID_Y)), (TILE, TILE), args,
                            (x, y), pointers)
 
@@ -342,9 +373,8 @@ def _finish_launch(pointers, per_output, count, a, b):
     block_sums, out = pointers
     name = "float" if out.dtype == np.float32 else "double"
     kernel = _kernels.get_kernel("ssim", f"ssim_finish<{name}>", block_sums)
-    outputs = out.size
-    args = (block_sums, np.int64(per_output), np.int64(outputs), np.float64(count), np.float64(a), np.float64(b), out,
-            np.int64(out.strides[0] // out.itemsize if out.ndim else 0))
+    out, stride, outputs, count, a, b = finish_args((out, count, a, b), None)
+    args = (block_sums, np.int64(per_output), outputs, count, a, b, out, stride)
     return kernel, (min(outputs, 2**31 - 1),), (256,), args, _slots(args, pointers), True
 
 

@@ -259,6 +259,7 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
         want_gradient = grad_view is not None
         if workspace is None:
             workspace = _ssim._allocate_workspace(problem, pyramid.sizes(want_gradient))
+        workspace._counter_is_zero = False  # MS-SSIM's values and weights may fill that element
         views = _views(pyramid, workspace.block_sums, workspace.grad_maps, want_gradient)
         _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate)
 

@@ -7,7 +7,7 @@ time, for a container image, a cluster worker or a notebook server::
 
     cussim precompile                            # every specialisation, every GPU present
     cussim precompile ssim                       # every specialisation of one family
-    cussim precompile "ssim_forward<float, 5>" "ssim_finish<float>"
+    cussim precompile "ssim_forward<float, 5>" "ssim_backward<float, 5>"
     cussim precompile --emulator                 # the CPU emulator's modules instead
     cussim precompile --list                     # the names it knows
 

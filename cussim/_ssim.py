@@ -66,9 +66,10 @@ class _Layout:
 
     @functools.cached_property
     def workspace_sizes(self) -> tuple:
-        """(float64, compute-dtype) elements of SSIM's workspace: per-tile sums, and the gradient's 3 maps."""
+        """(float64, compute-dtype) elements of SSIM's workspace: per-tile sums and the forward's block
+        counter (one element, zero between launches), and the gradient's 3 maps."""
         map_shape = self.params.map_shape(self.shape)
-        return self.planes * self.launcher.tiles(map_shape), 3 * math.prod(map_shape)
+        return self.planes * self.launcher.tiles(map_shape) + 1, 3 * math.prod(map_shape)
 
 
 @dataclass(frozen=True)
@@ -221,12 +222,19 @@ class Workspace:
     set of options; passing it (with ``out`` and ``grad``) makes those calls
     allocate nothing. ``block_sums`` holds float64 per-tile sums (and MS-SSIM's
     per-image values and weights), ``grad_maps`` the compute-dtype partial
-    maps (and MS-SSIM's downsampled images and gradients).
+    maps (and MS-SSIM's downsampled images and gradients). For SSIM the last
+    element of ``block_sums`` counts the kernel's finished blocks; cussim sets
+    it to zero at the workspace's first SSIM call and every launch leaves it
+    there.
     """
 
     def __init__(self, block_sums, grad_maps):
         self.block_sums = block_sums
         self.grad_maps = grad_maps
+        # Whether block_sums' last element is SSIM's block counter at zero (see _launch.forward's
+        # ``finish``): cussim zeroes it at the first SSIM call that uses the workspace, after the
+        # call's checks, and MS-SSIM, which uses that element otherwise, clears this flag.
+        self._counter_is_zero = False
 
     @property
     def nbytes(self) -> int:
@@ -247,7 +255,7 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     >>> import numpy as np, cussim
     >>> x = np.zeros((2, 3, 64, 64), np.float32)
     >>> cussim.make_workspace(x).nbytes
-    295680
+    295688
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
@@ -261,7 +269,6 @@ def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
     with problem.device():
         return Workspace(_arrays.empty(problem.xp, (sums,), np.float64),
                          _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
-
 
 def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: str) -> Workspace:
     """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute)."""
@@ -363,17 +370,19 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
         counted = problem.layout.counted_per_value
         if workspace is None:
             sums, maps = problem.layout.workspace_sizes
-            block_sums = _arrays.empty(problem.xp, (sums,), np.float64)
+            block_sums = _launch.block_sums(problem.xp, sums)
             grad_maps = (_arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype))
                          if want_gradient else None)
         else:
             block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
+            if not workspace._counter_is_zero:
+                _launch.zero_block_counter(block_sums)
+                workspace._counter_is_zero = True
         # With the L1 term the block sums hold b * S + l1 * |x - y| per pixel, so the finish scales by 1.
         launcher = problem.layout.launcher
         launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
-                         weight=b / counted, sum_scale=b, l1=l1 * problem.params.data_range)
-        _launch.finish(block_sums, flat_out, per_output=block_sums.size // max(1, flat_out.size), count=counted,
-                       a=a, b=1.0 if l1 else b)
+                         weight=b / counted, sum_scale=b, l1=l1 * problem.params.data_range,
+                         finish=(flat_out, counted, a, 1.0 if l1 else b))
         if want_gradient:
             launcher.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
                               l1=l1 / counted)

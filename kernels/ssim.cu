@@ -8,13 +8,17 @@
 //                        the per-block sums of the pixels that the mean counts
 //                        (float64, fixed order), and the three partial maps the
 //                        gradient needs: g*Pmu, g*Pxx, g*Pdd (the exact gradient)
-//                        or the terms of scikit-image's formula.
+//                        or the terms of scikit-image's formula. Given `out`,
+//                        the last block to finish writes the values as
+//                        ssim_finish does (finish_if_last): one launch.
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
 //                        of the three partial maps, combined with x and y
 //                        (docs/spec.rst section 4), written or added into grad.
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
-//                        double).
+//                        double), for block sums that no forward finished
+//                        (MS-SSIM's per-image values, scikit-image's float64
+//                        mean).
 // MS-SSIM (docs/spec.rst section 6) reuses the forward (term TERM_CS gives the
 // contrast-structure map A2 / B2) and the backward (per-plane weights, and the
 // adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:
@@ -315,6 +319,52 @@ __device__ inline double block_sum(double value, double* scratch, int tid) {
     return total;
 }
 
+// Each output value o = first, first + step, ... < outputs from its
+// per_output block sums, as a + b * sum / count stored as O: 256 threads add
+// strided partial sums, then a fixed tree in `scratch` (256 doubles), so the
+// order depends on nothing but the sizes. The sums are read as volatile: the
+// forward's last block reads what other blocks wrote in the same launch.
+template <class O>
+__device__ inline void finish_values(const volatile double* block_sums, long long per_output, long long outputs,
+                                     double count, double a, double b, O* out, long long out_stride,
+                                     double* scratch, long long first, long long step, int tid) {
+    for (long long o = first; o < outputs; o += step) {
+        double sum = 0.0;
+        for (long long j = tid; j < per_output; j += 256) sum += block_sums[o * per_output + j];
+        scratch[tid] = sum;
+        __syncthreads();
+        for (int k = 128; k > 0; k >>= 1) {
+            if (tid < k) scratch[tid] += scratch[tid + k];
+            __syncthreads();
+        }
+        if (tid == 0) out[o * out_stride] = (O)(a + b * (scratch[0] / count));  // N ones: exactly 1
+        __syncthreads();
+    }
+}
+
+// The finish folded into a forward: after each block has stored its sums,
+// the last block to arrive (a counter in the unsigned int after the `sums`
+// block sums, zero between launches: that block resets it) writes the
+// `outputs` values. Called by all 256 threads of every block once, after
+// their last barrier-protected use of `scratch` (256 doubles).
+template <class O>
+__device__ inline void finish_if_last(double* block_sums, long long sums, long long outputs, double count, double a,
+                                      double b, O* out, long long out_stride, double* scratch, int tid) {
+    __syncthreads();
+    if (tid == 0) {
+        __threadfence();  // this block's sums are visible before the counter says so
+        unsigned int* counter = reinterpret_cast<unsigned int*>(block_sums + sums);
+        const bool last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+        if (last) *counter = 0u;
+        scratch[0] = last ? 1.0 : 0.0;
+    }
+    __syncthreads();
+    if (scratch[0] == 0.0) return;
+    __syncthreads();
+    __threadfence();
+    finish_values(block_sums, sums / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
+}
+
 // Where a block's 16x16 tile lies, over the map (forward) or over the image
 // (backward). offset: map pixel (i, j) is centred on image pixel
 // (i + offset, j + offset); R for "valid", 0 otherwise.
@@ -426,14 +476,15 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
-    double l1) {
+    double l1, typename cussim::ComputeType<T>::type* __restrict__ out, long long out_stride, long long outputs,
+    double count, double a, double b) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;  // halo tile side
     constexpr int kThreads = kTile * kTile;
     __shared__ C tile_x[kSide][TilePitch<C, R>::value];
     __shared__ C tile_y[kSide][TilePitch<C, R>::value];
-    __shared__ C rows[5][kSide][kTile];  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    __shared__ __align__(8) C rows[5][kSide][kTile];  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kThreads / 32];
 
@@ -525,6 +576,9 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             __syncthreads();  // the next plane overwrites the tiles
         }
     }
+    // rows (5 * kSide * 16 values of C, at least 2 KiB) serves as the finish's 256 doubles
+    if (outputs) finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride,
+                                reinterpret_cast<double*>(&rows[0][0][0]), tid);
 }
 
 template <class T, int R>
@@ -658,18 +712,8 @@ __global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ bl
                                                    long long outputs, double count, double a, double b,
                                                    O* __restrict__ out, long long out_stride) {
     __shared__ double scratch[256];
-    for (long long o = blockIdx.x; o < outputs; o += gridDim.x) {
-        double sum = 0.0;
-        for (long long j = threadIdx.x; j < per_output; j += 256) sum += block_sums[o * per_output + j];
-        scratch[threadIdx.x] = sum;
-        __syncthreads();
-        for (int k = 128; k > 0; k >>= 1) {
-            if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) out[o * out_stride] = (O)(a + b * (scratch[0] / count));  // N ones: exactly 1
-        __syncthreads();
-    }
+    cussim::finish_values(block_sums, per_output, outputs, count, a, b, out, out_stride, scratch, blockIdx.x,
+                          gridDim.x, (int)threadIdx.x);
 }
 
 // One 2x2 mean of x and y (docs/spec.rst section 6) into contiguous planes of the

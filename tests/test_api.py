@@ -159,6 +159,24 @@ def test_in_place_outputs_and_accumulate(backend):
     _close_gradient(backend.asnumpy(grad) - 1, -expected_grad / 2, np.float32)
 
 
+def test_a_workspace_made_from_the_callers_memory_gives_the_same_values(backend):
+    """Workspace(block_sums, grad_maps) from memory holding anything (here NaN and a huge block counter)
+    computes what make_workspace's does, on every call; the counter the kernel keeps is back at zero after."""
+    x, y = (backend.asarray(a) for a in _images((2, 3, 20, 20)))
+    expected, expected_grad = (backend.asnumpy(a) for a in cussim.ssim_with_gradient(x, y, axis=(1, 2, 3)))
+    made = cussim.make_workspace(x)
+    garbage = np.full(made.block_sums.size, np.nan)
+    garbage[-1] = np.frombuffer(np.uint64(2**32 - 7).tobytes(), np.float64)[0]
+    workspace = cussim.Workspace(backend.asarray(garbage), backend.asarray(np.full(made.grad_maps.size, np.nan,
+                                                                                   made.grad_maps.dtype)))
+    for _ in range(2):
+        value, grad = cussim.ssim_with_gradient(x, y, axis=(1, 2, 3), workspace=workspace)
+        np.testing.assert_array_equal(backend.asnumpy(value), expected)
+        np.testing.assert_array_equal(backend.asnumpy(grad), expected_grad)
+    if backend.name != "reference":  # the reference path never touches the workspace
+        assert backend.asnumpy(workspace.block_sums)[-1] == 0.0
+
+
 @pytest.mark.parametrize("weight", [0.0, 0.2, 1.0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_fused_l1_dssim_loss(backend, dtype, weight):

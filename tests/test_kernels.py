@@ -376,3 +376,26 @@ def test_repeated_launches_use_each_calls_arrays(executor):
         # three batch levels that no strides merge: copied on every call, so never planned with the copy
         x, y = rng.random((2, 5, 4, 5, 12, 14), dtype=np.float32)
         _check(executor, x[::2, :, ::-1], y[::2, :, ::-1])
+
+
+@pytest.mark.parametrize("shape, spatial, outputs", [((1, 1, 37, 45), 2, 1), ((3, 2, 40, 33), 2, 3),
+                                                     ((2, 3, 70, 20), 2, 2), ((2, 1, 20, 21, 22), 3, 2)])
+def test_finish_folded_into_the_forward_is_bitwise_the_separate_finish(executor, shape, spatial, outputs):
+    """The forward's last block writes the same values, bit for bit, as ssim_finish after the forward
+    (the 2-launch path it replaces), and leaves the block counter at zero, so the next call agrees."""
+    x, y = _images(shape, np.float32, spatial=spatial)
+    params = ssim_params(win_size=7, spatial_dims=spatial)
+    launcher = _launch3d if spatial == 3 else _launch
+    planes = int(np.prod(shape[:-spatial]))
+    counted = int(np.prod(params.mean_shape(shape))) * planes // outputs
+    sums = planes * launcher.tiles(params.map_shape(shape))
+    xp_x, xp_y = executor.asarray(x), executor.asarray(y)
+    block_sums = executor.asarray(np.concatenate([np.full(sums, np.nan), [0.0]]))
+    separate = executor.asarray(np.full(outputs, np.nan, np.float32))
+    launcher.forward(xp_x, xp_y, params, block_sums=block_sums[:sums])
+    _launch.finish(block_sums[:sums], separate, per_output=sums // outputs, count=counted, a=0.25, b=0.5)
+    for _ in range(2):
+        folded = executor.asarray(np.full(outputs, np.nan, np.float32))
+        launcher.forward(xp_x, xp_y, params, block_sums=block_sums, finish=(folded, counted, 0.25, 0.5))
+        np.testing.assert_array_equal(executor.asnumpy(folded), executor.asnumpy(separate))
+        assert executor.asnumpy(block_sums)[-1] == 0.0
