@@ -2,8 +2,9 @@
 
 This module is the oracle of the tests and the path for NumPy inputs. It is
 written for clarity first: every quantity of the spec appears by name. For
-speed it filters with whole-row slices and works on the map chunk by chunk,
-so that the arrays stay in cache.
+speed it works on the map chunk by chunk, each chunk's images held flat and
+contiguous (so that every pass streams one array that stays in cache), and
+computes only the map pixels a mean counts.
 
 The image is always the last ``spatial`` axes (2, a plane, by default; 3 for
 a D x H x W volume); any leading axes are a batch. A window is a 1-D array of
