@@ -2,8 +2,9 @@
 
 This module is the oracle of the tests and the path for NumPy inputs. It is
 written for clarity first: every quantity of the spec appears by name. For
-speed it filters with whole-row slices and works on the map chunk by chunk,
-so that the arrays stay in cache.
+speed it works on the map chunk by chunk, each chunk's images held flat and
+contiguous (so that every pass streams one array that stays in cache), and
+computes only the map pixels a mean counts.
 
 The image is always the last ``spatial`` axes (2, a plane, by default; 3 for
 a D x H x W volume); any leading axes are a batch. A window is a 1-D array of
@@ -23,6 +24,7 @@ Examples
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -67,64 +69,89 @@ def cropped(array, border, spatial=2):
     return array[(Ellipsis,) + tuple(slice(border, n - border) for n in array.shape[-spatial:])]
 
 
-def _extend(img: np.ndarray, radius: int, padding: str, spatial: int) -> np.ndarray:
-    """The images extended by ``radius`` on every side of their last ``spatial`` axes as ``padding`` says:
-    zeros ("same"), half-sample symmetric ("reflect", scipy's "reflect" is NumPy's "symmetric"), or not at
-    all ("valid")."""
-    if padding == "valid" or radius == 0:
+def _extend(img: np.ndarray, radius: int, padding: str, spatial: int, crop: int = 0) -> np.ndarray:
+    """The images as the windows of a map cropped by ``crop`` read them: extended by ``radius`` on every side of
+    their last ``spatial`` axes as ``padding`` says (zeros for "same"; half-sample symmetric for "reflect",
+    scipy's "reflect" is NumPy's "symmetric"; not at all for "valid"), less ``crop`` on every side."""
+    margin = (0 if padding == "valid" else radius) - crop
+    if margin < 0:
+        return img[(Ellipsis,) + tuple(slice(-margin, n + margin) for n in img.shape[-spatial:])]
+    if margin == 0:
         return img
-    widths = [(0, 0)] * (img.ndim - spatial) + [(radius, radius)] * spatial
+    widths = [(0, 0)] * (img.ndim - spatial) + [(margin, margin)] * spatial
     return np.pad(img, widths, mode="constant" if padding == "same" else "symmetric")
 
 
-def _along(axis: int):
-    """part(a, i, n): a[..., i : i + n, :, ...] along the negative ``axis`` (whole-row slices, which NumPy
-    streams through the cache)."""
-    after = (slice(None),) * (-axis - 1)
-    return lambda a, i, n: a[(Ellipsis, slice(i, i + n)) + after]
+# A block is a C-order array held flat: a window along an axis whose elements lie ``step`` apart reads the
+# entries j, j + step, ... of the flat array, so every pass of the filter and of the formula runs over one
+# contiguous array, which NumPy streams fastest (bench/NOTES.md). The entries whose window runs past the end
+# of a row or plane hold mixtures of two rows or planes: they are computed and never read back.
 
 
-def _box_sums(block: np.ndarray, k: int, axis: int) -> np.ndarray:
-    """Sums of k consecutive entries along the negative ``axis``, by doubling: 4 additions for k = 7."""
-    part, n = _along(axis), block.shape[axis] - k + 1
-    out, start, width, sums = None, 0, 1, block  # sums[i]: the sum of ``width`` entries from i
+def _steps(shape, spatial: int) -> list:
+    """How far apart, in the flat block of C-order ``shape``, neighbours along each of the last ``spatial`` axes lie."""
+    return [math.prod(shape[axis + 1 :]) for axis in range(len(shape) - spatial, len(shape))]
+
+
+def _box_sums(flat: np.ndarray, k: int, step: int) -> np.ndarray:
+    """Sums of k entries ``step`` apart (the first len(flat) - (k-1) step of them), by doubling: 4 additions for
+    k = 7."""
+    n = len(flat) - (k - 1) * step
+    pieces, start, width, sums = [], 0, 1, flat  # sums[j]: the sum of ``width`` entries from j
     while width <= k:
         if k & width:
-            out = part(sums, start, n).copy() if out is None else np.add(out, part(sums, start, n), out=out)
+            pieces.append(sums[start * step : start * step + n])
             start += width
         if 2 * width <= k:
-            length = sums.shape[axis] - width
-            sums = part(sums, 0, length) + part(sums, width, length)
+            length = len(sums) - width * step
+            sums = sums[:length] + sums[width * step : width * step + length]
         width *= 2
+    out = pieces[0] + pieces[1] if len(pieces) > 1 else pieces[0].copy()
+    for piece in pieces[2:]:
+        out += piece
     return out
 
 
-def _correlate(block: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
-    """sum_i taps[i] * block[i : i + n] along the negative ``axis``: the valid correlation; a symmetric
-    window adds its mirrored terms before their product."""
-    part, k = _along(axis), len(taps)
-    n = block.shape[axis] - k + 1
+def _correlate(flat: np.ndarray, taps: np.ndarray, step: int) -> np.ndarray:
+    """sum_i taps[i] * flat[j + i step] (the first len(flat) - (k-1) step of them); a symmetric window adds its
+    mirrored terms before their product."""
+    k = len(taps)
+    n = len(flat) - (k - 1) * step
+    part = lambda i: flat[i * step : i * step + n]  # noqa: E731
     symmetric = (taps == taps[::-1]).all()
     half = k // 2 if symmetric else 0
-    out = taps[half] * part(block, half, n)
+    out = taps[half] * part(half)
+    term = np.empty(n)
     for i in range(half) if symmetric else range(1, k):
-        term = part(block, i, n) + part(block, k - 1 - i, n) if symmetric else part(block, i, n).copy()
-        term *= taps[i]
+        if symmetric:
+            np.add(part(i), part(k - 1 - i), out=term)
+            term *= taps[i]
+        else:
+            np.multiply(part(i), taps[i], out=term)
         out += term
     return out
 
 
-def _filter_valid(block: np.ndarray, taps: np.ndarray, spatial: int) -> np.ndarray:
-    """The separable window over the last ``spatial`` axes where it fits whole: each side shrinks by 2r.
+def _filter_valid(flat: np.ndarray, taps: np.ndarray, shape, spatial: int) -> np.ndarray:
+    """The separable window over the last ``spatial`` axes of the flat block of C-order ``shape``, where it fits
+    whole: a flat array whose entries at the map's places (:func:`_map_view`) hold the map.
 
     A box window sums first and multiplies once by its tap to the power ``spatial``.
     """
     box = (taps == taps[0]).all()
-    for axis in range(-spatial, 0):
-        block = _box_sums(block, len(taps), axis) if box else _correlate(block, taps, axis)
+    for step in _steps(shape, spatial):
+        flat = _box_sums(flat, len(taps), step) if box else _correlate(flat, taps, step)
     if box:
-        block *= taps[0] ** spatial
-    return block
+        flat *= taps[0] ** spatial
+    return flat
+
+
+def _map_view(flat: np.ndarray, shape, k: int, spatial: int) -> np.ndarray:
+    """The map held by ``flat``, filtered from a block of C-order ``shape`` by k taps: each of the last ``spatial``
+    sides shrinks by k - 1, the places keep the block's strides (the last place is the flat array's last entry)."""
+    strides = [flat.itemsize * step for step in _steps(shape, len(shape))]
+    sides = tuple(shape[: -spatial]) + tuple(n - k + 1 for n in shape[-spatial:])
+    return np.lib.stride_tricks.as_strided(flat, sides, strides, writeable=False)
 
 
 _CHUNK_PIXELS = 1 << 14  # map pixels per chunk: a chunk's arrays stay in a core's cache (bench/NOTES.md)
@@ -132,35 +159,42 @@ _CHUNK_PIXELS = 1 << 14  # map pixels per chunk: a chunk's arrays stay in a core
 
 def _chunks(planes: int, first: int, rest: int):
     """(image slice, slice of the first spatial axis) of the map in chunks of about _CHUNK_PIXELS pixels
-    (``rest``: the pixels of one step along the first spatial axis), at least 16 steps long where the map
-    has them (each chunk reads 2r steps more than it writes)."""
-    steps = min(first, max(16, _CHUNK_PIXELS // max(1, rest)))
-    per_chunk = max(1, _CHUNK_PIXELS // max(1, steps * rest))
+    (``rest``: the pixels of one step along the first spatial axis), at least 8 steps long where the map
+    has them (each chunk reads 2r steps more than it writes); none for an empty map."""
+    if not first or not rest:
+        return
+    steps = min(first, max(8, _CHUNK_PIXELS // rest))
+    per_chunk = max(1, _CHUNK_PIXELS // (steps * rest))
     for p in range(0, planes, per_chunk):
         for r in range(0, first, steps):
             yield slice(p, min(planes, p + per_chunk)), slice(r, min(first, r + steps))
 
 
-def _by_chunks(compute, images, taps: np.ndarray, padding: str, outputs: int, spatial: int):
-    """``compute(*blocks)`` over chunks of the map, assembled: ``outputs`` arrays of the map's shape.
+def _by_chunks(compute, images, taps: np.ndarray, padding: str, outputs: int, spatial: int, crop: int = 0,
+               divisor: float = 1.0):
+    """``compute(blocks, shape)`` over chunks of the map (cropped by ``crop`` on every side), assembled:
+    ``outputs`` arrays of the map's shape.
 
-    ``images`` (of one shape) are extended as ``padding`` says; each block
-    holds a chunk's images and steps along the first spatial axis with their
-    2r halo, and compute returns the chunk's ``outputs`` arrays (valid
-    filtering of the blocks). Working chunk by chunk keeps the arrays in
-    cache: 1.1 to 2.2 times faster than whole arrays on the CPU
-    (bench/NOTES.md), the same numbers to about 1e-15.
+    ``images`` (of one shape) are extended as ``padding`` says; a chunk's
+    block holds some images and steps along the first spatial axis with
+    their 2r halo, divided by ``divisor`` in float64, C-order and flat, of
+    N-d ``shape`` (planes first); compute returns ``outputs`` flat arrays
+    (:func:`_filter_valid` of the blocks, and what follows elementwise). A
+    chunk's arrays stay in cache: the CPU path is 1.1 to 2.2 times faster
+    than on whole arrays (bench/NOTES.md), and each map pixel is computed
+    by the same operations whatever the chunks.
     """
     k = len(taps)
-    extended = [_extend(img, (k - 1) // 2, padding, spatial) for img in images]
+    extended = [_extend(img, (k - 1) // 2, padding, spatial, crop) for img in images]
     lead, sides = extended[0].shape[: -spatial], extended[0].shape[-spatial:]
     flat = [e.reshape((-1,) + sides) for e in extended]
-    map_sides = tuple(n - k + 1 for n in sides)
+    map_sides = tuple(max(0, n - k + 1) for n in sides)
     results = [np.empty(flat[0].shape[:1] + map_sides) for _ in range(outputs)]
-    for planes, steps in _chunks(flat[0].shape[0], map_sides[0], int(np.prod(map_sides[1:]))):
-        halo = slice(steps.start, steps.stop + k - 1)
-        for result, part in zip(results, compute(*(f[planes, halo] for f in flat))):
-            result[planes, steps] = part
+    for planes, steps in _chunks(flat[0].shape[0], map_sides[0], math.prod(map_sides[1:])):
+        parts = [f[planes, steps.start : steps.stop + k - 1] for f in flat]
+        blocks = [np.divide(part, divisor, out=np.empty(part.shape), dtype=np.float64).ravel() for part in parts]
+        for result, values in zip(results, compute(blocks, parts[0].shape)):
+            result[planes, steps] = _map_view(values, parts[0].shape, k, spatial)
     return [r.reshape(lead + map_sides) for r in results]
 
 
@@ -170,8 +204,8 @@ def filter_plane(img: np.ndarray, taps: np.ndarray, padding: str, spatial: int =
     "same" pads with zeros (no renormalisation), "reflect" is half-sample
     symmetric, "valid" returns only the interior (each side shrinks by 2r).
     """
-    img = np.asarray(img, dtype=np.float64)
-    return _by_chunks(lambda block: (_filter_valid(block, taps, spatial),), [img], taps, padding, 1, spatial)[0]
+    return _by_chunks(lambda blocks, shape: (_filter_valid(blocks[0], taps, shape, spatial),), [np.asarray(img)],
+                      taps, padding, 1, spatial)[0]
 
 
 def filter_plane_adjoint(g: np.ndarray, taps: np.ndarray, padding: str, shape: tuple, spatial: int = 2) -> np.ndarray:
@@ -203,21 +237,26 @@ def _check(x, taps, padding, spatial):
         raise ValueError(f'padding="valid" needs images of at least {len(taps)} pixels a side, got {np.shape(x)}')
 
 
-def _scaled(x, y, taps, padding, data_range, spatial):
-    """x and y as float64 values scaled by 1/L, broadcast to one shape."""
+def _images(x, y, taps, padding, spatial):
+    """x and y checked, as arrays broadcast to one shape."""
     _check(x, taps, padding, spatial)
-    xs = np.divide(x, data_range, dtype=np.float64)
-    ys = np.divide(y, data_range, dtype=np.float64)
-    return np.broadcast_arrays(xs, ys)
+    return np.broadcast_arrays(np.asarray(x), np.asarray(y))
 
 
-def _moments(xs, ys, taps, cov, spatial):
-    """Filtered moments and the quantities of docs/spec.rst section 1, from scaled images extended by r
-    on every side (each moment is the window where it fits whole)."""
-    mx, my, exx, eyy, exy = (_filter_valid(a, taps, spatial) for a in (xs, ys, xs * xs, ys * ys, xs * ys))
+def _scaled(images, data_range):
+    """The images as float64 values scaled by 1/L."""
+    return [np.divide(image, data_range, dtype=np.float64) for image in images]
+
+
+def _moments(xs, ys, taps, shape, cov, spatial):
+    """Filtered moments and the quantities of docs/spec.rst section 1, from flat blocks of ``shape`` of scaled
+    images extended by r on every side (:func:`_filter_valid`)."""
+    mx, my = (_filter_valid(a, taps, shape, spatial) for a in (xs, ys))
+    exx, eyy, exy = (_filter_valid(a * b, taps, shape, spatial) for a, b in ((xs, xs), (ys, ys), (xs, ys)))
     mxx, myy, mxy = mx * mx, my * my, mx * my
-    sxx_raw = _covariance(exx, mxx, cov)
-    syy_raw = _covariance(eyy, myy, cov)
+    sxx = _covariance(exx, mxx, cov)
+    syy = _covariance(eyy, myy, cov)
+    sxy = _covariance(exy, mxy, cov)
     # Clamp the variances at 0. A flat window has no covariance either
     # (Cauchy-Schwarz), so sxy is 0 where either variance is clamped; this keeps
     # S exactly 1 for an image compared with itself. The derivatives (below)
@@ -225,11 +264,12 @@ def _moments(xs, ys, taps, cov, spatial):
     # only to second order with x but sxy to first order, so dS/dExy must stay.
     # A clamped variance's own derivative is zero (and at a flat window its
     # first-order effect is zero anyway).
-    sxx_free = sxx_raw > 0
-    syy_free = syy_raw > 0
-    sxx = np.where(sxx_free, sxx_raw, 0.0)
-    syy = np.where(syy_free, syy_raw, 0.0)
-    sxy = np.where(sxx_free & syy_free, _covariance(exy, mxy, cov), 0.0)
+    sxx_free = True
+    if not (sxx.min() > 0 and syy.min() > 0):  # a flat window, rounding or NaN; two minima decide the common case
+        sxx_free, syy_free = sxx > 0, syy > 0
+        sxx = np.where(sxx_free, sxx, 0.0)
+        syy = np.where(syy_free, syy, 0.0)
+        sxy = np.where(sxx_free & syy_free, sxy, 0.0)
     return mx, my, mxx, myy, mxy, sxx, syy, sxy, sxx_free
 
 
@@ -241,44 +281,58 @@ def _covariance(second, product, cov):
     return second
 
 
+def _affine(a, scale, shift):
+    """scale * a + shift, in place in ``a``."""
+    if scale != 1.0:
+        a *= scale
+    a += shift
+    return a
+
+
 def _bounded(bounds, limit) -> bool:
     """Whether every value of every array in ``bounds`` is at most ``limit`` (False for a NaN)."""
     return all(np.max(b, initial=-np.inf) <= limit for b in bounds)
 
 
 def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials, term="ssim", limit=None,
-                      spatial=2):
-    """The map of ``term`` ("ssim": S, or "cs": the contrast-structure A2/B2) and, if asked,
-    (the scaled x and y, its partial derivatives with respect to mx, Exx and Exy (zero where a clamp is
-    active)), computed chunk by chunk of the map (:func:`_by_chunks`).
+                      spatial=2, crop=0):
+    """The map of ``term`` ("ssim": S, or "cs": the contrast-structure A2/B2), cropped by ``crop`` on every
+    side, and, if asked, (the scaled x and y, its partial derivatives with respect to mx, Exx and Exy (zero
+    where a clamp is active)), computed chunk by chunk of the map (:func:`_by_chunks`).
 
     ``limit``: the largest number of the compute dtype (float32's for the
     kernels' float32 arithmetic). Where the denominators of finite windows
     pass it, that arithmetic overflows: the map pixel and its partials are
     NaN there (docs/spec.rst section 1), so the gradient is NaN, never 0.
     """
-    xs, ys = _scaled(x, y, taps, padding, data_range, spatial)
+    images = _images(x, y, taps, padding, spatial)
 
-    def chunk(x_block, y_block):
-        value, partials = _terms(x_block, y_block, taps, K1=K1, K2=K2, cov=cov, want_partials=want_partials,
+    def chunk(blocks, shape):
+        value, partials = _terms(*blocks, taps, shape, K1=K1, K2=K2, cov=cov, want_partials=want_partials,
                                  term=term, limit=limit, spatial=spatial)
         return (value, *partials) if want_partials else (value,)
 
-    maps = _by_chunks(chunk, [xs, ys], taps, padding, 4 if want_partials else 1, spatial)
-    return (maps[0], (xs, ys, tuple(maps[1:]))) if want_partials else (maps[0], None)
+    maps = _by_chunks(chunk, images, taps, padding, 4 if want_partials else 1, spatial, crop, data_range)
+    return (maps[0], (*_scaled(images, data_range), tuple(maps[1:]))) if want_partials else (maps[0], None)
 
 
-def _terms(xs, ys, taps, *, K1, K2, cov, want_partials, term, limit, spatial):
-    """The map of ``term`` and, if asked, its three partials, from scaled images extended by r."""
-    mx, my, mxx, myy, mxy, sxx, syy, sxy, sxx_free = _moments(xs, ys, taps, cov, spatial)
+def _terms(xs, ys, taps, shape, *, K1, K2, cov, want_partials, term, limit, spatial):
+    """The map of ``term`` and, if asked, its three partials, from flat blocks of ``shape`` of scaled images
+    extended by r (:func:`_moments`)."""
+    mx, my, mxx, myy, mxy, sxx, syy, sxy, sxx_free = _moments(xs, ys, taps, shape, cov, spatial)
     C1, C2 = K1 * K1, K2 * K2
-    A1 = 2.0 * mxy + C1
-    A2 = 2.0 * sxy + C2
-    B1 = mxx + myy + C1
-    B2 = sxx + syy + C2
-    D = B1 * B2
-    raw = (A1 * A2) / D if term == "ssim" else A2 / B2
-    value = np.clip(raw, -1.0, 1.0)
+    # In place where a quantity is used once: 2 mxy + C1 is A1, mxx + myy + C1 is B1, and so on.
+    A2 = _affine(sxy, 2.0, C2)
+    B2 = _affine(np.add(sxx, syy, out=sxx), 1.0, C2)
+    if term == "ssim":
+        A1 = _affine(mxy, 2.0, C1)
+        B1 = _affine(np.add(mxx, myy, out=mxx), 1.0, C1)
+        D = B1 * B2
+        raw = A1 * A2
+        raw /= D
+    else:
+        raw = A2 / B2
+    value = np.clip(raw, -1.0, 1.0, out=None if want_partials else raw)
     overflow = False
     bounds = (B2,) if term == "cs" else (B1, B2, D)
     if limit is not None and not _bounded(bounds, limit):  # rare: whole-chunk maxima decide the common case
@@ -303,15 +357,17 @@ def _terms(xs, ys, taps, *, K1, K2, cov, want_partials, term, limit, spatial):
     return value, tuple(np.where(overflow, np.nan, np.where(free, p, 0.0)) for p in (p_mu, p_xx, p_xy))
 
 
-def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0, limit=None, spatial=2):
-    """The SSIM map S over the last ``spatial`` axes (the image's shape, or the valid interior).
+def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0, limit=None, spatial=2,
+             crop=0):
+    """The SSIM map S over the last ``spatial`` axes (the image's shape, or the valid interior), less ``crop``
+    pixels on every side.
 
     ``cov`` is the covariance factor c: 1, or NP/(NP-1) for sample covariance;
     ``limit`` as in :func:`_map_and_partials`.
     """
     S, _ = _map_and_partials(
         x, y, taps, K1=K1, K2=K2, padding=padding, data_range=data_range, cov=cov,
-        want_partials=False, limit=limit, spatial=spatial,
+        want_partials=False, limit=limit, spatial=spatial, crop=crop,
     )
     return S
 
@@ -341,8 +397,8 @@ def ssim(x, y, taps, *, axis=None, crop=0, spatial=2, **kwargs):
     ``crop`` leaves that many map pixels out of the mean on every side
     (skimage's (win_size-1)//2 for "reflect"). Other keywords as :func:`ssim_map`.
     """
-    S = ssim_map(x, y, taps, spatial=spatial, **kwargs)
-    return cropped(S, crop, spatial).mean(axis=_normalise_axis(axis, S.ndim, spatial))
+    S = ssim_map(x, y, taps, spatial=spatial, crop=crop, **kwargs)  # only the pixels of the mean are computed
+    return S.mean(axis=_normalise_axis(axis, S.ndim, spatial))
 
 
 def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, padding="same",
@@ -351,7 +407,7 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
 
     The gradient is with respect to the first argument x and has x's shape.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     S, (xs, ys, (p_mu, p_xx, p_xy)) = _map_and_partials(
         x, y, taps, K1=K1, K2=K2, padding=padding, data_range=data_range, cov=cov,
         want_partials=True, limit=limit, spatial=spatial,
@@ -387,18 +443,22 @@ def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_ra
     (2/N) (F(A1/D) x + F(-S/B2) y + F((mx (A2 - A1) - my (B2 - B1) S) / D)),
     N the image's pixel count, the filter's adjoint standing for F.
     """
-    xs, ys = _scaled(x, y, taps, padding, data_range, spatial)
-    radius = (len(taps) - 1) // 2
-    mx, my, _, _, _, sxx, syy, sxy, _ = _moments(_extend(xs, radius, padding, spatial),
-                                                  _extend(ys, radius, padding, spatial), taps, cov, spatial)
+    images = _images(x, y, taps, padding, spatial)
     C1, C2 = K1 * K1, K2 * K2
-    A1, A2 = 2.0 * mx * my + C1, 2.0 * sxy + C2
-    B1, B2 = mx * mx + my * my + C1, sxx + syy + C2
-    D = B1 * B2
-    S = np.clip(A1 * A2 / D, -1.0, 1.0)
+
+    def chunk(blocks, shape):  # the three maps that skimage blurs
+        mx, my, _, _, _, sxx, syy, sxy, _ = _moments(*blocks, taps, shape, cov, spatial)
+        A1, A2 = 2.0 * mx * my + C1, 2.0 * sxy + C2
+        B1, B2 = mx * mx + my * my + C1, sxx + syy + C2
+        D = B1 * B2
+        S = np.clip(A1 * A2 / D, -1.0, 1.0)
+        return A1 / D, -S / B2, (mx * (A2 - A1) - my * (B2 - B1) * S) / D
+
+    terms = _by_chunks(chunk, images, taps, padding, 3, spatial, divisor=data_range)
+    xs, ys = _scaled(images, data_range)
     weight = 2.0 / np.prod(xs.shape[-spatial:])
     blur = lambda p: filter_plane_adjoint(weight * p, taps, padding, xs.shape, spatial)  # noqa: E731
-    grad = blur(A1 / D) * xs + blur(-S / B2) * ys + blur((mx * (A2 - A1) - my * (B2 - B1) * S) / D)
+    grad = blur(terms[0]) * xs + blur(terms[1]) * ys + blur(terms[2])
     return grad / data_range
 
 

@@ -162,8 +162,8 @@ def _reference_results(x, y, params, gradient, full):
     taps = np.asarray(params.taps)
     kwargs = dict(K1=params.K1, K2=params.K2, padding="reflect", data_range=params.data_range, cov=params.cov,
                   spatial=params.spatial)
-    S = _reference.ssim_map(x, y, taps, **kwargs)
-    mssim = np.float64(_reference.cropped(S, params.crop, params.spatial).mean(dtype=np.float64))
+    S = _reference.ssim_map(x, y, taps, crop=0 if full else params.crop, **kwargs)  # the whole map if asked for
+    mssim = np.float64(_reference.cropped(S, params.crop if full else 0, params.spatial).mean(dtype=np.float64))
     grad = _reference.skimage_gradient(x, y, taps, **kwargs) if gradient else None
     return mssim, grad, S
 

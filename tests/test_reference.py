@@ -306,14 +306,15 @@ def test_results_do_not_depend_on_the_chunks(padding, monkeypatch):
     are bitwise those of one chunk: each chunk reads exactly its halo."""
     rng = np.random.default_rng(6)
     x, y = rng.random((2, 3, 37, 29)), rng.random((2, 3, 37, 29))
+    x[0, 0, :12], y[0, 0, :12] = 0.0, 0.0  # flat windows: some chunks clamp variances, others have none to clamp
     taps = ref.window_taps("gaussian", 7, 1.5)
     kwargs = dict(padding=padding, cov=49 / 48, crop=ref.mean_weights_crop(padding, 7), limit=3.4e38)
     monkeypatch.setattr(ref, "_CHUNK_PIXELS", 1 << 20)
     whole = ref.ssim_with_gradient(x, y, taps, **kwargs), ref.ssim_map(x, y, taps, padding=padding)
-    monkeypatch.setattr(ref, "_CHUNK_PIXELS", 40)  # 16-row chunks of one plane
+    monkeypatch.setattr(ref, "_CHUNK_PIXELS", 40)  # 8-row chunks of one plane
     chunked = ref.ssim_with_gradient(x, y, taps, **kwargs), ref.ssim_map(x, y, taps, padding=padding)
-    assert [list(ref._chunks(6, 37, 29))[i] for i in (0, 1, 3)] == [
-        (slice(0, 1), slice(0, 16)), (slice(0, 1), slice(16, 32)), (slice(1, 2), slice(0, 16))]
+    assert [list(ref._chunks(6, 37, 29))[i] for i in (0, 1, 5)] == [
+        (slice(0, 1), slice(0, 8)), (slice(0, 1), slice(8, 16)), (slice(1, 2), slice(0, 8))]
     for a, b in zip((*whole[0], whole[1]), (*chunked[0], chunked[1])):
         np.testing.assert_array_equal(a, b)
 
@@ -343,3 +344,19 @@ def test_filter_volume_is_scipys_correlation(padding, taps, monkeypatch):
     if padding == "valid":
         expected = ref.cropped(expected, 3, 3)
     assert np.abs(ref.filter_plane(x, taps, padding, 3) - expected).max() < 1e-14
+
+
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("crop", [0, 2, 3, 5])
+def test_a_cropped_mean_computes_only_its_pixels(padding, crop):
+    """The mean over a map cropped by less than, as much as and more than the window's radius (3) is the mean of
+    the cropped full map, on every padding (the cropped map reads the padding only where it must)."""
+    rng = np.random.default_rng(9)
+    x, y = rng.random((2, 21, 26)), rng.random((2, 21, 26))
+    taps = ref.uniform_taps(7)
+    full = ref.ssim_map(x, y, taps, padding=padding, cov=49 / 48)
+    np.testing.assert_array_equal(ref.ssim_map(x, y, taps, padding=padding, cov=49 / 48, crop=crop),
+                                  ref.cropped(full, crop))
+    expected = ref.cropped(full, crop).mean(axis=(-2, -1))
+    np.testing.assert_allclose(ref.ssim(x, y, taps, padding=padding, cov=49 / 48, crop=crop, axis=(-2, -1)), expected,
+                               rtol=0, atol=1e-15)
