@@ -28,10 +28,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _arrays, _kernels
+from . import _arrays, _kernels, _reference
 
 TILE = 16
 MAX_GRID_Y = 65535
+PYRAMID_LEVELS = max(_kernels.PYRAMID_LEVELS)  # 2x2 means per launch of MS-SSIM's pyramid
 PADDING_CODES = {"same": 0, "valid": 1, "reflect": 2}
 GRADIENT_FORMULAS = {"exact": 1, "skimage": 2}
 TERMS = {"ssim": 0, "cs": 1}
@@ -378,26 +379,41 @@ def _finish_launch(pointers, per_output, count, a, b):
     return kernel, (min(outputs, 2**31 - 1),), (256,), args, _slots(args, pointers), True
 
 
-def downsample(x, y, x_out, y_out, variant, *, margin=0):
-    """Launches msssim_downsample: one 2x2 mean of ``variant`` of x and y (y broadcasts to x).
+def pyramid(x, y, x_out, y_out, variant, levels, *, margin=0):
+    """Launches msssim_pyramid: ``levels`` (1 to 4) successive 2x2 means of ``variant`` of x and y (y
+    broadcasts to x), in one launch.
 
-    x_out, y_out: contiguous, compute dtype, (planes, h', w') with h', w' the
-    downsampled sides plus 2 ``margin`` (a whole-sample reflected border).
+    x_out, y_out: contiguous, compute dtype, the levels one after another,
+    each (planes, h', w') with h', w' the sides of the level before halved;
+    the last plus 2 ``margin`` (a whole-sample reflected border).
     """
     pointers = (x, y, x_out, y_out)
-    key = ("downsample", _signature(x), _signature(y), _signature(x_out), variant, margin)
-    _launch_planned(key, lambda: _downsample_launch(pointers, variant, margin), pointers)
+    key = ("pyramid", _signature(x), _signature(y), _signature(x_out), variant, levels, margin)
+    _launch_planned(key, lambda: _pyramid_launch(pointers, variant, levels, margin), pointers)
 
 
-def _downsample_launch(pointers, variant, margin):
+def _pyramid_roots(sides, variant, levels) -> int:
+    """Pixels per plane that msssim_pyramid computes a subtree from: all of the last level, and those of
+    the others that the next level drops."""
+    halved = [tuple(sides)]
+    for _ in range(levels):
+        halved.append(_reference.downsampled_shape(halved[-1], variant))
+    roots = halved[-1][0] * halved[-1][1]
+    for (h, w), (h2, w2) in zip(halved[1:-1], halved[2:]):
+        roots += h * w - min(h, 2 * h2) * min(w, 2 * w2)
+    return roots
+
+
+def _pyramid_launch(pointers, variant, levels, margin):
     x_in, y_in, x_out, y_out = pointers
     xp = _arrays.array_module(x_in)
     (outer, inner), (lx, ly), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)])
     height, width = x.shape[-2:]
-    kernel = _kernels.get_kernel("ssim", f"msssim_downsample<{ELEMENT_TYPES[np.dtype(x.dtype)]}>", x)
+    kernel = _kernels.get_kernel("ssim", f"msssim_pyramid<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {levels}>", x)
     args = (x, *lx.args(), y, *ly.args(), x_out, y_out, np.int64(outer * inner), np.int64(inner), np.int32(height),
             np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin))
-    return _planned_launch(kernel, (min(-(-x_out.size // 256), 2**20),), (256,), args, (x, y), pointers)
+    roots = outer * inner * _pyramid_roots((height, width), variant, levels)
+    return _planned_launch(kernel, (min(-(-roots // 256), 2**20),), (256,), args, (x, y), pointers)
 
 
 def fold(extended, out, *, margin):

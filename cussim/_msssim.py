@@ -2,7 +2,8 @@
 
 Three named variants, each matching its original at every scale: how an odd
 side is halved, and how the scales' means combine (see :func:`ms_ssim`). The
-launch plan: 2x2 downsamplings into the workspace, one forward per scale
+launch plan: the 2x2 downsamplings into the workspace (every scale of the
+default five in one launch), one forward per scale
 (contrast-structure maps, SSIM at the last), a combine of the scales' means
 per image, the finish of the averaged values; for the gradient, one backward
 per scale from the coarsest, each adding the adjoint of the next scale's
@@ -119,6 +120,25 @@ class _Pyramid:
         return self.planes // self.group
 
     @functools.cached_property
+    def level_starts(self) -> tuple:
+        """Where the planes of scales 1.. start, one scale after another (in elements), and where they end."""
+        starts = [0]
+        for j in range(1, self.scales):
+            starts.append(starts[-1] + self.planes * math.prod(self.stored(j)))
+        return tuple(starts)
+
+    @functools.cached_property
+    def pyramid_launches(self) -> tuple:
+        """Per launch of the pyramid: (input scale, scales it makes, margin of the last, where they start and
+        end among the planes of scales 1..)."""
+        starts, launches = self.level_starts, []
+        for first in range(0, self.scales - 1, self.layout.launcher.PYRAMID_LEVELS):
+            last = min(first + self.layout.launcher.PYRAMID_LEVELS, self.scales - 1)
+            launches.append((first, last - first, self.margin if last == self.scales - 1 else 0, starts[first],
+                             starts[last]))
+        return tuple(launches)
+
+    @functools.cached_property
     def scale_table(self) -> tuple:
         """Per scale: weight, map pixels per plane, tiles per plane, offset of its block sums."""
         table, offset = [], 0
@@ -130,7 +150,7 @@ class _Pyramid:
     def sizes(self, with_gradient: bool) -> tuple:
         """(float64 elements, compute-dtype elements) of the workspace."""
         float64 = self.planes * sum(self.tiles(j) for j in range(self.scales)) + self.images
-        images = self.planes * sum(math.prod(self.stored(j)) for j in range(1, self.scales))
+        images = self.level_starts[-1]
         scratch = 2 * images  # x and y at scales 1.. (the gradients at scales 1.. are as big)
         if with_gradient:
             float64 += self.scales * self.planes
@@ -151,12 +171,19 @@ def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
         return buffers[buffer][start : cursor[buffer]].reshape(shape)
 
     planes, scales = pyramid.planes, pyramid.scales
+
+    def levels(name):  # scales 1.. one after another; each scale's planes, and each pyramid launch's part
+        flat = take("scratch", (pyramid.level_starts[-1],))
+        views[name + "_launches"] = [flat[start:end] for _, _, _, start, end in pyramid.pyramid_launches]
+        views[name] = [None] + [flat[start : start + planes * math.prod(pyramid.stored(j))].reshape(
+            planes, *pyramid.stored(j)) for j, start in enumerate(pyramid.level_starts[:-1], 1)]
+
     views = {
         "block_sums": take("sums", (planes * sum(pyramid.tiles(j) for j in range(scales)),)),
         "image_values": take("sums", (pyramid.images,)),
-        "x": [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)],
-        "y": [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)],
     }
+    levels("x")
+    levels("y")
     if with_gradient:
         views["plane_weights"] = take("sums", (scales, planes))
         views["grad"] = [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)]
@@ -228,9 +255,9 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
     params, launcher = problem.params, problem.layout.launcher
     want_gradient = grad_view is not None
     xs, ys = [problem.x] + views["x"][1:], [problem.y] + views["y"][1:]
-    for j in range(1, scales):
-        extension = {"margin": margin} if margin and j == scales - 1 else {}  # torchmetrics' planes only
-        launcher.downsample(xs[j - 1], ys[j - 1], xs[j], ys[j], variant, **extension)
+    for (first, levels, extension, _, _), x_out, y_out in zip(pyramid.pyramid_launches, views["x_launches"],
+                                                              views["y_launches"]):
+        launcher.pyramid(xs[first], ys[first], x_out, y_out, variant, levels, margin=extension)
     for j in range(scales):
         launcher.forward(xs[j], ys[j], params, block_sums=views["scale_sums"][j], weight=1.0,
                         grad_maps=views["grad_maps"][j] if want_gradient else None,
