@@ -53,7 +53,8 @@ def _ssim_specialisations():
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")
     names += [f"msssim_pyramid<{element}, {levels}>" for element in ELEMENT_TYPES for levels in PYRAMID_LEVELS]
-    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<256>", "msssim_fold<float>",
+    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<float>",
+                           "msssim_combine<double>", "msssim_fold<float>",
                            "msssim_fold<double>")
 
 

@@ -435,25 +435,31 @@ def _fold_launch(pointers, margin):
     return kernel, (min(-(-out.size // 256), 2**20),), (256,), args, _slots(args, pointers), True
 
 
-def combine(block_sums, scale_table, image_values, *, planes, group, share, plane_weights=None):
-    """Launches msssim_combine: per image of ``group`` planes, the relu'd product of the scales' means.
+def combine(block_sums, scale_table, image_values, out, *, planes, group, share, plane_weights=None):
+    """Launches msssim_combine: per image of ``group`` planes, the relu'd product of the scales' means, and
+    each value of ``out`` the mean of its images' (one launch).
 
     scale_table: per scale (weight, map pixels, tiles, offset into block_sums);
-    image_values: float64, planes // group; plane_weights: float64, scales x
+    image_values: float64, planes // group, then the blocks' counter (zero
+    before, and after, each launch); out: 1-D (possibly strided) float32 or
+    float64, one entry per output value; plane_weights: float64, scales x
     planes, the backward's per-plane weights times ``share`` (d output / d image).
     """
-    pointers = (block_sums, image_values, plane_weights)
-    key = ("combine", _signature(block_sums), _signature(image_values), plane_weights is None, scale_table, planes,
-           group, share)
+    pointers = (block_sums, image_values, plane_weights, out)
+    key = ("combine", _signature(block_sums), _signature(image_values), plane_weights is None, _signature(out),
+           scale_table, planes, group, share)
     _launch_planned(key, lambda: _combine_launch(pointers, scale_table, planes, group, share), pointers)
 
 
 def _combine_launch(pointers, scale_table, planes, group, share):
-    block_sums, image_values, plane_weights = pointers
-    kernel = _kernels.get_kernel("ssim", "msssim_combine<256>", block_sums)
+    block_sums, image_values, plane_weights, out = pointers
+    name = "float" if out.dtype == np.float32 else "double"
+    kernel = _kernels.get_kernel("ssim", f"msssim_combine<{name}>", block_sums)
     images = planes // group
+    per_output = images // max(1, out.size)
     table = _constants(block_sums, np.ravel(scale_table), np.float64)
     args = (block_sums, table, np.int32(len(scale_table)), np.int64(planes), np.int64(group), np.float64(share),
             np.float64(MS_SSIM_GUARD), image_values,
-            _null(_arrays.array_module(block_sums)) if plane_weights is None else plane_weights)
+            _null(_arrays.array_module(block_sums)) if plane_weights is None else plane_weights,
+            *finish_args((out, per_output, 0.0, 1.0), None))
     return kernel, (min(images, 2**31 - 1),), (256,), args, _slots(args, pointers), True

@@ -5,7 +5,7 @@ side is halved, and how the scales' means combine (see :func:`ms_ssim`). The
 launch plan: the 2x2 downsamplings into the workspace (every scale of the
 default five in one launch), one forward per scale
 (contrast-structure maps, SSIM at the last), a combine of the scales' means
-per image, the finish of the averaged values; for the gradient, one backward
+per image that also finishes the averaged values; for the gradient, one backward
 per scale from the coarsest, each adding the adjoint of the next scale's
 downsampling, so the gradient flows back through every scale. Volumes
 (``spatial_dims=3``) take the same plan with 2x2x2 means (pytorch-msssim's
@@ -149,7 +149,7 @@ class _Pyramid:
 
     def sizes(self, with_gradient: bool) -> tuple:
         """(float64 elements, compute-dtype elements) of the workspace."""
-        float64 = self.planes * sum(self.tiles(j) for j in range(self.scales)) + self.images
+        float64 = self.planes * sum(self.tiles(j) for j in range(self.scales)) + self.images + 1  # + the counter
         images = self.level_starts[-1]
         scratch = 2 * images  # x and y at scales 1.. (the gradients at scales 1.. are as big)
         if with_gradient:
@@ -178,14 +178,13 @@ def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
         views[name] = [None] + [flat[start : start + planes * math.prod(pyramid.stored(j))].reshape(
             planes, *pyramid.stored(j)) for j, start in enumerate(pyramid.level_starts[:-1], 1)]
 
-    views = {
-        "block_sums": take("sums", (planes * sum(pyramid.tiles(j) for j in range(scales)),)),
-        "image_values": take("sums", (pyramid.images,)),
-    }
+    views = {"block_sums": take("sums", (planes * sum(pyramid.tiles(j) for j in range(scales)),))}
+    if with_gradient:
+        views["plane_weights"] = take("sums", (scales, planes))
+    views["image_values"] = take("sums", (pyramid.images + 1,))  # and the combine's block counter, the last
     levels("x")
     levels("y")
     if with_gradient:
-        views["plane_weights"] = take("sums", (scales, planes))
         views["grad"] = [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)]
         views["grad_maps"] = [take("scratch", (3 * planes * pyramid.map_pixels(j),)) for j in range(scales)]
         if pyramid.margin:
@@ -262,11 +261,9 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
         launcher.forward(xs[j], ys[j], params, block_sums=views["scale_sums"][j], weight=1.0,
                         grad_maps=views["grad_maps"][j] if want_gradient else None,
                         term="cs" if j < scales - 1 else "ssim")
-    images_per_value = pyramid.images // max(1, flat_out.size)
-    _launch.combine(views["block_sums"], pyramid.scale_table, views["image_values"], planes=pyramid.planes,
-                    group=pyramid.group, share=1.0 / images_per_value,
+    _launch.combine(views["block_sums"], pyramid.scale_table, views["image_values"], flat_out, planes=pyramid.planes,
+                    group=pyramid.group, share=1.0 / (pyramid.images // max(1, flat_out.size)),
                     plane_weights=views["plane_weights"] if want_gradient else None)
-    _launch.finish(views["image_values"], flat_out, per_output=images_per_value, count=images_per_value)
     if not want_gradient:
         return
     grads = [grad_view] + views["grad"][1:]
@@ -284,10 +281,8 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
-        if workspace is None:
-            workspace = _ssim._allocate_workspace(problem, pyramid.sizes(want_gradient))
-        workspace._counter_is_zero = False  # MS-SSIM's values and weights may fill that element
-        views = _views(pyramid, workspace.block_sums, workspace.grad_maps, want_gradient)
+        sums, scratch = _ssim._workspace_buffers(problem, workspace, pyramid.sizes(want_gradient), True)
+        views = _views(pyramid, sums, scratch, want_gradient)
         _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate)
 
     return _ssim._compute(

@@ -222,18 +222,18 @@ class Workspace:
     set of options; passing it (with ``out`` and ``grad``) makes those calls
     allocate nothing. ``block_sums`` holds float64 per-tile sums (and MS-SSIM's
     per-image values and weights), ``grad_maps`` the compute-dtype partial
-    maps (and MS-SSIM's downsampled images and gradients). For SSIM the last
-    element of ``block_sums`` counts the kernel's finished blocks; cussim sets
-    it to zero at the workspace's first SSIM call and every launch leaves it
-    there.
+    maps (and MS-SSIM's downsampled images and gradients). The last element
+    of ``block_sums`` counts a kernel's finished blocks (SSIM's forward,
+    MS-SSIM's combine); cussim sets it to zero at the workspace's first call
+    and every launch leaves it there.
     """
 
     def __init__(self, block_sums, grad_maps):
         self.block_sums = block_sums
         self.grad_maps = grad_maps
-        # Whether block_sums' last element is SSIM's block counter at zero (see _launch.forward's
-        # ``finish``): cussim zeroes it at the first SSIM call that uses the workspace, after the
-        # call's checks, and MS-SSIM, which uses that element otherwise, clears this flag.
+        # Whether block_sums' last element is the block counter at zero (see _launch.forward's
+        # ``finish`` and _launch.combine): cussim zeroes it at the first call that uses the
+        # workspace, after the call's checks (_workspace_buffers).
         self._counter_is_zero = False
 
     @property
@@ -368,16 +368,7 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
         counted = problem.layout.counted_per_value
-        if workspace is None:
-            sums, maps = problem.layout.workspace_sizes
-            block_sums = _launch.block_sums(problem.xp, sums)
-            grad_maps = (_arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype))
-                         if want_gradient else None)
-        else:
-            block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
-            if not workspace._counter_is_zero:
-                _launch.zero_block_counter(block_sums)
-                workspace._counter_is_zero = True
+        block_sums, grad_maps = _workspace_buffers(problem, workspace, problem.layout.workspace_sizes, want_gradient)
         # With the L1 term the block sums hold b * S + l1 * |x - y| per pixel, so the finish scales by 1.
         launcher = problem.layout.launcher
         launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
@@ -392,6 +383,19 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
         check_workspace=lambda ws: _check_workspace(ws, problem, problem.layout.workspace_sizes, "make_workspace",
                                                     options),
         reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
+
+
+def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool):
+    """(block sums, compute-dtype buffer or None) of a launch: the workspace's, its block counter (the sums'
+    last element) zeroed at its first use, or new ones of ``sizes``, the counter zero."""
+    if workspace is None:
+        sums, maps = sizes
+        return (_launch.block_sums(problem.xp, sums),
+                _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)) if want_maps else None)
+    if not workspace._counter_is_zero:
+        _launch.zero_block_counter(workspace.block_sums)
+        workspace._counter_is_zero = True
+    return workspace.block_sums, workspace.grad_maps if want_maps else None
 
 
 def _gradient_buffer(problem: _Problem, grad, accumulate):

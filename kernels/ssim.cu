@@ -27,10 +27,11 @@
 //   msssim_pyramid<T, D> D successive 2x2 means of x and y (the next D scales),
 //                        as a variant does them, into contiguous planes of
 //                        the compute type, in one launch.
-//   msssim_combine<N>    per image: the scales' means from their block sums,
+//   msssim_combine<O>    per image: the scales' means from their block sums,
 //                        the relu'd weighted product, and d product / d mean
-//                        spread over the planes as backward weights (N = 256,
-//                        the block size).
+//                        spread over the planes as backward weights; then, by
+//                        the last block, the mean of the images' values of
+//                        each output, stored as O (finish_if_last).
 // They live in this file because the backward's fused adjoint and the
 // downsampling share one geometry (pooled_source / pooled_target).
 //
@@ -892,14 +893,16 @@ __global__ void __launch_bounds__(256, 1) msssim_pyramid(
 // infinity or NaN. Thread j handles scale j (scales <= kMaxScales <= 256).
 // scale_table holds, per scale: w_j, map pixels per plane, tiles per plane,
 // and the offset of the scale's block sums (planes x tiles, plane-major).
-// A template (on the block size, 256) like every kernel here, so that NVRTC
-// compiles it only into a module that names it: a kernel that is not a
-// template would be compiled into every module built from this file.
-template <int Threads>
-__global__ void __launch_bounds__(Threads, 1) msssim_combine(
+// The last block to finish then writes the `outputs` values, each the mean
+// of its images' values, as ssim_finish does (finish_if_last; the counter is
+// the element after the image values): one launch for both.
+template <class O>
+__global__ void __launch_bounds__(256, 1) msssim_combine(
     const double* __restrict__ block_sums, const double* __restrict__ scale_table, int scales, long long planes,
     long long group, double share, double guard, double* __restrict__ image_values,
-    double* __restrict__ plane_weights) {
+    double* __restrict__ plane_weights, O* __restrict__ out, long long out_stride, long long outputs, double count,
+    double a, double b) {
+    constexpr int Threads = 256;
     using namespace cussim;
     static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
     __shared__ double scratch[Threads];
@@ -953,6 +956,7 @@ __global__ void __launch_bounds__(Threads, 1) msssim_combine(
         }
         __syncthreads();  // the shared arrays are rewritten for the next image
     }
+    finish_if_last(image_values, images, outputs, count, a, b, out, out_stride, scratch, (int)threadIdx.x);
 }
 
 // The adjoint of a whole-sample extension by `margin` (< n): each extended

@@ -223,6 +223,29 @@ def test_pyramid_in_one_launch_is_bitwise_its_levels_one_at_a_time(executor, var
             np.testing.assert_allclose(level, shown, rtol=1e-6, atol=1e-6 * (255 if dtype == np.uint8 else 1))
 
 
+def test_combine_finishes_bitwise_as_the_separate_finish_and_zeroes_its_counter(executor, monkeypatch):
+    """msssim_combine's last block writes each value as ssim_finish does from the images' values (2 values of
+    3 images each), in a workspace made from the caller's NaN-filled memory, and leaves the counter at 0."""
+    from cussim import _launch
+
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    x, y = (executor.asarray(a) for a in _pair((2, 3, 37, 40), np.float32, seed=4))
+    options = dict(channel_axis=1, axis=(1, 2, 3), **SMALL)
+    made = cussim.make_ms_ssim_workspace(x, channel_axis=1, **SCALES)
+    ws = cussim.Workspace(made.block_sums.copy(), made.grad_maps.copy())
+    ws.block_sums.fill(np.nan)
+    ws.grad_maps.fill(np.nan)
+    for _ in range(2):  # the second call finds the counter the first left
+        value, grad = cussim.ms_ssim_with_gradient(x, y, workspace=ws, **options)
+        assert float(ws.block_sums[-1]) == 0.0
+        separate = executor.asarray(np.empty(2, np.float32))
+        _launch.finish(ws.block_sums[-7:-1], separate, per_output=3, count=3)
+        assert executor.asnumpy(value).tobytes() == executor.asnumpy(separate).tobytes()
+    fresh = cussim.ms_ssim_with_gradient(x, y, **options)
+    assert executor.asnumpy(value).tobytes() == executor.asnumpy(fresh[0]).tobytes()
+    assert executor.asnumpy(grad).tobytes() == executor.asnumpy(fresh[1]).tobytes()
+
+
 @pytest.mark.parametrize("name", ["reference", "emulator"])
 def test_in_place_path_allocates_nothing(name, monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", name)
