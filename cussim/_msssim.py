@@ -277,7 +277,7 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
                          coarse=coarse, variant=variant)
 
 
-def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=""):
+def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=None):
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
@@ -385,9 +385,12 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
     problem, pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
                        sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     grad = _gradient_buffer(problem, grad, accumulate)
-    options = ", ".join(f"{name}={value!r}" for name, value in (
-        ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis),
-        ("spatial_dims", spatial_dims)))
+
+    def options():  # make_ms_ssim_workspace's arguments for these images, formatted only for a workspace's error
+        return ", ".join(f"{name}={value!r}" for name, value in (
+            ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis),
+            ("spatial_dims", spatial_dims)))
+
     value = _compute(problem, pyramid, out, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad
 

@@ -12,7 +12,6 @@ batch axis. The gradient is with respect to the FIRST argument x
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import numbers
@@ -139,11 +138,9 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
                  # (1, 2), (True, 2) and (1.0, 2) are equal keys: the types keep a bad axis from a good one's plan
                  tuple(map(type, axis)) if isinstance(axis, (tuple, list)) else None)
     try:
-        hash(arguments)
-    except TypeError:
-        layout = _checked_layout(*arguments)
-    else:
         layout = _cached_layout(*arguments)
+    except TypeError:  # an unhashable argument, checked without the cache (or a check's TypeError, raised again)
+        layout = _checked_layout(*arguments)
     if y.shape != x.shape:
         y = _arrays.array_module(x).broadcast_to(y, x.shape)
     return _Problem(x=x.transpose(layout.perm), y=y.transpose(layout.perm), layout=layout, xp=_arrays.array_module(x))
@@ -270,15 +267,17 @@ def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
         return Workspace(_arrays.empty(problem.xp, (sums,), np.float64),
                          _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
 
-def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: str) -> Workspace:
-    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute)."""
+def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options) -> Workspace:
+    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute).
+
+    ``options()``: the maker's arguments for these images, for the error's fix (formatted only then)."""
     if not isinstance(workspace, Workspace):
         raise TypeError(f"workspace must come from cussim.{maker}, got {type(workspace).__name__}")
     sums, maps = sizes
     ctype = _launch.compute_dtype(problem.x.dtype)
     _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
     if workspace.block_sums.size != sums or workspace.grad_maps.size != maps or workspace.grad_maps.dtype != ctype:
-        raise ValueError(f"workspace does not fit these images; make one with cussim.{maker}(x, {options})")
+        raise ValueError(f"workspace does not fit these images; make one with cussim.{maker}(x, {options()})")
     return workspace
 
 
@@ -318,18 +317,26 @@ def _use_kernels(problem: _Problem) -> bool:
     return problem.xp is not np or _arrays.numpy_backend() == "emulator"
 
 
-@contextlib.contextmanager
-def _addressable(problem: _Problem, view, keep=False):
-    """Yields the output ``view`` for the kernels, or, where they cannot address its layout, a new C-order
-    buffer (holding view's values if ``keep``) copied into it afterwards: any output layout works on every path."""
-    if view is None or _launch.addressable(view):
-        yield view
-        return
-    target = _arrays.empty(problem.xp, view.shape, view.dtype)
-    if keep:
-        target[...] = view
-    yield target
-    view[...] = target
+class _addressable:
+    """A context giving the output ``view`` for the kernels, or, where they cannot address its layout, a new
+    C-order buffer (holding view's values if ``keep``) copied into it afterwards: any output layout works on
+    every path. (A class, not a generator: it costs a call on every launch.)"""
+
+    __slots__ = ("view", "target")
+
+    def __init__(self, problem: _Problem, view, keep=False):
+        self.view = self.target = view
+        if view is not None and not _launch.addressable(view):
+            self.target = _arrays.empty(problem.xp, view.shape, view.dtype)
+            if keep:
+                self.target[...] = view
+
+    def __enter__(self):
+        return self.target
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None and self.target is not self.view:
+            self.view[...] = self.target
 
 
 def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch):
@@ -361,7 +368,7 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
     return out
 
 
-def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, accumulate=False, options=""):
+def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, accumulate=False, options=None):
     """Values a + b * mean SSIM (+ l1 * mean |x - y|, "same" padding only), and with ``grad`` their
     summed gradient written or added into grad."""
 
@@ -541,7 +548,10 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
 def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kwargs):
     problem = _prepare(x, y, **kwargs)
     grad = _gradient_buffer(problem, grad, accumulate)
-    options = ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
+
+    def options():  # make_workspace's arguments for these images, formatted only for a workspace's error
+        return ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
+
     value = _mean(problem, out, a, b, l1=l1, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad
 
