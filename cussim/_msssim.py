@@ -149,49 +149,60 @@ class _Pyramid:
 
     def sizes(self, with_gradient: bool) -> tuple:
         """(float64 elements, compute-dtype elements) of the workspace."""
-        float64 = self.planes * sum(self.tiles(j) for j in range(self.scales)) + self.images + 1  # + the counter
-        images = self.level_starts[-1]
-        scratch = 2 * images  # x and y at scales 1.. (the gradients at scales 1.. are as big)
-        if with_gradient:
-            float64 += self.scales * self.planes
-            scratch += images + 3 * self.planes * sum(self.map_pixels(j) for j in range(self.scales))
-            if self.margin:  # the last scale's gradient folded back from its extension
-                scratch += self.planes * math.prod(self.side(self.scales - 1))
-        return float64, scratch
+        return self._carving[with_gradient][1]
 
+    @functools.cached_property
+    def _carving(self) -> dict:
+        """Per with_gradient: the views of the workspace, each (name, scale or None, buffer (0: float64,
+        1: compute dtype), start, stop, shape or None for 1-D), and the buffers' sizes (worked out once)."""
+        carvings = {}
+        planes, scales = self.planes, self.scales
+        for with_gradient in (False, True):
+            views, cursor = [], [0, 0]
 
-def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
-    """The workspace carved into named views (no copies, no allocation)."""
-    cursor = {"sums": 0, "scratch": 0}
-    buffers = {"sums": sums, "scratch": scratch}
+            def take(name, j, buffer, shape):  # the next part of a buffer; a view of it unless name is None
+                size, start = math.prod(shape), cursor[buffer]
+                if name is not None:
+                    views.append((name, j, buffer, start, start + size, shape if len(shape) > 1 else None))
+                cursor[buffer] += size
+                return start
 
-    def take(buffer, shape):
-        start = cursor[buffer]
-        cursor[buffer] += math.prod(shape)
-        return buffers[buffer][start : cursor[buffer]].reshape(shape)
+            sums = take("block_sums", None, 0, (planes * sum(self._tiles),))
+            for j, row in enumerate(self.scale_table):
+                views.append(("scale_sums", j, 0, sums + row[3], sums + row[3] + planes * row[2], None))
+            if with_gradient:
+                weights = take("plane_weights", None, 0, (scales, planes))
+                views += [("scale_weights", j, 0, weights + j * planes, weights + (j + 1) * planes, None)
+                          for j in range(scales)]
+            take("image_values", None, 0, (self.images + 1,))  # and the combine's block counter, the last
+            for name in ("x", "y"):  # scales 1.. one after another: each scale's planes, each pyramid launch's
+                levels = take(None, None, 1, (self.level_starts[-1],))
+                views += [(name, j, 1, levels + start, levels + start + planes * math.prod(self.stored(j)),
+                           (planes, *self.stored(j))) for j, start in enumerate(self.level_starts[:-1], 1)]
+                views += [(name + "_launches", k, 1, levels + first, levels + last, None)
+                          for k, (_, _, _, first, last) in enumerate(self.pyramid_launches)]
+            if with_gradient:
+                for j in range(1, scales):
+                    take("grad", j, 1, (planes, *self.stored(j)))
+                for j in range(scales):
+                    take("grad_maps", j, 1, (3 * planes * self.map_pixels(j),))
+                if self.margin:  # the last scale's gradient folded back from its extension
+                    take("folded", None, 1, (planes, *self.side(scales - 1)))
+            carvings[with_gradient] = tuple(views), tuple(cursor)
+        return carvings
 
-    planes, scales = pyramid.planes, pyramid.scales
-
-    def levels(name):  # scales 1.. one after another; each scale's planes, and each pyramid launch's part
-        flat = take("scratch", (pyramid.level_starts[-1],))
-        views[name + "_launches"] = [flat[start:end] for _, _, _, start, end in pyramid.pyramid_launches]
-        views[name] = [None] + [flat[start : start + planes * math.prod(pyramid.stored(j))].reshape(
-            planes, *pyramid.stored(j)) for j, start in enumerate(pyramid.level_starts[:-1], 1)]
-
-    views = {"block_sums": take("sums", (planes * sum(pyramid.tiles(j) for j in range(scales)),))}
-    if with_gradient:
-        views["plane_weights"] = take("sums", (scales, planes))
-    views["image_values"] = take("sums", (pyramid.images + 1,))  # and the combine's block counter, the last
-    levels("x")
-    levels("y")
-    if with_gradient:
-        views["grad"] = [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)]
-        views["grad_maps"] = [take("scratch", (3 * planes * pyramid.map_pixels(j),)) for j in range(scales)]
-        if pyramid.margin:
-            views["folded"] = take("scratch", (planes, *pyramid.side(scales - 1)))
-    offsets = [row[3] for row in pyramid.scale_table]
-    views["scale_sums"] = [views["block_sums"][o : o + planes * pyramid.tiles(j)] for j, o in enumerate(offsets)]
-    return views
+    def views(self, sums, scratch, with_gradient: bool) -> dict:
+        """The workspace carved into named views (no copies, no allocation): arrays, or lists per scale."""
+        buffers, views = (sums, scratch), {}
+        for name, j, buffer, start, stop, shape in self._carving[with_gradient][0]:
+            view = buffers[buffer][start:stop]
+            if shape is not None:
+                view = view.reshape(shape)
+            if j is None:
+                views[name] = view
+            else:
+                views.setdefault(name, [None] * self.scales)[j] = view
+        return views
 
 
 def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, channel_axis, axis,
@@ -273,7 +284,7 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
             _launch.fold(coarse, views["folded"], margin=margin)
             coarse = views["folded"]
         launcher.backward(xs[j], ys[j], views["grad_maps"][j], grads[j], params,
-                         accumulate=accumulate if j == 0 else False, plane_weights=views["plane_weights"][j],
+                         accumulate=accumulate if j == 0 else False, plane_weights=views["scale_weights"][j],
                          coarse=coarse, variant=variant)
 
 
@@ -282,7 +293,7 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
         sums, scratch = _ssim._workspace_buffers(problem, workspace, pyramid.sizes(want_gradient), True)
-        views = _views(pyramid, sums, scratch, want_gradient)
+        views = pyramid.views(sums, scratch, want_gradient)
         _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate)
 
     return _ssim._compute(

@@ -836,8 +836,9 @@ template <class T, int D>
 __global__ void __launch_bounds__(256, 1) msssim_pyramid(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
-    typename cussim::ComputeType<T>::type* __restrict__ x_out, typename cussim::ComputeType<T>::type* __restrict__ y_out,
-    long long planes, long long inner_count, int height, int width, int variant, int margin) {
+    typename cussim::ComputeType<T>::type* __restrict__ x_out,
+    typename cussim::ComputeType<T>::type* __restrict__ y_out, long long planes, long long inner_count, int height,
+    int width, int variant, int margin) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     PyramidLevels<T, C, D> a;
