@@ -177,7 +177,7 @@ def check_output(array, name: str, *, shape, dtype, like) -> None:
     Overlaps are checked with all the outputs together (:func:`check_apart`).
     """
     check_same_place(like, array, name, "the inputs")
-    if tuple(array.shape) != tuple(shape):
+    if array.shape != shape and tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(array.shape)}; it must be {tuple(shape)}")
     if array.dtype != dtype:
         raise TypeError(f"{name} has dtype {array.dtype}; it must be {np.dtype(dtype).name}")

@@ -50,6 +50,11 @@ class _Layout:
         return math.prod(self.shape[self.kept : -self.params.spatial]) * math.prod(self.params.mean_shape(self.shape))
 
     @functools.cached_property
+    def keeps_order(self) -> bool:
+        """Whether the kernels' layout is the caller's axis order (no transposed views to make)."""
+        return self.perm == tuple(range(len(self.perm)))
+
+    @functools.cached_property
     def inverse_perm(self) -> tuple:
         return tuple(int(a) for a in np.argsort(self.perm))
 
@@ -86,11 +91,11 @@ class _Problem:
 
     def original(self, array):
         """An array in the kernels' layout, viewed in the caller's axis order."""
-        return array.transpose(self.layout.inverse_perm)
+        return array if self.layout.keeps_order else array.transpose(self.layout.inverse_perm)
 
     def permuted(self, array):
         """A caller-layout array viewed in the kernels' layout."""
-        return array.transpose(self.layout.perm)
+        return array if self.layout.keeps_order else array.transpose(self.layout.perm)
 
     def device(self):
         return _arrays.on_device(self.x)
@@ -143,7 +148,9 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
         layout = _checked_layout(*arguments)
     if y.shape != x.shape:
         y = _arrays.array_module(x).broadcast_to(y, x.shape)
-    return _Problem(x=x.transpose(layout.perm), y=y.transpose(layout.perm), layout=layout, xp=_arrays.array_module(x))
+    if not layout.keeps_order:
+        x, y = x.transpose(layout.perm), y.transpose(layout.perm)
+    return _Problem(x=x, y=y, layout=layout, xp=_arrays.array_module(x))
 
 
 def _checked_layout(x_shape, y_shape, x_dtype, y_dtype, data_range, win_size, sigma, window, K1, K2, padding,
