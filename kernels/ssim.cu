@@ -483,7 +483,7 @@ template <class T, class C, int L, int D>
 struct PyramidNode {
     __device__ __forceinline__ static void eval(const PyramidLevels<T, C, D>& a, int row, int col, C& vx, C& vy) {
         C sx = C(0), sy = C(0);
-#pragma unroll(L == 1 ? 4 : 1)  // the leaves' 8 loads in flight; above, a loop keeps the code (and registers) small
+#pragma unroll(L <= 2 ? 4 : 1)  // 32 loads in flight (a subtree of 16 leaves); above, a loop keeps the code small
         for (int k = 0; k < 4; ++k) {
             const int r = pooled_source(row, k / 2, a.height[L - 1], a.variant);
             const int c = pooled_source(col, k % 2, a.width[L - 1], a.variant);
