@@ -67,8 +67,8 @@ SMALL = dict(SCALES, sigma=1.0)
 
 @pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
 def test_planned_launches_take_each_calls_images(kernels, variant):
-    """A second call with other images of the same layout reuses every launch plan (downsample, fold,
-    combine, forward, backward, finish) and still computes on its own images and buffers."""
+    """A second call with other images of the same layout reuses every launch plan (pyramid, fold,
+    combine with its finish, forward, backward) and still computes on its own images and buffers."""
     pooled = variant == "torchmetrics"
     options = dict(variant=variant, channel_axis=1, axis=(1, 2, 3), **SMALL)
     expected_options = dict(variant=variant, axis=(1, 2, 3), pool_axes=(1,) if pooled else (), **SMALL)
