@@ -61,6 +61,9 @@ class SsimParams:
     def __hash__(self):  # worked out once: every launch plan's key holds the parameters
         return self._hash
 
+    def __getstate__(self):  # without the cached hash: a string's hash differs from process to process
+        return {name: value for name, value in self.__dict__.items() if name != "_hash"}
+
     @property
     def win_size(self) -> int:
         return len(self.taps)
