@@ -204,7 +204,8 @@ def _signature(array):
     """What a launch plan depends on of an array: its kind, shape, strides, dtype and device (not its data)."""
     if array is None:
         return None
-    return type(array), array.shape, array.strides, array.dtype, -1 if _arrays.is_numpy(array) else array.device.id
+    device = -1 if isinstance(array, np.ndarray) else array.device.id
+    return type(array), array.shape, array.strides, array.dtype, device
 
 
 def _launch_planned(key, build, pointers):

@@ -34,6 +34,15 @@ class _Layout:
     perm: tuple  # x_original.transpose(perm) is x
     kept: int  # how many leading axes stay in the result
     shape: tuple  # x's shape in the kernels' layout
+    dtype: np.dtype  # x's
+
+    @functools.cached_property
+    def compute_dtype(self) -> np.dtype:
+        return _launch.compute_dtype(self.dtype)
+
+    @functools.cached_property
+    def gradient_dtype(self) -> np.dtype:
+        return _launch.gradient_dtype(self.dtype)
 
     @functools.cached_property
     def value_shape(self) -> tuple:
@@ -104,7 +113,7 @@ class _Problem:
     def limit(self) -> float:
         """The largest number of the compute dtype: where the kernels' arithmetic overflows, the reference
         gives NaN too (docs/spec.rst section 1)."""
-        return float(np.finfo(_launch.compute_dtype(self.x.dtype)).max)
+        return float(np.finfo(self.layout.compute_dtype).max)
 
     def check_apart(self, outputs: dict) -> None:
         """The outputs (name: array or None) apart from each other, themselves and x and y."""
@@ -211,7 +220,7 @@ def _checked_layout(x_shape, y_shape, x_dtype, y_dtype, data_range, win_size, si
         raise ValueError(f"axis={axis!r} keeps channel_axis={channel_axis}, but this metric averages an image's "
                          "channels together; include the channel axis in axis")
     perm = tuple(kept + batch + spatial)
-    return _Layout(params, perm, len(kept), tuple(x_shape[a] for a in perm))
+    return _Layout(params, perm, len(kept), tuple(x_shape[a] for a in perm), x_dtype)
 
 
 # A raise is never cached, so bad arguments raise on every call.
@@ -272,7 +281,7 @@ def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
     sums, maps = sizes
     with problem.device():
         return Workspace(_arrays.empty(problem.xp, (sums,), np.float64),
-                         _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
+                         _arrays.empty(problem.xp, (maps,), problem.layout.compute_dtype))
 
 def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options) -> Workspace:
     """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute).
@@ -281,7 +290,7 @@ def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options) -
     if not isinstance(workspace, Workspace):
         raise TypeError(f"workspace must come from cussim.{maker}, got {type(workspace).__name__}")
     sums, maps = sizes
-    ctype = _launch.compute_dtype(problem.x.dtype)
+    ctype = problem.layout.compute_dtype
     _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
     if workspace.block_sums.size != sums or workspace.grad_maps.size != maps or workspace.grad_maps.dtype != ctype:
         raise ValueError(f"workspace does not fit these images; make one with cussim.{maker}(x, {options()})")
@@ -290,7 +299,7 @@ def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options) -
 
 def _value_buffer(problem: _Problem, out):
     """The caller's ``out`` checked (or a new one), and a 1-D view of it for the finishing kernel."""
-    dtype = _launch.compute_dtype(problem.x.dtype)
+    dtype = problem.layout.compute_dtype
     if out is None:
         with problem.device():
             out = _arrays.empty(problem.xp, problem.layout.value_shape, dtype)
@@ -405,7 +414,7 @@ def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool):
     if workspace is None:
         sums, maps = sizes
         return (_launch.block_sums(problem.xp, sums),
-                _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)) if want_maps else None)
+                _arrays.empty(problem.xp, (maps,), problem.layout.compute_dtype) if want_maps else None)
     if not workspace._counter_is_zero:
         _launch.zero_block_counter(workspace.block_sums)
         workspace._counter_is_zero = True
@@ -413,7 +422,7 @@ def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool):
 
 
 def _gradient_buffer(problem: _Problem, grad, accumulate):
-    dtype = _launch.gradient_dtype(problem.x.dtype)
+    dtype = problem.layout.gradient_dtype
     if grad is None:
         if accumulate:
             raise ValueError("accumulate=True adds into grad: pass the grad array to add into")
@@ -529,7 +538,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
                        reduce=False, spatial_dims=spatial_dims)
-    dtype = _launch.compute_dtype(problem.x.dtype)
+    dtype = problem.layout.compute_dtype
     map_shape = problem.params.map_shape(problem.x.shape)
     original_shape = tuple(map_shape[i] for i in problem.layout.inverse_perm)
     if out is None:
