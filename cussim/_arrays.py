@@ -76,7 +76,7 @@ def check_dtype(dtype, name: str) -> None:
 
 def device_of(array):
     """-1 for NumPy arrays, the CUDA device id otherwise."""
-    return -1 if is_numpy(array) else array.device.id
+    return -1 if isinstance(array, np.ndarray) else array.device.id
 
 
 def on_device(array):
@@ -90,6 +90,8 @@ def where(array) -> str:
 
 
 def check_same_place(reference, array, name: str, reference_name: str) -> None:
+    if isinstance(reference, np.ndarray) and isinstance(array, np.ndarray):
+        return
     if is_numpy(reference) != is_numpy(array):
         raise TypeError(
             f"{name} is in {where(array)} but {reference_name} is in {where(reference)}; pass both as NumPy "
@@ -140,10 +142,11 @@ def overlaps_itself(array) -> bool:
 def _sharing_test(arrays):
     """shares(a, b) for two of ``arrays``: whether their byte ranges meet. NumPy's own bounds test (in C)
     where all are NumPy arrays; on a GPU, each array's byte extent computed once."""
-    if all(is_numpy(a) for a in arrays):
-        return np.may_share_memory
-    extents = {id(a): _byte_extent(a) for a in arrays}
-    return lambda a, b: _meet(extents[id(a)], extents[id(b)])
+    for a in arrays:
+        if not isinstance(a, np.ndarray):
+            extents = {id(a): _byte_extent(a) for a in arrays}
+            return lambda a, b: _meet(extents[id(a)], extents[id(b)])
+    return np.may_share_memory
 
 
 def check_apart(outputs: dict, inputs: dict) -> None:
@@ -152,20 +155,24 @@ def check_apart(outputs: dict, inputs: dict) -> None:
     The one overlap check of every public function, on every path: a shared
     byte gives a wrong result, so it is refused before anything is computed.
     """
-    outputs = {name: a for name, a in outputs.items() if a is not None}
-    for name, array in outputs.items():
+    named = [(name, a) for name, a in outputs.items() if a is not None]
+    for name, array in named:
         if overlaps_itself(array):
             raise ValueError(f"{name} has elements that share memory (strides {tuple(array.strides)}); outputs "
                              "need one element per value: pass a new array (e.g. from empty_like)")
-    shares = _sharing_test([*outputs.values(), *inputs.values()])
-    names = list(outputs)
-    for i, name in enumerate(names):
-        for other in names[i + 1 :]:
-            if shares(outputs[name], outputs[other]):
-                raise ValueError(f"{name} overlaps {other}; outputs must not share memory with each other")
-        for input_name, array in inputs.items():
-            if shares(outputs[name], array):
-                raise ValueError(f"{name} overlaps {input_name}; outputs must not share memory with the inputs")
+    names = [name for name, _ in named] + list(inputs)
+    arrays = [a for _, a in named] + list(inputs.values())
+    shares = _sharing_test(arrays)
+    # Two NumPy arrays that each own their buffer (distinct allocations) share no byte: no test needed.
+    owners = [isinstance(a, np.ndarray) and a.flags.owndata for a in arrays]
+    for i in range(len(named)):
+        for j in range(i + 1, len(arrays)):
+            if owners[i] and owners[j] and arrays[i] is not arrays[j]:
+                continue
+            if shares(arrays[i], arrays[j]):
+                if j < len(named):
+                    raise ValueError(f"{names[i]} overlaps {names[j]}; outputs must not share memory with each other")
+                raise ValueError(f"{names[i]} overlaps {names[j]}; outputs must not share memory with the inputs")
 
 
 def check_output(array, name: str, *, shape, dtype, like) -> None:
@@ -174,7 +181,7 @@ def check_output(array, name: str, *, shape, dtype, like) -> None:
     Overlaps are checked with all the outputs together (:func:`check_apart`).
     """
     check_same_place(like, array, name, "the inputs")
-    if tuple(array.shape) != tuple(shape):
+    if array.shape != shape and tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(array.shape)}; it must be {tuple(shape)}")
     if array.dtype != dtype:
         raise TypeError(f"{name} has dtype {array.dtype}; it must be {np.dtype(dtype).name}")

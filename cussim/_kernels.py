@@ -43,6 +43,7 @@ BASE_ARCHS = (70, 80, 90)
 # Template arguments of each kernel family, in C++ spelling.
 ELEMENT_TYPES = ("float", "double", "__half", "unsigned char", "unsigned short")
 RADII = tuple(range(1, 8))  # window sizes 3 to 15
+PYRAMID_LEVELS = (1, 2, 3, 4)  # 2x2 means per msssim_pyramid launch (5 scales: one launch)
 
 
 def _ssim_specialisations():
@@ -51,8 +52,9 @@ def _ssim_specialisations():
         for element in ELEMENT_TYPES:
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")
-    names += [f"msssim_downsample<{element}>" for element in ELEMENT_TYPES]
-    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<256>", "msssim_fold<float>",
+    names += [f"msssim_pyramid<{element}, {levels}>" for element in ELEMENT_TYPES for levels in PYRAMID_LEVELS]
+    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<float>",
+                           "msssim_combine<double>", "msssim_fold<float>",
                            "msssim_fold<double>")
 
 

@@ -28,10 +28,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _arrays, _kernels
+from . import _arrays, _kernels, _reference
 
 TILE = 16
 MAX_GRID_Y = 65535
+PYRAMID_LEVELS = max(_kernels.PYRAMID_LEVELS)  # 2x2 means per launch of MS-SSIM's pyramid
 PADDING_CODES = {"same": 0, "valid": 1, "reflect": 2}
 GRADIENT_FORMULAS = {"exact": 1, "skimage": 2}
 TERMS = {"ssim": 0, "cs": 1}
@@ -203,7 +204,8 @@ def _signature(array):
     """What a launch plan depends on of an array: its kind, shape, strides, dtype and device (not its data)."""
     if array is None:
         return None
-    return type(array), array.shape, array.strides, array.dtype, _arrays.device_of(array)
+    device = -1 if isinstance(array, np.ndarray) else array.device.id
+    return type(array), array.shape, array.strides, array.dtype, device
 
 
 def _launch_planned(key, build, pointers):
@@ -378,26 +380,41 @@ def _finish_launch(pointers, per_output, count, a, b):
     return kernel, (min(outputs, 2**31 - 1),), (256,), args, _slots(args, pointers), True
 
 
-def downsample(x, y, x_out, y_out, variant, *, margin=0):
-    """Launches msssim_downsample: one 2x2 mean of ``variant`` of x and y (y broadcasts to x).
+def pyramid(x, y, x_out, y_out, variant, levels, *, margin=0):
+    """Launches msssim_pyramid: ``levels`` (1 to 4) successive 2x2 means of ``variant`` of x and y (y
+    broadcasts to x), in one launch.
 
-    x_out, y_out: contiguous, compute dtype, (planes, h', w') with h', w' the
-    downsampled sides plus 2 ``margin`` (a whole-sample reflected border).
+    x_out, y_out: contiguous, compute dtype, the levels one after another,
+    each (planes, h', w') with h', w' the sides of the level before halved;
+    the last plus 2 ``margin`` (a whole-sample reflected border).
     """
     pointers = (x, y, x_out, y_out)
-    key = ("downsample", _signature(x), _signature(y), _signature(x_out), variant, margin)
-    _launch_planned(key, lambda: _downsample_launch(pointers, variant, margin), pointers)
+    key = ("pyramid", _signature(x), _signature(y), _signature(x_out), variant, levels, margin)
+    _launch_planned(key, lambda: _pyramid_launch(pointers, variant, levels, margin), pointers)
 
 
-def _downsample_launch(pointers, variant, margin):
+def _pyramid_roots(sides, variant, levels) -> int:
+    """Pixels per plane that msssim_pyramid computes a subtree from: all of the last level, and those of
+    the others that the next level drops."""
+    halved = [tuple(sides)]
+    for _ in range(levels):
+        halved.append(_reference.downsampled_shape(halved[-1], variant))
+    roots = halved[-1][0] * halved[-1][1]
+    for (h, w), (h2, w2) in zip(halved[1:-1], halved[2:]):
+        roots += h * w - min(h, 2 * h2) * min(w, 2 * w2)
+    return roots
+
+
+def _pyramid_launch(pointers, variant, levels, margin):
     x_in, y_in, x_out, y_out = pointers
     xp = _arrays.array_module(x_in)
     (outer, inner), (lx, ly), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)])
     height, width = x.shape[-2:]
-    kernel = _kernels.get_kernel("ssim", f"msssim_downsample<{ELEMENT_TYPES[np.dtype(x.dtype)]}>", x)
+    kernel = _kernels.get_kernel("ssim", f"msssim_pyramid<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {levels}>", x)
     args = (x, *lx.args(), y, *ly.args(), x_out, y_out, np.int64(outer * inner), np.int64(inner), np.int32(height),
             np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin))
-    return _planned_launch(kernel, (min(-(-x_out.size // 256), 2**20),), (256,), args, (x, y), pointers)
+    roots = outer * inner * _pyramid_roots((height, width), variant, levels)
+    return _planned_launch(kernel, (min(-(-roots // 256), 2**20),), (256,), args, (x, y), pointers)
 
 
 def fold(extended, out, *, margin):
@@ -419,25 +436,31 @@ def _fold_launch(pointers, margin):
     return kernel, (min(-(-out.size // 256), 2**20),), (256,), args, _slots(args, pointers), True
 
 
-def combine(block_sums, scale_table, image_values, *, planes, group, share, plane_weights=None):
-    """Launches msssim_combine: per image of ``group`` planes, the relu'd product of the scales' means.
+def combine(block_sums, scale_table, image_values, out, *, planes, group, share, plane_weights=None):
+    """Launches msssim_combine: per image of ``group`` planes, the relu'd product of the scales' means, and
+    each value of ``out`` the mean of its images' (one launch).
 
     scale_table: per scale (weight, map pixels, tiles, offset into block_sums);
-    image_values: float64, planes // group; plane_weights: float64, scales x
+    image_values: float64, planes // group, then the blocks' counter (zero
+    before, and after, each launch); out: 1-D (possibly strided) float32 or
+    float64, one entry per output value; plane_weights: float64, scales x
     planes, the backward's per-plane weights times ``share`` (d output / d image).
     """
-    pointers = (block_sums, image_values, plane_weights)
-    key = ("combine", _signature(block_sums), _signature(image_values), plane_weights is None, scale_table, planes,
-           group, share)
+    pointers = (block_sums, image_values, plane_weights, out)
+    key = ("combine", _signature(block_sums), _signature(image_values), plane_weights is None, _signature(out),
+           scale_table, planes, group, share)
     _launch_planned(key, lambda: _combine_launch(pointers, scale_table, planes, group, share), pointers)
 
 
 def _combine_launch(pointers, scale_table, planes, group, share):
-    block_sums, image_values, plane_weights = pointers
-    kernel = _kernels.get_kernel("ssim", "msssim_combine<256>", block_sums)
+    block_sums, image_values, plane_weights, out = pointers
+    name = "float" if out.dtype == np.float32 else "double"
+    kernel = _kernels.get_kernel("ssim", f"msssim_combine<{name}>", block_sums)
     images = planes // group
+    per_output = images // max(1, out.size)
     table = _constants(block_sums, np.ravel(scale_table), np.float64)
     args = (block_sums, table, np.int32(len(scale_table)), np.int64(planes), np.int64(group), np.float64(share),
             np.float64(MS_SSIM_GUARD), image_values,
-            _null(_arrays.array_module(block_sums)) if plane_weights is None else plane_weights)
+            _null(_arrays.array_module(block_sums)) if plane_weights is None else plane_weights,
+            *finish_args((out, per_output, 0.0, 1.0), None))
     return kernel, (min(images, 2**31 - 1),), (256,), args, _slots(args, pointers), True

@@ -110,6 +110,14 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
     )
 
 
+PYRAMID_LEVELS = 1  # 2x2x2 means per launch of MS-SSIM's pyramid
+
+
+def pyramid(x, y, x_out, y_out, variant, levels, *, margin=0):
+    """MS-SSIM's pyramid for volumes: one level per launch (``levels`` 1, ``margin`` 0), :func:`downsample`."""
+    downsample(x, y, x_out, y_out, variant)
+
+
 def downsample(x, y, x_out, y_out, variant):
     """Launches msssim3d_downsample: one 2x2x2 mean of ``variant`` of x and y (y broadcasts to x).
 

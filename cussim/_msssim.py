@@ -2,9 +2,10 @@
 
 Three named variants, each matching its original at every scale: how an odd
 side is halved, and how the scales' means combine (see :func:`ms_ssim`). The
-launch plan: 2x2 downsamplings into the workspace, one forward per scale
+launch plan: the 2x2 downsamplings into the workspace (every scale of the
+default five in one launch), one forward per scale
 (contrast-structure maps, SSIM at the last), a combine of the scales' means
-per image, the finish of the averaged values; for the gradient, one backward
+per image that also finishes the averaged values; for the gradient, one backward
 per scale from the coarsest, each adding the adjoint of the next scale's
 downsampling, so the gradient flows back through every scale. Volumes
 (``spatial_dims=3``) take the same plan with 2x2x2 means (pytorch-msssim's
@@ -119,6 +120,25 @@ class _Pyramid:
         return self.planes // self.group
 
     @functools.cached_property
+    def level_starts(self) -> tuple:
+        """Where the planes of scales 1.. start, one scale after another (in elements), and where they end."""
+        starts = [0]
+        for j in range(1, self.scales):
+            starts.append(starts[-1] + self.planes * math.prod(self.stored(j)))
+        return tuple(starts)
+
+    @functools.cached_property
+    def pyramid_launches(self) -> tuple:
+        """Per launch of the pyramid: (input scale, scales it makes, margin of the last, where they start and
+        end among the planes of scales 1..)."""
+        starts, launches = self.level_starts, []
+        for first in range(0, self.scales - 1, self.layout.launcher.PYRAMID_LEVELS):
+            last = min(first + self.layout.launcher.PYRAMID_LEVELS, self.scales - 1)
+            launches.append((first, last - first, self.margin if last == self.scales - 1 else 0, starts[first],
+                             starts[last]))
+        return tuple(launches)
+
+    @functools.cached_property
     def scale_table(self) -> tuple:
         """Per scale: weight, map pixels per plane, tiles per plane, offset of its block sums."""
         table, offset = [], 0
@@ -129,43 +149,60 @@ class _Pyramid:
 
     def sizes(self, with_gradient: bool) -> tuple:
         """(float64 elements, compute-dtype elements) of the workspace."""
-        float64 = self.planes * sum(self.tiles(j) for j in range(self.scales)) + self.images
-        images = self.planes * sum(math.prod(self.stored(j)) for j in range(1, self.scales))
-        scratch = 2 * images  # x and y at scales 1.. (the gradients at scales 1.. are as big)
-        if with_gradient:
-            float64 += self.scales * self.planes
-            scratch += images + 3 * self.planes * sum(self.map_pixels(j) for j in range(self.scales))
-            if self.margin:  # the last scale's gradient folded back from its extension
-                scratch += self.planes * math.prod(self.side(self.scales - 1))
-        return float64, scratch
+        return self._carving[with_gradient][1]
 
+    @functools.cached_property
+    def _carving(self) -> dict:
+        """Per with_gradient: the views of the workspace, each (name, scale or None, buffer (0: float64,
+        1: compute dtype), start, stop, shape or None for 1-D), and the buffers' sizes (worked out once)."""
+        carvings = {}
+        planes, scales = self.planes, self.scales
+        for with_gradient in (False, True):
+            views, cursor = [], [0, 0]
 
-def _views(pyramid: _Pyramid, sums, scratch, with_gradient: bool) -> dict:
-    """The workspace carved into named views (no copies, no allocation)."""
-    cursor = {"sums": 0, "scratch": 0}
-    buffers = {"sums": sums, "scratch": scratch}
+            def take(name, j, buffer, shape):  # the next part of a buffer; a view of it unless name is None
+                size, start = math.prod(shape), cursor[buffer]
+                if name is not None:
+                    views.append((name, j, buffer, start, start + size, shape if len(shape) > 1 else None))
+                cursor[buffer] += size
+                return start
 
-    def take(buffer, shape):
-        start = cursor[buffer]
-        cursor[buffer] += math.prod(shape)
-        return buffers[buffer][start : cursor[buffer]].reshape(shape)
+            sums = take("block_sums", None, 0, (planes * sum(self._tiles),))
+            for j, row in enumerate(self.scale_table):
+                views.append(("scale_sums", j, 0, sums + row[3], sums + row[3] + planes * row[2], None))
+            if with_gradient:
+                weights = take("plane_weights", None, 0, (scales, planes))
+                views += [("scale_weights", j, 0, weights + j * planes, weights + (j + 1) * planes, None)
+                          for j in range(scales)]
+            take("image_values", None, 0, (self.images + 1,))  # and the combine's block counter, the last
+            for name in ("x", "y"):  # scales 1.. one after another: each scale's planes, each pyramid launch's
+                levels = take(None, None, 1, (self.level_starts[-1],))
+                views += [(name, j, 1, levels + start, levels + start + planes * math.prod(self.stored(j)),
+                           (planes, *self.stored(j))) for j, start in enumerate(self.level_starts[:-1], 1)]
+                views += [(name + "_launches", k, 1, levels + first, levels + last, None)
+                          for k, (_, _, _, first, last) in enumerate(self.pyramid_launches)]
+            if with_gradient:
+                for j in range(1, scales):
+                    take("grad", j, 1, (planes, *self.stored(j)))
+                for j in range(scales):
+                    take("grad_maps", j, 1, (3 * planes * self.map_pixels(j),))
+                if self.margin:  # the last scale's gradient folded back from its extension
+                    take("folded", None, 1, (planes, *self.side(scales - 1)))
+            carvings[with_gradient] = tuple(views), tuple(cursor)
+        return carvings
 
-    planes, scales = pyramid.planes, pyramid.scales
-    views = {
-        "block_sums": take("sums", (planes * sum(pyramid.tiles(j) for j in range(scales)),)),
-        "image_values": take("sums", (pyramid.images,)),
-        "x": [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)],
-        "y": [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)],
-    }
-    if with_gradient:
-        views["plane_weights"] = take("sums", (scales, planes))
-        views["grad"] = [None] + [take("scratch", (planes, *pyramid.stored(j))) for j in range(1, scales)]
-        views["grad_maps"] = [take("scratch", (3 * planes * pyramid.map_pixels(j),)) for j in range(scales)]
-        if pyramid.margin:
-            views["folded"] = take("scratch", (planes, *pyramid.side(scales - 1)))
-    offsets = [row[3] for row in pyramid.scale_table]
-    views["scale_sums"] = [views["block_sums"][o : o + planes * pyramid.tiles(j)] for j, o in enumerate(offsets)]
-    return views
+    def views(self, sums, scratch, with_gradient: bool) -> dict:
+        """The workspace carved into named views (no copies, no allocation): arrays, or lists per scale."""
+        buffers, views = (sums, scratch), {}
+        for name, j, buffer, start, stop, shape in self._carving[with_gradient][0]:
+            view = buffers[buffer][start:stop]
+            if shape is not None:
+                view = view.reshape(shape)
+            if j is None:
+                views[name] = view
+            else:
+                views.setdefault(name, [None] * self.scales)[j] = view
+        return views
 
 
 def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, channel_axis, axis,
@@ -228,18 +265,16 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
     params, launcher = problem.params, problem.layout.launcher
     want_gradient = grad_view is not None
     xs, ys = [problem.x] + views["x"][1:], [problem.y] + views["y"][1:]
-    for j in range(1, scales):
-        extension = {"margin": margin} if margin and j == scales - 1 else {}  # torchmetrics' planes only
-        launcher.downsample(xs[j - 1], ys[j - 1], xs[j], ys[j], variant, **extension)
+    for (first, levels, extension, _, _), x_out, y_out in zip(pyramid.pyramid_launches, views["x_launches"],
+                                                              views["y_launches"]):
+        launcher.pyramid(xs[first], ys[first], x_out, y_out, variant, levels, margin=extension)
     for j in range(scales):
         launcher.forward(xs[j], ys[j], params, block_sums=views["scale_sums"][j], weight=1.0,
                         grad_maps=views["grad_maps"][j] if want_gradient else None,
                         term="cs" if j < scales - 1 else "ssim")
-    images_per_value = pyramid.images // max(1, flat_out.size)
-    _launch.combine(views["block_sums"], pyramid.scale_table, views["image_values"], planes=pyramid.planes,
-                    group=pyramid.group, share=1.0 / images_per_value,
+    _launch.combine(views["block_sums"], pyramid.scale_table, views["image_values"], flat_out, planes=pyramid.planes,
+                    group=pyramid.group, share=1.0 / (pyramid.images // max(1, flat_out.size)),
                     plane_weights=views["plane_weights"] if want_gradient else None)
-    _launch.finish(views["image_values"], flat_out, per_output=images_per_value, count=images_per_value)
     if not want_gradient:
         return
     grads = [grad_view] + views["grad"][1:]
@@ -249,18 +284,16 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
             _launch.fold(coarse, views["folded"], margin=margin)
             coarse = views["folded"]
         launcher.backward(xs[j], ys[j], views["grad_maps"][j], grads[j], params,
-                         accumulate=accumulate if j == 0 else False, plane_weights=views["plane_weights"][j],
+                         accumulate=accumulate if j == 0 else False, plane_weights=views["scale_weights"][j],
                          coarse=coarse, variant=variant)
 
 
-def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=""):
+def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=None):
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
-        if workspace is None:
-            workspace = _ssim._allocate_workspace(problem, pyramid.sizes(want_gradient))
-        workspace._counter_is_zero = False  # MS-SSIM's values and weights may fill that element
-        views = _views(pyramid, workspace.block_sums, workspace.grad_maps, want_gradient)
+        sums, scratch = _ssim._workspace_buffers(problem, workspace, pyramid.sizes(want_gradient), True)
+        views = pyramid.views(sums, scratch, want_gradient)
         _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate)
 
     return _ssim._compute(
@@ -363,9 +396,12 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
     problem, pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
                        sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
     grad = _gradient_buffer(problem, grad, accumulate)
-    options = ", ".join(f"{name}={value!r}" for name, value in (
-        ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis),
-        ("spatial_dims", spatial_dims)))
+
+    def options():  # make_ms_ssim_workspace's arguments for these images, formatted only for a workspace's error
+        return ", ".join(f"{name}={value!r}" for name, value in (
+            ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis),
+            ("spatial_dims", spatial_dims)))
+
     value = _compute(problem, pyramid, out, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad
 

@@ -14,6 +14,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -52,6 +53,16 @@ class SsimParams:
     @functools.cached_property
     def radius(self) -> int:
         return (len(self.taps) - 1) // 2
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, field.name) for field in dataclasses.fields(self)))
+
+    def __hash__(self):  # worked out once: every launch plan's key holds the parameters
+        return self._hash
+
+    def __getstate__(self):  # without the cached hash: a string's hash differs from process to process
+        return {name: value for name, value in self.__dict__.items() if name != "_hash"}
 
     @property
     def win_size(self) -> int:

@@ -12,7 +12,6 @@ batch axis. The gradient is with respect to the FIRST argument x
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import numbers
@@ -35,6 +34,15 @@ class _Layout:
     perm: tuple  # x_original.transpose(perm) is x
     kept: int  # how many leading axes stay in the result
     shape: tuple  # x's shape in the kernels' layout
+    dtype: np.dtype  # x's
+
+    @functools.cached_property
+    def compute_dtype(self) -> np.dtype:
+        return _launch.compute_dtype(self.dtype)
+
+    @functools.cached_property
+    def gradient_dtype(self) -> np.dtype:
+        return _launch.gradient_dtype(self.dtype)
 
     @functools.cached_property
     def value_shape(self) -> tuple:
@@ -49,6 +57,11 @@ class _Layout:
     def counted_per_value(self) -> int:
         """Map pixels averaged into each value."""
         return math.prod(self.shape[self.kept : -self.params.spatial]) * math.prod(self.params.mean_shape(self.shape))
+
+    @functools.cached_property
+    def keeps_order(self) -> bool:
+        """Whether the kernels' layout is the caller's axis order (no transposed views to make)."""
+        return self.perm == tuple(range(len(self.perm)))
 
     @functools.cached_property
     def inverse_perm(self) -> tuple:
@@ -87,11 +100,11 @@ class _Problem:
 
     def original(self, array):
         """An array in the kernels' layout, viewed in the caller's axis order."""
-        return array.transpose(self.layout.inverse_perm)
+        return array if self.layout.keeps_order else array.transpose(self.layout.inverse_perm)
 
     def permuted(self, array):
         """A caller-layout array viewed in the kernels' layout."""
-        return array.transpose(self.layout.perm)
+        return array if self.layout.keeps_order else array.transpose(self.layout.perm)
 
     def device(self):
         return _arrays.on_device(self.x)
@@ -100,7 +113,7 @@ class _Problem:
     def limit(self) -> float:
         """The largest number of the compute dtype: where the kernels' arithmetic overflows, the reference
         gives NaN too (docs/spec.rst section 1)."""
-        return float(np.finfo(_launch.compute_dtype(self.x.dtype)).max)
+        return float(np.finfo(self.layout.compute_dtype).max)
 
     def check_apart(self, outputs: dict) -> None:
         """The outputs (name: array or None) apart from each other, themselves and x and y."""
@@ -139,14 +152,14 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
                  # (1, 2), (True, 2) and (1.0, 2) are equal keys: the types keep a bad axis from a good one's plan
                  tuple(map(type, axis)) if isinstance(axis, (tuple, list)) else None)
     try:
-        hash(arguments)
-    except TypeError:
-        layout = _checked_layout(*arguments)
-    else:
         layout = _cached_layout(*arguments)
+    except TypeError:  # an unhashable argument, checked without the cache (or a check's TypeError, raised again)
+        layout = _checked_layout(*arguments)
     if y.shape != x.shape:
         y = _arrays.array_module(x).broadcast_to(y, x.shape)
-    return _Problem(x=x.transpose(layout.perm), y=y.transpose(layout.perm), layout=layout, xp=_arrays.array_module(x))
+    if not layout.keeps_order:
+        x, y = x.transpose(layout.perm), y.transpose(layout.perm)
+    return _Problem(x=x, y=y, layout=layout, xp=_arrays.array_module(x))
 
 
 def _checked_layout(x_shape, y_shape, x_dtype, y_dtype, data_range, win_size, sigma, window, K1, K2, padding,
@@ -207,7 +220,7 @@ def _checked_layout(x_shape, y_shape, x_dtype, y_dtype, data_range, win_size, si
         raise ValueError(f"axis={axis!r} keeps channel_axis={channel_axis}, but this metric averages an image's "
                          "channels together; include the channel axis in axis")
     perm = tuple(kept + batch + spatial)
-    return _Layout(params, perm, len(kept), tuple(x_shape[a] for a in perm))
+    return _Layout(params, perm, len(kept), tuple(x_shape[a] for a in perm), x_dtype)
 
 
 # A raise is never cached, so bad arguments raise on every call.
@@ -222,18 +235,18 @@ class Workspace:
     set of options; passing it (with ``out`` and ``grad``) makes those calls
     allocate nothing. ``block_sums`` holds float64 per-tile sums (and MS-SSIM's
     per-image values and weights), ``grad_maps`` the compute-dtype partial
-    maps (and MS-SSIM's downsampled images and gradients). For SSIM the last
-    element of ``block_sums`` counts the kernel's finished blocks; cussim sets
-    it to zero at the workspace's first SSIM call and every launch leaves it
-    there.
+    maps (and MS-SSIM's downsampled images and gradients). The last element
+    of ``block_sums`` counts a kernel's finished blocks (SSIM's forward,
+    MS-SSIM's combine); cussim sets it to zero at the workspace's first call
+    and every launch leaves it there.
     """
 
     def __init__(self, block_sums, grad_maps):
         self.block_sums = block_sums
         self.grad_maps = grad_maps
-        # Whether block_sums' last element is SSIM's block counter at zero (see _launch.forward's
-        # ``finish``): cussim zeroes it at the first SSIM call that uses the workspace, after the
-        # call's checks, and MS-SSIM, which uses that element otherwise, clears this flag.
+        # Whether block_sums' last element is the block counter at zero (see _launch.forward's
+        # ``finish`` and _launch.combine): cussim zeroes it at the first call that uses the
+        # workspace, after the call's checks (_workspace_buffers).
         self._counter_is_zero = False
 
     @property
@@ -268,23 +281,25 @@ def _allocate_workspace(problem: _Problem, sizes) -> Workspace:
     sums, maps = sizes
     with problem.device():
         return Workspace(_arrays.empty(problem.xp, (sums,), np.float64),
-                         _arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype)))
+                         _arrays.empty(problem.xp, (maps,), problem.layout.compute_dtype))
 
-def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options: str) -> Workspace:
-    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute)."""
+def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options) -> Workspace:
+    """The caller's workspace, checked: from ``maker``, of ``sizes``, on x's device (overlaps: in _compute).
+
+    ``options()``: the maker's arguments for these images, for the error's fix (formatted only then)."""
     if not isinstance(workspace, Workspace):
         raise TypeError(f"workspace must come from cussim.{maker}, got {type(workspace).__name__}")
     sums, maps = sizes
-    ctype = _launch.compute_dtype(problem.x.dtype)
+    ctype = problem.layout.compute_dtype
     _arrays.check_same_place(problem.x, workspace.grad_maps, "workspace", "x")
     if workspace.block_sums.size != sums or workspace.grad_maps.size != maps or workspace.grad_maps.dtype != ctype:
-        raise ValueError(f"workspace does not fit these images; make one with cussim.{maker}(x, {options})")
+        raise ValueError(f"workspace does not fit these images; make one with cussim.{maker}(x, {options()})")
     return workspace
 
 
 def _value_buffer(problem: _Problem, out):
     """The caller's ``out`` checked (or a new one), and a 1-D view of it for the finishing kernel."""
-    dtype = _launch.compute_dtype(problem.x.dtype)
+    dtype = problem.layout.compute_dtype
     if out is None:
         with problem.device():
             out = _arrays.empty(problem.xp, problem.layout.value_shape, dtype)
@@ -318,18 +333,26 @@ def _use_kernels(problem: _Problem) -> bool:
     return problem.xp is not np or _arrays.numpy_backend() == "emulator"
 
 
-@contextlib.contextmanager
-def _addressable(problem: _Problem, view, keep=False):
-    """Yields the output ``view`` for the kernels, or, where they cannot address its layout, a new C-order
-    buffer (holding view's values if ``keep``) copied into it afterwards: any output layout works on every path."""
-    if view is None or _launch.addressable(view):
-        yield view
-        return
-    target = _arrays.empty(problem.xp, view.shape, view.dtype)
-    if keep:
-        target[...] = view
-    yield target
-    view[...] = target
+class _addressable:
+    """A context giving the output ``view`` for the kernels, or, where they cannot address its layout, a new
+    C-order buffer (holding view's values if ``keep``) copied into it afterwards: any output layout works on
+    every path. (A class, not a generator: it costs a call on every launch.)"""
+
+    __slots__ = ("view", "target")
+
+    def __init__(self, problem: _Problem, view, keep=False):
+        self.view = self.target = view
+        if view is not None and not _launch.addressable(view):
+            self.target = _arrays.empty(problem.xp, view.shape, view.dtype)
+            if keep:
+                self.target[...] = view
+
+    def __enter__(self):
+        return self.target
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None and self.target is not self.view:
+            self.view[...] = self.target
 
 
 def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch):
@@ -361,23 +384,14 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
     return out
 
 
-def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, accumulate=False, options=""):
+def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, accumulate=False, options=None):
     """Values a + b * mean SSIM (+ l1 * mean |x - y|, "same" padding only), and with ``grad`` their
     summed gradient written or added into grad."""
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
         counted = problem.layout.counted_per_value
-        if workspace is None:
-            sums, maps = problem.layout.workspace_sizes
-            block_sums = _launch.block_sums(problem.xp, sums)
-            grad_maps = (_arrays.empty(problem.xp, (maps,), _launch.compute_dtype(problem.x.dtype))
-                         if want_gradient else None)
-        else:
-            block_sums, grad_maps = workspace.block_sums, workspace.grad_maps if want_gradient else None
-            if not workspace._counter_is_zero:
-                _launch.zero_block_counter(block_sums)
-                workspace._counter_is_zero = True
+        block_sums, grad_maps = _workspace_buffers(problem, workspace, problem.layout.workspace_sizes, want_gradient)
         # With the L1 term the block sums hold b * S + l1 * |x - y| per pixel, so the finish scales by 1.
         launcher = problem.layout.launcher
         launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
@@ -394,8 +408,21 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
         reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
 
 
+def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool):
+    """(block sums, compute-dtype buffer or None) of a launch: the workspace's, its block counter (the sums'
+    last element) zeroed at its first use, or new ones of ``sizes``, the counter zero."""
+    if workspace is None:
+        sums, maps = sizes
+        return (_launch.block_sums(problem.xp, sums),
+                _arrays.empty(problem.xp, (maps,), problem.layout.compute_dtype) if want_maps else None)
+    if not workspace._counter_is_zero:
+        _launch.zero_block_counter(workspace.block_sums)
+        workspace._counter_is_zero = True
+    return workspace.block_sums, workspace.grad_maps if want_maps else None
+
+
 def _gradient_buffer(problem: _Problem, grad, accumulate):
-    dtype = _launch.gradient_dtype(problem.x.dtype)
+    dtype = problem.layout.gradient_dtype
     if grad is None:
         if accumulate:
             raise ValueError("accumulate=True adds into grad: pass the grad array to add into")
@@ -511,7 +538,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
                        reduce=False, spatial_dims=spatial_dims)
-    dtype = _launch.compute_dtype(problem.x.dtype)
+    dtype = problem.layout.compute_dtype
     map_shape = problem.params.map_shape(problem.x.shape)
     original_shape = tuple(map_shape[i] for i in problem.layout.inverse_perm)
     if out is None:
@@ -537,7 +564,10 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
 def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kwargs):
     problem = _prepare(x, y, **kwargs)
     grad = _gradient_buffer(problem, grad, accumulate)
-    options = ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
+
+    def options():  # make_workspace's arguments for these images, formatted only for a workspace's error
+        return ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
+
     value = _mean(problem, out, a, b, l1=l1, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad
 

@@ -24,12 +24,14 @@
 // adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:
 //   msssim_fold<C>       the adjoint of torchmetrics' whole-sample extension
 //                        of its last scale.
-//   msssim_downsample<T> one 2x2 mean of x and y, as a variant does it, into
-//                        contiguous planes of the compute type.
-//   msssim_combine<N>    per image: the scales' means from their block sums,
+//   msssim_pyramid<T, D> D successive 2x2 means of x and y (the next D scales),
+//                        as a variant does them, into contiguous planes of
+//                        the compute type, in one launch.
+//   msssim_combine<O>    per image: the scales' means from their block sums,
 //                        the relu'd weighted product, and d product / d mean
-//                        spread over the planes as backward weights (N = 256,
-//                        the block size).
+//                        spread over the planes as backward weights; then, by
+//                        the last block, the mean of the images' values of
+//                        each output, stored as O (finish_if_last).
 // They live in this file because the backward's fused adjoint and the
 // downsampling share one geometry (pooled_source / pooled_target).
 //
@@ -37,7 +39,7 @@
 // (tiles_h * tiles_w, min(planes, 65535)), the tiles covering the map
 // (forward) or the image (backward); blocks loop over planes, so any number
 // of planes works. ssim_finish and msssim_combine take block (256) and one
-// block per output (per image); msssim_downsample any 1-D launch.
+// block per output (per image); msssim_pyramid and msssim_fold any 1-D launch.
 // Every image array is addressed by element strides (int64): plane
 // p = outer * inner_count + inner, then row and column; a stride of 0
 // broadcasts (one reference image for a whole batch). Workspace arrays
@@ -453,6 +455,107 @@ __device__ inline MirrorSources mirror_sources(int t, int n, int margin) {
     return s;
 }
 
+// MS-SSIM's pyramid (msssim_pyramid): the sides of levels 0..D, where
+// each level's planes start in the outputs, and the plane at hand.
+template <class T, class C, int D>
+struct PyramidLevels {
+    int height[D + 1], width[D + 1];
+    long long offset[D + 1];
+    const T *xp, *yp;  // the plane's level 0
+    long long x_row, x_col, y_row, y_col, p;
+    C *x_out, *y_out;
+    int variant;
+
+    // Level l's pixels that are roots: all of level D; those of a lower level
+    // that the next level drops (torchmetrics: the last row and column of an odd side).
+    __device__ __forceinline__ long long roots(int l) const {
+        const long long all = (long long)height[l] * width[l];
+        if (l == D) return all;
+        const int rows = variant == VARIANT_TORCHMETRICS ? 2 * height[l + 1] : height[l];
+        const int cols = variant == VARIANT_TORCHMETRICS ? 2 * width[l + 1] : width[l];
+        return all - (long long)rows * cols;
+    }
+};
+
+// The 2x2 mean at level L of pixel (row, col), from its subtree; stored at
+// its level unless L is the last, which the root stores (extended).
+template <class T, class C, int L, int D>
+struct PyramidNode {
+    __device__ __forceinline__ static void eval(const PyramidLevels<T, C, D>& a, int row, int col, C& vx, C& vy) {
+        C sx = C(0), sy = C(0);
+#pragma unroll(L <= 2 ? 4 : 1)  // 32 loads in flight (a subtree of 16 leaves); above, a loop keeps the code small
+        for (int k = 0; k < 4; ++k) {
+            const int r = pooled_source(row, k / 2, a.height[L - 1], a.variant);
+            const int c = pooled_source(col, k % 2, a.width[L - 1], a.variant);
+            if (r >= 0 && c >= 0) {
+                C cx, cy;
+                PyramidNode<T, C, L - 1, D>::eval(a, r, c, cx, cy);
+                sx += cx;
+                sy += cy;
+            }
+        }
+        vx = C(0.25) * sx;
+        vy = C(0.25) * sy;
+        if (L < D) {
+            const long long at =
+                a.offset[L] + (a.p * a.height[L] + row) * (long long)a.width[L] + col;
+            a.x_out[at] = vx;
+            a.y_out[at] = vy;
+        }
+    }
+};
+
+template <class T, class C, int D>
+struct PyramidNode<T, C, 0, D> {  // level 0: the input pixel
+    __device__ __forceinline__ static void eval(const PyramidLevels<T, C, D>& a, int row, int col, C& vx, C& vy) {
+        vx = (C)element_value(a.xp[row * a.x_row + col * a.x_col]);
+        vy = (C)element_value(a.yp[row * a.y_row + col * a.y_col]);
+    }
+};
+
+// Root k (of the level's roots in one plane) of level L, or of a lower level:
+// its subtree computed and stored; level D's root also at each position of
+// the extension by `margin` (< the level's sides) that holds it.
+template <class T, class C, int L, int D>
+struct PyramidRoot {
+    __device__ __forceinline__ static void run(const PyramidLevels<T, C, D>& a, int level, long long k, int margin) {
+        if (level != L) {
+            PyramidRoot<T, C, L - 1, D>::run(a, level, k, margin);
+            return;
+        }
+        const int h = a.height[L], w = a.width[L];
+        int row, col;
+        if (L == D) {
+            row = (int)(k / w);
+            col = (int)(k % w);
+        } else {  // the dropped last row, then the dropped last column above it
+            const int rows = 2 * a.height[L + 1], cols = 2 * a.width[L + 1];
+            const long long below = (long long)(h - rows) * w;
+            row = k < below ? rows + (int)(k / w) : (int)((k - below) / (w - cols));
+            col = k < below ? (int)(k % w) : cols + (int)((k - below) % (w - cols));
+        }
+        C vx, vy;
+        PyramidNode<T, C, L, D>::eval(a, row, col, vx, vy);
+        if (L < D) return;
+        const int ext_h = h + 2 * margin, ext_w = w + 2 * margin;
+        const MirrorSources rs = mirror_sources(row, h, margin), cs = mirror_sources(col, w, margin);
+#pragma unroll
+        for (int i = 0; i < 3; ++i)
+#pragma unroll
+            for (int j = 0; j < 3; ++j)
+                if (rs.valid[i] && cs.valid[j]) {
+                    const long long at = a.offset[L] + (a.p * ext_h + rs.at[i]) * (long long)ext_w + cs.at[j];
+                    a.x_out[at] = vx;
+                    a.y_out[at] = vy;
+                }
+    }
+};
+
+template <class T, class C, int D>
+struct PyramidRoot<T, C, 0, D> {
+    __device__ static void run(const PyramidLevels<T, C, D>&, int, long long, int) {}
+};
+
 // The adjoint of the 2x2 mean at pixel (row, col) of plane p: a quarter of
 // the coarse gradient (contiguous planes) per slot the pixel fills.
 template <class C>
@@ -716,39 +819,68 @@ __global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ bl
                           gridDim.x, (int)threadIdx.x);
 }
 
-// One 2x2 mean of x and y (docs/spec.rst section 6) into contiguous planes of the
-// compute type, unscaled, extended by `margin` on every side by whole-sample
-// reflection (0 but for torchmetrics' last scale); the forward's strides.
-template <class T>
-__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim_downsample(
+// D successive 2x2 means of x and y (docs/spec.rst section 6): levels 1..D of
+// the pyramid whose level 0 is the input, in one launch. The levels go to
+// contiguous planes of the compute type, unscaled, one level after another
+// (x_out holds level 1's planes, then level 2's, ...); the last is extended
+// by `margin` on every side by whole-sample reflection (0 but for
+// torchmetrics' last scale); the forward's strides for the input.
+// One thread per root of the pyramid: each pixel of level D, and each pixel
+// of a lower level that no coarser pixel averages (torchmetrics drops an odd
+// side's last pixel; the other variants average every pixel). The thread
+// computes its root's whole subtree depth first and stores every node; each
+// node sums its children in slot order and takes a quarter, as one 2x2 mean
+// from the stored finer level does, so the levels are bitwise those of D
+// separate means.
+template <class T, int D>
+__global__ void __launch_bounds__(256, 1) msssim_pyramid(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
-    typename cussim::ComputeType<T>::type* __restrict__ x_out, typename cussim::ComputeType<T>::type* __restrict__ y_out,
-    long long planes, long long inner_count, int height, int width, int variant, int margin) {
+    typename cussim::ComputeType<T>::type* __restrict__ x_out,
+    typename cussim::ComputeType<T>::type* __restrict__ y_out, long long planes, long long inner_count, int height,
+    int width, int variant, int margin) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
-    const int pooled_h = pooled_size(height, variant), pooled_w = pooled_size(width, variant);
-    const int out_h = pooled_h + 2 * margin, out_w = pooled_w + 2 * margin;
-    const long long total = planes * out_h * out_w;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+    PyramidLevels<T, C, D> a;
+    a.height[0] = height;
+    a.width[0] = width;
+    a.x_row = x_row;
+    a.x_col = x_col;
+    a.y_row = y_row;
+    a.y_col = y_col;
+    a.x_out = x_out;
+    a.y_out = y_out;
+    a.variant = variant;
+    long long offset = 0, roots = 0;
+#pragma unroll
+    for (int l = 1; l <= D; ++l) {
+        a.height[l] = pooled_size(a.height[l - 1], variant);
+        a.width[l] = pooled_size(a.width[l - 1], variant);
+        a.offset[l] = offset;
+        const int extension = l == D ? 2 * margin : 0;
+        offset += planes * (a.height[l] + extension) * (a.width[l] + extension);
+        roots += planes * a.roots(l);
+    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < roots;
          i += (long long)gridDim.x * blockDim.x) {
-        const long long p = i / ((long long)out_h * out_w);
-        const int o_row = mirror_index((int)(i / out_w % out_h) - margin, pooled_h);
-        const int o_col = mirror_index((int)(i % out_w) - margin, pooled_w);
-        const long long outer = p / inner_count, inner = p % inner_count;
-        const T* xp = x + outer * x_outer + inner * x_inner;
-        const T* yp = y + outer * y_outer + inner * y_inner;
-        C sx = C(0), sy = C(0);
-        for (int k = 0; k < 4; ++k) {
-            const int row = pooled_source(o_row, k / 2, height, variant);
-            const int col = pooled_source(o_col, k % 2, width, variant);
-            if (row >= 0 && col >= 0) {
-                sx += (C)element_value(xp[row * x_row + col * x_col]);
-                sy += (C)element_value(yp[row * y_row + col * y_col]);
+        long long k = i, per_plane = 1;  // the root's index among its level's, and their number per plane
+        int level = 0;
+#pragma unroll
+        for (int l = D; l >= 1; --l) {
+            const long long n = a.roots(l);
+            if (level == 0 && k < planes * n) {
+                level = l;
+                per_plane = n;
+            } else if (level == 0) {
+                k -= planes * n;
             }
         }
-        x_out[i] = C(0.25) * sx;
-        y_out[i] = C(0.25) * sy;
+        const long long p = k / per_plane;
+        const long long outer = p / inner_count, inner = p % inner_count;
+        a.p = p;
+        a.xp = x + outer * x_outer + inner * x_inner;
+        a.yp = y + outer * y_outer + inner * y_inner;
+        PyramidRoot<T, C, D, D>::run(a, level, k % per_plane, margin);
     }
 }
 
@@ -762,14 +894,16 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim_downs
 // infinity or NaN. Thread j handles scale j (scales <= kMaxScales <= 256).
 // scale_table holds, per scale: w_j, map pixels per plane, tiles per plane,
 // and the offset of the scale's block sums (planes x tiles, plane-major).
-// A template (on the block size, 256) like every kernel here, so that NVRTC
-// compiles it only into a module that names it: a kernel that is not a
-// template would be compiled into every module built from this file.
-template <int Threads>
-__global__ void __launch_bounds__(Threads, 1) msssim_combine(
+// The last block to finish then writes the `outputs` values, each the mean
+// of its images' values, as ssim_finish does (finish_if_last; the counter is
+// the element after the image values): one launch for both.
+template <class O>
+__global__ void __launch_bounds__(256, 1) msssim_combine(
     const double* __restrict__ block_sums, const double* __restrict__ scale_table, int scales, long long planes,
     long long group, double share, double guard, double* __restrict__ image_values,
-    double* __restrict__ plane_weights) {
+    double* __restrict__ plane_weights, O* __restrict__ out, long long out_stride, long long outputs, double count,
+    double a, double b) {
+    constexpr int Threads = 256;
     using namespace cussim;
     static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
     __shared__ double scratch[Threads];
@@ -823,6 +957,7 @@ __global__ void __launch_bounds__(Threads, 1) msssim_combine(
         }
         __syncthreads();  // the shared arrays are rewritten for the next image
     }
+    finish_if_last(image_values, images, outputs, count, a, b, out, out_stride, scratch, (int)threadIdx.x);
 }
 
 // The adjoint of a whole-sample extension by `margin` (< n): each extended

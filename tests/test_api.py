@@ -531,6 +531,28 @@ def test_metric_arguments_are_checked_on_every_call():
         cussim.ssim(x, x, data_range=np.array([2.0]))
 
 
+def test_parameters_hash_once_and_travel_without_their_hash():
+    """A launch plan's key hashes the parameters on every call: the hash is worked out once, equal to a
+    fresh object's, and a pickled copy (to another process, where strings hash otherwise) computes its own."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    from cussim._params import _checked_params, ssim_params
+
+    params = ssim_params(win_size=7, padding="valid")
+    fresh = _checked_params(7, 1.5, "gaussian", 0.01, 0.03, "valid", False, 1.0, 2)
+    assert params is not fresh and params == fresh and hash(params) == hash(fresh)
+    assert "_hash" in vars(params) and "_hash" not in vars(pickle.loads(pickle.dumps(params)))
+    script = ("import pickle, sys; p = pickle.loads(sys.stdin.buffer.read()); "
+              "from cussim._params import ssim_params; q = ssim_params(win_size=7, padding='valid'); "
+              "print(p == q and hash(p) == hash(q) and len({p: 0, q: 1}) == 1)")
+    run = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(params), capture_output=True,
+                         env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True)
+    assert run.stdout.strip() == b"True"
+
+
 def test_repeated_calls_reuse_a_layout_only_where_it_fits(backend):
     """A call's checks and layout come from a cache keyed by shapes, dtypes and options: new arrays of one
     layout get their own results, and a changed layout or option never gets a stale one."""

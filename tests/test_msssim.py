@@ -67,8 +67,8 @@ SMALL = dict(SCALES, sigma=1.0)
 
 @pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
 def test_planned_launches_take_each_calls_images(kernels, variant):
-    """A second call with other images of the same layout reuses every launch plan (downsample, fold,
-    combine, forward, backward, finish) and still computes on its own images and buffers."""
+    """A second call with other images of the same layout reuses every launch plan (pyramid, fold,
+    combine with its finish, forward, backward) and still computes on its own images and buffers."""
     pooled = variant == "torchmetrics"
     options = dict(variant=variant, channel_axis=1, axis=(1, 2, 3), **SMALL)
     expected_options = dict(variant=variant, axis=(1, 2, 3), pool_axes=(1,) if pooled else (), **SMALL)
@@ -178,6 +178,72 @@ def test_the_same_call_twice_is_bitwise_equal(kernels):
     first = cussim.ms_ssim_with_gradient(x, y, variant="torchmetrics", **SMALL)
     second = cussim.ms_ssim_with_gradient(x, y, variant="torchmetrics", **SMALL)
     assert first[0].tobytes() == second[0].tobytes() and first[1].tobytes() == second[1].tobytes()
+
+
+def _pyramid_levels(executor, x, y, variant, levels, margin, launch_levels):
+    """Scales 1..levels of x and y (planes, h, w) by msssim_pyramid launches of ``launch_levels`` levels each."""
+    from cussim import _launch
+
+    sides, sizes = [x.shape[1:]], []
+    for j in range(levels):
+        sides.append(ref.downsampled_shape(sides[-1], variant))
+        extension = 2 * margin if j == levels - 1 else 0
+        sizes.append((x.shape[0], sides[-1][0] + extension, sides[-1][1] + extension))
+    flat_x, flat_y = (executor.asarray(np.full(sum(map(np.prod, sizes)), np.nan, np.float32)) for _ in range(2))
+    starts = np.cumsum([0] + [np.prod(s) for s in sizes])
+    xs, ys = [executor.asarray(x)], [executor.asarray(y)]
+    for j in range(levels):
+        xs.append(flat_x[starts[j] : starts[j + 1]].reshape(sizes[j]))
+        ys.append(flat_y[starts[j] : starts[j + 1]].reshape(sizes[j]))
+    for first in range(0, levels, launch_levels):
+        last = min(first + launch_levels, levels)
+        _launch.pyramid(xs[first], ys[first], flat_x[starts[first] : starts[last]],
+                        flat_y[starts[first] : starts[last]], variant, last - first,
+                        margin=margin if last == levels else 0)
+    return [executor.asnumpy(a) for a in xs[1:]], [executor.asnumpy(a) for a in ys[1:]]
+
+
+@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_pyramid_in_one_launch_is_bitwise_its_levels_one_at_a_time(executor, variant, dtype):
+    """msssim_pyramid's levels (odd sides at every level, a strided view, torchmetrics' extended last level)
+    from one launch are bitwise those of one 2x2 mean per launch, and those match the float64 means."""
+    x, y = _pair((2, 78, 71, 3), dtype, seed=3)
+    x, y = x[..., 1].transpose(0, 2, 1)[:, :, :77], y[..., 1].transpose(0, 2, 1)[:, :, :77]  # 2 x 71 x 77, strided
+    margin = 2 if variant == "torchmetrics" else 0
+    together = _pyramid_levels(executor, x, y, variant, 4, margin, launch_levels=4)
+    apart = _pyramid_levels(executor, x, y, variant, 4, margin, launch_levels=1)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(together[0] + together[1], apart[0] + apart[1]))
+    for source, levels in ((x, together[0]), (y, together[1])):
+        expected = np.asarray(source, np.float64)
+        for level in levels:
+            expected = ref.downsample(expected, variant)
+            shown = np.pad(expected, [(0, 0)] + [(margin, margin)] * 2, mode="reflect") if level is levels[-1] \
+                else expected
+            np.testing.assert_allclose(level, shown, rtol=1e-6, atol=1e-6 * (255 if dtype == np.uint8 else 1))
+
+
+def test_combine_finishes_bitwise_as_the_separate_finish_and_zeroes_its_counter(executor, monkeypatch):
+    """msssim_combine's last block writes each value as ssim_finish does from the images' values (2 values of
+    3 images each), in a workspace made from the caller's NaN-filled memory, and leaves the counter at 0."""
+    from cussim import _launch
+
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    x, y = (executor.asarray(a) for a in _pair((2, 3, 37, 40), np.float32, seed=4))
+    options = dict(channel_axis=1, axis=(1, 2, 3), **SMALL)
+    made = cussim.make_ms_ssim_workspace(x, channel_axis=1, **SCALES)
+    ws = cussim.Workspace(made.block_sums.copy(), made.grad_maps.copy())
+    ws.block_sums.fill(np.nan)
+    ws.grad_maps.fill(np.nan)
+    for _ in range(2):  # the second call finds the counter the first left
+        value, grad = cussim.ms_ssim_with_gradient(x, y, workspace=ws, **options)
+        assert float(ws.block_sums[-1]) == 0.0
+        separate = executor.asarray(np.empty(2, np.float32))
+        _launch.finish(ws.block_sums[-7:-1], separate, per_output=3, count=3)
+        assert executor.asnumpy(value).tobytes() == executor.asnumpy(separate).tobytes()
+    fresh = cussim.ms_ssim_with_gradient(x, y, **options)
+    assert executor.asnumpy(value).tobytes() == executor.asnumpy(fresh[0]).tobytes()
+    assert executor.asnumpy(grad).tobytes() == executor.asnumpy(fresh[1]).tobytes()
 
 
 @pytest.mark.parametrize("name", ["reference", "emulator"])
