@@ -240,16 +240,20 @@ def main(argv=None) -> int:
     rows = []
     for family, prefix, chunk in (("ssim", "ssim", 0), ("ssim3d", "ssim3d", DEPTH_CHUNK)):
         names = [f"{prefix}_{kernel}<{args.dtype}, {args.radius}>" for kernel in ("forward", "backward")]
+        if family == "ssim":  # the 2-D forward of a value, and of a value with the exact gradient
+            names[:1] = [_kernels.forward_name(args.dtype, args.radius, formula, "ssim", False)
+                         for formula in (None, "exact")]
         functions = disassemble(names, args.arch, family)
         rows += [count(name, functions[name], TILE + 2 * args.radius, chunk) for name in names]
     print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
           f"(voxel for ssim3d, depth chunk {DEPTH_CHUNK}; python -m bench.sass; method in bench/sass.py)")
-    print(f"{'kernel':<36} {'per pixel':>9} {'straight':>9} {'output':>7} {'planes':>7} "
+    width = max(len(c.name) for c in rows)
+    print(f"{'kernel':<{width}} {'per pixel':>9} {'straight':>9} {'output':>7} {'planes':>7} "
           f"{'loop (body, per iteration, per pixel)':>40} {'static':>7}")
     for c in rows:
         loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
                           for loop in c.loops)
-        print(f"{c.name:<36} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
+        print(f"{c.name:<{width}} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
               f"{c.total:>7}")
     return 0
 

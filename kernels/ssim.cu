@@ -4,11 +4,13 @@
 // Kernels (T: float, double, __half, unsigned char or unsigned short, the
 // stored element type; R: window radius, win_size = 2R+1; C, the compute type,
 // is double for double inputs and float otherwise):
-//   ssim_forward<T, R>   the map value at every map pixel; optionally the map,
-//                        the per-block sums of the pixels that the mean counts
-//                        (float64, fixed order), and the three partial maps the
-//                        gradient needs: g*Pmu, g*Pxx, g*Pdd (the exact gradient)
-//                        or the terms of scikit-image's formula. Given `out`,
+//   ssim_forward<T, R, Options>
+//                        the map value at every map pixel; the per-block sums
+//                        of the pixels that the mean counts (float64, fixed
+//                        order), and as Options (ForwardOption) asks, the map
+//                        and the three partial maps the gradient needs: g*Pmu,
+//                        g*Pxx, g*Pdd (the exact gradient) or the terms of
+//                        scikit-image's formula. Given `out`,
 //                        the last block to finish writes the values as
 //                        ssim_finish does (finish_if_last): one launch.
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
@@ -225,6 +227,21 @@ __device__ inline C moved_partial(const C (&p)[3], const C* own, C kx, C kd) {
 //                   and P2 = -S / B2: (mx (A2 - A1) - my (B2 - B1) S) / D,
 //                   P1 + P2 / 2 and -P2 / 2, weighted over the whole map.
 enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE = 2 };
+
+// ssim_forward's compile-time options, its third template argument: a bitmask
+// of the gradient formula whose partial maps it writes (none for FORWARD_VALUE),
+// MS-SSIM's contrast-structure term in place of SSIM, and whether it writes the
+// map. A value call's kernel then holds no gradient and no map code; name
+// expressions spell them, e.g. ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>.
+enum ForwardOption {
+    FORWARD_VALUE = 0,
+    FORWARD_EXACT = GRADIENT_EXACT,
+    FORWARD_SKIMAGE = GRADIENT_SKIMAGE,
+    FORWARD_CS = 4,
+    FORWARD_MAP = 8
+};
+__device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
+__device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
 
 // SSIM (or, for TERM_CS, A2 / B2) at one pixel from the five filtered moments
 // (docs/spec.rst section 1): variances clamped at 0, no covariance where a window
@@ -466,13 +483,13 @@ __device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int co
 
 }  // namespace cussim
 
-template <class T, int R>
+template <class T, int R, int Options>
 __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
     long long m_col, double* __restrict__ block_sums, typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
-    long long planes, long long inner_count, int height, int width, int padding, int crop, int term, int formula,
+    long long planes, long long inner_count, int height, int width, int padding, int crop,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
@@ -480,6 +497,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     double count, double a, double b) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
+    constexpr int formula = forward_formula(Options);
+    static_assert(formula != GRADIENT_SKIMAGE || forward_term(Options) == TERM_SSIM, "skimage's formula is SSIM's");
     constexpr int kSide = kTile + 2 * R;  // halo tile side
     constexpr int kThreads = kTile * kTile;
     __shared__ C tile_x[kSide][TilePitch<C, R>::value];
@@ -553,8 +572,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         double counted_value = 0.0;
         if (row < g.map_h && col < g.map_w) {
-            const Pixel<C> px = ssim_pixel(m, kx, ky, c1, c2, cov, term, grad_maps ? formula : 0);
-            if (map) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
+            const Pixel<C> px = ssim_pixel(m, kx, ky, c1, c2, cov, forward_term(Options), formula);
+            if (Options & FORWARD_MAP) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
             const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
             if (counted && l1 != 0.0) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
@@ -562,7 +581,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
                 const C dx = (tile_x[r][c] + kx) - (tile_y[r][c] + ky);
                 counted_value = sum_scale * counted_value + l1 * (double)fabs(dx);
             }
-            if (grad_maps) {
+            if (formula != GRADIENT_NONE) {
                 // skimage's gradient is that of the uncropped map's mean
                 const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
                 const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
