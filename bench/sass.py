@@ -19,8 +19,10 @@ Inside the march:
   pass). It runs n / 256 source iterations per pixel of a plane on average;
   its SASS body may hold several source iterations (the compiler unrolls),
   counted by its shared-memory stores against the stores one source
-  iteration makes. So it costs (body instructions / source iterations in the
-  body) x n / 256. Where there are several versions of one loop (the
+  iteration makes (a vector store counts as the elements it writes: the 2-D
+  forward's horizontal pass writes each run of 4 outputs of a moment with
+  one 16-byte store). So it costs (body instructions / source iterations in
+  the body) x n / 256, n counting single outputs. Where there are several versions of one loop (the
   compiler's, for reflection and for zero padding; the 2-D forward's fast
   path for tiles whose halo lies inside the image, about 95 % of the tiles at
   1080 x 1920), the table shows the cheapest: the common path, that of an
@@ -192,6 +194,12 @@ def _output_region(function, march, inner):
     return best
 
 
+def _stored(opcode: str, element_bytes: int) -> int:
+    """Elements of ``element_bytes`` that one shared-memory store writes (a 16-byte STS.128 writes 4 floats)."""
+    width = 16 if opcode.endswith(".128") else 8 if opcode.endswith(".64") else 4
+    return max(width // element_bytes, 1)
+
+
 def _classify(opcodes, stores_per_iteration):
     """The source loop a SASS loop is, from what it does: loads from global memory, or filters shared rows."""
     if any(op.startswith("LDG") for op in opcodes):
@@ -216,7 +224,7 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
     for head, end in inner:
         body = [op for address, op, _ in instructions if head <= address <= end]
         kind, per_store = _classify(body, stores)
-        sts = sum(op.startswith("STS") for op in body)
+        sts = sum(_stored(op, 8 if "<double," in name else 4) for op in body if op.startswith("STS"))
         per_iteration = len(body) * per_store / max(sts, 1)
         loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind])
         if kind not in cheapest or loop.per_pixel < cheapest[kind].per_pixel:

@@ -481,6 +481,115 @@ __device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int co
     return C(0.25) * C(r.slots * c.slots) * coarse[p * plane_size + (long long)r.index * coarse_w + c.index];
 }
 
+// The forward's horizontal pass is register-blocked: a work item is a run of
+// kRun = 2 consecutive outputs of one halo-tile row ((16 + 2R) x 8 runs: 208
+// items at R = 5, one per thread), whose 2 + 2R inputs stream through
+// registers two at a time, each read from shared memory once (not once per
+// tap of each output it feeds) and its d = a - b formed once. Each output
+// still adds its taps in order, with the operations that one output per
+// thread did: the moments are bitwise the same. (Runs of 4 halved the reads
+// again but spilled under the 64-register cap on sm_70.)
+//
+// Its shared-memory layout (ForwardPitch) is free of bank conflicts by
+// construction. A warp holds items k..k+31: rows r = k / 8 .. r + 3, runs
+// g = k % 8, first column c0 = 2g.
+// - 4-byte C: the inputs are read as 8-byte vectors tile[r][c0 + 2i], served
+//   per half warp: 16 threads, rows r, r + 1 x runs 0..7, at 8-byte units
+//   r P / 2 + g + i (mod 16). A pitch P of 16 (mod 32) words puts row r + 1
+//   eight units after row r: 16 different units, each bank once. The outputs
+//   go out as 8-byte vectors rows[q][r][c0..c0 + 1], pitch 16 words: units
+//   8r + g (mod 16), again 16 different ones per half warp.
+// - 8-byte C: scalar accesses, served per half warp: rows r, r + 1 x runs
+//   0..7 at bank pairs r P + 2g + j (mod 16). An odd pitch P puts row r + 1 at
+//   the odd residues where row r has the even ones: 16 different pairs. The
+//   same for the outputs, rows of odd pitch kTile + 1.
+// - The vertical pass reads rows[q][ty + t][tx]: for 4-byte C, a warp's rows
+//   ty and ty + 1 lie 16 banks apart; for 8-byte C, a half warp reads 16
+//   consecutive doubles of one row.
+constexpr int kRun = 2;
+template <class C, int R> struct ForwardPitch {
+    static constexpr int side = kTile + 2 * R;
+    static constexpr int tile = sizeof(C) == 4 ? side + ((16 - side) % 32 + 32) % 32 : side + 1;
+    static constexpr int rows = sizeof(C) == 4 ? kTile : kTile + 1;
+    static constexpr int pairs = (kRun + 2 * R + 1) / 2;  // a run's inputs, two at a time
+    static_assert(sizeof(C) != 4 || (tile % 2 == 0 && kTile - kRun + 2 * pairs <= tile),
+                  "8-byte reads stay inside an aligned row");
+};
+
+// Elements i < n of the two at p (of a run's inputs): one 8-byte read for
+// float (ForwardPitch leaves room past a row's end), one by one for double.
+__device__ inline void load_pair(const float* p, float (&v)[2], int) {
+    const float2 q = *reinterpret_cast<const float2*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+}
+__device__ inline void load_pair(const double* p, double (&v)[2], int n) {
+    v[0] = p[0];
+    v[1] = n > 1 ? p[1] : 0.0;
+}
+
+// Moment q of a run's outputs into rows[q][r][c0..]: one 8-byte store for float.
+__device__ inline void store_run(float* p, const float (&m)[kRun][5], int q) {
+    float2 v;
+    v.x = m[0][q];
+    v.y = m[1][q];
+    *reinterpret_cast<float2*>(p) = v;
+}
+__device__ inline void store_run(double* p, const double (&m)[kRun][5], int q) {
+#pragma unroll
+    for (int o = 0; o < kRun; ++o) p[o] = m[o][q];
+}
+
+// The vertical half of the forward's filter: this thread's five moments from
+// the horizontally filtered rows (of pitch P).
+template <class C, int R, int P>
+__device__ inline void forward_vertical_pass(const C (&rows)[5][kTile + 2 * R][P], const C* weights, C (&out)[5]) {
+#pragma unroll
+    for (int q = 0; q < 5; ++q) out[q] = C(0);
+#pragma unroll
+    for (int t = 0; t <= 2 * R; ++t) {
+        const C w = weights[t];
+#pragma unroll
+        for (int q = 0; q < 5; ++q) out[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
+    }
+}
+
+// One run of the forward's horizontal pass (see kRun): the five moments mx,
+// md, Exx, Eyy, Edd (d = x - y) of outputs c0..c0 + kRun - 1 of tile row r.
+// 9 operations per tap (w a, w b and w d shared; w b as w a - w d, which kept
+// ptxas's 64 registers for R = 7 without a spill); with x == y bitwise, d = 0,
+// md and Edd are exactly 0 and Eyy stays bitwise equal to Exx.
+template <class C, int R, int P>
+__device__ inline void horizontal_run(const C (*tile_x)[P], const C (*tile_y)[P], const C* weights, int r, int c0,
+                                      C (&m)[kRun][5]) {
+    constexpr int inputs = kRun + 2 * R;
+#pragma unroll
+    for (int o = 0; o < kRun; ++o)
+#pragma unroll
+        for (int q = 0; q < 5; ++q) m[o][q] = C(0);
+#pragma unroll
+    for (int pair = 0; pair < ForwardPitch<C, R>::pairs; ++pair) {
+        C a[2], b[2];
+        load_pair(&tile_x[r][c0 + 2 * pair], a, inputs - 2 * pair);
+        load_pair(&tile_y[r][c0 + 2 * pair], b, inputs - 2 * pair);
+#pragma unroll
+        for (int i = 0; i < 2 && 2 * pair + i < inputs; ++i) {
+            const C d = a[i] - b[i];
+#pragma unroll
+            for (int o = 0; o < kRun; ++o) {
+                const int t = 2 * pair + i - o;  // input j feeds output o through tap j - o
+                if (t < 0 || t > 2 * R) continue;
+                const C w = weights[t], wa = w * a[i], wd = w * d, wb = wa - wd;
+                m[o][0] += wa;
+                m[o][1] += wd;
+                m[o][2] += wa * a[i];
+                m[o][3] += wb * b[i];
+                m[o][4] += wd * d;
+            }
+        }
+    }
+}
+
 }  // namespace cussim
 
 template <class T, int R, int Options>
@@ -501,11 +610,16 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     static_assert(formula != GRADIENT_SKIMAGE || forward_term(Options) == TERM_SSIM, "skimage's formula is SSIM's");
     constexpr int kSide = kTile + 2 * R;  // halo tile side
     constexpr int kThreads = kTile * kTile;
-    __shared__ C tile_x[kSide][TilePitch<C, R>::value];
-    __shared__ C tile_y[kSide][TilePitch<C, R>::value];
-    __shared__ __align__(8) C rows[5][kSide][kTile];  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    using Pitch = ForwardPitch<C, R>;
+    __shared__ __align__(16) C tile_x[kSide][Pitch::tile];
+    __shared__ __align__(16) C tile_y[kSide][Pitch::tile];
+    __shared__ __align__(16) C rows[5][kSide][Pitch::rows];  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kThreads / 32];
+    __shared__ struct {
+        long long map_offset;
+        C shift[2];
+    } held;
 
     const TileGeometry g = tile_geometry<R>(padding, height, width, true);
     const long long maps_size = planes * g.map_pixels;
@@ -519,6 +633,14 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         // The shifts (every thread reads the same pixel).
         const C kx = tile_shift(xp, x_row, x_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
         const C ky = tile_shift(yp, y_row, y_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
+        // What the pixel's code needs after the passes waits in shared memory, not in registers through
+        // them (which spilled at R = 7 on sm_70); the barriers after the tile load and in the block sum
+        // order it.
+        if (tid == 0) {
+            held.shift[0] = kx;
+            held.shift[1] = ky;
+            if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
+        }
         const int top = g.row + g.offset - R, left = g.col + g.offset - R;
         if (halo_inside<R>(top, left, height, width) && small_strides<R>(x_row, x_col) &&
             small_strides<R>(y_row, y_col)) {
@@ -543,42 +665,27 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             }
         }
         __syncthreads();
-        for (int k = tid; k < kSide * kTile; k += kThreads) {
-            const int r = k / kTile, c = k % kTile;
-            C mx = 0, md = 0, exx = 0, eyy = 0, edd = 0;
+        for (int k = tid; k < kSide * (kTile / kRun); k += kThreads) {
+            const int r = k / (kTile / kRun), c0 = k % (kTile / kRun) * kRun;
+            C run[kRun][5];
+            horizontal_run<C, R, Pitch::tile>(tile_x, tile_y, weights, r, c0, run);
 #pragma unroll
-            for (int t = 0; t <= 2 * R; ++t) {
-                // 9 operations per tap (w a, w b and w d shared; w b as w a - w d,
-                // which keeps ptxas's 64 registers for R = 7 without a spill);
-                // with x == y bitwise, d = 0, md and Edd are exactly 0 and Eyy
-                // stays bitwise equal to Exx.
-                const C a = tile_x[r][c + t], b = tile_y[r][c + t], w = weights[t];
-                const C d = a - b, wa = w * a, wd = w * d, wb = wa - wd;
-                mx += wa;
-                md += wd;
-                exx += wa * a;
-                eyy += wb * b;
-                edd += wd * d;
-            }
-            rows[0][r][c] = mx;
-            rows[1][r][c] = md;
-            rows[2][r][c] = exx;
-            rows[3][r][c] = eyy;
-            rows[4][r][c] = edd;
+            for (int q = 0; q < 5; ++q) store_run(&rows[q][r][c0], run, q);
         }
         __syncthreads();
         C m[5];
-        vertical_pass<C, R, 5>(rows, weights, m);
+        forward_vertical_pass<C, R, Pitch::rows>(rows, weights, m);
         const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         double counted_value = 0.0;
         if (row < g.map_h && col < g.map_w) {
-            const Pixel<C> px = ssim_pixel(m, kx, ky, c1, c2, cov, forward_term(Options), formula);
-            if (Options & FORWARD_MAP) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
+            const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
+            const Pixel<C> px = ssim_pixel(m, sx, sy, c1, c2, cov, forward_term(Options), formula);
+            if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
             const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
             if (counted && l1 != 0.0) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + threadIdx.y, c = R + threadIdx.x;
-                const C dx = (tile_x[r][c] + kx) - (tile_y[r][c] + ky);
+                const C dx = (tile_x[r][c] + sx) - (tile_y[r][c] + sy);
                 counted_value = sum_scale * counted_value + l1 * (double)fabs(dx);
             }
             if (formula != GRADIENT_NONE) {
