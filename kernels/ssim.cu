@@ -485,10 +485,8 @@ __device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int co
 // kRun = 2 consecutive outputs of one halo-tile row ((16 + 2R) x 8 runs: 208
 // items at R = 5, one per thread), whose 2 + 2R inputs stream through
 // registers two at a time, each read from shared memory once (not once per
-// tap of each output it feeds) and its d = a - b formed once. Each output
-// still adds its taps in order, with the operations that one output per
-// thread did: the moments are bitwise the same. (Runs of 4 halved the reads
-// again but spilled under the 64-register cap on sm_70.)
+// tap of each output it feeds) and its products formed once. (Runs of 4
+// halved the reads again but spilled under the 64-register cap on sm_70.)
 //
 // Its shared-memory layout (ForwardPitch) is free of bank conflicts by
 // construction. A warp holds items k..k+31: rows r = k / 8 .. r + 3, runs
@@ -540,6 +538,14 @@ __device__ inline void store_run(double* p, const double (&m)[kRun][5], int q) {
     for (int o = 0; o < kRun; ++o) p[o] = m[o][q];
 }
 
+// Tap t of the window, read from its first half: the window is symmetric
+// (Gaussian or uniform, bitwise: cussim/_reference.py makes it so, and the
+// backward relies on it too), so R + 1 registers hold its taps, not 2R + 1.
+template <int R, class C>
+__device__ inline C folded_tap(const C* weights, int t) {
+    return weights[t <= R ? t : 2 * R - t];
+}
+
 // The vertical half of the forward's filter: this thread's five moments from
 // the horizontally filtered rows (of pitch P).
 template <class C, int R, int P>
@@ -548,7 +554,7 @@ __device__ inline void forward_vertical_pass(const C (&rows)[5][kTile + 2 * R][P
     for (int q = 0; q < 5; ++q) out[q] = C(0);
 #pragma unroll
     for (int t = 0; t <= 2 * R; ++t) {
-        const C w = weights[t];
+        const C w = folded_tap<R>(weights, t);
 #pragma unroll
         for (int q = 0; q < 5; ++q) out[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
     }
@@ -556,9 +562,9 @@ __device__ inline void forward_vertical_pass(const C (&rows)[5][kTile + 2 * R][P
 
 // One run of the forward's horizontal pass (see kRun): the five moments mx,
 // md, Exx, Eyy, Edd (d = x - y) of outputs c0..c0 + kRun - 1 of tile row r.
-// 9 operations per tap (w a, w b and w d shared; w b as w a - w d, which kept
-// ptxas's 64 registers for R = 7 without a spill); with x == y bitwise, d = 0,
-// md and Edd are exactly 0 and Eyy stays bitwise equal to Exx.
+// Each input's d, a^2, b^2 and d^2 are formed once, then 5 fused multiply-adds
+// per tap and output; with x == y bitwise, d = 0, md and Edd are exactly 0 and
+// Eyy stays bitwise equal to Exx.
 template <class C, int R, int P>
 __device__ inline void horizontal_run(const C (*tile_x)[P], const C (*tile_y)[P], const C* weights, int r, int c0,
                                       C (&m)[kRun][5]) {
@@ -574,17 +580,17 @@ __device__ inline void horizontal_run(const C (*tile_x)[P], const C (*tile_y)[P]
         load_pair(&tile_y[r][c0 + 2 * pair], b, inputs - 2 * pair);
 #pragma unroll
         for (int i = 0; i < 2 && 2 * pair + i < inputs; ++i) {
-            const C d = a[i] - b[i];
+            const C d = a[i] - b[i], aa = a[i] * a[i], bb = b[i] * b[i], dd = d * d;
 #pragma unroll
             for (int o = 0; o < kRun; ++o) {
                 const int t = 2 * pair + i - o;  // input j feeds output o through tap j - o
                 if (t < 0 || t > 2 * R) continue;
-                const C w = weights[t], wa = w * a[i], wd = w * d, wb = wa - wd;
-                m[o][0] += wa;
-                m[o][1] += wd;
-                m[o][2] += wa * a[i];
-                m[o][3] += wb * b[i];
-                m[o][4] += wd * d;
+                const C w = folded_tap<R>(weights, t);
+                m[o][0] += w * a[i];
+                m[o][1] += w * d;
+                m[o][2] += w * aa;
+                m[o][3] += w * bb;
+                m[o][4] += w * dd;
             }
         }
     }
