@@ -488,27 +488,21 @@ __device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int co
 // tap of each output it feeds) and its products formed once. (Runs of 4
 // halved the reads again but spilled under the 64-register cap on sm_70.)
 //
-// Its shared-memory layout (ForwardPitch) is free of bank conflicts by
-// construction. A warp holds items k..k+31: rows r = k / 8 .. r + 3, runs
-// g = k % 8, first column c0 = 2g.
-// - 4-byte C: the inputs are read as 8-byte vectors tile[r][c0 + 2i], served
-//   per half warp: 16 threads, rows r, r + 1 x runs 0..7, at 8-byte units
-//   r P / 2 + g + i (mod 16). A pitch P of 16 (mod 32) words puts row r + 1
-//   eight units after row r: 16 different units, each bank once. The outputs
-//   go out as 8-byte vectors rows[q][r][c0..c0 + 1], pitch 16 words: units
-//   8r + g (mod 16), again 16 different ones per half warp.
+// Its shared-memory layout (ForwardPitch, MomentRows) is free of bank
+// conflicts by construction. A warp holds items k..k+31: rows r = k / 8 ..
+// r + 3, runs g = k % 8, first column c0 = 2g; a 16-byte access is served per
+// quarter warp (8 threads), an 8-byte one per half warp (16 threads).
+// - 4-byte C: the inputs are read as 8-byte vectors tile[r][c0 + 2i]: a half
+//   warp, rows r, r + 1 x runs 0..7, hits 8-byte units r P / 2 + g + i
+//   (mod 16). A pitch P of 16 (mod 32) words puts row r + 1 eight units after
+//   row r: 16 different units, each bank once. The outputs: see MomentRows.
 // - 8-byte C: scalar accesses, served per half warp: rows r, r + 1 x runs
 //   0..7 at bank pairs r P + 2g + j (mod 16). An odd pitch P puts row r + 1 at
-//   the odd residues where row r has the even ones: 16 different pairs. The
-//   same for the outputs, rows of odd pitch kTile + 1.
-// - The vertical pass reads rows[q][ty + t][tx]: for 4-byte C, a warp's rows
-//   ty and ty + 1 lie 16 banks apart; for 8-byte C, a half warp reads 16
-//   consecutive doubles of one row.
+//   the odd residues where row r has the even ones: 16 different pairs.
 constexpr int kRun = 2;
 template <class C, int R> struct ForwardPitch {
     static constexpr int side = kTile + 2 * R;
     static constexpr int tile = sizeof(C) == 4 ? side + ((16 - side) % 32 + 32) % 32 : side + 1;
-    static constexpr int rows = sizeof(C) == 4 ? kTile : kTile + 1;
     static constexpr int pairs = (kRun + 2 * R + 1) / 2;  // a run's inputs, two at a time
     static_assert(sizeof(C) != 4 || (tile % 2 == 0 && kTile - kRun + 2 * pairs <= tile),
                   "8-byte reads stay inside an aligned row");
@@ -526,17 +520,69 @@ __device__ inline void load_pair(const double* p, double (&v)[2], int n) {
     v[1] = n > 1 ? p[1] : 0.0;
 }
 
-// Moment q of a run's outputs into rows[q][r][c0..]: one 8-byte store for float.
-__device__ inline void store_run(float* p, const float (&m)[kRun][5], int q) {
-    float2 v;
-    v.x = m[0][q];
-    v.y = m[1][q];
-    *reinterpret_cast<float2*>(p) = v;
-}
-__device__ inline void store_run(double* p, const double (&m)[kRun][5], int q) {
+// The horizontally filtered moments mx, md, Exx, Eyy, Edd of the halo rows,
+// which the horizontal pass stores (a run at a time) and the vertical pass
+// reads (its column, tap by tap). For float, mx with md and Exx with Eyy
+// side by side: the vertical pass reads three vectors per tap, not five
+// values, and a run goes out in three stores. Bank conflicts, none:
+// - stores: mean[r][c0..c0 + 1] and square[r][c0..c0 + 1] as 16-byte
+//   vectors, a quarter warp (one row, runs 0..7) on 8 consecutive units;
+//   dd[r][c0..c0 + 1] as 8-byte vectors, a half warp (rows r, r + 1) on units
+//   8r + g (mod 16): 16 different ones.
+// - reads: mean[ty + t][tx] and square[ty + t][tx], 8 bytes, a half warp (one
+//   row) on 16 consecutive units; dd[ty + t][tx], a warp's rows ty, ty + 1 16
+//   banks apart.
+template <class C, int R> struct MomentRows;
+
+template <int R> struct MomentRows<float, R> {
+    float2 mean[kTile + 2 * R][kTile];    // (mx, md)
+    float2 square[kTile + 2 * R][kTile];  // (Exx, Eyy)
+    float dd[kTile + 2 * R][kTile];       // Edd
+
+    __device__ void store(int r, int c0, const float (&m)[kRun][5]) {
+        float4 v;
+        v.x = m[0][0];
+        v.y = m[0][1];
+        v.z = m[1][0];
+        v.w = m[1][1];
+        *reinterpret_cast<float4*>(&mean[r][c0]) = v;
+        v.x = m[0][2];
+        v.y = m[0][3];
+        v.z = m[1][2];
+        v.w = m[1][3];
+        *reinterpret_cast<float4*>(&square[r][c0]) = v;
+        float2 e;
+        e.x = m[0][4];
+        e.y = m[1][4];
+        *reinterpret_cast<float2*>(&dd[r][c0]) = e;
+    }
+    __device__ void add(int r, int c, float w, float (&out)[5]) const {
+        const float2 a = mean[r][c], b = square[r][c];
+        out[0] += w * a.x;
+        out[1] += w * a.y;
+        out[2] += w * b.x;
+        out[3] += w * b.y;
+        out[4] += w * dd[r][c];
+    }
+};
+
+// For double, five planes of odd pitch: stores by a half warp (rows r, r + 1
+// x runs 0..7) hit bank pairs r (kTile + 1) + 2g + o (mod 16), 16 different
+// ones; reads by a half warp are 16 consecutive doubles of one row.
+template <int R> struct MomentRows<double, R> {
+    double planes[5][kTile + 2 * R][kTile + 1];
+
+    __device__ void store(int r, int c0, const double (&m)[kRun][5]) {
 #pragma unroll
-    for (int o = 0; o < kRun; ++o) p[o] = m[o][q];
-}
+        for (int q = 0; q < 5; ++q)
+#pragma unroll
+            for (int o = 0; o < kRun; ++o) planes[q][r][c0 + o] = m[o][q];
+    }
+    __device__ void add(int r, int c, double w, double (&out)[5]) const {
+#pragma unroll
+        for (int q = 0; q < 5; ++q) out[q] += w * planes[q][r][c];
+    }
+};
 
 // Tap t of the window, read from its first half: the window is symmetric
 // (Gaussian or uniform, bitwise: cussim/_reference.py makes it so, and the
@@ -547,17 +593,13 @@ __device__ inline C folded_tap(const C* weights, int t) {
 }
 
 // The vertical half of the forward's filter: this thread's five moments from
-// the horizontally filtered rows (of pitch P).
-template <class C, int R, int P>
-__device__ inline void forward_vertical_pass(const C (&rows)[5][kTile + 2 * R][P], const C* weights, C (&out)[5]) {
+// the horizontally filtered rows.
+template <class C, int R>
+__device__ inline void forward_vertical_pass(const MomentRows<C, R>& rows, const C* weights, C (&out)[5]) {
 #pragma unroll
     for (int q = 0; q < 5; ++q) out[q] = C(0);
 #pragma unroll
-    for (int t = 0; t <= 2 * R; ++t) {
-        const C w = folded_tap<R>(weights, t);
-#pragma unroll
-        for (int q = 0; q < 5; ++q) out[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
-    }
+    for (int t = 0; t <= 2 * R; ++t) rows.add(threadIdx.y + t, threadIdx.x, folded_tap<R>(weights, t), out);
 }
 
 // One run of the forward's horizontal pass (see kRun): the five moments mx,
@@ -619,7 +661,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     using Pitch = ForwardPitch<C, R>;
     __shared__ __align__(16) C tile_x[kSide][Pitch::tile];
     __shared__ __align__(16) C tile_y[kSide][Pitch::tile];
-    __shared__ __align__(16) C rows[5][kSide][Pitch::rows];  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    __shared__ __align__(16) MomentRows<C, R> rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kThreads / 32];
     __shared__ struct {
@@ -675,12 +717,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             const int r = k / (kTile / kRun), c0 = k % (kTile / kRun) * kRun;
             C run[kRun][5];
             horizontal_run<C, R, Pitch::tile>(tile_x, tile_y, weights, r, c0, run);
-#pragma unroll
-            for (int q = 0; q < 5; ++q) store_run(&rows[q][r][c0], run, q);
+            rows.store(r, c0, run);
         }
         __syncthreads();
         C m[5];
-        forward_vertical_pass<C, R, Pitch::rows>(rows, weights, m);
+        forward_vertical_pass<C, R>(rows, weights, m);
         const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         double counted_value = 0.0;
         if (row < g.map_h && col < g.map_w) {
@@ -710,7 +751,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     }
     // rows (5 * kSide * 16 values of C, at least 2 KiB) serves as the finish's 256 doubles
     if (outputs) finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride,
-                                reinterpret_cast<double*>(&rows[0][0][0]), tid);
+                                reinterpret_cast<double*>(&rows), tid);
 }
 
 template <class T, int R>
