@@ -690,18 +690,23 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
         }
         const int top = g.row + g.offset - R, left = g.col + g.offset - R;
-        if (halo_inside<R>(top, left, height, width) && small_strides<R>(x_row, x_col) &&
-            small_strides<R>(y_row, y_col)) {
+        if (halo_inside<R>(top, left, height, width)) {
             // The fast path (most tiles): the whole halo inside the image, so no
-            // bounds test and no padding; 32-bit offsets from its first pixel.
-            const T* xo = xp + top * x_row + left * x_col;
-            const T* yo = yp + top * y_row + left * y_col;
-            const int xr = (int)x_row, xc = (int)x_col, yr = (int)y_row, yc = (int)y_col;
+            // bounds test and no padding. Thread k < kLoaders loads column
+            // k % kSide from row k / kSide, then every kThreads / kSide rows, its
+            // addresses advanced by additions (any strides).
+            constexpr int kRowsPerSweep = kThreads / kSide, kLoaders = kRowsPerSweep * kSide;
+            if (tid < kLoaders) {
+                const int c = tid % kSide;
+                const T* xo = xp + (top + tid / kSide) * x_row + (left + c) * x_col;
+                const T* yo = yp + (top + tid / kSide) * y_row + (left + c) * y_col;
 #pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kThreads) {
-                const int r = k / kSide, c = k % kSide;
-                tile_x[r][c] = (C)element_value(xo[r * xr + c * xc]) * inv_range - kx;
-                tile_y[r][c] = (C)element_value(yo[r * yr + c * yc]) * inv_range - ky;
+                for (int r = tid / kSide; r < kSide; r += kRowsPerSweep) {
+                    tile_x[r][c] = (C)element_value(*xo) * inv_range - kx;
+                    tile_y[r][c] = (C)element_value(*yo) * inv_range - ky;
+                    xo += kRowsPerSweep * x_row;
+                    yo += kRowsPerSweep * y_row;
+                }
             }
         } else {
 #pragma unroll 1
