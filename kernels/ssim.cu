@@ -754,9 +754,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             __syncthreads();  // the next plane overwrites the tiles
         }
     }
-    // rows (5 * kSide * 16 values of C, at least 2 KiB) serves as the finish's 256 doubles
+    // rows (5 * kSide * 16 values of C, at least 2 KiB) serves as the finish's 256 doubles. The thread's
+    // index is formed anew (from blockDim, 16 x 16): kept from the start through the planes, it spilled
+    // on sm_120.
     if (outputs) finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride,
-                                reinterpret_cast<double*>(&rows), tid);
+                                reinterpret_cast<double*>(&rows), (int)(threadIdx.y * blockDim.x + threadIdx.x));
 }
 
 template <class T, int R>
