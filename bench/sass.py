@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     for family, prefix, chunk in (("ssim", "ssim", 0), ("ssim3d", "ssim3d", DEPTH_CHUNK)):
         names = [f"{prefix}_{kernel}<{args.dtype}, {args.radius}>" for kernel in ("forward", "backward")]
         if family == "ssim":  # the 2-D forward of a value, and of a value with the exact gradient
-            names[:1] = [_kernels.forward_name(args.dtype, args.radius, formula, "ssim", False)
+            names[:1] = [_kernels.forward_name(args.dtype, args.radius, formula, "ssim", False, False)
                          for formula in (None, "exact")]
         functions = disassemble(names, args.arch, family)
         rows += [count(name, functions[name], TILE + 2 * args.radius, chunk) for name in names]

@@ -47,32 +47,33 @@ RADII = tuple(range(1, 8))  # window sizes 3 to 15
 
 
 # The option sets of ssim_forward (kernels/ssim.cu, ForwardOption) that the library launches, as
-# (gradient formula or None, term, whether it writes the map): values (ssim, dssim, and the map-less
-# skimage drop-in), the map (ssim_map, skimage's full=True), the exact gradient, MS-SSIM's
-# contrast-structure scales, scikit-image's gradient.
-FORWARD_OPTIONS = ((None, "ssim", False), (None, "ssim", True), ("exact", "ssim", False), (None, "cs", False),
-                   ("exact", "cs", False), ("skimage", "ssim", False), ("skimage", "ssim", True))
+# (gradient formula or None, term, whether it writes the map, whether it adds the fused L1 term): values
+# (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map, skimage's full=True), the exact
+# gradient, MS-SSIM's contrast-structure scales, scikit-image's gradient, the L1 + DSSIM loss.
+FORWARD_OPTIONS = ((None, "ssim", False, False), (None, "ssim", True, False), ("exact", "ssim", False, False),
+                   (None, "cs", False, False), ("exact", "cs", False, False), ("skimage", "ssim", False, False),
+                   ("skimage", "ssim", True, False), (None, "ssim", False, True), ("exact", "ssim", False, True))
 COMMON_FORWARD_OPTIONS = FORWARD_OPTIONS[0], FORWARD_OPTIONS[2]
 
 
-def forward_options(formula, term, with_map) -> str:
+def forward_options(formula, term, with_map, with_l1) -> str:
     """ssim_forward's third template argument in C++, e.g. ``cussim::FORWARD_CS | cussim::FORWARD_EXACT``.
 
     Examples
     --------
-    >>> forward_options(None, "ssim", False)
+    >>> forward_options(None, "ssim", False, False)
     'cussim::FORWARD_VALUE'
-    >>> forward_options("skimage", "ssim", True)
+    >>> forward_options("skimage", "ssim", True, False)
     'cussim::FORWARD_SKIMAGE | cussim::FORWARD_MAP'
     """
     flags = [name for name, on in (("CS", term == "cs"), (str(formula).upper(), formula is not None),
-                                   ("MAP", with_map)) if on]
+                                   ("MAP", with_map), ("L1", with_l1)) if on]
     return " | ".join(f"cussim::FORWARD_{flag}" for flag in flags) or "cussim::FORWARD_VALUE"
 
 
-def forward_name(element: str, radius: int, formula, term, with_map) -> str:
+def forward_name(element: str, radius: int, formula, term, with_map, with_l1) -> str:
     """The name expression of ssim_forward for C++ element type ``element`` and these options."""
-    return f"ssim_forward<{element}, {radius}, {forward_options(formula, term, with_map)}>"
+    return f"ssim_forward<{element}, {radius}, {forward_options(formula, term, with_map, with_l1)}>"
 
 
 def without_options(name: str) -> str:

@@ -305,7 +305,7 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, fini
     planes = outer * inner
     height, width = x.shape[-2:]
     name = _kernels.forward_name(ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
-                                 None if grad_maps is None else formula, term, map_out is not None)
+                                 None if grad_maps is None else formula, term, map_out is not None, l1 != 0)
     kernel = _kernels.get_kernel("ssim", name, x)
     c = ctype.type
     null = _null(xp)

@@ -230,15 +230,17 @@ enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE =
 
 // ssim_forward's compile-time options, its third template argument: a bitmask
 // of the gradient formula whose partial maps it writes (none for FORWARD_VALUE),
-// MS-SSIM's contrast-structure term in place of SSIM, and whether it writes the
-// map. A value call's kernel then holds no gradient and no map code; name
+// MS-SSIM's contrast-structure term in place of SSIM, whether it writes the
+// map, and whether the block sums hold the fused L1 term. A value call's kernel
+// then holds no gradient, no map and no L1 code; name
 // expressions spell them, e.g. ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>.
 enum ForwardOption {
     FORWARD_VALUE = 0,
     FORWARD_EXACT = GRADIENT_EXACT,
     FORWARD_SKIMAGE = GRADIENT_SKIMAGE,
     FORWARD_CS = 4,
-    FORWARD_MAP = 8
+    FORWARD_MAP = 8,
+    FORWARD_L1 = 16
 };
 __device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
 __device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
@@ -735,7 +737,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
             const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
-            if (counted && l1 != 0.0) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
+            if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + threadIdx.y, c = R + threadIdx.x;
                 const C dx = (tile_x[r][c] + sx) - (tile_y[r][c] + sy);
                 counted_value = sum_scale * counted_value + l1 * (double)fabs(dx);

@@ -54,8 +54,10 @@ def test_a_first_call_builds_only_the_specialisations_it_launches(cold_emulator)
     cussim.dssim_with_gradient(x, y)  # rebuilds nothing
     cussim.ssim(x, y, win_size=7)
     cussim.ssim(*_images(np.float64))
+    cussim.l1_dssim_loss(x, y)  # the L1 term in the block sums: its own forward
     assert cold_emulator[3:] == [("ssim_forward<float, 3, cussim::FORWARD_VALUE>",),
-                                 ("ssim_forward<double, 5, cussim::FORWARD_VALUE>",)]
+                                 ("ssim_forward<double, 5, cussim::FORWARD_VALUE>",),
+                                 ("ssim_forward<float, 5, cussim::FORWARD_L1>",)]
 
 
 def test_every_kernel_is_a_template():
