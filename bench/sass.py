@@ -16,21 +16,27 @@ Inside the march:
 
 - every loop that ends in a backward branch is a strided loop of the source
   (``for (k = tid; k < n; k += 256)``: the halo tile's loads, the horizontal
-  pass). It runs n / 256 source iterations per pixel of a plane on average;
-  its SASS body may hold several source iterations (the compiler unrolls),
-  counted by its shared-memory stores against the stores one source
-  iteration makes (a vector store counts as the elements it writes: the 2-D
-  forward's horizontal pass writes each run of 4 outputs of a moment with
-  one 16-byte store). So it costs (body instructions / source iterations in
-  the body) x n / 256, n counting single outputs. Where there are several versions of one loop (the
+  pass; the 2-D forward's fast tile load walks columns instead, n loads
+  shared by the threads all the same). It runs n / 256 source iterations
+  per pixel of a plane on average; its SASS body may hold several source
+  iterations (the compiler unrolls), counted by its shared-memory stores
+  against the stores one source iteration makes (a vector store counts as
+  the elements it writes: the 2-D forward's horizontal pass writes a run of
+  2 outputs of mx and md with one 16-byte store). So it costs (body
+  instructions / source iterations in the body) x n / 256, n counting
+  single outputs. Where there are several versions of one loop (the
   compiler's, for reflection and for zero padding; the 2-D forward's fast
   path for tiles whose halo lies inside the image, about 95 % of the tiles at
   1080 x 1920), the table shows the cheapest: the common path, that of an
   interior tile.
 - everything else in the march (the vertical pass, the formula, the stores,
   the block sum, fully unrolled loops) is counted once per plane. That is an
-  upper bound: it includes code of options that a call skips by a branch
-  (the gradient's partials in a value-only call, for example).
+  upper bound: it includes code that a call skips by a branch (the set-up
+  of the border tiles' loads, the block sum's last step that one thread
+  does; for the 3-D kernels, the gradient's partials of a value-only call).
+  The 2-D forward takes its options as a template argument: the table
+  shows its value kernel (FORWARD_VALUE) and that of a value with the exact
+  gradient (FORWARD_EXACT).
 
 The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
 depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,
