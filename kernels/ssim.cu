@@ -586,6 +586,29 @@ template <int R> struct MomentRows<double, R> {
     }
 };
 
+// The (outer, inner) = (p / inner_count, p % inner_count) index pair of the
+// planes a block visits, p = blockIdx.y, then + gridDim.y each time: the
+// forward keeps it in shared memory, advanced by thread 0 by additions, not
+// a 64-bit division per plane.
+struct PlaneIndex {
+    long long outer, inner, step_outer, step_inner;
+
+    __device__ void start(long long inner_count) {
+        outer = blockIdx.y / inner_count;
+        inner = blockIdx.y % inner_count;
+        step_outer = gridDim.y / inner_count;
+        step_inner = gridDim.y % inner_count;
+    }
+    __device__ void advance(long long inner_count) {
+        outer += step_outer;
+        inner += step_inner;
+        if (inner >= inner_count) {
+            inner -= inner_count;
+            ++outer;
+        }
+    }
+};
+
 // Tap t of the window, read from its first half: the window is symmetric
 // (Gaussian or uniform, bitwise: cussim/_reference.py makes it so, and the
 // backward relies on it too), so R + 1 registers hold its taps, not 2R + 1.
@@ -667,6 +690,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kThreads / 32];
     __shared__ struct {
+        PlaneIndex plane;
         long long map_offset;
         C shift[2];
     } held;
@@ -675,9 +699,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     const long long maps_size = planes * g.map_pixels;
     const int tid = threadIdx.y * kTile + threadIdx.x;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    if (tid == 0) held.plane.start(inner_count);
+    __syncthreads();
 
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const long long outer = p / inner_count, inner = p % inner_count;
+        const long long outer = held.plane.outer, inner = held.plane.inner;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
         // The shifts (every thread reads the same pixel).
@@ -685,7 +711,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
         const C ky = tile_shift(yp, y_row, y_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
         // What the pixel's code needs after the passes waits in shared memory, not in registers through
         // them (which spilled at R = 7 on sm_70); the barriers after the tile load and in the block sum
-        // order it.
+        // order it, as they order the plane index.
         if (tid == 0) {
             held.shift[0] = kx;
             held.shift[1] = ky;
@@ -720,6 +746,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             }
         }
         __syncthreads();
+        if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
         for (int k = tid; k < kSide * (kTile / kRun); k += kThreads) {
             const int r = k / (kTile / kRun), c0 = k % (kTile / kRun) * kRun;
             C run[kRun][5];
