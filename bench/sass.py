@@ -16,19 +16,27 @@ Inside the march:
 
 - every loop that ends in a backward branch is a strided loop of the source
   (``for (k = tid; k < n; k += 256)``: the halo tile's loads, the horizontal
-  pass). It runs n / 256 source iterations per pixel of a plane on average;
-  its SASS body may hold several source iterations (the compiler unrolls),
-  counted by its shared-memory stores against the stores one source
-  iteration makes. So it costs (body instructions / source iterations in the
-  body) x n / 256. Where there are several versions of one loop (the
+  pass; the 2-D forward's fast tile load walks columns instead, n loads
+  shared by the threads all the same). It runs n / 256 source iterations
+  per pixel of a plane on average; its SASS body may hold several source
+  iterations (the compiler unrolls), counted by its shared-memory stores
+  against the stores one source iteration makes (a vector store counts as
+  the elements it writes: the 2-D forward's horizontal pass writes a run of
+  2 outputs of mx and md with one 16-byte store). So it costs (body
+  instructions / source iterations in the body) x n / 256, n counting
+  single outputs. Where there are several versions of one loop (the
   compiler's, for reflection and for zero padding; the 2-D forward's fast
   path for tiles whose halo lies inside the image, about 95 % of the tiles at
   1080 x 1920), the table shows the cheapest: the common path, that of an
   interior tile.
 - everything else in the march (the vertical pass, the formula, the stores,
   the block sum, fully unrolled loops) is counted once per plane. That is an
-  upper bound: it includes code of options that a call skips by a branch
-  (the gradient's partials in a value-only call, for example).
+  upper bound: it includes code that a call skips by a branch (the set-up
+  of the border tiles' loads, the block sum's last step that one thread
+  does; for the 3-D kernels, the gradient's partials of a value-only call).
+  The 2-D forward takes its options as a template argument: the table
+  shows its value kernel (FORWARD_VALUE) and that of a value with the exact
+  gradient (FORWARD_EXACT).
 
 The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
 depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,
@@ -192,6 +200,12 @@ def _output_region(function, march, inner):
     return best
 
 
+def _stored(opcode: str, element_bytes: int) -> int:
+    """Elements of ``element_bytes`` that one shared-memory store writes (a 16-byte STS.128 writes 4 floats)."""
+    width = 16 if opcode.endswith(".128") else 8 if opcode.endswith(".64") else 4
+    return max(width // element_bytes, 1)
+
+
 def _classify(opcodes, stores_per_iteration):
     """The source loop a SASS loop is, from what it does: loads from global memory, or filters shared rows."""
     if any(op.startswith("LDG") for op in opcodes):
@@ -216,7 +230,7 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
     for head, end in inner:
         body = [op for address, op, _ in instructions if head <= address <= end]
         kind, per_store = _classify(body, stores)
-        sts = sum(op.startswith("STS") for op in body)
+        sts = sum(_stored(op, 8 if "<double," in name else 4) for op in body if op.startswith("STS"))
         per_iteration = len(body) * per_store / max(sts, 1)
         loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind])
         if kind not in cheapest or loop.per_pixel < cheapest[kind].per_pixel:
@@ -240,16 +254,20 @@ def main(argv=None) -> int:
     rows = []
     for family, prefix, chunk in (("ssim", "ssim", 0), ("ssim3d", "ssim3d", DEPTH_CHUNK)):
         names = [f"{prefix}_{kernel}<{args.dtype}, {args.radius}>" for kernel in ("forward", "backward")]
+        if family == "ssim":  # the 2-D forward of a value, and of a value with the exact gradient
+            names[:1] = [_kernels.forward_name(args.dtype, args.radius, formula, "ssim", False, False)
+                         for formula in (None, "exact")]
         functions = disassemble(names, args.arch, family)
         rows += [count(name, functions[name], TILE + 2 * args.radius, chunk) for name in names]
     print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
           f"(voxel for ssim3d, depth chunk {DEPTH_CHUNK}; python -m bench.sass; method in bench/sass.py)")
-    print(f"{'kernel':<36} {'per pixel':>9} {'straight':>9} {'output':>7} {'planes':>7} "
+    width = max(len(c.name) for c in rows)
+    print(f"{'kernel':<{width}} {'per pixel':>9} {'straight':>9} {'output':>7} {'planes':>7} "
           f"{'loop (body, per iteration, per pixel)':>40} {'static':>7}")
     for c in rows:
         loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
                           for loop in c.loops)
-        print(f"{c.name:<36} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
+        print(f"{c.name:<{width}} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
               f"{c.total:>7}")
     return 0
 

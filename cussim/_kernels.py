@@ -1,7 +1,7 @@
 """Loads kernels/*.cu: one module per specialisation, compiled when first launched.
 
 One function, :func:`get_kernel`, gives the kernel for the array at hand. Each
-specialisation (a name expression such as ``ssim_forward<float, 5>``) is a
+specialisation (a name expression such as ``ssim_backward<float, 5>``) is a
 module of its own, compiled the first time it is asked for, so a call
 compiles only the kernels it launches: a first float32 ``ssim`` compiles two,
 not all of them. CuPy arrays get a ``RawModule`` compiled by NVRTC for their
@@ -17,7 +17,7 @@ listed here, so the compile check and ``cussim precompile`` can build every one.
 Examples
 --------
 >>> from cussim import _kernels
->>> "ssim_forward<float, 5>" in _kernels.specialisations("ssim")
+>>> "ssim_forward<float, 5, cussim::FORWARD_VALUE>" in _kernels.specialisations("ssim")
 True
 >>> "__global__" in _kernels.kernel_source("ssim")
 True
@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +47,53 @@ RADII = tuple(range(1, 8))  # window sizes 3 to 15
 PYRAMID_LEVELS = (1, 2, 3, 4)  # 2x2 means per msssim_pyramid launch (5 scales: one launch)
 
 
-def _ssim_specialisations():
-    names = []
-    for kernel in ("ssim_forward", "ssim_backward"):
-        for element in ELEMENT_TYPES:
-            for radius in RADII:
-                names.append(f"{kernel}<{element}, {radius}>")
+# The option sets of ssim_forward (kernels/ssim.cu, ForwardOption) that the library launches, as
+# (gradient formula or None, term, whether it writes the map, whether it adds the fused L1 term): values
+# (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map, skimage's full=True), the exact
+# gradient, MS-SSIM's contrast-structure scales, scikit-image's gradient, the L1 + DSSIM loss.
+FORWARD_OPTIONS = ((None, "ssim", False, False), (None, "ssim", True, False), ("exact", "ssim", False, False),
+                   (None, "cs", False, False), ("exact", "cs", False, False), ("skimage", "ssim", False, False),
+                   ("skimage", "ssim", True, False), (None, "ssim", False, True), ("exact", "ssim", False, True))
+COMMON_FORWARD_OPTIONS = FORWARD_OPTIONS[0], FORWARD_OPTIONS[2]
+
+
+def forward_options(formula, term, with_map, with_l1) -> str:
+    """ssim_forward's third template argument in C++, e.g. ``cussim::FORWARD_CS | cussim::FORWARD_EXACT``.
+
+    Examples
+    --------
+    >>> forward_options(None, "ssim", False, False)
+    'cussim::FORWARD_VALUE'
+    >>> forward_options("skimage", "ssim", True, False)
+    'cussim::FORWARD_SKIMAGE | cussim::FORWARD_MAP'
+    """
+    flags = [name for name, on in (("CS", term == "cs"), (str(formula).upper(), formula is not None),
+                                   ("MAP", with_map), ("L1", with_l1)) if on]
+    return " | ".join(f"cussim::FORWARD_{flag}" for flag in flags) or "cussim::FORWARD_VALUE"
+
+
+def forward_name(element: str, radius: int, formula, term, with_map, with_l1) -> str:
+    """The name expression of ssim_forward for C++ element type ``element`` and these options."""
+    return f"ssim_forward<{element}, {radius}, {forward_options(formula, term, with_map, with_l1)}>"
+
+
+def without_options(name: str) -> str:
+    """``name`` without an options argument: ``ssim_forward<float, 5>`` for each ssim_forward<float, 5, ...>.
+
+    Examples
+    --------
+    >>> without_options("ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>")
+    'ssim_forward<float, 5>'
+    """
+    return re.sub(r", cussim::[^<>]*>$", ">", name)
+
+
+def _ssim_specialisations(every_option_radii=RADII):
+    """The family's names; ssim_forward's with every option set only at ``every_option_radii``, and with the
+    two commonest (a value; a value and the exact gradient) at every radius."""
+    names = [forward_name(element, radius, *options) for element in ELEMENT_TYPES for radius in RADII
+             for options in FORWARD_OPTIONS if radius in every_option_radii or options in COMMON_FORWARD_OPTIONS]
+    names += [f"ssim_backward<{element}, {radius}>" for element in ELEMENT_TYPES for radius in RADII]
     names += [f"msssim_pyramid<{element}, {levels}>" for element in ELEMENT_TYPES for levels in PYRAMID_LEVELS]
     return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<float>",
                            "msssim_combine<double>", "msssim_fold<float>",
@@ -65,6 +107,11 @@ def _ssim3d_specialisations():
 
 
 FAMILIES = {"ssim": _ssim_specialisations(), "ssim3d": _ssim3d_specialisations()}
+# What the compile check builds for every architecture: every specialisation but the rarer option sets of
+# ssim_forward, which it builds at the default radius and the largest (where registers run out first); each
+# option set's code is the same template at every radius. Seven option sets at every radius made the check
+# four times slower.
+COMPILE_CHECKED = {**FAMILIES, "ssim": _ssim_specialisations(every_option_radii=(5, max(RADII)))}
 # A family's source is its file after those of the families it builds on (the volumes' kernels use
 # ssim.cu's per-pixel maths); #line directives keep the compilers' messages pointing at each file.
 PREREQUISITES = {"ssim3d": ("ssim",)}
@@ -101,9 +148,9 @@ def compile_check_archs(supported) -> list[int]:
 
 def compile_check_jobs(supported) -> list[dict]:
     """The compile check, as :func:`cussim._nvrtc.compile_report` arguments: one program per family and
-    architecture holding every specialisation, with the run-time options."""
+    architecture holding its :data:`COMPILE_CHECKED` specialisations, with the run-time options."""
     return [
-        dict(source=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=specialisations(family),
+        dict(source=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=COMPILE_CHECKED[family],
              arch=arch, filename=f"{family}.cu")
         for family in FAMILIES for arch in compile_check_archs(supported)
     ]

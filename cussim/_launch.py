@@ -306,15 +306,15 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, fini
     lm = layouts[2] if map_out is not None else PlaneLayout(0, 0, 0, 0)
     planes = outer * inner
     height, width = x.shape[-2:]
-    kernel = _kernels.get_kernel("ssim", f"ssim_forward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
+    name = _kernels.forward_name(ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
+                                 None if grad_maps is None else formula, term, map_out is not None, l1 != 0)
+    kernel = _kernels.get_kernel("ssim", name, x)
     c = ctype.type
     null = _null(xp)
     args = (x, *layouts[0].args(), y, *layouts[1].args(), null if map_out is None else map_out, *lm.args(),
             null if block_sums is None else block_sums, null if grad_maps is None else grad_maps,
             np.int64(planes), np.int64(inner), np.int32(height), np.int32(width),
-            np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), np.int32(TERMS[term]),
-            np.int32(GRADIENT_FORMULAS[formula]),
-            _taps(x, params, ctype),
+            np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), _taps(x, params, ctype),
             c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
             np.float64(sum_scale), np.float64(l1), *finish_args(finish, null))
     return _planned_launch(kernel, (tiles(params.map_shape(x.shape)), min(planes, MAX_GRID_Y)), (TILE, TILE), args,

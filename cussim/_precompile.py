@@ -40,7 +40,8 @@ CUPY_KEEPS_NAME_EXPRESSIONS = 14  # the first CuPy major version that reads such
 
 
 def resolve(names) -> list:
-    """(family, specialisation) for each name: a family stands for all of its specialisations.
+    """(family, specialisation) for each name: a family stands for all of its specialisations, a name
+    without its options argument (``ssim_forward<float, 5>``) for each of its option sets.
 
     Raises ValueError naming the first unknown name. No names: everything.
 
@@ -48,16 +49,23 @@ def resolve(names) -> list:
     --------
     >>> resolve(["ssim_finish<float>"])
     [('ssim', 'ssim_finish<float>')]
+    >>> len(resolve(["ssim_forward<float, 5>"])) == len(_kernels.FORWARD_OPTIONS)
+    True
     >>> len(resolve([])) == sum(len(_kernels.specialisations(f)) for f in _kernels.FAMILIES)
     True
     """
-    families = {name: family for family in _kernels.FAMILIES for name in _kernels.specialisations(family)}
+    groups = {}
+    for family in _kernels.FAMILIES:
+        for name in _kernels.specialisations(family):
+            groups.setdefault(name, []).append((family, name))
+            if _kernels.without_options(name) != name:
+                groups.setdefault(_kernels.without_options(name), []).append((family, name))
     chosen = []
     for name in names or list(_kernels.FAMILIES):
         if name in _kernels.FAMILIES:
             chosen += [(name, s) for s in _kernels.specialisations(name)]
-        elif name in families:
-            chosen.append((families[name], name))
+        elif name in groups:
+            chosen += groups[name]
         else:
             raise ValueError(f"unknown kernel {name!r}: name a family ({', '.join(_kernels.FAMILIES)}) or a "
                              "specialisation as `cussim precompile --list` prints it, e.g. 'ssim_forward<float, 5>'")

@@ -4,11 +4,13 @@
 // Kernels (T: float, double, __half, unsigned char or unsigned short, the
 // stored element type; R: window radius, win_size = 2R+1; C, the compute type,
 // is double for double inputs and float otherwise):
-//   ssim_forward<T, R>   the map value at every map pixel; optionally the map,
-//                        the per-block sums of the pixels that the mean counts
-//                        (float64, fixed order), and the three partial maps the
-//                        gradient needs: g*Pmu, g*Pxx, g*Pdd (the exact gradient)
-//                        or the terms of scikit-image's formula. Given `out`,
+//   ssim_forward<T, R, Options>
+//                        the map value at every map pixel; the per-block sums
+//                        of the pixels that the mean counts (float64, fixed
+//                        order), and as Options (ForwardOption) asks, the map
+//                        and the three partial maps the gradient needs: g*Pmu,
+//                        g*Pxx, g*Pdd (the exact gradient) or the terms of
+//                        scikit-image's formula. Given `out`,
 //                        the last block to finish writes the values as
 //                        ssim_finish does (finish_if_last): one launch.
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
@@ -227,6 +229,23 @@ __device__ inline C moved_partial(const C (&p)[3], const C* own, C kx, C kd) {
 //                   and P2 = -S / B2: (mx (A2 - A1) - my (B2 - B1) S) / D,
 //                   P1 + P2 / 2 and -P2 / 2, weighted over the whole map.
 enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE = 2 };
+
+// ssim_forward's compile-time options, its third template argument: a bitmask
+// of the gradient formula whose partial maps it writes (none for FORWARD_VALUE),
+// MS-SSIM's contrast-structure term in place of SSIM, whether it writes the
+// map, and whether the block sums hold the fused L1 term. A value call's kernel
+// then holds no gradient, no map and no L1 code; name
+// expressions spell them, e.g. ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>.
+enum ForwardOption {
+    FORWARD_VALUE = 0,
+    FORWARD_EXACT = GRADIENT_EXACT,
+    FORWARD_SKIMAGE = GRADIENT_SKIMAGE,
+    FORWARD_CS = 4,
+    FORWARD_MAP = 8,
+    FORWARD_L1 = 16
+};
+__device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
+__device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
 
 // SSIM (or, for TERM_CS, A2 / B2) at one pixel from the five filtered moments
 // (docs/spec.rst section 1): variances clamped at 0, no covariance where a window
@@ -567,15 +586,195 @@ __device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int co
     return C(0.25) * C(r.slots * c.slots) * coarse[p * plane_size + (long long)r.index * coarse_w + c.index];
 }
 
+// The forward's horizontal pass is register-blocked: a work item is a run of
+// kRun = 2 consecutive outputs of one halo-tile row ((16 + 2R) x 8 runs: 208
+// items at R = 5, one per thread), whose 2 + 2R inputs stream through
+// registers two at a time, each read from shared memory once (not once per
+// tap of each output it feeds) and its products formed once. (Runs of 4
+// halved the reads again but spilled under the 64-register cap on sm_70.)
+//
+// Its shared-memory layout (ForwardPitch, MomentRows) is free of bank
+// conflicts by construction. A warp holds items k..k+31: rows r = k / 8 ..
+// r + 3, runs g = k % 8, first column c0 = 2g; a 16-byte access is served per
+// quarter warp (8 threads), an 8-byte one per half warp (16 threads).
+// - 4-byte C: the inputs are read as 8-byte vectors tile[r][c0 + 2i]: a half
+//   warp, rows r, r + 1 x runs 0..7, hits 8-byte units r P / 2 + g + i
+//   (mod 16). A pitch P of 16 (mod 32) words puts row r + 1 eight units after
+//   row r: 16 different units, each bank once. The outputs: see MomentRows.
+// - 8-byte C: scalar accesses, served per half warp: rows r, r + 1 x runs
+//   0..7 at bank pairs r P + 2g + j (mod 16). An odd pitch P puts row r + 1 at
+//   the odd residues where row r has the even ones: 16 different pairs.
+constexpr int kRun = 2;
+template <class C, int R> struct ForwardPitch {
+    static constexpr int side = kTile + 2 * R;
+    static constexpr int tile = sizeof(C) == 4 ? side + ((16 - side) % 32 + 32) % 32 : side + 1;
+    static constexpr int pairs = (kRun + 2 * R + 1) / 2;  // a run's inputs, two at a time
+    static_assert(sizeof(C) != 4 || (tile % 2 == 0 && kTile - kRun + 2 * pairs <= tile),
+                  "8-byte reads stay inside an aligned row");
+};
+
+// Elements i < n of the two at p (of a run's inputs): one 8-byte read for
+// float (ForwardPitch leaves room past a row's end), one by one for double.
+__device__ inline void load_pair(const float* p, float (&v)[2], int) {
+    const float2 q = *reinterpret_cast<const float2*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+}
+__device__ inline void load_pair(const double* p, double (&v)[2], int n) {
+    v[0] = p[0];
+    v[1] = n > 1 ? p[1] : 0.0;
+}
+
+// The horizontally filtered moments mx, md, Exx, Eyy, Edd of the halo rows,
+// which the horizontal pass stores (a run at a time) and the vertical pass
+// reads (its column, tap by tap). For float, mx with md and Exx with Eyy
+// side by side: the vertical pass reads three vectors per tap, not five
+// values, and a run goes out in three stores. Bank conflicts, none:
+// - stores: mean[r][c0..c0 + 1] and square[r][c0..c0 + 1] as 16-byte
+//   vectors, a quarter warp (one row, runs 0..7) on 8 consecutive units;
+//   dd[r][c0..c0 + 1] as 8-byte vectors, a half warp (rows r, r + 1) on units
+//   8r + g (mod 16): 16 different ones.
+// - reads: mean[ty + t][tx] and square[ty + t][tx], 8 bytes, a half warp (one
+//   row) on 16 consecutive units; dd[ty + t][tx], a warp's rows ty, ty + 1 16
+//   banks apart.
+template <class C, int R> struct MomentRows;
+
+template <int R> struct MomentRows<float, R> {
+    float2 mean[kTile + 2 * R][kTile];    // (mx, md)
+    float2 square[kTile + 2 * R][kTile];  // (Exx, Eyy)
+    float dd[kTile + 2 * R][kTile];       // Edd
+
+    __device__ void store(int r, int c0, const float (&m)[kRun][5]) {
+        float4 v;
+        v.x = m[0][0];
+        v.y = m[0][1];
+        v.z = m[1][0];
+        v.w = m[1][1];
+        *reinterpret_cast<float4*>(&mean[r][c0]) = v;
+        v.x = m[0][2];
+        v.y = m[0][3];
+        v.z = m[1][2];
+        v.w = m[1][3];
+        *reinterpret_cast<float4*>(&square[r][c0]) = v;
+        float2 e;
+        e.x = m[0][4];
+        e.y = m[1][4];
+        *reinterpret_cast<float2*>(&dd[r][c0]) = e;
+    }
+    __device__ void add(int r, int c, float w, float (&out)[5]) const {
+        const float2 a = mean[r][c], b = square[r][c];
+        out[0] += w * a.x;
+        out[1] += w * a.y;
+        out[2] += w * b.x;
+        out[3] += w * b.y;
+        out[4] += w * dd[r][c];
+    }
+};
+
+// For double, five planes of odd pitch: stores by a half warp (rows r, r + 1
+// x runs 0..7) hit bank pairs r (kTile + 1) + 2g + o (mod 16), 16 different
+// ones; reads by a half warp are 16 consecutive doubles of one row.
+template <int R> struct MomentRows<double, R> {
+    double planes[5][kTile + 2 * R][kTile + 1];
+
+    __device__ void store(int r, int c0, const double (&m)[kRun][5]) {
+#pragma unroll
+        for (int q = 0; q < 5; ++q)
+#pragma unroll
+            for (int o = 0; o < kRun; ++o) planes[q][r][c0 + o] = m[o][q];
+    }
+    __device__ void add(int r, int c, double w, double (&out)[5]) const {
+#pragma unroll
+        for (int q = 0; q < 5; ++q) out[q] += w * planes[q][r][c];
+    }
+};
+
+// The (outer, inner) = (p / inner_count, p % inner_count) index pair of the
+// planes a block visits, p = blockIdx.y, then + gridDim.y each time: the
+// forward keeps it in shared memory, advanced by thread 0 by additions, not
+// a 64-bit division per plane.
+struct PlaneIndex {
+    long long outer, inner, step_outer, step_inner;
+
+    __device__ void start(long long inner_count) {
+        outer = blockIdx.y / inner_count;
+        inner = blockIdx.y % inner_count;
+        step_outer = gridDim.y / inner_count;
+        step_inner = gridDim.y % inner_count;
+    }
+    __device__ void advance(long long inner_count) {
+        outer += step_outer;
+        inner += step_inner;
+        if (inner >= inner_count) {
+            inner -= inner_count;
+            ++outer;
+        }
+    }
+};
+
+// Tap t of the window, read from its first half: the window is symmetric
+// (Gaussian or uniform, bitwise: cussim/_reference.py makes it so, and the
+// backward relies on it too), so R + 1 registers hold its taps, not 2R + 1.
+template <int R, class C>
+__device__ inline C folded_tap(const C* weights, int t) {
+    return weights[t <= R ? t : 2 * R - t];
+}
+
+// The vertical half of the forward's filter: this thread's five moments from
+// the horizontally filtered rows.
+template <class C, int R>
+__device__ inline void forward_vertical_pass(const MomentRows<C, R>& rows, const C* weights, C (&out)[5]) {
+#pragma unroll
+    for (int q = 0; q < 5; ++q) out[q] = C(0);
+#pragma unroll
+    for (int t = 0; t <= 2 * R; ++t) rows.add(threadIdx.y + t, threadIdx.x, folded_tap<R>(weights, t), out);
+}
+
+// One run of the forward's horizontal pass (see kRun): the five moments mx,
+// md, Exx, Eyy, Edd (d = x - y) of outputs c0..c0 + kRun - 1 of tile row r.
+// Each input's d, a^2, b^2 and d^2 are formed once, then 5 fused multiply-adds
+// per tap and output; with x == y bitwise, d = 0, md and Edd are exactly 0 and
+// Eyy stays bitwise equal to Exx.
+template <class C, int R, int P>
+__device__ inline void horizontal_run(const C (*tile_x)[P], const C (*tile_y)[P], const C* weights, int r, int c0,
+                                      C (&m)[kRun][5]) {
+    constexpr int inputs = kRun + 2 * R;
+#pragma unroll
+    for (int o = 0; o < kRun; ++o)
+#pragma unroll
+        for (int q = 0; q < 5; ++q) m[o][q] = C(0);
+#pragma unroll
+    for (int pair = 0; pair < ForwardPitch<C, R>::pairs; ++pair) {
+        C a[2], b[2];
+        load_pair(&tile_x[r][c0 + 2 * pair], a, inputs - 2 * pair);
+        load_pair(&tile_y[r][c0 + 2 * pair], b, inputs - 2 * pair);
+#pragma unroll
+        for (int i = 0; i < 2 && 2 * pair + i < inputs; ++i) {
+            const C d = a[i] - b[i], aa = a[i] * a[i], bb = b[i] * b[i], dd = d * d;
+#pragma unroll
+            for (int o = 0; o < kRun; ++o) {
+                const int t = 2 * pair + i - o;  // input j feeds output o through tap j - o
+                if (t < 0 || t > 2 * R) continue;
+                const C w = folded_tap<R>(weights, t);
+                m[o][0] += w * a[i];
+                m[o][1] += w * d;
+                m[o][2] += w * aa;
+                m[o][3] += w * bb;
+                m[o][4] += w * dd;
+            }
+        }
+    }
+}
+
 }  // namespace cussim
 
-template <class T, int R>
+template <class T, int R, int Options>
 __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
     long long m_col, double* __restrict__ block_sums, typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
-    long long planes, long long inner_count, int height, int width, int padding, int crop, int term, int formula,
+    long long planes, long long inner_count, int height, int width, int padding, int crop,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
@@ -583,39 +782,62 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
     double count, double a, double b) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
+    constexpr int formula = forward_formula(Options);
+    static_assert(formula != GRADIENT_SKIMAGE || forward_term(Options) == TERM_SSIM, "skimage's formula is SSIM's");
     constexpr int kSide = kTile + 2 * R;  // halo tile side
     constexpr int kThreads = kTile * kTile;
-    __shared__ C tile_x[kSide][TilePitch<C, R>::value];
-    __shared__ C tile_y[kSide][TilePitch<C, R>::value];
-    __shared__ __align__(8) C rows[5][kSide][kTile];  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    using Pitch = ForwardPitch<C, R>;
+    __shared__ __align__(16) C tile_x[kSide][Pitch::tile];
+    __shared__ __align__(16) C tile_y[kSide][Pitch::tile];
+    __shared__ __align__(16) MomentRows<C, R> rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kThreads / 32];
+    __shared__ struct {
+        PlaneIndex plane;
+        long long map_offset;
+        C shift[2];
+    } held;
 
     const TileGeometry g = tile_geometry<R>(padding, height, width, true);
     const long long maps_size = planes * g.map_pixels;
     const int tid = threadIdx.y * kTile + threadIdx.x;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    if (tid == 0) held.plane.start(inner_count);
+    __syncthreads();
 
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const long long outer = p / inner_count, inner = p % inner_count;
+        const long long outer = held.plane.outer, inner = held.plane.inner;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
         // The shifts (every thread reads the same pixel).
         const C kx = tile_shift(xp, x_row, x_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
         const C ky = tile_shift(yp, y_row, y_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
+        // What the pixel's code needs after the passes waits in shared memory, not in registers through
+        // them (which spilled at R = 7 on sm_70); the barriers after the tile load and in the block sum
+        // order it, as they order the plane index.
+        if (tid == 0) {
+            held.shift[0] = kx;
+            held.shift[1] = ky;
+            if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
+        }
         const int top = g.row + g.offset - R, left = g.col + g.offset - R;
-        if (halo_inside<R>(top, left, height, width) && small_strides<R>(x_row, x_col) &&
-            small_strides<R>(y_row, y_col)) {
+        if (halo_inside<R>(top, left, height, width)) {
             // The fast path (most tiles): the whole halo inside the image, so no
-            // bounds test and no padding; 32-bit offsets from its first pixel.
-            const T* xo = xp + top * x_row + left * x_col;
-            const T* yo = yp + top * y_row + left * y_col;
-            const int xr = (int)x_row, xc = (int)x_col, yr = (int)y_row, yc = (int)y_col;
+            // bounds test and no padding. Thread k < kLoaders loads column
+            // k % kSide from row k / kSide, then every kThreads / kSide rows, its
+            // addresses advanced by additions (any strides).
+            constexpr int kRowsPerSweep = kThreads / kSide, kLoaders = kRowsPerSweep * kSide;
+            if (tid < kLoaders) {
+                const int c = tid % kSide;
+                const T* xo = xp + (top + tid / kSide) * x_row + (left + c) * x_col;
+                const T* yo = yp + (top + tid / kSide) * y_row + (left + c) * y_col;
 #pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kThreads) {
-                const int r = k / kSide, c = k % kSide;
-                tile_x[r][c] = (C)element_value(xo[r * xr + c * xc]) * inv_range - kx;
-                tile_y[r][c] = (C)element_value(yo[r * yr + c * yc]) * inv_range - ky;
+                for (int r = tid / kSide; r < kSide; r += kRowsPerSweep) {
+                    tile_x[r][c] = (C)element_value(*xo) * inv_range - kx;
+                    tile_y[r][c] = (C)element_value(*yo) * inv_range - ky;
+                    xo += kRowsPerSweep * x_row;
+                    yo += kRowsPerSweep * y_row;
+                }
             }
         } else {
 #pragma unroll 1
@@ -627,45 +849,30 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             }
         }
         __syncthreads();
-        for (int k = tid; k < kSide * kTile; k += kThreads) {
-            const int r = k / kTile, c = k % kTile;
-            C mx = 0, md = 0, exx = 0, eyy = 0, edd = 0;
-#pragma unroll
-            for (int t = 0; t <= 2 * R; ++t) {
-                // 9 operations per tap (w a, w b and w d shared; w b as w a - w d,
-                // which keeps ptxas's 64 registers for R = 7 without a spill);
-                // with x == y bitwise, d = 0, md and Edd are exactly 0 and Eyy
-                // stays bitwise equal to Exx.
-                const C a = tile_x[r][c + t], b = tile_y[r][c + t], w = weights[t];
-                const C d = a - b, wa = w * a, wd = w * d, wb = wa - wd;
-                mx += wa;
-                md += wd;
-                exx += wa * a;
-                eyy += wb * b;
-                edd += wd * d;
-            }
-            rows[0][r][c] = mx;
-            rows[1][r][c] = md;
-            rows[2][r][c] = exx;
-            rows[3][r][c] = eyy;
-            rows[4][r][c] = edd;
+        if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
+        for (int k = tid; k < kSide * (kTile / kRun); k += kThreads) {
+            const int r = k / (kTile / kRun), c0 = k % (kTile / kRun) * kRun;
+            C run[kRun][5];
+            horizontal_run<C, R, Pitch::tile>(tile_x, tile_y, weights, r, c0, run);
+            rows.store(r, c0, run);
         }
         __syncthreads();
         C m[5];
-        vertical_pass<C, R, 5>(rows, weights, m);
+        forward_vertical_pass<C, R>(rows, weights, m);
         const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
         double counted_value = 0.0;
         if (row < g.map_h && col < g.map_w) {
-            const Pixel<C> px = ssim_pixel(m, kx, ky, c1, c2, cov, term, grad_maps ? formula : 0);
-            if (map) map[outer * m_outer + inner * m_inner + row * m_row + col * m_col] = px.s;
+            const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
+            const Pixel<C> px = ssim_pixel(m, sx, sy, c1, c2, cov, forward_term(Options), formula);
+            if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
             const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
             if (counted) counted_value = px.s;
-            if (counted && l1 != 0.0) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
+            if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + threadIdx.y, c = R + threadIdx.x;
-                const C dx = (tile_x[r][c] + kx) - (tile_y[r][c] + ky);
+                const C dx = (tile_x[r][c] + sx) - (tile_y[r][c] + sy);
                 counted_value = sum_scale * counted_value + l1 * (double)fabs(dx);
             }
-            if (grad_maps) {
+            if (formula != GRADIENT_NONE) {
                 // skimage's gradient is that of the uncropped map's mean
                 const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
                 const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
@@ -679,9 +886,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
             __syncthreads();  // the next plane overwrites the tiles
         }
     }
-    // rows (5 * kSide * 16 values of C, at least 2 KiB) serves as the finish's 256 doubles
+    // rows (5 * kSide * 16 values of C, at least 2 KiB) serves as the finish's 256 doubles. The thread's
+    // index is formed anew (from blockDim, 16 x 16): kept from the start through the planes, it spilled
+    // on sm_120.
     if (outputs) finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride,
-                                reinterpret_cast<double*>(&rows[0][0][0]), tid);
+                                reinterpret_cast<double*>(&rows), (int)(threadIdx.y * blockDim.x + threadIdx.x));
 }
 
 template <class T, int R>

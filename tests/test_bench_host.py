@@ -60,6 +60,16 @@ def test_sass_count_weights_each_loop_by_its_iterations_per_pixel(monkeypatch, t
     assert c.per_pixel == pytest.approx(3 + 4 * 676 / 256 + 8 * 416 / 256)
 
 
+def test_sass_count_takes_a_vector_store_for_the_elements_it_writes():
+    """The 2-D forward's horizontal pass stores two outputs of mx and md with one STS.128: 4 of its 5 + 5."""
+    vectors = SASS.replace("STS [R6], R5 ;", "STS.128 [R6], R4 ;").replace("STS [R6+0x4], R5 ;", "STS.64 [R8], R4 ;")
+    vectors = vectors.replace("STS [R6+0x8], R5 ;", "STS.128 [R9], R4 ;")
+    function = sass.parse(vectors, {"_Zfwd": "ssim_forward<float, 5>"})["ssim_forward<float, 5>"]
+    horizontal = sass.count("ssim_forward<float, 5>", function, halo_side=26).loops[1]
+    assert horizontal.body == 8 and horizontal.per_iteration == pytest.approx(8 * 5 / (4 + 2 + 4 + 1 + 1))
+    assert [sass._stored(op, 8) for op in ("STS.128", "STS.64", "STS")] == [2, 1, 1]
+
+
 SASS3D = """
 	.text._Zfwd3d:
         /*0000*/                   S2R R0, SR_TID.X ;

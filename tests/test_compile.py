@@ -1,5 +1,8 @@
 """Compile check without a GPU: every kernel specialisation through NVRTC, per architecture.
 
+Every one but the rarer option sets of ssim_forward, checked at two radii
+(``cussim._kernels.COMPILE_CHECKED``).
+
 Compiles with the run-time options for sm_70, sm_80, sm_90 and every newer
 architecture the installed NVRTC knows, prints ptxas's registers, shared
 memory, stack frame and spills per kernel, and fails on a compile error, a
@@ -47,7 +50,7 @@ def reports():
 @pytest.mark.parametrize("arch", _kernels.compile_check_archs(_nvrtc.supported_archs()))
 @pytest.mark.parametrize("family", sorted(_kernels.FAMILIES))
 def test_every_specialisation_compiles_cleanly(reports, family, arch):
-    names = _kernels.specialisations(family)
+    names = _kernels.COMPILE_CHECKED[family]
     report = reports[family, arch]
     print(f"\n{family}.cu, NVRTC {'.'.join(map(str, _nvrtc.version()))}", *report.notices, sep="\n")
     print(_nvrtc.format_table([report]))
@@ -96,3 +99,17 @@ def test_report_parser_reads_spills_and_stack():
     frames = {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in _nvrtc._PROPERTIES.finditer(log)}
     assert frames == {"_Z1kv": (16, 12, 8)}
     assert _nvrtc._usage(log) == [("_Z1kv", 48, 1, 21288)]
+
+
+def test_the_check_covers_every_option_set_and_every_window():
+    """Each forward option set for every element type (at two radii), the common ones at every radius."""
+    checked = set(_kernels.COMPILE_CHECKED["ssim"])
+    assert checked <= set(_kernels.specialisations("ssim"))
+    assert set(_kernels.COMPILE_CHECKED["ssim3d"]) == set(_kernels.specialisations("ssim3d"))
+    for element in _kernels.ELEMENT_TYPES:
+        for options in _kernels.FORWARD_OPTIONS:
+            assert _kernels.forward_name(element, max(_kernels.RADII), *options) in checked
+        for radius in _kernels.RADII:
+            for options in _kernels.COMMON_FORWARD_OPTIONS:
+                assert _kernels.forward_name(element, radius, *options) in checked
+            assert f"ssim_backward<{element}, {radius}>" in checked

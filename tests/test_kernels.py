@@ -129,6 +129,14 @@ def test_more_planes_than_the_grid_holds(executor, monkeypatch):
     _check(executor, x, y)
 
 
+def test_planes_past_the_grid_in_two_stride_levels(executor, monkeypatch):
+    """The forward walks (outer, inner) plane indices by additions: the inner index carries into the outer."""
+    monkeypatch.setattr(_launch, "MAX_GRID_Y", 3)
+    x, y = _images((4, 10, 13, 13), np.float32)
+    x, y = x[:, :5], y[:, :5]  # axes 0 and 1 do not merge: 4 x 5 planes in two levels, 3 blocks deep
+    _check(executor, x, y)
+
+
 @pytest.mark.parametrize("padding", ref.PADDINGS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_flat_image_against_itself_is_exactly_one(executor, padding, dtype):

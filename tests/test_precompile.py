@@ -18,7 +18,8 @@ from cussim import _cli, _kernels, _precompile
 from cussim._emulator import _build
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST = ["ssim_forward<float, 5>"]  # a default float32 ssim launches only this (the finish is folded in)
+# a default float32 ssim launches only this (the finish is folded in)
+FIRST = ["ssim_forward<float, 5, cussim::FORWARD_VALUE>"]
 
 
 @pytest.fixture
@@ -48,11 +49,15 @@ def test_a_first_call_builds_only_the_specialisations_it_launches(cold_emulator)
     x, y = _images()
     cussim.ssim(x, y)
     assert cold_emulator == [(name,) for name in FIRST]
-    cussim.dssim_with_gradient(x, y)  # adds the backward, rebuilds nothing
-    assert cold_emulator[1:] == [("ssim_backward<float, 5>",)]
+    cussim.dssim_with_gradient(x, y)  # the forward that writes the gradient's partial maps, and the backward
+    assert cold_emulator[1:] == [("ssim_forward<float, 5, cussim::FORWARD_EXACT>",), ("ssim_backward<float, 5>",)]
+    cussim.dssim_with_gradient(x, y)  # rebuilds nothing
     cussim.ssim(x, y, win_size=7)
     cussim.ssim(*_images(np.float64))
-    assert cold_emulator[2:] == [("ssim_forward<float, 3>",), ("ssim_forward<double, 5>",)]
+    cussim.l1_dssim_loss(x, y)  # the L1 term in the block sums: its own forward
+    assert cold_emulator[3:] == [("ssim_forward<float, 3, cussim::FORWARD_VALUE>",),
+                                 ("ssim_forward<double, 5, cussim::FORWARD_VALUE>",),
+                                 ("ssim_forward<float, 5, cussim::FORWARD_L1>",)]
 
 
 def test_every_kernel_is_a_template():
@@ -67,8 +72,12 @@ def test_names_resolve_to_specialisations():
     every = _precompile.resolve([])
     assert len(every) == sum(len(_kernels.specialisations(f)) for f in _kernels.FAMILIES)
     assert _precompile.resolve(["ssim", "ssim_finish<float>"]) == _precompile.resolve(["ssim"])
-    pair = ["ssim_finish<float>", "ssim_forward<float, 5>"]
+    pair = ["ssim_finish<float>", "ssim_forward<float, 5, cussim::FORWARD_VALUE>"]
     assert _precompile.resolve(pair) == [("ssim", pair[0]), ("ssim", pair[1])]
+    every_option = _precompile.resolve(["ssim_forward<float, 5>"])  # a forward without options: all of them
+    assert [name for _, name in every_option] == [_kernels.forward_name("float", 5, *options)
+                                                  for options in _kernels.FORWARD_OPTIONS]
+    assert _precompile.resolve(["ssim_forward<float, 5>", pair[1]]) == every_option
     with pytest.raises(ValueError, match=r"unknown kernel 'ssim_forward<float,5>'.*--list"):
         _precompile.resolve(["ssim_forward<float,5>"])
 
