@@ -47,7 +47,7 @@ RADII = tuple(range(1, 8))  # window sizes 3 to 15
 
 def _ssim_specialisations():
     names = []
-    for kernel in ("ssim_forward", "ssim_backward"):
+    for kernel in ("ssim_forward", "ssim_backward", "msssim_backward"):
         for element in ELEMENT_TYPES:
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")

@@ -329,13 +329,14 @@ def _planned_launch(kernel, grid, block, args, laid_out, pointers):
 
 def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
              l1=0.0):
-    """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps.
+    """Launches ssim_backward (msssim_backward given ``plane_weights``): writes (or adds) d/dx into ``grad``
+    from forward's partial maps.
 
     ``l1``: adds ``l1 * sign(x - y)``, the gradient of the fused L1 term.
 
     MS-SSIM's extras: ``plane_weights`` (float64, one per plane) scale each
     plane's gradient; ``coarse`` (compute dtype, contiguous planes of the next
-    scale) adds the adjoint of ``variant``'s 2x2 mean.
+    scale; only with ``plane_weights``) adds the adjoint of ``variant``'s 2x2 mean.
     """
     pointers = (x, y, grad_maps, grad, plane_weights, coarse)
     key = ("backward", _signature(x), _signature(y), _signature(grad), plane_weights is None, coarse is None, params,
@@ -350,12 +351,14 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
     (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)], {"grad": grad})
     planes = outer * inner
     height, width = x.shape[-2:]
-    kernel = _kernels.get_kernel("ssim", f"ssim_backward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
+    # MS-SSIM's terms (plane weights, the coarse scale's adjoint) are a kernel of their own: ssim_backward has none
+    pyramid = () if plane_weights is None else (plane_weights, _null(xp) if coarse is None else coarse,
+                                                np.int32(MS_SSIM_VARIANT_CODES[variant]))
+    name = "msssim_backward" if pyramid else "ssim_backward"
+    kernel = _kernels.get_kernel("ssim", f"{name}<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
     args = (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
             np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
-            ctype.type(1.0 / params.data_range), _null(xp) if plane_weights is None else plane_weights,
-            _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1),
-            np.int32(bool(accumulate)))
+            ctype.type(1.0 / params.data_range), *pyramid, ctype.type(l1), np.int32(bool(accumulate)))
     return _planned_launch(kernel, (tiles(x.shape), min(planes, MAX_GRID_Y)), (TILE, TILE), args, (x, y), pointers)
 
 

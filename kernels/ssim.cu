@@ -14,14 +14,18 @@
 //   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
 //                        of the three partial maps, combined with x and y
 //                        (docs/spec.rst section 4), written or added into grad.
+//   msssim_backward<T, R> ssim_backward with MS-SSIM's terms: per-plane
+//                        weights and the adjoint of the next scale's 2x2 mean
+//                        (compiled only into this kernel, so ssim_backward
+//                        carries none of their code).
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double), for block sums that no forward finished
 //                        (MS-SSIM's per-image values, scikit-image's float64
 //                        mean).
 // MS-SSIM (docs/spec.rst section 6) reuses the forward (term TERM_CS gives the
-// contrast-structure map A2 / B2) and the backward (per-plane weights, and the
-// adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:
+// contrast-structure map A2 / B2) and the backward's body (msssim_backward),
+// plus:
 //   msssim_fold<C>       the adjoint of torchmetrics' whole-sample extension
 //                        of its last scale.
 //   msssim_downsample<T> one 2x2 mean of x and y, as a variant does it, into
@@ -581,17 +585,28 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
                                 reinterpret_cast<double*>(&rows[0][0][0]), tid);
 }
 
-template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backward(
+namespace cussim {
+
+// MS-SSIM's extras of a backward (msssim_backward): each plane's weight, and
+// the adjoint of the next scale's 2x2 mean of `variant` (coarse: contiguous
+// planes of the next scale's gradient; null at the last scale).
+template <class C> struct PyramidTerms {
+    const double* plane_weights;
+    const C* coarse;
+    int variant;
+};
+
+// The body of ssim_backward (MsSsim false: no pyramid terms at all) and of
+// msssim_backward (MsSsim true).
+template <class T, int R, bool MsSsim>
+__device__ inline void backward_planes(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
-    const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
-    typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
-    long long g_col, long long planes, long long inner_count, int height, int width, int padding,
-    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
-    const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
-    int variant, typename cussim::ComputeType<T>::type l1, int accumulate) {
-    using namespace cussim;
+    const typename ComputeType<T>::type* __restrict__ grad_maps, typename GradientType<T>::type* __restrict__ grad,
+    long long g_outer, long long g_inner, long long g_row, long long g_col, long long planes, long long inner_count,
+    int height, int width, int padding, const typename ComputeType<T>::type* __restrict__ taps,
+    typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
+    typename ComputeType<T>::type l1, int accumulate) {
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
     constexpr int kThreads = kTile * kTile;
@@ -696,8 +711,10 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
             const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
             const C xs = xv - own_shift[0], ds = (xv - yv) - own_shift[1];  // x' and d' at this tile's shifts
             C value = (b[0] + C(2) * (xs * b[1] + ds * b[2])) * inv_range;
-            if (plane_weights) value *= (C)plane_weights[p];
-            if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant);
+            if (MsSsim) {
+                value *= (C)pyramid.plane_weights[p];
+                if (pyramid.coarse) value += pooled_adjoint(pyramid.coarse, p, row, col, height, width, pyramid.variant);
+            }
             if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
             typename GradientType<T>::type* gp = grad + outer * g_outer + inner * g_inner + row * g_row + col * g_col;
             if (accumulate) value += (C)element_value(*gp);
@@ -705,6 +722,38 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
         }
         __syncthreads();  // the next plane overwrites the tiles
     }
+}
+
+}  // namespace cussim
+
+template <class T, int R>
+__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backward(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
+    typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
+    long long g_col, long long planes, long long inner_count, int height, int width, int padding,
+    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
+    typename cussim::ComputeType<T>::type l1, int accumulate) {
+    cussim::backward_planes<T, R, false>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
+                                         grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
+                                         width, padding, taps, inv_range, {nullptr, nullptr, 0}, l1, accumulate);
+}
+
+template <class T, int R>
+__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim_backward(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
+    typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
+    long long g_col, long long planes, long long inner_count, int height, int width, int padding,
+    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
+    const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
+    int variant, typename cussim::ComputeType<T>::type l1, int accumulate) {
+    cussim::backward_planes<T, R, true>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
+                                        grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
+                                        width, padding, taps, inv_range, {plane_weights, coarse, variant}, l1,
+                                        accumulate);
 }
 
 template <class O>
