@@ -30,6 +30,18 @@ Inside the march:
   upper bound: it includes code of options that a call skips by a branch
   (the gradient's partials in a value-only call, for example).
 
+The 2-D backward (``ssim_backward``) computes a taller tile, 16 columns by
+16 k rows, k rows per thread (k = 4 in float arithmetic, 1 in double:
+kernels/ssim.cu, ``BackwardTile``), and its strided loops are per warp: the
+tile load gives each warp every 8th halo row (16 k + 2R rows), the
+horizontal pass each warp four columns of every other 32 rows (warps 0 to 3
+rows lane, lane + 64, ..., warps 4 to 7 rows 32 + lane, ...). So its
+straight code counts once per k pixels, its tile load (16 k + 2R) / 8
+iterations per thread and its horizontal pass the mean of the two warp
+sets' ceil((16 k + 2R) / 64) and ceil((16 k + 2R - 32) / 64) (what each
+warp issues, idle lanes included), divided by k per pixel; a source
+iteration of its horizontal pass stores 12 values (4 columns of 3 maps).
+
 The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
 depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,
 16): the march runs c + 2R times, once per input plane, and each of its
@@ -91,10 +103,11 @@ class KernelCount:
     loops: tuple
     output: int = 0  # the 3-D kernels' output region (once per voxel)
     planes: float = 1.0  # planes the march filters per output plane: (c + 2R) / c for volumes
+    pixels: int = 1  # output pixels per thread and plane
 
     @property
     def per_pixel(self) -> float:
-        return (self.straight + sum(loop.per_pixel for loop in self.loops)) * self.planes + self.output
+        return ((self.straight + sum(loop.per_pixel for loop in self.loops)) * self.planes + self.output) / self.pixels
 
 
 def nvdisasm() -> str:
@@ -199,6 +212,22 @@ def _classify(opcodes, stores_per_iteration):
     return "horizontal pass", stores_per_iteration["horizontal pass"]
 
 
+def _geometry(name: str, halo_side: int):
+    """(output pixels per thread, {loop kind: source iterations per thread and plane}, {kind: shared stores per
+    source iteration}) of a kernel (see the module's docstring)."""
+    if name.startswith("ssim_backward<"):
+        rows = 1 if name.startswith("ssim_backward<double") else 4
+        halo_rows = TILE * rows + halo_side - TILE
+        # horizontal: warps 0-3 take rows lane, lane + 64, ..., warps 4-7 rows 32 + lane, 96 + lane, ...
+        horizontal = (-(-halo_rows // 64) + -(-(halo_rows - 32) // 64)) / 2
+        return rows, {"tile load": halo_rows / 8, "horizontal pass": horizontal}, \
+            {"tile load": 3, "horizontal pass": 12}
+    # the forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
+    forward = "_forward<" in name
+    return 1, {"tile load": halo_side * halo_side / THREADS, "horizontal pass": halo_side * TILE / THREADS}, \
+        {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
+
+
 def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
     """Instructions per pixel of one kernel, per voxel for a 3-D one that marches over ``chunk`` output planes
     (see the module's docstring for the method)."""
@@ -206,12 +235,7 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
     loops = _loops(function)
     march = _march(loops)
     inner = _children(march, loops)
-    planes_per_pixel_iterations = {"tile load": halo_side * halo_side / THREADS,
-                                   "horizontal pass": halo_side * TILE / THREADS}
-    # shared stores per source iteration: the forward stores x and y (tile) and five moments (rows);
-    # the backward three partial maps in each
-    forward = "_forward<" in name
-    stores = {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
+    pixels, planes_per_pixel_iterations, stores = _geometry(name, halo_side)
     cheapest = {}
     for head, end in inner:
         body = [op for address, op, _ in instructions if head <= address <= end]
@@ -226,7 +250,8 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
                 if march[0] <= address <= march[1] and not any(h <= address <= e for h, e in inner)]
     output = sum(first <= address <= last for address in straight)
     planes = (chunk + halo_side - TILE) / chunk if chunk else 1.0
-    return KernelCount(name, len(instructions), len(straight) - output, tuple(cheapest.values()), output, planes)
+    return KernelCount(name, len(instructions), len(straight) - output, tuple(cheapest.values()), output, planes,
+                       pixels)
 
 
 def main(argv=None) -> int:

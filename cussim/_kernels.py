@@ -51,6 +51,8 @@ def _ssim_specialisations():
         for element in ELEMENT_TYPES:
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")
+    # the backward that adds into grad (accumulate=True)
+    names += [f"ssim_backward<{element}, {radius}, cussim::GRAD_ADD>" for element in ELEMENT_TYPES for radius in RADII]
     names += [f"msssim_downsample<{element}>" for element in ELEMENT_TYPES]
     return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<256>", "msssim_fold<float>",
                            "msssim_fold<double>")

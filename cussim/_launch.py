@@ -57,9 +57,15 @@ def gradient_dtype(dtype) -> np.dtype:
     return GRADIENT_DTYPES.get(np.dtype(dtype), np.dtype(np.float32))
 
 
-def tiles(shape) -> int:
-    """Number of 16x16 tiles covering the last two axes of ``shape``."""
-    return -(-shape[-2] // TILE) * -(-shape[-1] // TILE)
+def tiles(shape, rows=TILE) -> int:
+    """Number of tiles of ``rows`` x 16 pixels covering the last two axes of ``shape``."""
+    return -(-shape[-2] // rows) * -(-shape[-1] // TILE)
+
+
+def backward_tile_rows(dtype) -> int:
+    """Rows of ssim_backward's tiles: 16 per output row of a thread (kernels/ssim.cu, BackwardTile), 4 in
+    float32 arithmetic, 1 in float64."""
+    return TILE * (1 if compute_dtype(dtype) == np.float64 else 4)
 
 
 @dataclass(frozen=True)
@@ -351,15 +357,20 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
     (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)], {"grad": grad})
     planes = outer * inner
     height, width = x.shape[-2:]
-    # MS-SSIM's terms (plane weights, the coarse scale's adjoint) are a kernel of their own: ssim_backward has none
-    pyramid = () if plane_weights is None else (plane_weights, _null(xp) if coarse is None else coarse,
-                                                np.int32(MS_SSIM_VARIANT_CODES[variant]))
-    name = "msssim_backward" if pyramid else "ssim_backward"
-    kernel = _kernels.get_kernel("ssim", f"{name}<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
+    element = ELEMENT_TYPES[np.dtype(x.dtype)]
+    if plane_weights is None:  # adding into grad is a template argument of ssim_backward (its default: writing)
+        name = f"ssim_backward<{element}, {params.radius}{', cussim::GRAD_ADD' if accumulate else ''}>"
+        tail = (ctype.type(l1),)
+    else:  # MS-SSIM's terms (plane weights, the coarse scale's adjoint) are a kernel of their own
+        name = f"msssim_backward<{element}, {params.radius}>"
+        tail = (plane_weights, _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES[variant]),
+                ctype.type(l1), np.int32(bool(accumulate)))
+    kernel = _kernels.get_kernel("ssim", name, x)
     args = (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
             np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
-            ctype.type(1.0 / params.data_range), *pyramid, ctype.type(l1), np.int32(bool(accumulate)))
-    return _planned_launch(kernel, (tiles(x.shape), min(planes, MAX_GRID_Y)), (TILE, TILE), args, (x, y), pointers)
+            ctype.type(1.0 / params.data_range), *tail)
+    grid = (tiles(x.shape, backward_tile_rows(x.dtype)), min(planes, MAX_GRID_Y))
+    return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 
 
 def finish(block_sums, out, *, per_output, count, a=0.0, b=1.0):

@@ -11,13 +11,16 @@
 //                        or the terms of scikit-image's formula. Given `out`,
 //                        the last block to finish writes the values as
 //                        ssim_finish does (finish_if_last): one launch.
-//   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
-//                        of the three partial maps, combined with x and y
-//                        (docs/spec.rst section 4), written or added into grad.
+//   ssim_backward<T, R, Store>  the gradient with respect to x: the adjoint
+//                        filter F^T of the three partial maps, combined with x
+//                        and y (docs/spec.rst section 4), written into grad
+//                        (Store GRAD_WRITE, the default) or added to it
+//                        (cussim::GRAD_ADD).
 //   msssim_backward<T, R> ssim_backward with MS-SSIM's terms: per-plane
 //                        weights and the adjoint of the next scale's 2x2 mean
 //                        (compiled only into this kernel, so ssim_backward
-//                        carries none of their code).
+//                        carries none of their code); written or added as its
+//                        `accumulate` says.
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double), for block sums that no forward finished
@@ -212,11 +215,11 @@ __device__ inline bool small_strides(long long row_stride, long long col_stride)
 }
 
 // P0 = dS/dmx' of moments shifted by kx (x) and kd = kx - ky (d = x - y), moved
-// to the shifts `own` (x's, d's): P0 + 2 (own_x - kx) P1 + 2 (own_d - kd) P2 (see
-// ssim_backward).
+// to the shifts (own_x, own_d): P0 + 2 (own_x - kx) P1 + 2 (own_d - kd) P2, given
+// the differences move_x = own_x - kx and move_d = own_d - kd (see backward_planes).
 template <class C>
-__device__ inline C moved_partial(const C (&p)[3], const C* own, C kx, C kd) {
-    return p[0] + C(2) * ((own[0] - kx) * p[1] + (own[1] - kd) * p[2]);
+__device__ inline C moved_partial(const C (&p)[3], C move_x, C move_d) {
+    return p[0] + C(2) * (move_x * p[1] + move_d * p[2]);
 }
 
 // What the forward writes into the three partial maps (the backward combines
@@ -596,9 +599,49 @@ template <class C> struct PyramidTerms {
     int variant;
 };
 
+// The backward's tile: a block of 16 x 16 threads computes 16 columns and
+// kHeight = 16 kRows rows of the gradient, kRows consecutive rows per thread
+// (4 in float arithmetic, 1 in double, whose tiles would pass the 48 KiB of
+// static shared memory), so that the vertical pass reuses each loaded value
+// for kRows outputs and the halo costs 2R rows per kHeight. Shared memory per
+// block: the halo tile (kHaloRows x kPitch, three maps), the horizontally
+// filtered rows (kHaloRows x kRowsPitch, three maps), the move table.
+//
+// Bank conflicts, by construction (4-byte elements: 32 banks of one word;
+// 8-byte elements are served per half-warp of 16 consecutive lanes, so the
+// same arguments hold for a half-warp):
+// - tile load: warp w stores halo row r = w + 8 i, lane = column: 32 (at most
+//   kHaloCols <= 32) consecutive words of one row.
+// - horizontal pass: warp w filters columns c = 4 (w % 4) .. c + 3, lane =
+//   halo row r = 32 (w / 4) + lane + 64 i; each read tile[q][r][c + j] and
+//   each store rows[q][r][c + o] of a warp is one column of 32 consecutive
+//   rows, and both pitches (kPitch, kRowsPitch) are odd, so the 32 rows fall
+//   in 32 different banks.
+// - vertical pass: lane l of warp w computes column l % 16 of the rows of
+//   group (w % 4) + 8 (w / 4) + 4 (l / 16); the two half-warps' groups are 4
+//   groups = 16 rows apart (kRows = 4 for 4-byte elements), and 16
+//   kRowsPitch = 16 * 17 = 16 mod 32: each read of a warp hits banks b..b+15
+//   and b+16..b+31.
+template <class C, int R> struct BackwardTile {
+    static constexpr int kRows = sizeof(C) == 4 ? 4 : 1;
+    static constexpr int kHeight = kTile * kRows;
+    static constexpr int kHaloRows = kHeight + 2 * R, kHaloCols = kTile + 2 * R;
+    static constexpr int kPitch = kHaloCols + 1, kRowsPitch = kTile + 1;  // odd
+    static constexpr int kHorizontalCols = 4;  // outputs per thread and row of the horizontal pass
+    // forward tiles whose shifts the halo can need (see backward_planes)
+    static constexpr int kMoveRows = 2 * kRows + 2, kMoveCols = 4;
+    static_assert(sizeof(C) != 4 || kRows == 4, "the vertical pass's bank argument is for 4 rows per thread");
+};
+
 // The body of ssim_backward (MsSsim false: no pyramid terms at all) and of
-// msssim_backward (MsSsim true).
-template <class T, int R, bool MsSsim>
+// msssim_backward (MsSsim true). Block (16, 16); grid (tiles of 16 columns and
+// BackwardTile<C, R>::kHeight rows covering the image, min(planes, 65535)).
+// Whether a backward writes the gradient or adds it to grad's values (a
+// template argument of ssim_backward: the adding version's read-modify-write
+// is compiled only where a call asks for it).
+enum GradientStore { GRAD_WRITE = 0, GRAD_ADD = 1 };
+
+template <class T, int R, bool MsSsim, int Store>
 __device__ inline void backward_planes(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
@@ -608,125 +651,178 @@ __device__ inline void backward_planes(
     typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
     typename ComputeType<T>::type l1, int accumulate) {
     using C = typename ComputeType<T>::type;
-    constexpr int kSide = kTile + 2 * R;
-    constexpr int kThreads = kTile * kTile;
-    __shared__ C tile[3][kSide][TilePitch<C, R>::value];  // g*Pmu, g*Pxx, g*Pdd around the tile
-    __shared__ C rows[3][kSide][kTile];
-    // The shifts (of x, of x - y) of the forward tiles under this tile's halo: 4 x 4
-    // from tile (shift_row, shift_col), which holds every map pixel the halo
-    // reads, reflected or not, for R <= 8 (a halo side of 16 + 2R <= 32 map
-    // pixels, whose reflections past the map's end land in the tile before).
-    // own_shift: this tile's shifts (of x, of x - y), the same for all its windows.
-    static_assert(R <= 8, "the shift table covers halos of R <= 8");
-    __shared__ C shifts[2][4][4];
-    __shared__ C own_shift[2];
+    using Shape = BackwardTile<C, R>;
+    constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
+    constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
+    constexpr int kWarps = kTile * kTile / 32;
+    static_assert(R <= 8, "the move table covers halos of R <= 8");
+    __shared__ C tile[3][kHaloRows][Shape::kPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
+    __shared__ C rows[3][kHaloRows][Shape::kRowsPitch];
+    // moves[0 or 1][i][j]: this tile's shift of x (of x - y) minus that of forward
+    // tile (base_row + i, base_col + j). The halo reads map rows of the forward
+    // tiles from (top >> 4) to (top + kHaloRows - 1) >> 4 and, reflected past the
+    // map's end, rows down to top + 2 - kHeight (the tile lies at or above the
+    // map's last row): from (top - kHeight) >> 4 on, at most 2 kRows + 2 tiles
+    // for 2R <= 16; columns likewise, 4 tiles.
+    __shared__ C moves[2][Shape::kMoveRows][Shape::kMoveCols];
+    __shared__ C own_shift[2];  // this tile's shifts (of x, of x - y), the same for all its windows
     __shared__ C weights[2 * R + 1];
 
-    const TileGeometry g = tile_geometry<R>(padding, height, width, false);
+    TileGeometry g = tile_geometry<R>(padding, height, width, false);
+    g.row *= kRows;  // tiles of kHeight rows
     const long long maps_size = planes * g.map_pixels;
-    const int tid = threadIdx.y * kTile + threadIdx.x;
+    const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
     // The window is symmetric, so the adjoint's flipped taps are the taps.
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
+    const int base_row = max((top - kHeight) >> 4, 0), base_col = max((left - kTile) >> 4, 0);
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w;
+    // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
+    const int out_col = lane & 15, first_row = kRows * ((warp & 3) + 8 * (warp >> 2) + 4 * (lane >> 4));
 
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long outer = p / inner_count, inner = p % inner_count;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
         const C* maps = grad_maps + p * g.map_pixels;
         // The partial maps are those of moments shifted by the forward tile's
-        // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd)
-        // = own_shift, the same for every window here,
+        // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd),
+        // the same for every window here,
         // dL/dx = F^T(P0 + 2 (bx - kx) P1 + 2 (bd - kd) P2) + 2 (x - bx) F^T(P1)
         // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
         // image is bright and flat.
-        const int shift_row = max(((g.row - R - g.offset) >> 4) - 1, 0);
-        const int shift_col = max(((g.col - R - g.offset) >> 4) - 1, 0);
-        if (tid < 17) {
-            const T* xp = x + outer * x_outer + inner * x_inner;
-            const T* yp = y + outer * y_outer + inner * y_inner;
-            const bool own = tid == 16;
-            const int row = own ? g.row : (shift_row + tid / 4) * kTile + g.offset;
-            const int col = own ? g.col : (shift_col + tid % 4) * kTile + g.offset;
+        if (tid < Shape::kMoveRows * Shape::kMoveCols) {
+            const int i = tid / Shape::kMoveCols, j = tid % Shape::kMoveCols;
+            const int own_row = g.row + kHeight / 2 - kTile / 2;  // tile_shift reads the pixel 8 further
+            const C bx = tile_shift(xp, x_row, x_col, own_row, g.col, height, width, inv_range);
+            const C by = tile_shift(yp, y_row, y_col, own_row, g.col, height, width, inv_range);
+            const int row = (base_row + i) * kTile + g.offset, col = (base_col + j) * kTile + g.offset;
             const C kx = tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
             const C ky = tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
-            *(own ? &own_shift[0] : &shifts[0][tid / 4][tid % 4]) = kx;
-            *(own ? &own_shift[1] : &shifts[1][tid / 4][tid % 4]) = kx - ky;
+            moves[0][i][j] = bx - kx;
+            moves[1][i][j] = (bx - by) - (kx - ky);
+            if (tid == 0) {
+                own_shift[0] = bx;
+                own_shift[1] = bx - by;
+            }
         }
         __syncthreads();
-        const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
-        if (halo_inside<R>(top, left, g.map_h, g.map_w) && small_strides<R>(g.map_w, 1)) {
-            // The fast path (most tiles): the halo inside the map, 32-bit offsets, no bounds test.
-            const C* m0 = maps + (long long)top * g.map_w + left;
-            const C* m1 = m0 + maps_size;
-            const C* m2 = m1 + maps_size;
+        if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
+            if (inside) {
+                // The fast path (most tiles): the halo inside the map, no bounds test.
+                const int j = ((left + lane) >> 4) - base_col;
+                const C* source = maps + (long long)(top + warp) * g.map_w + left + lane;
 #pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kThreads) {
-                const int r = k / kSide, c = k % kSide, at = r * g.map_w + c;
-                const int i = (top + r) / kTile - shift_row, j = (left + c) / kTile - shift_col;
-                const C value[3] = {m0[at], m1[at], m2[at]};
-                tile[0][r][c] = moved_partial(value, own_shift, shifts[0][i][j], shifts[1][i][j]);
-                tile[1][r][c] = value[1];
-                tile[2][r][c] = value[2];
-            }
-        } else {
-#pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kThreads) {
-                const int r = k / kSide, c = k % kSide;
-                int map_row = top + r, map_col = left + c;
-                bool inside = map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
+                for (int r = warp; r < kHaloRows; r += kWarps, source += kWarps * (long long)g.map_w) {
+                    const int i = ((top + r) >> 4) - base_row;
+                    const C value[3] = {source[0], source[maps_size], source[2 * maps_size]};
+                    tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    tile[1][r][lane] = value[1];
+                    tile[2][r][lane] = value[2];
+                }
+            } else {
+                int map_col = left + lane;
+                bool col_inside = map_col >= 0 && map_col < g.map_w;
                 if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
-                    map_row = reflect_index(map_row, g.map_h);
                     map_col = reflect_index(map_col, g.map_w);
-                    inside = true;
+                    col_inside = true;
                 }
-                C value[3] = {C(0), C(0), C(0)};
-                if (inside) {
-                    const long long at = (long long)map_row * g.map_w + map_col;
-                    for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
-                    // the shift of the forward tile that holds this map pixel
-                    const int i = map_row / kTile - shift_row, j = map_col / kTile - shift_col;
-                    value[0] = moved_partial(value, own_shift, shifts[0][i][j], shifts[1][i][j]);
+                const int j = (map_col >> 4) - base_col;  // the forward tile's column, where inside
+#pragma unroll 1
+                for (int r = warp; r < kHaloRows; r += kWarps) {
+                    int map_row = top + r;
+                    bool here = col_inside && map_row >= 0 && map_row < g.map_h;
+                    if (padding == PAD_REFLECT) {
+                        map_row = reflect_index(map_row, g.map_h);
+                        here = true;
+                    }
+                    C value[3] = {C(0), C(0), C(0)};
+                    if (here) {
+                        const long long at = (long long)map_row * g.map_w + map_col;
+                        for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
+                        const int i = (map_row >> 4) - base_row;
+                        value[0] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    }
+                    for (int q = 0; q < 3; ++q) tile[q][r][lane] = value[q];
                 }
-                for (int q = 0; q < 3; ++q) tile[q][r][c] = value[q];
             }
         }
         __syncthreads();
-        for (int k = tid; k < kSide * kTile; k += kThreads) {
-            const int r = k / kTile, c = k % kTile;
-            C b[3] = {0, 0, 0};
+        // Horizontal pass: warp w filters columns 4 (w % 4) .. 4 (w % 4) + 3 of the
+        // halo rows 32 (w / 4) + lane + 64 i, each loaded value serving up to 4 outputs.
+        constexpr int kCols = Shape::kHorizontalCols, kColGroups = kTile / kCols;
+        constexpr int kRowStride = 32 * (kWarps / kColGroups);
+#pragma unroll 1
+        for (int r = lane + 32 * (warp / kColGroups); r < kHaloRows; r += kRowStride) {
+            const int c = kCols * (warp % kColGroups);
+            C b[kCols][3];
 #pragma unroll
-            for (int t = 0; t <= 2 * R; ++t) {
-                const C w = weights[t];
+            for (int o = 0; o < kCols; ++o)
 #pragma unroll
-                for (int q = 0; q < 3; ++q) b[q] += w * tile[q][r][c + t];
+                for (int q = 0; q < 3; ++q) b[o][q] = C(0);
+#pragma unroll
+            for (int j = 0; j < 2 * R + kCols; ++j) {
+#pragma unroll
+                for (int q = 0; q < 3; ++q) {
+                    const C v = tile[q][r][c + j];
+#pragma unroll
+                    for (int o = 0; o < kCols; ++o)
+                        if (j >= o && j - o <= 2 * R) b[o][q] += weights[j - o] * v;
+                }
             }
-            for (int q = 0; q < 3; ++q) rows[q][r][c] = b[q];
+#pragma unroll
+            for (int q = 0; q < 3; ++q)
+#pragma unroll
+                for (int o = 0; o < kCols; ++o) rows[q][r][c + o] = b[o][q];
         }
         __syncthreads();
-        C b[3];
-        vertical_pass<C, R, 3>(rows, weights, b);
-        const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
-        if (row < height && col < width) {
-            const T* xp = x + outer * x_outer + inner * x_inner;
-            const T* yp = y + outer * y_outer + inner * y_inner;
-            const C xv = load_scaled(xp, x_row, x_col, row, col, height, width, PAD_SAME, inv_range);
-            const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
-            const C xs = xv - own_shift[0], ds = (xv - yv) - own_shift[1];  // x' and d' at this tile's shifts
-            C value = (b[0] + C(2) * (xs * b[1] + ds * b[2])) * inv_range;
-            if (MsSsim) {
-                value *= (C)pyramid.plane_weights[p];
-                if (pyramid.coarse) value += pooled_adjoint(pyramid.coarse, p, row, col, height, width, pyramid.variant);
+        // Vertical pass: kRows outputs per thread, each loaded value serving up to kRows of them.
+        C b[kRows][3];
+#pragma unroll
+        for (int i = 0; i < kRows; ++i)
+#pragma unroll
+            for (int q = 0; q < 3; ++q) b[i][q] = C(0);
+#pragma unroll
+        for (int j = 0; j < kRows + 2 * R; ++j) {
+#pragma unroll
+            for (int q = 0; q < 3; ++q) {
+                const C v = rows[q][first_row + j][out_col];
+#pragma unroll
+                for (int i = 0; i < kRows; ++i)
+                    if (j >= i && j - i <= 2 * R) b[i][q] += weights[j - i] * v;
             }
-            if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
-            typename GradientType<T>::type* gp = grad + outer * g_outer + inner * g_inner + row * g_row + col * g_col;
-            if (accumulate) value += (C)element_value(*gp);
-            store(gp, value);
         }
-        __syncthreads();  // the next plane overwrites the tiles
+        const int col = g.col + out_col;
+        const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
+        const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
+        typename GradientType<T>::type* gq =
+            grad + outer * g_outer + inner * g_inner + (long long)(g.row + first_row) * g_row + col * g_col;
+#pragma unroll
+        for (int i = 0; i < kRows; ++i, xq += x_row, yq += y_row, gq += g_row) {  // a pointer step per row
+            const int row = g.row + first_row + i;
+            if (row < height && col < width) {
+                const C xv = (C)element_value(*xq) * inv_range;
+                const C yv = (C)element_value(*yq) * inv_range;
+                const C xs = xv - own_shift[0], ds = (xv - yv) - own_shift[1];  // x' and d' at this tile's shifts
+                C value = (b[i][0] + C(2) * (xs * b[i][1] + ds * b[i][2])) * inv_range;
+                if (MsSsim) {
+                    value *= (C)pyramid.plane_weights[p];
+                    if (pyramid.coarse)
+                        value += pooled_adjoint(pyramid.coarse, p, row, col, height, width, pyramid.variant);
+                }
+                // d l1 |x - y| / dx, without a branch: adding 0 where l1 is 0 changes no value
+                value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));
+                if (Store == GRAD_ADD || accumulate) value += (C)element_value(*gq);
+                store(gq, value);
+            }
+        }
+        __syncthreads();  // the next plane overwrites the tiles and the moves
     }
 }
 
 }  // namespace cussim
 
-template <class T, int R>
+template <class T, int R, int Store = cussim::GRAD_WRITE>
 __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
@@ -734,10 +830,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
     typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
-    typename cussim::ComputeType<T>::type l1, int accumulate) {
-    cussim::backward_planes<T, R, false>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
-                                         grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
-                                         width, padding, taps, inv_range, {nullptr, nullptr, 0}, l1, accumulate);
+    typename cussim::ComputeType<T>::type l1) {
+    cussim::backward_planes<T, R, false, Store>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row,
+                                                y_col, grad_maps, grad, g_outer, g_inner, g_row, g_col, planes,
+                                                inner_count, height, width, padding, taps, inv_range,
+                                                {nullptr, nullptr, 0}, l1, 0);
 }
 
 template <class T, int R>
@@ -750,7 +847,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim_backw
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
     int variant, typename cussim::ComputeType<T>::type l1, int accumulate) {
-    cussim::backward_planes<T, R, true>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
+    cussim::backward_planes<T, R, true, cussim::GRAD_WRITE>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
                                         grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
                                         width, padding, taps, inv_range, {plane_weights, coarse, variant}, l1,
                                         accumulate);
