@@ -174,6 +174,13 @@ __device__ inline C tile_shift(const T* plane, long long row_stride, long long c
     return is_finite(k) ? k : C(0);
 }
 
+// tile_shift's value at element offset `at` of a plane: scaled, 0 where not finite.
+template <class T, class C>
+__device__ inline C shift_at(const T* plane, long long at, C inv_range) {
+    const C k = (C)element_value(plane[at]) * inv_range;
+    return is_finite(k) ? k : C(0);
+}
+
 template <class T, class C>
 __device__ inline C load_scaled(const T* plane, long long row_stride, long long col_stride, int row, int col,
                                 int height, int width, int padding, C inv_range) {
@@ -665,7 +672,8 @@ __device__ inline void backward_planes(
     // map's last row): from (top - kHeight) >> 4 on, at most 2 kRows + 2 tiles
     // for 2R <= 16; columns likewise, 4 tiles.
     __shared__ C moves[2][Shape::kMoveRows][Shape::kMoveCols];
-    __shared__ C own_shift[2];  // this tile's shifts (of x, of x - y), the same for all its windows
+    // the shifts (of x, of y) of those forward tiles, then this tile's own, the same for all its windows
+    __shared__ C shifts[2][Shape::kMoveRows * Shape::kMoveCols + 1];
     __shared__ C weights[2 * R + 1];
 
     TileGeometry g = tile_geometry<R>(padding, height, width, false);
@@ -676,12 +684,38 @@ __device__ inline void backward_planes(
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
     const int base_row = max((top - kHeight) >> 4, 0), base_col = max((left - kTile) >> 4, 0);
-    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w;
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w &&
+                        (long long)kHaloRows * g.map_w <= 0x7fffffffLL;  // the halo's offsets fit in 32 bits
     // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
     const int out_col = lane & 15, first_row = kRows * ((warp & 3) + 8 * (warp >> 2) + 4 * (lane >> 4));
+    // Thread t < 2 (kEntries + 1) reads one shift each plane: of x (of y, t > kEntries) at forward tile
+    // e = t % (kEntries + 1), or, e = kEntries, this tile's own at its centre; shift_offset is that
+    // pixel's element offset in its plane (tile_shift's pixel, 8 rows and columns past the first).
+    constexpr int kEntries = Shape::kMoveRows * Shape::kMoveCols;
+    long long shift_offset = 0;
+    {
+        const int e = tid % (kEntries + 1);
+        const bool own = e == kEntries;
+        const int row = min((own ? g.row + kHeight / 2 - kTile / 2 : (base_row + e / Shape::kMoveCols) * kTile +
+                             g.offset) + kTile / 2, height - 1);
+        const int col = min((own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset) + kTile / 2,
+                            width - 1);
+        shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
+    }
+    // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
+    // one (or reflects to one), and the column of the forward tile that holds it, there.
+    int map_col = left + lane;
+    bool col_inside = map_col >= 0 && map_col < g.map_w;
+    if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
+        map_col = reflect_index(map_col, g.map_w);
+        col_inside = true;
+    }
+    const int j = (map_col >> 4) - base_col;
 
+    // p = outer * inner_count + inner, stepped by gridDim.y without a division per plane
+    long long outer = blockIdx.y / inner_count, inner = blockIdx.y % inner_count;
+    const long long outer_step = gridDim.y / inner_count, inner_step = gridDim.y % inner_count;
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const long long outer = p / inner_count, inner = p % inner_count;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
         const C* maps = grad_maps + p * g.map_pixels;
@@ -691,43 +725,32 @@ __device__ inline void backward_planes(
         // dL/dx = F^T(P0 + 2 (bx - kx) P1 + 2 (bd - kd) P2) + 2 (x - bx) F^T(P1)
         // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
         // image is bright and flat.
-        if (tid < Shape::kMoveRows * Shape::kMoveCols) {
+        if (tid < 2 * (kEntries + 1))
+            shifts[tid > kEntries][tid % (kEntries + 1)] = shift_at(tid > kEntries ? yp : xp, shift_offset, inv_range);
+        __syncthreads();
+        const C own_x = shifts[0][kEntries], own_d = own_x - shifts[1][kEntries];
+        if (tid < kEntries) {
             const int i = tid / Shape::kMoveCols, j = tid % Shape::kMoveCols;
-            const int own_row = g.row + kHeight / 2 - kTile / 2;  // tile_shift reads the pixel 8 further
-            const C bx = tile_shift(xp, x_row, x_col, own_row, g.col, height, width, inv_range);
-            const C by = tile_shift(yp, y_row, y_col, own_row, g.col, height, width, inv_range);
-            const int row = (base_row + i) * kTile + g.offset, col = (base_col + j) * kTile + g.offset;
-            const C kx = tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
-            const C ky = tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
-            moves[0][i][j] = bx - kx;
-            moves[1][i][j] = (bx - by) - (kx - ky);
-            if (tid == 0) {
-                own_shift[0] = bx;
-                own_shift[1] = bx - by;
-            }
+            moves[0][i][j] = own_x - shifts[0][tid];
+            moves[1][i][j] = own_d - (shifts[0][tid] - shifts[1][tid]);
         }
         __syncthreads();
         if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
             if (inside) {
-                // The fast path (most tiles): the halo inside the map, no bounds test.
-                const int j = ((left + lane) >> 4) - base_col;
-                const C* source = maps + (long long)(top + warp) * g.map_w + left + lane;
+                // The fast path (most tiles): the halo inside the map, no bounds test,
+                // 32-bit offsets from the halo's first pixel in each map.
+                const C* m0 = maps + (long long)top * g.map_w + left + lane;
+                const C* m1 = m0 + maps_size;
+                const C* m2 = m1 + maps_size;
 #pragma unroll 1
-                for (int r = warp; r < kHaloRows; r += kWarps, source += kWarps * (long long)g.map_w) {
+                for (int r = warp, at = warp * g.map_w; r < kHaloRows; r += kWarps, at += kWarps * g.map_w) {
                     const int i = ((top + r) >> 4) - base_row;
-                    const C value[3] = {source[0], source[maps_size], source[2 * maps_size]};
+                    const C value[3] = {m0[at], m1[at], m2[at]};
                     tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
                 }
             } else {
-                int map_col = left + lane;
-                bool col_inside = map_col >= 0 && map_col < g.map_w;
-                if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
-                    map_col = reflect_index(map_col, g.map_w);
-                    col_inside = true;
-                }
-                const int j = (map_col >> 4) - base_col;  // the forward tile's column, where inside
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
                     int map_row = top + r;
@@ -803,7 +826,7 @@ __device__ inline void backward_planes(
             if (row < height && col < width) {
                 const C xv = (C)element_value(*xq) * inv_range;
                 const C yv = (C)element_value(*yq) * inv_range;
-                const C xs = xv - own_shift[0], ds = (xv - yv) - own_shift[1];  // x' and d' at this tile's shifts
+                const C xs = xv - own_x, ds = (xv - yv) - own_d;  // x' and d' at this tile's shifts
                 C value = (b[i][0] + C(2) * (xs * b[i][1] + ds * b[i][2])) * inv_range;
                 if (MsSsim) {
                     value *= (C)pyramid.plane_weights[p];
@@ -817,6 +840,12 @@ __device__ inline void backward_planes(
             }
         }
         __syncthreads();  // the next plane overwrites the tiles and the moves
+        outer += outer_step;
+        inner += inner_step;
+        if (inner >= inner_count) {
+            inner -= inner_count;
+            ++outer;
+        }
     }
 }
 
