@@ -467,15 +467,18 @@ __device__ inline MirrorSources mirror_sources(int t, int n, int margin) {
     return s;
 }
 
-// The adjoint of the 2x2 mean at pixel (row, col) of plane p: a quarter of
-// the coarse gradient (contiguous planes) per slot the pixel fills.
+// A pixel's row (column) as the adjoint of the 2x2 mean needs it: 4 times
+// the offset of its target's row (its target column) in the coarse plane,
+// plus the slots it fills (pooled_target).
+__device__ inline long long pooled_code(PooledTarget t, long long stride) { return 4 * t.index * stride + t.slots; }
+
+// The adjoint of the 2x2 mean at the pixel of codes (row_code, col_code): a
+// quarter of the coarse gradient (coarse_plane: the next scale's plane) per
+// slot the pixel fills.
 template <class C>
-__device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int col, int height, int width, int variant) {
-    const PooledTarget r = pooled_target(row, height, variant), c = pooled_target(col, width, variant);
-    if (r.slots == 0 || c.slots == 0) return C(0);
-    const int coarse_w = pooled_size(width, variant);
-    const long long plane_size = (long long)pooled_size(height, variant) * coarse_w;
-    return C(0.25) * C(r.slots * c.slots) * coarse[p * plane_size + (long long)r.index * coarse_w + c.index];
+__device__ inline C pooled_adjoint(const C* coarse_plane, long long row_code, int col_code) {
+    const int slots = (int)(row_code & 3) * (col_code & 3);
+    return slots == 0 ? C(0) : C(0.25) * C(slots) * coarse_plane[(row_code >> 2) + (col_code >> 2)];
 }
 
 }  // namespace cussim
@@ -638,6 +641,38 @@ template <class C, int R> struct BackwardTile {
     // forward tiles whose shifts the halo can need (see backward_planes)
     static constexpr int kMoveRows = 2 * kRows + 2, kMoveCols = 4;
     static_assert(sizeof(C) != 4 || kRows == 4, "the vertical pass's bank argument is for 4 rows per thread");
+    // static shared memory of a block, bounded above (the small tables: 2 KiB at most)
+    static constexpr int kSharedBytes = 3 * kHaloRows * (kPitch + kRowsPitch) * (int)sizeof(C) + 2048;
+};
+
+// Shared memory an SM gives its blocks, by architecture (the per-block 1 KiB
+// the driver reserves included): 96 KiB on sm_70/72, 64 KiB on sm_75, 164 KiB
+// on sm_80/87, 228 KiB on sm_90/100/101/103, 100 KiB on sm_86/89/120/121 and
+// on any other (the emulator ignores launch bounds).
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 700 || __CUDA_ARCH__ == 720)
+constexpr int kSharedPerSm = 96 * 1024;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 750
+constexpr int kSharedPerSm = 64 * 1024;
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 800 || __CUDA_ARCH__ == 870)
+constexpr int kSharedPerSm = 164 * 1024;
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900 || __CUDA_ARCH__ == 1000 || __CUDA_ARCH__ == 1010 || \
+                                 __CUDA_ARCH__ == 1030)
+constexpr int kSharedPerSm = 228 * 1024;
+#else
+constexpr int kSharedPerSm = 100 * 1024;
+#endif
+
+// Blocks per SM that ptxas must fit for the backward: MinBlocks, but no more
+// than an SM can hold at once by shared memory for the largest window the
+// library asks for (R = 7, win_size 15), whatever R: a register cap for more
+// blocks would buy no occupancy, only spills. 64 registers where 4 blocks fit,
+// as on sm_90 and sm_100; 80 on sm_80 (3 blocks), 128 on sm_70 and sm_120 (2).
+// MS-SSIM's backward (MsSsim) at most 3 blocks, 80 registers: its per-pixel
+// pyramid terms spilled a few bytes at 64 on sm_100.
+template <class T, bool MsSsim = false> struct BackwardMinBlocks {
+    static constexpr int fit = kSharedPerSm / (BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes + 1024);
+    static constexpr int most = MsSsim && fit > 3 ? 3 : fit;
+    static constexpr int value = MinBlocks<T>::value < most ? MinBlocks<T>::value : (most > 1 ? most : 1);
 };
 
 // The body of ssim_backward (MsSsim false: no pyramid terms at all) and of
@@ -688,6 +723,8 @@ __device__ inline void backward_planes(
                         (long long)kHaloRows * g.map_w <= 0x7fffffffLL;  // the halo's offsets fit in 32 bits
     // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
     const int out_col = lane & 15, first_row = kRows * ((warp & 3) + 8 * (warp >> 2) + 4 * (lane >> 4));
+    // how many of them lie in the image (one number, not kRows tests kept across the plane loop)
+    const int rows_here = g.col + out_col < width ? min(kRows, height - (g.row + first_row)) : 0;
     // Thread t < 2 (kEntries + 1) reads one shift each plane: of x (of y, t > kEntries) at forward tile
     // e = t % (kEntries + 1), or, e = kEntries, this tile's own at its centre; shift_offset is that
     // pixel's element offset in its plane (tile_shift's pixel, 8 rows and columns past the first).
@@ -711,6 +748,17 @@ __device__ inline void backward_planes(
         col_inside = true;
     }
     const int j = (map_col >> 4) - base_col;
+    // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
+    // and read per pixel (kept in registers across the plane loop, they spilled)
+    __shared__ long long pooled_rows[MsSsim ? kHeight : 1];  // pooled_code of each row
+    __shared__ int pooled_cols[MsSsim ? kTile : 1];          // and of each column
+    long long coarse_size = 0;
+    if (MsSsim) {
+        const int coarse_w = pooled_size(width, pyramid.variant);
+        if (tid < kHeight) pooled_rows[tid] = pooled_code(pooled_target(g.row + tid, height, pyramid.variant), coarse_w);
+        if (tid < kTile) pooled_cols[tid] = (int)pooled_code(pooled_target(g.col + tid, width, pyramid.variant), 1);
+        coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
+    }
 
     // p = outer * inner_count + inner, stepped by gridDim.y without a division per plane
     long long outer = blockIdx.y / inner_count, inner = blockIdx.y % inner_count;
@@ -719,6 +767,7 @@ __device__ inline void backward_planes(
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
         const C* maps = grad_maps + p * g.map_pixels;
+        const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
         // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd),
         // the same for every window here,
@@ -739,11 +788,12 @@ __device__ inline void backward_planes(
             if (inside) {
                 // The fast path (most tiles): the halo inside the map, no bounds test,
                 // 32-bit offsets from the halo's first pixel in each map.
-                const C* m0 = maps + (long long)top * g.map_w + left + lane;
+                const C* m0 = maps + (long long)top * g.map_w + left;  // the same for the whole block
                 const C* m1 = m0 + maps_size;
                 const C* m2 = m1 + maps_size;
 #pragma unroll 1
-                for (int r = warp, at = warp * g.map_w; r < kHaloRows; r += kWarps, at += kWarps * g.map_w) {
+                for (unsigned int r = warp, at = warp * g.map_w + lane; r < kHaloRows;
+                     r += kWarps, at += kWarps * g.map_w) {
                     const int i = ((top + r) >> 4) - base_row;
                     const C value[3] = {m0[at], m1[at], m2[at]};
                     tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
@@ -799,7 +849,13 @@ __device__ inline void backward_planes(
                 for (int o = 0; o < kCols; ++o) rows[q][r][c + o] = b[o][q];
         }
         __syncthreads();
-        // Vertical pass: kRows outputs per thread, each loaded value serving up to kRows of them.
+        // Vertical pass: kRows outputs per thread, each loaded value serving up to kRows of them;
+        // each row's gradient is finished as soon as its last tap is in (fewer live registers).
+        const int col = g.col + out_col;
+        const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
+        const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
+        typename GradientType<T>::type* gq =
+            grad + outer * g_outer + inner * g_inner + (long long)(g.row + first_row) * g_row + col * g_col;
         C b[kRows][3];
 #pragma unroll
         for (int i = 0; i < kRows; ++i)
@@ -814,16 +870,9 @@ __device__ inline void backward_planes(
                 for (int i = 0; i < kRows; ++i)
                     if (j >= i && j - i <= 2 * R) b[i][q] += weights[j - i] * v;
             }
-        }
-        const int col = g.col + out_col;
-        const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
-        const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
-        typename GradientType<T>::type* gq =
-            grad + outer * g_outer + inner * g_inner + (long long)(g.row + first_row) * g_row + col * g_col;
-#pragma unroll
-        for (int i = 0; i < kRows; ++i, xq += x_row, yq += y_row, gq += g_row) {  // a pointer step per row
-            const int row = g.row + first_row + i;
-            if (row < height && col < width) {
+            if (j < 2 * R) continue;
+            const int i = j - 2 * R;  // row i is complete
+            if (i < rows_here) {
                 const C xv = (C)element_value(*xq) * inv_range;
                 const C yv = (C)element_value(*yq) * inv_range;
                 const C xs = xv - own_x, ds = (xv - yv) - own_d;  // x' and d' at this tile's shifts
@@ -831,13 +880,16 @@ __device__ inline void backward_planes(
                 if (MsSsim) {
                     value *= (C)pyramid.plane_weights[p];
                     if (pyramid.coarse)
-                        value += pooled_adjoint(pyramid.coarse, p, row, col, height, width, pyramid.variant);
+                        value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
                 }
                 // d l1 |x - y| / dx, without a branch: adding 0 where l1 is 0 changes no value
                 value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));
                 if (Store == GRAD_ADD || accumulate) value += (C)element_value(*gq);
                 store(gq, value);
             }
+            xq += x_row;  // a pointer step per row
+            yq += y_row;
+            gq += g_row;
         }
         __syncthreads();  // the next plane overwrites the tiles and the moves
         outer += outer_step;
@@ -852,7 +904,7 @@ __device__ inline void backward_planes(
 }  // namespace cussim
 
 template <class T, int R, int Store = cussim::GRAD_WRITE>
-__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backward(
+__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T>::value) ssim_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
@@ -867,7 +919,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backwar
 }
 
 template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim_backward(
+__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, true>::value) msssim_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
