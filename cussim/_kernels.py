@@ -43,6 +43,18 @@ BASE_ARCHS = (70, 80, 90)
 # Template arguments of each kernel family, in C++ spelling.
 ELEMENT_TYPES = ("float", "double", "__half", "unsigned char", "unsigned short")
 RADII = tuple(range(1, 8))  # window sizes 3 to 15
+# ssim_backward's last template argument (kernels/ssim.cu, GradientTail), by its value: add into grad (bit 1),
+# the fused L1 term (bit 2); the first, writing without one, is the default and its names leave it out
+BACKWARD_TAILS = ("GRAD_WRITE", "GRAD_ADD", "GRAD_WRITE_L1", "GRAD_ADD_L1")
+
+
+def backward_name(element: str, radius: int, tail: int = 0) -> str:
+    """The name expression of ssim_backward for an element type, a radius and a tail (an index of BACKWARD_TAILS).
+
+    >>> backward_name("float", 5), backward_name("float", 5, 3)
+    ('ssim_backward<float, 5>', 'ssim_backward<float, 5, cussim::GRAD_ADD_L1>')
+    """
+    return f"ssim_backward<{element}, {radius}{f', cussim::{BACKWARD_TAILS[tail]}' if tail else ''}>"
 
 
 def _ssim_specialisations():
@@ -51,8 +63,9 @@ def _ssim_specialisations():
         for element in ELEMENT_TYPES:
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")
-    # the backward that adds into grad (accumulate=True)
-    names += [f"ssim_backward<{element}, {radius}, cussim::GRAD_ADD>" for element in ELEMENT_TYPES for radius in RADII]
+    # the backward's other tails: adding into grad (accumulate=True), the fused L1 term, both
+    names += [backward_name(element, radius, tail) for tail in range(1, len(BACKWARD_TAILS))
+              for element in ELEMENT_TYPES for radius in RADII]
     names += [f"msssim_downsample<{element}>" for element in ELEMENT_TYPES]
     return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<256>", "msssim_fold<float>",
                            "msssim_fold<double>")

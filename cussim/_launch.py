@@ -358,13 +358,15 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
     planes = outer * inner
     height, width = x.shape[-2:]
     element = ELEMENT_TYPES[np.dtype(x.dtype)]
-    if plane_weights is None:  # adding into grad is a template argument of ssim_backward (its default: writing)
-        name = f"ssim_backward<{element}, {params.radius}{', cussim::GRAD_ADD' if accumulate else ''}>"
+    if plane_weights is None:  # adding into grad and the L1 term are a template argument of ssim_backward
+        name = _kernels.backward_name(element, params.radius, int(bool(accumulate)) + 2 * int(l1 != 0))
         tail = (ctype.type(l1),)
+    elif l1:
+        raise ValueError("l1: MS-SSIM's backward has no L1 term; pass l1=0.0 with plane_weights")
     else:  # MS-SSIM's terms (plane weights, the coarse scale's adjoint) are a kernel of their own
         name = f"msssim_backward<{element}, {params.radius}>"
         tail = (plane_weights, _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES[variant]),
-                ctype.type(l1), np.int32(bool(accumulate)))
+                np.int32(bool(accumulate)))
     kernel = _kernels.get_kernel("ssim", name, x)
     args = (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
             np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),

@@ -11,16 +11,17 @@
 //                        or the terms of scikit-image's formula. Given `out`,
 //                        the last block to finish writes the values as
 //                        ssim_finish does (finish_if_last): one launch.
-//   ssim_backward<T, R, Store>  the gradient with respect to x: the adjoint
+//   ssim_backward<T, R, Tail>  the gradient with respect to x: the adjoint
 //                        filter F^T of the three partial maps, combined with x
 //                        and y (docs/spec.rst section 4), written into grad
-//                        (Store GRAD_WRITE, the default) or added to it
-//                        (cussim::GRAD_ADD).
+//                        (Tail GRAD_WRITE, the default) or added to it
+//                        (cussim::GRAD_ADD); GRAD_WRITE_L1 and GRAD_ADD_L1 add
+//                        the fused L1 term's l1 sign(x - y).
 //   msssim_backward<T, R> ssim_backward with MS-SSIM's terms: per-plane
 //                        weights and the adjoint of the next scale's 2x2 mean
 //                        (compiled only into this kernel, so ssim_backward
 //                        carries none of their code); written or added as its
-//                        `accumulate` says.
+//                        `accumulate` says; no L1 term.
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double), for block sums that no forward finished
@@ -678,12 +679,13 @@ template <class T, bool MsSsim = false> struct BackwardMinBlocks {
 // The body of ssim_backward (MsSsim false: no pyramid terms at all) and of
 // msssim_backward (MsSsim true). Block (16, 16); grid (tiles of 16 columns and
 // BackwardTile<C, R>::kHeight rows covering the image, min(planes, 65535)).
-// Whether a backward writes the gradient or adds it to grad's values (a
-// template argument of ssim_backward: the adding version's read-modify-write
-// is compiled only where a call asks for it).
-enum GradientStore { GRAD_WRITE = 0, GRAD_ADD = 1 };
+// What a backward's last step does (a template argument of ssim_backward, so
+// that each version's code is compiled only where a call asks for it): write
+// the gradient or add it to grad's values (bit 1), with the fused L1 term
+// l1 sign(x - y) or without (bit 2).
+enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3 };
 
-template <class T, int R, bool MsSsim, int Store>
+template <class T, int R, bool MsSsim, int Tail>
 __device__ inline void backward_planes(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
@@ -740,7 +742,8 @@ __device__ inline void backward_planes(
         shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
     }
     // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
-    // one (or reflects to one), and the column of the forward tile that holds it, there.
+    // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
+    // row of each halo row, or -1 for a row of zeros (for tiles whose halo leaves the map).
     int map_col = left + lane;
     bool col_inside = map_col >= 0 && map_col < g.map_w;
     if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
@@ -748,6 +751,12 @@ __device__ inline void backward_planes(
         col_inside = true;
     }
     const int j = (map_col >> 4) - base_col;
+    __shared__ int halo_rows[kHaloRows];
+    if (tid < kHaloRows) {
+        const int map_row = top + tid;
+        halo_rows[tid] = padding == PAD_REFLECT ? reflect_index(map_row, g.map_h)
+                                                : (map_row >= 0 && map_row < g.map_h ? map_row : -1);
+    }
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
     __shared__ long long pooled_rows[MsSsim ? kHeight : 1];  // pooled_code of each row
@@ -803,14 +812,9 @@ __device__ inline void backward_planes(
             } else {
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
-                    int map_row = top + r;
-                    bool here = col_inside && map_row >= 0 && map_row < g.map_h;
-                    if (padding == PAD_REFLECT) {
-                        map_row = reflect_index(map_row, g.map_h);
-                        here = true;
-                    }
+                    const int map_row = halo_rows[r];
                     C value[3] = {C(0), C(0), C(0)};
-                    if (here) {
+                    if (col_inside && map_row >= 0) {
                         const long long at = (long long)map_row * g.map_w + map_col;
                         for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
                         const int i = (map_row >> 4) - base_row;
@@ -882,9 +886,8 @@ __device__ inline void backward_planes(
                     if (pyramid.coarse)
                         value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
                 }
-                // d l1 |x - y| / dx, without a branch: adding 0 where l1 is 0 changes no value
-                value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));
-                if (Store == GRAD_ADD || accumulate) value += (C)element_value(*gq);
+                if (Tail & GRAD_WRITE_L1) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
+                if ((Tail & GRAD_ADD) || accumulate) value += (C)element_value(*gq);
                 store(gq, value);
             }
             xq += x_row;  // a pointer step per row
@@ -903,7 +906,7 @@ __device__ inline void backward_planes(
 
 }  // namespace cussim
 
-template <class T, int R, int Store = cussim::GRAD_WRITE>
+template <class T, int R, int Tail = cussim::GRAD_WRITE>
 __global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T>::value) ssim_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
@@ -912,7 +915,7 @@ __global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T>::value) ssim
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type l1) {
-    cussim::backward_planes<T, R, false, Store>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row,
+    cussim::backward_planes<T, R, false, Tail>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row,
                                                 y_col, grad_maps, grad, g_outer, g_inner, g_row, g_col, planes,
                                                 inner_count, height, width, padding, taps, inv_range,
                                                 {nullptr, nullptr, 0}, l1, 0);
@@ -927,11 +930,11 @@ __global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, true>::value
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
-    int variant, typename cussim::ComputeType<T>::type l1, int accumulate) {
-    cussim::backward_planes<T, R, true, cussim::GRAD_WRITE>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
-                                        grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
-                                        width, padding, taps, inv_range, {plane_weights, coarse, variant}, l1,
-                                        accumulate);
+    int variant, int accumulate) {
+    cussim::backward_planes<T, R, true, cussim::GRAD_WRITE>(
+        x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col, grad_maps, grad, g_outer, g_inner, g_row,
+        g_col, planes, inner_count, height, width, padding, taps, inv_range, {plane_weights, coarse, variant},
+        typename cussim::ComputeType<T>::type(0), accumulate);
 }
 
 template <class O>
