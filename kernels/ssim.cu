@@ -224,10 +224,11 @@ __device__ inline bool small_strides(long long row_stride, long long col_stride)
 
 // P0 = dS/dmx' of moments shifted by kx (x) and kd = kx - ky (d = x - y), moved
 // to the shifts (own_x, own_d): P0 + 2 (own_x - kx) P1 + 2 (own_d - kd) P2, given
-// the differences move_x = own_x - kx and move_d = own_d - kd (see backward_planes).
+// the doubled differences move_x = 2 (own_x - kx) and move_d = 2 (own_d - kd)
+// (see backward_planes).
 template <class C>
 __device__ inline C moved_partial(const C (&p)[3], C move_x, C move_d) {
-    return p[0] + C(2) * (move_x * p[1] + move_d * p[2]);
+    return p[0] + move_x * p[1] + move_d * p[2];
 }
 
 // What the forward writes into the three partial maps (the backward combines
@@ -720,9 +721,9 @@ __device__ inline void backward_planes(
     // The window is symmetric, so the adjoint's flipped taps are the taps.
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
+    const C twice_inv_range = C(2) * inv_range;
     const int base_row = max((top - kHeight) >> 4, 0), base_col = max((left - kTile) >> 4, 0);
-    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w &&
-                        (long long)kHaloRows * g.map_w <= 0x7fffffffLL;  // the halo's offsets fit in 32 bits
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w;
     // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
     const int out_col = lane & 15, first_row = kRows * ((warp & 3) + 8 * (warp >> 2) + 4 * (lane >> 4));
     // how many of them lie in the image (one number, not kRows tests kept across the plane loop)
@@ -786,25 +787,25 @@ __device__ inline void backward_planes(
         if (tid < 2 * (kEntries + 1))
             shifts[tid > kEntries][tid % (kEntries + 1)] = shift_at(tid > kEntries ? yp : xp, shift_offset, inv_range);
         __syncthreads();
-        const C own_x = shifts[0][kEntries], own_d = own_x - shifts[1][kEntries];
+        // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
+        const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
         if (tid < kEntries) {
             const int i = tid / Shape::kMoveCols, j = tid % Shape::kMoveCols;
-            moves[0][i][j] = own_x - shifts[0][tid];
-            moves[1][i][j] = own_d - (shifts[0][tid] - shifts[1][tid]);
+            moves[0][i][j] = own_x - C(2) * shifts[0][tid];
+            moves[1][i][j] = own_d - C(2) * (shifts[0][tid] - shifts[1][tid]);
         }
         __syncthreads();
         if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
             if (inside) {
-                // The fast path (most tiles): the halo inside the map, no bounds test,
-                // 32-bit offsets from the halo's first pixel in each map.
-                const C* m0 = maps + (long long)top * g.map_w + left;  // the same for the whole block
+                // The fast path (most tiles): the halo inside the map, no bounds test.
+                const C* m0 = maps + (long long)(top + warp) * g.map_w + left + lane;
                 const C* m1 = m0 + maps_size;
                 const C* m2 = m1 + maps_size;
+                const long long step = kWarps * (long long)g.map_w;
 #pragma unroll 1
-                for (unsigned int r = warp, at = warp * g.map_w + lane; r < kHaloRows;
-                     r += kWarps, at += kWarps * g.map_w) {
+                for (int r = warp; r < kHaloRows; r += kWarps, m0 += step, m1 += step, m2 += step) {
                     const int i = ((top + r) >> 4) - base_row;
-                    const C value[3] = {m0[at], m1[at], m2[at]};
+                    const C value[3] = {*m0, *m1, *m2};
                     tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
@@ -877,10 +878,10 @@ __device__ inline void backward_planes(
             if (j < 2 * R) continue;
             const int i = j - 2 * R;  // row i is complete
             if (i < rows_here) {
-                const C xv = (C)element_value(*xq) * inv_range;
-                const C yv = (C)element_value(*yq) * inv_range;
-                const C xs = xv - own_x, ds = (xv - yv) - own_d;  // x' and d' at this tile's shifts
-                C value = (b[i][0] + C(2) * (xs * b[i][1] + ds * b[i][2])) * inv_range;
+                // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
+                const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
+                const C twice_x = xv * twice_inv_range - own_x, twice_d = (xv - yv) * twice_inv_range - own_d;
+                C value = (b[i][0] + twice_x * b[i][1] + twice_d * b[i][2]) * inv_range;
                 if (MsSsim) {
                     value *= (C)pyramid.plane_weights[p];
                     if (pyramid.coarse)
