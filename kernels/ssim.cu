@@ -43,22 +43,23 @@
 //
 // Launch shapes: forward and backward take block (16, 16) and grid
 // (tiles_h * tiles_w, min(planes, 65535)), the tiles covering the map
-// (forward) or the image (backward); blocks loop over planes, so any number
-// of planes works. ssim_finish and msssim_combine take block (256) and one
+// (forward, 16 x 16 tiles) or the image (backward, 16 columns by
+// BackwardTile::kHeight rows: 64 in float arithmetic, 16 in double); blocks
+// loop over planes, so any number of planes works. ssim_finish and msssim_combine take block (256) and one
 // block per output (per image); msssim_downsample any 1-D launch.
 // Every image array is addressed by element strides (int64): plane
 // p = outer * inner_count + inner, then row and column; a stride of 0
 // broadcasts (one reference image for a whole batch). Workspace arrays
 // (the partial maps, three planes x map blocks; the block sums) are contiguous.
 //
-// Per block, the (16+2R)^2 halo tile goes to shared memory, a horizontal pass
-// filters each tile row, and a vertical pass finishes the filter in
-// registers. Zero padding ("same"), the valid interior ("valid") or
+// Per block, the halo tile ((16+2R)^2 forward, (kHeight+2R) x (16+2R)
+// backward) goes to shared memory, a horizontal pass filters each tile row,
+// and a vertical pass finishes the filter in registers. Zero padding ("same"), the valid interior ("valid") or
 // half-sample reflection ("reflect") decide what the halo holds. The tile is
 // stored shifted by its centre pixel (tile_shift), so float32 variances of
 // flat, bright regions keep their digits (see ssim_pixel); the partial maps
 // are those of the shifted moments, and the backward moves them to its own
-// tile's shift, so that the gradient keeps its digits too (see ssim_backward).
+// tile's shift, so that the gradient keeps its digits too (see backward_planes).
 //
 // This file compiles unchanged with NVRTC and, for the CPU emulator, with g++
 // after cuda_emulator.h; it includes no header.
@@ -677,15 +678,15 @@ template <class T, bool MsSsim = false> struct BackwardMinBlocks {
     static constexpr int value = MinBlocks<T>::value < most ? MinBlocks<T>::value : (most > 1 ? most : 1);
 };
 
-// The body of ssim_backward (MsSsim false: no pyramid terms at all) and of
-// msssim_backward (MsSsim true). Block (16, 16); grid (tiles of 16 columns and
-// BackwardTile<C, R>::kHeight rows covering the image, min(planes, 65535)).
 // What a backward's last step does (a template argument of ssim_backward, so
 // that each version's code is compiled only where a call asks for it): write
 // the gradient or add it to grad's values (bit 1), with the fused L1 term
 // l1 sign(x - y) or without (bit 2).
 enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3 };
 
+// The body of ssim_backward (MsSsim false: no pyramid terms at all) and of
+// msssim_backward (MsSsim true). Block (16, 16); grid (tiles of 16 columns and
+// BackwardTile<C, R>::kHeight rows covering the image, min(planes, 65535)).
 template <class T, int R, bool MsSsim, int Tail>
 __device__ inline void backward_planes(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
@@ -703,8 +704,8 @@ __device__ inline void backward_planes(
     static_assert(R <= 8, "the move table covers halos of R <= 8");
     __shared__ C tile[3][kHaloRows][Shape::kPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
     __shared__ C rows[3][kHaloRows][Shape::kRowsPitch];
-    // moves[0 or 1][i][j]: this tile's shift of x (of x - y) minus that of forward
-    // tile (base_row + i, base_col + j). The halo reads map rows of the forward
+    // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
+    // forward tile (base_row + i, base_col + j). The halo reads map rows of the forward
     // tiles from (top >> 4) to (top + kHaloRows - 1) >> 4 and, reflected past the
     // map's end, rows down to top + 2 - kHeight (the tile lies at or above the
     // map's last row): from (top - kHeight) >> 4 on, at most 2 kRows + 2 tiles
@@ -765,7 +766,8 @@ __device__ inline void backward_planes(
     long long coarse_size = 0;
     if (MsSsim) {
         const int coarse_w = pooled_size(width, pyramid.variant);
-        if (tid < kHeight) pooled_rows[tid] = pooled_code(pooled_target(g.row + tid, height, pyramid.variant), coarse_w);
+        if (tid < kHeight)
+            pooled_rows[tid] = pooled_code(pooled_target(g.row + tid, height, pyramid.variant), coarse_w);
         if (tid < kTile) pooled_cols[tid] = (int)pooled_code(pooled_target(g.col + tid, width, pyramid.variant), 1);
         coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
     }
