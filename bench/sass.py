@@ -99,7 +99,7 @@ class Loop:
 class KernelCount:
     name: str
     total: int  # static instructions of the whole kernel
-    straight: int  # march instructions outside the strided loops and the output region (once per plane)
+    straight: int  # march instructions outside the strided loops and the output region (once per thread and plane)
     loops: tuple
     output: int = 0  # the 3-D kernels' output region (once per voxel)
     planes: float = 1.0  # planes the march filters per output plane: (c + 2R) / c for volumes
@@ -107,7 +107,7 @@ class KernelCount:
 
     @property
     def per_pixel(self) -> float:
-        return ((self.straight + sum(loop.per_pixel for loop in self.loops)) * self.planes + self.output) / self.pixels
+        return (self.straight / self.pixels + sum(loop.per_pixel for loop in self.loops)) * self.planes + self.output
 
 
 def nvdisasm() -> str:
@@ -242,7 +242,7 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
         kind, per_store = _classify(body, stores)
         sts = sum(op.startswith("STS") for op in body)
         per_iteration = len(body) * per_store / max(sts, 1)
-        loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind])
+        loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind] / pixels)
         if kind not in cheapest or loop.per_pixel < cheapest[kind].per_pixel:
             cheapest[kind] = loop
     first, last = _output_region(function, march, inner) if chunk else (0, -1)
@@ -269,13 +269,13 @@ def main(argv=None) -> int:
         rows += [count(name, functions[name], TILE + 2 * args.radius, chunk) for name in names]
     print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
           f"(voxel for ssim3d, depth chunk {DEPTH_CHUNK}; python -m bench.sass; method in bench/sass.py)")
-    print(f"{'kernel':<36} {'per pixel':>9} {'straight':>9} {'output':>7} {'planes':>7} "
+    print(f"{'kernel':<36} {'per pixel':>9} {'straight':>9} {'pixels':>6} {'output':>7} {'planes':>7} "
           f"{'loop (body, per iteration, per pixel)':>40} {'static':>7}")
     for c in rows:
         loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
                           for loop in c.loops)
-        print(f"{c.name:<36} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
-              f"{c.total:>7}")
+        print(f"{c.name:<36} {c.per_pixel:>9.0f} {c.straight:>9} {c.pixels:>6} {c.output:>7} {c.planes:>7.3f} "
+              f"{loops:>40} {c.total:>7}")
     return 0
 
 
