@@ -44,8 +44,10 @@ BASE_ARCHS = (70, 80, 90)
 ELEMENT_TYPES = ("float", "double", "__half", "unsigned char", "unsigned short")
 RADII = tuple(range(1, 8))  # window sizes 3 to 15
 # ssim_backward's last template argument (kernels/ssim.cu, GradientTail), by its value: add into grad (bit 1),
-# the fused L1 term (bit 2); the first, writing without one, is the default and its names leave it out
-BACKWARD_TAILS = ("GRAD_WRITE", "GRAD_ADD", "GRAD_WRITE_L1", "GRAD_ADD_L1")
+# the fused L1 term (bit 2), or MS-SSIM's terms (4); the first, writing without any, is the default and its
+# names leave it out
+BACKWARD_TAILS = ("GRAD_WRITE", "GRAD_ADD", "GRAD_WRITE_L1", "GRAD_ADD_L1", "GRAD_MSSSIM")
+MSSSIM_TAIL = BACKWARD_TAILS.index("GRAD_MSSSIM")
 
 
 def backward_name(element: str, radius: int, tail: int = 0) -> str:
@@ -59,11 +61,11 @@ def backward_name(element: str, radius: int, tail: int = 0) -> str:
 
 def _ssim_specialisations():
     names = []
-    for kernel in ("ssim_forward", "ssim_backward", "msssim_backward"):
+    for kernel in ("ssim_forward", "ssim_backward"):
         for element in ELEMENT_TYPES:
             for radius in RADII:
                 names.append(f"{kernel}<{element}, {radius}>")
-    # the backward's other tails: adding into grad (accumulate=True), the fused L1 term, both
+    # the backward's other tails: adding into grad (accumulate=True), the fused L1 term, both, MS-SSIM's terms
     names += [backward_name(element, radius, tail) for tail in range(1, len(BACKWARD_TAILS))
               for element in ELEMENT_TYPES for radius in RADII]
     names += [f"msssim_downsample<{element}>" for element in ELEMENT_TYPES]

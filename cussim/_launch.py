@@ -335,8 +335,7 @@ def _planned_launch(kernel, grid, block, args, laid_out, pointers):
 
 def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
              l1=0.0):
-    """Launches ssim_backward (msssim_backward given ``plane_weights``): writes (or adds) d/dx into ``grad``
-    from forward's partial maps.
+    """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps.
 
     ``l1``: adds ``l1 * sign(x - y)``, the gradient of the fused L1 term.
 
@@ -357,20 +356,19 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
     (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)], {"grad": grad})
     planes = outer * inner
     height, width = x.shape[-2:]
-    element = ELEMENT_TYPES[np.dtype(x.dtype)]
-    if plane_weights is None:  # adding into grad and the L1 term are a template argument of ssim_backward
-        name = _kernels.backward_name(element, params.radius, int(bool(accumulate)) + 2 * int(l1 != 0))
-        tail = (ctype.type(l1),)
+    if plane_weights is None:  # adding into grad and the L1 term are a template argument (a tail)
+        tail = int(bool(accumulate)) + 2 * int(l1 != 0)
     elif l1:
         raise ValueError("l1: MS-SSIM's backward has no L1 term; pass l1=0.0 with plane_weights")
-    else:  # MS-SSIM's terms (plane weights, the coarse scale's adjoint) are a kernel of their own
-        name = f"msssim_backward<{element}, {params.radius}>"
-        tail = (plane_weights, _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES[variant]),
-                np.int32(bool(accumulate)))
+    else:  # MS-SSIM's terms (plane weights, the coarse scale's adjoint): a tail of their own
+        tail = _kernels.MSSSIM_TAIL
+    name = _kernels.backward_name(ELEMENT_TYPES[np.dtype(x.dtype)], params.radius, tail)
     kernel = _kernels.get_kernel("ssim", name, x)
     args = (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
             np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
-            ctype.type(1.0 / params.data_range), *tail)
+            ctype.type(1.0 / params.data_range), ctype.type(l1), _null(xp) if plane_weights is None else plane_weights,
+            _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)),
+            np.int32(bool(accumulate)))
     grid = (tiles(x.shape, backward_tile_rows(x.dtype)), min(planes, MAX_GRID_Y))
     return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 

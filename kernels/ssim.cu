@@ -16,20 +16,17 @@
 //                        and y (docs/spec.rst section 4), written into grad
 //                        (Tail GRAD_WRITE, the default) or added to it
 //                        (cussim::GRAD_ADD); GRAD_WRITE_L1 and GRAD_ADD_L1 add
-//                        the fused L1 term's l1 sign(x - y).
-//   msssim_backward<T, R> ssim_backward with MS-SSIM's terms: per-plane
-//                        weights and the adjoint of the next scale's 2x2 mean
-//                        (compiled only into this kernel, so ssim_backward
-//                        carries none of their code); written or added as its
-//                        `accumulate` says; no L1 term.
+//                        the fused L1 term's l1 sign(x - y); GRAD_MSSSIM adds
+//                        MS-SSIM's terms (per-plane weights, the adjoint of the
+//                        next scale's 2x2 mean). Each tail's code is compiled
+//                        only into its own specialisation (GradientTail).
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double), for block sums that no forward finished
 //                        (MS-SSIM's per-image values, scikit-image's float64
 //                        mean).
 // MS-SSIM (docs/spec.rst section 6) reuses the forward (term TERM_CS gives the
-// contrast-structure map A2 / B2) and the backward's body (msssim_backward),
-// plus:
+// contrast-structure map A2 / B2) and the backward (tail GRAD_MSSSIM), plus:
 //   msssim_fold<C>       the adjoint of torchmetrics' whole-sample extension
 //                        of its last scale.
 //   msssim_downsample<T> one 2x2 mean of x and y, as a variant does it, into
@@ -603,7 +600,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
 
 namespace cussim {
 
-// MS-SSIM's extras of a backward (msssim_backward): each plane's weight, and
+// MS-SSIM's extras of a backward (GRAD_MSSSIM): each plane's weight, and
 // the adjoint of the next scale's 2x2 mean of `variant` (coarse: contiguous
 // planes of the next scale's gradient; null at the last scale).
 template <class C> struct PyramidTerms {
@@ -670,24 +667,37 @@ constexpr int kSharedPerSm = 100 * 1024;
 // library asks for (R = 7, win_size 15), whatever R: a register cap for more
 // blocks would buy no occupancy, only spills. 64 registers where 4 blocks fit,
 // as on sm_90 and sm_100; 80 on sm_80 (3 blocks), 128 on sm_70 and sm_120 (2).
-// MS-SSIM's backward (MsSsim) at most 3 blocks, 80 registers: its per-pixel
-// pyramid terms spilled a few bytes at 64 on sm_100.
+// MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80 registers: its
+// per-pixel pyramid terms spilled a few bytes at 64 on sm_100.
 template <class T, bool MsSsim = false> struct BackwardMinBlocks {
     static constexpr int fit = kSharedPerSm / (BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes + 1024);
     static constexpr int most = MsSsim && fit > 3 ? 3 : fit;
     static constexpr int value = MinBlocks<T>::value < most ? MinBlocks<T>::value : (most > 1 ? most : 1);
 };
 
+// Register blocking: value j (of Q quantities) of a line, loaded once, goes
+// into each of the N consecutive outputs o that takes it as tap j - o of the
+// 2R + 1 (taps in ascending order per output, as one output at a time).
+template <class C, int R, int N, int Q>
+__device__ inline void add_tap(C (&out)[N][Q], int j, const C (&v)[Q], const C* weights) {
+#pragma unroll
+    for (int o = 0; o < N; ++o)
+#pragma unroll
+        for (int q = 0; q < Q; ++q)
+            if (j >= o && j - o <= 2 * R) out[o][q] += weights[j - o] * v[q];
+}
+
 // What a backward's last step does (a template argument of ssim_backward, so
 // that each version's code is compiled only where a call asks for it): write
 // the gradient or add it to grad's values (bit 1), with the fused L1 term
-// l1 sign(x - y) or without (bit 2).
-enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3 };
+// l1 sign(x - y) or without (bit 2); or, GRAD_MSSSIM, with MS-SSIM's terms
+// (per-plane weights, the adjoint of the next scale's 2x2 mean), written or
+// added as the `accumulate` argument says (the others ignore it and those terms).
+enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3, GRAD_MSSSIM = 4 };
 
-// The body of ssim_backward (MsSsim false: no pyramid terms at all) and of
-// msssim_backward (MsSsim true). Block (16, 16); grid (tiles of 16 columns and
+// The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
 // BackwardTile<C, R>::kHeight rows covering the image, min(planes, 65535)).
-template <class T, int R, bool MsSsim, int Tail>
+template <class T, int R, int Tail>
 __device__ inline void backward_planes(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
@@ -698,6 +708,7 @@ __device__ inline void backward_planes(
     typename ComputeType<T>::type l1, int accumulate) {
     using C = typename ComputeType<T>::type;
     using Shape = BackwardTile<C, R>;
+    constexpr bool MsSsim = Tail == GRAD_MSSSIM;
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
     constexpr int kWarps = kTile * kTile / 32;
@@ -835,20 +846,11 @@ __device__ inline void backward_planes(
 #pragma unroll 1
         for (int r = lane + 32 * (warp / kColGroups); r < kHaloRows; r += kRowStride) {
             const int c = kCols * (warp % kColGroups);
-            C b[kCols][3];
-#pragma unroll
-            for (int o = 0; o < kCols; ++o)
-#pragma unroll
-                for (int q = 0; q < 3; ++q) b[o][q] = C(0);
+            C b[kCols][3] = {};
 #pragma unroll
             for (int j = 0; j < 2 * R + kCols; ++j) {
-#pragma unroll
-                for (int q = 0; q < 3; ++q) {
-                    const C v = tile[q][r][c + j];
-#pragma unroll
-                    for (int o = 0; o < kCols; ++o)
-                        if (j >= o && j - o <= 2 * R) b[o][q] += weights[j - o] * v;
-                }
+                const C v[3] = {tile[0][r][c + j], tile[1][r][c + j], tile[2][r][c + j]};
+                add_tap<C, R>(b, j, v, weights);
             }
 #pragma unroll
             for (int q = 0; q < 3; ++q)
@@ -863,20 +865,12 @@ __device__ inline void backward_planes(
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
         typename GradientType<T>::type* gq =
             grad + outer * g_outer + inner * g_inner + (long long)(g.row + first_row) * g_row + col * g_col;
-        C b[kRows][3];
-#pragma unroll
-        for (int i = 0; i < kRows; ++i)
-#pragma unroll
-            for (int q = 0; q < 3; ++q) b[i][q] = C(0);
+        C b[kRows][3] = {};
 #pragma unroll
         for (int j = 0; j < kRows + 2 * R; ++j) {
-#pragma unroll
-            for (int q = 0; q < 3; ++q) {
-                const C v = rows[q][first_row + j][out_col];
-#pragma unroll
-                for (int i = 0; i < kRows; ++i)
-                    if (j >= i && j - i <= 2 * R) b[i][q] += weights[j - i] * v;
-            }
+            const int at = first_row + j;
+            const C v[3] = {rows[0][at][out_col], rows[1][at][out_col], rows[2][at][out_col]};
+            add_tap<C, R>(b, j, v, weights);
             if (j < 2 * R) continue;
             const int i = j - 2 * R;  // row i is complete
             if (i < rows_here) {
@@ -890,7 +884,7 @@ __device__ inline void backward_planes(
                         value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
                 }
                 if (Tail & GRAD_WRITE_L1) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
-                if ((Tail & GRAD_ADD) || accumulate) value += (C)element_value(*gq);
+                if ((Tail & GRAD_ADD) || (MsSsim && accumulate)) value += (C)element_value(*gq);
                 store(gq, value);
             }
             xq += x_row;  // a pointer step per row
@@ -910,34 +904,19 @@ __device__ inline void backward_planes(
 }  // namespace cussim
 
 template <class T, int R, int Tail = cussim::GRAD_WRITE>
-__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T>::value) ssim_backward(
+__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, Tail == cussim::GRAD_MSSSIM>::value) ssim_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
     typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
-    typename cussim::ComputeType<T>::type l1) {
-    cussim::backward_planes<T, R, false, Tail>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row,
-                                                y_col, grad_maps, grad, g_outer, g_inner, g_row, g_col, planes,
-                                                inner_count, height, width, padding, taps, inv_range,
-                                                {nullptr, nullptr, 0}, l1, 0);
-}
-
-template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, true>::value) msssim_backward(
-    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
-    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
-    const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
-    typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
-    long long g_col, long long planes, long long inner_count, int height, int width, int padding,
-    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
-    const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
-    int variant, int accumulate) {
-    cussim::backward_planes<T, R, true, cussim::GRAD_WRITE>(
-        x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col, grad_maps, grad, g_outer, g_inner, g_row,
-        g_col, planes, inner_count, height, width, padding, taps, inv_range, {plane_weights, coarse, variant},
-        typename cussim::ComputeType<T>::type(0), accumulate);
+    typename cussim::ComputeType<T>::type l1, const double* __restrict__ plane_weights,
+    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant, int accumulate) {
+    cussim::backward_planes<T, R, Tail>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
+                                        grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
+                                        width, padding, taps, inv_range, {plane_weights, coarse, variant}, l1,
+                                        accumulate);
 }
 
 template <class O>
