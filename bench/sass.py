@@ -38,6 +38,18 @@ Inside the march:
   shows its value kernel (FORWARD_VALUE) and that of a value with the exact
   gradient (FORWARD_EXACT).
 
+The 2-D backward (``ssim_backward``) computes a taller tile, 16 columns by
+16 k rows, k rows per thread (k = 4 in float arithmetic, 1 in double:
+kernels/ssim.cu, ``BackwardTile``), and its strided loops are per warp: the
+tile load gives each warp every 8th halo row (16 k + 2R rows), the
+horizontal pass each warp four columns of every other 32 rows (warps 0 to 3
+rows lane, lane + 64, ..., warps 4 to 7 rows 32 + lane, ...). So its
+straight code counts once per k pixels, its tile load (16 k + 2R) / 8
+iterations per thread and its horizontal pass the mean of the two warp
+sets' ceil((16 k + 2R) / 64) and ceil((16 k + 2R - 32) / 64) (what each
+warp issues, idle lanes included), divided by k per pixel; a source
+iteration of its horizontal pass stores 12 values (4 columns of 3 maps).
+
 The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
 depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,
 16): the march runs c + 2R times, once per input plane, and each of its
@@ -95,14 +107,15 @@ class Loop:
 class KernelCount:
     name: str
     total: int  # static instructions of the whole kernel
-    straight: int  # march instructions outside the strided loops and the output region (once per plane)
+    straight: int  # march instructions outside the strided loops and the output region (once per thread and plane)
     loops: tuple
     output: int = 0  # the 3-D kernels' output region (once per voxel)
     planes: float = 1.0  # planes the march filters per output plane: (c + 2R) / c for volumes
+    pixels: int = 1  # output pixels per thread and plane
 
     @property
     def per_pixel(self) -> float:
-        return (self.straight + sum(loop.per_pixel for loop in self.loops)) * self.planes + self.output
+        return (self.straight / self.pixels + sum(loop.per_pixel for loop in self.loops)) * self.planes + self.output
 
 
 def nvdisasm() -> str:
@@ -213,6 +226,22 @@ def _classify(opcodes, stores_per_iteration):
     return "horizontal pass", stores_per_iteration["horizontal pass"]
 
 
+def _geometry(name: str, halo_side: int):
+    """(output pixels per thread, {loop kind: source iterations per thread and plane}, {kind: shared stores per
+    source iteration}) of a kernel (see the module's docstring)."""
+    if name.startswith("ssim_backward<"):
+        rows = 1 if name.startswith("ssim_backward<double") else 4
+        halo_rows = TILE * rows + halo_side - TILE
+        # horizontal: warps 0-3 take rows lane, lane + 64, ..., warps 4-7 rows 32 + lane, 96 + lane, ...
+        horizontal = (-(-halo_rows // 64) + -(-(halo_rows - 32) // 64)) / 2
+        return rows, {"tile load": halo_rows / 8, "horizontal pass": horizontal}, \
+            {"tile load": 3, "horizontal pass": 12}
+    # the forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
+    forward = "_forward<" in name
+    return 1, {"tile load": halo_side * halo_side / THREADS, "horizontal pass": halo_side * TILE / THREADS}, \
+        {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
+
+
 def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
     """Instructions per pixel of one kernel, per voxel for a 3-D one that marches over ``chunk`` output planes
     (see the module's docstring for the method)."""
@@ -220,19 +249,14 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
     loops = _loops(function)
     march = _march(loops)
     inner = _children(march, loops)
-    planes_per_pixel_iterations = {"tile load": halo_side * halo_side / THREADS,
-                                   "horizontal pass": halo_side * TILE / THREADS}
-    # shared stores per source iteration: the forward stores x and y (tile) and five moments (rows);
-    # the backward three partial maps in each
-    forward = "_forward<" in name
-    stores = {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
+    pixels, planes_per_pixel_iterations, stores = _geometry(name, halo_side)
     cheapest = {}
     for head, end in inner:
         body = [op for address, op, _ in instructions if head <= address <= end]
         kind, per_store = _classify(body, stores)
         sts = sum(_stored(op, 8 if "<double," in name else 4) for op in body if op.startswith("STS"))
         per_iteration = len(body) * per_store / max(sts, 1)
-        loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind])
+        loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind] / pixels)
         if kind not in cheapest or loop.per_pixel < cheapest[kind].per_pixel:
             cheapest[kind] = loop
     first, last = _output_region(function, march, inner) if chunk else (0, -1)
@@ -240,7 +264,8 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
                 if march[0] <= address <= march[1] and not any(h <= address <= e for h, e in inner)]
     output = sum(first <= address <= last for address in straight)
     planes = (chunk + halo_side - TILE) / chunk if chunk else 1.0
-    return KernelCount(name, len(instructions), len(straight) - output, tuple(cheapest.values()), output, planes)
+    return KernelCount(name, len(instructions), len(straight) - output, tuple(cheapest.values()), output, planes,
+                       pixels)
 
 
 def main(argv=None) -> int:
@@ -262,13 +287,13 @@ def main(argv=None) -> int:
     print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
           f"(voxel for ssim3d, depth chunk {DEPTH_CHUNK}; python -m bench.sass; method in bench/sass.py)")
     width = max(len(c.name) for c in rows)
-    print(f"{'kernel':<{width}} {'per pixel':>9} {'straight':>9} {'output':>7} {'planes':>7} "
+    print(f"{'kernel':<{width}} {'per pixel':>9} {'straight':>9} {'pixels':>6} {'output':>7} {'planes':>7} "
           f"{'loop (body, per iteration, per pixel)':>40} {'static':>7}")
     for c in rows:
         loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
                           for loop in c.loops)
-        print(f"{c.name:<{width}} {c.per_pixel:>9.0f} {c.straight:>9} {c.output:>7} {c.planes:>7.3f} {loops:>40} "
-              f"{c.total:>7}")
+        print(f"{c.name:<{width}} {c.per_pixel:>9.0f} {c.straight:>9} {c.pixels:>6} {c.output:>7} {c.planes:>7.3f} "
+              f"{loops:>40} {c.total:>7}")
     return 0
 
 

@@ -88,12 +88,31 @@ def without_options(name: str) -> str:
     return re.sub(r", cussim::[^<>]*>$", ">", name)
 
 
+# ssim_backward's last template argument (kernels/ssim.cu, GradientTail), by its value: add into grad (bit 1),
+# the fused L1 term (bit 2), or MS-SSIM's terms (4); the first, writing without any, is the default and its
+# names leave it out
+BACKWARD_TAILS = ("GRAD_WRITE", "GRAD_ADD", "GRAD_WRITE_L1", "GRAD_ADD_L1", "GRAD_MSSSIM")
+MSSSIM_TAIL = BACKWARD_TAILS.index("GRAD_MSSSIM")
+
+
+def backward_name(element: str, radius: int, tail: int = 0) -> str:
+    """The name expression of ssim_backward for an element type, a radius and a tail (an index of BACKWARD_TAILS).
+
+    >>> backward_name("float", 5), backward_name("float", 5, 3)
+    ('ssim_backward<float, 5>', 'ssim_backward<float, 5, cussim::GRAD_ADD_L1>')
+    """
+    return f"ssim_backward<{element}, {radius}{f', cussim::{BACKWARD_TAILS[tail]}' if tail else ''}>"
+
+
 def _ssim_specialisations(every_option_radii=RADII):
     """The family's names; ssim_forward's with every option set only at ``every_option_radii``, and with the
     two commonest (a value; a value and the exact gradient) at every radius."""
     names = [forward_name(element, radius, *options) for element in ELEMENT_TYPES for radius in RADII
              for options in FORWARD_OPTIONS if radius in every_option_radii or options in COMMON_FORWARD_OPTIONS]
     names += [f"ssim_backward<{element}, {radius}>" for element in ELEMENT_TYPES for radius in RADII]
+    # the backward's other tails: adding into grad (accumulate=True), the fused L1 term, both, MS-SSIM's terms
+    names += [backward_name(element, radius, tail) for tail in range(1, len(BACKWARD_TAILS))
+              for element in ELEMENT_TYPES for radius in RADII]
     names += [f"msssim_pyramid<{element}, {levels}>" for element in ELEMENT_TYPES for levels in PYRAMID_LEVELS]
     return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<float>",
                            "msssim_combine<double>", "msssim_fold<float>",

@@ -58,9 +58,15 @@ def gradient_dtype(dtype) -> np.dtype:
     return GRADIENT_DTYPES.get(np.dtype(dtype), np.dtype(np.float32))
 
 
-def tiles(shape) -> int:
-    """Number of 16x16 tiles covering the last two axes of ``shape``."""
-    return -(-shape[-2] // TILE) * -(-shape[-1] // TILE)
+def tiles(shape, rows=TILE) -> int:
+    """Number of tiles of ``rows`` x 16 pixels covering the last two axes of ``shape``."""
+    return -(-shape[-2] // rows) * -(-shape[-1] // TILE)
+
+
+def backward_tile_rows(dtype) -> int:
+    """Rows of ssim_backward's tiles: 16 per output row of a thread (kernels/ssim.cu, BackwardTile), 4 in
+    float32 arithmetic, 1 in float64."""
+    return TILE * (1 if compute_dtype(dtype) == np.float64 else 4)
 
 
 @dataclass(frozen=True)
@@ -337,7 +343,7 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
 
     MS-SSIM's extras: ``plane_weights`` (float64, one per plane) scale each
     plane's gradient; ``coarse`` (compute dtype, contiguous planes of the next
-    scale) adds the adjoint of ``variant``'s 2x2 mean.
+    scale; only with ``plane_weights``) adds the adjoint of ``variant``'s 2x2 mean.
     """
     pointers = (x, y, grad_maps, grad, plane_weights, coarse)
     key = ("backward", _signature(x), _signature(y), _signature(grad), plane_weights is None, coarse is None, params,
@@ -352,13 +358,21 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
     (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)], {"grad": grad})
     planes = outer * inner
     height, width = x.shape[-2:]
-    kernel = _kernels.get_kernel("ssim", f"ssim_backward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
+    if plane_weights is None:  # adding into grad and the L1 term are a template argument (a tail)
+        tail = int(bool(accumulate)) + 2 * int(l1 != 0)
+    elif l1:
+        raise ValueError("l1: MS-SSIM's backward has no L1 term; pass l1=0.0 with plane_weights")
+    else:  # MS-SSIM's terms (plane weights, the coarse scale's adjoint): a tail of their own
+        tail = _kernels.MSSSIM_TAIL
+    name = _kernels.backward_name(ELEMENT_TYPES[np.dtype(x.dtype)], params.radius, tail)
+    kernel = _kernels.get_kernel("ssim", name, x)
     args = (x, *lx.args(), y, *ly.args(), grad_maps, grad, *lg.args(), np.int64(planes), np.int64(inner),
             np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
-            ctype.type(1.0 / params.data_range), _null(xp) if plane_weights is None else plane_weights,
-            _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1),
+            ctype.type(1.0 / params.data_range), ctype.type(l1), _null(xp) if plane_weights is None else plane_weights,
+            _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)),
             np.int32(bool(accumulate)))
-    return _planned_launch(kernel, (tiles(x.shape), min(planes, MAX_GRID_Y)), (TILE, TILE), args, (x, y), pointers)
+    grid = (tiles(x.shape, backward_tile_rows(x.dtype)), min(planes, MAX_GRID_Y))
+    return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 
 
 def finish(block_sums, out, *, per_output, count, a=0.0, b=1.0):

@@ -13,17 +13,22 @@
 //                        scikit-image's formula. Given `out`,
 //                        the last block to finish writes the values as
 //                        ssim_finish does (finish_if_last): one launch.
-//   ssim_backward<T, R>  the gradient with respect to x: the adjoint filter F^T
-//                        of the three partial maps, combined with x and y
-//                        (docs/spec.rst section 4), written or added into grad.
+//   ssim_backward<T, R, Tail>  the gradient with respect to x: the adjoint
+//                        filter F^T of the three partial maps, combined with x
+//                        and y (docs/spec.rst section 4), written into grad
+//                        (Tail GRAD_WRITE, the default) or added to it
+//                        (cussim::GRAD_ADD); GRAD_WRITE_L1 and GRAD_ADD_L1 add
+//                        the fused L1 term's l1 sign(x - y); GRAD_MSSSIM adds
+//                        MS-SSIM's terms (per-plane weights, the adjoint of the
+//                        next scale's 2x2 mean). Each tail's code is compiled
+//                        only into its own specialisation (GradientTail).
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double), for block sums that no forward finished
 //                        (MS-SSIM's per-image values, scikit-image's float64
 //                        mean).
 // MS-SSIM (docs/spec.rst section 6) reuses the forward (term TERM_CS gives the
-// contrast-structure map A2 / B2) and the backward (per-plane weights, and the
-// adjoint of the 2x2 downsampling of the next scale's gradient added in), plus:
+// contrast-structure map A2 / B2) and the backward (tail GRAD_MSSSIM), plus:
 //   msssim_fold<C>       the adjoint of torchmetrics' whole-sample extension
 //                        of its last scale.
 //   msssim_pyramid<T, D> D successive 2x2 means of x and y (the next D scales),
@@ -39,22 +44,23 @@
 //
 // Launch shapes: forward and backward take block (16, 16) and grid
 // (tiles_h * tiles_w, min(planes, 65535)), the tiles covering the map
-// (forward) or the image (backward); blocks loop over planes, so any number
-// of planes works. ssim_finish and msssim_combine take block (256) and one
+// (forward, 16 x 16 tiles) or the image (backward, 16 columns by
+// BackwardTile::kHeight rows: 64 in float arithmetic, 16 in double); blocks
+// loop over planes, so any number of planes works. ssim_finish and msssim_combine take block (256) and one
 // block per output (per image); msssim_pyramid and msssim_fold any 1-D launch.
 // Every image array is addressed by element strides (int64): plane
 // p = outer * inner_count + inner, then row and column; a stride of 0
 // broadcasts (one reference image for a whole batch). Workspace arrays
 // (the partial maps, three planes x map blocks; the block sums) are contiguous.
 //
-// Per block, the (16+2R)^2 halo tile goes to shared memory, a horizontal pass
-// filters each tile row, and a vertical pass finishes the filter in
-// registers. Zero padding ("same"), the valid interior ("valid") or
+// Per block, the halo tile ((16+2R)^2 forward, (kHeight+2R) x (16+2R)
+// backward) goes to shared memory, a horizontal pass filters each tile row,
+// and a vertical pass finishes the filter in registers. Zero padding ("same"), the valid interior ("valid") or
 // half-sample reflection ("reflect") decide what the halo holds. The tile is
 // stored shifted by its centre pixel (tile_shift), so float32 variances of
 // flat, bright regions keep their digits (see ssim_pixel); the partial maps
 // are those of the shifted moments, and the backward moves them to its own
-// tile's shift, so that the gradient keeps its digits too (see ssim_backward).
+// tile's shift, so that the gradient keeps its digits too (see backward_planes).
 //
 // This file compiles unchanged with NVRTC and, for the CPU emulator, with g++
 // after cuda_emulator.h; it includes no header.
@@ -171,6 +177,13 @@ __device__ inline C tile_shift(const T* plane, long long row_stride, long long c
     return is_finite(k) ? k : C(0);
 }
 
+// tile_shift's value at element offset `at` of a plane: scaled, 0 where not finite.
+template <class T, class C>
+__device__ inline C shift_at(const T* plane, long long at, C inv_range) {
+    const C k = (C)element_value(plane[at]) * inv_range;
+    return is_finite(k) ? k : C(0);
+}
+
 template <class T, class C>
 __device__ inline C load_scaled(const T* plane, long long row_stride, long long col_stride, int row, int col,
                                 int height, int width, int padding, C inv_range) {
@@ -212,11 +225,12 @@ __device__ inline bool small_strides(long long row_stride, long long col_stride)
 }
 
 // P0 = dS/dmx' of moments shifted by kx (x) and kd = kx - ky (d = x - y), moved
-// to the shifts `own` (x's, d's): P0 + 2 (own_x - kx) P1 + 2 (own_d - kd) P2 (see
-// ssim_backward).
+// to the shifts (own_x, own_d): P0 + 2 (own_x - kx) P1 + 2 (own_d - kd) P2, given
+// the doubled differences move_x = 2 (own_x - kx) and move_d = 2 (own_d - kd)
+// (see backward_planes).
 template <class C>
-__device__ inline C moved_partial(const C (&p)[3], const C* own, C kx, C kd) {
-    return p[0] + C(2) * ((own[0] - kx) * p[1] + (own[1] - kd) * p[2]);
+__device__ inline C moved_partial(const C (&p)[3], C move_x, C move_d) {
+    return p[0] + move_x * p[1] + move_d * p[2];
 }
 
 // What the forward writes into the three partial maps (the backward combines
@@ -575,15 +589,18 @@ struct PyramidRoot<T, C, 0, D> {
     __device__ static void run(const PyramidLevels<T, C, D>&, int, long long, int) {}
 };
 
-// The adjoint of the 2x2 mean at pixel (row, col) of plane p: a quarter of
-// the coarse gradient (contiguous planes) per slot the pixel fills.
+// A pixel's row (column) as the adjoint of the 2x2 mean needs it: 4 times
+// the offset of its target's row (its target column) in the coarse plane,
+// plus the slots it fills (pooled_target).
+__device__ inline long long pooled_code(PooledTarget t, long long stride) { return 4 * t.index * stride + t.slots; }
+
+// The adjoint of the 2x2 mean at the pixel of codes (row_code, col_code): a
+// quarter of the coarse gradient (coarse_plane: the next scale's plane) per
+// slot the pixel fills.
 template <class C>
-__device__ inline C pooled_adjoint(const C* coarse, long long p, int row, int col, int height, int width, int variant) {
-    const PooledTarget r = pooled_target(row, height, variant), c = pooled_target(col, width, variant);
-    if (r.slots == 0 || c.slots == 0) return C(0);
-    const int coarse_w = pooled_size(width, variant);
-    const long long plane_size = (long long)pooled_size(height, variant) * coarse_w;
-    return C(0.25) * C(r.slots * c.slots) * coarse[p * plane_size + (long long)r.index * coarse_w + c.index];
+__device__ inline C pooled_adjoint(const C* coarse_plane, long long row_code, int col_code) {
+    const int slots = (int)(row_code & 3) * (col_code & 3);
+    return slots == 0 ? C(0) : C(0.25) * C(slots) * coarse_plane[(row_code >> 2) + (col_code >> 2)];
 }
 
 // The forward's horizontal pass is register-blocked: a work item is a run of
@@ -893,130 +910,325 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward
                                 reinterpret_cast<double*>(&rows), (int)(threadIdx.y * blockDim.x + threadIdx.x));
 }
 
-template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_backward(
+namespace cussim {
+
+// MS-SSIM's extras of a backward (GRAD_MSSSIM): each plane's weight, and
+// the adjoint of the next scale's 2x2 mean of `variant` (coarse: contiguous
+// planes of the next scale's gradient; null at the last scale).
+template <class C> struct PyramidTerms {
+    const double* plane_weights;
+    const C* coarse;
+    int variant;
+};
+
+// The backward's tile: a block of 16 x 16 threads computes 16 columns and
+// kHeight = 16 kRows rows of the gradient, kRows consecutive rows per thread
+// (4 in float arithmetic, 1 in double, whose tiles would pass the 48 KiB of
+// static shared memory), so that the vertical pass reuses each loaded value
+// for kRows outputs and the halo costs 2R rows per kHeight. Shared memory per
+// block: the halo tile (kHaloRows x kPitch, three maps), the horizontally
+// filtered rows (kHaloRows x kRowsPitch, three maps), the move table.
+//
+// Bank conflicts, by construction (4-byte elements: 32 banks of one word;
+// 8-byte elements are served per half-warp of 16 consecutive lanes, so the
+// same arguments hold for a half-warp):
+// - tile load: warp w stores halo row r = w + 8 i, lane = column: 32 (at most
+//   kHaloCols <= 32) consecutive words of one row.
+// - horizontal pass: warp w filters columns c = 4 (w % 4) .. c + 3, lane =
+//   halo row r = 32 (w / 4) + lane + 64 i; each read tile[q][r][c + j] and
+//   each store rows[q][r][c + o] of a warp is one column of 32 consecutive
+//   rows, and both pitches (kPitch, kRowsPitch) are odd, so the 32 rows fall
+//   in 32 different banks.
+// - vertical pass: lane l of warp w computes column l % 16 of the rows of
+//   group (w % 4) + 8 (w / 4) + 4 (l / 16); the two half-warps' groups are 4
+//   groups = 16 rows apart (kRows = 4 for 4-byte elements), and 16
+//   kRowsPitch = 16 * 17 = 16 mod 32: each read of a warp hits banks b..b+15
+//   and b+16..b+31.
+template <class C, int R> struct BackwardTile {
+    static constexpr int kRows = sizeof(C) == 4 ? 4 : 1;
+    static constexpr int kHeight = kTile * kRows;
+    static constexpr int kHaloRows = kHeight + 2 * R, kHaloCols = kTile + 2 * R;
+    static constexpr int kPitch = kHaloCols + 1, kRowsPitch = kTile + 1;  // odd
+    static constexpr int kHorizontalCols = 4;  // outputs per thread and row of the horizontal pass
+    // forward tiles whose shifts the halo can need (see backward_planes)
+    static constexpr int kMoveRows = 2 * kRows + 2, kMoveCols = 4;
+    static_assert(sizeof(C) != 4 || kRows == 4, "the vertical pass's bank argument is for 4 rows per thread");
+    // static shared memory of a block, bounded above (the small tables: 2 KiB at most)
+    static constexpr int kSharedBytes = 3 * kHaloRows * (kPitch + kRowsPitch) * (int)sizeof(C) + 2048;
+};
+
+// Shared memory an SM gives its blocks, by architecture (the per-block 1 KiB
+// the driver reserves included): 96 KiB on sm_70/72, 64 KiB on sm_75, 164 KiB
+// on sm_80/87, 228 KiB on sm_90/100/101/103, 100 KiB on sm_86/89/120/121 and
+// on any other (the emulator ignores launch bounds).
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 700 || __CUDA_ARCH__ == 720)
+constexpr int kSharedPerSm = 96 * 1024;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 750
+constexpr int kSharedPerSm = 64 * 1024;
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 800 || __CUDA_ARCH__ == 870)
+constexpr int kSharedPerSm = 164 * 1024;
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900 || __CUDA_ARCH__ == 1000 || __CUDA_ARCH__ == 1010 || \
+                                 __CUDA_ARCH__ == 1030)
+constexpr int kSharedPerSm = 228 * 1024;
+#else
+constexpr int kSharedPerSm = 100 * 1024;
+#endif
+
+// Blocks per SM that ptxas must fit for the backward: MinBlocks, but no more
+// than an SM can hold at once by shared memory for the largest window the
+// library asks for (R = 7, win_size 15), whatever R: a register cap for more
+// blocks would buy no occupancy, only spills. 64 registers where 4 blocks fit,
+// as on sm_90 and sm_100; 80 on sm_80 (3 blocks), 128 on sm_70 and sm_120 (2).
+// MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80 registers: its
+// per-pixel pyramid terms spilled a few bytes at 64 on sm_100.
+template <class T, bool MsSsim = false> struct BackwardMinBlocks {
+    static constexpr int fit = kSharedPerSm / (BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes + 1024);
+    static constexpr int most = MsSsim && fit > 3 ? 3 : fit;
+    static constexpr int value = MinBlocks<T>::value < most ? MinBlocks<T>::value : (most > 1 ? most : 1);
+};
+
+// Register blocking: value j (of Q quantities) of a line, loaded once, goes
+// into each of the N consecutive outputs o that takes it as tap j - o of the
+// 2R + 1 (taps in ascending order per output, as one output at a time).
+template <class C, int R, int N, int Q>
+__device__ inline void add_tap(C (&out)[N][Q], int j, const C (&v)[Q], const C* weights) {
+#pragma unroll
+    for (int o = 0; o < N; ++o)
+#pragma unroll
+        for (int q = 0; q < Q; ++q)
+            if (j >= o && j - o <= 2 * R) out[o][q] += weights[j - o] * v[q];
+}
+
+// What a backward's last step does (a template argument of ssim_backward, so
+// that each version's code is compiled only where a call asks for it): write
+// the gradient or add it to grad's values (bit 1), with the fused L1 term
+// l1 sign(x - y) or without (bit 2); or, GRAD_MSSSIM, with MS-SSIM's terms
+// (per-plane weights, the adjoint of the next scale's 2x2 mean), written or
+// added as the `accumulate` argument says (the others ignore it and those terms).
+enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3, GRAD_MSSSIM = 4 };
+
+// The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
+// BackwardTile<C, R>::kHeight rows covering the image, min(planes, 65535)).
+template <class T, int R, int Tail>
+__device__ inline void backward_planes(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    const typename ComputeType<T>::type* __restrict__ grad_maps, typename GradientType<T>::type* __restrict__ grad,
+    long long g_outer, long long g_inner, long long g_row, long long g_col, long long planes, long long inner_count,
+    int height, int width, int padding, const typename ComputeType<T>::type* __restrict__ taps,
+    typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
+    typename ComputeType<T>::type l1, int accumulate) {
+    using C = typename ComputeType<T>::type;
+    using Shape = BackwardTile<C, R>;
+    constexpr bool MsSsim = Tail == GRAD_MSSSIM;
+    constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
+    constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
+    constexpr int kWarps = kTile * kTile / 32;
+    static_assert(R <= 8, "the move table covers halos of R <= 8");
+    __shared__ C tile[3][kHaloRows][Shape::kPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
+    __shared__ C rows[3][kHaloRows][Shape::kRowsPitch];
+    // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
+    // forward tile (base_row + i, base_col + j). The halo reads map rows of the forward
+    // tiles from (top >> 4) to (top + kHaloRows - 1) >> 4 and, reflected past the
+    // map's end, rows down to top + 2 - kHeight (the tile lies at or above the
+    // map's last row): from (top - kHeight) >> 4 on, at most 2 kRows + 2 tiles
+    // for 2R <= 16; columns likewise, 4 tiles.
+    __shared__ C moves[2][Shape::kMoveRows][Shape::kMoveCols];
+    // the shifts (of x, of y) of those forward tiles, then this tile's own, the same for all its windows
+    __shared__ C shifts[2][Shape::kMoveRows * Shape::kMoveCols + 1];
+    __shared__ C weights[2 * R + 1];
+
+    TileGeometry g = tile_geometry<R>(padding, height, width, false);
+    g.row *= kRows;  // tiles of kHeight rows
+    const long long maps_size = planes * g.map_pixels;
+    const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    // The window is symmetric, so the adjoint's flipped taps are the taps.
+    if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
+    const C twice_inv_range = C(2) * inv_range;
+    const int base_row = max((top - kHeight) >> 4, 0), base_col = max((left - kTile) >> 4, 0);
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w;
+    // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
+    const int out_col = lane & 15, first_row = kRows * ((warp & 3) + 8 * (warp >> 2) + 4 * (lane >> 4));
+    // how many of them lie in the image (one number, not kRows tests kept across the plane loop)
+    const int rows_here = g.col + out_col < width ? min(kRows, height - (g.row + first_row)) : 0;
+    // Thread t < 2 (kEntries + 1) reads one shift each plane: of x (of y, t > kEntries) at forward tile
+    // e = t % (kEntries + 1), or, e = kEntries, this tile's own at its centre; shift_offset is that
+    // pixel's element offset in its plane (tile_shift's pixel, 8 rows and columns past the first).
+    constexpr int kEntries = Shape::kMoveRows * Shape::kMoveCols;
+    long long shift_offset = 0;
+    {
+        const int e = tid % (kEntries + 1);
+        const bool own = e == kEntries;
+        const int row = min((own ? g.row + kHeight / 2 - kTile / 2 : (base_row + e / Shape::kMoveCols) * kTile +
+                             g.offset) + kTile / 2, height - 1);
+        const int col = min((own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset) + kTile / 2,
+                            width - 1);
+        shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
+    }
+    // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
+    // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
+    // row of each halo row, or -1 for a row of zeros (for tiles whose halo leaves the map).
+    int map_col = left + lane;
+    bool col_inside = map_col >= 0 && map_col < g.map_w;
+    if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
+        map_col = reflect_index(map_col, g.map_w);
+        col_inside = true;
+    }
+    const int j = (map_col >> 4) - base_col;
+    __shared__ int halo_rows[kHaloRows];
+    if (tid < kHaloRows) {
+        const int map_row = top + tid;
+        halo_rows[tid] = padding == PAD_REFLECT ? reflect_index(map_row, g.map_h)
+                                                : (map_row >= 0 && map_row < g.map_h ? map_row : -1);
+    }
+    // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
+    // and read per pixel (kept in registers across the plane loop, they spilled)
+    __shared__ long long pooled_rows[MsSsim ? kHeight : 1];  // pooled_code of each row
+    __shared__ int pooled_cols[MsSsim ? kTile : 1];          // and of each column
+    long long coarse_size = 0;
+    if (MsSsim) {
+        const int coarse_w = pooled_size(width, pyramid.variant);
+        if (tid < kHeight)
+            pooled_rows[tid] = pooled_code(pooled_target(g.row + tid, height, pyramid.variant), coarse_w);
+        if (tid < kTile) pooled_cols[tid] = (int)pooled_code(pooled_target(g.col + tid, width, pyramid.variant), 1);
+        coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
+    }
+
+    // p = outer * inner_count + inner, stepped by gridDim.y without a division per plane
+    long long outer = blockIdx.y / inner_count, inner = blockIdx.y % inner_count;
+    const long long outer_step = gridDim.y / inner_count, inner_step = gridDim.y % inner_count;
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
+        const C* maps = grad_maps + p * g.map_pixels;
+        const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
+        // The partial maps are those of moments shifted by the forward tile's
+        // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd),
+        // the same for every window here,
+        // dL/dx = F^T(P0 + 2 (bx - kx) P1 + 2 (bd - kd) P2) + 2 (x - bx) F^T(P1)
+        // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
+        // image is bright and flat.
+        if (tid < 2 * (kEntries + 1))
+            shifts[tid > kEntries][tid % (kEntries + 1)] = shift_at(tid > kEntries ? yp : xp, shift_offset, inv_range);
+        __syncthreads();
+        // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
+        const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
+        if (tid < kEntries) {
+            const int i = tid / Shape::kMoveCols, j = tid % Shape::kMoveCols;
+            moves[0][i][j] = own_x - C(2) * shifts[0][tid];
+            moves[1][i][j] = own_d - C(2) * (shifts[0][tid] - shifts[1][tid]);
+        }
+        __syncthreads();
+        if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
+            if (inside) {
+                // The fast path (most tiles): the halo inside the map, no bounds test.
+                const C* m0 = maps + (long long)(top + warp) * g.map_w + left + lane;
+                const C* m1 = m0 + maps_size;
+                const C* m2 = m1 + maps_size;
+                const long long step = kWarps * (long long)g.map_w;
+#pragma unroll 1
+                for (int r = warp; r < kHaloRows; r += kWarps, m0 += step, m1 += step, m2 += step) {
+                    const int i = ((top + r) >> 4) - base_row;
+                    const C value[3] = {*m0, *m1, *m2};
+                    tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    tile[1][r][lane] = value[1];
+                    tile[2][r][lane] = value[2];
+                }
+            } else {
+#pragma unroll 1
+                for (int r = warp; r < kHaloRows; r += kWarps) {
+                    const int map_row = halo_rows[r];
+                    C value[3] = {C(0), C(0), C(0)};
+                    if (col_inside && map_row >= 0) {
+                        const long long at = (long long)map_row * g.map_w + map_col;
+                        for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
+                        const int i = (map_row >> 4) - base_row;
+                        value[0] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    }
+                    for (int q = 0; q < 3; ++q) tile[q][r][lane] = value[q];
+                }
+            }
+        }
+        __syncthreads();
+        // Horizontal pass: warp w filters columns 4 (w % 4) .. 4 (w % 4) + 3 of the
+        // halo rows 32 (w / 4) + lane + 64 i, each loaded value serving up to 4 outputs.
+        constexpr int kCols = Shape::kHorizontalCols, kColGroups = kTile / kCols;
+        constexpr int kRowStride = 32 * (kWarps / kColGroups);
+#pragma unroll 1
+        for (int r = lane + 32 * (warp / kColGroups); r < kHaloRows; r += kRowStride) {
+            const int c = kCols * (warp % kColGroups);
+            C b[kCols][3] = {};
+#pragma unroll
+            for (int j = 0; j < 2 * R + kCols; ++j) {
+                const C v[3] = {tile[0][r][c + j], tile[1][r][c + j], tile[2][r][c + j]};
+                add_tap<C, R>(b, j, v, weights);
+            }
+#pragma unroll
+            for (int q = 0; q < 3; ++q)
+#pragma unroll
+                for (int o = 0; o < kCols; ++o) rows[q][r][c + o] = b[o][q];
+        }
+        __syncthreads();
+        // Vertical pass: kRows outputs per thread, each loaded value serving up to kRows of them;
+        // each row's gradient is finished as soon as its last tap is in (fewer live registers).
+        const int col = g.col + out_col;
+        const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
+        const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
+        typename GradientType<T>::type* gq =
+            grad + outer * g_outer + inner * g_inner + (long long)(g.row + first_row) * g_row + col * g_col;
+        C b[kRows][3] = {};
+#pragma unroll
+        for (int j = 0; j < kRows + 2 * R; ++j) {
+            const int at = first_row + j;
+            const C v[3] = {rows[0][at][out_col], rows[1][at][out_col], rows[2][at][out_col]};
+            add_tap<C, R>(b, j, v, weights);
+            if (j < 2 * R) continue;
+            const int i = j - 2 * R;  // row i is complete
+            if (i < rows_here) {
+                // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
+                const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
+                const C twice_x = xv * twice_inv_range - own_x, twice_d = (xv - yv) * twice_inv_range - own_d;
+                C value = (b[i][0] + twice_x * b[i][1] + twice_d * b[i][2]) * inv_range;
+                if (MsSsim) {
+                    value *= (C)pyramid.plane_weights[p];
+                    if (pyramid.coarse)
+                        value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
+                }
+                if (Tail & GRAD_WRITE_L1) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
+                if ((Tail & GRAD_ADD) || (MsSsim && accumulate)) value += (C)element_value(*gq);
+                store(gq, value);
+            }
+            xq += x_row;  // a pointer step per row
+            yq += y_row;
+            gq += g_row;
+        }
+        __syncthreads();  // the next plane overwrites the tiles and the moves
+        outer += outer_step;
+        inner += inner_step;
+        if (inner >= inner_count) {
+            inner -= inner_count;
+            ++outer;
+        }
+    }
+}
+
+}  // namespace cussim
+
+template <class T, int R, int Tail = cussim::GRAD_WRITE>
+__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, Tail == cussim::GRAD_MSSSIM>::value) ssim_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
     typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
-    const double* __restrict__ plane_weights, const typename cussim::ComputeType<T>::type* __restrict__ coarse,
-    int variant, typename cussim::ComputeType<T>::type l1, int accumulate) {
-    using namespace cussim;
-    using C = typename ComputeType<T>::type;
-    constexpr int kSide = kTile + 2 * R;
-    constexpr int kThreads = kTile * kTile;
-    __shared__ C tile[3][kSide][TilePitch<C, R>::value];  // g*Pmu, g*Pxx, g*Pdd around the tile
-    __shared__ C rows[3][kSide][kTile];
-    // The shifts (of x, of x - y) of the forward tiles under this tile's halo: 4 x 4
-    // from tile (shift_row, shift_col), which holds every map pixel the halo
-    // reads, reflected or not, for R <= 8 (a halo side of 16 + 2R <= 32 map
-    // pixels, whose reflections past the map's end land in the tile before).
-    // own_shift: this tile's shifts (of x, of x - y), the same for all its windows.
-    static_assert(R <= 8, "the shift table covers halos of R <= 8");
-    __shared__ C shifts[2][4][4];
-    __shared__ C own_shift[2];
-    __shared__ C weights[2 * R + 1];
-
-    const TileGeometry g = tile_geometry<R>(padding, height, width, false);
-    const long long maps_size = planes * g.map_pixels;
-    const int tid = threadIdx.y * kTile + threadIdx.x;
-    // The window is symmetric, so the adjoint's flipped taps are the taps.
-    if (tid < 2 * R + 1) weights[tid] = taps[tid];
-
-    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const long long outer = p / inner_count, inner = p % inner_count;
-        const C* maps = grad_maps + p * g.map_pixels;
-        // The partial maps are those of moments shifted by the forward tile's
-        // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd)
-        // = own_shift, the same for every window here,
-        // dL/dx = F^T(P0 + 2 (bx - kx) P1 + 2 (bd - kd) P2) + 2 (x - bx) F^T(P1)
-        // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
-        // image is bright and flat.
-        const int shift_row = max(((g.row - R - g.offset) >> 4) - 1, 0);
-        const int shift_col = max(((g.col - R - g.offset) >> 4) - 1, 0);
-        if (tid < 17) {
-            const T* xp = x + outer * x_outer + inner * x_inner;
-            const T* yp = y + outer * y_outer + inner * y_inner;
-            const bool own = tid == 16;
-            const int row = own ? g.row : (shift_row + tid / 4) * kTile + g.offset;
-            const int col = own ? g.col : (shift_col + tid % 4) * kTile + g.offset;
-            const C kx = tile_shift(xp, x_row, x_col, row, col, height, width, inv_range);
-            const C ky = tile_shift(yp, y_row, y_col, row, col, height, width, inv_range);
-            *(own ? &own_shift[0] : &shifts[0][tid / 4][tid % 4]) = kx;
-            *(own ? &own_shift[1] : &shifts[1][tid / 4][tid % 4]) = kx - ky;
-        }
-        __syncthreads();
-        const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
-        if (halo_inside<R>(top, left, g.map_h, g.map_w) && small_strides<R>(g.map_w, 1)) {
-            // The fast path (most tiles): the halo inside the map, 32-bit offsets, no bounds test.
-            const C* m0 = maps + (long long)top * g.map_w + left;
-            const C* m1 = m0 + maps_size;
-            const C* m2 = m1 + maps_size;
-#pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kThreads) {
-                const int r = k / kSide, c = k % kSide, at = r * g.map_w + c;
-                const int i = (top + r) / kTile - shift_row, j = (left + c) / kTile - shift_col;
-                const C value[3] = {m0[at], m1[at], m2[at]};
-                tile[0][r][c] = moved_partial(value, own_shift, shifts[0][i][j], shifts[1][i][j]);
-                tile[1][r][c] = value[1];
-                tile[2][r][c] = value[2];
-            }
-        } else {
-#pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kThreads) {
-                const int r = k / kSide, c = k % kSide;
-                int map_row = top + r, map_col = left + c;
-                bool inside = map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
-                if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
-                    map_row = reflect_index(map_row, g.map_h);
-                    map_col = reflect_index(map_col, g.map_w);
-                    inside = true;
-                }
-                C value[3] = {C(0), C(0), C(0)};
-                if (inside) {
-                    const long long at = (long long)map_row * g.map_w + map_col;
-                    for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
-                    // the shift of the forward tile that holds this map pixel
-                    const int i = map_row / kTile - shift_row, j = map_col / kTile - shift_col;
-                    value[0] = moved_partial(value, own_shift, shifts[0][i][j], shifts[1][i][j]);
-                }
-                for (int q = 0; q < 3; ++q) tile[q][r][c] = value[q];
-            }
-        }
-        __syncthreads();
-        for (int k = tid; k < kSide * kTile; k += kThreads) {
-            const int r = k / kTile, c = k % kTile;
-            C b[3] = {0, 0, 0};
-#pragma unroll
-            for (int t = 0; t <= 2 * R; ++t) {
-                const C w = weights[t];
-#pragma unroll
-                for (int q = 0; q < 3; ++q) b[q] += w * tile[q][r][c + t];
-            }
-            for (int q = 0; q < 3; ++q) rows[q][r][c] = b[q];
-        }
-        __syncthreads();
-        C b[3];
-        vertical_pass<C, R, 3>(rows, weights, b);
-        const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
-        if (row < height && col < width) {
-            const T* xp = x + outer * x_outer + inner * x_inner;
-            const T* yp = y + outer * y_outer + inner * y_inner;
-            const C xv = load_scaled(xp, x_row, x_col, row, col, height, width, PAD_SAME, inv_range);
-            const C yv = load_scaled(yp, y_row, y_col, row, col, height, width, PAD_SAME, inv_range);
-            const C xs = xv - own_shift[0], ds = (xv - yv) - own_shift[1];  // x' and d' at this tile's shifts
-            C value = (b[0] + C(2) * (xs * b[1] + ds * b[2])) * inv_range;
-            if (plane_weights) value *= (C)plane_weights[p];
-            if (coarse) value += pooled_adjoint(coarse, p, row, col, height, width, variant);
-            if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
-            typename GradientType<T>::type* gp = grad + outer * g_outer + inner * g_inner + row * g_row + col * g_col;
-            if (accumulate) value += (C)element_value(*gp);
-            store(gp, value);
-        }
-        __syncthreads();  // the next plane overwrites the tiles
-    }
+    typename cussim::ComputeType<T>::type l1, const double* __restrict__ plane_weights,
+    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant, int accumulate) {
+    cussim::backward_planes<T, R, Tail>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
+                                        grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
+                                        width, padding, taps, inv_range, {plane_weights, coarse, variant}, l1,
+                                        accumulate);
 }
 
 template <class O>

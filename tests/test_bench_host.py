@@ -70,6 +70,21 @@ def test_sass_count_takes_a_vector_store_for_the_elements_it_writes():
     assert [sass._stored(op, 8) for op in ("STS.128", "STS.64", "STS")] == [2, 1, 1]
 
 
+def test_sass_count_of_the_backward_divides_by_its_rows_per_thread():
+    """ssim_backward<float, R>: 4 output rows per thread, warp-strided loops (bench/sass.py's docstring)."""
+    function = sass.parse(SASS, {"_Zfwd": "ssim_backward<float, 5>"})["ssim_backward<float, 5>"]
+    c = sass.count("ssim_backward<float, 5>", function, halo_side=26)
+    loads, horizontal = c.loops
+    # tile load: 2 stores of 3 per source iteration; each warp loads every 8th of 64 + 10 halo rows
+    assert loads.per_iteration == pytest.approx(4 * 3 / 2)
+    assert loads.per_pixel == pytest.approx(loads.per_iteration * 74 / 8 / 4)
+    # horizontal pass: 5 stores of 12; warps 0-3 take rows 0-31 and 64-73 (2 iterations), warps 4-7 rows 32-63
+    assert horizontal.per_iteration == pytest.approx(8 * 12 / 5)
+    assert horizontal.per_pixel == pytest.approx(horizontal.per_iteration * 1.5 / 4)
+    assert (c.straight, c.pixels) == (3, 4)
+    assert c.per_pixel == pytest.approx(3 / 4 + loads.per_pixel + horizontal.per_pixel)
+
+
 SASS3D = """
 	.text._Zfwd3d:
         /*0000*/                   S2R R0, SR_TID.X ;

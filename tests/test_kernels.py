@@ -277,6 +277,39 @@ def test_gradient_accumulates(executor):
     np.testing.assert_allclose(summed, start + plain, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+def test_backward_tails_add_the_l1_term_and_accumulate(executor, accumulate, dtype):
+    """Each tail of ssim_backward (a template argument: adding into grad, the fused L1 term) as its own
+    specialisation: l1 sign(x - y), 0 where x == y, plus what grad held when accumulating."""
+    x, y = _images((2, 70, 21), dtype, noise=0.2)
+    y[:, :5] = x[:, :5]  # x == y there: no L1 term
+    params = _params(x, padding="reflect")
+    ctype = _launch.compute_dtype(dtype)
+    grad_maps = executor.asarray(np.full(3 * int(np.prod(params.map_shape(x.shape))), np.nan, ctype))
+    xp_x, xp_y = executor.asarray(x), executor.asarray(y)
+    _launch.forward(xp_x, xp_y, params, grad_maps=grad_maps, weight=1e-3)
+    start = np.linspace(-1, 1, x.size).reshape(x.shape).astype(_launch.gradient_dtype(dtype))
+
+    def backward(l1, accumulate):
+        grad = executor.asarray(start.copy() if accumulate else np.full(x.shape, np.nan, start.dtype))
+        _launch.backward(xp_x, xp_y, grad_maps, grad, params, accumulate=accumulate, l1=l1)
+        return executor.asnumpy(grad).astype(np.float64)
+
+    plain = backward(0.0, False)
+    expected = plain + 0.25 * np.sign(x.astype(np.float64) - y) + (start if accumulate else 0)
+    np.testing.assert_allclose(backward(0.25, accumulate), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_msssim_backward_has_no_l1_term():
+    x, y = _images((1, 20, 20), np.float32)
+    params = _params(x)
+    maps = np.zeros(3 * x.size, np.float32)
+    with pytest.raises(ValueError, match="l1: MS-SSIM's backward has no L1 term"):
+        _launch.backward(x, y, maps, np.empty_like(x), params, plane_weights=np.ones(1), variant="pytorch_msssim",
+                         l1=0.5)
+
+
 def test_gradient_of_identical_images_is_zero_and_finite(executor):
     flat = np.full((2, 17, 17), 0.25, np.float32)
     x, _ = _images((2, 17, 17), np.float32)
@@ -362,7 +395,9 @@ def test_non_finite_tile_centre_stays_in_its_windows(executor, bad, padding, ima
     assert np.linalg.norm(grad[finite] - expected_grad[finite]) <= 1e-4 * np.linalg.norm(expected_grad[finite])
 
 
-@pytest.mark.parametrize("shape", [(2, 9, 13), (33, 47), (2, 50, 36)])
+# the heights past 64 span several of the backward's tiles (16 x 64 in float arithmetic), whose halos reach
+# back over more forward tiles where they reflect past the image's end
+@pytest.mark.parametrize("shape", [(2, 9, 13), (33, 47), (2, 50, 36), (2, 131, 21), (67, 40)])
 @pytest.mark.parametrize("win_size", [3, 15])
 @pytest.mark.parametrize("padding", ref.PADDINGS)
 def test_gradient_where_every_tile_has_its_own_shift(executor, shape, win_size, padding):

@@ -60,6 +60,22 @@ def test_a_first_call_builds_only_the_specialisations_it_launches(cold_emulator)
                                  ("ssim_forward<float, 5, cussim::FORWARD_L1>",)]
 
 
+def test_backward_options_build_their_own_specialisations(cold_emulator):
+    """Adding into grad, the fused L1 term and MS-SSIM's terms are template arguments of their own, so that
+    a plain gradient's kernel carries none of their code."""
+    x, y = _images(np.float32)
+    grad = np.zeros_like(x)
+    cussim.dssim_with_gradient(x, y, grad=grad, accumulate=True)
+    cussim.l1_dssim_loss_with_gradient(x, y)
+    backwards = [names for names in cold_emulator if "backward" in names[0]]
+    assert backwards == [("ssim_backward<float, 5, cussim::GRAD_ADD>",),
+                         ("ssim_backward<float, 5, cussim::GRAD_WRITE_L1>",)]
+    big = np.random.default_rng(0).random((1, 176, 176), dtype=np.float32)
+    cussim.ms_ssim_with_gradient(big, big * 0.9)
+    assert ("ssim_backward<float, 5, cussim::GRAD_MSSSIM>",) in cold_emulator
+    assert ("ssim_backward<float, 5>",) not in cold_emulator
+
+
 def test_every_kernel_is_a_template():
     """A non-template kernel would be compiled into every module of its file, whatever the call needs."""
     for family in _kernels.FAMILIES:
