@@ -152,16 +152,6 @@ __device__ inline int reflect_index(int i, int n) {
     return i < n ? i : period - 1 - i;
 }
 
-// Whole-sample symmetric index (dcb abcd cba), any distance outside [0, n):
-// torchmetrics' last MS-SSIM scale is SSIM over the image so extended.
-__device__ inline int mirror_index(int i, int n) {
-    if (n == 1) return 0;
-    const int period = 2 * n - 2;
-    i %= period;
-    if (i < 0) i += period;
-    return i < n ? i : period - i;
-}
-
 // True for a finite value: v - v is 0, where a NaN or an infinity gives NaN.
 template <class C> __device__ inline bool is_finite(C v) { return v - v == C(0); }
 
@@ -196,32 +186,11 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
     return (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
 }
 
-// The row pitch of a halo tile in shared memory, in elements. The
-// horizontal passes read tile[r][c + t] with thread k at r = k / 16,
-// c = k % 16: a warp covers rows r and r + 1, columns 0..15. With 4-byte
-// elements and a pitch of 16 mod 32 words, row r + 1 lies 16 banks after
-// row r, so the warp's 32 reads hit 32 different banks for every tap t: no
-// bank conflict by construction (a pitch of 16 + 2R = 26 words put rows 26
-// banks apart: 2-way conflicts for 10 of 16 columns). 8-byte elements are
-// served per half-warp, one row of 16 consecutive elements: conflict-free at
-// any pitch, so they keep the unpadded side. The vertical pass reads
-// rows[q][ty + t][tx] (pitch 16): rows ty and ty + 1 are 16 banks apart too.
-template <class C, int R> struct TilePitch {
-    static constexpr int side = kTile + 2 * R;
-    static constexpr int value = sizeof(C) == 4 ? side + ((16 - side) % 32 + 32) % 32 : side;
-};
-
 // Whether the (16 + 2R)^2 halo tile whose first pixel is (top, left) lies
-// inside the image, and whether element offsets within it fit in 32 bits.
+// inside the image.
 template <int R>
 __device__ inline bool halo_inside(int top, int left, int height, int width) {
     return top >= 0 && left >= 0 && top + kTile + 2 * R <= height && left + kTile + 2 * R <= width;
-}
-
-template <int R>
-__device__ inline bool small_strides(long long row_stride, long long col_stride) {
-    constexpr long long limit = 0x7fffffffLL / (2 * (kTile + 2 * R));
-    return row_stride < limit && row_stride > -limit && col_stride < limit && col_stride > -limit;
 }
 
 // P0 = dS/dmx' of moments shifted by kx (x) and kd = kx - ky (d = x - y), moved
@@ -421,18 +390,25 @@ __device__ inline TileGeometry tile_geometry(int padding, int height, int width,
     return g;
 }
 
-// The vertical half of the separable filter: this thread's pixel from Q
-// horizontally filtered tiles.
-template <class C, int R, int Q>
-__device__ inline void vertical_pass(const C (&rows)[Q][kTile + 2 * R][kTile], const C* weights, C (&out)[Q]) {
+// out[q] = sum over taps t of weights[t] * value(t, q), in tap order: one
+// filter step over Q quantities at once.
+template <class C, int R, int Q, class Value>
+__device__ inline void tap_sums(const C* weights, Value value, C (&out)[Q]) {
 #pragma unroll
     for (int q = 0; q < Q; ++q) out[q] = C(0);
 #pragma unroll
     for (int t = 0; t <= 2 * R; ++t) {
         const C w = weights[t];
 #pragma unroll
-        for (int q = 0; q < Q; ++q) out[q] += w * rows[q][threadIdx.y + t][threadIdx.x];
+        for (int q = 0; q < Q; ++q) out[q] += w * value(t, q);
     }
+}
+
+// The vertical half of the separable filter: this thread's pixel from Q
+// horizontally filtered tiles.
+template <class C, int R, int Q>
+__device__ inline void vertical_pass(const C (&rows)[Q][kTile + 2 * R][kTile], const C* weights, C (&out)[Q]) {
+    tap_sums<C, R, Q>(weights, [&](int t, int q) { return rows[q][threadIdx.y + t][threadIdx.x]; }, out);
 }
 
 // MS-SSIM's 2x2 mean along one side of n pixels (docs/spec.rst section 6): output

@@ -126,14 +126,7 @@ struct RollingWindow {
     }
 
     __device__ inline void filtered(const C* weights, C (&out)[Q]) const {
-#pragma unroll
-        for (int q = 0; q < Q; ++q) out[q] = C(0);
-#pragma unroll
-        for (int t = 0; t <= 2 * R; ++t) {
-            const C w = weights[t];
-#pragma unroll
-            for (int q = 0; q < Q; ++q) out[q] += w * planes[t][q];
-        }
+        tap_sums<C, R, Q>(weights, [&](int t, int q) { return planes[t][q]; }, out);
     }
 };
 
