@@ -220,24 +220,30 @@ def _stored(opcode: str, element_bytes: int) -> int:
 
 
 def _classify(opcodes, stores_per_iteration):
-    """The source loop a SASS loop is, from what it does: loads from global memory, or filters shared rows."""
+    """The source loop a SASS loop is, from what it does: loads from global memory (the tile load), filters
+    shared rows into shared rows (the horizontal pass), or neither stores to shared memory (the 2-D
+    forward's pixels, one per iteration)."""
     if any(op.startswith("LDG") for op in opcodes):
         return "tile load", stores_per_iteration["tile load"]
+    if not any(op.startswith("STS") for op in opcodes) and "pixels" in stores_per_iteration:
+        return "pixels", stores_per_iteration["pixels"]
     return "horizontal pass", stores_per_iteration["horizontal pass"]
 
 
 def _geometry(name: str, halo_side: int):
     """(output pixels per thread, {loop kind: source iterations per thread and plane}, {kind: shared stores per
     source iteration}) of a kernel (see the module's docstring)."""
-    if name.startswith("ssim_backward<"):
-        rows = 1 if name.startswith("ssim_backward<double") else 4
+    forward = "_forward<" in name
+    if name.startswith(("ssim_backward<", "ssim_forward<")):
+        rows = 1 if "<double," in name else 4
         halo_rows = TILE * rows + halo_side - TILE
         # horizontal: warps 0-3 take rows lane, lane + 64, ..., warps 4-7 rows 32 + lane, 96 + lane, ...
         horizontal = (-(-halo_rows // 64) + -(-(halo_rows - 32) // 64)) / 2
-        return rows, {"tile load": halo_rows / 8, "horizontal pass": horizontal}, \
-            {"tile load": 3, "horizontal pass": 12}
-    # the forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
-    forward = "_forward<" in name
+        # the forward loads x and y and filters five moments, 4 columns per source iteration; the backward
+        # three partial maps
+        return rows, {"tile load": halo_rows / 8, "horizontal pass": horizontal, "pixels": rows}, \
+            {"tile load": 2 if forward else 3, "horizontal pass": 20 if forward else 12, "pixels": 1}
+    # the 3-D forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
     return 1, {"tile load": halo_side * halo_side / THREADS, "horizontal pass": halo_side * TILE / THREADS}, \
         {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
 

@@ -58,15 +58,12 @@ def gradient_dtype(dtype) -> np.dtype:
     return GRADIENT_DTYPES.get(np.dtype(dtype), np.dtype(np.float32))
 
 
-def tiles(shape, rows=TILE) -> int:
-    """Number of tiles of ``rows`` x 16 pixels covering the last two axes of ``shape``."""
+def tiles(shape, dtype) -> int:
+    """Blocks of ssim_forward (over a map of ``shape``) or ssim_backward (over an image) for elements of
+    ``dtype``: tiles of 16 columns and 16 rows per output row of a thread (kernels/ssim.cu, ``Tile``), 4 in
+    float32 arithmetic (64 rows), 1 in float64, covering the last two axes of ``shape``."""
+    rows = TILE * (1 if compute_dtype(dtype) == np.float64 else 4)
     return -(-shape[-2] // rows) * -(-shape[-1] // TILE)
-
-
-def backward_tile_rows(dtype) -> int:
-    """Rows of ssim_backward's tiles: 16 per output row of a thread (kernels/ssim.cu, BackwardTile), 4 in
-    float32 arithmetic, 1 in float64."""
-    return TILE * (1 if compute_dtype(dtype) == np.float64 else 4)
 
 
 @dataclass(frozen=True)
@@ -323,8 +320,8 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, fini
             np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), _taps(x, params, ctype),
             c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
             np.float64(sum_scale), np.float64(l1), *finish_args(finish, null))
-    return _planned_launch(kernel, (tiles(params.map_shape(x.shape)), min(planes, MAX_GRID_Y)), (TILE, TILE), args,
-                           (x, y), pointers)
+    grid = (tiles(params.map_shape(x.shape), x.dtype), min(planes, MAX_GRID_Y))
+    return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 
 
 def _planned_launch(kernel, grid, block, args, laid_out, pointers):
@@ -371,7 +368,7 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
             ctype.type(1.0 / params.data_range), ctype.type(l1), _null(xp) if plane_weights is None else plane_weights,
             _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)),
             np.int32(bool(accumulate)))
-    grid = (tiles(x.shape, backward_tile_rows(x.dtype)), min(planes, MAX_GRID_Y))
+    grid = (tiles(x.shape, x.dtype), min(planes, MAX_GRID_Y))
     return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 
 

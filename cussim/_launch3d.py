@@ -25,14 +25,14 @@ import numpy as np
 from . import _arrays, _kernels, _launch
 from ._launch import (ELEMENT_TYPES, GRADIENT_FORMULAS, MAX_GRID_Y, MS_SSIM_VARIANT_CODES, PADDING_CODES, TERMS,
                       TILE, _element_strides, _null, _taps, compute_dtype, plane_layouts)
-from ._launch import tiles as plane_tiles
 
 DEPTH_CHUNK = 16  # output planes per block: the 2R halo planes are read once per chunk
 
 
-def tiles(shape) -> int:
-    """Blocks per volume of ``shape`` (its last three axes): 16 x 16 tiles times depth chunks."""
-    return plane_tiles(shape) * -(-shape[-3] // DEPTH_CHUNK)
+def tiles(shape, dtype=None) -> int:
+    """Blocks per volume of ``shape`` (its last three axes): 16 x 16 tiles (whatever ``dtype``) times depth
+    chunks."""
+    return -(-shape[-2] // TILE) * -(-shape[-1] // TILE) * -(-shape[-3] // DEPTH_CHUNK)
 
 
 def _volume_layouts(inputs, outputs):

@@ -106,7 +106,8 @@ class _Pyramid:
 
     @functools.cached_property
     def _tiles(self) -> tuple:
-        return tuple(self.layout.launcher.tiles(self.layout.params.map_shape(shape)) for shape in self._stored)
+        return tuple(self.layout.launcher.tiles(self.layout.params.map_shape(shape), self.layout.dtype)
+                     for shape in self._stored)
 
     def tiles(self, j) -> int:
         return self._tiles[j]

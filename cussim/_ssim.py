@@ -82,7 +82,7 @@ class _Layout:
         """(float64, compute-dtype) elements of SSIM's workspace: per-tile sums and the forward's block
         counter (one element, zero between launches), and the gradient's 3 maps."""
         map_shape = self.params.map_shape(self.shape)
-        return self.planes * self.launcher.tiles(map_shape) + 1, 3 * math.prod(map_shape)
+        return self.planes * self.launcher.tiles(map_shape, self.dtype) + 1, 3 * math.prod(map_shape)
 
 
 @dataclass(frozen=True)
