@@ -153,6 +153,13 @@ __device__ inline int reflect_index(int i, int n) {
     return i < n ? i : period - 1 - i;
 }
 
+// Where position i of a halo (outside [0, n) or not) reads from, along a
+// side of n pixels: i inside, its reflection for "reflect", -1 (a zero) else.
+__device__ inline int halo_source(int i, int n, int padding) {
+    if (padding == PAD_REFLECT) return reflect_index(i, n);
+    return i >= 0 && i < n ? i : -1;
+}
+
 // True for a finite value: v - v is 0, where a NaN or an infinity gives NaN.
 template <class C> __device__ inline bool is_finite(C v) { return v - v == C(0); }
 
@@ -789,6 +796,11 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
     const int first_row = Shape::first_row(warp, lane), col = g.col + (lane & 15);
     // how many of them lie in the map (one number, not kRows tests kept across the plane loop)
     const int rows_here = col < g.map_w ? min(kRows, g.map_h - (g.row + first_row)) : 0;
+    // Border tiles (the halo leaves the image): the image row of each halo row and this lane's image
+    // column, or -1 for a zero (halo_source), worked out once for every plane.
+    __shared__ int halo_rows[kHaloRows];
+    if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, height, padding);
+    const int halo_col = halo_source(left + lane, width, padding);
     if (tid == 0) {
         held.plane.start(inner_count);
         held.x_row = x_row;
@@ -813,22 +825,31 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
         const C kx = held.shift[0], ky = held.shift[1];
         if (lane < Shape::kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
             if (inside) {
-                // The fast path (most tiles): the halo inside the image, no bounds test, no padding,
-                // addresses advanced by additions (any strides, read back from `held` in each plane).
+                // The fast path (most tiles): the halo inside the image, no bounds test, no padding, all
+                // of a thread's loads in flight at once (unrolled), addresses advanced by additions (any
+                // strides, read back from `held` in each plane).
                 const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
                 const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
                 const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
-#pragma unroll 1
-                for (int r = warp; r < kHaloRows; r += kWarps, xo += x_step, yo += y_step) {
-                    tile[0][r][lane] = (C)element_value(*xo) * inv_range - kx;
-                    tile[1][r][lane] = (C)element_value(*yo) * inv_range - ky;
+#pragma unroll
+                for (int i = 0; i < (kHaloRows + kWarps - 1) / kWarps; ++i, xo += x_step, yo += y_step) {
+                    const int r = warp + kWarps * i;
+                    if (r < kHaloRows) {
+                        tile[0][r][lane] = (C)element_value(*xo) * inv_range - kx;
+                        tile[1][r][lane] = (C)element_value(*yo) * inv_range - ky;
+                    }
                 }
             } else {
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
-                    const int row = top + r, column = left + lane;
-                    tile[0][r][lane] = load_scaled(xp, x_row, x_col, row, column, height, width, padding, inv_range) - kx;
-                    tile[1][r][lane] = load_scaled(yp, y_row, y_col, row, column, height, width, padding, inv_range) - ky;
+                    const int row = halo_rows[r];
+                    C vx = C(0), vy = C(0);
+                    if (row >= 0 && halo_col >= 0) {
+                        vx = (C)element_value(xp[row * x_row + halo_col * x_col]) * inv_range;
+                        vy = (C)element_value(yp[row * y_row + halo_col * y_col]) * inv_range;
+                    }
+                    tile[0][r][lane] = vx - kx;
+                    tile[1][r][lane] = vy - ky;
                 }
             }
         }
@@ -994,19 +1015,12 @@ __device__ inline void backward_planes(
     // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
     // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
     // row of each halo row, or -1 for a row of zeros (for tiles whose halo leaves the map).
-    int map_col = left + lane;
-    bool col_inside = map_col >= 0 && map_col < g.map_w;
-    if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
-        map_col = reflect_index(map_col, g.map_w);
-        col_inside = true;
-    }
+    // (F is symmetric with reflection: F^T reflects too.)
+    const int map_col = halo_source(left + lane, g.map_w, padding);
+    const bool col_inside = map_col >= 0;
     const int j = (map_col >> 4) - base_col;
     __shared__ int halo_rows[kHaloRows];
-    if (tid < kHaloRows) {
-        const int map_row = top + tid;
-        halo_rows[tid] = padding == PAD_REFLECT ? reflect_index(map_row, g.map_h)
-                                                : (map_row >= 0 && map_row < g.map_h ? map_row : -1);
-    }
+    if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, g.map_h, padding);
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
     __shared__ long long pooled_rows[MsSsim ? kHeight : 1];  // pooled_code of each row
