@@ -261,7 +261,8 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     const C d = mul(b1, b2);
     const C inv_b1 = C(1) / b1, inv_b2 = C(1) / b2;
     const C u = mul(vd, inv_b2);  // 1 - A2 / B2
-    const C cs = free_sxy ? add(C(1), -u) : c2 / b2;  // A2 / B2, exactly 1 for flat x == y
+    // A2 / B2: for a flat window (no covariance) c2 / B2, exactly 1 where B2 is c2 (flat x == y)
+    const C cs = free_sxy ? add(C(1), -u) : (b2 == c2 ? C(1) : mul(c2, inv_b2));
     const C l = term == TERM_CS ? C(1) : add(C(1), -mul(mul(md, inv_b1), md));  // A1 / B1
     const C s_raw = mul(l, cs);
     Pixel<C> out;
@@ -693,13 +694,59 @@ __device__ inline void add_tap(C (&out)[N][Q], int j, const C (&v)[Q], const C* 
             if (j >= o && j - o <= 2 * R) out[o][q] += folded_tap<R>(weights, j - o) * v[q];
 }
 
+// A Tile's horizontally filtered rows of Q quantities (halo row r, column c < 16), one
+// plane per quantity: the layout of the bank argument at Tile.
+template <class C, int R, int Q> struct FilteredRows {
+    C planes[Q][Tile<C, R>::kHaloRows][Tile<C, R>::kRowsPitch];
+
+    __device__ void store(int r, int c, const C (&v)[Q]) {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) planes[q][r][c] = v[q];
+    }
+    __device__ void load(int r, int c, C (&v)[Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) v[q] = planes[q][r][c];
+    }
+};
+
+// The forward's five moments mx, md, Exx, Eyy, Edd in float: (mx, md) and (Exx, Eyy) as 8-byte pairs,
+// so that a row is three loads in the vertical pass, not five. Bank conflicts, none: 8-byte accesses
+// are served per half-warp; a half-warp of the horizontal pass stores one column of 16 consecutive rows,
+// the pitch of 17 pairs puts row r + 1 at banks 2 further (16 different bank pairs); one of the vertical
+// pass loads 16 consecutive pairs of one row.
+template <int R> struct MomentRows {
+    static constexpr int kHaloRows = Tile<float, R>::kHaloRows, kPitch = Tile<float, R>::kRowsPitch;
+    float2 pairs[2][kHaloRows][kPitch];
+    float dd[kHaloRows][kPitch];
+
+    __device__ void store(int r, int c, const float (&v)[5]) {
+        float2 mean, square;
+        mean.x = v[0];
+        mean.y = v[1];
+        square.x = v[2];
+        square.y = v[3];
+        pairs[0][r][c] = mean;
+        pairs[1][r][c] = square;
+        dd[r][c] = v[4];
+    }
+    __device__ void load(int r, int c, float (&v)[5]) const {
+        const float2 mean = pairs[0][r][c], square = pairs[1][r][c];
+        v[0] = mean.x;
+        v[1] = mean.y;
+        v[2] = square.x;
+        v[3] = square.y;
+        v[4] = dd[r][c];
+    }
+};
+template <class C, int R> struct ForwardRows { using type = FilteredRows<C, R, 5>; };
+template <int R> struct ForwardRows<float, R> { using type = MomentRows<R>; };
+
 // The horizontal half of the separable filter over a Tile's halo rows, into
-// rows[q][r][c] (q < Q): warp w filters columns 4 (w % 4) .. 4 (w % 4) + 3 of
-// the halo rows 32 (w / 4) + lane + 64 i, each loaded value serving up to 4
-// outputs. load(r, c, v) gives the Q quantities of halo pixel (r, c).
-template <class C, int R, int Q, class Load>
-__device__ inline void horizontal_pass(C (&rows)[Q][Tile<C, R>::kHaloRows][Tile<C, R>::kRowsPitch],
-                                       const C* weights, int warp, int lane, Load load) {
+// `rows` (FilteredRows or MomentRows): warp w filters columns 4 (w % 4) ..
+// 4 (w % 4) + 3 of the halo rows 32 (w / 4) + lane + 64 i, each loaded value
+// serving up to 4 outputs. load(r, c, v) gives the Q quantities of halo pixel (r, c).
+template <class C, int R, int Q, class Rows, class Load>
+__device__ inline void horizontal_pass(Rows& rows, const C* weights, int warp, int lane, Load load) {
     using Shape = Tile<C, R>;
     constexpr int kCols = Shape::kHorizontalCols, kColGroups = kTile / kCols;
     constexpr int kRowStride = 32 * (kTile * kTile / 32 / kColGroups);
@@ -714,9 +761,7 @@ __device__ inline void horizontal_pass(C (&rows)[Q][Tile<C, R>::kHaloRows][Tile<
             add_tap<C, R>(b, j, v, weights);
         }
 #pragma unroll
-        for (int q = 0; q < Q; ++q)
-#pragma unroll
-            for (int o = 0; o < kCols; ++o) rows[q][r][c + o] = b[o][q];
+        for (int o = 0; o < kCols; ++o) rows.store(r, c + o, b[o]);
     }
 }
 
@@ -724,16 +769,14 @@ __device__ inline void horizontal_pass(C (&rows)[Q][Tile<C, R>::kHaloRows][Tile<
 // first_row .. first_row + kRows + 2R - 1, each loaded value serving up to
 // kRows of them; finish(i, b) takes row i's Q filtered values as soon as its
 // last tap is in (fewer live registers).
-template <class C, int R, int Q, class Finish>
-__device__ inline void vertical_rows(const C (&rows)[Q][Tile<C, R>::kHaloRows][Tile<C, R>::kRowsPitch],
-                                     const C* weights, int first_row, int col, Finish finish) {
+template <class C, int R, int Q, class Rows, class Finish>
+__device__ inline void vertical_rows(const Rows& rows, const C* weights, int first_row, int col, Finish finish) {
     constexpr int kRows = Tile<C, R>::kRows;
     C b[kRows][Q] = {};
 #pragma unroll
     for (int j = 0; j < kRows + 2 * R; ++j) {
         C v[Q];
-#pragma unroll
-        for (int q = 0; q < Q; ++q) v[q] = rows[q][first_row + j][col];
+        rows.load(first_row + j, col, v);
         add_tap<C, R>(b, j, v, weights);
         if (j >= 2 * R) finish(j - 2 * R, b[j - 2 * R]);
     }
@@ -769,7 +812,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight, kHaloRows = Shape::kHaloRows;
     constexpr int kWarps = kTile * kTile / 32;
     __shared__ C tile[2][kHaloRows][Shape::kPitch];  // x', y': x and y scaled and shifted, around the tile
-    __shared__ C rows[5][kHaloRows][Shape::kRowsPitch];  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    __shared__ typename ForwardRows<C, R>::type rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kWarps];
     // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
@@ -796,6 +839,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
     const int first_row = Shape::first_row(warp, lane), col = g.col + (lane & 15);
     // how many of them lie in the map (one number, not kRows tests kept across the plane loop)
     const int rows_here = col < g.map_w ? min(kRows, g.map_h - (g.row + first_row)) : 0;
+    // whether the mean counts this thread's column (the rows are tested per pixel)
+    const bool col_counted = col >= crop && col < g.map_w - crop;
     // Border tiles (the halo leaves the image): the image row of each halo row and this lane's image
     // column, or -1 for a zero (halo_source), worked out once for every plane.
     __shared__ int halo_rows[kHaloRows];
@@ -831,14 +876,16 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
                 const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
                 const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
                 const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
+                constexpr int kLoads = (kHaloRows + kWarps - 1) / kWarps, kWholeLoads = kHaloRows / kWarps;
+                constexpr int kStep = kWarps * Shape::kPitch;  // rows w + 8 i, from tile[q][w][lane]
+                C* tx = &tile[0][warp][lane];
+                C* ty = &tile[1][warp][lane];
 #pragma unroll
-                for (int i = 0; i < (kHaloRows + kWarps - 1) / kWarps; ++i, xo += x_step, yo += y_step) {
-                    const int r = warp + kWarps * i;
-                    if (r < kHaloRows) {
-                        tile[0][r][lane] = (C)element_value(*xo) * inv_range - kx;
-                        tile[1][r][lane] = (C)element_value(*yo) * inv_range - ky;
+                for (int i = 0; i < kLoads; ++i, xo += x_step, yo += y_step)
+                    if (i < kWholeLoads || warp + kWarps * i < kHaloRows) {
+                        tx[kStep * i] = (C)element_value(*xo) * inv_range - kx;
+                        ty[kStep * i] = (C)element_value(*yo) * inv_range - ky;
                     }
-                }
             } else {
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
@@ -876,7 +923,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
         });
         __syncthreads();
         static_assert(sizeof(rows) >= 5 * kRows * kTile * kTile * sizeof(C), "the rows hold the moments");
-        C (*moments)[kRows][kTile * kTile] = reinterpret_cast<C (*)[kRows][kTile * kTile]>(&rows[0][0][0]);
+        C (*moments)[kRows][kTile * kTile] = reinterpret_cast<C (*)[kRows][kTile * kTile]>(&rows);
 #pragma unroll
         for (int i = 0; i < kRows; ++i)
 #pragma unroll
@@ -890,7 +937,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
             const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
             const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
             if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
-            const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
+            const bool counted = col_counted && row >= crop && row < g.map_h - crop;
             double counted_value = counted ? (double)px.s : 0.0;
             if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + first_row + i, c = R + (lane & 15);
@@ -971,7 +1018,7 @@ __device__ inline void backward_planes(
     static_assert(R <= 8, "the move table covers halos of R <= 8");
     constexpr int kLog2 = Shape::kHeightLog2;
     __shared__ C tile[3][kHaloRows][Shape::kPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
-    __shared__ C rows[3][kHaloRows][Shape::kRowsPitch];
+    __shared__ FilteredRows<C, R, 3> rows;
     // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
     // forward tile (base_row + i, base_col + j), forward tiles being kHeight rows by
     // 16 columns (Tile). The halo reads map rows of the forward tiles from
