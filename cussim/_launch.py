@@ -276,10 +276,10 @@ class Combine(NamedTuple):
     share: float
 
     @property
-    def key(self) -> tuple:
-        """What a launch plan depends on (not the data pointers)."""
-        return (_signature(self.block_sums), self.scale_table, _signature(self.image_values),
-                self.plane_weights is None, _signature(self.out), self.planes, self.group, self.share)
+    def options(self) -> tuple:
+        """What a launch plan depends on beyond the arrays' layouts (the forward's key holds those of x and
+        out, which fix the others')."""
+        return self.scale_table, self.group, self.share, self.plane_weights is None
 
     @property
     def finish(self) -> tuple:
@@ -329,7 +329,7 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     pointers = (x, y, map_out, block_sums, grad_maps, out, image_values, plane_weights)
     key = ("forward", _signature(x), _signature(y), _signature(map_out), block_sums is None, grad_maps is None,
            params, weight, formula, term, sum_scale, l1, _signature(out), finish and finish[1:],
-           combine and combine.key)
+           combine and combine.options)
     _launch_planned(key, lambda: _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish,
                                                  combine), pointers)
 
@@ -513,7 +513,9 @@ def combine(job: Combine):
     """Launches msssim_combine: per image of ``job.group`` planes, the relu'd product of the scales' means,
     and each value of ``job.out`` the mean of its images' (one launch; see :class:`Combine`)."""
     pointers = (job.block_sums, job.image_values, job.plane_weights, job.out)
-    _launch_planned(("combine", job.key), lambda: _combine_launch(pointers, job), pointers)
+    key = ("combine", _signature(job.block_sums), _signature(job.image_values), _signature(job.out), job.planes,
+           job.options)
+    _launch_planned(key, lambda: _combine_launch(pointers, job), pointers)
 
 
 def _combine_launch(pointers, job):
