@@ -287,7 +287,6 @@ class Combine(NamedTuple):
         return self.out, self.planes // self.group // max(1, self.out.size), 0.0, 1.0
 
 
-
 def combine_args(combine, null):
     """The arguments msssim_combine and ssim_forward take for ``combine`` (a :class:`Combine`), or for none:
     the scale table to the plane weights."""

@@ -275,18 +275,16 @@ def _combined(executor, x, y, options, workspace_options):
     return [executor.asnumpy(a) for a in results] + [executor.asnumpy(ws.block_sums)]
 
 
-@pytest.mark.parametrize("order", ["forward", "reverse", "shuffle"])
 @pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
-def test_combine_folded_into_the_last_forward_is_bitwise_its_own_launch(executor, monkeypatch, variant, order):
+def test_combine_folded_into_the_last_forward_is_bitwise_its_own_launch(executor, monkeypatch, variant):
     """The last scale's forward combining the scales (its last block of each image, then the last image's
     finish) gives the values, gradients, per-image values and plane weights of forwards plus msssim_combine,
     bit for bit: float32, uint8 and float64 images with odd sides, channels (pooled by torchmetrics: 3 planes
-    per image), blocks that loop over planes (2 grid rows), in the emulator's forward, reverse and shuffled
-    thread orders; every counter is 0 after each call."""
+    per image), blocks that loop over planes (2 grid rows); every counter is 0 after each call. (CI reruns
+    it in reverse and shuffled thread orders.)"""
     from cussim import _launch
 
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    monkeypatch.setenv("CUSSIM_EMULATOR_ORDER", order)
     for dtype, shape, grid_rows in ((np.float32, (2, 3, 41, 37), _launch.MAX_GRID_Y), (np.uint8, (3, 2, 39, 43), 2),
                                     (np.float64, (1, 3, 37, 45), 2)):
         x, y = (executor.asarray(a) for a in _pair(shape, dtype, seed=5))
