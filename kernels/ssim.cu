@@ -12,7 +12,10 @@
 //                        g*Pxx, g*Pdd (the exact gradient) or the terms of
 //                        scikit-image's formula. Given `out`,
 //                        the last block to finish writes the values as
-//                        ssim_finish does (finish_if_last): one launch.
+//                        ssim_finish does (finish_if_last): one launch. With
+//                        FORWARD_COMBINE (MS-SSIM's last scale), the last
+//                        block of each image combines every scale's sums
+//                        as msssim_combine does (combine_if_last).
 //   ssim_backward<T, R, Tail>  the gradient with respect to x: the adjoint
 //                        filter F^T of the three partial maps, combined with x
 //                        and y (docs/spec.rst section 4), written into grad
@@ -38,7 +41,9 @@
 //                        the relu'd weighted product, and d product / d mean
 //                        spread over the planes as backward weights; then, by
 //                        the last block, the mean of the images' values of
-//                        each output, stored as O (finish_if_last).
+//                        each output, stored as O (finish_if_last). For
+//                        volumes: the 2-D forward of the last scale does it
+//                        (FORWARD_COMBINE, the same combine_image).
 // They live in this file because the backward's fused adjoint and the
 // downsampling share one geometry (pooled_source / pooled_target).
 //
@@ -207,8 +212,9 @@ enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE =
 // ssim_forward's compile-time options, its third template argument: a bitmask
 // of the gradient formula whose partial maps it writes (none for FORWARD_VALUE),
 // MS-SSIM's contrast-structure term in place of SSIM, whether it writes the
-// map, and whether the block sums hold the fused L1 term. A value call's kernel
-// then holds no gradient, no map and no L1 code; name
+// map, whether the block sums hold the fused L1 term, and whether its last
+// blocks combine MS-SSIM's scales (its last scale). A value call's kernel
+// then holds no gradient, no map, no L1 and no combine code; name
 // expressions spell them, e.g. ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>.
 enum ForwardOption {
     FORWARD_VALUE = 0,
@@ -216,7 +222,8 @@ enum ForwardOption {
     FORWARD_SKIMAGE = GRADIENT_SKIMAGE,
     FORWARD_CS = 4,
     FORWARD_MAP = 8,
-    FORWARD_L1 = 16
+    FORWARD_L1 = 16,
+    FORWARD_COMBINE = 32  // MS-SSIM's last scale: the combine of every scale folded in (combine_if_last)
 };
 __device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
 __device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
@@ -338,27 +345,37 @@ __device__ inline void finish_values(const volatile double* block_sums, long lon
     }
 }
 
-// The finish folded into a forward: after each block has stored its sums,
-// the last block to arrive (a counter in the unsigned int after the `sums`
-// block sums, zero between launches: that block resets it) writes the
-// `outputs` values. Called by all 256 threads of every block once, after
-// their last barrier-protected use of `scratch` (256 doubles).
-template <class O>
-__device__ inline void finish_if_last(double* block_sums, long long sums, long long outputs, double count, double a,
-                                      double b, O* out, long long out_stride, double* scratch, int tid) {
+// Whether this block arrives last, of `arrivals` (a launch's blocks, or an
+// image's blocks and planes): true in all of its threads for the last one to
+// add 1 to `counter` (zero between launches: that block resets it). Called by
+// all 256 threads of the block, after their last barrier-protected use of
+// scratch[0] and after thread 0 has stored what the last block reads; that
+// block then reads it (as volatile) after every other block's.
+__device__ inline bool last_arrival(unsigned int* counter, unsigned int arrivals, double* scratch, int tid) {
     __syncthreads();
     if (tid == 0) {
-        __threadfence();  // this block's sums are visible before the counter says so
-        unsigned int* counter = reinterpret_cast<unsigned int*>(block_sums + sums);
-        const bool last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+        __threadfence();  // this block's stores are visible before the counter says so
+        const bool last = atomicAdd(counter, 1u) == arrivals - 1;
         if (last) *counter = 0u;
         scratch[0] = last ? 1.0 : 0.0;
     }
     __syncthreads();
-    if (scratch[0] == 0.0) return;
+    if (scratch[0] == 0.0) return false;
     __syncthreads();
     __threadfence();
-    finish_values(block_sums, sums / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
+    return true;
+}
+
+// The finish folded into a forward: after each block has stored its sums,
+// the last block to arrive (a counter in the unsigned int after the `sums`
+// block sums) writes the `outputs` values. Called by all 256 threads of
+// every block once, after their last barrier-protected use of `scratch`
+// (256 doubles).
+template <class O>
+__device__ inline void finish_if_last(double* block_sums, long long sums, long long outputs, double count, double a,
+                                      double b, O* out, long long out_stride, double* scratch, int tid) {
+    if (last_arrival(reinterpret_cast<unsigned int*>(block_sums + sums), gridDim.x * gridDim.y, scratch, tid))
+        finish_values(block_sums, sums / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
 }
 
 // Where a block's 16x16 tile lies, over the map (forward) or over the image
@@ -782,18 +799,129 @@ __device__ inline void vertical_rows(const Rows& rows, const C* weights, int fir
     }
 }
 
+// MS-SSIM's combine of one image (`group` consecutive planes, whose means
+// pool before the product, as torchmetrics pools channels), by the 256
+// threads of a block: each scale's mean m_j from its block sums in a fixed
+// order, value = prod_j max(m_j, 0)^w_j into image_values[image], and, if
+// plane_weights is given, each plane's backward weight d value / d m_j /
+// (pixels averaged) * share: 0 where a relu'd mean is 0 (the product is 0
+// around there), and with max(m_j, guard) in the power's derivative, so
+// finite inputs never give infinity or NaN. Thread j handles scale j
+// (scales <= kMaxScales <= 256). scale_table holds, per scale: w_j, map
+// pixels per plane, tiles per plane, and the offset of the scale's block sums
+// (planes x tiles, plane-major). The sums are read as volatile: the last
+// scale's forward combines the sums that its other blocks wrote in the same
+// launch (combine_if_last). scratch: kCombineScratch doubles, free on entry
+// (after a barrier) and on return. msssim_combine and the folded combine run
+// this one piece of code, so their values and weights are bitwise the same.
+constexpr int kCombineScratch = 256 + 3 * kMaxScales;
+__device__ inline void combine_image(long long image, const volatile double* block_sums, const double* scale_table,
+                                     int scales, long long planes, long long group, double share, double guard,
+                                     double* image_values, double* plane_weights, double* scratch, int tid) {
+    constexpr int Threads = 256;
+    static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
+    double* means = scratch + Threads;
+    double* weighted_logs = means + kMaxScales;          // w_j log m_j (0 where w_j = 0)
+    double* scale_weights = weighted_logs + kMaxScales;  // d value / d m_j * share / pixels averaged
+    const int j = tid;
+    for (int s = 0; s < scales; ++s) {
+        const long long tiles = (long long)scale_table[4 * s + 2];
+        const volatile double* sums = block_sums + (long long)scale_table[4 * s + 3] + image * group * tiles;
+        double partial = 0.0;
+        for (long long k = tid; k < group * tiles; k += Threads) partial += sums[k];
+        scratch[tid] = partial;
+        __syncthreads();
+        for (int k = Threads / 2; k > 0; k >>= 1) {
+            if (tid < k) scratch[tid] += scratch[tid + k];
+            __syncthreads();
+        }
+        if (tid == 0) {  // relu, keeping a NaN mean NaN (fmax would make it 0)
+            const double mean = scratch[0] / (scale_table[4 * s + 1] * (double)group);
+            means[s] = mean < 0.0 ? 0.0 : mean;
+        }
+        __syncthreads();
+    }
+    // zero: some scale with weight > 0 has a relu'd mean of 0, so the product is 0
+    bool zero = false;
+    for (int s = 0; s < scales; ++s) zero = zero || (means[s] == 0.0 && scale_table[4 * s] > 0.0);
+    if (j < scales) {
+        const double w = scale_table[4 * j];
+        weighted_logs[j] = (w == 0.0 || zero) ? 0.0 : w * log(means[j]);
+    }
+    __syncthreads();
+    double total_log = 0.0;
+    for (int s = 0; s < scales; ++s) total_log += weighted_logs[s];
+    if (j == 0) image_values[image] = zero ? 0.0 : exp(total_log);
+    if (j < scales) {
+        const double w = scale_table[4 * j];
+        const double others = total_log - weighted_logs[j];
+        scale_weights[j] = (zero || w == 0.0)
+                               ? 0.0
+                               : w * exp(others + (w - 1.0) * log(fmax(means[j], guard))) * share /
+                                     (scale_table[4 * j + 1] * (double)group);
+    }
+    __syncthreads();
+    if (plane_weights) {
+        for (int s = 0; s < scales; ++s)
+            for (long long q = tid; q < group; q += Threads)
+                plane_weights[s * planes + image * group + q] = scale_weights[s];
+    }
+    __syncthreads();  // scratch is free again
+}
+
+// The counters of MS-SSIM's combine, unsigned ints in the doubles after the
+// images' values: counter 0 (msssim_combine's blocks, or the folded
+// combine's images), then one per image (the folded combine's forward
+// blocks of each image): 1 + images doubles, zero between launches.
+__device__ inline unsigned int* combine_counter(double* image_values, long long images, long long k) {
+    return reinterpret_cast<unsigned int*>(image_values + images + k);
+}
+
+// MS-SSIM's combine folded into its last scale's forward (FORWARD_COMBINE),
+// called where that forward would finish (finish_if_last), with its arguments:
+// block_sums is the last scale's, at offset scale_table[4 (scales - 1) + 3]
+// from the first scale's. Each image's blocks (its planes times the tiles)
+// count on the image's counter; the last of them combines the image
+// (combine_image, as msssim_combine's block of that image does), so images
+// combine in parallel, as in msssim_combine; the last image to be combined
+// (counter 0) writes the `outputs` values, each the mean of its images'
+// values, as msssim_combine's last block does (finish_values).
+template <class O>
+__device__ inline void combine_if_last(double* block_sums, const double* scale_table, int scales, long long planes,
+                                       long long group, double share, double guard, double* image_values,
+                                       double* plane_weights, O* out, long long out_stride, long long outputs,
+                                       double count, double a, double b, double* scratch, int tid) {
+    const long long images = planes / group;
+    const double* first_scale = block_sums - (long long)scale_table[4 * (scales - 1) + 3];
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {  // the planes whose sums this block stored
+        const long long image = p / group;
+        if (!last_arrival(combine_counter(image_values, images, 1 + image), (unsigned int)(group * gridDim.x),
+                          scratch, tid))
+            continue;
+        combine_image(image, first_scale, scale_table, scales, planes, group, share, guard, image_values,
+                      plane_weights, scratch, tid);
+        if (last_arrival(combine_counter(image_values, images, 0), (unsigned int)images, scratch, tid))
+            finish_values(image_values, images / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
+    }
+}
+
 }  // namespace cussim
 
 // The forward's blocks per SM (TileMinBlocks): its block loads x and y and filters five moments. At
 // R = 7 at most 3 (80 registers): at 64, the passes' 20 sums and 8 taps left no room for a few set-up
-// values, which spilled (8 to 16 bytes).
-template <class T, int R> struct ForwardMinBlocks {
+// values, which spilled (8 to 16 bytes). With FORWARD_COMBINE 1: that forward is MS-SSIM's last scale,
+// the smallest image (a few blocks per plane), whose occupancy does not matter, and the combine's
+// float64 log and exp need registers.
+template <class T, int R, int Options> struct ForwardMinBlocks {
     using C = typename cussim::ComputeType<T>::type;
-    static constexpr int value = cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value, R < 7 ? 4 : 3>::value;
+    static constexpr int value =
+        Options & cussim::FORWARD_COMBINE
+            ? 1
+            : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value, R < 7 ? 4 : 3>::value;
 };
 
 template <class T, int R, int Options>
-__global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forward(
+__global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) ssim_forward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
@@ -803,7 +931,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
     double l1, typename cussim::ComputeType<T>::type* __restrict__ out, long long out_stride, long long outputs,
-    double count, double a, double b) {
+    double count, double a, double b, const double* __restrict__ scale_table, int scales, long long group,
+    double share, double guard, double* __restrict__ image_values, double* __restrict__ plane_weights) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     using Shape = Tile<C, R>;
@@ -959,9 +1088,17 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R>::value) ssim_forwa
             __syncthreads();  // the next plane overwrites the tiles
         }
     }
-    // rows (at least 5 * 18 * 17 values of C, over 6 KiB) serves as the finish's 256 doubles.
-    if (outputs) finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride,
-                                reinterpret_cast<double*>(&rows), tid);
+    // rows (at least 5 * 18 * 17 values of C, over 6 KiB) serves as the finish's 256 doubles, or the
+    // combine's kCombineScratch.
+    if (outputs) {
+        static_assert(sizeof(rows) >= kCombineScratch * sizeof(double), "rows holds the finish's scratch");
+        double* last_scratch = reinterpret_cast<double*>(&rows);
+        if constexpr ((Options & FORWARD_COMBINE) != 0)
+            combine_if_last(block_sums, scale_table, scales, planes, group, share, guard, image_values,
+                            plane_weights, out, out_stride, outputs, count, a, b, last_scratch, tid);
+        else
+            finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride, last_scratch, tid);
+    }
 }
 
 namespace cussim {
@@ -1262,79 +1399,24 @@ __global__ void __launch_bounds__(256, 1) msssim_pyramid(
     }
 }
 
-// Per image (one block each; an image is `group` consecutive planes, whose
-// means pool before the product, as torchmetrics pools channels): each
-// scale's mean m_j from its block sums in a fixed order, value =
-// prod_j max(m_j, 0)^w_j, and, if plane_weights is given, each plane's
-// backward weight d value / d m_j / (pixels averaged) * share: 0 where a
-// relu'd mean is 0 (the product is 0 around there), and with
-// max(m_j, guard) in the power's derivative, so finite inputs never give
-// infinity or NaN. Thread j handles scale j (scales <= kMaxScales <= 256).
-// scale_table holds, per scale: w_j, map pixels per plane, tiles per plane,
-// and the offset of the scale's block sums (planes x tiles, plane-major).
-// The last block to finish then writes the `outputs` values, each the mean
-// of its images' values, as ssim_finish does (finish_if_last; the counter is
-// the element after the image values): one launch for both.
+// Per image (one block each): MS-SSIM's combine of the scales' means
+// (combine_image); the last block to finish then writes the `outputs`
+// values, each the mean of its images' values, as ssim_finish does
+// (finish_if_last; the counter is combine_counter 0, the element after the
+// image values): one launch for both. The last scale's forward does all of
+// this itself (FORWARD_COMBINE); this kernel serves the volumes.
 template <class O>
 __global__ void __launch_bounds__(256, 1) msssim_combine(
-    const double* __restrict__ block_sums, const double* __restrict__ scale_table, int scales, long long planes,
+    const double* __restrict__ block_sums, long long planes, const double* __restrict__ scale_table, int scales,
     long long group, double share, double guard, double* __restrict__ image_values,
     double* __restrict__ plane_weights, O* __restrict__ out, long long out_stride, long long outputs, double count,
     double a, double b) {
-    constexpr int Threads = 256;
     using namespace cussim;
-    static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
-    __shared__ double scratch[Threads];
-    __shared__ double means[kMaxScales];
-    __shared__ double weighted_logs[kMaxScales];  // w_j log m_j (0 where w_j = 0)
-    __shared__ double scale_weights[kMaxScales];  // d value / d m_j * share / pixels averaged
+    __shared__ double scratch[kCombineScratch];
     const long long images = planes / group;
-    const int j = threadIdx.x;
-    for (long long image = blockIdx.x; image < images; image += gridDim.x) {
-        for (int s = 0; s < scales; ++s) {
-            const long long tiles = (long long)scale_table[4 * s + 2];
-            const double* sums = block_sums + (long long)scale_table[4 * s + 3] + image * group * tiles;
-            double partial = 0.0;
-            for (long long k = threadIdx.x; k < group * tiles; k += Threads) partial += sums[k];
-            scratch[threadIdx.x] = partial;
-            __syncthreads();
-            for (int k = Threads / 2; k > 0; k >>= 1) {
-                if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
-                __syncthreads();
-            }
-            if (threadIdx.x == 0) {  // relu, keeping a NaN mean NaN (fmax would make it 0)
-                const double mean = scratch[0] / (scale_table[4 * s + 1] * (double)group);
-                means[s] = mean < 0.0 ? 0.0 : mean;
-            }
-            __syncthreads();
-        }
-        // zero: some scale with weight > 0 has a relu'd mean of 0, so the product is 0
-        bool zero = false;
-        for (int s = 0; s < scales; ++s) zero = zero || (means[s] == 0.0 && scale_table[4 * s] > 0.0);
-        if (j < scales) {
-            const double w = scale_table[4 * j];
-            weighted_logs[j] = (w == 0.0 || zero) ? 0.0 : w * log(means[j]);
-        }
-        __syncthreads();
-        double total_log = 0.0;
-        for (int s = 0; s < scales; ++s) total_log += weighted_logs[s];
-        if (j == 0) image_values[image] = zero ? 0.0 : exp(total_log);
-        if (j < scales) {
-            const double w = scale_table[4 * j];
-            const double others = total_log - weighted_logs[j];
-            scale_weights[j] = (zero || w == 0.0)
-                                   ? 0.0
-                                   : w * exp(others + (w - 1.0) * log(fmax(means[j], guard))) * share /
-                                         (scale_table[4 * j + 1] * (double)group);
-        }
-        __syncthreads();
-        if (plane_weights) {
-            for (int s = 0; s < scales; ++s)
-                for (long long q = threadIdx.x; q < group; q += Threads)
-                    plane_weights[s * planes + image * group + q] = scale_weights[s];
-        }
-        __syncthreads();  // the shared arrays are rewritten for the next image
-    }
+    for (long long image = blockIdx.x; image < images; image += gridDim.x)
+        combine_image(image, block_sums, scale_table, scales, planes, group, share, guard, image_values,
+                      plane_weights, scratch, (int)threadIdx.x);
     finish_if_last(image_values, images, outputs, count, a, b, out, out_stride, scratch, (int)threadIdx.x);
 }
 
