@@ -378,9 +378,10 @@ __device__ inline void finish_if_last(double* block_sums, long long sums, long l
         finish_values(block_sums, sums / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
 }
 
-// Where a block's 16x16 tile lies, over the map (forward) or over the image
-// (backward). offset: map pixel (i, j) is centred on image pixel
-// (i + offset, j + offset); R for "valid", 0 otherwise.
+// Where a block's tile lies, over the map (forward) or over the image
+// (backward): its first pixel for 16 x 16 tiles (the 2-D kernels scale g.row
+// by their rows per thread, Tile). offset: map pixel (i, j) is centred on
+// image pixel (i + offset, j + offset); R for "valid", 0 otherwise.
 struct TileGeometry {
     int offset, map_h, map_w, row, col;
     long long map_pixels;
@@ -413,8 +414,8 @@ __device__ inline void tap_sums(const C* weights, Value value, C (&out)[Q]) {
     }
 }
 
-// The vertical half of the separable filter: this thread's pixel from Q
-// horizontally filtered tiles.
+// The vertical half of the separable filter over 16 x 16 tiles (the 3-D
+// kernels): this thread's pixel from Q horizontally filtered tiles.
 template <class C, int R, int Q>
 __device__ inline void vertical_pass(const C (&rows)[Q][kTile + 2 * R][kTile], const C* weights, C (&out)[Q]) {
     tap_sums<C, R, Q>(weights, [&](int t, int q) { return rows[q][threadIdx.y + t][threadIdx.x]; }, out);
