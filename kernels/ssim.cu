@@ -198,6 +198,20 @@ __device__ inline C moved_partial(const C (&p)[3], C move_x, C move_d) {
     return p[0] + move_x * p[1] + move_d * p[2];
 }
 
+// The five terms whose window means are the moments mx', md', Exx', Eyy',
+// Edd' (ssim_pixel) at a pixel of shifted values a = x', b = y': a, d = a - b,
+// a^2, b^2, d^2, each formed once (then 5 fused multiply-adds per tap); with
+// x == y bitwise, d = 0, so md' and Edd' are exactly 0 and Eyy' is bitwise Exx'.
+template <class C>
+__device__ inline void moment_terms(C a, C b, C (&v)[5]) {
+    const C d = a - b;
+    v[0] = a;
+    v[1] = d;
+    v[2] = a * a;
+    v[3] = b * b;
+    v[4] = d * d;
+}
+
 // What the forward writes into the three partial maps (the backward combines
 // them as map0 + 2 x map1 + 2 (x - y) map2, each blurred by F^T):
 //   GRADIENT_EXACT: dS/dmx, dS/dExx, dS/dEdd with Edd = E[(x - y)^2], the moments
@@ -1032,16 +1046,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         }
         __syncthreads();
         if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
-        // Each input's d, a^2, b^2 and d^2 formed once, then 5 fused multiply-adds per tap and output; with
-        // x == y bitwise, d = 0, md and Edd are exactly 0 and Eyy stays bitwise equal to Exx.
-        horizontal_pass<C, R, 5>(rows, weights, warp, lane, [&](int r, int c, C (&v)[5]) {
-            const C a = tile[0][r][c], b = tile[1][r][c], d = a - b;
-            v[0] = a;
-            v[1] = d;
-            v[2] = a * a;
-            v[3] = b * b;
-            v[4] = d * d;
-        });
+        horizontal_pass<C, R, 5>(rows, weights, warp, lane,
+                                 [&](int r, int c, C (&v)[5]) { moment_terms(tile[0][r][c], tile[1][r][c], v); });
         __syncthreads();
         // The vertical pass leaves each pixel's five moments in the space of the rows (once every thread
         // has read them), moments[q][i][tid]: the pixels' formulas then run one at a time, not kRows at
