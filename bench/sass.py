@@ -26,8 +26,8 @@ ones, the loop over depth inside the loop over volumes. Inside the march:
   are several versions of one loop (the compiler's, for reflection and for
   zero padding; a fast path for tiles whose halo lies inside the image,
   about 95 % of the tiles at 1080 x 1920), the table shows the cheapest: the
-  common path, that of an interior tile. The 2-D forward's interior tiles
-  load their halo in unrolled straight code, so its tile-load loops, the
+  common path, that of an interior tile. The 2-D kernels' interior tiles
+  load their halo in unrolled straight code, so their tile-load loops, the
   border tiles' version, are not counted.
 - everything else in the march (the vertical pass, the formula, the stores,
   the block sum, fully unrolled loops) is counted once per plane. That is an
@@ -44,8 +44,8 @@ double: kernels/ssim.cu, ``Tile``), and their strided loops are per warp:
 the tile load gives each warp every 8th halo row (16 k + 2R rows), the
 horizontal pass each warp four columns of every other 32 rows (warps 0 to 3
 rows lane, lane + 64, ..., warps 4 to 7 rows 32 + lane, ...). So their
-straight code counts once per k pixels, the backward's tile load (16 k + 2R)
-/ 8 iterations per thread and the horizontal pass the mean of the two warp
+straight code (an interior tile's load included) counts once per k pixels
+and the horizontal pass the mean of the two warp
 sets' ceil((16 k + 2R) / 64) and ceil((16 k + 2R - 32) / 64) (what each
 warp issues, idle lanes included), divided by k per pixel; a source
 iteration of the horizontal pass stores 4 columns of 3 maps (backward) or
@@ -244,10 +244,8 @@ def _geometry(name: str, halo_side: int):
         horizontal = (-(-halo_rows // 64) + -(-(halo_rows - 32) // 64)) / 2
         # the forward loads x and y and filters five moments, 4 columns per source iteration; the backward
         # three partial maps
-        # the forward's tile load of an interior tile is unrolled (straight code): its loops are the border
-        # tiles' version
-        tile_load = 0 if forward else halo_rows / 8
-        return rows, {"tile load": tile_load, "horizontal pass": horizontal, "pixels": rows}, \
+        # an interior tile's load is unrolled (straight code): the tile-load loops are the border tiles'
+        return rows, {"tile load": 0, "horizontal pass": horizontal, "pixels": rows}, \
             {"tile load": 2 if forward else 3, "horizontal pass": 20 if forward else 12, "pixels": 1}
     # the 3-D forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
     return 1, {"tile load": halo_side * halo_side / THREADS, "horizontal pass": halo_side * TILE / THREADS}, \

@@ -685,6 +685,18 @@ template <class C, int R, int Loaded, int Filtered> struct TileSharedBytes {
         Shape::kHaloRows * (Loaded * Shape::kPitch + Filtered * Shape::kRowsPitch) * (int)sizeof(C) + 2048;
 };
 
+// The fast tile load's walk: load(i) for the halo rows w + 8 i (i = 0, 1,
+// ...) that warp w loads (lane = column), unrolled, so that all of a
+// thread's loads are in flight at once; every warp loads kHaloRows / 8 rows,
+// the first kHaloRows % 8 warps one more.
+template <int kHaloRows, class Load>
+__device__ inline void warp_halo_rows(int warp, Load load) {
+    constexpr int kWarps = kTile * kTile / 32, kLoads = (kHaloRows + kWarps - 1) / kWarps;
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i)
+        if (i < kHaloRows / kWarps || warp + kWarps * i < kHaloRows) load(i);
+}
+
 // Shared memory an SM gives its blocks, by architecture (the per-block 1 KiB
 // the driver reserves included): 96 KiB on sm_70/72, 64 KiB on sm_75, 164 KiB
 // on sm_80/87, 228 KiB on sm_90/100/101/103, 100 KiB on sm_86/89/120/121 and
@@ -1015,21 +1027,17 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         if (lane < Shape::kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
             if (inside) {
                 // The fast path (most tiles): the halo inside the image, no bounds test, no padding, all
-                // of a thread's loads in flight at once (unrolled), addresses advanced by additions (any
-                // strides, read back from `held` in each plane).
+                // loads in flight (warp_halo_rows), addresses from the strides read back from `held` in
+                // each plane, shared ones at constant offsets.
                 const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
                 const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
                 const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
-                constexpr int kLoads = (kHaloRows + kWarps - 1) / kWarps, kWholeLoads = kHaloRows / kWarps;
-                constexpr int kStep = kWarps * Shape::kPitch;  // rows w + 8 i, from tile[q][w][lane]
                 C* tx = &tile[0][warp][lane];
                 C* ty = &tile[1][warp][lane];
-#pragma unroll
-                for (int i = 0; i < kLoads; ++i, xo += x_step, yo += y_step)
-                    if (i < kWholeLoads || warp + kWarps * i < kHaloRows) {
-                        tx[kStep * i] = (C)element_value(*xo) * inv_range - kx;
-                        ty[kStep * i] = (C)element_value(*yo) * inv_range - ky;
-                    }
+                warp_halo_rows<kHaloRows>(warp, [&](int i) {
+                    tx[kWarps * Shape::kPitch * i] = (C)element_value(xo[i * x_step]) * inv_range - kx;
+                    ty[kWarps * Shape::kPitch * i] = (C)element_value(yo[i * y_step]) * inv_range - ky;
+                });
             } else {
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
@@ -1253,17 +1261,15 @@ __device__ inline void backward_planes(
             if (inside) {
                 // The fast path (most tiles): the halo inside the map, no bounds test.
                 const C* m0 = maps + (long long)(top + warp) * g.map_w + left + lane;
-                const C* m1 = m0 + maps_size;
-                const C* m2 = m1 + maps_size;
                 const long long step = kWarps * (long long)g.map_w;
-#pragma unroll 1
-                for (int r = warp; r < kHaloRows; r += kWarps, m0 += step, m1 += step, m2 += step) {
-                    const int i = ((top + r) >> kLog2) - base_row;
-                    const C value[3] = {*m0, *m1, *m2};
+                warp_halo_rows<kHaloRows>(warp, [&](int k) {
+                    const int r = warp + kWarps * k, i = ((top + r) >> kLog2) - base_row;
+                    const C* m = m0 + k * step;
+                    const C value[3] = {m[0], m[maps_size], m[2 * maps_size]};
                     tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
-                }
+                });
             } else {
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
