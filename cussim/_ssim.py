@@ -268,7 +268,7 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     >>> import numpy as np, cussim
     >>> x = np.zeros((2, 3, 64, 64), np.float32)
     >>> cussim.make_workspace(x).nbytes
-    295688
+    295112
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
