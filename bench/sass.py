@@ -6,49 +6,52 @@ NVRTC to cubins (as the compile check does), disassembles them with NVIDIA's
 prints, per kernel, the instructions one thread issues per map pixel of the
 2-D kernels and per map voxel of the 3-D ones.
 
-How the count is made. Each block of 16 x 16 threads filters one 16 x 16
-tile per plane, one pixel per thread, in the body of its march: the loop of
-the SASS (found by its backward branch) that holds the strided loops, found
-by descending from the outermost loop while a loop holds just one loop that
-itself holds loops. For the 2-D kernels that is the outermost loop, over
-planes; for the 3-D ones, the loop over depth inside the loop over volumes.
-Inside the march:
+How the count is made. A block of 16 x 16 threads filters a tile per plane
+in the body of its march: the loop of the SASS (found by its backward
+branch) that holds the strided loops, found by descending from the
+outermost loop while a loop holds just one loop that itself holds loops.
+For the 2-D kernels that is the outermost loop, over planes; for the 3-D
+ones, the loop over depth inside the loop over volumes. Inside the march:
 
 - every loop that ends in a backward branch is a strided loop of the source
-  (``for (k = tid; k < n; k += 256)``: the halo tile's loads, the horizontal
-  pass; the 2-D forward's fast tile load walks columns instead, n loads
-  shared by the threads all the same). It runs n / 256 source iterations
-  per pixel of a plane on average; its SASS body may hold several source
-  iterations (the compiler unrolls), counted by its shared-memory stores
-  against the stores one source iteration makes (a vector store counts as
-  the elements it writes: the 2-D forward's horizontal pass writes a run of
-  2 outputs of mx and md with one 16-byte store). So it costs (body
-  instructions / source iterations in the body) x n / 256, n counting
-  single outputs. Where there are several versions of one loop (the
-  compiler's, for reflection and for zero padding; the 2-D forward's fast
-  path for tiles whose halo lies inside the image, about 95 % of the tiles at
-  1080 x 1920), the table shows the cheapest: the common path, that of an
-  interior tile.
+  (``for (k = tid; k < n; k += 256)``, or its per-warp form below: the halo
+  tile's loads, the horizontal pass), or the 2-D forward's loop over its
+  pixels. A strided loop runs n / 256 source iterations per plane on
+  average; its SASS body may hold several source iterations (the compiler
+  unrolls), counted by its shared-memory stores against the stores one
+  source iteration makes (a vector store counts as the elements it writes:
+  the 2-D forward's horizontal pass writes (mx, md) and (Exx, Eyy) of an
+  output with 8-byte stores). So it costs (body instructions / source
+  iterations in the body) x n / 256, n counting single outputs. Where there
+  are several versions of one loop (the compiler's, for reflection and for
+  zero padding; a fast path for tiles whose halo lies inside the image,
+  about 95 % of the tiles at 1080 x 1920), the table shows the cheapest: the
+  common path, that of an interior tile. The 2-D kernels' interior tiles
+  load their halo in unrolled straight code, so their tile-load loops, the
+  border tiles' version, are not counted.
 - everything else in the march (the vertical pass, the formula, the stores,
   the block sum, fully unrolled loops) is counted once per plane. That is an
   upper bound: it includes code that a call skips by a branch (the set-up
-  of the border tiles' loads, the block sum's last step that one thread
-  does; for the 3-D kernels, the gradient's partials of a value-only call).
-  The 2-D forward takes its options as a template argument: the table
-  shows its value kernel (FORWARD_VALUE) and that of a value with the exact
-  gradient (FORWARD_EXACT).
+  of the border tiles' loads, thread 0's per-plane work, the block sum's last
+  step that one thread does; for the 3-D kernels, the gradient's partials of
+  a value-only call). The 2-D forward takes its options as a template
+  argument: the table shows its value kernel (FORWARD_VALUE) and that of a
+  value with the exact gradient (FORWARD_EXACT).
 
-The 2-D backward (``ssim_backward``) computes a taller tile, 16 columns by
-16 k rows, k rows per thread (k = 4 in float arithmetic, 1 in double:
-kernels/ssim.cu, ``BackwardTile``), and its strided loops are per warp: the
-tile load gives each warp every 8th halo row (16 k + 2R rows), the
+The 2-D kernels (``ssim_forward``, ``ssim_backward``) compute a tile of 16
+columns by 16 k rows, k rows per thread (k = 4 in float arithmetic, 1 in
+double: kernels/ssim.cu, ``Tile``), and their strided loops are per warp:
+the tile load gives each warp every 8th halo row (16 k + 2R rows), the
 horizontal pass each warp four columns of every other 32 rows (warps 0 to 3
-rows lane, lane + 64, ..., warps 4 to 7 rows 32 + lane, ...). So its
-straight code counts once per k pixels, its tile load (16 k + 2R) / 8
-iterations per thread and its horizontal pass the mean of the two warp
+rows lane, lane + 64, ..., warps 4 to 7 rows 32 + lane, ...). So their
+straight code (an interior tile's load included) counts once per k pixels
+and the horizontal pass the mean of the two warp
 sets' ceil((16 k + 2R) / 64) and ceil((16 k + 2R - 32) / 64) (what each
 warp issues, idle lanes included), divided by k per pixel; a source
-iteration of its horizontal pass stores 12 values (4 columns of 3 maps).
+iteration of the horizontal pass stores 4 columns of 3 maps (backward) or
+of 5 moments (forward). The forward's pixel loop (the one loop of its march
+that stores nothing to shared memory) runs k iterations per thread, one per
+pixel: its body counts once per pixel.
 
 The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
 depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,
@@ -220,24 +223,31 @@ def _stored(opcode: str, element_bytes: int) -> int:
 
 
 def _classify(opcodes, stores_per_iteration):
-    """The source loop a SASS loop is, from what it does: loads from global memory, or filters shared rows."""
+    """The source loop a SASS loop is, from what it does: loads from global memory (the tile load), filters
+    shared rows into shared rows (the horizontal pass), or neither stores to shared memory (the 2-D
+    forward's pixels, one per iteration)."""
     if any(op.startswith("LDG") for op in opcodes):
         return "tile load", stores_per_iteration["tile load"]
+    if not any(op.startswith("STS") for op in opcodes) and "pixels" in stores_per_iteration:
+        return "pixels", stores_per_iteration["pixels"]
     return "horizontal pass", stores_per_iteration["horizontal pass"]
 
 
 def _geometry(name: str, halo_side: int):
     """(output pixels per thread, {loop kind: source iterations per thread and plane}, {kind: shared stores per
     source iteration}) of a kernel (see the module's docstring)."""
-    if name.startswith("ssim_backward<"):
-        rows = 1 if name.startswith("ssim_backward<double") else 4
+    forward = "_forward<" in name
+    if name.startswith(("ssim_backward<", "ssim_forward<")):
+        rows = 1 if "<double," in name else 4
         halo_rows = TILE * rows + halo_side - TILE
         # horizontal: warps 0-3 take rows lane, lane + 64, ..., warps 4-7 rows 32 + lane, 96 + lane, ...
         horizontal = (-(-halo_rows // 64) + -(-(halo_rows - 32) // 64)) / 2
-        return rows, {"tile load": halo_rows / 8, "horizontal pass": horizontal}, \
-            {"tile load": 3, "horizontal pass": 12}
-    # the forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
-    forward = "_forward<" in name
+        # the forward loads x and y and filters five moments, 4 columns per source iteration; the backward
+        # three partial maps
+        # an interior tile's load is unrolled (straight code): the tile-load loops are the border tiles'
+        return rows, {"tile load": 0, "horizontal pass": horizontal, "pixels": rows}, \
+            {"tile load": 2 if forward else 3, "horizontal pass": 20 if forward else 12, "pixels": 1}
+    # the 3-D forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
     return 1, {"tile load": halo_side * halo_side / THREADS, "horizontal pass": halo_side * TILE / THREADS}, \
         {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
 

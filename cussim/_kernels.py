@@ -48,16 +48,20 @@ PYRAMID_LEVELS = (1, 2, 3, 4)  # 2x2 means per msssim_pyramid launch (5 scales: 
 
 
 # The option sets of ssim_forward (kernels/ssim.cu, ForwardOption) that the library launches, as
-# (gradient formula or None, term, whether it writes the map, whether it adds the fused L1 term): values
-# (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map, skimage's full=True), the exact
-# gradient, MS-SSIM's contrast-structure scales, scikit-image's gradient, the L1 + DSSIM loss.
-FORWARD_OPTIONS = ((None, "ssim", False, False), (None, "ssim", True, False), ("exact", "ssim", False, False),
-                   (None, "cs", False, False), ("exact", "cs", False, False), ("skimage", "ssim", False, False),
-                   ("skimage", "ssim", True, False), (None, "ssim", False, True), ("exact", "ssim", False, True))
+# (gradient formula or None, term, whether it writes the map, whether it adds the fused L1 term, whether it
+# combines MS-SSIM's scales): values (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map,
+# skimage's full=True), the exact gradient, MS-SSIM's contrast-structure scales, scikit-image's gradient, the
+# L1 + DSSIM loss, and MS-SSIM's last scale with the combine, for a value and for the gradient.
+FORWARD_OPTIONS = ((None, "ssim", False, False, False), (None, "ssim", True, False, False),
+                   ("exact", "ssim", False, False, False), (None, "cs", False, False, False),
+                   ("exact", "cs", False, False, False), ("skimage", "ssim", False, False, False),
+                   ("skimage", "ssim", True, False, False), (None, "ssim", False, True, False),
+                   ("exact", "ssim", False, True, False), (None, "ssim", False, False, True),
+                   ("exact", "ssim", False, False, True))
 COMMON_FORWARD_OPTIONS = FORWARD_OPTIONS[0], FORWARD_OPTIONS[2]
 
 
-def forward_options(formula, term, with_map, with_l1) -> str:
+def forward_options(formula, term, with_map, with_l1, with_combine=False) -> str:
     """ssim_forward's third template argument in C++, e.g. ``cussim::FORWARD_CS | cussim::FORWARD_EXACT``.
 
     Examples
@@ -66,15 +70,17 @@ def forward_options(formula, term, with_map, with_l1) -> str:
     'cussim::FORWARD_VALUE'
     >>> forward_options("skimage", "ssim", True, False)
     'cussim::FORWARD_SKIMAGE | cussim::FORWARD_MAP'
+    >>> forward_options("exact", "ssim", False, False, True)
+    'cussim::FORWARD_EXACT | cussim::FORWARD_COMBINE'
     """
     flags = [name for name, on in (("CS", term == "cs"), (str(formula).upper(), formula is not None),
-                                   ("MAP", with_map), ("L1", with_l1)) if on]
+                                   ("MAP", with_map), ("L1", with_l1), ("COMBINE", with_combine)) if on]
     return " | ".join(f"cussim::FORWARD_{flag}" for flag in flags) or "cussim::FORWARD_VALUE"
 
 
-def forward_name(element: str, radius: int, formula, term, with_map, with_l1) -> str:
+def forward_name(element: str, radius: int, formula, term, with_map, with_l1, with_combine=False) -> str:
     """The name expression of ssim_forward for C++ element type ``element`` and these options."""
-    return f"ssim_forward<{element}, {radius}, {forward_options(formula, term, with_map, with_l1)}>"
+    return f"ssim_forward<{element}, {radius}, {forward_options(formula, term, with_map, with_l1, with_combine)}>"
 
 
 def without_options(name: str) -> str:

@@ -58,15 +58,12 @@ def gradient_dtype(dtype) -> np.dtype:
     return GRADIENT_DTYPES.get(np.dtype(dtype), np.dtype(np.float32))
 
 
-def tiles(shape, rows=TILE) -> int:
-    """Number of tiles of ``rows`` x 16 pixels covering the last two axes of ``shape``."""
+def tiles(shape, dtype) -> int:
+    """Blocks of ssim_forward (over a map of ``shape``) or ssim_backward (over an image) for elements of
+    ``dtype``: tiles of 16 columns and 16 rows per output row of a thread (kernels/ssim.cu, ``Tile``), 4 in
+    float32 arithmetic (64 rows), 1 in float64, covering the last two axes of ``shape``."""
+    rows = TILE * (1 if compute_dtype(dtype) == np.float64 else 4)
     return -(-shape[-2] // rows) * -(-shape[-1] // TILE)
-
-
-def backward_tile_rows(dtype) -> int:
-    """Rows of ssim_backward's tiles: 16 per output row of a thread (kernels/ssim.cu, BackwardTile), 4 in
-    float32 arithmetic, 1 in float64."""
-    return TILE * (1 if compute_dtype(dtype) == np.float64 else 4)
 
 
 @dataclass(frozen=True)
@@ -253,8 +250,53 @@ def _slots(args, arrays):
             for position, arg in enumerate(args) if arg is array]
 
 
+class Combine(NamedTuple):
+    """MS-SSIM's combine of the scales' means (:func:`combine`), for its launch or the last scale's forward.
+
+    block_sums: float64, every scale's block sums, at scale_table's offsets;
+    scale_table: per scale (weight, map pixels, tiles, offset into block_sums);
+    image_values: float64, planes // group values, then the combine's
+    counters (1 + planes // group: zero before, and after, each launch);
+    plane_weights: float64, scales x planes, the backward's per-plane weights
+    times ``share`` (d output / d image), or None for a value; out: 1-D
+    (possibly strided) float32 or float64, one entry per output value, each
+    the mean of its images' values.
+    """
+
+    block_sums: object
+    scale_table: tuple
+    image_values: object
+    plane_weights: object
+    out: object
+    planes: int
+    group: int
+    share: float
+
+    @property
+    def options(self) -> tuple:
+        """What a launch plan depends on beyond the arrays' layouts (the forward's key holds those of x and
+        out, which fix the others')."""
+        return self.scale_table, self.group, self.share, self.plane_weights is None
+
+    @property
+    def finish(self) -> tuple:
+        """The values' finish, as :func:`forward`'s ``finish``: each output the mean of its images' values."""
+        return self.out, self.planes // self.group // max(1, self.out.size), 0.0, 1.0
+
+
+def combine_args(combine, null):
+    """The arguments msssim_combine and ssim_forward take for ``combine`` (a :class:`Combine`), or for none:
+    the scale table to the plane weights."""
+    if combine is None:
+        return null, np.int32(0), np.int64(1), np.float64(0.0), np.float64(MS_SSIM_GUARD), null, null
+    table = _constants(combine.block_sums, np.ravel(combine.scale_table), np.float64)
+    return (table, np.int32(len(combine.scale_table)), np.int64(combine.group), np.float64(combine.share),
+            np.float64(MS_SSIM_GUARD), combine.image_values,
+            null if combine.plane_weights is None else combine.plane_weights)
+
+
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
-            term="ssim", sum_scale=1.0, l1=0.0, finish=None):
+            term="ssim", sum_scale=1.0, l1=0.0, finish=None, combine=None):
     """Launches ssim_forward: SSIM (or MS-SSIM's ``term="cs"``) of x against y (y broadcasts to x).
 
     map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
@@ -270,28 +312,39 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     last block writes out[i] = a + b * (sum of output i's block sums) / count,
     bitwise as ssim_finish does. block_sums then holds one more element, the
     blocks' counter: zero when allocated, and zero again after each launch.
+
+    ``combine`` (a :class:`Combine`; MS-SSIM's last scale, whose block sums
+    are ``block_sums``, a part of combine's) folds :func:`combine` into this
+    launch instead: the last block of each image combines it, bitwise as
+    msssim_combine does, and the last image's finishes the values.
     """
+    image_values = plane_weights = None
+    if combine is not None:
+        finish, image_values, plane_weights = combine.finish, combine.image_values, combine.plane_weights
     out = None if finish is None else finish[0]
-    pointers = (x, y, map_out, block_sums, grad_maps, out)
+    pointers = (x, y, map_out, block_sums, grad_maps, out, image_values, plane_weights)
     key = ("forward", _signature(x), _signature(y), _signature(map_out), block_sums is None, grad_maps is None,
-           params, weight, formula, term, sum_scale, l1, _signature(out), finish and finish[1:])
-    _launch_planned(key, lambda: _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish),
-                    pointers)
+           params, weight, formula, term, sum_scale, l1, _signature(out), finish and finish[1:],
+           combine and combine.options)
+    _launch_planned(key, lambda: _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish,
+                                                 combine), pointers)
 
 
-def block_sums(xp, size):
-    """``size`` float64 elements for a forward that finishes: the block sums, then the block counter (zero)."""
+def block_sums(xp, size, counters=1):
+    """``size`` float64 elements for a forward that finishes: the block sums, then ``counters`` block counters
+    (zero)."""
     sums = _arrays.empty(xp, (size,), np.float64)
-    zero_block_counter(sums)
+    zero_block_counters(sums, counters)
     return sums
 
 
-def zero_block_counter(block_sums):
-    """Sets the forward's block counter, block_sums' last element, to zero (on a GPU, a memset, no kernel)."""
+def zero_block_counters(block_sums, counters=1):
+    """Sets the kernels' block counters, block_sums' last ``counters`` elements, to zero (on a GPU, a memset,
+    no kernel)."""
     if _arrays.is_numpy(block_sums):
-        block_sums[-1] = 0
+        block_sums[-counters:] = 0
     else:
-        block_sums[-1:].data.memset_async(0, block_sums.itemsize)
+        block_sums[-counters:].data.memset_async(0, counters * block_sums.itemsize)
 
 
 def finish_args(finish, null):
@@ -303,8 +356,8 @@ def finish_args(finish, null):
             np.float64(a), np.float64(b))
 
 
-def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish):
-    x_in, y_in, map_out, block_sums, grad_maps, _ = pointers
+def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish, combine):
+    x_in, y_in, map_out, block_sums, grad_maps = pointers[:5]
     xp = _arrays.array_module(x_in)
     ctype = compute_dtype(x_in.dtype)
     outputs = {"out": map_out} if map_out is not None else {}
@@ -313,7 +366,8 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, fini
     planes = outer * inner
     height, width = x.shape[-2:]
     name = _kernels.forward_name(ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
-                                 None if grad_maps is None else formula, term, map_out is not None, l1 != 0)
+                                 None if grad_maps is None else formula, term, map_out is not None, l1 != 0,
+                                 combine is not None)
     kernel = _kernels.get_kernel("ssim", name, x)
     c = ctype.type
     null = _null(xp)
@@ -322,9 +376,10 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, fini
             np.int64(planes), np.int64(inner), np.int32(height), np.int32(width),
             np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), _taps(x, params, ctype),
             c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
-            np.float64(sum_scale), np.float64(l1), *finish_args(finish, null))
-    return _planned_launch(kernel, (tiles(params.map_shape(x.shape)), min(planes, MAX_GRID_Y)), (TILE, TILE), args,
-                           (x, y), pointers)
+            np.float64(sum_scale), np.float64(l1), *finish_args(finish, null),
+            *combine_args(combine, null))
+    grid = (tiles(params.map_shape(x.shape), x.dtype), min(planes, MAX_GRID_Y))
+    return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 
 
 def _planned_launch(kernel, grid, block, args, laid_out, pointers):
@@ -371,7 +426,7 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
             ctype.type(1.0 / params.data_range), ctype.type(l1), _null(xp) if plane_weights is None else plane_weights,
             _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)),
             np.int32(bool(accumulate)))
-    grid = (tiles(x.shape, backward_tile_rows(x.dtype)), min(planes, MAX_GRID_Y))
+    grid = (tiles(x.shape, x.dtype), min(planes, MAX_GRID_Y))
     return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 
 
@@ -450,31 +505,18 @@ def _fold_launch(pointers, margin):
     return kernel, (min(-(-out.size // 256), 2**20),), (256,), args, _slots(args, pointers), True
 
 
-def combine(block_sums, scale_table, image_values, out, *, planes, group, share, plane_weights=None):
-    """Launches msssim_combine: per image of ``group`` planes, the relu'd product of the scales' means, and
-    each value of ``out`` the mean of its images' (one launch).
-
-    scale_table: per scale (weight, map pixels, tiles, offset into block_sums);
-    image_values: float64, planes // group, then the blocks' counter (zero
-    before, and after, each launch); out: 1-D (possibly strided) float32 or
-    float64, one entry per output value; plane_weights: float64, scales x
-    planes, the backward's per-plane weights times ``share`` (d output / d image).
-    """
-    pointers = (block_sums, image_values, plane_weights, out)
-    key = ("combine", _signature(block_sums), _signature(image_values), plane_weights is None, _signature(out),
-           scale_table, planes, group, share)
-    _launch_planned(key, lambda: _combine_launch(pointers, scale_table, planes, group, share), pointers)
+def combine(job: Combine):
+    """Launches msssim_combine: per image of ``job.group`` planes, the relu'd product of the scales' means,
+    and each value of ``job.out`` the mean of its images' (one launch; see :class:`Combine`)."""
+    pointers = (job.block_sums, job.image_values, job.plane_weights, job.out)
+    key = ("combine", _signature(job.block_sums), _signature(job.image_values), _signature(job.out), job.planes,
+           job.options)
+    _launch_planned(key, lambda: _combine_launch(pointers, job), pointers)
 
 
-def _combine_launch(pointers, scale_table, planes, group, share):
-    block_sums, image_values, plane_weights, out = pointers
-    name = "float" if out.dtype == np.float32 else "double"
-    kernel = _kernels.get_kernel("ssim", f"msssim_combine<{name}>", block_sums)
-    images = planes // group
-    per_output = images // max(1, out.size)
-    table = _constants(block_sums, np.ravel(scale_table), np.float64)
-    args = (block_sums, table, np.int32(len(scale_table)), np.int64(planes), np.int64(group), np.float64(share),
-            np.float64(MS_SSIM_GUARD), image_values,
-            _null(_arrays.array_module(block_sums)) if plane_weights is None else plane_weights,
-            *finish_args((out, per_output, 0.0, 1.0), None))
-    return kernel, (min(images, 2**31 - 1),), (256,), args, _slots(args, pointers), True
+def _combine_launch(pointers, job):
+    name = "float" if job.out.dtype == np.float32 else "double"
+    kernel = _kernels.get_kernel("ssim", f"msssim_combine<{name}>", job.block_sums)
+    null = _null(_arrays.array_module(job.block_sums))
+    args = (job.block_sums, np.int64(job.planes), *combine_args(job, null), *finish_args(job.finish, None))
+    return kernel, (min(job.planes // job.group, 2**31 - 1),), (256,), args, _slots(args, pointers), True

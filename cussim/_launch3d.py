@@ -25,14 +25,14 @@ import numpy as np
 from . import _arrays, _kernels, _launch
 from ._launch import (ELEMENT_TYPES, GRADIENT_FORMULAS, MAX_GRID_Y, MS_SSIM_VARIANT_CODES, PADDING_CODES, TERMS,
                       TILE, _element_strides, _null, _taps, compute_dtype, plane_layouts)
-from ._launch import tiles as plane_tiles
 
 DEPTH_CHUNK = 16  # output planes per block: the 2R halo planes are read once per chunk
 
 
-def tiles(shape) -> int:
-    """Blocks per volume of ``shape`` (its last three axes): 16 x 16 tiles times depth chunks."""
-    return plane_tiles(shape) * -(-shape[-3] // DEPTH_CHUNK)
+def tiles(shape, dtype=None) -> int:
+    """Blocks per volume of ``shape`` (its last three axes): 16 x 16 tiles (whatever ``dtype``) times depth
+    chunks."""
+    return -(-shape[-2] // TILE) * -(-shape[-1] // TILE) * -(-shape[-3] // DEPTH_CHUNK)
 
 
 def _volume_layouts(inputs, outputs):
@@ -50,13 +50,13 @@ def _none_strides():
 
 
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
-            term="ssim", sum_scale=1.0, l1=0.0, finish=None):
+            term="ssim", sum_scale=1.0, l1=0.0, finish=None, combine=None):
     """Launches ssim3d_forward: as :func:`cussim._launch.forward`, over volumes.
 
     block_sums: float64, volumes x :func:`tiles` of the map; grad_maps:
     compute dtype, 3 x volumes x map voxels, contiguous. ``finish`` runs
     ssim_finish as a second launch (block_sums' last element, the counter of
-    the 2-D forward, stays unused).
+    the 2-D forward, stays unused); ``combine``, msssim_combine.
     """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
@@ -83,6 +83,8 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
         out, count, a, b = finish
         sums = block_sums[:-1]
         _launch.finish(sums, out, per_output=sums.size // max(1, out.size), count=count, a=a, b=b)
+    if combine is not None:  # a second launch too: ssim3d_forward has no FORWARD_COMBINE
+        _launch.combine(combine)
 
 
 def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,

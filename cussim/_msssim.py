@@ -4,8 +4,9 @@ Three named variants, each matching its original at every scale: how an odd
 side is halved, and how the scales' means combine (see :func:`ms_ssim`). The
 launch plan: the 2x2 downsamplings into the workspace (every scale of the
 default five in one launch), one forward per scale
-(contrast-structure maps, SSIM at the last), a combine of the scales' means
-per image that also finishes the averaged values; for the gradient, one backward
+(contrast-structure maps, SSIM at the last, whose blocks then combine the
+scales' means per image and finish the averaged values: for five scales, 6
+launches for a value, 11 with the gradient); for the gradient, one backward
 per scale from the coarsest, each adding the adjoint of the next scale's
 downsampling, so the gradient flows back through every scale. Volumes
 (``spatial_dims=3``) take the same plan with 2x2x2 means (pytorch-msssim's
@@ -106,7 +107,8 @@ class _Pyramid:
 
     @functools.cached_property
     def _tiles(self) -> tuple:
-        return tuple(self.layout.launcher.tiles(self.layout.params.map_shape(shape)) for shape in self._stored)
+        return tuple(self.layout.launcher.tiles(self.layout.params.map_shape(shape), self.layout.dtype)
+                     for shape in self._stored)
 
     def tiles(self, j) -> int:
         return self._tiles[j]
@@ -147,6 +149,11 @@ class _Pyramid:
             offset += self.planes * self.tiles(j)
         return tuple(table)
 
+    @property
+    def counters(self) -> int:
+        """The combine's block counters, the workspace sums' last elements (kernels/ssim.cu, combine_counter)."""
+        return 1 + self.images
+
     def sizes(self, with_gradient: bool) -> tuple:
         """(float64 elements, compute-dtype elements) of the workspace."""
         return self._carving[with_gradient][1]
@@ -174,7 +181,7 @@ class _Pyramid:
                 weights = take("plane_weights", None, 0, (scales, planes))
                 views += [("scale_weights", j, 0, weights + j * planes, weights + (j + 1) * planes, None)
                           for j in range(scales)]
-            take("image_values", None, 0, (self.images + 1,))  # and the combine's block counter, the last
+            take("image_values", None, 0, (self.images + self.counters,))  # and the combine's counters, last
             for name in ("x", "y"):  # scales 1.. one after another: each scale's planes, each pyramid launch's
                 levels = take(None, None, 1, (self.level_starts[-1],))
                 views += [(name, j, 1, levels + start, levels + start + planes * math.prod(self.stored(j)),
@@ -268,13 +275,14 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
     for (first, levels, extension, _, _), x_out, y_out in zip(pyramid.pyramid_launches, views["x_launches"],
                                                               views["y_launches"]):
         launcher.pyramid(xs[first], ys[first], x_out, y_out, variant, levels, margin=extension)
-    for j in range(scales):
+    combine = _launch.Combine(views["block_sums"], pyramid.scale_table, views["image_values"],
+                              views["plane_weights"] if want_gradient else None, flat_out, pyramid.planes,
+                              pyramid.group, 1.0 / (pyramid.images // max(1, flat_out.size)))
+    for j in range(scales):  # the last scale's forward combines the scales (for volumes: a launch of its own)
+        last = j == scales - 1
         launcher.forward(xs[j], ys[j], params, block_sums=views["scale_sums"][j], weight=1.0,
                         grad_maps=views["grad_maps"][j] if want_gradient else None,
-                        term="cs" if j < scales - 1 else "ssim")
-    _launch.combine(views["block_sums"], pyramid.scale_table, views["image_values"], flat_out, planes=pyramid.planes,
-                    group=pyramid.group, share=1.0 / (pyramid.images // max(1, flat_out.size)),
-                    plane_weights=views["plane_weights"] if want_gradient else None)
+                        term="ssim" if last else "cs", combine=combine if last else None)
     if not want_gradient:
         return
     grads = [grad_view] + views["grad"][1:]
@@ -292,7 +300,8 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
 
     def launch(flat_out, grad_view, workspace):
         want_gradient = grad_view is not None
-        sums, scratch = _ssim._workspace_buffers(problem, workspace, pyramid.sizes(want_gradient), True)
+        sums, scratch = _ssim._workspace_buffers(problem, workspace, pyramid.sizes(want_gradient), True,
+                                                 pyramid.counters)
         views = pyramid.views(sums, scratch, want_gradient)
         _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate)
 

@@ -184,7 +184,7 @@ def _kernel_results(x, y, params, gradient, full):
     map_shape = params.map_shape(x.shape)
     ctype = _launch.compute_dtype(x.dtype)
     with _arrays.on_device(x):
-        block_sums = _arrays.empty(xp, (planes * launcher.tiles(map_shape),), np.float64)
+        block_sums = _arrays.empty(xp, (planes * launcher.tiles(map_shape, x.dtype),), np.float64)
         S = _arrays.empty(xp, map_shape, ctype) if full else None
         grad_maps = _arrays.empty(xp, (3 * int(np.prod(map_shape)),), ctype) if gradient else None
         launcher.forward(x, y, params, map_out=S, block_sums=block_sums, grad_maps=grad_maps,

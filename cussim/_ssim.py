@@ -82,7 +82,7 @@ class _Layout:
         """(float64, compute-dtype) elements of SSIM's workspace: per-tile sums and the forward's block
         counter (one element, zero between launches), and the gradient's 3 maps."""
         map_shape = self.params.map_shape(self.shape)
-        return self.planes * self.launcher.tiles(map_shape) + 1, 3 * math.prod(map_shape)
+        return self.planes * self.launcher.tiles(map_shape, self.dtype) + 1, 3 * math.prod(map_shape)
 
 
 @dataclass(frozen=True)
@@ -236,18 +236,18 @@ class Workspace:
     allocate nothing. ``block_sums`` holds float64 per-tile sums (and MS-SSIM's
     per-image values and weights), ``grad_maps`` the compute-dtype partial
     maps (and MS-SSIM's downsampled images and gradients). The last element
-    of ``block_sums`` counts a kernel's finished blocks (SSIM's forward,
-    MS-SSIM's combine); cussim sets it to zero at the workspace's first call
-    and every launch leaves it there.
+    of ``block_sums`` counts a kernel's finished blocks (SSIM's forward;
+    MS-SSIM's combine counts in the last 1 + images); cussim sets them to zero
+    at the workspace's first call and every launch leaves them there.
     """
 
     def __init__(self, block_sums, grad_maps):
         self.block_sums = block_sums
         self.grad_maps = grad_maps
-        # Whether block_sums' last element is the block counter at zero (see _launch.forward's
-        # ``finish`` and _launch.combine): cussim zeroes it at the first call that uses the
-        # workspace, after the call's checks (_workspace_buffers).
-        self._counter_is_zero = False
+        # How many of block_sums' last elements are block counters at zero (see _launch.forward's
+        # ``finish`` and _launch.Combine): cussim zeroes a call's counters where they differ, after the
+        # call's checks (_workspace_buffers).
+        self._zero_counters = 0
 
     @property
     def nbytes(self) -> int:
@@ -268,7 +268,7 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     >>> import numpy as np, cussim
     >>> x = np.zeros((2, 3, 64, 64), np.float32)
     >>> cussim.make_workspace(x).nbytes
-    295688
+    295112
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
@@ -408,16 +408,17 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
         reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
 
 
-def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool):
-    """(block sums, compute-dtype buffer or None) of a launch: the workspace's, its block counter (the sums'
-    last element) zeroed at its first use, or new ones of ``sizes``, the counter zero."""
+def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool, counters=1):
+    """(block sums, compute-dtype buffer or None) of a launch: the workspace's, its ``counters`` block counters
+    (the sums' last elements) zeroed at its first use with as many, or new ones of ``sizes``, the counters
+    zero."""
     if workspace is None:
         sums, maps = sizes
-        return (_launch.block_sums(problem.xp, sums),
+        return (_launch.block_sums(problem.xp, sums, counters),
                 _arrays.empty(problem.xp, (maps,), problem.layout.compute_dtype) if want_maps else None)
-    if not workspace._counter_is_zero:
-        _launch.zero_block_counter(workspace.block_sums)
-        workspace._counter_is_zero = True
+    if workspace._zero_counters != counters:  # a launch leaves its own counters at zero, not another's
+        _launch.zero_block_counters(workspace.block_sums, counters)
+        workspace._zero_counters = counters
     return workspace.block_sums, workspace.grad_maps if want_maps else None
 
 

@@ -12,7 +12,10 @@
 //                        g*Pxx, g*Pdd (the exact gradient) or the terms of
 //                        scikit-image's formula. Given `out`,
 //                        the last block to finish writes the values as
-//                        ssim_finish does (finish_if_last): one launch.
+//                        ssim_finish does (finish_if_last): one launch. With
+//                        FORWARD_COMBINE (MS-SSIM's last scale), the last
+//                        block of each image combines every scale's sums
+//                        as msssim_combine does (combine_if_last).
 //   ssim_backward<T, R, Tail>  the gradient with respect to x: the adjoint
 //                        filter F^T of the three partial maps, combined with x
 //                        and y (docs/spec.rst section 4), written into grad
@@ -38,25 +41,28 @@
 //                        the relu'd weighted product, and d product / d mean
 //                        spread over the planes as backward weights; then, by
 //                        the last block, the mean of the images' values of
-//                        each output, stored as O (finish_if_last).
+//                        each output, stored as O (finish_if_last). For
+//                        volumes: the 2-D forward of the last scale does it
+//                        (FORWARD_COMBINE, the same combine_image).
 // They live in this file because the backward's fused adjoint and the
 // downsampling share one geometry (pooled_source / pooled_target).
 //
 // Launch shapes: forward and backward take block (16, 16) and grid
-// (tiles_h * tiles_w, min(planes, 65535)), the tiles covering the map
-// (forward, 16 x 16 tiles) or the image (backward, 16 columns by
-// BackwardTile::kHeight rows: 64 in float arithmetic, 16 in double); blocks
-// loop over planes, so any number of planes works. ssim_finish and msssim_combine take block (256) and one
+// (tiles_h * tiles_w, min(planes, 65535)), tiles of 16 columns by
+// Tile::kHeight rows (64 in float arithmetic, 16 in double) covering the map
+// (forward) or the image (backward); blocks loop over planes, so any number
+// of planes works. ssim_finish and msssim_combine take block (256) and one
 // block per output (per image); msssim_pyramid and msssim_fold any 1-D launch.
 // Every image array is addressed by element strides (int64): plane
 // p = outer * inner_count + inner, then row and column; a stride of 0
 // broadcasts (one reference image for a whole batch). Workspace arrays
 // (the partial maps, three planes x map blocks; the block sums) are contiguous.
 //
-// Per block, the halo tile ((16+2R)^2 forward, (kHeight+2R) x (16+2R)
-// backward) goes to shared memory, a horizontal pass filters each tile row,
-// and a vertical pass finishes the filter in registers. Zero padding ("same"), the valid interior ("valid") or
-// half-sample reflection ("reflect") decide what the halo holds. The tile is
+// Per block, the halo tile ((kHeight + 2R) x (16 + 2R)) goes to shared
+// memory, a horizontal pass filters each tile row, and a vertical pass
+// finishes the filter in registers, kHeight / 16 rows per thread. Zero padding
+// ("same"), the valid interior ("valid") or half-sample reflection ("reflect")
+// decide what the halo holds. The tile is
 // stored shifted by its centre pixel (tile_shift), so float32 variances of
 // flat, bright regions keep their digits (see ssim_pixel); the partial maps
 // are those of the shifted moments, and the backward moves them to its own
@@ -152,24 +158,21 @@ __device__ inline int reflect_index(int i, int n) {
     return i < n ? i : period - 1 - i;
 }
 
+// Where position i of a halo (outside [0, n) or not) reads from, along a
+// side of n pixels: i inside, its reflection for "reflect", -1 (a zero) else.
+__device__ inline int halo_source(int i, int n, int padding) {
+    if (padding == PAD_REFLECT) return reflect_index(i, n);
+    return i >= 0 && i < n ? i : -1;
+}
+
 // True for a finite value: v - v is 0, where a NaN or an infinity gives NaN.
 template <class C> __device__ inline bool is_finite(C v) { return v - v == C(0); }
 
-// A tile's shift: the scaled image value at the pixel nearest the centre of
-// the 16x16 tile whose first pixel is (row, col), or 0 where that value is not
-// finite, so that a NaN or an infinity stays in the windows that hold it.
+// A tile's shift (see Tile): the scaled image value at element offset `at`
+// of a plane, the pixel nearest the tile's centre, or 0 where that value is
+// not finite, so that a NaN or an infinity stays in the windows that hold it.
 template <class T, class C>
-__device__ inline C tile_shift(const T* plane, long long row_stride, long long col_stride, int row, int col,
-                               int height, int width, C inv_range) {
-    row = min(row + kTile / 2, height - 1);
-    col = min(col + kTile / 2, width - 1);
-    const C k = (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
-    return is_finite(k) ? k : C(0);
-}
-
-// tile_shift's value at element offset `at` of a plane: scaled, 0 where not finite.
-template <class T, class C>
-__device__ inline C shift_at(const T* plane, long long at, C inv_range) {
+__device__ inline C tile_shift(const T* plane, long long at, C inv_range) {
     const C k = (C)element_value(plane[at]) * inv_range;
     return is_finite(k) ? k : C(0);
 }
@@ -186,13 +189,6 @@ __device__ inline C load_scaled(const T* plane, long long row_stride, long long 
     return (C)element_value(plane[row * row_stride + col * col_stride]) * inv_range;
 }
 
-// Whether the (16 + 2R)^2 halo tile whose first pixel is (top, left) lies
-// inside the image.
-template <int R>
-__device__ inline bool halo_inside(int top, int left, int height, int width) {
-    return top >= 0 && left >= 0 && top + kTile + 2 * R <= height && left + kTile + 2 * R <= width;
-}
-
 // P0 = dS/dmx' of moments shifted by kx (x) and kd = kx - ky (d = x - y), moved
 // to the shifts (own_x, own_d): P0 + 2 (own_x - kx) P1 + 2 (own_d - kd) P2, given
 // the doubled differences move_x = 2 (own_x - kx) and move_d = 2 (own_d - kd)
@@ -200,6 +196,20 @@ __device__ inline bool halo_inside(int top, int left, int height, int width) {
 template <class C>
 __device__ inline C moved_partial(const C (&p)[3], C move_x, C move_d) {
     return p[0] + move_x * p[1] + move_d * p[2];
+}
+
+// The five terms whose window means are the moments mx', md', Exx', Eyy',
+// Edd' (ssim_pixel) at a pixel of shifted values a = x', b = y': a, d = a - b,
+// a^2, b^2, d^2, each formed once (then 5 fused multiply-adds per tap); with
+// x == y bitwise, d = 0, so md' and Edd' are exactly 0 and Eyy' is bitwise Exx'.
+template <class C>
+__device__ inline void moment_terms(C a, C b, C (&v)[5]) {
+    const C d = a - b;
+    v[0] = a;
+    v[1] = d;
+    v[2] = a * a;
+    v[3] = b * b;
+    v[4] = d * d;
 }
 
 // What the forward writes into the three partial maps (the backward combines
@@ -216,8 +226,9 @@ enum GradientFormula { GRADIENT_NONE = 0, GRADIENT_EXACT = 1, GRADIENT_SKIMAGE =
 // ssim_forward's compile-time options, its third template argument: a bitmask
 // of the gradient formula whose partial maps it writes (none for FORWARD_VALUE),
 // MS-SSIM's contrast-structure term in place of SSIM, whether it writes the
-// map, and whether the block sums hold the fused L1 term. A value call's kernel
-// then holds no gradient, no map and no L1 code; name
+// map, whether the block sums hold the fused L1 term, and whether its last
+// blocks combine MS-SSIM's scales (its last scale). A value call's kernel
+// then holds no gradient, no map, no L1 and no combine code; name
 // expressions spell them, e.g. ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>.
 enum ForwardOption {
     FORWARD_VALUE = 0,
@@ -225,7 +236,8 @@ enum ForwardOption {
     FORWARD_SKIMAGE = GRADIENT_SKIMAGE,
     FORWARD_CS = 4,
     FORWARD_MAP = 8,
-    FORWARD_L1 = 16
+    FORWARD_L1 = 16,
+    FORWARD_COMBINE = 32  // MS-SSIM's last scale: the combine of every scale folded in (combine_if_last)
 };
 __device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
 __device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
@@ -270,7 +282,8 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     const C d = mul(b1, b2);
     const C inv_b1 = C(1) / b1, inv_b2 = C(1) / b2;
     const C u = mul(vd, inv_b2);  // 1 - A2 / B2
-    const C cs = free_sxy ? add(C(1), -u) : c2 / b2;  // A2 / B2, exactly 1 for flat x == y
+    // A2 / B2: for a flat window (no covariance) c2 / B2, exactly 1 where B2 is c2 (flat x == y)
+    const C cs = free_sxy ? add(C(1), -u) : (b2 == c2 ? C(1) : mul(c2, inv_b2));
     const C l = term == TERM_CS ? C(1) : add(C(1), -mul(mul(md, inv_b1), md));  // A1 / B1
     const C s_raw = mul(l, cs);
     Pixel<C> out;
@@ -346,32 +359,43 @@ __device__ inline void finish_values(const volatile double* block_sums, long lon
     }
 }
 
-// The finish folded into a forward: after each block has stored its sums,
-// the last block to arrive (a counter in the unsigned int after the `sums`
-// block sums, zero between launches: that block resets it) writes the
-// `outputs` values. Called by all 256 threads of every block once, after
-// their last barrier-protected use of `scratch` (256 doubles).
-template <class O>
-__device__ inline void finish_if_last(double* block_sums, long long sums, long long outputs, double count, double a,
-                                      double b, O* out, long long out_stride, double* scratch, int tid) {
+// Whether this block arrives last, of `arrivals` (a launch's blocks, or an
+// image's blocks and planes): true in all of its threads for the last one to
+// add 1 to `counter` (zero between launches: that block resets it). Called by
+// all 256 threads of the block, after their last barrier-protected use of
+// scratch[0] and after thread 0 has stored what the last block reads; that
+// block then reads it (as volatile) after every other block's.
+__device__ inline bool last_arrival(unsigned int* counter, unsigned int arrivals, double* scratch, int tid) {
     __syncthreads();
     if (tid == 0) {
-        __threadfence();  // this block's sums are visible before the counter says so
-        unsigned int* counter = reinterpret_cast<unsigned int*>(block_sums + sums);
-        const bool last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+        __threadfence();  // this block's stores are visible before the counter says so
+        const bool last = atomicAdd(counter, 1u) == arrivals - 1;
         if (last) *counter = 0u;
         scratch[0] = last ? 1.0 : 0.0;
     }
     __syncthreads();
-    if (scratch[0] == 0.0) return;
+    if (scratch[0] == 0.0) return false;
     __syncthreads();
     __threadfence();
-    finish_values(block_sums, sums / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
+    return true;
 }
 
-// Where a block's 16x16 tile lies, over the map (forward) or over the image
-// (backward). offset: map pixel (i, j) is centred on image pixel
-// (i + offset, j + offset); R for "valid", 0 otherwise.
+// The finish folded into a forward: after each block has stored its sums,
+// the last block to arrive (a counter in the unsigned int after the `sums`
+// block sums) writes the `outputs` values. Called by all 256 threads of
+// every block once, after their last barrier-protected use of `scratch`
+// (256 doubles).
+template <class O>
+__device__ inline void finish_if_last(double* block_sums, long long sums, long long outputs, double count, double a,
+                                      double b, O* out, long long out_stride, double* scratch, int tid) {
+    if (last_arrival(reinterpret_cast<unsigned int*>(block_sums + sums), gridDim.x * gridDim.y, scratch, tid))
+        finish_values(block_sums, sums / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
+}
+
+// Where a block's tile lies, over the map (forward) or over the image
+// (backward): its first pixel for 16 x 16 tiles (the 2-D kernels scale g.row
+// by their rows per thread, Tile). offset: map pixel (i, j) is centred on
+// image pixel (i + offset, j + offset); R for "valid", 0 otherwise.
 struct TileGeometry {
     int offset, map_h, map_w, row, col;
     long long map_pixels;
@@ -404,8 +428,8 @@ __device__ inline void tap_sums(const C* weights, Value value, C (&out)[Q]) {
     }
 }
 
-// The vertical half of the separable filter: this thread's pixel from Q
-// horizontally filtered tiles.
+// The vertical half of the separable filter over 16 x 16 tiles (the 3-D
+// kernels): this thread's pixel from Q horizontally filtered tiles.
 template <class C, int R, int Q>
 __device__ inline void vertical_pass(const C (&rows)[Q][kTile + 2 * R][kTile], const C* weights, C (&out)[Q]) {
     tap_sums<C, R, Q>(weights, [&](int t, int q) { return rows[q][threadIdx.y + t][threadIdx.x]; }, out);
@@ -579,113 +603,9 @@ __device__ inline C pooled_adjoint(const C* coarse_plane, long long row_code, in
     return slots == 0 ? C(0) : C(0.25) * C(slots) * coarse_plane[(row_code >> 2) + (col_code >> 2)];
 }
 
-// The forward's horizontal pass is register-blocked: a work item is a run of
-// kRun = 2 consecutive outputs of one halo-tile row ((16 + 2R) x 8 runs: 208
-// items at R = 5, one per thread), whose 2 + 2R inputs stream through
-// registers two at a time, each read from shared memory once (not once per
-// tap of each output it feeds) and its products formed once. (Runs of 4
-// halved the reads again but spilled under the 64-register cap on sm_70.)
-//
-// Its shared-memory layout (ForwardPitch, MomentRows) is free of bank
-// conflicts by construction. A warp holds items k..k+31: rows r = k / 8 ..
-// r + 3, runs g = k % 8, first column c0 = 2g; a 16-byte access is served per
-// quarter warp (8 threads), an 8-byte one per half warp (16 threads).
-// - 4-byte C: the inputs are read as 8-byte vectors tile[r][c0 + 2i]: a half
-//   warp, rows r, r + 1 x runs 0..7, hits 8-byte units r P / 2 + g + i
-//   (mod 16). A pitch P of 16 (mod 32) words puts row r + 1 eight units after
-//   row r: 16 different units, each bank once. The outputs: see MomentRows.
-// - 8-byte C: scalar accesses, served per half warp: rows r, r + 1 x runs
-//   0..7 at bank pairs r P + 2g + j (mod 16). An odd pitch P puts row r + 1 at
-//   the odd residues where row r has the even ones: 16 different pairs.
-constexpr int kRun = 2;
-template <class C, int R> struct ForwardPitch {
-    static constexpr int side = kTile + 2 * R;
-    static constexpr int tile = sizeof(C) == 4 ? side + ((16 - side) % 32 + 32) % 32 : side + 1;
-    static constexpr int pairs = (kRun + 2 * R + 1) / 2;  // a run's inputs, two at a time
-    static_assert(sizeof(C) != 4 || (tile % 2 == 0 && kTile - kRun + 2 * pairs <= tile),
-                  "8-byte reads stay inside an aligned row");
-};
-
-// Elements i < n of the two at p (of a run's inputs): one 8-byte read for
-// float (ForwardPitch leaves room past a row's end), one by one for double.
-__device__ inline void load_pair(const float* p, float (&v)[2], int) {
-    const float2 q = *reinterpret_cast<const float2*>(p);
-    v[0] = q.x;
-    v[1] = q.y;
-}
-__device__ inline void load_pair(const double* p, double (&v)[2], int n) {
-    v[0] = p[0];
-    v[1] = n > 1 ? p[1] : 0.0;
-}
-
-// The horizontally filtered moments mx, md, Exx, Eyy, Edd of the halo rows,
-// which the horizontal pass stores (a run at a time) and the vertical pass
-// reads (its column, tap by tap). For float, mx with md and Exx with Eyy
-// side by side: the vertical pass reads three vectors per tap, not five
-// values, and a run goes out in three stores. Bank conflicts, none:
-// - stores: mean[r][c0..c0 + 1] and square[r][c0..c0 + 1] as 16-byte
-//   vectors, a quarter warp (one row, runs 0..7) on 8 consecutive units;
-//   dd[r][c0..c0 + 1] as 8-byte vectors, a half warp (rows r, r + 1) on units
-//   8r + g (mod 16): 16 different ones.
-// - reads: mean[ty + t][tx] and square[ty + t][tx], 8 bytes, a half warp (one
-//   row) on 16 consecutive units; dd[ty + t][tx], a warp's rows ty, ty + 1 16
-//   banks apart.
-template <class C, int R> struct MomentRows;
-
-template <int R> struct MomentRows<float, R> {
-    float2 mean[kTile + 2 * R][kTile];    // (mx, md)
-    float2 square[kTile + 2 * R][kTile];  // (Exx, Eyy)
-    float dd[kTile + 2 * R][kTile];       // Edd
-
-    __device__ void store(int r, int c0, const float (&m)[kRun][5]) {
-        float4 v;
-        v.x = m[0][0];
-        v.y = m[0][1];
-        v.z = m[1][0];
-        v.w = m[1][1];
-        *reinterpret_cast<float4*>(&mean[r][c0]) = v;
-        v.x = m[0][2];
-        v.y = m[0][3];
-        v.z = m[1][2];
-        v.w = m[1][3];
-        *reinterpret_cast<float4*>(&square[r][c0]) = v;
-        float2 e;
-        e.x = m[0][4];
-        e.y = m[1][4];
-        *reinterpret_cast<float2*>(&dd[r][c0]) = e;
-    }
-    __device__ void add(int r, int c, float w, float (&out)[5]) const {
-        const float2 a = mean[r][c], b = square[r][c];
-        out[0] += w * a.x;
-        out[1] += w * a.y;
-        out[2] += w * b.x;
-        out[3] += w * b.y;
-        out[4] += w * dd[r][c];
-    }
-};
-
-// For double, five planes of odd pitch: stores by a half warp (rows r, r + 1
-// x runs 0..7) hit bank pairs r (kTile + 1) + 2g + o (mod 16), 16 different
-// ones; reads by a half warp are 16 consecutive doubles of one row.
-template <int R> struct MomentRows<double, R> {
-    double planes[5][kTile + 2 * R][kTile + 1];
-
-    __device__ void store(int r, int c0, const double (&m)[kRun][5]) {
-#pragma unroll
-        for (int q = 0; q < 5; ++q)
-#pragma unroll
-            for (int o = 0; o < kRun; ++o) planes[q][r][c0 + o] = m[o][q];
-    }
-    __device__ void add(int r, int c, double w, double (&out)[5]) const {
-#pragma unroll
-        for (int q = 0; q < 5; ++q) out[q] += w * planes[q][r][c];
-    }
-};
-
 // The (outer, inner) = (p / inner_count, p % inner_count) index pair of the
-// planes a block visits, p = blockIdx.y, then + gridDim.y each time: the
-// forward keeps it in shared memory, advanced by thread 0 by additions, not
-// a 64-bit division per plane.
+// planes a block visits, p = blockIdx.y, then + gridDim.y each time: advanced
+// by additions, not a 64-bit division per plane.
 struct PlaneIndex {
     long long outer, inner, step_outer, step_inner;
 
@@ -707,231 +627,75 @@ struct PlaneIndex {
 
 // Tap t of the window, read from its first half: the window is symmetric
 // (Gaussian or uniform, bitwise: cussim/_reference.py makes it so, and the
-// backward relies on it too), so R + 1 registers hold its taps, not 2R + 1.
+// backward's adjoint relies on it too), so R + 1 registers hold its taps, not 2R + 1.
 template <int R, class C>
 __device__ inline C folded_tap(const C* weights, int t) {
     return weights[t <= R ? t : 2 * R - t];
 }
 
-// The vertical half of the forward's filter: this thread's five moments from
-// the horizontally filtered rows.
-template <class C, int R>
-__device__ inline void forward_vertical_pass(const MomentRows<C, R>& rows, const C* weights, C (&out)[5]) {
-#pragma unroll
-    for (int q = 0; q < 5; ++q) out[q] = C(0);
-#pragma unroll
-    for (int t = 0; t <= 2 * R; ++t) rows.add(threadIdx.y + t, threadIdx.x, folded_tap<R>(weights, t), out);
-}
-
-// One run of the forward's horizontal pass (see kRun): the five moments mx,
-// md, Exx, Eyy, Edd (d = x - y) of outputs c0..c0 + kRun - 1 of tile row r.
-// Each input's d, a^2, b^2 and d^2 are formed once, then 5 fused multiply-adds
-// per tap and output; with x == y bitwise, d = 0, md and Edd are exactly 0 and
-// Eyy stays bitwise equal to Exx.
-template <class C, int R, int P>
-__device__ inline void horizontal_run(const C (*tile_x)[P], const C (*tile_y)[P], const C* weights, int r, int c0,
-                                      C (&m)[kRun][5]) {
-    constexpr int inputs = kRun + 2 * R;
-#pragma unroll
-    for (int o = 0; o < kRun; ++o)
-#pragma unroll
-        for (int q = 0; q < 5; ++q) m[o][q] = C(0);
-#pragma unroll
-    for (int pair = 0; pair < ForwardPitch<C, R>::pairs; ++pair) {
-        C a[2], b[2];
-        load_pair(&tile_x[r][c0 + 2 * pair], a, inputs - 2 * pair);
-        load_pair(&tile_y[r][c0 + 2 * pair], b, inputs - 2 * pair);
-#pragma unroll
-        for (int i = 0; i < 2 && 2 * pair + i < inputs; ++i) {
-            const C d = a[i] - b[i], aa = a[i] * a[i], bb = b[i] * b[i], dd = d * d;
-#pragma unroll
-            for (int o = 0; o < kRun; ++o) {
-                const int t = 2 * pair + i - o;  // input j feeds output o through tap j - o
-                if (t < 0 || t > 2 * R) continue;
-                const C w = folded_tap<R>(weights, t);
-                m[o][0] += w * a[i];
-                m[o][1] += w * d;
-                m[o][2] += w * aa;
-                m[o][3] += w * bb;
-                m[o][4] += w * dd;
-            }
-        }
-    }
-}
-
-}  // namespace cussim
-
-template <class T, int R, int Options>
-__global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) ssim_forward(
-    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
-    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
-    typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
-    long long m_col, double* __restrict__ block_sums, typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
-    long long planes, long long inner_count, int height, int width, int padding, int crop,
-    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
-    typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
-    typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
-    double l1, typename cussim::ComputeType<T>::type* __restrict__ out, long long out_stride, long long outputs,
-    double count, double a, double b) {
-    using namespace cussim;
-    using C = typename ComputeType<T>::type;
-    constexpr int formula = forward_formula(Options);
-    static_assert(formula != GRADIENT_SKIMAGE || forward_term(Options) == TERM_SSIM, "skimage's formula is SSIM's");
-    constexpr int kSide = kTile + 2 * R;  // halo tile side
-    constexpr int kThreads = kTile * kTile;
-    using Pitch = ForwardPitch<C, R>;
-    __shared__ __align__(16) C tile_x[kSide][Pitch::tile];
-    __shared__ __align__(16) C tile_y[kSide][Pitch::tile];
-    __shared__ __align__(16) MomentRows<C, R> rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
-    __shared__ C weights[2 * R + 1];
-    __shared__ double scratch[kThreads / 32];
-    __shared__ struct {
-        PlaneIndex plane;
-        long long map_offset;
-        C shift[2];
-    } held;
-
-    const TileGeometry g = tile_geometry<R>(padding, height, width, true);
-    const long long maps_size = planes * g.map_pixels;
-    const int tid = threadIdx.y * kTile + threadIdx.x;
-    if (tid < 2 * R + 1) weights[tid] = taps[tid];
-    if (tid == 0) held.plane.start(inner_count);
-    __syncthreads();
-
-    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const long long outer = held.plane.outer, inner = held.plane.inner;
-        const T* xp = x + outer * x_outer + inner * x_inner;
-        const T* yp = y + outer * y_outer + inner * y_inner;
-        // The shifts (every thread reads the same pixel).
-        const C kx = tile_shift(xp, x_row, x_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
-        const C ky = tile_shift(yp, y_row, y_col, g.row + g.offset, g.col + g.offset, height, width, inv_range);
-        // What the pixel's code needs after the passes waits in shared memory, not in registers through
-        // them (which spilled at R = 7 on sm_70); the barriers after the tile load and in the block sum
-        // order it, as they order the plane index.
-        if (tid == 0) {
-            held.shift[0] = kx;
-            held.shift[1] = ky;
-            if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
-        }
-        const int top = g.row + g.offset - R, left = g.col + g.offset - R;
-        if (halo_inside<R>(top, left, height, width)) {
-            // The fast path (most tiles): the whole halo inside the image, so no
-            // bounds test and no padding. Thread k < kLoaders loads column
-            // k % kSide from row k / kSide, then every kThreads / kSide rows, its
-            // addresses advanced by additions (any strides).
-            constexpr int kRowsPerSweep = kThreads / kSide, kLoaders = kRowsPerSweep * kSide;
-            if (tid < kLoaders) {
-                const int c = tid % kSide;
-                const T* xo = xp + (top + tid / kSide) * x_row + (left + c) * x_col;
-                const T* yo = yp + (top + tid / kSide) * y_row + (left + c) * y_col;
-#pragma unroll 1
-                for (int r = tid / kSide; r < kSide; r += kRowsPerSweep) {
-                    tile_x[r][c] = (C)element_value(*xo) * inv_range - kx;
-                    tile_y[r][c] = (C)element_value(*yo) * inv_range - ky;
-                    xo += kRowsPerSweep * x_row;
-                    yo += kRowsPerSweep * y_row;
-                }
-            }
-        } else {
-#pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kThreads) {
-                const int r = k / kSide, c = k % kSide;
-                const int row = top + r, col = left + c;
-                tile_x[r][c] = load_scaled(xp, x_row, x_col, row, col, height, width, padding, inv_range) - kx;
-                tile_y[r][c] = load_scaled(yp, y_row, y_col, row, col, height, width, padding, inv_range) - ky;
-            }
-        }
-        __syncthreads();
-        if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
-        for (int k = tid; k < kSide * (kTile / kRun); k += kThreads) {
-            const int r = k / (kTile / kRun), c0 = k % (kTile / kRun) * kRun;
-            C run[kRun][5];
-            horizontal_run<C, R, Pitch::tile>(tile_x, tile_y, weights, r, c0, run);
-            rows.store(r, c0, run);
-        }
-        __syncthreads();
-        C m[5];
-        forward_vertical_pass<C, R>(rows, weights, m);
-        const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
-        double counted_value = 0.0;
-        if (row < g.map_h && col < g.map_w) {
-            const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
-            const Pixel<C> px = ssim_pixel(m, sx, sy, c1, c2, cov, forward_term(Options), formula);
-            if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
-            const bool counted = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
-            if (counted) counted_value = px.s;
-            if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
-                const int r = R + threadIdx.y, c = R + threadIdx.x;
-                const C dx = (tile_x[r][c] + sx) - (tile_y[r][c] + sy);
-                counted_value = sum_scale * counted_value + l1 * (double)fabs(dx);
-            }
-            if (formula != GRADIENT_NONE) {
-                // skimage's gradient is that of the uncropped map's mean
-                const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
-                const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
-                for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
-            }
-        }
-        if (block_sums) {
-            const double total = block_sum(counted_value, scratch, tid);
-            if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
-        } else {
-            __syncthreads();  // the next plane overwrites the tiles
-        }
-    }
-    // rows (5 * kSide * 16 values of C, at least 2 KiB) serves as the finish's 256 doubles. The thread's
-    // index is formed anew (from blockDim, 16 x 16): kept from the start through the planes, it spilled
-    // on sm_120.
-    if (outputs) finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride,
-                                reinterpret_cast<double*>(&rows), (int)(threadIdx.y * blockDim.x + threadIdx.x));
-}
-
-namespace cussim {
-
-// MS-SSIM's extras of a backward (GRAD_MSSSIM): each plane's weight, and
-// the adjoint of the next scale's 2x2 mean of `variant` (coarse: contiguous
-// planes of the next scale's gradient; null at the last scale).
-template <class C> struct PyramidTerms {
-    const double* plane_weights;
-    const C* coarse;
-    int variant;
-};
-
-// The backward's tile: a block of 16 x 16 threads computes 16 columns and
-// kHeight = 16 kRows rows of the gradient, kRows consecutive rows per thread
-// (4 in float arithmetic, 1 in double, whose tiles would pass the 48 KiB of
-// static shared memory), so that the vertical pass reuses each loaded value
-// for kRows outputs and the halo costs 2R rows per kHeight. Shared memory per
-// block: the halo tile (kHaloRows x kPitch, three maps), the horizontally
-// filtered rows (kHaloRows x kRowsPitch, three maps), the move table.
+// The tile of the forward and of the backward: a block of 16 x 16 threads
+// computes 16 columns and kHeight = 16 kRows rows, kRows consecutive rows per
+// thread (4 in float arithmetic, 1 in double, whose tiles would pass the 48
+// KiB of static shared memory), so that the vertical pass reuses each loaded
+// value for kRows outputs, and the halo (2R rows per kHeight), the per-plane
+// set-up and the block sum are shared by kRows pixels per thread. The forward's
+// tiles cover the map, the backward's the image; both shift their moments by
+// the value at their centre (tile_shift), so the backward finds a map pixel's
+// shift at forward tile (row >> kHeightLog2, col >> 4). Shared memory per
+// block: the halo tile (kHaloRows x kPitch per quantity loaded) and the
+// horizontally filtered rows (kHaloRows x kRowsPitch per quantity filtered).
 //
 // Bank conflicts, by construction (4-byte elements: 32 banks of one word;
 // 8-byte elements are served per half-warp of 16 consecutive lanes, so the
 // same arguments hold for a half-warp):
 // - tile load: warp w stores halo row r = w + 8 i, lane = column: 32 (at most
 //   kHaloCols <= 32) consecutive words of one row.
-// - horizontal pass: warp w filters columns c = 4 (w % 4) .. c + 3, lane =
-//   halo row r = 32 (w / 4) + lane + 64 i; each read tile[q][r][c + j] and
-//   each store rows[q][r][c + o] of a warp is one column of 32 consecutive
-//   rows, and both pitches (kPitch, kRowsPitch) are odd, so the 32 rows fall
-//   in 32 different banks.
-// - vertical pass: lane l of warp w computes column l % 16 of the rows of
-//   group (w % 4) + 8 (w / 4) + 4 (l / 16); the two half-warps' groups are 4
-//   groups = 16 rows apart (kRows = 4 for 4-byte elements), and 16
-//   kRowsPitch = 16 * 17 = 16 mod 32: each read of a warp hits banks b..b+15
-//   and b+16..b+31.
-template <class C, int R> struct BackwardTile {
+// - horizontal pass (horizontal_pass): warp w filters columns c = 4 (w % 4)
+//   .. c + 3, lane = halo row r = 32 (w / 4) + lane + 64 i; each read
+//   tile[q][r][c + j] and each store rows[q][r][c + o] of a warp is one column
+//   of 32 consecutive rows, and both pitches (kPitch, kRowsPitch) are odd, so
+//   the 32 rows fall in 32 different banks.
+// - vertical pass (vertical_rows): lane l of warp w computes column l % 16 of
+//   the rows of group (w % 4) + 8 (w / 4) + 4 (l / 16); the two half-warps'
+//   groups are 4 groups = 16 rows apart (kRows = 4 for 4-byte elements), and
+//   16 kRowsPitch = 16 * 17 = 16 mod 32: each read of a warp hits banks
+//   b..b+15 and b+16..b+31.
+template <class C, int R> struct Tile {
     static constexpr int kRows = sizeof(C) == 4 ? 4 : 1;
     static constexpr int kHeight = kTile * kRows;
+    static constexpr int kHeightLog2 = sizeof(C) == 4 ? 6 : 4;
     static constexpr int kHaloRows = kHeight + 2 * R, kHaloCols = kTile + 2 * R;
     static constexpr int kPitch = kHaloCols + 1, kRowsPitch = kTile + 1;  // odd
     static constexpr int kHorizontalCols = 4;  // outputs per thread and row of the horizontal pass
-    // forward tiles whose shifts the halo can need (see backward_planes)
-    static constexpr int kMoveRows = 2 * kRows + 2, kMoveCols = 4;
+    static_assert(kHeight == 1 << kHeightLog2, "tiles of 2^kHeightLog2 rows");
     static_assert(sizeof(C) != 4 || kRows == 4, "the vertical pass's bank argument is for 4 rows per thread");
-    // static shared memory of a block, bounded above (the small tables: 2 KiB at most)
-    static constexpr int kSharedBytes = 3 * kHaloRows * (kPitch + kRowsPitch) * (int)sizeof(C) + 2048;
+    static_assert(kHaloCols <= 32, "a warp loads a halo row");
+
+    // This thread's rows in the vertical pass: first_row .. first_row + kRows - 1 of the tile, column lane % 16.
+    __device__ static int first_row(int warp, int lane) {
+        return kRows * ((warp & 3) + 8 * (warp >> 2) + 4 * (lane >> 4));
+    }
 };
+
+// Static shared memory of a Tile's block that loads Loaded and filters Filtered quantities, bounded above
+// (the small tables: 2 KiB at most).
+template <class C, int R, int Loaded, int Filtered> struct TileSharedBytes {
+    using Shape = Tile<C, R>;
+    static constexpr int value =
+        Shape::kHaloRows * (Loaded * Shape::kPitch + Filtered * Shape::kRowsPitch) * (int)sizeof(C) + 2048;
+};
+
+// The fast tile load's walk: load(i) for the halo rows w + 8 i (i = 0, 1,
+// ...) that warp w loads (lane = column), unrolled, so that all of a
+// thread's loads are in flight at once; every warp loads kHaloRows / 8 rows,
+// the first kHaloRows % 8 warps one more.
+template <int kHaloRows, class Load>
+__device__ inline void warp_halo_rows(int warp, Load load) {
+    constexpr int kWarps = kTile * kTile / 32, kLoads = (kHaloRows + kWarps - 1) / kWarps;
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i)
+        if (i < kHaloRows / kWarps || warp + kWarps * i < kHaloRows) load(i);
+}
 
 // Shared memory an SM gives its blocks, by architecture (the per-block 1 KiB
 // the driver reserves included): 96 KiB on sm_70/72, 64 KiB on sm_75, 164 KiB
@@ -950,16 +714,15 @@ constexpr int kSharedPerSm = 228 * 1024;
 constexpr int kSharedPerSm = 100 * 1024;
 #endif
 
-// Blocks per SM that ptxas must fit for the backward: MinBlocks, but no more
-// than an SM can hold at once by shared memory for the largest window the
-// library asks for (R = 7, win_size 15), whatever R: a register cap for more
-// blocks would buy no occupancy, only spills. 64 registers where 4 blocks fit,
-// as on sm_90 and sm_100; 80 on sm_80 (3 blocks), 128 on sm_70 and sm_120 (2).
-// MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80 registers: its
-// per-pixel pyramid terms spilled a few bytes at 64 on sm_100.
-template <class T, bool MsSsim = false> struct BackwardMinBlocks {
-    static constexpr int fit = kSharedPerSm / (BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes + 1024);
-    static constexpr int most = MsSsim && fit > 3 ? 3 : fit;
+// Blocks per SM that ptxas must fit for a tiled kernel whose block takes
+// SharedBytes at the largest window the library asks for (R = 7, win_size
+// 15), whatever R: MinBlocks, but no more than an SM holds at once by shared
+// memory, nor than Most: a register cap for more blocks would buy no
+// occupancy, only spills. 64 registers where 4 blocks fit, as on sm_90 and
+// sm_100; 80 on sm_80 (3 blocks), 128 on sm_70 and sm_120 (2).
+template <class T, int SharedBytes, int Most = 4> struct TileMinBlocks {
+    static constexpr int fit = kSharedPerSm / (SharedBytes + 1024);
+    static constexpr int most = fit < Most ? fit : Most;
     static constexpr int value = MinBlocks<T>::value < most ? MinBlocks<T>::value : (most > 1 ? most : 1);
 };
 
@@ -972,8 +735,412 @@ __device__ inline void add_tap(C (&out)[N][Q], int j, const C (&v)[Q], const C* 
     for (int o = 0; o < N; ++o)
 #pragma unroll
         for (int q = 0; q < Q; ++q)
-            if (j >= o && j - o <= 2 * R) out[o][q] += weights[j - o] * v[q];
+            if (j >= o && j - o <= 2 * R) out[o][q] += folded_tap<R>(weights, j - o) * v[q];
 }
+
+// A Tile's horizontally filtered rows of Q quantities (halo row r, column c < 16), one
+// plane per quantity: the layout of the bank argument at Tile.
+template <class C, int R, int Q> struct FilteredRows {
+    C planes[Q][Tile<C, R>::kHaloRows][Tile<C, R>::kRowsPitch];
+
+    __device__ void store(int r, int c, const C (&v)[Q]) {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) planes[q][r][c] = v[q];
+    }
+    __device__ void load(int r, int c, C (&v)[Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) v[q] = planes[q][r][c];
+    }
+};
+
+// The forward's five moments mx, md, Exx, Eyy, Edd in float: (mx, md) and (Exx, Eyy) as 8-byte pairs,
+// so that a row is three loads in the vertical pass, not five. Bank conflicts, none: 8-byte accesses
+// are served per half-warp; a half-warp of the horizontal pass stores one column of 16 consecutive rows,
+// the pitch of 17 pairs puts row r + 1 at banks 2 further (16 different bank pairs); one of the vertical
+// pass loads 16 consecutive pairs of one row.
+template <int R> struct MomentRows {
+    static constexpr int kHaloRows = Tile<float, R>::kHaloRows, kPitch = Tile<float, R>::kRowsPitch;
+    float2 pairs[2][kHaloRows][kPitch];
+    float dd[kHaloRows][kPitch];
+
+    __device__ void store(int r, int c, const float (&v)[5]) {
+        float2 mean, square;
+        mean.x = v[0];
+        mean.y = v[1];
+        square.x = v[2];
+        square.y = v[3];
+        pairs[0][r][c] = mean;
+        pairs[1][r][c] = square;
+        dd[r][c] = v[4];
+    }
+    __device__ void load(int r, int c, float (&v)[5]) const {
+        const float2 mean = pairs[0][r][c], square = pairs[1][r][c];
+        v[0] = mean.x;
+        v[1] = mean.y;
+        v[2] = square.x;
+        v[3] = square.y;
+        v[4] = dd[r][c];
+    }
+};
+template <class C, int R> struct ForwardRows { using type = FilteredRows<C, R, 5>; };
+template <int R> struct ForwardRows<float, R> { using type = MomentRows<R>; };
+
+// The horizontal half of the separable filter over a Tile's halo rows, into
+// `rows` (FilteredRows or MomentRows): warp w filters columns 4 (w % 4) ..
+// 4 (w % 4) + 3 of the halo rows 32 (w / 4) + lane + 64 i, each loaded value
+// serving up to 4 outputs. load(r, c, v) gives the Q quantities of halo pixel (r, c).
+template <class C, int R, int Q, class Rows, class Load>
+__device__ inline void horizontal_pass(Rows& rows, const C* weights, int warp, int lane, Load load) {
+    using Shape = Tile<C, R>;
+    constexpr int kCols = Shape::kHorizontalCols, kColGroups = kTile / kCols;
+    constexpr int kRowStride = 32 * (kTile * kTile / 32 / kColGroups);
+    const int c = kCols * (warp % kColGroups);
+#pragma unroll 1
+    for (int r = lane + 32 * (warp / kColGroups); r < Shape::kHaloRows; r += kRowStride) {
+        C b[kCols][Q] = {};
+#pragma unroll
+        for (int j = 0; j < 2 * R + kCols; ++j) {
+            C v[Q];
+            load(r, c + j, v);
+            add_tap<C, R>(b, j, v, weights);
+        }
+#pragma unroll
+        for (int o = 0; o < kCols; ++o) rows.store(r, c + o, b[o]);
+    }
+}
+
+// The vertical half: this thread's kRows outputs of column `col` from rows
+// first_row .. first_row + kRows + 2R - 1, each loaded value serving up to
+// kRows of them; finish(i, b) takes row i's Q filtered values as soon as its
+// last tap is in (fewer live registers).
+template <class C, int R, int Q, class Rows, class Finish>
+__device__ inline void vertical_rows(const Rows& rows, const C* weights, int first_row, int col, Finish finish) {
+    constexpr int kRows = Tile<C, R>::kRows;
+    C b[kRows][Q] = {};
+#pragma unroll
+    for (int j = 0; j < kRows + 2 * R; ++j) {
+        C v[Q];
+        rows.load(first_row + j, col, v);
+        add_tap<C, R>(b, j, v, weights);
+        if (j >= 2 * R) finish(j - 2 * R, b[j - 2 * R]);
+    }
+}
+
+// MS-SSIM's combine of one image (`group` consecutive planes, whose means
+// pool before the product, as torchmetrics pools channels), by the 256
+// threads of a block: each scale's mean m_j from its block sums in a fixed
+// order, value = prod_j max(m_j, 0)^w_j into image_values[image], and, if
+// plane_weights is given, each plane's backward weight d value / d m_j /
+// (pixels averaged) * share: 0 where a relu'd mean is 0 (the product is 0
+// around there), and with max(m_j, guard) in the power's derivative, so
+// finite inputs never give infinity or NaN. Thread j handles scale j
+// (scales <= kMaxScales <= 256). scale_table holds, per scale: w_j, map
+// pixels per plane, tiles per plane, and the offset of the scale's block sums
+// (planes x tiles, plane-major). The sums are read as volatile: the last
+// scale's forward combines the sums that its other blocks wrote in the same
+// launch (combine_if_last). scratch: kCombineScratch doubles, free on entry
+// (after a barrier) and on return. msssim_combine and the folded combine run
+// this one piece of code, so their values and weights are bitwise the same.
+constexpr int kCombineScratch = 256 + 3 * kMaxScales;
+__device__ inline void combine_image(long long image, const volatile double* block_sums, const double* scale_table,
+                                     int scales, long long planes, long long group, double share, double guard,
+                                     double* image_values, double* plane_weights, double* scratch, int tid) {
+    constexpr int Threads = 256;
+    static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
+    double* means = scratch + Threads;
+    double* weighted_logs = means + kMaxScales;          // w_j log m_j (0 where w_j = 0)
+    double* scale_weights = weighted_logs + kMaxScales;  // d value / d m_j * share / pixels averaged
+    const int j = tid;
+    for (int s = 0; s < scales; ++s) {
+        const long long tiles = (long long)scale_table[4 * s + 2];
+        const volatile double* sums = block_sums + (long long)scale_table[4 * s + 3] + image * group * tiles;
+        double partial = 0.0;
+        for (long long k = tid; k < group * tiles; k += Threads) partial += sums[k];
+        scratch[tid] = partial;
+        __syncthreads();
+        for (int k = Threads / 2; k > 0; k >>= 1) {
+            if (tid < k) scratch[tid] += scratch[tid + k];
+            __syncthreads();
+        }
+        if (tid == 0) {  // relu, keeping a NaN mean NaN (fmax would make it 0)
+            const double mean = scratch[0] / (scale_table[4 * s + 1] * (double)group);
+            means[s] = mean < 0.0 ? 0.0 : mean;
+        }
+        __syncthreads();
+    }
+    // zero: some scale with weight > 0 has a relu'd mean of 0, so the product is 0
+    bool zero = false;
+    for (int s = 0; s < scales; ++s) zero = zero || (means[s] == 0.0 && scale_table[4 * s] > 0.0);
+    if (j < scales) {
+        const double w = scale_table[4 * j];
+        weighted_logs[j] = (w == 0.0 || zero) ? 0.0 : w * log(means[j]);
+    }
+    __syncthreads();
+    double total_log = 0.0;
+    for (int s = 0; s < scales; ++s) total_log += weighted_logs[s];
+    if (j == 0) image_values[image] = zero ? 0.0 : exp(total_log);
+    if (j < scales) {
+        const double w = scale_table[4 * j];
+        const double others = total_log - weighted_logs[j];
+        scale_weights[j] = (zero || w == 0.0)
+                               ? 0.0
+                               : w * exp(others + (w - 1.0) * log(fmax(means[j], guard))) * share /
+                                     (scale_table[4 * j + 1] * (double)group);
+    }
+    __syncthreads();
+    if (plane_weights) {
+        for (int s = 0; s < scales; ++s)
+            for (long long q = tid; q < group; q += Threads)
+                plane_weights[s * planes + image * group + q] = scale_weights[s];
+    }
+    __syncthreads();  // scratch is free again
+}
+
+// The counters of MS-SSIM's combine, unsigned ints in the doubles after the
+// images' values: counter 0 (msssim_combine's blocks, or the folded
+// combine's images), then one per image (the folded combine's forward
+// blocks of each image): 1 + images doubles, zero between launches.
+__device__ inline unsigned int* combine_counter(double* image_values, long long images, long long k) {
+    return reinterpret_cast<unsigned int*>(image_values + images + k);
+}
+
+// MS-SSIM's combine folded into its last scale's forward (FORWARD_COMBINE),
+// called where that forward would finish (finish_if_last), with its arguments:
+// block_sums is the last scale's, at offset scale_table[4 (scales - 1) + 3]
+// from the first scale's. Each image's blocks (its planes times the tiles)
+// count on the image's counter; the last of them combines the image
+// (combine_image, as msssim_combine's block of that image does), so images
+// combine in parallel, as in msssim_combine; the last image to be combined
+// (counter 0) writes the `outputs` values, each the mean of its images'
+// values, as msssim_combine's last block does (finish_values).
+template <class O>
+__device__ inline void combine_if_last(double* block_sums, const double* scale_table, int scales, long long planes,
+                                       long long group, double share, double guard, double* image_values,
+                                       double* plane_weights, O* out, long long out_stride, long long outputs,
+                                       double count, double a, double b, double* scratch, int tid) {
+    const long long images = planes / group;
+    const double* first_scale = block_sums - (long long)scale_table[4 * (scales - 1) + 3];
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {  // the planes whose sums this block stored
+        const long long image = p / group;
+        if (!last_arrival(combine_counter(image_values, images, 1 + image), (unsigned int)(group * gridDim.x),
+                          scratch, tid))
+            continue;
+        combine_image(image, first_scale, scale_table, scales, planes, group, share, guard, image_values,
+                      plane_weights, scratch, tid);
+        if (last_arrival(combine_counter(image_values, images, 0), (unsigned int)images, scratch, tid))
+            finish_values(image_values, images / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
+    }
+}
+
+}  // namespace cussim
+
+// The forward's blocks per SM (TileMinBlocks): its block loads x and y and filters five moments. At
+// R = 7 at most 3 (80 registers): at 64, the passes' 20 sums and 8 taps left no room for a few set-up
+// values, which spilled (8 to 16 bytes). With FORWARD_COMBINE 1: that forward is MS-SSIM's last scale,
+// the smallest image (a few blocks per plane), whose occupancy does not matter, and the combine's
+// float64 log and exp need registers.
+template <class T, int R, int Options> struct ForwardMinBlocks {
+    using C = typename cussim::ComputeType<T>::type;
+    static constexpr int value =
+        Options & cussim::FORWARD_COMBINE
+            ? 1
+            : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value, R < 7 ? 4 : 3>::value;
+};
+
+template <class T, int R, int Options>
+__global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) ssim_forward(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
+    long long m_col, double* __restrict__ block_sums, typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
+    long long planes, long long inner_count, int height, int width, int padding, int crop,
+    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
+    typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
+    typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
+    double l1, typename cussim::ComputeType<T>::type* __restrict__ out, long long out_stride, long long outputs,
+    double count, double a, double b, const double* __restrict__ scale_table, int scales, long long group,
+    double share, double guard, double* __restrict__ image_values, double* __restrict__ plane_weights) {
+    using namespace cussim;
+    using C = typename ComputeType<T>::type;
+    using Shape = Tile<C, R>;
+    constexpr int formula = forward_formula(Options);
+    static_assert(formula != GRADIENT_SKIMAGE || forward_term(Options) == TERM_SSIM, "skimage's formula is SSIM's");
+    constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight, kHaloRows = Shape::kHaloRows;
+    constexpr int kWarps = kTile * kTile / 32;
+    __shared__ C tile[2][kHaloRows][Shape::kPitch];  // x', y': x and y scaled and shifted, around the tile
+    __shared__ typename ForwardRows<C, R>::type rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    __shared__ C weights[2 * R + 1];
+    __shared__ double scratch[kWarps];
+    // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
+    // not in registers through the passes (which spilled under the register cap: ptxas kept each
+    // thread's tile-load offsets across the planes). Thread 0 writes them; the barriers before and after
+    // the tile load and in the block sum order it.
+    __shared__ struct {
+        PlaneIndex plane;
+        long long map_offset, x_row, x_col, y_row, y_col;
+        C shift[2];
+    } held;
+
+    TileGeometry g = tile_geometry<R>(padding, height, width, true);
+    g.row *= kRows;  // tiles of kHeight rows
+    const long long maps_size = planes * g.map_pixels;
+    const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    const int top = g.row + g.offset - R, left = g.col + g.offset - R;  // the halo, in image pixels
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= height && left + Shape::kHaloCols <= width;
+    // The tile's shifts are those of the pixel nearest its centre.
+    const int shift_row = min(g.row + g.offset + kHeight / 2, height - 1);
+    const int shift_col = min(g.col + g.offset + kTile / 2, width - 1);
+    // this thread's map pixels: column col, rows first_row .. first_row + kRows - 1 of the tile
+    const int first_row = Shape::first_row(warp, lane), col = g.col + (lane & 15);
+    // how many of them lie in the map (one number, not kRows tests kept across the plane loop)
+    const int rows_here = col < g.map_w ? min(kRows, g.map_h - (g.row + first_row)) : 0;
+    // whether the mean counts this thread's column (the rows are tested per pixel)
+    const bool col_counted = col >= crop && col < g.map_w - crop;
+    // Border tiles (the halo leaves the image): the image row of each halo row and this lane's image
+    // column, or -1 for a zero (halo_source), worked out once for every plane.
+    __shared__ int halo_rows[kHaloRows];
+    if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, height, padding);
+    const int halo_col = halo_source(left + lane, width, padding);
+    if (tid == 0) {
+        held.plane.start(inner_count);
+        held.x_row = x_row;
+        held.x_col = x_col;
+        held.y_row = y_row;
+        held.y_col = y_col;
+    }
+
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
+        if (tid == 0) {
+            const long long outer = held.plane.outer, inner = held.plane.inner;
+            held.shift[0] = tile_shift(x + outer * x_outer + inner * x_inner, shift_row * x_row + shift_col * x_col,
+                                       inv_range);
+            held.shift[1] = tile_shift(y + outer * y_outer + inner * y_inner, shift_row * y_row + shift_col * y_col,
+                                       inv_range);
+            if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
+        }
+        __syncthreads();
+        const long long outer = held.plane.outer, inner = held.plane.inner;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
+        const C kx = held.shift[0], ky = held.shift[1];
+        if (lane < Shape::kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
+            if (inside) {
+                // The fast path (most tiles): the halo inside the image, no bounds test, no padding, all
+                // loads in flight (warp_halo_rows), addresses from the strides read back from `held` in
+                // each plane, shared ones at constant offsets.
+                const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
+                const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
+                const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
+                C* tx = &tile[0][warp][lane];
+                C* ty = &tile[1][warp][lane];
+                warp_halo_rows<kHaloRows>(warp, [&](int i) {
+                    tx[kWarps * Shape::kPitch * i] = (C)element_value(xo[i * x_step]) * inv_range - kx;
+                    ty[kWarps * Shape::kPitch * i] = (C)element_value(yo[i * y_step]) * inv_range - ky;
+                });
+            } else {
+#pragma unroll 1
+                for (int r = warp; r < kHaloRows; r += kWarps) {
+                    const int row = halo_rows[r];
+                    C vx = C(0), vy = C(0);
+                    if (row >= 0 && halo_col >= 0) {
+                        vx = (C)element_value(xp[row * x_row + halo_col * x_col]) * inv_range;
+                        vy = (C)element_value(yp[row * y_row + halo_col * y_col]) * inv_range;
+                    }
+                    tile[0][r][lane] = vx - kx;
+                    tile[1][r][lane] = vy - ky;
+                }
+            }
+        }
+        __syncthreads();
+        if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
+        horizontal_pass<C, R, 5>(rows, weights, warp, lane,
+                                 [&](int r, int c, C (&v)[5]) { moment_terms(tile[0][r][c], tile[1][r][c], v); });
+        __syncthreads();
+        // The vertical pass leaves each pixel's five moments in the space of the rows (once every thread
+        // has read them), moments[q][i][tid]: the pixels' formulas then run one at a time, not kRows at
+        // once in registers (which spilled under the 64-register cap). A warp stores and loads 32
+        // consecutive words.
+        C m[kRows][5];
+        vertical_rows<C, R, 5>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[5]) {
+            for (int q = 0; q < 5; ++q) m[i][q] = v[q];
+        });
+        __syncthreads();
+        static_assert(sizeof(rows) >= 5 * kRows * kTile * kTile * sizeof(C), "the rows hold the moments");
+        C (*moments)[kRows][kTile * kTile] = reinterpret_cast<C (*)[kRows][kTile * kTile]>(&rows);
+#pragma unroll
+        for (int i = 0; i < kRows; ++i)
+#pragma unroll
+            for (int q = 0; q < 5; ++q) moments[q][i][tid] = m[i][q];
+        double counted_sum = 0.0;  // this thread's pixels that the mean counts, in row order
+#pragma unroll 1
+        for (int i = 0; i < rows_here; ++i) {
+            const int row = g.row + first_row + i;
+            const C v[5] = {moments[0][i][tid], moments[1][i][tid], moments[2][i][tid], moments[3][i][tid],
+                            moments[4][i][tid]};
+            const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
+            const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
+            if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
+            const bool counted = col_counted && row >= crop && row < g.map_h - crop;
+            double counted_value = counted ? (double)px.s : 0.0;
+            if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
+                const int r = R + first_row + i, c = R + (lane & 15);
+                const C dx = (tile[0][r][c] + sx) - (tile[1][r][c] + sy);
+                counted_value = sum_scale * counted_value + l1 * (double)fabs(dx);
+            }
+            counted_sum += counted_value;
+            if (formula != GRADIENT_NONE) {
+                // skimage's gradient is that of the uncropped map's mean
+                const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
+                const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
+                for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
+            }
+        }
+        if (block_sums) {
+            const double total = block_sum(counted_sum, scratch, tid);
+            if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
+        } else {
+            __syncthreads();  // the next plane overwrites the tiles
+        }
+    }
+    // rows (at least 5 * 18 * 17 values of C, over 6 KiB) serves as the finish's 256 doubles, or the
+    // combine's kCombineScratch.
+    if (outputs) {
+        static_assert(sizeof(rows) >= kCombineScratch * sizeof(double), "rows holds the finish's scratch");
+        double* last_scratch = reinterpret_cast<double*>(&rows);
+        if constexpr ((Options & FORWARD_COMBINE) != 0)
+            combine_if_last(block_sums, scale_table, scales, planes, group, share, guard, image_values,
+                            plane_weights, out, out_stride, outputs, count, a, b, last_scratch, tid);
+        else
+            finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride, last_scratch, tid);
+    }
+}
+
+namespace cussim {
+
+// MS-SSIM's extras of a backward (GRAD_MSSSIM): each plane's weight, and
+// the adjoint of the next scale's 2x2 mean of `variant` (coarse: contiguous
+// planes of the next scale's gradient; null at the last scale).
+template <class C> struct PyramidTerms {
+    const double* plane_weights;
+    const C* coarse;
+    int variant;
+};
+
+// The backward's tile (Tile): the partial maps' halo, three maps loaded and
+// filtered, and the table of shift moves of the forward tiles its halo reads.
+template <class C, int R> struct BackwardTile : Tile<C, R> {
+    // forward tiles whose shifts the halo can need (see backward_planes)
+    static constexpr int kMoveRows = 4, kMoveCols = 4;
+    static constexpr int kSharedBytes = TileSharedBytes<C, R, 3, 3>::value;
+};
+
+// The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
+// registers: its per-pixel pyramid terms spilled a few bytes at 64 on sm_100.
+template <class T, bool MsSsim = false> struct BackwardMinBlocks {
+    static constexpr int value =
+        TileMinBlocks<T, BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes, MsSsim ? 3 : 4>::value;
+};
 
 // What a backward's last step does (a template argument of ssim_backward, so
 // that each version's code is compiled only where a call asks for it): write
@@ -1001,14 +1168,16 @@ __device__ inline void backward_planes(
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
     constexpr int kWarps = kTile * kTile / 32;
     static_assert(R <= 8, "the move table covers halos of R <= 8");
+    constexpr int kLog2 = Shape::kHeightLog2;
     __shared__ C tile[3][kHaloRows][Shape::kPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
-    __shared__ C rows[3][kHaloRows][Shape::kRowsPitch];
+    __shared__ FilteredRows<C, R, 3> rows;
     // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
-    // forward tile (base_row + i, base_col + j). The halo reads map rows of the forward
-    // tiles from (top >> 4) to (top + kHaloRows - 1) >> 4 and, reflected past the
+    // forward tile (base_row + i, base_col + j), forward tiles being kHeight rows by
+    // 16 columns (Tile). The halo reads map rows of the forward tiles from
+    // top / kHeight to (top + kHaloRows - 1) / kHeight and, reflected past the
     // map's end, rows down to top + 2 - kHeight (the tile lies at or above the
-    // map's last row): from (top - kHeight) >> 4 on, at most 2 kRows + 2 tiles
-    // for 2R <= 16; columns likewise, 4 tiles.
+    // map's last row): from (top - kHeight) / kHeight on, at most 4 tiles for
+    // 2R <= kHeight; columns likewise (16 + 2R halo columns), 4 tiles.
     __shared__ C moves[2][Shape::kMoveRows][Shape::kMoveCols];
     // the shifts (of x, of y) of those forward tiles, then this tile's own, the same for all its windows
     __shared__ C shifts[2][Shape::kMoveRows * Shape::kMoveCols + 1];
@@ -1022,22 +1191,22 @@ __device__ inline void backward_planes(
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
     const C twice_inv_range = C(2) * inv_range;
-    const int base_row = max((top - kHeight) >> 4, 0), base_col = max((left - kTile) >> 4, 0);
+    const int base_row = max((top - kHeight) >> kLog2, 0), base_col = max((left - kTile) >> 4, 0);
     const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w;
     // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
-    const int out_col = lane & 15, first_row = kRows * ((warp & 3) + 8 * (warp >> 2) + 4 * (lane >> 4));
+    const int out_col = lane & 15, first_row = Shape::first_row(warp, lane);
     // how many of them lie in the image (one number, not kRows tests kept across the plane loop)
     const int rows_here = g.col + out_col < width ? min(kRows, height - (g.row + first_row)) : 0;
     // Thread t < 2 (kEntries + 1) reads one shift each plane: of x (of y, t > kEntries) at forward tile
     // e = t % (kEntries + 1), or, e = kEntries, this tile's own at its centre; shift_offset is that
-    // pixel's element offset in its plane (tile_shift's pixel, 8 rows and columns past the first).
+    // pixel's element offset in its plane (kHeight / 2 rows and 8 columns past the first).
     constexpr int kEntries = Shape::kMoveRows * Shape::kMoveCols;
     long long shift_offset = 0;
     {
         const int e = tid % (kEntries + 1);
         const bool own = e == kEntries;
-        const int row = min((own ? g.row + kHeight / 2 - kTile / 2 : (base_row + e / Shape::kMoveCols) * kTile +
-                             g.offset) + kTile / 2, height - 1);
+        const int row = min((own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset) + kHeight / 2,
+                            height - 1);
         const int col = min((own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset) + kTile / 2,
                             width - 1);
         shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
@@ -1045,19 +1214,12 @@ __device__ inline void backward_planes(
     // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
     // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
     // row of each halo row, or -1 for a row of zeros (for tiles whose halo leaves the map).
-    int map_col = left + lane;
-    bool col_inside = map_col >= 0 && map_col < g.map_w;
-    if (padding == PAD_REFLECT) {  // F is symmetric with reflection: F^T reflects too
-        map_col = reflect_index(map_col, g.map_w);
-        col_inside = true;
-    }
+    // (F is symmetric with reflection: F^T reflects too.)
+    const int map_col = halo_source(left + lane, g.map_w, padding);
+    const bool col_inside = map_col >= 0;
     const int j = (map_col >> 4) - base_col;
     __shared__ int halo_rows[kHaloRows];
-    if (tid < kHaloRows) {
-        const int map_row = top + tid;
-        halo_rows[tid] = padding == PAD_REFLECT ? reflect_index(map_row, g.map_h)
-                                                : (map_row >= 0 && map_row < g.map_h ? map_row : -1);
-    }
+    if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, g.map_h, padding);
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
     __shared__ long long pooled_rows[MsSsim ? kHeight : 1];  // pooled_code of each row
@@ -1071,12 +1233,11 @@ __device__ inline void backward_planes(
         coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
     }
 
-    // p = outer * inner_count + inner, stepped by gridDim.y without a division per plane
-    long long outer = blockIdx.y / inner_count, inner = blockIdx.y % inner_count;
-    const long long outer_step = gridDim.y / inner_count, inner_step = gridDim.y % inner_count;
+    PlaneIndex plane;
+    plane.start(inner_count);
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const T* xp = x + outer * x_outer + inner * x_inner;
-        const T* yp = y + outer * y_outer + inner * y_inner;
+        const T* xp = x + plane.outer * x_outer + plane.inner * x_inner;
+        const T* yp = y + plane.outer * y_outer + plane.inner * y_inner;
         const C* maps = grad_maps + p * g.map_pixels;
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
@@ -1086,7 +1247,7 @@ __device__ inline void backward_planes(
         // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
         // image is bright and flat.
         if (tid < 2 * (kEntries + 1))
-            shifts[tid > kEntries][tid % (kEntries + 1)] = shift_at(tid > kEntries ? yp : xp, shift_offset, inv_range);
+            shifts[tid > kEntries][tid % (kEntries + 1)] = tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
         __syncthreads();
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
@@ -1100,17 +1261,15 @@ __device__ inline void backward_planes(
             if (inside) {
                 // The fast path (most tiles): the halo inside the map, no bounds test.
                 const C* m0 = maps + (long long)(top + warp) * g.map_w + left + lane;
-                const C* m1 = m0 + maps_size;
-                const C* m2 = m1 + maps_size;
                 const long long step = kWarps * (long long)g.map_w;
-#pragma unroll 1
-                for (int r = warp; r < kHaloRows; r += kWarps, m0 += step, m1 += step, m2 += step) {
-                    const int i = ((top + r) >> 4) - base_row;
-                    const C value[3] = {*m0, *m1, *m2};
+                warp_halo_rows<kHaloRows>(warp, [&](int k) {
+                    const int r = warp + kWarps * k, i = ((top + r) >> kLog2) - base_row;
+                    const C* m = m0 + k * step;
+                    const C value[3] = {m[0], m[maps_size], m[2 * maps_size]};
                     tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
-                }
+                });
             } else {
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
@@ -1119,7 +1278,7 @@ __device__ inline void backward_planes(
                     if (col_inside && map_row >= 0) {
                         const long long at = (long long)map_row * g.map_w + map_col;
                         for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
-                        const int i = (map_row >> 4) - base_row;
+                        const int i = (map_row >> kLog2) - base_row;
                         value[0] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
                     }
                     for (int q = 0; q < 3; ++q) tile[q][r][lane] = value[q];
@@ -1127,45 +1286,22 @@ __device__ inline void backward_planes(
             }
         }
         __syncthreads();
-        // Horizontal pass: warp w filters columns 4 (w % 4) .. 4 (w % 4) + 3 of the
-        // halo rows 32 (w / 4) + lane + 64 i, each loaded value serving up to 4 outputs.
-        constexpr int kCols = Shape::kHorizontalCols, kColGroups = kTile / kCols;
-        constexpr int kRowStride = 32 * (kWarps / kColGroups);
-#pragma unroll 1
-        for (int r = lane + 32 * (warp / kColGroups); r < kHaloRows; r += kRowStride) {
-            const int c = kCols * (warp % kColGroups);
-            C b[kCols][3] = {};
-#pragma unroll
-            for (int j = 0; j < 2 * R + kCols; ++j) {
-                const C v[3] = {tile[0][r][c + j], tile[1][r][c + j], tile[2][r][c + j]};
-                add_tap<C, R>(b, j, v, weights);
-            }
-#pragma unroll
-            for (int q = 0; q < 3; ++q)
-#pragma unroll
-                for (int o = 0; o < kCols; ++o) rows[q][r][c + o] = b[o][q];
-        }
+        horizontal_pass<C, R, 3>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+            for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
+        });
         __syncthreads();
-        // Vertical pass: kRows outputs per thread, each loaded value serving up to kRows of them;
-        // each row's gradient is finished as soon as its last tap is in (fewer live registers).
+        // Vertical pass: each row's gradient is finished as soon as its last tap is in.
         const int col = g.col + out_col;
         const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
-        typename GradientType<T>::type* gq =
-            grad + outer * g_outer + inner * g_inner + (long long)(g.row + first_row) * g_row + col * g_col;
-        C b[kRows][3] = {};
-#pragma unroll
-        for (int j = 0; j < kRows + 2 * R; ++j) {
-            const int at = first_row + j;
-            const C v[3] = {rows[0][at][out_col], rows[1][at][out_col], rows[2][at][out_col]};
-            add_tap<C, R>(b, j, v, weights);
-            if (j < 2 * R) continue;
-            const int i = j - 2 * R;  // row i is complete
+        typename GradientType<T>::type* gq = grad + plane.outer * g_outer + plane.inner * g_inner +
+                                             (long long)(g.row + first_row) * g_row + col * g_col;
+        vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
                 const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
                 const C twice_x = xv * twice_inv_range - own_x, twice_d = (xv - yv) * twice_inv_range - own_d;
-                C value = (b[i][0] + twice_x * b[i][1] + twice_d * b[i][2]) * inv_range;
+                C value = (b[0] + twice_x * b[1] + twice_d * b[2]) * inv_range;
                 if (MsSsim) {
                     value *= (C)pyramid.plane_weights[p];
                     if (pyramid.coarse)
@@ -1178,14 +1314,9 @@ __device__ inline void backward_planes(
             xq += x_row;  // a pointer step per row
             yq += y_row;
             gq += g_row;
-        }
+        });
         __syncthreads();  // the next plane overwrites the tiles and the moves
-        outer += outer_step;
-        inner += inner_step;
-        if (inner >= inner_count) {
-            inner -= inner_count;
-            ++outer;
-        }
+        plane.advance(inner_count);
     }
 }
 
@@ -1281,79 +1412,24 @@ __global__ void __launch_bounds__(256, 1) msssim_pyramid(
     }
 }
 
-// Per image (one block each; an image is `group` consecutive planes, whose
-// means pool before the product, as torchmetrics pools channels): each
-// scale's mean m_j from its block sums in a fixed order, value =
-// prod_j max(m_j, 0)^w_j, and, if plane_weights is given, each plane's
-// backward weight d value / d m_j / (pixels averaged) * share: 0 where a
-// relu'd mean is 0 (the product is 0 around there), and with
-// max(m_j, guard) in the power's derivative, so finite inputs never give
-// infinity or NaN. Thread j handles scale j (scales <= kMaxScales <= 256).
-// scale_table holds, per scale: w_j, map pixels per plane, tiles per plane,
-// and the offset of the scale's block sums (planes x tiles, plane-major).
-// The last block to finish then writes the `outputs` values, each the mean
-// of its images' values, as ssim_finish does (finish_if_last; the counter is
-// the element after the image values): one launch for both.
+// Per image (one block each): MS-SSIM's combine of the scales' means
+// (combine_image); the last block to finish then writes the `outputs`
+// values, each the mean of its images' values, as ssim_finish does
+// (finish_if_last; the counter is combine_counter 0, the element after the
+// image values): one launch for both. The last scale's forward does all of
+// this itself (FORWARD_COMBINE); this kernel serves the volumes.
 template <class O>
 __global__ void __launch_bounds__(256, 1) msssim_combine(
-    const double* __restrict__ block_sums, const double* __restrict__ scale_table, int scales, long long planes,
+    const double* __restrict__ block_sums, long long planes, const double* __restrict__ scale_table, int scales,
     long long group, double share, double guard, double* __restrict__ image_values,
     double* __restrict__ plane_weights, O* __restrict__ out, long long out_stride, long long outputs, double count,
     double a, double b) {
-    constexpr int Threads = 256;
     using namespace cussim;
-    static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
-    __shared__ double scratch[Threads];
-    __shared__ double means[kMaxScales];
-    __shared__ double weighted_logs[kMaxScales];  // w_j log m_j (0 where w_j = 0)
-    __shared__ double scale_weights[kMaxScales];  // d value / d m_j * share / pixels averaged
+    __shared__ double scratch[kCombineScratch];
     const long long images = planes / group;
-    const int j = threadIdx.x;
-    for (long long image = blockIdx.x; image < images; image += gridDim.x) {
-        for (int s = 0; s < scales; ++s) {
-            const long long tiles = (long long)scale_table[4 * s + 2];
-            const double* sums = block_sums + (long long)scale_table[4 * s + 3] + image * group * tiles;
-            double partial = 0.0;
-            for (long long k = threadIdx.x; k < group * tiles; k += Threads) partial += sums[k];
-            scratch[threadIdx.x] = partial;
-            __syncthreads();
-            for (int k = Threads / 2; k > 0; k >>= 1) {
-                if ((int)threadIdx.x < k) scratch[threadIdx.x] += scratch[threadIdx.x + k];
-                __syncthreads();
-            }
-            if (threadIdx.x == 0) {  // relu, keeping a NaN mean NaN (fmax would make it 0)
-                const double mean = scratch[0] / (scale_table[4 * s + 1] * (double)group);
-                means[s] = mean < 0.0 ? 0.0 : mean;
-            }
-            __syncthreads();
-        }
-        // zero: some scale with weight > 0 has a relu'd mean of 0, so the product is 0
-        bool zero = false;
-        for (int s = 0; s < scales; ++s) zero = zero || (means[s] == 0.0 && scale_table[4 * s] > 0.0);
-        if (j < scales) {
-            const double w = scale_table[4 * j];
-            weighted_logs[j] = (w == 0.0 || zero) ? 0.0 : w * log(means[j]);
-        }
-        __syncthreads();
-        double total_log = 0.0;
-        for (int s = 0; s < scales; ++s) total_log += weighted_logs[s];
-        if (j == 0) image_values[image] = zero ? 0.0 : exp(total_log);
-        if (j < scales) {
-            const double w = scale_table[4 * j];
-            const double others = total_log - weighted_logs[j];
-            scale_weights[j] = (zero || w == 0.0)
-                                   ? 0.0
-                                   : w * exp(others + (w - 1.0) * log(fmax(means[j], guard))) * share /
-                                         (scale_table[4 * j + 1] * (double)group);
-        }
-        __syncthreads();
-        if (plane_weights) {
-            for (int s = 0; s < scales; ++s)
-                for (long long q = threadIdx.x; q < group; q += Threads)
-                    plane_weights[s * planes + image * group + q] = scale_weights[s];
-        }
-        __syncthreads();  // the shared arrays are rewritten for the next image
-    }
+    for (long long image = blockIdx.x; image < images; image += gridDim.x)
+        combine_image(image, block_sums, scale_table, scales, planes, group, share, guard, image_values,
+                      plane_weights, scratch, (int)threadIdx.x);
     finish_if_last(image_values, images, outputs, count, a, b, out, out_stride, scratch, (int)threadIdx.x);
 }
 

@@ -217,14 +217,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
             __syncthreads();
             C m[5];
             filter_tile<C, R, 5>(
-                [&](int r, int c, C (&v)[5]) {
-                    const C a = tiles[0][r][c], b = tiles[1][r][c], d = a - b;
-                    v[0] = a;
-                    v[1] = d;
-                    v[2] = a * a;
-                    v[3] = b * b;
-                    v[4] = d * d;
-                },
+                [&](int r, int c, C (&v)[5]) { moment_terms(tiles[0][r][c], tiles[1][r][c], v); },
                 rows, weights, tid, m);
             window.push(m);
             const int d = z - g.offset - R;  // the map plane whose window is now complete

@@ -202,7 +202,7 @@ def _value_and_gradient(executor, x, y, params, per_image=False, accumulate_into
     counted = int(np.prod(params.mean_shape(x.shape)))
     outputs = x.shape[0] if per_image else 1
     per_output_count = counted * planes // outputs
-    block_sums = executor.asarray(np.full(planes * launcher.tiles(map_shape), np.nan))
+    block_sums = executor.asarray(np.full(planes * launcher.tiles(map_shape, x.dtype), np.nan))
     grad_maps = executor.asarray(np.full(3 * int(np.prod(map_shape)), np.nan, ctype))
     launcher.forward(xp_x, xp_y, params, block_sums=block_sums, grad_maps=grad_maps, weight=1.0 / per_output_count)
     values = executor.asarray(np.full(outputs, np.nan, ctype))
@@ -431,7 +431,7 @@ def test_finish_folded_into_the_forward_is_bitwise_the_separate_finish(executor,
     launcher = _launch3d if spatial == 3 else _launch
     planes = int(np.prod(shape[:-spatial]))
     counted = int(np.prod(params.mean_shape(shape))) * planes // outputs
-    sums = planes * launcher.tiles(params.map_shape(shape))
+    sums = planes * launcher.tiles(params.map_shape(shape), x.dtype)
     xp_x, xp_y = executor.asarray(x), executor.asarray(y)
     block_sums = executor.asarray(np.concatenate([np.full(sums, np.nan), [0.0]]))
     separate = executor.asarray(np.full(outputs, np.nan, np.float32))

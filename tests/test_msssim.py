@@ -68,7 +68,8 @@ SMALL = dict(SCALES, sigma=1.0)
 @pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
 def test_planned_launches_take_each_calls_images(kernels, variant):
     """A second call with other images of the same layout reuses every launch plan (pyramid, fold,
-    combine with its finish, forward, backward) and still computes on its own images and buffers."""
+    forward, the last forward with the combine and its finish, backward) and still computes on its own images
+    and buffers."""
     pooled = variant == "torchmetrics"
     options = dict(variant=variant, channel_axis=1, axis=(1, 2, 3), **SMALL)
     expected_options = dict(variant=variant, axis=(1, 2, 3), pool_axes=(1,) if pooled else (), **SMALL)
@@ -223,9 +224,10 @@ def test_pyramid_in_one_launch_is_bitwise_its_levels_one_at_a_time(executor, var
             np.testing.assert_allclose(level, shown, rtol=1e-6, atol=1e-6 * (255 if dtype == np.uint8 else 1))
 
 
-def test_combine_finishes_bitwise_as_the_separate_finish_and_zeroes_its_counter(executor, monkeypatch):
-    """msssim_combine's last block writes each value as ssim_finish does from the images' values (2 values of
-    3 images each), in a workspace made from the caller's NaN-filled memory, and leaves the counter at 0."""
+def test_combine_finishes_bitwise_as_the_separate_finish_and_zeroes_its_counters(executor, monkeypatch):
+    """The combine's last image writes each value as ssim_finish does from the images' values (2 values of
+    3 images each), in a workspace made from the caller's NaN-filled memory, and leaves its counters (1 + 6,
+    the workspace sums' last elements) at 0."""
     from cussim import _launch
 
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
@@ -235,15 +237,69 @@ def test_combine_finishes_bitwise_as_the_separate_finish_and_zeroes_its_counter(
     ws = cussim.Workspace(made.block_sums.copy(), made.grad_maps.copy())
     ws.block_sums.fill(np.nan)
     ws.grad_maps.fill(np.nan)
-    for _ in range(2):  # the second call finds the counter the first left
+    for _ in range(2):  # the second call finds the counters the first left
         value, grad = cussim.ms_ssim_with_gradient(x, y, workspace=ws, **options)
-        assert float(ws.block_sums[-1]) == 0.0
+        assert not executor.asnumpy(ws.block_sums[-7:]).any()
         separate = executor.asarray(np.empty(2, np.float32))
-        _launch.finish(ws.block_sums[-7:-1], separate, per_output=3, count=3)
+        _launch.finish(ws.block_sums[-13:-7], separate, per_output=3, count=3)
         assert executor.asnumpy(value).tobytes() == executor.asnumpy(separate).tobytes()
     fresh = cussim.ms_ssim_with_gradient(x, y, **options)
     assert executor.asnumpy(value).tobytes() == executor.asnumpy(fresh[0]).tobytes()
     assert executor.asnumpy(grad).tobytes() == executor.asnumpy(fresh[1]).tobytes()
+
+
+def _combine_apart(monkeypatch):
+    """MS-SSIM's combine as a launch of its own after the last scale's forward (msssim_combine, as volumes
+    take it), instead of folded into that forward."""
+    from cussim import _launch
+
+    forward = _launch.forward
+
+    def forward_then_combine(*args, combine=None, **kwargs):
+        forward(*args, **kwargs)
+        if combine is not None:
+            _launch.combine(combine)
+
+    monkeypatch.setattr(_launch, "forward", forward_then_combine)
+
+
+def _combined(executor, x, y, options, workspace_options):
+    """ms_ssim, then ms_ssim_with_gradient twice in a caller workspace made from NaN-filled memory (the second
+    finds the counters the first left): the values, the gradients and the workspace's float64 part."""
+    made = cussim.make_ms_ssim_workspace(x, **workspace_options)
+    ws = cussim.Workspace(executor.asarray(np.full(made.block_sums.shape, np.nan)),
+                          executor.asarray(np.full(made.grad_maps.shape, np.nan, made.grad_maps.dtype)))
+    results = [cussim.ms_ssim(x, y, **options)]
+    for _ in range(2):
+        results += cussim.ms_ssim_with_gradient(x, y, workspace=ws, **options)
+    return [executor.asnumpy(a) for a in results] + [executor.asnumpy(ws.block_sums)]
+
+
+@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+def test_combine_folded_into_the_last_forward_is_bitwise_its_own_launch(executor, monkeypatch, variant):
+    """The last scale's forward combining the scales (its last block of each image, then the last image's
+    finish) gives the values, gradients, per-image values and plane weights of forwards plus msssim_combine,
+    bit for bit: float32, uint8 and float64 images with odd sides, channels (pooled by torchmetrics: 3 planes
+    per image), blocks that loop over planes (2 grid rows); every counter is 0 after each call. (CI reruns
+    it in reverse and shuffled thread orders.)"""
+    from cussim import _launch
+
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    for dtype, shape, grid_rows in ((np.float32, (2, 3, 41, 37), _launch.MAX_GRID_Y), (np.uint8, (3, 2, 39, 43), 2),
+                                    (np.float64, (1, 3, 37, 45), 2)):
+        x, y = (executor.asarray(a) for a in _pair(shape, dtype, seed=5))
+        options = dict(variant=variant, channel_axis=1, axis=(1, 2, 3), **SMALL)
+        workspace_options = dict(variant=variant, channel_axis=1, **SCALES)
+        counters = 1 + (shape[0] if variant == "torchmetrics" else shape[0] * shape[1])
+        with monkeypatch.context() as patch:
+            patch.setattr(_launch, "MAX_GRID_Y", grid_rows)
+            folded = _combined(executor, x, y, options, workspace_options)
+            _combine_apart(patch)
+            apart = _combined(executor, x, y, options, workspace_options)
+        for a, b in zip(folded, apart):
+            assert a.tobytes() == b.tobytes()
+        assert not folded[-1][-counters:].any()
+        assert folded[0].tobytes() == folded[1].tobytes()  # ms_ssim's value is that of the gradient's call
 
 
 @pytest.mark.parametrize("name", ["reference", "emulator"])
