@@ -41,8 +41,9 @@
 //                        the relu'd weighted product, and d product / d mean
 //                        spread over the planes as backward weights; then, by
 //                        the last block, the mean of the images' values of
-//                        each output, stored as O (finish_if_last). For
-//                        volumes: the 2-D forward of the last scale does it
+//                        each output, stored as O (finish_if_last). It
+//                        serves volumes (kernels/ssim3d.cu); for planes the
+//                        last scale's ssim_forward does the same
 //                        (FORWARD_COMBINE, the same combine_image).
 // They live in this file because the backward's fused adjoint and the
 // downsampling share one geometry (pooled_source / pooled_target).
