@@ -393,16 +393,16 @@ __device__ inline void finish_if_last(double* block_sums, long long sums, long l
         finish_values(block_sums, sums / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
 }
 
-// Where a block's tile lies, over the map (forward) or over the image
-// (backward): its first pixel for 16 x 16 tiles (the 2-D kernels scale g.row
-// by their rows per thread, Tile). offset: map pixel (i, j) is centred on
-// image pixel (i + offset, j + offset); R for "valid", 0 otherwise.
+// Where a block's tile of 16 columns by kHeight rows lies, over the map
+// (forward) or over the image (backward): its first pixel. offset: map pixel
+// (i, j) is centred on image pixel (i + offset, j + offset); R for "valid",
+// 0 otherwise.
 struct TileGeometry {
     int offset, map_h, map_w, row, col;
     long long map_pixels;
 };
 
-template <int R>
+template <int R, int kHeight>
 __device__ inline TileGeometry tile_geometry(int padding, int height, int width, bool tiles_cover_map) {
     TileGeometry g;
     g.offset = padding == PAD_VALID ? R : 0;
@@ -410,7 +410,7 @@ __device__ inline TileGeometry tile_geometry(int padding, int height, int width,
     g.map_w = width - 2 * g.offset;
     g.map_pixels = (long long)g.map_h * g.map_w;
     const int tiles_w = ((tiles_cover_map ? g.map_w : width) + kTile - 1) / kTile;
-    g.row = (int)(blockIdx.x / tiles_w) * kTile;
+    g.row = (int)(blockIdx.x / tiles_w) * kHeight;
     g.col = (int)(blockIdx.x % tiles_w) * kTile;
     return g;
 }
@@ -671,6 +671,11 @@ template <class C, int R> struct Tile {
     static_assert(kHeight == 1 << kHeightLog2, "tiles of 2^kHeightLog2 rows");
     static_assert(sizeof(C) != 4 || kRows == 4, "the vertical pass's bank argument is for 4 rows per thread");
     static_assert(kHaloCols <= 32, "a warp loads a halo row");
+
+    // The pixel that a tile whose first pixel is (row, col) takes its shifts from (tile_shift): the one
+    // nearest its centre, inside the image. The forward shifts by it and the backward reads it again.
+    __device__ static int shift_row(int row, int height) { return min(row + kHeight / 2, height - 1); }
+    __device__ static int shift_col(int col, int width) { return min(col + kTile / 2, width - 1); }
 
     // This thread's rows in the vertical pass: first_row .. first_row + kRows - 1 of the tile, column lane % 16.
     __device__ static int first_row(int warp, int lane) {
@@ -982,16 +987,14 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         C shift[2];
     } held;
 
-    TileGeometry g = tile_geometry<R>(padding, height, width, true);
-    g.row *= kRows;  // tiles of kHeight rows
+    const TileGeometry g = tile_geometry<R, kHeight>(padding, height, width, true);
     const long long maps_size = planes * g.map_pixels;
     const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int top = g.row + g.offset - R, left = g.col + g.offset - R;  // the halo, in image pixels
     const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= height && left + Shape::kHaloCols <= width;
-    // The tile's shifts are those of the pixel nearest its centre.
-    const int shift_row = min(g.row + g.offset + kHeight / 2, height - 1);
-    const int shift_col = min(g.col + g.offset + kTile / 2, width - 1);
+    const int shift_row = Shape::shift_row(g.row + g.offset, height);
+    const int shift_col = Shape::shift_col(g.col + g.offset, width);
     // this thread's map pixels: column col, rows first_row .. first_row + kRows - 1 of the tile
     const int first_row = Shape::first_row(warp, lane), col = g.col + (lane & 15);
     // how many of them lie in the map (one number, not kRows tests kept across the plane loop)
@@ -1184,8 +1187,7 @@ __device__ inline void backward_planes(
     __shared__ C shifts[2][Shape::kMoveRows * Shape::kMoveCols + 1];
     __shared__ C weights[2 * R + 1];
 
-    TileGeometry g = tile_geometry<R>(padding, height, width, false);
-    g.row *= kRows;  // tiles of kHeight rows
+    const TileGeometry g = tile_geometry<R, kHeight>(padding, height, width, false);
     const long long maps_size = planes * g.map_pixels;
     const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
     // The window is symmetric, so the adjoint's flipped taps are the taps.
@@ -1200,16 +1202,14 @@ __device__ inline void backward_planes(
     const int rows_here = g.col + out_col < width ? min(kRows, height - (g.row + first_row)) : 0;
     // Thread t < 2 (kEntries + 1) reads one shift each plane: of x (of y, t > kEntries) at forward tile
     // e = t % (kEntries + 1), or, e = kEntries, this tile's own at its centre; shift_offset is that
-    // pixel's element offset in its plane (kHeight / 2 rows and 8 columns past the first).
+    // pixel's element offset in its plane (Tile::shift_row, shift_col).
     constexpr int kEntries = Shape::kMoveRows * Shape::kMoveCols;
     long long shift_offset = 0;
     {
         const int e = tid % (kEntries + 1);
         const bool own = e == kEntries;
-        const int row = min((own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset) + kHeight / 2,
-                            height - 1);
-        const int col = min((own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset) + kTile / 2,
-                            width - 1);
+        const int row = Shape::shift_row(own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset, height);
+        const int col = Shape::shift_col(own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset, width);
         shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
     }
     // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
@@ -1248,7 +1248,8 @@ __device__ inline void backward_planes(
         // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
         // image is bright and flat.
         if (tid < 2 * (kEntries + 1))
-            shifts[tid > kEntries][tid % (kEntries + 1)] = tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
+            shifts[tid > kEntries][tid % (kEntries + 1)] =
+                tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
         __syncthreads();
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
