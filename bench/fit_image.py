@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     except ImportError as exc:
         print(f"{NEEDS_TORCH} ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
-    from cussim._cli import Progress
+    from cussim._cli import progress_bar
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     defaults = DEFAULTS["cuda" if torch.device(device).type == "cuda" else "cpu"]
@@ -100,9 +100,8 @@ def main(argv=None) -> int:
     print(f"{'loss':<24} {'steps/s':>9} {'final loss':>11} {'SSIM':>7} {'PSNR dB':>8}", flush=True)
     warmup = 5
     for name, loss in losses.items():
-        bar = Progress(warmup + steps, unit=f"{name} steps")
-        r = fit(loss, target, steps, warmup, progress=bar.step)
-        bar.close()
+        with progress_bar(warmup + steps, unit=f"{name} step") as bar:
+            r = fit(loss, target, steps, warmup, progress=bar.update)
         print(f"{name:<24} {r['steps_per_second']:9.1f} {r['loss']:11.5f} {r['ssim']:7.4f} {r['psnr']:8.2f}",
               flush=True)
     return 0
