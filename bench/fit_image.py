@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     print(f"{'loss':<24} {'steps/s':>9} {'final loss':>11} {'SSIM':>7} {'PSNR dB':>8}", flush=True)
     warmup = 5
     for name, loss in losses.items():
-        with progress_bar(warmup + steps, unit=f"{name} step") as bar:
+        with progress_bar(warmup + steps, unit="step", desc=name) as bar:
             r = fit(loss, target, steps, warmup, progress=bar.update)
         print(f"{name:<24} {r['steps_per_second']:9.1f} {r['loss']:11.5f} {r['ssim']:7.4f} {r['psnr']:8.2f}",
               flush=True)

@@ -264,15 +264,15 @@ class Report:
         print("\n".join(lines), file=target)
 
 
-def progress_bar(total: int, unit: str = "pair"):
-    """tqdm's progress bar on stderr (count, rate, time left), off unless stderr is a terminal.
+def progress_bar(total: int, unit: str = "pair", desc: str | None = None):
+    """tqdm's progress bar on stderr (``desc``, count, rate, time left), off unless stderr is a terminal.
 
     Write anything else inside ``bar.external_write_mode(file=stream)``: the bar is cleared first and
     drawn again after, so no line starts inside it. It clears itself when closed.
     """
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
                 disable=total < 2 or not sys.stderr.isatty())
 
 
