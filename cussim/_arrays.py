@@ -17,6 +17,9 @@ import numpy as np
 
 SUPPORTED_DTYPES = tuple(np.dtype(d) for d in (np.float16, np.float32, np.float64, np.uint8, np.uint16))
 NUMPY_BACKENDS = ("reference", "emulator")
+# What each backend is, for the lines that say what computed a result (the command line, the benchmark).
+NUMPY_BACKEND_NAMES = {"reference": "cussim's NumPy reference",
+                       "emulator": "cussim's CUDA kernels run by its CPU emulator (CUSSIM_NUMPY_BACKEND=emulator)"}
 DLPACK_CPU, DLPACK_CUDA = 1, 2
 
 # Incremented by every buffer the library creates (tests check the in-place path creates none).

@@ -73,15 +73,6 @@ def _gpu():
         return None, f"{type(exc).__name__}: {exc}"
 
 
-# What computes NumPy inputs, by CUSSIM_NUMPY_BACKEND (the images are compared in float64 on the CPU).
-CPU_BACKENDS = {
-    "reference": "CPU, cussim's NumPy reference in float64 arithmetic (scikit-image's precision for 8 and 16-bit "
-                 "images)",
-    "emulator": "CPU, cussim's CUDA kernels run by its CPU emulator in float64 arithmetic (CUSSIM_NUMPY_BACKEND="
-                "emulator)",
-}
-
-
 def select_device(choice: str):
     """(array module, a line saying what computes) for --device cpu, gpu or auto."""
     if choice != "cpu":
@@ -91,9 +82,12 @@ def select_device(choice: str):
         if choice == "gpu":
             raise UsageError(f"--device gpu: no GPU available ({detail}); use --device cpu or auto")
     try:
-        return np, CPU_BACKENDS[_arrays.numpy_backend()]
+        backend = _arrays.numpy_backend()
     except ValueError as exc:  # a CUSSIM_NUMPY_BACKEND that names no backend
         raise UsageError(str(exc)) from None
+    # The CPU compares the images in float64, whichever backend computes.
+    precision = " (scikit-image's precision for 8 and 16-bit images)" if backend == "reference" else ""
+    return np, f"CPU, {_arrays.NUMPY_BACKEND_NAMES[backend]} in float64 arithmetic{precision}"
 
 
 def _numpy(array):

@@ -68,6 +68,7 @@ def test_without_a_gpu_it_runs_the_cpu_cases(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bench", "--repeats", "1", "--output", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, check=True)
     assert "No CUDA GPU here" in result.stdout and "the GPU cases were not run" in result.stdout
+    assert "cussim's NumPy path, computed by cussim's NumPy reference, against skimage" in result.stdout
     (record,) = tmp_path.glob("*/*.json")
     cases = json.loads(record.read_text())["cases"]
     versus = [r for r in cases if r.get("peer") == "skimage-cpu"]
