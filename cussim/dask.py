@@ -285,8 +285,8 @@ class _Chunked:
     @classmethod
     def prepare(cls, x, y, *, window, sigma, sample_covariance, **kwargs):
         x, y = _inputs(x, y)
-        problem = _ssim._prepare(_stand_in(x), _stand_in(y), window=window, sigma=sigma,
-                                 sample_covariance=sample_covariance, **kwargs)
+        problem = _ssim._prepare(_stand_in(x), _stand_in(y), window=window, sigma=sigma,  # no data to check
+                                 sample_covariance=sample_covariance, check_values=False, **kwargs)
         y = da.broadcast_to(y, x.shape).transpose(problem.layout.perm)
         x = x.transpose(problem.layout.perm)
         p = problem.params
