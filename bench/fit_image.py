@@ -11,7 +11,7 @@ bar counts the steps on a terminal.
 
 The defaults suit the device: 512 x 512 and 300 steps on a GPU; 176 x 176
 (MS-SSIM's smallest comfortable size) and 30 steps on the CPU, about ten
-seconds in all. Needs PyTorch: ``pip install "cussim[torch]"``.
+seconds in all. Needs PyTorch: ``pip install ".[torch]"`` in the clone.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def target_image(size: int, device: str):
 
 
 DEFAULTS = {"cuda": {"size": 512, "steps": 300}, "cpu": {"size": 176, "steps": 30}}  # per device type
-NEEDS_TORCH = 'python -m bench.fit_image needs PyTorch: pip install "cussim[torch]" (the torch extra)'
+NEEDS_TORCH = 'python -m bench.fit_image needs PyTorch: pip install ".[torch]" (the torch extra, in the clone)'
 
 
 def fit(loss, target, steps: int, warmup: int = 5, progress=None) -> dict:

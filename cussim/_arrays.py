@@ -31,7 +31,8 @@ def _cupy():
         import cupy
     except ImportError as exc:
         raise ImportError(
-            "GPU arrays need CuPy: pip install 'cussim[cuda12]' (or [cuda13]) for the CUDA version you have"
+            "GPU arrays need CuPy for the CUDA version you have: pip install cupy-cuda12x (or cupy-cuda13x), or "
+            "cussim's cuda12 (cuda13) extra from a clone of cussim: pip install \".[cuda12]\""
         ) from exc
     return cupy
 

@@ -228,7 +228,7 @@ def test_the_fitting_example_names_the_extra_without_pytorch(capsys, monkeypatch
 
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
     assert fit_image.main(["--device", "cpu"]) == 2
-    assert 'pip install "cussim[torch]" (the torch extra)' in capsys.readouterr().err
+    assert 'pip install ".[torch]" (the torch extra, in the clone)' in capsys.readouterr().err
 
 
 def test_results_go_to_a_folder_git_ignores_unless_told(tmp_path):
