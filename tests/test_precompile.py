@@ -24,9 +24,12 @@ FIRST = ["ssim_forward<float, 5, cussim::FORWARD_VALUE>"]
 
 
 @pytest.fixture
-def cold_emulator(tmp_path, monkeypatch):
-    """An empty emulator cache and nothing built in this process; yields the name expressions of every build."""
-    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+def cold_emulator(monkeypatch):
+    """Nothing built in this process; yields the name expressions of every build it asks for.
+
+    The disk cache stays the session's: what a first call builds is what it asks _build for, whether g++ then
+    runs or the module is found on disk, so these tests share the modules the other tests compile.
+    """
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
     built, build = [], _build.build_module
 
@@ -37,7 +40,7 @@ def cold_emulator(tmp_path, monkeypatch):
     monkeypatch.setattr(_build, "build_module", recording)
     _kernels.emulated_kernel.cache_clear()
     yield built
-    _kernels.emulated_kernel.cache_clear()  # the modules of tmp_path stay out of later tests
+    _kernels.emulated_kernel.cache_clear()  # later tests load their modules again
 
 
 def _images(dtype=np.float32):
@@ -189,16 +192,17 @@ print(float(cussim.ssim(x, x)))
 """
 
 
-def test_precompile_fills_the_emulator_cache_that_a_later_process_uses(tmp_path):
-    env = {"CUSSIM_CACHE_DIR": str(tmp_path), "CUSSIM_NUMPY_BACKEND": "emulator"}
+def test_precompile_fills_the_emulator_cache_that_a_later_process_uses(empty_emulator_cache):
+    cache = empty_emulator_cache
+    env = {"CUSSIM_CACHE_DIR": str(cache), "CUSSIM_NUMPY_BACKEND": "emulator"}
     done = _python(["-m", "cussim", "precompile", "--emulator", *FIRST], env)
     assert done.returncode == 0, done.stderr
     assert f"emulator: {len(FIRST)} specialisations built" in done.stdout
-    before = _files(tmp_path / "emulator")
+    before = _files(cache / "emulator")
     later = _python(LATER_EMULATOR_PROCESS, env)
     assert later.returncode == 0, later.stderr
     assert later.stdout.strip() == "1.0"
-    assert _files(tmp_path / "emulator") == before
+    assert _files(cache / "emulator") == before
 
 
 LATER_GPU_PROCESS = """
