@@ -273,14 +273,15 @@ def progress_bar(total: int, unit: str = "pair", desc: str | None = None, quiet:
 
 # ---- outputs ----------------------------------------------------------------------------------
 
-def _identities(path: Path) -> list:
-    """The keys under which a path is the same file as another: its resolved path, and its inode if it exists."""
+def _identities(path: Path) -> tuple[list, bool]:
+    """(the keys under which a path is the same file as another: its resolved path, and its inode if it exists;
+    whether it exists)."""
     keys = [os.path.realpath(path)]
     try:
         status = os.stat(path)
     except OSError:
-        return keys
-    return keys + [(status.st_dev, status.st_ino)]
+        return keys, False
+    return keys + [(status.st_dev, status.st_ino)], True
 
 
 def check_outputs(outputs, inputs, overwrite: bool) -> None:
@@ -291,9 +292,9 @@ def check_outputs(outputs, inputs, overwrite: bool) -> None:
     """
     known = {}
     for path in inputs:
-        known.update(dict.fromkeys(_identities(path), ("input", path)))
+        known.update(dict.fromkeys(_identities(path)[0], ("input", path)))
     for option, path in outputs:
-        keys = _identities(path)
+        keys, exists = _identities(path)
         for key in keys:
             if key in known and known[key][0] == "input":
                 raise UsageError(f"{option} {path} would replace the input {known[key][1]}: cussim never writes "
@@ -301,7 +302,7 @@ def check_outputs(outputs, inputs, overwrite: bool) -> None:
             if key in known:
                 raise UsageError(f"{option} {path} and {known[key][0]} {known[key][1]} are one file: "
                                  "choose another path")
-        if len(keys) > 1 and not overwrite:
+        if exists and not overwrite:
             raise UsageError(f"{option} {path} exists (from an earlier run?): pass --overwrite to replace it, or "
                              "choose another path")
         known.update(dict.fromkeys(keys, (option, path)))
@@ -318,7 +319,8 @@ def open_output(path):
         raise UsageError(f"--output {exc.filename}: {exc.strerror}") from None
 
 
-def make_map_folder(folder):
+def make_map_folder(folder: Path) -> None:
+    """``--map``'s folder, created (parents too) once every output has been checked."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -306,7 +306,11 @@ def test_outputs_never_replace_an_input(capsys, tmp_path):
     ]:
         code, out, err = _run(argv, capsys)
         assert code == 2 and out == "" and f"would replace the input {replaced}" in err, err
+    maps = tmp_path / "maps"
+    code, _, err = _run([ref, test, "--map", maps, "--output", maps / "q.png.ssim.png"], capsys)
+    assert code == 2 and f"--map {maps / 'q.png.ssim.png'} and --output {maps / 'q.png.ssim.png'} are one file" in err
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert not maps.exists()  # refused before anything was written, the folder included
 
 
 def test_heat_maps_are_one_per_pair_and_replaced_only_with_overwrite(capsys, tmp_path):
