@@ -86,8 +86,9 @@ def select_device(choice: str):
     except ValueError as exc:  # a CUSSIM_NUMPY_BACKEND that names no backend
         raise UsageError(str(exc)) from None
     # The CPU compares the images in float64, whichever backend computes.
-    precision = " (scikit-image's precision for 8 and 16-bit images)" if backend == "reference" else ""
-    return np, f"CPU, {_arrays.NUMPY_BACKEND_NAMES[backend]} in float64 arithmetic{precision}"
+    note = ("scikit-image's precision for 8 and 16-bit images" if backend == "reference"
+            else f"CUSSIM_NUMPY_BACKEND={backend}")
+    return np, f"CPU, {_arrays.NUMPY_BACKEND_NAMES[backend]} in float64 arithmetic ({note})"
 
 
 def _numpy(array):

@@ -399,7 +399,8 @@ def test_numpy_backend_is_named_and_checked(folders, capsys, monkeypatch):
     ref, test, _ = folders
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "bogus")
     code, out, err = _run([ref / "grey8.png", test / "grey8.png"], capsys)
-    assert code == 2 and out == "" and "CUSSIM_NUMPY_BACKEND='bogus': use one of reference, emulator" in err
+    assert code == 2 and out == "" and "cussim: error: CUSSIM_NUMPY_BACKEND='bogus' names no backend: set it to " \
+        "one of 'reference' (cussim's NumPy reference); 'emulator' (cussim's CUDA kernels" in err
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
     code, out, _ = _run([ref / "grey8.png", test / "grey8.png", "--device", "cpu"], capsys)
     assert code == 0 and out.startswith("computed by: CPU, cussim's CUDA kernels run by its CPU emulator")
