@@ -11,7 +11,7 @@ bar counts the steps on a terminal.
 
 The defaults suit the device: 512 x 512 and 300 steps on a GPU; 176 x 176
 (MS-SSIM's smallest comfortable size) and 30 steps on the CPU, about ten
-seconds in all. Needs PyTorch: ``pip install "cussim[torch]"``.
+seconds in all. Needs PyTorch: ``pip install ".[torch]"`` in the clone.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def target_image(size: int, device: str):
 
 
 DEFAULTS = {"cuda": {"size": 512, "steps": 300}, "cpu": {"size": 176, "steps": 30}}  # per device type
-NEEDS_TORCH = 'python -m bench.fit_image needs PyTorch: pip install "cussim[torch]" (the torch extra)'
+NEEDS_TORCH = 'python -m bench.fit_image needs PyTorch: pip install ".[torch]" (the torch extra, in the clone)'
 
 
 def fit(loss, target, steps: int, warmup: int = 5, progress=None) -> dict:
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     except ImportError as exc:
         print(f"{NEEDS_TORCH} ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
-    from cussim._cli import Progress
+    from cussim._cli import progress_bar
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     defaults = DEFAULTS["cuda" if torch.device(device).type == "cuda" else "cpu"]
@@ -100,9 +100,8 @@ def main(argv=None) -> int:
     print(f"{'loss':<24} {'steps/s':>9} {'final loss':>11} {'SSIM':>7} {'PSNR dB':>8}", flush=True)
     warmup = 5
     for name, loss in losses.items():
-        bar = Progress(warmup + steps, unit=f"{name} steps")
-        r = fit(loss, target, steps, warmup, progress=bar.step)
-        bar.close()
+        with progress_bar(warmup + steps, unit="step", desc=name) as bar:
+            r = fit(loss, target, steps, warmup, progress=bar.update)
         print(f"{name:<24} {r['steps_per_second']:9.1f} {r['loss']:11.5f} {r['ssim']:7.4f} {r['psnr']:8.2f}",
               flush=True)
     return 0

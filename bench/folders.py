@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for the results (default bench/local-results, which git ignores)")
     args = parser.parse_args(argv)
+    from cussim import _arrays
     from cussim._cli import _gpu
 
     name = machine()
@@ -104,14 +105,15 @@ def main(argv=None) -> int:
         if _gpu()[0] is not None:
             rows["cussim GPU"] = time_cussim(ref, test, "gpu")
         rows["skimage loop"] = time_skimage(ref, test)
-    print(f"{args.pairs} pairs of {args.size}x{args.size} RGB PNGs on {name}")
+    backend = _arrays.NUMPY_BACKEND_NAMES[_arrays.numpy_backend()]
+    print(f"{args.pairs} pairs of {args.size}x{args.size} RGB PNGs on {name}; cussim CPU is {backend}")
     for label, seconds in rows.items():
         print(f"{label:<14} {seconds:8.2f} s {args.pairs / seconds:9.1f} pairs/s")
     output = args.output or RESULTS
     output.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
     (output / f"folders-{stem}.json").write_text(json.dumps({
-        "machine": name, "pairs": args.pairs, "size": args.size,
+        "machine": name, "pairs": args.pairs, "size": args.size, "cpu_backend": backend,
         "seconds": rows, "pairs_per_second": {k: args.pairs / v for k, v in rows.items()},
     }, indent=2) + "\n")
     return 0

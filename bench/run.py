@@ -475,7 +475,8 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
 
 
 def cpu_run(cussim, repeats: int) -> list:
-    """cussim's NumPy path (the float64 reference) against skimage, on small images and a small volume."""
+    """cussim's NumPy path (the backend CUSSIM_NUMPY_BACKEND picks) against skimage, on small images and a small
+    volume."""
     import numpy as np
 
     found, reasons = peer_adapters.load(peer_adapters.SSIM_PEERS, ["skimage"])
@@ -585,8 +586,11 @@ def main(argv=None) -> int:
         if cupy.cuda.runtime.getDeviceCount() == 0:
             raise RuntimeError("no CUDA device")
     except Exception as exc:  # no CuPy, no driver, no device
-        note = (f"No CUDA GPU here ({type(exc).__name__}: {exc}): the GPU cases were not run. "
-                "These are the CPU cases: cussim's NumPy path (float64 reference) against skimage.")
+        from cussim import _arrays
+
+        note = (f"No CUDA GPU here ({type(exc).__name__}: {exc}): the GPU cases were not run. These are the CPU "
+                f"cases: cussim's NumPy path, computed by {_arrays.NUMPY_BACKEND_NAMES[_arrays.numpy_backend()]}, "
+                "against skimage.")
         print(note)
         name, limits, rows = machine(), None, cpu_run(cussim, args.repeats)
     else:

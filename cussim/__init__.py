@@ -11,6 +11,7 @@ float64 reference in ``cussim._reference`` needs only NumPy and SciPy.
 """
 
 from ._msssim import make_ms_ssim_workspace, ms_ssim, ms_ssim_with_gradient
+from ._params import DataRangeWarning
 from ._skimage import structural_similarity
 from ._ssim import (Workspace, dssim, dssim_with_gradient, l1_dssim_loss, l1_dssim_loss_with_gradient, make_workspace,
                     ssim, ssim_map, ssim_with_gradient)
@@ -18,7 +19,7 @@ from ._ssim import (Workspace, dssim, dssim_with_gradient, l1_dssim_loss, l1_dss
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "Workspace", "dssim", "dssim_with_gradient", "l1_dssim_loss", "l1_dssim_loss_with_gradient",
+    "DataRangeWarning", "Workspace", "dssim", "dssim_with_gradient", "l1_dssim_loss", "l1_dssim_loss_with_gradient",
     "make_ms_ssim_workspace", "make_workspace", "ms_ssim",
     "ms_ssim_with_gradient", "ssim", "ssim_map", "ssim_with_gradient", "structural_similarity",
 ]

@@ -17,6 +17,9 @@ import numpy as np
 
 SUPPORTED_DTYPES = tuple(np.dtype(d) for d in (np.float16, np.float32, np.float64, np.uint8, np.uint16))
 NUMPY_BACKENDS = ("reference", "emulator")
+# What each backend is, for the lines that say what computed a result (the command line, the benchmark).
+NUMPY_BACKEND_NAMES = {"reference": "cussim's NumPy reference",
+                       "emulator": "cussim's CUDA kernels run by its CPU emulator"}
 DLPACK_CPU, DLPACK_CUDA = 1, 2
 
 # Incremented by every buffer the library creates (tests check the in-place path creates none).
@@ -28,7 +31,8 @@ def _cupy():
         import cupy
     except ImportError as exc:
         raise ImportError(
-            "GPU arrays need CuPy: pip install 'cussim[cuda12]' (or [cuda13]) for the CUDA version you have"
+            "GPU arrays need CuPy for the CUDA version you have: pip install cupy-cuda12x (or cupy-cuda13x), or "
+            "cussim's cuda12 (cuda13) extra from a clone of cussim: pip install \".[cuda12]\""
         ) from exc
     return cupy
 
@@ -203,5 +207,7 @@ def numpy_backend() -> str:
     """
     backend = os.environ.get("CUSSIM_NUMPY_BACKEND", "reference")
     if backend not in NUMPY_BACKENDS:
-        raise ValueError(f"CUSSIM_NUMPY_BACKEND={backend!r}: use one of {', '.join(NUMPY_BACKENDS)}")
+        choices = "; ".join(f"{name!r} ({NUMPY_BACKEND_NAMES[name]})" for name in NUMPY_BACKENDS)
+        raise ValueError(f"CUSSIM_NUMPY_BACKEND={backend!r} names no backend: set it to one of {choices}, or unset "
+                         "it (the reference)")
     return backend

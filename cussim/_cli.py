@@ -14,6 +14,11 @@ and with ``--map DIR`` writes each pair's SSIM map there as a PNG heat map.
 Both run on the GPU when CuPy finds one (``--device auto``), else on the CPU
 (the float64 reference), and say which. Exit codes: 0 all pairs compared,
 1 some pairs failed (the others are still reported), 2 a usage error.
+
+Nothing is written over an input: every output path (``--output``, each
+heat map) is checked against the inputs before anything is written, heat
+maps are named after their pair's relative path (extension included), and
+an existing file from an earlier run is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -31,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _cluster, _imagefiles
+from . import __version__, _arrays, _cluster, _imagefiles
 from ._imagefiles import ImageError
 from ._params import check_compute_range, ssim_params
 from ._ssim import INTEGER_RANGES, ssim, ssim_map
@@ -75,7 +81,14 @@ def select_device(choice: str):
             return cupy, f"GPU 0 ({detail}), cussim's CUDA kernels in float32 arithmetic (float64 for float64 images)"
         if choice == "gpu":
             raise UsageError(f"--device gpu: no GPU available ({detail}); use --device cpu or auto")
-    return np, "CPU, cussim's NumPy reference in float64 arithmetic (scikit-image's precision for 8 and 16-bit images)"
+    try:
+        backend = _arrays.numpy_backend()
+    except ValueError as exc:  # a CUSSIM_NUMPY_BACKEND that names no backend
+        raise UsageError(str(exc)) from None
+    # The CPU compares the images in float64, whichever backend computes.
+    note = ("scikit-image's precision for 8 and 16-bit images" if backend == "reference"
+            else f"CUSSIM_NUMPY_BACKEND={backend}")
+    return np, f"CPU, {_arrays.NUMPY_BACKEND_NAMES[backend]} in float64 arithmetic ({note})"
 
 
 def _numpy(array):
@@ -124,11 +137,41 @@ def compute_chunk(xp, decoded, options, want_maps):
     return results
 
 
+def check_fits_window(pair, image: np.ndarray, options) -> None:
+    """ImageError naming the test file, its size and the --win-size that fits, for an image smaller than the
+    window."""
+    spatial_dims = options.get("spatial_dims", 2)
+    sides = image.shape[:spatial_dims]
+    window = options["win_size"]
+    if min(sides) >= window:
+        return
+    largest = min(sides) if min(sides) % 2 else min(sides) - 1
+    fix = (f"pass --win-size {largest} or less (odd)" if largest >= 3
+           else "no window fits (--win-size 3, the smallest, needs 3 pixels a side)")
+    kind = "volume" if spatial_dims == 3 else "image"
+    raise ImageError(f"{pair.test}: the {kind} is {'x'.join(map(str, sides))}, smaller than the "
+                     f"{'x'.join([str(window)] * spatial_dims)} window: {fix}")
+
+
+def non_finite_message(pair, reference: np.ndarray, test: np.ndarray, value: float) -> str:
+    """Why a pair's SSIM is NaN or infinite, naming the file with NaN or infinite pixels."""
+    bad = [(path, int(np.count_nonzero(~np.isfinite(image)))) for path, image in
+           ((pair.reference, reference), (pair.test, test)) if image.dtype.kind == "f"]
+    named = [f"{path} has {count} NaN or infinite pixel{'s' * (count > 1)}" for path, count in bad if count]
+    why = "; ".join(named) if named else "the arithmetic overflowed (check --data-range)"
+    return f"SSIM is {value}, not a number to report: {why}"
+
+
 def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
-    """Yields (pair, ssim, error message) in order, decoding the next chunk while this one computes."""
+    """Yields (pair, ssim, error message) in order, decoding the next chunk while this one computes.
+
+    A pair whose SSIM is NaN or infinite (a NaN pixel in a float image) is a failed pair, with the reason.
+    """
     def decode(pair):
         try:
-            return _imagefiles.read_pair(pair, volumes=options.get("spatial_dims") == 3)
+            images = _imagefiles.read_pair(pair, volumes=options.get("spatial_dims") == 3)
+            check_fits_window(pair, images[0], options)
+            return images
         except ImageError as exc:
             return exc
 
@@ -148,8 +191,14 @@ def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
                         return
                     continue
                 value, full = result
+                if not math.isfinite(value):
+                    yield pair, None, non_finite_message(pair, *decoded[i], value)
+                    if strict:
+                        return
+                    continue
                 if map_folder is not None:
-                    _imagefiles.write_heat_map(full, value, map_folder, pair.name)
+                    _imagefiles.write_heat_map(full, value, map_folder, pair.name,
+                                               f"{pair.test} against {pair.reference}")
                 yield pair, value, None
 
 
@@ -183,7 +232,7 @@ class Report:
             record = {"pair": pair.name, "ssim": value, "dssim": None if error else (1 - value) / 2}
             if error:
                 record["error"] = error
-            print(json.dumps(record), file=self.stream)
+            print(json.dumps(record, allow_nan=False), file=self.stream)
         self.stream.flush()
 
     def summary(self) -> dict:
@@ -199,7 +248,7 @@ class Report:
     def finish(self, elapsed: float):
         s = self.summary()
         if self.kind == "json":
-            print(json.dumps({"summary": s}), file=self.stream)
+            print(json.dumps({"summary": s}, allow_nan=False), file=self.stream)
             return
         lines = [f"{s['compared']} of {s['pairs']} pairs compared in {elapsed:.2f} s"
                  + (f", {s['failed']} failed" if s["failed"] else "")]
@@ -210,23 +259,73 @@ class Report:
         print("\n".join(lines), file=target)
 
 
-class Progress:
-    """A progress bar on stderr, only when stderr is a terminal: ``done/total unit``."""
+def progress_bar(total: int, unit: str = "pair", desc: str | None = None, quiet: bool = False):
+    """tqdm's progress bar on stderr (``desc``, count, rate, time left), off when ``quiet`` or unless stderr is a
+    terminal.
 
-    def __init__(self, total: int, unit: str = "pairs"):
-        self.total, self.done, self.unit = total, 0, unit
-        self.active = sys.stderr.isatty() and total > 1
+    Write anything else inside ``bar.external_write_mode(file=stream)``: the bar is cleared first and
+    drawn again after, so no line starts inside it. It clears itself when closed.
+    """
+    from tqdm import tqdm
 
-    def step(self):
-        self.done += 1
-        if self.active:
-            filled = 30 * self.done // self.total
-            sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total} {self.unit}")
-            sys.stderr.flush()
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
+                disable=quiet or total < 2 or not sys.stderr.isatty())
 
-    def close(self):
-        if self.active:
-            sys.stderr.write("\n")
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+def _identities(path: Path) -> tuple[list, bool]:
+    """(the keys under which a path is the same file as another: its resolved path, and its inode if it exists;
+    whether it exists)."""
+    keys = [os.path.realpath(path)]
+    try:
+        status = os.stat(path)
+    except OSError:
+        return keys, False
+    return keys + [(status.st_dev, status.st_ino)], True
+
+
+def check_outputs(outputs, inputs, overwrite: bool) -> None:
+    """Refuses (UsageError), before anything is written, an output that is an input or would replace one (the
+    same path, a link to it, a hard link), two outputs at one path, and an existing file unless ``overwrite``.
+
+    ``outputs`` are (option, path) pairs, ``inputs`` paths.
+    """
+    known = {}
+    for path in inputs:
+        known.update(dict.fromkeys(_identities(path)[0], ("input", path)))
+    for option, path in outputs:
+        keys, exists = _identities(path)
+        for key in keys:
+            if key in known and known[key][0] == "input":
+                raise UsageError(f"{option} {path} would replace the input {known[key][1]}: cussim never writes "
+                                 "over an input; choose another path")
+            if key in known:
+                raise UsageError(f"{option} {path} and {known[key][0]} {known[key][1]} are one file: "
+                                 "choose another path")
+        if exists and not overwrite:
+            raise UsageError(f"{option} {path} exists (from an earlier run?): pass --overwrite to replace it, or "
+                             "choose another path")
+        known.update(dict.fromkeys(keys, (option, path)))
+
+
+def open_output(path):
+    """The results' stream: standard output, or the file ``path`` (its folder created, parents too)."""
+    if path is None:
+        return sys.stdout
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", newline="")
+    except OSError as exc:
+        raise UsageError(f"--output {exc.filename}: {exc.strerror}") from None
+
+
+def make_map_folder(folder: Path) -> None:
+    """``--map``'s folder, created (parents too) once every output has been checked."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--map {exc.filename}: {exc.strerror}") from None
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -261,22 +360,23 @@ def compare(args) -> int:
         raise UsageError(f"no {kind[:-1]} pairs: neither {args.ref!r} nor {args.test!r} holds {kind} "
                          f"({', '.join(_imagefiles.suffixes(args.volumes))})")
     map_folder = Path(args.map) if args.map else None
-    try:
-        if map_folder is not None:
-            map_folder.mkdir(parents=True, exist_ok=True)
-        stream = open(args.output, "w", newline="") if args.output else sys.stdout
-    except OSError as exc:
-        raise UsageError(f"{exc.filename}: {exc.strerror}") from None
+    outputs = [("--output", Path(args.output))] if args.output else []
+    if map_folder is not None:
+        outputs += [("--map", _imagefiles.heat_map_path(map_folder, pair.name)) for pair in pairs]
+    check_outputs(outputs, [path for pair in pairs for path in (pair.reference, pair.test)], args.overwrite)
+    if map_folder is not None:
+        make_map_folder(map_folder)
+    stream = open_output(args.output)
     try:
         report = Report(args.format, stream, device_line)
-        progress = Progress(len(pairs))
         start = time.perf_counter()
         rows = (_cluster.run_pairs(args, pairs, options, map_folder=map_folder) if _cluster.wanted(args)
                 else run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict))
-        for pair, value, error in rows:
-            report.row(pair, value, error)
-            progress.step()
-        progress.close()
+        with progress_bar(len(pairs)) as bar:
+            for pair, value, error in rows:
+                with bar.external_write_mode(file=stream):
+                    report.row(pair, value, error)
+                bar.update()
         report.finish(time.perf_counter() - start)
     finally:
         if args.output:
@@ -284,20 +384,27 @@ def compare(args) -> int:
     return 1 if report.failed else 0
 
 
+DISTORTIONS = ("identical", "noise sigma=10", "noise sigma=25", "blur sigma=1.5", "quantised to 8 levels")
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
 def _distortions(image: np.ndarray, rng: np.random.Generator):
-    """(name, distorted uint8 copy) pairs for one uint8 image."""
+    """(name, distorted uint8 copy) pairs for one uint8 image, the names of DISTORTIONS."""
     from scipy import ndimage
 
     spatial = (1.5, 1.5, 0)[: image.ndim]
     as_float = image.astype(np.float64)
     noisy = lambda sigma: np.clip(as_float + rng.normal(0, sigma, image.shape), 0, 255)  # noqa: E731
-    return [
-        ("identical", image),
-        ("noise sigma=10", noisy(10).round().astype(np.uint8)),
-        ("noise sigma=25", noisy(25).round().astype(np.uint8)),
-        ("blur sigma=1.5", ndimage.gaussian_filter(as_float, spatial).round().astype(np.uint8)),
-        ("quantised to 8 levels", (image // 32 * 32 + 16).astype(np.uint8)),
-    ]
+    return list(zip(DISTORTIONS, [
+        image,
+        noisy(10).round().astype(np.uint8),
+        noisy(25).round().astype(np.uint8),
+        ndimage.gaussian_filter(as_float, spatial).round().astype(np.uint8),
+        (image // 32 * 32 + 16).astype(np.uint8),
+    ]))
 
 
 def demo(args) -> int:
@@ -307,6 +414,10 @@ def demo(args) -> int:
     xp, device_line = select_device(args.device)
     rng = np.random.default_rng(args.seed)
     maps = Path(args.map) if args.map else None
+    if maps is not None:
+        check_outputs([("--map", _imagefiles.heat_map_path(maps, f"{name}-{_slug(label)}"))
+                       for name in args.images for label in DISTORTIONS], [], args.overwrite)
+        make_map_folder(maps)
     print("cussim demo: scikit-image sample images against distorted copies")
     print(f"computed by: {device_line}")
     header = (f"{'image':<10} {'size':<12} {'distortion':<22} {'SSIM':>8} {'DSSIM':>8} "
@@ -324,9 +435,8 @@ def demo(args) -> int:
             compat = float(ssim(x, y, **options, **SKIMAGE_CONVENTIONS))
             theirs = structural_similarity(image, distorted, channel_axis=channel_axis, data_range=255)
             if maps is not None:
-                slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
                 _imagefiles.write_heat_map(_numpy(ssim_map(x, y, **options)), value, maps,
-                                           f"{name}-{slug}")
+                                           f"{name}-{_slug(label)}", f"{name}, {label}, against the original")
             print(f"{name:<10} {size:<12} {label:<22} {value:>8.5f} {(1 - value) / 2:>8.5f} {compat:>19.10f} "
                   f"{theirs:>9.6f}")
     elapsed = f"{len(args.images) * 5} pairs in {time.perf_counter() - start:.2f} s"
@@ -340,19 +450,30 @@ def _device_option(parser):
                              "auto, the default: the GPU when CuPy finds one, else the CPU")
 
 
-HEAT_MAP_HELP = ("write each pair's SSIM map to DIR as a PNG heat map, DIR/<name>.ssim.png: the map (channels "
-                 "averaged) from dark blue (SSIM 0 or less) to bright yellow (1), a labelled colour bar beside it "
-                 "and the pair's mean SSIM above it (default: no maps)")
+HEAT_MAP_HELP = ("write each pair's SSIM map to DIR as a PNG heat map, DIR/<pair>.ssim.png (<pair> the relative "
+                 "path, extension kept: cam.png.ssim.png): the map (channels averaged) from dark blue (SSIM 0 or "
+                 "less) to bright yellow (1), a labelled colour bar beside it, the pair's names and mean SSIM above "
+                 "it (default: no maps)")
+OVERWRITE_HELP = ("replace output files left by an earlier run (default: refuse them); an input is never replaced, "
+                  "with or without it")
 COMPARE_EPILOG = """\
 Folders are paired by relative path; an image under only one of them is
 reported as a failed pair. Exit codes: 0 every pair compared, 1 some pairs
-failed (the others are still reported), 2 a usage error.
+failed (the others are still reported), 2 a usage error. No output is ever
+written over an input; an output file from an earlier run is replaced only
+with --overwrite.
 
 examples:
   cussim reference.png rendered.png
   cussim refs/ renders/ --format csv --output results.csv
   cussim refs/ renders/ --skimage --map maps/
   cussim reference.tif reconstruction.tif --volumes
+
+other commands:
+  cussim demo        SSIM of scikit-image's sample images against distorted copies
+                     (cussim demo --help)
+  cussim precompile  compile the kernels ahead of time, for the GPUs present or
+                     the CPU emulator (cussim precompile --help)
 """
 
 
@@ -395,11 +516,15 @@ def compare_parser() -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="table (default), csv, or json (one object per line, then a summary object)")
-    output.add_argument("--output", metavar="FILE", help="write the results to FILE (default: standard output)")
+    output.add_argument("--output", metavar="FILE",
+                        help="write the results to FILE, its folder created if missing (default: standard output)")
     output.add_argument("--map", metavar="DIR", help=HEAT_MAP_HELP)
+    output.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     output.add_argument("--strict", action="store_true", help="stop at the first pair that fails")
     _cluster.add_options(parser)
     _device_option(parser)
+    parser.add_argument("--version", action="version", version=f"cussim {__version__}",
+                        help="print cussim's version and exit")
     parser.set_defaults(run=compare)
     return parser
 
@@ -412,6 +537,7 @@ def demo_parser() -> argparse.ArgumentParser:
                         help="sample images to use (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     parser.add_argument("--map", metavar="DIR", help=HEAT_MAP_HELP)
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _device_option(parser)
     parser.set_defaults(run=demo)
     return parser

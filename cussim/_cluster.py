@@ -45,7 +45,8 @@ def _worker_count(text: str) -> int:
 
 def add_options(parser):
     """--scheduler and --workers (one or the other) in their own group of the command's options."""
-    group = parser.add_argument_group("cluster (pip install \"cussim[dask]\")").add_mutually_exclusive_group()
+    group = parser.add_argument_group("cluster (the dask extra: pip install \".[dask]\" in a clone of cussim)"
+                                      ).add_mutually_exclusive_group()
     group.add_argument("--scheduler", metavar="ADDRESS",
                        help="send the pairs to the workers of a running dask.distributed scheduler "
                        "(e.g. tcp://10.0.0.1:8786); they must see REF, TEST and --map at the same paths")
@@ -63,7 +64,8 @@ def _distributed():
     try:
         import distributed
     except ImportError:
-        raise _cli.UsageError('--scheduler and --workers need Dask\'s distributed: pip install "cussim[dask]"') \
+        raise _cli.UsageError('--scheduler and --workers need Dask\'s distributed: pip install "dask[array]" '
+                              'distributed, or cussim\'s dask extra from a clone of cussim: pip install ".[dask]"') \
             from None
     return distributed
 

@@ -95,8 +95,12 @@ def read_image(path: Path, volumes: bool = False) -> np.ndarray:
     if image.ndim == grey + 1 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (grey, grey + 1) or (image.ndim == grey + 1 and image.shape[-1] != 3):
+        hint = ""
+        if not volumes and path.suffix.lower() in (".tif", ".tiff") and image.ndim > 2:
+            hint = (f"; a multi-page TIFF ({image.shape[0]} pages of {'x'.join(map(str, image.shape[1:]))}) is a "
+                    "volume: pass --volumes to compare it as one")
         raise ImageError(f"{path}: shape {image.shape} is neither a grey nor a colour "
-                         + ("volume (D x H x W, or D x H x W x 3)" if volumes else "image"))
+                         + ("volume (D x H x W, or D x H x W x 3)" if volumes else "image") + hint)
     if image.dtype == np.int16 or image.dtype == np.int32:  # some decoders widen 16-bit grey
         if image.min() >= 0 and image.max() <= 65535:
             image = image.astype(np.uint16)
@@ -119,7 +123,10 @@ def read_pair(pair: Pair, volumes: bool = False):
 # Eight stops of a dark-blue to yellow ramp: low SSIM dark, high SSIM bright.
 _RAMP = np.array([[13, 8, 135], [84, 2, 163], [139, 10, 165], [185, 50, 137], [219, 92, 104], [244, 136, 73],
                   [254, 188, 43], [240, 249, 33]], dtype=np.float64)
-_CAPTION, _BAR, _GAP, _LABELS = 16, 12, 4, 34  # pixels: caption band, colour bar, gaps, bar labels
+_LINE, _BAR, _GAP, _LABELS = 14, 12, 4, 34  # pixels: a caption line, colour bar, gaps, bar labels
+_CAPTION = 2 * _LINE + 2  # the caption band: the pair's names, then its SSIM
+_CHARACTER = 6  # the width of one character of Pillow's default font, in pixels
+_NAMES = 120  # characters of the pair's names shown at most (their start elided)
 
 
 def heat_map(ssim_map: np.ndarray) -> np.ndarray:
@@ -133,33 +140,42 @@ def heat_map(ssim_map: np.ndarray) -> np.ndarray:
     return ((1 - t) * _RAMP[low] + t * _RAMP[low + 1]).round().astype(np.uint8)
 
 
-def labelled_heat_map(ssim_map: np.ndarray, ssim: float) -> np.ndarray:
-    """The heat map under a caption with the pair's mean SSIM, beside a colour bar labelled 1, 0.5 and <=0."""
+def labelled_heat_map(ssim_map: np.ndarray, ssim: float, names: str = "") -> np.ndarray:
+    """The heat map under a caption (the pair's ``names``, its mean SSIM), beside a colour bar labelled 1, 0.5
+    and <=0."""
     from PIL import Image, ImageDraw
 
     picture = heat_map(ssim_map)
     rows, cols = picture.shape[:2]
-    caption = f"SSIM {ssim:.6f}"
+    if len(names) > _NAMES:
+        names = "..." + names[3 - _NAMES:]
+    caption = f"{names}\nSSIM {ssim:.6f}" if names else f"SSIM {ssim:.6f}"
     bar_rows = max(rows, 48)
-    width = max(cols + _GAP + _BAR + _GAP + _LABELS, 8 * len(caption))
+    width = max(cols + _GAP + _BAR + _GAP + _LABELS, _CHARACTER * max(map(len, caption.split("\n"))) + 4)
     canvas = Image.new("RGB", (width, _CAPTION + bar_rows), "white")
     canvas.paste(Image.fromarray(picture), (0, _CAPTION))
     ramp = np.linspace(1.0, 0.0, bar_rows)[:, None].repeat(_BAR, axis=1)
     left = cols + _GAP
     canvas.paste(Image.fromarray(heat_map(ramp)), (left, _CAPTION))
     draw = ImageDraw.Draw(canvas)
-    draw.text((2, 2), caption, fill="black")
+    draw.multiline_text((2, 2), caption, fill="black", spacing=4)
     for label, fraction in (("1", 0.0), ("0.5", 0.5), ("<=0", 1.0)):
         top = _CAPTION + fraction * (bar_rows - 1) - 5
         draw.text((left + _BAR + _GAP, min(max(top, _CAPTION), _CAPTION + bar_rows - 11)), label, fill="black")
     return np.asarray(canvas)
 
 
-def write_heat_map(ssim_map: np.ndarray, ssim: float, folder: Path, name: str) -> Path:
-    """``folder/<name without suffix>.ssim.png``: :func:`labelled_heat_map` of one pair."""
+def heat_map_path(folder: Path, name: str) -> Path:
+    """``folder/<name>.ssim.png``: a pair's relative path, extension and folders kept, so that no two pairs
+    (cam.png and cam.jpg, a/cam.png and b/cam.png) share a heat map."""
+    return folder / (name + ".ssim.png")
+
+
+def write_heat_map(ssim_map: np.ndarray, ssim: float, folder: Path, name: str, names: str = "") -> Path:
+    """:func:`labelled_heat_map` of one pair, captioned with ``names``, at :func:`heat_map_path`."""
     import imageio.v3 as iio
 
-    target = folder / (Path(name).with_suffix("").as_posix() + ".ssim.png")
+    target = heat_map_path(folder, name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(target, labelled_heat_map(ssim_map, ssim))
+    iio.imwrite(target, labelled_heat_map(ssim_map, ssim, names))
     return target

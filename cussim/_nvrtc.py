@@ -92,8 +92,8 @@ def library() -> ctypes.CDLL:
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
         return lib
     raise NVRTCError(
-        'libnvrtc not found; install cussim\'s `test` extra, `pip install "cussim[test]"` (or, from a checkout, '
-        '`pip install -e ".[test]"`), which brings NVRTC as the nvidia-cuda-nvrtc-cu12 wheel',
+        'libnvrtc not found; install cussim\'s `test` extra from a clone of cussim, `pip install -e ".[test]"`, '
+        'which brings NVRTC as the nvidia-cuda-nvrtc-cu12 wheel (or `pip install nvidia-cuda-nvrtc-cu12`)',
         "\n".join(tried),
     )
 

@@ -18,17 +18,67 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _reference
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 PADDINGS = _reference.PADDINGS
 WINDOWS = _reference.WINDOWS
 MIN_WIN_SIZE = 3
 MAX_WIN_SIZE = 15  # the kernels are compiled for radii 1 to 7
 SPATIAL_DIMS = (2, 3)
+
+
+# Values beyond this, with no data_range, are not in the [0, 1] (or [-1, 1]) the default range of 1 means: an image
+# in 0..255 goes far past it, a render that overshoots [0, 1] a little during training does not.
+UNIT_RANGE_LIMIT = 2.0
+
+
+class DataRangeWarning(UserWarning):
+    """A float image's values lie far outside [0, 1] (beyond -2 or 2) and no ``data_range`` was given: the
+    default range of 1 is then wrong (an image in 0..255 needs ``data_range=255``)."""
+
+
+def _caller_stacklevel() -> int:
+    """warnings.warn's stacklevel for the first frame outside cussim and PyTorch (whose autograd runs
+    cussim.torch's functions): the user's call."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(PACKAGE_DIR)
+                                 or frame.f_globals.get("__name__", "").partition(".")[0] == "torch"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_outside_unit_range(x, y) -> None:
+    """A :class:`DataRangeWarning`, once per call site (Python's default filter), for float NumPy inputs with
+    values beyond +-UNIT_RANGE_LIMIT; the caller gave no data_range.
+
+    Only NumPy arrays are looked at (a min and a max each): on a GPU the check would copy to the host and wait
+    for the device at every call of a training loop, so GPU arrays are taken as they are. The message holds no
+    values, so that the default filter shows it once per calling line.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_outside_unit_range(np.full((8, 8), 200.0), np.zeros((8, 8)))
+    >>> caught[0].category.__name__, "data_range=255" in str(caught[0].message)
+    ('DataRangeWarning', True)
+    """
+    for name, array in (("x", x), ("y", y)):
+        if isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.size:
+            if array.min() < -UNIT_RANGE_LIMIT or array.max() > UNIT_RANGE_LIMIT:
+                warnings.warn(f"{name} has values far outside [0, 1] (beyond -2 or 2) and no data_range was given, "
+                              "so the range is 1 (float images in [0, 1]): pass data_range=255 for images in "
+                              "0..255, or the range of the values", DataRangeWarning, stacklevel=_caller_stacklevel())
+                return
 
 
 @dataclass(frozen=True)

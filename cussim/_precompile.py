@@ -20,6 +20,9 @@ cannot be named: CuPy compiles for the devices it sees and keys its cache by
 them. ``--emulator`` builds the emulator's modules into
 ``$CUSSIM_CACHE_DIR/emulator`` (no GPU needed).
 
+Unless ``--quiet``, it says on stderr what it compiles, where and why, and
+shows a progress bar on a terminal.
+
 Exit codes: 0 everything asked for was compiled; 2 a usage error (an unknown
 name); 3 nothing could be compiled for a GPU here (no CuPy, no GPU, CuPy older
 than 14, or ``CUPY_CACHE_IN_MEMORY`` set), with the reason on stderr.
@@ -91,11 +94,17 @@ def gpu_devices():
     return cupy, list(range(count))
 
 
-def _run(build, chosen, jobs: int) -> float:
-    """Calls ``build(family, name)`` for each chosen specialisation, ``jobs`` at a time; returns the seconds."""
+def _run(build, chosen, jobs: int, quiet: bool, why: str) -> float:
+    """Calls ``build(family, name)`` for each chosen specialisation, ``jobs`` at a time, saying ``why`` first and
+    showing a progress bar (unless ``quiet``); returns the seconds."""
+    from ._cli import progress_bar
+
+    if not quiet:
+        print(f"cussim precompile: {why}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with ThreadPoolExecutor(jobs) as pool:  # NVRTC and g++ run outside the GIL
-        list(pool.map(lambda item: build(*item), chosen))
+    with ThreadPoolExecutor(jobs) as pool, progress_bar(len(chosen), unit="kernel", quiet=quiet) as bar:
+        for _ in pool.map(lambda item: build(*item), chosen):  # NVRTC and g++ run outside the GIL
+            bar.update()
     return time.perf_counter() - start
 
 
@@ -111,6 +120,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                    help="compilations at a time (default: the number of CPUs)")
     p.add_argument("--list", action="store_true", help="print every specialisation and exit")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the result: not what is compiled and why, nor the progress bar")
     return p
 
 
@@ -129,7 +140,14 @@ def main(argv=None) -> int:
     if args.emulator:
         from ._emulator import _build
 
-        seconds = _run(_kernels.emulated_kernel, chosen, args.jobs)
+        why = (f"building {len(chosen)} kernel specialisations for the CPU emulator with g++, {args.jobs} at a time "
+               f"(seconds each), into {_build.cache_dir()}, so that a first call on NumPy arrays with "
+               "CUSSIM_NUMPY_BACKEND=emulator loads them instead of compiling")
+        announce, _build.announce_builds = _build.announce_builds, False  # the bar shows the progress
+        try:
+            seconds = _run(_kernels.emulated_kernel, chosen, args.jobs, args.quiet, why)
+        finally:
+            _build.announce_builds = announce
         print(f"emulator: {len(chosen)} specialisations built in {seconds:.1f} s into {_build.cache_dir()}")
         return 0
     cupy, devices = gpu_devices()
@@ -140,7 +158,11 @@ def main(argv=None) -> int:
     for device in devices:
         name = cupy.cuda.runtime.getDeviceProperties(device)["name"].decode()
         arch = cupy.cuda.Device(device).compute_capability
-        seconds = _run(lambda family, spec: _kernels.cupy_kernel(family, spec, device), chosen, args.jobs)
+        why = (f"compiling {len(chosen)} kernel specialisations with NVRTC for GPU {device} ({name}, sm_{arch}), "
+               f"{args.jobs} at a time, into CuPy's kernel cache, so that a first call loads them instead of "
+               "compiling")
+        seconds = _run(lambda family, spec: _kernels.cupy_kernel(family, spec, device), chosen, args.jobs,
+                       args.quiet, why)
         print(f"GPU {device} ({name}, sm_{arch}): {len(chosen)} specialisations compiled in {seconds:.1f} s "
               f"into CuPy's kernel cache ({os.environ.get('CUPY_CACHE_DIR', '~/.cupy/kernel_cache')})")
     return 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _arrays, _launch, _launch3d, _reference
-from ._params import SsimParams, check_compute_range, check_spatial_dims, ssim_params
+from ._params import SsimParams, check_compute_range, check_spatial_dims, ssim_params, warn_outside_unit_range
 
 INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -129,7 +129,7 @@ def _normalise_axis(value, ndim, name):
 
 
 def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis,
-             axis, reduce=True, min_side=None, channels_pooled=False, spatial_dims=2) -> _Problem:
+             axis, reduce=True, min_side=None, channels_pooled=False, spatial_dims=2, check_values=True) -> _Problem:
     """Checks the arguments and views x and y in the kernels' layout.
 
     ``spatial_dims``: 2 (the image is the last two axes besides the
@@ -138,7 +138,8 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     ``min_side``: (side, reason), a minimum image side other than the
     window's (MS-SSIM). ``channels_pooled``: the channel axis must be averaged
     and becomes the innermost batch axis, so each image's channels are
-    consecutive planes.
+    consecutive planes. ``check_values``: warn about float NumPy inputs outside
+    [-1, 1] without a data_range (:func:`cussim._params.warn_outside_unit_range`).
 
     Everything but the arrays themselves is checked by :func:`_checked_layout`,
     from a cache keyed by the shapes, dtypes and options (never by data): a
@@ -147,6 +148,8 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     x = _arrays.as_array(x, "x")
     y = _arrays.as_array(y, "y")
     _arrays.check_same_place(x, y, "y", "x")
+    if data_range is None and check_values:
+        warn_outside_unit_range(x, y)
     arguments = (x.shape, y.shape, x.dtype, y.dtype, data_range, win_size, sigma, window, K1, K2, padding,
                  sample_covariance, channel_axis, axis, reduce, min_side, channels_pooled, spatial_dims,
                  # (1, 2), (True, 2) and (1.0, 2) are equal keys: the types keep a bad axis from a good one's plan
@@ -272,7 +275,7 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
-                       spatial_dims=spatial_dims)
+                       spatial_dims=spatial_dims, check_values=False)
     return _allocate_workspace(problem, problem.layout.workspace_sizes)
 
 

@@ -1,6 +1,6 @@
 """SSIM, DSSIM and MS-SSIM on Dask arrays: images larger than one device's memory, lazily.
 
-``pip install "cussim[dask]"``; ``import cussim`` never imports Dask, this
+The ``dask`` extra (from a clone of cussim: ``pip install ".[dask]"``); ``import cussim`` never imports Dask, this
 module does. Every function takes Dask arrays whose chunks are NumPy or CuPy
 arrays (or plain arrays, which become one-chunk Dask arrays), with the
 arguments of the in-memory function of the same name, and returns Dask arrays:
@@ -69,7 +69,8 @@ try:
     from dask.highlevelgraph import HighLevelGraph
     from dask.utils import funcname
 except ImportError as exc:  # the extra is not installed
-    raise ImportError('cussim.dask needs Dask: pip install "cussim[dask]"') from exc
+    raise ImportError('cussim.dask needs Dask: pip install "dask[array]" distributed, or cussim\'s dask extra from a '
+                      'clone of cussim: pip install ".[dask]"') from exc
 
 from . import _arrays, _launch, _msssim, _reference, _ssim
 from ._params import SsimParams
@@ -285,8 +286,8 @@ class _Chunked:
     @classmethod
     def prepare(cls, x, y, *, window, sigma, sample_covariance, **kwargs):
         x, y = _inputs(x, y)
-        problem = _ssim._prepare(_stand_in(x), _stand_in(y), window=window, sigma=sigma,
-                                 sample_covariance=sample_covariance, **kwargs)
+        problem = _ssim._prepare(_stand_in(x), _stand_in(y), window=window, sigma=sigma,  # no data to check
+                                 sample_covariance=sample_covariance, check_values=False, **kwargs)
         y = da.broadcast_to(y, x.shape).transpose(problem.layout.perm)
         x = x.transpose(problem.layout.perm)
         p = problem.params

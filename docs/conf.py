@@ -19,6 +19,9 @@ exclude_patterns = ["_build"]
 nitpicky = True  # every cross-reference must resolve
 nitpick_ignore_regex = [("py:class", r"(array|array-like|optional|torch\.Tensor|torch\.nn\.Module|Workspace)")]
 
+# The API reference imports cussim.torch and cussim.dask: PyTorch and Dask are mocked, installed or not, so
+# the pages build without them (the docs extra installs neither; a CUDA build of PyTorch is gigabytes).
+autodoc_mock_imports = ["torch", "dask", "distributed"]
 autodoc_member_order = "bysource"
 numpydoc_show_class_members = False
 numpydoc_xref_param_type = False

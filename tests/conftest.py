@@ -7,6 +7,7 @@ CuPy where a GPU is.
 """
 
 import functools
+import shutil
 
 import pytest
 from executors import Executor
@@ -34,3 +35,24 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=["emulator", pytest.param("cupy", marks=pytest.mark.gpu)])
 def executor(request):
     return Executor(request.param)
+
+
+@pytest.fixture(scope="session")
+def emulator_runtime(tmp_path_factory):
+    """The emulator's runtime object (runtime.cpp through g++, about 2 s), built once per test process."""
+    from cussim._emulator import _build
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUSSIM_CACHE_DIR", str(tmp_path_factory.mktemp("emulator-runtime")))
+        return _build._runtime_object(_build._toolchain_identity(), _build.DEFAULT_STD)
+
+
+@pytest.fixture
+def empty_emulator_cache(tmp_path, monkeypatch, emulator_runtime):
+    """CUSSIM_CACHE_DIR set to a folder of this test's that holds no module, only the session's runtime object
+    (what every module links, and no test here is about)."""
+    cache = tmp_path / "cache"
+    (cache / "emulator").mkdir(parents=True)
+    shutil.copy2(emulator_runtime, cache / "emulator" / emulator_runtime.name)
+    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(cache))
+    return cache

@@ -2,14 +2,14 @@
 replace), their logic run on the host: CuPy and CUDA events replaced by NumPy and the host clock."""
 
 import pytest
-from test_bench import _HostCupy, _HostTorchPeers
+from test_bench import _HostCupy, _HostTorchPeers, host_timing  # noqa: F401  (a fixture)
 
 from bench import peers, run
 
 pytest.importorskip("torch")
 
 
-def test_drop_in_cases_on_the_host():
+def test_drop_in_cases_on_the_host(host_timing):
     found, reasons = peers.load(peers.DROP_IN_PEERS, ["pytorch-msssim"])
     if not found:
         pytest.skip(reasons[0])

@@ -9,3 +9,4 @@ def test_writes_pairs_and_times_both(tmp_path, monkeypatch):
     (result,) = (tmp_path / "results").glob("folders-*.json")
     text = result.read_text()
     assert '"cussim CPU"' in text and '"skimage loop"' in text
+    assert '"cpu_backend": "cussim\'s NumPy reference"' in text  # the backend named for what it is

@@ -5,7 +5,7 @@ import pytest
 
 import cussim
 from bench import peers, run
-from test_bench import _HostCupy, _HostTorchPeers
+from test_bench import _HostCupy, _HostTorchPeers, host_timing  # noqa: F401  (a fixture)
 
 
 def test_volume_work_counts_three_filter_passes():
@@ -31,7 +31,7 @@ def test_each_volume_peer_computes_cussims_convention(name):
     assert theirs == pytest.approx(ours[found[0].convention], abs=5e-6)  # pytorch-msssim: a float32 window
 
 
-def test_volume_cases_logic_on_the_host():
+def test_volume_cases_logic_on_the_host(host_timing):
     found, _ = peers.load(peers.VOLUME_PEERS)
     limits = {"copy_bytes_per_second": 1e12, "fma_per_second": 1e13}
     host, torch_peers = _HostCupy(), _HostTorchPeers()

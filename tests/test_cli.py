@@ -1,12 +1,17 @@
 """The cussim command end to end, on image files the tests write."""
 
 import csv
+import fcntl
 import io
 import json
 import os
+import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -103,7 +108,7 @@ def test_two_files_native_metric_and_maps(folders, capsys, tmp_path):
 
     a, b = iio.imread(ref / "rgb8.png"), iio.imread(test / "rgb8.png")
     assert row["ssim"] == pytest.approx(float(cussim.ssim(b, a, channel_axis=-1, win_size=7)), abs=1e-7)
-    heat = iio.imread(tmp_path / "maps" / "rgb8.ssim.png")
+    heat = iio.imread(tmp_path / "maps" / "rgb8.png.ssim.png")
     assert heat.dtype == np.uint8 and heat.shape[0] > 128 and heat.shape[1] > 144
     picture = _imagefiles.heat_map(cussim.ssim_map(b, a, channel_axis=-1, win_size=7))
     assert np.array_equal(heat[-128:, :144], picture)  # the map itself, under the caption
@@ -129,6 +134,9 @@ def test_heat_maps_carry_their_scale_and_the_pairs_ssim():
     ssim_map = np.linspace(0, 1, 40 * 50).reshape(40, 50)
     low, high = (_imagefiles.labelled_heat_map(ssim_map, value) for value in (0.1, 0.9))
     assert low.shape == high.shape and low.shape[1] > 50
+    named = _imagefiles.labelled_heat_map(ssim_map, 0.1, "test/cam.png against ref/cam.png")
+    assert named.shape[1] >= 6 * len("test/cam.png against ref/cam.png")  # the names fit the caption
+    assert not np.array_equal(named[:low.shape[0] - 48, :50], low[:, :50][:low.shape[0] - 48])
     caption = slice(0, low.shape[0] - 48)  # the bar is at least 48 rows tall
     assert not np.array_equal(low[caption], high[caption])  # the value is written above the map
     assert np.array_equal(low[caption.stop:], high[caption.stop:])
@@ -158,7 +166,8 @@ def test_failed_pairs_are_reported_and_the_rest_compared(folders, capsys, tmp_pa
     assert rows["only-in-test.png"]["error"] == f"{broken_ref / 'only-in-test.png'}: no such file"
     assert "corrupt.png: cannot read it as an image" in rows["corrupt.png"]["error"]
     assert "does not match the reference" in rows["resized.png"]["error"]
-    assert "smaller than the 11x11 window" in rows["tiny.png"]["error"]
+    assert rows["tiny.png"]["error"] == (f"{broken_test / 'tiny.png'}: the image is 6x6, smaller than the 11x11 "
+                                         "window: pass --win-size 5 or less (odd)")
     code, out, _ = _run([broken_ref, broken_test, "--format", "csv", "--strict"], capsys)
     assert code == 1
     assert [r["pair"] for r in csv.DictReader(io.StringIO(out))] == ["corrupt.png"]  # stopped at the first failure
@@ -176,7 +185,8 @@ def test_failed_pairs_are_reported_and_the_rest_compared(folders, capsys, tmp_pa
         (["{ref}", "{test}", "--format", "xml"], "argument --format: invalid choice"),
         (["{ref}"], "the following arguments are required: TEST"),
         (["demo", "--images", "lena"], "argument --images: invalid choice"),
-        (["{ref}", "{test}", "--output", "{missing}/deeper/out.csv"], "No such file or directory"),
+        (["{ref}", "{test}", "--output", "{ref}/grey8.png"], "would replace the input .*grey8.png"),
+        (["{ref}", "{test}", "--output", "{ref}", "--overwrite"], "--output .*: Is a directory"),
         (["{ref}", "{test}", "--map", "{ref}/grey8.png"], "grey8.png: File exists"),
     ],
 )
@@ -200,8 +210,9 @@ def test_help_gives_every_option_a_meaning_and_its_default(parser):
                 "--window", "--win-size", "--sigma", "--padding", "--k1", "--k2", "--data-range", "--format",
                 "--output", "--device", "--seed", "--images", "--map"):
             assert "default" in action.help, action.option_strings
-    text = _cli.compare_parser().format_help()
+    text = " ".join(_cli.compare_parser().format_help().split())
     assert "Exit codes" in text and "--skimage" in text and "bright yellow (1)" in text
+    assert "cussim demo" in text and "cussim precompile" in text and "replaced only with --overwrite" in text
 
 
 def test_csv_lines_end_with_lf(folders, capsys, tmp_path):
@@ -211,17 +222,189 @@ def test_csv_lines_end_with_lf(folders, capsys, tmp_path):
     assert code == 0 and b"\r" not in data_bytes and data_bytes.count(b"\n") == 8  # header and 7 pairs
 
 
-def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    bar = _cli.Progress(4)
-    for _ in range(4):
-        bar.step()
-    bar.close()
-    assert "4/4 pairs" in capsys.readouterr().err
+def _terminal_lines(text: str) -> list:
+    """The lines a terminal shows for ``text``: a carriage return moves to the line's start, later characters
+    overwrite earlier ones, a newline ends the line."""
+    lines, line, column = [], [], 0
+    for character in text:
+        if character == "\r":
+            column = 0
+        elif character == "\n":
+            lines.append("".join(line).rstrip())
+            line, column = [], 0
+        else:
+            line[column:column + 1] = [character]
+            column += 1
+    return lines + ["".join(line).rstrip()]
+
+
+def test_progress_bar_on_a_terminal_never_garbles_the_rows(tmp_path):
+    """stdout and stderr on one terminal: each row starts a clean line, the bar (count, rate) shows between
+    them and is gone at the end."""
+    ref, test = tmp_path / "ref", tmp_path / "test"
+    ref.mkdir()
+    test.mkdir()
+    camera = data.camera()[:24, :24]
+    names = [f"image{k}.png" for k in range(6)]
+    for k, name in enumerate(names):
+        iio.imwrite(ref / name, camera)
+        iio.imwrite(test / name, _noisy(camera, k, 12))
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows of 100 columns
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(_cli.__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen([sys.executable, "-m", "cussim", str(ref), str(test), "--device", "cpu"],
+                               stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert process.wait() == 0
+    shown = b"".join(chunks).decode().replace("\r\n", "\n")  # the terminal's newline
+    assert "pair/s" in shown and "/6" in shown  # the bar was drawn, with its rate
+    lines = [line for line in _terminal_lines(shown) if line]
+    rows = [line for line in lines if line.startswith("image")]
+    assert [row.split()[0] for row in rows] == names
+    assert all(re.fullmatch(r"image\d\.png +\d\.\d{6} +\d\.\d{6}", row) for row in rows), rows
+    assert lines[0].startswith("computed by: CPU") and lines[-1].startswith("worst: ")
+    assert not [line for line in lines if "pair/s" in line or "%|" in line]  # no bar left on any line
+
+
+def test_progress_bar_is_off_unless_stderr_is_a_terminal(monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    quiet = _cli.Progress(4)
-    quiet.step()
+    with _cli.progress_bar(4) as bar:
+        bar.update()
     assert capsys.readouterr().err == ""
+
+
+def test_outputs_never_replace_an_input(capsys, tmp_path):
+    """--output and --map are refused, before anything is written, where they would replace an input: the
+    same path, a link to it, or a heat map named like an input (even with --overwrite)."""
+    ref, test = tmp_path / "ref", tmp_path / "test"
+    ref.mkdir()
+    test.mkdir()
+    camera = data.camera()[:32, :32]
+    for name in ("q.png", "q.png.ssim.png"):  # the second is named like the first's heat map
+        iio.imwrite(ref / name, camera)
+        iio.imwrite(test / name, _noisy(camera, 1, 12))
+    (tmp_path / "link.png").symlink_to(test / "q.png")
+    os.link(ref / "q.png", tmp_path / "hard.png")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    for argv, replaced in [
+        ([ref / "q.png", test / "q.png", "--output", ref / "q.png"], ref / "q.png"),
+        ([ref / "q.png", test / "q.png", "--output", tmp_path / "link.png"], test / "q.png"),
+        ([ref / "q.png", test / "q.png", "--output", tmp_path / "hard.png", "--overwrite"], ref / "q.png"),
+        ([ref, test, "--map", ref], ref / "q.png.ssim.png"),
+        ([ref, test, "--map", test, "--overwrite"], test / "q.png.ssim.png"),
+    ]:
+        code, out, err = _run(argv, capsys)
+        assert code == 2 and out == "" and f"would replace the input {replaced}" in err, err
+    maps = tmp_path / "maps"
+    code, _, err = _run([ref, test, "--map", maps, "--output", maps / "q.png.ssim.png"], capsys)
+    assert code == 2 and f"--map {maps / 'q.png.ssim.png'} and --output {maps / 'q.png.ssim.png'} are one file" in err
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert not maps.exists()  # refused before anything was written, the folder included
+
+
+def test_heat_maps_are_one_per_pair_and_replaced_only_with_overwrite(capsys, tmp_path):
+    ref, test, maps = tmp_path / "ref", tmp_path / "test", tmp_path / "maps"
+    camera = data.camera()[:32, :40]
+    names = ["cam.png", "cam.jpg", "a/cam.png", "b/cam.png"]
+    for k, name in enumerate(names):
+        for folder, image in ((ref, camera), (test, _noisy(camera, k, 10 + 5 * k))):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            iio.imwrite(folder / name, image)
+    code, out, _ = _run([ref, test, "--map", maps, "--format", "json"], capsys)
+    assert code == 0
+    values = {r["pair"]: r["ssim"] for r in map(json.loads, out.splitlines()[:-1])}
+    written = {path.relative_to(maps).as_posix(): path.read_bytes() for path in maps.rglob("*.png")}
+    assert set(written) == {name + ".ssim.png" for name in names}
+    assert len(set(written.values())) == len(names) == len(set(values.values()))
+    code, _, err = _run([ref, test, "--map", maps], capsys)  # a second run: the maps are an earlier run's
+    assert code == 2 and "exists (from an earlier run?): pass --overwrite" in err
+    assert {path.relative_to(maps).as_posix(): path.read_bytes() for path in maps.rglob("*.png")} == written
+    assert _run([ref, test, "--map", maps, "--overwrite"], capsys)[0] == 0
+    output = tmp_path / "results.csv"
+    assert _run([ref, test, "--output", output], capsys)[0] == 0
+    assert _run([ref, test, "--output", output], capsys)[0] == 2
+    assert _run([ref, test, "--output", output, "--overwrite"], capsys)[0] == 0
+
+
+def test_output_into_a_missing_folder_creates_it(folders, capsys, tmp_path):
+    ref, test, _ = folders
+    output = tmp_path / "new" / "deeper" / "results.csv"
+    code, out, _ = _run([ref / "grey8.png", test / "grey8.png", "--format", "csv", "--output", output], capsys)
+    assert code == 0 and out == "" and output.read_text().startswith("pair,ssim,dssim,error\n")
+
+
+def _strict_json(line: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_a_pair_whose_ssim_is_nan_is_a_failed_pair(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    reference = rng.random((32, 32)).astype(np.float32)
+    for name, test in (("clean.tif", reference * 0.9), ("nan.tif", reference.copy())):
+        iio.imwrite(tmp_path / "ref" / name if (tmp_path / "ref").exists() else _mkdir(tmp_path / "ref") / name,
+                    reference)
+        iio.imwrite(_mkdir(tmp_path / "test") / name, test)
+    broken = iio.imread(tmp_path / "test" / "nan.tif")
+    broken[5, 5] = np.nan
+    iio.imwrite(tmp_path / "test" / "nan.tif", broken)
+    code, out, _ = _run([tmp_path / "ref", tmp_path / "test", "--format", "json", "--data-range", "1"], capsys)
+    assert code == 1
+    lines = [_strict_json(line) for line in out.splitlines()]
+    rows, summary = {r["pair"]: r for r in lines[:-1]}, lines[-1]["summary"]
+    assert rows["nan.tif"]["ssim"] is None and rows["nan.tif"]["error"] == (
+        f"SSIM is nan, not a number to report: {tmp_path / 'test' / 'nan.tif'} has 1 NaN or infinite pixel")
+    assert summary["compared"] == 1 and summary["failed"] == 1
+    assert [w["pair"] for w in summary["worst"]] == ["clean.tif"] and summary["min_ssim"] == rows["clean.tif"]["ssim"]
+    code, out, _ = _run([tmp_path / "ref", tmp_path / "test", "--data-range", "1"], capsys)
+    assert code == 1 and "1 of 2 pairs compared" in out and "nan (" not in out
+
+
+def _mkdir(path):
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def test_a_multi_page_tiff_without_volumes_suggests_volumes(capsys, tmp_path):
+    stack = np.random.default_rng(0).integers(0, 255, (5, 24, 24), dtype=np.uint8)
+    iio.imwrite(tmp_path / "ref.tif", stack)
+    iio.imwrite(tmp_path / "test.tif", stack)
+    code, out, _ = _run([tmp_path / "ref.tif", tmp_path / "test.tif", "--format", "json"], capsys)
+    assert code == 1
+    assert "a multi-page TIFF (5 pages of 24x24) is a volume: pass --volumes" in json.loads(out.splitlines()[0])["error"]
+
+
+def test_version(capsys):
+    import cussim
+
+    with pytest.raises(SystemExit) as exited:
+        _cli.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"cussim {cussim.__version__}\n"
+
+
+def test_numpy_backend_is_named_and_checked(folders, capsys, monkeypatch):
+    ref, test, _ = folders
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "bogus")
+    code, out, err = _run([ref / "grey8.png", test / "grey8.png"], capsys)
+    assert code == 2 and out == "" and "cussim: error: CUSSIM_NUMPY_BACKEND='bogus' names no backend: set it to " \
+        "one of 'reference' (cussim's NumPy reference); 'emulator' (cussim's CUDA kernels" in err
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    code, out, _ = _run([ref / "grey8.png", test / "grey8.png", "--device", "cpu"], capsys)
+    assert code == 0 and out.startswith("computed by: CPU, cussim's CUDA kernels run by its CPU emulator")
+    assert "NumPy reference" not in out
 
 
 def test_device_gpu_without_one(folders, capsys, monkeypatch):
@@ -235,6 +418,8 @@ def test_demo_writes_maps_when_asked(capsys, tmp_path):
     code, out, _ = _run(["demo", "--images", "camera", "--map", tmp_path / "maps", "--device", "cpu"], capsys)
     assert code == 0 and "computed by: CPU" in out and f"SSIM maps in {tmp_path / 'maps'}" in out
     assert len(list((tmp_path / "maps").glob("camera-*.ssim.png"))) == 5
+    code, _, err = _run(["demo", "--images", "camera", "--map", tmp_path / "maps", "--device", "cpu"], capsys)
+    assert code == 2 and "pass --overwrite" in err
 
 
 def test_console_script_and_module(folders):

@@ -367,15 +367,13 @@ def test_fault_in_a_subprocess_keeps_the_process_alive(tmp_path):
 
 # ---- building and caching ---------------------------------------------------------------
 
-def test_compile_error_carries_the_log(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+def test_compile_error_carries_the_log(empty_emulator_cache):
     module = _emulator.RawModule(code="__global__ void k(float* x) { x[0] = undefined_name; }")
     with pytest.raises(_emulator.CompileError, match="undefined_name"):
         module.get_function("k")
 
 
-def test_template_kernels_need_name_expressions(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+def test_template_kernels_need_name_expressions(empty_emulator_cache):
     code = "template <int N> __global__ void k(int* x) { x[0] = N; }\n__global__ void plain(int* x) { x[0] = -1; }"
     assert _build.kernel_names(code) == (["plain"], ["k"])
     module = _emulator.RawModule(code=code, name_expressions=["k<7>"])
@@ -385,15 +383,13 @@ def test_template_kernels_need_name_expressions(tmp_path, monkeypatch):
     assert out[0] == 7
 
 
-def test_unsupported_parameter_types_are_named(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+def test_unsupported_parameter_types_are_named(empty_emulator_cache):
     module = _emulator.RawModule(code="__global__ void k(int2 v, int* x) { x[0] = v.x; }")
     with pytest.raises(_emulator.CompileError, match="unsupported kernel parameter type"):
         module.get_function("k")
 
 
-def test_options_reach_the_preprocessor(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+def test_options_reach_the_preprocessor(empty_emulator_cache):
     code = "__global__ void k(int* x) { x[0] = VALUE; }"
     out = np.zeros(1, np.int32)
     _emulator.RawModule(code=code, options=("-DVALUE=41", "--use_fast_math", "-arch=sm_90")).get_function("k")(
@@ -401,8 +397,7 @@ def test_options_reach_the_preprocessor(tmp_path, monkeypatch):
     assert out[0] == 41
 
 
-def test_builds_are_cached_by_content(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+def test_builds_are_cached_by_content(empty_emulator_cache):
     code = "__global__ void k(int* x) { x[0] = 3; }"
     first = _build.build_module(code, "k.cu")
     mtime = first.stat().st_mtime_ns

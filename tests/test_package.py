@@ -109,8 +109,8 @@ def test_without_nvrtc_the_message_names_the_extra(monkeypatch):
     monkeypatch.setattr(_nvrtc, "_candidate_paths", lambda: [])
     _nvrtc.library.cache_clear()
     try:
-        with pytest.raises(_nvrtc.NVRTCError, match=r'libnvrtc not found; install cussim\'s `test` extra, '
-                                                    r'`pip install "cussim\[test\]"`'):
+        with pytest.raises(_nvrtc.NVRTCError, match=r'libnvrtc not found; install cussim\'s `test` extra from a '
+                                                    r'clone of cussim, `pip install -e "\.\[test\]"`'):
             _nvrtc.library()
     finally:
         _nvrtc.library.cache_clear()

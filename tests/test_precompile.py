@@ -8,6 +8,7 @@ whether a later process builds anything at all. The timings are
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,12 @@ FIRST = ["ssim_forward<float, 5, cussim::FORWARD_VALUE>"]
 
 
 @pytest.fixture
-def cold_emulator(tmp_path, monkeypatch):
-    """An empty emulator cache and nothing built in this process; yields the name expressions of every build."""
-    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+def cold_emulator(monkeypatch):
+    """Nothing built in this process; yields the name expressions of every build it asks for.
+
+    The disk cache stays the session's: what a first call builds is what it asks _build for, whether g++ then
+    runs or the module is found on disk, so these tests share the modules the other tests compile.
+    """
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
     built, build = [], _build.build_module
 
@@ -36,7 +40,7 @@ def cold_emulator(tmp_path, monkeypatch):
     monkeypatch.setattr(_build, "build_module", recording)
     _kernels.emulated_kernel.cache_clear()
     yield built
-    _kernels.emulated_kernel.cache_clear()  # the modules of tmp_path stay out of later tests
+    _kernels.emulated_kernel.cache_clear()  # later tests load their modules again
 
 
 def _images(dtype=np.float32):
@@ -74,6 +78,58 @@ def test_backward_options_build_their_own_specialisations(cold_emulator):
     cussim.ms_ssim_with_gradient(big, big * 0.9)
     assert ("ssim_backward<float, 5, cussim::GRAD_MSSSIM>",) in cold_emulator
     assert ("ssim_backward<float, 5>",) not in cold_emulator
+
+
+@pytest.fixture
+def builds_without_compiler(tmp_path, monkeypatch):
+    """An empty emulator cache whose builds run no compiler (each leaves an empty file), and a process that
+    has announced nothing yet."""
+    monkeypatch.setenv("CUSSIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_build, "_run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_build, "_announced", threading.Event())
+
+
+def test_a_first_emulator_build_says_what_it_compiles_and_why_on_a_terminal(builds_without_compiler, capsys,
+                                                                             monkeypatch):
+    def build(number):
+        _build.build_module(f"// source {number}", "ssim.cu", name_expressions=(f"kernel<{number}>",))
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    build(1)
+    assert capsys.readouterr().err == ""  # quiet off a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    build(2)
+    build(3)
+    build(3)  # built: nothing to say
+    first, second = capsys.readouterr().err.split("\n")[:-1]
+    assert first.startswith("\r\x1b[2Kcussim: compiling kernel<2> of ssim.cu for the CPU emulator with g++: the "
+                            "first use of this kernel on this machine")
+    assert f"kept in {_build.cache_dir()}" in first and "`cussim precompile --emulator` builds" in first
+    assert second == "\r\x1b[2Kcussim: compiling kernel<3> of ssim.cu for the CPU emulator"
+    monkeypatch.setattr(_build, "announce_builds", False)
+    build(4)
+    assert capsys.readouterr().err == ""
+
+
+def test_precompile_says_what_it_builds_and_why_unless_quiet(builds_without_compiler, capsys, monkeypatch):
+    built = []
+
+    def build(family, name):  # what the emulator's build would announce
+        _build._announce(f"{family}.cu", (name,))
+        built.append(name)
+
+    monkeypatch.setattr(_kernels, "emulated_kernel", build)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    names = [*FIRST, "ssim_finish<float>"]
+    assert _cli.main(["precompile", "--emulator", *names]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("cussim precompile: building 2 kernel specialisations for the CPU emulator with "
+                                   "g++") and "instead of compiling" in captured.err
+    assert "/2 [" in captured.err and "kernel/s]" in captured.err  # the bar, with its rate
+    assert "cussim: compiling" not in captured.err and built == names  # no notice per kernel: the bar counts
+    assert "emulator: 2 specialisations built" in captured.out
+    assert _cli.main(["precompile", "--emulator", "--quiet", "ssim"]) == 0
+    assert capsys.readouterr().err == "" and len(built) == 2 + len(_kernels.specialisations("ssim"))
 
 
 def test_every_kernel_is_a_template():
@@ -136,16 +192,17 @@ print(float(cussim.ssim(x, x)))
 """
 
 
-def test_precompile_fills_the_emulator_cache_that_a_later_process_uses(tmp_path):
-    env = {"CUSSIM_CACHE_DIR": str(tmp_path), "CUSSIM_NUMPY_BACKEND": "emulator"}
+def test_precompile_fills_the_emulator_cache_that_a_later_process_uses(empty_emulator_cache):
+    cache = empty_emulator_cache
+    env = {"CUSSIM_CACHE_DIR": str(cache), "CUSSIM_NUMPY_BACKEND": "emulator"}
     done = _python(["-m", "cussim", "precompile", "--emulator", *FIRST], env)
     assert done.returncode == 0, done.stderr
     assert f"emulator: {len(FIRST)} specialisations built" in done.stdout
-    before = _files(tmp_path / "emulator")
+    before = _files(cache / "emulator")
     later = _python(LATER_EMULATOR_PROCESS, env)
     assert later.returncode == 0, later.stderr
     assert later.stdout.strip() == "1.0"
-    assert _files(tmp_path / "emulator") == before
+    assert _files(cache / "emulator") == before
 
 
 LATER_GPU_PROCESS = """

@@ -9,7 +9,9 @@ each kernel's parameter types from its function pointer, so Python needs no
 C++ parser.
 
 Builds are cached by content hash in ``cache_dir()``; a file lock per hash and
-an atomic rename make concurrent builds from several processes safe.
+an atomic rename make concurrent builds from several processes safe. A build
+takes seconds, so on a terminal each one says so on stderr (the first of a
+process also what is compiled and why); ``announce_builds`` turns that off or on.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from ._errors import CompileError
@@ -41,6 +45,11 @@ _EXTERN_SHARED = re.compile(
 )
 _GLOBAL_FUNCTION = re.compile(r"__global__\b(?P<decl>[^;{(]*?)\b(?P<name>[A-Za-z_]\w*)\s*\(")
 _LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\s*\([^)]*\)")
+
+# Whether a build says so on stderr: None, the default, when stderr is a terminal (`cussim precompile` sets it
+# False: it shows its own progress).
+announce_builds: bool | None = None
+_announced = threading.Event()  # the first notice of a process says what and why; later ones are one line
 
 
 def cache_dir() -> Path:
@@ -174,6 +183,22 @@ def _runtime_object(toolchain: str, std: str) -> Path:
     return _build_once(target, build)
 
 
+def _announce(filename: str, name_expressions) -> None:
+    """One line on stderr for a build about to run (on a terminal, unless ``announce_builds`` says otherwise)."""
+    if not (sys.stderr.isatty() if announce_builds is None else announce_builds):
+        return
+    what = ", ".join(name_expressions) or "its kernels"
+    if _announced.is_set():
+        message = f"cussim: compiling {what} of {filename} for the CPU emulator"
+    else:
+        _announced.set()
+        message = (f"cussim: compiling {what} of {filename} for the CPU emulator with g++: the first use of this "
+                   f"kernel on this machine (seconds per kernel; kept in {cache_dir()}, so later calls and processes "
+                   "load it; `cussim precompile --emulator` builds every kernel ahead of time)")
+    sys.stderr.write(f"\r\x1b[2K{message}\n" if sys.stderr.isatty() else f"{message}\n")  # over any progress bar
+    sys.stderr.flush()
+
+
 def build_module(source: str, filename: str, options=(), name_expressions=()) -> Path:
     """Compiles ``source`` for the emulator (cached) and returns the shared library's path."""
     flags, std = translate_options(options)
@@ -185,6 +210,7 @@ def build_module(source: str, filename: str, options=(), name_expressions=()) ->
     target = cache_dir() / f"module-{_digest(toolchain, unit, std, flags)}.so"
 
     def build(tmp: Path) -> None:
+        _announce(filename, name_expressions)
         unit_path = tmp.with_suffix(".cpp")
         unit_path.write_text(unit)
         try:
