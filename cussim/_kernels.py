@@ -5,7 +5,7 @@ specialisation (a name expression such as ``ssim_backward<float, 5>``) is a
 module of its own, compiled the first time it is asked for, so a call
 compiles only the kernels it launches: a first float32 ``ssim`` compiles two,
 not all of them. CuPy arrays get a ``RawModule`` compiled by NVRTC for their
-device (memoised per device; CuPy 14 and later keep it in their on-disk cache
+device (memoised per device; CuPy 14.2 and later read it back from their on-disk cache
 under a key that holds the source, the options and the name expression, so a
 later process loads it instead of compiling); NumPy arrays get the
 emulator's build of the same source, options and name expression (cached by
