@@ -35,9 +35,10 @@ _PACKAGE = Path(__file__).resolve().parent
 # Installed wheel: cussim/kernels/. Source checkout or editable install: ../kernels/.
 KERNEL_DIRS = (_PACKAGE / "kernels", _PACKAGE.parent / "kernels")
 
-# None beyond NVRTC's defaults (C++17 since CUDA 12). The same tuple goes to
-# CuPy, to the emulator and to the compile check.
-COMPILE_OPTIONS = ()
+# C++17 (the kernels use `if constexpr`), named although NVRTC 12 defaults to it:
+# CuPy 13 adds --std=c++11 to a RawModule's options that name no standard.
+# The same tuple goes to CuPy, to the emulator and to the compile check.
+COMPILE_OPTIONS = ("--std=c++17",)
 # Architectures the compile check always covers (NVRTC 12 knows sm_70 to sm_121).
 BASE_ARCHS = (70, 80, 90)
 

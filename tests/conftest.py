@@ -68,6 +68,7 @@ def standin_cupy(monkeypatch):
         pytest.fail("the CuPy stand-in differs from the installed CuPy:\n" + "\n".join(differences))
     for name, module in cupy_standin.modules().items():
         monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "cupyx", None)  # an ImportError: the stand-in has no cupyx (Dask tries it)
     cupy_standin.reset()
     _clear_gpu_caches()
     yield sys.modules["cupy"]

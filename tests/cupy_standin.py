@@ -515,6 +515,21 @@ class ndarray:
                         "a NumPy array explicitly.")
 
     # interfaces
+    def __array_function__(self, func, types, args, kwargs):
+        """NumPy's functions on these arrays (and ``like=`` them) run as the stand-in's, where it has one."""
+        standin = _CUPY.get(func.__name__)
+        if standin is not None:
+            return standin(*args, **kwargs)
+        if func.__name__ in ARRAY_FUNCTIONS:  # CuPy's own of these; NumPy's on the device's arrays here
+            return _result(func(*_unwrap(tuple(args)), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        return NotImplemented
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy's ufuncs on these arrays: an elementwise kernel on the current device (CuPy runs its own)."""
+        if method != "__call__" or kwargs:
+            return NotImplemented
+        return _result(ufunc(*_unwrap(inputs)))
+
     @property
     def __cuda_array_interface__(self):
         host = self._host
@@ -682,6 +697,15 @@ def isnan(x, /, out=None, *, casting="same_kind", dtype=None):
     return _on_device("isnan", (x,))
 
 
+def take(a, indices, axis=None, out=None):  # Dask registers it for CuPy chunks
+    _no_out(out)
+    return _on_device("take", (a, indices), dict(axis=axis))
+
+
+def tensordot(a, b, axes=2):  # Dask registers it for CuPy chunks
+    return _on_device("tensordot", (a, b), dict(axes=axes))
+
+
 def allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
     return _on_device("allclose", (a, b), dict(rtol=rtol, atol=atol, equal_nan=equal_nan))
 
@@ -777,7 +801,11 @@ _CUDA = {"Device": Device, "Stream": Stream, "ExternalStream": ExternalStream, "
 _CUPY = {"ndarray": ndarray, "RawModule": RawModule, "RawKernel": RawKernel, "empty": empty, "zeros": zeros,
          "asarray": asarray, "from_dlpack": from_dlpack, "asnumpy": asnumpy, "get_default_memory_pool":
          get_default_memory_pool, "broadcast_to": broadcast_to, "moveaxis": moveaxis, "concatenate": concatenate,
-         "stack": stack, "pad": pad, "isnan": isnan, "allclose": allclose}
+         "stack": stack, "pad": pad, "isnan": isnan, "allclose": allclose, "take": take, "tensordot": tensordot}
+# NumPy functions that run on the arrays through __array_function__ as CuPy's do (Dask's reductions call them)
+ARRAY_FUNCTIONS = ("sum", "mean", "prod", "max", "min", "amax", "amin", "any", "all", "where", "full_like", "zeros_like",
+                   "ones_like", "empty_like", "nansum", "count_nonzero", "squeeze", "expand_dims", "reshape",
+                   "transpose", "result_type", "may_share_memory", "shares_memory")
 _DTYPES = ("float16", "float32", "float64", "uint8", "uint16", "int32", "int64", "bool_")
 # (CuPy's path to the real object, the stand-in) for each class and callable that check_against compares
 CHECKED = ([(f"cuda.runtime.{n}", o) for n, o in _RUNTIME.items()] + [(f"cuda.{n}", o) for n, o in _CUDA.items()]
@@ -855,7 +883,8 @@ def _compare(path, real, standin, problems):
                 problems.append(f"{path}.{name}{ours} but CuPy has {path}.{name}{theirs}")
 
 
-_CHECKED_DUNDERS = ("__cuda_array_interface__", "__dlpack__", "__dlpack_device__", "__enter__", "__exit__")
+_CHECKED_DUNDERS = ("__cuda_array_interface__", "__dlpack__", "__dlpack_device__", "__enter__", "__exit__",
+                    "__array_function__", "__array_ufunc__")
 
 
 def check_against(cupy) -> list:
@@ -870,4 +899,5 @@ def check_against(cupy) -> list:
             problems.append(f"cupy.{path}: CuPy has no such name")
             continue
         _compare(f"cupy.{path}", real, standin, problems)
+    problems += [f"cupy.{name}: CuPy has no such function" for name in ARRAY_FUNCTIONS if not hasattr(cupy, name)]
     return problems

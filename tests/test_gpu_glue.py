@@ -327,3 +327,34 @@ def test_signatures_of_the_standin_record_what_they_refuse(standin_cupy):
             standin_cupy.empty(3, np.float32)
         stream.end_capture()
     assert "grid" in inspect.signature(cupy_standin.RawKernel.__call__).parameters
+
+
+def test_dask_arrays_of_gpu_chunks(standin_cupy, emulator):
+    """cussim.dask on chunks that are GPU arrays: the chunks' halos joined and padded on the GPU, the same
+    values and gradient as NumPy chunks."""
+    import dask.array as da
+
+    import cussim.dask as cd
+
+    x, y = _images((2, 36, 40))
+    chunked = [da.from_array(a, chunks=(1, 18, 20)) for a in (x, y)]
+    on_gpu = [c.map_blocks(standin_cupy.asarray, dtype=np.float32) for c in chunked]
+    record.clear()
+    value, grad = cd.ssim_with_gradient(*on_gpu, win_size=5, padding="reflect")
+    value, grad = da.compute(value, grad, scheduler="synchronous")
+    assert record.launches and {e.device for e in record.launches} == {0}
+    expected_value, expected_grad = da.compute(*cd.ssim_with_gradient(*chunked, win_size=5, padding="reflect"))
+    np.testing.assert_array_equal(_host(value), expected_value)
+    np.testing.assert_array_equal(_host(grad), expected_grad)
+    ms = cd.ms_ssim(*on_gpu, weights=(0.5, 0.5), win_size=3).compute(scheduler="synchronous")
+    np.testing.assert_array_equal(_host(ms), cd.ms_ssim(*chunked, weights=(0.5, 0.5), win_size=3).compute())
+
+
+def test_precompile_says_why_not(standin_cupy, monkeypatch):
+    from cussim import _precompile
+
+    monkeypatch.setenv("CUPY_CACHE_IN_MEMORY", "1")
+    assert _precompile.gpu_devices() == (None, "CUPY_CACHE_IN_MEMORY is set: CuPy keeps nothing on disk; unset it "
+                                               "to precompile")
+    monkeypatch.setattr(standin_cupy.cuda.runtime, "getDeviceCount", lambda: 0)
+    assert _precompile.gpu_devices() == (None, "no GPU: CuPy sees no CUDA device")
