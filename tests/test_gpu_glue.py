@@ -358,3 +358,47 @@ def test_precompile_says_why_not(standin_cupy, monkeypatch):
                                                "to precompile")
     monkeypatch.setattr(standin_cupy.cuda.runtime, "getDeviceCount", lambda: 0)
     assert _precompile.gpu_devices() == (None, "no GPU: CuPy sees no CUDA device")
+
+
+def test_gpu_arrays_without_cupy_name_the_extra(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)
+    interface = type("CudaArray", (), {"__cuda_array_interface__": {}})()
+    with pytest.raises(ImportError, match=r"GPU arrays need CuPy: pip install 'cussim\[cuda12\]'"):
+        cussim.ssim(interface, interface)
+
+
+def test_other_dlpack_devices_and_objects_are_refused(standin_cupy):
+    rocm = type("RocmTensor", (), {"__dlpack__": lambda self, stream=None: None,
+                                   "__dlpack_device__": lambda self: (10, 0)})()
+    with pytest.raises(TypeError, match="x lives on DLPack device type 10"):
+        cussim.ssim(rocm, rocm)
+    from cussim import _kernels
+
+    with pytest.raises(TypeError, match="expected a NumPy or CuPy array, got list"):
+        _kernels.get_kernel("ssim", "ssim_finish<float>", [1.0])
+
+
+def test_structural_similarity_of_gpu_arrays_in_other_dimensions_is_refused(standin_cupy):
+    gx, = _on_gpu(standin_cupy, np.zeros((8, 8, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="these have 4 spatial dimensions"):
+        cussim.structural_similarity(gx, gx, data_range=1.0)
+
+
+def test_workspace_says_where_it_lives(standin_cupy):
+    gx, = _on_gpu(standin_cupy, np.zeros((1, 16, 16), np.float32))
+    assert repr(cussim.make_workspace(gx, win_size=5)).endswith("bytes, GPU 1)")
+
+
+def test_command_line_cluster_takes_dask_cuda_where_a_gpu_is(standin_cupy, monkeypatch):
+    """--workers with GPUs and dask-cuda: one dask-cuda worker per GPU, and no more workers than GPUs."""
+    import sys
+    import types
+
+    from cussim import _cli, _cluster
+
+    made = []
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(
+        LocalCUDACluster=lambda **kwargs: made.append(kwargs) or "cluster"))
+    assert _cluster._local_cluster(None, 2, "auto") == "cluster" and made == [dict(n_workers=2, dashboard_address=None)]
+    with pytest.raises(_cli.UsageError, match="--workers 3: dask-cuda runs one worker per GPU and this machine has 2"):
+        _cluster._local_cluster(None, 3, "gpu")
