@@ -393,7 +393,7 @@ class _Flags:
         self.owndata = False
 
 
-def _new(shape, dtype, *, like_device=None):
+def _new(shape, dtype):
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -406,6 +406,8 @@ class ndarray:
     """cupy.ndarray: a NumPy view (``_host``) of a stand-in allocation on its device."""
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        if memptr is not None or strides is not None or order != "C":
+            raise StandInError("the stand-in makes C-order arrays of new memory only")
         made = _new(shape, dtype)
         self._host, self._mem = made._host, made._mem
 
@@ -803,9 +805,9 @@ _CUPY = {"ndarray": ndarray, "RawModule": RawModule, "RawKernel": RawKernel, "em
          get_default_memory_pool, "broadcast_to": broadcast_to, "moveaxis": moveaxis, "concatenate": concatenate,
          "stack": stack, "pad": pad, "isnan": isnan, "allclose": allclose, "take": take, "tensordot": tensordot}
 # NumPy functions that run on the arrays through __array_function__ as CuPy's do (Dask's reductions call them)
-ARRAY_FUNCTIONS = ("sum", "mean", "prod", "max", "min", "amax", "amin", "any", "all", "where", "full_like", "zeros_like",
-                   "ones_like", "empty_like", "nansum", "count_nonzero", "squeeze", "expand_dims", "reshape",
-                   "transpose", "result_type", "may_share_memory", "shares_memory")
+ARRAY_FUNCTIONS = ("sum", "mean", "prod", "max", "min", "amax", "amin", "any", "all", "where", "full_like",
+                   "zeros_like", "ones_like", "empty_like", "nansum", "count_nonzero", "squeeze", "expand_dims",
+                   "reshape", "transpose", "result_type", "may_share_memory", "shares_memory")
 _DTYPES = ("float16", "float32", "float64", "uint8", "uint16", "int32", "int64", "bool_")
 # (CuPy's path to the real object, the stand-in) for each class and callable that check_against compares
 CHECKED = ([(f"cuda.runtime.{n}", o) for n, o in _RUNTIME.items()] + [(f"cuda.{n}", o) for n, o in _CUDA.items()]

@@ -106,8 +106,8 @@ def fp_mode() -> str:
         raise ValueError(f"CUSSIM_EMULATOR_FPMODE={mode!r}: use one of {', '.join(FP_MODES)}")
     if mode == "gpu" and (platform.machine() != "x86_64" or not _cpu_has_fma()):
         raise ValueError("CUSSIM_EMULATOR_FPMODE=gpu needs an x86-64 CPU with FMA (it contracts with -mfma and "
-                         f"flushes denormals through the MXCSR); this one is {platform.machine()}"
-                         f"{'' if platform.machine() != 'x86_64' else ' without FMA'}: use CUSSIM_EMULATOR_FPMODE=exact")
+                         f"flushes denormals through the MXCSR); this one is {platform.machine()} (FMA: "
+                         f"{'yes' if _cpu_has_fma() else 'no'}): use CUSSIM_EMULATOR_FPMODE=exact")
     return mode
 
 
