@@ -402,3 +402,34 @@ def test_command_line_cluster_takes_dask_cuda_where_a_gpu_is(standin_cupy, monke
     assert _cluster._local_cluster(None, 2, "auto") == "cluster" and made == [dict(n_workers=2, dashboard_address=None)]
     with pytest.raises(_cli.UsageError, match="--workers 3: dask-cuda runs one worker per GPU and this machine has 2"):
         _cluster._local_cluster(None, 3, "gpu")
+
+
+def test_no_gpu_to_compute_on(standin_cupy, monkeypatch):
+    """CuPy present but no device (or no CuPy at all): the command line computes on the CPU, precompile says
+    why it compiles nothing, and a local cluster is Dask's CPU one even where dask-cuda is missing."""
+    import sys
+    import types
+
+    from cussim import _cli, _cluster, _precompile
+
+    cpu_cluster = types.SimpleNamespace(LocalCluster=lambda **kwargs: ("cpu", kwargs))
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)
+    assert _cluster._local_cluster(cpu_cluster, 1, "auto")[0] == "cpu"
+    monkeypatch.setattr(standin_cupy.cuda.runtime, "getDeviceCount", lambda: 0)
+    assert _cli._gpu() == (None, "no CUDA device")
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    cupy, why = _precompile.gpu_devices()
+    assert cupy is None and why.startswith("no GPU: CuPy cannot reach one (ModuleNotFoundError")
+
+
+def test_outputs_overlapping_inputs_are_refused_on_the_gpu(standin_cupy, emulator):
+    """The overlap check of GPU arrays (byte extents from data.ptr and strides, negative ones included)."""
+    x, y = _images((1, 16, 16))
+    gx, gy = _on_gpu(standin_cupy, x, y)
+    with standin_cupy.cuda.Device(GPU):
+        out = standin_cupy.empty((1, 16, 16), np.float32)
+    flipped = gx[:, ::-1]
+    with pytest.raises(ValueError, match="out overlaps x"):
+        cussim.ssim_map(flipped, gy, win_size=5, out=gx[:, :, ::-1])
+    cussim.ssim_map(flipped, gy, win_size=5, out=out[:, ::-1])  # apart: computed
+    np.testing.assert_array_equal(_host(out)[:, ::-1], cussim.ssim_map(x[:, ::-1], y, win_size=5))
