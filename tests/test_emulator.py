@@ -462,3 +462,32 @@ def test_fp_mode_is_checked(monkeypatch):
     monkeypatch.setenv("CUSSIM_EMULATOR_FPMODE", "fast")
     with pytest.raises(ValueError, match="CUSSIM_EMULATOR_FPMODE='fast': use one of exact, gpu"):
         _build.fp_mode()
+
+
+def test_fp_mode_gpu_needs_an_x86_64_cpu_with_fma(monkeypatch):
+    monkeypatch.setenv("CUSSIM_EMULATOR_FPMODE", "gpu")
+    monkeypatch.setattr(_build.platform, "machine", lambda: "aarch64")
+    with pytest.raises(ValueError, match="needs an x86-64 CPU with FMA.*this one is aarch64"):
+        _build.fp_mode()
+    _build._cpu_has_fma.cache_clear()
+    monkeypatch.setattr(_build, "Path", lambda path: Path("/nonexistent/cpuinfo"))
+    try:
+        assert _build._cpu_has_fma() is False
+    finally:
+        _build._cpu_has_fma.cache_clear()
+
+
+def test_launch_arguments_are_checked(monkeypatch):
+    kernel = _emulator.RawModule(code="__global__ void k(int* x) { x[0] = 1; }").get_function("k")
+    x = np.zeros(1, np.int32)
+    with pytest.raises(_emulator.LaunchConfigError, match="shared_mem must be a non-negative int"):
+        kernel((1,), (1,), (x,), shared_mem=-1)
+    with pytest.raises(_emulator.ArgumentTypeError, match="args must be a tuple, got ndarray"):
+        kernel((1,), (1,), x)
+    with pytest.raises(_emulator.LaunchConfigError, match="grid must be an int or a tuple of 1 to 3 ints"):
+        kernel((1, 1, 1, 1), (1,), (x,))
+    with pytest.raises(ValueError, match="RawModule takes exactly one of code= or path="):
+        _emulator.RawModule()
+    monkeypatch.setenv("CUSSIM_EMULATOR_ORDER", "sideways")
+    with pytest.raises(ValueError, match="CUSSIM_EMULATOR_ORDER='sideways'"):
+        kernel((1,), (1,), (x,))
