@@ -56,8 +56,11 @@ def as_array(value, name: str):
     module = type(value).__module__.split(".")[0]
     if module == "cupy":
         return value
-    if hasattr(value, "__cuda_array_interface__"):
-        return _cupy().asarray(value)
+    if getattr(value, "requires_grad", False) is True:  # a PyTorch tensor in autograd exports neither interface
+        raise TypeError(f"{name} requires grad: pass {name}.detach() to compute without autograd, or use "
+                        "cussim.torch, whose functions back-propagate")
+    # DLPack first: its stream handshake orders CuPy's current stream (where the kernels run) after the
+    # producer's (PyTorch's current stream), which __cuda_array_interface__ without a stream does not.
     if hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__"):
         device_type = int(value.__dlpack_device__()[0])
         if device_type == DLPACK_CPU:
@@ -65,6 +68,8 @@ def as_array(value, name: str):
         if device_type == DLPACK_CUDA:
             return _cupy().from_dlpack(value)
         raise TypeError(f"{name} lives on DLPack device type {device_type}; cussim takes CPU or CUDA arrays")
+    if hasattr(value, "__cuda_array_interface__"):
+        return _cupy().asarray(value)
     raise TypeError(
         f"{name} must be a CuPy or NumPy array, or an object with __cuda_array_interface__ or __dlpack__ "
         f"(e.g. a PyTorch tensor); got {type(value).__name__}"

@@ -5,7 +5,7 @@ specialisation (a name expression such as ``ssim_backward<float, 5>``) is a
 module of its own, compiled the first time it is asked for, so a call
 compiles only the kernels it launches: a first float32 ``ssim`` compiles two,
 not all of them. CuPy arrays get a ``RawModule`` compiled by NVRTC for their
-device (memoised per device; CuPy 14 and later keep it in their on-disk cache
+device (memoised per device; CuPy 14.2 and later read it back from their on-disk cache
 under a key that holds the source, the options and the name expression, so a
 later process loads it instead of compiling); NumPy arrays get the
 emulator's build of the same source, options and name expression (cached by
@@ -35,9 +35,10 @@ _PACKAGE = Path(__file__).resolve().parent
 # Installed wheel: cussim/kernels/. Source checkout or editable install: ../kernels/.
 KERNEL_DIRS = (_PACKAGE / "kernels", _PACKAGE.parent / "kernels")
 
-# None beyond NVRTC's defaults (C++17 since CUDA 12). The same tuple goes to
-# CuPy, to the emulator and to the compile check.
-COMPILE_OPTIONS = ()
+# C++17 (the kernels use `if constexpr`), named although NVRTC 12 defaults to it:
+# CuPy 13 adds --std=c++11 to a RawModule's options that name no standard.
+# The same tuple goes to CuPy, to the emulator and to the compile check.
+COMPILE_OPTIONS = ("--std=c++17",)
 # Architectures the compile check always covers (NVRTC 12 knows sm_70 to sm_121).
 BASE_ARCHS = (70, 80, 90)
 

@@ -166,13 +166,16 @@ def _contiguous_copy(array):
 
 @functools.lru_cache(maxsize=64)
 def _device_constants(module_name: str, device_id: int, values: tuple, dtype: np.dtype):
-    """Small constant arrays (windows, scale tables) on the device, made once per device and value."""
+    """Small constant arrays (windows, scale tables) on the device, made once per device and value.
+
+    The copy from the host is synchronous (once per array): a later launch on any stream reads it complete.
+    """
     if module_name == "numpy":
         return np.asarray(values, dtype=dtype)
     import cupy
 
     with cupy.cuda.Device(device_id):
-        return cupy.asarray(values, dtype=dtype)
+        return cupy.asarray(values, dtype=dtype, blocking=True)
 
 
 def _constants(like, values, dtype):

@@ -15,7 +15,9 @@ On a GPU, each specialisation is compiled through CuPy for every GPU CuPy
 sees, exactly as a first call would, into CuPy's kernel cache
 (``$CUPY_CACHE_DIR``, default ``~/.cupy/kernel_cache``); a later process with
 the same CuPy, CUDA and GPU architecture loads it instead of compiling. CuPy
-keeps modules with name expressions on disk from version 14 on. Architectures
+reads modules with name expressions back from its disk cache from version 14.2
+on (14.0 always compiles them again; 14.1 looks their kernels up by demangled
+name, which misses names holding enumerators or typedefs, as cussim's do). Architectures
 cannot be named: CuPy compiles for the devices it sees and keys its cache by
 them. ``--emulator`` builds the emulator's modules into
 ``$CUSSIM_CACHE_DIR/emulator`` (no GPU needed).
@@ -25,7 +27,7 @@ shows a progress bar on a terminal.
 
 Exit codes: 0 everything asked for was compiled; 2 a usage error (an unknown
 name); 3 nothing could be compiled for a GPU here (no CuPy, no GPU, CuPy older
-than 14, or ``CUPY_CACHE_IN_MEMORY`` set), with the reason on stderr.
+than 14.2, or ``CUPY_CACHE_IN_MEMORY`` set), with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import _kernels
 
 NO_GPU = 3  # the exit code when nothing can be compiled for a GPU here
-CUPY_KEEPS_NAME_EXPRESSIONS = 14  # the first CuPy major version that reads such modules back from its disk cache
+CUPY_KEEPS_NAME_EXPRESSIONS = (14, 2)  # the first CuPy release that reads such modules back from its disk cache
 
 
 def resolve(names) -> list:
@@ -75,6 +77,18 @@ def resolve(names) -> list:
     return list(dict.fromkeys(chosen))
 
 
+KEEPS_NAME_EXPRESSIONS_TEXT = ".".join(map(str, CUPY_KEEPS_NAME_EXPRESSIONS))
+
+
+def release(version: str) -> tuple:
+    """(major, minor) of a version string.
+
+    >>> release("14.2.0"), release("15.0.0rc1")
+    ((14, 2), (15, 0))
+    """
+    return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
+
+
 def gpu_devices():
     """(CuPy, [device ids]) where kernels can be compiled into CuPy's disk cache, or (None, why not)."""
     try:
@@ -85,10 +99,9 @@ def gpu_devices():
         return None, f"no GPU: CuPy cannot reach one ({type(exc).__name__}: {exc})"
     if count == 0:
         return None, "no GPU: CuPy sees no CUDA device"
-    major = int(cupy.__version__.split(".")[0])
-    if major < CUPY_KEEPS_NAME_EXPRESSIONS:
+    if release(cupy.__version__) < CUPY_KEEPS_NAME_EXPRESSIONS:
         return None, (f"CuPy {cupy.__version__} compiles modules with name expressions again in every process; "
-                      f"CuPy {CUPY_KEEPS_NAME_EXPRESSIONS} or newer keeps them on disk: upgrade CuPy")
+                      f"CuPy {KEEPS_NAME_EXPRESSIONS_TEXT} or newer reads them back from its disk cache: upgrade CuPy")
     if os.environ.get("CUPY_CACHE_IN_MEMORY", "0") not in ("", "0"):
         return None, "CUPY_CACHE_IN_MEMORY is set: CuPy keeps nothing on disk; unset it to precompile"
     return cupy, list(range(count))
@@ -113,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
         prog="cussim precompile", description="Compile cussim's kernels ahead of time into the on-disk caches "
         "that a first call reads (CuPy's for every GPU present, or the emulator's).",
         epilog=f"Exit codes: 0 done, 2 usage error, {NO_GPU} no GPU to compile for (or CuPy older than "
-        f"{CUPY_KEEPS_NAME_EXPRESSIONS}, or CUPY_CACHE_IN_MEMORY set).")
+        f"{KEEPS_NAME_EXPRESSIONS_TEXT}, or CUPY_CACHE_IN_MEMORY set).")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="a family (ssim) or a specialisation ('ssim_forward<float, 5>'); default: all")
     p.add_argument("--emulator", action="store_true", help="build the CPU emulator's modules instead (no GPU needed)")

@@ -177,13 +177,13 @@ def _kernel_results(x, y, params, gradient, full):
         )
     xp = _arrays.array_module(x)
     working = _float_type(x.dtype)
-    if x.dtype != working or y.dtype != working:  # skimage's working dtype: float64 for integer images
-        x, y = x.astype(working), y.astype(working)
     launcher = _launch3d if params.spatial == 3 else _launch
     planes = int(np.prod(x.shape[: -params.spatial], dtype=np.int64))
     map_shape = params.map_shape(x.shape)
-    ctype = _launch.compute_dtype(x.dtype)
+    ctype = _launch.compute_dtype(working)
     with _arrays.on_device(x):
+        if x.dtype != working or y.dtype != working:  # skimage's working dtype: float64 for integer images
+            x, y = x.astype(working), y.astype(working)
         block_sums = _arrays.empty(xp, (planes * launcher.tiles(map_shape, x.dtype),), np.float64)
         S = _arrays.empty(xp, map_shape, ctype) if full else None
         grad_maps = _arrays.empty(xp, (3 * int(np.prod(map_shape)),), ctype) if gradient else None

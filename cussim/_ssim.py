@@ -374,7 +374,8 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
     problem.check_apart({"out": out, "grad": grad, "workspace.block_sums": getattr(workspace, "block_sums", None),
                          "workspace.grad_maps": getattr(workspace, "grad_maps", None)})
     if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
-        flat_out[...] = np.nan
+        with problem.device():
+            flat_out[...] = np.nan
         return out
     if not _use_kernels(problem):
         value, gradient = reference(want_gradient)

@@ -7,8 +7,11 @@ CuPy where a GPU is.
 """
 
 import functools
+import importlib
 import shutil
+import sys
 
+import cupy_standin
 import pytest
 from executors import Executor
 
@@ -56,3 +59,49 @@ def empty_emulator_cache(tmp_path, monkeypatch, emulator_runtime):
     shutil.copy2(emulator_runtime, cache / "emulator" / emulator_runtime.name)
     monkeypatch.setenv("CUSSIM_CACHE_DIR", str(cache))
     return cache
+
+@functools.lru_cache(maxsize=None)
+def standin_differences():
+    """What the CuPy stand-in has that the installed CuPy lacks (None: no CuPy installed to compare with)."""
+    try:
+        cupy = importlib.import_module("cupy")
+    except ImportError:
+        return None
+    return tuple(cupy_standin.check_against(cupy))
+
+
+def _clear_gpu_caches():
+    from cussim import _kernels, _launch
+
+    _kernels.cupy_kernel.cache_clear()
+    _launch._device_constants.cache_clear()
+    _launch._PLANS.clear()
+
+
+@pytest.fixture
+def standin_cupy(monkeypatch):
+    """The strict CuPy stand-in (tests/cupy_standin.py) installed as ``cupy``: cussim's GPU path on the CPU.
+
+    Fails where the stand-in has a name, attribute or parameter that the installed CuPy lacks.
+    """
+    differences = standin_differences()
+    if differences:
+        pytest.fail("the CuPy stand-in differs from the installed CuPy:\n" + "\n".join(differences))
+    for name, module in cupy_standin.modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "cupyx", None)  # an ImportError: the stand-in has no cupyx (Dask tries it)
+    cupy_standin.reset()
+    _clear_gpu_caches()
+    yield sys.modules["cupy"]
+    _clear_gpu_caches()
+    cupy_standin.reset()
+
+
+@pytest.fixture(params=["standin", pytest.param("cupy", marks=pytest.mark.gpu)])
+def gpu_cupy(request):
+    """CuPy for tests of the GPU path: the stand-in everywhere, the real one on a GPU."""
+    if request.param == "standin":
+        return request.getfixturevalue("standin_cupy")
+    import cupy
+
+    return cupy

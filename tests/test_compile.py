@@ -17,6 +17,12 @@ the next run, a changed one always is. The per-architecture check is slow
 and left out of a plain ``pytest``: ``python -m pytest -m slow`` runs it (CI does).
 """
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import venv
 from pathlib import Path
 
 import pytest
@@ -38,10 +44,58 @@ def test_base_architectures_are_covered():
     assert set(_kernels.BASE_ARCHS) <= set(_archs())
 
 
+# Prints, as JSON, CuPy's version and the options its RawModule gives NVRTC for the options in argv (the
+# architecture aside): CuPy's own assembly (cupy._core.core, no GPU needed), then the two that
+# cupy.cuda.compiler adds to every NVRTC compilation, each checked to be in its source still. --pch (CuPy 14
+# with NVRTC 12.8 and newer) is left out: it caches parsed headers, and the kernels include none.
+_CUPY_OPTIONS_SCRIPT = textwrap.dedent("""
+    import inspect, json, sys
+    import cupy, cupy._core.core as core, cupy.cuda.compiler as compiler
+    options = list(core.assemble_cupy_compiler_options(tuple(sys.argv[1:])))
+    source = inspect.getsource(compiler)
+    for added in ("-ftz=true", "--device-as-default-execution-space"):
+        assert repr(added) in source, added + " is no longer in cupy.cuda.compiler"
+        options.append(added)
+    print(json.dumps({"version": cupy.__version__, "options": options}))
+""")
+
+
+def cupy_options(python=sys.executable, env=None) -> dict:
+    """{"version", "options"}: what CuPy under ``python`` compiles cussim's RawModules with (see above)."""
+    result = subprocess.run([str(python), "-c", _CUPY_OPTIONS_SCRIPT, *_kernels.COMPILE_OPTIONS],
+                            capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        message = f"CuPy's option assembly failed under {python} (the test extra brings CuPy): {result.stderr}"
+        if "No module named 'cupy'" in result.stderr and not os.environ.get("CI"):
+            pytest.skip(message)
+        pytest.fail(message)
+    return json.loads(result.stdout)
+
+
+def run_time_options(options) -> tuple:
+    """CuPy's options without its include paths: the kernels include no header, so no path changes what
+    compiles (test_kernels_include_no_header), and the paths differ between environments."""
+    return tuple(o for o in options if not o.startswith("-I"))
+
+
+def test_kernels_include_no_header():
+    for family in _kernels.FAMILIES:
+        assert "#include" not in _build.strip_comments(_kernels.kernel_source(family)), family
+
+
+def test_cupys_options_keep_cussims_standard():
+    """CuPy adds a standard where the options name none (13.x: C++11, which the kernels' `if constexpr`
+    fails under), so cussim names its own, and CuPy's assembly keeps it as the only one."""
+    options = cupy_options()["options"]
+    assert [o for o in options if "-std=" in o] == ["--std=c++17"]
+    assert {"-ftz=true", "--device-as-default-execution-space"} <= set(options)
+
+
 @pytest.fixture(scope="module")
 def reports():
-    """{(family, arch): CompileReport} of the whole compile check."""
-    jobs = _kernels.compile_check_jobs(_nvrtc.supported_archs())
+    """{(family, arch): CompileReport} of the whole compile check, with the options CuPy compiles with."""
+    options = run_time_options(cupy_options()["options"])
+    jobs = [dict(job, options=options) for job in _kernels.compile_check_jobs(_nvrtc.supported_archs())]
     done = _nvrtc.compile_reports(jobs, cache=_build.cache_dir().with_name("nvrtc"))
     return {(job["filename"].removesuffix(".cu"), job["arch"]): report for job, report in zip(jobs, done)}
 
@@ -60,6 +114,32 @@ def test_every_specialisation_compiles_cleanly(reports, family, arch):
         assert k.spill_stores == 0 and k.spill_loads == 0, f"{k.name} spills on sm_{arch}"
         assert k.stack_frame == 0, f"{k.name} has a {k.stack_frame}-byte local-memory stack frame on sm_{arch}"
         assert k.shared_bytes <= SHARED_LIMIT, f"{k.name} uses {k.shared_bytes} bytes of static shared memory"
+
+
+# The oldest and the newest CuPy that setup.cfg's extras allow, for CUDA 12 and 13 (with the NumPy the oldest
+# was built against).
+CUPY_RELEASES = {
+    "oldest, CUDA 12": ("cupy-cuda12x==13.0.0", "numpy<2", "cuda-toolkit[cudart,nvrtc]==12.*"),
+    "newest, CUDA 12": ("cupy-cuda12x", "cuda-toolkit[cudart,nvrtc]==12.*"),
+    "oldest, CUDA 13": ("cupy-cuda13x==14.0.0", "cuda-toolkit[cudart,nvrtc]==13.*"),
+    "newest, CUDA 13": ("cupy-cuda13x", "cuda-toolkit[cudart,nvrtc]==13.*"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("release", CUPY_RELEASES)
+def test_oldest_and_newest_cupy_compile_with_the_checked_options(tmp_path, release):
+    """Each CuPy release's own option assembly, in a fresh environment, gives the options the compile check
+    above compiles every specialisation with (include paths aside): a new option in a CuPy release fails here
+    until the check compiles with it."""
+    env_dir = tmp_path / "cupy-venv"
+    venv.create(env_dir)
+    python = env_dir / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CUDA_PATH", "CUDA_HOME")}
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    *CUPY_RELEASES[release]], check=True, env=clean)
+    theirs = cupy_options(python, env=clean)
+    assert run_time_options(theirs["options"]) == run_time_options(cupy_options()["options"]), theirs["version"]
 
 
 def test_reports_are_kept_by_their_inputs(tmp_path):

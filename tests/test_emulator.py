@@ -427,3 +427,62 @@ def test_extern_shared_rewrite():
     rewritten = _build.rewrite_extern_shared(source)
     assert "float* buffer = reinterpret_cast<float*>(::emu::dynamic_shared());" in rewritten
     assert "unsigned char* raw = reinterpret_cast<unsigned char*>(::emu::dynamic_shared());" in rewritten
+
+
+_FP_KERNEL = """
+template <class T> __global__ void fp(T* out, const T* a, const T* b, const T* c) {
+    out[0] = a[0] * b[0] + c[0];  // an FMA keeps the product's low bits: -2**-46, not 0
+    out[1] = a[1] * b[1];         // a denormal product: 0 when flushed
+    out[2] = a[2] + c[2];         // a denormal input: read as 0 when flushed
+}"""
+
+
+@pytest.mark.parametrize("mode, expected", [("exact", [0.0, 1e-40, 1e-40]), ("gpu", [-(2.0**-46), 0.0, 0.0])])
+def test_fp_mode_contracts_and_flushes_denormals_as_a_gpu_does(monkeypatch, mode, expected):
+    """CUSSIM_EMULATOR_FPMODE=gpu: multiply-adds become FMAs and float32 denormals flush to zero (NVRTC's
+    contraction and CuPy's -ftz=true); the default keeps the source's roundings and denormals. The caller's
+    MXCSR is back after the launch (NumPy keeps its denormals)."""
+    monkeypatch.setenv("CUSSIM_EMULATOR_FPMODE", mode)
+    a = np.array([1 + 2.0**-23, 1e-20, 1e-40], np.float32)
+    b = np.array([1 - 2.0**-23, 1e-20, 0], np.float32)
+    c = np.array([-1, 0, 0], np.float32)
+    out = np.full(3, np.nan, np.float32)
+    _emulator.RawModule(code=_FP_KERNEL, name_expressions=["fp<float>"]).get_function("fp<float>")(
+        (1,), (1,), (out, a, b, c))
+    np.testing.assert_array_equal(out, np.array(expected, np.float32))
+    assert np.float32(1e-20) * np.float32(1e-20) != 0
+
+
+def test_fp_mode_is_checked(monkeypatch):
+    monkeypatch.setenv("CUSSIM_EMULATOR_FPMODE", "fast")
+    with pytest.raises(ValueError, match="CUSSIM_EMULATOR_FPMODE='fast': use one of exact, gpu"):
+        _build.fp_mode()
+
+
+def test_fp_mode_gpu_needs_an_x86_64_cpu_with_fma(monkeypatch):
+    monkeypatch.setenv("CUSSIM_EMULATOR_FPMODE", "gpu")
+    monkeypatch.setattr(_build.platform, "machine", lambda: "aarch64")
+    with pytest.raises(ValueError, match="needs an x86-64 CPU with FMA.*this one is aarch64"):
+        _build.fp_mode()
+    _build._cpu_has_fma.cache_clear()
+    monkeypatch.setattr(_build, "Path", lambda path: Path("/nonexistent/cpuinfo"))
+    try:
+        assert _build._cpu_has_fma() is False
+    finally:
+        _build._cpu_has_fma.cache_clear()
+
+
+def test_launch_arguments_are_checked(monkeypatch):
+    kernel = _emulator.RawModule(code="__global__ void k(int* x) { x[0] = 1; }").get_function("k")
+    x = np.zeros(1, np.int32)
+    with pytest.raises(_emulator.LaunchConfigError, match="shared_mem must be a non-negative int"):
+        kernel((1,), (1,), (x,), shared_mem=-1)
+    with pytest.raises(_emulator.ArgumentTypeError, match="args must be a tuple, got ndarray"):
+        kernel((1,), (1,), x)
+    with pytest.raises(_emulator.LaunchConfigError, match="grid must be an int or a tuple of 1 to 3 ints"):
+        kernel((1, 1, 1, 1), (1,), (x,))
+    with pytest.raises(ValueError, match="RawModule takes exactly one of code= or path="):
+        _emulator.RawModule()
+    monkeypatch.setenv("CUSSIM_EMULATOR_ORDER", "sideways")
+    with pytest.raises(ValueError, match="CUSSIM_EMULATOR_ORDER='sideways'"):
+        kernel((1,), (1,), (x,))

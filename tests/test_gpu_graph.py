@@ -1,5 +1,5 @@
 """A call into preallocated buffers can be captured in a CUDA graph: it allocates nothing and never
-synchronises, and the replayed graph computes what the call computes (GPU only)."""
+synchronises, and the replayed graph computes what the call computes (on a GPU, and on the CuPy stand-in)."""
 
 import numpy as np
 import pytest
@@ -7,13 +7,11 @@ import pytest
 import cussim
 
 
-@pytest.mark.gpu
-def test_in_place_gradient_call_is_captured_and_replayed_in_a_cuda_graph():
-    import cupy
-
+def test_in_place_gradient_call_is_captured_and_replayed_in_a_cuda_graph(gpu_cupy):
+    cupy = gpu_cupy
     rng = np.random.default_rng(0)
-    x = cupy.asarray(rng.random((2, 3, 70, 90), dtype=np.float32))
-    y = cupy.asarray(rng.random((2, 3, 70, 90), dtype=np.float32))
+    x = cupy.asarray(rng.random((2, 3, 70, 90), dtype=np.float32), blocking=True)
+    y = cupy.asarray(rng.random((2, 3, 70, 90), dtype=np.float32), blocking=True)
     out, grad = cupy.empty((), cupy.float32), cupy.empty(x.shape, cupy.float32)
     workspace = cussim.make_workspace(x)
     call = lambda: cussim.dssim_with_gradient(x, y, data_range=1.0, out=out, grad=grad, workspace=workspace)  # noqa: E731

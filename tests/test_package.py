@@ -114,3 +114,41 @@ def test_without_nvrtc_the_message_names_the_extra(monkeypatch):
             _nvrtc.library()
     finally:
         _nvrtc.library.cache_clear()
+
+
+def _extra(name) -> list:
+    """The requirements of one of setup.cfg's extras."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    return [line.strip() for line in config["options.extras_require"][name].splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", ["cuda12", "cuda13"])
+def test_cuda_extra_brings_what_cupy_compiles_kernels_with(tmp_path, extra):
+    """A fresh environment with only the extra installed: CuPy's own option assembly (what every RawModule is
+    compiled with; it needs no GPU) finds NVRTC and the CUDA headers inside the environment, so a machine
+    with the NVIDIA driver alone compiles cussim's kernels (no "Failed to find CUDA headers")."""
+    env_dir = tmp_path / "fresh-venv"
+    venv.create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", *_extra(extra)],
+                   check=True, env=CLEAN_ENV)
+    script = textwrap.dedent("""
+        import os, sys
+        import cupy._core.core as core
+        from cupy.cuda import nvrtc
+        print(nvrtc.getVersion()[0])
+        for option in core.assemble_cupy_compiler_options(()):
+            if option.startswith("-I") and os.path.isfile(os.path.join(option[2:], "cuda_runtime.h")):
+                print(option[2:])
+    """)
+    environment = {k: v for k, v in CLEAN_ENV.items() if k not in ("CUDA_PATH", "CUDA_HOME")}
+    result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr
+    nvrtc_major, *headers = result.stdout.split()
+    assert nvrtc_major == extra.removeprefix("cuda")
+    assert headers and all(Path(h).resolve().is_relative_to(env_dir.resolve()) for h in headers), headers
+    assert all(Path(h, "cuda_fp16.h").is_file() for h in headers)

@@ -223,7 +223,7 @@ def _cussim_entries(folder: Path):
 def _require_cupy_that_keeps_name_expressions():
     import cupy
 
-    if int(cupy.__version__.split(".")[0]) < _precompile.CUPY_KEEPS_NAME_EXPRESSIONS:
+    if _precompile.release(cupy.__version__) < _precompile.CUPY_KEEPS_NAME_EXPRESSIONS:
         pytest.skip(f"CuPy {cupy.__version__} does not read modules with name expressions back from its cache")
 
 

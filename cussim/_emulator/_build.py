@@ -12,6 +12,15 @@ Builds are cached by content hash in ``cache_dir()``; a file lock per hash and
 an atomic rename make concurrent builds from several processes safe. A build
 takes seconds, so on a terminal each one says so on stderr (the first of a
 process also what is compiled and why); ``announce_builds`` turns that off or on.
+
+``CUSSIM_EMULATOR_FPMODE`` (read when a module is built, so set it before a
+process's first launch) picks the floating-point arithmetic: ``exact`` (the
+default: no contraction the source did not ask for, denormals kept) or
+``gpu``, closer to what NVRTC builds under CuPy's ``-ftz=true``: multiply-adds
+contracted into FMAs (``-ffp-contract=fast -mfma``) and denormals flushed to
+zero (the MXCSR's FTZ and DAZ bits, set around each launch by
+:func:`mxcsr_library`'s functions; on the CPU this flushes float64 too, which a
+GPU does not).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -38,6 +48,14 @@ RUNTIME_SOURCE = HERE / "runtime.cpp"
 # -Wl,-Bsymbolic: the module's assert() reaches the runtime's __assert_fail.
 CXX_FLAGS = ("-O1", "-fPIC", "-fno-strict-aliasing", "-ffp-contract=off", "-fno-fast-math", "-pthread")
 DEFAULT_STD = "-std=c++17"
+# CUSSIM_EMULATOR_FPMODE: g++ flags of the kernels and the runtime, after CXX_FLAGS (the last -ffp-contract wins;
+# at -O1, g++ contracts only with -fexpensive-optimizations)
+FP_MODES = {"exact": (), "gpu": ("-ffp-contract=fast", "-mfma", "-fexpensive-optimizations")}
+FLUSH_DENORMALS = 0x8040  # the MXCSR's FTZ (bit 15) and DAZ (bit 6)
+_MXCSR_SOURCE = """
+extern "C" unsigned int emu_get_mxcsr() { unsigned int v; __asm__ volatile("stmxcsr %0" : "=m"(v)); return v; }
+extern "C" void emu_set_mxcsr(unsigned int v) { __asm__ volatile("ldmxcsr %0" : : "m"(v)); }
+"""
 
 _EXTERN_SHARED = re.compile(
     r"extern\s+__shared__\s+((?:__align__\s*\(\s*\d+\s*\)\s+)?)([A-Za-z_][\w:\s<>,]*?)\s*"
@@ -88,6 +106,48 @@ def rewrite_extern_shared(source: str) -> str:
         return f"{ctype}* {m.group(4)} = reinterpret_cast<{ctype}*>(::emu::dynamic_shared());"
 
     return _EXTERN_SHARED.sub(pointer, source)
+
+
+def fp_mode() -> str:
+    """``CUSSIM_EMULATOR_FPMODE``: "exact" (the default) or "gpu" (see the module's docstring)."""
+    mode = os.environ.get("CUSSIM_EMULATOR_FPMODE", "exact").strip().lower() or "exact"
+    if mode not in FP_MODES:
+        raise ValueError(f"CUSSIM_EMULATOR_FPMODE={mode!r}: use one of {', '.join(FP_MODES)}")
+    if mode == "gpu" and (platform.machine() != "x86_64" or not _cpu_has_fma()):
+        raise ValueError("CUSSIM_EMULATOR_FPMODE=gpu needs an x86-64 CPU with FMA (it contracts with -mfma and "
+                         f"flushes denormals through the MXCSR); this one is {platform.machine()} (FMA: "
+                         f"{'yes' if _cpu_has_fma() else 'no'}): use CUSSIM_EMULATOR_FPMODE=exact")
+    return mode
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_has_fma() -> bool:
+    try:
+        return any(line.startswith("flags") and " fma " in f"{line} " for line in Path("/proc/cpuinfo").open())
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def mxcsr_library():
+    """emu_get_mxcsr() and emu_set_mxcsr(value): the calling thread's SSE control register (x86-64), which a
+    launch's fibers take from the thread that launches them."""
+    import ctypes
+
+    target = cache_dir() / f"mxcsr-{_digest(_toolchain_identity(), _MXCSR_SOURCE)}.so"
+
+    def build(tmp: Path) -> None:
+        source = tmp.with_suffix(".cpp")
+        source.write_text(_MXCSR_SOURCE)
+        try:
+            _run(_compiler() + ["-O1", "-fPIC", "-shared", str(source), "-o", str(tmp)], "emulator MXCSR helper")
+        finally:
+            source.unlink()
+
+    library = ctypes.CDLL(str(_build_once(target, build)))
+    library.emu_get_mxcsr.restype = ctypes.c_uint
+    library.emu_set_mxcsr.argtypes = (ctypes.c_uint,)
+    return library
 
 
 def translate_options(options) -> tuple[list[str], str]:
@@ -173,11 +233,12 @@ def _run(cmd: list[str], what: str, source_text: str | None = None) -> None:
         raise CompileError(f"{what}: g++ failed ({shlex.join(cmd)})", log=result.stderr, source=source_text)
 
 
-def _runtime_object(toolchain: str, std: str) -> Path:
-    target = cache_dir() / f"runtime-{_digest(toolchain, std)}.o"
+def _runtime_object(toolchain: str, std: str, fp_flags=()) -> Path:
+    target = cache_dir() / f"runtime-{_digest(toolchain, std, *fp_flags)}.o"
 
     def build(tmp: Path) -> None:
-        cmd = _compiler() + [std, *CXX_FLAGS, f"-I{INCLUDE_DIR}", "-c", str(RUNTIME_SOURCE), "-o", str(tmp)]
+        cmd = _compiler() + [std, *CXX_FLAGS, *fp_flags, f"-I{INCLUDE_DIR}", "-c", str(RUNTIME_SOURCE), "-o",
+                             str(tmp)]
         _run(cmd, "emulator runtime")
 
     return _build_once(target, build)
@@ -202,11 +263,13 @@ def _announce(filename: str, name_expressions) -> None:
 def build_module(source: str, filename: str, options=(), name_expressions=()) -> Path:
     """Compiles ``source`` for the emulator (cached) and returns the shared library's path."""
     flags, std = translate_options(options)
+    fp_flags = FP_MODES[fp_mode()]
+    flags += fp_flags
     plain, _ = kernel_names(source)
     entries = list(dict.fromkeys(plain + list(name_expressions)))
     unit = translation_unit(source, filename, entries)
     toolchain = _toolchain_identity()
-    runtime = _runtime_object(toolchain, std)
+    runtime = _runtime_object(toolchain, std, fp_flags)
     target = cache_dir() / f"module-{_digest(toolchain, unit, std, flags)}.so"
 
     def build(tmp: Path) -> None:

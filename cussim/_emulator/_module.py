@@ -13,11 +13,14 @@ Launch settings come from the environment, read at each launch:
 - ``CUSSIM_EMULATOR_GUARD=1``: every array argument is copied next to a
   PROT_NONE page for the launch, so reading or writing past its end faults;
 - ``CUSSIM_EMULATOR_TIMEOUT``: seconds before a launch is stopped (default 300,
-  0 for none).
+  0 for none);
+- ``CUSSIM_EMULATOR_FPMODE=gpu``: denormals flushed to zero during the launch
+  (and, when the module is built, multiply-adds contracted; see ``_build``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -198,7 +201,7 @@ class Function:
             storage, pointers = self._marshal(args, guard)
             message = ctypes.create_string_buffer(4096)
             fault = ctypes.c_void_p()
-            with _LAUNCH_LOCK:
+            with _LAUNCH_LOCK, _denormals_flushed(_build.fp_mode() == "gpu"):
                 status = self._library.lib.emu_launch(
                     self._index, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared_mem,
                     pointers, ORDERS.index(settings.order), settings.seed, settings.timeout,
@@ -234,6 +237,22 @@ class Function:
         storage = [_argument(self.name, i, param, arg, guard) for i, (param, arg) in enumerate(zip(self.params, args))]
         pointers = (ctypes.c_void_p * max(1, len(storage)))(*[ctypes.addressof(s) for s in storage])
         return storage, pointers
+
+
+@contextlib.contextmanager
+def _denormals_flushed(flush: bool):
+    """With ``flush``, this thread's MXCSR flushes denormals (FTZ and DAZ) inside the block, as -ftz=true does on
+    a GPU; the launch's fibers take the register from this thread."""
+    if not flush:
+        yield
+        return
+    mxcsr = _build.mxcsr_library()
+    saved = mxcsr.emu_get_mxcsr()
+    mxcsr.emu_set_mxcsr(saved | _build.FLUSH_DENORMALS)
+    try:
+        yield
+    finally:
+        mxcsr.emu_set_mxcsr(saved)
 
 
 def _dims(what, value, limits):
