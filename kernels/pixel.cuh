@@ -236,4 +236,23 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     return out;
 }
 
+// The fused L1 term of the L1 + DSSIM loss (docs/spec.rst section 4): a counted pixel's share of the
+// block sum, its value scaled by sum_scale plus l1 |x - y| (dx = x - y, in the range-scaled units),
+// and l1 |x - y|'s derivative with respect to x, l1 sign(x - y) (0 where x equals y).
+template <class C>
+__device__ inline double with_l1(double value, C dx, double sum_scale, double l1) {
+    return sum_scale * value + l1 * (double)fabs(dx);
+}
+template <class C>
+__device__ inline C l1_gradient(C xv, C yv, C l1) {
+    return xv > yv ? l1 : (xv < yv ? -l1 : C(0));
+}
+
+// The weight of a map pixel's partials in the gradient of the mean: `weight` where the mean counts
+// the pixel, 0 elsewhere; scikit-image's gradient is that of the uncropped map's mean (every pixel).
+template <class C>
+__device__ inline C partial_weight(bool counted, int formula, C weight) {
+    return (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
+}
+
 }  // namespace cussim

@@ -234,14 +234,15 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
                                             inv_range) -
                                  load_voxel(yp, y_depth, y_row, y_col, d, row, col, depth, height, width, PAD_SAME,
                                             inv_range);
-                    value = sum_scale * value + l1 * (double)fabs(dx);
+                    value = with_l1(value, dx, sum_scale, l1);
                 }
                 thread_sum += value;
                 if (grad_maps) {
-                    // skimage's gradient is that of the uncropped map's mean. partial[0] moves from the
-                    // moments shifted by kx (x) and kx - ky (d = x - y) to unshifted ones: ssim3d_backward
-                    // combines the maps with x and x - y themselves.
-                    const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
+                    // partial[0] moves from the moments shifted by kx (x) and kx - ky (d = x - y) to
+                    // unshifted ones: ssim3d_backward combines the maps with x and x - y themselves. It is
+                    // moved_partial with moves -2 kx and -2 (kx - ky), factored as before: that form cost 1
+                    // instruction more per voxel for double at R = 5 (python -m bench.sass).
+                    const C w = partial_weight(counted, formula, weight);
                     const long long at = p * g.map_voxels + ((long long)d * g.map_h + row) * g.map_w + col;
                     const C partials[3] = {px.partial[0] - C(2) * (kx * px.partial[1] + (kx - ky) * px.partial[2]),
                                            px.partial[1], px.partial[2]};
@@ -324,10 +325,12 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim
                                         inv_range);
                 const C yv = load_voxel(yp, y_depth, y_row, y_col, z, row, col, depth, height, width, PAD_SAME,
                                         inv_range);
+                // P0 + 2 x P1 + 2 (x - y) P2 of the unshifted moments' partials: moved_partial with moves 2 x
+                // and 2 (x - y), factored with one multiply fewer per voxel (python -m bench.sass)
                 C value = (blurred[0] + C(2) * (xv * blurred[1] + (xv - yv) * blurred[2])) * inv_range;
                 if (volume_weights) value *= (C)volume_weights[p];
                 if (coarse) value += pooled_adjoint3d(coarse, p, z, row, col, depth, height, width, variant);
-                if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
+                if (l1 != C(0)) value += l1_gradient(xv, yv, l1);
                 typename GradientType<T>::type* gp =
                     grad + outer * g_outer + inner * g_inner + z * g_depth + row * g_row + col * g_col;
                 if (accumulate) value += (C)element_value(*gp);

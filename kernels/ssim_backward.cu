@@ -201,13 +201,13 @@ __device__ inline void backward_planes(
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
                 const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
                 const C twice_x = xv * twice_inv_range - own_x, twice_d = (xv - yv) * twice_inv_range - own_d;
-                C value = (b[0] + twice_x * b[1] + twice_d * b[2]) * inv_range;
+                C value = moved_partial(b, twice_x, twice_d) * inv_range;  // P0 + 2 x' P1 + 2 d' P2
                 if (MsSsim) {
                     value *= (C)pyramid.plane_weights[p];
                     if (pyramid.coarse)
                         value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
                 }
-                if (Tail & GRAD_WRITE_L1) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
+                if (Tail & GRAD_WRITE_L1) value += l1_gradient(xv, yv, l1);
                 if ((Tail & GRAD_ADD) || (MsSsim && accumulate)) value += (C)element_value(*gq);
                 store(gq, value);
             }

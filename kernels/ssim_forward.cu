@@ -236,12 +236,11 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + first_row + i, c = R + (lane & 15);
                 const C dx = (tile[0][r][c] + sx) - (tile[1][r][c] + sy);
-                counted_value = sum_scale * counted_value + l1 * (double)fabs(dx);
+                counted_value = with_l1(counted_value, dx, sum_scale, l1);
             }
             counted_sum += counted_value;
             if (formula != GRADIENT_NONE) {
-                // skimage's gradient is that of the uncropped map's mean
-                const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
+                const C w = partial_weight(counted, formula, weight);
                 const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
                 for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
             }
