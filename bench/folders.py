@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.run import RESULTS  # the default output folder, ignored by git
+from bench.report import RESULTS  # the default output folder, ignored by git
 
 
 def write_pairs(root: Path, pairs: int, size: int) -> tuple[Path, Path]:
