@@ -192,13 +192,17 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
         const long long outer = p / inner_count, inner = p % inner_count;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
-        // The shifts (pixel.cuh's ssim_pixel, tile_shift): the voxel nearest the brick's centre, or 0 where
-        // it is not finite, so that a NaN or an infinity there stays in the windows that hold it.
+        // The shifts (pixel.cuh's ssim_pixel): the voxel nearest the brick's centre, or 0 where it is not
+        // finite, so that a NaN or an infinity there stays in the windows that hold it (as tile_shift does;
+        // tile_shift's element offset made ptxas spill here, python -m bench.sass and bench/NOTES.md).
         const int centre_z = min(g.first + g.offset + chunk / 2, depth - 1);
         const int centre_row = min(g.row + g.offset + kTile / 2, height - 1);
         const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
-        const C kx = tile_shift(xp, centre_z * x_depth + centre_row * x_row + centre_col * x_col, inv_range);
-        const C ky = tile_shift(yp, centre_z * y_depth + centre_row * y_row + centre_col * y_col, inv_range);
+        const C x_centre = load_voxel(xp, x_depth, x_row, x_col, centre_z, centre_row, centre_col, depth, height,
+                                      width, PAD_SAME, inv_range);
+        const C y_centre = load_voxel(yp, y_depth, y_row, y_col, centre_z, centre_row, centre_col, depth, height,
+                                      width, PAD_SAME, inv_range);
+        const C kx = is_finite(x_centre) ? x_centre : C(0), ky = is_finite(y_centre) ? y_centre : C(0);
         RollingWindow<C, R, 5> window = {};
         double thread_sum = 0.0;
         // Input plane z feeds map planes z - offset - R .. z - offset + R.
