@@ -410,13 +410,13 @@ def test_no_gpu_to_compute_on(standin_cupy, monkeypatch):
     import sys
     import types
 
-    from cussim import _cli, _cluster, _precompile
+    from cussim import _cluster, _pairs, _precompile
 
     cpu_cluster = types.SimpleNamespace(LocalCluster=lambda **kwargs: ("cpu", kwargs))
     monkeypatch.setitem(sys.modules, "dask_cuda", None)
     assert _cluster._local_cluster(cpu_cluster, 1, "auto")[0] == "cpu"
     monkeypatch.setattr(standin_cupy.cuda.runtime, "getDeviceCount", lambda: 0)
-    assert _cli._gpu() == (None, "no CUDA device")
+    assert _pairs._gpu() == (None, "no CUDA device")
     monkeypatch.setitem(sys.modules, "cupy", None)
     cupy, why = _precompile.gpu_devices()
     assert cupy is None and why.startswith("no GPU: CuPy cannot reach one (ModuleNotFoundError")
