@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     except ImportError as exc:
         print(f"{NEEDS_TORCH} ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
-    from cussim._cli import progress_bar
+    from cussim._progress import progress_bar
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     defaults = DEFAULTS["cuda" if torch.device(device).type == "cuda" else "cpu"]

@@ -37,6 +37,7 @@ import numpy as np
 
 from . import __version__, _cluster, _imagefiles
 from ._pairs import UsageError, _numpy, on_device, run_pairs, select_device
+from ._progress import progress_bar
 from ._params import check_compute_range, ssim_params
 from ._ssim import ssim, ssim_map
 
@@ -107,19 +108,6 @@ class Report:
             lines.append("worst: " + ", ".join(f"{w['pair']} ({w['ssim']:.4f})" for w in s["worst"]))
         target = self.stream if self.kind == "table" else sys.stderr
         print("\n".join(lines), file=target)
-
-
-def progress_bar(total: int, unit: str = "pair", desc: str | None = None, quiet: bool = False):
-    """tqdm's progress bar on stderr (``desc``, count, rate, time left), off when ``quiet`` or unless stderr is a
-    terminal.
-
-    Write anything else inside ``bar.external_write_mode(file=stream)``: the bar is cleared first and
-    drawn again after, so no line starts inside it. It clears itself when closed.
-    """
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
-                disable=quiet or total < 2 or not sys.stderr.isatty())
 
 
 # ---- outputs ----------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def gpu_devices():
 def _run(build, chosen, jobs: int, quiet: bool, why: str) -> float:
     """Calls ``build(family, name)`` for each chosen specialisation, ``jobs`` at a time, saying ``why`` first and
     showing a progress bar (unless ``quiet``); returns the seconds."""
-    from ._cli import progress_bar
+    from ._progress import progress_bar
 
     if not quiet:
         print(f"cussim precompile: {why}", file=sys.stderr, flush=True)
