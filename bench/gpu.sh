@@ -243,7 +243,7 @@ step_f() {  # compute-sanitizer, memcheck then racecheck
             echo "on the GPU: compute-sanitizer ${command[*]}" >"$logs/f-$check-command.log"
             run "f-$check" 60 "$py" -m bench.gpu_smoke sanitize --rehearse
             rc=$?
-            grep '^sanitized' "$logs/f-$check.log" | sed 's/^/  /' | tee -a "$summary"
+            grep '^sanitized' "$logs/f-$check.log" | sed "s/^/  $check: /" | tee -a "$summary"
         elif [ -n "$sanitizer" ]; then
             run "f-$check" 70 "$sanitizer" "${command[@]}"
             rc=$?

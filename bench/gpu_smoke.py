@@ -501,7 +501,7 @@ def ncu_lines(details: str) -> list:
 
 def bench_lines(record: dict) -> list:
     """The benchmark's record in a few lines: the ceilings, then per case cussim's time and share of its floor
-    (convention "same") and every peer's speed-up (cussim's time over the peer's, in the peer's convention)."""
+    (convention "same") and every peer's speed-up (the peer's time over cussim's, in the peer's convention)."""
     lines = []
     if "copy_bytes_per_second" in record:
         lines.append(f"ceilings: copy {record['copy_bytes_per_second'] / 1e9:.0f} GB/s, "
@@ -515,7 +515,8 @@ def bench_lines(record: dict) -> list:
         elif row["convention"] == "same":
             floor = f", {row['fraction_of_floor']:.2f} of floor" if "fraction_of_floor" in row else ""
             cases.setdefault(key, []).insert(0, f"cussim {row['ms']:.3f} ms{floor}")
-    lines += [f"{metric} {operation} {shape} {dtype}: " + "; ".join(parts)
+    lines += [f"{metric} {operation} {shape} {dtype}: " + parts[0] + ("; peer time / cussim's: " if parts[1:] else "")
+              + "; ".join(parts[1:])
               for (metric, operation, shape, dtype), parts in cases.items()]
     return lines
 

@@ -110,7 +110,8 @@ def test_bench_lines_put_each_case_on_one_line(tmp_path):
         {**ours, "peer": "kornia", "speedup": 9.0, "same_computation": False}]}
     assert gpu_smoke.bench_lines(record) == [
         "ceilings: copy 3000 GB/s, FMA 33.0 T/s (NVIDIA H100)",
-        "ssim value 1x3x1080x1920 float32: cussim 0.087 ms, 0.52 of floor; fussim 1.30x; kornia 9.00x (differs)"]
+        "ssim value 1x3x1080x1920 float32: cussim 0.087 ms, 0.52 of floor; peer time / cussim's: fussim 1.30x; "
+        "kornia 9.00x (differs)"]
     (tmp_path / "nvidia-h100").mkdir()
     (tmp_path / "nvidia-h100" / "2026-12-07.json").write_text(json.dumps(record))
     assert gpu_smoke.newest_record(tmp_path) == record
