@@ -175,7 +175,7 @@ step_b() {  # smoke test
 }
 
 step_c() {  # pytest -m gpu; rehearsed as a collection with the same options (the GPU tests' imports)
-    local options=(-m gpu -q -p no:cacheprovider --maxfail=25)
+    local options=(-m "gpu and not slow" -q -p no:cacheprovider --maxfail=25)
     if "$py" -c "import xdist" 2>/dev/null; then
         options+=(-n "$([ $rehearse = 1 ] && echo 0 || echo $XDIST_WORKERS)")
     fi
