@@ -111,7 +111,12 @@ for module, package in [("cupy", None), ("torch", None), ("torchvision", None), 
 EOF
 note "python modules missing before the install: $(grep -c ': missing' "$logs/tools.log") ($(grep ': missing' "$logs/tools.log" | cut -d: -f1 | sed 's/^python //' | tr '\n' ' '))"
 ls -l bench/wheels >>"$logs/tools.log" 2>&1
-note "bench/wheels: $(ls bench/wheels/*.whl 2>/dev/null | wc -l) wheels, $(ls bench/wheels/*.tar.gz 2>/dev/null | wc -l) source distributions (bench/fetch_peers.sh fills it)"
+absent=()
+for pin in $(sed -n 's/^PEERS=(\(.*\))$/\1/p; s/^FUSSIM_SOURCE=//p' bench/fetch_peers.sh); do
+    name=${pin%%==*}
+    compgen -G "bench/wheels/${name//-/_}-${pin##*==}[-.]*" >/dev/null || absent+=("$pin")
+done
+note "bench/wheels: $(ls bench/wheels 2>/dev/null | wc -l) files; of bench/fetch_peers.sh's pins absent: ${absent[*]:-none}"
 
 # --- install: the peers' wheels, cussim over the CuPy there, fussim built if its kernels do not load --
 fussim_build=
