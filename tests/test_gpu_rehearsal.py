@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cussim
-from bench import gpu_smoke, standin
+from bench import cases, gpu_smoke, peers, run, standin
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SH = ROOT / "bench" / "gpu.sh"
@@ -57,7 +57,7 @@ def test_errors_compare_values_absolutely_and_gradients_by_their_norm():
 
 
 def test_the_stand_in_times_with_events_and_runs_raw_kernels_on_the_emulator():
-    from bench.run import FMA_KERNEL
+    from bench.timing import FMA_KERNEL
 
     out = standin.empty(2 * 32, dtype=standin.float32)
     start, stop = standin.cuda.Event(), standin.cuda.Event()
@@ -117,6 +117,14 @@ def test_bench_lines_put_each_case_on_one_line(tmp_path):
     assert gpu_smoke.newest_record(tmp_path) == record
     with pytest.raises(FileNotFoundError, match="no benchmark results"):
         gpu_smoke.newest_record(tmp_path / "nvidia-h100")
+
+
+def test_the_quick_case_list_names_shapes_and_peers_that_exist():
+    assert set(cases.QUICK_SHAPES) <= set(cases.SHAPES) and set(cases.QUICK_PEERS) <= set(peers.SSIM_PEERS)
+    assert [cases.SHAPES[label][:2] for label in cases.QUICK_SHAPES] == [
+        s[:2] for s in cases.REHEARSAL_SHAPES.values()]
+    with pytest.raises(SystemExit):
+        run.main(["--rehearse"])  # a rehearsal of the quick cases only
 
 
 def test_gpu_sh_parses_and_calls_only_steps_that_exist():
