@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from bench import peers as peer_adapters
-from bench.compare import VALUE_TOLERANCE, TorchPeers, check_conventions, ours_row, peer_row, peer_rows
+from bench.compare import VALUE_TOLERANCE, check_conventions, ours_row, peer_row, peer_rows, torch_peers_or_none
 from bench.timing import OPERATIONS, ceilings, event_time, host_time, input_pairs, rotating
 
 SHAPES = {"1x3x1080x1920": (1, 3, 1080, 1920), "5x1x1500x1500": (5, 1, 1500, 1500),
@@ -17,6 +17,10 @@ CPU_SHAPES = {"1x3x256x256": (1, 3, 256, 256), "1x1x720x1280": (1, 1, 720, 1280)
 VOLUME_SHAPES = {"1x1x128x128x128": (1, 1, 128, 128, 128), "4x1x64x128x128": (4, 1, 64, 128, 128)}
 CPU_VOLUME_SHAPES = {"1x1x48x64x64": (1, 1, 48, 64, 64)}
 DTYPES = ("float32", "float16")
+# --quick, bench/gpu.sh's case list (quick_run); REHEARSAL_SHAPES stand in for QUICK_SHAPES without a GPU.
+QUICK_SHAPES = ("1x3x1080x1920", "5x1x1500x1500")
+QUICK_PEERS = ("fussim", "pytorch-msssim", "torchmetrics", "kornia", "piq")  # fussim and the PyTorch peers
+REHEARSAL_SHAPES = {"1x3x40x72": (1, 3, 40, 72), "5x1x30x30": (5, 1, 30, 30)}
 SKIMAGE_MAX_PIXELS = 12_000_000  # skimage on the CPU takes seconds per call beyond this
 
 
@@ -134,11 +138,7 @@ def drop_in_cases(cupy, label, shape, repeats, limits, cache_bytes, found, torch
 def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     limits = ceilings(cupy, repeats)
     cache_bytes = cupy.cuda.Device().attributes["L2CacheSize"]
-    try:
-        torch_peers = TorchPeers()
-    except Exception as exc:  # noqa: BLE001
-        torch_peers = None
-        print(f"the PyTorch peers are skipped: {type(exc).__name__}: {exc}")
+    torch_peers = torch_peers_or_none()
     found, reasons = peer_adapters.load(peer_adapters.SSIM_PEERS)
     found_ms, reasons_ms = peer_adapters.load(peer_adapters.MS_SSIM_PEERS)
     for reason in reasons + reasons_ms:
@@ -169,6 +169,26 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
     for label, shape in VOLUME_SHAPES.items():
         rows += ssim_cases(cupy, cussim, label, shape, "float32", repeats, limits, cache_bytes, found_volumes,
                            volume_matches, torch_peers, spatial_dims=3)
+    return limits, rows
+
+
+def quick_run(cupy, cussim, repeats: int, shapes: dict, rehearse: bool = False) -> tuple[dict, list]:
+    """The quick case list: the ceilings, then SSIM float32 at ``shapes``, the value and the value with its
+    gradient, against QUICK_PEERS that import, each peer's value checked first. ``rehearse``: on
+    bench/standin.py with PyTorch on the CPU and a 1 MiB copy (the code runs, its times mean nothing)."""
+    limits = ceilings(cupy, repeats, copy_bytes=2**20 if rehearse else 256 * 2**20)
+    torch_peers = torch_peers_or_none(on_cpu=rehearse)
+    found, reasons = peer_adapters.load(peer_adapters.SSIM_PEERS, QUICK_PEERS)
+    for reason in reasons:
+        print(reason)
+    if torch_peers is None:
+        found = [p for p in found if p.framework != "torch"]
+    found, matches = check_conventions(cupy, cussim, found, torch_peers)
+    cache_bytes = cupy.cuda.Device().attributes["L2CacheSize"]
+    rows = []
+    for label, shape in shapes.items():
+        rows += ssim_cases(cupy, cussim, label, shape, "float32", repeats, limits, cache_bytes, found, matches,
+                           torch_peers)
     return limits, rows
 
 

@@ -39,14 +39,15 @@ def peer_row(ours: dict, peer, seconds, difference, same):
 
 
 class TorchPeers:
-    """Runs torch peers on CuPy arrays (zero-copy through DLPack) and times them with CUDA events."""
+    """Runs torch peers on CuPy arrays (zero-copy through DLPack) and times them with CUDA events;
+    ``on_cpu``: on NumPy arrays (a rehearsal), timed by the host clock."""
 
-    def __init__(self):
+    def __init__(self, on_cpu: bool = False):
         import torch
 
-        if not torch.cuda.is_available():
+        if not on_cpu and not torch.cuda.is_available():
             raise RuntimeError("PyTorch sees no CUDA device")
-        self.torch = torch
+        self.torch, self.on_cpu = torch, on_cpu
 
     def value(self, peer, x, y) -> float:
         with self.torch.no_grad():
@@ -71,7 +72,16 @@ class TorchPeers:
         return rotating(tensors, call)
 
     def time(self, fn, repeats: int) -> float:
-        return torch_event_time(self.torch, fn, repeats)
+        return host_time(fn, repeats) if self.on_cpu else torch_event_time(self.torch, fn, repeats)
+
+
+def torch_peers_or_none(on_cpu: bool = False):
+    """A TorchPeers, or None (the reason printed) where PyTorch or its CUDA device is missing."""
+    try:
+        return TorchPeers(on_cpu)
+    except Exception as exc:  # noqa: BLE001
+        print(f"the PyTorch peers are skipped: {type(exc).__name__}: {exc}")
+        return None
 
 
 def _on_host(array):

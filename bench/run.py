@@ -33,6 +33,13 @@ Without a GPU it says so and runs the CPU cases instead: cussim's NumPy path
 (the float64 reference) against skimage, written the same way under the
 machine's name.
 
+``--quick`` (bench/gpu.sh's case list): the two ceilings, then SSIM at
+1x3x1080x1920 and 5x1x1500x1500, float32, the value and the value with its
+gradient, cussim against fussim and the PyTorch peers that import, each
+peer's value checked first. ``--quick --rehearse`` runs it without a GPU:
+bench/standin.py in CuPy's place (the kernels on the emulator), PyTorch on
+the CPU, small shapes; it checks the code, its times mean nothing.
+
 This module is the command line; the run is in bench/cases.py (the cases and the whole GPU or CPU run),
 bench/compare.py (each peer checked and timed beside cussim), bench/timing.py (the clocks, the ceilings and
 the floors) and bench/report.py (the Markdown and the files).
@@ -42,11 +49,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.cases import cpu_run, gpu_run
+from bench.cases import QUICK_SHAPES, REHEARSAL_SHAPES, SHAPES, cpu_run, gpu_run, quick_run
 from bench.report import RESULTS, markdown, write_results
 from bench.timing import CASES, work_per_pixel
 
@@ -59,7 +67,15 @@ def main(argv=None) -> int:
                              "bench/results holds the runs committed on purpose)")
     parser.add_argument("--host-overhead", action="store_true",
                         help="only the host time per call, with kernel launches recorded instead of run (no GPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only bench/gpu.sh's short case list: SSIM float32 at 1x3x1080x1920 and 5x1x1500x1500, "
+                             "against fussim and the PyTorch peers, with the ceilings")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="with --quick, without a GPU: bench/standin.py in CuPy's place (the kernels on the "
+                             "emulator), small shapes; it checks the code, its times mean nothing")
     args = parser.parse_args(argv)
+    if args.rehearse and not args.quick:
+        parser.error("--rehearse rehearses --quick: give both")
     import cussim
     from bench.folders import machine
 
@@ -72,7 +88,11 @@ def main(argv=None) -> int:
     record = {"python": platform.python_version(), "date": datetime.date.today().isoformat(),
               "work_per_pixel": {case: asdict(work_per_pixel(case)) for case in CASES}}
     try:
-        import cupy
+        if args.rehearse:
+            os.environ["CUSSIM_NUMPY_BACKEND"] = "emulator"
+            from bench import standin as cupy
+        else:
+            import cupy
 
         if cupy.cuda.runtime.getDeviceCount() == 0:
             raise RuntimeError("no CUDA device")
@@ -86,8 +106,13 @@ def main(argv=None) -> int:
         name, limits, rows = machine(), None, cpu_run(cussim, args.repeats)
     else:
         name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
-        note = ""
-        limits, rows = gpu_run(cupy, cussim, args.repeats)
+        note = "A rehearsal on bench/standin.py (NumPy arrays, the emulator): these times mean nothing." \
+            if args.rehearse else ""
+        if args.quick:
+            shapes = REHEARSAL_SHAPES if args.rehearse else {label: SHAPES[label] for label in QUICK_SHAPES}
+            limits, rows = quick_run(cupy, cussim, args.repeats, shapes, args.rehearse)
+        else:
+            limits, rows = gpu_run(cupy, cussim, args.repeats)
         record.update(limits, cupy=cupy.__version__)
     record.update(machine=name, cases=rows)
     text = markdown(name, limits, rows, note)

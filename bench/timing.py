@@ -103,9 +103,9 @@ def host_time(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def ceilings(cupy, repeats: int) -> dict:
+def ceilings(cupy, repeats: int, copy_bytes: int = 256 * 2**20) -> dict:
     """Copy bandwidth (bytes/s, read + write) and FMA rate (FMA/s) measured on this GPU."""
-    source = cupy.empty(256 * 2**20, dtype=cupy.uint8)
+    source = cupy.empty(copy_bytes, dtype=cupy.uint8)
     target = cupy.empty_like(source)
     copy = event_time(cupy, lambda: cupy.copyto(target, source), repeats)
     kernel = cupy.RawKernel(FMA_KERNEL, "fma_chains")

@@ -1,8 +1,8 @@
 """Where tests run: NumPy arrays (the emulator or the reference), or CuPy on a GPU."""
 
-import contextlib
-
 import numpy as np
+
+from bench.gpu_smoke import device_allocations_refused  # noqa: F401  (the tests' use of it; bench/gpu.sh's too)
 
 
 class Executor:
@@ -27,18 +27,3 @@ class Executor:
 
     def __repr__(self):
         return self.name
-
-
-@contextlib.contextmanager
-def device_allocations_refused():
-    """Within the block, any CuPy allocation on the GPU fails the test (the in-place paths' promise)."""
-    import cupy
-
-    def refuse(size):
-        raise AssertionError(f"allocated {size} bytes on the device")
-
-    cupy.cuda.set_allocator(refuse)
-    try:
-        yield
-    finally:
-        cupy.cuda.set_allocator(cupy.get_default_memory_pool().malloc)

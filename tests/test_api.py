@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import cussim
+from bench.gpu_smoke import images as _images
 from cussim import _arrays
 from cussim import _reference as ref
 from executors import Executor, device_allocations_refused
@@ -13,16 +14,6 @@ from executors import Executor, device_allocations_refused
 def backend(request, monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator" if request.param == "emulator" else "reference")
     return Executor(request.param)
-
-
-def _images(shape, dtype=np.float32, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.random(shape)
-    y = np.clip(x + 0.15 * rng.standard_normal(shape), 0, 1)
-    if np.dtype(dtype).kind == "u":
-        top = np.iinfo(dtype).max
-        return (x * top).round().astype(dtype), (y * top).round().astype(dtype)
-    return x.astype(dtype), y.astype(dtype)
 
 
 def _expected(x, y, *, win_size=11, sigma=1.5, window="gaussian", padding="same", sample=False, axes=None,
