@@ -26,7 +26,8 @@ def test_every_smoke_line_passes_on_the_stand_in_and_every_public_function_has_o
     lines = io.StringIO()
     assert gpu_smoke.run_checks(checks, lines) == 0, lines.getvalue()
     names = " ".join(name for name, _ in checks)
-    assert [f for f in cussim.__all__ if f != "Workspace" and not re.search(rf"\b{f}\b", names)] == []
+    functions = [f for f in cussim.__all__ if not isinstance(getattr(cussim, f), type)]  # not Workspace, warnings
+    assert [f for f in functions if not re.search(rf"\b{f}\b", names)] == []
     assert all(dtype in names for dtype in gpu_smoke.DTYPES)
     assert len(lines.getvalue().splitlines()) == len(checks)
 
