@@ -264,9 +264,10 @@ def _moments(xs, ys, taps, shape, cov, spatial):
     # only to second order with x but sxy to first order, so dS/dExy must stay.
     # A clamped variance's own derivative is zero (and at a flat window its
     # first-order effect is zero anyway).
+    # A NaN variance is not clamped: the NaN stays in the value and the partials, never a silent 0.
     sxx_free = True
     if not (sxx.min() > 0 and syy.min() > 0):  # a flat window, rounding or NaN; two minima decide the common case
-        sxx_free, syy_free = sxx > 0, syy > 0
+        sxx_free, syy_free = ~(sxx <= 0), ~(syy <= 0)
         sxx = np.where(sxx_free, sxx, 0.0)
         syy = np.where(syy_free, syy, 0.0)
         sxy = np.where(sxx_free & syy_free, sxy, 0.0)
@@ -341,7 +342,7 @@ def _terms(xs, ys, taps, shape, *, K1, K2, cov, want_partials, term, limit, spat
         value = np.where(overflow, np.nan, value)
     if not want_partials:
         return value, None
-    free = value == raw
+    clamped = np.abs(raw) > 1.0  # not where raw is NaN: its partials stay NaN
     if term == "ssim":
         S = value
         # Partial derivatives of S at each window centre (docs/spec.rst section 4), with
@@ -354,7 +355,7 @@ def _terms(xs, ys, taps, shape, *, K1, K2, cov, want_partials, term, limit, spat
         p_mu = -2.0 * cov * my / B2 + np.where(sxx_free, 2.0 * cov * mx * cs / B2, 0.0)
         p_xx = np.where(sxx_free, -cov * cs / B2, 0.0)
         p_xy = 2.0 * cov / B2
-    return value, tuple(np.where(overflow, np.nan, np.where(free, p, 0.0)) for p in (p_mu, p_xx, p_xy))
+    return value, tuple(np.where(overflow, np.nan, np.where(clamped, 0.0, p)) for p in (p_mu, p_xx, p_xy))
 
 
 def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0, limit=None, spatial=2,
@@ -601,7 +602,7 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     images_per_value = np.prod([per_image.shape[a] for a in axes], dtype=np.int64)
     grad = None
     for j in reversed(range(scales)):
-        d_mean = np.where(means[j] > 0, weights[j] * np.maximum(means[j], _GUARD) ** (weights[j] - 1), 0.0)
+        d_mean = np.where(means[j] == 0, 0.0, weights[j] * np.maximum(means[j], _GUARD) ** (weights[j] - 1))
         for k in range(scales):
             if k != j:
                 d_mean = d_mean * means[k] ** weights[k]

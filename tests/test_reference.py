@@ -192,6 +192,41 @@ def test_nan_stays_local():
     assert np.isfinite(S[:12]).all() and np.isfinite(S[:, :12]).all()
 
 
+def _reach(shape, pixel, taps, padding):
+    """Where the gradient of a mean depends on x[pixel]: the pixels whose windows share a map pixel with it."""
+    indicator = np.zeros(shape)
+    indicator[pixel] = 1.0
+    touched = (ref.filter_plane(indicator, taps, padding) > 0).astype(float)
+    return ref.filter_plane_adjoint(touched, taps, padding, shape) > 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("image", ["x", "y"])
+def test_a_non_finite_pixel_gives_nan_gradient_wherever_it_reaches(bad, padding, image):
+    """Never a silent 0: the clamps (variances at 0, S at [-1, 1]) leave NaN alone (it zeroed 35 partials)."""
+    rng = np.random.default_rng(3)
+    x = rng.random((32, 32))
+    y = np.clip(x + 0.05 * rng.standard_normal(x.shape), 0, 1)
+    (x if image == "x" else y)[5, 5] = bad
+    taps = ref.window_taps("gaussian", 7, 1.5)
+    with np.errstate(invalid="ignore"):
+        value, grad = ref.ssim_with_gradient(x, y, taps, padding=padding)
+    assert np.isnan(value)
+    np.testing.assert_array_equal(np.isnan(grad), _reach(x.shape, (5, 5), taps, padding))
+
+
+@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+def test_a_nan_pixel_gives_an_all_nan_ms_ssim_gradient(variant):
+    """Every scale's mean is NaN, so every pixel's gradient is (no relu or guard turns it into 0)."""
+    rng = np.random.default_rng(4)
+    x, y = rng.random((2, 40, 40))
+    x[7, 9] = np.nan
+    with np.errstate(invalid="ignore"):
+        value, grad = ref.ms_ssim_with_gradient(x, y, ref.window_taps("gaussian", 5, 1.5), weights=(0.5, 0.5))
+    assert np.isnan(value) and np.isnan(grad).all()
+
+
 @pytest.mark.parametrize("padding", ref.PADDINGS)
 def test_gradient_at_flat_windows(padding):
     """Where x is exactly flat, sxx is clamped but sxy still moves to first order with x."""

@@ -473,3 +473,19 @@ def test_any_layout_on_every_path(numpy_backend, monkeypatch):
     assert float(value) == pytest.approx(float(expected[0]), abs=1e-12)
     torch.testing.assert_close(grad_x, expected[1], rtol=0, atol=1e-12)
     torch.testing.assert_close(grad_y, expected[2], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("numpy_backend", ["reference", "emulator"])
+def test_a_non_finite_pixel_gives_nan_gradients_wherever_it_reaches(numpy_backend, dtype, bad, monkeypatch):
+    """An optimiser never steps on a bogus gradient: NaN at every pixel within 2r of the bad one, in x and y."""
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", numpy_backend)
+    x, y = images((1, 1, 32, 32), dtype=dtype)
+    x[0, 0, 10, 10] = bad
+    value, grad_x, grad_y = gradients(lambda a, b: ct.ssim(a, b, win_size=7), x, y)
+    reach = torch.zeros(32, 32, dtype=torch.bool)
+    reach[4:17, 4:17] = True
+    assert torch.isnan(value)
+    for grad in (grad_x, grad_y):
+        assert torch.equal(torch.isnan(grad[0, 0]), reach)
