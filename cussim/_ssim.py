@@ -298,7 +298,7 @@ def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options) -
 
 
 def _value_buffer(problem: _Problem, out):
-    """The caller's ``out`` checked (or a new one), and a 1-D view of it for the finishing kernel."""
+    """The caller's ``out`` checked (or a new one)."""
     dtype = problem.layout.compute_dtype
     if out is None:
         with problem.device():
@@ -306,9 +306,12 @@ def _value_buffer(problem: _Problem, out):
     else:
         out = _arrays.as_array(out, "out")
         _arrays.check_output(out, "out", shape=problem.layout.value_shape, dtype=dtype, like=problem.x)
-        if out.ndim > 1 and not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous (it holds {out.size} values)")
-    return out, out.reshape(-1)
+    return out
+
+
+def _flattens(values) -> bool:
+    """Whether the values have a 1-D view of one stride, the layout that the finishing kernels write."""
+    return values.ndim <= 1 or values.flags.c_contiguous
 
 
 def _reference_values(problem: _Problem, a, b, l1, want_gradient):
@@ -340,9 +343,9 @@ class _addressable:
 
     __slots__ = ("view", "target")
 
-    def __init__(self, problem: _Problem, view, keep=False):
+    def __init__(self, problem: _Problem, view, keep=False, fits=_launch.addressable):
         self.view = self.target = view
-        if view is not None and not _launch.addressable(view):
+        if view is not None and not fits(view):
             self.target = _arrays.empty(problem.xp, view.shape, view.dtype)
             if keep:
                 self.target[...] = view
@@ -363,24 +366,25 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
     layout or None) on NumPy inputs; ``launch(flat_out, grad_view,
     workspace)`` queues the kernels on x's device (workspace may be None).
     """
-    out, flat_out = _value_buffer(problem, out)
+    out = _value_buffer(problem, out)
     want_gradient = grad is not None
     grad_view = problem.permuted(grad) if want_gradient else None
     if workspace is not None:
         workspace = check_workspace(workspace)
     problem.check_apart({"out": out, "grad": grad, "workspace.block_sums": getattr(workspace, "block_sums", None),
                          "workspace.grad_maps": getattr(workspace, "grad_maps", None)})
-    if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
-        flat_out[...] = np.nan
-        return out
-    if not _use_kernels(problem):
-        value, gradient = reference(want_gradient)
-        flat_out[...] = np.reshape(value, -1)
-        if want_gradient:
-            grad_view[...] = gradient + grad_view if accumulate else gradient
-        return out
-    with problem.device(), _addressable(problem, grad_view, keep=accumulate) as target:
-        launch(flat_out, target, workspace)
+    with problem.device(), _addressable(problem, out, fits=_flattens) as values:
+        flat_out = values.reshape(-1)
+        if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
+            flat_out[...] = np.nan
+        elif not _use_kernels(problem):
+            value, gradient = reference(want_gradient)
+            flat_out[...] = np.reshape(value, -1)
+            if want_gradient:
+                grad_view[...] = gradient + grad_view if accumulate else gradient
+        else:
+            with _addressable(problem, grad_view, keep=accumulate) as target:
+                launch(flat_out, target, workspace)
     return out
 
 

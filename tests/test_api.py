@@ -382,11 +382,17 @@ def test_read_only_output_is_refused():
         cussim.ssim(X, Y, out=out)
 
 
-def test_non_contiguous_value_out_is_refused():
-    out = np.zeros((4, 3), np.float32)[::2].T
-    with pytest.raises(ValueError, match="out must be C-contiguous"):
-        cussim.ssim(np.zeros((3, 2, 12, 12), np.float32), np.zeros((3, 2, 12, 12), np.float32), axis=(2, 3),
-                    out=out)
+@pytest.mark.parametrize("function", [cussim.ssim, cussim.ssim_with_gradient, cussim.ms_ssim])
+def test_a_strided_value_out_works(backend, function):
+    """A transposed or sliced 2-D ``out`` (no 1-D view of one stride) is written through a C-order buffer."""
+    x, y = _images((3, 2, 24, 24))
+    kwargs = dict(axis=(2, 3), win_size=3, **({"weights": (0.5, 0.5)} if function is cussim.ms_ssim else {}))
+    value = lambda result: result[0] if isinstance(result, tuple) else result  # noqa: E731
+    expected = backend.asnumpy(value(function(backend.asarray(x), backend.asarray(y), **kwargs)))
+    for out in (backend.asarray(np.zeros((2, 3), np.float32)).T,
+                backend.asarray(np.zeros((6, 4), np.float32))[::2, ::2]):
+        assert value(function(backend.asarray(x), backend.asarray(y), out=out, **kwargs)) is out
+        np.testing.assert_array_equal(backend.asnumpy(out), expected)
 
 
 @pytest.mark.gpu
