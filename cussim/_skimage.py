@@ -163,7 +163,9 @@ def _reference_results(x, y, params, gradient, full):
     kwargs = dict(K1=params.K1, K2=params.K2, padding="reflect", data_range=params.data_range, cov=params.cov,
                   spatial=params.spatial)
     S = _reference.ssim_map(x, y, taps, crop=0 if full else params.crop, **kwargs)  # the whole map if asked for
-    mssim = np.float64(_reference.cropped(S, params.crop if full else 0, params.spatial).mean(dtype=np.float64))
+    # the mean of the same C-order array either way, so that full=True changes no bit of it
+    counted = np.ascontiguousarray(_reference.cropped(S, params.crop if full else 0, params.spatial))
+    mssim = np.float64(counted.mean(dtype=np.float64))
     grad = _reference.skimage_gradient(x, y, taps, **kwargs) if gradient else None
     return mssim, grad, S
 
