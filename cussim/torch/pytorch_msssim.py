@@ -14,7 +14,9 @@ padding, one SSIM per image and channel, then
 (``size_average=True``) or over the channels (one value per image). MS-SSIM
 is cussim's ``"pytorch_msssim"`` variant (an odd side halved with a zero on
 both sides, relu on every scale's mean; 2x2x2 means for volumes). Trailing axes of size 1 after the
-first two are dropped first, as pytorch-msssim does.
+first two are dropped first, as pytorch-msssim does. Results have the
+images' dtype, as pytorch-msssim's (float16 and bfloat16 images are computed
+in float32 and the results rounded once).
 
 Where it differs, it says so with an exception rather than computing
 something else:
