@@ -148,6 +148,10 @@ def test_four_spatial_dimensions_are_passed_to_skimage():
          "Window size must be odd"),
         (lambda: structural_similarity(np.zeros((5, 5)), np.zeros((5, 5)), data_range=1),
          "win_size exceeds image extent"),
+        # where scikit-image divides by zero (ZeroDivisionError) or reads a negative window
+        *[(lambda w=w: structural_similarity(np.zeros((9, 9)), np.zeros((9, 9)), data_range=1, win_size=w),
+           rf"win_size must be an odd size from 3 to the images' smaller side \(9; 1 only with "
+           rf"use_sample_covariance=False\), got {w}; use 7 \(the default\)") for w in (1, -1, -3)],
         (lambda: structural_similarity(np.zeros((9, 9)), np.zeros((9, 9))), "you must specify the data_range"),
         (lambda: structural_similarity(np.zeros((9, 9)), np.zeros((9, 9)), data_range=0), "data_range must be"),
     ],
