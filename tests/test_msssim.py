@@ -174,6 +174,19 @@ def test_accumulate_out_and_workspace_are_used_in_place(backend):
     _check(backend.asnumpy(out), backend.asnumpy(grad) - 1, expected_value, expected_grad, np.float32)
 
 
+@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+@pytest.mark.parametrize("image", ["x", "y"])
+def test_a_nan_pixel_gives_nan_value_and_gradient(backend, variant, image):
+    """Every scale holds the NaN, so the value and every pixel's gradient are NaN (no relu, guard or clamp
+    turns it into a number)."""
+    x, y = _pair((45, 47))
+    (x if image == "x" else y)[11, 13] = np.nan
+    with np.errstate(invalid="ignore"):
+        value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), win_size=5,
+                                                   weights=(0.3, 0.3, 0.4), variant=variant)
+    assert np.isnan(backend.asnumpy(value)) and np.isnan(backend.asnumpy(grad)).all()
+
+
 def test_the_same_call_twice_is_bitwise_equal(kernels):
     x, y = _pair((2, 40, 37), np.float32, seed=10)
     first = cussim.ms_ssim_with_gradient(x, y, variant="torchmetrics", **SMALL)

@@ -73,6 +73,20 @@ def test_values_and_gradients(backend, dtype, padding):
                                                  spatial_dims=3))) - expected) < 1e-5
 
 
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_a_nan_voxel_gives_nan_gradient_wherever_it_reaches(backend, padding):
+    """NaN at the 9 x 9 x 9 voxels within 2r of a NaN voxel, never 0 (the kernels' clamps made 0 of it)."""
+    x, y = _images((16, 17, 18), np.float32)
+    x[8, 8, 9] = np.nan
+    with np.errstate(invalid="ignore"):
+        value, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), win_size=5, padding=padding,
+                                                spatial_dims=3)
+    reach = np.zeros(x.shape, bool)
+    reach[4:13, 4:13, 5:14] = True
+    assert np.isnan(backend.asnumpy(value))
+    np.testing.assert_array_equal(np.isnan(backend.asnumpy(grad)), reach)
+
+
 @pytest.mark.parametrize("window", ["gaussian", "uniform"])
 def test_options_axis_and_map(backend, window):
     x, y = _images((2, 3, 9, 10, 11))
