@@ -12,6 +12,7 @@ batch axis. The gradient is with respect to the FIRST argument x
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -564,6 +565,45 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
         problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
     return result
+
+
+def _ssim_map_gradient(x, y, map_weights, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01,
+                       K2=0.03, padding="same", sample_covariance=False, channel_axis=None, spatial_dims=2):
+    """d sum(map_weights * ssim_map(x, y)) / dx, x's shape: the map's vector-Jacobian product (cussim.torch's
+    ssim_map differentiates through it). ``map_weights``: the map's shape, any strides (a 0 stride too).
+
+    The exact gradient of docs/spec.rst section 4 with every map pixel
+    weighted by its own g (no crop): the float64 reference on NumPy inputs;
+    on the kernels, the forward's partial maps (weight 1) times the weights,
+    then the backward.
+    """
+    problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
+                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
+                       reduce=False, spatial_dims=spatial_dims)
+    params = dataclasses.replace(problem.params, crop=0)  # every map pixel has its weight
+    map_shape = params.map_shape(problem.x.shape)
+    weights = problem.permuted(_arrays.as_array(map_weights, "map_weights"))
+    if weights.shape != map_shape:
+        raise ValueError(f"map_weights has shape {weights.shape}; it must have the map's, {map_shape}")
+    grad = _gradient_buffer(problem, None, False)
+    if problem.layout.planes == 0:
+        return grad
+    grad_view = problem.permuted(grad)
+    if not _use_kernels(problem):
+        taps = np.asarray(params.taps)
+        _, (xs, ys, partials) = _reference._map_and_partials(
+            problem.x, problem.y, taps, K1=params.K1, K2=params.K2, padding=params.padding,
+            data_range=params.data_range, cov=params.cov, want_partials=True, limit=problem.limit,
+            spatial=params.spatial)
+        grad_view[...] = _reference._gradient_from_partials(xs, ys, partials, np.asarray(weights, np.float64), taps,
+                                                            params.padding, params.spatial) / params.data_range
+        return grad
+    with problem.device(), _addressable(problem, grad_view) as target:
+        grad_maps = _arrays.empty(problem.xp, (3,) + map_shape, problem.layout.compute_dtype)
+        problem.layout.launcher.forward(problem.x, problem.y, params, grad_maps=grad_maps.reshape(-1), weight=1.0)
+        grad_maps *= weights  # the weights of the map's pixels: one elementwise product
+        problem.layout.launcher.backward(problem.x, problem.y, grad_maps.reshape(-1), target, params)
+    return grad
 
 
 def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kwargs):
