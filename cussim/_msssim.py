@@ -37,9 +37,9 @@ def _check_weights(weights) -> tuple:
         values = tuple(weights)
     except TypeError:
         raise TypeError(f"weights must be a sequence of numbers (one per scale), got {weights!r}") from None
-    if not 2 <= len(values) <= MAX_SCALES:
-        raise ValueError(f"weights has {len(values)} entries; MS-SSIM takes 2 to {MAX_SCALES} scales, one weight "
-                         "each (for one scale use cussim.ssim)")
+    if not 1 <= len(values) <= MAX_SCALES:
+        raise ValueError(f"weights has {len(values)} entries; MS-SSIM takes 1 to {MAX_SCALES} scales, one weight "
+                         "each")
     for w in values:
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
             raise ValueError(f"weights must be finite numbers >= 0, got {weights!r}")
@@ -200,7 +200,9 @@ class _Pyramid:
 
     def views(self, sums, scratch, with_gradient: bool) -> dict:
         """The workspace carved into named views (no copies, no allocation): arrays, or lists per scale."""
-        buffers, views = (sums, scratch), {}
+        buffers = (sums, scratch)
+        # per scale (or launch) from scale 1 (launch 0): none for one scale
+        views = {name: [None] * self.scales for name in ("x", "y", "x_launches", "y_launches", "grad")}
         for name, j, buffer, start, stop, shape in self._carving[with_gradient][0]:
             view = buffers[buffer][start:stop]
             if shape is not None:
@@ -228,6 +230,11 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window="gaussian", K1=K1,
                        K2=K2, padding="valid", sample_covariance=False, channel_axis=channel_axis, axis=axis,
                        min_side=(side, reason), channels_pooled=pooled, spatial_dims=spatial_dims)
+    if variant == "torchmetrics" and len(weights) == 1 and _ssim._use_kernels(problem):
+        raise ValueError("variant='torchmetrics' with one scale (weights of length 1) is computed for NumPy inputs "
+                         "(the float64 reference) only: the kernels extend only a halved scale by reflection. On "
+                         "the GPU, pass two or more weights, or for weights=(1.0,) take cussim.ssim of the images "
+                         "extended by win_size // 2 with whole-sample reflection, padding='valid'")
     group = problem.x.shape[-3] if pooled else 1
     return problem, _cached_pyramid(problem.layout, variant, weights, group)
 
@@ -322,7 +329,8 @@ _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensor
         ``channel_axis``) into each scale's mean before the product. The
         others average the per-channel products.
     weights : sequence of float, optional
-        One exponent per scale, 2 to 16 of them, finite and >= 0; default the
+        One exponent per scale, 1 to 16 of them, finite and >= 0 (one: the
+        variant's SSIM at scale 1 to that power); default the
         five published ones (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
     data_range : float, optional
         Value range L of the images, as in :func:`cussim.ssim`: the dtype's

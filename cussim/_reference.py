@@ -615,8 +615,6 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     y = np.asarray(y, dtype=np.float64)
     x, y = np.broadcast_arrays(x, y)
     scales = len(weights)
-    if scales < 2:
-        raise ValueError(f"MS-SSIM needs at least two scales (weights), got {scales}")
     needed = ms_ssim_min_size(len(taps), scales, variant)
     if variant == "torchmetrics" and spatial != 2:
         raise ValueError("the torchmetrics variant is for images (spatial=2)")

@@ -340,6 +340,41 @@ def test_in_place_path_allocates_nothing_on_the_gpu():
         cussim.ms_ssim_with_gradient(x, y, out=out, grad=grad, workspace=ws, accumulate=True)
 
 
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
+def test_one_scale_is_the_valid_ssim_to_its_power(backend, variant):
+    """weights of length 1 (torchmetrics and pytorch-msssim accept them): relu(mean valid SSIM) ** w per image,
+    and its gradient (a ValueError before)."""
+    x, y = _pair((3, 30, 31), np.float64)
+    value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), weights=(0.7,), win_size=7,
+                                               variant=variant, axis=(1, 2))
+    ssim, ssim_grad = cussim.ssim_with_gradient(x, y, win_size=7, padding="valid", axis=(1, 2))
+    np.testing.assert_allclose(backend.asnumpy(value), ssim**0.7, rtol=1e-13)
+    np.testing.assert_allclose(backend.asnumpy(grad), 0.7 * ssim[:, None, None] ** -0.3 * ssim_grad, rtol=1e-9,
+                               atol=1e-15)
+
+
+def test_one_scale_of_torchmetrics_is_torchmetrics():
+    """torchmetrics' betas of length 1: the SSIM of the reflected image, channels pooled, to the power."""
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = _pair((2, 3, 40, 41), np.float64)
+    a, b = torch.tensor(x, requires_grad=True), torch.tensor(y)
+    theirs = tm.multiscale_structural_similarity_index_measure(a, b, data_range=1.0, betas=(0.7,), normalize="relu",
+                                                               reduction="none")
+    theirs.sum().backward()
+    value, grad = cussim.ms_ssim_with_gradient(x, y, weights=(0.7,), variant="torchmetrics", channel_axis=1,
+                                               axis=(1, 2, 3))
+    # 2e-9 apart here; 1e-8 as tests/test_torch.py's comparison of five scales with torchmetrics
+    np.testing.assert_allclose(value, theirs.detach().numpy(), rtol=0, atol=1e-8)
+    assert np.linalg.norm(grad - a.grad.numpy()) < 1e-6 * np.linalg.norm(grad)
+
+
+def test_one_scale_of_torchmetrics_on_the_kernels_is_refused_with_the_way_round(kernels):
+    x, y = _pair((40, 40))
+    with pytest.raises(ValueError, match="variant='torchmetrics' with one scale .* is computed for NumPy inputs"):
+        cussim.ms_ssim(x, y, weights=(1.0,), variant="torchmetrics")
+
+
 def test_an_empty_batch_gives_nan(backend):
     x = backend.asarray(np.zeros((0, 40, 40), np.float32))
     assert np.isnan(backend.asnumpy(cussim.ms_ssim(x, x, **SMALL)))
@@ -350,7 +385,7 @@ def test_an_empty_batch_gives_nan(backend):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(variant="matlab"), ValueError, "variant must be one of 'pytorch_msssim', 'tensorflow', 'torchmetrics'"),
-    (dict(weights=(1.0,)), ValueError, "weights has 1 entries; MS-SSIM takes 2 to 16 scales"),
+    (dict(weights=()), ValueError, "weights has 0 entries; MS-SSIM takes 1 to 16 scales"),
     (dict(weights=(0.1,) * 17), ValueError, "weights has 17 entries"),
     (dict(weights=(0.5, -0.5)), ValueError, "weights must be finite numbers >= 0"),
     (dict(weights=(0.5, float("nan"))), ValueError, "weights must be finite numbers >= 0"),

@@ -173,7 +173,7 @@ def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5,
     Parameters as :func:`ssim`, and
 
     weights : sequence of float, optional
-        One exponent per scale, 2 to 16 of them (a list or a tensor); default
+        One exponent per scale, 1 to 16 of them (a list or a tensor); default
         (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
 
     Examples
