@@ -219,9 +219,6 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
     """The checked problem and its :class:`_Pyramid` (one per layout and options, from a cache)."""
     variant = _check_variant(variant)
     weights = _check_weights(weights)
-    if variant == "torchmetrics" and spatial_dims != 2:
-        raise ValueError("variant='torchmetrics' is for images (spatial_dims=2); volumes take 'pytorch_msssim' "
-                         "(pytorch-msssim's 5-D convention) or 'tensorflow'")
     side = _reference.ms_ssim_min_size(win_size if isinstance(win_size, numbers.Integral) else 0, len(weights),
                                        variant)
     reason = (f"MS-SSIM ({variant!r}, {len(weights)} scales, win_size={win_size}) needs a smaller side of at "
@@ -230,11 +227,6 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window="gaussian", K1=K1,
                        K2=K2, padding="valid", sample_covariance=False, channel_axis=channel_axis, axis=axis,
                        min_side=(side, reason), channels_pooled=pooled, spatial_dims=spatial_dims)
-    if variant == "torchmetrics" and len(weights) == 1 and _ssim._use_kernels(problem):
-        raise ValueError("variant='torchmetrics' with one scale (weights of length 1) is computed for NumPy inputs "
-                         "(the float64 reference) only: the kernels extend only a halved scale by reflection. On "
-                         "the GPU, pass two or more weights, or for weights=(1.0,) take cussim.ssim of the images "
-                         "extended by win_size // 2 with whole-sample reflection, padding='valid'")
     group = problem.x.shape[-3] if pooled else 1
     return problem, _cached_pyramid(problem.layout, variant, weights, group)
 
@@ -303,9 +295,27 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
                          coarse=coarse, variant=variant)
 
 
+def _check_kernels_compute(pyramid: _Pyramid) -> None:
+    """Refuses what only the float64 reference computes: torchmetrics' reflected last scale where it is not a
+    halved one (one scale), or of volumes."""
+    if pyramid.variant != "torchmetrics":
+        return
+    if pyramid.spatial == 3:
+        raise ValueError("variant='torchmetrics' on volumes (spatial_dims=3) is computed for NumPy inputs (the "
+                         "float64 reference) only: the volume kernels do not extend a scale by reflection. On the "
+                         "GPU, volumes take 'pytorch_msssim' (pytorch-msssim's 5-D convention) or 'tensorflow'")
+    if pyramid.scales == 1:
+        raise ValueError("variant='torchmetrics' with one scale (weights of length 1) is computed for NumPy "
+                         "inputs (the float64 reference) only: the kernels extend only a halved scale by "
+                         "reflection. On the GPU, pass two or more weights, or for weights=(1.0,) take "
+                         "cussim.ssim of the images extended by win_size // 2 with whole-sample reflection, "
+                         "padding='valid'")
+
+
 def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=None):
 
     def launch(flat_out, grad_view, workspace):
+        _check_kernels_compute(pyramid)
         want_gradient = grad_view is not None
         sums, scratch = _ssim._workspace_buffers(problem, workspace, pyramid.sizes(want_gradient), True,
                                                  pyramid.counters)

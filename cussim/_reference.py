@@ -515,11 +515,6 @@ MS_SSIM_VARIANTS = ("pytorch_msssim", "tensorflow", "torchmetrics")
 _GUARD = 1e-12  # the smallest mean a power's derivative divides by
 
 
-def _pad_last_two(image, before, after, mode="constant"):
-    widths = [(0, 0)] * (image.ndim - 2) + [(before[0], after[0]), (before[1], after[1])]
-    return np.pad(image, widths, mode=mode)
-
-
 def downsampled_shape(shape, variant, spatial=2):
     """The image after one 2x2 (2x2x2) mean of ``variant``: ceil halving, or floor for torchmetrics."""
     sides = shape[len(shape) - spatial :]
@@ -577,14 +572,17 @@ def _mirror_fold(n, margin):
     return fold
 
 
-def mirror_extend(image, margin):
-    """The image extended by ``margin`` on every side by whole-sample reflection (dcb|abcd|cba)."""
-    return _pad_last_two(image, (margin, margin), (margin, margin), mode="reflect")
+def mirror_extend(image, margin, spatial=2):
+    """The image extended by ``margin`` on every side of its last ``spatial`` axes by whole-sample reflection
+    (dcb|abcd|cba)."""
+    return np.pad(image, [(0, 0)] * (image.ndim - spatial) + [(margin, margin)] * spatial, mode="reflect")
 
 
-def mirror_extend_adjoint(g, margin, shape):
+def mirror_extend_adjoint(g, margin, shape, spatial=2):
     """The adjoint of :func:`mirror_extend`: each extended position's g added onto its pixel of ``shape``."""
-    return _mirror_fold(shape[-2], margin) @ g @ _mirror_fold(shape[-1], margin).T
+    for axis in range(g.ndim - spatial, g.ndim):
+        g = np.moveaxis(np.moveaxis(g, axis, -1) @ _mirror_fold(shape[axis], margin).T, -1, axis)
+    return g
 
 
 def ms_ssim_min_size(win_size, scales, variant):
@@ -606,8 +604,8 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     the planes along ``pool_axes`` (torchmetrics pools an image's channels
     into each mean). The per-image values are averaged over the other axes
     of ``axis``. Volumes (``spatial=3``) are pooled 2x2x2, as pytorch-msssim
-    does on 5-D tensors (not for torchmetrics, whose last scale's reflection is
-    of planes here). The gradient of a relu'd (zero) mean is zero, and a power's
+    and torchmetrics do on 5-D tensors (torchmetrics' last scale reflected
+    along all three axes). The gradient of a relu'd (zero) mean is zero, and a power's
     derivative divides by the mean only down to 1e-12, so finite inputs never
     give NaN or infinity.
     """
@@ -616,8 +614,6 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     x, y = np.broadcast_arrays(x, y)
     scales = len(weights)
     needed = ms_ssim_min_size(len(taps), scales, variant)
-    if variant == "torchmetrics" and spatial != 2:
-        raise ValueError("the torchmetrics variant is for images (spatial=2)")
     if min(x.shape[-spatial:]) < needed:
         raise ValueError(f"images of {'x'.join(map(str, x.shape[-spatial:]))} are too small for {scales} scales of "
                          f"{variant!r} with a {len(taps)}-tap window: the smaller side must be at least {needed}")
@@ -627,7 +623,7 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
         ys.append(downsample(ys[-1], variant, spatial))
     # torchmetrics: the last scale's S over the full map, the image extended by whole-sample reflection
     margin = (len(taps) - 1) // 2 if variant == "torchmetrics" else 0
-    extended = [mirror_extend(a, margin) if margin else a for a in (xs[-1], ys[-1])]
+    extended = [mirror_extend(a, margin, spatial) if margin else a for a in (xs[-1], ys[-1])]
     kwargs = dict(K1=K1, K2=K2, padding="valid", data_range=data_range, cov=1.0, want_partials=want_gradient,
                   limit=limit, spatial=spatial)
     terms = [_map_and_partials(xs[j], ys[j], taps, term="cs", **kwargs) for j in range(scales - 1)]
@@ -654,6 +650,6 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
         g = np.broadcast_to(d_mean / (averaged * images_per_value), value_map.shape)
         grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid", spatial) / data_range
         if j == scales - 1 and margin:
-            grad_j = mirror_extend_adjoint(grad_j, margin, xs[j].shape)
+            grad_j = mirror_extend_adjoint(grad_j, margin, xs[j].shape, spatial)
         grad = grad_j if grad is None else grad_j + downsample_adjoint(grad, variant, xs[j].shape, spatial)
     return value, grad
