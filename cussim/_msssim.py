@@ -219,6 +219,9 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
     """The checked problem and its :class:`_Pyramid` (one per layout and options, from a cache)."""
     variant = _check_variant(variant)
     weights = _check_weights(weights)
+    if variant == "piq" and spatial_dims != 2:
+        raise ValueError("variant='piq' is for images (spatial_dims=2): piq's 5-D input is a complex image, not a "
+                         "volume; volumes take 'pytorch_msssim', 'tensorflow' or 'torchmetrics'")
     side = _reference.ms_ssim_min_size(win_size if isinstance(win_size, numbers.Integral) else 0, len(weights),
                                        variant)
     reason = (f"MS-SSIM ({variant!r}, {len(weights)} scales, win_size={win_size}) needs a smaller side of at "
@@ -296,8 +299,12 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
 
 
 def _check_kernels_compute(pyramid: _Pyramid) -> None:
-    """Refuses what only the float64 reference computes: torchmetrics' reflected last scale where it is not a
-    halved one (one scale), or of volumes."""
+    """Refuses what only the float64 reference computes: piq's halving, and torchmetrics' reflected last scale
+    where it is not a halved one (one scale), or of volumes."""
+    if pyramid.variant == "piq":
+        raise ValueError("variant='piq' is computed for NumPy inputs (the float64 reference) only: the kernels do "
+                         "not halve a side as piq does. On the GPU, take 'pytorch_msssim', 'tensorflow' or "
+                         "'torchmetrics', which differ from piq where a scale has an odd side")
     if pyramid.variant != "torchmetrics":
         return
     if pyramid.spatial == 3:
@@ -329,15 +336,17 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
         reference=lambda want_gradient: _reference_values(problem, pyramid, want_gradient), launch=launch)
 
 
-_DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics"}
+_DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics", "piq"}
         Whose MS-SSIM (docs/spec.rst section 6). "pytorch_msssim" (pytorch-msssim
         1.0) halves an odd side with a zero on both sides, counted in the
         mean; "tensorflow" (tf.image.ssim_multiscale) repeats the last row or
         column; "torchmetrics" (normalize="relu", torchmetrics >= 1.5) drops
         it, takes the last scale's SSIM over the full image extended by
         whole-sample reflection, and averages an image's channels (with
-        ``channel_axis``) into each scale's mean before the product. The
-        others average the per-channel products.
+        ``channel_axis``) into each scale's mean before the product; "piq"
+        (piq 0.8's multi_scale_ssim), where any side of a scale is odd, repeats
+        its first row and first column and drops what is left over (NumPy
+        inputs only). The others average the per-channel products.
     weights : sequence of float, optional
         One exponent per scale, 1 to 16 of them, finite and >= 0 (one: the
         variant's SSIM at scale 1 to that power); default the

@@ -511,14 +511,23 @@ def skimage_gradient(x, y, taps, *, K1=0.01, K2=0.03, padding="reflect", data_ra
 # ---- MS-SSIM (docs/spec.rst section 6) ---------------------------------------------------------------
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-MS_SSIM_VARIANTS = ("pytorch_msssim", "tensorflow", "torchmetrics")
+MS_SSIM_VARIANTS = ("pytorch_msssim", "tensorflow", "torchmetrics", "piq")
 _GUARD = 1e-12  # the smallest mean a power's derivative divides by
 
 
+def piq_lead(sides) -> int:
+    """The samples piq repeats before every side (1 where any side is odd, else 0)."""
+    return max(n % 2 for n in sides)
+
+
 def downsampled_shape(shape, variant, spatial=2):
-    """The image after one 2x2 (2x2x2) mean of ``variant``: ceil halving, or floor for torchmetrics."""
+    """The image after one 2x2 (2x2x2) mean of ``variant``: ceil halving, floor for torchmetrics, and for piq
+    floor halving of each side lengthened by :func:`piq_lead`."""
     sides = shape[len(shape) - spatial :]
-    halved = tuple(n // 2 if variant == "torchmetrics" else (n + 1) // 2 for n in sides)
+    if variant == "piq":
+        halved = tuple((n + piq_lead(sides)) // 2 for n in sides)
+    else:
+        halved = tuple(n // 2 if variant == "torchmetrics" else (n + 1) // 2 for n in sides)
     return tuple(shape[: len(shape) - spatial]) + halved
 
 
@@ -526,7 +535,9 @@ def downsample(image, variant, spatial=2):
     """One 2x2 mean over the last two axes (2x2x2 over three), as ``variant`` does it (docs/spec.rst section 6).
 
     pytorch_msssim pads an odd side with a zero on both sides and counts the
-    zeros; tensorflow repeats the last row or column; torchmetrics drops it.
+    zeros; tensorflow repeats the last row or column; torchmetrics drops it;
+    piq, where any side is odd, repeats the first row and the first column
+    (each side) and drops what is left over at the end.
     """
     if variant not in MS_SSIM_VARIANTS:
         raise ValueError(f"variant must be one of {MS_SSIM_VARIANTS}, got {variant!r}")
@@ -536,6 +547,8 @@ def downsample(image, variant, spatial=2):
         padded = np.pad(image, lead + [(k, k) for k in odd])
     elif variant == "tensorflow":
         padded = np.pad(image, lead + [(0, k) for k in odd], mode="edge")
+    elif variant == "piq":
+        padded = np.pad(image, lead + [(max(odd), 0)] * spatial, mode="edge")
     else:
         padded = image
     out = downsampled_shape(image.shape, variant, spatial)[image.ndim - spatial :]
@@ -549,9 +562,10 @@ def downsample_adjoint(g, variant, shape, spatial=2):
     spread = g / 2**spatial
     for axis in range(g.ndim - spatial, g.ndim):
         spread = np.repeat(spread, 2, axis=axis)
+    lead = piq_lead(shape[len(shape) - spatial :])
     for axis in range(g.ndim - spatial, g.ndim):  # one spatial axis at a time, back to its source length
         n, have = shape[axis], spread.shape[axis]
-        before = n % 2 if variant == "pytorch_msssim" else 0
+        before = {"pytorch_msssim": n % 2, "piq": lead}.get(variant, 0)
         moved = np.moveaxis(spread, axis, -1)
         full = np.zeros(moved.shape[:-1] + (n + 2 * before,))
         if variant == "tensorflow" and n % 2:  # the repeated last sample folds back onto the last one
@@ -559,6 +573,8 @@ def downsample_adjoint(g, variant, shape, spatial=2):
             full[..., n - 1] += moved[..., n]
         else:
             full[..., :have] = moved
+        if variant == "piq" and before:  # piq's repeated first sample folds back onto the first one
+            full[..., 1] += full[..., 0]
         spread = np.moveaxis(full[..., before : before + n], -1, axis)
     return spread
 

@@ -108,7 +108,7 @@ def test_chunks_run_on_the_kernels(monkeypatch):
     assert relative_l2(grad, reference_grad) < 1e-4
 
 
-@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow", "torchmetrics"])
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow", "torchmetrics", "piq"])
 def test_ms_ssim_equals_in_memory(variant):
     """Chunks that split windows at every scale, and odd sides at several scales."""
     x, y = pair((3, 2, 61, 70), seed=6)
