@@ -17,6 +17,10 @@ tensor is (N, C, D, H, W), volumes, as in pytorch-msssim and fused-ssim:
 ``channel_axis=1`` and ``spatial_dims=3`` by default. Other shapes keep
 cussim's rule: the last two axes are the image plane.
 
+:func:`ssim_map` returns the SSIM map itself, differentiable for any
+incoming gradient (a per-pixel weighting of the loss, torchmetrics'
+``return_full_image``); its backward computes the gradient then.
+
 Drop-ins for code written against other libraries (change the import, keep
 the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``),
 :func:`fused_ssim3d` (fused-ssim's volumes) and
