@@ -195,6 +195,20 @@ def test_a_nan_pixel_gives_nan_value_and_gradient(backend, variant, image):
     assert np.isnan(backend.asnumpy(value)) and np.isnan(backend.asnumpy(grad)).all()
 
 
+def test_a_nan_that_one_scale_drops_keeps_the_value_nan(backend):
+    """torchmetrics drops an odd last row: its NaN reaches scale 0 alone, whose mean is NaN, while the
+    finer-grained scales' relu'd means are 0 (an image against its negative). The product is NaN, never 0 (the
+    kernels' combine returned 0 for a zero mean whatever the others)."""
+    x, _ = _pair((41, 40))
+    y = 1 - x
+    x[40, 7] = np.nan
+    with np.errstate(invalid="ignore"):
+        value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), variant="torchmetrics",
+                                                   weights=(0.5, 0.5), win_size=5)
+    assert cussim.ms_ssim(x[:40], y[:40], variant="torchmetrics", weights=(0.5, 0.5), win_size=5) == 0.0
+    assert np.isnan(backend.asnumpy(value)) and np.isnan(backend.asnumpy(grad)).all()
+
+
 def test_the_same_call_twice_is_bitwise_equal(kernels):
     x, y = _pair((2, 40, 37), np.float32, seed=10)
     first = cussim.ms_ssim_with_gradient(x, y, variant="torchmetrics", **SMALL)
