@@ -37,9 +37,9 @@ def _check_weights(weights) -> tuple:
         values = tuple(weights)
     except TypeError:
         raise TypeError(f"weights must be a sequence of numbers (one per scale), got {weights!r}") from None
-    if not 2 <= len(values) <= MAX_SCALES:
-        raise ValueError(f"weights has {len(values)} entries; MS-SSIM takes 2 to {MAX_SCALES} scales, one weight "
-                         "each (for one scale use cussim.ssim)")
+    if not 1 <= len(values) <= MAX_SCALES:
+        raise ValueError(f"weights has {len(values)} entries; MS-SSIM takes 1 to {MAX_SCALES} scales, one weight "
+                         "each")
     for w in values:
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
             raise ValueError(f"weights must be finite numbers >= 0, got {weights!r}")
@@ -200,7 +200,9 @@ class _Pyramid:
 
     def views(self, sums, scratch, with_gradient: bool) -> dict:
         """The workspace carved into named views (no copies, no allocation): arrays, or lists per scale."""
-        buffers, views = (sums, scratch), {}
+        buffers = (sums, scratch)
+        # per scale (or launch) from scale 1 (launch 0): none for one scale
+        views = {name: [None] * self.scales for name in ("x", "y", "x_launches", "y_launches", "grad")}
         for name, j, buffer, start, stop, shape in self._carving[with_gradient][0]:
             view = buffers[buffer][start:stop]
             if shape is not None:
@@ -217,9 +219,9 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
     """The checked problem and its :class:`_Pyramid` (one per layout and options, from a cache)."""
     variant = _check_variant(variant)
     weights = _check_weights(weights)
-    if variant == "torchmetrics" and spatial_dims != 2:
-        raise ValueError("variant='torchmetrics' is for images (spatial_dims=2); volumes take 'pytorch_msssim' "
-                         "(pytorch-msssim's 5-D convention) or 'tensorflow'")
+    if variant == "piq" and spatial_dims != 2:
+        raise ValueError("variant='piq' is for images (spatial_dims=2): piq's 5-D input is a complex image, not a "
+                         "volume; volumes take 'pytorch_msssim', 'tensorflow' or 'torchmetrics'")
     side = _reference.ms_ssim_min_size(win_size if isinstance(win_size, numbers.Integral) else 0, len(weights),
                                        variant)
     reason = (f"MS-SSIM ({variant!r}, {len(weights)} scales, win_size={win_size}) needs a smaller side of at "
@@ -296,9 +298,31 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
                          coarse=coarse, variant=variant)
 
 
+def _check_kernels_compute(pyramid: _Pyramid) -> None:
+    """Refuses what only the float64 reference computes: piq's halving, and torchmetrics' reflected last scale
+    where it is not a halved one (one scale), or of volumes."""
+    if pyramid.variant == "piq":
+        raise ValueError("variant='piq' is computed for NumPy inputs (the float64 reference) only: the kernels do "
+                         "not halve a side as piq does. On the GPU, take 'pytorch_msssim', 'tensorflow' or "
+                         "'torchmetrics', which differ from piq where a scale has an odd side")
+    if pyramid.variant != "torchmetrics":
+        return
+    if pyramid.spatial == 3:
+        raise ValueError("variant='torchmetrics' on volumes (spatial_dims=3) is computed for NumPy inputs (the "
+                         "float64 reference) only: the volume kernels do not extend a scale by reflection. On the "
+                         "GPU, volumes take 'pytorch_msssim' (pytorch-msssim's 5-D convention) or 'tensorflow'")
+    if pyramid.scales == 1:
+        raise ValueError("variant='torchmetrics' with one scale (weights of length 1) is computed for NumPy "
+                         "inputs (the float64 reference) only: the kernels extend only a halved scale by "
+                         "reflection. On the GPU, pass two or more weights, or for weights=(1.0,) take "
+                         "cussim.ssim of the images extended by win_size // 2 with whole-sample reflection, "
+                         "padding='valid'")
+
+
 def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=None, accumulate=False, options=None):
 
     def launch(flat_out, grad_view, workspace):
+        _check_kernels_compute(pyramid)
         want_gradient = grad_view is not None
         sums, scratch = _ssim._workspace_buffers(problem, workspace, pyramid.sizes(want_gradient), True,
                                                  pyramid.counters)
@@ -312,17 +336,20 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
         reference=lambda want_gradient: _reference_values(problem, pyramid, want_gradient), launch=launch)
 
 
-_DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics"}
+_DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics", "piq"}
         Whose MS-SSIM (docs/spec.rst section 6). "pytorch_msssim" (pytorch-msssim
         1.0) halves an odd side with a zero on both sides, counted in the
         mean; "tensorflow" (tf.image.ssim_multiscale) repeats the last row or
         column; "torchmetrics" (normalize="relu", torchmetrics >= 1.5) drops
         it, takes the last scale's SSIM over the full image extended by
         whole-sample reflection, and averages an image's channels (with
-        ``channel_axis``) into each scale's mean before the product. The
-        others average the per-channel products.
+        ``channel_axis``) into each scale's mean before the product; "piq"
+        (piq 0.8's multi_scale_ssim), where any side of a scale is odd, repeats
+        its first row and first column and drops what is left over (NumPy
+        inputs only). The others average the per-channel products.
     weights : sequence of float, optional
-        One exponent per scale, 2 to 16 of them, finite and >= 0; default the
+        One exponent per scale, 1 to 16 of them, finite and >= 0 (one: the
+        variant's SSIM at scale 1 to that power); default the
         five published ones (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
     data_range : float, optional
         Value range L of the images, as in :func:`cussim.ssim`: the dtype's

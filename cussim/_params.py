@@ -158,6 +158,12 @@ def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, 
     return _cached_params(*arguments)
 
 
+def _allowed_near(win_size) -> str:
+    """The allowed window sizes (odd, MIN_WIN_SIZE to MAX_WIN_SIZE) next to a refused one, as a suggestion."""
+    near = [w for w in (win_size - 1, win_size + 1) if MIN_WIN_SIZE <= w <= MAX_WIN_SIZE and w % 2]
+    return " or ".join(map(str, near or [min(max(win_size, MIN_WIN_SIZE), MAX_WIN_SIZE)]))
+
+
 def _checked_params(win_size, sigma, window, K1, K2, padding, sample_covariance, data_range,
                     spatial_dims) -> SsimParams:
     if window not in WINDOWS:
@@ -167,9 +173,10 @@ def _checked_params(win_size, sigma, window, K1, K2, padding, sample_covariance,
     if isinstance(win_size, bool) or not isinstance(win_size, numbers.Integral):
         raise TypeError(f"win_size must be an odd int from {MIN_WIN_SIZE} to {MAX_WIN_SIZE}, got {win_size!r}")
     if win_size % 2 == 0:
-        raise ValueError(f"win_size must be odd, got {win_size}; use {win_size - 1} or {win_size + 1}")
+        raise ValueError(f"win_size must be odd, got {win_size}; use {_allowed_near(win_size)}")
     if not MIN_WIN_SIZE <= win_size <= MAX_WIN_SIZE:
-        raise ValueError(f"win_size must be from {MIN_WIN_SIZE} to {MAX_WIN_SIZE}, got {win_size}")
+        raise ValueError(f"win_size must be from {MIN_WIN_SIZE} to {MAX_WIN_SIZE}, got {win_size}; "
+                         f"use {_allowed_near(win_size)}")
     if window == "gaussian":
         _positive_finite("sigma", sigma, "it is the Gaussian window's standard deviation in pixels (e.g. 1.5)")
     for name, value in (("K1", K1), ("K2", K2)):

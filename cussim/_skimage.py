@@ -117,6 +117,10 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
         raise ValueError(_WIN_SIZE_MESSAGE)
     if not (win_size % 2 == 1):
         raise ValueError("Window size must be odd.")
+    if win_size < 1 or (win_size == 1 and use_sample_covariance):  # scikit-image divides by zero, or reads garbage
+        raise ValueError(f"win_size must be an odd size from 3 to the images' smaller side "
+                         f"({min(spatial_shape)}; 1 only with use_sample_covariance=False), got {win_size}; "
+                         "use 7 (the default)")
     data_range = _data_range(im1, im2, data_range, stacklevel=3)
     if not data_range > 0:
         raise ValueError(f"data_range must be positive, got {data_range}")
@@ -163,7 +167,9 @@ def _reference_results(x, y, params, gradient, full):
     kwargs = dict(K1=params.K1, K2=params.K2, padding="reflect", data_range=params.data_range, cov=params.cov,
                   spatial=params.spatial)
     S = _reference.ssim_map(x, y, taps, crop=0 if full else params.crop, **kwargs)  # the whole map if asked for
-    mssim = np.float64(_reference.cropped(S, params.crop if full else 0, params.spatial).mean(dtype=np.float64))
+    # the mean of the same C-order array either way, so that full=True changes no bit of it
+    counted = np.ascontiguousarray(_reference.cropped(S, params.crop if full else 0, params.spatial))
+    mssim = np.float64(counted.mean(dtype=np.float64))
     grad = _reference.skimage_gradient(x, y, taps, **kwargs) if gradient else None
     return mssim, grad, S
 

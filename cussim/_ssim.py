@@ -12,6 +12,7 @@ batch axis. The gradient is with respect to the FIRST argument x
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -301,7 +302,7 @@ def _check_workspace(workspace, problem: _Problem, sizes, maker: str, options) -
 
 
 def _value_buffer(problem: _Problem, out):
-    """The caller's ``out`` checked (or a new one), and a 1-D view of it for the finishing kernel."""
+    """The caller's ``out`` checked (or a new one)."""
     dtype = problem.layout.compute_dtype
     if out is None:
         with problem.device():
@@ -309,9 +310,12 @@ def _value_buffer(problem: _Problem, out):
     else:
         out = _arrays.as_array(out, "out")
         _arrays.check_output(out, "out", shape=problem.layout.value_shape, dtype=dtype, like=problem.x)
-        if out.ndim > 1 and not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous (it holds {out.size} values)")
-    return out, out.reshape(-1)
+    return out
+
+
+def _flattens(values) -> bool:
+    """Whether the values have a 1-D view of one stride, the layout that the finishing kernels write."""
+    return values.ndim <= 1 or values.flags.c_contiguous
 
 
 def _reference_values(problem: _Problem, a, b, l1, want_gradient):
@@ -343,9 +347,9 @@ class _addressable:
 
     __slots__ = ("view", "target")
 
-    def __init__(self, problem: _Problem, view, keep=False):
+    def __init__(self, problem: _Problem, view, keep=False, fits=_launch.addressable):
         self.view = self.target = view
-        if view is not None and not _launch.addressable(view):
+        if view is not None and not fits(view):
             self.target = _arrays.empty(problem.xp, view.shape, view.dtype)
             if keep:
                 self.target[...] = view
@@ -366,25 +370,25 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
     layout or None) on NumPy inputs; ``launch(flat_out, grad_view,
     workspace)`` queues the kernels on x's device (workspace may be None).
     """
-    out, flat_out = _value_buffer(problem, out)
+    out = _value_buffer(problem, out)
     want_gradient = grad is not None
     grad_view = problem.permuted(grad) if want_gradient else None
     if workspace is not None:
         workspace = check_workspace(workspace)
     problem.check_apart({"out": out, "grad": grad, "workspace.block_sums": getattr(workspace, "block_sums", None),
                          "workspace.grad_maps": getattr(workspace, "grad_maps", None)})
-    if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
-        with problem.device():
+    with problem.device(), _addressable(problem, out, fits=_flattens) as values:
+        flat_out = values.reshape(-1)
+        if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
             flat_out[...] = np.nan
-        return out
-    if not _use_kernels(problem):
-        value, gradient = reference(want_gradient)
-        flat_out[...] = np.reshape(value, -1)
-        if want_gradient:
-            grad_view[...] = gradient + grad_view if accumulate else gradient
-        return out
-    with problem.device(), _addressable(problem, grad_view, keep=accumulate) as target:
-        launch(flat_out, target, workspace)
+        elif not _use_kernels(problem):
+            value, gradient = reference(want_gradient)
+            flat_out[...] = np.reshape(value, -1)
+            if want_gradient:
+                grad_view[...] = gradient + grad_view if accumulate else gradient
+        else:
+            with _addressable(problem, grad_view, keep=accumulate) as target:
+                launch(flat_out, target, workspace)
     return out
 
 
@@ -564,6 +568,45 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
         problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
     return result
+
+
+def _ssim_map_gradient(x, y, map_weights, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01,
+                       K2=0.03, padding="same", sample_covariance=False, channel_axis=None, spatial_dims=2):
+    """d sum(map_weights * ssim_map(x, y)) / dx, x's shape: the map's vector-Jacobian product (cussim.torch's
+    ssim_map differentiates through it). ``map_weights``: the map's shape, any strides (a 0 stride too).
+
+    The exact gradient of docs/spec.rst section 4 with every map pixel
+    weighted by its own g (no crop): the float64 reference on NumPy inputs;
+    on the kernels, the forward's partial maps (weight 1) times the weights,
+    then the backward.
+    """
+    problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
+                       padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
+                       reduce=False, spatial_dims=spatial_dims)
+    params = dataclasses.replace(problem.params, crop=0)  # every map pixel has its weight
+    map_shape = params.map_shape(problem.x.shape)
+    weights = problem.permuted(_arrays.as_array(map_weights, "map_weights"))
+    if weights.shape != map_shape:
+        raise ValueError(f"map_weights has shape {weights.shape}; it must have the map's, {map_shape}")
+    grad = _gradient_buffer(problem, None, False)
+    if problem.layout.planes == 0:
+        return grad
+    grad_view = problem.permuted(grad)
+    if not _use_kernels(problem):
+        taps = np.asarray(params.taps)
+        _, (xs, ys, partials) = _reference._map_and_partials(
+            problem.x, problem.y, taps, K1=params.K1, K2=params.K2, padding=params.padding,
+            data_range=params.data_range, cov=params.cov, want_partials=True, limit=problem.limit,
+            spatial=params.spatial)
+        grad_view[...] = _reference._gradient_from_partials(xs, ys, partials, np.asarray(weights, np.float64), taps,
+                                                            params.padding, params.spatial) / params.data_range
+        return grad
+    with problem.device(), _addressable(problem, grad_view) as target:
+        grad_maps = _arrays.empty(problem.xp, (3,) + map_shape, problem.layout.compute_dtype)
+        problem.layout.launcher.forward(problem.x, problem.y, params, grad_maps=grad_maps.reshape(-1), weight=1.0)
+        grad_maps *= weights  # the weights of the map's pixels: one elementwise product
+        problem.layout.launcher.backward(problem.x, problem.y, grad_maps.reshape(-1), target, params)
+    return grad
 
 
 def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kwargs):

@@ -553,7 +553,8 @@ def _halved(a, variant, spatial=2):
 
     The variant's treatment of an odd side comes first, on the whole array
     (pytorch_msssim: a zero before it, tensorflow: the last row or column
-    repeated, torchmetrics: the last one dropped); then every chunk is even
+    repeated, torchmetrics: the last one dropped, piq: see
+    :func:`cussim._reference.downsample`); then every chunk is even
     and aligned with the pairs, and each is halved on its own.
     """
     sides = a.shape[-spatial:]
@@ -562,6 +563,10 @@ def _halved(a, variant, spatial=2):
         a = da.pad(a, lead + [(n % 2, 0) for n in sides], mode="constant")
     elif variant == "tensorflow":
         a = da.pad(a, lead + [(0, n % 2) for n in sides], mode="edge")
+    elif variant == "piq":  # the first sample repeated on every side where any is odd, what is left over dropped
+        first = _reference.piq_lead(sides)
+        a = da.pad(a, lead + [(first, 0)] * spatial, mode="edge")
+        a = a[(Ellipsis, *(slice(0, n + first - (n + first) % 2) for n in sides))]
     else:
         a = a[(Ellipsis, *(slice(0, n - n % 2) for n in sides))]
     a = a.rechunk(a.chunks[:-spatial] + tuple(_even(c) for c in a.chunks[-spatial:]))

@@ -101,9 +101,13 @@ __device__ inline void combine_image(long long image, const volatile double* blo
         }
         __syncthreads();
     }
-    // zero: some scale with weight > 0 has a relu'd mean of 0, so the product is 0
-    bool zero = false;
-    for (int s = 0; s < scales; ++s) zero = zero || (means[s] == 0.0 && scale_table[4 * s] > 0.0);
+    // zero: some scale with weight > 0 has a relu'd mean of 0, so the product is 0 (NaN where a mean is NaN)
+    bool zero = false, nan = false;
+    for (int s = 0; s < scales; ++s) {
+        zero = zero || (means[s] == 0.0 && scale_table[4 * s] > 0.0);
+        nan = nan || means[s] != means[s];
+    }
+    zero = zero && !nan;
     if (j < scales) {
         const double w = scale_table[4 * j];
         weighted_logs[j] = (w == 0.0 || zero) ? 0.0 : w * log(means[j]);

@@ -186,11 +186,13 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     const C sxx_raw = mul(cov, add(m[2], -mul(m[0], m[0])));
     const C syy_raw = mul(cov, add(m[3], -mul(my_shifted, my_shifted)));
     const C vd_raw = mul(cov, add(m[4], -mul(m[1], m[1])));
-    const bool free_sxx = sxx_raw > C(0), free_sxy = free_sxx && syy_raw > C(0);
+    // Clamped where <= 0, never where NaN: a NaN or infinite pixel keeps the value and the
+    // partials of its windows NaN, so the gradient is NaN where it reaches, never 0.
+    const bool free_sxx = !(sxx_raw <= C(0)), free_syy = !(syy_raw <= C(0)), free_sxy = free_sxx && free_syy;
     const C sxx = free_sxx ? sxx_raw : C(0);
-    const C syy = syy_raw > C(0) ? syy_raw : C(0);
+    const C syy = free_syy ? syy_raw : C(0);
     // var(d) = sxx + syy - 2 sxy; with no covariance where a window is flat, sxx + syy.
-    const C vd = free_sxy ? (vd_raw > C(0) ? vd_raw : C(0)) : add(sxx, syy);
+    const C vd = free_sxy ? (vd_raw <= C(0) ? C(0) : vd_raw) : add(sxx, syy);
     const C mx = add(m[0], kx), md = add(m[1], add(kx, -ky)), my = add(mx, -md);
     const C b1 = add(add(mul(mx, mx), mul(my, my)), c1);
     const C b2 = add(add(sxx, syy), c2);
@@ -213,7 +215,7 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     out.partial[0] = out.partial[1] = out.partial[2] = C(0);
     if (formula == GRADIENT_NONE) return out;
     const C s = out.s;
-    if (formula == GRADIENT_EXACT && s == s_raw) {
+    if (formula == GRADIENT_EXACT && !(s_raw > C(1) || s_raw < C(-1))) {  // not clamped (NaN is not)
         // dS/dmx' = dl/dmx cs + l dcs/dmx', dl/dmx = -2 md (1 - mx md / B1) / B1 (0 for TERM_CS),
         // dcs/dmx' = 2 c (md' - mx' u) / B2 (through var(d) and sxx). Derivatives of the
         // unclamped covariance: at a flat window of x, var(d) moves to first order with x

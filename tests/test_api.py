@@ -286,7 +286,12 @@ X, Y = _images((2, 20, 20))
         (lambda: cussim.ssim(X.astype(np.int32), Y.astype(np.int32)), TypeError, "x has dtype int32"),
         (lambda: cussim.ssim(X, Y.astype(np.float64)), TypeError, "y has dtype float64 but x has float32"),
         (lambda: cussim.ssim(X, Y, win_size=8), ValueError, "win_size must be odd"),
-        (lambda: cussim.ssim(X, Y, win_size=1), ValueError, "win_size must be from 3 to 15"),
+        (lambda: cussim.ssim(X, Y, win_size=1), ValueError, "win_size must be from 3 to 15, got 1; use 3$"),
+        (lambda: cussim.ssim(X, Y, win_size=0), ValueError, "win_size must be odd, got 0; use 3$"),
+        (lambda: cussim.ssim(X, Y, win_size=2), ValueError, "win_size must be odd, got 2; use 3$"),
+        (lambda: cussim.ssim(X, Y, win_size=-4), ValueError, "win_size must be odd, got -4; use 3$"),
+        (lambda: cussim.ssim(X, Y, win_size=16), ValueError, "win_size must be odd, got 16; use 15$"),
+        (lambda: cussim.ssim(X, Y, win_size=6), ValueError, "win_size must be odd, got 6; use 5 or 7$"),
         (lambda: cussim.ssim(X, Y, win_size=17), ValueError, "win_size must be from 3 to 15"),
         (lambda: cussim.ssim(X, Y, win_size=7.0), TypeError, "win_size must be an odd int"),
         (lambda: cussim.ssim(X[:, :9, :9], Y[:, :9, :9]), ValueError, "9x9, smaller than the 11x11 window"),
@@ -373,11 +378,17 @@ def test_read_only_output_is_refused():
         cussim.ssim(X, Y, out=out)
 
 
-def test_non_contiguous_value_out_is_refused():
-    out = np.zeros((4, 3), np.float32)[::2].T
-    with pytest.raises(ValueError, match="out must be C-contiguous"):
-        cussim.ssim(np.zeros((3, 2, 12, 12), np.float32), np.zeros((3, 2, 12, 12), np.float32), axis=(2, 3),
-                    out=out)
+@pytest.mark.parametrize("function", [cussim.ssim, cussim.ssim_with_gradient, cussim.ms_ssim])
+def test_a_strided_value_out_works(backend, function):
+    """A transposed or sliced 2-D ``out`` (no 1-D view of one stride) is written through a C-order buffer."""
+    x, y = _images((3, 2, 24, 24))
+    kwargs = dict(axis=(2, 3), win_size=3, **({"weights": (0.5, 0.5)} if function is cussim.ms_ssim else {}))
+    value = lambda result: result[0] if isinstance(result, tuple) else result  # noqa: E731
+    expected = backend.asnumpy(value(function(backend.asarray(x), backend.asarray(y), **kwargs)))
+    for out in (backend.asarray(np.zeros((2, 3), np.float32)).T,
+                backend.asarray(np.zeros((6, 4), np.float32))[::2, ::2]):
+        assert value(function(backend.asarray(x), backend.asarray(y), out=out, **kwargs)) is out
+        np.testing.assert_array_equal(backend.asnumpy(out), expected)
 
 
 @pytest.mark.gpu

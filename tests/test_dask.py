@@ -108,7 +108,7 @@ def test_chunks_run_on_the_kernels(monkeypatch):
     assert relative_l2(grad, reference_grad) < 1e-4
 
 
-@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow", "torchmetrics"])
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow", "torchmetrics", "piq"])
 def test_ms_ssim_equals_in_memory(variant):
     """Chunks that split windows at every scale, and odd sides at several scales."""
     x, y = pair((3, 2, 61, 70), seed=6)
@@ -185,7 +185,7 @@ def test_volume_chunks_run_on_the_kernels(monkeypatch):
     assert relative_l2(grad, reference_grad) < 1e-4
 
 
-@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow", "torchmetrics"])
 def test_volume_ms_ssim_equals_in_memory(variant):
     """2x2x2 halving chunk by chunk, odd sides at several scales, depth chunked."""
     x, y = pair((1, 2, 20, 21, 23), seed=13)
@@ -266,8 +266,6 @@ def test_bad_inputs_are_named():
         cd.ssim(dx, dx, spatial_dims=4)
     with pytest.raises(ValueError, match="volumes are 1x30x30, smaller than the 11x11x11 window"):
         cd.ssim_with_gradient(dx[None], dx[None], spatial_dims=3)
-    with pytest.raises(ValueError, match="variant='torchmetrics' is for images"):
-        cd.ms_ssim(dx[None], dx[None], spatial_dims=3, variant="torchmetrics")
     with pytest.raises(TypeError, match="chunks are ndarray arrays but y's are"):
         cd.ssim(dx, da.from_array(np.ma.masked_array(y), chunks=10, asarray=False))
 

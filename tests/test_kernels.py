@@ -338,6 +338,25 @@ def test_nan_input_gives_nan_mean_and_local_nan_gradient(executor):
     assert np.isfinite(grad[:10]).all() and np.isfinite(grad[:, :10]).all()
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("image", ["x", "y"])
+def test_a_non_finite_pixel_gives_nan_gradient_wherever_it_reaches(executor, image, dtype, padding, bad):
+    """The clamps leave NaN alone: S == S_raw and sxx > 0 were False for NaN, so the partials of its windows
+    were 0 and the gradient NaN at the pixel alone; now NaN at the 9 x 9 pixels within 2r, as on the float64 path."""
+    x, y = _images((40, 40), dtype)
+    (x if image == "x" else y)[20, 21] = bad
+    params = _params(x, win_size=5, padding=padding)
+    value, grad = _value_and_gradient(executor, x, y, params)
+    with np.errstate(invalid="ignore"):
+        _, expected = ref.ssim_with_gradient(x, y, np.asarray(params.taps), crop=params.crop,
+                                             **_reference_kwargs(params))
+    assert np.isnan(value[0])
+    np.testing.assert_array_equal(np.isnan(grad), np.isnan(expected))
+    assert np.isnan(grad).sum() == 9 * 9
+
+
 @pytest.mark.parametrize("padding", ref.PADDINGS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_gradient_with_flat_patches(executor, padding, dtype):

@@ -10,7 +10,7 @@ import pytest
 from skimage import data
 
 import cussim
-from cussim import _arrays
+from cussim import _arrays, _launch
 from cussim import _reference as ref
 from executors import Executor, device_allocations_refused
 
@@ -30,6 +30,14 @@ def kernels(monkeypatch):
     """The kernels on the CPU emulator, for NumPy arrays."""
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
     return Executor("emulator")
+
+
+KERNEL_VARIANTS = tuple(_launch.MS_SSIM_VARIANT_CODES)  # "piq" is the reference's alone
+
+
+def _variants(backend):
+    """The variants that ``backend`` computes."""
+    return ref.MS_SSIM_VARIANTS if backend.name == "reference" else KERNEL_VARIANTS
 
 
 def _pair(shape, dtype=np.float32, seed=0, noise=0.2):
@@ -65,7 +73,7 @@ SCALES = dict(weights=(0.3, 0.3, 0.4), win_size=5)  # 3 scales: sides from 17 (2
 SMALL = dict(SCALES, sigma=1.0)
 
 
-@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
 def test_planned_launches_take_each_calls_images(kernels, variant):
     """A second call with other images of the same layout reuses every launch plan (pyramid, fold,
     forward, the last forward with the combine and its finish, backward) and still computes on its own images
@@ -79,7 +87,7 @@ def test_planned_launches_take_each_calls_images(kernels, variant):
         _check(value, grad, *_expected(x, y, **expected_options), np.float32)
 
 
-@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernels_match_the_reference_for_every_variant(backend, variant, dtype):
     x, y = _pair((2, 3, 37, 42), dtype, seed=1)  # odd and even sides at every scale
@@ -91,7 +99,7 @@ def test_kernels_match_the_reference_for_every_variant(backend, variant, dtype):
     assert backend.asnumpy(value).shape == (2,) and backend.asnumpy(grad).dtype == dtype
 
 
-@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
 def test_default_weights_and_window_at_the_minimum_size(backend, variant):
     side = ref.ms_ssim_min_size(11, 5, variant)
     x, y = _pair((side, side + 9), np.float32, seed=2)
@@ -133,7 +141,7 @@ def test_float16_matches_float32_of_the_rounded_inputs(kernels):
 
 def test_an_image_against_its_negative_is_finite(backend):
     x, _ = _pair((2, 40, 41), np.float32, seed=6)
-    for variant in ref.MS_SSIM_VARIANTS:
+    for variant in _variants(backend):
         value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(1 - x), variant=variant,
                                                    axis=(1, 2), **SMALL)
         value, grad = backend.asnumpy(value), backend.asnumpy(grad)
@@ -142,7 +150,7 @@ def test_an_image_against_its_negative_is_finite(backend):
 
 def test_identical_images_give_exactly_one(backend):
     x, _ = _pair((3, 36, 36), np.float32, seed=7)
-    for variant in ref.MS_SSIM_VARIANTS:
+    for variant in _variants(backend):
         value = backend.asnumpy(cussim.ms_ssim(backend.asarray(x), backend.asarray(x), variant=variant, **SMALL))
         assert float(value) == 1.0
 
@@ -172,6 +180,33 @@ def test_accumulate_out_and_workspace_are_used_in_place(backend):
     assert value is out and g is grad
     expected_value, expected_grad = _expected(x, y, variant="tensorflow", axis=(1, 2, 3), **SMALL)
     _check(backend.asnumpy(out), backend.asnumpy(grad) - 1, expected_value, expected_grad, np.float32)
+
+
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
+@pytest.mark.parametrize("image", ["x", "y"])
+def test_a_nan_pixel_gives_nan_value_and_gradient(backend, variant, image):
+    """Every scale holds the NaN, so the value and every pixel's gradient are NaN (no relu, guard or clamp
+    turns it into a number)."""
+    x, y = _pair((45, 47))
+    (x if image == "x" else y)[11, 13] = np.nan
+    with np.errstate(invalid="ignore"):
+        value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), win_size=5,
+                                                   weights=(0.3, 0.3, 0.4), variant=variant)
+    assert np.isnan(backend.asnumpy(value)) and np.isnan(backend.asnumpy(grad)).all()
+
+
+def test_a_nan_that_one_scale_drops_keeps_the_value_nan(backend):
+    """torchmetrics drops an odd last row: its NaN reaches scale 0 alone, whose mean is NaN, while the
+    finer-grained scales' relu'd means are 0 (an image against its negative). The product is NaN, never 0 (the
+    kernels' combine returned 0 for a zero mean whatever the others)."""
+    x, _ = _pair((41, 40))
+    y = 1 - x
+    x[40, 7] = np.nan
+    with np.errstate(invalid="ignore"):
+        value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), variant="torchmetrics",
+                                                   weights=(0.5, 0.5), win_size=5)
+    assert cussim.ms_ssim(x[:40], y[:40], variant="torchmetrics", weights=(0.5, 0.5), win_size=5) == 0.0
+    assert np.isnan(backend.asnumpy(value)) and np.isnan(backend.asnumpy(grad)).all()
 
 
 def test_the_same_call_twice_is_bitwise_equal(kernels):
@@ -204,7 +239,7 @@ def _pyramid_levels(executor, x, y, variant, levels, margin, launch_levels):
     return [executor.asnumpy(a) for a in xs[1:]], [executor.asnumpy(a) for a in ys[1:]]
 
 
-@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 def test_pyramid_in_one_launch_is_bitwise_its_levels_one_at_a_time(executor, variant, dtype):
     """msssim_pyramid's levels (odd sides at every level, a strided view, torchmetrics' extended last level)
@@ -275,7 +310,7 @@ def _combined(executor, x, y, options, workspace_options):
     return [executor.asnumpy(a) for a in results] + [executor.asnumpy(ws.block_sums)]
 
 
-@pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
 def test_combine_folded_into_the_last_forward_is_bitwise_its_own_launch(executor, monkeypatch, variant):
     """The last scale's forward combining the scales (its last block of each image, then the last image's
     finish) gives the values, gradients, per-image values and plane weights of forwards plus msssim_combine,
@@ -327,6 +362,41 @@ def test_in_place_path_allocates_nothing_on_the_gpu():
         cussim.ms_ssim_with_gradient(x, y, out=out, grad=grad, workspace=ws, accumulate=True)
 
 
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
+def test_one_scale_is_the_valid_ssim_to_its_power(backend, variant):
+    """weights of length 1 (torchmetrics and pytorch-msssim accept them): relu(mean valid SSIM) ** w per image,
+    and its gradient (a ValueError before)."""
+    x, y = _pair((3, 30, 31), np.float64)
+    value, grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), weights=(0.7,), win_size=7,
+                                               variant=variant, axis=(1, 2))
+    ssim, ssim_grad = cussim.ssim_with_gradient(x, y, win_size=7, padding="valid", axis=(1, 2))
+    np.testing.assert_allclose(backend.asnumpy(value), ssim**0.7, rtol=1e-13)
+    np.testing.assert_allclose(backend.asnumpy(grad), 0.7 * ssim[:, None, None] ** -0.3 * ssim_grad, rtol=1e-9,
+                               atol=1e-15)
+
+
+def test_one_scale_of_torchmetrics_is_torchmetrics():
+    """torchmetrics' betas of length 1: the SSIM of the reflected image, channels pooled, to the power."""
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = _pair((2, 3, 40, 41), np.float64)
+    a, b = torch.tensor(x, requires_grad=True), torch.tensor(y)
+    theirs = tm.multiscale_structural_similarity_index_measure(a, b, data_range=1.0, betas=(0.7,), normalize="relu",
+                                                               reduction="none")
+    theirs.sum().backward()
+    value, grad = cussim.ms_ssim_with_gradient(x, y, weights=(0.7,), variant="torchmetrics", channel_axis=1,
+                                               axis=(1, 2, 3))
+    # 2e-9 apart here; 1e-8 as tests/test_torch.py's comparison of five scales with torchmetrics
+    np.testing.assert_allclose(value, theirs.detach().numpy(), rtol=0, atol=1e-8)
+    assert np.linalg.norm(grad - a.grad.numpy()) < 1e-6 * np.linalg.norm(grad)
+
+
+def test_one_scale_of_torchmetrics_on_the_kernels_is_refused_with_the_way_round(kernels):
+    x, y = _pair((40, 40))
+    with pytest.raises(ValueError, match="variant='torchmetrics' with one scale .* is computed for NumPy inputs"):
+        cussim.ms_ssim(x, y, weights=(1.0,), variant="torchmetrics")
+
+
 def test_an_empty_batch_gives_nan(backend):
     x = backend.asarray(np.zeros((0, 40, 40), np.float32))
     assert np.isnan(backend.asnumpy(cussim.ms_ssim(x, x, **SMALL)))
@@ -337,7 +407,7 @@ def test_an_empty_batch_gives_nan(backend):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(variant="matlab"), ValueError, "variant must be one of 'pytorch_msssim', 'tensorflow', 'torchmetrics'"),
-    (dict(weights=(1.0,)), ValueError, "weights has 1 entries; MS-SSIM takes 2 to 16 scales"),
+    (dict(weights=()), ValueError, "weights has 0 entries; MS-SSIM takes 1 to 16 scales"),
     (dict(weights=(0.1,) * 17), ValueError, "weights has 17 entries"),
     (dict(weights=(0.5, -0.5)), ValueError, "weights must be finite numbers >= 0"),
     (dict(weights=(0.5, float("nan"))), ValueError, "weights must be finite numbers >= 0"),
@@ -470,3 +540,53 @@ def test_repeated_calls_reuse_scales_only_where_they_fit(backend):
         fresh_value, fresh_grad = cussim.ms_ssim_with_gradient(backend.asarray(x), backend.asarray(y), **keywords)
         np.testing.assert_array_equal(backend.asnumpy(value), backend.asnumpy(fresh_value))
         np.testing.assert_array_equal(backend.asnumpy(grad), backend.asnumpy(fresh_grad))
+
+
+# ---- the "piq" variant: piq 0.8's multi_scale_ssim, written here in PyTorch from its source ----
+
+def _piq_ms_ssim(x, y, weights, win_size=11, sigma=1.5, K=(0.01, 0.03)):
+    """piq.multi_scale_ssim's per-image values (data range 1, weights as given): where a scale's height or width
+    is odd, one replicated row above and column to the left, then avg_pool2d; valid Gaussian SSIM and cs of
+    unclamped variances, relu, the product of powers per channel, the channels' mean."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    offsets = torch.arange(win_size, dtype=x.dtype) - (win_size - 1) / 2
+    g = torch.exp(-(offsets[None] ** 2 + offsets[:, None] ** 2) / (2 * sigma**2))
+    kernel = (g / g.sum()).expand(x.shape[1], 1, win_size, win_size)
+    c1, c2 = K[0] ** 2, K[1] ** 2
+    values = []
+    for level in range(len(weights)):
+        if level:
+            pad = max(x.shape[2] % 2, x.shape[3] % 2)
+            x, y = (F.avg_pool2d(F.pad(a, [pad, 0, pad, 0], mode="replicate"), 2) for a in (x, y))
+        blur = lambda a: F.conv2d(a, kernel, groups=x.shape[1])  # noqa: E731
+        mx, my = blur(x), blur(y)
+        cs = (2 * (blur(x * y) - mx * my) + c2) / (blur(x * x) - mx**2 + blur(y * y) - my**2 + c2)
+        ssim = (2 * mx * my + c1) / (mx**2 + my**2 + c1) * cs
+        values.append((ssim if level == len(weights) - 1 else cs).mean(dim=(-1, -2)))
+    stacked = torch.relu(torch.stack(values))
+    return torch.prod(stacked ** torch.tensor(weights, dtype=x.dtype).view(-1, 1, 1), dim=0).mean(1)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 168, 176), (1, 2, 165, 171), (1, 1, 170, 163)])
+def test_piq_variant_is_piqs_ms_ssim(shape):
+    """piq halves an odd side unlike the other three (4e-4 to 5e-3 apart on random 168 x 176 pairs, where 21 x 22 is
+    halved at the fourth scale): values and the gradient to X against piq's algorithm in PyTorch."""
+    torch = pytest.importorskip("torch")
+    x, y = _pair(shape, np.float64)
+    a = torch.tensor(x, requires_grad=True)
+    theirs = _piq_ms_ssim(a, torch.tensor(y), ref.MS_SSIM_WEIGHTS)
+    theirs.sum().backward()
+    value, grad = cussim.ms_ssim_with_gradient(x, y, variant="piq", axis=(1, 2, 3))
+    np.testing.assert_allclose(value, theirs.detach().numpy(), rtol=0, atol=1e-12)
+    assert np.linalg.norm(grad - a.grad.numpy()) <= 1e-9 * np.linalg.norm(grad)
+    others = [cussim.ms_ssim(x, y, variant=v, axis=(1, 2, 3)) for v in ("pytorch_msssim", "tensorflow")]
+    assert min(np.abs(o - value).max() for o in others) > 1e-5
+
+
+def test_piq_variant_on_the_kernels_and_on_volumes_is_refused(kernels):
+    x, y = _pair((170, 163))
+    with pytest.raises(ValueError, match="variant='piq' is computed for NumPy inputs .* only"):
+        cussim.ms_ssim(x, y, variant="piq")
+    with pytest.raises(ValueError, match="variant='piq' is for images"):
+        cussim.ms_ssim(*_pair((20, 20, 20)), variant="piq", spatial_dims=3, win_size=3, weights=(0.5, 0.5))

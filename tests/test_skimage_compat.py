@@ -148,6 +148,10 @@ def test_four_spatial_dimensions_are_passed_to_skimage():
          "Window size must be odd"),
         (lambda: structural_similarity(np.zeros((5, 5)), np.zeros((5, 5)), data_range=1),
          "win_size exceeds image extent"),
+        # where scikit-image divides by zero (ZeroDivisionError) or reads a negative window
+        *[(lambda w=w: structural_similarity(np.zeros((9, 9)), np.zeros((9, 9)), data_range=1, win_size=w),
+           rf"win_size must be an odd size from 3 to the images' smaller side \(9; 1 only with "
+           rf"use_sample_covariance=False\), got {w}; use 7 \(the default\)") for w in (1, -1, -3)],
         (lambda: structural_similarity(np.zeros((9, 9)), np.zeros((9, 9))), "you must specify the data_range"),
         (lambda: structural_similarity(np.zeros((9, 9)), np.zeros((9, 9)), data_range=0), "data_range must be"),
     ],
@@ -176,6 +180,17 @@ def test_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         structural_similarity(x8, x8)  # uint8: no warning
+
+
+@pytest.mark.parametrize("options", [{}, {"gaussian_weights": True}, {"channel_axis": -1}])
+def test_full_changes_no_bit_of_the_mean(backend, options):
+    """As scikit-image's own suite asserts: the mean with ``full=True`` is the mean without (the reference
+    took one from a cropped view of the whole map, the other from a directly cropped map: 84 of 200 differed)."""
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        shape = tuple(rng.integers(40, 260, 2)) + ((3,) if "channel_axis" in options else ())
+        x, y = (backend.asarray(rng.integers(0, 256, shape, dtype=np.uint8)) for _ in range(2))
+        assert structural_similarity(x, y, full=True, **options)[0] == structural_similarity(x, y, **options)
 
 
 def test_identical_images_give_exactly_one(backend):

@@ -473,3 +473,94 @@ def test_any_layout_on_every_path(numpy_backend, monkeypatch):
     assert float(value) == pytest.approx(float(expected[0]), abs=1e-12)
     torch.testing.assert_close(grad_x, expected[1], rtol=0, atol=1e-12)
     torch.testing.assert_close(grad_y, expected[2], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("numpy_backend", ["reference", "emulator"])
+def test_a_non_finite_pixel_gives_nan_gradients_wherever_it_reaches(numpy_backend, dtype, bad, monkeypatch):
+    """An optimiser never steps on a bogus gradient: NaN at every pixel within 2r of the bad one, in x and y."""
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", numpy_backend)
+    x, y = images((1, 1, 32, 32), dtype=dtype)
+    x[0, 0, 10, 10] = bad
+    value, grad_x, grad_y = gradients(lambda a, b: ct.ssim(a, b, win_size=7), x, y)
+    reach = torch.zeros(32, 32, dtype=torch.bool)
+    reach[4:17, 4:17] = True
+    assert torch.isnan(value)
+    for grad in (grad_x, grad_y):
+        assert torch.equal(torch.isnan(grad[0, 0]), reach)
+
+
+# ---- ssim_map: the differentiable map ----
+
+MAP_OPTIONS = [{}, {"padding": "valid"}, {"padding": "reflect", "win_size": 7},
+               {"window": "uniform", "win_size": 5, "sample_covariance": True}]
+
+
+@pytest.mark.parametrize("options", MAP_OPTIONS)
+def test_gradcheck_ssim_map(options):
+    """The backward takes any incoming gradient: gradcheck draws one per map pixel."""
+    x, y = images((1, 2, 13, 15))
+    assert torch.autograd.gradcheck(lambda a, b: ct.ssim_map(a, b, **options),
+                                    (x.requires_grad_(), y.requires_grad_()))
+
+
+@pytest.mark.parametrize("options", MAP_OPTIONS)
+def test_ssim_map_on_the_kernels_is_the_reference(options, monkeypatch):
+    """The kernels' backward of the map (partial maps times the incoming gradient) against the float64 path."""
+    x, y = images((2, 2, 21, 19))
+    def weighted(a, b):
+        S = ct.ssim_map(a, b, **options)
+        return (S * torch.linspace(-1, 2, S.shape[-1], dtype=S.dtype)).sum()
+
+    expected = gradients(weighted, x, y)
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    for got, want in zip(gradients(weighted, x, y), expected):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_ssim_map_dtypes_and_a_broadcast_reference(dtype):
+    """Half maps are computed in float32; gradients come back in the input's dtype, y's summed to its shape."""
+    x, y = images((2, 3, 20, 24))
+    weights = torch.rand(2, 3, 20, 24, dtype=torch.float64)
+    expected = gradients(lambda a, b: (ct.ssim_map(a, b) * weights).sum(), x, y[:1])
+    value, grad_x, grad_y = gradients(lambda a, b: (ct.ssim_map(a, b) * weights.float()).sum(), x.to(dtype),
+                                      y[:1].to(dtype))
+    assert ct.ssim_map(x.to(dtype), y.to(dtype)).dtype == torch.float32
+    assert grad_x.dtype == grad_y.dtype == dtype and grad_y.shape == (1, 3, 20, 24)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    assert float(value) == pytest.approx(float(expected[0]), rel=tolerance)
+    for got, want in zip((grad_x, grad_y), expected[1:]):
+        assert float((got.double() - want).norm() / want.norm()) < tolerance
+
+
+def test_ssim_map_is_torchmetrics_full_image(astronaut_pair):
+    """torchmetrics' return_full_image map: the valid map of reflect-padded images (as docs/switching.rst says
+    for the mean), and its gradient under a per-pixel weighting."""
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = astronaut_pair
+    weights = torch.rand(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
+
+    def switched(a, b):
+        pad = lambda t: F.pad(t, (5, 5, 5, 5), mode="reflect")  # noqa: E731
+        return (ct.ssim_map(pad(a), pad(b), padding="valid") * weights).sum()
+
+    def theirs(a, b):
+        return (tm.structural_similarity_index_measure(a, b, data_range=1.0, return_full_image=True)[1]
+                * weights).sum()
+
+    ours, expected = gradients(switched, x, y), gradients(theirs, x, y)
+    assert float(ours[0]) == pytest.approx(float(expected[0]), rel=1e-12)
+    for got, want in zip(ours[1:], expected[1:]):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-13)
+
+
+def test_ssim_map_takes_no_outputs_and_no_second_derivative():
+    x, y = images((1, 1, 12, 12))
+    with pytest.raises(TypeError, match="ssim_map takes no 'out'"):
+        ct.ssim_map(x, y, out=x)
+    a = x.clone().requires_grad_()
+    (first,) = torch.autograd.grad(ct.ssim_map(a, y, win_size=3).sum(), a, create_graph=True)
+    with pytest.raises(RuntimeError, match="cussim.torch.ssim_map has no second derivative"):
+        first.sum().backward()

@@ -173,6 +173,21 @@ def test_float32_images(photos):
     assert float(dropin.ssim(x, y)) == pytest.approx(float(original.ssim(*photos)), abs=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_results_have_the_inputs_dtype_as_in_pytorch_msssim(photos, dtype):
+    """float16 and bfloat16 compute in float32 and come back rounded to the inputs' dtype, as the original's do;
+    the gradient too."""
+    x, y = (t.to(dtype) for t in photos)
+    calls = [lambda a, b: dropin.ssim(a, b), lambda a, b: dropin.ssim(a, b, size_average=False),
+             lambda a, b: dropin.ms_ssim(a, b), dropin.SSIM(), dropin.MS_SSIM(size_average=False)]
+    for call in calls:
+        a = x.clone().requires_grad_()
+        value = call(a, y)
+        value.sum().backward()
+        assert value.dtype == a.grad.dtype == dtype
+    assert float(dropin.ssim(x, y)) == pytest.approx(float(original.ssim(x.double(), y.double())), abs=1e-2)
+
+
 def test_trailing_axes_of_size_one_are_dropped_as_pytorch_msssim_does(photos):
     x, y = photos[0][:1, :, :64, :70], photos[1][:1, :, :64, :70]
     for shape in ((1, 3, 64, 70, 1), (1, 3, 1, 64, 70)):

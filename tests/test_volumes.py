@@ -73,6 +73,20 @@ def test_values_and_gradients(backend, dtype, padding):
                                                  spatial_dims=3))) - expected) < 1e-5
 
 
+@pytest.mark.parametrize("padding", ref.PADDINGS)
+def test_a_nan_voxel_gives_nan_gradient_wherever_it_reaches(backend, padding):
+    """NaN at the 9 x 9 x 9 voxels within 2r of a NaN voxel, never 0 (the kernels' clamps made 0 of it)."""
+    x, y = _images((16, 17, 18), np.float32)
+    x[8, 8, 9] = np.nan
+    with np.errstate(invalid="ignore"):
+        value, grad = cussim.ssim_with_gradient(backend.asarray(x), backend.asarray(y), win_size=5, padding=padding,
+                                                spatial_dims=3)
+    reach = np.zeros(x.shape, bool)
+    reach[4:13, 4:13, 5:14] = True
+    assert np.isnan(backend.asnumpy(value))
+    np.testing.assert_array_equal(np.isnan(backend.asnumpy(grad)), reach)
+
+
 @pytest.mark.parametrize("window", ["gaussian", "uniform"])
 def test_options_axis_and_map(backend, window):
     x, y = _images((2, 3, 9, 10, 11))
@@ -246,9 +260,28 @@ def test_ms_ssim_in_place_path_allocates_nothing(name, monkeypatch):
     np.testing.assert_allclose(grad, 1 + 2 * plain, rtol=1e-5, atol=1e-7)
 
 
-def test_ms_ssim_volume_errors():
+def test_torchmetrics_ms_ssim_of_volumes_is_torchmetrics():
+    """torchmetrics' 5-D MS-SSIM: floor halving by avg_pool3d, the last scale reflected along all three axes,
+    channels pooled (a ValueError before)."""
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = _images((2, 2, 24, 26, 28), np.float64)
+    a = torch.tensor(x, requires_grad=True)
+    theirs = tm.multiscale_structural_similarity_index_measure(a, torch.tensor(y), data_range=1.0, betas=(0.5, 0.5),
+                                                               kernel_size=5, sigma=0.7, normalize="relu",
+                                                               reduction="none")
+    theirs.sum().backward()
+    value, grad = cussim.ms_ssim_with_gradient(x, y, weights=(0.5, 0.5), win_size=5, sigma=0.7, variant="torchmetrics",
+                                               channel_axis=1, spatial_dims=3, axis=(1, 2, 3, 4))
+    np.testing.assert_allclose(value, theirs.detach().numpy(), rtol=0, atol=1e-12)
+    assert np.linalg.norm(grad - a.grad.numpy()) <= 1e-10 * np.linalg.norm(grad)
+
+
+def test_ms_ssim_volume_errors(monkeypatch):
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    with pytest.raises(ValueError, match="variant='torchmetrics' on volumes .* is computed for NumPy inputs"):
+        cussim.ms_ssim(*_images((12, 13, 14)), variant="torchmetrics", **MS_OPTIONS)
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "reference")
     x, y = _images((9, 10, 11))
-    with pytest.raises(ValueError, match="variant='torchmetrics' is for images"):
-        cussim.ms_ssim(x, y, variant="torchmetrics", **MS_OPTIONS)
     with pytest.raises(ValueError, match="volumes are 9x10x11; MS-SSIM .* needs a smaller side of at least 161"):
         cussim.ms_ssim(x, y, spatial_dims=3)

@@ -17,6 +17,10 @@ tensor is (N, C, D, H, W), volumes, as in pytorch-msssim and fused-ssim:
 ``channel_axis=1`` and ``spatial_dims=3`` by default. Other shapes keep
 cussim's rule: the last two axes are the image plane.
 
+:func:`ssim_map` returns the SSIM map itself, differentiable for any
+incoming gradient (a per-pixel weighting of the loss, torchmetrics'
+``return_full_image``); its backward computes the gradient then.
+
 Drop-ins for code written against other libraries (change the import, keep
 the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``),
 :func:`fused_ssim3d` (fused-ssim's volumes) and
@@ -55,8 +59,8 @@ Examples
 """
 
 from . import pytorch_msssim
-from ._functions import DSSIMLoss, L1DSSIMLoss, MSSSIMLoss, SSIMLoss, dssim, l1_dssim_loss, ms_ssim, ssim
+from ._functions import DSSIMLoss, L1DSSIMLoss, MSSSIMLoss, SSIMLoss, dssim, l1_dssim_loss, ms_ssim, ssim, ssim_map
 from ._fused_ssim import fused_ssim, fused_ssim3d
 
-__all__ = ["DSSIMLoss", "L1DSSIMLoss", "MSSSIMLoss", "SSIMLoss", "dssim", "fused_ssim", "fused_ssim3d", "l1_dssim_loss", "ms_ssim",
-           "pytorch_msssim", "ssim"]
+__all__ = ["DSSIMLoss", "L1DSSIMLoss", "MSSSIMLoss", "SSIMLoss", "dssim", "fused_ssim", "fused_ssim3d", "l1_dssim_loss",
+           "ms_ssim", "pytorch_msssim", "ssim", "ssim_map"]

@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import numbers
 
+import numpy as np
 import torch
 
 import cussim
+from cussim._ssim import _ssim_map_gradient
 
 # name: (value function, value-and-gradient function) of cussim
 _METRICS = {
@@ -47,6 +49,11 @@ def _cuda_context(device):
     return stack
 
 
+def _context(tensor):
+    """Where cussim computes on the tensor: CuPy on its device and stream (CUDA), nothing to enter (CPU)."""
+    return _cuda_context(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
 def _computable(tensor, name):
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -78,8 +85,7 @@ def _evaluate(metric, x, y, options, want_gradient):
     kept_shape, value_shape = _value_shapes(x, options.get("axis"))
     out = torch.empty(kept_shape, dtype=_value_dtype(x), device=x.device)
     grad = torch.empty_like(x, memory_format=torch.preserve_format) if want_gradient else None
-    context = _cuda_context(x.device) if x.is_cuda else contextlib.nullcontext()
-    with context:
+    with _context(x):
         if want_gradient:
             gradient_fn(_as_array(x), _as_array(y), out=_as_array(out.view(value_shape)), grad=_as_array(grad),
                         **options)
@@ -127,11 +133,9 @@ class _NoSecondDerivative(torch.autograd.Function):
                            "(create_graph=True then a second backward, e.g. a gradient penalty) is not supported")
 
 
-def _apply(metric, x, y, options):
-    for name in _NOT_OPTIONS:
-        if name in options:
-            raise TypeError(f"cussim.torch.{metric} takes no {name!r}: it returns its values as a new tensor "
-                            f"(cussim.{metric} on CuPy or NumPy arrays takes {name})")
+def _checked(x, y, options):
+    """x and y as cussim computes them (float16 and bfloat16 as float32), on one device, and the options with
+    PyTorch's layout defaults."""
     x, y = _computable(x, "x"), _computable(y, "y")
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"x is on {x.device}; cussim.torch takes CPU or CUDA tensors (move them with .cuda())")
@@ -144,6 +148,15 @@ def _apply(metric, x, y, options):
         options.setdefault("channel_axis", 1)
     if x.ndim == 5:
         options.setdefault("spatial_dims", 3)
+    return x, y, options
+
+
+def _apply(metric, x, y, options):
+    for name in _NOT_OPTIONS:
+        if name in options:
+            raise TypeError(f"cussim.torch.{metric} takes no {name!r}: it returns its values as a new tensor "
+                            f"(cussim.{metric} on CuPy or NumPy arrays takes {name})")
+    x, y, options = _checked(x, y, options)
     if options.get("axis") is None:
         return _Metric.apply(x, y, metric, options, torch.is_grad_enabled())
     # one value per kept index: the incoming gradient scales each image's gradient, so a y that broadcasts
@@ -191,6 +204,62 @@ def ms_ssim(x, y, **options):
     1.0
     """
     return _apply("ms_ssim", x, y, options)
+
+
+class _Map(torch.autograd.Function):
+    """The SSIM map as an autograd Function: the map in forward; in backward, the map's vector-Jacobian product
+    with the incoming gradient (one weight per map pixel), for x and for y (the map is symmetric in them; y has
+    x's shape here)."""
+
+    @staticmethod
+    def forward(ctx, x, y, options):
+        with _context(x):
+            values = cussim.ssim_map(_as_array(x), _as_array(y), **options)
+        ctx.save_for_backward(x, y)
+        ctx.options = options
+        return _as_tensor(values)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, y = ctx.saved_tensors
+        grads = [None, None]
+        for k, (a, b) in enumerate(((x, y), (y, x))):
+            if ctx.needs_input_grad[k]:
+                with _context(a):
+                    grads[k] = _as_tensor(_ssim_map_gradient(_as_array(a), _as_array(b), _as_array(grad_output),
+                                                             **ctx.options))
+        if torch.is_grad_enabled():  # create_graph=True: a second backward must fail, never be silently wrong
+            grads = [None if g is None else _NoSecondDerivative.apply(g, x, y, "ssim_map") for g in grads]
+        return (*grads, None)
+
+
+def _as_tensor(array):
+    """A tensor viewing cussim's result (NumPy or CuPy): no copy."""
+    return torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.from_dlpack(array)
+
+
+@_disable_tracing
+def ssim_map(x, y, **options):
+    """The SSIM map, differentiable in x and y (options as :func:`cussim.ssim_map`): torchmetrics'
+    ``return_full_image``, or a per-pixel weighting of the loss.
+
+    The backward takes any incoming gradient (one weight per map pixel) and
+    gives the exact gradient of the weighted map on every padding (for
+    "reflect", the whole map: no border is cropped). float16 and bfloat16
+    maps are computed in float32, as the other functions.
+
+    >>> import torch, cussim.torch as ct
+    >>> x = torch.rand(1, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    >>> S = ct.ssim_map(x, x.detach() * 0.9, padding="valid", win_size=7)
+    >>> (S * torch.linspace(0, 1, 10)).sum().backward()
+    >>> S.shape, x.grad.shape
+    (torch.Size([1, 3, 10, 10]), torch.Size([1, 3, 16, 16]))
+    """
+    for name in ("out", "axis") + _NOT_OPTIONS:
+        if name in options:
+            raise TypeError(f"cussim.torch.ssim_map takes no {name!r}: it returns the map as a new tensor")
+    x, y, options = _checked(x, y, options)
+    return _Map.apply(x, y.expand(x.shape) if y.shape != x.shape else y, options)
 
 
 @_disable_tracing

@@ -14,7 +14,9 @@ padding, one SSIM per image and channel, then
 (``size_average=True``) or over the channels (one value per image). MS-SSIM
 is cussim's ``"pytorch_msssim"`` variant (an odd side halved with a zero on
 both sides, relu on every scale's mean; 2x2x2 means for volumes). Trailing axes of size 1 after the
-first two are dropped first, as pytorch-msssim does.
+first two are dropped first, as pytorch-msssim does. Results have the
+images' dtype, as pytorch-msssim's (float16 and bfloat16 images are computed
+in float32 and the results rounded once).
 
 Where it differs, it says so with an exception rather than computing
 something else:
@@ -171,7 +173,7 @@ def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5,
     Parameters as :func:`ssim`, and
 
     weights : sequence of float, optional
-        One exponent per scale, 2 to 16 of them (a list or a tensor); default
+        One exponent per scale, 1 to 16 of them (a list or a tensor); default
         (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
 
     Examples
