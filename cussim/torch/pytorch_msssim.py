@@ -117,9 +117,10 @@ def _weights(weights):
     return weights.tolist() if isinstance(weights, torch.Tensor) else weights
 
 
-def _reduced(per_channel, size_average):
-    """(N, C) values to pytorch-msssim's result: their mean, or one mean per image."""
-    return per_channel.mean() if size_average else per_channel.mean(1)
+def _reduced(per_channel, size_average, dtype):
+    """(N, C) values to pytorch-msssim's result: their mean, or one mean per image, in the images' ``dtype``
+    (float16 and bfloat16 images are computed in float32)."""
+    return (per_channel.mean() if size_average else per_channel.mean(1)).to(dtype)
 
 
 def ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, win=None, K=(0.01, 0.03),
@@ -163,7 +164,7 @@ def ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, wi
                         **_window(win, win_size, win_sigma))
     if nonnegative_ssim:
         per_channel = torch.relu(per_channel)
-    return _reduced(per_channel, size_average)
+    return _reduced(per_channel, size_average, X.dtype)
 
 
 def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, win=None, weights=None,
@@ -187,7 +188,7 @@ def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5,
     X, Y = _images(X, Y)
     per_channel = _ms_ssim(X, Y, variant="pytorch_msssim", weights=_weights(weights), data_range=data_range,
                            axis=tuple(range(2, X.ndim)), **_constants(K), **_window(win, win_size, win_sigma))
-    return _reduced(per_channel, size_average)
+    return _reduced(per_channel, size_average, X.dtype)
 
 
 class _Module(torch.nn.Module):
