@@ -27,7 +27,7 @@ import tempfile
 
 from bench import sass_march, sass_whole
 from bench.sass_march import TILE, KernelCount, count
-from cussim import _kernels, _nvrtc
+from cussim import _kernels, _launch, _nvrtc
 from cussim._launch3d import DEPTH_CHUNK
 
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -116,7 +116,8 @@ def _whole(c: KernelCount, function, radius: int, shape, chunk: int) -> sass_who
     geometry = dict(pixels=c.pixels, coverage=tiles * tile_rows * TILE / (shape[-1] * shape[-2]),
                     border=sass_whole.border_fraction(shape, radius, tile_rows), pixel_loop=pixel_loop,
                     border_iterations=sum(-(-(halo_rows - w) // 8) for w in range(8)) / 8,
-                    border_per_body=c.border[2] if c.border else 1, blocks=tiles * planes, sums=tiles * planes,
+                    border_per_body=c.border[2] if c.border else 1, blocks=tiles * _launch.plane_rows(tiles, planes),
+                    sums=tiles * planes, planes_per_block=planes / _launch.plane_rows(tiles, planes),
                     march=c.march, loops=loops)
     return sass_whole.whole(c.name, function, c.weights, c.border[:2] if c.border else None, geometry)
 

@@ -25,8 +25,8 @@ the warps holding such threads only (:func:`warp_shares`), everywhere in the
 kernel, the march included (so the whole kernel's march part is below
 bench.sass's march count, which counts it for all warps).
 
-Each block computes one tile-plane (its grid's y covers the planes up to
-65535). For the 3-D kernels the prologue and the arrival are amortised over a
+A 2-D block computes planes / grid.y tile-planes (cussim._launch.plane_rows:
+1.5 at 1x3x1080x1920), its prologue and arrival once. For the 3-D kernels the prologue and the arrival are amortised over a
 block's depth chunk; their border tiles are not added. Every figure is a
 count of the binary on a stated path; its time on a GPU is a prediction
 (bench/roofline.py).
@@ -278,6 +278,7 @@ def whole(name: str, function, march_weights: dict, border_loop: tuple, geometry
     border_loop: (first, last) instruction index of the border tiles' tile-load loop, or None, with
     geometry["border_iterations"] its source iterations per thread and geometry["border_per_body"] its
     source iterations per SASS body; geometry: threads' "pixels" per plane (k, or the chunk for volumes),
+    "planes_per_block" (planes / grid.y),
     "coverage" (tile pixels per image pixel), "border" (the border tiles' share), "pixel_loop" (indices
     counted per image pixel), "blocks", "sums" (block sums the finish reads per block)."""
     g = graph(function)
@@ -287,19 +288,20 @@ def whole(name: str, function, march_weights: dict, border_loop: tuple, geometry
         for i in indices:
             weights.setdefault(part, {})
             weights[part][i] = weights[part].get(i, 0.0) + w
-    coverage = geometry["coverage"]
+    coverage, planes = geometry["coverage"], geometry.get("planes_per_block", 1.0)
     pixel_loop = geometry.get("pixel_loop", set())
     for i, w in march_weights.items():
-        add([i], w / coverage if i in pixel_loop else w, "march")
+        add([i], planes * (w / coverage if i in pixel_loop else w), "march")
     if border_loop is not None:
         add(range(border_loop[0], border_loop[1] + 1),
-            geometry["border"] * geometry["border_iterations"] / geometry["border_per_body"], "border tiles")
+            planes * geometry["border"] * geometry["border_iterations"] / geometry["border_per_body"], "border tiles")
     head, end = geometry["march"]
     march_entry, march_exit = _block_at(g, head), _block_at(g, end) + 1
     def indices(blocks):
         return [i for b in blocks for i in range(g.starts[b], g.ends[b] + 1)]
     add(indices(longest_path(g, 0, march_entry)), 1.0, "prologue")
-    fewest = sum(g.size(b) for b in longest_path(g, 0, march_entry, shortest=True)) * coverage / geometry["pixels"]
+    scale = coverage / (geometry["pixels"] * planes)
+    fewest = sum(g.size(b) for b in longest_path(g, 0, march_entry, shortest=True)) * scale
     arrival = shortest_exit(g, march_exit, ("ATOM", "RED")) or shortest_exit(g, march_exit) or []
     add(indices(arrival), 1.0, "arrival")
     last = reachable(g, march_exit) - set(arrival)
@@ -308,7 +310,6 @@ def whole(name: str, function, march_weights: dict, border_loop: tuple, geometry
     for i in indices(sorted(last)):
         in_loop = any(h <= instructions[i][0] <= e for h, e in loops)
         add([i], (trips if in_loop else 1) / geometry["blocks"], "finish")
-    scale = coverage / geometry["pixels"]
     weights = {part: {i: x * g.shares[i] for i, x in w.items()} for part, w in weights.items()}
     parts = {part: sum(w.values()) * scale for part, w in weights.items()}
     categories, pipes = dict.fromkeys(CATEGORIES, 0.0), dict.fromkeys(PIPES, 0.0)
