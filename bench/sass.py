@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     for c, _, _ in rows:
         loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
                           for loop in c.loops)
-        print(f"{c.name:<{width}} {c.per_pixel:>9.0f} {c.straight:>9} {c.pixels:>6} {c.output:>7} {c.planes:>7.3f} "
+        print(f"{c.name:<{width}} {c.per_pixel:>9.0f} {c.straight:>9.0f} {c.pixels:>6} {c.output:>7.0f} {c.planes:>7.3f} "
               f"{loops:>40} {c.total:>7}")
     parts = ("march", "border tiles", "prologue", "arrival", "finish")
     print("(prologue: its longest path; its shortest in brackets: the divergent ifs of tid < n skipped)")

@@ -25,16 +25,18 @@ ones, the loop over depth inside the loop over volumes. Inside the march:
   iterations in the body) x n / 256, n counting single outputs. Where there
   are several versions of one loop (the compiler's, for reflection and for
   zero padding; a fast path for tiles whose halo lies inside the image,
-  about 95 % of the tiles at 1080 x 1920), the table shows the cheapest: the
+  about 87 % of the tiles at 1080 x 1920), the table shows the cheapest: the
   common path, that of an interior tile. The 2-D kernels' interior tiles
   load their halo in unrolled straight code, so their tile-load loops, the
   border tiles' version, are not counted.
 - everything else in the march (the vertical pass, the formula, the stores,
-  the block sum, fully unrolled loops) is counted once per plane. That is an
-  upper bound: it includes code that a call skips by a branch (the set-up
-  of the border tiles' loads, thread 0's per-plane work, the block sum's last
-  step that one thread does; for the 3-D kernels, the gradient's partials of
-  a value-only call). The 2-D forward takes its options as a template
+  the block sum, fully unrolled loops) is counted once per plane, for the
+  warps that issue it: code under ``if (tid < n)`` (thread 0's per-plane
+  work, the horizontal pass's rows past a multiple of 64) counts for the
+  warps holding such threads (bench.sass_whole.warp_shares). That is an
+  upper bound: it includes other code that a call skips by a branch (the
+  set-up of the border tiles' loads; for the 3-D kernels, the gradient's
+  partials of a value-only call). The 2-D forward takes its options as a template
   argument: the table shows its value kernel (FORWARD_VALUE) and that of a
   value with the exact gradient (FORWARD_EXACT).
 
@@ -81,6 +83,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from bench.sass_whole import warp_shares
+
 TILE = 16
 THREADS = TILE * TILE
 
@@ -98,9 +102,11 @@ class Loop:
 class KernelCount:
     name: str
     total: int  # static instructions of the whole kernel
-    straight: int  # march instructions outside the strided loops and the output region (once per thread and plane)
+    # march instructions outside the strided loops and the output region (once per thread and plane), each
+    # weighted by the share of the block's warps that issue it (bench.sass_whole.warp_shares)
+    straight: float
     loops: tuple
-    output: int = 0  # the 3-D kernels' output region (once per voxel)
+    output: float = 0  # the 3-D kernels' output region (once per voxel), weighted likewise
     planes: float = 1.0  # planes the march filters per output plane: (c + 2R) / c for volumes
     pixels: int = 1  # output pixels per thread and plane
     # {instruction index: executions per thread and output plane} of what per_pixel counts
@@ -215,9 +221,11 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
                 if march[0] <= address <= march[1] and not any(h <= address <= e for h, e in inner)]
     output = [i for i in straight if first <= instructions[i][0] <= last]
     planes = (chunk + halo_side - TILE) / chunk if chunk else 1.0
-    weights = {i: planes for i in straight}
-    weights.update({i: 1.0 for i in output})
+    shares = warp_shares(function)  # code under if (tid < n) counts for the warps that run it
+    weights = {i: planes * shares[i] for i in straight}
+    weights.update({i: shares[i] for i in output})
     for loop, body, per_instruction in cheapest.values():
         weights.update({i: per_instruction * planes_per_pixel_iterations[loop.kind] * planes for i in body})
-    return KernelCount(name, len(instructions), len(straight) - len(output), tuple(c[0] for c in cheapest.values()),
-                       len(output), planes, pixels, weights, border if not chunk else None, march)
+    outside = sum(shares[i] for i in straight) - sum(shares[i] for i in output)
+    return KernelCount(name, len(instructions), outside, tuple(c[0] for c in cheapest.values()),
+                       sum(shares[i] for i in output), planes, pixels, weights, border if not chunk else None, march)

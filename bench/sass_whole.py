@@ -22,8 +22,7 @@ exits, returns):
 Instructions count per warp that issues them (thread instructions, idle
 lanes included): code under ``if (tid < n)`` or ``if (tid == 0)`` counts for
 the warps holding such threads only (:func:`warp_shares`), everywhere in the
-kernel, the march included (so the whole kernel's march part is below
-bench.sass's march count, which counts it for all warps).
+kernel, the march (bench/sass_march.py) included.
 
 A 2-D block computes planes / grid.y tile-planes (cussim._launch.plane_rows:
 1.5 at 1x3x1080x1920), its prologue and arrival once. For the 3-D kernels the prologue and the arrival are amortised over a
@@ -310,7 +309,9 @@ def whole(name: str, function, march_weights: dict, border_loop: tuple, geometry
     for i in indices(sorted(last)):
         in_loop = any(h <= instructions[i][0] <= e for h, e in loops)
         add([i], (trips if in_loop else 1) / geometry["blocks"], "finish")
-    weights = {part: {i: x * g.shares[i] for i, x in w.items()} for part, w in weights.items()}
+    # the march's weights (bench.sass_march.count) hold their warp shares already
+    weights = {part: {i: x * (1 if part == "march" else g.shares[i]) for i, x in w.items()}
+               for part, w in weights.items()}
     parts = {part: sum(w.values()) * scale for part, w in weights.items()}
     categories, pipes = dict.fromkeys(CATEGORIES, 0.0), dict.fromkeys(PIPES, 0.0)
     for w in weights.values():
