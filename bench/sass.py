@@ -1,6 +1,6 @@
 """Thread instructions per pixel (voxel) in the kernels' SASS, counted without a GPU.
 
-``python -m bench.sass`` compiles kernels/ssim.cu and kernels/ssim3d.cu with
+``python -m bench.sass`` compiles the kernels (kernels/*.cu after kernels/*.cuh) with
 NVRTC to cubins (as the compile check does), disassembles them with NVIDIA's
 ``nvdisasm`` (the nvidia-cuda-nvdisasm wheel, or a CUDA toolkit on PATH) and
 prints, per kernel, the instructions one thread issues per map pixel of the

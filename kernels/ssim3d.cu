@@ -1,11 +1,12 @@
 // ssim3d.cu: SSIM, its mean and its exact gradient (docs/spec.rst sections 1 to 4) for a
 // batch of D x H x W volumes, the window applied along depth, rows and columns.
 //
-// cussim/_kernels.py compiles this file after kernels/ssim.cu (the "ssim3d"
-// family's source is the two, concatenated), so the per-voxel maths is the
-// planes' own: ssim_pixel, load_scaled, reflect_index, block_sum, store.
+// cussim/_kernels.py compiles this file after pixel.cuh, tile.cuh and
+// msssim.cuh (SOURCES: the "ssim3d" family's source is the four, concatenated),
+// so the per-voxel maths is the planes' own: ssim_pixel, load_scaled,
+// reflect_index, block_sum, store.
 //
-// Kernels (T, R and C as in ssim.cu):
+// Kernels (T, R and C as in ssim_forward.cu):
 //   ssim3d_forward<T, R>   as ssim_forward, per voxel of the map: the map, the
 //                          per-block sums (float64, fixed order) of the voxels
 //                          the mean counts, the three partial maps of the
@@ -16,13 +17,13 @@
 //                          pytorch-msssim's avg_pool3d on 5-D tensors), as a
 //                          variant halves each side, into contiguous volumes
 //                          of the compute type.
-// ssim.cu's ssim_finish turns the block sums into the means, its
-// msssim_combine the scales' means into MS-SSIM; the backward adds the
-// adjoint of the next scale's 2x2x2 mean (ssim.cu's pooled_target per axis).
+// ssim_forward.cu's ssim_finish turns the block sums into the means,
+// msssim.cu's msssim_combine the scales' means into MS-SSIM; the backward adds
+// the adjoint of the next scale's 2x2x2 mean (msssim.cuh's pooled_target per axis).
 //
 // The 2.5-D scheme: a block of (16, 16) threads owns a 16 x 16 tile of rows
 // and columns and marches along depth over a chunk of `chunk` output planes.
-// Each input plane it passes goes through the 2-D filter of ssim.cu (a
+// Each input plane it passes goes through the 2-D filter of tile.cuh (a
 // (16+2R)^2 halo tile in shared memory, a horizontal pass, a vertical pass in
 // registers); each thread keeps the last 2R+1 filtered planes in registers
 // (a rolling window, 5 moments forward, 3 partial maps backward), and the
@@ -191,7 +192,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
         const long long outer = p / inner_count, inner = p % inner_count;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
-        // The shifts (ssim.cu's ssim_pixel): the voxel nearest the brick's centre.
+        // The shifts (pixel.cuh's ssim_pixel): the voxel nearest the brick's centre.
         const int centre_z = min(g.first + g.offset + chunk / 2, depth - 1);
         const int centre_row = min(g.row + g.offset + kTile / 2, height - 1);
         const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
