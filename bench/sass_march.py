@@ -38,16 +38,19 @@ The 2-D kernels (``ssim_forward``, ``ssim_backward``) compute a tile of 16
 columns by 16 k rows, k rows per thread (k = 4 in float arithmetic, 1 in
 double: kernels/tile.cuh, ``Tile``), and their strided loops are per warp:
 the tile load gives each warp every 8th halo row (16 k + 2R rows), the
-horizontal pass each warp four columns of every other 32 rows (warps 0 to 3
-rows lane, lane + 64, ..., warps 4 to 7 rows 32 + lane, ...). So their
-straight code (an interior tile's load included) counts once per k pixels
-and the horizontal pass the mean of the two warp
-sets' ceil((16 k + 2R) / 64) and ceil((16 k + 2R - 32) / 64) (what each
+horizontal pass each warp four columns of 32 consecutive rows below the
+last multiple of 64 and the rows left, one (row, four columns) pair per
+thread t < 4 n (kernels/tile.cuh, ``horizontal_pass``). Both are unrolled:
+straight code, counted once per k pixels, the rows left for the warps that
+hold threads t < 4 n (two of eight at R = 5). A horizontal pass that the
+compiler keeps as a loop of the strided form r = lane + 32 (w / 4) + 64 i
+(the kernels' before this rule) counts the mean of the two warp sets'
+ceil((16 k + 2R) / 64) and ceil((16 k + 2R - 32) / 64) iterations (what each
 warp issues, idle lanes included), divided by k per pixel; a source
-iteration of the horizontal pass stores 4 columns of 3 maps (backward) or
-of 5 moments (forward). The forward's pixel loop (the one loop of its march
-that stores nothing to shared memory) runs k iterations per thread, one per
-pixel: its body counts once per pixel.
+iteration of it stores 4 columns of 3 maps (backward) or of 5 moments
+(forward). The forward's pixel loop (the one loop of its march that stores
+nothing to shared memory) runs k iterations per thread, one per pixel: its
+body counts once per pixel.
 
 The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
 depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,

@@ -26,9 +26,10 @@
 //                        mean).
 //
 // Launch shapes: ssim_forward takes block (16, 16) and grid
-// (tiles_h * tiles_w, min(planes, 65535)), tiles of 16 columns by
-// Tile::kHeight rows (64 in float arithmetic, 16 in double) covering the map;
-// blocks loop over planes, so any number of planes works. ssim_finish takes
+// (tiles_h * tiles_w, rows <= min(planes, 65535): cussim._launch.plane_rows),
+// tiles of 16 columns by Tile::kHeight rows (64 in float arithmetic, 16 in
+// double) covering the map; blocks loop over planes, so any number of planes
+// works. ssim_finish takes
 // block (256) and one block per output.
 
 namespace cussim {
