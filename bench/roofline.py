@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from bench import sass, sass_march, sass_whole
+from bench import sass, sass_march, sass_units, sass_whole
 from cussim import _nvrtc
 
 
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="SM architecture counted (default 90)")
     args = parser.parse_args(argv)
-    shape = sass_whole.SHAPE
+    shape = sass_units.SHAPE
     pixels = math.prod(shape)
     counted = {}  # architecture -> {kernel: Whole}
     for arch in sorted({args.arch} | {gpu.cc for gpu in GPUS}):
@@ -179,10 +179,10 @@ def main(argv=None) -> int:
     label = "x".join(map(str, shape))
     print(f"PREDICTIONS (no GPU measured any of this): float32, 11x11 Gaussian, {label}; counts for sm_{args.arch} "
           f"(python -m bench.roofline; method in bench/roofline.py)\n")
-    print(f"per pixel (shared: 128-byte cycles per warp)\n{'kernel':<28} {'instr/px':>8} {'bytes/px':>8} " + " ".join(f"{u:>7}" for u in sass_whole.PIPES))
+    print(f"per pixel (shared: 128-byte cycles per warp)\n{'kernel':<28} {'instr/px':>8} {'bytes/px':>8} " + " ".join(f"{u:>7}" for u in sass_units.PIPES))
     for name, whole in kernels.items():
         print(f"{name:<28} {whole.per_pixel:>8.0f} {BYTES[name]:>8} " +
-              " ".join(f"{whole.pipes[u]:>7.1f}" for u in sass_whole.PIPES))
+              " ".join(f"{whole.pipes[u]:>7.1f}" for u in sass_units.PIPES))
     if "fused-ssim backward" not in kernels:
         print("\n(fused-ssim's source is not in bench/peers-src/fused-ssim/: no peer rows)")
     combos = {"value": (("cussim forward value",), ("fused-ssim forward value",)),

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 
-from bench import sass_march, sass_whole
+from bench import sass_march, sass_units, sass_whole
 from bench.sass_march import TILE, KernelCount, count
 from cussim import _kernels, _launch, _nvrtc
 from cussim._launch3d import DEPTH_CHUNK
@@ -122,7 +122,7 @@ def _whole(c: KernelCount, function, radius: int, shape, chunk: int) -> sass_who
     return sass_whole.whole(c.name, function, c.weights, c.border[:2] if c.border else None, geometry)
 
 
-def measure(arch: int = 90, dtype: str = "float", radius: int = 5, shape=sass_whole.SHAPE) -> list:
+def measure(arch: int = 90, dtype: str = "float", radius: int = 5, shape=sass_units.SHAPE) -> list:
     """(march count, whole-kernel count, ptxas's resources) of each counted kernel (:func:`kernel_names`)."""
     rows = []
     for family, names in kernel_names(dtype, radius).items():
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
                         help="window radius R, win_size = 2R + 1 (default 5)")
     args = parser.parse_args(argv)
     rows = measure(args.arch, args.dtype, args.radius)
-    shape = "x".join(map(str, sass_whole.SHAPE))
+    shape = "x".join(map(str, sass_units.SHAPE))
     print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
           f"(voxel for ssim3d, depth chunk {DEPTH_CHUNK}; python -m bench.sass; method in bench/sass.py)")
     width = max(len(c.name) for c, _, _ in rows)
@@ -163,15 +163,15 @@ def main(argv=None) -> int:
           f"{'whole':>6} " + " ".join(f"{p:>12}" for p in parts[:3]) + "        " + " ".join(f"{p:>12}" for p in parts[3:]) + f" {'regs':>5} {'smem':>6} {'spill':>5} "
           f"{'blocks/SM':>9} {'occupancy':>9}")
     for _, w, k in rows:
-        blocks, fraction = sass_whole.occupancy(args.arch, k.registers, k.shared_bytes)
+        blocks, fraction = sass_units.occupancy(args.arch, k.registers, k.shared_bytes)
         print(f"{w.name:<{width}} {w.per_pixel:>6.0f} " + " ".join(f"{w.parts.get(p, 0):>12.1f}" for p in parts[:3]) +
               f" ({w.prologue_shortest:>4.0f}) " + " ".join(f"{w.parts.get(p, 0):>12.1f}" for p in parts[3:]) +
               f" {k.registers:>5} {k.shared_bytes:>6} {k.spill_stores + k.spill_loads:>5} {blocks:>9} "
               f"{fraction:>9.0%}")
     print(f"\nthe whole kernel at {shape}, per category\n{'kernel':<{width}} " +
-          " ".join(f"{x:>9}" for x in sass_whole.CATEGORIES))
+          " ".join(f"{x:>9}" for x in sass_units.CATEGORIES))
     for _, w, _ in rows:
-        print(f"{w.name:<{width}} " + " ".join(f"{w.categories[x]:>9.1f}" for x in sass_whole.CATEGORIES))
+        print(f"{w.name:<{width}} " + " ".join(f"{w.categories[x]:>9.1f}" for x in sass_units.CATEGORIES))
     return 0
 
 

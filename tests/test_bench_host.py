@@ -5,7 +5,7 @@ import os
 import pytest
 
 import cussim
-from bench import host, sass, sass_march, sass_whole
+from bench import host, sass, sass_march, sass_units, sass_whole
 from cussim import _kernels
 
 
@@ -221,7 +221,7 @@ def test_whole_kernel_graph_follows_branches_exits_and_thread_tests():
     assert g.shares[5:7] == [1 / 8, 1 / 8] and g.shares[4] == g.shares[7] == 1.0
     assert sass_whole.longest_path(g, 0, 2) == [0, 1] and sass_whole.longest_path(g, 0, 2, shortest=True) == [0]
     assert sass_whole.shortest_exit(g, 2) == [2] and sass_whole.shortest_exit(g, 2, ("ATOM",)) == [2, 3]
-    assert [sass_whole.category(op) for op in ("FFMA", "IMAD.MOV.U32", "LDS.64", "LDG.E", "UIADD3", "BAR.SYNC",
+    assert [sass_units.category(op) for op in ("FFMA", "IMAD.MOV.U32", "LDS.64", "LDG.E", "UIADD3", "BAR.SYNC",
                                                "F2F.F64.F32", "MUFU.RCP", "IMAD.WIDE")] == [
         "FP32", "moves", "shared", "global", "uniform", "control", "FP64/conv", "MUFU", "int/addr"]
 
@@ -229,15 +229,15 @@ def test_whole_kernel_graph_follows_branches_exits_and_thread_tests():
 def test_border_fraction_and_occupancy():
     # 1080 x 1920, R = 5, tiles of 64 x 16: rows 1..15 of 17 and columns 1..118 of 120 keep their halo inside
     assert sass_whole.border_fraction((1080, 1920), 5, 64) == pytest.approx(1 - 15 * 118 / (17 * 120))
-    assert sass_whole.occupancy(90, 64, 41628) == (4, 0.5)  # 64 registers: 4 blocks of 256 threads
-    assert sass_whole.occupancy(90, 32, 60000) == (3, 0.375)  # shared memory: 3 blocks of 61 KB in 228 KB
+    assert sass_units.occupancy(90, 64, 41628) == (4, 0.5)  # 64 registers: 4 blocks of 256 threads
+    assert sass_units.occupancy(90, 32, 60000) == (3, 0.375)  # shared memory: 3 blocks of 61 KB in 228 KB
 
 
 def test_roofline_predicts_the_largest_of_issue_units_and_dram():
     from bench import roofline
     h100 = next(g for g in roofline.GPUS if g.cc == 90)
     clocks = h100.sms * h100.clock_mhz * 1e6
-    pipes = dict.fromkeys(sass_whole.PIPES, 0.0)
+    pipes = dict.fromkeys(sass_units.PIPES, 0.0)
     issue_bound = sass_whole.Whole("k", {"march": 256.0}, {}, 0.0, {**pipes, "fp32": 200.0, "issue": 56.0})
     seconds, bound = roofline.predict(issue_bound, 8, h100, 10**6)
     assert bound == "issue" and seconds == pytest.approx(256 * 10**6 / (128 * clocks))
