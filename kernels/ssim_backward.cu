@@ -186,7 +186,7 @@ __device__ inline void backward_planes(
             }
         }
         __syncthreads();
-        horizontal_pass<C, R, 3>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+        horizontal_pass<C, R, 3, false>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
             for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
         });
         __syncthreads();

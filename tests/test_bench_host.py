@@ -178,7 +178,7 @@ def test_sass_refuses_a_radius_or_dtype_the_library_lacks(capsys):
 WHOLE_KERNEL_BOUNDS = {  # kernel: (instructions per pixel, integer and address per pixel, registers)
     "ssim_forward<float, 5, cussim::FORWARD_VALUE>": (416, 86, 64),
     "ssim_forward<float, 5, cussim::FORWARD_EXACT>": (483, 93, 64),
-    "ssim_backward<float, 5>": (293, 90, 64),
+    "ssim_backward<float, 5>": (300, 90, 64),
     "ssim3d_forward<float, 5>": (1540, 440, 128),
     "ssim3d_backward<float, 5>": (1225, 565, 128),
 }
