@@ -18,8 +18,9 @@ small programs that Nsight Compute and compute-sanitizer run.
   through CUDA's own allocator (no memory pool, so compute-sanitizer knows
   every buffer's bounds).
 
-``--rehearse`` runs the same code without a GPU: :mod:`bench.standin` in
-CuPy's place (NumPy arrays, the kernels on the CPU emulator), PyTorch on the
+``--rehearse`` runs the same code without a GPU: :mod:`bench.cupy_standin` in
+CuPy's place (its arrays carry a device and a stream, the kernels run on the
+CPU emulator, device and stream mistakes fail as on a GPU), PyTorch on the
 CPU, small sizes.
 """
 
@@ -128,7 +129,7 @@ def device_allocations_refused():
 
 
 class Smoke:
-    """The smoke test's checks on ``xp`` (CuPy, or bench.standin) and, for cussim.torch, ``device``."""
+    """The smoke test's checks on ``xp`` (CuPy, or bench.cupy_standin) and, for cussim.torch, ``device``."""
 
     def __init__(self, xp, sizes: Sizes, on_gpu: bool):
         import cussim
@@ -370,12 +371,12 @@ def run_checks(checks, stream=sys.stdout) -> int:
 
 
 def array_module(rehearse: bool):
-    """CuPy, or bench.standin with NumPy inputs on the emulator when rehearsing."""
+    """CuPy, or bench.cupy_standin as ``cupy`` when rehearsing (cussim.torch's CPU tensors on the emulator)."""
     if rehearse:
         os.environ["CUSSIM_NUMPY_BACKEND"] = "emulator"
-        from bench import standin
+        from bench import cupy_standin
 
-        return standin
+        return cupy_standin.install()
     import cupy
 
     return cupy
@@ -552,7 +553,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_smoke", description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=[*STEPS, *SUMMARIES])
     parser.add_argument("--rehearse", action="store_true",
-                        help="without a GPU: NumPy arrays on the emulator (bench.standin), small sizes")
+                        help="without a GPU: the CuPy stand-in on the emulator (bench.cupy_standin), small sizes")
     parser.add_argument("--results", type=Path,
                         help="bench-summary: the folder python -m bench wrote to; ncu-summary: ncu's details page")
     args = parser.parse_args(argv)
