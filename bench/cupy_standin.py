@@ -520,6 +520,10 @@ class ndarray:
     def mean(self, axis=None, dtype=None, out=None, keepdims=False):
         return _result(self._operand("mean").mean(axis=axis, dtype=dtype, keepdims=keepdims))
 
+    def max(self, axis=None, out=None, keepdims=False):
+        _no_out(out)
+        return _result(self._operand("max").max(axis=axis, keepdims=keepdims))
+
     def any(self, axis=None, out=None, keepdims=False):
         return _result(self._operand("any").any(axis=axis, keepdims=keepdims))
 
