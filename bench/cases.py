@@ -175,7 +175,7 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
 def quick_run(cupy, cussim, repeats: int, shapes: dict, rehearse: bool = False) -> tuple[dict, list]:
     """The quick case list: the ceilings, then SSIM float32 at ``shapes``, the value and the value with its
     gradient, against QUICK_PEERS that import, each peer's value checked first. ``rehearse``: on
-    bench/standin.py with PyTorch on the CPU and a 1 MiB copy (the code runs, its times mean nothing)."""
+    bench/cupy_standin.py with PyTorch on the CPU and a 1 MiB copy (the code runs, its times mean nothing)."""
     limits = ceilings(cupy, repeats, copy_bytes=2**20 if rehearse else 256 * 2**20)
     torch_peers = torch_peers_or_none(on_cpu=rehearse)
     found, reasons = peer_adapters.load(peer_adapters.SSIM_PEERS, QUICK_PEERS)

@@ -40,7 +40,7 @@ def peer_row(ours: dict, peer, seconds, difference, same):
 
 class TorchPeers:
     """Runs torch peers on CuPy arrays (zero-copy through DLPack) and times them with CUDA events;
-    ``on_cpu``: on NumPy arrays (a rehearsal), timed by the host clock."""
+    ``on_cpu``: on CPU tensors of host copies (a rehearsal on bench/cupy_standin.py), timed by the host clock."""
 
     def __init__(self, on_cpu: bool = False):
         import torch
@@ -51,19 +51,23 @@ class TorchPeers:
 
     def value(self, peer, x, y) -> float:
         with self.torch.no_grad():
-            return float(peer.value(self.torch.from_dlpack(x), self.torch.from_dlpack(y)))
+            return float(peer.value(self.tensor(x), self.tensor(y)))
+
+    def tensor(self, array):
+        """A tensor of a CuPy array: zero-copy through DLPack, or a host copy on the CPU."""
+        return self.torch.from_numpy(array.get()) if self.on_cpu else self.torch.from_dlpack(array)
 
     def timed_call(self, peer, operation, pairs):
         """A no-argument call of the peer's operation, rotating over the pairs."""
         torch = self.torch
         if operation == "value":
-            tensors = [(torch.from_dlpack(x), torch.from_dlpack(y)) for x, y in pairs]
+            tensors = [(self.tensor(x), self.tensor(y)) for x, y in pairs]
 
             def call(x, y):
                 with torch.no_grad():
                     peer.value(x, y)
         else:
-            tensors = [(torch.from_dlpack(x).detach().requires_grad_(True), torch.from_dlpack(y)) for x, y in pairs]
+            tensors = [(self.tensor(x).detach().requires_grad_(True), self.tensor(y)) for x, y in pairs]
 
             def call(x, y):
                 x.grad = None

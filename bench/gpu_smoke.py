@@ -18,8 +18,9 @@ small programs that Nsight Compute and compute-sanitizer run.
   through CUDA's own allocator (no memory pool, so compute-sanitizer knows
   every buffer's bounds).
 
-``--rehearse`` runs the same code without a GPU: :mod:`bench.standin` in
-CuPy's place (NumPy arrays, the kernels on the CPU emulator), PyTorch on the
+``--rehearse`` runs the same code without a GPU: :mod:`bench.cupy_standin` in
+CuPy's place (its arrays carry a device and a stream, the kernels run on the
+CPU emulator, device and stream mistakes fail as on a GPU), PyTorch on the
 CPU, small sizes.
 """
 
@@ -128,7 +129,7 @@ def device_allocations_refused():
 
 
 class Smoke:
-    """The smoke test's checks on ``xp`` (CuPy, or bench.standin) and, for cussim.torch, ``device``."""
+    """The smoke test's checks on ``xp`` (CuPy, or bench.cupy_standin) and, for cussim.torch, ``device``."""
 
     def __init__(self, xp, sizes: Sizes, on_gpu: bool):
         import cussim
@@ -223,25 +224,25 @@ class Smoke:
                             {"value": expected, "value into out": expected, "gradient": expected_grad})
 
     def graph(self) -> list:
-        if not self.on_gpu:
-            raise Skip("CUDA graphs need a GPU")
-        import cupy
-
-        c = self.cussim
+        """The value with its gradient captured in a CUDA graph and replayed; every step on one non-blocking stream,
+        so that the copies, the direct call, the capture, the fills and the replay run in order."""
+        c, cupy = self.cussim, self.xp
         x, y = images(self.sizes.image)
-        dx, dy = cupy.asarray(x), cupy.asarray(y)
-        out, grad = cupy.empty((), cupy.float32), cupy.empty(x.shape, cupy.float32)
-        workspace = c.make_workspace(dx)
-        c.dssim_with_gradient(dx, dy, out=out, grad=grad, workspace=workspace)
-        direct_out, direct_grad = out.copy(), grad.copy()
         stream = cupy.cuda.Stream(non_blocking=True)
         with stream:
-            stream.begin_capture()
+            dx, dy = cupy.asarray(x), cupy.asarray(y)
+            out, grad = cupy.empty((), cupy.float32), cupy.empty(x.shape, cupy.float32)
+            workspace = c.make_workspace(dx)
             c.dssim_with_gradient(dx, dy, out=out, grad=grad, workspace=workspace)
-            graph = stream.end_capture()
-        out.fill(np.nan)
-        grad.fill(np.nan)
-        graph.launch(stream)
+            direct_out, direct_grad = out.copy(), grad.copy()
+            stream.begin_capture()
+            try:
+                c.dssim_with_gradient(dx, dy, out=out, grad=grad, workspace=workspace)
+            finally:  # a stream left capturing would fail every later line
+                graph = stream.end_capture()
+            out.fill(np.nan)
+            grad.fill(np.nan)
+            graph.launch(stream)
         stream.synchronize()
         return [("replayed value against the direct call", value_error(out.get(), direct_out.get()), 0.0),
                 ("replayed gradient against the direct call", value_error(grad.get(), direct_grad.get()), 0.0)]
@@ -325,7 +326,7 @@ class Smoke:
                     channel_axis=1)]
 
     def second_gpu(self) -> list:
-        if not self.on_gpu or self.xp.cuda.runtime.getDeviceCount() < 2:
+        if self.xp.cuda.runtime.getDeviceCount() < 2:
             raise Skip("one GPU here")
         c, xp = self.cussim, self.xp
         x, y = images(self.sizes.image)
@@ -370,12 +371,12 @@ def run_checks(checks, stream=sys.stdout) -> int:
 
 
 def array_module(rehearse: bool):
-    """CuPy, or bench.standin with NumPy inputs on the emulator when rehearsing."""
+    """CuPy, or bench.cupy_standin as ``cupy`` when rehearsing (cussim.torch's CPU tensors on the emulator)."""
     if rehearse:
         os.environ["CUSSIM_NUMPY_BACKEND"] = "emulator"
-        from bench import standin
+        from bench import cupy_standin
 
-        return standin
+        return cupy_standin.install()
     import cupy
 
     return cupy
@@ -384,7 +385,8 @@ def array_module(rehearse: bool):
 def environment(rehearse: bool) -> int:
     """Prints the versions and devices, CuPy's header check, the peers, and the seconds to a first result."""
     xp = array_module(rehearse)
-    print(f"python {sys.version.split()[0]}; numpy {np.__version__}; array module {xp.__version__}")
+    stand_in = " (the stand-in, bench/cupy_standin.py)" if getattr(xp, "__stand_in__", False) else ""
+    print(f"python {sys.version.split()[0]}; numpy {np.__version__}; array module {xp.__version__}{stand_in}")
     if not rehearse:
         runtime = xp.cuda.runtime
         print(f"CUDA runtime {runtime.runtimeGetVersion()}, driver {runtime.driverGetVersion()}, "
@@ -552,7 +554,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_smoke", description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=[*STEPS, *SUMMARIES])
     parser.add_argument("--rehearse", action="store_true",
-                        help="without a GPU: NumPy arrays on the emulator (bench.standin), small sizes")
+                        help="without a GPU: the CuPy stand-in on the emulator (bench.cupy_standin), small sizes")
     parser.add_argument("--results", type=Path,
                         help="bench-summary: the folder python -m bench wrote to; ncu-summary: ncu's details page")
     args = parser.parse_args(argv)

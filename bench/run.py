@@ -37,7 +37,7 @@ machine's name.
 1x3x1080x1920 and 5x1x1500x1500, float32, the value and the value with its
 gradient, cussim against fussim and the PyTorch peers that import, each
 peer's value checked first. ``--quick --rehearse`` runs it without a GPU:
-bench/standin.py in CuPy's place (the kernels on the emulator), PyTorch on
+bench/cupy_standin.py in CuPy's place (the kernels on the emulator), PyTorch on
 the CPU, small shapes; it checks the code, its times mean nothing.
 
 This module is the command line; the run is in bench/cases.py (the cases and the whole GPU or CPU run),
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                         help="only bench/gpu.sh's short case list: SSIM float32 at 1x3x1080x1920 and 5x1x1500x1500, "
                              "against fussim and the PyTorch peers, with the ceilings")
     parser.add_argument("--rehearse", action="store_true",
-                        help="with --quick, without a GPU: bench/standin.py in CuPy's place (the kernels on the "
+                        help="with --quick, without a GPU: bench/cupy_standin.py in CuPy's place (the kernels on the "
                              "emulator), small shapes; it checks the code, its times mean nothing")
     args = parser.parse_args(argv)
     if args.rehearse and not args.quick:
@@ -90,7 +90,9 @@ def main(argv=None) -> int:
     try:
         if args.rehearse:
             os.environ["CUSSIM_NUMPY_BACKEND"] = "emulator"
-            from bench import standin as cupy
+            from bench import cupy_standin
+
+            cupy = cupy_standin.install()
         else:
             import cupy
 
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
         name, limits, rows = machine(), None, cpu_run(cussim, args.repeats)
     else:
         name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
-        note = "A rehearsal on bench/standin.py (NumPy arrays, the emulator): these times mean nothing." \
+        note = "A rehearsal on bench/cupy_standin.py (the emulator): these times mean nothing." \
             if args.rehearse else ""
         if args.quick:
             shapes = REHEARSAL_SHAPES if args.rehearse else {label: SHAPES[label] for label in QUICK_SHAPES}

@@ -11,9 +11,10 @@ import importlib
 import shutil
 import sys
 
-import cupy_standin
 import pytest
 from executors import Executor
+
+from bench import cupy_standin
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,7 +81,7 @@ def _clear_gpu_caches():
 
 @pytest.fixture
 def standin_cupy(monkeypatch):
-    """The strict CuPy stand-in (tests/cupy_standin.py) installed as ``cupy``: cussim's GPU path on the CPU.
+    """The strict CuPy stand-in (bench/cupy_standin.py) installed as ``cupy``: cussim's GPU path on the CPU.
 
     Fails where the stand-in has a name, attribute or parameter that the installed CuPy lacks.
     """

@@ -9,13 +9,13 @@ nothing allocated by an in-place call once warm.
 
 import inspect
 
-import cupy_standin
 import numpy as np
 import pytest
-from cupy_standin import record
 from executors import device_allocations_refused
 
 import cussim
+from bench import cupy_standin
+from bench.cupy_standin import record
 from cussim import _arrays
 
 GPU = 1  # the inputs' device; device 0 stays current outside the calls

@@ -1,4 +1,4 @@
-"""bench/gpu.sh and its Python (bench/gpu_smoke.py on bench/standin.py) rehearsed without a GPU, so that
+"""bench/gpu.sh and its Python (bench/gpu_smoke.py on bench/cupy_standin.py) rehearsed without a GPU, so that
 the first GPU run cannot fail on a typo, a missing import or a step that does not exist."""
 
 import io
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 import cussim
-from bench import cases, gpu_smoke, peers, run, standin
+from bench import cases, cupy_standin, gpu_smoke, peers, run
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SH = ROOT / "bench" / "gpu.sh"
 
 
-def test_every_smoke_line_passes_on_the_stand_in_and_every_public_function_has_one(monkeypatch):
+def test_every_smoke_line_passes_on_the_stand_in_and_every_public_function_has_one(standin_cupy, monkeypatch):
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    checks = gpu_smoke.Smoke(standin, gpu_smoke.REHEARSAL_SIZES, on_gpu=False).checks()
+    checks = gpu_smoke.Smoke(standin_cupy, gpu_smoke.REHEARSAL_SIZES, on_gpu=False).checks()
     lines = io.StringIO()
     assert gpu_smoke.run_checks(checks, lines) == 0, lines.getvalue()
     names = " ".join(name for name, _ in checks)
@@ -57,19 +57,27 @@ def test_errors_compare_values_absolutely_and_gradients_by_their_norm():
     assert gpu_smoke.tolerances("float64") < gpu_smoke.tolerances("float32") < gpu_smoke.tolerances("float16")
 
 
-def test_the_stand_in_times_with_events_and_runs_raw_kernels_on_the_emulator():
+def test_the_stand_in_times_with_events_and_runs_raw_kernels_on_the_emulator(standin_cupy):
     from bench.timing import FMA_KERNEL
 
-    out = standin.empty(2 * 32, dtype=standin.float32)
-    start, stop = standin.cuda.Event(), standin.cuda.Event()
+    cupy = standin_cupy
+    out = cupy.empty(2 * 32, dtype=cupy.float32)
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    with pytest.raises(cupy_standin.StandInError, match="start_event was not recorded"):
+        cupy.cuda.get_elapsed_time(start, stop)
     start.record()
-    standin.RawKernel(FMA_KERNEL, "fma_chains")((2,), (32,), (out, standin.int32(3)))
+    cupy.RawKernel(FMA_KERNEL, "fma_chains")((2,), (32,), (out, cupy.int32(3)))
     stop.record()
     stop.synchronize()
-    assert standin.cuda.get_elapsed_time(start, stop) >= 0
+    assert cupy.cuda.get_elapsed_time(start, stop) >= 0
+    assert [e.kind for e in cupy_standin.record.events[-3:]] == ["launch", "event", "sync"]
     a = np.float32(1e-3) * np.arange(32, dtype=np.float32)  # thread x's a; c0..c3 start at 0..3
     expected = 4 * 3 * (a * np.float32(1.0001)) + 6
-    np.testing.assert_allclose(out[32:], expected, rtol=1e-6)
+    np.testing.assert_allclose(out[32:].get(), expected, rtol=1e-6)
+    with cupy.cuda.Device(1), pytest.raises(cupy_standin.StandInError, match="recorded on a stream of device 0"):
+        stop.record(cupy.cuda.Stream.null)
+    with cupy.cuda.Device(1), pytest.raises(ValueError, match="Array device must be same"):
+        cupy.copyto(out, cupy.empty_like(out))
 
 
 NCU_DETAILS = """==PROF== Disconnected from process 4242

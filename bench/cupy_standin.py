@@ -1,4 +1,5 @@
-"""A strict stand-in for the part of CuPy that cussim uses, so that its GPU path runs in CI without a GPU.
+"""A strict stand-in for the part of CuPy that cussim and bench/gpu.sh use, so that cussim's GPU path runs in CI
+without a GPU and ``bash bench/gpu.sh --rehearse`` runs the GPU steps' Python (:func:`install`).
 
 Arrays are NumPy buffers that carry a device id; ``cupy.cuda.Device`` and
 streams keep a current device and a current stream per device, as CuPy
@@ -23,7 +24,8 @@ that installs it, where CuPy is importable) fails unless every public name,
 class attribute and call signature of the stand-in exists in the installed
 CuPy with the same parameters (CuPy's Cython classes expose theirs in their
 docstrings). What it does not show: the DLPack capsule ABI (its capsules are
-Python objects), timing, true concurrency.
+Python objects), timing (its events read the host clock), true concurrency, a
+real machine's size (:data:`ATTRIBUTES` is one multiprocessor, a 64 KiB L2).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import contextlib
 import inspect
 import itertools
 import re
+import sys
+import time
 import types
 from dataclasses import dataclass, field
 
@@ -41,6 +45,7 @@ from cussim import _emulator
 
 DEVICE_COUNT = 2
 COMPUTE_CAPABILITY = "90"
+ATTRIBUTES = {"MultiProcessorCount": 1, "L2CacheSize": 64 * 1024}  # a small machine, for the benchmark's rehearsal
 LEGACY_DEFAULT_STREAM = 1  # DLPack's name for the legacy default (null) stream
 
 
@@ -130,6 +135,10 @@ class Device:
     @property
     def compute_capability(self):
         return COMPUTE_CAPABILITY
+
+    @property
+    def attributes(self):
+        return dict(ATTRIBUTES)
 
     def use(self):
         _state.device = self._id
@@ -254,6 +263,34 @@ class Graph:
 
     def upload(self, stream=None):
         pass
+
+
+class TimingEvent:
+    """cupy.cuda.Event: recorded on a stream of the current device, read off the host clock (its times mean
+    nothing: the emulator's launches run when they are enqueued)."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self._timing = not disable_timing
+        self._stream = self._seconds = None
+
+    def record(self, stream=None):
+        stream = stream or get_current_stream()
+        if stream.device_id != _current_device():
+            raise StandInError(f"an event recorded on a stream of device {stream.device_id} while device "
+                               f"{_current_device()} is current")
+        record.events.append(Event("event", "record", stream.device_id, stream.ptr))
+        self._stream, self._seconds = stream.ptr, time.perf_counter()
+
+    def synchronize(self):
+        _synchronise("Event.synchronize", stream=self._stream)
+
+
+def get_elapsed_time(start_event, end_event):
+    """Milliseconds between two recorded timing events, as CUDA refuses them otherwise."""
+    for which, event in (("start_event", start_event), ("end_event", end_event)):
+        if event._seconds is None or not event._timing:
+            raise StandInError(f"get_elapsed_time: {which} was not recorded, or was made with disable_timing")
+    return (end_event._seconds - start_event._seconds) * 1e3
 
 
 def _synchronise(what, *, device=None, stream=None):
@@ -483,6 +520,10 @@ class ndarray:
     def mean(self, axis=None, dtype=None, out=None, keepdims=False):
         return _result(self._operand("mean").mean(axis=axis, dtype=dtype, keepdims=keepdims))
 
+    def max(self, axis=None, out=None, keepdims=False):
+        _no_out(out)
+        return _result(self._operand("max").max(axis=axis, keepdims=keepdims))
+
     def any(self, axis=None, out=None, keepdims=False):
         return _result(self._operand("any").any(axis=axis, keepdims=keepdims))
 
@@ -610,6 +651,17 @@ def empty(shape, dtype=float, order="C"):
     return _new(shape, dtype)
 
 
+def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
+    return _new(prototype.shape if shape is None else shape, prototype.dtype if dtype is None else dtype)
+
+
+def copyto(dst, src, casting="same_kind", where=None):
+    if where is not None:
+        raise StandInError("where= is not supported by the stand-in")
+    target, source = dst._operand("copyto"), _unwrap(src)
+    _enqueue("op", "copyto", lambda: np.copyto(target, source, casting=casting))
+
+
 def zeros(shape, dtype=float, order="C"):
     array = _new(shape, dtype)
     array.fill(0)
@@ -699,6 +751,16 @@ def isnan(x, /, out=None, *, casting="same_kind", dtype=None):
     return _on_device("isnan", (x,))
 
 
+def abs(x, /, out=None, *, casting="same_kind", dtype=None):  # noqa: A001  (CuPy's name)
+    _no_out(out)
+    return _on_device("abs", (x,))
+
+
+def clip(a, a_min, a_max, out=None):
+    _no_out(out)
+    return _on_device("clip", (a, a_min, a_max))
+
+
 def take(a, indices, axis=None, out=None):  # Dask registers it for CuPy chunks
     _no_out(out)
     return _on_device("take", (a, indices), dict(axis=axis))
@@ -741,11 +803,14 @@ class RawModule:
 
 
 class RawKernel:
-    """A kernel of a RawModule: ``kernel(grid, block, args, shared_mem=0)``."""
+    """A kernel of a RawModule, or ``RawKernel(code, name)``'s ``extern "C"`` one (the benchmark's FMA ceiling):
+    ``kernel(grid, block, args, shared_mem=0)``."""
 
     def __init__(self, code, name, options=(), backend="nvrtc", translate_cucomplex=False, *,
                  enable_cooperative_groups=False, jitify=None):
-        raise StandInError("cussim builds its kernels with RawModule")
+        if not isinstance(options, tuple):
+            raise TypeError(f"options must be a tuple, got {type(options).__name__}")
+        self._function = _emulator.RawModule(code=code, options=options).get_function(name)
 
     @classmethod
     def _of(cls, function):
@@ -776,6 +841,28 @@ def _kernel_argument(function, index, value):
     return value
 
 
+# --- random numbers ---------------------------------------------------------------------------------------
+
+
+class Generator:
+    """cupy.random.Generator: NumPy's generator, its draws written to new arrays on the current device."""
+
+    def __init__(self, bit_generator):
+        self._numpy = np.random.default_rng(bit_generator)
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        _no_out(out)
+        return _result(self._numpy.random(size, dtype=dtype))
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        _no_out(out)
+        return _result(self._numpy.standard_normal(size, dtype=dtype))
+
+
+def default_rng(seed=None):
+    return Generator(seed)
+
+
 # --- the runtime ------------------------------------------------------------------------------------------
 
 
@@ -797,11 +884,11 @@ def deviceSynchronize():
 # name in CuPy: this module's object
 _RUNTIME = {"getDeviceCount": getDeviceCount, "getDeviceProperties": getDeviceProperties,
             "deviceSynchronize": deviceSynchronize, "CUDARuntimeError": CUDARuntimeError}
-_CUDA = {"Device": Device, "Stream": Stream, "ExternalStream": ExternalStream, "Graph": Graph,
+_CUDA = {"Device": Device, "Stream": Stream, "Event": TimingEvent, "get_elapsed_time": get_elapsed_time, "ExternalStream": ExternalStream, "Graph": Graph,
          "MemoryPointer": MemoryPointer, "MemoryPool": MemoryPool, "set_allocator": set_allocator,
          "get_allocator": get_allocator, "get_current_stream": get_current_stream}
 _CUPY = {"ndarray": ndarray, "RawModule": RawModule, "RawKernel": RawKernel, "empty": empty, "zeros": zeros,
-         "asarray": asarray, "from_dlpack": from_dlpack, "asnumpy": asnumpy, "get_default_memory_pool":
+         "asarray": asarray, "empty_like": empty_like, "copyto": copyto, "abs": abs, "clip": clip, "from_dlpack": from_dlpack, "asnumpy": asnumpy, "get_default_memory_pool":
          get_default_memory_pool, "broadcast_to": broadcast_to, "moveaxis": moveaxis, "concatenate": concatenate,
          "stack": stack, "pad": pad, "isnan": isnan, "allclose": allclose, "take": take, "tensordot": tensordot}
 # NumPy functions that run on the arrays through __array_function__ as CuPy's do (Dask's reductions call them)
@@ -810,23 +897,36 @@ ARRAY_FUNCTIONS = ("sum", "mean", "prod", "max", "min", "amax", "amin", "any", "
                    "reshape", "transpose", "result_type", "may_share_memory", "shares_memory")
 _DTYPES = ("float16", "float32", "float64", "uint8", "uint16", "int32", "int64", "bool_")
 # (CuPy's path to the real object, the stand-in) for each class and callable that check_against compares
+_RANDOM = {"Generator": Generator, "default_rng": default_rng}
 CHECKED = ([(f"cuda.runtime.{n}", o) for n, o in _RUNTIME.items()] + [(f"cuda.{n}", o) for n, o in _CUDA.items()]
-           + [(n, o) for n, o in _CUPY.items()])
+           + [(f"random.{n}", o) for n, o in _RANDOM.items()] + [(n, o) for n, o in _CUPY.items()])
 VERSION = "14.2.0"  # the CuPy release the stand-in's behaviour follows (precompile's disk cache, asarray)
 
 
 def modules():
-    """{name: module} for sys.modules: cupy, cupy.cuda, cupy.cuda.runtime, cupy.cuda.memory."""
+    """{name: module} for sys.modules: cupy, cupy.cuda, cupy.cuda.runtime, cupy.cuda.memory, cupy.random."""
     runtime = types.ModuleType("cupy.cuda.runtime")
     runtime.__dict__.update(_RUNTIME)
     memory = types.ModuleType("cupy.cuda.memory")
     memory.__dict__.update({n: _CUDA[n] for n in ("MemoryPointer", "MemoryPool", "set_allocator", "get_allocator")})
     cuda = types.ModuleType("cupy.cuda")
     cuda.__dict__.update(_CUDA, runtime=runtime, memory=memory)
+    random = types.ModuleType("cupy.random")
+    random.__dict__.update(_RANDOM)
     cupy = types.ModuleType("cupy")
-    cupy.__dict__.update(_CUPY, cuda=cuda, __version__=VERSION, **{n: getattr(np, n) for n in _DTYPES})
+    cupy.__dict__.update(_CUPY, cuda=cuda, random=random, dtype=np.dtype, __version__=VERSION,
+                         **{n: getattr(np, n) for n in _DTYPES})
     cupy.__stand_in__ = True
-    return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.memory": memory}
+    return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.memory": memory,
+            "cupy.random": random}
+
+
+def install() -> types.ModuleType:
+    """The stand-in in a fresh state as ``cupy`` in sys.modules, for a whole process (bench/gpu.sh's rehearsal;
+    tests install it per test with the ``standin_cupy`` fixture); returns it."""
+    sys.modules.update(modules())
+    reset()
+    return sys.modules["cupy"]
 
 
 def reset():
