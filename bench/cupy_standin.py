@@ -952,7 +952,8 @@ def real_signature(obj):
         if match:
             parameters = [_TYPED_PARAMETER.sub("", p.strip()).replace("\\*", "*") for p in match.group(1).split(",")]
             namespace = {}
-            exec(f"def f({', '.join(p for p in parameters if p and p != 'self')}): pass", {}, namespace)  # noqa: S102
+            source = f"def f({', '.join(p for p in parameters if p and p != 'self')}): pass"
+            exec(source, {"numpy": np}, namespace)  # noqa: S102  (defaults such as numpy.float64 name NumPy)
             return inspect.signature(namespace["f"])
     try:
         signature = inspect.signature(obj)
