@@ -421,11 +421,11 @@ def mask_weights(mask, shape, spatial=2) -> np.ndarray:
     The mask has the images' spatial shape (the last ``spatial`` axes) and
     leading axes that broadcast against theirs (none: one mask for every
     image and channel); its weights are real, finite and >= 0 (bool: True
-    is 1). The result is a read-only view where no conversion is needed.
+    is 1). The result is a read-only view, of a C-ordered copy where the
+    mask is not C-ordered float64 (its sums are then the same for any
+    strides).
     """
-    m = np.asarray(mask)
-    if m.dtype != bool and m.dtype.kind not in "iuf":
-        raise TypeError(f"mask must hold real weights (bool, int or float), got dtype {m.dtype}")
+    m = check_weight_values(np.asarray(mask))
     shape = tuple(shape)
     try:
         fits = m.ndim >= spatial and m.shape[-spatial:] == shape[-spatial:] and np.broadcast_shapes(m.shape,
@@ -435,14 +435,20 @@ def mask_weights(mask, shape, spatial=2) -> np.ndarray:
     if not fits:
         raise ValueError(f"mask has shape {m.shape} but the images have shape {shape}: a mask has the images' "
                          f"spatial shape {shape[-spatial:]}, and any leading axes of 1 or of the images' length")
-    if m.dtype != bool:
-        if not np.isfinite(m).all():
-            raise ValueError("mask holds NaN or infinite weights; weights must be finite numbers >= 0 "
-                             "(numpy.nan_to_num(mask, nan=0.0, posinf=0.0) gives such pixels weight 0)")
-        if (m < 0).any():
-            raise ValueError(f"mask holds negative weights (the smallest is {m.min()!r}); weights must be >= 0 "
-                             "(numpy.clip(mask, 0, None) gives such pixels weight 0)")
-    return np.broadcast_to(m.astype(np.float64, copy=False), shape)
+    return np.broadcast_to(np.ascontiguousarray(m, dtype=np.float64), shape)  # C order: sums whatever the strides
+
+
+def check_weight_values(m):
+    """The array ``m`` if it holds weights (bool, or real numbers that are finite and >= 0), else the error."""
+    if m.dtype != bool and m.dtype.kind not in "iuf":
+        raise TypeError(f"mask must hold real weights (bool, int or float), got dtype {m.dtype}")
+    if m.dtype.kind == "f" and not np.isfinite(m).all():
+        raise ValueError("mask holds NaN or infinite weights; weights must be finite numbers >= 0 "
+                         "(numpy.nan_to_num(mask, nan=0.0, posinf=0.0) gives such pixels weight 0)")
+    if m.dtype.kind in "if" and (m < 0).any():
+        raise ValueError(f"mask holds negative weights (the smallest is {m.min()!r}); weights must be >= 0 "
+                         "(numpy.clip(mask, 0, None) gives such pixels weight 0)")
+    return m
 
 
 def _weights(x, y, mask, mask_mode, spatial):
