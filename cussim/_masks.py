@@ -38,6 +38,13 @@ def check_mask_mode(mask_mode, sample_covariance) -> str:
     return mask_mode
 
 
+def check_map_mask(mask, mask_mode) -> None:
+    """A map takes a mask only in normalized mode: in mean mode the mask weighs only a mean."""
+    if mask is not None and mask_mode == "mean":
+        raise ValueError("ssim_map with mask_mode='mean' is the unmasked map (the mask weighs only the mean): pass "
+                         "mask_mode='normalized' for the map of normalised convolution, or no mask")
+
+
 def unmasked(x, y, mask):
     """(x, y, mask) with ``numpy.ma`` inputs replaced by their data and their masks folded into the weights.
 

@@ -575,9 +575,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
                        reduce=False, spatial_dims=spatial_dims, mask=mask, mask_mode=mask_mode)
-    if problem.mask is not None and problem.mask_mode == "mean":
-        raise ValueError("ssim_map with mask_mode='mean' is the unmasked map (the mask weighs only the mean): pass "
-                         "mask_mode='normalized' for the map of normalised convolution, or no mask")
+    _masks.check_map_mask(problem.mask, problem.mask_mode)
     dtype = problem.layout.compute_dtype
     map_shape = problem.params.map_shape(problem.x.shape)
     original_shape = tuple(map_shape[i] for i in problem.layout.inverse_perm)
