@@ -102,9 +102,15 @@ def on_device(xp, images, options):
 
 
 def compute_chunk(xp, decoded, options, want_maps):
-    """{index: (ssim, map or None) or an error message}; pairs of one shape and dtype share a launch."""
+    """{index: (ssim, map or None) or an error message}; pairs of one shape and dtype share a launch.
+
+    A decoded pair is (reference, test), or (reference, test, mask weights)
+    with ``--mask`` or ``--mask-alpha``; in mean mode the map is the
+    unmasked one (the mask weighs the mean), in normalized mode the
+    masked one.
+    """
     groups = {}
-    for index, (reference, test) in decoded.items():
+    for index, (reference, *_) in decoded.items():
         # One launch per shape on the GPU; on the CPU, a pair at a time keeps the work in cache.
         key = (reference.shape, reference.dtype) if xp is not np else (reference.shape, index)
         groups.setdefault(key, []).append(index)
@@ -112,10 +118,16 @@ def compute_chunk(xp, decoded, options, want_maps):
     for (shape, _), indices in groups.items():
         grey = options.get("spatial_dims", 2)
         try:
+            colour = len(shape) == grey + 1
             (reference, test), kwargs = on_device(xp, [np.stack([decoded[i][k] for i in indices]) for k in (0, 1)],
-                                                  dict(options, channel_axis=-1 if len(shape) == grey + 1 else None))
+                                                  dict(options, channel_axis=-1 if colour else None))
+            map_kwargs = kwargs
+            if len(decoded[indices[0]]) == 3:  # a mask per pair: one for the pair's channels
+                mask = xp.asarray(np.stack([decoded[i][2] for i in indices]))
+                kwargs = dict(kwargs, mask=mask[..., None] if colour else mask)
+                map_kwargs = kwargs if kwargs.get("mask_mode") == "normalized" else map_kwargs
             values = _numpy(ssim(test, reference, axis=tuple(range(1, test.ndim)), **kwargs))
-            maps = _numpy(ssim_map(test, reference, **kwargs)) if want_maps else [None] * len(indices)
+            maps = _numpy(ssim_map(test, reference, **map_kwargs)) if want_maps else [None] * len(indices)
         except (ValueError, TypeError) as exc:  # e.g. images smaller than the window
             results.update({i: f"{'x'.join(map(str, shape))} images: {exc}" for i in indices})
             continue
@@ -124,11 +136,14 @@ def compute_chunk(xp, decoded, options, want_maps):
     return results
 
 
-def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
-    """Yields (pair, ssim, error message) in order, decoding the next chunk while this one computes."""
+def run_pairs(pairs, xp, options, *, map_folder=None, strict=False, masks=None):
+    """Yields (pair, ssim, error message) in order, decoding the next chunk while this one computes.
+
+    ``masks``: a :class:`Masks` giving each pair's weights, or None."""
     def decode(pair):
         try:
-            return _imagefiles.read_pair(pair, volumes=options.get("spatial_dims") == 3)
+            images = _imagefiles.read_pair(pair, volumes=options.get("spatial_dims") == 3)
+            return images if masks is None else (*images, masks.read(pair))
         except ImageError as exc:
             return exc
 
@@ -149,8 +164,61 @@ def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
                     continue
                 value, full = result
                 if map_folder is not None:
-                    _imagefiles.write_heat_map(full, value, map_folder, pair.name)
+                    _imagefiles.write_heat_map(full, value, map_folder, pair.name,
+                                               None if masks is None else masks.in_map(decoded[i][2], options))
                 yield pair, value, None
+
+
+class Masks:
+    """Where each pair's weights come from: one mask image for every pair, a folder of them matched by the
+    pairs' relative paths, or the reference image's alpha channel (docs/spec.rst section 9)."""
+
+    def __init__(self, source, alpha: bool, mode: str, volumes: bool):
+        self.source, self.alpha, self.mode, self.volumes = source, alpha, mode, volumes
+        self.one = None if alpha or source.is_dir() else _imagefiles.read_mask(source, volumes)
+
+    @property
+    def description(self) -> str:
+        """What the reports say about the mask."""
+        return f"{'alpha' if self.alpha else self.source} ({self.mode})"
+
+    def read(self, pair):
+        """The pair's weights, or ImageError naming the file."""
+        if self.alpha:
+            return _imagefiles.read_alpha(pair.reference, self.volumes)
+        if self.one is not None:
+            return self.one
+        return _imagefiles.read_mask(self.source / pair.name, self.volumes)
+
+    @staticmethod
+    def in_map(weights, options):
+        """The weights of the map's pixels (a "valid" map is smaller than the image)."""
+        if options.get("padding") != "valid":
+            return weights
+        r = (options.get("win_size", 11) - 1) // 2
+        return weights[(Ellipsis,) + (slice(r, -r),) * weights.ndim]
+
+
+def masks_from(args):
+    """The run's :class:`Masks`, or None without --mask and --mask-alpha (UsageError for a bad mask)."""
+    if args.mask is None and not args.mask_alpha:
+        if args.mask_mode is not None:
+            raise UsageError("--mask-mode needs --mask FILE_OR_FOLDER or --mask-alpha")
+        return None
+    if args.mask is not None and args.mask_alpha:
+        raise UsageError("--mask and --mask-alpha are two sources of one mask: pass one of them")
+    if _cluster.wanted(args):
+        raise UsageError("--mask and --mask-alpha run on this machine only: leave out --scheduler and --workers")
+    source = None if args.mask is None else Path(args.mask)
+    if source is not None and not source.exists():
+        raise UsageError(f"--mask {args.mask!r} does not exist")
+    if source is not None and source.is_dir() != Path(args.ref).is_dir():
+        raise UsageError(f"--mask {args.mask!r}: a folder of masks goes with folders of images, a mask file "
+                         "with files or folders")
+    try:
+        return Masks(source, args.mask_alpha, args.mask_mode or "mean", args.volumes)
+    except ImageError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ---- reports ---------------------------------------------------------------------------------
@@ -158,15 +226,17 @@ def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
 class Report:
     """Rows as they come, in one of three formats, and the summary at the end."""
 
-    def __init__(self, kind: str, stream, device_line: str):
-        self.kind, self.stream = kind, stream
+    def __init__(self, kind: str, stream, device_line: str, mask: str = None):
+        self.kind, self.stream, self.mask = kind, stream, mask  # mask: how the pairs were masked, or None
         self.values, self.failed = [], []
         self.csv = csv.writer(stream, lineterminator="\n") if kind == "csv" else None
         if kind == "table":
             print(f"computed by: {device_line}", file=stream)
+            if mask is not None:
+                print(f"mask: {mask}", file=stream)
             print(f"{'pair':<40} {'SSIM':>10} {'DSSIM':>10}", file=stream)
         elif kind == "csv":
-            self.csv.writerow(["pair", "ssim", "dssim", "error"])
+            self.csv.writerow(["pair", "ssim", "dssim", "error"] + (["mask"] if mask is not None else []))
 
     def row(self, pair, value, error):
         if error is None:
@@ -178,11 +248,13 @@ class Report:
             print(f"{pair.name:<40} {text}", file=self.stream)
         elif self.kind == "csv":
             self.csv.writerow([pair.name, "" if error else repr(value), "" if error else repr((1 - value) / 2),
-                               error or ""])
+                               error or ""] + ([self.mask] if self.mask is not None else []))
         else:
             record = {"pair": pair.name, "ssim": value, "dssim": None if error else (1 - value) / 2}
             if error:
                 record["error"] = error
+            if self.mask is not None:
+                record["mask"] = self.mask
             print(json.dumps(record), file=self.stream)
         self.stream.flush()
 
@@ -261,6 +333,12 @@ def compare(args) -> int:
         raise UsageError(f"no {kind[:-1]} pairs: neither {args.ref!r} nor {args.test!r} holds {kind} "
                          f"({', '.join(_imagefiles.suffixes(args.volumes))})")
     map_folder = Path(args.map) if args.map else None
+    masks = masks_from(args)
+    if masks is not None:
+        if masks.mode == "normalized" and options.get("sample_covariance"):
+            raise UsageError("--mask-mode normalized takes population covariance only: leave out "
+                             "--sample-covariance (--skimage sets it)")
+        options["mask_mode"] = masks.mode
     try:
         if map_folder is not None:
             map_folder.mkdir(parents=True, exist_ok=True)
@@ -268,11 +346,11 @@ def compare(args) -> int:
     except OSError as exc:
         raise UsageError(f"{exc.filename}: {exc.strerror}") from None
     try:
-        report = Report(args.format, stream, device_line)
+        report = Report(args.format, stream, device_line, None if masks is None else masks.description)
         progress = Progress(len(pairs))
         start = time.perf_counter()
         rows = (_cluster.run_pairs(args, pairs, options, map_folder=map_folder) if _cluster.wanted(args)
-                else run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict))
+                else run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict, masks=masks))
         for pair, value, error in rows:
             report.row(pair, value, error)
             progress.step()
@@ -392,6 +470,17 @@ def compare_parser() -> argparse.ArgumentParser:
     metric.add_argument("--data-range", type=float, metavar="L",
                         help="value range of the pixels (default: 255 for 8-bit, 65535 for 16-bit; float images "
                              "need it)")
+    mask = parser.add_argument_group("mask", textwrap.fill(
+        "Weights in [0, 1] per pixel (docs/spec.rst section 9): only the weighted pixels count.", 76,
+        initial_indent="  ", subsequent_indent="  "))
+    mask.add_argument("--mask", metavar="FILE_OR_FOLDER",
+                      help="a grey mask image for every pair, or a folder of them at the pairs' relative paths; "
+                           "pixel values scaled to 0..1 (255 or 65535 is 1) are the weights (default: no mask)")
+    mask.add_argument("--mask-alpha", action="store_true",
+                      help="the reference image's alpha channel as the weights")
+    mask.add_argument("--mask-mode", choices=("mean", "normalized"),
+                      help="mean (default): the mean of the map weighted; normalized: masked-out pixels also "
+                           "kept out of every window (their map is 0, grey in --map's heat maps either way)")
     output = parser.add_argument_group("output")
     output.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="table (default), csv, or json (one object per line, then a summary object)")
