@@ -90,3 +90,12 @@ def test_a_pair_without_alpha_fails_alone(pair, capsys):
     root, *_ = pair
     code, out, _ = _run([root / "ref", root / "test", "--mask-alpha", "--format", "csv", "--device", "cpu"], capsys)
     assert code == 1 and "no alpha channel to take as the mask" in out
+
+
+def test_the_docs_picture_is_what_its_script_draws(tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    runpy.run_path(str(docs / "masks_figure.py"))["main"](tmp_path / "masks.png")
+    np.testing.assert_array_equal(iio.imread(tmp_path / "masks.png"), iio.imread(docs / "masks.png"))
