@@ -63,6 +63,16 @@ def unmasked(x, y, mask):
     return np.ma.getdata(x), np.ma.getdata(y), keep
 
 
+def aligned_shape(mask_shape, shape, spatial_axes) -> tuple:
+    """The mask's shape with the images' number of axes: a mask of the spatial sides alone gets 1 on every
+    other axis (one mask for every channel wherever ``channel_axis`` is); others, 1s in front (NumPy's
+    broadcasting). A mask of more axes than the images keeps its shape (the checks refuse it)."""
+    mask_shape, shape = tuple(mask_shape), tuple(shape)
+    if mask_shape == tuple(shape[a] for a in spatial_axes):
+        return tuple(n if a in spatial_axes else 1 for a, n in enumerate(shape))
+    return (1,) * max(0, len(shape) - len(mask_shape)) + mask_shape
+
+
 def in_layout(mask, x, layout):
     """The caller's mask checked against x (the caller's array) and viewed in the kernels' layout (``layout``,
     the problem's :class:`cussim._ssim._Layout`): every axis of x, the spatial ones last."""
@@ -70,15 +80,11 @@ def in_layout(mask, x, layout):
     _arrays.check_same_place(x, m, "mask", "x")
     shape, spatial = layout.original_shape, layout.params.spatial
     spatial_axes = sorted(layout.perm[-spatial:])
-    sides = tuple(shape[a] for a in spatial_axes)
     given = tuple(m.shape)
-    if given == sides:
-        m = m.reshape(tuple(n if a in spatial_axes else 1 for a, n in enumerate(shape)))
-    elif m.ndim < len(shape):
-        m = m.reshape((1,) * (len(shape) - m.ndim) + given)
+    m = m.reshape(aligned_shape(given, shape, spatial_axes))
     if m.ndim != len(shape) or any(m.shape[a] != shape[a] for a in spatial_axes) or any(
             k not in (1, n) for k, n in zip(m.shape, shape)):
         raise ValueError(f"mask has shape {given} but x has shape {tuple(shape)}: a mask has the images' spatial "
-                         f"shape {sides}, and any other axes of 1 or of x's length")
+                         f"shape {tuple(shape[a] for a in spatial_axes)}, and any other axes of 1 or of x's length")
     _reference.check_weight_values(m)
     return m if layout.keeps_order else m.transpose(layout.perm)

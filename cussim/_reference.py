@@ -472,13 +472,19 @@ def weighted_mean(values, weights, axes):
     (over the axes that are not averaged).
     """
     total = weights.sum(axis=axes, keepdims=True)
-    if not total.all():
-        index = tuple(int(i) for i in np.argwhere(np.squeeze(total, axis=axes) == 0)[0])
+    check_total_weights(np.squeeze(total, axis=axes))
+    return (weights * values).sum(axis=axes, keepdims=True) / total, total
+
+
+def check_total_weights(totals):
+    """``totals`` (the total weight of each result), or the ValueError naming the first result of weight 0."""
+    if not totals.all():
+        index = tuple(int(i) for i in np.argwhere(np.asarray(totals) == 0)[0])
         where = f"the result at index {index}" if index else "the result"
         raise ValueError(f"mask gives {where} a total weight of 0: every map pixel averaged into it has weight 0 "
                          "(for padding 'valid' or 'reflect' the mask's border is cropped like the map); give "
                          "those pixels weight, or leave that image out")
-    return (weights * values).sum(axis=axes, keepdims=True) / total, total
+    return totals
 
 
 def mean_weights_crop(padding: str, win_size: int) -> int:

@@ -346,7 +346,7 @@ class _Chunked:
         margin, spatial = self.layout.counted_margin(), self.layout.spatial
         counted = _reference.cropped(self.mask, margin, spatial).astype(np.float64)
         totals = counted.sum(axis=self.layout.averaged_axes)
-        return totals.rechunk(-1).map_blocks(_nonzero_totals, dtype=np.float64)
+        return totals.rechunk(-1).map_blocks(_reference.check_total_weights, dtype=np.float64)
 
     def per_value(self, weight):
         """``weight`` (a number, or one per value) broadcast against arrays in the kernels' layout."""
@@ -399,16 +399,6 @@ def _chunk_map(layout: _Layout, margin, xe, ye, me=None, *, block_id):
     index, _ = layout.windows(block_id, margin)
     mask = {} if me is None else dict(mask=me[index])
     return _ssim.ssim_map(xe[index], ye[index], **layout.metric, **mask)
-
-
-def _nonzero_totals(totals):
-    """The total weights of the values (one block, float64), or the ValueError naming a value of weight 0."""
-    if not totals.all():
-        index = tuple(int(i) for i in np.argwhere(np.asarray(totals) == 0)[0])
-        where = f"the result at index {index}" if index else "the result"
-        raise ValueError(f"mask gives {where} a total weight of 0: every map pixel averaged into it has weight 0; "
-                         "give those pixels weight, or leave that image out")
-    return totals
 
 
 def _along(axis, start, stop):

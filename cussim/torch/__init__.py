@@ -69,6 +69,7 @@ import numbers
 import torch
 
 import cussim
+from cussim import _masks
 
 # name: (value function, value-and-gradient function) of cussim
 _METRICS = {
@@ -160,10 +161,8 @@ def _spatial_axes(x, options):
 
 
 def _aligned(mask, x, spatial):
-    """The mask viewed with x's number of axes, as cussim reads it (cussim._masks.in_layout)."""
-    if tuple(mask.shape) == tuple(x.shape[a] for a in spatial) and mask.ndim < x.ndim:
-        return mask.view([n if a in spatial else 1 for a, n in enumerate(x.shape)])
-    return mask.view((1,) * (x.ndim - mask.ndim) + tuple(mask.shape))
+    """The mask viewed with x's number of axes, as cussim reads it."""
+    return mask.view(_masks.aligned_shape(mask.shape, x.shape, spatial))
 
 
 def _mask_gradient(metric, x, y, mask, value, options):
