@@ -637,13 +637,14 @@ _CS_K1 = 1e10
 
 
 def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5, K1=0.01,
-            K2=0.03, channel_axis=None, axis=None, spatial_dims=2):
+            K2=0.03, channel_axis=None, axis=None, spatial_dims=2, mask=None, mask_mode="mean"):
     """MS-SSIM, lazily, every scale chunked: :func:`cussim.ms_ssim` on Dask arrays.
 
     Arguments as in :func:`cussim.ms_ssim`. Each scale is halved chunk by
     chunk and its mean (contrast-structure, or SSIM at the last scale) is
     computed like :func:`ssim`'s, from chunks and their halos; the scales'
-    means combine per image as in :func:`cussim.ms_ssim`.
+    means combine per image as in :func:`cussim.ms_ssim`. A mask (as in
+    :func:`ssim`) is halved with the images and weights every scale's mean.
 
     Examples
     --------
@@ -655,27 +656,35 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     (((1, 1),), True)
     """
     x, y = _inputs(x, y)
+    checked = mask if mask is None or not isinstance(mask, da.Array) else _stand_in(mask)  # as _Chunked.prepare
     problem, pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights,
                                         data_range=data_range, win_size=win_size, sigma=sigma, K1=K1, K2=K2,
-                                        channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                                        channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims,
+                                        mask=checked, mask_mode=mask_mode)
     dtype = _launch.compute_dtype(x.dtype)
     y = da.broadcast_to(y, x.shape).transpose(problem.layout.perm)
-    scale_x, scale_y = x.transpose(problem.layout.perm), y
+    scales = [x.transpose(problem.layout.perm), y]  # x, y and the mask, at each scale
+    if mask is not None:
+        aligned = tuple(problem.mask.shape[a] for a in problem.layout.inverse_perm)
+        scales.append(da.broadcast_to(_as_dask(mask, "mask").reshape(aligned).transpose(problem.layout.perm),
+                                      x.shape).astype(np.float64))
     r, margin, spatial = problem.params.radius, pyramid.margin, pyramid.spatial
     image = tuple(range(x.ndim - spatial, x.ndim))
+    # with a mask, an image's channels pooled into one weighted mean (torchmetrics); else one mean per plane
+    pooled = image if mask is None or pyramid.group == 1 else (x.ndim - spatial - 1, *image)
     means = []
     for j in range(pyramid.scales):
         if j:
-            scale_x, scale_y = (_halved(a.astype(dtype), variant, spatial) for a in (scale_x, scale_y))
+            scales = [_halved(a.astype(dtype if k < 2 else np.float64), variant, spatial) for k, a in enumerate(scales)]
         last = j == pyramid.scales - 1
-        images = [scale_x, scale_y]
+        images = scales
         if last and margin:  # torchmetrics: the last scale's SSIM over the image extended by whole-sample reflection
             images = [da.pad(a, [(0, 0)] * (a.ndim - spatial) + [(r, r)] * spatial, mode="reflect") for a in images]
-        chunked = _Chunked.prepare(*images, window="gaussian", sigma=sigma, sample_covariance=False,
+        chunked = _Chunked.prepare(*images[:2], window="gaussian", sigma=sigma, sample_covariance=False,
                                    data_range=problem.params.data_range, win_size=win_size,
-                                   K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=image,
-                                   spatial_dims=spatial)
-        image_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane (volume)
-        means.append(image_means.mean(axis=-1) if pyramid.group > 1 else image_means)  # pooled channels
+                                   K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=pooled,
+                                   spatial_dims=spatial, mask=images[2] if mask is not None else None)
+        image_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane (volume), or image
+        means.append(image_means.mean(axis=-1) if pyramid.group > 1 and pooled == image else image_means)
     per_image = math.prod(da.maximum(m, 0.0) ** w for m, w in zip(means, pyramid.weights))
     return per_image.mean(axis=tuple(range(problem.layout.kept, per_image.ndim))).astype(dtype)

@@ -53,3 +53,17 @@ def test_one_mask_per_image_and_errors():
         cd.ssim(dx, y, mask=-np.ones((40, 46)))
     with pytest.raises(ValueError, match="negative weights"):
         cd.ssim(dx, y, mask=-da.ones((40, 46), chunks=20)).compute()
+
+
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow", "torchmetrics"])
+def test_ms_ssim_with_a_mask_equals_in_memory(variant):
+    rng = np.random.default_rng(8)
+    x = rng.random((2, 3, 61, 66))
+    y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1)
+    m = np.where(rng.random((2, 1, 61, 66)) < 0.3, 0.0, rng.random((2, 1, 61, 66)))
+    kwargs = dict(variant=variant, weights=(0.3, 0.3, 0.4), win_size=5, channel_axis=1, axis=(1, 2, 3))
+    lazy = cd.ms_ssim(da.from_array(x, chunks=(1, 2, 25, 30)), da.from_array(y, chunks=(2, 3, 40, 33)),
+                      mask=da.from_array(m, chunks=(1, 1, 30, 20)), **kwargs)
+    np.testing.assert_allclose(lazy.compute(), cussim.ms_ssim(x, y, mask=m, **kwargs), rtol=1e-12)
+    np.testing.assert_allclose(cd.ms_ssim(x, y, mask=m[:, :, :, :], **kwargs).compute(),
+                               cussim.ms_ssim(x, y, mask=m, **kwargs), rtol=1e-12)
