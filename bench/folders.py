@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.run import RESULTS  # the default output folder, ignored by git
+from bench.report import RESULTS  # the default output folder, ignored by git
 
 
 def write_pairs(root: Path, pairs: int, size: int) -> tuple[Path, Path]:
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for the results (default bench/local-results, which git ignores)")
     args = parser.parse_args(argv)
-    from cussim._cli import _gpu
+    from cussim._pairs import _gpu
 
     name = machine()
     rows = {}

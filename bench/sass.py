@@ -1,6 +1,6 @@
 """Thread instructions per pixel (voxel) in the kernels' SASS, counted without a GPU.
 
-``python -m bench.sass`` compiles kernels/ssim.cu and kernels/ssim3d.cu with
+``python -m bench.sass`` compiles the kernels (kernels/*.cu after kernels/*.cuh) with
 NVRTC to cubins (as the compile check does), disassembles them with NVIDIA's
 ``nvdisasm`` (the nvidia-cuda-nvdisasm wheel, or a CUDA toolkit on PATH) and
 prints, per kernel, the instructions one thread issues per map pixel of the
@@ -40,7 +40,7 @@ ones, the loop over depth inside the loop over volumes. Inside the march:
 
 The 2-D kernels (``ssim_forward``, ``ssim_backward``) compute a tile of 16
 columns by 16 k rows, k rows per thread (k = 4 in float arithmetic, 1 in
-double: kernels/ssim.cu, ``Tile``), and their strided loops are per warp:
+double: kernels/tile.cuh, ``Tile``), and their strided loops are per warp:
 the tile load gives each warp every 8th halo row (16 k + 2R rows), the
 horizontal pass each warp four columns of every other 32 rows (warps 0 to 3
 rows lane, lane + 64, ..., warps 4 to 7 rows 32 + lane, ...). So their

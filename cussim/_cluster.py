@@ -2,7 +2,7 @@
 
 The pairs are cut into chunks and each chunk is one task: a worker reads,
 compares and (with ``--map``) writes the heat maps of its chunk with the
-same code as one process (:func:`cussim._cli.run_pairs`, on the worker's own
+same code as one process (:func:`cussim._pairs.run_pairs`, on the worker's own
 device), and returns its rows. The client keeps a few chunks per worker
 thread in flight and yields the rows in the pairs' order, each chunk's once,
 so the output (rows, order, summary, exit code) is what one process prints.
@@ -26,7 +26,7 @@ import contextlib
 import math
 from collections import deque
 
-from . import _cli
+from . import _pairs
 
 TASKS_PER_THREAD = 2  # chunks in flight per worker thread: one computing, one queued
 CHUNKS_PER_THREAD = 4  # small folders are cut finer, so that every worker gets some
@@ -63,14 +63,14 @@ def _distributed():
     try:
         import distributed
     except ImportError:
-        raise _cli.UsageError('--scheduler and --workers need Dask\'s distributed: pip install "cussim[dask]"') \
+        raise _pairs.UsageError('--scheduler and --workers need Dask\'s distributed: pip install "cussim[dask]"') \
             from None
     return distributed
 
 
 def _local_cluster(distributed, workers: int, device: str):
     if device != "cpu":
-        cupy, _ = _cli._gpu()
+        cupy, _ = _pairs._gpu()
         if cupy is not None:
             try:
                 from dask_cuda import LocalCUDACluster
@@ -79,8 +79,8 @@ def _local_cluster(distributed, workers: int, device: str):
             else:
                 gpus = cupy.cuda.runtime.getDeviceCount()
                 if workers > gpus:
-                    raise _cli.UsageError(f"--workers {workers}: dask-cuda runs one worker per GPU and this machine "
-                                          f"has {gpus}; use --workers {gpus} or --device cpu")
+                    raise _pairs.UsageError(f"--workers {workers}: dask-cuda runs one worker per GPU and this machine "
+                                            f"has {gpus}; use --workers {gpus} or --device cpu")
                 return LocalCUDACluster(n_workers=workers, dashboard_address=None)
     return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
 
@@ -94,7 +94,7 @@ def client(args):
             try:
                 connected = distributed.Client(args.scheduler, timeout=CONNECT_TIMEOUT)
             except OSError as exc:
-                raise _cli.UsageError(f"--scheduler {args.scheduler}: cannot reach it ({exc})") from None
+                raise _pairs.UsageError(f"--scheduler {args.scheduler}: cannot reach it ({exc})") from None
         else:
             cluster = stack.enter_context(_local_cluster(distributed, args.workers, args.device))
             connected = distributed.Client(cluster)
@@ -103,8 +103,8 @@ def client(args):
 
 def compute_chunk(pairs, device, options, map_folder):
     """A worker's task: the rows (pair, ssim, error) of some pairs, as one process computes them."""
-    xp, _ = _cli.select_device(device)
-    return list(_cli.run_pairs(pairs, xp, options, map_folder=map_folder))
+    xp, _ = _pairs.select_device(device)
+    return list(_pairs.run_pairs(pairs, xp, options, map_folder=map_folder))
 
 
 def _rows(future, chunk):
@@ -115,10 +115,10 @@ def _rows(future, chunk):
 
 
 def run_pairs(args, pairs, options, *, map_folder=None):
-    """Yields (pair, ssim, error) in the pairs' order, as :func:`cussim._cli.run_pairs`, from a cluster."""
+    """Yields (pair, ssim, error) in the pairs' order, as :func:`cussim._pairs.run_pairs`, from a cluster."""
     with client(args) as dask_client:
         threads = max(1, sum(dask_client.nthreads().values()))
-        size = max(1, min(_cli.CHUNK, math.ceil(len(pairs) / (CHUNKS_PER_THREAD * threads))))
+        size = max(1, min(_pairs.CHUNK, math.ceil(len(pairs) / (CHUNKS_PER_THREAD * threads))))
         chunks = deque(pairs[i : i + size] for i in range(0, len(pairs), size))
         in_flight = deque()
 

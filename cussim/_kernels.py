@@ -1,4 +1,4 @@
-"""Loads kernels/*.cu: one module per specialisation, compiled when first launched.
+"""Loads kernels/*.cu (after kernels/*.cuh): one module per specialisation, compiled when first launched.
 
 One function, :func:`get_kernel`, gives the kernel for the array at hand. Each
 specialisation (a name expression such as ``ssim_backward<float, 5>``) is a
@@ -47,7 +47,7 @@ RADII = tuple(range(1, 8))  # window sizes 3 to 15
 PYRAMID_LEVELS = (1, 2, 3, 4)  # 2x2 means per msssim_pyramid launch (5 scales: one launch)
 
 
-# The option sets of ssim_forward (kernels/ssim.cu, ForwardOption) that the library launches, as
+# The option sets of ssim_forward (kernels/ssim_forward.cu, ForwardOption) that the library launches, as
 # (gradient formula or None, term, whether it writes the map, whether it adds the fused L1 term, whether it
 # combines MS-SSIM's scales): values (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map,
 # skimage's full=True), the exact gradient, MS-SSIM's contrast-structure scales, scikit-image's gradient, the
@@ -94,9 +94,9 @@ def without_options(name: str) -> str:
     return re.sub(r", cussim::[^<>]*>$", ">", name)
 
 
-# ssim_backward's last template argument (kernels/ssim.cu, GradientTail), by its value: add into grad (bit 1),
-# the fused L1 term (bit 2), or MS-SSIM's terms (4); the first, writing without any, is the default and its
-# names leave it out
+# ssim_backward's last template argument (kernels/ssim_backward.cu, GradientTail), by its value: add into grad
+# (bit 1), the fused L1 term (bit 2), or MS-SSIM's terms (4); the first, writing without any, is the default and
+# its names leave it out
 BACKWARD_TAILS = ("GRAD_WRITE", "GRAD_ADD", "GRAD_WRITE_L1", "GRAD_ADD_L1", "GRAD_MSSSIM")
 MSSSIM_TAIL = BACKWARD_TAILS.index("GRAD_MSSSIM")
 
@@ -137,28 +137,29 @@ FAMILIES = {"ssim": _ssim_specialisations(), "ssim3d": _ssim3d_specialisations()
 # option set's code is the same template at every radius. Seven option sets at every radius made the check
 # four times slower.
 COMPILE_CHECKED = {**FAMILIES, "ssim": _ssim_specialisations(every_option_radii=(5, max(RADII)))}
-# A family's source is its file after those of the families it builds on (the volumes' kernels use
-# ssim.cu's per-pixel maths); #line directives keep the compilers' messages pointing at each file.
-PREREQUISITES = {"ssim3d": ("ssim",)}
+# The headers every family builds on, in order: the per-pixel maths, the tiles and their passes, MS-SSIM's
+# 2x2 mean and combine. No file includes another (NVRTC and CuPy's cache would not see an included file).
+HEADERS = ("pixel.cuh", "tile.cuh", "msssim.cuh")
+# A family's source is the headers, then its kernel files: the planes' forward, backward and MS-SSIM
+# kernels; the volumes'. #line directives keep the compilers' messages pointing at each file.
+SOURCES = {"ssim": (*HEADERS, "ssim_forward.cu", "ssim_backward.cu", "msssim.cu"),
+           "ssim3d": (*HEADERS, "ssim3d.cu")}
 
 
 def kernel_dir() -> Path:
-    """The folder holding the .cu files, wherever cussim is installed."""
+    """The folder holding the .cu and .cuh files, wherever cussim is installed."""
     for folder in KERNEL_DIRS:
-        if (folder / "ssim.cu").is_file():
+        if all((folder / name).is_file() for name in SOURCES["ssim"]):
             return folder
     raise FileNotFoundError(f"cussim's kernels/*.cu not found in {', '.join(map(str, KERNEL_DIRS))}")
 
 
 @functools.lru_cache(maxsize=None)
 def kernel_source(family: str) -> str:
-    """The source text of ``kernels/{family}.cu``, after that of the families it builds on."""
+    """The source text of ``family``: its files (:data:`SOURCES`) in order, each after a ``#line`` directive."""
     if family not in FAMILIES:
         raise KeyError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
-    files = (*PREREQUISITES.get(family, ()), family)
-    if len(files) == 1:
-        return (kernel_dir() / f"{family}.cu").read_text()
-    return "".join(f'#line 1 "{name}.cu"\n' + (kernel_dir() / f"{name}.cu").read_text() + "\n" for name in files)
+    return "".join(f'#line 1 "{name}"\n' + (kernel_dir() / name).read_text() + "\n" for name in SOURCES[family])
 
 
 def specialisations(family: str) -> tuple:

@@ -61,7 +61,7 @@ def gradient_dtype(dtype) -> np.dtype:
 def tiles(shape, dtype) -> int:
     """Blocks of ssim_forward (over a map of ``shape``) or ssim_backward (over an image) for elements of
     ``dtype``: tiles of 16 columns by 16 k rows covering the last two axes of ``shape``, k the rows each
-    thread computes (kernels/ssim.cu, ``Tile``): 4 in float32 arithmetic (64 rows), 1 in float64."""
+    thread computes (kernels/tile.cuh, ``Tile``): 4 in float32 arithmetic (64 rows), 1 in float64."""
     rows = TILE * (1 if compute_dtype(dtype) == np.float64 else 4)
     return -(-shape[-2] // rows) * -(-shape[-1] // TILE)
 

@@ -151,7 +151,7 @@ class _Pyramid:
 
     @property
     def counters(self) -> int:
-        """The combine's block counters, the workspace sums' last elements (kernels/ssim.cu, combine_counter)."""
+        """The combine's block counters, the workspace sums' last elements (kernels/msssim.cuh, combine_counter)."""
         return 1 + self.images
 
     def sizes(self, with_gradient: bool) -> tuple:

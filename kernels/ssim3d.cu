@@ -1,11 +1,12 @@
 // ssim3d.cu: SSIM, its mean and its exact gradient (docs/spec.rst sections 1 to 4) for a
 // batch of D x H x W volumes, the window applied along depth, rows and columns.
 //
-// cussim/_kernels.py compiles this file after kernels/ssim.cu (the "ssim3d"
-// family's source is the two, concatenated), so the per-voxel maths is the
-// planes' own: ssim_pixel, load_scaled, reflect_index, block_sum, store.
+// cussim/_kernels.py compiles this file after pixel.cuh, tile.cuh and
+// msssim.cuh (SOURCES: the "ssim3d" family's source is the four, concatenated),
+// so the per-voxel maths is the planes' own: ssim_pixel, load_scaled,
+// reflect_index, block_sum, store.
 //
-// Kernels (T, R and C as in ssim.cu):
+// Kernels (T, R and C as in ssim_forward.cu):
 //   ssim3d_forward<T, R>   as ssim_forward, per voxel of the map: the map, the
 //                          per-block sums (float64, fixed order) of the voxels
 //                          the mean counts, the three partial maps of the
@@ -16,13 +17,13 @@
 //                          pytorch-msssim's avg_pool3d on 5-D tensors), as a
 //                          variant halves each side, into contiguous volumes
 //                          of the compute type.
-// ssim.cu's ssim_finish turns the block sums into the means, its
-// msssim_combine the scales' means into MS-SSIM; the backward adds the
-// adjoint of the next scale's 2x2x2 mean (ssim.cu's pooled_target per axis).
+// ssim_forward.cu's ssim_finish turns the block sums into the means,
+// msssim.cu's msssim_combine the scales' means into MS-SSIM; the backward adds
+// the adjoint of the next scale's 2x2x2 mean (msssim.cuh's pooled_target per axis).
 //
 // The 2.5-D scheme: a block of (16, 16) threads owns a 16 x 16 tile of rows
 // and columns and marches along depth over a chunk of `chunk` output planes.
-// Each input plane it passes goes through the 2-D filter of ssim.cu (a
+// Each input plane it passes goes through the 2-D filter of tile.cuh (a
 // (16+2R)^2 halo tile in shared memory, a horizontal pass, a vertical pass in
 // registers); each thread keeps the last 2R+1 filtered planes in registers
 // (a rolling window, 5 moments forward, 3 partial maps backward), and the
@@ -191,14 +192,17 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
         const long long outer = p / inner_count, inner = p % inner_count;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
-        // The shifts (ssim.cu's ssim_pixel): the voxel nearest the brick's centre.
+        // The shifts (pixel.cuh's ssim_pixel): the voxel nearest the brick's centre, or 0 where it is not
+        // finite, so that a NaN or an infinity there stays in the windows that hold it (as tile_shift does;
+        // tile_shift's element offset made ptxas spill here, python -m bench.sass and bench/NOTES.md).
         const int centre_z = min(g.first + g.offset + chunk / 2, depth - 1);
         const int centre_row = min(g.row + g.offset + kTile / 2, height - 1);
         const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
-        const C kx = load_voxel(xp, x_depth, x_row, x_col, centre_z, centre_row, centre_col, depth, height, width,
-                                PAD_SAME, inv_range);
-        const C ky = load_voxel(yp, y_depth, y_row, y_col, centre_z, centre_row, centre_col, depth, height, width,
-                                PAD_SAME, inv_range);
+        const C x_centre = load_voxel(xp, x_depth, x_row, x_col, centre_z, centre_row, centre_col, depth, height,
+                                      width, PAD_SAME, inv_range);
+        const C y_centre = load_voxel(yp, y_depth, y_row, y_col, centre_z, centre_row, centre_col, depth, height,
+                                      width, PAD_SAME, inv_range);
+        const C kx = is_finite(x_centre) ? x_centre : C(0), ky = is_finite(y_centre) ? y_centre : C(0);
         RollingWindow<C, R, 5> window = {};
         double thread_sum = 0.0;
         // Input plane z feeds map planes z - offset - R .. z - offset + R.
@@ -233,14 +237,15 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
                                             inv_range) -
                                  load_voxel(yp, y_depth, y_row, y_col, d, row, col, depth, height, width, PAD_SAME,
                                             inv_range);
-                    value = sum_scale * value + l1 * (double)fabs(dx);
+                    value = with_l1(value, dx, sum_scale, l1);
                 }
                 thread_sum += value;
                 if (grad_maps) {
-                    // skimage's gradient is that of the uncropped map's mean. partial[0] moves from the
-                    // moments shifted by kx (x) and kx - ky (d = x - y) to unshifted ones: ssim3d_backward
-                    // combines the maps with x and x - y themselves.
-                    const C w = (counted || formula == GRADIENT_SKIMAGE) ? weight : C(0);
+                    // partial[0] moves from the moments shifted by kx (x) and kx - ky (d = x - y) to
+                    // unshifted ones: ssim3d_backward combines the maps with x and x - y themselves. It is
+                    // moved_partial with moves -2 kx and -2 (kx - ky), factored as before: that form cost 1
+                    // instruction more per voxel for double at R = 5 (python -m bench.sass).
+                    const C w = partial_weight(counted, formula, weight);
                     const long long at = p * g.map_voxels + ((long long)d * g.map_h + row) * g.map_w + col;
                     const C partials[3] = {px.partial[0] - C(2) * (kx * px.partial[1] + (kx - ky) * px.partial[2]),
                                            px.partial[1], px.partial[2]};
@@ -323,10 +328,12 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim
                                         inv_range);
                 const C yv = load_voxel(yp, y_depth, y_row, y_col, z, row, col, depth, height, width, PAD_SAME,
                                         inv_range);
+                // P0 + 2 x P1 + 2 (x - y) P2 of the unshifted moments' partials: moved_partial with moves 2 x
+                // and 2 (x - y), factored with one multiply fewer per voxel (python -m bench.sass)
                 C value = (blurred[0] + C(2) * (xv * blurred[1] + (xv - yv) * blurred[2])) * inv_range;
                 if (volume_weights) value *= (C)volume_weights[p];
                 if (coarse) value += pooled_adjoint3d(coarse, p, z, row, col, depth, height, width, variant);
-                if (l1 != C(0)) value += xv > yv ? l1 : (xv < yv ? -l1 : C(0));  // d l1 |x - y| / dx
+                if (l1 != C(0)) value += l1_gradient(xv, yv, l1);
                 typename GradientType<T>::type* gp =
                     grad + outer * g_outer + inner * g_inner + z * g_depth + row * g_row + col * g_col;
                 if (accumulate) value += (C)element_value(*gp);

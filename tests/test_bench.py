@@ -10,53 +10,53 @@ import numpy as np
 import pytest
 
 import cussim
-from bench import peers, run
+from bench import cases, compare, peers, report, timing
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_work_counts_and_floor():
-    forward, gradient = run.work_per_pixel("ssim"), run.work_per_pixel("ssim_with_gradient")
+    forward, gradient = timing.work_per_pixel("ssim"), timing.work_per_pixel("ssim_with_gradient")
     assert forward.bytes == 8 and gradient.bytes > forward.bytes and gradient.flops > forward.flops
-    assert run.work_per_pixel("ssim", itemsize=2).bytes == 4
-    assert run.work_per_pixel("ssim", win_size=7).flops < forward.flops
+    assert timing.work_per_pixel("ssim", itemsize=2).bytes == 4
+    assert timing.work_per_pixel("ssim", win_size=7).flops < forward.flops
     # compute-bound and memory-bound sides of the floor
-    assert run.floor_seconds(run.Work(200, 8), 10**6, fma_per_second=1e12, bytes_per_second=1e15) == 1e-4
-    assert run.floor_seconds(run.Work(2, 8), 10**6, fma_per_second=1e15, bytes_per_second=1e9) == 8e-3
-    ms, ms_gradient = run.work_per_pixel("ms_ssim"), run.work_per_pixel("ms_ssim_with_gradient")
+    assert timing.floor_seconds(timing.Work(200, 8), 10**6, fma_per_second=1e12, bytes_per_second=1e15) == 1e-4
+    assert timing.floor_seconds(timing.Work(2, 8), 10**6, fma_per_second=1e15, bytes_per_second=1e9) == 8e-3
+    ms, ms_gradient = timing.work_per_pixel("ms_ssim"), timing.work_per_pixel("ms_ssim_with_gradient")
     assert forward.flops < ms.flops < 1.4 * forward.flops and gradient.bytes < ms_gradient.bytes
     with pytest.raises(ValueError, match="unknown case"):
-        run.work_per_pixel("msssim")
+        timing.work_per_pixel("msssim")
 
 
 def test_input_pairs_overflow_the_cache_and_rotate():
-    pairs = run.input_pairs(np, (2, 8, 8), "float16", seed=0, cache_bytes=2 * 2 * 128 * 2)  # one pair: 512 bytes
+    pairs = timing.input_pairs(np, (2, 8, 8), "float16", seed=0, cache_bytes=2 * 2 * 128 * 2)  # one pair: 512 bytes
     assert len(pairs) == 6  # 3x the cache
     assert all(x.dtype == np.float16 and 0 <= y.min() and y.max() <= 1 and x.any() for x, y in pairs)
-    assert len(run.input_pairs(np, (2, 8, 8), "float32", seed=0)) == 1
-    assert len(run.input_pairs(np, (2, 8, 8), "float32", seed=0, cache_bytes=10**9)) == 8
+    assert len(timing.input_pairs(np, (2, 8, 8), "float32", seed=0)) == 1
+    assert len(timing.input_pairs(np, (2, 8, 8), "float32", seed=0, cache_bytes=10**9)) == 8
     seen = []
-    call = run.rotating(pairs[:2], lambda x, y: seen.append(x is pairs[0][0]))
+    call = timing.rotating(pairs[:2], lambda x, y: seen.append(x is pairs[0][0]))
     for _ in range(3):
         call()
     assert seen == [True, False, True]
 
 
 def test_closest_convention():
-    assert run.closest_convention(0.52, {"same": 0.5, "valid": 0.6}) == "same"
+    assert compare.closest_convention(0.52, {"same": 0.5, "valid": 0.6}) == "same"
 
 
 def test_markdown_names_the_machine_and_every_ratio():
     limits = {"copy_bytes_per_second": 3e12, "fma_per_second": 3e13}
-    ours = run._ours_row("ssim", "value", "same", "1x3x1080x1920", "float32", 3 * 1080 * 1920, 2e-4, limits)
+    ours = compare.ours_row("ssim", "value", "same", "1x3x1080x1920", "float32", 3 * 1080 * 1920, 2e-4, limits)
     assert ours["fraction_of_floor"] == pytest.approx(ours["floor_ms"] / 0.2)
     peer = peers.Peer("fussim", "same", "torch", None, True)
-    versus = run._peer_row(ours, peer, 6e-4, 2e-8, True)
-    text = run.markdown("Some GPU", limits, [ours, versus])
+    versus = compare.peer_row(ours, peer, 6e-4, 2e-8, True)
+    text = report.markdown("Some GPU", limits, [ours, versus])
     assert text.startswith("# cussim on Some GPU")
     assert "| ssim | value | same | 1x3x1080x1920 | float32 | 0.200 |" in text
     assert "| ssim | value | 1x3x1080x1920 | float32 | fussim (same) | 0.600 | 0.200 | 3.0x | 2.0e-08 |" in text
-    differs = run.markdown("CPU", None, [ours, run._peer_row(ours, peer, 6e-4, 0.1, False)])
+    differs = report.markdown("CPU", None, [ours, compare.peer_row(ours, peer, 6e-4, 0.1, False)])
     assert "0.200 | 3.0x | 1.0e-01 (differs) |" in differs and "Ceilings" not in differs
 
 
@@ -69,11 +69,11 @@ def test_without_a_gpu_it_runs_the_cpu_cases(tmp_path):
                             capture_output=True, text=True, check=True)
     assert "No CUDA GPU here" in result.stdout and "the GPU cases were not run" in result.stdout
     (record,) = tmp_path.glob("*/*.json")
-    cases = json.loads(record.read_text())["cases"]
-    versus = [r for r in cases if r.get("peer") == "skimage-cpu"]
-    assert {r["shape"] for r in versus} == set(run.CPU_SHAPES) | set(run.CPU_VOLUME_SHAPES)
+    rows = json.loads(record.read_text())["cases"]
+    versus = [r for r in rows if r.get("peer") == "skimage-cpu"]
+    assert {r["shape"] for r in versus} == set(cases.CPU_SHAPES) | set(cases.CPU_VOLUME_SHAPES)
     assert all(r["same_computation"] for r in versus)
-    assert {(r["operation"], r["convention"]) for r in cases if "peer" not in r} == {
+    assert {(r["operation"], r["convention"]) for r in rows if "peer" not in r} == {
         (op, c) for op in ("value", "value+gradient") for c in ("same", "skimage")}
     assert record.with_suffix(".md").read_text().startswith("# cussim on ")
 
@@ -82,9 +82,9 @@ def test_the_plot_is_written(tmp_path):
     pytest.importorskip("matplotlib")
     from bench import plot
 
-    ours = run._ours_row("ssim", "value+gradient", "same", "32x3x256x256", "float16", 32 * 3 * 256 * 256, 1e-3,
+    ours = compare.ours_row("ssim", "value+gradient", "same", "32x3x256x256", "float16", 32 * 3 * 256 * 256, 1e-3,
                          {"copy_bytes_per_second": 3e12, "fma_per_second": 3e13})
-    rows = [ours, run._peer_row(ours, peers.Peer("piq", "valid", "torch", None, True), 5e-3, 1e-6, True)]
+    rows = [ours, compare.peer_row(ours, peers.Peer("piq", "valid", "torch", None, True), 5e-3, 1e-6, True)]
     plot.plot(rows, tmp_path / "p.png", "title")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -104,13 +104,13 @@ def test_each_ssim_peer_computes_cussims_convention(name):
     x, y = (a.astype(np.float64) for a in peers.check_pair(np))
     theirs = float(peer.value(torch.from_numpy(x), torch.from_numpy(y)))
     ours = peers.cussim_values(cussim, x, y)
-    assert run.closest_convention(theirs, ours) == peer.convention
+    assert compare.closest_convention(theirs, ours) == peer.convention
     assert theirs == pytest.approx(ours[peer.convention], abs=1e-6)
 
 
 def test_skimage_peer_averages_per_image_values():
     (peer,), _ = peers.load(peers.SSIM_PEERS, ["skimage"])
-    x, y = run.input_pairs(np, (3, 2, 30, 30), "float64", seed=4)[0]
+    x, y = timing.input_pairs(np, (3, 2, 30, 30), "float64", seed=4)[0]
     assert peer.value(x, y) == pytest.approx(float(cussim.ssim(x, y, **peers.CONVENTIONS["skimage"])), abs=1e-12)
 
 
@@ -118,7 +118,7 @@ def test_skimage_peer_averages_per_image_values():
 def test_each_ms_ssim_peer_computes_its_variant(name):
     torch = pytest.importorskip("torch")
     peer = _peer_or_skip(peers.MS_SSIM_PEERS, name)
-    x, y = run.input_pairs(np, (1, 3, 176, 180), "float64", seed=5)[0]
+    x, y = timing.input_pairs(np, (1, 3, 176, 180), "float64", seed=5)[0]
     mine = float(cussim.ms_ssim(x, y, variant=peer.convention, channel_axis=1))
     assert float(peer.value(torch.from_numpy(x), torch.from_numpy(y))) == pytest.approx(mine, abs=1e-5)
 
@@ -151,12 +151,12 @@ class _HostCupy:
         return getattr(self._np, name)
 
 
-class _HostTorchPeers(run._TorchPeers):
+class _HostTorchPeers(compare.TorchPeers):
     def __init__(self):
         self.torch = pytest.importorskip("torch")
 
     def time(self, fn, repeats):
-        return run._host_time(fn, repeats)
+        return timing.host_time(fn, repeats)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -166,9 +166,9 @@ def test_gpu_cases_logic_on_the_host(dtype, capsys):
     found.append(peers.Peer("wrong", "valid", "torch", lambda x, y: 0.5 + 0 * x.mean(), True))
     limits = {"copy_bytes_per_second": 1e12, "fma_per_second": 1e13}
     host, torch_peers = _HostCupy(), _HostTorchPeers()
-    found, matches = run.check_conventions(host, cussim, found, torch_peers)
+    found, matches = compare.check_conventions(host, cussim, found, torch_peers)
     assert not matches["wrong"] and all(matches[p.name] for p in found if p.name != "wrong")
-    rows = run.ssim_cases(host, cussim, "2x3x40x48", (2, 3, 40, 48), dtype, 1, limits, 0, found, matches,
+    rows = cases.ssim_cases(host, cussim, "2x3x40x48", (2, 3, 40, 48), dtype, 1, limits, 0, found, matches,
                           torch_peers)
     ours = {(r["convention"], r["operation"]) for r in rows if "peer" not in r}
     assert ours == {(c, op) for c in ("same", "valid", "skimage") for op in ("value", "value+gradient")}
@@ -182,7 +182,7 @@ def test_gpu_cases_logic_on_the_host(dtype, capsys):
     assert not versus["wrong", "value"]["same_computation"]
     assert "does NOT match; its ratios do not compare the same computation" in capsys.readouterr().out
     ms_found, _ = peers.load(peers.MS_SSIM_PEERS)
-    rows = run.ms_ssim_cases(host, cussim, "1x3x176x176", (1, 3, 176, 176), 1, limits, 0, ms_found, torch_peers)
+    rows = cases.ms_ssim_cases(host, cussim, "1x3x176x176", (1, 3, 176, 176), 1, limits, 0, ms_found, torch_peers)
     assert all(r["same_computation"] for r in rows if "peer" in r)
     assert {r["convention"] for r in rows if "peer" not in r} >= {"pytorch_msssim"}
 
@@ -197,7 +197,7 @@ def test_torch_loss_cases_on_the_host():
     if not found:
         pytest.skip(reasons[0])
     limits = {"copy_bytes_per_second": 1e12, "fma_per_second": 1e13}
-    rows = run.torch_loss_cases(_HostCupy(), "1x3x40x48", (1, 3, 40, 48), 1, limits, 0, found, _HostTorchPeers())
+    rows = cases.torch_loss_cases(_HostCupy(), "1x3x40x48", (1, 3, 40, 48), 1, limits, 0, found, _HostTorchPeers())
     assert {r["convention"] for r in rows if "peer" not in r} == {"l1_dssim_loss same", "SSIMLoss same",
                                                                    "SSIMLoss valid"}
     versus = {r["convention"]: r for r in rows if "peer" in r}
@@ -232,9 +232,9 @@ def test_results_go_to_a_folder_git_ignores_unless_told(tmp_path):
     """``python -m bench`` and ``python -m bench.folders`` leave the tracked tree clean by default."""
     from bench import folders
 
-    assert folders.RESULTS == run.RESULTS and not run.RESULTS.is_relative_to(ROOT / "bench" / "results")
+    assert folders.RESULTS == report.RESULTS and not report.RESULTS.is_relative_to(ROOT / "bench" / "results")
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(run.RESULTS / "some-gpu" / "2026-01-01.json")],
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(report.RESULTS / "some-gpu" / "2026-01-01.json")],
                              cwd=ROOT)
     assert ignored.returncode == 0

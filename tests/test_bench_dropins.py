@@ -4,7 +4,7 @@ replace), their logic run on the host: CuPy and CUDA events replaced by NumPy an
 import pytest
 from test_bench import _HostCupy, _HostTorchPeers
 
-from bench import peers, run
+from bench import cases, peers
 
 pytest.importorskip("torch")
 
@@ -15,7 +15,7 @@ def test_drop_in_cases_on_the_host():
         pytest.skip(reasons[0])
     found.append(peers.Peer("wrong", "fused_ssim valid", "torch", lambda x, y: 0.5 + 0 * x.mean(), True))
     limits = {"copy_bytes_per_second": 1e12, "fma_per_second": 1e13}
-    rows = run.drop_in_cases(_HostCupy(), "1x3x176x180", (1, 3, 176, 180), 1, limits, 0, found, _HostTorchPeers())
+    rows = cases.drop_in_cases(_HostCupy(), "1x3x176x180", (1, 3, 176, 180), 1, limits, 0, found, _HostTorchPeers())
     ours = {(r["convention"], r["operation"]) for r in rows if "peer" not in r}
     assert ours == {(c, op) for c in peers.drop_ins() for op in ("value", "value+gradient")}
     assert all(r["fraction_of_floor"] > 0 for r in rows if "peer" not in r)

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 import cussim
-from bench import peers, run
+from bench import cases, compare, peers, timing
 from test_bench import _HostCupy, _HostTorchPeers
 
 
 def test_volume_work_counts_three_filter_passes():
-    plane, volume = run.work_per_pixel("ssim"), run.work_per_pixel("ssim", spatial_dims=3)
+    plane, volume = timing.work_per_pixel("ssim"), timing.work_per_pixel("ssim", spatial_dims=3)
     assert volume.flops - plane.flops == 5 * 2 * 11 and volume.bytes == plane.bytes
 
 
@@ -27,7 +27,7 @@ def test_each_volume_peer_computes_cussims_convention(name):
     x, y = (a.astype(np.float64) for a in peers.volume_check_pair(np))
     theirs = float(found[0].value(torch.from_numpy(x), torch.from_numpy(y)))
     ours = peers.cussim_values(cussim, x, y, spatial_dims=3)
-    assert run.closest_convention(theirs, ours) == found[0].convention
+    assert compare.closest_convention(theirs, ours) == found[0].convention
     assert theirs == pytest.approx(ours[found[0].convention], abs=5e-6)  # pytorch-msssim: a float32 window
 
 
@@ -35,8 +35,8 @@ def test_volume_cases_logic_on_the_host():
     found, _ = peers.load(peers.VOLUME_PEERS)
     limits = {"copy_bytes_per_second": 1e12, "fma_per_second": 1e13}
     host, torch_peers = _HostCupy(), _HostTorchPeers()
-    found, matches = run.check_conventions(host, cussim, found, torch_peers, spatial_dims=3)
-    rows = run.ssim_cases(host, cussim, "1x1x12x16x18", (1, 1, 12, 16, 18), "float32", 1, limits, 0, found, matches,
+    found, matches = compare.check_conventions(host, cussim, found, torch_peers, spatial_dims=3)
+    rows = cases.ssim_cases(host, cussim, "1x1x12x16x18", (1, 1, 12, 16, 18), "float32", 1, limits, 0, found, matches,
                           torch_peers, spatial_dims=3)
     ours = {(r["metric"], r["convention"], r["operation"]) for r in rows if "peer" not in r}
     assert ours == {("ssim3d", c, op) for c in {"same"} | {peers.TIMED_AS.get(p.convention, p.convention)
@@ -46,6 +46,6 @@ def test_volume_cases_logic_on_the_host():
 
 
 def test_the_cpu_run_times_a_volume():
-    rows = [r for r in run.cpu_run(cussim, 1) if r["metric"] == "ssim3d"]
-    assert {r["shape"] for r in rows} == set(run.CPU_VOLUME_SHAPES)
+    rows = [r for r in cases.cpu_run(cussim, 1) if r["metric"] == "ssim3d"]
+    assert {r["shape"] for r in rows} == set(cases.CPU_VOLUME_SHAPES)
     assert any(r.get("peer") == "skimage-cpu" and r["same_computation"] for r in rows)

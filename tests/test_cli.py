@@ -14,7 +14,7 @@ import pytest
 from skimage import data
 from skimage.metrics import structural_similarity as skimage_ssim
 
-from cussim import _cli, _imagefiles
+from cussim import _cli, _imagefiles, _pairs
 
 
 def _noisy(image, seed, sigma):
@@ -226,7 +226,7 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
 
 def test_device_gpu_without_one(folders, capsys, monkeypatch):
     ref, test, _ = folders
-    monkeypatch.setattr(_cli, "_gpu", lambda: (None, "no CUDA device"))
+    monkeypatch.setattr(_pairs, "_gpu", lambda: (None, "no CUDA device"))
     code, _, err = _run([ref, test, "--device", "gpu"], capsys)
     assert code == 2 and "--device gpu: no GPU available" in err
 

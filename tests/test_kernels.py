@@ -1,4 +1,5 @@
-"""kernels/ssim.cu on every executor present, against the float64 reference (docs/spec.rst section 7)."""
+"""The planes' kernels (kernels/ssim_forward.cu, ssim_backward.cu, msssim.cu) on every executor present, against
+the float64 reference (docs/spec.rst section 7)."""
 
 import numpy as np
 import pytest
@@ -182,7 +183,9 @@ def test_no_access_past_the_end_of_any_array(monkeypatch):
 
 
 def test_kernel_source_is_found():
-    assert (_kernels.kernel_dir() / "ssim.cu").is_file()
+    for family, files in _kernels.SOURCES.items():
+        assert all((_kernels.kernel_dir() / name).is_file() for name in files)
+        assert all(f'#line 1 "{name}"' in _kernels.kernel_source(family) for name in files)
     with pytest.raises(KeyError, match="unknown kernel family"):
         _kernels.kernel_source("nope")
     with pytest.raises(KeyError, match="not a specialisation"):

@@ -100,12 +100,17 @@ def test_flat_volume_against_itself_is_exactly_one(executor, padding, dtype):
     assert np.all(_ssim_map(executor, flat, flat, _params(flat, padding=padding)) == 1.0)
 
 
-def test_nan_stays_in_its_windows(executor):
+@pytest.mark.parametrize("at", [6, 8], ids=["inside", "shift-voxel"])  # 8: the voxel the brick shifts by
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_stays_in_its_windows(executor, at, bad):
     x, y = _volumes((12, 12, 12), np.float32)
-    x[6, 6, 6] = np.nan
+    x[at, at, at] = bad
     got = _ssim_map(executor, x, y, _params(x))
-    assert np.isnan(got[4:9, 4:9, 4:9]).all()
-    assert np.isfinite(got[:4]).all() and np.isfinite(got[:, :4]).all() and np.isfinite(got[..., 9:]).all()
+    held = slice(at - 2, at + 3)  # the windows of win_size 5 that hold the voxel
+    assert np.isnan(got[held, held, held]).all()
+    inside = np.zeros(got.shape, bool)
+    inside[held, held, held] = True
+    assert np.isfinite(got[~inside]).all()
 
 
 @pytest.mark.parametrize("padding", ref.PADDINGS)

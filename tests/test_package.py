@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cussim import _kernels
+
 ROOT = Path(__file__).resolve().parents[1]
 # Subprocesses that must not see this checkout through PYTHONPATH.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -41,7 +43,9 @@ def wheel(tmp_path_factory):
 @pytest.mark.slow
 def test_wheel_ships_kernels_and_emulator_sources(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for required in ("cussim/kernels/ssim.cu", "cussim/_emulator/include/cuda_emulator.h",
+    kernels = [f"cussim/kernels/{path.name}" for path in sorted((ROOT / "kernels").glob("*.cu*"))]
+    assert {f"cussim/kernels/{name}" for files in _kernels.SOURCES.values() for name in files} <= set(kernels)
+    for required in (*kernels, "cussim/_emulator/include/cuda_emulator.h",
                      "cussim/_emulator/runtime.cpp", "cussim/_kernels.py", "cussim/torch/__init__.py",
                      "cussim/torch/pytorch_msssim.py"):
         assert required in names

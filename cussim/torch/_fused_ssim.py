@@ -7,7 +7,7 @@ import numbers
 import torch
 
 from .._params import MAX_WIN_SIZE, MIN_WIN_SIZE
-from . import ssim
+from ._functions import ssim
 
 PADDINGS = ("same", "valid")
 

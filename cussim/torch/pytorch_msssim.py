@@ -61,8 +61,8 @@ import torch
 
 from .. import _reference
 from .._params import check_spatial_dims, ssim_params
-from . import ms_ssim as _ms_ssim
-from . import ssim as _ssim
+from ._functions import ms_ssim as _ms_ssim
+from ._functions import ssim as _ssim
 
 __all__ = ["MS_SSIM", "SSIM", "ms_ssim", "ssim"]
 

@@ -1,0 +1,239 @@
+// ssim_backward.cu: the exact gradient of SSIM's mean with respect to x (docs/spec.rst section 4),
+// or scikit-image's (section 5), from the forward's partial maps; compiled after pixel.cuh,
+// tile.cuh and msssim.cuh (cussim/_kernels.py, SOURCES).
+//
+// Kernel (T, R and C as in ssim_forward.cu):
+//   ssim_backward<T, R, Tail>  the gradient with respect to x: the adjoint
+//                        filter F^T of the three partial maps, combined with x
+//                        and y (docs/spec.rst section 4), written into grad
+//                        (Tail GRAD_WRITE, the default) or added to it
+//                        (cussim::GRAD_ADD); GRAD_WRITE_L1 and GRAD_ADD_L1 add
+//                        the fused L1 term's l1 sign(x - y); GRAD_MSSSIM adds
+//                        MS-SSIM's terms (per-plane weights, the adjoint of the
+//                        next scale's 2x2 mean, section 6). Each tail's code is
+//                        compiled only into its own specialisation (GradientTail).
+//
+// Launch shape: block (16, 16) and grid (tiles_h * tiles_w, min(planes, 65535)),
+// tiles of 16 columns by Tile::kHeight rows (64 in float arithmetic, 16 in
+// double) covering the image; blocks loop over planes, so any number of planes
+// works.
+
+namespace cussim {
+
+// MS-SSIM's extras of a backward (GRAD_MSSSIM): each plane's weight, and
+// the adjoint of the next scale's 2x2 mean of `variant` (coarse: contiguous
+// planes of the next scale's gradient; null at the last scale).
+template <class C> struct PyramidTerms {
+    const double* plane_weights;
+    const C* coarse;
+    int variant;
+};
+
+// The backward's tile (Tile): the partial maps' halo, three maps loaded and
+// filtered, and the table of shift moves of the forward tiles its halo reads.
+template <class C, int R> struct BackwardTile : Tile<C, R> {
+    // forward tiles whose shifts the halo can need (see backward_planes)
+    static constexpr int kMoveRows = 4, kMoveCols = 4;
+    static constexpr int kSharedBytes = TileSharedBytes<C, R, 3, 3>::value;
+};
+
+// The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
+// registers: its per-pixel pyramid terms spilled a few bytes at 64 on sm_100.
+template <class T, bool MsSsim = false> struct BackwardMinBlocks {
+    static constexpr int value =
+        TileMinBlocks<T, BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes, MsSsim ? 3 : 4>::value;
+};
+
+// What a backward's last step does (a template argument of ssim_backward, so
+// that each version's code is compiled only where a call asks for it): write
+// the gradient or add it to grad's values (bit 1), with the fused L1 term
+// l1 sign(x - y) or without (bit 2); or, GRAD_MSSSIM, with MS-SSIM's terms
+// (per-plane weights, the adjoint of the next scale's 2x2 mean), written or
+// added as the `accumulate` argument says (the others ignore it and those terms).
+enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3, GRAD_MSSSIM = 4 };
+
+// The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
+// BackwardTile<C, R>::kHeight rows covering the image, min(planes, 65535)).
+template <class T, int R, int Tail>
+__device__ inline void backward_planes(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    const typename ComputeType<T>::type* __restrict__ grad_maps, typename GradientType<T>::type* __restrict__ grad,
+    long long g_outer, long long g_inner, long long g_row, long long g_col, long long planes, long long inner_count,
+    int height, int width, int padding, const typename ComputeType<T>::type* __restrict__ taps,
+    typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
+    typename ComputeType<T>::type l1, int accumulate) {
+    using C = typename ComputeType<T>::type;
+    using Shape = BackwardTile<C, R>;
+    constexpr bool MsSsim = Tail == GRAD_MSSSIM;
+    constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
+    constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
+    constexpr int kWarps = kTile * kTile / 32;
+    static_assert(R <= 8, "the move table covers halos of R <= 8");
+    constexpr int kLog2 = Shape::kHeightLog2;
+    __shared__ C tile[3][kHaloRows][Shape::kPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
+    __shared__ FilteredRows<C, R, 3> rows;
+    // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
+    // forward tile (base_row + i, base_col + j), forward tiles being kHeight rows by
+    // 16 columns (Tile). The halo reads map rows of the forward tiles from
+    // top / kHeight to (top + kHaloRows - 1) / kHeight and, reflected past the
+    // map's end, rows down to top + 2 - kHeight (the tile lies at or above the
+    // map's last row): from (top - kHeight) / kHeight on, at most 4 tiles for
+    // 2R <= kHeight; columns likewise (16 + 2R halo columns), 4 tiles.
+    __shared__ C moves[2][Shape::kMoveRows][Shape::kMoveCols];
+    // the shifts (of x, of y) of those forward tiles, then this tile's own, the same for all its windows
+    __shared__ C shifts[2][Shape::kMoveRows * Shape::kMoveCols + 1];
+    __shared__ C weights[2 * R + 1];
+
+    const TileGeometry g = tile_geometry<R, kHeight>(padding, height, width, false);
+    const long long maps_size = planes * g.map_pixels;
+    const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    // The window is symmetric, so the adjoint's flipped taps are the taps.
+    if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
+    const C twice_inv_range = C(2) * inv_range;
+    const int base_row = max((top - kHeight) >> kLog2, 0), base_col = max((left - kTile) >> 4, 0);
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w;
+    // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
+    const int out_col = lane & 15, first_row = Shape::first_row(warp, lane);
+    // how many of them lie in the image (one number, not kRows tests kept across the plane loop)
+    const int rows_here = g.col + out_col < width ? min(kRows, height - (g.row + first_row)) : 0;
+    // Thread t < 2 (kEntries + 1) reads one shift each plane: of x (of y, t > kEntries) at forward tile
+    // e = t % (kEntries + 1), or, e = kEntries, this tile's own at its centre; shift_offset is that
+    // pixel's element offset in its plane (Tile::shift_row, shift_col).
+    constexpr int kEntries = Shape::kMoveRows * Shape::kMoveCols;
+    long long shift_offset = 0;
+    {
+        const int e = tid % (kEntries + 1);
+        const bool own = e == kEntries;
+        const int row = Shape::shift_row(own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset, height);
+        const int col = Shape::shift_col(own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset, width);
+        shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
+    }
+    // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
+    // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
+    // row of each halo row, or -1 for a row of zeros (for tiles whose halo leaves the map).
+    // (F is symmetric with reflection: F^T reflects too.)
+    const int map_col = halo_source(left + lane, g.map_w, padding);
+    const bool col_inside = map_col >= 0;
+    const int j = (map_col >> 4) - base_col;
+    __shared__ int halo_rows[kHaloRows];
+    if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, g.map_h, padding);
+    // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
+    // and read per pixel (kept in registers across the plane loop, they spilled)
+    __shared__ long long pooled_rows[MsSsim ? kHeight : 1];  // pooled_code of each row
+    __shared__ int pooled_cols[MsSsim ? kTile : 1];          // and of each column
+    long long coarse_size = 0;
+    if (MsSsim) {
+        const int coarse_w = pooled_size(width, pyramid.variant);
+        if (tid < kHeight)
+            pooled_rows[tid] = pooled_code(pooled_target(g.row + tid, height, pyramid.variant), coarse_w);
+        if (tid < kTile) pooled_cols[tid] = (int)pooled_code(pooled_target(g.col + tid, width, pyramid.variant), 1);
+        coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
+    }
+
+    PlaneIndex plane;
+    plane.start(inner_count);
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
+        const T* xp = x + plane.outer * x_outer + plane.inner * x_inner;
+        const T* yp = y + plane.outer * y_outer + plane.inner * y_inner;
+        const C* maps = grad_maps + p * g.map_pixels;
+        const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
+        // The partial maps are those of moments shifted by the forward tile's
+        // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd),
+        // the same for every window here,
+        // dL/dx = F^T(P0 + 2 (bx - kx) P1 + 2 (bd - kd) P2) + 2 (x - bx) F^T(P1)
+        // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
+        // image is bright and flat.
+        if (tid < 2 * (kEntries + 1))
+            shifts[tid > kEntries][tid % (kEntries + 1)] =
+                tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
+        __syncthreads();
+        // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
+        const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
+        if (tid < kEntries) {
+            const int i = tid / Shape::kMoveCols, j = tid % Shape::kMoveCols;
+            moves[0][i][j] = own_x - C(2) * shifts[0][tid];
+            moves[1][i][j] = own_d - C(2) * (shifts[0][tid] - shifts[1][tid]);
+        }
+        __syncthreads();
+        if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
+            if (inside) {
+                // The fast path (most tiles): the halo inside the map, no bounds test.
+                const C* m0 = maps + (long long)(top + warp) * g.map_w + left + lane;
+                const long long step = kWarps * (long long)g.map_w;
+                warp_halo_rows<kHaloRows>(warp, [&](int k) {
+                    const int r = warp + kWarps * k, i = ((top + r) >> kLog2) - base_row;
+                    const C* m = m0 + k * step;
+                    const C value[3] = {m[0], m[maps_size], m[2 * maps_size]};
+                    tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    tile[1][r][lane] = value[1];
+                    tile[2][r][lane] = value[2];
+                });
+            } else {
+#pragma unroll 1
+                for (int r = warp; r < kHaloRows; r += kWarps) {
+                    const int map_row = halo_rows[r];
+                    C value[3] = {C(0), C(0), C(0)};
+                    if (col_inside && map_row >= 0) {
+                        const long long at = (long long)map_row * g.map_w + map_col;
+                        for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
+                        const int i = (map_row >> kLog2) - base_row;
+                        value[0] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    }
+                    for (int q = 0; q < 3; ++q) tile[q][r][lane] = value[q];
+                }
+            }
+        }
+        __syncthreads();
+        horizontal_pass<C, R, 3>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+            for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
+        });
+        __syncthreads();
+        // Vertical pass: each row's gradient is finished as soon as its last tap is in.
+        const int col = g.col + out_col;
+        const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
+        const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
+        typename GradientType<T>::type* gq = grad + plane.outer * g_outer + plane.inner * g_inner +
+                                             (long long)(g.row + first_row) * g_row + col * g_col;
+        vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
+            if (i < rows_here) {
+                // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
+                const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
+                const C twice_x = xv * twice_inv_range - own_x, twice_d = (xv - yv) * twice_inv_range - own_d;
+                C value = moved_partial(b, twice_x, twice_d) * inv_range;  // P0 + 2 x' P1 + 2 d' P2
+                if (MsSsim) {
+                    value *= (C)pyramid.plane_weights[p];
+                    if (pyramid.coarse)
+                        value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
+                }
+                if (Tail & GRAD_WRITE_L1) value += l1_gradient(xv, yv, l1);
+                if ((Tail & GRAD_ADD) || (MsSsim && accumulate)) value += (C)element_value(*gq);
+                store(gq, value);
+            }
+            xq += x_row;  // a pointer step per row
+            yq += y_row;
+            gq += g_row;
+        });
+        __syncthreads();  // the next plane overwrites the tiles and the moves
+        plane.advance(inner_count);
+    }
+}
+
+}  // namespace cussim
+
+template <class T, int R, int Tail = cussim::GRAD_WRITE>
+__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, Tail == cussim::GRAD_MSSSIM>::value) ssim_backward(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
+    typename cussim::GradientType<T>::type* __restrict__ grad, long long g_outer, long long g_inner, long long g_row,
+    long long g_col, long long planes, long long inner_count, int height, int width, int padding,
+    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
+    typename cussim::ComputeType<T>::type l1, const double* __restrict__ plane_weights,
+    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant, int accumulate) {
+    cussim::backward_planes<T, R, Tail>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
+                                        grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
+                                        width, padding, taps, inv_range, {plane_weights, coarse, variant}, l1,
+                                        accumulate);
+}

@@ -1,0 +1,275 @@
+// ssim_forward.cu: SSIM and its mean (docs/spec.rst sections 1 to 3) for a batch of image planes,
+// with the partial maps that the backward turns into the gradient (sections 4 and 5); compiled
+// after pixel.cuh, tile.cuh and msssim.cuh (cussim/_kernels.py, SOURCES).
+//
+// Kernels (T: float, double, __half, unsigned char or unsigned short, the
+// stored element type; R: window radius, win_size = 2R+1; C, the compute type,
+// is double for double inputs and float otherwise):
+//   ssim_forward<T, R, Options>
+//                        the map value at every map pixel; the per-block sums
+//                        of the pixels that the mean counts (float64, fixed
+//                        order), and as Options (ForwardOption) asks, the map
+//                        and the three partial maps the gradient needs: g*Pmu,
+//                        g*Pxx, g*Pdd (the exact gradient) or the terms of
+//                        scikit-image's formula. Given `out`,
+//                        the last block to finish writes the values as
+//                        ssim_finish does (finish_if_last): one launch. With
+//                        FORWARD_COMBINE (MS-SSIM's last scale), the last
+//                        block of each image combines every scale's sums
+//                        as msssim_combine does (combine_if_last).
+//                        MS-SSIM's other scales take FORWARD_CS: the
+//                        contrast-structure map A2 / B2 (section 6).
+//   ssim_finish<O>       each output value from its block sums (float64, fixed
+//                        order), as a + b * sum / count, stored as O (float or
+//                        double), for block sums that no forward finished
+//                        (MS-SSIM's per-image values, scikit-image's float64
+//                        mean).
+//
+// Launch shapes: ssim_forward takes block (16, 16) and grid
+// (tiles_h * tiles_w, min(planes, 65535)), tiles of 16 columns by
+// Tile::kHeight rows (64 in float arithmetic, 16 in double) covering the map;
+// blocks loop over planes, so any number of planes works. ssim_finish takes
+// block (256) and one block per output.
+
+namespace cussim {
+
+// ssim_forward's compile-time options, its third template argument: a bitmask
+// of the gradient formula whose partial maps it writes (none for FORWARD_VALUE),
+// MS-SSIM's contrast-structure term in place of SSIM, whether it writes the
+// map, whether the block sums hold the fused L1 term, and whether its last
+// blocks combine MS-SSIM's scales (its last scale). A value call's kernel
+// then holds no gradient, no map, no L1 and no combine code; name
+// expressions spell them, e.g. ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>.
+enum ForwardOption {
+    FORWARD_VALUE = 0,
+    FORWARD_EXACT = GRADIENT_EXACT,
+    FORWARD_SKIMAGE = GRADIENT_SKIMAGE,
+    FORWARD_CS = 4,
+    FORWARD_MAP = 8,
+    FORWARD_L1 = 16,
+    FORWARD_COMBINE = 32  // MS-SSIM's last scale: the combine of every scale folded in (combine_if_last)
+};
+__device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
+__device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
+
+// The forward's five moments mx, md, Exx, Eyy, Edd in float: (mx, md) and (Exx, Eyy) as 8-byte pairs,
+// so that a row is three loads in the vertical pass, not five. Bank conflicts, none: 8-byte accesses
+// are served per half-warp; a half-warp of the horizontal pass stores one column of 16 consecutive rows,
+// the pitch of 17 pairs puts row r + 1 at banks 2 further (16 different bank pairs); one of the vertical
+// pass loads 16 consecutive pairs of one row.
+template <int R> struct MomentRows {
+    static constexpr int kHaloRows = Tile<float, R>::kHaloRows, kPitch = Tile<float, R>::kRowsPitch;
+    float2 pairs[2][kHaloRows][kPitch];
+    float dd[kHaloRows][kPitch];
+
+    __device__ void store(int r, int c, const float (&v)[5]) {
+        float2 mean, square;
+        mean.x = v[0];
+        mean.y = v[1];
+        square.x = v[2];
+        square.y = v[3];
+        pairs[0][r][c] = mean;
+        pairs[1][r][c] = square;
+        dd[r][c] = v[4];
+    }
+    __device__ void load(int r, int c, float (&v)[5]) const {
+        const float2 mean = pairs[0][r][c], square = pairs[1][r][c];
+        v[0] = mean.x;
+        v[1] = mean.y;
+        v[2] = square.x;
+        v[3] = square.y;
+        v[4] = dd[r][c];
+    }
+};
+template <class C, int R> struct ForwardRows { using type = FilteredRows<C, R, 5>; };
+template <int R> struct ForwardRows<float, R> { using type = MomentRows<R>; };
+
+}  // namespace cussim
+
+// The forward's blocks per SM (TileMinBlocks): its block loads x and y and filters five moments. At
+// R = 7 at most 3 (80 registers): at 64, the passes' 20 sums and 8 taps left no room for a few set-up
+// values, which spilled (8 to 16 bytes). With FORWARD_COMBINE 1: that forward is MS-SSIM's last scale,
+// the smallest image (a few blocks per plane), whose occupancy does not matter, and the combine's
+// float64 log and exp need registers.
+template <class T, int R, int Options> struct ForwardMinBlocks {
+    using C = typename cussim::ComputeType<T>::type;
+    static constexpr int value =
+        Options & cussim::FORWARD_COMBINE
+            ? 1
+            : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value, R < 7 ? 4 : 3>::value;
+};
+
+template <class T, int R, int Options>
+__global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) ssim_forward(
+    const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
+    const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
+    typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_row,
+    long long m_col, double* __restrict__ block_sums, typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
+    long long planes, long long inner_count, int height, int width, int padding, int crop,
+    const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
+    typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
+    typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
+    double l1, typename cussim::ComputeType<T>::type* __restrict__ out, long long out_stride, long long outputs,
+    double count, double a, double b, const double* __restrict__ scale_table, int scales, long long group,
+    double share, double guard, double* __restrict__ image_values, double* __restrict__ plane_weights) {
+    using namespace cussim;
+    using C = typename ComputeType<T>::type;
+    using Shape = Tile<C, R>;
+    constexpr int formula = forward_formula(Options);
+    static_assert(formula != GRADIENT_SKIMAGE || forward_term(Options) == TERM_SSIM, "skimage's formula is SSIM's");
+    constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight, kHaloRows = Shape::kHaloRows;
+    constexpr int kWarps = kTile * kTile / 32;
+    __shared__ C tile[2][kHaloRows][Shape::kPitch];  // x', y': x and y scaled and shifted, around the tile
+    __shared__ typename ForwardRows<C, R>::type rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    __shared__ C weights[2 * R + 1];
+    __shared__ double scratch[kWarps];
+    // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
+    // not in registers through the passes (which spilled under the register cap: ptxas kept each
+    // thread's tile-load offsets across the planes). Thread 0 writes them; the barriers before and after
+    // the tile load and in the block sum order it.
+    __shared__ struct {
+        PlaneIndex plane;
+        long long map_offset, x_row, x_col, y_row, y_col;
+        C shift[2];
+    } held;
+
+    const TileGeometry g = tile_geometry<R, kHeight>(padding, height, width, true);
+    const long long maps_size = planes * g.map_pixels;
+    const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (tid < 2 * R + 1) weights[tid] = taps[tid];
+    const int top = g.row + g.offset - R, left = g.col + g.offset - R;  // the halo, in image pixels
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= height && left + Shape::kHaloCols <= width;
+    const int shift_row = Shape::shift_row(g.row + g.offset, height);
+    const int shift_col = Shape::shift_col(g.col + g.offset, width);
+    // this thread's map pixels: column col, rows first_row .. first_row + kRows - 1 of the tile
+    const int first_row = Shape::first_row(warp, lane), col = g.col + (lane & 15);
+    // how many of them lie in the map (one number, not kRows tests kept across the plane loop)
+    const int rows_here = col < g.map_w ? min(kRows, g.map_h - (g.row + first_row)) : 0;
+    // whether the mean counts this thread's column (the rows are tested per pixel)
+    const bool col_counted = col >= crop && col < g.map_w - crop;
+    // Border tiles (the halo leaves the image): the image row of each halo row and this lane's image
+    // column, or -1 for a zero (halo_source), worked out once for every plane.
+    __shared__ int halo_rows[kHaloRows];
+    if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, height, padding);
+    const int halo_col = halo_source(left + lane, width, padding);
+    if (tid == 0) {
+        held.plane.start(inner_count);
+        held.x_row = x_row;
+        held.x_col = x_col;
+        held.y_row = y_row;
+        held.y_col = y_col;
+    }
+
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
+        if (tid == 0) {
+            const long long outer = held.plane.outer, inner = held.plane.inner;
+            held.shift[0] = tile_shift(x + outer * x_outer + inner * x_inner, shift_row * x_row + shift_col * x_col,
+                                       inv_range);
+            held.shift[1] = tile_shift(y + outer * y_outer + inner * y_inner, shift_row * y_row + shift_col * y_col,
+                                       inv_range);
+            if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
+        }
+        __syncthreads();
+        const long long outer = held.plane.outer, inner = held.plane.inner;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
+        const C kx = held.shift[0], ky = held.shift[1];
+        if (lane < Shape::kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
+            if (inside) {
+                // The fast path (most tiles): the halo inside the image, no bounds test, no padding, all
+                // loads in flight (warp_halo_rows), addresses from the strides read back from `held` in
+                // each plane, shared ones at constant offsets.
+                const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
+                const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
+                const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
+                C* tx = &tile[0][warp][lane];
+                C* ty = &tile[1][warp][lane];
+                warp_halo_rows<kHaloRows>(warp, [&](int i) {
+                    tx[kWarps * Shape::kPitch * i] = (C)element_value(xo[i * x_step]) * inv_range - kx;
+                    ty[kWarps * Shape::kPitch * i] = (C)element_value(yo[i * y_step]) * inv_range - ky;
+                });
+            } else {
+#pragma unroll 1
+                for (int r = warp; r < kHaloRows; r += kWarps) {
+                    const int row = halo_rows[r];
+                    C vx = C(0), vy = C(0);
+                    if (row >= 0 && halo_col >= 0) {
+                        vx = (C)element_value(xp[row * x_row + halo_col * x_col]) * inv_range;
+                        vy = (C)element_value(yp[row * y_row + halo_col * y_col]) * inv_range;
+                    }
+                    tile[0][r][lane] = vx - kx;
+                    tile[1][r][lane] = vy - ky;
+                }
+            }
+        }
+        __syncthreads();
+        if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
+        horizontal_pass<C, R, 5>(rows, weights, warp, lane,
+                                 [&](int r, int c, C (&v)[5]) { moment_terms(tile[0][r][c], tile[1][r][c], v); });
+        __syncthreads();
+        // The vertical pass leaves each pixel's five moments in the space of the rows (once every thread
+        // has read them), moments[q][i][tid]: the pixels' formulas then run one at a time, not kRows at
+        // once in registers (which spilled under the 64-register cap). A warp stores and loads 32
+        // consecutive words.
+        C m[kRows][5];
+        vertical_rows<C, R, 5>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[5]) {
+            for (int q = 0; q < 5; ++q) m[i][q] = v[q];
+        });
+        __syncthreads();
+        static_assert(sizeof(rows) >= 5 * kRows * kTile * kTile * sizeof(C), "the rows hold the moments");
+        C (*moments)[kRows][kTile * kTile] = reinterpret_cast<C (*)[kRows][kTile * kTile]>(&rows);
+#pragma unroll
+        for (int i = 0; i < kRows; ++i)
+#pragma unroll
+            for (int q = 0; q < 5; ++q) moments[q][i][tid] = m[i][q];
+        double counted_sum = 0.0;  // this thread's pixels that the mean counts, in row order
+#pragma unroll 1
+        for (int i = 0; i < rows_here; ++i) {
+            const int row = g.row + first_row + i;
+            const C v[5] = {moments[0][i][tid], moments[1][i][tid], moments[2][i][tid], moments[3][i][tid],
+                            moments[4][i][tid]};
+            const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
+            const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
+            if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
+            const bool counted = col_counted && row >= crop && row < g.map_h - crop;
+            double counted_value = counted ? (double)px.s : 0.0;
+            if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
+                const int r = R + first_row + i, c = R + (lane & 15);
+                const C dx = (tile[0][r][c] + sx) - (tile[1][r][c] + sy);
+                counted_value = with_l1(counted_value, dx, sum_scale, l1);
+            }
+            counted_sum += counted_value;
+            if (formula != GRADIENT_NONE) {
+                const C w = partial_weight(counted, formula, weight);
+                const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
+                for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
+            }
+        }
+        if (block_sums) {
+            const double total = block_sum(counted_sum, scratch, tid);
+            if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
+        } else {
+            __syncthreads();  // the next plane overwrites the tiles
+        }
+    }
+    // rows (at least 5 * 18 * 17 values of C, over 6 KiB) serves as the finish's 256 doubles, or the
+    // combine's kCombineScratch.
+    if (outputs) {
+        static_assert(sizeof(rows) >= kCombineScratch * sizeof(double), "rows holds the finish's scratch");
+        double* last_scratch = reinterpret_cast<double*>(&rows);
+        if constexpr ((Options & FORWARD_COMBINE) != 0)
+            combine_if_last(block_sums, scale_table, scales, planes, group, share, guard, image_values,
+                            plane_weights, out, out_stride, outputs, count, a, b, last_scratch, tid);
+        else
+            finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride, last_scratch, tid);
+    }
+}
+
+template <class O>
+__global__ void __launch_bounds__(256) ssim_finish(const double* __restrict__ block_sums, long long per_output,
+                                                   long long outputs, double count, double a, double b,
+                                                   O* __restrict__ out, long long out_stride) {
+    __shared__ double scratch[256];
+    cussim::finish_values(block_sums, per_output, outputs, count, a, b, out, out_stride, scratch, blockIdx.x,
+                          gridDim.x, (int)threadIdx.x);
+}
