@@ -4,121 +4,35 @@
 NVRTC to cubins (as the compile check does), disassembles them with NVIDIA's
 ``nvdisasm`` (the nvidia-cuda-nvdisasm wheel, or a CUDA toolkit on PATH) and
 prints, per kernel, the instructions one thread issues per map pixel of the
-2-D kernels and per map voxel of the 3-D ones.
-
-How the count is made. A block of 16 x 16 threads filters a tile per plane
-in the body of its march: the loop of the SASS (found by its backward
-branch) that holds the strided loops, found by descending from the
-outermost loop while a loop holds just one loop that itself holds loops.
-For the 2-D kernels that is the outermost loop, over planes; for the 3-D
-ones, the loop over depth inside the loop over volumes. Inside the march:
-
-- every loop that ends in a backward branch is a strided loop of the source
-  (``for (k = tid; k < n; k += 256)``, or its per-warp form below: the halo
-  tile's loads, the horizontal pass), or the 2-D forward's loop over its
-  pixels. A strided loop runs n / 256 source iterations per plane on
-  average; its SASS body may hold several source iterations (the compiler
-  unrolls), counted by its shared-memory stores against the stores one
-  source iteration makes (a vector store counts as the elements it writes:
-  the 2-D forward's horizontal pass writes (mx, md) and (Exx, Eyy) of an
-  output with 8-byte stores). So it costs (body instructions / source
-  iterations in the body) x n / 256, n counting single outputs. Where there
-  are several versions of one loop (the compiler's, for reflection and for
-  zero padding; a fast path for tiles whose halo lies inside the image,
-  about 95 % of the tiles at 1080 x 1920), the table shows the cheapest: the
-  common path, that of an interior tile. The 2-D kernels' interior tiles
-  load their halo in unrolled straight code, so their tile-load loops, the
-  border tiles' version, are not counted.
-- everything else in the march (the vertical pass, the formula, the stores,
-  the block sum, fully unrolled loops) is counted once per plane. That is an
-  upper bound: it includes code that a call skips by a branch (the set-up
-  of the border tiles' loads, thread 0's per-plane work, the block sum's last
-  step that one thread does; for the 3-D kernels, the gradient's partials of
-  a value-only call). The 2-D forward takes its options as a template
-  argument: the table shows its value kernel (FORWARD_VALUE) and that of a
-  value with the exact gradient (FORWARD_EXACT).
-
-The 2-D kernels (``ssim_forward``, ``ssim_backward``) compute a tile of 16
-columns by 16 k rows, k rows per thread (k = 4 in float arithmetic, 1 in
-double: kernels/tile.cuh, ``Tile``), and their strided loops are per warp:
-the tile load gives each warp every 8th halo row (16 k + 2R rows), the
-horizontal pass each warp four columns of every other 32 rows (warps 0 to 3
-rows lane, lane + 64, ..., warps 4 to 7 rows 32 + lane, ...). So their
-straight code (an interior tile's load included) counts once per k pixels
-and the horizontal pass the mean of the two warp
-sets' ceil((16 k + 2R) / 64) and ceil((16 k + 2R - 32) / 64) (what each
-warp issues, idle lanes included), divided by k per pixel; a source
-iteration of the horizontal pass stores 4 columns of 3 maps (backward) or
-of 5 moments (forward). The forward's pixel loop (the one loop of its march
-that stores nothing to shared memory) runs k iterations per thread, one per
-pixel: its body counts once per pixel.
-
-The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
-depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,
-16): the march runs c + 2R times, once per input plane, and each of its
-passes filters a plane (the strided loops, the vertical pass, the push into
-the rolling window), but only c of them complete an output plane (the depth
-taps, the formula, the stores). That output code is the forward branch of
-the march's straight code that skips the most instructions and no loop (the
-source's ``if (d >= first && ...)``). So per voxel a 3-D kernel costs
-(strided loops + straight code outside the output region) x (c + 2R) / c +
-the output region, (16 + 10) / 16 = 1.625 planes per output plane at R = 5;
-a 2-D kernel has no output region and one plane per output plane. Output
-code the compiler hoists above that branch counts per plane, so the figure
-stays an upper bound.
-
-Predicated instructions count as issued (a GPU issues them). A CALL counts
-as one instruction: the subroutines it reaches (the slow paths of a float
-division, 64-bit division past 32-bit operands) run rarely or never. Code
-before the march (once per block, or per volume) is not counted. The counts
-are exact properties of the binary; what they cost in time on a GPU is a
-prediction.
+2-D kernels and per map voxel of the 3-D ones: first those of the march, the
+loop over planes of an interior tile (bench/sass_march.py says how), then the
+whole kernel's at a named shape (1x3x1080x1920), per part and per category,
+with ptxas's registers and shared memory and the occupancy they allow
+(bench/sass_whole.py says how). The counts are exact properties of the binary
+on the stated paths; what they cost in time on a GPU is a prediction
+(bench/roofline.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import math
 import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 
-from cussim import _kernels, _nvrtc
+from bench import sass_march, sass_units, sass_whole
+from bench.sass_march import TILE, KernelCount, count
+from cussim import _kernels, _launch, _nvrtc
 from cussim._launch3d import DEPTH_CHUNK
 
-TILE = 16
-THREADS = TILE * TILE
-
-_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 _LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 _SECTION = re.compile(r"^\s*\.text\.(\S+):\s*$")
-
-
-@dataclass(frozen=True)
-class Loop:
-    kind: str
-    body: int  # SASS instructions between the loop's head and its backward branch
-    per_iteration: float  # SASS instructions per source iteration
-    per_pixel: float  # per pixel of each plane the march filters
-
-
-@dataclass(frozen=True)
-class KernelCount:
-    name: str
-    total: int  # static instructions of the whole kernel
-    straight: int  # march instructions outside the strided loops and the output region (once per thread and plane)
-    loops: tuple
-    output: int = 0  # the 3-D kernels' output region (once per voxel)
-    planes: float = 1.0  # planes the march filters per output plane: (c + 2R) / c for volumes
-    pixels: int = 1  # output pixels per thread and plane
-
-    @property
-    def per_pixel(self) -> float:
-        return (self.straight / self.pixels + sum(loop.per_pixel for loop in self.loops)) * self.planes + self.output
 
 
 def nvdisasm() -> str:
@@ -157,7 +71,7 @@ def parse(text: str, lowered: dict) -> dict:
         if section:
             current = lowered.get(section.group(1))
             if current is not None:
-                functions[current] = {"instructions": [], "labels": {}, "pending": []}
+                functions[current] = {"instructions": [], "labels": {}, "pending": [], "guards": {}}
             continue
         if current is None:
             continue
@@ -172,110 +86,55 @@ def parse(text: str, lowered: dict) -> dict:
             for name in function["pending"]:
                 function["labels"][name] = address
             function["pending"] = []
-            function["instructions"].append((address, match.group(2), match.group(3)))
+            if match.group(2):
+                function["guards"][len(function["instructions"])] = match.group(2).strip()
+            function["instructions"].append((address, match.group(3), match.group(4)))
     return functions
 
 
-def _loops(function):
-    """(head, branch address) of every backward branch but a branch to itself (the trap after EXIT)."""
-    loops = {}
-    for address, opcode, operands in function["instructions"]:
-        target = re.search(r"\.L_x_\d+", operands)
-        if opcode.startswith("BRA") and target:
-            head = function["labels"][target.group()]
-            if head < address:
-                loops[head] = max(loops.get(head, address), address)
-    return sorted(loops.items())
+def kernel_names(dtype: str, radius: int) -> dict:
+    """{family: name expressions} of the counted kernels: the 2-D forward of a value and of a value with the
+    exact gradient, the backward; the 3-D forward and backward."""
+    names = {family: [f"{family}_{kernel}<{dtype}, {radius}>" for kernel in ("forward", "backward")]
+             for family in ("ssim", "ssim3d")}
+    names["ssim"][:1] = [_kernels.forward_name(dtype, radius, formula, "ssim", False, False)
+                         for formula in (None, "exact")]
+    return names
 
 
-def _children(loop, loops):
-    """The loops directly inside ``loop`` (a (head, end) pair of ``loops``)."""
-    inside = [(h, e) for h, e in loops if loop[0] <= h and e <= loop[1] and (h, e) != loop]
-    return [(h, e) for h, e in inside if not any(h2 <= h and e <= e2 and (h2, e2) != (h, e) for h2, e2 in inside)]
+def _whole(c: KernelCount, function, radius: int, shape, chunk: int) -> sass_whole.Whole:
+    """:func:`bench.sass_whole.whole` of a counted kernel at ``shape`` (2-D) or over a depth chunk (3-D)."""
+    loops = sass_march.backward_branches(function)
+    if chunk:  # a block marches one chunk: its prologue and arrival once per chunk output planes
+        geometry = dict(pixels=chunk, coverage=1.0, border=0.0, blocks=1 << 20, sums=1, march=c.march, loops=loops)
+        return sass_whole.whole(c.name, function, {i: w * chunk for i, w in c.weights.items()}, None, geometry)
+    tile_rows = TILE * c.pixels
+    halo_rows = tile_rows + 2 * radius
+    tiles = -(-shape[-2] // tile_rows) * -(-shape[-1] // TILE)
+    planes = math.prod(shape[:-2])
+    pixel_loop = {i for loop in c.loops if loop.kind == "pixels" for i in loop.indices}
+    geometry = dict(pixels=c.pixels, coverage=tiles * tile_rows * TILE / (shape[-1] * shape[-2]),
+                    border=sass_whole.border_fraction(shape, radius, tile_rows), pixel_loop=pixel_loop,
+                    border_iterations=sum(-(-(halo_rows - w) // 8) for w in range(8)) / 8,
+                    border_per_body=c.border[2] if c.border else 1, blocks=tiles * _launch.plane_rows(tiles, planes),
+                    sums=tiles * planes, planes_per_block=planes / _launch.plane_rows(tiles, planes),
+                    march=c.march, loops=loops)
+    return sass_whole.whole(c.name, function, c.weights, c.border[:2] if c.border else None, geometry)
 
 
-def _march(loops):
-    """The loop holding the strided loops: from the outermost, down while a loop holds one loop holding loops."""
-    march = max(loops, key=lambda loop: loop[1] - loop[0])
-    while len(children := _children(march, loops)) == 1 and _children(children[0], loops):
-        march = children[0]
-    return march
-
-
-def _output_region(function, march, inner):
-    """(first, last) address of the instructions that the march's longest forward branch over no loop skips."""
-    best = (0, -1)
-    for address, opcode, operands in function["instructions"]:
-        target = re.search(r"\.L_x_\d+", operands)
-        if not (opcode.startswith("BRA") and target and march[0] < address < march[1]):
-            continue
-        head = function["labels"][target.group()]
-        if address < head <= march[1] and not any(address < h < head for h, _ in inner):
-            if head - address > best[1] - best[0]:
-                best = (address + 1, head - 1)
-    return best
-
-
-def _stored(opcode: str, element_bytes: int) -> int:
-    """Elements of ``element_bytes`` that one shared-memory store writes (a 16-byte STS.128 writes 4 floats)."""
-    width = 16 if opcode.endswith(".128") else 8 if opcode.endswith(".64") else 4
-    return max(width // element_bytes, 1)
-
-
-def _classify(opcodes, stores_per_iteration):
-    """The source loop a SASS loop is, from what it does: loads from global memory (the tile load), filters
-    shared rows into shared rows (the horizontal pass), or neither stores to shared memory (the 2-D
-    forward's pixels, one per iteration)."""
-    if any(op.startswith("LDG") for op in opcodes):
-        return "tile load", stores_per_iteration["tile load"]
-    if not any(op.startswith("STS") for op in opcodes) and "pixels" in stores_per_iteration:
-        return "pixels", stores_per_iteration["pixels"]
-    return "horizontal pass", stores_per_iteration["horizontal pass"]
-
-
-def _geometry(name: str, halo_side: int):
-    """(output pixels per thread, {loop kind: source iterations per thread and plane}, {kind: shared stores per
-    source iteration}) of a kernel (see the module's docstring)."""
-    forward = "_forward<" in name
-    if name.startswith(("ssim_backward<", "ssim_forward<")):
-        rows = 1 if "<double," in name else 4
-        halo_rows = TILE * rows + halo_side - TILE
-        # horizontal: warps 0-3 take rows lane, lane + 64, ..., warps 4-7 rows 32 + lane, 96 + lane, ...
-        horizontal = (-(-halo_rows // 64) + -(-(halo_rows - 32) // 64)) / 2
-        # the forward loads x and y and filters five moments, 4 columns per source iteration; the backward
-        # three partial maps
-        # an interior tile's load is unrolled (straight code): the tile-load loops are the border tiles'
-        return rows, {"tile load": 0, "horizontal pass": horizontal, "pixels": rows}, \
-            {"tile load": 2 if forward else 3, "horizontal pass": 20 if forward else 12, "pixels": 1}
-    # the 3-D forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
-    return 1, {"tile load": halo_side * halo_side / THREADS, "horizontal pass": halo_side * TILE / THREADS}, \
-        {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
-
-
-def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
-    """Instructions per pixel of one kernel, per voxel for a 3-D one that marches over ``chunk`` output planes
-    (see the module's docstring for the method)."""
-    instructions = function["instructions"]
-    loops = _loops(function)
-    march = _march(loops)
-    inner = _children(march, loops)
-    pixels, planes_per_pixel_iterations, stores = _geometry(name, halo_side)
-    cheapest = {}
-    for head, end in inner:
-        body = [op for address, op, _ in instructions if head <= address <= end]
-        kind, per_store = _classify(body, stores)
-        sts = sum(_stored(op, 8 if "<double," in name else 4) for op in body if op.startswith("STS"))
-        per_iteration = len(body) * per_store / max(sts, 1)
-        loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind] / pixels)
-        if kind not in cheapest or loop.per_pixel < cheapest[kind].per_pixel:
-            cheapest[kind] = loop
-    first, last = _output_region(function, march, inner) if chunk else (0, -1)
-    straight = [address for address, _, _ in instructions
-                if march[0] <= address <= march[1] and not any(h <= address <= e for h, e in inner)]
-    output = sum(first <= address <= last for address in straight)
-    planes = (chunk + halo_side - TILE) / chunk if chunk else 1.0
-    return KernelCount(name, len(instructions), len(straight) - output, tuple(cheapest.values()), output, planes,
-                       pixels)
+def measure(arch: int = 90, dtype: str = "float", radius: int = 5, shape=sass_units.SHAPE) -> list:
+    """(march count, whole-kernel count, ptxas's resources) of each counted kernel (:func:`kernel_names`)."""
+    rows = []
+    for family, names in kernel_names(dtype, radius).items():
+        chunk = DEPTH_CHUNK if family == "ssim3d" else 0
+        functions = disassemble(names, arch, family)
+        report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, tuple(names), arch,
+                                       f"{family}.cu")
+        resources = {k.name: k for k in report.kernels}
+        for name in names:
+            c = count(name, functions[name], TILE + 2 * radius, chunk)
+            rows.append((c, _whole(c, functions[name], radius, shape, chunk), resources[name]))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -286,24 +145,33 @@ def main(argv=None) -> int:
     parser.add_argument("--radius", type=int, default=5, choices=_kernels.RADII,
                         help="window radius R, win_size = 2R + 1 (default 5)")
     args = parser.parse_args(argv)
-    rows = []
-    for family, prefix, chunk in (("ssim", "ssim", 0), ("ssim3d", "ssim3d", DEPTH_CHUNK)):
-        names = [f"{prefix}_{kernel}<{args.dtype}, {args.radius}>" for kernel in ("forward", "backward")]
-        if family == "ssim":  # the 2-D forward of a value, and of a value with the exact gradient
-            names[:1] = [_kernels.forward_name(args.dtype, args.radius, formula, "ssim", False, False)
-                         for formula in (None, "exact")]
-        functions = disassemble(names, args.arch, family)
-        rows += [count(name, functions[name], TILE + 2 * args.radius, chunk) for name in names]
+    rows = measure(args.arch, args.dtype, args.radius)
+    shape = "x".join(map(str, sass_units.SHAPE))
     print(f"sm_{args.arch}, NVRTC {'.'.join(map(str, _nvrtc.version()))}: thread instructions per pixel "
           f"(voxel for ssim3d, depth chunk {DEPTH_CHUNK}; python -m bench.sass; method in bench/sass.py)")
-    width = max(len(c.name) for c in rows)
-    print(f"{'kernel':<{width}} {'per pixel':>9} {'straight':>9} {'pixels':>6} {'output':>7} {'planes':>7} "
-          f"{'loop (body, per iteration, per pixel)':>40} {'static':>7}")
-    for c in rows:
+    width = max(len(c.name) for c, _, _ in rows)
+    print(f"\nthe march (interior tiles)\n{'kernel':<{width}} {'per pixel':>9} {'straight':>9} {'pixels':>6} "
+          f"{'output':>7} {'planes':>7} {'loop (body, per iteration, per pixel)':>40} {'static':>7}")
+    for c, _, _ in rows:
         loops = "; ".join(f"{loop.kind} {loop.body}, {loop.per_iteration:.0f}, {loop.per_pixel:.0f}"
                           for loop in c.loops)
-        print(f"{c.name:<{width}} {c.per_pixel:>9.0f} {c.straight:>9} {c.pixels:>6} {c.output:>7} {c.planes:>7.3f} "
+        print(f"{c.name:<{width}} {c.per_pixel:>9.0f} {c.straight:>9.0f} {c.pixels:>6} {c.output:>7.0f} {c.planes:>7.3f} "
               f"{loops:>40} {c.total:>7}")
+    parts = ("march", "border tiles", "prologue", "arrival", "finish")
+    print("(prologue: its longest path; its shortest in brackets: the divergent ifs of tid < n skipped)")
+    print(f"\nthe whole kernel at {shape} (method in bench/sass_whole.py), per part\n{'kernel':<{width}} "
+          f"{'whole':>6} " + " ".join(f"{p:>12}" for p in parts[:3]) + "        " + " ".join(f"{p:>12}" for p in parts[3:]) + f" {'regs':>5} {'smem':>6} {'spill':>5} "
+          f"{'blocks/SM':>9} {'occupancy':>9}")
+    for _, w, k in rows:
+        blocks, fraction = sass_units.occupancy(args.arch, k.registers, k.shared_bytes)
+        print(f"{w.name:<{width}} {w.per_pixel:>6.0f} " + " ".join(f"{w.parts.get(p, 0):>12.1f}" for p in parts[:3]) +
+              f" ({w.prologue_shortest:>4.0f}) " + " ".join(f"{w.parts.get(p, 0):>12.1f}" for p in parts[3:]) +
+              f" {k.registers:>5} {k.shared_bytes:>6} {k.spill_stores + k.spill_loads:>5} {blocks:>9} "
+              f"{fraction:>9.0%}")
+    print(f"\nthe whole kernel at {shape}, per category\n{'kernel':<{width}} " +
+          " ".join(f"{x:>9}" for x in sass_units.CATEGORIES))
+    for _, w, _ in rows:
+        print(f"{w.name:<{width}} " + " ".join(f"{w.categories[x]:>9.1f}" for x in sass_units.CATEGORIES))
     return 0
 
 

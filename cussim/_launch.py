@@ -32,6 +32,9 @@ from . import _arrays, _kernels, _reference
 
 TILE = 16
 MAX_GRID_Y = 65535
+# A 2-D forward or backward launches at least this many blocks (about 4 waves of an H100's 528 resident
+# 256-thread blocks) before its blocks take several planes each (plane_rows)
+MIN_BLOCKS = 2048
 PYRAMID_LEVELS = max(_kernels.PYRAMID_LEVELS)  # 2x2 means per launch of MS-SSIM's pyramid
 PADDING_CODES = {"same": 0, "valid": 1, "reflect": 2}
 GRADIENT_FORMULAS = {"exact": 1, "skimage": 2}
@@ -64,6 +67,17 @@ def tiles(shape, dtype) -> int:
     thread computes (kernels/tile.cuh, ``Tile``): 4 in float32 arithmetic (64 rows), 1 in float64."""
     rows = TILE * (1 if compute_dtype(dtype) == np.float64 else 4)
     return -(-shape[-2] // rows) * -(-shape[-1] // TILE)
+
+
+def plane_rows(tiles_per_plane: int, planes: int) -> int:
+    """The grid's y of a 2-D forward or backward: its blocks loop over planes (p = blockIdx.y, + gridDim.y,
+    ...), so each block pays its set-up (the tile's place, the halo's sources, the plane index) once for
+    planes / rows planes. As few rows as keep :data:`MIN_BLOCKS` blocks in flight, at most one per plane.
+
+    >>> plane_rows(2040, 3), plane_rows(2040, 24), plane_rows(4, 3)
+    (2, 2, 3)
+    """
+    return max(1, min(planes, MAX_GRID_Y, -(-MIN_BLOCKS // tiles_per_plane)))
 
 
 @dataclass(frozen=True)
@@ -221,7 +235,7 @@ def _launch_planned(key, build, pointers):
     same shapes, strides, dtypes and parameters then skip the layout work, the
     kernel lookup and the conversion of every scalar argument.
     """
-    key = (key, MAX_GRID_Y, _kernels.get_kernel, _kernels.emulated_kernel)  # what tests and bench/host.py replace
+    key = (key, MAX_GRID_Y, MIN_BLOCKS, _kernels.get_kernel, _kernels.emulated_kernel)  # what tests and bench/host.py replace
     plan = _PLANS.get(key)
     if plan is None:
         kernel, grid, block, args, slots, reusable = build()
@@ -378,7 +392,8 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, fini
             c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
             np.float64(sum_scale), np.float64(l1), *finish_args(finish, null),
             *combine_args(combine, null))
-    grid = (tiles(params.map_shape(x.shape), x.dtype), min(planes, MAX_GRID_Y))
+    blocks = tiles(params.map_shape(x.shape), x.dtype)
+    grid = (blocks, plane_rows(blocks, planes))
     return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 
 
@@ -426,7 +441,8 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
             ctype.type(1.0 / params.data_range), ctype.type(l1), _null(xp) if plane_weights is None else plane_weights,
             _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)),
             np.int32(bool(accumulate)))
-    grid = (tiles(x.shape, x.dtype), min(planes, MAX_GRID_Y))
+    blocks = tiles(x.shape, x.dtype)
+    grid = (blocks, plane_rows(blocks, planes))
     return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
 
 

@@ -13,10 +13,10 @@
 //                        next scale's 2x2 mean, section 6). Each tail's code is
 //                        compiled only into its own specialisation (GradientTail).
 //
-// Launch shape: block (16, 16) and grid (tiles_h * tiles_w, min(planes, 65535)),
-// tiles of 16 columns by Tile::kHeight rows (64 in float arithmetic, 16 in
-// double) covering the image; blocks loop over planes, so any number of planes
-// works.
+// Launch shape: block (16, 16) and grid (tiles_h * tiles_w, rows <= min(planes,
+// 65535): cussim._launch.plane_rows), tiles of 16 columns by Tile::kHeight rows
+// (64 in float arithmetic, 16 in double) covering the image; blocks loop over
+// planes, so any number of planes works.
 
 namespace cussim {
 
@@ -53,7 +53,7 @@ template <class T, bool MsSsim = false> struct BackwardMinBlocks {
 enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3, GRAD_MSSSIM = 4 };
 
 // The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
-// BackwardTile<C, R>::kHeight rows covering the image, min(planes, 65535)).
+// BackwardTile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
 template <class T, int R, int Tail>
 __device__ inline void backward_planes(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
@@ -186,7 +186,7 @@ __device__ inline void backward_planes(
             }
         }
         __syncthreads();
-        horizontal_pass<C, R, 3>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+        horizontal_pass<C, R, 3, false>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
             for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
         });
         __syncthreads();

@@ -26,9 +26,10 @@
 //                        mean).
 //
 // Launch shapes: ssim_forward takes block (16, 16) and grid
-// (tiles_h * tiles_w, min(planes, 65535)), tiles of 16 columns by
-// Tile::kHeight rows (64 in float arithmetic, 16 in double) covering the map;
-// blocks loop over planes, so any number of planes works. ssim_finish takes
+// (tiles_h * tiles_w, rows <= min(planes, 65535): cussim._launch.plane_rows),
+// tiles of 16 columns by Tile::kHeight rows (64 in float arithmetic, 16 in
+// double) covering the map; blocks loop over planes, so any number of planes
+// works. ssim_finish takes
 // block (256) and one block per output.
 
 namespace cussim {
@@ -204,7 +205,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         }
         __syncthreads();
         if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
-        horizontal_pass<C, R, 5>(rows, weights, warp, lane,
+        horizontal_pass<C, R, 5, true>(rows, weights, warp, lane,
                                  [&](int r, int c, C (&v)[5]) { moment_terms(tile[0][r][c], tile[1][r][c], v); });
         __syncthreads();
         // The vertical pass leaves each pixel's five moments in the space of the rows (once every thread

@@ -295,16 +295,25 @@ template <class C, int R, int Q> struct FilteredRows {
 
 // The horizontal half of the separable filter over a Tile's halo rows, into
 // `rows` (FilteredRows or MomentRows): warp w filters columns 4 (w % 4) ..
-// 4 (w % 4) + 3 of the halo rows 32 (w / 4) + lane + 64 i, each loaded value
-// serving up to 4 outputs. load(r, c, v) gives the Q quantities of halo pixel (r, c).
-template <class C, int R, int Q, class Rows, class Load>
+// 4 (w % 4) + 3 of the halo rows 32 (w / 4) + lane + 64 i below the last
+// multiple of 64 (all of them in double); thread t < 4 n of the n rows left
+// (2R in float) filters columns 4 (t / n) .. of row 64 + t % n, so that 8
+// warps take each (row, 4 columns) pair once with as few warp iterations as
+// can be (10 per 74 rows at R = 5, not 12). Without Pack (the backward: with
+// it, ssim_backward<unsigned char, 7, GRAD_MSSSIM> spills 4 bytes on sm_80
+// under its 80 registers) the sweeps go on over every halo row, 12 warp
+// iterations at R = 5. Each loaded value serves up to 4 outputs. load(r, c, v)
+// gives the Q quantities of halo pixel (r, c).
+template <class C, int R, int Q, bool Pack, class Rows, class Load>
 __device__ inline void horizontal_pass(Rows& rows, const C* weights, int warp, int lane, Load load) {
     using Shape = Tile<C, R>;
     constexpr int kCols = Shape::kHorizontalCols, kColGroups = kTile / kCols;
     constexpr int kRowStride = 32 * (kTile * kTile / 32 / kColGroups);
-    const int c = kCols * (warp % kColGroups);
-#pragma unroll 1
-    for (int r = lane + 32 * (warp / kColGroups); r < Shape::kHaloRows; r += kRowStride) {
+    constexpr int kSwept = !Pack || Shape::kHaloRows < kRowStride ? Shape::kHaloRows
+                                                                  : Shape::kHaloRows / kRowStride * kRowStride;
+    constexpr int kLeft = Shape::kHaloRows - kSwept;
+    static_assert(kColGroups * kLeft <= kTile * kTile, "a thread per pair left");
+    const auto filter = [&](int r, int c) {
         C b[kCols][Q] = {};
 #pragma unroll
         for (int j = 0; j < 2 * R + kCols; ++j) {
@@ -314,6 +323,21 @@ __device__ inline void horizontal_pass(Rows& rows, const C* weights, int warp, i
         }
 #pragma unroll
         for (int o = 0; o < kCols; ++o) rows.store(r, c + o, b[o]);
+    };
+    if constexpr (Pack) {
+#pragma unroll
+        for (int i = 0; i < (kSwept + kRowStride - 1) / kRowStride; ++i) {
+            const int r = lane + 32 * (warp / kColGroups) + kRowStride * i;
+            if (kSwept % kRowStride == 0 || r < kSwept) filter(r, kCols * (warp % kColGroups));
+        }
+    } else {
+#pragma unroll 1
+        for (int r = lane + 32 * (warp / kColGroups); r < kSwept; r += kRowStride)
+            filter(r, kCols * (warp % kColGroups));
+    }
+    if constexpr (kLeft > 0) {
+        const int t = threadIdx.y * kTile + threadIdx.x;  // = 32 warp + lane
+        if (t < kColGroups * kLeft) filter(kSwept + t % kLeft, kCols * (t / kLeft));
     }
 }
 

@@ -138,6 +138,19 @@ def test_planes_past_the_grid_in_two_stride_levels(executor, monkeypatch):
     _check(executor, x, y)
 
 
+def test_blocks_taking_several_planes_give_the_bits_of_a_block_per_plane(executor, monkeypatch):
+    """plane_rows: with MIN_BLOCKS at 1 each block of the forward and the backward computes every plane of its
+    tile; the map, the value and the gradient are bitwise those of one block per plane."""
+    x, y = _images((2, 3, 70, 37), np.float32, noise=0.2)
+    params = _params(x)
+    one_per_plane = _value_and_gradient(executor, x, y, params, False), _check_map(executor, x, y, params)
+    monkeypatch.setattr(_launch, "MIN_BLOCKS", 1)
+    assert _launch.plane_rows(_launch.tiles(x.shape, x.dtype), 6) == 1
+    every_plane = _value_and_gradient(executor, x, y, params, False), _check_map(executor, x, y, params)
+    for got, expected in zip((*every_plane[0], every_plane[1]), (*one_per_plane[0], one_per_plane[1])):
+        assert np.array_equal(got, expected)
+
+
 @pytest.mark.parametrize("padding", ref.PADDINGS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_flat_image_against_itself_is_exactly_one(executor, padding, dtype):
