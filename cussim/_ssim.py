@@ -349,7 +349,7 @@ def _use_kernels(problem: _Problem) -> bool:
     kernels = problem.xp is not np or _arrays.numpy_backend() == "emulator"
     if kernels and problem.mask is not None:
         raise NotImplementedError("masks are computed by the float64 NumPy path only so far, not by the kernels: "
-                                  "pass NumPy arrays (with CUSSIM_NUMPY_BACKEND unset or 'reference')")
+                                  "pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or 'reference')")
     return kernels
 
 
