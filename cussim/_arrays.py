@@ -49,8 +49,8 @@ def array_module(array):
 def as_array(value, name: str):
     """A NumPy or CuPy array viewing ``value`` (no copy), or a TypeError naming ``name``."""
     if isinstance(value, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a masked array (numpy.ma); cussim does not support masks: pass "
-                        f"{name}.filled(value) to compare the filled image, or np.asarray({name}) to ignore the mask")
+        raise TypeError(f"{name} is a masked array (numpy.ma); only the images x and y may be masked arrays "
+                        f"(their masks become weights): pass {name} as a plain array, e.g. np.asarray({name})")
     if isinstance(value, np.ndarray):
         return value
     module = type(value).__module__.split(".")[0]

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, _cluster, _imagefiles
-from ._pairs import UsageError, _numpy, on_device, run_pairs, select_device
+from ._imagefiles import ImageError
+from ._pairs import Masks, UsageError, _numpy, on_device, run_pairs, select_device
 from ._progress import progress_bar
 from ._params import check_compute_range, ssim_params
 from ._ssim import ssim, ssim_map
@@ -53,20 +54,47 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+# ---- masks ---------------------------------------------------------------------------------
+
+def masks_from(args):
+    """The run's :class:`Masks`, or None without --mask and --mask-alpha (UsageError for a bad mask)."""
+    if args.mask is None and not args.mask_alpha:
+        if args.mask_mode is not None:
+            raise UsageError("--mask-mode needs --mask FILE_OR_FOLDER or --mask-alpha")
+        return None
+    if args.mask is not None and args.mask_alpha:
+        raise UsageError("--mask and --mask-alpha are two sources of one mask: pass one of them")
+    if _cluster.wanted(args):
+        raise UsageError("--mask and --mask-alpha run on this machine only: leave out --scheduler and --workers")
+    source = None if args.mask is None else Path(args.mask)
+    if source is not None and not source.exists():
+        raise UsageError(f"--mask {args.mask!r} does not exist")
+    if source is not None and source.is_dir() != Path(args.ref).is_dir():
+        raise UsageError(f"--mask {args.mask!r}: a folder of masks goes with folders of images, a mask file "
+                         "with files or folders")
+    try:
+        return Masks(source, args.mask_alpha, args.mask_mode or "mean", args.volumes)
+    except ImageError as exc:
+        raise UsageError(str(exc)) from None
+
+
+
 # ---- reports ---------------------------------------------------------------------------------
 
 class Report:
     """Rows as they come, in one of three formats, and the summary at the end."""
 
-    def __init__(self, kind: str, stream, device_line: str):
-        self.kind, self.stream = kind, stream
+    def __init__(self, kind: str, stream, device_line: str, mask: str = None):
+        self.kind, self.stream, self.mask = kind, stream, mask  # mask: how the pairs were masked, or None
         self.values, self.failed = [], []
         self.csv = csv.writer(stream, lineterminator="\n") if kind == "csv" else None
         if kind == "table":
             print(f"computed by: {device_line}", file=stream)
+            if mask is not None:
+                print(f"mask: {mask}", file=stream)
             print(f"{'pair':<40} {'SSIM':>10} {'DSSIM':>10}", file=stream)
         elif kind == "csv":
-            self.csv.writerow(["pair", "ssim", "dssim", "error"])
+            self.csv.writerow(["pair", "ssim", "dssim", "error"] + (["mask"] if mask is not None else []))
 
     def row(self, pair, value, error):
         if error is None:
@@ -78,11 +106,13 @@ class Report:
             print(f"{pair.name:<40} {text}", file=self.stream)
         elif self.kind == "csv":
             self.csv.writerow([pair.name, "" if error else repr(value), "" if error else repr((1 - value) / 2),
-                               error or ""])
+                               error or ""] + ([self.mask] if self.mask is not None else []))
         else:
             record = {"pair": pair.name, "ssim": value, "dssim": None if error else (1 - value) / 2}
             if error:
                 record["error"] = error
+            if self.mask is not None:
+                record["mask"] = self.mask
             print(json.dumps(record, allow_nan=False), file=self.stream)
         self.stream.flush()
 
@@ -198,18 +228,27 @@ def compare(args) -> int:
         raise UsageError(f"no {kind[:-1]} pairs: neither {args.ref!r} nor {args.test!r} holds {kind} "
                          f"({', '.join(_imagefiles.suffixes(args.volumes))})")
     map_folder = Path(args.map) if args.map else None
+    masks = masks_from(args)
+    if masks is not None:
+        if masks.mode == "normalized" and options.get("sample_covariance"):
+            raise UsageError("--mask-mode normalized takes population covariance only: leave out "
+                             "--sample-covariance (--skimage sets it)")
+        options["mask_mode"] = masks.mode
     outputs = [("--output", Path(args.output))] if args.output else []
     if map_folder is not None:
         outputs += [("--map", _imagefiles.heat_map_path(map_folder, pair.name)) for pair in pairs]
-    check_outputs(outputs, [path for pair in pairs for path in (pair.reference, pair.test)], args.overwrite)
+    inputs = [path for pair in pairs for path in (pair.reference, pair.test)]
+    if masks is not None and not masks.alpha:  # the mask files are inputs too
+        inputs += [masks.source] if masks.one is not None else [masks.source / pair.name for pair in pairs]
+    check_outputs(outputs, inputs, args.overwrite)
     if map_folder is not None:
         make_map_folder(map_folder)
     stream = open_output(args.output)
     try:
-        report = Report(args.format, stream, device_line)
+        report = Report(args.format, stream, device_line, None if masks is None else masks.description)
         start = time.perf_counter()
         rows = (_cluster.run_pairs(args, pairs, options, map_folder=map_folder) if _cluster.wanted(args)
-                else run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict))
+                else run_pairs(pairs, xp, options, map_folder=map_folder, strict=args.strict, masks=masks))
         with progress_bar(len(pairs)) as bar:
             for pair, value, error in rows:
                 with bar.external_write_mode(file=stream):
@@ -351,6 +390,17 @@ def compare_parser() -> argparse.ArgumentParser:
     metric.add_argument("--data-range", type=float, metavar="L",
                         help="value range of the pixels (default: 255 for 8-bit, 65535 for 16-bit; float images "
                              "need it)")
+    mask = parser.add_argument_group("mask", textwrap.fill(
+        "Weights in [0, 1] per pixel (docs/spec.rst section 9): only the weighted pixels count.", 76,
+        initial_indent="  ", subsequent_indent="  "))
+    mask.add_argument("--mask", metavar="FILE_OR_FOLDER",
+                      help="a grey mask image for every pair, or a folder of them at the pairs' relative paths; "
+                           "pixel values scaled to 0..1 (255 or 65535 is 1) are the weights (default: no mask)")
+    mask.add_argument("--mask-alpha", action="store_true",
+                      help="the reference image's alpha channel as the weights")
+    mask.add_argument("--mask-mode", choices=("mean", "normalized"),
+                      help="mean (default): the mean of the map weighted; normalized: masked-out pixels also "
+                           "kept out of every window (their map is 0, grey in --map's heat maps either way)")
     output = parser.add_argument_group("output")
     output.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="table (default), csv, or json (one object per line, then a summary object)")

@@ -6,6 +6,11 @@ a single channel is squeezed and an alpha channel is dropped (SSIM compares
 what is shown, not the transparency). Volumes (``volumes=True``: every page
 of a multi-page TIFF, or a ``.npy`` array) become D x H x W grey or
 D x H x W x 3 colour arrays the same way.
+
+Masks (``--mask``, ``--mask-alpha``) are weights in [0, 1]: a grey image's
+pixels, or an image's alpha channel, divided by the largest value of its
+integer type (255, 65535); float pixels are taken as they are. A colour mask
+image is averaged over its channels.
 """
 
 from __future__ import annotations
@@ -109,6 +114,29 @@ def read_image(path: Path, volumes: bool = False) -> np.ndarray:
     return image
 
 
+def _weights(values: np.ndarray) -> np.ndarray:
+    """Pixel values as float64 weights: integers divided by their type's largest value."""
+    if values.dtype.kind in "ui":
+        return values.astype(np.float64) / np.iinfo(values.dtype).max
+    return values.astype(np.float64)
+
+
+def read_mask(path: Path, volumes: bool = False) -> np.ndarray:
+    """The weights of a mask image (H x W, or D x H x W with ``volumes``) in [0, 1], or ImageError."""
+    image = read_image(path, volumes)
+    grey = 3 if volumes else 2
+    return _weights(image).mean(axis=-1) if image.ndim == grey + 1 else _weights(image)
+
+
+def read_alpha(path: Path, volumes: bool = False) -> np.ndarray:
+    """An image's alpha channel as weights in [0, 1], or ImageError when it has none."""
+    image = _decode(path, volumes)
+    grey = 3 if volumes else 2
+    if image.ndim != grey + 1 or image.shape[-1] not in (2, 4):
+        raise ImageError(f"{path}: no alpha channel to take as the mask (shape {image.shape}); pass --mask instead")
+    return _weights(image[..., -1])
+
+
 def read_pair(pair: Pair, volumes: bool = False):
     """(reference, test) arrays of one shape and dtype, or ImageError."""
     reference, test = read_image(pair.reference, volumes), read_image(pair.test, volumes)
@@ -129,23 +157,30 @@ _CHARACTER = 6  # the width of one character of Pillow's default font, in pixels
 _NAMES = 120  # characters of the pair's names shown at most (their start elided)
 
 
-def heat_map(ssim_map: np.ndarray) -> np.ndarray:
-    """An RGB uint8 picture of an SSIM map (channels averaged): 0 or less dark blue, 1 bright yellow."""
+_MASKED_GREY = 128  # masked-out pixels (weight 0) in a heat map
+
+
+def heat_map(ssim_map: np.ndarray, mask=None) -> np.ndarray:
+    """An RGB uint8 picture of an SSIM map (channels averaged): 0 or less dark blue, 1 bright yellow; where
+    ``mask`` (the map's plane) is 0, grey."""
     values = np.asarray(ssim_map, dtype=np.float64)
     if values.ndim == 3:
         values = values.mean(axis=-1)
     position = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(_RAMP) - 1)
     low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
     t = (position - low)[..., None]
-    return ((1 - t) * _RAMP[low] + t * _RAMP[low + 1]).round().astype(np.uint8)
+    picture = ((1 - t) * _RAMP[low] + t * _RAMP[low + 1]).round().astype(np.uint8)
+    if mask is not None:
+        picture[np.asarray(mask) == 0] = _MASKED_GREY
+    return picture
 
 
-def labelled_heat_map(ssim_map: np.ndarray, ssim: float, names: str = "") -> np.ndarray:
+def labelled_heat_map(ssim_map: np.ndarray, ssim: float, names: str = "", mask=None) -> np.ndarray:
     """The heat map under a caption (the pair's ``names``, its mean SSIM), beside a colour bar labelled 1, 0.5
-    and <=0."""
+    and <=0 (pixels where ``mask`` is 0 grey)."""
     from PIL import Image, ImageDraw
 
-    picture = heat_map(ssim_map)
+    picture = heat_map(ssim_map, mask)
     rows, cols = picture.shape[:2]
     if len(names) > _NAMES:
         names = "..." + names[3 - _NAMES:]
@@ -171,11 +206,12 @@ def heat_map_path(folder: Path, name: str) -> Path:
     return folder / (name + ".ssim.png")
 
 
-def write_heat_map(ssim_map: np.ndarray, ssim: float, folder: Path, name: str, names: str = "") -> Path:
-    """:func:`labelled_heat_map` of one pair, captioned with ``names``, at :func:`heat_map_path`."""
+def write_heat_map(ssim_map: np.ndarray, ssim: float, folder: Path, name: str, names: str = "", mask=None) -> Path:
+    """:func:`labelled_heat_map` of one pair, captioned with ``names`` (``mask``'s zeros grey), at
+    :func:`heat_map_path`."""
     import imageio.v3 as iio
 
     target = heat_map_path(folder, name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(target, labelled_heat_map(ssim_map, ssim, names))
+    iio.imwrite(target, labelled_heat_map(ssim_map, ssim, names, mask))
     return target

@@ -215,9 +215,12 @@ class _Pyramid:
 
 
 def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, channel_axis, axis,
-             spatial_dims=2) -> tuple:
+             spatial_dims=2, mask=None, mask_mode="mean") -> tuple:
     """The checked problem and its :class:`_Pyramid` (one per layout and options, from a cache)."""
     variant = _check_variant(variant)
+    if mask_mode == "normalized":
+        raise ValueError("mask_mode='normalized' is not offered for MS-SSIM; pass mask_mode='mean' (the mask, "
+                         "pooled like the images, weights every scale's mean)")
     weights = _check_weights(weights)
     if variant == "piq" and spatial_dims != 2:
         raise ValueError("variant='piq' is for images (spatial_dims=2): piq's 5-D input is a complex image, not a "
@@ -229,7 +232,8 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
     pooled = variant == "torchmetrics" and channel_axis is not None
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window="gaussian", K1=K1,
                        K2=K2, padding="valid", sample_covariance=False, channel_axis=channel_axis, axis=axis,
-                       min_side=(side, reason), channels_pooled=pooled, spatial_dims=spatial_dims)
+                       min_side=(side, reason), channels_pooled=pooled, spatial_dims=spatial_dims, mask=mask,
+                       mask_mode=mask_mode)
     group = problem.x.shape[-3] if pooled else 1
     return problem, _cached_pyramid(problem.layout, variant, weights, group)
 
@@ -265,7 +269,7 @@ def _reference_values(problem: _Problem, pyramid: _Pyramid, want_gradient):
         problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
         K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.layout.kept, ndim)),
         pool_axes=(ndim - p.spatial - 1,) if pyramid.group > 1 else (), want_gradient=want_gradient,
-        limit=problem.limit, spatial=p.spatial)
+        limit=problem.limit, spatial=p.spatial, mask=problem.mask)
 
 
 def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
@@ -371,11 +375,17 @@ _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensor
         averages everything.
     out : array, optional
         Where to write the result (compute dtype, the result's shape).
+    mask : array, optional
+        Pixel weights as in :func:`cussim.ssim` (docs/spec.rst section 9),
+        pooled like the images at every scale (the variant's 2x2 mean and
+        padding); each scale's mean is weighted by them.
+    mask_mode : {"mean"}
+        Only "mean": normalised convolution is not offered for MS-SSIM.
 """
 
 
 def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5, K1=0.01,
-            K2=0.03, channel_axis=None, axis=None, out=None, spatial_dims=2):
+            K2=0.03, channel_axis=None, axis=None, out=None, spatial_dims=2, mask=None, mask_mode="mean"):
     """Multi-scale structural similarity of x against y.
     {parameters}
     Returns
@@ -397,13 +407,14 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     1.0
     """
     problem, pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
-                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims,
+                       mask=mask, mask_mode=mask_mode)
     return _compute(problem, pyramid, out)
 
 
 def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5,
                           K1=0.01, K2=0.03, channel_axis=None, axis=None, out=None, grad=None, workspace=None,
-                          accumulate=False, spatial_dims=2):
+                          accumulate=False, spatial_dims=2, mask=None, mask_mode="mean"):
     """MS-SSIM and its exact gradient with respect to x: ``(value, d sum(value) / dx)``.
     {parameters}    grad : array, optional
         Where to write the gradient (x's shape; x's dtype for floats, float32
@@ -430,7 +441,8 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
     True
     """
     problem, pyramid = _pyramid(x, y, variant=variant, weights=weights, data_range=data_range, win_size=win_size,
-                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                       sigma=sigma, K1=K1, K2=K2, channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims,
+                       mask=mask, mask_mode=mask_mode)
     grad = _gradient_buffer(problem, grad, accumulate)
 
     def options():  # make_ms_ssim_workspace's arguments for these images, formatted only for a workspace's error

@@ -77,9 +77,15 @@ def on_device(xp, images, options):
 
 
 def compute_chunk(xp, decoded, options, want_maps):
-    """{index: (ssim, map or None) or an error message}; pairs of one shape and dtype share a launch."""
+    """{index: (ssim, map or None) or an error message}; pairs of one shape and dtype share a launch.
+
+    A decoded pair is (reference, test), or (reference, test, mask weights)
+    with ``--mask`` or ``--mask-alpha``; in mean mode the map is the
+    unmasked one (the mask weighs the mean), in normalized mode the
+    masked one.
+    """
     groups = {}
-    for index, (reference, test) in decoded.items():
+    for index, (reference, *_) in decoded.items():
         # One launch per shape on the GPU; on the CPU, a pair at a time keeps the work in cache.
         key = (reference.shape, reference.dtype) if xp is not np else (reference.shape, index)
         groups.setdefault(key, []).append(index)
@@ -87,10 +93,16 @@ def compute_chunk(xp, decoded, options, want_maps):
     for (shape, _), indices in groups.items():
         grey = options.get("spatial_dims", 2)
         try:
+            colour = len(shape) == grey + 1
             (reference, test), kwargs = on_device(xp, [np.stack([decoded[i][k] for i in indices]) for k in (0, 1)],
-                                                  dict(options, channel_axis=-1 if len(shape) == grey + 1 else None))
+                                                  dict(options, channel_axis=-1 if colour else None))
+            map_kwargs = kwargs
+            if len(decoded[indices[0]]) == 3:  # a mask per pair: one for the pair's channels
+                mask = xp.asarray(np.stack([decoded[i][2] for i in indices]))
+                kwargs = dict(kwargs, mask=mask[..., None] if colour else mask)
+                map_kwargs = kwargs if kwargs.get("mask_mode") == "normalized" else map_kwargs
             values = _numpy(ssim(test, reference, axis=tuple(range(1, test.ndim)), **kwargs))
-            maps = _numpy(ssim_map(test, reference, **kwargs)) if want_maps else [None] * len(indices)
+            maps = _numpy(ssim_map(test, reference, **map_kwargs)) if want_maps else [None] * len(indices)
         except (ValueError, TypeError) as exc:  # e.g. images smaller than the window
             results.update({i: f"{'x'.join(map(str, shape))} images: {exc}" for i in indices})
             continue
@@ -124,16 +136,17 @@ def non_finite_message(pair, reference: np.ndarray, test: np.ndarray, value: flo
     return f"SSIM is {value}, not a number to report: {why}"
 
 
-def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
+def run_pairs(pairs, xp, options, *, map_folder=None, strict=False, masks=None):
     """Yields (pair, ssim, error message) in order, decoding the next chunk while this one computes.
 
     A pair whose SSIM is NaN or infinite (a NaN pixel in a float image) is a failed pair, with the reason.
+    ``masks``: a :class:`Masks` giving each pair's weights, or None.
     """
     def decode(pair):
         try:
             images = _imagefiles.read_pair(pair, volumes=options.get("spatial_dims") == 3)
             check_fits_window(pair, images[0], options)
-            return images
+            return images if masks is None else (*images, masks.read(pair))
         except ImageError as exc:
             return exc
 
@@ -154,11 +167,42 @@ def run_pairs(pairs, xp, options, *, map_folder=None, strict=False):
                     continue
                 value, full = result
                 if not math.isfinite(value):
-                    yield pair, None, non_finite_message(pair, *decoded[i], value)
+                    yield pair, None, non_finite_message(pair, *decoded[i][:2], value)
                     if strict:
                         return
                     continue
                 if map_folder is not None:
                     _imagefiles.write_heat_map(full, value, map_folder, pair.name,
-                                               f"{pair.test} against {pair.reference}")
+                                               f"{pair.test} against {pair.reference}",
+                                               None if masks is None else masks.in_map(decoded[i][2], options))
                 yield pair, value, None
+
+
+class Masks:
+    """Where each pair's weights come from: one mask image for every pair, a folder of them matched by the
+    pairs' relative paths, or the reference image's alpha channel (docs/spec.rst section 9)."""
+
+    def __init__(self, source, alpha: bool, mode: str, volumes: bool):
+        self.source, self.alpha, self.mode, self.volumes = source, alpha, mode, volumes
+        self.one = None if alpha or source.is_dir() else _imagefiles.read_mask(source, volumes)
+
+    @property
+    def description(self) -> str:
+        """What the reports say about the mask."""
+        return f"{'alpha' if self.alpha else self.source} ({self.mode})"
+
+    def read(self, pair):
+        """The pair's weights, or ImageError naming the file."""
+        if self.alpha:
+            return _imagefiles.read_alpha(pair.reference, self.volumes)
+        if self.one is not None:
+            return self.one
+        return _imagefiles.read_mask(self.source / pair.name, self.volumes)
+
+    @staticmethod
+    def in_map(weights, options):
+        """The weights of the map's pixels (a "valid" map is smaller than the image)."""
+        if options.get("padding") != "valid":
+            return weights
+        r = (options.get("win_size", 11) - 1) // 2
+        return weights[(Ellipsis,) + (slice(r, -r),) * weights.ndim]

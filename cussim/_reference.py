@@ -1,4 +1,4 @@
-"""Float64 NumPy/SciPy implementation of docs/spec.rst sections 1 to 4.
+"""Float64 NumPy/SciPy implementation of docs/spec.rst sections 1 to 4, 6 and 8.
 
 This module is the oracle of the tests and the path for NumPy inputs. It is
 written for clarity first: every quantity of the spec appears by name. For
@@ -179,17 +179,18 @@ def _by_chunks(compute, images, taps: np.ndarray, padding: str, outputs: int, sp
     ``images`` (of one shape) are extended as ``padding`` says; a chunk's
     block holds some images and steps along the first spatial axis with
     their 2r halo, less each image's shift (``shifts``: one array per image,
-    of :func:`_shifts`; none: 0), divided by ``divisor`` in float64, C-order
-    and flat, of N-d ``shape`` (planes first); ``offsets`` holds each
-    image's shift divided by ``divisor`` at every entry of a filtered block
-    (a number where the block holds one plane); compute returns ``outputs``
-    flat arrays (:func:`_filter_valid` of the blocks, and what follows
-    elementwise). A
+    of :func:`_shifts`; none: 0), divided by ``divisor`` (one for all, or one
+    per image) in float64, C-order and flat, of N-d ``shape`` (planes first);
+    ``offsets`` holds each image's shift divided by its divisor at every entry
+    of a filtered block (a number where the block holds one plane); compute
+    returns ``outputs`` flat arrays (:func:`_filter_valid` of the blocks, and
+    what follows elementwise). A
     chunk's arrays stay in cache: the CPU path is 1.1 to 2.2 times faster
     than on whole arrays (bench/NOTES.md), and each map pixel is computed
     by the same operations whatever the chunks.
     """
     k = len(taps)
+    divisors = divisor if isinstance(divisor, (tuple, list)) else [divisor] * len(images)
     extended = [_extend(img, (k - 1) // 2, padding, spatial, crop) for img in images]
     lead, sides = extended[0].shape[: -spatial], extended[0].shape[-spatial:]
     flat = [e.reshape((-1,) + sides) for e in extended]
@@ -200,13 +201,13 @@ def _by_chunks(compute, images, taps: np.ndarray, padding: str, outputs: int, sp
     for planes, steps in _chunks(flat[0].shape[0], map_sides[0], math.prod(map_sides[1:])):
         parts = [f[planes, steps.start : steps.stop + k - 1] for f in flat]
         blocks = []
-        for part, shift in zip(parts, flat_shifts):
+        for part, shift, d in zip(parts, flat_shifts, divisors):
             block = np.subtract(part, shift[planes], out=np.empty(part.shape), dtype=np.float64)
-            block /= divisor
+            block /= d
             blocks.append(block.ravel())
         shape = parts[0].shape
         filtered = blocks[0].size - (k - 1) * sum(_steps(shape, spatial))
-        offsets = [s[planes].ravel() / divisor for s in flat_shifts]
+        offsets = [s[planes].ravel() / d for s, d in zip(flat_shifts, divisors)]
         offsets = [o[0] if len(o) == 1 else np.repeat(o, math.prod(shape[1:]))[:filtered] for o in offsets]
         for result, values in zip(results, compute(blocks, shape, offsets)):
             result[planes, steps] = _map_view(values, parts[0].shape, k, spatial)
@@ -287,13 +288,25 @@ def _shifts(images, spatial):
     return shifts
 
 
-def _moments(xs, ys, taps, shape, cov, spatial, offsets=(0.0, 0.0)):
+def _moments(xs, ys, taps, shape, cov, spatial, offsets=(0.0, 0.0), ms=None, W=None):
     """Filtered moments and the quantities of docs/spec.rst section 1, from flat blocks of ``shape`` of scaled
     images extended by r on every side (:func:`_filter_valid`) less their ``offsets`` (:func:`_by_chunks`): the
     means mx, my, the shifted means mx - kx, my - ky, then mx^2, my^2, mx my, the (co)variances, where sxx
-    is not clamped."""
-    mxs, mys = (_filter_valid(a, taps, shape, spatial) for a in (xs, ys))
-    exx, eyy, exy = (_filter_valid(a * b, taps, shape, spatial) for a, b in ((xs, xs), (ys, ys), (xs, ys)))
+    is not clamped.
+
+    With the block ``ms`` of a mask and its filtered W = F(m) (zero nowhere
+    that is read back): the moments of normalised convolution, F(m x) / W
+    and so on (docs/spec.rst section 8); values where m = 0 are never read.
+    """
+    if ms is None:
+        mxs, mys = (_filter_valid(a, taps, shape, spatial) for a in (xs, ys))
+        exx, eyy, exy = (_filter_valid(a * b, taps, shape, spatial) for a, b in ((xs, xs), (ys, ys), (xs, ys)))
+    else:
+        inside = ms > 0
+        wx, wy = (np.where(inside, ms * a, 0.0) for a in (xs, ys))
+        wxx, wyy, wxy = (np.where(inside, a * b, 0.0) for a, b in ((wx, xs), (wy, ys), (wx, ys)))
+        mxs, mys, exx, eyy, exy = (np.divide(_filter_valid(a, taps, shape, spatial), W, out=np.zeros(len(W)),
+                                             where=W > 0) for a in (wx, wy, wxx, wyy, wxy))
     sxx = _covariance(exx, mxs * mxs, cov)
     syy = _covariance(eyy, mys * mys, cov)
     sxy = _covariance(exy, mxs * mys, cov)
@@ -338,11 +351,16 @@ def _bounded(bounds, limit) -> bool:
 
 
 def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_partials, term="ssim", limit=None,
-                      spatial=2, crop=0):
+                      spatial=2, crop=0, normalized=None):
     """The map of ``term`` ("ssim": S, or "cs": the contrast-structure A2/B2), cropped by ``crop`` on every
     side, and, if asked, (the scaled x and y less their shifts (:func:`_shifts`), its partial derivatives
     with respect to the shifted images' mx, Exx and Exy (zero where a clamp is active)), computed chunk by
     chunk of the map (:func:`_by_chunks`).
+
+    ``normalized``: the weights of :func:`mask_weights` for normalised
+    convolution (docs/spec.rst section 8, population covariance only): the
+    map is 0 where the centre's weight is 0, and the partials are divided
+    by W = F(m) (the gradient multiplies by m_p, :func:`ssim_with_gradient`).
 
     ``limit``: the largest number of the compute dtype (float32's for the
     kernels' float32 arithmetic). Where the denominators of finite windows
@@ -350,21 +368,29 @@ def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_part
     NaN there (docs/spec.rst section 1), so the gradient is NaN, never 0.
     """
     images = _images(x, y, taps, padding, spatial)
+    if normalized is not None and cov != 1.0:
+        raise ValueError("mask_mode='normalized' takes population covariance only; pass sample_covariance=False")
+    masks = [] if normalized is None else [np.broadcast_to(normalized, images[0].shape)]
     shifts = _shifts(images, spatial)
+    shifts += [np.zeros_like(shifts[0])] * len(masks)  # a mask is filtered as it is
 
     def chunk(blocks, shape, offsets):
-        value, partials = _terms(*blocks, taps, shape, offsets, K1=K1, K2=K2, cov=cov, want_partials=want_partials,
-                                 term=term, limit=limit, spatial=spatial)
+        value, partials = _terms(*blocks[:2], taps, shape, offsets[:2], *blocks[2:], K1=K1, K2=K2, cov=cov,
+                                 want_partials=want_partials, term=term, limit=limit, spatial=spatial)
         return (value, *partials) if want_partials else (value,)
 
-    maps = _by_chunks(chunk, images, taps, padding, 4 if want_partials else 1, spatial, crop, data_range, shifts)
-    return (maps[0], (*_scaled(images, data_range, shifts), tuple(maps[1:]))) if want_partials else (maps[0], None)
+    divisors = [data_range, data_range] + [1.0] * len(masks)
+    maps = _by_chunks(chunk, [*images, *masks], taps, padding, 4 if want_partials else 1, spatial, crop, divisors,
+                      shifts)
+    return (maps[0], (*_scaled(images, data_range, shifts[:2]), tuple(maps[1:]))) if want_partials else (maps[0], None)
 
 
-def _terms(xs, ys, taps, shape, offsets, *, K1, K2, cov, want_partials, term, limit, spatial):
+def _terms(xs, ys, taps, shape, offsets, ms=None, *, K1, K2, cov, want_partials, term, limit, spatial):
     """The map of ``term`` and, if asked, its three partials, from flat blocks of ``shape`` of scaled images
-    extended by r less their ``offsets`` (:func:`_moments`)."""
-    mx, my, mxs, mys, mxx, myy, mxy, sxx, syy, sxy, sxx_free = _moments(xs, ys, taps, shape, cov, spatial, offsets)
+    extended by r less their ``offsets`` (:func:`_moments`), normalised by the mask block ``ms`` if given."""
+    W = None if ms is None else _filter_valid(ms, taps, shape, spatial)
+    mx, my, mxs, mys, mxx, myy, mxy, sxx, syy, sxy, sxx_free = _moments(xs, ys, taps, shape, cov, spatial, offsets,
+                                                                         ms, W)
     C1, C2 = K1 * K1, K2 * K2
     # In place where a quantity is used once: 2 mxy + C1 is A1, mxx + myy + C1 is B1, and so on.
     A2 = _affine(sxy, 2.0, C2)
@@ -385,7 +411,7 @@ def _terms(xs, ys, taps, shape, offsets, *, K1, K2, cov, want_partials, term, li
         overflow = np.isfinite(mx) & np.isfinite(my) & ~bounded
         value = np.where(overflow, np.nan, value)
     if not want_partials:
-        return value, None
+        return (value if ms is None else _centre_zeroed(value, ms, W)), None
     clamped = np.abs(raw) > 1.0  # not where raw is NaN: its partials stay NaN
     if term == "ssim":
         S = value
@@ -400,22 +426,112 @@ def _terms(xs, ys, taps, shape, offsets, *, K1, K2, cov, want_partials, term, li
         p_mu = -2.0 * cov * mys / B2 + np.where(sxx_free, 2.0 * cov * mxs * cs / B2, 0.0)
         p_xx = np.where(sxx_free, -cov * cs / B2, 0.0)
         p_xy = 2.0 * cov / B2
-    return value, tuple(np.where(overflow, np.nan, np.where(clamped, 0.0, p)) for p in (p_mu, p_xx, p_xy))
+    partials = tuple(np.where(overflow, np.nan, np.where(clamped, 0.0, p)) for p in (p_mu, p_xx, p_xy))
+    if ms is None:
+        return value, partials
+    return _centre_zeroed(value, ms, W), tuple(_centre_zeroed(p, ms, W, divided=True) for p in partials)
+
+
+def _centre_zeroed(values, ms, W, divided=False):
+    """``values`` (divided by W if ``divided``) where the weight of the window's centre in the mask block ``ms``
+    is > 0, and 0 where it is 0 (normalised convolution). A window's centre lies half the block's shrinkage
+    past its first entry (:func:`_filter_valid`)."""
+    start = (len(ms) - len(W)) // 2
+    inside = ms[start : start + len(W)] > 0
+    return np.divide(values, W if divided else 1.0, out=np.zeros(len(W)), where=inside)
 
 
 def ssim_map(x, y, taps, *, K1=0.01, K2=0.03, padding="same", data_range=1.0, cov=1.0, limit=None, spatial=2,
-             crop=0):
+             crop=0, mask=None, mask_mode="mean"):
     """The SSIM map S over the last ``spatial`` axes (the image's shape, or the valid interior), less ``crop``
     pixels on every side.
 
     ``cov`` is the covariance factor c: 1, or NP/(NP-1) for sample covariance;
-    ``limit`` as in :func:`_map_and_partials`.
+    ``limit`` as in :func:`_map_and_partials`. ``mask`` with
+    ``mask_mode="normalized"``: the map of normalised convolution
+    (docs/spec.rst section 8); with ``"mean"`` the map does not depend on it.
     """
+    weights, normalized = _weights(x, y, mask, mask_mode, spatial)
     S, _ = _map_and_partials(
         x, y, taps, K1=K1, K2=K2, padding=padding, data_range=data_range, cov=cov,
-        want_partials=False, limit=limit, spatial=spatial, crop=crop,
+        want_partials=False, limit=limit, spatial=spatial, crop=crop, normalized=weights if normalized else None,
     )
     return S
+
+
+MASK_MODES = ("mean", "normalized")
+
+
+def mask_weights(mask, shape, spatial=2) -> np.ndarray:
+    """``mask`` checked, as float64 weights broadcast to the images' ``shape`` (docs/spec.rst section 8).
+
+    The mask has the images' spatial shape (the last ``spatial`` axes) and
+    leading axes that broadcast against theirs (none: one mask for every
+    image and channel); its weights are real, finite and >= 0 (bool: True
+    is 1). The result is a read-only view, of a C-ordered copy where the
+    mask is not C-ordered float64 (its sums are then the same for any
+    strides).
+    """
+    m = check_weight_values(np.asarray(mask))
+    shape = tuple(shape)
+    try:
+        fits = m.ndim >= spatial and m.shape[-spatial:] == shape[-spatial:] and np.broadcast_shapes(m.shape,
+                                                                                                     shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask has shape {m.shape} but the images have shape {shape}: a mask has the images' "
+                         f"spatial shape {shape[-spatial:]}, and any leading axes of 1 or of the images' length")
+    return np.broadcast_to(np.ascontiguousarray(m, dtype=np.float64), shape)  # C order: sums whatever the strides
+
+
+def check_weight_values(m):
+    """The array ``m`` if it holds weights (bool, or real numbers that are finite and >= 0), else the error."""
+    if m.dtype != bool and m.dtype.kind not in "iuf":
+        raise TypeError(f"mask must hold real weights (bool, int or float), got dtype {m.dtype}")
+    if m.dtype.kind == "f" and not np.isfinite(m).all():
+        raise ValueError("mask holds NaN or infinite weights; weights must be finite numbers >= 0 "
+                         "(numpy.nan_to_num(mask, nan=0.0, posinf=0.0) gives such pixels weight 0)")
+    if m.dtype.kind in "if" and (m < 0).any():
+        raise ValueError(f"mask holds negative weights (the smallest is {m.min()!r}); weights must be >= 0 "
+                         "(numpy.clip(mask, 0, None) gives such pixels weight 0)")
+    return m
+
+
+def _weights(x, y, mask, mask_mode, spatial):
+    """(the checked weights broadcast to the images' shape, or None; whether they normalise the windows)."""
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"mask_mode must be one of {', '.join(map(repr, MASK_MODES))}, got {mask_mode!r}")
+    if mask is None:
+        return None, False
+    return mask_weights(mask, np.broadcast_shapes(np.shape(x), np.shape(y)), spatial), mask_mode == "normalized"
+
+
+def map_weights(weights, padding, radius, crop=0, spatial=2):
+    """The weights of the map pixels: the mask cropped like the map (by r for "valid"), and by ``crop``."""
+    return cropped(weights, (radius if padding == "valid" else 0) + crop, spatial)
+
+
+def weighted_mean(values, weights, axes):
+    """(numpy.average(values, axes, weights=weights), the total weights), both with ``axes`` kept as length 1.
+
+    A total weight of 0 is a ValueError naming the index of that result
+    (over the axes that are not averaged).
+    """
+    total = weights.sum(axis=axes, keepdims=True)
+    check_total_weights(np.squeeze(total, axis=axes))
+    return (weights * values).sum(axis=axes, keepdims=True) / total, total
+
+
+def check_total_weights(totals):
+    """``totals`` (the total weight of each result), or the ValueError naming the first result of weight 0."""
+    if not totals.all():
+        index = tuple(int(i) for i in np.argwhere(np.asarray(totals) == 0)[0])
+        where = f"the result at index {index}" if index else "the result"
+        raise ValueError(f"mask gives {where} a total weight of 0: every map pixel averaged into it has weight 0 "
+                         "(for padding 'valid' or 'reflect' the mask's border is cropped like the map); give "
+                         "those pixels weight, or leave that image out")
+    return totals
 
 
 def mean_weights_crop(padding: str, win_size: int) -> int:
@@ -437,34 +553,54 @@ def _normalise_axis(axis, ndim, spatial=2):
     return axes
 
 
-def ssim(x, y, taps, *, axis=None, crop=0, spatial=2, **kwargs):
+def ssim(x, y, taps, *, axis=None, crop=0, spatial=2, mask=None, mask_mode="mean", **kwargs):
     """Mean SSIM over ``axis`` (which includes the last ``spatial`` axes), in float64.
 
     ``crop`` leaves that many map pixels out of the mean on every side
-    (skimage's (win_size-1)//2 for "reflect"). Other keywords as :func:`ssim_map`.
+    (skimage's (win_size-1)//2 for "reflect"). ``mask``: the mean weighted
+    by it (``mask_mode="mean"``), or normalised convolution and that
+    weighted mean (``"normalized"``), docs/spec.rst section 8. Other
+    keywords as :func:`ssim_map`.
     """
-    S = ssim_map(x, y, taps, spatial=spatial, crop=crop, **kwargs)  # only the pixels of the mean are computed
-    return S.mean(axis=_normalise_axis(axis, S.ndim, spatial))
+    weights, _ = _weights(x, y, mask, mask_mode, spatial)
+    S = ssim_map(x, y, taps, spatial=spatial, crop=crop, mask=weights, mask_mode=mask_mode,  # only the mean's pixels
+                 **kwargs)
+    axes = _normalise_axis(axis, S.ndim, spatial)
+    if weights is None:
+        return S.mean(axis=axes)
+    counted = map_weights(weights, kwargs.get("padding", "same"), (len(taps) - 1) // 2, crop, spatial)
+    return np.squeeze(weighted_mean(S, counted, axes)[0], axis=axes)
 
 
 def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, padding="same",
-                       data_range=1.0, cov=1.0, limit=None, spatial=2):
+                       data_range=1.0, cov=1.0, limit=None, spatial=2, mask=None, mask_mode="mean"):
     """(mean SSIM over ``axis``, d sum(mean) / dx), the exact gradient of docs/spec.rst section 4.
 
     The gradient is with respect to the first argument x and has x's shape.
+    ``mask`` and ``mask_mode`` as in :func:`ssim` (the gradients of
+    docs/spec.rst section 8).
     """
     x = np.asarray(x)
+    weights, normalized = _weights(x, y, mask, mask_mode, spatial)
     S, (xs, ys, (p_mu, p_xx, p_xy)) = _map_and_partials(
         x, y, taps, K1=K1, K2=K2, padding=padding, data_range=data_range, cov=cov,
-        want_partials=True, limit=limit, spatial=spatial,
+        want_partials=True, limit=limit, spatial=spatial, normalized=weights if normalized else None,
     )
     axes = _normalise_axis(axis, S.ndim, spatial)
     counted = cropped(S, crop, spatial)
-    value = counted.mean(axis=axes)
     # g: weight of each map pixel in the returned means (0 where cropped away).
     g = np.zeros(S.shape)
-    cropped(g, crop, spatial)[...] = 1.0 / np.prod([counted.shape[a] for a in axes])
+    if weights is None:
+        value = counted.mean(axis=axes)
+        cropped(g, crop, spatial)[...] = 1.0 / np.prod([counted.shape[a] for a in axes])
+    else:
+        counted_weights = map_weights(weights, padding, (len(taps) - 1) // 2, crop, spatial)
+        mean, total = weighted_mean(counted, counted_weights, axes)
+        value = np.squeeze(mean, axis=axes)
+        cropped(g, crop, spatial)[...] = counted_weights / total
     grad = _gradient_from_partials(xs, ys, (p_mu, p_xx, p_xy), g, taps, padding, spatial) / data_range
+    if normalized:  # d(m x)/dx = m: the partials came divided by W (docs/spec.rst section 8)
+        grad = np.where(weights > 0, weights * grad, 0.0)
     # Leading axes that x broadcast over (y had them, x did not) sum back.
     extra = grad.ndim - x.ndim
     grad = grad.sum(axis=tuple(range(extra))) if extra else grad
@@ -610,7 +746,8 @@ def ms_ssim_min_size(win_size, scales, variant):
 
 
 def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytorch_msssim", K1=0.01, K2=0.03,
-                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True, limit=None, spatial=2):
+                          data_range=1.0, axis=None, pool_axes=(), want_gradient=True, limit=None, spatial=2,
+                          mask=None):
     """MS-SSIM (mean over ``axis``, which includes the plane) and d sum(value) / dx.
 
     Per image: prod_j relu(mean cs_j)^w_j * relu(mean S_M)^w_M over the scales
@@ -624,10 +761,15 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     along all three axes). The gradient of a relu'd (zero) mean is zero, and a power's
     derivative divides by the mean only down to 1e-12, so finite inputs never
     give NaN or infinity.
+
+    ``mask``: weights (:func:`mask_weights`) pooled like the images at every
+    scale, weighting each scale's mean (``mask_mode="mean"`` of
+    docs/spec.rst section 8; normalised convolution is not offered here).
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     x, y = np.broadcast_arrays(x, y)
+    mask = None if mask is None else mask_weights(mask, x.shape, spatial)
     scales = len(weights)
     needed = ms_ssim_min_size(len(taps), scales, variant)
     if min(x.shape[-spatial:]) < needed:
@@ -646,7 +788,20 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     terms.append(_map_and_partials(*extended, taps, term="ssim", **kwargs))
     nd = x.ndim
     mean_axes = tuple(sorted({a % nd for a in pool_axes} | set(range(nd - spatial, nd))))
-    means = [np.maximum(t[0].mean(axis=mean_axes, keepdims=True), 0.0) for t in terms]  # per image
+    if mask is None:
+        pixel_weights = [None] * scales
+        means = [t[0].mean(axis=mean_axes, keepdims=True) for t in terms]  # per image
+    else:  # each map's weights: the pooled mask cropped like that scale's map (torchmetrics' last: the full map)
+        pooled = [mask]
+        for _ in range(scales - 1):
+            pooled.append(downsample(pooled[-1], variant, spatial))
+        radius = (len(taps) - 1) // 2
+        pixel_weights = [cropped(w, radius - (margin if j == scales - 1 else 0), spatial)
+                         for j, w in enumerate(pooled)]
+        weighted = [weighted_mean(t[0], w, mean_axes) for t, w in zip(terms, pixel_weights)]
+        means = [mean for mean, _ in weighted]
+        pixel_weights = [w / total for w, (_, total) in zip(pixel_weights, weighted)]
+    means = [np.maximum(mean, 0.0) for mean in means]
     per_image = np.prod([m**w for m, w in zip(means, weights)], axis=0)
     axes = _normalise_axis(axis, nd, spatial)
     if not set(mean_axes) <= set(axes):
@@ -662,8 +817,11 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
             if k != j:
                 d_mean = d_mean * means[k] ** weights[k]
         value_map, (x_scaled, y_scaled, partials) = terms[j]
-        averaged = np.prod([value_map.shape[a] for a in mean_axes], dtype=np.int64)
-        g = np.broadcast_to(d_mean / (averaged * images_per_value), value_map.shape)
+        if pixel_weights[j] is None:
+            averaged = np.prod([value_map.shape[a] for a in mean_axes], dtype=np.int64)
+            g = np.broadcast_to(d_mean / (averaged * images_per_value), value_map.shape)
+        else:  # the map pixels' shares of each image's weighted mean
+            g = d_mean / images_per_value * pixel_weights[j]
         grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid", spatial) / data_range
         if j == scales - 1 and margin:
             grad_j = mirror_extend_adjoint(grad_j, margin, xs[j].shape, spatial)

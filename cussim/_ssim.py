@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _arrays, _launch, _launch3d, _reference
+from . import _arrays, _launch, _launch3d, _masks, _reference
 from ._params import SsimParams, check_compute_range, check_spatial_dims, ssim_params, warn_outside_unit_range
 
 INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -94,6 +94,8 @@ class _Problem:
     y: object
     layout: _Layout
     xp: object
+    mask: object = None  # the weights in the kernels' layout (docs/spec.rst section 9), or None
+    mask_mode: str = "mean"
 
     @property
     def params(self) -> SsimParams:
@@ -130,7 +132,8 @@ def _normalise_axis(value, ndim, name):
 
 
 def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis,
-             axis, reduce=True, min_side=None, channels_pooled=False, spatial_dims=2, check_values=True) -> _Problem:
+             axis, reduce=True, min_side=None, channels_pooled=False, spatial_dims=2, check_values=True, mask=None,
+             mask_mode="mean") -> _Problem:
     """Checks the arguments and views x and y in the kernels' layout.
 
     ``spatial_dims``: 2 (the image is the last two axes besides the
@@ -141,11 +144,15 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
     and becomes the innermost batch axis, so each image's channels are
     consecutive planes. ``check_values``: warn about float NumPy inputs outside
     [-1, 1] without a data_range (:func:`cussim._params.warn_outside_unit_range`).
+    ``mask`` (or the masks of ``numpy.ma`` inputs) and ``mask_mode``: checked
+    by :mod:`cussim._masks`, the weights viewed in the kernels' layout.
 
     Everything but the arrays themselves is checked by :func:`_checked_layout`,
     from a cache keyed by the shapes, dtypes and options (never by data): a
     repeated call converts the arrays, checks where they are and views them.
     """
+    x, y, mask = _masks.unmasked(x, y, mask)
+    mask_mode = _masks.check_mask_mode(mask_mode, sample_covariance)
     x = _arrays.as_array(x, "x")
     y = _arrays.as_array(y, "y")
     _arrays.check_same_place(x, y, "y", "x")
@@ -159,11 +166,13 @@ def _prepare(x, y, *, data_range, win_size, sigma, window, K1, K2, padding, samp
         layout = _cached_layout(*arguments)
     except TypeError:  # an unhashable argument, checked without the cache (or a check's TypeError, raised again)
         layout = _checked_layout(*arguments)
+    if mask is not None:
+        mask = _masks.in_layout(mask, x, layout)
     if y.shape != x.shape:
         y = _arrays.array_module(x).broadcast_to(y, x.shape)
     if not layout.keeps_order:
         x, y = x.transpose(layout.perm), y.transpose(layout.perm)
-    return _Problem(x=x, y=y, layout=layout, xp=_arrays.array_module(x))
+    return _Problem(x=x, y=y, layout=layout, xp=_arrays.array_module(x), mask=mask, mask_mode=mask_mode)
 
 
 def _checked_layout(x_shape, y_shape, x_dtype, y_dtype, data_range, win_size, sigma, window, K1, K2, padding,
@@ -323,13 +332,20 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     p = problem.params
     axes = tuple(range(problem.layout.kept, problem.x.ndim))
     kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov,
-                  limit=problem.limit, spatial=p.spatial)
+                  limit=problem.limit, spatial=p.spatial, mask=problem.mask, mask_mode=problem.mask_mode)
     taps = np.asarray(p.taps)
     l1_value = l1_grad = 0.0
     if l1:  # the fused L1 term, only where it is asked for (it costs a float64 copy of the images)
         difference = problem.x.astype(np.float64) - problem.y.astype(np.float64)
-        l1_value = l1 * np.abs(difference).mean(axis=axes)
-        l1_grad = l1 / problem.layout.counted_per_value * np.sign(difference) if want_gradient else 0.0
+        if problem.mask is None:
+            l1_value = l1 * np.abs(difference).mean(axis=axes)
+            share = 1.0 / problem.layout.counted_per_value
+        else:  # sum(m |x - y|) / sum(m) (docs/spec.rst section 9)
+            weights = _reference.mask_weights(problem.mask, difference.shape, p.spatial)
+            mean, total = _reference.weighted_mean(np.abs(difference), weights, axes)
+            l1_value = l1 * np.squeeze(mean, axis=axes)
+            share = weights / total
+        l1_grad = l1 * share * np.sign(difference) if want_gradient else 0.0
     if want_gradient:
         value, grad = _reference.ssim_with_gradient(problem.x, problem.y, taps, **kwargs)
         return a + b * value + l1_value, b * grad + l1_grad
@@ -337,7 +353,11 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
 
 
 def _use_kernels(problem: _Problem) -> bool:
-    return problem.xp is not np or _arrays.numpy_backend() == "emulator"
+    kernels = problem.xp is not np or _arrays.numpy_backend() == "emulator"
+    if kernels and problem.mask is not None:
+        raise NotImplementedError("masks are computed by the float64 NumPy path only so far, not by the kernels: "
+                                  "pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or 'reference')")
+    return kernels
 
 
 class _addressable:
@@ -477,11 +497,22 @@ _DOC_PARAMETERS = DOC_IMAGES + """    data_range : float, optional
         2 (the default): the image is the last two axes (besides
         ``channel_axis``); 3: a D x H x W volume, the last three, filtered by
         the window along each of them.
+""" + """    mask : array, optional
+        Pixel weights (docs/spec.rst section 9): bool, or real numbers >= 0,
+        with the images' spatial shape; other axes broadcast against x's
+        (``(N, 1, H, W)``: one mask per image). The masks of ``numpy.ma``
+        inputs count too (a masked pixel weighs 0).
+    mask_mode : {"mean", "normalized"}
+        "mean" weights the mean of the unchanged map (``numpy.average``);
+        "normalized" also keeps pixels of weight 0 out of every window
+        (normalised convolution; the map is 0 there), population
+        covariance only.
 """
 
 
 def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-         sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2):
+         sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2, mask=None,
+         mask_mode="mean"):
     """Mean structural similarity of x against y.
     {parameters}    axis : int or tuple of ints, optional
         Axes to average, NumPy-style; they must include the spatial axes. None
@@ -507,12 +538,13 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
     """
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis,
-                       spatial_dims=spatial_dims)
+                       spatial_dims=spatial_dims, mask=mask, mask_mode=mask_mode)
     return _mean(problem, out, 0.0, 1.0)
 
 
 def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-          sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2):
+          sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2, mask=None,
+          mask_mode="mean"):
     """Structural dissimilarity (1 - SSIM) / 2, with the arguments of :func:`ssim`.
 
     Half of 3DGS's SSIM loss term, which is 1 - SSIM: for 3DGS's loss use
@@ -527,15 +559,19 @@ def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K
     """
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis,
-                       spatial_dims=spatial_dims)
+                       spatial_dims=spatial_dims, mask=mask, mask_mode=mask_mode)
     return _mean(problem, out, 0.5, -0.5)
 
 
 def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-             sample_covariance=False, channel_axis=None, out=None, spatial_dims=2):
+             sample_covariance=False, channel_axis=None, out=None, spatial_dims=2, mask=None, mask_mode="mean"):
     """The SSIM map: one value per window position, x's shape (the plane shrinks for "valid").
     {parameters}    out : array, optional
         Where to write the map (compute dtype, the map's shape, any strides).
+
+    A mask changes the map only with ``mask_mode="normalized"`` (the map of
+    normalised convolution, 0 where the weight is 0); with ``"mean"`` it
+    would weigh only a mean, so ``ssim_map`` refuses it.
 
     Examples
     --------
@@ -546,7 +582,8 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     """
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
-                       reduce=False, spatial_dims=spatial_dims)
+                       reduce=False, spatial_dims=spatial_dims, mask=mask, mask_mode=mask_mode)
+    _masks.check_map_mask(problem.mask, problem.mask_mode)
     dtype = problem.layout.compute_dtype
     map_shape = problem.params.map_shape(problem.x.shape)
     original_shape = tuple(map_shape[i] for i in problem.layout.inverse_perm)
@@ -562,7 +599,8 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     if not _use_kernels(problem):
         p = problem.params
         S = _reference.ssim_map(problem.x, problem.y, np.asarray(p.taps), K1=p.K1, K2=p.K2, padding=p.padding,
-                                data_range=p.data_range, cov=p.cov, limit=problem.limit, spatial=p.spatial)
+                                data_range=p.data_range, cov=p.cov, limit=problem.limit, spatial=p.spatial,
+                                mask=problem.mask, mask_mode=problem.mask_mode)
         problem.permuted(result)[...] = S
         return result
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
@@ -622,7 +660,7 @@ def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kw
 
 def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding="same", sample_covariance=False, channel_axis=None, axis=None, out=None, grad=None,
-                       workspace=None, accumulate=False, spatial_dims=2):
+                       workspace=None, accumulate=False, spatial_dims=2, mask=None, mask_mode="mean"):
     """Mean SSIM and its exact gradient with respect to x: ``(value, d sum(value) / dx)``.
     {parameters}    axis, out : as in :func:`ssim`.
     grad : array, optional
@@ -648,12 +686,12 @@ def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window=
     return _with_gradient(0.0, 1.0, x, y, out=out, grad=grad, workspace=workspace, accumulate=accumulate,
                           data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                           padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis,
-                          axis=axis, spatial_dims=spatial_dims)
+                          axis=axis, spatial_dims=spatial_dims, mask=mask, mask_mode=mask_mode)
 
 
 def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                         padding="same", sample_covariance=False, channel_axis=None, axis=None, out=None, grad=None,
-                        workspace=None, accumulate=False, spatial_dims=2):
+                        workspace=None, accumulate=False, spatial_dims=2, mask=None, mask_mode="mean"):
     """DSSIM = (1 - SSIM) / 2 and its exact gradient with respect to x, as :func:`ssim_with_gradient`.
 
     The training-loop form: with preallocated ``out``, ``grad`` and
@@ -675,7 +713,7 @@ def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window
     return _with_gradient(0.5, -0.5, x, y, out=out, grad=grad, workspace=workspace, accumulate=accumulate,
                           data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                           padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis,
-                          axis=axis, spatial_dims=spatial_dims)
+                          axis=axis, spatial_dims=spatial_dims, mask=mask, mask_mode=mask_mode)
 
 
 def _ssim_share(weight) -> float:
@@ -685,12 +723,14 @@ def _ssim_share(weight) -> float:
 
 
 def l1_dssim_loss(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01,
-                  K2=0.03, sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2):
+                  K2=0.03, sample_covariance=False, channel_axis=None, axis=None, out=None, spatial_dims=2, mask=None,
+                  mask_mode="mean"):
     """The 3D Gaussian Splatting loss ``(1 - weight) * mean|x - y| + weight * (1 - SSIM)``, fused.
 
     One forward pass computes both terms (zero padding, ``"same"``, as 3DGS).
-    The L1 term is in the images' own units (3DGS images are in [0, 1]).
-    Other arguments as in :func:`ssim`.
+    The L1 term is in the images' own units (3DGS images are in [0, 1]);
+    with a ``mask`` it is ``sum(m |x - y|) / sum(m)``, the weights of the
+    SSIM term's mean. Other arguments as in :func:`ssim`.
 
     Examples
     --------
@@ -704,18 +744,20 @@ def l1_dssim_loss(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, 
     share = _ssim_share(weight)
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding="same", sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis,
-                       spatial_dims=spatial_dims)
+                       spatial_dims=spatial_dims, mask=mask, mask_mode=mask_mode)
     return _mean(problem, out, share, -share, l1=1.0 - share)
 
 
 def l1_dssim_loss_with_gradient(x, y, *, weight=0.2, data_range=None, win_size=11, sigma=1.5, window="gaussian",
                                 K1=0.01, K2=0.03, sample_covariance=False, channel_axis=None, axis=None, out=None,
-                                grad=None, workspace=None, accumulate=False, spatial_dims=2):
+                                grad=None, workspace=None, accumulate=False, spatial_dims=2, mask=None,
+                                mask_mode="mean"):
     """:func:`l1_dssim_loss` and its exact gradient with respect to x, in one forward and one backward pass.
 
     ``out``, ``grad``, ``workspace`` (from :func:`make_workspace`) and
     ``accumulate`` as in :func:`ssim_with_gradient`. The L1 term's gradient
-    is ``(1 - weight) * sign(x - y) / n`` (0 where x == y).
+    is ``(1 - weight) * sign(x - y) / n`` (0 where x == y), with a mask
+    ``(1 - weight) * m * sign(x - y) / sum(m)``.
 
     Examples
     --------
@@ -731,7 +773,8 @@ def l1_dssim_loss_with_gradient(x, y, *, weight=0.2, data_range=None, win_size=1
     return _with_gradient(share, -share, x, y, l1=1.0 - share, out=out, grad=grad, workspace=workspace,
                           accumulate=accumulate, data_range=data_range, win_size=win_size, sigma=sigma,
                           window=window, K1=K1, K2=K2, padding="same", sample_covariance=sample_covariance,
-                          channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                          channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims, mask=mask,
+                          mask_mode=mask_mode)
 
 
 for _function in (ssim, ssim_map, ssim_with_gradient):

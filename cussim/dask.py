@@ -36,6 +36,11 @@ depth too for volumes, ``spatial_dims=3``):
 - Spatial chunks narrower than the window are merged with a neighbour (so
   a chunk's halo is cut from its adjacent chunks alone: 8 in a plane, 26 in
   a volume); other axes keep their chunks.
+- Masks (docs/spec.rst section 9): a Dask mask chunked like the images, or
+  a NumPy mask broadcast to them, travels with x and y (halo included).
+  Each chunk gives its weighted sum and its gradient unscaled; the total
+  weight is a lazy sum of the mask over the counted pixels, which divides
+  both (a zero total raises when computed, naming the result).
 - MS-SSIM, every scale chunked: a scale is halved chunk by chunk once each
   variant's treatment of an odd side is applied to the whole array and the
   chunks are made even (aligned with the 2x2 pairs, 2x2x2 for volumes);
@@ -72,7 +77,7 @@ except ImportError as exc:  # the extra is not installed
     raise ImportError('cussim.dask needs Dask: pip install "dask[array]" distributed, or cussim\'s dask extra from a '
                       'clone of cussim: pip install ".[dask]"') from exc
 
-from . import _arrays, _launch, _msssim, _reference, _ssim
+from . import _arrays, _launch, _masks, _msssim, _reference, _ssim
 from ._params import SsimParams
 
 __all__ = ["dssim", "dssim_with_gradient", "ms_ssim", "ssim", "ssim_map", "ssim_with_gradient"]
@@ -282,27 +287,42 @@ class _Chunked:
     perm: tuple  # x in the caller's layout, transposed by perm, is x here
     x: da.Array
     y: da.Array
+    mask: da.Array = None  # the weights broadcast to x's shape, chunked like x, or None
 
     @classmethod
-    def prepare(cls, x, y, *, window, sigma, sample_covariance, **kwargs):
+    def prepare(cls, x, y, *, window, sigma, sample_covariance, mask=None, mask_mode="mean", **kwargs):
         x, y = _inputs(x, y)
+        # checked as cussim checks it: a NumPy mask's weights now, a Dask mask's shape now and weights per chunk
+        checked = mask if mask is None or not isinstance(mask, da.Array) else _stand_in(mask)
         problem = _ssim._prepare(_stand_in(x), _stand_in(y), window=window, sigma=sigma,  # no data to check
-                                 sample_covariance=sample_covariance, check_values=False, **kwargs)
+                                 sample_covariance=sample_covariance, check_values=False, mask=checked,
+                                 mask_mode=mask_mode, **kwargs)
+        if mask is not None:
+            mask = _as_dask(mask, "mask")
         y = da.broadcast_to(y, x.shape).transpose(problem.layout.perm)
         x = x.transpose(problem.layout.perm)
         p = problem.params
         chunks = x.chunks[: -p.spatial] + tuple(_merged(c, p.win_size) for c in x.chunks[-p.spatial :])
         metric = dict(data_range=p.data_range, win_size=p.win_size, sigma=sigma, window=window, K1=p.K1, K2=p.K2,
                       padding="valid", sample_covariance=sample_covariance, spatial_dims=p.spatial)
+        if mask is not None:  # as cussim._masks.in_layout views it: x's axes, then the kernels' order
+            metric["mask_mode"] = mask_mode
+            aligned = tuple(problem.mask.shape[a] for a in problem.layout.inverse_perm)
+            mask = da.broadcast_to(mask.reshape(aligned).transpose(problem.layout.perm), x.shape).rechunk(chunks)
         layout = _Layout(p, problem.layout.kept, problem.layout.counted_per_value, chunks, metric)
-        return cls(layout, problem.layout.perm, x.rechunk(chunks), y.rechunk(chunks))
+        return cls(layout, problem.layout.perm, x.rechunk(chunks), y.rechunk(chunks), mask)
+
+    @property
+    def arrays(self) -> list:
+        """x, y and the mask if there is one: what every chunk's task reads with its halo."""
+        return [self.x, self.y] + ([] if self.mask is None else [self.mask])
 
     def meta(self, dtype):
         return _arrays.array_module(self.x._meta).empty((0,) * self.x.ndim, dtype)
 
     def with_halo(self, func, boundary, chunks, dtype, meta):
         """:func:`_with_halo` of ``func`` over x and y, with the window radius as the halo."""
-        return _with_halo(func, [self.x, self.y], self.layout.params.radius, boundary, chunks=chunks, dtype=dtype,
+        return _with_halo(func, self.arrays, self.layout.params.radius, boundary, chunks=chunks, dtype=dtype,
                           meta=meta, spatial=self.layout.spatial)
 
     def extended_chunks(self):
@@ -318,16 +338,34 @@ class _Chunked:
     def mean(self, sums, a, b):
         """a + b * mean, from per-chunk float64 sums, in the compute dtype (lazy)."""
         total = _sum_in_order(sums, self.layout.kept)
-        return (a + b * total / self.layout.counted_per_value).astype(_launch.compute_dtype(self.x.dtype))
+        return (a + b * total / self.weight()).astype(_launch.compute_dtype(self.x.dtype))
+
+    def weight(self):
+        """What divides the sums: the map pixels per value, or with a mask the lazy total weight of each value
+        (float64, a ValueError at compute time naming a value of total weight 0)."""
+        if self.mask is None:
+            return self.layout.counted_per_value
+        margin, spatial = self.layout.counted_margin(), self.layout.spatial
+        counted = _reference.cropped(self.mask, margin, spatial).astype(np.float64)
+        totals = counted.sum(axis=self.layout.averaged_axes)
+        return totals.rechunk(-1).map_blocks(_reference.check_total_weights, dtype=np.float64)
+
+    def per_value(self, weight):
+        """``weight`` (a number, or one per value) broadcast against arrays in the kernels' layout."""
+        if self.mask is None:
+            return weight
+        return weight.reshape(weight.shape + (1,) * (self.layout.ndim - self.layout.kept))
 
     def original(self, array):
         """An array in the kernels' layout, in the caller's axis order."""
         return array.transpose(tuple(int(a) for a in np.argsort(self.perm)))
 
 
-def _chunk_share(layout: _Layout, xe, ye, block_id, gradient_scale=None):
-    """One chunk's float64 sum of the windows the mean counts, and with ``gradient_scale`` b the
-    gradient of b times its share of the mean, over the extended chunk (else None)."""
+def _chunk_share(layout: _Layout, xe, ye, me=None, *, block_id, gradient_scale=None):
+    """One chunk's float64 sum of the windows the mean counts (weighted by the extended mask ``me`` if
+    given), and with ``gradient_scale`` b the gradient of b times its share of the mean, over the extended
+    chunk (else None); with a mask, the gradient of b times its weighted sum (the total weight divides
+    later)."""
     xp = _arrays.array_module(xe)
     kept = layout.kept
     sum_shape = xe.shape[:kept] + (1,) * (layout.ndim - kept)
@@ -336,23 +374,33 @@ def _chunk_share(layout: _Layout, xe, ye, block_id, gradient_scale=None):
     index, pixels = layout.windows(block_id, layout.counted_margin())
     if not pixels:
         return xp.zeros(sum_shape, np.float64), grad
-    count = pixels * math.prod(xe.shape[kept : -layout.spatial])  # windows averaged into each value here
     args = (xe[index], ye[index])
+    options = dict(layout.metric, axis=layout.averaged_axes)
+    if me is None:
+        count = pixels * math.prod(xe.shape[kept : -layout.spatial])  # windows averaged into each value here
+        scale = gradient_scale * count / layout.counted_per_value if with_gradient else None
+    else:  # the chunk's total weight per value; a value of none here takes ones (and counts 0)
+        m = _reference.check_weight_values(me[index])
+        count = _reference.cropped(m, layout.params.radius, layout.spatial).sum(
+            axis=layout.averaged_axes, keepdims=True, dtype=np.float64)
+        options["mask"] = xp.where(count > 0, m, 1)
+        scale = gradient_scale * count if with_gradient else None
     if with_gradient:
-        mean, share = _ssim.ssim_with_gradient(*args, axis=layout.averaged_axes, **layout.metric)
-        grad[index] = share * (gradient_scale * count / layout.counted_per_value)
+        mean, share = _ssim.ssim_with_gradient(*args, **options)
+        grad[index] = share * scale
     else:
-        mean = _ssim.ssim(*args, axis=layout.averaged_axes, **layout.metric)
-    return (mean.astype(np.float64) * count).reshape(sum_shape), grad
+        mean = _ssim.ssim(*args, **options)
+    return mean.astype(np.float64).reshape(sum_shape) * count, grad
 
 
-def _chunk_sum(layout: _Layout, xe, ye, block_id):
-    return _chunk_share(layout, xe, ye, block_id)[0]
+def _chunk_sum(layout: _Layout, *extended, block_id):
+    return _chunk_share(layout, *extended, block_id=block_id)[0]
 
 
-def _chunk_map(layout: _Layout, margin, xe, ye, block_id):
+def _chunk_map(layout: _Layout, margin, xe, ye, me=None, *, block_id):
     index, _ = layout.windows(block_id, margin)
-    return _ssim.ssim_map(xe[index], ye[index], **layout.metric)
+    mask = {} if me is None else dict(mask=me[index])
+    return _ssim.ssim_map(xe[index], ye[index], **layout.metric, **mask)
 
 
 def _along(axis, start, stop):
@@ -395,6 +443,8 @@ def _mean_with_gradient(chunked: _Chunked, a, b):
     r, spatial = chunked.layout.params.radius, chunked.layout.spatial
     grad = _with_halo(partial(_fold_halos, radius=r, spatial=spatial), [grads], r, 0, chunks=chunked.x.chunks,
                       dtype=gdtype, meta=chunked.meta(gdtype), spatial=spatial)
+    if chunked.mask is not None:  # the chunks' gradients are of weighted sums: divided by the total weight
+        grad = (grad / chunked.per_value(chunked.weight())).astype(gdtype)
     return chunked.mean(sums, a, b), chunked.original(grad)
 
 
@@ -414,7 +464,7 @@ def _map(chunked: _Chunked):
 
 
 def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-         sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2):
+         sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2, mask=None, mask_mode="mean"):
     """Mean SSIM of x against y, lazily: :func:`cussim.ssim` on Dask arrays.
 
     Parameters
@@ -427,6 +477,9 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
         chunked, depth too.
     data_range, win_size, sigma, window, K1, K2, padding, sample_covariance, channel_axis, axis, spatial_dims
         As in :func:`cussim.ssim`.
+    mask, mask_mode
+        As in :func:`cussim.ssim`: a Dask mask (chunked like x or not: it is
+        rechunked to x's chunks), or a NumPy array, broadcast to x.
 
     Returns
     -------
@@ -452,12 +505,13 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims, mask=mask,
+                               mask_mode=mask_mode)
     return _mean(chunked, 0.0, 1.0)
 
 
 def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, padding="same",
-          sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2):
+          sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2, mask=None, mask_mode="mean"):
     """(1 - SSIM) / 2, lazily, with the arguments of :func:`ssim`.
 
     Examples
@@ -469,12 +523,14 @@ def dssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims, mask=mask,
+                               mask_mode=mask_mode)
     return _mean(chunked, 0.5, -0.5)
 
 
 def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
-             padding="same", sample_covariance=False, channel_axis=None, spatial_dims=2):
+             padding="same", sample_covariance=False, channel_axis=None, spatial_dims=2, mask=None,
+             mask_mode="mean"):
     """The SSIM map, lazily, chunked like x: :func:`cussim.ssim_map` on Dask arrays.
 
     Arguments as in :func:`ssim` (no ``axis``). With ``padding="valid"`` the
@@ -490,12 +546,15 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=None, reduce=False, spatial_dims=spatial_dims)
+                               channel_axis=channel_axis, axis=None, reduce=False, spatial_dims=spatial_dims,
+                               mask=mask, mask_mode=mask_mode)
+    _masks.check_map_mask(chunked.mask, mask_mode)
     return _map(chunked)
 
 
 def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
-                       padding="same", sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2):
+                       padding="same", sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2,
+                       mask=None, mask_mode="mean"):
     """Mean SSIM and its exact gradient with respect to x, lazily: ``(value, d sum(value) / dx)``.
 
     Arguments as in :func:`ssim`. The gradient is a Dask array chunked like
@@ -515,12 +574,14 @@ def ssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window=
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims, mask=mask,
+                               mask_mode=mask_mode)
     return _mean_with_gradient(chunked, 0.0, 1.0)
 
 
 def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
-                        padding="same", sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2):
+                        padding="same", sample_covariance=False, channel_axis=None, axis=None, spatial_dims=2,
+                        mask=None, mask_mode="mean"):
     """DSSIM = (1 - SSIM) / 2 and its exact gradient with respect to x, lazily, as :func:`ssim_with_gradient`.
 
     Examples
@@ -533,7 +594,8 @@ def dssim_with_gradient(x, y, *, data_range=None, win_size=11, sigma=1.5, window
     """
     chunked = _Chunked.prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1,
                                K2=K2, padding=padding, sample_covariance=sample_covariance,
-                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                               channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims, mask=mask,
+                               mask_mode=mask_mode)
     return _mean_with_gradient(chunked, 0.5, -0.5)
 
 
@@ -582,13 +644,14 @@ _CS_K1 = 1e10
 
 
 def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, win_size=11, sigma=1.5, K1=0.01,
-            K2=0.03, channel_axis=None, axis=None, spatial_dims=2):
+            K2=0.03, channel_axis=None, axis=None, spatial_dims=2, mask=None, mask_mode="mean"):
     """MS-SSIM, lazily, every scale chunked: :func:`cussim.ms_ssim` on Dask arrays.
 
     Arguments as in :func:`cussim.ms_ssim`. Each scale is halved chunk by
     chunk and its mean (contrast-structure, or SSIM at the last scale) is
     computed like :func:`ssim`'s, from chunks and their halos; the scales'
-    means combine per image as in :func:`cussim.ms_ssim`.
+    means combine per image as in :func:`cussim.ms_ssim`. A mask (as in
+    :func:`ssim`) is halved with the images and weights every scale's mean.
 
     Examples
     --------
@@ -600,27 +663,35 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
     (((1, 1),), True)
     """
     x, y = _inputs(x, y)
+    checked = mask if mask is None or not isinstance(mask, da.Array) else _stand_in(mask)  # as _Chunked.prepare
     problem, pyramid = _msssim._pyramid(_stand_in(x), _stand_in(y), variant=variant, weights=weights,
                                         data_range=data_range, win_size=win_size, sigma=sigma, K1=K1, K2=K2,
-                                        channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims)
+                                        channel_axis=channel_axis, axis=axis, spatial_dims=spatial_dims,
+                                        mask=checked, mask_mode=mask_mode)
     dtype = _launch.compute_dtype(x.dtype)
     y = da.broadcast_to(y, x.shape).transpose(problem.layout.perm)
-    scale_x, scale_y = x.transpose(problem.layout.perm), y
+    scales = [x.transpose(problem.layout.perm), y]  # x, y and the mask, at each scale
+    if mask is not None:
+        aligned = tuple(problem.mask.shape[a] for a in problem.layout.inverse_perm)
+        scales.append(da.broadcast_to(_as_dask(mask, "mask").reshape(aligned).transpose(problem.layout.perm),
+                                      x.shape).astype(np.float64))
     r, margin, spatial = problem.params.radius, pyramid.margin, pyramid.spatial
     image = tuple(range(x.ndim - spatial, x.ndim))
+    # with a mask, an image's channels pooled into one weighted mean (torchmetrics); else one mean per plane
+    pooled = image if mask is None or pyramid.group == 1 else (x.ndim - spatial - 1, *image)
     means = []
     for j in range(pyramid.scales):
         if j:
-            scale_x, scale_y = (_halved(a.astype(dtype), variant, spatial) for a in (scale_x, scale_y))
+            scales = [_halved(a.astype(dtype if k < 2 else np.float64), variant, spatial) for k, a in enumerate(scales)]
         last = j == pyramid.scales - 1
-        images = [scale_x, scale_y]
+        images = scales
         if last and margin:  # torchmetrics: the last scale's SSIM over the image extended by whole-sample reflection
             images = [da.pad(a, [(0, 0)] * (a.ndim - spatial) + [(r, r)] * spatial, mode="reflect") for a in images]
-        chunked = _Chunked.prepare(*images, window="gaussian", sigma=sigma, sample_covariance=False,
+        chunked = _Chunked.prepare(*images[:2], window="gaussian", sigma=sigma, sample_covariance=False,
                                    data_range=problem.params.data_range, win_size=win_size,
-                                   K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=image,
-                                   spatial_dims=spatial)
-        image_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane (volume)
-        means.append(image_means.mean(axis=-1) if pyramid.group > 1 else image_means)  # pooled channels
+                                   K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=pooled,
+                                   spatial_dims=spatial, mask=images[2] if mask is not None else None)
+        image_means = _mean(chunked, 0.0, 1.0).astype(np.float64)  # one per plane (volume), or image
+        means.append(image_means.mean(axis=-1) if pyramid.group > 1 and pooled == image else image_means)
     per_image = math.prod(da.maximum(m, 0.0) ** w for m, w in zip(means, pyramid.weights))
     return per_image.mean(axis=tuple(range(problem.layout.kept, per_image.ndim))).astype(dtype)

@@ -17,9 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.rst"))
-MODULES = ["cussim", "cussim._ssim", "cussim._msssim", "cussim._skimage", "cussim._params", "cussim._reference", "cussim._launch", "cussim._kernels",
-           "cussim._precompile", "cussim._emulator._module", "cussim.torch", "cussim.torch._functions", "cussim.torch._fused_ssim",
-           "cussim.torch.pytorch_msssim"]
+MODULES = ["cussim", "cussim._ssim", "cussim._msssim", "cussim._skimage", "cussim._params", "cussim._masks", "cussim._reference", "cussim._launch",
+           "cussim._kernels", "cussim._precompile", "cussim._emulator._module", "cussim.torch", "cussim.torch._functions",
+           "cussim.torch._fused_ssim", "cussim.torch.pytorch_msssim"]
 
 
 @pytest.mark.parametrize("name", MODULES)

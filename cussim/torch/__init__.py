@@ -44,8 +44,15 @@ the call): :func:`fused_ssim` (fused-ssim's and fussim's ``fused_ssim``),
 
 Keyword options are those of the matching cussim function (``data_range``,
 ``win_size``, ``sigma``, ``window``, ``K1``, ``K2``, ``padding``,
-``sample_covariance``, ``channel_axis``, ``axis``; MS-SSIM's ``variant`` and
-``weights``), except the output buffers.
+``sample_covariance``, ``channel_axis``, ``axis``, ``mask``, ``mask_mode``;
+MS-SSIM's ``variant`` and ``weights``), except the output buffers.
+
+Masks (docs/spec.rst section 9): ``mask`` is a tensor of weights on x's
+device (bool or floating, broadcasting against x as in cussim). A mask that
+requires grad gets its exact gradient in ``mask_mode="mean"``,
+``g * (V_q - V) / sum(m)`` for the per-pixel value V_q of the mean V (the
+SSIM map, DSSIM's (1 - S) / 2, the 3DGS loss's two terms together); with
+``"normalized"``, and for MS-SSIM, such a mask is refused (detach it).
 
 Examples
 --------

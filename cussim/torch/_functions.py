@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 import cussim
+from cussim import _masks
 from cussim._ssim import _ssim_map_gradient
 
 # name: (value function, value-and-gradient function) of cussim
@@ -79,12 +80,14 @@ def _value_shapes(x, axis):
     return kept, tuple(n for a, n in enumerate(x.shape) if a not in averaged)
 
 
-def _evaluate(metric, x, y, options, want_gradient):
+def _evaluate(metric, x, y, mask, options, want_gradient):
     """(values, d sum(values) / d x or None) from cussim, on x's device; the values keep averaged axes as 1."""
     value_fn, gradient_fn = _METRICS[metric]
     kept_shape, value_shape = _value_shapes(x, options.get("axis"))
     out = torch.empty(kept_shape, dtype=_value_dtype(x), device=x.device)
     grad = torch.empty_like(x, memory_format=torch.preserve_format) if want_gradient else None
+    if mask is not None:
+        options = dict(options, mask=_as_array(mask))
     with _context(x):
         if want_gradient:
             gradient_fn(_as_array(x), _as_array(y), out=_as_array(out.view(value_shape)), grad=_as_array(grad),
@@ -94,26 +97,82 @@ def _evaluate(metric, x, y, options, want_gradient):
     return out, grad
 
 
+_MAP_OPTIONS = ("data_range", "win_size", "sigma", "window", "K1", "K2", "padding", "sample_covariance",
+                "channel_axis", "spatial_dims")
+
+
+def _spatial_axes(x, options):
+    channel = options.get("channel_axis")
+    channel = None if channel is None else channel % x.ndim
+    return [a for a in range(x.ndim) if a != channel][-options.get("spatial_dims", 2):]
+
+
+def _aligned(mask, x, spatial):
+    """The mask viewed with x's number of axes, as cussim reads it."""
+    return mask.view(_masks.aligned_shape(mask.shape, x.shape, spatial))
+
+
+def _mask_gradient(metric, x, y, mask, value, options):
+    """d value / d mask in mask_mode="mean" (docs/spec.rst section 9) per unit upstream gradient, in x's
+    shape: (V_q - V) / sum(m) at each map pixel q that the mean counts, V_q the per-pixel value of V
+    (``value``, the averaged axes kept as 1); 0 for pixels the map or the mean crops away."""
+    map_options = {k: v for k, v in options.items() if k in _MAP_OPTIONS}
+    if metric == "l1_dssim_loss":
+        map_options["padding"] = "same"
+    with _cuda_context(x.device) if x.is_cuda else contextlib.nullcontext():
+        S = torch.as_tensor(cussim.ssim_map(_as_array(x), _as_array(y), **map_options), device=x.device)
+    S = S.to(value.dtype)
+    if metric == "ssim":
+        per_pixel = S
+    elif metric == "dssim":
+        per_pixel = (1 - S) / 2
+    else:  # the 3DGS loss: its SSIM term and its L1 term (in the images' units), as cussim weights them
+        share = float(options.get("weight", 0.2))
+        per_pixel = share * (1 - S) + (1 - share) * (x - y).abs().to(value.dtype)
+    spatial = _spatial_axes(x, options)
+    padding, radius = map_options.get("padding", "same"), (options.get("win_size", 11) - 1) // 2
+    border = 0 if padding == "same" else radius  # "valid" crops the map, "reflect" the mean, by r
+    counted = tuple(slice(border, n - border) if a in spatial else slice(None) for a, n in enumerate(x.shape))
+    in_map = counted if padding != "valid" else tuple(slice(None) for _ in x.shape)
+    weights = _aligned(mask, x, spatial).expand(x.shape)[counted].to(value.dtype)
+    axis = options.get("axis")
+    averaged = tuple(range(x.ndim)) if axis is None else tuple(
+        a % x.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
+    total = weights.sum(dim=averaged, keepdim=True)
+    unit = torch.zeros(x.shape, dtype=value.dtype, device=x.device)
+    unit[counted] = (per_pixel[in_map] - value.reshape(value.shape if value.ndim else (1,) * x.ndim)) / total
+    return unit
+
+
 class _Metric(torch.autograd.Function):
     """One cussim metric as an autograd Function: both gradients computed in forward, scaled in backward."""
 
     @staticmethod
-    def forward(ctx, x, y, metric, options, recording):
+    def forward(ctx, x, y, mask, metric, options, recording):
         # ``recording``: grad mode was on at the call (forward itself runs with it off)
         want_x, want_y = recording and ctx.needs_input_grad[0], recording and ctx.needs_input_grad[1]
-        value, grad_x = _evaluate(metric, x, y, options, want_x)
-        grad_y = None
+        value, grad_x = _evaluate(metric, x, y, mask, options, want_x)
+        grad_y = grad_mask = None
         if want_y:  # the roles exchanged: y in x's shape first, its gradient summed back to y's shape
-            _, grad_y = _evaluate(metric, y.expand(x.shape), x, options, True)
+            _, grad_y = _evaluate(metric, y.expand(x.shape), x, mask, options, True)
             grad_y = grad_y.sum_to_size(y.shape) if y.shape != x.shape else grad_y
-        ctx.save_for_backward(grad_x, grad_y)
+        if recording and ctx.needs_input_grad[2]:  # per unit upstream gradient, in x's shape
+            grad_mask = _mask_gradient(metric, x, y, mask, value, options)
+        ctx.save_for_backward(grad_x, grad_y, grad_mask)
         ctx.metric, ctx.inputs = metric, (x, y)  # for _NoSecondDerivative only (no in-place check on them)
+        ctx.mask_shape = None if mask is None else (tuple(_aligned(mask, x, _spatial_axes(x, options)).shape),
+                                                    mask.shape)
         return value
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_x, grad_y = ctx.saved_tensors
+        grad_x, grad_y, grad_mask = ctx.saved_tensors
         grads = [None if g is None else g * grad_output.to(g.dtype) for g in (grad_x, grad_y)]
+        if grad_mask is not None:  # each result's upstream gradient over its pixels, summed to the mask's shape
+            aligned, shape = ctx.mask_shape
+            grads.append((grad_mask * grad_output.to(grad_mask.dtype)).sum_to_size(aligned).view(shape))
+        else:
+            grads.append(None)
         if torch.is_grad_enabled():  # create_graph=True: a second backward must fail, never be silently wrong
             grads = [None if g is None else _NoSecondDerivative.apply(g, *ctx.inputs, ctx.metric) for g in grads]
         return (*grads, None, None, None)
@@ -137,13 +196,14 @@ def _checked(x, y, options):
     """x and y as cussim computes them (float16 and bfloat16 as float32), on one device, and the options with
     PyTorch's layout defaults."""
     x, y = _computable(x, "x"), _computable(y, "y")
+    options = dict(options)
+    mask = _checked_mask(metric, options.pop("mask", None), x, options)
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"x is on {x.device}; cussim.torch takes CPU or CUDA tensors (move them with .cuda())")
     if x.device != y.device:
         raise ValueError(f"x is on {x.device} and y on {y.device}; put both on one device")
     if y.dtype != x.dtype:
         raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}; convert one to the other's dtype")
-    options = dict(options)
     if x.ndim in (4, 5):  # PyTorch's (N, C, H, W) and (N, C, D, H, W)
         options.setdefault("channel_axis", 1)
     if x.ndim == 5:
@@ -158,13 +218,31 @@ def _apply(metric, x, y, options):
                             f"(cussim.{metric} on CuPy or NumPy arrays takes {name})")
     x, y, options = _checked(x, y, options)
     if options.get("axis") is None:
-        return _Metric.apply(x, y, metric, options, torch.is_grad_enabled())
+        return _Metric.apply(x, y, mask, metric, options, torch.is_grad_enabled())
     # one value per kept index: the incoming gradient scales each image's gradient, so a y that broadcasts
     # is expanded here and autograd sums its gradient after the scaling (cussim names a y that cannot)
     with contextlib.suppress(RuntimeError):
         y = y.expand(x.shape)
     _, value_shape = _value_shapes(x, options["axis"])
-    return _Metric.apply(x, y, metric, options, torch.is_grad_enabled()).view(value_shape)
+    return _Metric.apply(x, y, mask, metric, options, torch.is_grad_enabled()).view(value_shape)
+
+
+def _checked_mask(metric, mask, x, options):
+    """The mask tensor as cussim takes it (float16 and bfloat16 as float32), or the error naming the fix."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.device != x.device:
+        raise ValueError(f"mask is on {mask.device} and x on {x.device}; put them on one device")
+    if mask.requires_grad and torch.is_grad_enabled():
+        if options.get("mask_mode", "mean") == "normalized":
+            raise ValueError("mask requires grad, but mask_mode='normalized' has no gradient with respect to the "
+                             "mask: pass mask.detach() (or mask_mode='mean')")
+        if metric == "ms_ssim":
+            raise ValueError("mask requires grad, but ms_ssim has no gradient with respect to the mask: pass "
+                             "mask.detach()")
+    return mask.float() if mask.dtype in (torch.float16, torch.bfloat16) else mask
 
 
 @_disable_tracing
@@ -278,6 +356,8 @@ def l1_dssim_loss(render, target, weight=0.2, **options):
 
 
 class _Loss(torch.nn.Module):
+    """A loss module: the options at construction (``mask_mode`` among them), a ``mask`` per call."""
+
     def __init__(self, **options):
         super().__init__()
         self.options = options
@@ -296,8 +376,8 @@ class SSIMLoss(_Loss):
     (SSIMLoss(win_size=7), 0.0)
     """
 
-    def forward(self, x, y):
-        return 1 - ssim(x, y, **self.options)
+    def forward(self, x, y, mask=None):
+        return 1 - ssim(x, y, mask=mask, **self.options)
 
 
 class DSSIMLoss(_Loss):
@@ -306,19 +386,19 @@ class DSSIMLoss(_Loss):
     Half of 3DGS's SSIM loss term: :class:`SSIMLoss` is ``1 - SSIM``.
     """
 
-    def forward(self, x, y):
-        return dssim(x, y, **self.options)
+    def forward(self, x, y, mask=None):
+        return dssim(x, y, mask=mask, **self.options)
 
 
 class MSSSIMLoss(_Loss):
     """``1 - MS-SSIM(x, y)`` as a module; options as :func:`ms_ssim`."""
 
-    def forward(self, x, y):
-        return 1 - ms_ssim(x, y, **self.options)
+    def forward(self, x, y, mask=None):
+        return 1 - ms_ssim(x, y, mask=mask, **self.options)
 
 
 class L1DSSIMLoss(_Loss):
     """:func:`l1_dssim_loss` as a module (``weight`` and the SSIM options)."""
 
-    def forward(self, render, target):
-        return l1_dssim_loss(render, target, **self.options)
+    def forward(self, render, target, mask=None):
+        return l1_dssim_loss(render, target, mask=mask, **self.options)

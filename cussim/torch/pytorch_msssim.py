@@ -33,6 +33,13 @@ of any image large enough for the scales it is given (pytorch-msssim asks for
 a side above 16 * (win_size - 1) whatever the number of ``weights``).
 ``channel`` is checked and otherwise unused: cussim needs no per-channel window.
 
+An extension that pytorch-msssim lacks: ``ssim`` and ``ms_ssim`` take
+keyword-only ``mask=`` and ``mask_mode=`` (docs/spec.rst section 9), weighting
+each image's and channel's mean; the mask broadcasts against X as it is
+passed (after the trailing size-1 axes are dropped), e.g. (N, 1, H, W) for
+one mask per image. Code that passes neither computes what pytorch-msssim
+computes.
+
 Examples
 --------
 >>> import torch
@@ -124,7 +131,7 @@ def _reduced(per_channel, size_average, dtype):
 
 
 def ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, win=None, K=(0.01, 0.03),
-         nonnegative_ssim=False):
+         nonnegative_ssim=False, *, mask=None, mask_mode="mean"):
     """SSIM as ``pytorch_msssim.ssim``: the mean, or one value per image with ``size_average=False``.
 
     Parameters
@@ -145,6 +152,9 @@ def ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, wi
         K1 and K2 of the formula.
     nonnegative_ssim : bool
         Relu on each image's and channel's SSIM before the averages.
+    mask, mask_mode : torch.Tensor, str, optional
+        cussim's extension: pixel weights for each image's and channel's
+        mean, as :func:`cussim.torch.ssim` takes them (not in pytorch-msssim).
 
     Returns
     -------
@@ -161,14 +171,14 @@ def ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, wi
     """
     X, Y = _images(X, Y)
     per_channel = _ssim(X, Y, data_range=data_range, padding="valid", axis=tuple(range(2, X.ndim)), **_constants(K),
-                        **_window(win, win_size, win_sigma))
+                        **_window(win, win_size, win_sigma), mask=mask, mask_mode=mask_mode)
     if nonnegative_ssim:
         per_channel = torch.relu(per_channel)
     return _reduced(per_channel, size_average, X.dtype)
 
 
 def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5, win=None, weights=None,
-            K=(0.01, 0.03)):
+            K=(0.01, 0.03), *, mask=None, mask_mode="mean"):
     """MS-SSIM as ``pytorch_msssim.ms_ssim``: the mean, or one value per image with ``size_average=False``.
 
     Parameters as :func:`ssim`, and
@@ -176,6 +186,9 @@ def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5,
     weights : sequence of float, optional
         One exponent per scale, 1 to 16 of them (a list or a tensor); default
         (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
+    mask, mask_mode : torch.Tensor, str, optional
+        cussim's extension (not in pytorch-msssim): weights pooled like the
+        images at every scale, as :func:`cussim.ms_ssim` takes them.
 
     Examples
     --------
@@ -187,7 +200,8 @@ def ms_ssim(X, Y, data_range=255, size_average=True, win_size=11, win_sigma=1.5,
     """
     X, Y = _images(X, Y)
     per_channel = _ms_ssim(X, Y, variant="pytorch_msssim", weights=_weights(weights), data_range=data_range,
-                           axis=tuple(range(2, X.ndim)), **_constants(K), **_window(win, win_size, win_sigma))
+                           axis=tuple(range(2, X.ndim)), **_constants(K), **_window(win, win_size, win_sigma),
+                           mask=mask, mask_mode=mask_mode)
     return _reduced(per_channel, size_average, X.dtype)
 
 
