@@ -371,7 +371,8 @@ def _map_and_partials(x, y, taps, *, K1, K2, padding, data_range, cov, want_part
     if normalized is not None and cov != 1.0:
         raise ValueError("mask_mode='normalized' takes population covariance only; pass sample_covariance=False")
     masks = [] if normalized is None else [np.broadcast_to(normalized, images[0].shape)]
-    shifts = _shifts(images, spatial)
+    # the shifts of normalised convolution come from the pixels it reads (weight > 0) only
+    shifts = _shifts([np.where(masks[0] > 0, image, np.nan) for image in images] if masks else images, spatial)
     shifts += [np.zeros_like(shifts[0])] * len(masks)  # a mask is filtered as it is
 
     def chunk(blocks, shape, offsets):

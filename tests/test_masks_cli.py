@@ -10,7 +10,7 @@ import pytest
 from skimage import data
 
 import cussim
-from cussim import _cli
+from cussim import _cli, _imagefiles
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_the_alpha_channel_as_the_mask_in_json_and_heat_maps(pair, capsys, tmp_p
     colour = lambda a: np.dstack([a] * 3)  # noqa: E731
     expected = cussim.ssim(colour(test), colour(ref), data_range=255, channel_axis=-1, mask=weights)
     assert abs(record["ssim"] - expected) < 1e-12 and record["mask"] == "alpha (mean)"
-    picture = iio.imread(tmp_path / "test.ssim.png")[16 : 16 + 96, :112]
+    picture = iio.imread(tmp_path / "test.png.ssim.png")[_imagefiles._CAPTION :][:96, :112]
     assert (picture[weights == 0] == 128).all() and not (picture[weights > 0] == 128).all(axis=-1).any()
 
 

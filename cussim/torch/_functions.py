@@ -197,7 +197,6 @@ def _checked(x, y, options):
     PyTorch's layout defaults."""
     x, y = _computable(x, "x"), _computable(y, "y")
     options = dict(options)
-    mask = _checked_mask(metric, options.pop("mask", None), x, options)
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"x is on {x.device}; cussim.torch takes CPU or CUDA tensors (move them with .cuda())")
     if x.device != y.device:
@@ -216,7 +215,10 @@ def _apply(metric, x, y, options):
         if name in options:
             raise TypeError(f"cussim.torch.{metric} takes no {name!r}: it returns its values as a new tensor "
                             f"(cussim.{metric} on CuPy or NumPy arrays takes {name})")
+    options = dict(options)
+    mask = options.pop("mask", None)
     x, y, options = _checked(x, y, options)
+    mask = _checked_mask(metric, mask, x, options)
     if options.get("axis") is None:
         return _Metric.apply(x, y, mask, metric, options, torch.is_grad_enabled())
     # one value per kept index: the incoming gradient scales each image's gradient, so a y that broadcasts
@@ -336,6 +338,9 @@ def ssim_map(x, y, **options):
     for name in ("out", "axis") + _NOT_OPTIONS:
         if name in options:
             raise TypeError(f"cussim.torch.ssim_map takes no {name!r}: it returns the map as a new tensor")
+    if options.get("mask") is not None:
+        raise ValueError("cussim.torch.ssim_map takes no mask yet: weight the map it returns, or use "
+                         "cussim.ssim_map(x, y, mask=..., mask_mode='normalized') on arrays")
     x, y, options = _checked(x, y, options)
     return _Map.apply(x, y.expand(x.shape) if y.shape != x.shape else y, options)
 
