@@ -164,7 +164,7 @@ def host_timing(monkeypatch):
 
 class _HostTorchPeers(compare.TorchPeers):
     def __init__(self):
-        self.torch = pytest.importorskip("torch")
+        self.torch, self.on_cpu = pytest.importorskip("torch"), False  # NumPy arrays: DLPack, on the CPU
 
     def time(self, fn, repeats):
         return timing.host_time(fn, repeats)
