@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import runpy
 import struct
 import subprocess
 import sys
@@ -436,3 +437,12 @@ def test_a_closed_stdout_ends_quietly(monkeypatch):
     with open(write_end, "w", buffering=1) as closed:
         monkeypatch.setattr(sys, "stdout", closed)
         assert _cli.main(["precompile", "--list"]) == 141
+
+
+def test_python_m_cussim_runs_the_command(capsys, monkeypatch):
+    import cussim
+
+    monkeypatch.setattr(sys, "argv", ["python -m cussim", "--version"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("cussim", run_name="__main__")
+    assert exited.value.code == 0 and capsys.readouterr().out == f"cussim {cussim.__version__}\n"
