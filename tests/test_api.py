@@ -5,7 +5,7 @@ import pytest
 
 import cussim
 from bench.gpu_smoke import images as _images
-from cussim import _arrays
+from cussim import _arrays, _ssim
 from cussim import _reference as ref
 from executors import Executor, device_allocations_refused
 
@@ -624,3 +624,12 @@ def test_empty_batches(backend):
     assert cussim.ssim_map(x, x).shape == (0, 3, 16, 16)
     value, grad = cussim.dssim_with_gradient(x, x)
     assert np.isnan(float(value)) and grad.shape == x.shape
+
+
+def test_ssim_map_gradient_checks_the_weights_shape_and_takes_an_empty_batch():
+    x = np.zeros((16, 16), np.float32)
+    with pytest.raises(ValueError, match=r"map_weights has shape \(15, 16\); it must have the map's, \(16, 16\)"):
+        _ssim._ssim_map_gradient(x, x, np.zeros((15, 16), np.float32), data_range=1.0)
+    empty = np.zeros((0, 16, 16), np.float32)
+    grad = _ssim._ssim_map_gradient(empty, empty, empty, data_range=1.0)
+    assert (grad.shape, grad.dtype) == ((0, 16, 16), np.float32)

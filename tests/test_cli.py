@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import runpy
 import struct
 import subprocess
 import sys
@@ -436,3 +437,37 @@ def test_a_closed_stdout_ends_quietly(monkeypatch):
     with open(write_end, "w", buffering=1) as closed:
         monkeypatch.setattr(sys, "stdout", closed)
         assert _cli.main(["precompile", "--list"]) == 141
+
+
+def test_python_m_cussim_runs_the_command(capsys, monkeypatch):
+    import cussim
+
+    monkeypatch.setattr(sys, "argv", ["python -m cussim", "--version"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("cussim", run_name="__main__")
+    assert exited.value.code == 0 and capsys.readouterr().out == f"cussim {cussim.__version__}\n"
+
+
+def test_read_image_drops_alpha_narrows_wide_grey_and_names_bad_files(tmp_path):
+    grey_alpha = tmp_path / "grey_alpha.npy"
+    np.save(grey_alpha, np.stack([np.full((4, 5), 7, np.uint8), np.full((4, 5), 255, np.uint8)], axis=-1))
+    assert np.array_equal(_imagefiles.read_image(grey_alpha), np.full((4, 5), 7, np.uint8))
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.full((4, 5), 65535, np.int32))
+    assert _imagefiles.read_image(wide).dtype == np.uint16
+    int64 = tmp_path / "int64.npy"
+    np.save(int64, np.zeros((4, 5), np.int64))
+    with pytest.raises(_imagefiles.ImageError, match=r"int64.npy: pixels of type int64 are not supported"):
+        _imagefiles.read_image(int64)
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    with pytest.raises(_imagefiles.ImageError, match=r"folder.png: cannot read the file \(Is a directory\)"):
+        _imagefiles.read_image(folder)
+
+
+def test_read_pair_names_a_dtype_mismatch(tmp_path):
+    np.save(tmp_path / "ref.npy", np.zeros((4, 5), np.uint8))
+    np.save(tmp_path / "test.npy", np.zeros((4, 5), np.float32))
+    pair = _imagefiles.Pair("test.npy", tmp_path / "ref.npy", tmp_path / "test.npy")
+    with pytest.raises(_imagefiles.ImageError, match=r"test.npy: float32 pixels, the reference .*ref.npy has uint8"):
+        _imagefiles.read_pair(pair)

@@ -193,3 +193,22 @@ def test_the_check_covers_every_option_set_and_every_window():
             for options in _kernels.COMMON_FORWARD_OPTIONS:
                 assert _kernels.forward_name(element, radius, *options) in checked
             assert f"ssim_backward<{element}, {radius}>" in checked
+
+
+def test_format_table_has_one_line_per_kernel_and_arch():
+    kernel = _nvrtc.KernelResources(name="ssim_2d<float>", arch=80, registers=64, barriers=1, shared_bytes=4096,
+                                    stack_frame=0, spill_stores=2, spill_loads=3)
+    table = _nvrtc.format_table([_nvrtc.CompileReport(arch=80, log="", kernels=(kernel,))]).splitlines()
+    assert table[0].split() == ["kernel", "arch", "regs", "bars", "smem", "stack", "spill", "st/ld"]
+    assert table[1].split() == ["ssim_2d<float>", "sm_80", "64", "1", "4096", "0", "2/3"]
+
+
+def test_kernel_dir_names_the_folders_it_looked_in(monkeypatch, tmp_path):
+    monkeypatch.setattr(_kernels, "KERNEL_DIRS", (tmp_path,))
+    with pytest.raises(FileNotFoundError, match=rf"cussim's kernels/\*\.cu not found in {tmp_path}"):
+        _kernels.kernel_dir()
+
+
+def test_kernel_source_names_the_known_families():
+    with pytest.raises(KeyError, match=r"unknown kernel family 'ssim4d'; known: ssim"):
+        _kernels.kernel_source("ssim4d")

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from cussim import _cli, _cluster  # noqa: E402
+from cussim import _cli, _cluster, _pairs  # noqa: E402
 
 PAIRS = 24
 
@@ -104,3 +105,24 @@ def test_unreachable_scheduler_is_a_usage_error(folders, capsys, monkeypatch):
     monkeypatch.setattr(_cluster, "CONNECT_TIMEOUT", "0.5s")
     assert _cli.main([str(folders[0]), str(folders[1]), "--scheduler", "tcp://127.0.0.1:1"]) == 2
     assert "--scheduler tcp://127.0.0.1:1: cannot reach it" in capsys.readouterr().err
+
+
+def test_workers_that_are_not_a_number_are_a_usage_error(folders, capsys):
+    assert _cli.main([str(folders[0]), str(folders[1]), "--workers", "two"]) == 2
+    assert "'two' is not a number of workers (1 or more)" in capsys.readouterr().err
+
+
+def test_missing_distributed_is_a_usage_error_naming_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(_pairs.UsageError, match=r"--scheduler and --workers need Dask's distributed: pip install"):
+        _cluster._distributed()
+
+
+def test_a_chunk_whose_task_died_gives_one_error_row_per_pair():
+    class DeadFuture:
+        def result(self):
+            raise RuntimeError("KilledWorker")
+
+    chunk = [("a.png", "a.png"), ("b.png", "b.png")]
+    assert _cluster._rows(DeadFuture(), chunk) == [
+        (pair, None, "not compared: the workers computing it died (RuntimeError)") for pair in chunk]

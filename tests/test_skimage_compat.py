@@ -214,3 +214,9 @@ def test_tiny_gaussians(backend, sigma):
     x = np.random.default_rng(0).random((20, 20))
     kwargs = dict(data_range=1, gaussian_weights=True, sigma=sigma, use_sample_covariance=False)
     assert abs(structural_similarity(x, x[::-1].copy(), **kwargs) - skimage_ssim(x, x[::-1].copy(), **kwargs)) < 1e-10
+
+
+def test_bool_images_take_data_range_1_as_skimage_does(backend):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 16)) > 0.5, rng.random((16, 16)) > 0.5
+    _compare(backend, structural_similarity(backend.asarray(x), backend.asarray(y)), skimage_ssim(x, y), np.float64)
