@@ -30,7 +30,6 @@ real machine's size (:data:`ATTRIBUTES` is one multiprocessor, a 64 KiB L2).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 import re

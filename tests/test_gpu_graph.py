@@ -2,7 +2,6 @@
 synchronises, and the replayed graph computes what the call computes (on a GPU, and on the CuPy stand-in)."""
 
 import numpy as np
-import pytest
 
 import cussim
 
