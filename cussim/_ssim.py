@@ -85,6 +85,16 @@ class _Layout:
         map_shape = self.params.map_shape(self.shape)
         return self.planes * self.launcher.tiles(map_shape, self.dtype) + 1, 3 * math.prod(map_shape)
 
+    @functools.cached_property
+    def weighted_sums(self):
+        """Where a masked mean's forward puts its sums, totals and plane scales (:class:`_launch.WeightedSums`)."""
+        return _launch.weighted_sums(self.shape, self.dtype, self.params)
+
+    @functools.cached_property
+    def masked_workspace_sizes(self) -> tuple:
+        """:attr:`workspace_sizes` for a masked mean: the block sums laid out as :attr:`weighted_sums`."""
+        return self.weighted_sums.size, self.workspace_sizes[1]
+
 
 @dataclass(frozen=True)
 class _Problem:
@@ -271,10 +281,12 @@ class Workspace:
 
 
 
-def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial_dims=2) -> Workspace:
+def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial_dims=2, mask=None) -> Workspace:
     """The workspace for gradients of images shaped like ``x`` (allocated once, reused every step).
 
     ``spatial_dims=3`` for volumes, as in the functions that take it.
+    ``mask``: the mask of the calls (or any of its shape; its values are not
+    read) for a workspace of masked calls, which keeps their weight sums too.
 
     Examples
     --------
@@ -282,10 +294,15 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     >>> x = np.zeros((2, 3, 64, 64), np.float32)
     >>> cussim.make_workspace(x).nbytes
     295112
+    >>> cussim.make_workspace(x, mask=np.ones((64, 64), bool)).nbytes
+    295400
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
                        spatial_dims=spatial_dims, check_values=False)
+    if mask is not None:
+        _masks.in_layout(_arrays.as_array(mask, "mask"), problem.x, problem.layout, check_values=False)
+        return _allocate_workspace(problem, problem.layout.masked_workspace_sizes)
     return _allocate_workspace(problem, problem.layout.workspace_sizes)
 
 
@@ -352,11 +369,22 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     return a + b * _reference.ssim(problem.x, problem.y, taps, **kwargs) + l1_value, None
 
 
-def _use_kernels(problem: _Problem) -> bool:
+def _use_kernels(problem: _Problem, masked_means=False) -> bool:
+    """Whether the kernels compute this problem (else the float64 reference). ``masked_means``: whether the
+    caller runs masked means on them (2-D SSIM's, mask_mode="mean"); other masked problems on the kernels
+    are a NotImplementedError that says what does take them."""
     kernels = problem.xp is not np or _arrays.numpy_backend() == "emulator"
     if kernels and problem.mask is not None:
-        raise NotImplementedError("masks are computed by the float64 NumPy path only so far, not by the kernels: "
-                                  "pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or 'reference')")
+        if problem.mask_mode != "mean":
+            raise NotImplementedError(
+                "mask_mode='normalized' is computed by the float64 NumPy path only so far, not by the kernels: "
+                "pass mask_mode='mean', or NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
+                "'reference')")
+        if not masked_means or problem.params.spatial != 2:
+            raise NotImplementedError(
+                "mask: the kernels take masks for 2-D SSIM and DSSIM means and the L1 + DSSIM loss only so far, "
+                "not for volumes or MS-SSIM: pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
+                "'reference')")
     return kernels
 
 
@@ -382,13 +410,15 @@ class _addressable:
             self.view[...] = self.target
 
 
-def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch):
+def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch,
+             masked_means=False):
     """The steps of every mean (SSIM's and MS-SSIM's): outputs checked, then the reference or the kernels.
 
     ``check_workspace(workspace)`` returns the caller's workspace checked;
     ``reference(want_gradient)`` gives (values, gradient in the kernels'
     layout or None) on NumPy inputs; ``launch(flat_out, grad_view,
     workspace)`` queues the kernels on x's device (workspace may be None).
+    ``masked_means``: whether ``launch`` takes the problem's mask (see :func:`_use_kernels`).
     """
     out = _value_buffer(problem, out)
     want_gradient = grad is not None
@@ -401,7 +431,7 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
         flat_out = values.reshape(-1)
         if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
             flat_out[...] = np.nan
-        elif not _use_kernels(problem):
+        elif not _use_kernels(problem, masked_means):
             value, gradient = reference(want_gradient)
             flat_out[...] = np.reshape(value, -1)
             if want_gradient:
@@ -417,6 +447,8 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
     summed gradient written or added into grad."""
 
     def launch(flat_out, grad_view, workspace):
+        if problem.mask is not None:
+            return _masked_mean_launch(problem, flat_out, grad_view, workspace, a, b, l1, accumulate)
         want_gradient = grad_view is not None
         counted = problem.layout.counted_per_value
         block_sums, grad_maps = _workspace_buffers(problem, workspace, problem.layout.workspace_sizes, want_gradient)
@@ -429,11 +461,40 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
             launcher.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
                               l1=l1 / counted)
 
+    sizes = problem.layout.workspace_sizes if problem.mask is None else problem.layout.masked_workspace_sizes
     return _compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
-        check_workspace=lambda ws: _check_workspace(ws, problem, problem.layout.workspace_sizes, "make_workspace",
-                                                    options),
-        reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
+        check_workspace=lambda ws: _check_workspace(ws, problem, sizes, "make_workspace", options),
+        reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch,
+        masked_means=True)
+
+
+def _masked_mean_launch(problem: _Problem, flat_out, grad_view, workspace, a, b, l1, accumulate):
+    """:func:`_mean`'s kernels for a mask (mask_mode="mean"; docs/spec.rst section 9): the forward sums m S
+    (m (b S + l1 |x - y|) with the L1 term) and m, its last block writes a + b * sum(m S) / sum(m), each
+    result's total weight and each plane's 1 / total; the backward scales each plane by that. Then the one
+    host synchronisation of a masked call: the totals, read back to refuse a result of weight 0 (or a bad
+    weight, which makes its total NaN) as the reference does."""
+    layout = problem.layout
+    want_gradient = grad_view is not None
+    mask = _kernel_mask(problem)
+    sums = layout.weighted_sums
+    block_sums, grad_maps = _workspace_buffers(problem, workspace, layout.masked_workspace_sizes, want_gradient)
+    launcher = layout.launcher
+    launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
+                     weight=b, sum_scale=b, l1=l1 * problem.params.data_range,
+                     finish=(flat_out, layout.counted_per_value, a, 1.0 if l1 else b), mask=mask)
+    if want_gradient:
+        launcher.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
+                          l1=l1, mask=mask, plane_weights=sums.plane_scales(block_sums))
+    _masks.check_kernel_totals(_arrays.to_host(sums.totals(block_sums, flat_out.size)), layout.value_shape)
+
+
+def _kernel_mask(problem: _Problem):
+    """The problem's mask as the kernels read it: the compute dtype (a float32 mask for float32 images is
+    read as it lies; another dtype is converted, one allocation of the mask's own size)."""
+    mask, dtype = problem.mask, problem.layout.compute_dtype
+    return mask if mask.dtype == dtype else mask.astype(dtype)
 
 
 def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool, counters=1):
@@ -652,7 +713,8 @@ def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kw
     grad = _gradient_buffer(problem, grad, accumulate)
 
     def options():  # make_workspace's arguments for these images, formatted only for a workspace's error
-        return ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
+        given = ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
+        return given if problem.mask is None else given + ", mask=mask"
 
     value = _mean(problem, out, a, b, l1=l1, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad

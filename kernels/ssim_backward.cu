@@ -10,8 +10,10 @@
 //                        (cussim::GRAD_ADD); GRAD_WRITE_L1 and GRAD_ADD_L1 add
 //                        the fused L1 term's l1 sign(x - y); GRAD_MSSSIM adds
 //                        MS-SSIM's terms (per-plane weights, the adjoint of the
-//                        next scale's 2x2 mean, section 6). Each tail's code is
-//                        compiled only into its own specialisation (GradientTail).
+//                        next scale's 2x2 mean, section 6); GRAD_MASK with the
+//                        first four, a masked mean's gradient (section 9). Each
+//                        tail's code is compiled only into its own
+//                        specialisation (GradientTail).
 //
 // Launch shape: block (16, 16) and grid (tiles_h * tiles_w, rows <= min(planes,
 // 65535): cussim._launch.plane_rows), tiles of 16 columns by Tile::kHeight rows
@@ -50,7 +52,28 @@ template <class T, bool MsSsim = false> struct BackwardMinBlocks {
 // l1 sign(x - y) or without (bit 2); or, GRAD_MSSSIM, with MS-SSIM's terms
 // (per-plane weights, the adjoint of the next scale's 2x2 mean), written or
 // added as the `accumulate` argument says (the others ignore it and those terms).
-enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3, GRAD_MSSSIM = 4 };
+// GRAD_MASK (bit 4, with the first four): a masked mean's gradient (docs/spec.rst section 9,
+// mask_mode="mean"): the partial maps come weighted by b m (FORWARD_MASK), each plane's gradient is scaled
+// by 1 / its result's total weight (the plane_weights argument: WeightedSums' plane scales), and the L1
+// term is weighted by the mask, m l1 sign(x - y).
+enum GradientTail {
+    GRAD_WRITE = 0,
+    GRAD_ADD = 1,
+    GRAD_WRITE_L1 = 2,
+    GRAD_ADD_L1 = 3,
+    GRAD_MSSSIM = 4,
+    GRAD_MASK = 8,
+    GRAD_WRITE_MASK = 8,
+    GRAD_ADD_MASK = 9,
+    GRAD_WRITE_L1_MASK = 10,
+    GRAD_ADD_L1_MASK = 11
+};
+
+// A mask's plane addressing (element strides; stride 0 broadcasts), for GRAD_MASK's L1 term.
+template <class C> struct MaskPlanes {
+    const C* mask;
+    long long outer, inner, row, col;
+};
 
 // The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
 // BackwardTile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
@@ -62,10 +85,12 @@ __device__ inline void backward_planes(
     long long g_outer, long long g_inner, long long g_row, long long g_col, long long planes, long long inner_count,
     int height, int width, int padding, const typename ComputeType<T>::type* __restrict__ taps,
     typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
-    typename ComputeType<T>::type l1, int accumulate) {
+    typename ComputeType<T>::type l1, int accumulate, MaskPlanes<typename ComputeType<T>::type> mask_planes) {
     using C = typename ComputeType<T>::type;
     using Shape = BackwardTile<C, R>;
     constexpr bool MsSsim = Tail == GRAD_MSSSIM;
+    constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
+    constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;  // the only one that reads the mask
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
     constexpr int kWarps = kTile * kTile / 32;
@@ -196,6 +221,9 @@ __device__ inline void backward_planes(
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
         typename GradientType<T>::type* gq = grad + plane.outer * g_outer + plane.inner * g_inner +
                                              (long long)(g.row + first_row) * g_row + col * g_col;
+        const C* kq = kMaskedL1 ? mask_planes.mask + plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
+                                      (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
+                                : nullptr;
         vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
@@ -207,13 +235,15 @@ __device__ inline void backward_planes(
                     if (pyramid.coarse)
                         value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
                 }
-                if (Tail & GRAD_WRITE_L1) value += l1_gradient(xv, yv, l1);
+                if (Tail & GRAD_WRITE_L1) value += kMaskedL1 ? *kq * l1_gradient(xv, yv, l1) : l1_gradient(xv, yv, l1);
+                if (kMasked) value *= (C)pyramid.plane_weights[p];  // 1 / the result's total weight
                 if ((Tail & GRAD_ADD) || (MsSsim && accumulate)) value += (C)element_value(*gq);
                 store(gq, value);
             }
             xq += x_row;  // a pointer step per row
             yq += y_row;
             gq += g_row;
+            if (kMaskedL1) kq += mask_planes.row;
         });
         __syncthreads();  // the next plane overwrites the tiles and the moves
         plane.advance(inner_count);
@@ -231,9 +261,11 @@ __global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, Tail == cuss
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type l1, const double* __restrict__ plane_weights,
-    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant, int accumulate) {
+    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant, int accumulate,
+    const typename cussim::ComputeType<T>::type* __restrict__ mask, long long k_outer, long long k_inner,
+    long long k_row, long long k_col) {
     cussim::backward_planes<T, R, Tail>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
                                         grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
                                         width, padding, taps, inv_range, {plane_weights, coarse, variant}, l1,
-                                        accumulate);
+                                        accumulate, {mask, k_outer, k_inner, k_row, k_col});
 }

@@ -48,7 +48,11 @@ enum ForwardOption {
     FORWARD_CS = 4,
     FORWARD_MAP = 8,
     FORWARD_L1 = 16,
-    FORWARD_COMBINE = 32  // MS-SSIM's last scale: the combine of every scale folded in (combine_if_last)
+    FORWARD_COMBINE = 32,  // MS-SSIM's last scale: the combine of every scale folded in (combine_if_last)
+    // A mask's weights m (docs/spec.rst section 9, mask_mode="mean"): the block sums hold sum(m S) and sum(m),
+    // the partial maps m * weight * P, and the finish divides by each result's total weight (finish_weighted).
+    // Only this bit's specialisations read the mask: the others compile as without it.
+    FORWARD_MASK = 64
 };
 __device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
 __device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
@@ -112,7 +116,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
     double l1, typename cussim::ComputeType<T>::type* __restrict__ out, long long out_stride, long long outputs,
     double count, double a, double b, const double* __restrict__ scale_table, int scales, long long group,
-    double share, double guard, double* __restrict__ image_values, double* __restrict__ plane_weights) {
+    double share, double guard, double* __restrict__ image_values, double* __restrict__ plane_weights,
+    const typename cussim::ComputeType<T>::type* __restrict__ mask, long long k_outer, long long k_inner,
+    long long k_row, long long k_col) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     using Shape = Tile<C, R>;
@@ -123,14 +129,15 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ C tile[2][kHaloRows][Shape::kPitch];  // x', y': x and y scaled and shifted, around the tile
     __shared__ typename ForwardRows<C, R>::type rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
     __shared__ C weights[2 * R + 1];
-    __shared__ double scratch[kWarps];
+    constexpr bool kMasked = (Options & FORWARD_MASK) != 0;
+    __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has its own 8
     // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
     // not in registers through the passes (which spilled under the register cap: ptxas kept each
     // thread's tile-load offsets across the planes). Thread 0 writes them; the barriers before and after
     // the tile load and in the block sum order it.
     __shared__ struct {
         PlaneIndex plane;
-        long long map_offset, x_row, x_col, y_row, y_col;
+        long long map_offset, mask_offset, x_row, x_col, y_row, y_col;
         C shift[2];
     } held;
 
@@ -169,6 +176,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             held.shift[1] = tile_shift(y + outer * y_outer + inner * y_inner, shift_row * y_row + shift_col * y_col,
                                        inv_range);
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
+            // the mask's plane, at the map's origin (map pixel (i, j) weighs mask pixel (i + offset, j + offset))
+            if (kMasked) held.mask_offset = outer * k_outer + inner * k_inner + g.offset * (k_row + k_col);
         }
         __syncthreads();
         const long long outer = held.plane.outer, inner = held.plane.inner;
@@ -224,6 +233,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
 #pragma unroll
             for (int q = 0; q < 5; ++q) moments[q][i][tid] = m[i][q];
         double counted_sum = 0.0;  // this thread's pixels that the mean counts, in row order
+        double weight_sum = 0.0;   // masked: their weights, in the same order
 #pragma unroll 1
         for (int i = 0; i < rows_here; ++i) {
             const int row = g.row + first_row + i;
@@ -239,9 +249,17 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 const C dx = (tile[0][r][c] + sx) - (tile[1][r][c] + sy);
                 counted_value = with_l1(counted_value, dx, sum_scale, l1);
             }
+            // masked: this pixel's weight m (0 where the mean does not count it) scales its share of the sums
+            const C m = kMasked && counted ? mask[held.mask_offset + row * k_row + col * k_col] : C(1);
+            if (kMasked) {
+                counted_value *= (double)m;
+                // a negative, NaN or infinite weight makes its result's total NaN: the host refuses it
+                const bool good = is_finite(m) && m >= C(0);
+                weight_sum += counted ? (good ? (double)m : (double)__uint_as_float(0x7fc00000u)) : 0.0;
+            }
             counted_sum += counted_value;
             if (formula != GRADIENT_NONE) {
-                const C w = partial_weight(counted, formula, weight);
+                const C w = kMasked ? m * partial_weight(counted, formula, weight) : partial_weight(counted, formula, weight);
                 const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
                 for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
             }
@@ -249,6 +267,10 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         if (block_sums) {
             const double total = block_sum(counted_sum, scratch, tid);
             if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
+            if (kMasked) {  // the weights' sums follow the values' (WeightedSums)
+                const double weights = block_sum(weight_sum, scratch + kWarps, tid);
+                if (tid == 0) block_sums[(planes + p) * gridDim.x + blockIdx.x] = weights;
+            }
         } else {
             __syncthreads();  // the next plane overwrites the tiles
         }
@@ -261,6 +283,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         if constexpr ((Options & FORWARD_COMBINE) != 0)
             combine_if_last(block_sums, scale_table, scales, planes, group, share, guard, image_values,
                             plane_weights, out, out_stride, outputs, count, a, b, last_scratch, tid);
+        else if constexpr (kMasked)
+            weighted_finish_if_last(WeightedSums{block_sums, planes * gridDim.x, outputs, planes}, a, b, out,
+                                    out_stride, last_scratch, tid);
         else
             finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride, last_scratch, tid);
     }
