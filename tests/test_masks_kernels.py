@@ -200,3 +200,34 @@ def test_masks_of_a_bad_shape_or_dtype_are_refused_before_any_launch(on_kernels)
         cussim.ssim(gx, gy, mask=on_kernels.asarray(np.ones((24, 25))))
     with pytest.raises(TypeError, match="mask must hold real weights"):
         cussim.ssim(gx, gy, mask=on_kernels.asarray(np.ones((24, 26), np.complex64)))
+
+
+def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cupy, monkeypatch):
+    """On the strict CuPy stand-in (bench/cupy_standin.py): with out, grad and a masked workspace, and a float32
+    mask, a warm masked call allocates nothing and synchronises once, to read its results' total weights."""
+    from bench.cupy_standin import record
+    from cussim import _arrays
+    from executors import device_allocations_refused
+
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    cupy = standin_cupy
+    x, y = _images((2, 16, 18), np.float32)
+    mask = _mask((2, 16, 18))
+    gx, gy, gm = (cupy.asarray(a, blocking=True) for a in (x, y, mask))
+    out, grad = cupy.empty((), np.float32), cupy.empty(x.shape, np.float32)
+    workspace = cussim.make_workspace(gx, win_size=5, mask=gm)
+
+    def call():
+        return cussim.dssim_with_gradient(gx, gy, mask=gm, win_size=5, out=out, grad=grad, workspace=workspace)
+
+    call()  # warm: kernels compiled, constants and plans made
+    before = _arrays.allocations
+    with device_allocations_refused():
+        record.clear()
+        call()
+        assert not record.allocations
+        assert [e.name for e in record.syncs] == ["ndarray.get"]
+    assert _arrays.allocations == before
+    want_value, want_grad = _on_reference(cussim.dssim_with_gradient, x, y, mask, monkeypatch, win_size=5)
+    np.testing.assert_allclose(out.get(), want_value, rtol=0, atol=1e-5)
+    assert np.linalg.norm(grad.get() - want_grad) <= 1e-4 * np.linalg.norm(want_grad)
