@@ -94,11 +94,13 @@ def parse(text: str, lowered: dict) -> dict:
 
 def kernel_names(dtype: str, radius: int) -> dict:
     """{family: name expressions} of the counted kernels: the 2-D forward of a value and of a value with the
-    exact gradient, the backward; the 3-D forward and backward."""
+    exact gradient, the backward, then the same three with a mask (mask_mode="mean": FORWARD_MASK, the
+    backward's GRAD_WRITE_MASK); the 3-D forward and backward."""
     names = {family: [f"{family}_{kernel}<{dtype}, {radius}>" for kernel in ("forward", "backward")]
              for family in ("ssim", "ssim3d")}
-    names["ssim"][:1] = [_kernels.forward_name(dtype, radius, formula, "ssim", False, False)
-                         for formula in (None, "exact")]
+    names["ssim"] = [*(_kernels.forward_name(dtype, radius, formula, "ssim", False, False, with_mask=masked)
+                       for masked in (False, True) for formula in (None, "exact")),
+                     _kernels.backward_name(dtype, radius), _kernels.backward_name(dtype, radius, _kernels.MASK_TAIL)]
     return names
 
 

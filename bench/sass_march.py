@@ -163,13 +163,13 @@ def _stored(opcode: str, element_bytes: int) -> int:
 
 
 def _classify(opcodes, stores_per_iteration):
-    """The source loop a SASS loop is, from what it does: loads from global memory (the tile load), filters
-    shared rows into shared rows (the horizontal pass), or neither stores to shared memory (the 2-D
-    forward's pixels, one per iteration)."""
-    if any(op.startswith("LDG") for op in opcodes):
-        return "tile load", stores_per_iteration["tile load"]
+    """The source loop a SASS loop is, from what it does: stores nothing to shared memory (the 2-D forward's
+    pixels, one per iteration; a masked one loads its weights from global memory), loads from global memory
+    into shared (the tile load), or filters shared rows into shared rows (the horizontal pass)."""
     if not any(op.startswith("STS") for op in opcodes) and "pixels" in stores_per_iteration:
         return "pixels", stores_per_iteration["pixels"]
+    if any(op.startswith("LDG") for op in opcodes):
+        return "tile load", stores_per_iteration["tile load"]
     return "horizontal pass", stores_per_iteration["horizontal pass"]
 
 

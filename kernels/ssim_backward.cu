@@ -221,6 +221,10 @@ __device__ inline void backward_planes(
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
         typename GradientType<T>::type* gq = grad + plane.outer * g_outer + plane.inner * g_inner +
                                              (long long)(g.row + first_row) * g_row + col * g_col;
+        // masked: the plane's 1 / total weight folded into the per-plane constants (no per-pixel product)
+        const C plane_scale = kMasked ? (C)pyramid.plane_weights[p] : C(1);
+        const C scaled_range = kMasked ? inv_range * plane_scale : inv_range;
+        const C scaled_l1 = kMasked ? l1 * plane_scale : l1;
         const C* kq = kMaskedL1 ? mask_planes.mask + plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
                                       (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
                                 : nullptr;
@@ -229,14 +233,13 @@ __device__ inline void backward_planes(
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
                 const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
                 const C twice_x = xv * twice_inv_range - own_x, twice_d = (xv - yv) * twice_inv_range - own_d;
-                C value = moved_partial(b, twice_x, twice_d) * inv_range;  // P0 + 2 x' P1 + 2 d' P2
+                C value = moved_partial(b, twice_x, twice_d) * scaled_range;  // P0 + 2 x' P1 + 2 d' P2
                 if (MsSsim) {
                     value *= (C)pyramid.plane_weights[p];
                     if (pyramid.coarse)
                         value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
                 }
-                if (Tail & GRAD_WRITE_L1) value += kMaskedL1 ? *kq * l1_gradient(xv, yv, l1) : l1_gradient(xv, yv, l1);
-                if (kMasked) value *= (C)pyramid.plane_weights[p];  // 1 / the result's total weight
+                if (Tail & GRAD_WRITE_L1) value += kMaskedL1 ? *kq * l1_gradient(xv, yv, scaled_l1) : l1_gradient(xv, yv, l1);
                 if ((Tail & GRAD_ADD) || (MsSsim && accumulate)) value += (C)element_value(*gq);
                 store(gq, value);
             }

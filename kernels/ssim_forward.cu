@@ -233,7 +233,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
 #pragma unroll
             for (int q = 0; q < 5; ++q) moments[q][i][tid] = m[i][q];
         double counted_sum = 0.0;  // this thread's pixels that the mean counts, in row order
-        double weight_sum = 0.0;   // masked: their weights, in the same order
+        // Masked: their weights' sum in the same order, whether one was negative (a NaN or an infinite weight
+        // makes the sum NaN or infinite by itself: the host refuses every such total), and this thread's
+        // first weight, then one row further per pixel (a pointer step, not a 64-bit product per pixel).
+        double weight_sum = 0.0;
+        bool negative = false;
+        const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
+                              : nullptr;
 #pragma unroll 1
         for (int i = 0; i < rows_here; ++i) {
             const int row = g.row + first_row + i;
@@ -243,27 +249,31 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
             if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
             const bool counted = col_counted && row >= crop && row < g.map_h - crop;
-            double counted_value = counted ? (double)px.s : 0.0;
+            // masked: this pixel's weight m, 0 where the mean does not count it, scales its share of the sums
+            C m = C(0);
+            if (kMasked) {
+                m = counted ? *kq : C(0);
+                negative |= m < C(0);
+                weight_sum += (double)m;
+                kq += k_row;
+            }
+            // m S in C (m = 1: bitwise S); the L1 term's value is weighted after it is added (in double)
+            constexpr bool kWeightInC = kMasked && !(Options & FORWARD_L1);
+            double counted_value = counted ? (double)(kWeightInC ? px.s * m : px.s) : 0.0;
             if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + first_row + i, c = R + (lane & 15);
                 const C dx = (tile[0][r][c] + sx) - (tile[1][r][c] + sy);
                 counted_value = with_l1(counted_value, dx, sum_scale, l1);
-            }
-            // masked: this pixel's weight m (0 where the mean does not count it) scales its share of the sums
-            const C m = kMasked && counted ? mask[held.mask_offset + row * k_row + col * k_col] : C(1);
-            if (kMasked) {
-                counted_value *= (double)m;
-                // a negative, NaN or infinite weight makes its result's total NaN: the host refuses it
-                const bool good = is_finite(m) && m >= C(0);
-                weight_sum += counted ? (good ? (double)m : (double)__uint_as_float(0x7fc00000u)) : 0.0;
+                if (kMasked) counted_value *= (double)m;
             }
             counted_sum += counted_value;
             if (formula != GRADIENT_NONE) {
-                const C w = kMasked ? m * partial_weight(counted, formula, weight) : partial_weight(counted, formula, weight);
+                const C w = kMasked ? m * weight : partial_weight(counted, formula, weight);  // m: 0 where not counted
                 const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
                 for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
             }
         }
+        if (kMasked && negative) weight_sum = (double)__uint_as_float(0x7fc00000u);  // NaN: a negative weight
         if (block_sums) {
             const double total = block_sum(counted_sum, scratch, tid);
             if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;

@@ -146,7 +146,7 @@ def test_a_result_of_zero_weight_names_its_index(on_kernels):
 
 def test_the_kernels_refuse_bad_weights_that_they_read(on_kernels):
     """Weights reach the kernels unchecked from a GPU array: a negative, NaN or infinite one makes its result's
-    total NaN, which the host refuses naming the result (NumPy masks are checked on the host first)."""
+    total NaN (infinite for an infinite one), which the host refuses naming the result (NumPy masks are checked on the host first)."""
     from cussim import _launch, _masks
     from cussim._params import ssim_params
 
@@ -159,7 +159,7 @@ def test_the_kernels_refuse_bad_weights_that_they_read(on_kernels):
         block_sums, out = _launch.block_sums(np, sums.size), np.empty(3, np.float32)
         _launch.forward(x, y, params, block_sums=block_sums, finish=(out, 1, 0.0, 1.0), mask=mask)
         totals = sums.totals(block_sums, 3)
-        assert np.isnan(totals[1]) and (totals[[0, 2]] == 24 * 26).all()
+        assert not np.isfinite(totals[1]) and (totals[[0, 2]] == 24 * 26).all()
         with pytest.raises(ValueError, match=r"negative, NaN or infinite weights \(the result at index \(1,\)\)"):
             _masks.check_kernel_totals(totals, (3,))
 
