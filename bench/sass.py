@@ -94,13 +94,15 @@ def parse(text: str, lowered: dict) -> dict:
 
 def kernel_names(dtype: str, radius: int) -> dict:
     """{family: name expressions} of the counted kernels: the 2-D forward of a value and of a value with the
-    exact gradient, the backward, then the same three with a mask (mask_mode="mean": FORWARD_MASK, the
-    backward's GRAD_WRITE_MASK); the 3-D forward and backward."""
+    exact gradient, the same two with a mask (mask_mode="mean": FORWARD_MASK; "normalized": and
+    FORWARD_NORMALIZED), the backward and its masked tails (GRAD_WRITE_MASK, GRAD_WRITE_NORMALIZED); the 3-D
+    forward and backward."""
     names = {family: [f"{family}_{kernel}<{dtype}, {radius}>" for kernel in ("forward", "backward")]
              for family in ("ssim", "ssim3d")}
-    names["ssim"] = [*(_kernels.forward_name(dtype, radius, formula, "ssim", False, False, with_mask=masked)
-                       for masked in (False, True) for formula in (None, "exact")),
-                     _kernels.backward_name(dtype, radius), _kernels.backward_name(dtype, radius, _kernels.MASK_TAIL)]
+    names["ssim"] = [*(_kernels.forward_name(dtype, radius, formula, "ssim", False, False, mask_mode=mode)
+                       for mode in (None, "mean", "normalized") for formula in (None, "exact")),
+                     *(_kernels.backward_name(dtype, radius, tail)
+                       for tail in (0, _kernels.MASK_TAIL, _kernels.MASK_TAIL + _kernels.NORMALIZED_TAIL))]
     return names
 
 

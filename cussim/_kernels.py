@@ -50,7 +50,7 @@ PYRAMID_LEVELS = (1, 2, 3, 4)  # 2x2 means per msssim_pyramid launch (5 scales: 
 
 # The option sets of ssim_forward (kernels/ssim_forward.cu, ForwardOption) that the library launches, as
 # (gradient formula or None, term, whether it writes the map, whether it adds the fused L1 term, whether it
-# combines MS-SSIM's scales, and optionally whether a mask weights the mean): values (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map,
+# combines MS-SSIM's scales, and optionally the mask mode, "mean" or "normalized"): values (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map,
 # skimage's full=True), the exact gradient, MS-SSIM's contrast-structure scales, scikit-image's gradient, the
 # L1 + DSSIM loss, MS-SSIM's last scale with the combine, for a value and for the gradient, and the masked means.
 FORWARD_OPTIONS = ((None, "ssim", False, False, False), (None, "ssim", True, False, False),
@@ -59,13 +59,15 @@ FORWARD_OPTIONS = ((None, "ssim", False, False, False), (None, "ssim", True, Fal
                    ("skimage", "ssim", True, False, False), (None, "ssim", False, True, False),
                    ("exact", "ssim", False, True, False), (None, "ssim", False, False, True),
                    ("exact", "ssim", False, False, True),
-                   # masked means (FORWARD_MASK): SSIM's and the L1 + DSSIM loss's, value and gradient
-                   (None, "ssim", False, False, False, True), ("exact", "ssim", False, False, False, True),
-                   (None, "ssim", False, True, False, True), ("exact", "ssim", False, True, False, True))
+                   # masked means (FORWARD_MASK, and FORWARD_NORMALIZED): SSIM's and the L1 + DSSIM loss's,
+                   # value and gradient; the normalised map
+                   *((formula, "ssim", False, l1, False, mode) for mode in ("mean", "normalized")
+                     for l1 in (False, True) for formula in (None, "exact")),
+                   (None, "ssim", True, False, False, "normalized"))
 COMMON_FORWARD_OPTIONS = FORWARD_OPTIONS[0], FORWARD_OPTIONS[2]
 
 
-def forward_options(formula, term, with_map, with_l1, with_combine=False, with_mask=False) -> str:
+def forward_options(formula, term, with_map, with_l1, with_combine=False, mask_mode=None) -> str:
     """ssim_forward's third template argument in C++, e.g. ``cussim::FORWARD_CS | cussim::FORWARD_EXACT``.
 
     Examples
@@ -76,19 +78,22 @@ def forward_options(formula, term, with_map, with_l1, with_combine=False, with_m
     'cussim::FORWARD_SKIMAGE | cussim::FORWARD_MAP'
     >>> forward_options("exact", "ssim", False, False, True)
     'cussim::FORWARD_EXACT | cussim::FORWARD_COMBINE'
-    >>> forward_options(None, "ssim", False, True, with_mask=True)
+    >>> forward_options(None, "ssim", False, True, mask_mode="mean")
     'cussim::FORWARD_L1 | cussim::FORWARD_MASK'
+    >>> forward_options(None, "ssim", True, False, mask_mode="normalized")
+    'cussim::FORWARD_MAP | cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED'
     """
     flags = [name for name, on in (("CS", term == "cs"), (str(formula).upper(), formula is not None),
                                    ("MAP", with_map), ("L1", with_l1), ("COMBINE", with_combine),
-                                   ("MASK", with_mask)) if on]
+                                   ("MASK", mask_mode is not None), ("NORMALIZED", mask_mode == "normalized"))
+             if on]
     return " | ".join(f"cussim::FORWARD_{flag}" for flag in flags) or "cussim::FORWARD_VALUE"
 
 
 def forward_name(element: str, radius: int, formula, term, with_map, with_l1, with_combine=False,
-                 with_mask=False) -> str:
+                 mask_mode=None) -> str:
     """The name expression of ssim_forward for C++ element type ``element`` and these options."""
-    options = forward_options(formula, term, with_map, with_l1, with_combine, with_mask)
+    options = forward_options(formula, term, with_map, with_l1, with_combine, mask_mode)
     return f"ssim_forward<{element}, {radius}, {options}>"
 
 
@@ -109,14 +114,15 @@ def without_options(name: str) -> str:
 BACKWARD_TAILS = ("GRAD_WRITE", "GRAD_ADD", "GRAD_WRITE_L1", "GRAD_ADD_L1", "GRAD_MSSSIM")
 MSSSIM_TAIL = BACKWARD_TAILS.index("GRAD_MSSSIM")
 # GRAD_MASK: added to the first four tails, a masked mean's gradient (per-plane 1 / total weight, the L1 term
-# weighted by the mask)
+# weighted by the mask); GRAD_NORMALIZED too for normalised convolution's (times m_p)
 MASK_TAIL = 8
-MASKED_TAILS = tuple(MASK_TAIL + tail for tail in range(MSSSIM_TAIL))
+NORMALIZED_TAIL = 16
+MASKED_TAILS = tuple(flags + tail for flags in (MASK_TAIL, MASK_TAIL + NORMALIZED_TAIL) for tail in range(MSSSIM_TAIL))
 
 
 def backward_name(element: str, radius: int, tail: int = 0) -> str:
     """The name expression of ssim_backward for an element type, a radius and a tail (an index of BACKWARD_TAILS,
-    plus MASK_TAIL for a masked mean's).
+    plus MASK_TAIL for a masked mean's, and NORMALIZED_TAIL for normalised convolution's).
 
     >>> backward_name("float", 5), backward_name("float", 5, 3), backward_name("float", 5, MASK_TAIL + 2)
     ('ssim_backward<float, 5>', 'ssim_backward<float, 5, cussim::GRAD_ADD_L1>', \
@@ -124,7 +130,8 @@ def backward_name(element: str, radius: int, tail: int = 0) -> str:
     """
     if not tail:
         return f"ssim_backward<{element}, {radius}>"
-    name = BACKWARD_TAILS[tail & ~MASK_TAIL] + ("_MASK" if tail & MASK_TAIL else "")
+    flags = "_NORMALIZED" if tail & NORMALIZED_TAIL else "_MASK" if tail & MASK_TAIL else ""
+    name = BACKWARD_TAILS[tail & ~(MASK_TAIL | NORMALIZED_TAIL)] + flags
     return f"ssim_backward<{element}, {radius}, cussim::{name}>"
 
 

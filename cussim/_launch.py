@@ -314,7 +314,7 @@ def combine_args(combine, null):
 
 
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
-            term="ssim", sum_scale=1.0, l1=0.0, finish=None, combine=None, mask=None):
+            term="ssim", sum_scale=1.0, l1=0.0, finish=None, combine=None, mask=None, mask_mode="mean"):
     """Launches ssim_forward: SSIM (or MS-SSIM's ``term="cs"``) of x against y (y broadcasts to x).
 
     map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
@@ -340,7 +340,9 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     weights of a masked mean (docs/spec.rst section 9, ``mask_mode="mean"``):
     block_sums is laid out as :func:`weighted_sums` says, each pixel's share
     of the sums and of the partial maps is m times what it would be, and
-    the finish writes a + b * sum(m S) / sum(m).
+    the finish writes a + b * sum(m S) / sum(m). ``mask_mode="normalized"``:
+    normalised convolution's map (0 where m is 0) and partial maps (divided by
+    W = F(m)); block_sums may then be None (a map alone).
     """
     image_values = plane_weights = None
     if combine is not None:
@@ -349,9 +351,9 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     pointers = (x, y, map_out, block_sums, grad_maps, out, image_values, plane_weights, mask)
     key = ("forward", _signature(x), _signature(y), _signature(map_out), block_sums is None, grad_maps is None,
            params, weight, formula, term, sum_scale, l1, _signature(out), finish and finish[1:],
-           combine and combine.options, _signature(mask))
+           combine and combine.options, _signature(mask), mask_mode)
     _launch_planned(key, lambda: _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish,
-                                                 combine), pointers)
+                                                 combine, mask_mode), pointers)
 
 
 class WeightedSums(NamedTuple):
@@ -420,7 +422,7 @@ def _with_mask(xp, x_in, y_in, mask, outputs):
     return counts, layouts, arrays[:2], arrays[2]
 
 
-def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish, combine):
+def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish, combine, mask_mode):
     x_in, y_in, map_out, block_sums, grad_maps = pointers[:5]
     mask_in = pointers[8]
     xp = _arrays.array_module(x_in)
@@ -432,7 +434,7 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, fini
     height, width = x.shape[-2:]
     name = _kernels.forward_name(ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
                                  None if grad_maps is None else formula, term, map_out is not None, l1 != 0,
-                                 combine is not None, mask is not None)
+                                 combine is not None, None if mask is None else mask_mode)
     kernel = _kernels.get_kernel("ssim", name, x)
     c = ctype.type
     null = _null(xp)
@@ -462,14 +464,15 @@ def _planned_launch(kernel, grid, block, args, laid_out, pointers, positions=Non
 
 
 def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
-             l1=0.0, mask=None):
+             l1=0.0, mask=None, mask_mode="mean"):
     """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps.
 
     ``l1``: adds ``l1 * sign(x - y)``, the gradient of the fused L1 term.
 
     ``mask`` (compute dtype, broadcasting to x): a masked mean's gradient, after a masked :func:`forward`:
     ``plane_weights`` is then that forward's :meth:`WeightedSums.plane_scales` (each plane's gradient times
-    1 / its total weight), and the L1 term is ``l1 * m * sign(x - y)``.
+    1 / its total weight), and the L1 term is ``l1 * m * sign(x - y)``; ``mask_mode="normalized"``: the
+    gradient of normalised convolution, all of it times m (0 where m is 0).
 
     MS-SSIM's extras: ``plane_weights`` (float64, one per plane) scale each
     plane's gradient; ``coarse`` (compute dtype, contiguous planes of the next
@@ -477,11 +480,11 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
     """
     pointers = (x, y, grad_maps, grad, plane_weights, coarse, mask)
     key = ("backward", _signature(x), _signature(y), _signature(grad), plane_weights is None, coarse is None, params,
-           accumulate, variant, l1, _signature(mask))
-    _launch_planned(key, lambda: _backward_launch(pointers, params, accumulate, variant, l1), pointers)
+           accumulate, variant, l1, _signature(mask), mask_mode)
+    _launch_planned(key, lambda: _backward_launch(pointers, params, accumulate, variant, l1, mask_mode), pointers)
 
 
-def _backward_launch(pointers, params, accumulate, variant, l1):
+def _backward_launch(pointers, params, accumulate, variant, l1, mask_mode):
     x_in, y_in, grad_maps, grad, plane_weights, coarse, mask_in = pointers
     xp = _arrays.array_module(x_in)
     ctype = compute_dtype(x_in.dtype)
@@ -492,6 +495,7 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
         if plane_weights is None:
             raise ValueError("mask: a masked backward needs plane_weights, the masked forward's plane scales")
         tail = _kernels.MASK_TAIL + int(bool(accumulate)) + 2 * int(l1 != 0)
+        tail += _kernels.NORMALIZED_TAIL if mask_mode == "normalized" else 0
     elif plane_weights is None:  # adding into grad and the L1 term are a template argument (a tail)
         tail = int(bool(accumulate)) + 2 * int(l1 != 0)
     elif l1:

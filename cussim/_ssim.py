@@ -371,15 +371,10 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
 
 def _use_kernels(problem: _Problem, masked_means=False) -> bool:
     """Whether the kernels compute this problem (else the float64 reference). ``masked_means``: whether the
-    caller runs masked means on them (2-D SSIM's, mask_mode="mean"); other masked problems on the kernels
-    are a NotImplementedError that says what does take them."""
+    caller runs masked problems on them (2-D SSIM's means and normalised maps); other masked problems on the
+    kernels are a NotImplementedError that says what does take them."""
     kernels = problem.xp is not np or _arrays.numpy_backend() == "emulator"
     if kernels and problem.mask is not None:
-        if problem.mask_mode != "mean":
-            raise NotImplementedError(
-                "mask_mode='normalized' is computed by the float64 NumPy path only so far, not by the kernels: "
-                "pass mask_mode='mean', or NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
-                "'reference')")
         if not masked_means or problem.params.spatial != 2:
             raise NotImplementedError(
                 "mask: the kernels take masks for 2-D SSIM and DSSIM means and the L1 + DSSIM loss only so far, "
@@ -470,7 +465,8 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
 
 
 def _masked_mean_launch(problem: _Problem, flat_out, grad_view, workspace, a, b, l1, accumulate):
-    """:func:`_mean`'s kernels for a mask (mask_mode="mean"; docs/spec.rst section 9): the forward sums m S
+    """:func:`_mean`'s kernels for a mask (docs/spec.rst section 9; the normalised map and partial maps for
+    mask_mode="normalized"): the forward sums m S
     (m (b S + l1 |x - y|) with the L1 term) and m, its last block writes a + b * sum(m S) / sum(m), each
     result's total weight and each plane's 1 / total; the backward scales each plane by that. Then the one
     host synchronisation of a masked call: the totals, read back to refuse a result of weight 0 (or a bad
@@ -483,10 +479,11 @@ def _masked_mean_launch(problem: _Problem, flat_out, grad_view, workspace, a, b,
     launcher = layout.launcher
     launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
                      weight=b, sum_scale=b, l1=l1 * problem.params.data_range,
-                     finish=(flat_out, layout.counted_per_value, a, 1.0 if l1 else b), mask=mask)
+                     finish=(flat_out, layout.counted_per_value, a, 1.0 if l1 else b), mask=mask,
+                     mask_mode=problem.mask_mode)
     if want_gradient:
         launcher.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
-                          l1=l1, mask=mask, plane_weights=sums.plane_scales(block_sums))
+                          l1=l1, mask=mask, mask_mode=problem.mask_mode, plane_weights=sums.plane_scales(block_sums))
     _masks.check_kernel_totals(_arrays.to_host(sums.totals(block_sums, flat_out.size)), layout.value_shape)
 
 
@@ -657,7 +654,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         problem.check_apart({"out": result})
     if problem.layout.planes == 0:
         return result
-    if not _use_kernels(problem):
+    if not _use_kernels(problem, masked_means=True):
         p = problem.params
         S = _reference.ssim_map(problem.x, problem.y, np.asarray(p.taps), K1=p.K1, K2=p.K2, padding=p.padding,
                                 data_range=p.data_range, cov=p.cov, limit=problem.limit, spatial=p.spatial,
@@ -665,7 +662,9 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         problem.permuted(result)[...] = S
         return result
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
-        problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
+        mask = None if problem.mask is None else _kernel_mask(problem)
+        problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target, mask=mask,
+                                        mask_mode=problem.mask_mode)
     return result
 
 

@@ -55,7 +55,9 @@ template <class T, bool MsSsim = false> struct BackwardMinBlocks {
 // GRAD_MASK (bit 4, with the first four): a masked mean's gradient (docs/spec.rst section 9,
 // mask_mode="mean"): the partial maps come weighted by b m (FORWARD_MASK), each plane's gradient is scaled
 // by 1 / its result's total weight (the plane_weights argument: WeightedSums' plane scales), and the L1
-// term is weighted by the mask, m l1 sign(x - y).
+// term is weighted by the mask, m l1 sign(x - y). GRAD_NORMALIZED (bit 5, with GRAD_MASK): normalised
+// convolution's gradient (the partial maps come divided by W, FORWARD_NORMALIZED), all of it times m
+// (0 where m is 0), and the forward tiles' shifts 0 where their pixel weighs 0, as the forward's.
 enum GradientTail {
     GRAD_WRITE = 0,
     GRAD_ADD = 1,
@@ -66,7 +68,12 @@ enum GradientTail {
     GRAD_WRITE_MASK = 8,
     GRAD_ADD_MASK = 9,
     GRAD_WRITE_L1_MASK = 10,
-    GRAD_ADD_L1_MASK = 11
+    GRAD_ADD_L1_MASK = 11,
+    GRAD_NORMALIZED = 16,  // with GRAD_MASK
+    GRAD_WRITE_NORMALIZED = 24,
+    GRAD_ADD_NORMALIZED = 25,
+    GRAD_WRITE_L1_NORMALIZED = 26,
+    GRAD_ADD_L1_NORMALIZED = 27
 };
 
 // A mask's plane addressing (element strides; stride 0 broadcasts), for GRAD_MASK's L1 term.
@@ -90,7 +97,9 @@ __device__ inline void backward_planes(
     using Shape = BackwardTile<C, R>;
     constexpr bool MsSsim = Tail == GRAD_MSSSIM;
     constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
-    constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;  // the only one that reads the mask
+    constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
+    constexpr bool kNormalized = kMasked && (Tail & GRAD_NORMALIZED) != 0;
+    constexpr bool kReadsMask = kMaskedL1 || kNormalized;  // the tails that read the mask
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
     constexpr int kWarps = kTile * kTile / 32;
@@ -127,13 +136,14 @@ __device__ inline void backward_planes(
     // e = t % (kEntries + 1), or, e = kEntries, this tile's own at its centre; shift_offset is that
     // pixel's element offset in its plane (Tile::shift_row, shift_col).
     constexpr int kEntries = Shape::kMoveRows * Shape::kMoveCols;
-    long long shift_offset = 0;
+    long long shift_offset = 0, mask_shift_offset = 0;  // normalized: that pixel's in the mask
     {
         const int e = tid % (kEntries + 1);
         const bool own = e == kEntries;
         const int row = Shape::shift_row(own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset, height);
         const int col = Shape::shift_col(own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset, width);
         shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
+        if (kNormalized) mask_shift_offset = row * mask_planes.row + col * mask_planes.col;
     }
     // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
     // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
@@ -170,9 +180,13 @@ __device__ inline void backward_planes(
         // dL/dx = F^T(P0 + 2 (bx - kx) P1 + 2 (bd - kd) P2) + 2 (x - bx) F^T(P1)
         // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
         // image is bright and flat.
-        if (tid < 2 * (kEntries + 1))
-            shifts[tid > kEntries][tid % (kEntries + 1)] =
-                tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
+        if (tid < 2 * (kEntries + 1)) {
+            C shift = tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
+            if (kNormalized && !(mask_planes.mask[plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
+                                                 mask_shift_offset] > C(0)))
+                shift = C(0);
+            shifts[tid > kEntries][tid % (kEntries + 1)] = shift;
+        }
         __syncthreads();
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
@@ -225,7 +239,7 @@ __device__ inline void backward_planes(
         const C plane_scale = kMasked ? (C)pyramid.plane_weights[p] : C(1);
         const C scaled_range = kMasked ? inv_range * plane_scale : inv_range;
         const C scaled_l1 = kMasked ? l1 * plane_scale : l1;
-        const C* kq = kMaskedL1 ? mask_planes.mask + plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
+        const C* kq = kReadsMask ? mask_planes.mask + plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
                                       (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
                                 : nullptr;
         vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
@@ -239,14 +253,20 @@ __device__ inline void backward_planes(
                     if (pyramid.coarse)
                         value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
                 }
-                if (Tail & GRAD_WRITE_L1) value += kMaskedL1 ? *kq * l1_gradient(xv, yv, scaled_l1) : l1_gradient(xv, yv, l1);
+                if (kNormalized) {  // m (the SSIM term's, and the L1 term's weight), 0 where m is 0
+                    const C mp = *kq;
+                    if (Tail & GRAD_WRITE_L1) value += l1_gradient(xv, yv, scaled_l1);
+                    value = mp > C(0) ? mp * value : C(0);
+                } else if (Tail & GRAD_WRITE_L1) {
+                    value += kMaskedL1 ? *kq * l1_gradient(xv, yv, scaled_l1) : l1_gradient(xv, yv, l1);
+                }
                 if ((Tail & GRAD_ADD) || (MsSsim && accumulate)) value += (C)element_value(*gq);
                 store(gq, value);
             }
             xq += x_row;  // a pointer step per row
             yq += y_row;
             gq += g_row;
-            if (kMaskedL1) kq += mask_planes.row;
+            if (kReadsMask) kq += mask_planes.row;
         });
         __syncthreads();  // the next plane overwrites the tiles and the moves
         plane.advance(inner_count);

@@ -60,54 +60,92 @@ def _check(executor, monkeypatch, function, x, y, mask, **options):
 GRADIENT_FUNCTIONS = [cussim.ssim_with_gradient, cussim.dssim_with_gradient]
 
 
+MODES = ["mean", "normalized"]
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("padding", ["same", "valid", "reflect"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8], ids=["float32", "float64", "uint8"])
-def test_masked_means_and_gradients_match_the_reference(on_kernels, monkeypatch, padding, dtype):
+def test_masked_means_and_gradients_match_the_reference(on_kernels, monkeypatch, padding, dtype, mode):
     x, y = _images((2, 3, 30, 37), dtype)
     mask = _mask((2, 1, 30, 37))
     for axis in (None, (1, 2, 3), (2, 3)):
         _check(on_kernels, monkeypatch, cussim.ssim_with_gradient, x, y, mask, padding=padding, axis=axis,
-               win_size=7)
-    _check(on_kernels, monkeypatch, cussim.ssim, x, y, mask, padding=padding, win_size=7)
+               win_size=7, mask_mode=mode)
+    _check(on_kernels, monkeypatch, cussim.ssim, x, y, mask, padding=padding, win_size=7, mask_mode=mode)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("win_size", [3, 11, 15])
-def test_every_radius(on_kernels, monkeypatch, win_size):
+def test_every_radius(on_kernels, monkeypatch, win_size, mode):
     x, y = _images((2, 33, 40), np.float32)
-    _check(on_kernels, monkeypatch, cussim.dssim_with_gradient, x, y, _mask((33, 40)), win_size=win_size)
+    _check(on_kernels, monkeypatch, cussim.dssim_with_gradient, x, y, _mask((33, 40)), win_size=win_size,
+           mask_mode=mode)
 
 
+@pytest.mark.parametrize("padding", ["same", "valid", "reflect"])
+def test_the_normalised_map(on_kernels, monkeypatch, padding):
+    """ssim_map with mask_mode="normalized": 0 where the weight is 0, whatever the images hold there."""
+    x, y = _images((2, 30, 37), np.float32)
+    mask = _mask((2, 30, 37))
+    x[mask == 0] = np.nan  # never read
+    got = on_kernels.asnumpy(cussim.ssim_map(on_kernels.asarray(x), on_kernels.asarray(y),
+                                             mask=on_kernels.asarray(mask), mask_mode="normalized", padding=padding,
+                                             win_size=5))
+    want = _on_reference(cussim.ssim_map, x, y, mask, monkeypatch, mask_mode="normalized", padding=padding,
+                         win_size=5)
+    assert not np.isnan(got).any()
+    assert np.linalg.norm(got - want) <= 1e-4 * np.linalg.norm(want)
+
+
+def test_normalized_with_ones_and_valid_padding_is_unmasked(on_kernels):
+    x, y = _images((2, 29, 33), np.float32)
+    gx, gy = on_kernels.asarray(x), on_kernels.asarray(y)
+    ones = on_kernels.asarray(np.ones((29, 33), np.float32))
+    value, grad = cussim.ssim_with_gradient(gx, gy, mask=ones, mask_mode="normalized", padding="valid")
+    plain_value, plain_grad = cussim.ssim_with_gradient(gx, gy, padding="valid")
+    np.testing.assert_allclose(on_kernels.asnumpy(value), on_kernels.asnumpy(plain_value), rtol=0, atol=1e-6)
+    want = on_kernels.asnumpy(plain_grad)
+    assert np.linalg.norm(on_kernels.asnumpy(grad) - want) <= 1e-5 * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_the_l1_dssim_loss_weights_both_terms(on_kernels, monkeypatch, accumulate, dtype):
+def test_the_l1_dssim_loss_weights_both_terms(on_kernels, monkeypatch, accumulate, dtype, mode):
     x, y = _images((2, 3, 28, 31), dtype)
     mask = _mask((2, 3, 28, 31), dtype=np.float64)
-    _check(on_kernels, monkeypatch, cussim.l1_dssim_loss, x, y, mask, axis=(1, 2, 3))
+    _check(on_kernels, monkeypatch, cussim.l1_dssim_loss, x, y, mask, axis=(1, 2, 3), mask_mode=mode)
     start = np.linspace(-1, 1, x.size).reshape(x.shape).astype(dtype)
     grad = on_kernels.asarray(start.copy())
     value, got = cussim.l1_dssim_loss_with_gradient(on_kernels.asarray(x), on_kernels.asarray(y),
-                                                    mask=on_kernels.asarray(mask), grad=grad, accumulate=accumulate)
-    want_value, want = _on_reference(cussim.l1_dssim_loss_with_gradient, x, y, mask, monkeypatch)
+                                                    mask=on_kernels.asarray(mask), grad=grad, accumulate=accumulate,
+                                                    mask_mode=mode)
+    want_value, want = _on_reference(cussim.l1_dssim_loss_with_gradient, x, y, mask, monkeypatch, mask_mode=mode)
     want = want + start if accumulate else want
     np.testing.assert_allclose(on_kernels.asnumpy(value), want_value, rtol=0, atol=1e-5)
     assert np.linalg.norm(on_kernels.asnumpy(got) - want) <= 1e-4 * np.linalg.norm(want)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", [(28, 30), (1, 3, 28, 30), (2, 1, 28, 30), (2, 3, 28, 30)],
                          ids=["every-plane", "per-channel", "per-image", "per-plane"])
-def test_masks_broadcast_over_leading_axes(on_kernels, monkeypatch, shape):
+def test_masks_broadcast_over_leading_axes(on_kernels, monkeypatch, shape, mode):
     x, y = _images((2, 3, 28, 30), np.float32)
-    _check(on_kernels, monkeypatch, cussim.ssim_with_gradient, x, y, _mask(shape), axis=(1, 2, 3), win_size=5)
+    _check(on_kernels, monkeypatch, cussim.ssim_with_gradient, x, y, _mask(shape), axis=(1, 2, 3), win_size=5,
+           mask_mode=mode)
 
 
-def test_bool_and_strided_masks_and_channels_last(on_kernels, monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_bool_and_strided_masks_and_channels_last(on_kernels, monkeypatch, mode):
     x, y = _images((2, 26, 29, 3), np.float32)
     wide = _mask((2, 52, 29, 2))
     strided = wide[:, ::2, :, 1]  # rows every other, a column of channels: no unit stride
     assert not strided.flags.c_contiguous
     _check(on_kernels, monkeypatch, cussim.ssim_with_gradient, x, y, strided[..., None], channel_axis=-1,
-           axis=(1, 2, 3), win_size=5)
-    _check(on_kernels, monkeypatch, cussim.ssim_with_gradient, x, y, strided[..., None] > 0.5, channel_axis=-1, win_size=5)
+           axis=(1, 2, 3), win_size=5, mask_mode=mode)
+    _check(on_kernels, monkeypatch, cussim.ssim_with_gradient, x, y, strided[..., None] > 0.5, channel_axis=-1,
+           win_size=5, mask_mode=mode)
 
 
 def test_a_mask_of_ones_gives_the_unmasked_numbers_bitwise(on_kernels):
@@ -164,15 +202,17 @@ def test_the_kernels_refuse_bad_weights_that_they_read(on_kernels):
             _masks.check_kernel_totals(totals, (3,))
 
 
-def test_volumes_ms_ssim_and_normalized_mode_refuse_a_mask_on_the_kernels(on_kernels):
+def test_volumes_and_ms_ssim_refuse_a_mask_on_the_kernels(on_kernels):
     x, y = _images((4, 24, 24), np.float32)
     gx, gy, gm = (on_kernels.asarray(a) for a in (x, y, _mask((24, 24))))
     with pytest.raises(NotImplementedError, match="not for volumes or MS-SSIM: pass NumPy arrays"):
         cussim.ssim(gx, gy, mask=on_kernels.asarray(_mask((4, 24, 24))), spatial_dims=3, win_size=3)
     with pytest.raises(NotImplementedError, match="not for volumes or MS-SSIM"):
         cussim.ms_ssim(gx, gy, mask=gm, win_size=3, weights=(0.5, 0.5))
-    with pytest.raises(NotImplementedError, match="mask_mode='normalized' is computed by the float64 NumPy path"):
-        cussim.ssim_with_gradient(gx, gy, mask=gm, mask_mode="normalized")
+    with pytest.raises(NotImplementedError, match="not for volumes or MS-SSIM"):
+        cussim.ssim_map(on_kernels.asarray(np.stack([x] * 3)), on_kernels.asarray(np.stack([y] * 3)),
+                        mask=on_kernels.asarray(np.ones((3, 4, 24, 24), np.float32)), mask_mode="normalized",
+                        spatial_dims=3, win_size=3)
 
 
 def test_in_place_masked_calls_with_a_masked_workspace(on_kernels, monkeypatch):
@@ -202,7 +242,8 @@ def test_masks_of_a_bad_shape_or_dtype_are_refused_before_any_launch(on_kernels)
         cussim.ssim(gx, gy, mask=on_kernels.asarray(np.ones((24, 26), np.complex64)))
 
 
-def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cupy, monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cupy, monkeypatch, mode):
     """On the strict CuPy stand-in (bench/cupy_standin.py): with out, grad and a masked workspace, and a float32
     mask, a warm masked call allocates nothing and synchronises once, to read its results' total weights."""
     from bench.cupy_standin import record
@@ -218,7 +259,8 @@ def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cup
     workspace = cussim.make_workspace(gx, win_size=5, mask=gm)
 
     def call():
-        return cussim.dssim_with_gradient(gx, gy, mask=gm, win_size=5, out=out, grad=grad, workspace=workspace)
+        return cussim.dssim_with_gradient(gx, gy, mask=gm, win_size=5, out=out, grad=grad, workspace=workspace,
+                                          mask_mode=mode)
 
     call()  # warm: kernels compiled, constants and plans made
     before = _arrays.allocations
@@ -228,6 +270,7 @@ def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cup
         assert not record.allocations
         assert [e.name for e in record.syncs] == ["ndarray.get"]
     assert _arrays.allocations == before
-    want_value, want_grad = _on_reference(cussim.dssim_with_gradient, x, y, mask, monkeypatch, win_size=5)
+    want_value, want_grad = _on_reference(cussim.dssim_with_gradient, x, y, mask, monkeypatch, win_size=5,
+                                          mask_mode=mode)
     np.testing.assert_allclose(out.get(), want_value, rtol=0, atol=1e-5)
     assert np.linalg.norm(grad.get() - want_grad) <= 1e-4 * np.linalg.norm(want_grad)
