@@ -181,7 +181,8 @@ class Smoke:
         ]
         lines += [(f"masked ({mode} mode, a float32 mask per image): {function.__name__} {shape}",
                    lambda mode=mode, function=function: self.masked(function, s.image, mode))
-                  for mode in ("mean",) for function in (c.ssim_with_gradient, c.l1_dssim_loss_with_gradient)]
+                  for mode in ("mean", "normalized")
+                  for function in (c.ssim_with_gradient, c.l1_dssim_loss_with_gradient)]
         lines += [(f"ms_ssim, ms_ssim_with_gradient {variant} {ms}",
                    lambda variant=variant: self.value_and_gradient(c.ms_ssim, c.ms_ssim_with_gradient, s.ms,
                                                                    variant=variant, channel_axis=1))
