@@ -336,13 +336,14 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     launch instead: the last block of each image combines it, bitwise as
     msssim_combine does, and the last image's finishes the values.
 
-    ``mask`` (compute dtype, broadcasting to x; only with ``finish``): the
-    weights of a masked mean (docs/spec.rst section 9, ``mask_mode="mean"``):
-    block_sums is laid out as :func:`weighted_sums` says, each pixel's share
-    of the sums and of the partial maps is m times what it would be, and
-    the finish writes a + b * sum(m S) / sum(m). ``mask_mode="normalized"``:
-    normalised convolution's map (0 where m is 0) and partial maps (divided by
-    W = F(m)); block_sums may then be None (a map alone).
+    ``mask`` (compute dtype, broadcasting to x; with ``finish``, or with
+    ``map_out`` alone in normalized mode): the weights of a masked mean
+    (docs/spec.rst section 9, ``mask_mode="mean"``): block_sums is laid out
+    as :func:`weighted_sums` says, each pixel's share of the sums and of the
+    partial maps is m times what it would be, and the finish writes
+    a + b * sum(m S) / sum(m). ``mask_mode="normalized"``: normalised
+    convolution's map (0 where m is 0) and partial maps (divided by
+    W = F(m)) too.
     """
     image_values = plane_weights = None
     if combine is not None:

@@ -10,8 +10,9 @@
 //                        (cussim::GRAD_ADD); GRAD_WRITE_L1 and GRAD_ADD_L1 add
 //                        the fused L1 term's l1 sign(x - y); GRAD_MSSSIM adds
 //                        MS-SSIM's terms (per-plane weights, the adjoint of the
-//                        next scale's 2x2 mean, section 6); GRAD_MASK with the
-//                        first four, a masked mean's gradient (section 9). Each
+//                        next scale's 2x2 mean, section 6); GRAD_MASK and
+//                        GRAD_NORMALIZED with the first four, a masked mean's
+//                        gradient in either mask mode (section 9). Each
 //                        tail's code is compiled only into its own
 //                        specialisation (GradientTail).
 //
@@ -52,10 +53,10 @@ template <class T, bool MsSsim = false> struct BackwardMinBlocks {
 // l1 sign(x - y) or without (bit 2); or, GRAD_MSSSIM, with MS-SSIM's terms
 // (per-plane weights, the adjoint of the next scale's 2x2 mean), written or
 // added as the `accumulate` argument says (the others ignore it and those terms).
-// GRAD_MASK (bit 4, with the first four): a masked mean's gradient (docs/spec.rst section 9,
+// GRAD_MASK (8, added to the first four): a masked mean's gradient (docs/spec.rst section 9,
 // mask_mode="mean"): the partial maps come weighted by b m (FORWARD_MASK), each plane's gradient is scaled
 // by 1 / its result's total weight (the plane_weights argument: WeightedSums' plane scales), and the L1
-// term is weighted by the mask, m l1 sign(x - y). GRAD_NORMALIZED (bit 5, with GRAD_MASK): normalised
+// term is weighted by the mask, m l1 sign(x - y). GRAD_NORMALIZED (16, with GRAD_MASK): normalised
 // convolution's gradient (the partial maps come divided by W, FORWARD_NORMALIZED), all of it times m
 // (0 where m is 0), and the forward tiles' shifts 0 where their pixel weighs 0, as the forward's.
 enum GradientTail {
@@ -76,7 +77,8 @@ enum GradientTail {
     GRAD_ADD_L1_NORMALIZED = 27
 };
 
-// A mask's plane addressing (element strides; stride 0 broadcasts), for GRAD_MASK's L1 term.
+// A mask's plane addressing (element strides; stride 0 broadcasts), for the masked tails that read it: the
+// L1 term's weights, normalized mode's m.
 template <class C> struct MaskPlanes {
     const C* mask;
     long long outer, inner, row, col;

@@ -19,6 +19,9 @@
 //                        as msssim_combine does (combine_if_last).
 //                        MS-SSIM's other scales take FORWARD_CS: the
 //                        contrast-structure map A2 / B2 (section 6).
+//                        FORWARD_MASK weights the mean by a mask, and
+//                        FORWARD_NORMALIZED with it computes normalised
+//                        convolution's map (section 9).
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double), for block sums that no forward finished
@@ -50,8 +53,9 @@ enum ForwardOption {
     FORWARD_L1 = 16,
     FORWARD_COMBINE = 32,  // MS-SSIM's last scale: the combine of every scale folded in (combine_if_last)
     // A mask's weights m (docs/spec.rst section 9, mask_mode="mean"): the block sums hold sum(m S) and sum(m),
-    // the partial maps m * weight * P, and the finish divides by each result's total weight (finish_weighted).
-    // Only this bit's specialisations read the mask: the others compile as without it.
+    // the partial maps m * weight * P, and the finish divides by each result's total weight
+    // (weighted_finish_if_last). Only this bit's specialisations read the mask: the others compile as
+    // without it.
     FORWARD_MASK = 64,
     // With FORWARD_MASK, mask_mode="normalized" (normalised convolution): the moments F(m x) / W, ... with
     // W = F(m), the map 0 where m is 0, the partial maps divided by W (normalized_moments).
