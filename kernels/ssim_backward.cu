@@ -41,7 +41,8 @@ template <class C, int R> struct BackwardTile : Tile<C, R> {
 };
 
 // The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
-// registers: its per-pixel pyramid terms spilled a few bytes at 64 on sm_100.
+// registers: its per-pixel pyramid terms spilled a few bytes at 64 on sm_100; so do the masked tails that
+// read the mask (4 to 36 bytes at 64 on sm_90).
 template <class T, bool MsSsim = false> struct BackwardMinBlocks {
     static constexpr int value =
         TileMinBlocks<T, BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes, MsSsim ? 3 : 4>::value;
@@ -77,6 +78,11 @@ enum GradientTail {
     GRAD_ADD_L1_NORMALIZED = 27
 };
 
+// Whether a tail reads the mask: the masked L1 term's weights, normalized mode's m.
+__device__ constexpr bool tail_reads_mask(int tail) {
+    return tail != GRAD_MSSSIM && (tail & GRAD_MASK) && (tail & (GRAD_WRITE_L1 | GRAD_NORMALIZED));
+}
+
 // A mask's plane addressing (element strides; stride 0 broadcasts), for the masked tails that read it: the
 // L1 term's weights, normalized mode's m.
 template <class C> struct MaskPlanes {
@@ -101,7 +107,8 @@ __device__ inline void backward_planes(
     constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
     constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
     constexpr bool kNormalized = kMasked && (Tail & GRAD_NORMALIZED) != 0;
-    constexpr bool kReadsMask = kMaskedL1 || kNormalized;  // the tails that read the mask
+    constexpr bool kReadsMask = tail_reads_mask(Tail);
+    static_assert(kReadsMask == (kMaskedL1 || kNormalized), "the tails that read the mask");
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
     constexpr int kWarps = kTile * kTile / 32;
@@ -278,7 +285,9 @@ __device__ inline void backward_planes(
 }  // namespace cussim
 
 template <class T, int R, int Tail = cussim::GRAD_WRITE>
-__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, Tail == cussim::GRAD_MSSSIM>::value) ssim_backward(
+__global__ void __launch_bounds__(
+    256, cussim::BackwardMinBlocks<T, Tail == cussim::GRAD_MSSSIM || cussim::tail_reads_mask(Tail)>::value)
+    ssim_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,

@@ -160,9 +160,10 @@ template <class T, int R, int Options> struct ForwardMinBlocks {
     using C = typename cussim::ComputeType<T>::type;
     static constexpr int value =
         Options & cussim::FORWARD_COMBINE ? 1
-        // normalised convolution: 3 tiles and 3 filtered rows, its moments in registers (80 registers)
+        // normalised convolution: 3 tiles and 3 filtered rows, its moments in registers: 80 registers (at
+        // R = 7, 128: 80 spilled 8 bytes on sm_90)
         : Options & cussim::FORWARD_NORMALIZED
-            ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value, 3>::value
+            ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value, R < 7 ? 3 : 2>::value
             : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value, R < 7 ? 4 : 3>::value;
 };
 
@@ -196,7 +197,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2, m d^2
     __shared__ typename ForwardRows<C, R, kNormalized>::type rows;
     __shared__ C weights[2 * R + 1];
-    __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has its own 8
+    __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has 8 more
     // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
     // not in registers through the passes (which spilled under the register cap: ptxas kept each
     // thread's tile-load offsets across the planes). Thread 0 writes them; the barriers before and after
@@ -398,13 +399,15 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         }
         }
         if (kMasked && negative) weight_sum = (double)__uint_as_float(0x7fc00000u);  // NaN: a negative weight
-        if (block_sums) {
+        if (block_sums && kMasked) {  // the weights' sums follow the values' (WeightedSums)
+            block_sum_pair(counted_sum, weight_sum, scratch, tid);
+            if (tid == 0) {
+                block_sums[p * gridDim.x + blockIdx.x] = counted_sum;
+                block_sums[(planes + p) * gridDim.x + blockIdx.x] = weight_sum;
+            }
+        } else if (block_sums) {
             const double total = block_sum(counted_sum, scratch, tid);
             if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
-            if (kMasked) {  // the weights' sums follow the values' (WeightedSums)
-                const double weights = block_sum(weight_sum, scratch + kWarps, tid);
-                if (tid == 0) block_sums[(planes + p) * gridDim.x + blockIdx.x] = weights;
-            }
         } else {
             __syncthreads();  // the next plane overwrites the tiles
         }

@@ -55,6 +55,29 @@ __device__ inline void ordered_sum(const volatile double* sums, long long n, dou
     }
 }
 
+// block_sum of two values at once, in the same order as two calls (a masked forward's values and weights,
+// WeightedSums): one barrier for both; `scratch` holds 16 doubles. Thread 0's totals come back in `first` and
+// `second` (the other threads' hold partial sums).
+__device__ inline void block_sum_pair(double& first, double& second, double* scratch, int tid) {
+    constexpr int kWarps = kTile * kTile / 32;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        first += __shfl_down_sync(0xffffffffu, first, offset);
+        second += __shfl_down_sync(0xffffffffu, second, offset);
+    }
+    if ((tid & 31) == 0) {
+        scratch[tid >> 5] = first;
+        scratch[kWarps + (tid >> 5)] = second;
+    }
+    __syncthreads();
+    if (tid == 0) {
+        first = second = 0.0;
+        for (int w = 0; w < kWarps; ++w) {
+            first += scratch[w];
+            second += scratch[kWarps + w];
+        }
+    }
+}
+
 // Each output value o = first, first + step, ... < outputs from its
 // per_output block sums, as a + b * sum / count stored as O, each sum an
 // ordered_sum.
