@@ -104,6 +104,7 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     K1 = kwargs.pop("K1", 0.01)
     K2 = kwargs.pop("K2", 0.03)
     sigma = kwargs.pop("sigma", 1.5)
+    _check_one_window(win_size, sigma)
     if K1 < 0:
         raise ValueError("K1 must be positive")
     if K2 < 0:
@@ -132,9 +133,9 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     taps = _reference.gaussian_taps(int(TRUNCATE * sigma + 0.5), sigma) if gaussian_weights else \
         _reference.uniform_taps(win_size)
     np_ = win_size**spatial
-    params = SsimParams(taps=tuple(float(t) for t in taps), K1=float(K1), K2=float(K2), data_range=data_range,
-                        padding="reflect", cov=np_ / (np_ - 1) if use_sample_covariance else 1.0,
-                        crop=(win_size - 1) // 2, spatial=spatial)
+    params = SsimParams(windows=(tuple(float(t) for t in taps),) * spatial, K1=float(K1), K2=float(K2),
+                        data_range=data_range, padding="reflect", cov=np_ / (np_ - 1) if use_sample_covariance else 1.0,
+                        crops=((win_size - 1) // 2,) * spatial, spatial=spatial)
     # Channels become a leading (batch) axis: a view, no copy.
     x, y = _as_planes(im1, channel_axis), _as_planes(im2, channel_axis)
     kernels_fit = 1 <= params.radius <= MAX_KERNEL_RADIUS
@@ -150,6 +151,17 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     if full:
         results.append(_restore(S.astype(float_type, copy=False), channel_axis))
     return tuple(results) if len(results) > 1 else mssim
+
+
+def _check_one_window(win_size, sigma):
+    """scikit-image takes one win_size and one sigma (a sequence fails there with a TypeError): refuse a
+    sequence, naming the native function that takes a window per axis."""
+    for name, value in (("win_size", win_size), ("sigma", sigma)):
+        if isinstance(value, (tuple, list)):
+            raise TypeError(f"structural_similarity takes one {name} for every axis, as scikit-image does, got "
+                            f"{value!r}; for a window per axis, cussim.ssim(im1, im2, win_size=(7, 5), window='uniform', "
+                            "padding='reflect', sample_covariance=True, data_range=...) computes scikit-image's "
+                            "uniform-window SSIM with a size per axis")
 
 
 def _as_planes(image, channel_axis):
