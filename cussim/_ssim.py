@@ -547,6 +547,8 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
     >>> y = np.clip(x + 0.1 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
     >>> print(np.round(cussim.ssim(x, y, axis=(1, 2)), 4))
     [0.9506 0.9548]
+    >>> print(np.round(cussim.ssim(x, y, axis=(1, 2), win_size=(11, 7), sigma=(1.5, 0.8)), 4))  # one per axis
+    [0.9468 0.9514]
     """
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis,
