@@ -118,8 +118,10 @@ class SsimParams:
         """The value that every axis shares, or the ValueError saying that the axes' windows differ."""
         if not self.one_window:
             raise ValueError(f"{name}: these parameters give each spatial axis its own window "
-                             f"({'x'.join(map(str, self.win_sizes))} taps), and this computation takes one window "
-                             "for every axis; pass NumPy arrays (the float64 path), or one win_size and sigma")
+                             f"({'x'.join(map(str, self.win_sizes))} taps), and this computation (the kernels, "
+                             "their launch plans and workspaces) takes one window for every axis; a window per axis "
+                             "is computed by the float64 path (NumPy arrays or CPU tensors, with no MS-SSIM "
+                             "workspace), else pass one win_size and one sigma")
         return values[0]
 
     @property
@@ -212,6 +214,15 @@ def per_axis_values(name, value, spatial_dims, example) -> tuple:
                          f"{spatial_dims} spatial axes: give one value for every axis, or one per spatial axis (e.g. "
                          f"{name}={example[:spatial_dims]})")
     return [(f"{name}[{i}] (spatial axis {i})", v) for i, v in enumerate(value)]
+
+
+def check_one_window(function, fix, **values) -> None:
+    """A TypeError for a tuple or list among ``values`` (argument name: value): ``function``, a drop-in, takes one
+    value for every axis, as the library it stands in for does (a sequence fails there); ``fix`` says what takes
+    one per axis."""
+    for name, value in values.items():
+        if isinstance(value, (tuple, list)):
+            raise TypeError(f"{function} takes one {name} for every axis, as the original does, got {value!r}; {fix}")
 
 
 def _checked_win_size(name, win_size) -> int:

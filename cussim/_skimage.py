@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from . import _arrays, _launch, _launch3d, _reference
-from ._params import SsimParams
+from ._params import SsimParams, check_one_window
 
 TRUNCATE = 3.5  # skimage's Gaussian: radius int(3.5 * sigma + 0.5)
 MAX_KERNEL_RADIUS = 7
@@ -104,7 +104,9 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     K1 = kwargs.pop("K1", 0.01)
     K2 = kwargs.pop("K2", 0.03)
     sigma = kwargs.pop("sigma", 1.5)
-    _check_one_window(win_size, sigma)
+    check_one_window("structural_similarity", "for a window per axis, cussim.ssim(im1, im2, win_size=(7, 5), "
+                     "window='uniform', padding='reflect', sample_covariance=True, data_range=...) computes "
+                     "scikit-image's uniform-window SSIM with a size per axis", win_size=win_size, sigma=sigma)
     if K1 < 0:
         raise ValueError("K1 must be positive")
     if K2 < 0:
@@ -151,17 +153,6 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     if full:
         results.append(_restore(S.astype(float_type, copy=False), channel_axis))
     return tuple(results) if len(results) > 1 else mssim
-
-
-def _check_one_window(win_size, sigma):
-    """scikit-image takes one win_size and one sigma (a sequence fails there with a TypeError): refuse a
-    sequence, naming the native function that takes a window per axis."""
-    for name, value in (("win_size", win_size), ("sigma", sigma)):
-        if isinstance(value, (tuple, list)):
-            raise TypeError(f"structural_similarity takes one {name} for every axis, as scikit-image does, got "
-                            f"{value!r}; for a window per axis, cussim.ssim(im1, im2, win_size=(7, 5), window='uniform', "
-                            "padding='reflect', sample_covariance=True, data_range=...) computes scikit-image's "
-                            "uniform-window SSIM with a size per axis")
 
 
 def _as_planes(image, channel_axis):

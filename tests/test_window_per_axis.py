@@ -199,6 +199,8 @@ def test_parameters_say_when_the_axes_differ():
     assert p.win_sizes == (11, 11) and p.crops == (5, 5) and not p.one_window
     with pytest.raises(ValueError, match=r"taps: these parameters give each spatial axis its own window \(11x11"):
         p.taps
+    with pytest.raises(ValueError, match="radius: .* a window per axis is computed by the float64 path"):
+        cussim.make_ms_ssim_workspace(np.zeros((200, 200)), win_size=(11, 7))
     q = ssim_params(win_size=(7, 7), sigma=[1.5, 1.5])
     assert q == ssim_params(win_size=7) and q.one_window and q.taps == ssim_params(win_size=7).taps
     assert ssim_params(win_size=(3, 5), sample_covariance=True).cov == 15 / 14
@@ -207,7 +209,7 @@ def test_parameters_say_when_the_axes_differ():
 def test_the_skimage_drop_in_takes_one_window_as_skimage_does():
     x, y = pair((30, 30))
     for options in (dict(win_size=(7, 5)), dict(gaussian_weights=True, sigma=(1.5, 0.8))):
-        with pytest.raises(TypeError, match="structural_similarity takes one .* for every axis, as scikit-image"):
+        with pytest.raises(TypeError, match="structural_similarity takes one .* for every axis, as the original does"):
             cussim.structural_similarity(x, y, data_range=1.0, **options)
     # what the message points to: scikit-image's uniform window and conventions, here with one size on both axes
     native = cussim.ssim(x, y, win_size=(7, 7), window="uniform", padding="reflect", sample_covariance=True)
