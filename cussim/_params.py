@@ -98,6 +98,7 @@ class SsimParams:
     ``taps``, ``radius``, ``win_size`` and ``crop`` are the one value of every
     axis, for what computes with one window (the kernels); they raise a
     ValueError where the axes' windows differ (:attr:`one_window` is False).
+    Each is worked out once (the kernels' launches read them at every call).
     """
 
     windows: tuple
@@ -109,7 +110,7 @@ class SsimParams:
     crops: tuple
     spatial: int = 2
 
-    @property
+    @functools.cached_property
     def one_window(self) -> bool:
         """Whether every spatial axis has the same window."""
         return len(set(self.windows)) == 1
@@ -124,15 +125,15 @@ class SsimParams:
                              "workspace), else pass one win_size and one sigma")
         return values[0]
 
-    @property
+    @functools.cached_property
     def taps(self) -> tuple:
         return self._shared(self.windows, "taps")
 
-    @property
+    @functools.cached_property
     def radius(self) -> int:
         return self._shared(self.radii, "radius")
 
-    @property
+    @functools.cached_property
     def crop(self) -> int:
         return self._shared(self.crops, "crop")
 
@@ -154,7 +155,7 @@ class SsimParams:
     def __getstate__(self):  # without the cached hash: a string's hash differs from process to process
         return {name: value for name, value in self.__dict__.items() if name != "_hash"}
 
-    @property
+    @functools.cached_property
     def win_size(self) -> int:
         return self._shared(self.win_sizes, "win_size")
 
