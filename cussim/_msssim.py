@@ -20,7 +20,6 @@ import math
 import numbers
 from dataclasses import dataclass
 
-import numpy as np
 
 from . import _launch, _reference, _ssim
 from ._ssim import Workspace, _gradient_buffer, _Layout, _prepare, _Problem

@@ -812,9 +812,10 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     sizes = [len(w) for w in axis_windows(taps, spatial)]
     needed = [ms_ssim_min_size(k, scales, variant) for k in sizes]
     if any(n < k for n, k in zip(x.shape[-spatial:], needed)):
+        window, least = ((f"{sizes[0]}-tap", f"the smaller side must be at least {needed[0]}") if len(set(sizes)) == 1
+                         else ("x".join(map(str, sizes)), f"the sides must be at least {'x'.join(map(str, needed))}"))
         raise ValueError(f"images of {'x'.join(map(str, x.shape[-spatial:]))} are too small for {scales} scales of "
-                         f"{variant!r} with a {'x'.join(map(str, sizes))} window: the sides must be at least "
-                         f"{'x'.join(map(str, needed))}")
+                         f"{variant!r} with a {window} window: {least}")
     xs, ys = [x], [y]
     for _ in range(scales - 1):
         xs.append(downsample(xs[-1], variant, spatial))

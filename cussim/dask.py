@@ -692,7 +692,7 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
             scales = [_halved(a.astype(dtype if k < 2 else np.float64), variant, spatial) for k, a in enumerate(scales)]
         last = j == pyramid.scales - 1
         images = scales
-        if last and variant == "torchmetrics":  # the last scale's SSIM over the image extended by whole-sample reflection
+        if last and variant == "torchmetrics":  # the last scale's SSIM over the image extended by reflection
             images = [da.pad(a, [(0, 0)] * (a.ndim - spatial) + [(r, r) for r in radii], mode="reflect")
                       for a in images]
         chunked = _Chunked.prepare(*images[:2], window="gaussian", sigma=sigma, sample_covariance=False,
