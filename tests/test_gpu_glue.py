@@ -105,6 +105,18 @@ def test_map_value_and_strided_inputs(standin_cupy, emulator):
     np.testing.assert_array_equal(_host(values), cussim.dssim(x, y, axis=(1, 2), win_size=5))
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_window_per_axis_is_refused_before_any_launch(standin_cupy, spatial_dims):
+    """The kernels are built for one radius: GPU arrays with a window per axis get the ValueError naming the
+    float64 path, and nothing is launched."""
+    gx, gy = _on_gpu(standin_cupy, *_images((9, 10, 11)))
+    record.clear()
+    with pytest.raises(ValueError, match=r"win_size and sigma give each spatial axis its own window here.*CPU "
+                                         r"tensors \(the float64 path"):
+        cussim.ssim_with_gradient(gx, gy, win_size=(3, 5, 3)[:spatial_dims], spatial_dims=spatial_dims)
+    assert not record.launches
+
+
 def test_volumes(standin_cupy, emulator):
     x, y = _images((1, 9, 10, 11), np.float64)
     gx, gy = _on_gpu(standin_cupy, x, y)

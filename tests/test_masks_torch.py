@@ -53,6 +53,15 @@ def test_gradients_to_images_and_mask_match_finite_differences(name, options, ma
                                     eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("padding", ["valid", "reflect"])
+def test_the_mask_gradient_crops_each_axis_by_its_own_radius(padding):
+    x, y = _images((1, 1, 9, 10))
+    m = _mask((9, 10), low=0.2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, w: ct.ssim(a, b, mask=w, win_size=(5, 3), sigma=(1.2, 0.6),
+                                                            padding=padding),
+                                    (x.requires_grad_(), y.requires_grad_(), m), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
 def test_the_mask_gradient_is_the_spec_formula():
     x, y = _images((1, 1, 18, 18))
     m = _mask((18, 18), low=0.1).requires_grad_()

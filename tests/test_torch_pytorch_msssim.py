@@ -235,5 +235,13 @@ def test_what_cussim_refuses_is_named(photos):
         dropin.SSIM(channel=0)
     with pytest.raises(ValueError, match="win_size must be from 3 to 15, got 17"):
         dropin.MS_SSIM(win_size=17)
+    # pytorch-msssim builds one 1-D window (a sequence fails there): one per axis is cussim.torch.ssim's
+    per_axis = "takes one win_(size|sigma) for every axis, as the original does.*cussim.torch.ssim"
+    with pytest.raises(TypeError, match=per_axis):
+        dropin.ssim(x, y, win_size=(11, 7))
+    with pytest.raises(TypeError, match=per_axis):
+        dropin.ms_ssim(x, y, win_sigma=[1.5, 0.8])
+    with pytest.raises(TypeError, match=per_axis):
+        dropin.SSIM(win_size=(11, 7))
     with pytest.raises(ValueError, match="data_range must be a positive finite number"):
         dropin.SSIM(data_range=0)
