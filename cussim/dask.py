@@ -263,15 +263,15 @@ class _Layout:
 
     def windows(self, block_id, margin):
         """(index of an extended chunk, pixels): the windows centred in the chunk, at least
-        ``margin`` (an int, or one per spatial axis) from the image's border; pixels is 0 where there are none."""
+        ``margin`` (an int, or one per spatial axis) from the image's border. Every chunk holds some: its
+        sides are at least the window's on each axis (:func:`_merged`), 2r + 1, so r from the border leaves
+        one or more."""
         index, pixels = [Ellipsis], 1
         margins = _reference.per_axis(margin, self.spatial)
         for axis, r, m in zip(range(-self.spatial, 0), self.params.radii, margins):
             chunks, number = self.chunks[axis], block_id[self.ndim + axis]
             start = sum(chunks[:number])
             low, high = max(start, m), min(start + chunks[number], sum(chunks) - m)
-            if high <= low:
-                return None, 0
             index.append(slice(low - start, high - start + 2 * r))
             pixels *= high - low
         return tuple(index), pixels
@@ -356,9 +356,8 @@ class _Chunked:
         return totals.rechunk(-1).map_blocks(_reference.check_total_weights, dtype=np.float64)
 
     def per_value(self, weight):
-        """``weight`` (a number, or one per value) broadcast against arrays in the kernels' layout."""
-        if self.mask is None:
-            return weight
+        """``weight``, one per value (:meth:`weight` with a mask), broadcast against arrays in the kernels'
+        layout."""
         return weight.reshape(weight.shape + (1,) * (self.layout.ndim - self.layout.kept))
 
     def original(self, array):
@@ -377,8 +376,6 @@ def _chunk_share(layout: _Layout, xe, ye, me=None, *, block_id, gradient_scale=N
     with_gradient = gradient_scale is not None
     grad = xp.zeros(xe.shape, _launch.gradient_dtype(xe.dtype)) if with_gradient else None
     index, pixels = layout.windows(block_id, layout.counted_margin())
-    if not pixels:
-        return xp.zeros(sum_shape, np.float64), grad
     args = (xe[index], ye[index])
     options = dict(layout.metric, axis=layout.averaged_axes)
     if me is None:

@@ -269,6 +269,18 @@ def test_tasks_carry_no_image():
         assert max(len(cloudpickle.dumps(task)) for task in dict(lazy.__dask_graph__()).values()) < 20_000
 
 
+def test_without_dask_the_import_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    for name in ("dask", "dask.array"):
+        monkeypatch.setitem(sys.modules, name, None)  # what `import dask.array` finds when Dask is not installed
+    monkeypatch.delitem(sys.modules, "cussim.dask")
+    with pytest.raises(ImportError, match=r'cussim.dask needs Dask: pip install "dask\[array\]" distributed, or '
+                                          r'cussim\'s dask extra'):
+        importlib.import_module("cussim.dask")
+
+
 def test_bad_inputs_are_named():
     x, y = pair((30, 30))
     dx = da.from_array(x, chunks=10)

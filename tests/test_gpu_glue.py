@@ -398,6 +398,21 @@ def test_structural_similarity_of_gpu_arrays_in_other_dimensions_is_refused(stan
         cussim.structural_similarity(gx, gx, data_range=1.0)
 
 
+def test_structural_similarity_of_gpu_arrays_with_a_window_the_kernels_lack_is_refused(standin_cupy):
+    gx, gy = _on_gpu(standin_cupy, *_images((32, 32)))
+    with pytest.raises(ValueError, match="the GPU kernels take windows of 3 to 15 taps; this one has 17"):
+        cussim.structural_similarity(gx, gy, data_range=1.0, win_size=17)
+    with pytest.raises(ValueError, match=r"3 to 15 taps; this one has 19 \(Gaussian weights: sigma from 0.43"):
+        cussim.structural_similarity(gx, gy, data_range=1.0, gaussian_weights=True, sigma=2.5)
+
+
+def test_a_gpu_mask_with_numpy_masked_arrays_is_refused(standin_cupy):
+    x, y = _images((16, 16))
+    gm, = _on_gpu(standin_cupy, np.ones((16, 16), np.float32))
+    with pytest.raises(TypeError, match="mask is a GPU array but x or y is a numpy.ma masked array"):
+        cussim.ssim(np.ma.masked_greater(x, 0.9), y, mask=gm)
+
+
 def test_workspace_says_where_it_lives(standin_cupy):
     gx, = _on_gpu(standin_cupy, np.zeros((1, 16, 16), np.float32))
     assert repr(cussim.make_workspace(gx, win_size=5)).endswith("bytes, GPU 1)")

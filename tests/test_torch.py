@@ -632,3 +632,9 @@ def test_ssim_map_takes_no_outputs_and_no_second_derivative():
     (first,) = torch.autograd.grad(ct.ssim_map(a, y, win_size=3).sum(), a, create_graph=True)
     with pytest.raises(RuntimeError, match="cussim.torch.ssim_map has no second derivative"):
         first.sum().backward()
+
+
+def test_images_on_two_devices_are_refused():
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="x is on cpu and y on meta; put both on one device"):
+        ct.ssim(x, torch.empty(x.shape, dtype=x.dtype, device="meta"))

@@ -216,6 +216,9 @@ def test_what_cussim_refuses_is_named(photos):
         dropin.ssim(x, y, win_size=10)
     with pytest.raises(ValueError, match="Window size should be odd: win has 10 taps"):
         dropin.ssim(x, y, win=torch.ones(1, 1, 10) / 10)
+    for not_taps in (window64().numpy(), torch.tensor(1.0)):
+        with pytest.raises(TypeError, match="win must be a tensor of 1-D window taps"):
+            dropin.ssim(x, y, win=not_taps)
     triangle = torch.tensor([1.0, 2, 3, 4, 5, 6, 5, 4, 3, 2, 1]) / 36
     with pytest.raises(ValueError, match="win must be a normalised Gaussian window"):
         dropin.ssim(x, y, win=triangle.expand(3, 1, 1, 11))
