@@ -160,16 +160,17 @@ struct RollingWindow {
 };
 
 // The adjoint of the 2x2x2 mean at voxel (z, row, col) of volume p: an
-// eighth of the coarse gradient (contiguous volumes) per slot the voxel fills.
+// eighth of the coarse gradient (contiguous volumes) per slot the voxel fills;
+// 32-bit offsets in a coarse plane (a quarter of a plane: < 2^31 voxels).
 template <class C>
 __device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int row, int col, int depth, int height,
                                      int width, int variant) {
     const PooledTarget d = pooled_target(z, depth, variant), r = pooled_target(row, height, variant),
                        c = pooled_target(col, width, variant);
     if (d.slots == 0 || r.slots == 0 || c.slots == 0) return C(0);
-    const long long coarse_h = pooled_size(height, variant), coarse_w = pooled_size(width, variant);
-    const long long at = ((p * pooled_size(depth, variant) + d.index) * coarse_h + r.index) * coarse_w + c.index;
-    return C(0.125) * C(d.slots * r.slots * c.slots) * coarse[at];
+    const int coarse_w = pooled_size(width, variant), plane = pooled_size(height, variant) * coarse_w;
+    const C* coarse_plane = coarse + (p * pooled_size(depth, variant) + d.index) * plane;
+    return C(0.125) * C(d.slots * r.slots * c.slots) * coarse_plane[r.index * coarse_w + c.index];
 }
 
 // How a kernel keeps its window (RollingWindow) and the blocks per SM that
@@ -191,8 +192,8 @@ __device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int ro
 template <class T, int R, int Q> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
     static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5;
-    static constexpr int kRegisterPlanes = kRing ? 2 : 2 * R + 1;
-    static constexpr int kMinBlocks = kRing ? 3 : Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+    static constexpr int kRegisterPlanes = kRing ? 1 : 2 * R + 1;
+    static constexpr int kMinBlocks = kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 }  // namespace cussim
