@@ -174,26 +174,34 @@ __device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int ro
 }
 
 // How a kernel keeps its window (RollingWindow) and the blocks per SM that
-// ptxas must fit. The backward in float arithmetic up to R = 5 keeps two
-// planes (6 values) in registers and the rest in the shared-memory ring (up
-// to 27 KiB, 40 KiB of shared memory in all at R = 5), capped at three blocks
-// of 256 threads (80 registers): no spill on sm_70 to sm_121; at two blocks'
-// 64 registers it spills 4 to 28 bytes on sm_70, sm_75 and sm_80, whatever
-// the planes kept. Every other window stays in registers (an empty ring),
-// capped by its size: up to 55 32-bit registers of window in float
-// arithmetic (forward to R = 5, backward R = 6 and 7) and 42 in double
-// (forward R = 1, backward to R = 3), two blocks of 256 threads (128
-// registers) without spilling on every architecture the compile check
-// covers (the next sizes spill: float forward R = 6 24 to 36 bytes, double
-// forward R = 2 12 to 52, double backward R = 4 36 to 44); larger windows get
-// the whole register file (255 per thread at one block) rather than spill. The
-// forward's ring does not help: its other registers spill at 80 (python -m
-// bench.sass and bench/NOTES.md).
+// ptxas must fit. The backward in float arithmetic up to R = 5 keeps one
+// plane (3 values) in registers and the rest in the shared-memory ring (30
+// KiB, 43 KiB of shared memory in all at R = 5), capped at four blocks of 256
+// threads (64 registers; R = 1 at three, 80: it spills 20 bytes on sm_70 at
+// 64): no spill on sm_70 to sm_121. Not on sm_75, whose 64 KiB of shared
+// memory per SM would hold one such block, where 128 registers hold two.
+// Every other window stays in registers (an empty ring), capped by its size:
+// up to 55 32-bit registers of window in float arithmetic (forward to R = 5,
+// backward R = 6 and 7) and 42 in double (forward R = 1, backward to R = 3),
+// two blocks of 256 threads (128 registers) without spilling on every
+// architecture the compile check covers (the next sizes spill: float forward
+// R = 6 24 to 36 bytes, double forward R = 2 12 to 52, double backward R = 4
+// 36 to 44); larger windows get the whole register file (255 per thread at
+// one block) rather than spill. The forward's window in the ring spills at 64
+// and 80 registers, and at 128 costs more instructions than it saves
+// (bench/NOTES.md).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 750
+constexpr bool kRingOnThisArch = false;
+#else
+constexpr bool kRingOnThisArch = true;
+#endif
+
 template <class T, int R, int Q> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
-    static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5;
+    static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5 && kRingOnThisArch;
     static constexpr int kRegisterPlanes = kRing ? 1 : 2 * R + 1;
-    static constexpr int kMinBlocks = kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+    static constexpr int kMinBlocks =
+        kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 }  // namespace cussim
@@ -247,16 +255,22 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 5>::kMinBlocks) ss
         double thread_sum = 0.0;
         // Input plane z feeds map planes z - offset - R .. z - offset + R.
         for (int z = g.first + g.offset - R; z < g.last + g.offset + R; ++z) {
+            // a loop per padding (zero outside for "same" and "valid"), as the backward's
+            const auto fill = [&](int loaded_padding) {
 #pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
-                const int r = k / kSide, c = k % kSide;
-                const int in_row = g.row + g.offset - R + r, in_col = g.col + g.offset - R + c;
-                const C a = load_voxel(xp, x_depth, x_row, x_col, z, in_row, in_col, depth, height, width, padding,
-                                       inv_range) - kx;
-                const C b = load_voxel(yp, y_depth, y_row, y_col, z, in_row, in_col, depth, height, width, padding,
-                                       inv_range) - ky;
-                tiles[0][r][c] = a;
-                tiles[1][r][c] = b;
+                for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
+                    const int r = k / kSide, c = k % kSide;
+                    const int in_row = g.row + g.offset - R + r, in_col = g.col + g.offset - R + c;
+                    tiles[0][r][c] = load_voxel(xp, x_depth, x_row, x_col, z, in_row, in_col, depth, height, width,
+                                                loaded_padding, inv_range) - kx;
+                    tiles[1][r][c] = load_voxel(yp, y_depth, y_row, y_col, z, in_row, in_col, depth, height, width,
+                                                loaded_padding, inv_range) - ky;
+                }
+            };
+            if (padding == PAD_REFLECT) {
+                fill(PAD_REFLECT);
+            } else {
+                fill(PAD_SAME);
             }
             __syncthreads();
             C m[5];
@@ -341,18 +355,28 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 3>::kMinBlocks) ss
             }
             // one 64-bit product per plane, 32-bit offsets in it (a plane has < 2^31 voxels: _launch3d)
             const C* map_plane = maps + (long long)(plane_inside ? map_d : 0) * g.map_h * g.map_w;
+            // a loop per padding: in one loop the compiler computed the reflections for every padding and
+            // selected (python -m bench.sass)
+            const auto fill = [&](bool reflect) {
 #pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
-                const int r = k / kSide, c = k % kSide;
-                int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
-                bool inside = plane_inside && map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
-                if (padding == PAD_REFLECT) {
-                    map_row = reflect_index(map_row, g.map_h);
-                    map_col = reflect_index(map_col, g.map_w);
-                    inside = true;
+                for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
+                    const int r = k / kSide, c = k % kSide;
+                    int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
+                    bool inside =
+                        plane_inside && map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
+                    if (reflect) {
+                        map_row = reflect_index(map_row, g.map_h);
+                        map_col = reflect_index(map_col, g.map_w);
+                        inside = true;
+                    }
+                    const int at = map_row * g.map_w + map_col;
+                    for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? map_plane[q * maps_size + at] : C(0);
                 }
-                const int at = map_row * g.map_w + map_col;
-                for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? map_plane[q * maps_size + at] : C(0);
+            };
+            if (padding == PAD_REFLECT) {
+                fill(true);
+            } else {
+                fill(false);
             }
             __syncthreads();
             C b[3];

@@ -155,6 +155,19 @@ def test_sass_count_of_a_march_along_depth_counts_planes_per_output_plane_and_th
     assert (flat.straight, flat.output, flat.planes) == (8, 0, 1.0)
 
 
+def test_sass_count_leaves_out_a_loop_that_only_stores_zeros():
+    """The 3-D backward's halo of a map plane outside the map (zeros, no load): not the interior path."""
+    text = SASS3D.replace("        /*00f0*/               @P1 BRA `(.L_x_4) ;\n",
+                          "        /*00f0*/               @P1 BRA `(.L_x_4) ;\n.L_x_8:\n"
+                          "        /*00f4*/                   STS [R9], RZ ;\n"
+                          "        /*00f8*/               @P1 BRA `(.L_x_8) ;\n")
+    function = sass.parse(text, {"_Zfwd3d": "ssim3d_backward<float, 5>"})["ssim3d_backward<float, 5>"]
+    assert len(sass_march._children((0x20, 0x160), sass_march.backward_branches(function))) == 3
+    c = sass_march.count("ssim3d_backward<float, 5>", function, halo_side=26, chunk=16)
+    assert [(loop.kind, loop.body) for loop in c.loops] == [("tile load", 6), ("horizontal pass", 7)]
+    assert (c.straight, c.output) == (5, 3)
+
+
 def test_sass_names_an_architecture_nvdisasm_cannot_read(monkeypatch, tmp_path):
     script = tmp_path / "nvdisasm"
     script.write_text('#!/bin/sh\necho \'nvdisasm fatal   : CUDA architecture "SM70" is deprecated\' >&2\nexit 1\n')
