@@ -19,7 +19,8 @@
 // (T, C as in ssim_forward.cu; O: float or double.)
 //
 // Launch shapes: msssim_combine takes block (256) and one block per image;
-// msssim_pyramid and msssim_fold any 1-D launch.
+// msssim_pyramid block (256), grid (any, any <= 65535): x over a plane's roots,
+// y over the planes; msssim_fold any 1-D launch.
 
 namespace cussim {
 

@@ -25,10 +25,11 @@
 // and columns and marches along depth over a chunk of `chunk` output planes.
 // Each input plane it passes goes through the 2-D filter of tile.cuh (a
 // (16+2R)^2 halo tile in shared memory, a horizontal pass, a vertical pass in
-// registers); each thread keeps the last 2R+1 filtered planes in registers
-// (a rolling window, 5 moments forward, 3 partial maps backward), and the
-// depth taps over that window finish the 3-D filter. The halo costs 2R planes
-// per chunk, not (16+2R)^3 / 16^3 per voxel.
+// registers); each thread keeps the last 2R+1 filtered planes of its column
+// (a rolling window, 5 moments forward, 3 partial maps backward: in registers,
+// or the older planes in a shared-memory ring, Window3d), and the depth taps
+// over that window finish the 3-D filter. The halo costs 2R planes per chunk,
+// not (16+2R)^3 / 16^3 per voxel.
 //
 // Launch shapes: block (16, 16); grid (tiles_h * tiles_w * chunks,
 // min(volumes, 65535)), blockIdx.x = chunk * tiles_h * tiles_w + tile, the

@@ -192,8 +192,8 @@ WHOLE_KERNEL_BOUNDS = {  # kernel: (instructions per pixel, integer and address 
     "ssim_forward<float, 5, cussim::FORWARD_VALUE>": (416, 86, 64),
     "ssim_forward<float, 5, cussim::FORWARD_EXACT>": (483, 93, 64),
     "ssim_backward<float, 5>": (300, 90, 64),
-    "ssim3d_forward<float, 5>": (1540, 440, 128),
-    "ssim3d_backward<float, 5>": (1200, 595, 64),
+    "ssim3d_forward<float, 5>": (1535, 430, 128),
+    "ssim3d_backward<float, 5>": (1090, 480, 64),
 }
 
 
