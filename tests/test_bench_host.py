@@ -229,6 +229,15 @@ def test_volume_and_pyramid_registers_do_not_regress(arch):
             assert k.stack_frame == 0, k
 
 
+def test_the_pyramid_calls_no_64_bit_division():
+    """msssim_pyramid's plane and root indices are 32-bit: no call of the 64-bit division subroutines (the
+    kernel before took 3 to 9, at 1 to 4 levels)."""
+    assert sass._DIVISION_64.search("`($__internal_0_$__cuda_sm20_div_s64)")
+    rows = sass.pyramid_rows(90, "float")
+    assert [name for name, *_ in rows] == [f"msssim_pyramid<float, {d}>" for d in _kernels.PYRAMID_LEVELS]
+    assert all(divisions == 0 and static > 0 for _, static, divisions, _ in rows), rows
+
+
 def test_whole_kernel_graph_follows_branches_exits_and_thread_tests():
     """The control-flow graph of a function: a test of tid against 10 guards a body only warp 0 issues."""
     text = """
