@@ -165,6 +165,16 @@ __device__ inline PlaneIndex grid_plane_index(long long inner_count) {
     return index;
 }
 
+// Four blocks of 256 threads (64 registers) fit without a spill on sm_75 and
+// newer; sm_70, without a uniform datapath (the levels' sides and offsets take
+// vector registers there), spills at 64 and at 80 registers and keeps the whole
+// register file.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+constexpr int kPyramidMinBlocks = 1;
+#else
+constexpr int kPyramidMinBlocks = 4;
+#endif
+
 }  // namespace cussim
 
 // D successive 2x2 means of x and y (docs/spec.rst section 6): levels 1..D of
@@ -182,18 +192,8 @@ __device__ inline PlaneIndex grid_plane_index(long long inner_count) {
 // of D separate means. Launch: block (256); blockIdx.x strides over a plane's
 // roots (32-bit), blockIdx.y over the planes (PlaneIndex: no division per
 // plane).
-// Four blocks of 256 threads (64 registers) fit without a spill on sm_75 and
-// newer; sm_70, without a uniform datapath (the levels' sides and offsets take
-// vector registers there), spills at 64 and at 80 registers and keeps the whole
-// register file.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
-constexpr int kPyramidMinBlocks = 1;
-#else
-constexpr int kPyramidMinBlocks = 4;
-#endif
-
 template <class T, int D>
-__global__ void __launch_bounds__(256, kPyramidMinBlocks) msssim_pyramid(
+__global__ void __launch_bounds__(256, cussim::kPyramidMinBlocks) msssim_pyramid(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ x_out,
