@@ -8,8 +8,10 @@ prints, per kernel, the instructions one thread issues per map pixel of the
 loop over planes of an interior tile (bench/sass_march.py says how), then the
 whole kernel's at a named shape (1x3x1080x1920), per part and per category,
 with ptxas's registers and shared memory and the occupancy they allow
-(bench/sass_whole.py says how). The counts are exact properties of the binary
-on the stated paths; what they cost in time on a GPU is a prediction
+(bench/sass_whole.py says how); then MS-SSIM's pyramid, which is not a march
+of tiles: its static instructions, its calls of the 64-bit division, its
+registers and occupancy. The counts are exact properties of the binary on the
+stated paths; what they cost in time on a GPU is a prediction
 (bench/roofline.py).
 """
 
@@ -141,6 +143,22 @@ def measure(arch: int = 90, dtype: str = "float", radius: int = 5, shape=sass_un
     return rows
 
 
+_DIVISION_64 = re.compile(r"__cuda_sm20_(div|rem)_[su]64")
+
+
+def pyramid_rows(arch: int = 90, dtype: str = "float") -> list:
+    """(name, static instructions, calls of the 64-bit division and remainder subroutines, ptxas's resources) of
+    MS-SSIM's msssim_pyramid at each level count: a kernel that is not a march of tiles, so not counted per
+    pixel."""
+    names = tuple(f"msssim_pyramid<{dtype}, {levels}>" for levels in _kernels.PYRAMID_LEVELS)
+    functions = disassemble(names, arch, "ssim")
+    report = _nvrtc.compile_report(_kernels.kernel_source("ssim"), _kernels.COMPILE_OPTIONS, names, arch, "ssim.cu")
+    resources = {k.name: k for k in report.kernels}
+    return [(name, len(functions[name]["instructions"]),
+             sum(op.startswith("CALL") and bool(_DIVISION_64.search(operands))
+                 for _, op, operands in functions[name]["instructions"]), resources[name]) for name in names]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="SM architecture (default 90)")
@@ -176,6 +194,12 @@ def main(argv=None) -> int:
           " ".join(f"{x:>9}" for x in sass_units.CATEGORIES))
     for _, w, _ in rows:
         print(f"{w.name:<{width}} " + " ".join(f"{w.categories[x]:>9.1f}" for x in sass_units.CATEGORIES))
+    print(f"\nMS-SSIM's pyramid (not a march of tiles: static instructions, calls of the 64-bit division)\n"
+          f"{'kernel':<{width}} {'static':>6} {'div64':>5} {'regs':>5} {'spill':>5} {'blocks/SM':>9} {'occupancy':>9}")
+    for name, static, divisions, k in pyramid_rows(args.arch, args.dtype):
+        blocks, fraction = sass_units.occupancy(args.arch, k.registers, k.shared_bytes)
+        print(f"{name:<{width}} {static:>6} {divisions:>5} {k.registers:>5} {k.spill_stores + k.spill_loads:>5} "
+              f"{blocks:>9} {fraction:>9.0%}")
     return 0
 
 

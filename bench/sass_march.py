@@ -165,11 +165,15 @@ def _stored(opcode: str, element_bytes: int) -> int:
 def _classify(opcodes, stores_per_iteration):
     """The source loop a SASS loop is, from what it does: stores nothing to shared memory (the 2-D forward's
     pixels, one per iteration; a masked one loads its weights from global memory), loads from global memory
-    into shared (the tile load), or filters shared rows into shared rows (the horizontal pass)."""
+    into shared (the tile load), or filters shared rows into shared rows (the horizontal pass); None for a
+    loop that stores without loading (the 3-D backward's halo of a map plane outside the map, zeros: not the
+    interior path, not counted)."""
     if not any(op.startswith("STS") for op in opcodes) and "pixels" in stores_per_iteration:
         return "pixels", stores_per_iteration["pixels"]
     if any(op.startswith("LDG") for op in opcodes):
         return "tile load", stores_per_iteration["tile load"]
+    if not any(op.startswith("LDS") for op in opcodes):  # stores zeros: the halo of a plane outside the volume
+        return None, 0
     return "horizontal pass", stores_per_iteration["horizontal pass"]
 
 
@@ -205,6 +209,8 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
         body = [i for i, (address, _, _) in enumerate(instructions) if head <= address <= end]
         opcodes = [instructions[i][1] for i in body]
         kind, per_store = _classify(opcodes, stores)
+        if kind is None:
+            continue
         sts = sum(_stored(op, 8 if "<double," in name else 4) for op in opcodes if op.startswith("STS"))
         per_iteration = len(body) * per_store / max(sts, 1)
         loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind] / pixels,

@@ -69,7 +69,7 @@ def masks_from(args):
     source = None if args.mask is None else Path(args.mask)
     if source is not None and not source.exists():
         raise UsageError(f"--mask {args.mask!r} does not exist")
-    if source is not None and source.is_dir() != Path(args.ref).is_dir():
+    if source is not None and source.is_dir() and not Path(args.ref).is_dir():
         raise UsageError(f"--mask {args.mask!r}: a folder of masks goes with folders of images, a mask file "
                          "with files or folders")
     try:

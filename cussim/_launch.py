@@ -33,6 +33,7 @@ from . import _arrays, _kernels, _reference
 
 TILE = 16
 MAX_GRID_Y = 65535
+MAX_PLANE_PIXELS = 2**31 - 1  # msssim_pyramid addresses a plane in 32-bit arithmetic
 # A 2-D forward or backward launches at least this many blocks (about 4 waves of an H100's 528 resident
 # 256-thread blocks) before its blocks take several planes each (plane_rows)
 MIN_BLOCKS = 2048
@@ -567,8 +568,12 @@ def _pyramid_launch(pointers, variant, levels, margin):
     kernel = _kernels.get_kernel("ssim", f"msssim_pyramid<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {levels}>", x)
     args = (x, *lx.args(), y, *ly.args(), x_out, y_out, np.int64(outer * inner), np.int64(inner), np.int32(height),
             np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin))
-    roots = outer * inner * _pyramid_roots((height, width), variant, levels)
-    return _planned_launch(kernel, (min(-(-roots // 256), 2**20),), (256,), args, (x, y), pointers)
+    if height * width > MAX_PLANE_PIXELS:
+        raise ValueError(f"x: MS-SSIM takes planes of at most {MAX_PLANE_PIXELS} pixels (rows x columns), got "
+                         f"{height} x {width}; split the images along their rows or columns")
+    roots = _pyramid_roots((height, width), variant, levels)  # per plane: blockIdx.x; the planes: blockIdx.y
+    grid = (min(-(-roots // 256), 2**20), min(outer * inner, MAX_GRID_Y))
+    return _planned_launch(kernel, grid, (256,), args, (x, y), pointers)
 
 
 def fold(extended, out, *, margin):

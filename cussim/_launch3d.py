@@ -27,6 +27,7 @@ from ._launch import (ELEMENT_TYPES, GRADIENT_FORMULAS, MAX_GRID_Y, MS_SSIM_VARI
                       TILE, _element_strides, _null, _taps, compute_dtype, plane_layouts)
 
 DEPTH_CHUNK = 16  # output planes per block: the 2R halo planes are read once per chunk
+MAX_PLANE_VOXELS = 2**31 - 1  # ssim3d_backward addresses a plane of the partial maps in 32-bit arithmetic
 
 
 def tiles(shape, dtype=None) -> int:
@@ -100,6 +101,9 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
     y = xp.broadcast_to(y, x.shape)
     volumes, inner, (sx, sy, sg), (x, y) = _volume_layouts([x, y], {"grad": grad})
     depth, height, width = x.shape[-3:]
+    if height * width > MAX_PLANE_VOXELS:
+        raise ValueError(f"x: the gradient of volumes takes planes of at most {MAX_PLANE_VOXELS} voxels (rows x "
+                         f"columns), got {height} x {width}; split the volume along its rows or columns")
     kernel = _kernels.get_kernel("ssim3d", f"ssim3d_backward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>",
                                  x)
     kernel(

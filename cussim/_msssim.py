@@ -20,7 +20,6 @@ import math
 import numbers
 from dataclasses import dataclass
 
-import numpy as np
 
 from . import _launch, _reference, _ssim
 from ._ssim import Workspace, _gradient_buffer, _Layout, _prepare, _Problem
@@ -225,10 +224,13 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
     if variant == "piq" and spatial_dims != 2:
         raise ValueError("variant='piq' is for images (spatial_dims=2): piq's 5-D input is a complex image, not a "
                          "volume; volumes take 'pytorch_msssim', 'tensorflow' or 'torchmetrics'")
-    side = _reference.ms_ssim_min_size(win_size if isinstance(win_size, numbers.Integral) else 0, len(weights),
-                                       variant)
-    reason = (f"MS-SSIM ({variant!r}, {len(weights)} scales, win_size={win_size}) needs a smaller side of at "
-              f"least {side}; pass fewer weights (scales) or a smaller win_size")
+    sizes = win_size if isinstance(win_size, (tuple, list)) else [win_size]  # checked by _prepare
+    sides = [_reference.ms_ssim_min_size(w if isinstance(w, numbers.Integral) else 0, len(weights), variant)
+             for w in sizes]
+    side = tuple(sides) if isinstance(win_size, (tuple, list)) else sides[0]
+    reason = (f"MS-SSIM ({variant!r}, {len(weights)} scales, win_size={win_size}) needs "
+              + (f"sides of at least {'x'.join(map(str, sides))}" if isinstance(side, tuple) else
+                 f"a smaller side of at least {side}") + "; pass fewer weights (scales) or a smaller win_size")
     pooled = variant == "torchmetrics" and channel_axis is not None
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window="gaussian", K1=K1,
                        K2=K2, padding="valid", sample_covariance=False, channel_axis=channel_axis, axis=axis,
@@ -266,7 +268,7 @@ def _reference_values(problem: _Problem, pyramid: _Pyramid, want_gradient):
     p = problem.params
     ndim = problem.x.ndim
     return _reference.ms_ssim_with_gradient(
-        problem.x, problem.y, np.asarray(p.taps), weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
+        problem.x, problem.y, p.windows, weights=pyramid.weights, variant=pyramid.variant, K1=p.K1,
         K2=p.K2, data_range=p.data_range, axis=tuple(range(problem.layout.kept, ndim)),
         pool_axes=(ndim - p.spatial - 1,) if pyramid.group > 1 else (), want_gradient=want_gradient,
         limit=problem.limit, spatial=p.spatial, mask=problem.mask)
@@ -358,11 +360,15 @@ _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensor
     data_range : float, optional
         Value range L of the images, as in :func:`cussim.ssim`: the dtype's
         range for integers, 1 for floats (pass it for other ranges).
-    win_size : int
-        Odd Gaussian window size, 3 to 15 (default 11); every scale must be at
-        least this wide (the error says the minimum image side).
-    sigma, K1, K2 : float
-        The Gaussian's standard deviation (1.5) and the formula's constants.
+    win_size : int or tuple of ints
+        Odd Gaussian window size, 3 to 15 (default 11), or one per spatial
+        axis (the same window at every scale); every scale must be at least
+        this wide (the error says the minimum image side).
+    sigma : float or tuple of floats
+        The Gaussian's standard deviation (1.5), or one per spatial axis. A
+        window per axis is computed on NumPy inputs (the float64 path) only.
+    K1, K2 : float
+        The formula's constants.
     channel_axis : int, optional
         An axis holding channels (e.g. -1 for H x W x C, 1 for N x C x H x W).
     spatial_dims : {2, 3}

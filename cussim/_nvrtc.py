@@ -82,8 +82,6 @@ def library() -> ctypes.CDLL:
     """Loads libnvrtc: the NVIDIA wheel first, then $CUDA_PATH, then the system's."""
     tried = []
     for path in _candidate_paths():
-        if "alt" in Path(path).name or "builtins" in Path(path).name:
-            continue
         try:
             lib = ctypes.CDLL(path)
         except OSError as exc:
@@ -192,6 +190,12 @@ def compile_report(source: str, options=(), name_expressions=(), arch: int = 90,
     Raises :class:`NVRTCError` with NVRTC's log when the compilation fails.
     """
     log, lowered, _ = _compile(source, options, name_expressions, arch, filename, False)
+    return CompileReport(arch=arch, log=log, kernels=kernel_resources(log, lowered, arch))
+
+
+def kernel_resources(log: str, lowered: dict, arch: int) -> tuple:
+    """The :class:`KernelResources` of each entry function in ptxas's report ``log``, named by ``lowered``
+    ({mangled name: name expression}; a name not in it stays mangled), or NVRTCError where a figure is missing."""
     frames = {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in _PROPERTIES.finditer(log)}
     kernels = []
     for mangled, registers, barriers, shared in _usage(log):
@@ -202,7 +206,7 @@ def compile_report(source: str, options=(), name_expressions=(), arch: int = 90,
             name=lowered.get(mangled, mangled), arch=arch, registers=registers, barriers=barriers,
             shared_bytes=shared, stack_frame=stack, spill_stores=stores, spill_loads=loads,
         ))
-    return CompileReport(arch=arch, log=log, kernels=tuple(kernels))
+    return tuple(kernels)
 
 
 def _report_from_cache(path: Path):
@@ -262,11 +266,13 @@ def format_table(reports) -> str:
 
 
 def main() -> None:
-    from . import _kernels
+    # This module's importable copy, also when it runs as __main__: the compiling processes unpickle the jobs'
+    # function and their reports by module name, which __main__ is not wherever runpy ran it (a test).
+    from . import _kernels, _nvrtc
 
-    reports = compile_reports(_kernels.compile_check_jobs(supported_archs()))
-    print(f"NVRTC {'.'.join(map(str, version()))}")
-    print(format_table(reports))
+    reports = _nvrtc.compile_reports(_kernels.compile_check_jobs(_nvrtc.supported_archs()))
+    print(f"NVRTC {'.'.join(map(str, _nvrtc.version()))}")
+    print(_nvrtc.format_table(reports))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ Examples
 >>> p = ssim_params(win_size=7, window="uniform", padding="reflect", data_range=255)
 >>> p.radius, p.crop, round(p.taps[0], 6), p.map_shape((2, 20, 30))
 (3, 3, 0.142857, (2, 20, 30))
+>>> q = ssim_params(win_size=(11, 7), sigma=(1.5, 0.8), padding="valid")
+>>> q.win_sizes, q.radii, q.one_window, q.map_shape((2, 20, 30))
+((11, 7), (5, 3), False, (2, 10, 24))
 """
 
 from __future__ import annotations
@@ -85,24 +88,62 @@ def warn_outside_unit_range(x, y) -> None:
 class SsimParams:
     """Everything the kernels need to know about the metric, already checked.
 
-    taps: the 1-D window (float64, odd length, symmetric); crop: the map border
-    left out of the mean ("reflect" leaves out (win_size-1)//2, as skimage);
-    cov: the covariance factor c (1, or NP/(NP-1) for sample covariance);
-    spatial: how many trailing axes the image has (2, a plane; 3, a volume).
+    windows: the 1-D window of each spatial axis, first axis first (each a
+    tuple of float64 taps, odd length, symmetric); crops: the map border left
+    out of the mean along each spatial axis ("reflect" leaves out
+    (win_size-1)//2, as skimage); cov: the covariance factor c (1, or
+    NP/(NP-1) for sample covariance); spatial: how many trailing axes the
+    image has (2, a plane; 3, a volume).
+
+    ``taps``, ``radius``, ``win_size`` and ``crop`` are the one value of every
+    axis, for what computes with one window (the kernels); they raise a
+    ValueError where the axes' windows differ (:attr:`one_window` is False).
+    Each is worked out once (the kernels' launches read them at every call).
     """
 
-    taps: tuple
+    windows: tuple
     K1: float
     K2: float
     data_range: float
     padding: str
     cov: float
-    crop: int
+    crops: tuple
     spatial: int = 2
 
     @functools.cached_property
+    def one_window(self) -> bool:
+        """Whether every spatial axis has the same window."""
+        return len(set(self.windows)) == 1
+
+    def _shared(self, values, name):
+        """The value that every axis shares, or the ValueError saying that the axes' windows differ."""
+        if not self.one_window:
+            raise ValueError(f"{name}: these parameters give each spatial axis its own window "
+                             f"({'x'.join(map(str, self.win_sizes))} taps), and this computation (the kernels, "
+                             "their launch plans and workspaces) takes one window for every axis; a window per axis "
+                             "is computed by the float64 path (NumPy arrays or CPU tensors, with no MS-SSIM "
+                             "workspace), else pass one win_size and one sigma")
+        return values[0]
+
+    @functools.cached_property
+    def taps(self) -> tuple:
+        return self._shared(self.windows, "taps")
+
+    @functools.cached_property
     def radius(self) -> int:
-        return (len(self.taps) - 1) // 2
+        return self._shared(self.radii, "radius")
+
+    @functools.cached_property
+    def crop(self) -> int:
+        return self._shared(self.crops, "crop")
+
+    @functools.cached_property
+    def radii(self) -> tuple:
+        return tuple((len(w) - 1) // 2 for w in self.windows)
+
+    @property
+    def win_sizes(self) -> tuple:
+        return tuple(len(w) for w in self.windows)
 
     @functools.cached_property
     def _hash(self) -> int:
@@ -114,18 +155,19 @@ class SsimParams:
     def __getstate__(self):  # without the cached hash: a string's hash differs from process to process
         return {name: value for name, value in self.__dict__.items() if name != "_hash"}
 
-    @property
+    @functools.cached_property
     def win_size(self) -> int:
-        return len(self.taps)
+        return self._shared(self.win_sizes, "win_size")
 
     def map_shape(self, shape) -> tuple:
         """Shape of the SSIM map for images of ``shape`` (the spatial axes shrink for "valid")."""
-        shrink = 2 * self.radius if self.padding == "valid" else 0
-        return tuple(shape[: -self.spatial]) + tuple(n - shrink for n in shape[-self.spatial :])
+        valid = self.padding == "valid"
+        return tuple(shape[: -self.spatial]) + tuple(n - 2 * r * valid for n, r in zip(shape[-self.spatial :],
+                                                                                      self.radii))
 
     def mean_shape(self, shape) -> tuple:
         """The part of the map that the mean averages: its spatial sides after the crop."""
-        return tuple(n - 2 * self.crop for n in self.map_shape(shape)[-self.spatial :])
+        return tuple(n - 2 * c for n, c in zip(self.map_shape(shape)[-self.spatial :], self.crops))
 
 
 def _positive_finite(name, value, fix):
@@ -158,6 +200,45 @@ def ssim_params(*, win_size=11, sigma=1.5, window="gaussian", K1=0.01, K2=0.03, 
     return _cached_params(*arguments)
 
 
+def per_axis_values(name, value, spatial_dims, example) -> tuple:
+    """``value`` as one entry per spatial axis with the name of each for messages: [(name, entry), ...].
+
+    A tuple or list gives one value per spatial axis (the first spatial axis
+    first, as torchmetrics takes kernel_size and sigma); anything else is the
+    value of every axis. A sequence of another length is a ValueError naming
+    ``name`` and an ``example`` of the right one.
+    """
+    if not isinstance(value, (tuple, list)):
+        return [(name, value)] * spatial_dims
+    if len(value) != spatial_dims:
+        raise ValueError(f"{name}={value!r} has {len(value)} value{'s' * (len(value) != 1)}, but the images have "
+                         f"{spatial_dims} spatial axes: give one value for every axis, or one per spatial axis (e.g. "
+                         f"{name}={example[:spatial_dims]})")
+    return [(f"{name}[{i}] (spatial axis {i})", v) for i, v in enumerate(value)]
+
+
+def check_one_window(function, fix, **values) -> None:
+    """A TypeError for a tuple or list among ``values`` (argument name: value): ``function``, a drop-in, takes one
+    value for every axis, as the library it stands in for does (a sequence fails there); ``fix`` says what takes
+    one per axis."""
+    for name, value in values.items():
+        if isinstance(value, (tuple, list)):
+            raise TypeError(f"{function} takes one {name} for every axis, as the original does, got {value!r}; {fix}")
+
+
+def _checked_win_size(name, win_size) -> int:
+    """One axis' window size, an odd int from MIN_WIN_SIZE to MAX_WIN_SIZE, or the error naming ``name``."""
+    if isinstance(win_size, bool) or not isinstance(win_size, numbers.Integral):
+        raise TypeError(f"{name} must be an odd int from {MIN_WIN_SIZE} to {MAX_WIN_SIZE} (or one per spatial "
+                        f"axis), got {win_size!r}")
+    if win_size % 2 == 0:
+        raise ValueError(f"{name} must be odd, got {win_size}; use {_allowed_near(win_size)}")
+    if not MIN_WIN_SIZE <= win_size <= MAX_WIN_SIZE:
+        raise ValueError(f"{name} must be from {MIN_WIN_SIZE} to {MAX_WIN_SIZE}, got {win_size}; "
+                         f"use {_allowed_near(win_size)}")
+    return int(win_size)
+
+
 def _allowed_near(win_size) -> str:
     """The allowed window sizes (odd, MIN_WIN_SIZE to MAX_WIN_SIZE) next to a refused one, as a suggestion."""
     near = [w for w in (win_size - 1, win_size + 1) if MIN_WIN_SIZE <= w <= MAX_WIN_SIZE and w % 2]
@@ -170,32 +251,29 @@ def _checked_params(win_size, sigma, window, K1, K2, padding, sample_covariance,
         raise ValueError(f"window must be one of {', '.join(map(repr, WINDOWS))}, got {window!r}")
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {', '.join(map(repr, PADDINGS))}, got {padding!r}")
-    if isinstance(win_size, bool) or not isinstance(win_size, numbers.Integral):
-        raise TypeError(f"win_size must be an odd int from {MIN_WIN_SIZE} to {MAX_WIN_SIZE}, got {win_size!r}")
-    if win_size % 2 == 0:
-        raise ValueError(f"win_size must be odd, got {win_size}; use {_allowed_near(win_size)}")
-    if not MIN_WIN_SIZE <= win_size <= MAX_WIN_SIZE:
-        raise ValueError(f"win_size must be from {MIN_WIN_SIZE} to {MAX_WIN_SIZE}, got {win_size}; "
-                         f"use {_allowed_near(win_size)}")
+    spatial_dims = check_spatial_dims(spatial_dims)
+    sizes = [_checked_win_size(name, w) for name, w in per_axis_values("win_size", win_size, spatial_dims,
+                                                                         (11, 7, 7))]
+    sigmas = per_axis_values("sigma", sigma, spatial_dims, (1.5, 0.8, 0.8))
     if window == "gaussian":
-        _positive_finite("sigma", sigma, "it is the Gaussian window's standard deviation in pixels (e.g. 1.5)")
+        sigmas = [(name, _positive_finite(name, s, "it is the Gaussian window's standard deviation in pixels "
+                                                   "(e.g. 1.5)")) for name, s in sigmas]
     for name, value in (("K1", K1), ("K2", K2)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r} (defaults: K1=0.01, K2=0.03)")
     data_range = _positive_finite(
         "data_range", data_range, "it is the value range of the images (1 for [0, 1] floats, 255 for uint8)"
     )
-    spatial_dims = check_spatial_dims(spatial_dims)
-    win_size = int(win_size)
-    np_ = win_size**spatial_dims
+    np_ = math.prod(sizes)
     return SsimParams(
-        taps=tuple(float(t) for t in _reference.window_taps(window, win_size, float(sigma))),
+        windows=tuple(tuple(float(t) for t in _reference.window_taps(window, w, s if window == "gaussian" else 0.0))
+                      for w, (_, s) in zip(sizes, sigmas)),
         K1=float(K1),
         K2=float(K2),
         data_range=data_range,
         padding=padding,
         cov=np_ / (np_ - 1) if sample_covariance else 1.0,
-        crop=_reference.mean_weights_crop(padding, win_size),
+        crops=tuple(_reference.mean_weights_crop(padding, w) for w in sizes),
         spatial=spatial_dims,
     )
 

@@ -8,7 +8,10 @@ computes only the map pixels a mean counts.
 
 The image is always the last ``spatial`` axes (2, a plane, by default; 3 for
 a D x H x W volume); any leading axes are a batch. A window is a 1-D array of
-taps (odd length, symmetric), applied separably along each spatial axis.
+taps (odd length, symmetric), applied separably along each spatial axis, or
+one such array per spatial axis (the first for the first spatial axis):
+``taps`` arguments take either (:func:`axis_windows`), and the borders that
+follow from a window (``crop``, radii) are one int or one per spatial axis.
 
 Examples
 --------
@@ -63,23 +66,46 @@ def skimage_gaussian_taps(sigma: float) -> np.ndarray:
     return gaussian_taps(int(3.5 * sigma + 0.5), sigma)
 
 
+def axis_windows(taps, spatial=2) -> list:
+    """One float64 window per spatial axis: ``taps`` (one 1-D window for every axis) repeated, or ``taps`` as
+    given where it holds one window per axis (a sequence of 1-D windows, or a 2-D array of equal ones)."""
+    if np.ndim(taps[0]) == 0:
+        return [np.asarray(taps, dtype=np.float64)] * spatial
+    if len(taps) != spatial:
+        raise ValueError(f"taps holds {len(taps)} windows; images with {spatial} spatial axes take one window, "
+                         f"or one per axis")
+    return [np.asarray(t, dtype=np.float64) for t in taps]
+
+
+def axis_radii(taps, spatial=2) -> tuple:
+    """The radius of each spatial axis' window (:func:`axis_windows`)."""
+    return tuple((len(t) - 1) // 2 for t in axis_windows(taps, spatial))
+
+
+def per_axis(value, spatial=2) -> tuple:
+    """``value`` (an int, or one per spatial axis) as one int per spatial axis."""
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * spatial
+
+
 def cropped(array, border, spatial=2):
-    """``array`` without ``border`` elements on both ends of each of its last ``spatial`` axes."""
-    if not border:
+    """``array`` without ``border`` elements (an int, or one per spatial axis) on both ends of each of its last
+    ``spatial`` axes."""
+    borders = per_axis(border, spatial)
+    if not any(borders):
         return array
-    return array[(Ellipsis,) + tuple(slice(border, n - border) for n in array.shape[-spatial:])]
+    return array[(Ellipsis,) + tuple(slice(b, n - b) for b, n in zip(borders, array.shape[-spatial:]))]
 
 
-def _extend(img: np.ndarray, radius: int, padding: str, spatial: int, crop: int = 0) -> np.ndarray:
+def _extend(img: np.ndarray, radius, padding: str, spatial: int, crop=0) -> np.ndarray:
     """The images as the windows of a map cropped by ``crop`` read them: extended by ``radius`` on every side of
     their last ``spatial`` axes as ``padding`` says (zeros for "same"; half-sample symmetric for "reflect",
-    scipy's "reflect" is NumPy's "symmetric"; not at all for "valid"), less ``crop`` on every side."""
-    margin = (0 if padding == "valid" else radius) - crop
-    if margin < 0:
-        return img[(Ellipsis,) + tuple(slice(-margin, n + margin) for n in img.shape[-spatial:])]
-    if margin == 0:
+    scipy's "reflect" is NumPy's "symmetric"; not at all for "valid"), less ``crop`` on every side (each an int,
+    or one per spatial axis)."""
+    margins = [(0 if padding == "valid" else r) - c for r, c in zip(per_axis(radius, spatial), per_axis(crop, spatial))]
+    img = cropped(img, [max(0, -m) for m in margins], spatial)
+    if max(margins) <= 0:
         return img
-    widths = [(0, 0)] * (img.ndim - spatial) + [(margin, margin)] * spatial
+    widths = [(0, 0)] * (img.ndim - spatial) + [(max(0, m), max(0, m)) for m in margins]
     return np.pad(img, widths, mode="constant" if padding == "same" else "symmetric")
 
 
@@ -133,25 +159,30 @@ def _correlate(flat: np.ndarray, taps: np.ndarray, step: int) -> np.ndarray:
     return out
 
 
-def _filter_valid(flat: np.ndarray, taps: np.ndarray, shape, spatial: int) -> np.ndarray:
-    """The separable window over the last ``spatial`` axes of the flat block of C-order ``shape``, where it fits
-    whole: a flat array whose entries at the map's places (:func:`_map_view`) hold the map.
+def _filter_valid(flat: np.ndarray, taps, shape, spatial: int) -> np.ndarray:
+    """The separable window (``taps``: one window, or one per axis) over the last ``spatial`` axes of the flat
+    block of C-order ``shape``, where it fits whole: a flat array whose entries at the map's places
+    (:func:`_map_view`) hold the map.
 
-    A box window sums first and multiplies once by its tap to the power ``spatial``.
+    Box windows sum first and multiply once by the product of their taps (a
+    tap to the power ``spatial`` where the axes share it).
     """
-    box = (taps == taps[0]).all()
-    for step in _steps(shape, spatial):
-        flat = _box_sums(flat, len(taps), step) if box else _correlate(flat, taps, step)
+    windows = axis_windows(taps, spatial)
+    box = all((w == w[0]).all() for w in windows)
+    for step, w in zip(_steps(shape, spatial), windows):
+        flat = _box_sums(flat, len(w), step) if box else _correlate(flat, w, step)
     if box:
-        flat *= taps[0] ** spatial
+        firsts = [w[0] for w in windows]
+        flat *= firsts[0] ** spatial if len(set(firsts)) == 1 else math.prod(firsts)
     return flat
 
 
-def _map_view(flat: np.ndarray, shape, k: int, spatial: int) -> np.ndarray:
-    """The map held by ``flat``, filtered from a block of C-order ``shape`` by k taps: each of the last ``spatial``
-    sides shrinks by k - 1, the places keep the block's strides (the last place is the flat array's last entry)."""
+def _map_view(flat: np.ndarray, shape, sizes, spatial: int) -> np.ndarray:
+    """The map held by ``flat``, filtered from a block of C-order ``shape`` by windows of ``sizes`` taps (one
+    per spatial axis): each of the last ``spatial`` sides shrinks by its size - 1, the places keep the block's
+    strides (the last place is the flat array's last entry)."""
     strides = [flat.itemsize * step for step in _steps(shape, len(shape))]
-    sides = tuple(shape[: -spatial]) + tuple(n - k + 1 for n in shape[-spatial:])
+    sides = tuple(shape[: -spatial]) + tuple(n - k + 1 for n, k in zip(shape[-spatial:], sizes))
     return np.lib.stride_tricks.as_strided(flat, sides, strides, writeable=False)
 
 
@@ -171,8 +202,8 @@ def _chunks(planes: int, first: int, rest: int):
             yield slice(p, min(planes, p + per_chunk)), slice(r, min(first, r + steps))
 
 
-def _by_chunks(compute, images, taps: np.ndarray, padding: str, outputs: int, spatial: int, crop: int = 0,
-               divisor: float = 1.0, shifts=None):
+def _by_chunks(compute, images, taps, padding: str, outputs: int, spatial: int, crop=0, divisor: float = 1.0,
+               shifts=None):
     """``compute(blocks, shape, offsets)`` over chunks of the map (cropped by ``crop`` on every side), assembled:
     ``outputs`` arrays of the map's shape.
 
@@ -189,32 +220,32 @@ def _by_chunks(compute, images, taps: np.ndarray, padding: str, outputs: int, sp
     than on whole arrays (bench/NOTES.md), and each map pixel is computed
     by the same operations whatever the chunks.
     """
-    k = len(taps)
+    sizes = [len(w) for w in axis_windows(taps, spatial)]
     divisors = divisor if isinstance(divisor, (tuple, list)) else [divisor] * len(images)
-    extended = [_extend(img, (k - 1) // 2, padding, spatial, crop) for img in images]
+    extended = [_extend(img, axis_radii(taps, spatial), padding, spatial, crop) for img in images]
     lead, sides = extended[0].shape[: -spatial], extended[0].shape[-spatial:]
     flat = [e.reshape((-1,) + sides) for e in extended]
     flat_shifts = [np.zeros((len(flat[0]),) + (1,) * spatial)] * len(images) if shifts is None else [
         s.reshape((-1,) + (1,) * spatial) for s in shifts]
-    map_sides = tuple(max(0, n - k + 1) for n in sides)
+    map_sides = tuple(max(0, n - k + 1) for n, k in zip(sides, sizes))
     results = [np.empty(flat[0].shape[:1] + map_sides) for _ in range(outputs)]
     for planes, steps in _chunks(flat[0].shape[0], map_sides[0], math.prod(map_sides[1:])):
-        parts = [f[planes, steps.start : steps.stop + k - 1] for f in flat]
+        parts = [f[planes, steps.start : steps.stop + sizes[0] - 1] for f in flat]
         blocks = []
         for part, shift, d in zip(parts, flat_shifts, divisors):
             block = np.subtract(part, shift[planes], out=np.empty(part.shape), dtype=np.float64)
             block /= d
             blocks.append(block.ravel())
         shape = parts[0].shape
-        filtered = blocks[0].size - (k - 1) * sum(_steps(shape, spatial))
+        filtered = blocks[0].size - sum((k - 1) * step for k, step in zip(sizes, _steps(shape, spatial)))
         offsets = [s[planes].ravel() / d for s, d in zip(flat_shifts, divisors)]
         offsets = [o[0] if len(o) == 1 else np.repeat(o, math.prod(shape[1:]))[:filtered] for o in offsets]
         for result, values in zip(results, compute(blocks, shape, offsets)):
-            result[planes, steps] = _map_view(values, parts[0].shape, k, spatial)
+            result[planes, steps] = _map_view(values, parts[0].shape, sizes, spatial)
     return [r.reshape(lead + map_sides) for r in results]
 
 
-def filter_plane(img: np.ndarray, taps: np.ndarray, padding: str, spatial: int = 2) -> np.ndarray:
+def filter_plane(img: np.ndarray, taps, padding: str, spatial: int = 2) -> np.ndarray:
     """The window filter F over the last ``spatial`` axes, in float64.
 
     "same" pads with zeros (no renormalisation), "reflect" is half-sample
@@ -224,7 +255,7 @@ def filter_plane(img: np.ndarray, taps: np.ndarray, padding: str, spatial: int =
                       taps, padding, 1, spatial)[0]
 
 
-def filter_plane_adjoint(g: np.ndarray, taps: np.ndarray, padding: str, shape: tuple, spatial: int = 2) -> np.ndarray:
+def filter_plane_adjoint(g: np.ndarray, taps, padding: str, shape: tuple, spatial: int = 2) -> np.ndarray:
     """F^T: the adjoint of :func:`filter_plane`, mapping a map-shaped array to ``shape``.
 
     For "valid" the map is embedded in a zero image of the image's shape first.
@@ -234,9 +265,9 @@ def filter_plane_adjoint(g: np.ndarray, taps: np.ndarray, padding: str, shape: t
     """
     if padding == "valid":
         embedded = np.zeros(shape, dtype=np.float64)
-        cropped(embedded, (len(taps) - 1) // 2, spatial)[...] = g
+        cropped(embedded, axis_radii(taps, spatial), spatial)[...] = g
         g = embedded
-    flipped = np.ascontiguousarray(taps[::-1])
+    flipped = [np.ascontiguousarray(w[::-1]) for w in axis_windows(taps, spatial)]
     return filter_plane(g, flipped, "reflect" if padding == "reflect" else "same", spatial)
 
 
@@ -244,13 +275,15 @@ def _check(x, taps, padding, spatial):
     """The few conditions the reference itself needs; the public API checks the rest."""
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-    if len(taps) % 2 != 1:
-        raise ValueError(f"the window must have an odd number of taps, got {len(taps)}")
+    sizes = [len(w) for w in axis_windows(taps, spatial)]
+    if any(k % 2 != 1 for k in sizes):
+        raise ValueError(f"the window must have an odd number of taps on every axis, got {sizes}")
     if np.ndim(x) < spatial:
         raise ValueError(f"images need {NUMBER_WORDS[spatial]} spatial axes (the last {spatial}), "
                          f"got shape {np.shape(x)}")
-    if padding == "valid" and min(np.shape(x)[-spatial:]) < len(taps):
-        raise ValueError(f'padding="valid" needs images of at least {len(taps)} pixels a side, got {np.shape(x)}')
+    if padding == "valid" and any(n < k for n, k in zip(np.shape(x)[-spatial:], sizes)):
+        least = f"{sizes[0]} pixels a side" if len(set(sizes)) == 1 else f"the window's {'x'.join(map(str, sizes))}"
+        raise ValueError(f'padding="valid" needs images of at least {least}, got {np.shape(x)}')
 
 
 def _images(x, y, taps, padding, spatial):
@@ -515,8 +548,10 @@ def _weights(x, y, mask, mask_mode, spatial):
 
 
 def map_weights(weights, padding, radius, crop=0, spatial=2):
-    """The weights of the map pixels: the mask cropped like the map (by r for "valid"), and by ``crop``."""
-    return cropped(weights, (radius if padding == "valid" else 0) + crop, spatial)
+    """The weights of the map pixels: the mask cropped like the map (by r for "valid"), and by ``crop`` (each an
+    int, or one per spatial axis)."""
+    radii, crops = per_axis(radius, spatial), per_axis(crop, spatial)
+    return cropped(weights, [(r if padding == "valid" else 0) + c for r, c in zip(radii, crops)], spatial)
 
 
 def weighted_mean(values, weights, axes):
@@ -542,7 +577,8 @@ def check_total_weights(totals):
 
 
 def mean_weights_crop(padding: str, win_size: int) -> int:
-    """Border of the map left out of the mean: (win_size-1)//2 for "reflect", else 0."""
+    """Border of the map left out of the mean along an axis whose window has ``win_size`` taps: (win_size-1)//2
+    for "reflect", else 0."""
     return (win_size - 1) // 2 if padding == "reflect" else 0
 
 
@@ -564,7 +600,7 @@ def ssim(x, y, taps, *, axis=None, crop=0, spatial=2, mask=None, mask_mode="mean
     """Mean SSIM over ``axis`` (which includes the last ``spatial`` axes), in float64.
 
     ``crop`` leaves that many map pixels out of the mean on every side
-    (skimage's (win_size-1)//2 for "reflect"). ``mask``: the mean weighted
+    (skimage's (win_size-1)//2 for "reflect"; an int, or one per spatial axis). ``mask``: the mean weighted
     by it (``mask_mode="mean"``), or normalised convolution and that
     weighted mean (``"normalized"``), docs/spec.rst section 8. Other
     keywords as :func:`ssim_map`.
@@ -575,7 +611,7 @@ def ssim(x, y, taps, *, axis=None, crop=0, spatial=2, mask=None, mask_mode="mean
     axes = _normalise_axis(axis, S.ndim, spatial)
     if weights is None:
         return S.mean(axis=axes)
-    counted = map_weights(weights, kwargs.get("padding", "same"), (len(taps) - 1) // 2, crop, spatial)
+    counted = map_weights(weights, kwargs.get("padding", "same"), axis_radii(taps, spatial), crop, spatial)
     return np.squeeze(weighted_mean(S, counted, axes)[0], axis=axes)
 
 
@@ -601,7 +637,7 @@ def ssim_with_gradient(x, y, taps, *, axis=None, crop=0, K1=0.01, K2=0.03, paddi
         value = counted.mean(axis=axes)
         cropped(g, crop, spatial)[...] = 1.0 / np.prod([counted.shape[a] for a in axes])
     else:
-        counted_weights = map_weights(weights, padding, (len(taps) - 1) // 2, crop, spatial)
+        counted_weights = map_weights(weights, padding, axis_radii(taps, spatial), crop, spatial)
         mean, total = weighted_mean(counted, counted_weights, axes)
         value = np.squeeze(mean, axis=axes)
         cropped(g, crop, spatial)[...] = counted_weights / total
@@ -732,15 +768,16 @@ def _mirror_fold(n, margin):
 
 
 def mirror_extend(image, margin, spatial=2):
-    """The image extended by ``margin`` on every side of its last ``spatial`` axes by whole-sample reflection
-    (dcb|abcd|cba)."""
-    return np.pad(image, [(0, 0)] * (image.ndim - spatial) + [(margin, margin)] * spatial, mode="reflect")
+    """The image extended by ``margin`` (an int, or one per spatial axis) on every side of its last ``spatial``
+    axes by whole-sample reflection (dcb|abcd|cba)."""
+    margins = per_axis(margin, spatial)
+    return np.pad(image, [(0, 0)] * (image.ndim - spatial) + [(m, m) for m in margins], mode="reflect")
 
 
 def mirror_extend_adjoint(g, margin, shape, spatial=2):
     """The adjoint of :func:`mirror_extend`: each extended position's g added onto its pixel of ``shape``."""
-    for axis in range(g.ndim - spatial, g.ndim):
-        g = np.moveaxis(np.moveaxis(g, axis, -1) @ _mirror_fold(shape[axis], margin).T, -1, axis)
+    for axis, m in zip(range(g.ndim - spatial, g.ndim), per_axis(margin, spatial)):
+        g = np.moveaxis(np.moveaxis(g, axis, -1) @ _mirror_fold(shape[axis], m).T, -1, axis)
     return g
 
 
@@ -778,17 +815,20 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
     x, y = np.broadcast_arrays(x, y)
     mask = None if mask is None else mask_weights(mask, x.shape, spatial)
     scales = len(weights)
-    needed = ms_ssim_min_size(len(taps), scales, variant)
-    if min(x.shape[-spatial:]) < needed:
+    sizes = [len(w) for w in axis_windows(taps, spatial)]
+    needed = [ms_ssim_min_size(k, scales, variant) for k in sizes]
+    if any(n < k for n, k in zip(x.shape[-spatial:], needed)):
+        window, least = ((f"{sizes[0]}-tap", f"the smaller side must be at least {needed[0]}") if len(set(sizes)) == 1
+                         else ("x".join(map(str, sizes)), f"the sides must be at least {'x'.join(map(str, needed))}"))
         raise ValueError(f"images of {'x'.join(map(str, x.shape[-spatial:]))} are too small for {scales} scales of "
-                         f"{variant!r} with a {len(taps)}-tap window: the smaller side must be at least {needed}")
+                         f"{variant!r} with a {window} window: {least}")
     xs, ys = [x], [y]
     for _ in range(scales - 1):
         xs.append(downsample(xs[-1], variant, spatial))
         ys.append(downsample(ys[-1], variant, spatial))
     # torchmetrics: the last scale's S over the full map, the image extended by whole-sample reflection
-    margin = (len(taps) - 1) // 2 if variant == "torchmetrics" else 0
-    extended = [mirror_extend(a, margin, spatial) if margin else a for a in (xs[-1], ys[-1])]
+    margin = axis_radii(taps, spatial) if variant == "torchmetrics" else (0,) * spatial
+    extended = [mirror_extend(a, margin, spatial) if any(margin) else a for a in (xs[-1], ys[-1])]
     kwargs = dict(K1=K1, K2=K2, padding="valid", data_range=data_range, cov=1.0, want_partials=want_gradient,
                   limit=limit, spatial=spatial)
     terms = [_map_and_partials(xs[j], ys[j], taps, term="cs", **kwargs) for j in range(scales - 1)]
@@ -802,8 +842,8 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
         pooled = [mask]
         for _ in range(scales - 1):
             pooled.append(downsample(pooled[-1], variant, spatial))
-        radius = (len(taps) - 1) // 2
-        pixel_weights = [cropped(w, radius - (margin if j == scales - 1 else 0), spatial)
+        radii = axis_radii(taps, spatial)
+        pixel_weights = [cropped(w, [r - (m if j == scales - 1 else 0) for r, m in zip(radii, margin)], spatial)
                          for j, w in enumerate(pooled)]
         weighted = [weighted_mean(t[0], w, mean_axes) for t, w in zip(terms, pixel_weights)]
         means = [mean for mean, _ in weighted]
@@ -830,7 +870,7 @@ def ms_ssim_with_gradient(x, y, taps, *, weights=MS_SSIM_WEIGHTS, variant="pytor
         else:  # the map pixels' shares of each image's weighted mean
             g = d_mean / images_per_value * pixel_weights[j]
         grad_j = _gradient_from_partials(x_scaled, y_scaled, partials, g, taps, "valid", spatial) / data_range
-        if j == scales - 1 and margin:
+        if j == scales - 1 and any(margin):
             grad_j = mirror_extend_adjoint(grad_j, margin, xs[j].shape, spatial)
         grad = grad_j if grad is None else grad_j + downsample_adjoint(grad, variant, xs[j].shape, spatial)
     return value, grad

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from . import _arrays, _launch, _launch3d, _reference
-from ._params import SsimParams
+from ._params import SsimParams, check_one_window
 
 TRUNCATE = 3.5  # skimage's Gaussian: radius int(3.5 * sigma + 0.5)
 MAX_KERNEL_RADIUS = 7
@@ -104,6 +104,9 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     K1 = kwargs.pop("K1", 0.01)
     K2 = kwargs.pop("K2", 0.03)
     sigma = kwargs.pop("sigma", 1.5)
+    check_one_window("structural_similarity", "for a window per axis, cussim.ssim(im1, im2, win_size=(7, 5), "
+                     "window='uniform', padding='reflect', sample_covariance=True, data_range=...) computes "
+                     "scikit-image's uniform-window SSIM with a size per axis", win_size=win_size, sigma=sigma)
     if K1 < 0:
         raise ValueError("K1 must be positive")
     if K2 < 0:
@@ -132,9 +135,9 @@ def structural_similarity(im1, im2, *, win_size=None, gradient=False, data_range
     taps = _reference.gaussian_taps(int(TRUNCATE * sigma + 0.5), sigma) if gaussian_weights else \
         _reference.uniform_taps(win_size)
     np_ = win_size**spatial
-    params = SsimParams(taps=tuple(float(t) for t in taps), K1=float(K1), K2=float(K2), data_range=data_range,
-                        padding="reflect", cov=np_ / (np_ - 1) if use_sample_covariance else 1.0,
-                        crop=(win_size - 1) // 2, spatial=spatial)
+    params = SsimParams(windows=(tuple(float(t) for t in taps),) * spatial, K1=float(K1), K2=float(K2),
+                        data_range=data_range, padding="reflect", cov=np_ / (np_ - 1) if use_sample_covariance else 1.0,
+                        crops=((win_size - 1) // 2,) * spatial, spatial=spatial)
     # Channels become a leading (batch) axis: a view, no copy.
     x, y = _as_planes(im1, channel_axis), _as_planes(im2, channel_axis)
     kernels_fit = 1 <= params.radius <= MAX_KERNEL_RADIUS

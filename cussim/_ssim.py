@@ -216,11 +216,11 @@ def _checked_layout(x_shape, y_shape, x_dtype, y_dtype, data_range, win_size, si
     check_compute_range(params, _launch.compute_dtype(x_dtype))
     sides = [x_shape[a] for a in spatial]
     kind = "images" if spatial_dims == 2 else "volumes"
-    if min_side is not None and min(sides) < min_side[0]:
+    if min_side is not None and any(n < m for n, m in zip(sides, _reference.per_axis(min_side[0], spatial_dims))):
         raise ValueError(f"x's {kind} are {'x'.join(map(str, sides))}; {min_side[1]}")
-    if min(sides) < params.win_size:
+    if any(n < w for n, w in zip(sides, params.win_sizes)):
         raise ValueError(f"x's {kind} are {'x'.join(map(str, sides))}, smaller than the "
-                         f"{'x'.join([str(win_size)] * spatial_dims)} window; "
+                         f"{'x'.join(map(str, params.win_sizes))} window; "
                          "use a smaller win_size, or set channel_axis if an image axis holds channels")
     if not reduce or axis is None:
         averaged = set(range(ndim)) if reduce else set(spatial)
@@ -348,9 +348,9 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     """The float64 reference on NumPy inputs: (values, gradient in the kernels' layout or None)."""
     p = problem.params
     axes = tuple(range(problem.layout.kept, problem.x.ndim))
-    kwargs = dict(axis=axes, crop=p.crop, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range, cov=p.cov,
-                  limit=problem.limit, spatial=p.spatial, mask=problem.mask, mask_mode=problem.mask_mode)
-    taps = np.asarray(p.taps)
+    kwargs = dict(axis=axes, crop=p.crops, K1=p.K1, K2=p.K2, padding=p.padding, data_range=p.data_range,
+                  cov=p.cov, limit=problem.limit, spatial=p.spatial, mask=problem.mask, mask_mode=problem.mask_mode)
+    taps = p.windows
     l1_value = l1_grad = 0.0
     if l1:  # the fused L1 term, only where it is asked for (it costs a float64 copy of the images)
         difference = problem.x.astype(np.float64) - problem.y.astype(np.float64)
@@ -380,6 +380,12 @@ def _use_kernels(problem: _Problem, masked_means=False) -> bool:
                 "mask: the kernels take masks for 2-D SSIM and DSSIM means and the L1 + DSSIM loss only so far, "
                 "not for volumes or MS-SSIM: pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
                 "'reference')")
+    if kernels and not problem.params.one_window:
+        raise ValueError(f"win_size and sigma give each spatial axis its own window here "
+                         f"({'x'.join(map(str, problem.params.win_sizes))} taps), which the kernels do not compute "
+                         "(they are built for one window radius on every axis): pass NumPy arrays or CPU tensors "
+                         "(the float64 path, with CUSSIM_NUMPY_BACKEND unset or 'reference'), or one win_size and "
+                         "one sigma for every axis")
     return kernels
 
 
@@ -535,20 +541,26 @@ _DOC_PARAMETERS = DOC_IMAGES + """    data_range : float, optional
         65535); 1 for floats, the [0, 1] convention: pass it for floats in any
         other range (255 for [0, 255], 2 for [-1, 1]). Never guessed from the
         values.
-    win_size : int
-        Odd window size, 3 to 15 (default 11).
-    sigma : float
-        Standard deviation of the Gaussian window (default 1.5).
+    win_size : int or tuple of ints
+        Odd window size, 3 to 15 (default 11); or one per spatial axis, the
+        first spatial axis first (``(11, 7)``: 11 taps along H, 7 along W, as
+        torchmetrics' ``kernel_size``).
+    sigma : float or tuple of floats
+        Standard deviation of the Gaussian window (default 1.5), or one per
+        spatial axis. A window per axis (sizes or sigmas that differ) is
+        computed on NumPy inputs (the float64 path) only; the kernels refuse
+        it.
     window : {"gaussian", "uniform"}
     K1, K2 : float
         Constants of the formula (defaults 0.01, 0.03).
     padding : {"same", "valid", "reflect"}
         Zeros outside the image (map H x W, the default); only the interior
         ((H-2r) x (W-2r)); or skimage's half-sample reflection, with the mean
-        over the map cropped by (win_size-1)//2.
+        over the map cropped by (win_size-1)//2 (each axis' own, per axis).
     sample_covariance : bool
         Covariance factor NP/(NP-1) (skimage's default) instead of 1, with NP
-        = win_size ** spatial_dims.
+        the window's pixel count (win_size ** spatial_dims, or the product of
+        the sizes per axis).
     channel_axis : int, optional
         An axis holding channels (e.g. -1 for H x W x C), handled by strides.
     spatial_dims : {2, 3}
@@ -593,6 +605,8 @@ def ssim(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian", K1
     >>> y = np.clip(x + 0.1 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
     >>> print(np.round(cussim.ssim(x, y, axis=(1, 2)), 4))
     [0.9506 0.9548]
+    >>> print(np.round(cussim.ssim(x, y, axis=(1, 2), win_size=(11, 7), sigma=(1.5, 0.8)), 4))  # one per axis
+    [0.9468 0.9514]
     """
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=axis,
@@ -656,7 +670,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         return result
     if not _use_kernels(problem, masked_means=True):
         p = problem.params
-        S = _reference.ssim_map(problem.x, problem.y, np.asarray(p.taps), K1=p.K1, K2=p.K2, padding=p.padding,
+        S = _reference.ssim_map(problem.x, problem.y, p.windows, K1=p.K1, K2=p.K2, padding=p.padding,
                                 data_range=p.data_range, cov=p.cov, limit=problem.limit, spatial=p.spatial,
                                 mask=problem.mask, mask_mode=problem.mask_mode)
         problem.permuted(result)[...] = S
@@ -681,7 +695,7 @@ def _ssim_map_gradient(x, y, map_weights, *, data_range=None, win_size=11, sigma
     problem = _prepare(x, y, data_range=data_range, win_size=win_size, sigma=sigma, window=window, K1=K1, K2=K2,
                        padding=padding, sample_covariance=sample_covariance, channel_axis=channel_axis, axis=None,
                        reduce=False, spatial_dims=spatial_dims)
-    params = dataclasses.replace(problem.params, crop=0)  # every map pixel has its weight
+    params = dataclasses.replace(problem.params, crops=(0,) * problem.params.spatial)  # every map pixel has its weight
     map_shape = params.map_shape(problem.x.shape)
     weights = problem.permuted(_arrays.as_array(map_weights, "map_weights"))
     if weights.shape != map_shape:
@@ -691,7 +705,7 @@ def _ssim_map_gradient(x, y, map_weights, *, data_range=None, win_size=11, sigma
         return grad
     grad_view = problem.permuted(grad)
     if not _use_kernels(problem):
-        taps = np.asarray(params.taps)
+        taps = params.windows
         _, (xs, ys, partials) = _reference._map_and_partials(
             problem.x, problem.y, taps, K1=params.K1, K2=params.K2, padding=params.padding,
             data_range=params.data_range, cov=params.cov, want_partials=True, limit=problem.limit,

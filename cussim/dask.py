@@ -11,7 +11,8 @@ whatever the chunking.
 Design. Every chunk is computed by cussim's own functions (the float64
 reference for NumPy chunks, the CUDA kernels for CuPy chunks), on the chunk
 plus a halo of the window radius r on each spatial axis (rows and columns;
-depth too for volumes, ``spatial_dims=3``):
+depth too for volumes, ``spatial_dims=3``; each axis' own radius where
+``win_size`` gives one per axis):
 
 - The halo's boundary follows the padding: zeros for ``"same"``, half-sample
   reflection for ``"reflect"``'s map. A chunk's map is then the ``"valid"``
@@ -158,7 +159,7 @@ def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta, spatial=2
     """The Dask array whose block ``block_id`` is ``func(*extended, block_id=block_id)``.
 
     ``extended`` holds that block of each of ``arrays`` (same chunks) with a
-    halo of ``radius`` on the last ``spatial`` axes: read from the neighbours inside
+    halo of ``radius`` (an int, or one per axis) on the last ``spatial`` axes: read from the neighbours inside
     the image, zeros (``boundary=0``) or half-sample reflection
     (``"reflect"``) outside it, as ``dask.array.overlap`` would give.
 
@@ -169,11 +170,12 @@ def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta, spatial=2
     it is read, and a computation holds a few rows of chunks, not the image
     (overlap's views and the fused joins kept most of the image alive).
     """
-    r = radius
-    name = f"halo-{funcname(func)}-{tokenize(func, [a.name for a in arrays], r, boundary, chunks, spatial)}"
+    radii = _reference.per_axis(radius, spatial)
+    name = f"halo-{funcname(func)}-{tokenize(func, [a.name for a in arrays], radii, boundary, chunks, spatial)}"
     grid = arrays[0].numblocks
-    offsets = (-1, 0, 1) if r else (0,)
-    side = {-1: slice(-r, None), 0: slice(None), 1: slice(0, r)}  # the part of the neighbour at this offset
+    # per axis: the offsets of the neighbours read, and the part of the neighbour at each offset
+    offsets = [(-1, 0, 1) if r else (0,) for r in radii]
+    sides = [{-1: slice(-r, None), 0: slice(None), 1: slice(0, r)} for r in radii]
     mode = "symmetric" if boundary == "reflect" else "constant"
     dsk = {}
 
@@ -185,11 +187,11 @@ def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta, spatial=2
             source = (a.name, *lead, *place)
             if not any(shift):
                 return source
-            key = (f"halo-cut-{r}-{a.name}", *lead, *place, *(-d for d in shift))
-            dsk[key] = (_cut, source, *(side[d] for d in shift))
+            key = (f"halo-cut-{'-'.join(map(str, radii))}-{a.name}", *lead, *place, *(-d for d in shift))
+            dsk[key] = (_cut, source, *(side[d] for side, d in zip(sides, shift)))
             return key
         pieces = [None] * 3
-        for d in offsets:
+        for d in offsets[axis]:
             if 0 <= index[axis] + d < grid[axis - spatial]:
                 pieces[d + 1] = around(a, lead, index, (*shift, d))
         return pieces
@@ -197,7 +199,7 @@ def _with_halo(func, arrays, radius, boundary, *, chunks, dtype, meta, spatial=2
     for block_id in np.ndindex(*grid):
         lead, index = block_id[:-spatial], block_id[-spatial:]
         pieces = [around(a, lead, index) for a in arrays]
-        pad = [(r * (i == 0), r * (i == n - 1)) for i, n in zip(index, grid[-spatial:])]
+        pad = [(r * (i == 0), r * (i == n - 1)) for r, i, n in zip(radii, index, grid[-spatial:])]
         dsk[(name, *block_id)] = (partial(_call_extended, func, pad, mode, block_id), *pieces)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=arrays)
     return da.Array(graph, name, chunks=chunks, dtype=dtype, meta=meta)
@@ -261,22 +263,23 @@ class _Layout:
 
     def windows(self, block_id, margin):
         """(index of an extended chunk, pixels): the windows centred in the chunk, at least
-        ``margin`` from the image's border; pixels is 0 where there are none."""
-        r = self.params.radius
+        ``margin`` (an int, or one per spatial axis) from the image's border. Every chunk holds some: its
+        sides are at least the window's on each axis (:func:`_merged`), 2r + 1, so r from the border leaves
+        one or more."""
         index, pixels = [Ellipsis], 1
-        for axis in range(-self.spatial, 0):
+        margins = _reference.per_axis(margin, self.spatial)
+        for axis, r, m in zip(range(-self.spatial, 0), self.params.radii, margins):
             chunks, number = self.chunks[axis], block_id[self.ndim + axis]
             start = sum(chunks[:number])
-            low, high = max(start, margin), min(start + chunks[number], sum(chunks) - margin)
-            if high <= low:
-                return None, 0
+            low, high = max(start, m), min(start + chunks[number], sum(chunks) - m)
             index.append(slice(low - start, high - start + 2 * r))
             pixels *= high - low
         return tuple(index), pixels
 
-    def counted_margin(self):
-        """The border of the image whose windows the means leave out ("valid" and "reflect": r)."""
-        return 0 if self.params.padding == "same" else self.params.radius
+    def counted_margin(self) -> tuple:
+        """The border of the image whose windows the means leave out, per spatial axis ("valid" and "reflect":
+        each axis' radius)."""
+        return (0,) * self.spatial if self.params.padding == "same" else self.params.radii
 
 
 @dataclass(frozen=True)
@@ -302,8 +305,9 @@ class _Chunked:
         y = da.broadcast_to(y, x.shape).transpose(problem.layout.perm)
         x = x.transpose(problem.layout.perm)
         p = problem.params
-        chunks = x.chunks[: -p.spatial] + tuple(_merged(c, p.win_size) for c in x.chunks[-p.spatial :])
-        metric = dict(data_range=p.data_range, win_size=p.win_size, sigma=sigma, window=window, K1=p.K1, K2=p.K2,
+        chunks = x.chunks[: -p.spatial] + tuple(_merged(c, w) for c, w in zip(x.chunks[-p.spatial :], p.win_sizes))
+        sigma = tuple(sigma) if isinstance(sigma, list) else sigma  # the metric is hashed for the task names
+        metric = dict(data_range=p.data_range, win_size=p.win_sizes, sigma=sigma, window=window, K1=p.K1, K2=p.K2,
                       padding="valid", sample_covariance=sample_covariance, spatial_dims=p.spatial)
         if mask is not None:  # as cussim._masks.in_layout views it: x's axes, then the kernels' order
             metric["mask_mode"] = mask_mode
@@ -321,14 +325,15 @@ class _Chunked:
         return _arrays.array_module(self.x._meta).empty((0,) * self.x.ndim, dtype)
 
     def with_halo(self, func, boundary, chunks, dtype, meta):
-        """:func:`_with_halo` of ``func`` over x and y, with the window radius as the halo."""
-        return _with_halo(func, self.arrays, self.layout.params.radius, boundary, chunks=chunks, dtype=dtype,
+        """:func:`_with_halo` of ``func`` over x and y, with the window radii as the halo."""
+        return _with_halo(func, self.arrays, self.layout.params.radii, boundary, chunks=chunks, dtype=dtype,
                           meta=meta, spatial=self.layout.spatial)
 
     def extended_chunks(self):
         """x's chunks, each spatial one widened by the halo on both sides."""
-        r, spatial = self.layout.params.radius, self.layout.spatial
-        return self.x.chunks[:-spatial] + tuple(tuple(n + 2 * r for n in c) for c in self.x.chunks[-spatial:])
+        radii, spatial = self.layout.params.radii, self.layout.spatial
+        return self.x.chunks[:-spatial] + tuple(tuple(n + 2 * r for n in c)
+                                                for c, r in zip(self.x.chunks[-spatial:], radii))
 
     def value_chunks(self):
         """Chunks of per-chunk sums: the kept axes as x's, one entry per chunk on the averaged axes."""
@@ -351,9 +356,8 @@ class _Chunked:
         return totals.rechunk(-1).map_blocks(_reference.check_total_weights, dtype=np.float64)
 
     def per_value(self, weight):
-        """``weight`` (a number, or one per value) broadcast against arrays in the kernels' layout."""
-        if self.mask is None:
-            return weight
+        """``weight``, one per value (:meth:`weight` with a mask), broadcast against arrays in the kernels'
+        layout."""
         return weight.reshape(weight.shape + (1,) * (self.layout.ndim - self.layout.kept))
 
     def original(self, array):
@@ -372,8 +376,6 @@ def _chunk_share(layout: _Layout, xe, ye, me=None, *, block_id, gradient_scale=N
     with_gradient = gradient_scale is not None
     grad = xp.zeros(xe.shape, _launch.gradient_dtype(xe.dtype)) if with_gradient else None
     index, pixels = layout.windows(block_id, layout.counted_margin())
-    if not pixels:
-        return xp.zeros(sum_shape, np.float64), grad
     args = (xe[index], ye[index])
     options = dict(layout.metric, axis=layout.averaged_axes)
     if me is None:
@@ -381,7 +383,7 @@ def _chunk_share(layout: _Layout, xe, ye, me=None, *, block_id, gradient_scale=N
         scale = gradient_scale * count / layout.counted_per_value if with_gradient else None
     else:  # the chunk's total weight per value; a value of none here takes ones (and counts 0)
         m = _reference.check_weight_values(me[index])
-        count = _reference.cropped(m, layout.params.radius, layout.spatial).sum(
+        count = _reference.cropped(m, layout.params.radii, layout.spatial).sum(
             axis=layout.averaged_axes, keepdims=True, dtype=np.float64)
         options["mask"] = xp.where(count > 0, m, 1)
         scale = gradient_scale * count if with_gradient else None
@@ -413,11 +415,12 @@ def _fold_halos(extended, radius, spatial, block_id=None):
 
     ``extended`` is the chunk's gradient over chunk + halo (2r on each side
     of each of the last ``spatial`` axes: its own halo r, then the
-    neighbour's halo r that reached into it); every chunk is folded alike,
-    whatever its ``block_id``, one axis after another.
+    neighbour's halo r that reached into it; r an int, or one per axis);
+    every chunk is folded alike, whatever its ``block_id``, one axis after
+    another.
     """
-    r, out = radius, extended
-    for axis in range(-spatial, 0):
+    out = extended
+    for axis, r in zip(range(-spatial, 0), _reference.per_axis(radius, spatial)):
         n = out.shape[axis] - 4 * r
         folded = out[_along(axis, 2 * r, 2 * r + n)].copy()
         folded[_along(axis, None, r)] += out[_along(axis, None, r)]
@@ -440,8 +443,8 @@ def _mean_with_gradient(chunked: _Chunked, a, b):
     gdtype = _launch.gradient_dtype(chunked.x.dtype)
     grads = shares.map_blocks(operator.itemgetter(1), dtype=gdtype, meta=chunked.meta(gdtype))
     # Each chunk's extended gradient, extended again by the neighbours' halos, folded back onto the chunk.
-    r, spatial = chunked.layout.params.radius, chunked.layout.spatial
-    grad = _with_halo(partial(_fold_halos, radius=r, spatial=spatial), [grads], r, 0, chunks=chunked.x.chunks,
+    radii, spatial = chunked.layout.params.radii, chunked.layout.spatial
+    grad = _with_halo(partial(_fold_halos, radius=radii, spatial=spatial), [grads], radii, 0, chunks=chunked.x.chunks,
                       dtype=gdtype, meta=chunked.meta(gdtype), spatial=spatial)
     if chunked.mask is not None:  # the chunks' gradients are of weighted sums: divided by the total weight
         grad = (grad / chunked.per_value(chunked.weight())).astype(gdtype)
@@ -450,13 +453,14 @@ def _mean_with_gradient(chunked: _Chunked, a, b):
 
 def _map(chunked: _Chunked):
     padding = chunked.layout.params.padding
-    margin = chunked.layout.params.radius if padding == "valid" else 0
+    spatial = chunked.layout.spatial
+    margin = chunked.layout.params.radii if padding == "valid" else (0,) * spatial
     chunks = list(chunked.x.chunks)
-    if margin:  # the valid map: each chunk's share of the interior
-        for axis in range(-chunked.layout.spatial, 0):
+    if any(margin):  # the valid map: each chunk's share of the interior
+        for axis, m in zip(range(-spatial, 0), margin):
             ends = np.cumsum(chunks[axis])
             starts = ends - chunks[axis]
-            chunks[axis] = tuple(int(v) for v in np.minimum(ends, ends[-1] - margin) - np.maximum(starts, margin))
+            chunks[axis] = tuple(int(v) for v in np.minimum(ends, ends[-1] - m) - np.maximum(starts, m))
     dtype = _launch.compute_dtype(chunked.x.dtype)
     maps = chunked.with_halo(partial(_chunk_map, chunked.layout, margin), "reflect" if padding == "reflect" else 0,
                              tuple(chunks), dtype, chunked.meta(dtype))
@@ -675,7 +679,7 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
         aligned = tuple(problem.mask.shape[a] for a in problem.layout.inverse_perm)
         scales.append(da.broadcast_to(_as_dask(mask, "mask").reshape(aligned).transpose(problem.layout.perm),
                                       x.shape).astype(np.float64))
-    r, margin, spatial = problem.params.radius, pyramid.margin, pyramid.spatial
+    radii, spatial = problem.params.radii, pyramid.spatial
     image = tuple(range(x.ndim - spatial, x.ndim))
     # with a mask, an image's channels pooled into one weighted mean (torchmetrics); else one mean per plane
     pooled = image if mask is None or pyramid.group == 1 else (x.ndim - spatial - 1, *image)
@@ -685,8 +689,9 @@ def ms_ssim(x, y, *, variant="pytorch_msssim", weights=None, data_range=None, wi
             scales = [_halved(a.astype(dtype if k < 2 else np.float64), variant, spatial) for k, a in enumerate(scales)]
         last = j == pyramid.scales - 1
         images = scales
-        if last and margin:  # torchmetrics: the last scale's SSIM over the image extended by whole-sample reflection
-            images = [da.pad(a, [(0, 0)] * (a.ndim - spatial) + [(r, r)] * spatial, mode="reflect") for a in images]
+        if last and variant == "torchmetrics":  # the last scale's SSIM over the image extended by reflection
+            images = [da.pad(a, [(0, 0)] * (a.ndim - spatial) + [(r, r) for r in radii], mode="reflect")
+                      for a in images]
         chunked = _Chunked.prepare(*images[:2], window="gaussian", sigma=sigma, sample_covariance=False,
                                    data_range=problem.params.data_range, win_size=win_size,
                                    K1=K1 if last else _CS_K1, K2=K2, padding="valid", channel_axis=None, axis=pooled,

@@ -19,7 +19,8 @@
 // (T, C as in ssim_forward.cu; O: float or double.)
 //
 // Launch shapes: msssim_combine takes block (256) and one block per image;
-// msssim_pyramid and msssim_fold any 1-D launch.
+// msssim_pyramid block (256), grid (any, any <= 65535): x over a plane's roots,
+// y over the planes; msssim_fold any 1-D launch.
 
 namespace cussim {
 
@@ -43,7 +44,8 @@ __device__ inline MirrorSources mirror_sources(int t, int n, int margin) {
 }
 
 // MS-SSIM's pyramid (msssim_pyramid): the sides of levels 0..D, where
-// each level's planes start in the outputs, and the plane at hand.
+// each level's planes start in the outputs, and the plane at hand. Offsets
+// in a plane are 32-bit (a plane has < 2^31 pixels: cussim/_launch.py).
 template <class T, class C, int D>
 struct PyramidLevels {
     int height[D + 1], width[D + 1];
@@ -53,14 +55,14 @@ struct PyramidLevels {
     C *x_out, *y_out;
     int variant;
 
-    // Level l's pixels that are roots: all of level D; those of a lower level
+    // Level l's pixels in a plane that are roots: all of level D; those of a lower level
     // that the next level drops (torchmetrics: the last row and column of an odd side).
-    __device__ __forceinline__ long long roots(int l) const {
-        const long long all = (long long)height[l] * width[l];
+    __device__ __forceinline__ int roots(int l) const {
+        const int all = height[l] * width[l];
         if (l == D) return all;
         const int rows = variant == VARIANT_TORCHMETRICS ? 2 * height[l + 1] : height[l];
         const int cols = variant == VARIANT_TORCHMETRICS ? 2 * width[l + 1] : width[l];
-        return all - (long long)rows * cols;
+        return all - rows * cols;
     }
 };
 
@@ -70,7 +72,7 @@ template <class T, class C, int L, int D>
 struct PyramidNode {
     __device__ __forceinline__ static void eval(const PyramidLevels<T, C, D>& a, int row, int col, C& vx, C& vy) {
         C sx = C(0), sy = C(0);
-#pragma unroll(L <= 2 ? 4 : 1)  // 32 loads in flight (a subtree of 16 leaves); above, a loop keeps the code small
+#pragma unroll(L <= 1 ? 4 : 1)  // 8 loads in flight (a subtree of 4 leaves); above, a loop keeps the code small
         for (int k = 0; k < 4; ++k) {
             const int r = pooled_source(row, k / 2, a.height[L - 1], a.variant);
             const int c = pooled_source(col, k % 2, a.width[L - 1], a.variant);
@@ -84,8 +86,7 @@ struct PyramidNode {
         vx = C(0.25) * sx;
         vy = C(0.25) * sy;
         if (L < D) {
-            const long long at =
-                a.offset[L] + (a.p * a.height[L] + row) * (long long)a.width[L] + col;
+            const long long at = a.offset[L] + a.p * a.height[L] * a.width[L] + (row * a.width[L] + col);
             a.x_out[at] = vx;
             a.y_out[at] = vy;
         }
@@ -105,7 +106,7 @@ struct PyramidNode<T, C, 0, D> {  // level 0: the input pixel
 // the extension by `margin` (< the level's sides) that holds it.
 template <class T, class C, int L, int D>
 struct PyramidRoot {
-    __device__ __forceinline__ static void run(const PyramidLevels<T, C, D>& a, int level, long long k, int margin) {
+    __device__ __forceinline__ static void run(const PyramidLevels<T, C, D>& a, int level, int k, int margin) {
         if (level != L) {
             PyramidRoot<T, C, L - 1, D>::run(a, level, k, margin);
             return;
@@ -113,25 +114,32 @@ struct PyramidRoot {
         const int h = a.height[L], w = a.width[L];
         int row, col;
         if (L == D) {
-            row = (int)(k / w);
-            col = (int)(k % w);
+            row = k / w;
+            col = k - row * w;
         } else {  // the dropped last row, then the dropped last column above it
             const int rows = 2 * a.height[L + 1], cols = 2 * a.width[L + 1];
-            const long long below = (long long)(h - rows) * w;
-            row = k < below ? rows + (int)(k / w) : (int)((k - below) / (w - cols));
-            col = k < below ? (int)(k % w) : cols + (int)((k - below) % (w - cols));
+            const int below = (h - rows) * w;
+            if (k < below) {
+                row = k / w;
+                col = k - row * w;
+                row += rows;
+            } else {
+                row = (k - below) / (w - cols);
+                col = cols + (k - below) - row * (w - cols);
+            }
         }
         C vx, vy;
         PyramidNode<T, C, L, D>::eval(a, row, col, vx, vy);
         if (L < D) return;
         const int ext_h = h + 2 * margin, ext_w = w + 2 * margin;
+        const long long plane = a.offset[L] + a.p * ext_h * ext_w;
         const MirrorSources rs = mirror_sources(row, h, margin), cs = mirror_sources(col, w, margin);
 #pragma unroll
         for (int i = 0; i < 3; ++i)
 #pragma unroll
             for (int j = 0; j < 3; ++j)
                 if (rs.valid[i] && cs.valid[j]) {
-                    const long long at = a.offset[L] + (a.p * ext_h + rs.at[i]) * (long long)ext_w + cs.at[j];
+                    const long long at = plane + (rs.at[i] * ext_w + cs.at[j]);
                     a.x_out[at] = vx;
                     a.y_out[at] = vy;
                 }
@@ -140,8 +148,32 @@ struct PyramidRoot {
 
 template <class T, class C, int D>
 struct PyramidRoot<T, C, 0, D> {
-    __device__ static void run(const PyramidLevels<T, C, D>&, int, long long, int) {}
+    __device__ static void run(const PyramidLevels<T, C, D>&, int, int, int) {}
 };
+
+// PlaneIndex at plane blockIdx.y, stepping by gridDim.y, from 32-bit
+// divisions: both are below 2^16, so an inner count past gridDim.y divides
+// them as gridDim.y + 1 does (quotient 0, remainder the number itself).
+__device__ inline PlaneIndex grid_plane_index(long long inner_count) {
+    const unsigned int y = blockIdx.y, n = gridDim.y;
+    const unsigned int count = inner_count > n ? n + 1 : (unsigned int)inner_count;
+    PlaneIndex index;
+    index.outer = y / count;
+    index.inner = y % count;
+    index.step_outer = n / count;
+    index.step_inner = n % count;
+    return index;
+}
+
+// Four blocks of 256 threads (64 registers) fit without a spill on sm_75 and
+// newer; sm_70, without a uniform datapath (the levels' sides and offsets take
+// vector registers there), spills at 64 and at 80 registers and keeps the whole
+// register file.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+constexpr int kPyramidMinBlocks = 1;
+#else
+constexpr int kPyramidMinBlocks = 4;
+#endif
 
 }  // namespace cussim
 
@@ -151,15 +183,17 @@ struct PyramidRoot<T, C, 0, D> {
 // (x_out holds level 1's planes, then level 2's, ...); the last is extended
 // by `margin` on every side by whole-sample reflection (0 but for
 // torchmetrics' last scale); the forward's strides for the input.
-// One thread per root of the pyramid: each pixel of level D, and each pixel
-// of a lower level that no coarser pixel averages (torchmetrics drops an odd
-// side's last pixel; the other variants average every pixel). The thread
-// computes its root's whole subtree depth first and stores every node; each
-// node sums its children in slot order and takes a quarter, as one 2x2 mean
-// from the stored finer level does, so the levels are bitwise those of D
-// separate means.
+// One thread per root of the pyramid in a plane: each pixel of level D, and
+// each pixel of a lower level that no coarser pixel averages (torchmetrics
+// drops an odd side's last pixel; the other variants average every pixel).
+// The thread computes its root's whole subtree depth first and stores every
+// node; each node sums its children in slot order and takes a quarter, as one
+// 2x2 mean from the stored finer level does, so the levels are bitwise those
+// of D separate means. Launch: block (256); blockIdx.x strides over a plane's
+// roots (32-bit), blockIdx.y over the planes (PlaneIndex: no division per
+// plane).
 template <class T, int D>
-__global__ void __launch_bounds__(256, 1) msssim_pyramid(
+__global__ void __launch_bounds__(256, cussim::kPyramidMinBlocks) msssim_pyramid(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ x_out,
@@ -177,7 +211,8 @@ __global__ void __launch_bounds__(256, 1) msssim_pyramid(
     a.x_out = x_out;
     a.y_out = y_out;
     a.variant = variant;
-    long long offset = 0, roots = 0;
+    long long offset = 0;
+    int roots = 0;  // per plane
 #pragma unroll
     for (int l = 1; l <= D; ++l) {
         a.height[l] = pooled_size(a.height[l - 1], variant);
@@ -185,28 +220,27 @@ __global__ void __launch_bounds__(256, 1) msssim_pyramid(
         a.offset[l] = offset;
         const int extension = l == D ? 2 * margin : 0;
         offset += planes * (a.height[l] + extension) * (a.width[l] + extension);
-        roots += planes * a.roots(l);
+        roots += a.roots(l);
     }
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < roots;
-         i += (long long)gridDim.x * blockDim.x) {
-        long long k = i, per_plane = 1;  // the root's index among its level's, and their number per plane
-        int level = 0;
-#pragma unroll
-        for (int l = D; l >= 1; --l) {
-            const long long n = a.roots(l);
-            if (level == 0 && k < planes * n) {
-                level = l;
-                per_plane = n;
-            } else if (level == 0) {
-                k -= planes * n;
-            }
-        }
-        const long long p = k / per_plane;
-        const long long outer = p / inner_count, inner = p % inner_count;
+
+    PlaneIndex plane = grid_plane_index(inner_count);
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y, plane.advance(inner_count)) {
         a.p = p;
-        a.xp = x + outer * x_outer + inner * x_inner;
-        a.yp = y + outer * y_outer + inner * y_inner;
-        PyramidRoot<T, C, D, D>::run(a, level, k % per_plane, margin);
+        a.xp = x + plane.outer * x_outer + plane.inner * x_inner;
+        a.yp = y + plane.outer * y_outer + plane.inner * y_inner;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < roots; i += gridDim.x * blockDim.x) {
+            int k = i, level = 0;  // the root's index among its level's
+#pragma unroll
+            for (int l = D; l >= 1; --l) {
+                const int n = a.roots(l);
+                if (level == 0 && k < n) {
+                    level = l;
+                } else if (level == 0) {
+                    k -= n;
+                }
+            }
+            PyramidRoot<T, C, D, D>::run(a, level, k, margin);
+        }
     }
 }
 

@@ -25,10 +25,11 @@
 // and columns and marches along depth over a chunk of `chunk` output planes.
 // Each input plane it passes goes through the 2-D filter of tile.cuh (a
 // (16+2R)^2 halo tile in shared memory, a horizontal pass, a vertical pass in
-// registers); each thread keeps the last 2R+1 filtered planes in registers
-// (a rolling window, 5 moments forward, 3 partial maps backward), and the
-// depth taps over that window finish the 3-D filter. The halo costs 2R planes
-// per chunk, not (16+2R)^3 / 16^3 per voxel.
+// registers); each thread keeps the last 2R+1 filtered planes of its column
+// (a rolling window, 5 moments forward, 3 partial maps backward: in registers,
+// or the older planes in a shared-memory ring, Window3d), and the depth taps
+// over that window finish the 3-D filter. The halo costs 2R planes per chunk,
+// not (16+2R)^3 / 16^3 per voxel.
 //
 // Launch shapes: block (16, 16); grid (tiles_h * tiles_w * chunks,
 // min(volumes, 65535)), blockIdx.x = chunk * tiles_h * tiles_w + tile, the
@@ -111,57 +112,103 @@ __device__ inline void filter_tile(Sample sample, C (&rows)[Q][kTile + 2 * R][kT
     vertical_pass<C, R, Q>(rows, weights, out);
 }
 
-// The depth taps over the rolling window of the last 2R+1 filtered planes;
-// push() adds the newest plane, dropping the oldest.
-template <class C, int R, int Q>
+// The depth taps over the rolling window of the last 2R+1 filtered planes, each
+// thread its own column: the K newest planes in registers, the 2R+1-K older ones
+// in a shared-memory ring (kShared slots of Q x 256 values, written and read by
+// this thread only, so no barrier); push() adds the newest plane, moving the
+// oldest register plane into the ring over the ring's oldest. The taps run in
+// plane order, oldest first, whatever K, so the sums do not depend on it.
+template <class C, int R, int Q, int K>
 struct RollingWindow {
-    C planes[2 * R + 1][Q];
+    static constexpr int kShared = 2 * R + 1 - K;
+    static_assert(K >= 1 && kShared >= 0, "at least one plane in registers");
+    using Ring = C[kShared > 0 ? kShared : 1][Q][kShared > 0 ? kTile * kTile : 1];  // one value when unused
+    C planes[K][Q];
+    int oldest;  // the ring's slot holding the oldest plane, the next to be overwritten
 
-    __device__ inline void push(const C (&newest)[Q]) {
+    __device__ inline void push(const C (&newest)[Q], Ring& ring, int tid) {
+        if constexpr (kShared > 0) {
 #pragma unroll
-        for (int t = 0; t < 2 * R; ++t)
+            for (int q = 0; q < Q; ++q) ring[oldest][q][tid] = planes[0][q];
+            oldest = oldest + 1 == kShared ? 0 : oldest + 1;
+        }
+#pragma unroll
+        for (int t = 0; t + 1 < K; ++t)
 #pragma unroll
             for (int q = 0; q < Q; ++q) planes[t][q] = planes[t + 1][q];
 #pragma unroll
-        for (int q = 0; q < Q; ++q) planes[2 * R][q] = newest[q];
+        for (int q = 0; q < Q; ++q) planes[K - 1][q] = newest[q];
     }
 
-    __device__ inline void filtered(const C* weights, C (&out)[Q]) const {
-        tap_sums<C, R, Q>(weights, [&](int t, int q) { return planes[t][q]; }, out);
+    __device__ inline void filtered(const C* weights, const Ring& ring, int tid, C (&out)[Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) out[q] = C(0);
+        int slot = oldest;
+#pragma unroll
+        for (int t = 0; t < kShared; ++t) {
+            const C w = weights[t];
+#pragma unroll
+            for (int q = 0; q < Q; ++q) out[q] += w * ring[slot][q][tid];
+            slot = slot + 1 == kShared ? 0 : slot + 1;
+        }
+#pragma unroll
+        for (int t = 0; t < K; ++t) {
+            const C w = weights[kShared + t];
+#pragma unroll
+            for (int q = 0; q < Q; ++q) out[q] += w * planes[t][q];
+        }
     }
 };
 
 // The adjoint of the 2x2x2 mean at voxel (z, row, col) of volume p: an
-// eighth of the coarse gradient (contiguous volumes) per slot the voxel fills.
+// eighth of the coarse gradient (contiguous volumes) per slot the voxel fills;
+// 32-bit offsets in a coarse plane (a quarter of a plane: < 2^31 voxels).
 template <class C>
 __device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int row, int col, int depth, int height,
                                      int width, int variant) {
     const PooledTarget d = pooled_target(z, depth, variant), r = pooled_target(row, height, variant),
                        c = pooled_target(col, width, variant);
     if (d.slots == 0 || r.slots == 0 || c.slots == 0) return C(0);
-    const long long coarse_h = pooled_size(height, variant), coarse_w = pooled_size(width, variant);
-    const long long at = ((p * pooled_size(depth, variant) + d.index) * coarse_h + r.index) * coarse_w + c.index;
-    return C(0.125) * C(d.slots * r.slots * c.slots) * coarse[at];
+    const int coarse_w = pooled_size(width, variant), plane = pooled_size(height, variant) * coarse_w;
+    const C* coarse_plane = coarse + (p * pooled_size(depth, variant) + d.index) * plane;
+    return C(0.125) * C(d.slots * r.slots * c.slots) * coarse_plane[r.index * coarse_w + c.index];
 }
 
-// Blocks per SM that ptxas must fit, from the rolling window's registers per
-// thread: Q (2R+1) values of the compute type (Q = 5 forward, 3 backward).
-// Up to 55 32-bit registers of window in float arithmetic (forward to R = 5,
-// backward to R = 7) and 42 in double (forward R = 1, backward to R = 3),
-// the rest of the kernel fits beside it in 128 registers, two blocks of 256
-// threads, without spilling on every architecture the compile check covers
-// (the next sizes spill: float forward R = 6 24 to 36 bytes, double forward
-// R = 2 12 to 52, double backward R = 4 36 to 44); larger windows get the
-// whole register file (255 per thread at one block) rather than spill.
-template <class T, int R, int Q> struct MinBlocks3d {
+// How a kernel keeps its window (RollingWindow) and the blocks per SM that
+// ptxas must fit. The backward in float arithmetic up to R = 5 keeps one
+// plane (3 values) in registers and the rest in the shared-memory ring (30
+// KiB, 43 KiB of shared memory in all at R = 5), capped at four blocks of 256
+// threads (64 registers; R = 1 at three, 80: it spills 20 bytes on sm_70 at
+// 64): no spill on sm_70 to sm_121. Not on sm_75, whose 64 KiB of shared
+// memory per SM would hold one such block, where 128 registers hold two.
+// Every other window stays in registers (an empty ring), capped by its size:
+// up to 55 32-bit registers of window in float arithmetic (forward to R = 5,
+// backward R = 6 and 7) and 42 in double (forward R = 1, backward to R = 3),
+// two blocks of 256 threads (128 registers) without spilling on every
+// architecture the compile check covers (the next sizes spill: float forward
+// R = 6 24 to 36 bytes, double forward R = 2 12 to 52, double backward R = 4
+// 36 to 44); larger windows get the whole register file (255 per thread at
+// one block) rather than spill. The forward's window in the ring spills at 64
+// and 80 registers, and at 128 costs more instructions than it saves
+// (bench/NOTES.md).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 750
+constexpr bool kRingOnThisArch = false;
+#else
+constexpr bool kRingOnThisArch = true;
+#endif
+
+template <class T, int R, int Q> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
-    static constexpr int value = Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+    static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5 && kRingOnThisArch;
+    static constexpr int kRegisterPlanes = kRing ? 1 : 2 * R + 1;
+    static constexpr int kMinBlocks =
+        kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 }  // namespace cussim
 
 template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim3d_forward(
+__global__ void __launch_bounds__(256, cussim::Window3d<T, R, 5>::kMinBlocks) ssim3d_forward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_depth,
@@ -178,7 +225,9 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
     __shared__ C tiles[2][kSide][kSide];  // x and y around the tile, one plane, shifted by (kx, ky)
     __shared__ C rows[5][kSide][kTile];   // filtered along rows: mx, md, Exx, Eyy, Edd
     __shared__ C weights[2 * R + 1];
-    __shared__ double scratch[kTile * kTile];
+    __shared__ double scratch[kTile * kTile / 32];  // block_sum's warp sums
+    using Window = RollingWindow<C, R, 5, Window3d<T, R, 5>::kRegisterPlanes>;
+    __shared__ typename Window::Ring ring;
 
     const BrickGeometry g = brick_geometry<R>(padding, depth, height, width, chunk, true);
     const long long maps_size = volumes * g.map_voxels;
@@ -203,31 +252,37 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
         const C y_centre = load_voxel(yp, y_depth, y_row, y_col, centre_z, centre_row, centre_col, depth, height,
                                       width, PAD_SAME, inv_range);
         const C kx = is_finite(x_centre) ? x_centre : C(0), ky = is_finite(y_centre) ? y_centre : C(0);
-        RollingWindow<C, R, 5> window = {};
+        Window window = {};
         double thread_sum = 0.0;
         // Input plane z feeds map planes z - offset - R .. z - offset + R.
         for (int z = g.first + g.offset - R; z < g.last + g.offset + R; ++z) {
+            // a loop per padding (zero outside for "same" and "valid"), as the backward's
+            const auto fill = [&](int loaded_padding) {
 #pragma unroll 1
-            for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
-                const int r = k / kSide, c = k % kSide;
-                const int in_row = g.row + g.offset - R + r, in_col = g.col + g.offset - R + c;
-                const C a = load_voxel(xp, x_depth, x_row, x_col, z, in_row, in_col, depth, height, width, padding,
-                                       inv_range) - kx;
-                const C b = load_voxel(yp, y_depth, y_row, y_col, z, in_row, in_col, depth, height, width, padding,
-                                       inv_range) - ky;
-                tiles[0][r][c] = a;
-                tiles[1][r][c] = b;
+                for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
+                    const int r = k / kSide, c = k % kSide;
+                    const int in_row = g.row + g.offset - R + r, in_col = g.col + g.offset - R + c;
+                    tiles[0][r][c] = load_voxel(xp, x_depth, x_row, x_col, z, in_row, in_col, depth, height, width,
+                                                loaded_padding, inv_range) - kx;
+                    tiles[1][r][c] = load_voxel(yp, y_depth, y_row, y_col, z, in_row, in_col, depth, height, width,
+                                                loaded_padding, inv_range) - ky;
+                }
+            };
+            if (padding == PAD_REFLECT) {
+                fill(PAD_REFLECT);
+            } else {
+                fill(PAD_SAME);
             }
             __syncthreads();
             C m[5];
             filter_tile<C, R, 5>(
                 [&](int r, int c, C (&v)[5]) { moment_terms(tiles[0][r][c], tiles[1][r][c], v); },
                 rows, weights, tid, m);
-            window.push(m);
+            window.push(m, ring, tid);
             const int d = z - g.offset - R;  // the map plane whose window is now complete
             if (d >= g.first && in_map) {
                 C moments[5];
-                window.filtered(weights, moments);
+                window.filtered(weights, ring, tid, moments);
                 const Pixel<C> px = ssim_pixel(moments, kx, ky, c1, c2, cov, term, grad_maps ? formula : 0);
                 if (map) map[outer * m_outer + inner * m_inner + d * m_depth + row * m_row + col * m_col] = px.s;
                 const bool counted = counted_column && d >= crop && d < g.map_d - crop;
@@ -261,7 +316,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 5>::value) ssim
 }
 
 template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim3d_backward(
+__global__ void __launch_bounds__(256, cussim::Window3d<T, R, 3>::kMinBlocks) ssim3d_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
@@ -277,6 +332,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim
     __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pdd around the tile, one map plane
     __shared__ C rows[3][kSide][kTile];
     __shared__ C weights[2 * R + 1];
+    using Window = RollingWindow<C, R, 3, Window3d<T, R, 3>::kRegisterPlanes>;
+    __shared__ typename Window::Ring ring;
 
     const BrickGeometry g = brick_geometry<R>(padding, depth, height, width, chunk, false);
     const long long maps_size = volumes * g.map_voxels;
@@ -288,7 +345,7 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim
     for (long long p = blockIdx.y; p < volumes; p += gridDim.y) {
         const long long outer = p / inner_count, inner = p % inner_count;
         const C* maps = grad_maps + p * g.map_voxels;
-        RollingWindow<C, R, 3> window = {};
+        Window window = {};
         // Map plane d feeds volume planes d + offset - R .. d + offset + R.
         for (int d = g.first - g.offset - R; d < g.last - g.offset + R; ++d) {
             int map_d = d;
@@ -297,17 +354,30 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim
                 map_d = reflect_index(d, g.map_d);
                 plane_inside = true;
             }
-            for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
-                const int r = k / kSide, c = k % kSide;
-                int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
-                bool inside = plane_inside && map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
-                if (padding == PAD_REFLECT) {
-                    map_row = reflect_index(map_row, g.map_h);
-                    map_col = reflect_index(map_col, g.map_w);
-                    inside = true;
+            // one 64-bit product per plane, 32-bit offsets in it (a plane has < 2^31 voxels: _launch3d)
+            const C* map_plane = maps + (long long)(plane_inside ? map_d : 0) * g.map_h * g.map_w;
+            // a loop per padding: in one loop the compiler computed the reflections for every padding and
+            // selected (python -m bench.sass)
+            const auto fill = [&](bool reflect) {
+#pragma unroll 1
+                for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
+                    const int r = k / kSide, c = k % kSide;
+                    int map_row = g.row - R + r - g.offset, map_col = g.col - R + c - g.offset;
+                    bool inside =
+                        plane_inside && map_row >= 0 && map_row < g.map_h && map_col >= 0 && map_col < g.map_w;
+                    if (reflect) {
+                        map_row = reflect_index(map_row, g.map_h);
+                        map_col = reflect_index(map_col, g.map_w);
+                        inside = true;
+                    }
+                    const int at = map_row * g.map_w + map_col;
+                    for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? map_plane[q * maps_size + at] : C(0);
                 }
-                const long long at = ((long long)map_d * g.map_h + map_row) * g.map_w + map_col;
-                for (int q = 0; q < 3; ++q) tile[q][r][c] = inside ? maps[q * maps_size + at] : C(0);
+            };
+            if (padding == PAD_REFLECT) {
+                fill(true);
+            } else {
+                fill(false);
             }
             __syncthreads();
             C b[3];
@@ -317,11 +387,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks3d<T, R, 3>::value) ssim
                     for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
                 },
                 rows, weights, tid, b);
-            window.push(b);
+            window.push(b, ring, tid);
             const int z = d + g.offset - R;  // the volume plane whose window is now complete
             if (z >= g.first && row < height && col < width) {
                 C blurred[3];
-                window.filtered(weights, blurred);
+                window.filtered(weights, ring, tid, blurred);
                 const T* xp = x + outer * x_outer + inner * x_inner;
                 const T* yp = y + outer * y_outer + inner * y_inner;
                 const C xv = load_voxel(xp, x_depth, x_row, x_col, z, row, col, depth, height, width, PAD_SAME,

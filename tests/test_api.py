@@ -533,8 +533,9 @@ def test_metric_arguments_are_checked_on_every_call():
     for _ in range(2):
         with pytest.raises(ValueError, match="win_size must be odd, got 8; use 7 or 9"):
             cussim.ssim(x, x, win_size=8)
-    with pytest.raises(TypeError, match=r"win_size must be an odd int from 3 to 15, got \[7\]"):
+    with pytest.raises(ValueError, match=r"win_size=\[7\] has 1 value, but the images have 2 spatial axes"):
         cussim.ssim(x, x, win_size=[7])
+    assert cussim.ssim(x, x, win_size=[7, 5]) == 1.0  # a list: one size per axis, checked without the cache
     with pytest.raises(ValueError, match="data_range must be a positive finite number"):
         cussim.ssim(x, x, data_range=np.array([2.0]))
 

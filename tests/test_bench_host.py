@@ -6,7 +6,7 @@ import pytest
 
 import cussim
 from bench import host, sass, sass_march, sass_units, sass_whole
-from cussim import _kernels
+from cussim import _kernels, _nvrtc
 
 
 def test_host_overhead_counts_launches_and_restores_the_kernels():
@@ -155,6 +155,19 @@ def test_sass_count_of_a_march_along_depth_counts_planes_per_output_plane_and_th
     assert (flat.straight, flat.output, flat.planes) == (8, 0, 1.0)
 
 
+def test_sass_count_leaves_out_a_loop_that_only_stores_zeros():
+    """The 3-D backward's halo of a map plane outside the map (zeros, no load): not the interior path."""
+    text = SASS3D.replace("        /*00f0*/               @P1 BRA `(.L_x_4) ;\n",
+                          "        /*00f0*/               @P1 BRA `(.L_x_4) ;\n.L_x_8:\n"
+                          "        /*00f4*/                   STS [R9], RZ ;\n"
+                          "        /*00f8*/               @P1 BRA `(.L_x_8) ;\n")
+    function = sass.parse(text, {"_Zfwd3d": "ssim3d_backward<float, 5>"})["ssim3d_backward<float, 5>"]
+    assert len(sass_march._children((0x20, 0x160), sass_march.backward_branches(function))) == 3
+    c = sass_march.count("ssim3d_backward<float, 5>", function, halo_side=26, chunk=16)
+    assert [(loop.kind, loop.body) for loop in c.loops] == [("tile load", 6), ("horizontal pass", 7)]
+    assert (c.straight, c.output) == (5, 3)
+
+
 def test_sass_names_an_architecture_nvdisasm_cannot_read(monkeypatch, tmp_path):
     script = tmp_path / "nvdisasm"
     script.write_text('#!/bin/sh\necho \'nvdisasm fatal   : CUDA architecture "SM70" is deprecated\' >&2\nexit 1\n')
@@ -186,8 +199,8 @@ WHOLE_KERNEL_BOUNDS = {  # kernel: (instructions per pixel, integer and address 
     "ssim_forward<float, 5, cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (571, 110, 80),
     "ssim_forward<float, 5, cussim::FORWARD_EXACT | cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (632, 112, 80),
     "ssim_backward<float, 5, cussim::GRAD_WRITE_NORMALIZED>": (331, 108, 80),
-    "ssim3d_forward<float, 5>": (1540, 440, 128),
-    "ssim3d_backward<float, 5>": (1225, 565, 128),
+    "ssim3d_forward<float, 5>": (1535, 430, 128),
+    "ssim3d_backward<float, 5>": (1090, 480, 64),
 }
 
 
@@ -201,6 +214,35 @@ def test_whole_kernel_counts_do_not_regress():
         # every instruction a category: the categories add up to the parts
         assert sum(w.categories.values()) == pytest.approx(w.per_pixel)
         assert w.parts["march"] <= c.per_pixel * 1.01  # the march of bench.sass, its warp shares applied
+
+
+# ptxas's registers of the volumes' kernels and of MS-SSIM's pyramid on sm_90 and sm_80 (float32), a spill
+# nowhere: the backward's window in its shared-memory ring (kernels/ssim3d.cu, Window3d) and the pyramid's
+# 32-bit plane offsets keep them at 4 blocks of 256 threads; the 3-D forward's window stays in registers.
+RESOURCE_BOUNDS = {  # kernel: most registers
+    "ssim3d_forward<float, 5>": 128, "ssim3d_backward<float, 5>": 64, "ssim3d_backward<float, 3>": 64,
+    **{f"msssim_pyramid<float, {levels}>": 64 for levels in _kernels.PYRAMID_LEVELS},
+}
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_volume_and_pyramid_registers_do_not_regress(arch):
+    for family in ("ssim3d", "ssim"):
+        names = tuple(name for name in RESOURCE_BOUNDS if name.startswith("ssim3d") == (family == "ssim3d"))
+        report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, names, arch,
+                                       f"{family}.cu")
+        for k in report.kernels:
+            assert k.registers <= RESOURCE_BOUNDS[k.name] and k.spill_stores == k.spill_loads == 0, k
+            assert k.stack_frame == 0, k
+
+
+def test_the_pyramid_calls_no_64_bit_division():
+    """msssim_pyramid's plane and root indices are 32-bit: no call of the 64-bit division subroutines (the
+    kernel before took 3 to 9, at 1 to 4 levels)."""
+    assert sass._DIVISION_64.search("`($__internal_0_$__cuda_sm20_div_s64)")
+    rows = sass.pyramid_rows(90, "float")
+    assert [name for name, *_ in rows] == [f"msssim_pyramid<float, {d}>" for d in _kernels.PYRAMID_LEVELS]
+    assert all(divisions == 0 and static > 0 for _, static, divisions, _ in rows), rows
 
 
 def test_whole_kernel_graph_follows_branches_exits_and_thread_tests():

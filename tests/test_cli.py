@@ -379,6 +379,45 @@ def _mkdir(path):
     return path
 
 
+def test_strict_stops_at_a_pair_whose_ssim_is_nan(capsys, tmp_path):
+    rng = np.random.default_rng(1)
+    reference = rng.random((32, 32)).astype(np.float32)
+    broken = reference.copy()
+    broken[3, 4] = np.nan
+    for name, test in (("a-nan.tif", broken), ("b-clean.tif", reference * 0.9)):
+        iio.imwrite(_mkdir(tmp_path / "ref") / name, reference)
+        iio.imwrite(_mkdir(tmp_path / "test") / name, test)
+    code, out, _ = _run([tmp_path / "ref", tmp_path / "test", "--format", "csv", "--data-range", "1", "--strict"],
+                        capsys)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 1 and [r["pair"] for r in rows] == ["a-nan.tif"] and rows[0]["error"].startswith("SSIM is nan")
+
+
+def test_sample_covariance_is_the_metrics_option(folders, capsys):
+    import cussim
+
+    ref, test, _ = folders
+    pair = [ref / "grey8.png", test / "grey8.png"]
+    values = []
+    for extra in ([], ["--sample-covariance"]):
+        code, out, _ = _run([*pair, *extra, "--format", "csv", "--device", "cpu"], capsys)
+        assert code == 0
+        values.append(float(next(csv.DictReader(io.StringIO(out)))["ssim"]))
+    x, y = (iio.imread(p).astype(np.float64) for p in pair)
+    assert abs(values[1] - cussim.ssim(y, x, data_range=255, sample_covariance=True)) < 1e-12
+    assert abs(values[1] - values[0]) > 1e-6  # the option reached the metric
+
+
+def test_an_interrupt_exits_130_without_a_traceback(folders, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_imagefiles, "find_pairs", interrupted)
+    ref, test, _ = folders
+    assert _cli.main([str(ref), str(test), "--device", "cpu"]) == 130
+    assert capsys.readouterr().err == "cussim: interrupted\n"
+
+
 def test_a_multi_page_tiff_without_volumes_suggests_volumes(capsys, tmp_path):
     stack = np.random.default_rng(0).integers(0, 255, (5, 24, 24), dtype=np.uint8)
     iio.imwrite(tmp_path / "ref.tif", stack)

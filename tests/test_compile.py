@@ -176,9 +176,79 @@ def test_report_parser_reads_spills_and_stack():
         "ptxas         .     16 bytes stack frame, 12 bytes spill stores, 8 bytes spill loads\n"
         "ptxas info    : Used 48 registers, used 1 barriers, 16 bytes cumulative stack size, 21288 bytes smem\n"
     )
-    frames = {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in _nvrtc._PROPERTIES.finditer(log)}
-    assert frames == {"_Z1kv": (16, 12, 8)}
-    assert _nvrtc._usage(log) == [("_Z1kv", 48, 1, 21288)]
+    assert _nvrtc.kernel_resources(log, {"_Z1kv": "k"}, 90) == (_nvrtc.KernelResources(
+        name="k", arch=90, registers=48, barriers=1, shared_bytes=21288, stack_frame=16, spill_stores=12,
+        spill_loads=8),)
+    assert _nvrtc.kernel_resources(log, {}, 90)[0].name == "_Z1kv"
+    without_figures = "\n".join(line for line in log.splitlines() if "spill" not in line)
+    with pytest.raises(_nvrtc.NVRTCError, match="no stack and spill figures for _Z1kv") as error:
+        _nvrtc.kernel_resources(without_figures, {}, 90)
+    assert error.value.log == without_figures
+
+
+def test_the_deprecation_notice_is_a_notice_not_a_warning():
+    notice = "nvrtc: warning: Architectures prior to '<compute/sm>_75' are deprecated and may be removed"
+    warning = 'k.cu(3): warning #177-D: variable "unused" was declared but never referenced'
+    report = _nvrtc.CompileReport(arch=70, log=f"{notice}\nptxas info    : 0 bytes gmem\n{warning}\n", kernels=())
+    assert report.notices == [notice] and report.warnings == [warning]
+
+
+def test_nvrtc_is_looked_for_in_the_wheels_then_cuda_path_then_the_system(monkeypatch, tmp_path):
+    for env in ("CUDA_PATH", "CUDA_HOME"):
+        (tmp_path / env / "lib64").mkdir(parents=True)
+        (tmp_path / env / "lib64" / "libnvrtc.so.12").write_bytes(b"")
+        monkeypatch.setenv(env, str(tmp_path / env))
+    paths = list(_nvrtc._candidate_paths())
+    assert paths[-3:] == [str(tmp_path / "CUDA_PATH" / "lib64" / "libnvrtc.so.12"),
+                          str(tmp_path / "CUDA_HOME" / "lib64" / "libnvrtc.so.12"), "libnvrtc.so"]
+    wheel = [p for p in paths[:-3] if "cuda_nvrtc" in p]
+    assert wheel and paths[: len(wheel)] == wheel  # the test extra's wheel comes first
+
+
+def test_a_library_that_does_not_load_is_skipped_and_named_when_none_does(monkeypatch, tmp_path):
+    broken = tmp_path / "libnvrtc.so.12"
+    broken.write_bytes(b"not a shared object")
+    found = next(p for p in _nvrtc._candidate_paths() if Path(p).is_file())
+    try:
+        monkeypatch.setattr(_nvrtc, "_candidate_paths", lambda: iter([str(broken), found]))
+        _nvrtc.library.cache_clear()
+        assert _nvrtc.library()._name == found and _nvrtc.version() >= (12, 0)
+        monkeypatch.setattr(_nvrtc, "_candidate_paths", lambda: iter([str(broken)]))
+        _nvrtc.library.cache_clear()
+        with pytest.raises(_nvrtc.NVRTCError, match="libnvrtc not found.*nvidia-cuda-nvrtc-cu12") as error:
+            _nvrtc.library()
+        assert error.value.log.startswith(f"{broken}: ")
+    finally:
+        _nvrtc.library.cache_clear()
+
+
+def test_python_m_cussim_nvrtc_prints_the_table_of_the_check(monkeypatch, capsys):
+    """`python -m cussim._nvrtc`: NVRTC's version, then one line per kernel of the check's jobs (here one
+    small job, as the whole check takes minutes)."""
+    import runpy
+    import warnings
+
+    names = ("block_sum<float>", "block_sum<int>")
+    job = dict(source=Path(__file__).with_name("emulator_kernels.cu").read_text(), options=_kernels.COMPILE_OPTIONS,
+               name_expressions=names, arch=80, filename="emulator_kernels.cu")
+    monkeypatch.setattr(_kernels, "compile_check_jobs", lambda supported: [job] if 80 in supported else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: cussim._nvrtc is imported already
+        runpy.run_module("cussim._nvrtc", run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"NVRTC {'.'.join(map(str, _nvrtc.version()))}" and lines[1].split()[0] == "kernel"
+    rows = [line.split()[:2] for line in lines[2:]]
+    assert {arch for _, arch in rows} == {"sm_80"} and set(names) <= {name for name, _ in rows}
+
+
+def test_the_check_is_one_job_per_family_and_architecture():
+    jobs = _kernels.compile_check_jobs([61, 70, 75, 80, 86, 90, 100, 120])
+    assert [(job["filename"], job["arch"]) for job in jobs] == [
+        (f"{family}.cu", arch) for family in _kernels.FAMILIES for arch in (70, 80, 90, 100, 120)]
+    for job in jobs:
+        family = job["filename"].removesuffix(".cu")
+        assert job["name_expressions"] == _kernels.COMPILE_CHECKED[family]
+        assert job["source"] == _kernels.kernel_source(family) and job["options"] == _kernels.COMPILE_OPTIONS
 
 
 def test_the_check_covers_every_option_set_and_every_window():

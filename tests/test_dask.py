@@ -137,6 +137,32 @@ def test_halving_follows_each_variant():
 
 # Chunks along the three axes of a 19 x 22 x 24 volume (window 5, radius 2): depth split too; chunks narrower than
 # the window (merged with a neighbour); uneven ones.
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_a_window_per_axis_takes_each_axis_radius_as_its_halo(padding):
+    """win_size (11, 3): halos of 5 rows and 1 column; chunks narrower than either (merged per axis)."""
+    x, y = pair((2, 45, 40), seed=2)
+    dx = chunked(x, ((4, 20, 21), (2, 13, 25)))
+    kwargs = dict(padding=padding, win_size=(11, 3), sigma=(1.5, 0.6))
+    value, grad = dask.compute(*cd.ssim_with_gradient(dx, y, axis=(1, 2), **kwargs))
+    expected_value, expected_grad = cussim.ssim_with_gradient(x, y, axis=(1, 2), **kwargs)
+    np.testing.assert_allclose(value, expected_value, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=0, atol=1e-12 * np.abs(expected_grad).max())
+    np.testing.assert_allclose(cd.ssim_map(dx, y, **kwargs).compute(), cussim.ssim_map(x, y, **kwargs), rtol=0,
+                               atol=1e-12)
+    volume = dict(kwargs, win_size=(3, 7, 5), sigma=(0.6, 1.2, 1.0), spatial_dims=3)
+    vx, vy = pair((11, 23, 20), seed=3)
+    np.testing.assert_allclose(cd.ssim(da.from_array(vx, chunks=(4, 8, 9)), vy, **volume).compute(),
+                               cussim.ssim(vx, vy, **volume), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["pytorch_msssim", "torchmetrics"])
+def test_ms_ssim_with_a_window_per_axis(variant):
+    x, y = pair((2, 60, 33), seed=4)
+    kwargs = dict(variant=variant, weights=(0.3, 0.3, 0.4), win_size=(9, 3), sigma=(1.2, 0.5))
+    np.testing.assert_allclose(cd.ms_ssim(da.from_array(x, chunks=(1, 25, 12)), y, **kwargs).compute(),
+                               cussim.ms_ssim(x, y, **kwargs), rtol=0, atol=1e-12)
+
+
 VOLUME_CHUNKINGS = [(-1, -1, -1), (8, 9, 13), ((3, 12, 4), (2, 20), 5)]
 
 
@@ -241,6 +267,18 @@ def test_tasks_carry_no_image():
     for lazy in (cd.ssim(x, x), *cd.ssim_with_gradient(x, x), cd.ssim_map(x, x), cd.ms_ssim(x, x),
                  *cd.ssim_with_gradient(v, v, spatial_dims=3), cd.ms_ssim(v, v, spatial_dims=3, win_size=7)):
         assert max(len(cloudpickle.dumps(task)) for task in dict(lazy.__dask_graph__()).values()) < 20_000
+
+
+def test_without_dask_the_import_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    for name in ("dask", "dask.array"):
+        monkeypatch.setitem(sys.modules, name, None)  # what `import dask.array` finds when Dask is not installed
+    monkeypatch.delitem(sys.modules, "cussim.dask")
+    with pytest.raises(ImportError, match=r'cussim.dask needs Dask: pip install "dask\[array\]" distributed, or '
+                                          r'cussim\'s dask extra'):
+        importlib.import_module("cussim.dask")
 
 
 def test_bad_inputs_are_named():

@@ -296,6 +296,22 @@ def test_out_of_bounds_past_the_end_with_the_guard(module, monkeypatch):
     assert x[8:40].sum() == 32.0
 
 
+def test_a_guard_page_that_cannot_be_protected_is_an_error_and_no_launch(module, monkeypatch):
+    from cussim._emulator import _module
+
+    class RefusingLibc:
+        @staticmethod
+        def mprotect(address, size, protection):
+            return -1
+
+    monkeypatch.setenv("CUSSIM_EMULATOR_GUARD", "1")
+    monkeypatch.setattr(_module, "_libc", RefusingLibc)
+    x = np.zeros(40, np.float32)
+    with pytest.raises(_emulator.EmulatorError, match="could not protect a guard page"):
+        _launch(module, "overrun", x, np.int32(8))
+    assert not x.any()
+
+
 def test_dynamic_shared_memory_overrun(module):
     with pytest.raises(_emulator.KernelFault, match="dynamic shared memory.*past the 64 bytes"):
         _launch(module, "reverse_through_dynamic", np.zeros(32), np.zeros(32), np.int32(32), shared_mem=64)
@@ -420,6 +436,40 @@ def test_concurrent_builds_from_several_processes(tmp_path):
         assert p.wait() == 0, p.stderr.read()
     assert len(list((tmp_path / "emulator").glob("module-*.so"))) == 1
     assert not list((tmp_path / "emulator").glob("*.tmp"))
+
+
+def test_the_cache_is_the_users_without_cussim_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("CUSSIM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _build.cache_dir() == tmp_path / "xdg" / "cussim" / "emulator"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _build.cache_dir() == tmp_path / "home" / ".cache" / "cussim" / "emulator"
+
+
+def test_nvrtc_options_become_gcc_preprocessor_flags():
+    options = ("--define-macro=N=4", "--undefine-macro=OLD", "--include-path=/opt/inc", "-DM", "-I/usr/inc",
+               "--std=c++17", "-arch=sm_90", "--use_fast_math")
+    assert _build.translate_options(options) == (["-DN=4", "-UOLD", "-I/opt/inc", "-DM", "-I/usr/inc"], "-std=c++17")
+    assert _build.translate_options(()) == ([], _build.DEFAULT_STD)
+
+
+def test_the_mxcsr_helper_builds_into_an_empty_cache_and_sets_the_register(empty_emulator_cache):
+    _build.mxcsr_library.cache_clear()
+    try:
+        library = _build.mxcsr_library()
+        assert [p.name for p in (empty_emulator_cache / "emulator").glob("mxcsr-*.so")] != []
+        saved = library.emu_get_mxcsr()
+        flush = 0x8040  # FTZ and DAZ
+        library.emu_set_mxcsr(saved | flush)
+        try:
+            assert library.emu_get_mxcsr() & flush == flush
+            assert np.float32(1e-20) * np.float32(1e-20) == 0  # this thread now flushes denormals
+        finally:
+            library.emu_set_mxcsr(saved)
+        assert library.emu_get_mxcsr() == saved and np.float32(1e-20) * np.float32(1e-20) != 0
+    finally:
+        _build.mxcsr_library.cache_clear()
 
 
 def test_extern_shared_rewrite():

@@ -105,6 +105,18 @@ def test_map_value_and_strided_inputs(standin_cupy, emulator):
     np.testing.assert_array_equal(_host(values), cussim.dssim(x, y, axis=(1, 2), win_size=5))
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_window_per_axis_is_refused_before_any_launch(standin_cupy, spatial_dims):
+    """The kernels are built for one radius: GPU arrays with a window per axis get the ValueError naming the
+    float64 path, and nothing is launched."""
+    gx, gy = _on_gpu(standin_cupy, *_images((9, 10, 11)))
+    record.clear()
+    with pytest.raises(ValueError, match=r"win_size and sigma give each spatial axis its own window here.*CPU "
+                                         r"tensors \(the float64 path"):
+        cussim.ssim_with_gradient(gx, gy, win_size=(3, 5, 3)[:spatial_dims], spatial_dims=spatial_dims)
+    assert not record.launches
+
+
 def test_volumes(standin_cupy, emulator):
     x, y = _images((1, 9, 10, 11), np.float64)
     gx, gy = _on_gpu(standin_cupy, x, y)
@@ -384,6 +396,21 @@ def test_structural_similarity_of_gpu_arrays_in_other_dimensions_is_refused(stan
     gx, = _on_gpu(standin_cupy, np.zeros((8, 8, 8, 8), np.float32))
     with pytest.raises(ValueError, match="these have 4 spatial dimensions"):
         cussim.structural_similarity(gx, gx, data_range=1.0)
+
+
+def test_structural_similarity_of_gpu_arrays_with_a_window_the_kernels_lack_is_refused(standin_cupy):
+    gx, gy = _on_gpu(standin_cupy, *_images((32, 32)))
+    with pytest.raises(ValueError, match="the GPU kernels take windows of 3 to 15 taps; this one has 17"):
+        cussim.structural_similarity(gx, gy, data_range=1.0, win_size=17)
+    with pytest.raises(ValueError, match=r"3 to 15 taps; this one has 19 \(Gaussian weights: sigma from 0.43"):
+        cussim.structural_similarity(gx, gy, data_range=1.0, gaussian_weights=True, sigma=2.5)
+
+
+def test_a_gpu_mask_with_numpy_masked_arrays_is_refused(standin_cupy):
+    x, y = _images((16, 16))
+    gm, = _on_gpu(standin_cupy, np.ones((16, 16), np.float32))
+    with pytest.raises(TypeError, match="mask is a GPU array but x or y is a numpy.ma masked array"):
+        cussim.ssim(np.ma.masked_greater(x, 0.9), y, mask=gm)
 
 
 def test_workspace_says_where_it_lives(standin_cupy):

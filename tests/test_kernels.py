@@ -138,6 +138,25 @@ def test_planes_past_the_grid_in_two_stride_levels(executor, monkeypatch):
     _check(executor, x, y)
 
 
+def test_launch_plans_past_their_limit_are_dropped_and_made_again(executor, monkeypatch):
+    monkeypatch.setattr(_launch, "MAX_PLANS", 2)
+    _launch._PLANS.clear()
+    for rows in (13, 14, 15, 13):
+        x, y = _images((2, rows, 13), np.float32)
+        _check(executor, x, y)
+        assert 0 < len(_launch._PLANS) <= 2
+    _launch._PLANS.clear()
+
+
+def test_an_output_whose_batch_axes_need_three_stride_levels_is_refused():
+    x, y = _images((2, 3, 4, 9, 9), np.float32)
+    out = np.zeros((4, 6, 8, 9, 9), np.float32)[::2, ::2, ::2]  # no two batch axes merge
+    with pytest.raises(ValueError, match="out: the batch axes of this layout cannot be addressed with two stride "
+                                         "levels; pass a C-contiguous array"):
+        _launch.plane_layouts([x, y], {"out": out})
+    assert _launch.plane_layouts([x, y], {"out": np.zeros_like(x)})[0] == [1, 24]  # C order: one level
+
+
 def test_blocks_taking_several_planes_give_the_bits_of_a_block_per_plane(executor, monkeypatch):
     """plane_rows: with MIN_BLOCKS at 1 each block of the forward and the backward computes every plane of its
     tile; the map, the value and the gradient are bitwise those of one block per plane."""

@@ -217,3 +217,11 @@ def test_backward_adds_the_adjoint_of_the_2x2x2_mean(executor, variant):
                        variant=variant)
     np.testing.assert_allclose(executor.asnumpy(grad), ref.downsample_adjoint(coarse, variant, x.shape, 3),
                                rtol=0, atol=1e-15)
+
+
+def test_planes_past_32_bit_offsets_are_refused_by_name():
+    """ssim3d_backward offsets a partial map's plane in 32-bit arithmetic: a plane of 2^31 voxels is refused
+    before any launch (broadcast views: nothing allocated)."""
+    x = np.broadcast_to(np.float32(0), (3, 46341, 46341))
+    with pytest.raises(ValueError, match=r"x: the gradient of volumes takes planes of at most 2147483647 voxels"):
+        _launch3d.backward(x, x, np.zeros(3, np.float32), x, ssim_params(win_size=3, data_range=1, spatial_dims=3))

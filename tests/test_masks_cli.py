@@ -99,3 +99,51 @@ def test_the_docs_picture_is_what_its_script_draws(tmp_path, capsys):
     docs = Path(__file__).resolve().parents[1] / "docs"
     runpy.run_path(str(docs / "masks_figure.py"))["main"](tmp_path / "masks.png")
     np.testing.assert_array_equal(iio.imread(tmp_path / "masks.png"), iio.imread(docs / "masks.png"))
+
+
+def test_one_mask_file_weights_every_pair_of_two_folders(pair, capsys):
+    root, ref, test, weights = pair
+    code, out, _ = _run([root / "ref", root / "test", "--mask", root / "masks" / "grey.png", "--format", "csv",
+                         "--device", "cpu"], capsys)
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["pair"] for r in rows] == ["grey.png"]
+    assert abs(float(rows[0]["ssim"]) - cussim.ssim(test, ref, data_range=255, mask=weights)) < 1e-12
+
+
+def test_a_mask_folder_with_two_files_is_a_usage_error(pair, capsys):
+    root, *_ = pair
+    code, _, err = _run([root / "ref" / "grey.png", root / "test" / "grey.png", "--mask", root / "masks",
+                         "--device", "cpu"], capsys)
+    assert code == 2 and "a folder of masks goes with folders of images" in err
+
+
+def test_an_unreadable_mask_file_is_a_usage_error_naming_it(pair, capsys, tmp_path):
+    root, *_ = pair
+    (tmp_path / "mask.png").write_bytes(b"not a png")
+    code, out, err = _run([root / "ref", root / "test", "--mask", tmp_path / "mask.png", "--device", "cpu"], capsys)
+    assert code == 2 and out == "" and f"{tmp_path / 'mask.png'}: cannot read it as an image" in err
+
+
+def test_a_float_mask_image_gives_its_values_as_weights(pair, capsys, tmp_path):
+    root, ref, test, weights = pair
+    smooth = np.linspace(0.0, 1.0, weights.size, dtype=np.float32).reshape(weights.shape)
+    iio.imwrite(tmp_path / "mask.tif", smooth)
+    code, out, _ = _run([root / "ref" / "grey.png", root / "test" / "grey.png", "--mask", tmp_path / "mask.tif",
+                         "--format", "csv", "--device", "cpu"], capsys)
+    assert code == 0
+    value = float(next(csv.DictReader(io.StringIO(out)))["ssim"])
+    assert abs(value - cussim.ssim(test, ref, data_range=255, mask=smooth.astype(np.float64))) < 1e-12
+
+
+def test_a_valid_map_is_masked_where_its_pixels_are(pair, capsys, tmp_path):
+    """A "valid" map is 10 pixels smaller (win_size 11): its heat map is grey where the mask's inner part is 0."""
+    root, ref, test, weights = pair
+    code, out, _ = _run([root / "ref" / "grey.png", root / "test" / "grey.png", "--mask", root / "masks" / "grey.png",
+                         "--padding", "valid", "--format", "csv", "--map", tmp_path, "--device", "cpu"], capsys)
+    assert code == 0
+    inner = weights[5:-5, 5:-5]
+    picture = iio.imread(tmp_path / "grey.png.ssim.png")[_imagefiles._CAPTION :][: inner.shape[0], : inner.shape[1]]
+    assert (picture[inner == 0] == 128).all() and not (picture[inner > 0] == 128).all(axis=-1).any()
+    value = float(next(csv.DictReader(io.StringIO(out)))["ssim"])
+    assert abs(value - cussim.ssim(test, ref, data_range=255, mask=weights, padding="valid")) < 1e-12

@@ -53,6 +53,15 @@ def test_gradients_to_images_and_mask_match_finite_differences(name, options, ma
                                     eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("padding", ["valid", "reflect"])
+def test_the_mask_gradient_crops_each_axis_by_its_own_radius(padding):
+    x, y = _images((1, 1, 9, 10))
+    m = _mask((9, 10), low=0.2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, w: ct.ssim(a, b, mask=w, win_size=(5, 3), sigma=(1.2, 0.6),
+                                                            padding=padding),
+                                    (x.requires_grad_(), y.requires_grad_(), m), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
 def test_the_mask_gradient_is_the_spec_formula():
     x, y = _images((1, 1, 18, 18))
     m = _mask((18, 18), low=0.1).requires_grad_()
@@ -117,3 +126,12 @@ def test_pytorch_msssim_functions_take_a_mask_as_an_extension():
     value = pytorch_msssim.ms_ssim(X, Y, data_range=1.0, weights=[0.5, 0.5], win_size=7, mask=m)
     expected = cussim.ms_ssim(X.numpy(), Y.numpy(), weights=(0.5, 0.5), win_size=7, mask=m.numpy(), axis=(2, 3))
     assert float(value) == pytest.approx(float(expected.mean()), rel=1e-13)
+
+
+def test_a_mask_on_another_device_and_a_mask_for_ssim_map_are_refused():
+    x, y = _images()
+    with pytest.raises(ValueError, match="mask is on meta and x on cpu; put them on one device"):
+        ct.ssim(x, y, mask=torch.ones((20, 22), dtype=x.dtype, device="meta"))
+    with pytest.raises(ValueError, match=r"ssim_map takes no mask yet: weight the map it returns, or use "
+                                         r"cussim.ssim_map\(x, y, mask=..., mask_mode='normalized'\)"):
+        ct.ssim_map(x, y, mask=_mask((20, 22)))

@@ -590,3 +590,12 @@ def test_piq_variant_on_the_kernels_and_on_volumes_is_refused(kernels):
         cussim.ms_ssim(x, y, variant="piq")
     with pytest.raises(ValueError, match="variant='piq' is for images"):
         cussim.ms_ssim(*_pair((20, 20, 20)), variant="piq", spatial_dims=3, win_size=3, weights=(0.5, 0.5))
+
+
+def test_pyramid_refuses_planes_past_32_bit_offsets_by_name():
+    """msssim_pyramid offsets a plane in 32-bit arithmetic: a plane of 2^31 pixels is refused before any launch
+    (a broadcast view: nothing allocated)."""
+    x = np.broadcast_to(np.float32(0), (1, 46341, 46341))
+    out = np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match=r"x: MS-SSIM takes planes of at most 2147483647 pixels"):
+        _launch.pyramid(x, x, out, out, "pytorch_msssim", 1)

@@ -251,3 +251,14 @@ def test_a_first_gpu_call_compiles_only_what_it_launches(tmp_path):
     later = _python(LATER_GPU_PROCESS, {**CUPY_ENV, "CUPY_CACHE_DIR": str(tmp_path)})
     assert later.returncode == 0, later.stderr
     assert len([name for name in _cussim_entries(tmp_path) if name.endswith(".cu")]) == len(FIRST)
+
+
+def test_list_prints_the_chosen_specialisations_and_builds_nothing(capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("--list compiled")
+
+    monkeypatch.setattr(_build, "_run", refuse)
+    assert _cli.main(["precompile", "--list", "ssim_finish<float>", "ssim3d"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed == [name for _, name in _precompile.resolve(["ssim_finish<float>", "ssim3d"])]
+    assert listed[0] == "ssim_finish<float>" and len(listed) == 1 + len(_kernels.specialisations("ssim3d"))

@@ -155,6 +155,27 @@ def test_gradient_over_broadcast_reference_and_all_axes():
     np.testing.assert_allclose(grad, np.stack([g for _, g in per_image]) / 3, rtol=1e-12)
 
 
+def test_gradient_of_an_image_broadcast_over_the_references_is_their_sum():
+    rng = np.random.default_rng(5)
+    x = rng.random((1, 10, 10))
+    y = rng.random((3, 10, 10))
+    taps = ref.window_taps("gaussian", 5, 1.5)
+    value, grad = ref.ssim_with_gradient(x, y, taps)
+    assert grad.shape == x.shape
+    per_reference = [ref.ssim_with_gradient(x[0], y[i], taps) for i in range(3)]
+    assert np.isclose(value, np.mean([v for v, _ in per_reference]), rtol=1e-14)
+    np.testing.assert_allclose(grad[0], sum(g for _, g in per_reference) / 3, rtol=1e-12)
+
+
+def test_chunks_cover_the_map_once_and_an_empty_map_has_none():
+    for planes, first, rest in ((3, 40, 500), (1, 7, 30000), (5, 2, 3)):
+        seen = np.zeros((planes, first), int)
+        for images, rows in ref._chunks(planes, first, rest):
+            seen[images, rows] += 1
+        assert (seen == 1).all()
+    assert list(ref._chunks(3, 0, 10)) == [] and list(ref._chunks(3, 10, 0)) == []
+
+
 @pytest.mark.parametrize("padding", ref.PADDINGS)
 @pytest.mark.parametrize("level", [0.0, 0.3712, 1.0, 255.0])
 def test_flat_image_against_itself_is_exactly_one(padding, level):
@@ -269,6 +290,22 @@ def test_downsampling_of_each_variant():
     np.testing.assert_allclose(ref.downsample(a, "tensorflow")[-1], [(10 + 11) / 2, (12 + 13) / 2, 14])
     # torchmetrics: floor, the odd row/column dropped
     np.testing.assert_allclose(ref.downsample(a, "torchmetrics"), [[(0 + 1 + 5 + 6) / 4, (2 + 3 + 7 + 8) / 4]])
+    with pytest.raises(ValueError, match="variant must be one of .*, got 'matlab'"):
+        ref.downsample(a, "matlab")
+
+
+def test_ms_ssim_means_over_the_pooled_axes_or_refuses_the_axis():
+    """torchmetrics pools an image's channels into each mean: the channel axis must be among those averaged."""
+    rng = np.random.default_rng(6)
+    x = rng.random((2, 3, 40, 40))
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    taps = ref.window_taps("gaussian", 5, 1.5)
+    kwargs = dict(weights=(0.5, 0.5), pool_axes=(1,), want_gradient=False)
+    per_image = [ref.ms_ssim_with_gradient(x[i], y[i], taps, pool_axes=(0,), weights=(0.5, 0.5),
+                                           want_gradient=False)[0] for i in range(2)]
+    assert np.isclose(ref.ms_ssim_with_gradient(x, y, taps, **kwargs)[0], np.mean(per_image), rtol=1e-14)
+    with pytest.raises(ValueError, match=r"axis=\(0, 2, 3\) must include the pooled axes \(1,\)"):
+        ref.ms_ssim_with_gradient(x, y, taps, axis=(0, 2, 3), **kwargs)
 
 
 @pytest.mark.parametrize("variant", ref.MS_SSIM_VARIANTS)

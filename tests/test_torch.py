@@ -52,7 +52,8 @@ def test_import_cussim_does_not_import_torch():
 
 @pytest.mark.parametrize("options", [{}, {"padding": "valid"}, {"padding": "reflect", "win_size": 7},
                                      {"window": "uniform", "win_size": 5, "sample_covariance": True},
-                                     {"sigma": 0.8, "win_size": 5, "K2": 0.05, "data_range": 2.0}])
+                                     {"sigma": 0.8, "win_size": 5, "K2": 0.05, "data_range": 2.0},
+                                     {"win_size": (7, 3), "sigma": (1.2, 0.6), "padding": "reflect"}])
 @pytest.mark.parametrize("name", ["ssim", "dssim"])
 def test_gradcheck_ssim_and_dssim(name, options):
     x, y = images((1, 2, 13, 15))
@@ -62,7 +63,8 @@ def test_gradcheck_ssim_and_dssim(name, options):
 
 
 @pytest.mark.parametrize("options", [{}, {"variant": "tensorflow"}, {"variant": "torchmetrics", "channel_axis": 1},
-                                     {"weights": (0.5, 0.5), "win_size": 5}])
+                                     {"weights": (0.5, 0.5), "win_size": 5},
+                                     {"weights": (0.5, 0.5), "win_size": (5, 3), "sigma": (0.8, 0.5)}])
 def test_gradcheck_ms_ssim(options):
     x, y = images((1, 2, 23, 24) if "weights" in options else (1, 2, 176, 177))
     # ms_ssim's value is a product of powers: check its gradient along a few random directions
@@ -556,6 +558,72 @@ def test_ssim_map_is_torchmetrics_full_image(astronaut_pair):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-13)
 
 
+# ---- a window per axis, as torchmetrics' kernel_size and sigma sequences ----
+
+def reflect_padded(radii):
+    """A function padding the last len(radii) axes by their radii (first axis first) with whole-sample reflection,
+    as torchmetrics extends an image."""
+    widths = [w for r in reversed(radii) for w in (r, r)]
+    return lambda t: F.pad(t, widths, mode="reflect")
+
+
+@pytest.mark.parametrize("theirs, ours, radii", [
+    (dict(sigma=(1.5, 0.8)), dict(win_size=(11, 7), sigma=(1.5, 0.8)), (5, 3)),
+    (dict(gaussian_kernel=False, kernel_size=(7, 3)), dict(win_size=(7, 3), window="uniform"), (3, 1)),
+], ids=["gaussian", "uniform"])
+def test_a_window_per_axis_is_torchmetrics(astronaut_pair, theirs, ours, radii):
+    """torchmetrics' anisotropic windows (the first value for H): the valid SSIM, map and gradients of the
+    images padded by each axis' radius, as docs/switching.rst says."""
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = astronaut_pair
+    pad = reflect_padded(radii)
+    value, grad_x, grad_y = gradients(lambda a, b: ct.ssim(pad(a), pad(b), padding="valid", **ours), x, y)
+    expected = gradients(lambda a, b: tm.structural_similarity_index_measure(a, b, data_range=1.0, **theirs), x, y)
+    assert float(value) == pytest.approx(float(expected[0]), abs=1e-12)
+    torch.testing.assert_close(grad_x, expected[1], rtol=1e-8, atol=1e-14)
+    torch.testing.assert_close(grad_y, expected[2], rtol=1e-8, atol=1e-14)
+    S = ct.ssim_map(pad(x), pad(y), padding="valid", **ours)
+    full = tm.structural_similarity_index_measure(x, y, data_range=1.0, return_full_image=True, **theirs)[1]
+    torch.testing.assert_close(S, full, rtol=0, atol=1e-12)
+
+
+def test_a_window_per_axis_of_volumes_is_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = images((1, 2, 16, 19, 17), seed=3)
+    sigma, win_size = (1.5, 0.8, 1.0), (11, 7, 9)  # the sizes torchmetrics gives these sigmas: 2 int(3.5 s + 0.5) + 1
+    pad = reflect_padded((5, 3, 4))
+    value, grad_x, _ = gradients(lambda a, b: ct.ssim(pad(a), pad(b), padding="valid", win_size=win_size, sigma=sigma,
+                                                      spatial_dims=3), x, y)
+    expected = gradients(lambda a, b: tm.structural_similarity_index_measure(a, b, data_range=1.0, sigma=sigma,
+                                                                             kernel_size=win_size), x, y)
+    assert float(value) == pytest.approx(float(expected[0]), abs=1e-12)
+    torch.testing.assert_close(grad_x, expected[1], rtol=1e-8, atol=1e-14)
+
+
+def test_ms_ssim_with_a_window_per_axis_is_torchmetrics(astronaut_pair):
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    x, y = astronaut_pair
+    weights = (0.25, 0.25, 0.5)  # torchmetrics holds its betas in float32: these it holds exactly
+    value, grad_x, grad_y = gradients(lambda a, b: ct.ms_ssim(a, b, variant="torchmetrics", win_size=(11, 7),
+                                                              sigma=(1.5, 0.8), weights=weights), x, y)
+    theirs = gradients(lambda a, b: tm.multiscale_structural_similarity_index_measure(
+        a, b, data_range=1.0, kernel_size=(11, 7), sigma=(1.5, 0.8), betas=weights), x, y)
+    assert float(value) == pytest.approx(float(theirs[0]), abs=1e-12)
+    for ours, expected in ((grad_x, theirs[1]), (grad_y, theirs[2])):
+        assert float((ours - expected).norm() / expected.norm()) < 1e-10
+
+
+def test_the_loss_modules_take_a_window_per_axis():
+    x, y = images((1, 2, 20, 22))
+    options = dict(win_size=(9, 5), sigma=(1.5, 0.7))
+    for module, function in ((ct.SSIMLoss(**options), lambda a, b: 1 - ct.ssim(a, b, **options)),
+                             (ct.DSSIMLoss(**options), lambda a, b: ct.dssim(a, b, **options)),
+                             (ct.L1DSSIMLoss(weight=0.4, **options),
+                              lambda a, b: ct.l1_dssim_loss(a, b, weight=0.4, **options))):
+        assert float(module(x, y)) == float(function(x, y))
+    assert repr(ct.SSIMLoss(**options)) == "SSIMLoss(win_size=(9, 5), sigma=(1.5, 0.7))"
+
+
 def test_ssim_map_takes_no_outputs_and_no_second_derivative():
     x, y = images((1, 1, 12, 12))
     with pytest.raises(TypeError, match="ssim_map takes no 'out'"):
@@ -564,3 +632,9 @@ def test_ssim_map_takes_no_outputs_and_no_second_derivative():
     (first,) = torch.autograd.grad(ct.ssim_map(a, y, win_size=3).sum(), a, create_graph=True)
     with pytest.raises(RuntimeError, match="cussim.torch.ssim_map has no second derivative"):
         first.sum().backward()
+
+
+def test_images_on_two_devices_are_refused():
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="x is on cpu and y on meta; put both on one device"):
+        ct.ssim(x, torch.empty(x.shape, dtype=x.dtype, device="meta"))

@@ -216,6 +216,9 @@ def test_what_cussim_refuses_is_named(photos):
         dropin.ssim(x, y, win_size=10)
     with pytest.raises(ValueError, match="Window size should be odd: win has 10 taps"):
         dropin.ssim(x, y, win=torch.ones(1, 1, 10) / 10)
+    for not_taps in (window64().numpy(), torch.tensor(1.0)):
+        with pytest.raises(TypeError, match="win must be a tensor of 1-D window taps"):
+            dropin.ssim(x, y, win=not_taps)
     triangle = torch.tensor([1.0, 2, 3, 4, 5, 6, 5, 4, 3, 2, 1]) / 36
     with pytest.raises(ValueError, match="win must be a normalised Gaussian window"):
         dropin.ssim(x, y, win=triangle.expand(3, 1, 1, 11))
@@ -235,5 +238,13 @@ def test_what_cussim_refuses_is_named(photos):
         dropin.SSIM(channel=0)
     with pytest.raises(ValueError, match="win_size must be from 3 to 15, got 17"):
         dropin.MS_SSIM(win_size=17)
+    # pytorch-msssim builds one 1-D window (a sequence fails there): one per axis is cussim.torch.ssim's
+    per_axis = "takes one win_(size|sigma) for every axis, as the original does.*cussim.torch.ssim"
+    with pytest.raises(TypeError, match=per_axis):
+        dropin.ssim(x, y, win_size=(11, 7))
+    with pytest.raises(TypeError, match=per_axis):
+        dropin.ms_ssim(x, y, win_sigma=[1.5, 0.8])
+    with pytest.raises(TypeError, match=per_axis):
+        dropin.SSIM(win_size=(11, 7))
     with pytest.raises(ValueError, match="data_range must be a positive finite number"):
         dropin.SSIM(data_range=0)

@@ -46,6 +46,10 @@ Keyword options are those of the matching cussim function (``data_range``,
 ``win_size``, ``sigma``, ``window``, ``K1``, ``K2``, ``padding``,
 ``sample_covariance``, ``channel_axis``, ``axis``, ``mask``, ``mask_mode``;
 MS-SSIM's ``variant`` and ``weights``), except the output buffers.
+``win_size`` and ``sigma`` take one value for every axis or one per spatial
+axis (``win_size=(11, 7), sigma=(1.5, 0.8)``, the first for H, as
+torchmetrics' ``kernel_size`` and ``sigma``); a window per axis is computed
+for CPU tensors (the float64 path) only, and refused on CUDA tensors.
 
 Masks (docs/spec.rst section 9): ``mask`` is a tensor of weights on x's
 device (bool or floating, broadcasting against x as in cussim). A mask that

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import cussim
-from cussim import _masks
+from cussim import _masks, _reference
 from cussim._ssim import _ssim_map_gradient
 
 # name: (value function, value-and-gradient function) of cussim
@@ -130,9 +130,11 @@ def _mask_gradient(metric, x, y, mask, value, options):
         share = float(options.get("weight", 0.2))
         per_pixel = share * (1 - S) + (1 - share) * (x - y).abs().to(value.dtype)
     spatial = _spatial_axes(x, options)
-    padding, radius = map_options.get("padding", "same"), (options.get("win_size", 11) - 1) // 2
-    border = 0 if padding == "same" else radius  # "valid" crops the map, "reflect" the mean, by r
-    counted = tuple(slice(border, n - border) if a in spatial else slice(None) for a, n in enumerate(x.shape))
+    padding = map_options.get("padding", "same")
+    sizes = _reference.per_axis(options.get("win_size", 11), len(spatial))
+    # "valid" crops the map, "reflect" the mean, by each axis' radius
+    borders = dict(zip(spatial, (0 if padding == "same" else (w - 1) // 2 for w in sizes)))
+    counted = tuple(slice(borders[a], n - borders[a]) if a in borders else slice(None) for a, n in enumerate(x.shape))
     in_map = counted if padding != "valid" else tuple(slice(None) for _ in x.shape)
     weights = _aligned(mask, x, spatial).expand(x.shape)[counted].to(value.dtype)
     axis = options.get("axis")

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from .. import _reference
-from .._params import check_spatial_dims, ssim_params
+from .._params import check_one_window, check_spatial_dims, ssim_params
 from ._functions import ms_ssim as _ms_ssim
 from ._functions import ssim as _ssim
 
@@ -96,8 +96,14 @@ def _constants(K):
     return {"K1": K1, "K2": K2}
 
 
+def _check_one_window(win_size, win_sigma):
+    check_one_window("cussim.torch.pytorch_msssim", "for a window per axis, cussim.torch.ssim or ms_ssim take "
+                     "win_size=(11, 7), sigma=(1.5, 0.8)", win_size=win_size, win_sigma=win_sigma)
+
+
 def _window(win, win_size, win_sigma):
     """cussim's window arguments: win_size and sigma, read off ``win`` when it is given."""
+    _check_one_window(win_size, win_sigma)
     if win is None:
         return {"win_size": win_size, "sigma": win_sigma}
     if not isinstance(win, torch.Tensor) or win.ndim == 0:
@@ -213,6 +219,7 @@ class _Module(torch.nn.Module):
         if isinstance(channel, bool) or not isinstance(channel, numbers.Integral) or channel < 1:
             raise ValueError(f"channel must be a positive int (the images' channels), got {channel!r}")
         check_spatial_dims(spatial_dims)
+        _check_one_window(win_size, win_sigma)
         ssim_params(win_size=win_size, sigma=win_sigma, data_range=data_range, **_constants(K))
         self.data_range, self.size_average, self.K = data_range, size_average, K
         self.win_size, self.win_sigma, self.channel, self.spatial_dims = win_size, win_sigma, channel, spatial_dims
