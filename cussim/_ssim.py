@@ -262,11 +262,15 @@ class Workspace:
     of ``block_sums`` counts a kernel's finished blocks (SSIM's forward;
     MS-SSIM's combine counts in the last 1 + images); cussim sets them to zero
     at the workspace's first call and every launch leaves them there.
+    ``mask``: for masked calls whose mask is not of the compute dtype (bool,
+    uint8, ...), the mask's weights converted to it, rewritten each call
+    (None where the kernels read the caller's mask as it lies).
     """
 
-    def __init__(self, block_sums, grad_maps):
+    def __init__(self, block_sums, grad_maps, mask=None):
         self.block_sums = block_sums
         self.grad_maps = grad_maps
+        self.mask = mask
         # How many of block_sums' last elements are block counters at zero (see _launch.forward's
         # ``finish`` and _launch.Combine): cussim zeroes a call's counters where they differ, after the
         # call's checks (_workspace_buffers).
@@ -274,7 +278,7 @@ class Workspace:
 
     @property
     def nbytes(self) -> int:
-        return int(self.block_sums.nbytes + self.grad_maps.nbytes)
+        return int(self.block_sums.nbytes + self.grad_maps.nbytes + (0 if self.mask is None else self.mask.nbytes))
 
     def __repr__(self):
         return f"Workspace({self.nbytes} bytes, {_arrays.where(self.grad_maps)})"
@@ -285,8 +289,10 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     """The workspace for gradients of images shaped like ``x`` (allocated once, reused every step).
 
     ``spatial_dims=3`` for volumes, as in the functions that take it.
-    ``mask``: the mask of the calls (or any of its shape; its values are not
-    read) for a workspace of masked calls, which keeps their weight sums too.
+    ``mask``: the mask of the calls (or any of its shape and dtype; its values
+    are not read) for a workspace of masked calls, which keeps their weight
+    sums too, and for a mask of another dtype than the compute dtype (bool,
+    uint8, float64 for float32 images) its weights converted.
 
     Examples
     --------
@@ -294,15 +300,21 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     >>> x = np.zeros((2, 3, 64, 64), np.float32)
     >>> cussim.make_workspace(x).nbytes
     295112
-    >>> cussim.make_workspace(x, mask=np.ones((64, 64), bool)).nbytes
+    >>> cussim.make_workspace(x, mask=np.ones((64, 64), np.float32)).nbytes
     295400
+    >>> cussim.make_workspace(x, mask=np.ones((64, 64), bool)).nbytes  # and the weights as float32
+    311784
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
                        spatial_dims=spatial_dims, check_values=False)
     if mask is not None:
-        _masks.in_layout(_arrays.as_array(mask, "mask"), problem.x, problem.layout, check_values=False)
-        return _allocate_workspace(problem, problem.layout.masked_workspace_sizes)
+        weights = _masks.in_layout(_arrays.as_array(mask, "mask"), problem.x, problem.layout, check_values=False)
+        workspace = _allocate_workspace(problem, problem.layout.masked_workspace_sizes)
+        if weights.dtype != problem.layout.compute_dtype:
+            with problem.device():
+                workspace.mask = _arrays.empty(problem.xp, weights.shape, problem.layout.compute_dtype)
+        return workspace
     return _allocate_workspace(problem, problem.layout.workspace_sizes)
 
 
@@ -479,7 +491,7 @@ def _masked_mean_launch(problem: _Problem, flat_out, grad_view, workspace, a, b,
     weight, which makes its total NaN) as the reference does."""
     layout = problem.layout
     want_gradient = grad_view is not None
-    mask = _kernel_mask(problem)
+    mask = _kernel_mask(problem, workspace)
     sums = layout.weighted_sums
     block_sums, grad_maps = _workspace_buffers(problem, workspace, layout.masked_workspace_sizes, want_gradient)
     launcher = layout.launcher
@@ -493,11 +505,18 @@ def _masked_mean_launch(problem: _Problem, flat_out, grad_view, workspace, a, b,
     _masks.check_kernel_totals(_arrays.to_host(sums.totals(block_sums, flat_out.size)), layout.value_shape)
 
 
-def _kernel_mask(problem: _Problem):
+def _kernel_mask(problem: _Problem, workspace=None):
     """The problem's mask as the kernels read it: the compute dtype (a float32 mask for float32 images is
-    read as it lies; another dtype is converted, one allocation of the mask's own size)."""
+    read as it lies; another dtype is converted into ``workspace.mask`` where that has the mask's shape,
+    else into a new array of the mask's own size)."""
     mask, dtype = problem.mask, problem.layout.compute_dtype
-    return mask if mask.dtype == dtype else mask.astype(dtype)
+    if mask.dtype == dtype:
+        return mask
+    held = getattr(workspace, "mask", None)
+    if held is None or held.shape != mask.shape:
+        return mask.astype(dtype)
+    held[...] = mask
+    return held
 
 
 def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool, counters=1):

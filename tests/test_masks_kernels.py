@@ -242,10 +242,12 @@ def test_masks_of_a_bad_shape_or_dtype_are_refused_before_any_launch(on_kernels)
         cussim.ssim(gx, gy, mask=on_kernels.asarray(np.ones((24, 26), np.complex64)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, bool], ids=["float32-mask", "bool-mask"])
 @pytest.mark.parametrize("mode", MODES)
-def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cupy, monkeypatch, mode):
-    """On the strict CuPy stand-in (bench/cupy_standin.py): with out, grad and a masked workspace, and a float32
-    mask, a warm masked call allocates nothing and synchronises once, to read its results' total weights."""
+def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cupy, monkeypatch, mode, dtype):
+    """On the strict CuPy stand-in (bench/cupy_standin.py): with out, grad and a masked workspace, a warm masked
+    call allocates nothing and synchronises once, to read its results' total weights (a bool mask's weights are
+    converted into the workspace)."""
     from bench.cupy_standin import record
     from cussim import _arrays
     from executors import device_allocations_refused
@@ -253,7 +255,7 @@ def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cup
     monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
     cupy = standin_cupy
     x, y = _images((2, 16, 18), np.float32)
-    mask = _mask((2, 16, 18))
+    mask = _mask((2, 16, 18)) > 0 if dtype is bool else _mask((2, 16, 18))
     gx, gy, gm = (cupy.asarray(a, blocking=True) for a in (x, y, mask))
     out, grad = cupy.empty((), np.float32), cupy.empty(x.shape, np.float32)
     workspace = cussim.make_workspace(gx, win_size=5, mask=gm)
