@@ -179,6 +179,10 @@ class Smoke:
              lambda: self.value_and_gradient(c.l1_dssim_loss, c.l1_dssim_loss_with_gradient, s.image)),
             (f"ssim_map reflect padding, uniform 7x7 window {shape}", self.ssim_map),
         ]
+        lines += [(f"masked ({mode} mode, a float32 mask per image): {function.__name__} {shape}",
+                   lambda mode=mode, function=function: self.masked(function, s.image, mode))
+                  for mode in ("mean", "normalized")
+                  for function in (c.ssim_with_gradient, c.l1_dssim_loss_with_gradient)]
         lines += [(f"ms_ssim, ms_ssim_with_gradient {variant} {ms}",
                    lambda variant=variant: self.value_and_gradient(c.ms_ssim, c.ms_ssim_with_gradient, s.ms,
                                                                    variant=variant, channel_axis=1))
@@ -200,6 +204,19 @@ class Smoke:
             (f"inputs on a second GPU {shape}", self.second_gpu),
         ]
         return lines
+
+    def masked(self, gradient_function, shape, mask_mode) -> list:
+        """A gradient function's value and gradient with a mask (one per image, a quarter of its weights 0, the
+        others in (0, 2)) against the reference, per image."""
+        x, y = images(shape)
+        rng = np.random.default_rng(1)
+        mask_shape = (shape[0], 1, *shape[-2:])
+        mask = np.where(rng.random(mask_shape) < 0.25, 0.0, 2 * rng.random(mask_shape)).astype(np.float32)
+        options = dict(mask_mode=mask_mode, axis=tuple(range(1, len(shape))))
+        value, grad = gradient_function(self.xp.asarray(x), self.xp.asarray(y), mask=self.xp.asarray(mask),
+                                        **options)
+        expected, expected_grad = reference(gradient_function, x, y, mask=mask, **options)
+        return self.compare({"value": value, "gradient": grad}, {"value": expected, "gradient": expected_grad})
 
     def preallocated(self, value_function, gradient_function, make_workspace, shape, **options) -> list:
         """The value, then the value with its gradient into the caller's out, grad and workspace twice: the

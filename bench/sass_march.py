@@ -163,14 +163,15 @@ def _stored(opcode: str, element_bytes: int) -> int:
 
 
 def _classify(opcodes, stores_per_iteration):
-    """The source loop a SASS loop is, from what it does: loads from global memory (the tile load), filters
-    shared rows into shared rows (the horizontal pass), or neither stores to shared memory (the 2-D
-    forward's pixels, one per iteration); None for a loop that stores without loading (the 3-D backward's
-    halo of a map plane outside the map, zeros: not the interior path, not counted)."""
-    if any(op.startswith("LDG") for op in opcodes):
-        return "tile load", stores_per_iteration["tile load"]
+    """The source loop a SASS loop is, from what it does: stores nothing to shared memory (the 2-D forward's
+    pixels, one per iteration; a masked one loads its weights from global memory), loads from global memory
+    into shared (the tile load), or filters shared rows into shared rows (the horizontal pass); None for a
+    loop that stores without loading (the 3-D backward's halo of a map plane outside the map, zeros: not the
+    interior path, not counted)."""
     if not any(op.startswith("STS") for op in opcodes) and "pixels" in stores_per_iteration:
         return "pixels", stores_per_iteration["pixels"]
+    if any(op.startswith("LDG") for op in opcodes):
+        return "tile load", stores_per_iteration["tile load"]
     if not any(op.startswith("LDS") for op in opcodes):  # stores zeros: the halo of a plane outside the volume
         return None, 0
     return "horizontal pass", stores_per_iteration["horizontal pass"]

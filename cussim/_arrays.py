@@ -205,6 +205,12 @@ def empty(xp, shape, dtype):
     return xp.empty(shape, dtype=dtype)
 
 
+def to_host(array) -> np.ndarray:
+    """A NumPy array of ``array``'s values: itself for a NumPy array, else a copy from its device (a host
+    synchronisation)."""
+    return array if is_numpy(array) else array.get()
+
+
 def numpy_backend() -> str:
     """How NumPy inputs are computed: "reference" (float64, default) or "emulator" (the kernels on the CPU).
 

@@ -50,19 +50,24 @@ PYRAMID_LEVELS = (1, 2, 3, 4)  # 2x2 means per msssim_pyramid launch (5 scales: 
 
 # The option sets of ssim_forward (kernels/ssim_forward.cu, ForwardOption) that the library launches, as
 # (gradient formula or None, term, whether it writes the map, whether it adds the fused L1 term, whether it
-# combines MS-SSIM's scales): values (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map,
+# combines MS-SSIM's scales, and optionally the mask mode, "mean" or "normalized"): values (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map,
 # skimage's full=True), the exact gradient, MS-SSIM's contrast-structure scales, scikit-image's gradient, the
-# L1 + DSSIM loss, and MS-SSIM's last scale with the combine, for a value and for the gradient.
+# L1 + DSSIM loss, MS-SSIM's last scale with the combine, for a value and for the gradient, and the masked means.
 FORWARD_OPTIONS = ((None, "ssim", False, False, False), (None, "ssim", True, False, False),
                    ("exact", "ssim", False, False, False), (None, "cs", False, False, False),
                    ("exact", "cs", False, False, False), ("skimage", "ssim", False, False, False),
                    ("skimage", "ssim", True, False, False), (None, "ssim", False, True, False),
                    ("exact", "ssim", False, True, False), (None, "ssim", False, False, True),
-                   ("exact", "ssim", False, False, True))
+                   ("exact", "ssim", False, False, True),
+                   # masked means (FORWARD_MASK, and FORWARD_NORMALIZED): SSIM's and the L1 + DSSIM loss's,
+                   # value and gradient; the normalised map
+                   *((formula, "ssim", False, l1, False, mode) for mode in ("mean", "normalized")
+                     for l1 in (False, True) for formula in (None, "exact")),
+                   (None, "ssim", True, False, False, "normalized"))
 COMMON_FORWARD_OPTIONS = FORWARD_OPTIONS[0], FORWARD_OPTIONS[2]
 
 
-def forward_options(formula, term, with_map, with_l1, with_combine=False) -> str:
+def forward_options(formula, term, with_map, with_l1, with_combine=False, mask_mode=None) -> str:
     """ssim_forward's third template argument in C++, e.g. ``cussim::FORWARD_CS | cussim::FORWARD_EXACT``.
 
     Examples
@@ -73,15 +78,23 @@ def forward_options(formula, term, with_map, with_l1, with_combine=False) -> str
     'cussim::FORWARD_SKIMAGE | cussim::FORWARD_MAP'
     >>> forward_options("exact", "ssim", False, False, True)
     'cussim::FORWARD_EXACT | cussim::FORWARD_COMBINE'
+    >>> forward_options(None, "ssim", False, True, mask_mode="mean")
+    'cussim::FORWARD_L1 | cussim::FORWARD_MASK'
+    >>> forward_options(None, "ssim", True, False, mask_mode="normalized")
+    'cussim::FORWARD_MAP | cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED'
     """
     flags = [name for name, on in (("CS", term == "cs"), (str(formula).upper(), formula is not None),
-                                   ("MAP", with_map), ("L1", with_l1), ("COMBINE", with_combine)) if on]
+                                   ("MAP", with_map), ("L1", with_l1), ("COMBINE", with_combine),
+                                   ("MASK", mask_mode is not None), ("NORMALIZED", mask_mode == "normalized"))
+             if on]
     return " | ".join(f"cussim::FORWARD_{flag}" for flag in flags) or "cussim::FORWARD_VALUE"
 
 
-def forward_name(element: str, radius: int, formula, term, with_map, with_l1, with_combine=False) -> str:
+def forward_name(element: str, radius: int, formula, term, with_map, with_l1, with_combine=False,
+                 mask_mode=None) -> str:
     """The name expression of ssim_forward for C++ element type ``element`` and these options."""
-    return f"ssim_forward<{element}, {radius}, {forward_options(formula, term, with_map, with_l1, with_combine)}>"
+    options = forward_options(formula, term, with_map, with_l1, with_combine, mask_mode)
+    return f"ssim_forward<{element}, {radius}, {options}>"
 
 
 def without_options(name: str) -> str:
@@ -100,15 +113,26 @@ def without_options(name: str) -> str:
 # its names leave it out
 BACKWARD_TAILS = ("GRAD_WRITE", "GRAD_ADD", "GRAD_WRITE_L1", "GRAD_ADD_L1", "GRAD_MSSSIM")
 MSSSIM_TAIL = BACKWARD_TAILS.index("GRAD_MSSSIM")
+# GRAD_MASK: added to the first four tails, a masked mean's gradient (per-plane 1 / total weight, the L1 term
+# weighted by the mask); GRAD_NORMALIZED too for normalised convolution's (times m_p)
+MASK_TAIL = 8
+NORMALIZED_TAIL = 16
+MASKED_TAILS = tuple(flags + tail for flags in (MASK_TAIL, MASK_TAIL + NORMALIZED_TAIL) for tail in range(MSSSIM_TAIL))
 
 
 def backward_name(element: str, radius: int, tail: int = 0) -> str:
-    """The name expression of ssim_backward for an element type, a radius and a tail (an index of BACKWARD_TAILS).
+    """The name expression of ssim_backward for an element type, a radius and a tail (an index of BACKWARD_TAILS,
+    plus MASK_TAIL for a masked mean's, and NORMALIZED_TAIL for normalised convolution's).
 
-    >>> backward_name("float", 5), backward_name("float", 5, 3)
-    ('ssim_backward<float, 5>', 'ssim_backward<float, 5, cussim::GRAD_ADD_L1>')
+    >>> backward_name("float", 5), backward_name("float", 5, 3), backward_name("float", 5, MASK_TAIL + 2)
+    ('ssim_backward<float, 5>', 'ssim_backward<float, 5, cussim::GRAD_ADD_L1>', \
+'ssim_backward<float, 5, cussim::GRAD_WRITE_L1_MASK>')
     """
-    return f"ssim_backward<{element}, {radius}{f', cussim::{BACKWARD_TAILS[tail]}' if tail else ''}>"
+    if not tail:
+        return f"ssim_backward<{element}, {radius}>"
+    flags = "_NORMALIZED" if tail & NORMALIZED_TAIL else "_MASK" if tail & MASK_TAIL else ""
+    name = BACKWARD_TAILS[tail & ~(MASK_TAIL | NORMALIZED_TAIL)] + flags
+    return f"ssim_backward<{element}, {radius}, cussim::{name}>"
 
 
 def _ssim_specialisations(every_option_radii=RADII):
@@ -118,7 +142,7 @@ def _ssim_specialisations(every_option_radii=RADII):
              for options in FORWARD_OPTIONS if radius in every_option_radii or options in COMMON_FORWARD_OPTIONS]
     names += [f"ssim_backward<{element}, {radius}>" for element in ELEMENT_TYPES for radius in RADII]
     # the backward's other tails: adding into grad (accumulate=True), the fused L1 term, both, MS-SSIM's terms
-    names += [backward_name(element, radius, tail) for tail in range(1, len(BACKWARD_TAILS))
+    names += [backward_name(element, radius, tail) for tail in (*range(1, len(BACKWARD_TAILS)), *MASKED_TAILS)
               for element in ELEMENT_TYPES for radius in RADII]
     names += [f"msssim_pyramid<{element}, {levels}>" for element in ELEMENT_TYPES for levels in PYRAMID_LEVELS]
     return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<float>",

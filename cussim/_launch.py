@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -314,7 +315,7 @@ def combine_args(combine, null):
 
 
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
-            term="ssim", sum_scale=1.0, l1=0.0, finish=None, combine=None):
+            term="ssim", sum_scale=1.0, l1=0.0, finish=None, combine=None, mask=None, mask_mode="mean"):
     """Launches ssim_forward: SSIM (or MS-SSIM's ``term="cs"``) of x against y (y broadcasts to x).
 
     map_out: the map (compute dtype, shape params.map_shape(x.shape), any strides);
@@ -335,17 +336,53 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     are ``block_sums``, a part of combine's) folds :func:`combine` into this
     launch instead: the last block of each image combines it, bitwise as
     msssim_combine does, and the last image's finishes the values.
+
+    ``mask`` (compute dtype, broadcasting to x; with ``finish``, or with
+    ``map_out`` alone in normalized mode): the weights of a masked mean
+    (docs/spec.rst section 9, ``mask_mode="mean"``): block_sums is laid out
+    as :func:`weighted_sums` says, each pixel's share of the sums and of the
+    partial maps is m times what it would be, and the finish writes
+    a + b * sum(m S) / sum(m). ``mask_mode="normalized"``: normalised
+    convolution's map (0 where m is 0) and partial maps (divided by
+    W = F(m)) too.
     """
     image_values = plane_weights = None
     if combine is not None:
         finish, image_values, plane_weights = combine.finish, combine.image_values, combine.plane_weights
     out = None if finish is None else finish[0]
-    pointers = (x, y, map_out, block_sums, grad_maps, out, image_values, plane_weights)
+    pointers = (x, y, map_out, block_sums, grad_maps, out, image_values, plane_weights, mask)
     key = ("forward", _signature(x), _signature(y), _signature(map_out), block_sums is None, grad_maps is None,
            params, weight, formula, term, sum_scale, l1, _signature(out), finish and finish[1:],
-           combine and combine.options)
+           combine and combine.options, _signature(mask), mask_mode)
     _launch_planned(key, lambda: _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish,
-                                                 combine), pointers)
+                                                 combine, mask_mode), pointers)
+
+
+class WeightedSums(NamedTuple):
+    """Where a masked forward's block sums (kernels/tile.cuh, ``WeightedSums``) put what: the values' and the
+    weights' block sums (``sums`` each), each result's total weight (``planes`` slots, one per result used),
+    each plane's 1 / total (the masked backward's ``plane_weights``), then the block counter."""
+
+    sums: int
+    planes: int
+
+    @property
+    def size(self) -> int:
+        return 2 * self.sums + 2 * self.planes + 1
+
+    def totals(self, block_sums, outputs):
+        """The ``outputs`` results' total weights (float64), a view of ``block_sums``."""
+        return block_sums[2 * self.sums : 2 * self.sums + outputs]
+
+    def plane_scales(self, block_sums):
+        """Each plane's 1 / its result's total weight (float64), a view of ``block_sums``."""
+        return block_sums[2 * self.sums + self.planes : 2 * self.sums + 2 * self.planes]
+
+
+def weighted_sums(shape, dtype, params) -> WeightedSums:
+    """The :class:`WeightedSums` of a masked forward over images of ``shape`` (the kernels' layout) and ``dtype``."""
+    planes = math.prod(shape[:-2])
+    return WeightedSums(planes * tiles(params.map_shape(shape), dtype), planes)
 
 
 def block_sums(xp, size, counters=1):
@@ -374,18 +411,32 @@ def finish_args(finish, null):
             np.float64(a), np.float64(b))
 
 
-def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish, combine):
+def _with_mask(xp, x_in, y_in, mask, outputs):
+    """plane_layouts of x and y (y broadcast to x), and of the mask (broadcast too) if there is one: (counts,
+    layouts of x, y, the mask (PlaneLayout of zeros without one) and ``outputs``, laid-out x and y, and the
+    mask as laid out (None without one))."""
+    inputs = [x_in, xp.broadcast_to(y_in, x_in.shape)]
+    if mask is not None:
+        inputs.append(xp.broadcast_to(mask, x_in.shape))
+    counts, layouts, arrays = plane_layouts(inputs, outputs)
+    if mask is None:
+        return counts, [*layouts[:2], PlaneLayout(0, 0, 0, 0), *layouts[2:]], arrays[:2], None
+    return counts, layouts, arrays[:2], arrays[2]
+
+
+def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, finish, combine, mask_mode):
     x_in, y_in, map_out, block_sums, grad_maps = pointers[:5]
+    mask_in = pointers[8]
     xp = _arrays.array_module(x_in)
     ctype = compute_dtype(x_in.dtype)
     outputs = {"out": map_out} if map_out is not None else {}
-    (outer, inner), layouts, (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)], outputs)
-    lm = layouts[2] if map_out is not None else PlaneLayout(0, 0, 0, 0)
+    (outer, inner), layouts, (x, y), mask = _with_mask(xp, x_in, y_in, mask_in, outputs)
+    lm = layouts[3] if map_out is not None else PlaneLayout(0, 0, 0, 0)
     planes = outer * inner
     height, width = x.shape[-2:]
     name = _kernels.forward_name(ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
                                  None if grad_maps is None else formula, term, map_out is not None, l1 != 0,
-                                 combine is not None)
+                                 combine is not None, None if mask is None else mask_mode)
     kernel = _kernels.get_kernel("ssim", name, x)
     c = ctype.type
     null = _null(xp)
@@ -395,44 +446,59 @@ def _forward_launch(pointers, params, weight, formula, term, sum_scale, l1, fini
             np.int32(PADDING_CODES[params.padding]), np.int32(params.crop), _taps(x, params, ctype),
             c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
             np.float64(sum_scale), np.float64(l1), *finish_args(finish, null),
-            *combine_args(combine, null))
+            *combine_args(combine, null), null if mask is None else mask, *layouts[2].args())
     blocks = tiles(params.map_shape(x.shape), x.dtype)
     grid = (blocks, plane_rows(blocks, planes))
-    return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
+    return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y, mask), pointers, (0, 1, 8))
 
 
-def _planned_launch(kernel, grid, block, args, laid_out, pointers):
-    """build()'s result for :func:`_launch_planned`: the inputs as laid out (a view or a copy) take the
-    caller's inputs' slots, and the plan is reusable where no input was copied."""
-    slots = _slots(args, (*laid_out, *pointers[len(laid_out):]))
-    reusable = all(_data_pointer(a) == _data_pointer(p) for a, p in zip(laid_out, pointers))
+def _planned_launch(kernel, grid, block, args, laid_out, pointers, positions=None):
+    """build()'s result for :func:`_launch_planned`: the inputs as laid out (a view or a copy; None for an
+    absent one) take the caller's inputs' slots (pointers[positions[i]] for laid_out[i]; the first ones by
+    default), and the plan is reusable where no input was copied."""
+    positions = range(len(laid_out)) if positions is None else positions
+    arrays = list(pointers)
+    for index, array in zip(positions, laid_out):
+        arrays[index] = array
+    slots = _slots(args, arrays)
+    reusable = all(a is None or _data_pointer(a) == _data_pointer(pointers[i]) for a, i in zip(laid_out, positions))
     return kernel, grid, block, args, slots, reusable
 
 
 def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
-             l1=0.0):
+             l1=0.0, mask=None, mask_mode="mean"):
     """Launches ssim_backward: writes (or adds) d/dx into ``grad`` from forward's partial maps.
 
     ``l1``: adds ``l1 * sign(x - y)``, the gradient of the fused L1 term.
+
+    ``mask`` (compute dtype, broadcasting to x): a masked mean's gradient, after a masked :func:`forward`:
+    ``plane_weights`` is then that forward's :meth:`WeightedSums.plane_scales` (each plane's gradient times
+    1 / its total weight), and the L1 term is ``l1 * m * sign(x - y)``; ``mask_mode="normalized"``: the
+    gradient of normalised convolution, all of it times m (0 where m is 0).
 
     MS-SSIM's extras: ``plane_weights`` (float64, one per plane) scale each
     plane's gradient; ``coarse`` (compute dtype, contiguous planes of the next
     scale; only with ``plane_weights``) adds the adjoint of ``variant``'s 2x2 mean.
     """
-    pointers = (x, y, grad_maps, grad, plane_weights, coarse)
+    pointers = (x, y, grad_maps, grad, plane_weights, coarse, mask)
     key = ("backward", _signature(x), _signature(y), _signature(grad), plane_weights is None, coarse is None, params,
-           accumulate, variant, l1)
-    _launch_planned(key, lambda: _backward_launch(pointers, params, accumulate, variant, l1), pointers)
+           accumulate, variant, l1, _signature(mask), mask_mode)
+    _launch_planned(key, lambda: _backward_launch(pointers, params, accumulate, variant, l1, mask_mode), pointers)
 
 
-def _backward_launch(pointers, params, accumulate, variant, l1):
-    x_in, y_in, grad_maps, grad, plane_weights, coarse = pointers
+def _backward_launch(pointers, params, accumulate, variant, l1, mask_mode):
+    x_in, y_in, grad_maps, grad, plane_weights, coarse, mask_in = pointers
     xp = _arrays.array_module(x_in)
     ctype = compute_dtype(x_in.dtype)
-    (outer, inner), (lx, ly, lg), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)], {"grad": grad})
+    (outer, inner), (lx, ly, lk, lg), (x, y), mask = _with_mask(xp, x_in, y_in, mask_in, {"grad": grad})
     planes = outer * inner
     height, width = x.shape[-2:]
-    if plane_weights is None:  # adding into grad and the L1 term are a template argument (a tail)
+    if mask is not None:  # a masked mean's: the tails above, with the per-plane scales and the mask
+        if plane_weights is None:
+            raise ValueError("mask: a masked backward needs plane_weights, the masked forward's plane scales")
+        tail = _kernels.MASK_TAIL + int(bool(accumulate)) + 2 * int(l1 != 0)
+        tail += _kernels.NORMALIZED_TAIL if mask_mode == "normalized" else 0
+    elif plane_weights is None:  # adding into grad and the L1 term are a template argument (a tail)
         tail = int(bool(accumulate)) + 2 * int(l1 != 0)
     elif l1:
         raise ValueError("l1: MS-SSIM's backward has no L1 term; pass l1=0.0 with plane_weights")
@@ -444,10 +510,10 @@ def _backward_launch(pointers, params, accumulate, variant, l1):
             np.int32(height), np.int32(width), np.int32(PADDING_CODES[params.padding]), _taps(x, params, ctype),
             ctype.type(1.0 / params.data_range), ctype.type(l1), _null(xp) if plane_weights is None else plane_weights,
             _null(xp) if coarse is None else coarse, np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)),
-            np.int32(bool(accumulate)))
+            np.int32(bool(accumulate)), _null(xp) if mask is None else mask, *lk.args())
     blocks = tiles(x.shape, x.dtype)
     grid = (blocks, plane_rows(blocks, planes))
-    return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y), pointers)
+    return _planned_launch(kernel, grid, (TILE, TILE), args, (x, y, mask), pointers, (0, 1, 6))
 
 
 def finish(block_sums, out, *, per_output, count, a=0.0, b=1.0):

@@ -73,9 +73,13 @@ def aligned_shape(mask_shape, shape, spatial_axes) -> tuple:
     return (1,) * max(0, len(shape) - len(mask_shape)) + mask_shape
 
 
-def in_layout(mask, x, layout):
+def in_layout(mask, x, layout, check_values=True):
     """The caller's mask checked against x (the caller's array) and viewed in the kernels' layout (``layout``,
-    the problem's :class:`cussim._ssim._Layout`): every axis of x, the spatial ones last."""
+    the problem's :class:`cussim._ssim._Layout`): every axis of x, the spatial ones last.
+
+    The weights' values are checked here for NumPy masks (``check_values``); a GPU mask's dtype only: the
+    kernels check the weights they read (:func:`check_kernel_totals`), with no pass of their own.
+    """
     m = _arrays.as_array(mask, "mask")
     _arrays.check_same_place(x, m, "mask", "x")
     shape, spatial = layout.original_shape, layout.params.spatial
@@ -86,5 +90,22 @@ def in_layout(mask, x, layout):
             k not in (1, n) for k, n in zip(m.shape, shape)):
         raise ValueError(f"mask has shape {given} but x has shape {tuple(shape)}: a mask has the images' spatial "
                          f"shape {tuple(shape[a] for a in spatial_axes)}, and any other axes of 1 or of x's length")
-    _reference.check_weight_values(m)
+    if check_values and _arrays.is_numpy(m):
+        _reference.check_weight_values(m)
+    else:
+        _reference.check_weight_dtype(m)
     return m if layout.keeps_order else m.transpose(layout.perm)
+
+
+def check_kernel_totals(totals, value_shape) -> None:
+    """The total weights of a masked mean's results as the kernels summed them (NumPy, float64), or the error:
+    NaN where a weight that the mean read was negative, NaN or infinite, 0 for a result of no weight
+    (:func:`cussim._reference.check_total_weights`'s message)."""
+    totals = totals.reshape(value_shape)
+    if not np.isfinite(totals).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(totals))[0])
+        where = f"the result at index {index}" if index else "the result"
+        raise ValueError(f"mask holds negative, NaN or infinite weights ({where}); weights must be finite "
+                         "numbers >= 0 (numpy.nan_to_num(mask, nan=0.0, posinf=0.0) and numpy.clip(mask, 0, None) "
+                         "give such pixels weight 0)")
+    _reference.check_total_weights(totals)

@@ -519,10 +519,16 @@ def mask_weights(mask, shape, spatial=2) -> np.ndarray:
     return np.broadcast_to(np.ascontiguousarray(m, dtype=np.float64), shape)  # C order: sums whatever the strides
 
 
-def check_weight_values(m):
-    """The array ``m`` if it holds weights (bool, or real numbers that are finite and >= 0), else the error."""
+def check_weight_dtype(m):
+    """The array ``m`` if its dtype holds weights (bool, int or float), else the TypeError."""
     if m.dtype != bool and m.dtype.kind not in "iuf":
         raise TypeError(f"mask must hold real weights (bool, int or float), got dtype {m.dtype}")
+    return m
+
+
+def check_weight_values(m):
+    """The array ``m`` if it holds weights (bool, or real numbers that are finite and >= 0), else the error."""
+    check_weight_dtype(m)
     if m.dtype.kind == "f" and not np.isfinite(m).all():
         raise ValueError("mask holds NaN or infinite weights; weights must be finite numbers >= 0 "
                          "(numpy.nan_to_num(mask, nan=0.0, posinf=0.0) gives such pixels weight 0)")

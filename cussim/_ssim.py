@@ -85,6 +85,16 @@ class _Layout:
         map_shape = self.params.map_shape(self.shape)
         return self.planes * self.launcher.tiles(map_shape, self.dtype) + 1, 3 * math.prod(map_shape)
 
+    @functools.cached_property
+    def weighted_sums(self):
+        """Where a masked mean's forward puts its sums, totals and plane scales (:class:`_launch.WeightedSums`)."""
+        return _launch.weighted_sums(self.shape, self.dtype, self.params)
+
+    @functools.cached_property
+    def masked_workspace_sizes(self) -> tuple:
+        """:attr:`workspace_sizes` for a masked mean: the block sums laid out as :attr:`weighted_sums`."""
+        return self.weighted_sums.size, self.workspace_sizes[1]
+
 
 @dataclass(frozen=True)
 class _Problem:
@@ -252,11 +262,15 @@ class Workspace:
     of ``block_sums`` counts a kernel's finished blocks (SSIM's forward;
     MS-SSIM's combine counts in the last 1 + images); cussim sets them to zero
     at the workspace's first call and every launch leaves them there.
+    ``mask``: for masked calls whose mask is not of the compute dtype (bool,
+    uint8, ...), the mask's weights converted to it, rewritten each call
+    (None where the kernels read the caller's mask as it lies).
     """
 
-    def __init__(self, block_sums, grad_maps):
+    def __init__(self, block_sums, grad_maps, mask=None):
         self.block_sums = block_sums
         self.grad_maps = grad_maps
+        self.mask = mask
         # How many of block_sums' last elements are block counters at zero (see _launch.forward's
         # ``finish`` and _launch.Combine): cussim zeroes a call's counters where they differ, after the
         # call's checks (_workspace_buffers).
@@ -264,17 +278,21 @@ class Workspace:
 
     @property
     def nbytes(self) -> int:
-        return int(self.block_sums.nbytes + self.grad_maps.nbytes)
+        return int(self.block_sums.nbytes + self.grad_maps.nbytes + (0 if self.mask is None else self.mask.nbytes))
 
     def __repr__(self):
         return f"Workspace({self.nbytes} bytes, {_arrays.where(self.grad_maps)})"
 
 
 
-def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial_dims=2) -> Workspace:
+def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial_dims=2, mask=None) -> Workspace:
     """The workspace for gradients of images shaped like ``x`` (allocated once, reused every step).
 
     ``spatial_dims=3`` for volumes, as in the functions that take it.
+    ``mask``: the mask of the calls (or any of its shape and dtype; its values
+    are not read) for a workspace of masked calls, which keeps their weight
+    sums too, and for a mask of another dtype than the compute dtype (bool,
+    uint8, float64 for float32 images) its weights converted.
 
     Examples
     --------
@@ -282,10 +300,21 @@ def make_workspace(x, *, win_size=11, padding="same", channel_axis=None, spatial
     >>> x = np.zeros((2, 3, 64, 64), np.float32)
     >>> cussim.make_workspace(x).nbytes
     295112
+    >>> cussim.make_workspace(x, mask=np.ones((64, 64), np.float32)).nbytes
+    295400
+    >>> cussim.make_workspace(x, mask=np.ones((64, 64), bool)).nbytes  # and the weights as float32
+    311784
     """
     problem = _prepare(x, x, data_range=None, win_size=win_size, sigma=1.5, window="gaussian", K1=0.01, K2=0.03,
                        padding=padding, sample_covariance=False, channel_axis=channel_axis, axis=None,
                        spatial_dims=spatial_dims, check_values=False)
+    if mask is not None:
+        weights = _masks.in_layout(_arrays.as_array(mask, "mask"), problem.x, problem.layout, check_values=False)
+        workspace = _allocate_workspace(problem, problem.layout.masked_workspace_sizes)
+        if weights.dtype != problem.layout.compute_dtype:
+            with problem.device():
+                workspace.mask = _arrays.empty(problem.xp, weights.shape, problem.layout.compute_dtype)
+        return workspace
     return _allocate_workspace(problem, problem.layout.workspace_sizes)
 
 
@@ -352,11 +381,17 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     return a + b * _reference.ssim(problem.x, problem.y, taps, **kwargs) + l1_value, None
 
 
-def _use_kernels(problem: _Problem) -> bool:
+def _use_kernels(problem: _Problem, masked_means=False) -> bool:
+    """Whether the kernels compute this problem (else the float64 reference). ``masked_means``: whether the
+    caller runs masked problems on them (2-D SSIM's means and normalised maps); other masked problems on the
+    kernels are a NotImplementedError that says what does take them."""
     kernels = problem.xp is not np or _arrays.numpy_backend() == "emulator"
     if kernels and problem.mask is not None:
-        raise NotImplementedError("masks are computed by the float64 NumPy path only so far, not by the kernels: "
-                                  "pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or 'reference')")
+        if not masked_means or problem.params.spatial != 2:
+            raise NotImplementedError(
+                "mask: the kernels take masks for 2-D SSIM and DSSIM means and the L1 + DSSIM loss only so far, "
+                "not for volumes or MS-SSIM: pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
+                "'reference')")
     if kernels and not problem.params.one_window:
         raise ValueError(f"win_size and sigma give each spatial axis its own window here "
                          f"({'x'.join(map(str, problem.params.win_sizes))} taps), which the kernels do not compute "
@@ -388,13 +423,15 @@ class _addressable:
             self.view[...] = self.target
 
 
-def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch):
+def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch,
+             masked_means=False):
     """The steps of every mean (SSIM's and MS-SSIM's): outputs checked, then the reference or the kernels.
 
     ``check_workspace(workspace)`` returns the caller's workspace checked;
     ``reference(want_gradient)`` gives (values, gradient in the kernels'
     layout or None) on NumPy inputs; ``launch(flat_out, grad_view,
     workspace)`` queues the kernels on x's device (workspace may be None).
+    ``masked_means``: whether ``launch`` takes the problem's mask (see :func:`_use_kernels`).
     """
     out = _value_buffer(problem, out)
     want_gradient = grad is not None
@@ -407,7 +444,7 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
         flat_out = values.reshape(-1)
         if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
             flat_out[...] = np.nan
-        elif not _use_kernels(problem):
+        elif not _use_kernels(problem, masked_means):
             value, gradient = reference(want_gradient)
             flat_out[...] = np.reshape(value, -1)
             if want_gradient:
@@ -423,6 +460,8 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
     summed gradient written or added into grad."""
 
     def launch(flat_out, grad_view, workspace):
+        if problem.mask is not None:
+            return _masked_mean_launch(problem, flat_out, grad_view, workspace, a, b, l1, accumulate)
         want_gradient = grad_view is not None
         counted = problem.layout.counted_per_value
         block_sums, grad_maps = _workspace_buffers(problem, workspace, problem.layout.workspace_sizes, want_gradient)
@@ -435,11 +474,49 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
             launcher.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
                               l1=l1 / counted)
 
+    sizes = problem.layout.workspace_sizes if problem.mask is None else problem.layout.masked_workspace_sizes
     return _compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
-        check_workspace=lambda ws: _check_workspace(ws, problem, problem.layout.workspace_sizes, "make_workspace",
-                                                    options),
-        reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
+        check_workspace=lambda ws: _check_workspace(ws, problem, sizes, "make_workspace", options),
+        reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch,
+        masked_means=True)
+
+
+def _masked_mean_launch(problem: _Problem, flat_out, grad_view, workspace, a, b, l1, accumulate):
+    """:func:`_mean`'s kernels for a mask (docs/spec.rst section 9; the normalised map and partial maps for
+    mask_mode="normalized"): the forward sums m S
+    (m (b S + l1 |x - y|) with the L1 term) and m, its last block writes a + b * sum(m S) / sum(m), each
+    result's total weight and each plane's 1 / total; the backward scales each plane by that. Then the one
+    host synchronisation of a masked call: the totals, read back to refuse a result of weight 0 (or a bad
+    weight, which makes its total NaN) as the reference does."""
+    layout = problem.layout
+    want_gradient = grad_view is not None
+    mask = _kernel_mask(problem, workspace)
+    sums = layout.weighted_sums
+    block_sums, grad_maps = _workspace_buffers(problem, workspace, layout.masked_workspace_sizes, want_gradient)
+    launcher = layout.launcher
+    launcher.forward(problem.x, problem.y, problem.params, block_sums=block_sums, grad_maps=grad_maps,
+                     weight=b, sum_scale=b, l1=l1 * problem.params.data_range,
+                     finish=(flat_out, layout.counted_per_value, a, 1.0 if l1 else b), mask=mask,
+                     mask_mode=problem.mask_mode)
+    if want_gradient:
+        launcher.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
+                          l1=l1, mask=mask, mask_mode=problem.mask_mode, plane_weights=sums.plane_scales(block_sums))
+    _masks.check_kernel_totals(_arrays.to_host(sums.totals(block_sums, flat_out.size)), layout.value_shape)
+
+
+def _kernel_mask(problem: _Problem, workspace=None):
+    """The problem's mask as the kernels read it: the compute dtype (a float32 mask for float32 images is
+    read as it lies; another dtype is converted into ``workspace.mask`` where that has the mask's shape,
+    else into a new array of the mask's own size)."""
+    mask, dtype = problem.mask, problem.layout.compute_dtype
+    if mask.dtype == dtype:
+        return mask
+    held = getattr(workspace, "mask", None)
+    if held is None or held.shape != mask.shape:
+        return mask.astype(dtype)
+    held[...] = mask
+    return held
 
 
 def _workspace_buffers(problem: _Problem, workspace, sizes, want_maps: bool, counters=1):
@@ -610,7 +687,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         problem.check_apart({"out": result})
     if problem.layout.planes == 0:
         return result
-    if not _use_kernels(problem):
+    if not _use_kernels(problem, masked_means=True):
         p = problem.params
         S = _reference.ssim_map(problem.x, problem.y, p.windows, K1=p.K1, K2=p.K2, padding=p.padding,
                                 data_range=p.data_range, cov=p.cov, limit=problem.limit, spatial=p.spatial,
@@ -618,7 +695,9 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         problem.permuted(result)[...] = S
         return result
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
-        problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target)
+        mask = None if problem.mask is None else _kernel_mask(problem)
+        problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target, mask=mask,
+                                        mask_mode=problem.mask_mode)
     return result
 
 
@@ -666,7 +745,8 @@ def _with_gradient(a, b, x, y, *, l1=0.0, out, grad, workspace, accumulate, **kw
     grad = _gradient_buffer(problem, grad, accumulate)
 
     def options():  # make_workspace's arguments for these images, formatted only for a workspace's error
-        return ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
+        given = ", ".join(f"{k}={kwargs[k]!r}" for k in ("win_size", "padding", "channel_axis", "spatial_dims"))
+        return given if problem.mask is None else given + ", mask=mask"
 
     value = _mean(problem, out, a, b, l1=l1, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad

@@ -10,8 +10,11 @@
 //                        (cussim::GRAD_ADD); GRAD_WRITE_L1 and GRAD_ADD_L1 add
 //                        the fused L1 term's l1 sign(x - y); GRAD_MSSSIM adds
 //                        MS-SSIM's terms (per-plane weights, the adjoint of the
-//                        next scale's 2x2 mean, section 6). Each tail's code is
-//                        compiled only into its own specialisation (GradientTail).
+//                        next scale's 2x2 mean, section 6); GRAD_MASK and
+//                        GRAD_NORMALIZED with the first four, a masked mean's
+//                        gradient in either mask mode (section 9). Each
+//                        tail's code is compiled only into its own
+//                        specialisation (GradientTail).
 //
 // Launch shape: block (16, 16) and grid (tiles_h * tiles_w, rows <= min(planes,
 // 65535): cussim._launch.plane_rows), tiles of 16 columns by Tile::kHeight rows
@@ -38,7 +41,8 @@ template <class C, int R> struct BackwardTile : Tile<C, R> {
 };
 
 // The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
-// registers: its per-pixel pyramid terms spilled a few bytes at 64 on sm_100.
+// registers: its per-pixel pyramid terms spilled a few bytes at 64 on sm_100; so do the masked tails that
+// read the mask (4 to 36 bytes at 64 on sm_90).
 template <class T, bool MsSsim = false> struct BackwardMinBlocks {
     static constexpr int value =
         TileMinBlocks<T, BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes, MsSsim ? 3 : 4>::value;
@@ -50,7 +54,41 @@ template <class T, bool MsSsim = false> struct BackwardMinBlocks {
 // l1 sign(x - y) or without (bit 2); or, GRAD_MSSSIM, with MS-SSIM's terms
 // (per-plane weights, the adjoint of the next scale's 2x2 mean), written or
 // added as the `accumulate` argument says (the others ignore it and those terms).
-enum GradientTail { GRAD_WRITE = 0, GRAD_ADD = 1, GRAD_WRITE_L1 = 2, GRAD_ADD_L1 = 3, GRAD_MSSSIM = 4 };
+// GRAD_MASK (8, added to the first four): a masked mean's gradient (docs/spec.rst section 9,
+// mask_mode="mean"): the partial maps come weighted by b m (FORWARD_MASK), each plane's gradient is scaled
+// by 1 / its result's total weight (the plane_weights argument: WeightedSums' plane scales), and the L1
+// term is weighted by the mask, m l1 sign(x - y). GRAD_NORMALIZED (16, with GRAD_MASK): normalised
+// convolution's gradient (the partial maps come divided by W, FORWARD_NORMALIZED), all of it times m
+// (0 where m is 0), and the forward tiles' shifts 0 where their pixel weighs 0, as the forward's.
+enum GradientTail {
+    GRAD_WRITE = 0,
+    GRAD_ADD = 1,
+    GRAD_WRITE_L1 = 2,
+    GRAD_ADD_L1 = 3,
+    GRAD_MSSSIM = 4,
+    GRAD_MASK = 8,
+    GRAD_WRITE_MASK = 8,
+    GRAD_ADD_MASK = 9,
+    GRAD_WRITE_L1_MASK = 10,
+    GRAD_ADD_L1_MASK = 11,
+    GRAD_NORMALIZED = 16,  // with GRAD_MASK
+    GRAD_WRITE_NORMALIZED = 24,
+    GRAD_ADD_NORMALIZED = 25,
+    GRAD_WRITE_L1_NORMALIZED = 26,
+    GRAD_ADD_L1_NORMALIZED = 27
+};
+
+// Whether a tail reads the mask: the masked L1 term's weights, normalized mode's m.
+__device__ constexpr bool tail_reads_mask(int tail) {
+    return tail != GRAD_MSSSIM && (tail & GRAD_MASK) && (tail & (GRAD_WRITE_L1 | GRAD_NORMALIZED));
+}
+
+// A mask's plane addressing (element strides; stride 0 broadcasts), for the masked tails that read it: the
+// L1 term's weights, normalized mode's m.
+template <class C> struct MaskPlanes {
+    const C* mask;
+    long long outer, inner, row, col;
+};
 
 // The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
 // BackwardTile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
@@ -62,10 +100,15 @@ __device__ inline void backward_planes(
     long long g_outer, long long g_inner, long long g_row, long long g_col, long long planes, long long inner_count,
     int height, int width, int padding, const typename ComputeType<T>::type* __restrict__ taps,
     typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
-    typename ComputeType<T>::type l1, int accumulate) {
+    typename ComputeType<T>::type l1, int accumulate, MaskPlanes<typename ComputeType<T>::type> mask_planes) {
     using C = typename ComputeType<T>::type;
     using Shape = BackwardTile<C, R>;
     constexpr bool MsSsim = Tail == GRAD_MSSSIM;
+    constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
+    constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
+    constexpr bool kNormalized = kMasked && (Tail & GRAD_NORMALIZED) != 0;
+    constexpr bool kReadsMask = tail_reads_mask(Tail);
+    static_assert(kReadsMask == (kMaskedL1 || kNormalized), "the tails that read the mask");
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
     constexpr int kWarps = kTile * kTile / 32;
@@ -102,13 +145,14 @@ __device__ inline void backward_planes(
     // e = t % (kEntries + 1), or, e = kEntries, this tile's own at its centre; shift_offset is that
     // pixel's element offset in its plane (Tile::shift_row, shift_col).
     constexpr int kEntries = Shape::kMoveRows * Shape::kMoveCols;
-    long long shift_offset = 0;
+    long long shift_offset = 0, mask_shift_offset = 0;  // normalized: that pixel's in the mask
     {
         const int e = tid % (kEntries + 1);
         const bool own = e == kEntries;
         const int row = Shape::shift_row(own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset, height);
         const int col = Shape::shift_col(own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset, width);
         shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
+        if (kNormalized) mask_shift_offset = row * mask_planes.row + col * mask_planes.col;
     }
     // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
     // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
@@ -145,9 +189,13 @@ __device__ inline void backward_planes(
         // dL/dx = F^T(P0 + 2 (bx - kx) P1 + 2 (bd - kd) P2) + 2 (x - bx) F^T(P1)
         // + 2 (x - y - bd) F^T(P2): no term is larger than the gradient where the
         // image is bright and flat.
-        if (tid < 2 * (kEntries + 1))
-            shifts[tid > kEntries][tid % (kEntries + 1)] =
-                tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
+        if (tid < 2 * (kEntries + 1)) {
+            C shift = tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
+            if (kNormalized && !(mask_planes.mask[plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
+                                                 mask_shift_offset] > C(0)))
+                shift = C(0);
+            shifts[tid > kEntries][tid % (kEntries + 1)] = shift;
+        }
         __syncthreads();
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
@@ -196,24 +244,38 @@ __device__ inline void backward_planes(
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
         typename GradientType<T>::type* gq = grad + plane.outer * g_outer + plane.inner * g_inner +
                                              (long long)(g.row + first_row) * g_row + col * g_col;
+        // masked: the plane's 1 / total weight folded into the per-plane constants (no per-pixel product)
+        const C plane_scale = kMasked ? (C)pyramid.plane_weights[p] : C(1);
+        const C scaled_range = kMasked ? inv_range * plane_scale : inv_range;
+        const C scaled_l1 = kMasked ? l1 * plane_scale : l1;
+        const C* kq = kReadsMask ? mask_planes.mask + plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
+                                      (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
+                                : nullptr;
         vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
                 const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
                 const C twice_x = xv * twice_inv_range - own_x, twice_d = (xv - yv) * twice_inv_range - own_d;
-                C value = moved_partial(b, twice_x, twice_d) * inv_range;  // P0 + 2 x' P1 + 2 d' P2
+                C value = moved_partial(b, twice_x, twice_d) * scaled_range;  // P0 + 2 x' P1 + 2 d' P2
                 if (MsSsim) {
                     value *= (C)pyramid.plane_weights[p];
                     if (pyramid.coarse)
                         value += pooled_adjoint(coarse_plane, pooled_rows[first_row + i], pooled_cols[out_col]);
                 }
-                if (Tail & GRAD_WRITE_L1) value += l1_gradient(xv, yv, l1);
+                if (kNormalized) {  // m (the SSIM term's, and the L1 term's weight), 0 where m is 0
+                    const C mp = *kq;
+                    if (Tail & GRAD_WRITE_L1) value += l1_gradient(xv, yv, scaled_l1);
+                    value = mp > C(0) ? mp * value : C(0);
+                } else if (Tail & GRAD_WRITE_L1) {
+                    value += kMaskedL1 ? *kq * l1_gradient(xv, yv, scaled_l1) : l1_gradient(xv, yv, l1);
+                }
                 if ((Tail & GRAD_ADD) || (MsSsim && accumulate)) value += (C)element_value(*gq);
                 store(gq, value);
             }
             xq += x_row;  // a pointer step per row
             yq += y_row;
             gq += g_row;
+            if (kReadsMask) kq += mask_planes.row;
         });
         __syncthreads();  // the next plane overwrites the tiles and the moves
         plane.advance(inner_count);
@@ -223,7 +285,9 @@ __device__ inline void backward_planes(
 }  // namespace cussim
 
 template <class T, int R, int Tail = cussim::GRAD_WRITE>
-__global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, Tail == cussim::GRAD_MSSSIM>::value) ssim_backward(
+__global__ void __launch_bounds__(
+    256, cussim::BackwardMinBlocks<T, Tail == cussim::GRAD_MSSSIM || cussim::tail_reads_mask(Tail)>::value)
+    ssim_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     const typename cussim::ComputeType<T>::type* __restrict__ grad_maps,
@@ -231,9 +295,11 @@ __global__ void __launch_bounds__(256, cussim::BackwardMinBlocks<T, Tail == cuss
     long long g_col, long long planes, long long inner_count, int height, int width, int padding,
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type l1, const double* __restrict__ plane_weights,
-    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant, int accumulate) {
+    const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant, int accumulate,
+    const typename cussim::ComputeType<T>::type* __restrict__ mask, long long k_outer, long long k_inner,
+    long long k_row, long long k_col) {
     cussim::backward_planes<T, R, Tail>(x, x_outer, x_inner, x_row, x_col, y, y_outer, y_inner, y_row, y_col,
                                         grad_maps, grad, g_outer, g_inner, g_row, g_col, planes, inner_count, height,
                                         width, padding, taps, inv_range, {plane_weights, coarse, variant}, l1,
-                                        accumulate);
+                                        accumulate, {mask, k_outer, k_inner, k_row, k_col});
 }

@@ -19,6 +19,9 @@
 //                        as msssim_combine does (combine_if_last).
 //                        MS-SSIM's other scales take FORWARD_CS: the
 //                        contrast-structure map A2 / B2 (section 6).
+//                        FORWARD_MASK weights the mean by a mask, and
+//                        FORWARD_NORMALIZED with it computes normalised
+//                        convolution's map (section 9).
 //   ssim_finish<O>       each output value from its block sums (float64, fixed
 //                        order), as a + b * sum / count, stored as O (float or
 //                        double), for block sums that no forward finished
@@ -48,7 +51,15 @@ enum ForwardOption {
     FORWARD_CS = 4,
     FORWARD_MAP = 8,
     FORWARD_L1 = 16,
-    FORWARD_COMBINE = 32  // MS-SSIM's last scale: the combine of every scale folded in (combine_if_last)
+    FORWARD_COMBINE = 32,  // MS-SSIM's last scale: the combine of every scale folded in (combine_if_last)
+    // A mask's weights m (docs/spec.rst section 9, mask_mode="mean"): the block sums hold sum(m S) and sum(m),
+    // the partial maps m * weight * P, and the finish divides by each result's total weight
+    // (weighted_finish_if_last). Only this bit's specialisations read the mask: the others compile as
+    // without it.
+    FORWARD_MASK = 64,
+    // With FORWARD_MASK, mask_mode="normalized" (normalised convolution): the moments F(m x) / W, ... with
+    // W = F(m), the map 0 where m is 0, the partial maps divided by W (normalized_moments).
+    FORWARD_NORMALIZED = 128
 };
 __device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
 __device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
@@ -82,8 +93,61 @@ template <int R> struct MomentRows {
         v[4] = dd[r][c];
     }
 };
-template <class C, int R> struct ForwardRows { using type = FilteredRows<C, R, 5>; };
-template <int R> struct ForwardRows<float, R> { using type = MomentRows<R>; };
+// Normalised convolution's rows (FORWARD_NORMALIZED): three quantities, filtered in two rounds (the six
+// would pass the 48 KiB of static shared memory beside the third tile, the weights).
+template <class C, int R, bool Normalized = false> struct ForwardRows {
+    using type = FilteredRows<C, R, Normalized ? 3 : 5>;
+};
+template <int R> struct ForwardRows<float, R, false> { using type = MomentRows<R>; };
+
+// A pixel of normalised convolution (FORWARD_NORMALIZED) at a centre of weight `centre`: as it is where the
+// weight is > 0, 0 (value and partials) where it is 0 (there W may be 0 too).
+template <class C>
+__device__ inline Pixel<C> centre_weighted(Pixel<C> px, C centre) {
+    if (!(centre > C(0))) px.s = px.partial[0] = px.partial[1] = px.partial[2] = C(0);
+    return px;
+}
+
+// Normalised convolution's moments (FORWARD_NORMALIZED; docs/spec.rst section 9) of this thread's kRows
+// pixels, from the tiles of x', y' (0 where the weight is 0) and m: two rounds of the passes over three
+// quantities each, m x', m d', m, then m x'^2, m y'^2, m d'^2 (d' = x' - y'), through `rows`; the moments
+// F(m x') / W, F(m d') / W, ... into m[i], and 1 / W (0 where W is 0) into inv_w[i]. The shifts pass through
+// the normalisation unchanged (F(m k) / W = k). Called by all 256 threads after the tile load's barrier;
+// the next barrier (the block sum's) orders the next plane's use of the rows.
+template <class C, int R, class Rows, class Tiles>
+__device__ inline void normalized_moments(Rows& rows, const Tiles& tile, const C* weights, int warp, int lane,
+                                          int first_row, C (&m)[Tile<C, R>::kRows][5],
+                                          C (&inv_w)[Tile<C, R>::kRows]) {
+    constexpr int kRows = Tile<C, R>::kRows;
+    C first[kRows][3];
+    horizontal_pass<C, R, 3, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+        const C a = tile[0][r][c], b = tile[1][r][c], w = tile[2][r][c];
+        v[0] = w * a;
+        v[1] = w * (a - b);
+        v[2] = w;
+    });
+    __syncthreads();
+    vertical_rows<C, R, 3>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[3]) {
+        for (int q = 0; q < 3; ++q) first[i][q] = v[q];
+    });
+    __syncthreads();
+    horizontal_pass<C, R, 3, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+        const C a = tile[0][r][c], b = tile[1][r][c], w = tile[2][r][c], d = a - b;
+        v[0] = w * a * a;
+        v[1] = w * b * b;
+        v[2] = w * d * d;
+    });
+    __syncthreads();
+    vertical_rows<C, R, 3>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[3]) {
+        const C inv = first[i][2] > C(0) ? C(1) / first[i][2] : C(0);
+        inv_w[i] = inv;
+        m[i][0] = first[i][0] * inv;
+        m[i][1] = first[i][1] * inv;
+        m[i][2] = v[0] * inv;
+        m[i][3] = v[1] * inv;
+        m[i][4] = v[2] * inv;
+    });
+}
 
 }  // namespace cussim
 
@@ -95,8 +159,11 @@ template <int R> struct ForwardRows<float, R> { using type = MomentRows<R>; };
 template <class T, int R, int Options> struct ForwardMinBlocks {
     using C = typename cussim::ComputeType<T>::type;
     static constexpr int value =
-        Options & cussim::FORWARD_COMBINE
-            ? 1
+        Options & cussim::FORWARD_COMBINE ? 1
+        // normalised convolution: 3 tiles and 3 filtered rows, its moments in registers: 80 registers (at
+        // R = 7, 128: 80 spilled 8 bytes on sm_90)
+        : Options & cussim::FORWARD_NORMALIZED
+            ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value, R < 7 ? 3 : 2>::value
             : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value, R < 7 ? 4 : 3>::value;
 };
 
@@ -112,7 +179,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
     double l1, typename cussim::ComputeType<T>::type* __restrict__ out, long long out_stride, long long outputs,
     double count, double a, double b, const double* __restrict__ scale_table, int scales, long long group,
-    double share, double guard, double* __restrict__ image_values, double* __restrict__ plane_weights) {
+    double share, double guard, double* __restrict__ image_values, double* __restrict__ plane_weights,
+    const typename cussim::ComputeType<T>::type* __restrict__ mask, long long k_outer, long long k_inner,
+    long long k_row, long long k_col) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     using Shape = Tile<C, R>;
@@ -120,17 +189,22 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     static_assert(formula != GRADIENT_SKIMAGE || forward_term(Options) == TERM_SSIM, "skimage's formula is SSIM's");
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight, kHaloRows = Shape::kHaloRows;
     constexpr int kWarps = kTile * kTile / 32;
-    __shared__ C tile[2][kHaloRows][Shape::kPitch];  // x', y': x and y scaled and shifted, around the tile
-    __shared__ typename ForwardRows<C, R>::type rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    constexpr bool kMasked = (Options & FORWARD_MASK) != 0, kNormalized = (Options & FORWARD_NORMALIZED) != 0;
+    static_assert(!kNormalized || (kMasked && forward_term(Options) == TERM_SSIM && formula != GRADIENT_SKIMAGE),
+                  "normalised convolution: SSIM's, with its mask");
+    // x', y': x and y scaled and shifted, around the tile (normalized: 0 where m is 0), and m
+    __shared__ C tile[kNormalized ? 3 : 2][kHaloRows][Shape::kPitch];
+    // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2, m d^2
+    __shared__ typename ForwardRows<C, R, kNormalized>::type rows;
     __shared__ C weights[2 * R + 1];
-    __shared__ double scratch[kWarps];
+    __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has 8 more
     // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
     // not in registers through the passes (which spilled under the register cap: ptxas kept each
     // thread's tile-load offsets across the planes). Thread 0 writes them; the barriers before and after
     // the tile load and in the block sum order it.
     __shared__ struct {
         PlaneIndex plane;
-        long long map_offset, x_row, x_col, y_row, y_col;
+        long long map_offset, mask_offset, x_row, x_col, y_row, y_col;
         C shift[2];
     } held;
 
@@ -169,6 +243,11 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             held.shift[1] = tile_shift(y + outer * y_outer + inner * y_inner, shift_row * y_row + shift_col * y_col,
                                        inv_range);
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
+            // the mask's plane, at the map's origin (map pixel (i, j) weighs mask pixel (i + offset, j + offset))
+            if (kMasked) held.mask_offset = outer * k_outer + inner * k_inner + g.offset * (k_row + k_col);
+            // normalized: no shift from a pixel of weight 0, whose value may be anything (the backward agrees)
+            if (kNormalized && !(mask[outer * k_outer + inner * k_inner + shift_row * k_row + shift_col * k_col] > C(0)))
+                held.shift[0] = held.shift[1] = C(0);
         }
         __syncthreads();
         const long long outer = held.plane.outer, inner = held.plane.inner;
@@ -185,10 +264,23 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
                 C* tx = &tile[0][warp][lane];
                 C* ty = &tile[1][warp][lane];
-                warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                    tx[kWarps * Shape::kPitch * i] = (C)element_value(xo[i * x_step]) * inv_range - kx;
-                    ty[kWarps * Shape::kPitch * i] = (C)element_value(yo[i * y_step]) * inv_range - ky;
-                });
+                if constexpr (kNormalized) {  // and the weights, x' and y' 0 where they are 0
+                    const C* ko = mask + outer * k_outer + inner * k_inner + (top + warp) * k_row + (left + lane) * k_col;
+                    const long long k_step = kWarps * k_row;
+                    C* tm = &tile[2][warp][lane];
+                    warp_halo_rows<kHaloRows>(warp, [&](int i) {
+                        const C w = ko[i * k_step];
+                        const bool read = w > C(0);
+                        tx[kWarps * Shape::kPitch * i] = read ? (C)element_value(xo[i * x_step]) * inv_range - kx : C(0);
+                        ty[kWarps * Shape::kPitch * i] = read ? (C)element_value(yo[i * y_step]) * inv_range - ky : C(0);
+                        tm[kWarps * Shape::kPitch * i] = w;
+                    });
+                } else {
+                    warp_halo_rows<kHaloRows>(warp, [&](int i) {
+                        tx[kWarps * Shape::kPitch * i] = (C)element_value(xo[i * x_step]) * inv_range - kx;
+                        ty[kWarps * Shape::kPitch * i] = (C)element_value(yo[i * y_step]) * inv_range - ky;
+                    });
+                }
             } else {
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
@@ -198,6 +290,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                         vx = (C)element_value(xp[row * x_row + halo_col * x_col]) * inv_range;
                         vy = (C)element_value(yp[row * y_row + halo_col * y_col]) * inv_range;
                     }
+                    if constexpr (kNormalized) {  // the weight (0 outside, as the images), x' and y' 0 where it is 0
+                        const C w = row >= 0 && halo_col >= 0
+                                        ? mask[outer * k_outer + inner * k_inner + row * k_row + halo_col * k_col]
+                                        : C(0);
+                        tile[2][r][lane] = w;
+                        if (!(w > C(0))) vx = kx, vy = ky;
+                    }
                     tile[0][r][lane] = vx - kx;
                     tile[1][r][lane] = vy - ky;
                 }
@@ -205,6 +304,46 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         }
         __syncthreads();
         if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
+        double counted_sum = 0.0;  // this thread's pixels that the mean counts, in row order
+        // Masked: their weights' sum in the same order, whether one was negative (a NaN or an infinite weight
+        // makes the sum NaN or infinite by itself: the host refuses every such total), and this thread's
+        // first weight, then one row further per pixel (a pointer step, not a 64-bit product per pixel).
+        double weight_sum = 0.0;
+        bool negative = false;
+        if constexpr (kNormalized) {
+            // Normalised convolution (docs/spec.rst section 9): its moments stay in registers (the rows
+            // are too small to hold them), and each pixel's centre weight decides its map value (0 where
+            // it is 0) and scales its share of the sums, its partials divided by W (as the loop below).
+            C m[kRows][5], inv_w[kRows];
+            normalized_moments<C, R>(rows, tile, weights, warp, lane, first_row, m, inv_w);
+            const C* kq = mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col;
+#pragma unroll
+            for (int i = 0; i < kRows; ++i) {
+                if (i >= rows_here) break;
+                const int row = g.row + first_row + i;
+                const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
+                const C centre = *kq;
+                kq += k_row;
+                const Pixel<C> px =
+                    centre_weighted(ssim_pixel(m[i], sx, sy, c1, c2, cov, TERM_SSIM, formula), centre);
+                if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
+                const bool counted = col_counted && row >= crop && row < g.map_h - crop;
+                const C weight_here = counted ? centre : C(0);
+                negative |= centre < C(0);
+                weight_sum += (double)weight_here;
+                double counted_value = counted ? (double)px.s : 0.0;
+                if (Options & FORWARD_L1 && counted) {  // the L1 term; the tile holds 0 where the weight is 0
+                    const int r = R + first_row + i, c = R + (lane & 15);
+                    counted_value = with_l1(counted_value, (tile[0][r][c] + sx) - (tile[1][r][c] + sy), sum_scale, l1);
+                }
+                counted_sum += (double)weight_here * counted_value;
+                if (formula != GRADIENT_NONE) {
+                    const C w = weight_here * weight * inv_w[i];
+                    const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
+                    for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
+                }
+            }
+        } else {
         horizontal_pass<C, R, 5, true>(rows, weights, warp, lane,
                                  [&](int r, int c, C (&v)[5]) { moment_terms(tile[0][r][c], tile[1][r][c], v); });
         __syncthreads();
@@ -223,7 +362,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         for (int i = 0; i < kRows; ++i)
 #pragma unroll
             for (int q = 0; q < 5; ++q) moments[q][i][tid] = m[i][q];
-        double counted_sum = 0.0;  // this thread's pixels that the mean counts, in row order
+        const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
+                              : nullptr;
 #pragma unroll 1
         for (int i = 0; i < rows_here; ++i) {
             const int row = g.row + first_row + i;
@@ -233,20 +373,39 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
             if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
             const bool counted = col_counted && row >= crop && row < g.map_h - crop;
-            double counted_value = counted ? (double)px.s : 0.0;
+            // masked: this pixel's weight m, 0 where the mean does not count it, scales its share of the sums
+            C m = C(0);
+            if (kMasked) {
+                m = counted ? *kq : C(0);
+                negative |= m < C(0);
+                weight_sum += (double)m;
+                kq += k_row;
+            }
+            // m S in C (m = 1: bitwise S); the L1 term's value is weighted after it is added (in double)
+            constexpr bool kWeightInC = kMasked && !(Options & FORWARD_L1);
+            double counted_value = counted ? (double)(kWeightInC ? px.s * m : px.s) : 0.0;
             if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + first_row + i, c = R + (lane & 15);
                 const C dx = (tile[0][r][c] + sx) - (tile[1][r][c] + sy);
                 counted_value = with_l1(counted_value, dx, sum_scale, l1);
+                if (kMasked) counted_value *= (double)m;
             }
             counted_sum += counted_value;
             if (formula != GRADIENT_NONE) {
-                const C w = partial_weight(counted, formula, weight);
+                const C w = kMasked ? m * weight : partial_weight(counted, formula, weight);  // m: 0 where not counted
                 const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
                 for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
             }
         }
-        if (block_sums) {
+        }
+        if (kMasked && negative) weight_sum = (double)__uint_as_float(0x7fc00000u);  // NaN: a negative weight
+        if (block_sums && kMasked) {  // the weights' sums follow the values' (WeightedSums)
+            block_sum_pair(counted_sum, weight_sum, scratch, tid);
+            if (tid == 0) {
+                block_sums[p * gridDim.x + blockIdx.x] = counted_sum;
+                block_sums[(planes + p) * gridDim.x + blockIdx.x] = weight_sum;
+            }
+        } else if (block_sums) {
             const double total = block_sum(counted_sum, scratch, tid);
             if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
         } else {
@@ -261,6 +420,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         if constexpr ((Options & FORWARD_COMBINE) != 0)
             combine_if_last(block_sums, scale_table, scales, planes, group, share, guard, image_values,
                             plane_weights, out, out_stride, outputs, count, a, b, last_scratch, tid);
+        else if constexpr (kMasked)
+            weighted_finish_if_last(WeightedSums{block_sums, planes * gridDim.x, outputs, planes}, a, b, out,
+                                    out_stride, last_scratch, tid);
         else
             finish_if_last(block_sums, planes * gridDim.x, outputs, count, a, b, out, out_stride, last_scratch, tid);
     }

@@ -3,7 +3,8 @@
 // filter's passes (horizontal_pass and vertical_rows over a Tile; tap_sums and vertical_pass over
 // the 16 x 16 tiles of the 3-D kernels), the blocks per SM that ptxas must fit, the planes a block
 // visits (PlaneIndex), and the float64 block sums in a fixed order with the finish that turns them
-// into means (block_sum, finish_values, finish_if_last: the last block to arrive finishes).
+// into means (block_sum, finish_values, finish_if_last: the last block to arrive finishes; with a
+// mask, WeightedSums and weighted_finish_if_last).
 //
 // Every image array is addressed by element strides (int64): plane
 // p = outer * inner_count + inner, then row and column; a stride of 0
@@ -39,24 +40,53 @@ __device__ inline double block_sum(double value, double* scratch, int tid) {
     return total;
 }
 
+// The sum of n block sums by the block's 256 threads, in an order that depends on n alone: strided
+// partial sums, then a fixed tree in `scratch` (256 doubles); the sum is scratch[0] after the call's last
+// barrier. The sums are read as volatile: a forward's last block reads what other blocks wrote in the
+// same launch.
+__device__ inline void ordered_sum(const volatile double* sums, long long n, double* scratch, int tid) {
+    double sum = 0.0;
+    for (long long j = tid; j < n; j += 256) sum += sums[j];
+    scratch[tid] = sum;
+    __syncthreads();
+    for (int k = 128; k > 0; k >>= 1) {
+        if (tid < k) scratch[tid] += scratch[tid + k];
+        __syncthreads();
+    }
+}
+
+// block_sum of two values at once, in the same order as two calls (a masked forward's values and weights,
+// WeightedSums): one barrier for both; `scratch` holds 16 doubles. Thread 0's totals come back in `first` and
+// `second` (the other threads' hold partial sums).
+__device__ inline void block_sum_pair(double& first, double& second, double* scratch, int tid) {
+    constexpr int kWarps = kTile * kTile / 32;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        first += __shfl_down_sync(0xffffffffu, first, offset);
+        second += __shfl_down_sync(0xffffffffu, second, offset);
+    }
+    if ((tid & 31) == 0) {
+        scratch[tid >> 5] = first;
+        scratch[kWarps + (tid >> 5)] = second;
+    }
+    __syncthreads();
+    if (tid == 0) {
+        first = second = 0.0;
+        for (int w = 0; w < kWarps; ++w) {
+            first += scratch[w];
+            second += scratch[kWarps + w];
+        }
+    }
+}
+
 // Each output value o = first, first + step, ... < outputs from its
-// per_output block sums, as a + b * sum / count stored as O: 256 threads add
-// strided partial sums, then a fixed tree in `scratch` (256 doubles), so the
-// order depends on nothing but the sizes. The sums are read as volatile: the
-// forward's last block reads what other blocks wrote in the same launch.
+// per_output block sums, as a + b * sum / count stored as O, each sum an
+// ordered_sum.
 template <class O>
 __device__ inline void finish_values(const volatile double* block_sums, long long per_output, long long outputs,
                                      double count, double a, double b, O* out, long long out_stride,
                                      double* scratch, long long first, long long step, int tid) {
     for (long long o = first; o < outputs; o += step) {
-        double sum = 0.0;
-        for (long long j = tid; j < per_output; j += 256) sum += block_sums[o * per_output + j];
-        scratch[tid] = sum;
-        __syncthreads();
-        for (int k = 128; k > 0; k >>= 1) {
-            if (tid < k) scratch[tid] += scratch[tid + k];
-            __syncthreads();
-        }
+        ordered_sum(block_sums + o * per_output, per_output, scratch, tid);
         if (tid == 0) out[o * out_stride] = (O)(a + b * (scratch[0] / count));  // N ones: exactly 1
         __syncthreads();
     }
@@ -93,6 +123,42 @@ __device__ inline void finish_if_last(double* block_sums, long long sums, long l
                                       double b, O* out, long long out_stride, double* scratch, int tid) {
     if (last_arrival(reinterpret_cast<unsigned int*>(block_sums + sums), gridDim.x * gridDim.y, scratch, tid))
         finish_values(block_sums, sums / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
+}
+
+// The block sums of a masked forward (FORWARD_MASK; docs/spec.rst section 9) and what its finish writes
+// after them, float64: `sums` block sums of the weighted values m S, as many of the weights m (each
+// result's contiguous, as the values'), then each result's total weight (planes slots, outputs used), each
+// plane's 1 / total (the
+// backward's per-plane scale), and last the blocks' counter (an unsigned int, zero between launches).
+struct WeightedSums {
+    double* base;
+    long long sums, outputs, planes;
+
+    __device__ double* totals() const { return base + 2 * sums; }
+    __device__ double* plane_scales() const { return totals() + planes; }  // totals: a slot per plane
+    __device__ unsigned int* counter() const { return reinterpret_cast<unsigned int*>(plane_scales() + planes); }
+};
+
+// finish_if_last for a masked forward: the last block to arrive writes each output as a + b * sum(m S) /
+// sum(m), each result's total weight (the host checks that none is 0) and its planes' 1 / total. Called as
+// finish_if_last is.
+template <class O>
+__device__ inline void weighted_finish_if_last(WeightedSums s, double a, double b, O* out, long long out_stride,
+                                               double* scratch, int tid) {
+    if (!last_arrival(s.counter(), gridDim.x * gridDim.y, scratch, tid)) return;
+    const long long per_output = s.sums / s.outputs, planes_per_output = s.planes / s.outputs;
+    for (long long o = 0; o < s.outputs; ++o) {
+        ordered_sum(s.base + s.sums + o * per_output, per_output, scratch, tid);
+        const double total = scratch[0];
+        __syncthreads();  // every thread has read it: the next sum overwrites scratch
+        ordered_sum(s.base + o * per_output, per_output, scratch, tid);
+        if (tid == 0) {
+            out[o * out_stride] = (O)(a + b * (scratch[0] / total));  // ones: bitwise the unmasked value
+            s.totals()[o] = total;
+        }
+        for (long long p = tid; p < planes_per_output; p += 256) s.plane_scales()[o * planes_per_output + p] = 1.0 / total;
+        __syncthreads();
+    }
 }
 
 // Where a block's tile of 16 columns by kHeight rows lies, over the map

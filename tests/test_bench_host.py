@@ -192,6 +192,13 @@ WHOLE_KERNEL_BOUNDS = {  # kernel: (instructions per pixel, integer and address 
     "ssim_forward<float, 5, cussim::FORWARD_VALUE>": (416, 86, 64),
     "ssim_forward<float, 5, cussim::FORWARD_EXACT>": (483, 93, 64),
     "ssim_backward<float, 5>": (300, 90, 64),
+    # masked means (mask_mode="mean", then "normalized")
+    "ssim_forward<float, 5, cussim::FORWARD_MASK>": (444, 96, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_EXACT | cussim::FORWARD_MASK>": (508, 104, 64),
+    "ssim_backward<float, 5, cussim::GRAD_WRITE_MASK>": (303, 90, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (571, 110, 80),
+    "ssim_forward<float, 5, cussim::FORWARD_EXACT | cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (632, 112, 80),
+    "ssim_backward<float, 5, cussim::GRAD_WRITE_NORMALIZED>": (331, 108, 80),
     "ssim3d_forward<float, 5>": (1535, 430, 128),
     "ssim3d_backward<float, 5>": (1090, 480, 64),
 }

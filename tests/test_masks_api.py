@@ -193,14 +193,3 @@ def test_a_zero_total_weight_names_the_result():
     with pytest.raises(ValueError, match=r"the result at index \(1, 2\)"):
         cussim.l1_dssim_loss(X, Y, mask=m, axis=(2, 3))
     assert np.isfinite(cussim.ssim(X, Y, mask=m, axis=(1, 2, 3))).all()
-
-
-def test_the_kernels_refuse_a_mask_until_they_take_one(monkeypatch):
-    """The CUDA kernels (and the emulator that runs them) take no mask yet: a clear error, never a silent
-    unmasked value."""
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    x = X[0, 0].astype(np.float32)
-    with pytest.raises(NotImplementedError, match="masks are computed by the float64 NumPy path only so far"):
-        cussim.ssim(x, x, mask=M)
-    with pytest.raises(NotImplementedError, match="not by the kernels"):
-        cussim.ssim_map(x, x, mask=M, mask_mode="normalized")
