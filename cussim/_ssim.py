@@ -695,9 +695,8 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         problem.permuted(result)[...] = S
         return result
     with problem.device(), _addressable(problem, problem.permuted(result)) as target:
-        mask = None if problem.mask is None else _kernel_mask(problem)
-        problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target, mask=mask,
-                                        mask_mode=problem.mask_mode)
+        masked = {} if problem.mask is None else dict(mask=_kernel_mask(problem), mask_mode=problem.mask_mode)
+        problem.layout.launcher.forward(problem.x, problem.y, problem.params, map_out=target, **masked)
     return result
 
 
