@@ -120,7 +120,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     static_assert(formula != GRADIENT_SKIMAGE || forward_term(Options) == TERM_SSIM, "skimage's formula is SSIM's");
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight, kHaloRows = Shape::kHaloRows;
     constexpr int kWarps = kTile * kTile / 32;
-    __shared__ C tile[2][kHaloRows][Shape::kPitch];  // x', y': x and y scaled and shifted, around the tile
+    // (x', y'): x and y scaled and shifted, around the tile, as pairs (one 8-byte load per halo pixel in the
+    // horizontal pass, not two)
+    __shared__ typename PairOf<C>::type tile[kHaloRows][Shape::kPitch];
     __shared__ typename ForwardRows<C, R>::type rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kWarps];
@@ -183,11 +185,10 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
                 const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
                 const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
-                C* tx = &tile[0][warp][lane];
-                C* ty = &tile[1][warp][lane];
+                typename PairOf<C>::type* to = &tile[warp][lane];
                 warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                    tx[kWarps * Shape::kPitch * i] = (C)element_value(xo[i * x_step]) * inv_range - kx;
-                    ty[kWarps * Shape::kPitch * i] = (C)element_value(yo[i * y_step]) * inv_range - ky;
+                    to[kWarps * Shape::kPitch * i] = pair((C)element_value(xo[i * x_step]) * inv_range - kx,
+                                                          (C)element_value(yo[i * y_step]) * inv_range - ky);
                 });
             } else {
 #pragma unroll 1
@@ -198,15 +199,16 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                         vx = (C)element_value(xp[row * x_row + halo_col * x_col]) * inv_range;
                         vy = (C)element_value(yp[row * y_row + halo_col * y_col]) * inv_range;
                     }
-                    tile[0][r][lane] = vx - kx;
-                    tile[1][r][lane] = vy - ky;
+                    tile[r][lane] = pair(vx - kx, vy - ky);
                 }
             }
         }
         __syncthreads();
         if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
-        horizontal_pass<C, R, 5, true>(rows, weights, warp, lane,
-                                 [&](int r, int c, C (&v)[5]) { moment_terms(tile[0][r][c], tile[1][r][c], v); });
+        horizontal_pass<C, R, 5, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[5]) {
+            const auto xy = tile[r][c];
+            moment_terms(xy.x, xy.y, v);
+        });
         __syncthreads();
         // The vertical pass leaves each pixel's five moments in the space of the rows (once every thread
         // has read them), moments[q][i][tid]: the pixels' formulas then run one at a time, not kRows at
@@ -236,7 +238,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             double counted_value = counted ? (double)px.s : 0.0;
             if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + first_row + i, c = R + (lane & 15);
-                const C dx = (tile[0][r][c] + sx) - (tile[1][r][c] + sy);
+                const C dx = (tile[r][c].x + sx) - (tile[r][c].y + sy);
                 counted_value = with_l1(counted_value, dx, sum_scale, l1);
             }
             counted_sum += counted_value;
