@@ -82,6 +82,37 @@ template <int R> struct MomentRows {
         v[4] = dd[r][c];
     }
 };
+// The five moments of each of a thread's kRows pixels between the vertical pass and the formula (in the
+// space of the rows): moments[q][i][tid] in double; in float (mx, md, Exx, Eyy) as one 16-byte element and
+// Edd, two stores and two loads per pixel, not five. A warp's accesses are 32 consecutive elements.
+template <class C, int kRows> struct StagedMoments {
+    C moments[5][kRows][kTile * kTile];
+
+    __device__ void store(int i, int tid, const C (&v)[5]) {
+        for (int q = 0; q < 5; ++q) moments[q][i][tid] = v[q];
+    }
+    __device__ void load(int i, int tid, C (&v)[5]) const {
+        for (int q = 0; q < 5; ++q) v[q] = moments[q][i][tid];
+    }
+};
+template <int kRows> struct StagedMoments<float, kRows> {
+    float4 quad[kRows][kTile * kTile];
+    float dd[kRows][kTile * kTile];
+
+    __device__ void store(int i, int tid, const float (&v)[5]) {
+        quad[i][tid] = make_float4(v[0], v[1], v[2], v[3]);
+        dd[i][tid] = v[4];
+    }
+    __device__ void load(int i, int tid, float (&v)[5]) const {
+        const float4 q = quad[i][tid];
+        v[0] = q.x;
+        v[1] = q.y;
+        v[2] = q.z;
+        v[3] = q.w;
+        v[4] = dd[i][tid];
+    }
+};
+
 template <class C, int R> struct ForwardRows { using type = FilteredRows<C, R, 5>; };
 template <int R> struct ForwardRows<float, R> { using type = MomentRows<R>; };
 
@@ -123,7 +154,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // (x', y'): x and y scaled and shifted, around the tile, as pairs (one 8-byte load per halo pixel in the
     // horizontal pass, not two)
     __shared__ typename PairOf<C>::type tile[kHaloRows][Shape::kPitch];
-    __shared__ typename ForwardRows<C, R>::type rows;  // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y)
+    // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); then StagedMoments (16-byte elements)
+    __shared__ __align__(16) typename ForwardRows<C, R>::type rows;
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kWarps];
     // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
@@ -219,18 +251,17 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             for (int q = 0; q < 5; ++q) m[i][q] = v[q];
         });
         __syncthreads();
-        static_assert(sizeof(rows) >= 5 * kRows * kTile * kTile * sizeof(C), "the rows hold the moments");
-        C (*moments)[kRows][kTile * kTile] = reinterpret_cast<C (*)[kRows][kTile * kTile]>(&rows);
+        using Staged = StagedMoments<C, kRows>;
+        static_assert(sizeof(rows) >= sizeof(Staged), "the rows hold the moments");
+        Staged& moments = *reinterpret_cast<Staged*>(&rows);
 #pragma unroll
-        for (int i = 0; i < kRows; ++i)
-#pragma unroll
-            for (int q = 0; q < 5; ++q) moments[q][i][tid] = m[i][q];
+        for (int i = 0; i < kRows; ++i) moments.store(i, tid, m[i]);
         double counted_sum = 0.0;  // this thread's pixels that the mean counts, in row order
 #pragma unroll 1
         for (int i = 0; i < rows_here; ++i) {
             const int row = g.row + first_row + i;
-            const C v[5] = {moments[0][i][tid], moments[1][i][tid], moments[2][i][tid], moments[3][i][tid],
-                            moments[4][i][tid]};
+            C v[5];
+            moments.load(i, tid, v);
             const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
             const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
             if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
