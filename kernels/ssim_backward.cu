@@ -132,11 +132,15 @@ __device__ inline void backward_planes(
         coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
     }
 
-    PlaneIndex plane;
-    plane.start(inner_count);
+    // The plane index waits in shared memory: thread 0 works it out (its 64-bit divisions once, not in
+    // every warp) and advances it once every thread has read it (after the shifts' barrier).
+    __shared__ PlaneIndex plane;
+    if (tid == 0) plane.start(inner_count);
+    __syncthreads();
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const T* xp = x + plane.outer * x_outer + plane.inner * x_inner;
-        const T* yp = y + plane.outer * y_outer + plane.inner * y_inner;
+        const long long outer = plane.outer, inner = plane.inner;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
         const C* maps = grad_maps + p * g.map_pixels;
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
@@ -149,6 +153,7 @@ __device__ inline void backward_planes(
             shifts[tid > kEntries][tid % (kEntries + 1)] =
                 tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
         __syncthreads();
+        if (tid == 0) plane.advance(inner_count);  // every thread has read it: the next plane's
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
         if (tid < kEntries) {
@@ -194,7 +199,7 @@ __device__ inline void backward_planes(
         const int col = g.col + out_col;
         const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
-        typename GradientType<T>::type* gq = grad + plane.outer * g_outer + plane.inner * g_inner +
+        typename GradientType<T>::type* gq = grad + outer * g_outer + inner * g_inner +
                                              (long long)(g.row + first_row) * g_row + col * g_col;
         vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
@@ -216,7 +221,6 @@ __device__ inline void backward_planes(
             gq += g_row;
         });
         __syncthreads();  // the next plane overwrites the tiles and the moves
-        plane.advance(inner_count);
     }
 }
 
