@@ -93,7 +93,8 @@ __device__ inline void backward_planes(
     const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
     const C twice_inv_range = C(2) * inv_range;
     const int base_row = max((top - kHeight) >> kLog2, 0), base_col = max((left - kTile) >> 4, 0);
-    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w;
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w &&
+                        g.map_pixels <= 0x7fffffffLL;
     // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
     const int out_col = lane & 15, first_row = Shape::first_row(warp, lane);
     // how many of them lie in the image (one number, not kRows tests kept across the plane loop)
@@ -165,12 +166,13 @@ __device__ inline void backward_planes(
         if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
             if (inside) {
                 // The fast path (most tiles): the halo inside the map, no bounds test.
-                const C* m0 = maps + (long long)(top + warp) * g.map_w + left + lane;
-                const long long step = kWarps * (long long)g.map_w;
+                // The three maps' pixels at one 32-bit offset in the plane (the map's pixels fit an int:
+                // `inside`), so that each address is one instruction from its map's plane.
+                const C* const map[3] = {maps, maps + maps_size, maps + 2 * maps_size};
+                const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
                 warp_halo_rows<kHaloRows>(warp, [&](int k) {
-                    const int r = warp + kWarps * k, i = ((top + r) >> kLog2) - base_row;
-                    const C* m = m0 + k * step;
-                    const C value[3] = {m[0], m[maps_size], m[2 * maps_size]};
+                    const int r = warp + kWarps * k, i = ((top + r) >> kLog2) - base_row, a = at + k * step;
+                    const C value[3] = {map[0][a], map[1][a], map[2][a]};
                     tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
