@@ -170,10 +170,20 @@ __device__ inline void backward_planes(
                 // `inside`), so that each address is one instruction from its map's plane.
                 const C* const map[3] = {maps, maps + maps_size, maps + 2 * maps_size};
                 const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
+                // Halo rows 2R .. kHeight + R - 1 lie in this tile's own forward tile row (its first row is
+                // a multiple of kHeight, the halo starts R + offset <= 2R above it): the walk's k-th rows
+                // that all fall there take its moves from registers, the others from the table.
+                const int own = (g.row >> kLog2) - base_row;
+                const C own_moves[2] = {moves[0][own][j], moves[1][own][j]};
                 warp_halo_rows<kHaloRows>(warp, [&](int k) {
-                    const int r = warp + kWarps * k, i = ((top + r) >> kLog2) - base_row, a = at + k * step;
+                    const int r = warp + kWarps * k, a = at + k * step;
                     const C value[3] = {map[0][a], map[1][a], map[2][a]};
-                    tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    if (kWarps * k >= 2 * R && kWarps * (k + 1) <= kHeight + R) {
+                        tile[0][r][lane] = moved_partial(value, own_moves[0], own_moves[1]);
+                    } else {
+                        const int i = ((top + r) >> kLog2) - base_row;
+                        tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    }
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
                 });
