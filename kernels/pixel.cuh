@@ -205,9 +205,12 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     const C s_raw = mul(l, cs);
     Pixel<C> out;
     // Statistics beyond the compute type (finite means, an infinite denominator):
-    // the pixel and its partials are NaN (docs/spec.rst section 1), never 0.
+    // the pixel and its partials are NaN (docs/spec.rst section 1), never 0. Means
+    // that are not finite (a NaN or an infinity in the window) make md or my NaN
+    // (inf - inf), and with it the value and the partials: one test of the
+    // denominator covers both.
     const C denominator = term == TERM_CS ? b2 : d;
-    if (is_finite(mx) && is_finite(my) && !is_finite(denominator)) {
+    if (!is_finite(denominator)) {
         out.s = out.partial[0] = out.partial[1] = out.partial[2] = denominator - denominator;  // NaN
         return out;
     }
