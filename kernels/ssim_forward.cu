@@ -182,11 +182,12 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     const int rows_here = col < g.map_w ? min(kRows, g.map_h - (g.row + first_row)) : 0;
     // whether the mean counts this thread's column (the rows are tested per pixel)
     const bool col_counted = col >= crop && col < g.map_w - crop;
-    // Border tiles (the halo leaves the image): the image row of each halo row and this lane's image
-    // column, or -1 for a zero (halo_source), worked out once for every plane.
-    __shared__ int halo_rows[kHaloRows];
+    // Border tiles (the halo leaves the image): the image row of each halo row and the image column of
+    // each halo column, or -1 for a zero (halo_source), worked out once for every plane by the threads
+    // t < kHaloRows and t < kHaloCols (a reflection's division in one or three warps, not in every one).
+    __shared__ int halo_rows[kHaloRows], halo_cols[Shape::kHaloCols];
     if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, height, padding);
-    const int halo_col = halo_source(left + lane, width, padding);
+    if (tid < Shape::kHaloCols) halo_cols[tid] = halo_source(left + tid, width, padding);
     if (tid == 0) {
         held.plane.start(inner_count);
         held.x_row = x_row;
@@ -223,6 +224,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                                                           (C)element_value(yo[i * y_step]) * inv_range - ky);
                 });
             } else {
+                const int halo_col = halo_cols[lane];
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
                     const int row = halo_rows[r];
