@@ -200,7 +200,7 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     const C inv_b1 = C(1) / b1, inv_b2 = C(1) / b2;
     const C u = mul(vd, inv_b2);  // 1 - A2 / B2
     // A2 / B2: for a flat window (no covariance) c2 / B2, exactly 1 where B2 is c2 (flat x == y)
-    const C cs = free_sxy ? add(C(1), -u) : (b2 == c2 ? C(1) : mul(c2, inv_b2));
+    const C flat_cs = b2 == c2 ? C(1) : mul(c2, inv_b2), cs = free_sxy ? add(C(1), -u) : flat_cs;
     const C l = term == TERM_CS ? C(1) : add(C(1), -mul(mul(md, inv_b1), md));  // A1 / B1
     const C s_raw = mul(l, cs);
     Pixel<C> out;
