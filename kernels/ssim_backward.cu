@@ -172,13 +172,14 @@ __device__ inline void backward_planes(
                 const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
                 // Halo rows 2R .. kHeight + R - 1 lie in this tile's own forward tile row (its first row is
                 // a multiple of kHeight, the halo starts R + offset <= 2R above it): the walk's k-th rows
-                // that all fall there take its moves from registers, the others from the table.
+                // that all fall there take its moves from registers, the others from the table. Not in
+                // MS-SSIM's backward: the two registers made it spill 4 bytes on sm_90 (80 registers).
                 const int own = (g.row >> kLog2) - base_row;
                 const C own_moves[2] = {moves[0][own][j], moves[1][own][j]};
                 warp_halo_rows<kHaloRows>(warp, [&](int k) {
                     const int r = warp + kWarps * k, a = at + k * step;
                     const C value[3] = {map[0][a], map[1][a], map[2][a]};
-                    if (kWarps * k >= 2 * R && kWarps * (k + 1) <= kHeight + R) {
+                    if (!MsSsim && kWarps * k >= 2 * R && kWarps * (k + 1) <= kHeight + R) {
                         tile[0][r][lane] = moved_partial(value, own_moves[0], own_moves[1]);
                     } else {
                         const int i = ((top + r) >> kLog2) - base_row;
