@@ -200,14 +200,17 @@ __device__ inline Pixel<C> ssim_pixel(const C (&m)[5], C kx, C ky, C c1, C c2, C
     const C inv_b1 = C(1) / b1, inv_b2 = C(1) / b2;
     const C u = mul(vd, inv_b2);  // 1 - A2 / B2
     // A2 / B2: for a flat window (no covariance) c2 / B2, exactly 1 where B2 is c2 (flat x == y)
-    const C cs = free_sxy ? add(C(1), -u) : (b2 == c2 ? C(1) : mul(c2, inv_b2));
+    const C flat_cs = b2 == c2 ? C(1) : mul(c2, inv_b2), cs = free_sxy ? add(C(1), -u) : flat_cs;
     const C l = term == TERM_CS ? C(1) : add(C(1), -mul(mul(md, inv_b1), md));  // A1 / B1
     const C s_raw = mul(l, cs);
     Pixel<C> out;
     // Statistics beyond the compute type (finite means, an infinite denominator):
-    // the pixel and its partials are NaN (docs/spec.rst section 1), never 0.
+    // the pixel and its partials are NaN (docs/spec.rst section 1), never 0. Means
+    // that are not finite (a NaN or an infinity in the window) make md or my NaN
+    // (inf - inf), and with it the value and the partials: one test of the
+    // denominator covers both.
     const C denominator = term == TERM_CS ? b2 : d;
-    if (is_finite(mx) && is_finite(my) && !is_finite(denominator)) {
+    if (!is_finite(denominator)) {
         out.s = out.partial[0] = out.partial[1] = out.partial[2] = denominator - denominator;  // NaN
         return out;
     }

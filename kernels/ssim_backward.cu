@@ -136,7 +136,8 @@ __device__ inline void backward_planes(
     const int top = g.row - R - g.offset, left = g.col - R - g.offset;  // the halo, in map pixels
     const C twice_inv_range = C(2) * inv_range;
     const int base_row = max((top - kHeight) >> kLog2, 0), base_col = max((left - kTile) >> 4, 0);
-    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w;
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= g.map_h && left + kHaloCols <= g.map_w &&
+                        g.map_pixels <= 0x7fffffffLL;
     // this thread's output pixels: column out_col, rows first_row .. first_row + kRows - 1 of the tile
     const int out_col = lane & 15, first_row = Shape::first_row(warp, lane);
     // how many of them lie in the image (one number, not kRows tests kept across the plane loop)
@@ -176,11 +177,15 @@ __device__ inline void backward_planes(
         coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
     }
 
-    PlaneIndex plane;
-    plane.start(inner_count);
+    // The plane index waits in shared memory: thread 0 works it out (its 64-bit divisions once, not in
+    // every warp) and advances it once every thread has read it (after the shifts' barrier).
+    __shared__ PlaneIndex plane;
+    if (tid == 0) plane.start(inner_count);
+    __syncthreads();
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const T* xp = x + plane.outer * x_outer + plane.inner * x_inner;
-        const T* yp = y + plane.outer * y_outer + plane.inner * y_inner;
+        const long long outer = plane.outer, inner = plane.inner;
+        const T* xp = x + outer * x_outer + inner * x_inner;
+        const T* yp = y + outer * y_outer + inner * y_inner;
         const C* maps = grad_maps + p * g.map_pixels;
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
@@ -191,12 +196,13 @@ __device__ inline void backward_planes(
         // image is bright and flat.
         if (tid < 2 * (kEntries + 1)) {
             C shift = tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
-            if (kNormalized && !(mask_planes.mask[plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
+            if (kNormalized && !(mask_planes.mask[outer * mask_planes.outer + inner * mask_planes.inner +
                                                  mask_shift_offset] > C(0)))
                 shift = C(0);
             shifts[tid > kEntries][tid % (kEntries + 1)] = shift;
         }
         __syncthreads();
+        if (tid == 0) plane.advance(inner_count);  // every thread has read it: the next plane's
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
         if (tid < kEntries) {
@@ -208,13 +214,25 @@ __device__ inline void backward_planes(
         if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
             if (inside) {
                 // The fast path (most tiles): the halo inside the map, no bounds test.
-                const C* m0 = maps + (long long)(top + warp) * g.map_w + left + lane;
-                const long long step = kWarps * (long long)g.map_w;
+                // The three maps' pixels at one 32-bit offset in the plane (the map's pixels fit an int:
+                // `inside`), so that each address is one instruction from its map's plane.
+                const C* const map[3] = {maps, maps + maps_size, maps + 2 * maps_size};
+                const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
+                // Halo rows 2R .. kHeight + R - 1 lie in this tile's own forward tile row (its first row is
+                // a multiple of kHeight, the halo starts R + offset <= 2R above it): the walk's k-th rows
+                // that all fall there take its moves from registers, the others from the table. Not in
+                // MS-SSIM's backward: the two registers made it spill 4 bytes on sm_90 (80 registers).
+                const int own = (g.row >> kLog2) - base_row;
+                const C own_moves[2] = {moves[0][own][j], moves[1][own][j]};
                 warp_halo_rows<kHaloRows>(warp, [&](int k) {
-                    const int r = warp + kWarps * k, i = ((top + r) >> kLog2) - base_row;
-                    const C* m = m0 + k * step;
-                    const C value[3] = {m[0], m[maps_size], m[2 * maps_size]};
-                    tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    const int r = warp + kWarps * k, a = at + k * step;
+                    const C value[3] = {map[0][a], map[1][a], map[2][a]};
+                    if (!MsSsim && kWarps * k >= 2 * R && kWarps * (k + 1) <= kHeight + R) {
+                        tile[0][r][lane] = moved_partial(value, own_moves[0], own_moves[1]);
+                    } else {
+                        const int i = ((top + r) >> kLog2) - base_row;
+                        tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    }
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
                 });
@@ -242,13 +260,13 @@ __device__ inline void backward_planes(
         const int col = g.col + out_col;
         const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
-        typename GradientType<T>::type* gq = grad + plane.outer * g_outer + plane.inner * g_inner +
+        typename GradientType<T>::type* gq = grad + outer * g_outer + inner * g_inner +
                                              (long long)(g.row + first_row) * g_row + col * g_col;
         // masked: the plane's 1 / total weight folded into the per-plane constants (no per-pixel product)
         const C plane_scale = kMasked ? (C)pyramid.plane_weights[p] : C(1);
         const C scaled_range = kMasked ? inv_range * plane_scale : inv_range;
         const C scaled_l1 = kMasked ? l1 * plane_scale : l1;
-        const C* kq = kReadsMask ? mask_planes.mask + plane.outer * mask_planes.outer + plane.inner * mask_planes.inner +
+        const C* kq = kReadsMask ? mask_planes.mask + outer * mask_planes.outer + inner * mask_planes.inner +
                                       (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
                                 : nullptr;
         vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
@@ -278,7 +296,6 @@ __device__ inline void backward_planes(
             if (kReadsMask) kq += mask_planes.row;
         });
         __syncthreads();  // the next plane overwrites the tiles and the moves
-        plane.advance(inner_count);
     }
 }
 

@@ -93,6 +93,37 @@ template <int R> struct MomentRows {
         v[4] = dd[r][c];
     }
 };
+// The five moments of each of a thread's kRows pixels between the vertical pass and the formula (in the
+// space of the rows): moments[q][i][tid] in double; in float (mx, md, Exx, Eyy) as one 16-byte element and
+// Edd, two stores and two loads per pixel, not five. A warp's accesses are 32 consecutive elements.
+template <class C, int kRows> struct StagedMoments {
+    C moments[5][kRows][kTile * kTile];
+
+    __device__ void store(int i, int tid, const C (&v)[5]) {
+        for (int q = 0; q < 5; ++q) moments[q][i][tid] = v[q];
+    }
+    __device__ void load(int i, int tid, C (&v)[5]) const {
+        for (int q = 0; q < 5; ++q) v[q] = moments[q][i][tid];
+    }
+};
+template <int kRows> struct StagedMoments<float, kRows> {
+    float4 quad[kRows][kTile * kTile];
+    float dd[kRows][kTile * kTile];
+
+    __device__ void store(int i, int tid, const float (&v)[5]) {
+        quad[i][tid] = make_float4(v[0], v[1], v[2], v[3]);
+        dd[i][tid] = v[4];
+    }
+    __device__ void load(int i, int tid, float (&v)[5]) const {
+        const float4 q = quad[i][tid];
+        v[0] = q.x;
+        v[1] = q.y;
+        v[2] = q.z;
+        v[3] = q.w;
+        v[4] = dd[i][tid];
+    }
+};
+
 // Normalised convolution's rows (FORWARD_NORMALIZED): three quantities, filtered in two rounds (the six
 // would pass the 48 KiB of static shared memory beside the third tile, the weights).
 template <class C, int R, bool Normalized = false> struct ForwardRows {
@@ -109,19 +140,19 @@ __device__ inline Pixel<C> centre_weighted(Pixel<C> px, C centre) {
 }
 
 // Normalised convolution's moments (FORWARD_NORMALIZED; docs/spec.rst section 9) of this thread's kRows
-// pixels, from the tiles of x', y' (0 where the weight is 0) and m: two rounds of the passes over three
+// pixels, from the tile of (x', y') pairs (0 where the weight is 0) and that of m: two rounds of the passes over three
 // quantities each, m x', m d', m, then m x'^2, m y'^2, m d'^2 (d' = x' - y'), through `rows`; the moments
 // F(m x') / W, F(m d') / W, ... into m[i], and 1 / W (0 where W is 0) into inv_w[i]. The shifts pass through
 // the normalisation unchanged (F(m k) / W = k). Called by all 256 threads after the tile load's barrier;
 // the next barrier (the block sum's) orders the next plane's use of the rows.
-template <class C, int R, class Rows, class Tiles>
-__device__ inline void normalized_moments(Rows& rows, const Tiles& tile, const C* weights, int warp, int lane,
+template <class C, int R, class Rows, class Pairs, class Weights>
+__device__ inline void normalized_moments(Rows& rows, const Pairs& tile, const Weights& weight_tile, const C* weights, int warp, int lane,
                                           int first_row, C (&m)[Tile<C, R>::kRows][5],
                                           C (&inv_w)[Tile<C, R>::kRows]) {
     constexpr int kRows = Tile<C, R>::kRows;
     C first[kRows][3];
     horizontal_pass<C, R, 3, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
-        const C a = tile[0][r][c], b = tile[1][r][c], w = tile[2][r][c];
+        const C a = tile[r][c].x, b = tile[r][c].y, w = weight_tile[r][c];
         v[0] = w * a;
         v[1] = w * (a - b);
         v[2] = w;
@@ -132,7 +163,7 @@ __device__ inline void normalized_moments(Rows& rows, const Tiles& tile, const C
     });
     __syncthreads();
     horizontal_pass<C, R, 3, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
-        const C a = tile[0][r][c], b = tile[1][r][c], w = tile[2][r][c], d = a - b;
+        const C a = tile[r][c].x, b = tile[r][c].y, w = weight_tile[r][c], d = a - b;
         v[0] = w * a * a;
         v[1] = w * b * b;
         v[2] = w * d * d;
@@ -192,10 +223,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     constexpr bool kMasked = (Options & FORWARD_MASK) != 0, kNormalized = (Options & FORWARD_NORMALIZED) != 0;
     static_assert(!kNormalized || (kMasked && forward_term(Options) == TERM_SSIM && formula != GRADIENT_SKIMAGE),
                   "normalised convolution: SSIM's, with its mask");
-    // x', y': x and y scaled and shifted, around the tile (normalized: 0 where m is 0), and m
-    __shared__ C tile[kNormalized ? 3 : 2][kHaloRows][Shape::kPitch];
-    // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2, m d^2
-    __shared__ typename ForwardRows<C, R, kNormalized>::type rows;
+    // (x', y'): x and y scaled and shifted, around the tile, as pairs (one 8-byte load per halo pixel in the
+    // horizontal pass, not two); normalized: 0 where m is 0, and the weights m around the tile
+    __shared__ typename PairOf<C>::type tile[kHaloRows][Shape::kPitch];
+    __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
+    // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y), then StagedMoments (16-byte elements);
+    // normalized: m x, m d, m, then m x^2, m y^2, m d^2
+    __shared__ __align__(16) typename ForwardRows<C, R, kNormalized>::type rows;
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has 8 more
     // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
@@ -222,11 +256,12 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     const int rows_here = col < g.map_w ? min(kRows, g.map_h - (g.row + first_row)) : 0;
     // whether the mean counts this thread's column (the rows are tested per pixel)
     const bool col_counted = col >= crop && col < g.map_w - crop;
-    // Border tiles (the halo leaves the image): the image row of each halo row and this lane's image
-    // column, or -1 for a zero (halo_source), worked out once for every plane.
-    __shared__ int halo_rows[kHaloRows];
+    // Border tiles (the halo leaves the image): the image row of each halo row and the image column of
+    // each halo column, or -1 for a zero (halo_source), worked out once for every plane by the threads
+    // t < kHaloRows and t < kHaloCols (a reflection's division in one or three warps, not in every one).
+    __shared__ int halo_rows[kHaloRows], halo_cols[Shape::kHaloCols];
     if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, height, padding);
-    const int halo_col = halo_source(left + lane, width, padding);
+    if (tid < Shape::kHaloCols) halo_cols[tid] = halo_source(left + tid, width, padding);
     if (tid == 0) {
         held.plane.start(inner_count);
         held.x_row = x_row;
@@ -262,26 +297,27 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
                 const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
                 const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
-                C* tx = &tile[0][warp][lane];
-                C* ty = &tile[1][warp][lane];
+                typename PairOf<C>::type* to = &tile[warp][lane];
                 if constexpr (kNormalized) {  // and the weights, x' and y' 0 where they are 0
                     const C* ko = mask + outer * k_outer + inner * k_inner + (top + warp) * k_row + (left + lane) * k_col;
                     const long long k_step = kWarps * k_row;
-                    C* tm = &tile[2][warp][lane];
+                    C* tm = &weight_tile[warp][lane];
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
                         const C w = ko[i * k_step];
-                        const bool read = w > C(0);
-                        tx[kWarps * Shape::kPitch * i] = read ? (C)element_value(xo[i * x_step]) * inv_range - kx : C(0);
-                        ty[kWarps * Shape::kPitch * i] = read ? (C)element_value(yo[i * y_step]) * inv_range - ky : C(0);
+                        to[kWarps * Shape::kPitch * i] =
+                            w > C(0) ? pair((C)element_value(xo[i * x_step]) * inv_range - kx,
+                                            (C)element_value(yo[i * y_step]) * inv_range - ky)
+                                     : pair(C(0), C(0));
                         tm[kWarps * Shape::kPitch * i] = w;
                     });
                 } else {
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                        tx[kWarps * Shape::kPitch * i] = (C)element_value(xo[i * x_step]) * inv_range - kx;
-                        ty[kWarps * Shape::kPitch * i] = (C)element_value(yo[i * y_step]) * inv_range - ky;
+                        to[kWarps * Shape::kPitch * i] = pair((C)element_value(xo[i * x_step]) * inv_range - kx,
+                                                              (C)element_value(yo[i * y_step]) * inv_range - ky);
                     });
                 }
             } else {
+                const int halo_col = halo_cols[lane];
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
                     const int row = halo_rows[r];
@@ -294,11 +330,10 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                         const C w = row >= 0 && halo_col >= 0
                                         ? mask[outer * k_outer + inner * k_inner + row * k_row + halo_col * k_col]
                                         : C(0);
-                        tile[2][r][lane] = w;
+                        weight_tile[r][lane] = w;
                         if (!(w > C(0))) vx = kx, vy = ky;
                     }
-                    tile[0][r][lane] = vx - kx;
-                    tile[1][r][lane] = vy - ky;
+                    tile[r][lane] = pair(vx - kx, vy - ky);
                 }
             }
         }
@@ -315,7 +350,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             // are too small to hold them), and each pixel's centre weight decides its map value (0 where
             // it is 0) and scales its share of the sums, its partials divided by W (as the loop below).
             C m[kRows][5], inv_w[kRows];
-            normalized_moments<C, R>(rows, tile, weights, warp, lane, first_row, m, inv_w);
+            normalized_moments<C, R>(rows, tile, weight_tile, weights, warp, lane, first_row, m, inv_w);
             const C* kq = mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col;
 #pragma unroll
             for (int i = 0; i < kRows; ++i) {
@@ -334,7 +369,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 double counted_value = counted ? (double)px.s : 0.0;
                 if (Options & FORWARD_L1 && counted) {  // the L1 term; the tile holds 0 where the weight is 0
                     const int r = R + first_row + i, c = R + (lane & 15);
-                    counted_value = with_l1(counted_value, (tile[0][r][c] + sx) - (tile[1][r][c] + sy), sum_scale, l1);
+                    counted_value = with_l1(counted_value, (tile[r][c].x + sx) - (tile[r][c].y + sy), sum_scale, l1);
                 }
                 counted_sum += (double)weight_here * counted_value;
                 if (formula != GRADIENT_NONE) {
@@ -344,8 +379,10 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 }
             }
         } else {
-        horizontal_pass<C, R, 5, true>(rows, weights, warp, lane,
-                                 [&](int r, int c, C (&v)[5]) { moment_terms(tile[0][r][c], tile[1][r][c], v); });
+        horizontal_pass<C, R, 5, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[5]) {
+            const auto xy = tile[r][c];
+            moment_terms(xy.x, xy.y, v);
+        });
         __syncthreads();
         // The vertical pass leaves each pixel's five moments in the space of the rows (once every thread
         // has read them), moments[q][i][tid]: the pixels' formulas then run one at a time, not kRows at
@@ -356,19 +393,18 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             for (int q = 0; q < 5; ++q) m[i][q] = v[q];
         });
         __syncthreads();
-        static_assert(sizeof(rows) >= 5 * kRows * kTile * kTile * sizeof(C), "the rows hold the moments");
-        C (*moments)[kRows][kTile * kTile] = reinterpret_cast<C (*)[kRows][kTile * kTile]>(&rows);
+        using Staged = StagedMoments<C, kRows>;
+        static_assert(sizeof(rows) >= sizeof(Staged), "the rows hold the moments");
+        Staged& moments = *reinterpret_cast<Staged*>(&rows);
 #pragma unroll
-        for (int i = 0; i < kRows; ++i)
-#pragma unroll
-            for (int q = 0; q < 5; ++q) moments[q][i][tid] = m[i][q];
+        for (int i = 0; i < kRows; ++i) moments.store(i, tid, m[i]);
         const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
                               : nullptr;
 #pragma unroll 1
         for (int i = 0; i < rows_here; ++i) {
             const int row = g.row + first_row + i;
-            const C v[5] = {moments[0][i][tid], moments[1][i][tid], moments[2][i][tid], moments[3][i][tid],
-                            moments[4][i][tid]};
+            C v[5];
+            moments.load(i, tid, v);
             const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
             const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
             if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
@@ -386,7 +422,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             double counted_value = counted ? (double)(kWeightInC ? px.s * m : px.s) : 0.0;
             if (Options & FORWARD_L1 && counted) {  // the fused L1 term: the tile holds this pixel, scaled and shifted
                 const int r = R + first_row + i, c = R + (lane & 15);
-                const C dx = (tile[0][r][c] + sx) - (tile[1][r][c] + sy);
+                const C dx = (tile[r][c].x + sx) - (tile[r][c].y + sy);
                 counted_value = with_l1(counted_value, dx, sum_scale, l1);
                 if (kMasked) counted_value *= (double)m;
             }

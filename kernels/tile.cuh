@@ -255,7 +255,10 @@ __device__ inline C folded_tap(const C* weights, int t) {
 //   .. c + 3, lane = halo row r = 32 (w / 4) + lane + 64 i; each read
 //   tile[q][r][c + j] and each store rows[q][r][c + o] of a warp is one column
 //   of 32 consecutive rows, and both pitches (kPitch, kRowsPitch) are odd, so
-//   the 32 rows fall in 32 different banks.
+//   the 32 rows fall in 32 different banks. The forward's halo holds (x', y')
+//   pairs (PairOf): 8-byte reads served per half-warp (16-byte ones, double,
+//   per quarter-warp), whose 16 (8) rows fall in different bank pairs (quads)
+//   for the odd kPitch.
 // - vertical pass (vertical_rows): lane l of warp w computes column l % 16 of
 //   the rows of group (w % 4) + 8 (w / 4) + 4 (l / 16); the two half-warps'
 //   groups are 4 groups = 16 rows apart (kRows = 4 for 4-byte elements), and
@@ -282,6 +285,18 @@ template <class C, int R> struct Tile {
         return kRows * ((warp & 3) + 8 * (warp >> 2) + 4 * (lane >> 4));
     }
 };
+
+// Two values of C as one 8-byte (float2) or 16-byte (double2) element of shared memory, so that a pair is
+// one load and one store.
+template <class C> struct PairOf { using type = float2; };
+template <> struct PairOf<double> { using type = double2; };
+template <class C>
+__device__ inline typename PairOf<C>::type pair(C a, C b) {
+    typename PairOf<C>::type p;
+    p.x = a;
+    p.y = b;
+    return p;
+}
 
 // Static shared memory of a Tile's block that loads Loaded and filters Filtered quantities, bounded above
 // (the small tables: 2 KiB at most).
