@@ -276,3 +276,14 @@ def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cup
                                           mask_mode=mode)
     np.testing.assert_allclose(out.get(), want_value, rtol=0, atol=1e-5)
     assert np.linalg.norm(grad.get() - want_grad) <= 1e-4 * np.linalg.norm(want_grad)
+
+
+def test_a_masked_backward_needs_the_forwards_plane_scales():
+    """The launcher refuses a mask without plane_weights (the kernel would read its 1 / total from nothing)."""
+    from cussim import _launch
+    from cussim._params import ssim_params
+
+    x, y = _images((2, 20, 20), np.float32)
+    with pytest.raises(ValueError, match="mask: a masked backward needs plane_weights"):
+        _launch.backward(x, y, np.zeros(3 * x.size, np.float32), np.empty_like(x), ssim_params(win_size=5),
+                         mask=np.ones_like(x))

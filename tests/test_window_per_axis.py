@@ -214,3 +214,13 @@ def test_the_skimage_drop_in_takes_one_window_as_skimage_does():
     # what the message points to: scikit-image's uniform window and conventions, here with one size on both axes
     native = cussim.ssim(x, y, win_size=(7, 7), window="uniform", padding="reflect", sample_covariance=True)
     assert float(native) == pytest.approx(cussim.structural_similarity(x, y, data_range=1.0), abs=1e-14)
+
+
+def test_the_reference_takes_one_window_or_one_per_axis():
+    taps = _reference.window_taps("gaussian", 5, 1.0)
+    wide = _reference.window_taps("gaussian", 7, 1.0)
+    same = _reference.axis_windows(taps, 3)
+    assert len(same) == 3 and all(np.array_equal(w, taps) for w in same)
+    assert [len(w) for w in _reference.axis_windows([taps, wide], 2)] == [5, 7]
+    with pytest.raises(ValueError, match="taps holds 2 windows; images with 3 spatial axes take one window"):
+        _reference.axis_windows([taps, wide], 3)
