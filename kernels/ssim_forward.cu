@@ -400,8 +400,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         for (int i = 0; i < kRows; ++i) moments.store(i, tid, m[i]);
         const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
                               : nullptr;
-#pragma unroll 1
-        for (int i = 0; i < rows_here; ++i) {
+#pragma unroll
+        for (int i = 0; i < kRows; ++i) {
+            if (i >= rows_here) break;
             const int row = g.row + first_row + i;
             C v[5];
             moments.load(i, tid, v);
