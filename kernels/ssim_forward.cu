@@ -239,6 +239,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ struct {
         PlaneIndex plane;
         long long map_offset, mask_offset, x_row, x_col, y_row, y_col;
+        long long shift_at[2];  // the shift pixel's offset in x's and y's plane (thread 0's, not every thread's)
         C shift[2];
     } held;
 
@@ -268,15 +269,15 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         held.x_col = x_col;
         held.y_row = y_row;
         held.y_col = y_col;
+        held.shift_at[0] = shift_row * x_row + shift_col * x_col;
+        held.shift_at[1] = shift_row * y_row + shift_col * y_col;
     }
 
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         if (tid == 0) {
             const long long outer = held.plane.outer, inner = held.plane.inner;
-            held.shift[0] = tile_shift(x + outer * x_outer + inner * x_inner, shift_row * x_row + shift_col * x_col,
-                                       inv_range);
-            held.shift[1] = tile_shift(y + outer * y_outer + inner * y_inner, shift_row * y_row + shift_col * y_col,
-                                       inv_range);
+            held.shift[0] = tile_shift(x + outer * x_outer + inner * x_inner, held.shift_at[0], inv_range);
+            held.shift[1] = tile_shift(y + outer * y_outer + inner * y_inner, held.shift_at[1], inv_range);
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
             // the mask's plane, at the map's origin (map pixel (i, j) weighs mask pixel (i + offset, j + offset))
             if (kMasked) held.mask_offset = outer * k_outer + inner * k_inner + g.offset * (k_row + k_col);
