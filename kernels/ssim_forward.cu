@@ -232,14 +232,15 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ __align__(16) typename ForwardRows<C, R, kNormalized>::type rows;
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has 8 more
-    // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
+    // The plane index, the planes' offsets, the shifts and their pixel's offsets wait in shared memory,
     // not in registers through the passes (which spilled under the register cap: ptxas kept each
     // thread's tile-load offsets across the planes). Thread 0 writes them; the barriers before and after
     // the tile load and in the block sum order it.
     __shared__ struct {
         PlaneIndex plane;
-        long long map_offset, mask_offset, x_row, x_col, y_row, y_col;
+        long long map_offset, mask_offset;
         long long shift_at[2];  // the shift pixel's offset in x's and y's plane (thread 0's, not every thread's)
+        long long plane_at[2];  // the plane's offset in x and in y
         C shift[2];
     } held;
 
@@ -263,12 +264,19 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ int halo_rows[kHaloRows], halo_cols[Shape::kHaloCols];
     if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, height, padding);
     if (tid < Shape::kHaloCols) halo_cols[tid] = halo_source(left + tid, width, padding);
+    // Interior tiles: the element offsets in a plane of x and of y of each warp's first halo row (top + w) and of
+    // each lane's halo column (left + l), worked out once for every plane by the threads t < kWarps +
+    // kHaloCols, so that a thread's first address in a plane is three additions, not four 64-bit products.
+    __shared__ long long halo_at[2][kWarps + Shape::kHaloCols];
+    if (tid < kWarps) {
+        halo_at[0][tid] = (long long)(top + tid) * x_row;
+        halo_at[1][tid] = (long long)(top + tid) * y_row;
+    } else if (tid < kWarps + Shape::kHaloCols) {
+        halo_at[0][tid] = (long long)(left + tid - kWarps) * x_col;
+        halo_at[1][tid] = (long long)(left + tid - kWarps) * y_col;
+    }
     if (tid == 0) {
         held.plane.start(inner_count);
-        held.x_row = x_row;
-        held.x_col = x_col;
-        held.y_row = y_row;
-        held.y_col = y_col;
         held.shift_at[0] = shift_row * x_row + shift_col * x_col;
         held.shift_at[1] = shift_row * y_row + shift_col * y_col;
     }
@@ -276,8 +284,10 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         if (tid == 0) {
             const long long outer = held.plane.outer, inner = held.plane.inner;
-            held.shift[0] = tile_shift(x + outer * x_outer + inner * x_inner, held.shift_at[0], inv_range);
-            held.shift[1] = tile_shift(y + outer * y_outer + inner * y_inner, held.shift_at[1], inv_range);
+            held.plane_at[0] = outer * x_outer + inner * x_inner;
+            held.plane_at[1] = outer * y_outer + inner * y_inner;
+            held.shift[0] = tile_shift(x + held.plane_at[0], held.shift_at[0], inv_range);
+            held.shift[1] = tile_shift(y + held.plane_at[1], held.shift_at[1], inv_range);
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
             // the mask's plane, at the map's origin (map pixel (i, j) weighs mask pixel (i + offset, j + offset))
             if (kMasked) held.mask_offset = outer * k_outer + inner * k_inner + g.offset * (k_row + k_col);
@@ -287,16 +297,16 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         }
         __syncthreads();
         const long long outer = held.plane.outer, inner = held.plane.inner;
-        const T* xp = x + outer * x_outer + inner * x_inner;
-        const T* yp = y + outer * y_outer + inner * y_inner;
+        const T* xp = x + held.plane_at[0];
+        const T* yp = y + held.plane_at[1];
         const C kx = held.shift[0], ky = held.shift[1];
         if (lane < Shape::kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
             if (inside) {
                 // The fast path (most tiles): the halo inside the image, no bounds test, no padding, all
-                // loads in flight (warp_halo_rows), addresses from the strides read back from `held` in
-                // each plane, shared ones at constant offsets.
-                const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
-                const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
+                // loads in flight (warp_halo_rows), a thread's first addresses from the plane's offsets and
+                // the tables halo_at, the next ones a row step further, shared ones at constant offsets.
+                const T* xo = xp + (halo_at[0][warp] + halo_at[0][kWarps + lane]);
+                const T* yo = yp + (halo_at[1][warp] + halo_at[1][kWarps + lane]);
                 const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
                 typename PairOf<C>::type* to = &tile[warp][lane];
                 if constexpr (kNormalized) {  // and the weights, x' and y' 0 where they are 0
