@@ -93,37 +93,6 @@ template <int R> struct MomentRows {
         v[4] = dd[r][c];
     }
 };
-// The five moments of each of a thread's kRows pixels between the vertical pass and the formula (in the
-// space of the rows): moments[q][i][tid] in double; in float (mx, md, Exx, Eyy) as one 16-byte element and
-// Edd, two stores and two loads per pixel, not five. A warp's accesses are 32 consecutive elements.
-template <class C, int kRows> struct StagedMoments {
-    C moments[5][kRows][kTile * kTile];
-
-    __device__ void store(int i, int tid, const C (&v)[5]) {
-        for (int q = 0; q < 5; ++q) moments[q][i][tid] = v[q];
-    }
-    __device__ void load(int i, int tid, C (&v)[5]) const {
-        for (int q = 0; q < 5; ++q) v[q] = moments[q][i][tid];
-    }
-};
-template <int kRows> struct StagedMoments<float, kRows> {
-    float4 quad[kRows][kTile * kTile];
-    float dd[kRows][kTile * kTile];
-
-    __device__ void store(int i, int tid, const float (&v)[5]) {
-        quad[i][tid] = make_float4(v[0], v[1], v[2], v[3]);
-        dd[i][tid] = v[4];
-    }
-    __device__ void load(int i, int tid, float (&v)[5]) const {
-        const float4 q = quad[i][tid];
-        v[0] = q.x;
-        v[1] = q.y;
-        v[2] = q.z;
-        v[3] = q.w;
-        v[4] = dd[i][tid];
-    }
-};
-
 // Normalised convolution's rows (FORWARD_NORMALIZED): three quantities, filtered in two rounds (the six
 // would pass the 48 KiB of static shared memory beside the third tile, the weights).
 template <class C, int R, bool Normalized = false> struct ForwardRows {
@@ -227,9 +196,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // horizontal pass, not two); normalized: 0 where m is 0, and the weights m around the tile
     __shared__ typename PairOf<C>::type tile[kHaloRows][Shape::kPitch];
     __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
-    // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y), then StagedMoments (16-byte elements);
-    // normalized: m x, m d, m, then m x^2, m y^2, m d^2
-    __shared__ __align__(16) typename ForwardRows<C, R, kNormalized>::type rows;
+    // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2,
+    // m d^2; the finish's doubles after the march (8-byte aligned)
+    __shared__ __align__(8) typename ForwardRows<C, R, kNormalized>::type rows;
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has 8 more
     // The plane index, the planes' offsets, the shifts and their pixel's offsets wait in shared memory,
@@ -395,20 +364,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             moment_terms(xy.x, xy.y, v);
         });
         __syncthreads();
-        // The vertical pass leaves each pixel's five moments in the space of the rows (once every thread
-        // has read them), moments[q][i][tid]: the pixels' formulas then run one at a time, not kRows at
-        // once in registers (which spilled under the 64-register cap). A warp stores and loads 32
-        // consecutive words.
+        // The vertical pass leaves each pixel's five moments in registers, m[i], and the pixels' formulas
+        // follow, unrolled (at 64 registers without a spill since the tile load's addresses come from
+        // halo_at; with a loop over i they went through shared memory, which spilled in registers).
         C m[kRows][5];
         vertical_rows<C, R, 5>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[5]) {
             for (int q = 0; q < 5; ++q) m[i][q] = v[q];
         });
-        __syncthreads();
-        using Staged = StagedMoments<C, kRows>;
-        static_assert(sizeof(rows) >= sizeof(Staged), "the rows hold the moments");
-        Staged& moments = *reinterpret_cast<Staged*>(&rows);
-#pragma unroll
-        for (int i = 0; i < kRows; ++i) moments.store(i, tid, m[i]);
         const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
                               : nullptr;
 #pragma unroll
@@ -416,7 +378,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             if (i >= rows_here) break;
             const int row = g.row + first_row + i;
             C v[5];
-            moments.load(i, tid, v);
+            for (int q = 0; q < 5; ++q) v[q] = m[i][q];
             const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
             const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
             if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
