@@ -218,7 +218,12 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int top = g.row + g.offset - R, left = g.col + g.offset - R;  // the halo, in image pixels
-    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= height && left + Shape::kHaloCols <= width;
+    // The fast tile load (below): the halo inside the image, and x's and y's steps of kWarps rows as 32-bit
+    // numbers (one widening multiply-add per address, not a 64-bit addition); the other tiles load as the
+    // border tiles do.
+    constexpr long long kNarrowRow = (1LL << 31) / kWarps;
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= height && left + Shape::kHaloCols <= width &&
+                        x_row > -kNarrowRow && x_row < kNarrowRow && y_row > -kNarrowRow && y_row < kNarrowRow;
     const int shift_row = Shape::shift_row(g.row + g.offset, height);
     const int shift_col = Shape::shift_col(g.col + g.offset, width);
     // this thread's map pixels: column col, rows first_row .. first_row + kRows - 1 of the tile
@@ -276,7 +281,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 // the tables halo_at, the next ones a row step further, shared ones at constant offsets.
                 const T* xo = xp + (halo_at[0][warp] + halo_at[0][kWarps + lane]);
                 const T* yo = yp + (halo_at[1][warp] + halo_at[1][kWarps + lane]);
-                const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
+                const int x_step = (int)(kWarps * x_row), y_step = (int)(kWarps * y_row);
                 typename PairOf<C>::type* to = &tile[warp][lane];
                 if constexpr (kNormalized) {  // and the weights, x' and y' 0 where they are 0
                     const C* ko = mask + outer * k_outer + inner * k_inner + (top + warp) * k_row + (left + lane) * k_col;
@@ -285,15 +290,16 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
                         const C w = ko[i * k_step];
                         to[kWarps * Shape::kPitch * i] =
-                            w > C(0) ? pair((C)element_value(xo[i * x_step]) * inv_range - kx,
-                                            (C)element_value(yo[i * y_step]) * inv_range - ky)
+                            w > C(0) ? pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
+                                            (C)element_value(yo[(long long)y_step * i]) * inv_range - ky)
                                      : pair(C(0), C(0));
                         tm[kWarps * Shape::kPitch * i] = w;
                     });
                 } else {
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                        to[kWarps * Shape::kPitch * i] = pair((C)element_value(xo[i * x_step]) * inv_range - kx,
-                                                              (C)element_value(yo[i * y_step]) * inv_range - ky);
+                        to[kWarps * Shape::kPitch * i] =
+                            pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
+                                 (C)element_value(yo[(long long)y_step * i]) * inv_range - ky);
                     });
                 }
             } else {
