@@ -64,32 +64,26 @@ enum ForwardOption {
 __device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
 __device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
 
-// The forward's five moments mx, md, Exx, Eyy, Edd in float: (mx, md) and (Exx, Eyy) as 8-byte pairs,
-// so that a row is three loads in the vertical pass, not five. Bank conflicts, none: 8-byte accesses
-// are served per half-warp; a half-warp of the horizontal pass stores one column of 16 consecutive rows,
-// the pitch of 17 pairs puts row r + 1 at banks 2 further (16 different bank pairs); one of the vertical
-// pass loads 16 consecutive pairs of one row.
+// The forward's five moments mx, md, Exx, Eyy, Edd in float: (mx, md, Exx, Eyy) as one 16-byte element and
+// Edd, so that a row is two loads in the vertical pass, not five, and an output two stores in the horizontal
+// one. Bank conflicts, none: 16-byte accesses are served per quarter-warp; a quarter-warp of the horizontal
+// pass stores one column of 8 consecutive rows, the pitch of 17 elements (68 words) puts row r + 1 at banks 4
+// further (8 different groups of 4 banks); one of the vertical pass loads 8 consecutive elements of one row.
 template <int R> struct MomentRows {
     static constexpr int kHaloRows = Tile<float, R>::kHaloRows, kPitch = Tile<float, R>::kRowsPitch;
-    float2 pairs[2][kHaloRows][kPitch];
+    float4 quads[kHaloRows][kPitch];
     float dd[kHaloRows][kPitch];
 
     __device__ void store(int r, int c, const float (&v)[5]) {
-        float2 mean, square;
-        mean.x = v[0];
-        mean.y = v[1];
-        square.x = v[2];
-        square.y = v[3];
-        pairs[0][r][c] = mean;
-        pairs[1][r][c] = square;
+        quads[r][c] = make_float4(v[0], v[1], v[2], v[3]);
         dd[r][c] = v[4];
     }
     __device__ void load(int r, int c, float (&v)[5]) const {
-        const float2 mean = pairs[0][r][c], square = pairs[1][r][c];
-        v[0] = mean.x;
-        v[1] = mean.y;
-        v[2] = square.x;
-        v[3] = square.y;
+        const float4 q = quads[r][c];
+        v[0] = q.x;
+        v[1] = q.y;
+        v[2] = q.z;
+        v[3] = q.w;
         v[4] = dd[r][c];
     }
 };
@@ -197,8 +191,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ typename PairOf<C>::type tile[kHaloRows][Shape::kPitch];
     __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
     // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2,
-    // m d^2; the finish's doubles after the march (8-byte aligned)
-    __shared__ __align__(8) typename ForwardRows<C, R, kNormalized>::type rows;
+    // m d^2 (16-byte aligned: MomentRows' elements)
+    __shared__ __align__(16) typename ForwardRows<C, R, kNormalized>::type rows;
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has 8 more
     // The plane index, the planes' offsets, the shifts and their pixel's offsets wait in shared memory,
