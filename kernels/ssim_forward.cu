@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         PlaneIndex plane;
         long long map_offset, mask_offset;
         long long shift_at[2];  // the shift pixel's offset in x's and y's plane (thread 0's, not every thread's)
-        long long plane_at[2];  // the plane's offset in x and in y
+        long long plane_at[3];  // the plane's offset in x, in y and (normalized) in the mask
         C shift[2];
     } held;
 
@@ -217,7 +217,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // border tiles do.
     constexpr long long kNarrowRow = (1LL << 31) / kWarps;
     const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= height && left + Shape::kHaloCols <= width &&
-                        x_row > -kNarrowRow && x_row < kNarrowRow && y_row > -kNarrowRow && y_row < kNarrowRow;
+                        x_row > -kNarrowRow && x_row < kNarrowRow && y_row > -kNarrowRow && y_row < kNarrowRow &&
+                        (!kNormalized || (k_row > -kNarrowRow && k_row < kNarrowRow));  // and the weights'
     const int shift_row = Shape::shift_row(g.row + g.offset, height);
     const int shift_col = Shape::shift_col(g.col + g.offset, width);
     // this thread's map pixels: column col, rows first_row .. first_row + kRows - 1 of the tile
@@ -232,16 +233,19 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ int halo_rows[kHaloRows], halo_cols[Shape::kHaloCols];
     if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, height, padding);
     if (tid < Shape::kHaloCols) halo_cols[tid] = halo_source(left + tid, width, padding);
-    // Interior tiles: the element offsets in a plane of x and of y of each warp's first halo row (top + w) and of
-    // each lane's halo column (left + l), worked out once for every plane by the threads t < kWarps +
-    // kHaloCols, so that a thread's first address in a plane is three additions, not four 64-bit products.
-    __shared__ long long halo_at[2][kWarps + Shape::kHaloCols];
+    // Interior tiles: the element offsets in a plane of x, of y (and normalized, of the mask) of each warp's
+    // first halo row (top + w) and of each lane's halo column (left + l), worked out once for every plane by
+    // the threads t < kWarps + kHaloCols, so that a thread's first address in a plane is three additions, not
+    // four 64-bit products.
+    __shared__ long long halo_at[kNormalized ? 3 : 2][kWarps + Shape::kHaloCols];
     if (tid < kWarps) {
         halo_at[0][tid] = (long long)(top + tid) * x_row;
         halo_at[1][tid] = (long long)(top + tid) * y_row;
+        if constexpr (kNormalized) halo_at[2][tid] = (long long)(top + tid) * k_row;
     } else if (tid < kWarps + Shape::kHaloCols) {
         halo_at[0][tid] = (long long)(left + tid - kWarps) * x_col;
         halo_at[1][tid] = (long long)(left + tid - kWarps) * y_col;
+        if constexpr (kNormalized) halo_at[2][tid] = (long long)(left + tid - kWarps) * k_col;
     }
     if (tid == 0) {
         held.plane.start(inner_count);
@@ -258,9 +262,12 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             held.shift[1] = tile_shift(y + held.plane_at[1], held.shift_at[1], inv_range);
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
             // the mask's plane, at the map's origin (map pixel (i, j) weighs mask pixel (i + offset, j + offset))
-            if (kMasked) held.mask_offset = outer * k_outer + inner * k_inner + g.offset * (k_row + k_col);
+            if (kMasked) {
+                held.plane_at[2] = outer * k_outer + inner * k_inner;
+                held.mask_offset = held.plane_at[2] + g.offset * (k_row + k_col);
+            }
             // normalized: no shift from a pixel of weight 0, whose value may be anything (the backward agrees)
-            if (kNormalized && !(mask[outer * k_outer + inner * k_inner + shift_row * k_row + shift_col * k_col] > C(0)))
+            if (kNormalized && !(mask[held.plane_at[2] + shift_row * k_row + shift_col * k_col] > C(0)))
                 held.shift[0] = held.shift[1] = C(0);
         }
         __syncthreads();
@@ -278,11 +285,11 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 const int x_step = (int)(kWarps * x_row), y_step = (int)(kWarps * y_row);
                 typename PairOf<C>::type* to = &tile[warp][lane];
                 if constexpr (kNormalized) {  // and the weights, x' and y' 0 where they are 0
-                    const C* ko = mask + outer * k_outer + inner * k_inner + (top + warp) * k_row + (left + lane) * k_col;
-                    const long long k_step = kWarps * k_row;
+                    const C* ko = mask + (held.plane_at[2] + halo_at[2][warp] + halo_at[2][kWarps + lane]);
+                    const int k_step = (int)(kWarps * k_row);
                     C* tm = &weight_tile[warp][lane];
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                        const C w = ko[i * k_step];
+                        const C w = ko[(long long)k_step * i];
                         to[kWarps * Shape::kPitch * i] =
                             w > C(0) ? pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
                                             (C)element_value(yo[(long long)y_step * i]) * inv_range - ky)
