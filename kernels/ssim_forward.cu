@@ -149,16 +149,23 @@ __device__ inline void normalized_moments(Rows& rows, const Pairs& tile, const W
 // R = 7 at most 3 (80 registers): at 64, the passes' 20 sums and 8 taps left no room for a few set-up
 // values, which spilled (8 to 16 bytes). With FORWARD_COMBINE 1: that forward is MS-SSIM's last scale,
 // the smallest image (a few blocks per plane), whose occupancy does not matter, and the combine's
-// float64 log and exp need registers.
+// float64 log and exp need registers. __half's masked forward with partials at most 3 (80 registers): at 64,
+// with the moments in registers through the formulas, it spilled 4 to 8 bytes on sm_90 (its elements'
+// conversion in the tile load; float's does not spill).
+template <class T> struct IsHalf { static constexpr bool value = false; };
+template <> struct IsHalf<__half> { static constexpr bool value = true; };
 template <class T, int R, int Options> struct ForwardMinBlocks {
     using C = typename cussim::ComputeType<T>::type;
+    static constexpr bool kHalfMaskedPartials =
+        IsHalf<T>::value && (Options & cussim::FORWARD_MASK) && cussim::forward_formula(Options) != cussim::GRADIENT_NONE;
     static constexpr int value =
         Options & cussim::FORWARD_COMBINE ? 1
         // normalised convolution: 3 tiles and 3 filtered rows, its moments in registers: 80 registers (at
         // R = 7, 128: 80 spilled 8 bytes on sm_90)
         : Options & cussim::FORWARD_NORMALIZED
             ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value, R < 7 ? 3 : 2>::value
-            : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value, R < 7 ? 4 : 3>::value;
+            : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value,
+                                    R < 7 && !kHalfMaskedPartials ? 4 : 3>::value;
 };
 
 template <class T, int R, int Options>
@@ -386,7 +393,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
 #pragma unroll
         for (int i = 0; i < kRows; ++i) {
             const bool here = i < rows_here;
-            if (formula != GRADIENT_NONE && !here) break;
+            if ((formula != GRADIENT_NONE || Options & FORWARD_MAP) && !here) break;
             const int row = g.row + first_row + i;
             C v[5];
             for (int q = 0; q < 5; ++q) v[q] = m[i][q];
