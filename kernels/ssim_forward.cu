@@ -150,8 +150,7 @@ __device__ inline void normalized_moments(Rows& rows, const Pairs& tile, const W
 // values, which spilled (8 to 16 bytes). With FORWARD_COMBINE 1: that forward is MS-SSIM's last scale,
 // the smallest image (a few blocks per plane), whose occupancy does not matter, and the combine's
 // float64 log and exp need registers. __half's masked forward with partials at most 3 (80 registers): at 64,
-// with the moments in registers through the formulas, it spilled 4 to 8 bytes on sm_90 (its elements'
-// conversion in the tile load; float's does not spill).
+// with the moments in registers through the formulas, it spilled 4 to 8 bytes on sm_90 (float's does not).
 template <class T> struct IsHalf { static constexpr bool value = false; };
 template <> struct IsHalf<__half> { static constexpr bool value = true; };
 template <class T, int R, int Options> struct ForwardMinBlocks {
@@ -379,27 +378,25 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         });
         __syncthreads();
         // The vertical pass leaves each pixel's five moments in registers, m[i], and the pixels' formulas
-        // follow, unrolled (at 64 registers without a spill since the tile load's addresses come from
-        // halo_at; with a loop over i they went through shared memory, which spilled in registers).
+        // follow, unrolled (m indexed at compile time; no staging through shared memory, no barrier).
         C m[kRows][5];
         vertical_rows<C, R, 5>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[5]) {
             for (int q = 0; q < 5; ++q) m[i][q] = v[q];
         });
         const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
                               : nullptr;
-        // Without partials every row's formula runs, the map's stores only for the rows in it (here), and the sums
-        // count none past it; with them the rows past the map are skipped (a branch between the formulas: without
-        // it, the exact forward spilled 24 to 32 bytes on sm_90 under its 64 registers).
+        // Without partials or map every row's formula runs, and the sums count none past the map; with them the
+        // rows past it are skipped (a branch between the formulas: without it, the exact forward spilled 24 to
+        // 32 bytes on sm_90 under its 64 registers, the map 4).
 #pragma unroll
         for (int i = 0; i < kRows; ++i) {
-            const bool here = i < rows_here;
-            if ((formula != GRADIENT_NONE || Options & FORWARD_MAP) && !here) break;
+            if ((formula != GRADIENT_NONE || Options & FORWARD_MAP) && i >= rows_here) break;
             const int row = g.row + first_row + i;
             C v[5];
             for (int q = 0; q < 5; ++q) v[q] = m[i][q];
             const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
             const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
-            if (Options & FORWARD_MAP && here) map[held.map_offset + row * m_row + col * m_col] = px.s;
+            if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
             const bool counted = col_counted && row >= crop && row < g.map_h - crop;
             // masked: this pixel's weight m, 0 where the mean does not count it, scales its share of the sums
             C m = C(0);
