@@ -14,8 +14,8 @@ ones, the loop over depth inside the loop over volumes. Inside the march:
   average; its SASS body may hold several source iterations (the compiler
   unrolls), counted by its shared-memory stores against the stores one
   source iteration makes (a vector store counts as the elements it writes:
-  the 2-D forward's horizontal pass writes (mx, md) and (Exx, Eyy) of an
-  output with 8-byte stores). So it costs (body instructions / source
+  the 2-D forward's horizontal pass writes (mx, md, Exx, Eyy) of an
+  output with one 16-byte store). So it costs (body instructions / source
   iterations in the body) x n / 256, n counting single outputs. Where there
   are several versions of one loop (the compiler's, for reflection and for
   zero padding; a fast path for tiles whose halo lies inside the image,
@@ -48,9 +48,10 @@ compiler keeps as a loop of the strided form r = lane + 32 (w / 4) + 64 i
 ceil((16 k + 2R) / 64) and ceil((16 k + 2R - 32) / 64) iterations (what each
 warp issues, idle lanes included), divided by k per pixel; a source
 iteration of it stores 4 columns of 3 maps (backward) or of 5 moments
-(forward). The forward's pixel loop (the one loop of its march that stores
+(forward). A forward's pixel loop (the one loop of its march that stores
 nothing to shared memory) runs k iterations per thread, one per pixel: its
-body counts once per pixel.
+body counts once per pixel. ssim_forward unrolls its k pixels (straight
+code, counted per tile pixel: an upper bound at the map's last tile row).
 
 The 2.5-D scheme of the 3-D kernels (kernels/ssim3d.cu) marches a tile along
 depth over a chunk of c output planes (``cussim._launch3d.DEPTH_CHUNK``,

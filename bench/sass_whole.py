@@ -16,8 +16,9 @@ exits, returns):
   atomic on the blocks' counter (the block sums' last-block test); the finish
   or combine that the last block runs counts its static instructions, each
   loop's body ceil(block sums / 256) times, once per launch;
-- the 2-D forward's pixel loop counts the image's pixels, the rest the tiles'
-  (the edge tiles' pixels outside the image issue as the others).
+- a 2-D forward's pixel loop counts the image's pixels, the rest the tiles'
+  (the edge tiles' pixels outside the image issue as the others; ssim_forward's
+  unrolled pixels count as tile pixels).
 
 Instructions count per warp that issues them (thread instructions, idle
 lanes included): code under ``if (tid < n)`` or ``if (tid == 0)`` counts for

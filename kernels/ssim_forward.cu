@@ -64,66 +64,29 @@ enum ForwardOption {
 __device__ constexpr int forward_formula(int options) { return options & (FORWARD_EXACT | FORWARD_SKIMAGE); }
 __device__ constexpr int forward_term(int options) { return options & FORWARD_CS ? TERM_CS : TERM_SSIM; }
 
-// The forward's five moments mx, md, Exx, Eyy, Edd in float: (mx, md) and (Exx, Eyy) as 8-byte pairs,
-// so that a row is three loads in the vertical pass, not five. Bank conflicts, none: 8-byte accesses
-// are served per half-warp; a half-warp of the horizontal pass stores one column of 16 consecutive rows,
-// the pitch of 17 pairs puts row r + 1 at banks 2 further (16 different bank pairs); one of the vertical
-// pass loads 16 consecutive pairs of one row.
+// The forward's five moments mx, md, Exx, Eyy, Edd in float: (mx, md, Exx, Eyy) as one 16-byte element and
+// Edd, so that a row is two loads in the vertical pass, not five, and an output two stores in the horizontal
+// one. Bank conflicts, none: 16-byte accesses are served per quarter-warp; a quarter-warp of the horizontal
+// pass stores one column of 8 consecutive rows, the pitch of 17 elements (68 words) puts row r + 1 at banks 4
+// further (8 different groups of 4 banks); one of the vertical pass loads 8 consecutive elements of one row.
 template <int R> struct MomentRows {
     static constexpr int kHaloRows = Tile<float, R>::kHaloRows, kPitch = Tile<float, R>::kRowsPitch;
-    float2 pairs[2][kHaloRows][kPitch];
+    float4 quads[kHaloRows][kPitch];
     float dd[kHaloRows][kPitch];
 
     __device__ void store(int r, int c, const float (&v)[5]) {
-        float2 mean, square;
-        mean.x = v[0];
-        mean.y = v[1];
-        square.x = v[2];
-        square.y = v[3];
-        pairs[0][r][c] = mean;
-        pairs[1][r][c] = square;
+        quads[r][c] = make_float4(v[0], v[1], v[2], v[3]);
         dd[r][c] = v[4];
     }
     __device__ void load(int r, int c, float (&v)[5]) const {
-        const float2 mean = pairs[0][r][c], square = pairs[1][r][c];
-        v[0] = mean.x;
-        v[1] = mean.y;
-        v[2] = square.x;
-        v[3] = square.y;
-        v[4] = dd[r][c];
-    }
-};
-// The five moments of each of a thread's kRows pixels between the vertical pass and the formula (in the
-// space of the rows): moments[q][i][tid] in double; in float (mx, md, Exx, Eyy) as one 16-byte element and
-// Edd, two stores and two loads per pixel, not five. A warp's accesses are 32 consecutive elements.
-template <class C, int kRows> struct StagedMoments {
-    C moments[5][kRows][kTile * kTile];
-
-    __device__ void store(int i, int tid, const C (&v)[5]) {
-        for (int q = 0; q < 5; ++q) moments[q][i][tid] = v[q];
-    }
-    __device__ void load(int i, int tid, C (&v)[5]) const {
-        for (int q = 0; q < 5; ++q) v[q] = moments[q][i][tid];
-    }
-};
-template <int kRows> struct StagedMoments<float, kRows> {
-    float4 quad[kRows][kTile * kTile];
-    float dd[kRows][kTile * kTile];
-
-    __device__ void store(int i, int tid, const float (&v)[5]) {
-        quad[i][tid] = make_float4(v[0], v[1], v[2], v[3]);
-        dd[i][tid] = v[4];
-    }
-    __device__ void load(int i, int tid, float (&v)[5]) const {
-        const float4 q = quad[i][tid];
+        const float4 q = quads[r][c];
         v[0] = q.x;
         v[1] = q.y;
         v[2] = q.z;
         v[3] = q.w;
-        v[4] = dd[i][tid];
+        v[4] = dd[r][c];
     }
 };
-
 // Normalised convolution's rows (FORWARD_NORMALIZED): three quantities, filtered in two rounds (the six
 // would pass the 48 KiB of static shared memory beside the third tile, the weights).
 template <class C, int R, bool Normalized = false> struct ForwardRows {
@@ -186,16 +149,22 @@ __device__ inline void normalized_moments(Rows& rows, const Pairs& tile, const W
 // R = 7 at most 3 (80 registers): at 64, the passes' 20 sums and 8 taps left no room for a few set-up
 // values, which spilled (8 to 16 bytes). With FORWARD_COMBINE 1: that forward is MS-SSIM's last scale,
 // the smallest image (a few blocks per plane), whose occupancy does not matter, and the combine's
-// float64 log and exp need registers.
+// float64 log and exp need registers. __half's masked forward with partials at most 3 (80 registers): at 64,
+// with the moments in registers through the formulas, it spilled 4 to 8 bytes on sm_90 (float's does not).
+template <class T> struct IsHalf { static constexpr bool value = false; };
+template <> struct IsHalf<__half> { static constexpr bool value = true; };
 template <class T, int R, int Options> struct ForwardMinBlocks {
     using C = typename cussim::ComputeType<T>::type;
+    static constexpr bool kHalfMaskedPartials =
+        IsHalf<T>::value && (Options & cussim::FORWARD_MASK) && cussim::forward_formula(Options) != cussim::GRADIENT_NONE;
     static constexpr int value =
         Options & cussim::FORWARD_COMBINE ? 1
         // normalised convolution: 3 tiles and 3 filtered rows, its moments in registers: 80 registers (at
         // R = 7, 128: 80 spilled 8 bytes on sm_90)
         : Options & cussim::FORWARD_NORMALIZED
             ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value, R < 7 ? 3 : 2>::value
-            : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value, R < 7 ? 4 : 3>::value;
+            : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value,
+                                    R < 7 && !kHalfMaskedPartials ? 4 : 3>::value;
 };
 
 template <class T, int R, int Options>
@@ -227,18 +196,20 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // horizontal pass, not two); normalized: 0 where m is 0, and the weights m around the tile
     __shared__ typename PairOf<C>::type tile[kHaloRows][Shape::kPitch];
     __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
-    // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y), then StagedMoments (16-byte elements);
-    // normalized: m x, m d, m, then m x^2, m y^2, m d^2
+    // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2,
+    // m d^2 (16-byte aligned: MomentRows' elements)
     __shared__ __align__(16) typename ForwardRows<C, R, kNormalized>::type rows;
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kMasked ? 2 * kWarps : kWarps];  // masked: the weights' block sum has 8 more
-    // The plane index, the map's plane offset, the shifts and the inputs' strides wait in shared memory,
+    // The plane index, the planes' offsets, the shifts and their pixel's offsets wait in shared memory,
     // not in registers through the passes (which spilled under the register cap: ptxas kept each
     // thread's tile-load offsets across the planes). Thread 0 writes them; the barriers before and after
     // the tile load and in the block sum order it.
     __shared__ struct {
         PlaneIndex plane;
-        long long map_offset, mask_offset, x_row, x_col, y_row, y_col;
+        long long map_offset, mask_offset;
+        long long shift_at[2];  // the shift pixel's offset in x's and y's plane (thread 0's, not every thread's)
+        long long plane_at[3];  // the plane's offset in x, in y and (normalized) in the mask
         C shift[2];
     } held;
 
@@ -247,7 +218,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int top = g.row + g.offset - R, left = g.col + g.offset - R;  // the halo, in image pixels
-    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= height && left + Shape::kHaloCols <= width;
+    // The fast tile load (below): the halo inside the image, and x's and y's steps of kWarps rows as 32-bit
+    // numbers (one widening multiply-add per address, not a 64-bit addition); the other tiles load as the
+    // border tiles do.
+    constexpr long long kNarrowRow = (1LL << 31) / kWarps;
+    const bool inside = top >= 0 && left >= 0 && top + kHaloRows <= height && left + Shape::kHaloCols <= width &&
+                        x_row > -kNarrowRow && x_row < kNarrowRow && y_row > -kNarrowRow && y_row < kNarrowRow &&
+                        (!kNormalized || (k_row > -kNarrowRow && k_row < kNarrowRow));  // and the weights'
     const int shift_row = Shape::shift_row(g.row + g.offset, height);
     const int shift_col = Shape::shift_col(g.col + g.offset, width);
     // this thread's map pixels: column col, rows first_row .. first_row + kRows - 1 of the tile
@@ -262,58 +239,74 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ int halo_rows[kHaloRows], halo_cols[Shape::kHaloCols];
     if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, height, padding);
     if (tid < Shape::kHaloCols) halo_cols[tid] = halo_source(left + tid, width, padding);
+    // Interior tiles: the element offsets in a plane of x, of y (and normalized, of the mask) of each warp's
+    // first halo row (top + w) and of each lane's halo column (left + l), worked out once for every plane by
+    // the threads t < kWarps + kHaloCols, so that a thread's first address in a plane is three additions, not
+    // four 64-bit products.
+    __shared__ long long halo_at[kNormalized ? 3 : 2][kWarps + Shape::kHaloCols];
+    if (tid < kWarps) {
+        halo_at[0][tid] = (long long)(top + tid) * x_row;
+        halo_at[1][tid] = (long long)(top + tid) * y_row;
+        if constexpr (kNormalized) halo_at[2][tid] = (long long)(top + tid) * k_row;
+    } else if (tid < kWarps + Shape::kHaloCols) {
+        halo_at[0][tid] = (long long)(left + tid - kWarps) * x_col;
+        halo_at[1][tid] = (long long)(left + tid - kWarps) * y_col;
+        if constexpr (kNormalized) halo_at[2][tid] = (long long)(left + tid - kWarps) * k_col;
+    }
     if (tid == 0) {
         held.plane.start(inner_count);
-        held.x_row = x_row;
-        held.x_col = x_col;
-        held.y_row = y_row;
-        held.y_col = y_col;
+        held.shift_at[0] = shift_row * x_row + shift_col * x_col;
+        held.shift_at[1] = shift_row * y_row + shift_col * y_col;
     }
 
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         if (tid == 0) {
             const long long outer = held.plane.outer, inner = held.plane.inner;
-            held.shift[0] = tile_shift(x + outer * x_outer + inner * x_inner, shift_row * x_row + shift_col * x_col,
-                                       inv_range);
-            held.shift[1] = tile_shift(y + outer * y_outer + inner * y_inner, shift_row * y_row + shift_col * y_col,
-                                       inv_range);
+            held.plane_at[0] = outer * x_outer + inner * x_inner;
+            held.plane_at[1] = outer * y_outer + inner * y_inner;
+            held.shift[0] = tile_shift(x + held.plane_at[0], held.shift_at[0], inv_range);
+            held.shift[1] = tile_shift(y + held.plane_at[1], held.shift_at[1], inv_range);
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
             // the mask's plane, at the map's origin (map pixel (i, j) weighs mask pixel (i + offset, j + offset))
-            if (kMasked) held.mask_offset = outer * k_outer + inner * k_inner + g.offset * (k_row + k_col);
+            if (kMasked) {
+                held.plane_at[2] = outer * k_outer + inner * k_inner;
+                held.mask_offset = held.plane_at[2] + g.offset * (k_row + k_col);
+            }
             // normalized: no shift from a pixel of weight 0, whose value may be anything (the backward agrees)
-            if (kNormalized && !(mask[outer * k_outer + inner * k_inner + shift_row * k_row + shift_col * k_col] > C(0)))
+            if (kNormalized && !(mask[held.plane_at[2] + shift_row * k_row + shift_col * k_col] > C(0)))
                 held.shift[0] = held.shift[1] = C(0);
         }
         __syncthreads();
         const long long outer = held.plane.outer, inner = held.plane.inner;
-        const T* xp = x + outer * x_outer + inner * x_inner;
-        const T* yp = y + outer * y_outer + inner * y_inner;
+        const T* xp = x + held.plane_at[0];
+        const T* yp = y + held.plane_at[1];
         const C kx = held.shift[0], ky = held.shift[1];
         if (lane < Shape::kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
             if (inside) {
                 // The fast path (most tiles): the halo inside the image, no bounds test, no padding, all
-                // loads in flight (warp_halo_rows), addresses from the strides read back from `held` in
-                // each plane, shared ones at constant offsets.
-                const T* xo = xp + (top + warp) * held.x_row + (left + lane) * held.x_col;
-                const T* yo = yp + (top + warp) * held.y_row + (left + lane) * held.y_col;
-                const long long x_step = kWarps * x_row, y_step = kWarps * y_row;
+                // loads in flight (warp_halo_rows), a thread's first addresses from the plane's offsets and
+                // the tables halo_at, the next ones a row step further, shared ones at constant offsets.
+                const T* xo = xp + (halo_at[0][warp] + halo_at[0][kWarps + lane]);
+                const T* yo = yp + (halo_at[1][warp] + halo_at[1][kWarps + lane]);
+                const int x_step = (int)(kWarps * x_row), y_step = (int)(kWarps * y_row);
                 typename PairOf<C>::type* to = &tile[warp][lane];
                 if constexpr (kNormalized) {  // and the weights, x' and y' 0 where they are 0
-                    const C* ko = mask + outer * k_outer + inner * k_inner + (top + warp) * k_row + (left + lane) * k_col;
-                    const long long k_step = kWarps * k_row;
+                    const C* ko = mask + (held.plane_at[2] + halo_at[2][warp] + halo_at[2][kWarps + lane]);
+                    const int k_step = (int)(kWarps * k_row);
                     C* tm = &weight_tile[warp][lane];
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                        const C w = ko[i * k_step];
+                        const C w = ko[(long long)k_step * i];
                         to[kWarps * Shape::kPitch * i] =
-                            w > C(0) ? pair((C)element_value(xo[i * x_step]) * inv_range - kx,
-                                            (C)element_value(yo[i * y_step]) * inv_range - ky)
+                            w > C(0) ? pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
+                                            (C)element_value(yo[(long long)y_step * i]) * inv_range - ky)
                                      : pair(C(0), C(0));
                         tm[kWarps * Shape::kPitch * i] = w;
                     });
                 } else {
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                        to[kWarps * Shape::kPitch * i] = pair((C)element_value(xo[i * x_step]) * inv_range - kx,
-                                                              (C)element_value(yo[i * y_step]) * inv_range - ky);
+                        to[kWarps * Shape::kPitch * i] =
+                            pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
+                                 (C)element_value(yo[(long long)y_step * i]) * inv_range - ky);
                     });
                 }
             } else {
@@ -384,27 +377,23 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             moment_terms(xy.x, xy.y, v);
         });
         __syncthreads();
-        // The vertical pass leaves each pixel's five moments in the space of the rows (once every thread
-        // has read them), moments[q][i][tid]: the pixels' formulas then run one at a time, not kRows at
-        // once in registers (which spilled under the 64-register cap). A warp stores and loads 32
-        // consecutive words.
+        // The vertical pass leaves each pixel's five moments in registers, m[i], and the pixels' formulas
+        // follow, unrolled (m indexed at compile time; no staging through shared memory, no barrier).
         C m[kRows][5];
         vertical_rows<C, R, 5>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[5]) {
             for (int q = 0; q < 5; ++q) m[i][q] = v[q];
         });
-        __syncthreads();
-        using Staged = StagedMoments<C, kRows>;
-        static_assert(sizeof(rows) >= sizeof(Staged), "the rows hold the moments");
-        Staged& moments = *reinterpret_cast<Staged*>(&rows);
-#pragma unroll
-        for (int i = 0; i < kRows; ++i) moments.store(i, tid, m[i]);
         const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
                               : nullptr;
-#pragma unroll 1
-        for (int i = 0; i < rows_here; ++i) {
+        // Without partials or map every row's formula runs, and the sums count none past the map; with them the
+        // rows past it are skipped (a branch between the formulas: without it, the exact forward spilled 24 to
+        // 32 bytes on sm_90 under its 64 registers, the map 4).
+#pragma unroll
+        for (int i = 0; i < kRows; ++i) {
+            if ((formula != GRADIENT_NONE || Options & FORWARD_MAP) && i >= rows_here) break;
             const int row = g.row + first_row + i;
             C v[5];
-            moments.load(i, tid, v);
+            for (int q = 0; q < 5; ++q) v[q] = m[i][q];
             const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
             const Pixel<C> px = ssim_pixel(v, sx, sy, c1, c2, cov, forward_term(Options), formula);
             if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
