@@ -252,7 +252,8 @@ __device__ inline void backward_planes(
             }
         }
         __syncthreads();
-        horizontal_pass<C, R, 3, false>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+        // packed sweeps (10 warp iterations at R = 5, not 12), but in MS-SSIM's backward (see horizontal_pass)
+        horizontal_pass<C, R, 3, !MsSsim>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
             for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
         });
         __syncthreads();

@@ -380,8 +380,8 @@ template <class C, int R, int Q> struct FilteredRows {
 // multiple of 64 (all of them in double); thread t < 4 n of the n rows left
 // (2R in float) filters columns 4 (t / n) .. of row 64 + t % n, so that 8
 // warps take each (row, 4 columns) pair once with as few warp iterations as
-// can be (10 per 74 rows at R = 5, not 12). Without Pack (the backward: with
-// it, ssim_backward<unsigned char, 7, GRAD_MSSSIM> spills 4 bytes on sm_80
+// can be (10 per 74 rows at R = 5, not 12). Without Pack (MS-SSIM's backward:
+// with it, ssim_backward<unsigned char, 7, GRAD_MSSSIM> spills 4 bytes on sm_80
 // under its 80 registers) the sweeps go on over every halo row, 12 warp
 // iterations at R = 5. Each loaded value serves up to 4 outputs. load(r, c, v)
 // gives the Q quantities of halo pixel (r, c).
