@@ -32,12 +32,74 @@ template <class C> struct PyramidTerms {
     int variant;
 };
 
+// N consecutive values of C as one shared-memory load (16 or 8 bytes).
+template <class C, int N> struct VectorOf;
+template <> struct VectorOf<float, 4> { using type = float4; };
+template <> struct VectorOf<float, 2> { using type = float2; };
+template <> struct VectorOf<double, 2> { using type = double2; };
+
+// v[s][q] = at[s] for s < N, in one load (at: aligned to the vector).
+template <int N, class C, int Q>
+__device__ inline void load_span(const C* at, int q, C (&v)[N][Q]) {
+    const typename VectorOf<C, N>::type w = *reinterpret_cast<const typename VectorOf<C, N>::type*>(at);
+    v[0][q] = w.x;
+    v[1][q] = w.y;
+    if constexpr (N == 4) {
+        v[2][q] = w.z;
+        v[3][q] = w.w;
+    }
+}
+
 // The backward's tile (Tile): the partial maps' halo, three maps loaded and
 // filtered, and the table of shift moves of the forward tiles its halo reads.
+// The horizontal pass reads a halo row kHaloSpan columns at once (16-byte loads; 8-byte where 16 would pass
+// the 48 KiB of static shared memory, float at R = 7), so the halo's pitch is an odd multiple of kHaloSpan
+// (the 32 rows of a warp's vector loads fall in distinct bank groups, as the odd pitch of Tile's scalar
+// ones), past the last column a thread reads; the filtered rows lie column by column (ColumnRows), read
+// kRows rows at once by the vertical pass (float: 4, one 16-byte load; double: 1), their pitch an odd
+// multiple of that (the 16 columns of a half-warp in distinct bank groups).
+// The smallest odd multiple of v that holds the elements first .. first + v ceil(count / v) - 1 (a thread's
+// vector loads) and at least n: a pitch of BackwardTile.
+__device__ constexpr int spanned_pitch(int n, int first, int count, int v) {
+    const int end = first + (count + v - 1) / v * v, at_least = n > end ? n : end;
+    return (at_least + v - 1) / (2 * v) * (2 * v) + v;
+}
+
 template <class C, int R> struct BackwardTile : Tile<C, R> {
+    using Base = Tile<C, R>;
     // forward tiles whose shifts the halo can need (see backward_planes)
     static constexpr int kMoveRows = 4, kMoveCols = 4;
-    static constexpr int kSharedBytes = TileSharedBytes<C, R, 3, 3>::value;
+    static constexpr int kColumnSpan = Base::kRows;
+    static constexpr int kColumnPitch =
+        spanned_pitch(Base::kHaloRows, Base::kHeight - Base::kRows, Base::kRows + 2 * R, kColumnSpan);
+    static constexpr int kWidePitch =
+        spanned_pitch(Base::kHaloCols, kTile - Base::kHorizontalCols, 2 * R + Base::kHorizontalCols, 4);
+    // static shared memory with 16-byte halo loads, bounded above (the small tables: 2 KiB at most)
+    static constexpr int kWideBytes = 3 * (Base::kHaloRows * kWidePitch + kTile * kColumnPitch) * (int)sizeof(C) + 2048;
+    static constexpr int kHaloSpan = sizeof(C) == 4 && kWideBytes <= 48 * 1024 ? 4 : 2;
+    static constexpr int kHaloPitch =
+        spanned_pitch(Base::kHaloCols, kTile - Base::kHorizontalCols, 2 * R + Base::kHorizontalCols, kHaloSpan);
+    static constexpr int kSharedBytes =
+        3 * (Base::kHaloRows * kHaloPitch + kTile * kColumnPitch) * (int)sizeof(C) + 2048;
+};
+
+// The horizontally filtered rows of Q quantities column by column (BackwardTile): store(r, c, v) the Q
+// values of halo row r, column c; load(r, c, v) those of rows r .. r + Span - 1 (v[s]) in one load each.
+template <class C, int Q, int Pitch, int Span> struct ColumnRows {
+    C planes[Q][kTile][Pitch];
+
+    __device__ void store(int r, int c, const C (&v)[Q]) {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) planes[q][c][r] = v[q];
+    }
+    __device__ void load(int r, int c, C (&v)[Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) v[q] = planes[q][c][r];
+    }
+    __device__ void load(int r, int c, C (&v)[Span][Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) load_span<Span>(&planes[q][c][r], q, v);
+    }
 };
 
 // The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
@@ -114,8 +176,8 @@ __device__ inline void backward_planes(
     constexpr int kWarps = kTile * kTile / 32;
     static_assert(R <= 8, "the move table covers halos of R <= 8");
     constexpr int kLog2 = Shape::kHeightLog2;
-    __shared__ C tile[3][kHaloRows][Shape::kPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
-    __shared__ FilteredRows<C, R, 3> rows;
+    __shared__ __align__(16) C tile[3][kHaloRows][Shape::kHaloPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
+    __shared__ __align__(16) ColumnRows<C, 3, Shape::kColumnPitch, Shape::kColumnSpan> rows;
     // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
     // forward tile (base_row + i, base_col + j), forward tiles being kHeight rows by
     // 16 columns (Tile). The halo reads map rows of the forward tiles from
@@ -253,9 +315,10 @@ __device__ inline void backward_planes(
         }
         __syncthreads();
         // packed sweeps (10 warp iterations at R = 5, not 12), but in MS-SSIM's backward (see horizontal_pass)
-        horizontal_pass<C, R, 3, !MsSsim>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
-            for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
-        });
+        horizontal_pass<C, R, 3, !MsSsim, Shape::kHaloSpan>(
+            rows, weights, warp, lane, [&](int r, int c, C (&v)[Shape::kHaloSpan][3]) {
+                for (int q = 0; q < 3; ++q) load_span<Shape::kHaloSpan>(&tile[q][r][c], q, v);
+            });
         __syncthreads();
         // Vertical pass: each row's gradient is finished as soon as its last tap is in.
         const int col = g.col + out_col;
@@ -270,7 +333,7 @@ __device__ inline void backward_planes(
         const C* kq = kReadsMask ? mask_planes.mask + outer * mask_planes.outer + inner * mask_planes.inner +
                                       (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
                                 : nullptr;
-        vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
+        vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
                 const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
