@@ -239,15 +239,28 @@ __device__ inline void backward_planes(
         coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
     }
 
-    // The plane index waits in shared memory: thread 0 works it out (its 64-bit divisions once, not in
-    // every warp) and advances it once every thread has read it (after the shifts' barrier).
+    // The plane index and the plane's element offsets in x, y, grad and the mask wait in shared memory:
+    // thread 0 works them out (the 64-bit divisions and products in one warp, not in eight) and advances
+    // them once every thread has read them (after the shifts' barrier).
     __shared__ PlaneIndex plane;
-    if (tid == 0) plane.start(inner_count);
+    __shared__ long long plane_at[4];  // x, y, grad, mask
+    const auto locate = [&] {
+        plane_at[0] = plane.outer * x_outer + plane.inner * x_inner;
+        plane_at[1] = plane.outer * y_outer + plane.inner * y_inner;
+        plane_at[2] = plane.outer * g_outer + plane.inner * g_inner;
+        if (kReadsMask || kNormalized)
+            plane_at[3] = plane.outer * mask_planes.outer + plane.inner * mask_planes.inner;
+    };
+    if (tid == 0) {
+        plane.start(inner_count);
+        locate();
+    }
     __syncthreads();
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const long long outer = plane.outer, inner = plane.inner;
-        const T* xp = x + outer * x_outer + inner * x_inner;
-        const T* yp = y + outer * y_outer + inner * y_inner;
+        const long long x_at = plane_at[0], y_at = plane_at[1], g_at = plane_at[2];
+        const long long k_at = kReadsMask || kNormalized ? plane_at[3] : 0;
+        const T* xp = x + x_at;
+        const T* yp = y + y_at;
         const C* maps = grad_maps + p * g.map_pixels;
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
@@ -258,13 +271,15 @@ __device__ inline void backward_planes(
         // image is bright and flat.
         if (tid < 2 * (kEntries + 1)) {
             C shift = tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
-            if (kNormalized && !(mask_planes.mask[outer * mask_planes.outer + inner * mask_planes.inner +
-                                                 mask_shift_offset] > C(0)))
+            if (kNormalized && !(mask_planes.mask[k_at + mask_shift_offset] > C(0)))
                 shift = C(0);
             shifts[tid > kEntries][tid % (kEntries + 1)] = shift;
         }
         __syncthreads();
-        if (tid == 0) plane.advance(inner_count);  // every thread has read it: the next plane's
+        if (tid == 0) {  // every thread has read them: the next plane's
+            plane.advance(inner_count);
+            locate();
+        }
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
         if (tid < kEntries) {
@@ -324,13 +339,13 @@ __device__ inline void backward_planes(
         const int col = g.col + out_col;
         const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
-        typename GradientType<T>::type* gq = grad + outer * g_outer + inner * g_inner +
+        typename GradientType<T>::type* gq = grad + g_at +
                                              (long long)(g.row + first_row) * g_row + col * g_col;
         // masked: the plane's 1 / total weight folded into the per-plane constants (no per-pixel product)
         const C plane_scale = kMasked ? (C)pyramid.plane_weights[p] : C(1);
         const C scaled_range = kMasked ? inv_range * plane_scale : inv_range;
         const C scaled_l1 = kMasked ? l1 * plane_scale : l1;
-        const C* kq = kReadsMask ? mask_planes.mask + outer * mask_planes.outer + inner * mask_planes.inner +
+        const C* kq = kReadsMask ? mask_planes.mask + k_at +
                                       (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
                                 : nullptr;
         vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
