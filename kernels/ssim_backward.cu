@@ -243,8 +243,9 @@ __device__ inline void backward_planes(
     // thread 0 works them out (the 64-bit divisions and products in one warp, not in eight) and advances
     // them once every thread has read them (after the shifts' barrier).
     __shared__ PlaneIndex plane;
-    __shared__ long long plane_at[4];  // x, y, grad, mask
-    const auto locate = [&] {
+    __shared__ long long plane_at[5];  // x, y, grad, mask, the partial maps
+    const auto locate = [&](long long p) {
+        plane_at[4] = p * g.map_pixels;
         plane_at[0] = plane.outer * x_outer + plane.inner * x_inner;
         plane_at[1] = plane.outer * y_outer + plane.inner * y_inner;
         plane_at[2] = plane.outer * g_outer + plane.inner * g_inner;
@@ -253,7 +254,7 @@ __device__ inline void backward_planes(
     };
     if (tid == 0) {
         plane.start(inner_count);
-        locate();
+        locate(blockIdx.y);
     }
     __syncthreads();
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
@@ -261,7 +262,7 @@ __device__ inline void backward_planes(
         const long long k_at = kReadsMask || kNormalized ? plane_at[3] : 0;
         const T* xp = x + x_at;
         const T* yp = y + y_at;
-        const C* maps = grad_maps + p * g.map_pixels;
+        const C* maps = grad_maps + plane_at[4];
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
         // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd),
@@ -278,7 +279,7 @@ __device__ inline void backward_planes(
         __syncthreads();
         if (tid == 0) {  // every thread has read them: the next plane's
             plane.advance(inner_count);
-            locate();
+            locate(p + gridDim.y);
         }
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
