@@ -65,11 +65,11 @@ __device__ constexpr int spanned_pitch(int n, int first, int count, int v) {
     return (at_least + v - 1) / (2 * v) * (2 * v) + v;
 }
 
-template <class C, int R> struct BackwardTile : Tile<C, R> {
+template <class C, int R, int ColumnSpan = Tile<C, R>::kRows> struct BackwardTile : Tile<C, R> {
     using Base = Tile<C, R>;
     // forward tiles whose shifts the halo can need (see backward_planes)
     static constexpr int kMoveRows = 4, kMoveCols = 4;
-    static constexpr int kColumnSpan = Base::kRows;
+    static constexpr int kColumnSpan = ColumnSpan;
     static constexpr int kColumnPitch =
         spanned_pitch(Base::kHaloRows, Base::kHeight - Base::kRows, Base::kRows + 2 * R, kColumnSpan);
     static constexpr int kWidePitch =
@@ -145,6 +145,19 @@ __device__ constexpr bool tail_reads_mask(int tail) {
     return tail != GRAD_MSSSIM && (tail & GRAD_MASK) && (tail & (GRAD_WRITE_L1 | GRAD_NORMALIZED));
 }
 
+// The vertical pass's rows per shared-memory load: 4 (ColumnRows, 16-byte loads) in float's plain
+// gradient (GRAD_WRITE); 1 (FilteredRows) in the others, whose tails, MS-SSIM's terms and the narrower
+// types' conversions leave no registers for 12 loaded values (4 to 64 bytes of spill on sm_90 under 64
+// registers).
+template <class T, int Tail> struct BackwardColumns {
+    static constexpr int kSpan = 1;
+    template <class C, int R> using Rows = FilteredRows<C, R, 3>;
+};
+template <> struct BackwardColumns<float, GRAD_WRITE> {
+    static constexpr int kSpan = 4;
+    template <class C, int R> using Rows = ColumnRows<C, 3, BackwardTile<C, R, kSpan>::kColumnPitch, kSpan>;
+};
+
 // A mask's plane addressing (element strides; stride 0 broadcasts), for the masked tails that read it: the
 // L1 term's weights, normalized mode's m.
 template <class C> struct MaskPlanes {
@@ -164,7 +177,7 @@ __device__ inline void backward_planes(
     typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
     typename ComputeType<T>::type l1, int accumulate, MaskPlanes<typename ComputeType<T>::type> mask_planes) {
     using C = typename ComputeType<T>::type;
-    using Shape = BackwardTile<C, R>;
+    using Shape = BackwardTile<C, R, BackwardColumns<T, Tail>::kSpan>;
     constexpr bool MsSsim = Tail == GRAD_MSSSIM;
     constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
     constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
@@ -177,7 +190,7 @@ __device__ inline void backward_planes(
     static_assert(R <= 8, "the move table covers halos of R <= 8");
     constexpr int kLog2 = Shape::kHeightLog2;
     __shared__ __align__(16) C tile[3][kHaloRows][Shape::kHaloPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
-    __shared__ __align__(16) ColumnRows<C, 3, Shape::kColumnPitch, Shape::kColumnSpan> rows;
+    __shared__ __align__(16) typename BackwardColumns<T, Tail>::template Rows<C, R> rows;
     // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
     // forward tile (base_row + i, base_col + j), forward tiles being kHeight rows by
     // 16 columns (Tile). The halo reads map rows of the forward tiles from
