@@ -50,14 +50,6 @@ __device__ inline void load_span(const C* at, int q, C (&v)[N][Q]) {
     }
 }
 
-// The backward's tile (Tile): the partial maps' halo, three maps loaded and
-// filtered, and the table of shift moves of the forward tiles its halo reads.
-// The horizontal pass reads a halo row kHaloSpan columns at once (16-byte loads; 8-byte where 16 would pass
-// the 48 KiB of static shared memory, float at R = 7), so the halo's pitch is an odd multiple of kHaloSpan
-// (the 32 rows of a warp's vector loads fall in distinct bank groups, as the odd pitch of Tile's scalar
-// ones), past the last column a thread reads; the filtered rows lie column by column (ColumnRows), read
-// kRows rows at once by the vertical pass (float: 4, one 16-byte load; double: 1), their pitch an odd
-// multiple of that (the 16 columns of a half-warp in distinct bank groups).
 // The smallest odd multiple of v that holds the elements first .. first + v ceil(count / v) - 1 (a thread's
 // vector loads) and at least n: a pitch of BackwardTile.
 __device__ constexpr int spanned_pitch(int n, int first, int count, int v) {
@@ -65,22 +57,32 @@ __device__ constexpr int spanned_pitch(int n, int first, int count, int v) {
     return (at_least + v - 1) / (2 * v) * (2 * v) + v;
 }
 
-template <class C, int R, int ColumnSpan = Tile<C, R>::kRows> struct BackwardTile : Tile<C, R> {
+// The backward's tile (Tile): the partial maps' halo, three maps loaded and
+// filtered, and the table of shift moves of the forward tiles its halo reads.
+// Wide (BackwardWide): the horizontal pass reads a halo row kHaloSpan columns at once (16-byte loads;
+// 8-byte where 16 would pass the 48 KiB of static shared memory, float at R = 7), so the halo's pitch is an
+// odd multiple of kHaloSpan past the last column a thread reads (the rows of a warp's vector loads fall
+// in distinct bank groups, as with Tile's odd pitch and scalar loads); the filtered rows lie column by
+// column (ColumnRows), read kColumnSpan = kRows rows at once by the vertical pass, their pitch an odd
+// multiple of that (a half-warp's 16 columns in distinct bank groups). Otherwise Tile's layout: scalar
+// loads, FilteredRows.
+template <class C, int R, bool Wide> struct BackwardTile : Tile<C, R> {
     using Base = Tile<C, R>;
     // forward tiles whose shifts the halo can need (see backward_planes)
     static constexpr int kMoveRows = 4, kMoveCols = 4;
-    static constexpr int kColumnSpan = ColumnSpan;
+    static constexpr int kColumnSpan = Wide ? Base::kRows : 1;
     static constexpr int kColumnPitch =
         spanned_pitch(Base::kHaloRows, Base::kHeight - Base::kRows, Base::kRows + 2 * R, kColumnSpan);
     static constexpr int kWidePitch =
         spanned_pitch(Base::kHaloCols, kTile - Base::kHorizontalCols, 2 * R + Base::kHorizontalCols, 4);
     // static shared memory with 16-byte halo loads, bounded above (the small tables: 2 KiB at most)
     static constexpr int kWideBytes = 3 * (Base::kHaloRows * kWidePitch + kTile * kColumnPitch) * (int)sizeof(C) + 2048;
-    static constexpr int kHaloSpan = sizeof(C) == 4 && kWideBytes <= 48 * 1024 ? 4 : 2;
+    static constexpr int kHaloSpan = !Wide ? 1 : sizeof(C) == 4 && kWideBytes <= 48 * 1024 ? 4 : 2;
     static constexpr int kHaloPitch =
-        spanned_pitch(Base::kHaloCols, kTile - Base::kHorizontalCols, 2 * R + Base::kHorizontalCols, kHaloSpan);
-    static constexpr int kSharedBytes =
-        3 * (Base::kHaloRows * kHaloPitch + kTile * kColumnPitch) * (int)sizeof(C) + 2048;
+        Wide ? spanned_pitch(Base::kHaloCols, kTile - Base::kHorizontalCols, 2 * R + Base::kHorizontalCols, kHaloSpan)
+             : Base::kPitch;
+    // either layout's static shared memory, bounded above (the wide one's is the smaller at R = 7)
+    static constexpr int kSharedBytes = TileSharedBytes<C, R, 3, 3>::value;
 };
 
 // The horizontally filtered rows of Q quantities column by column (BackwardTile): store(r, c, v) the Q
@@ -107,7 +109,7 @@ template <class C, int Q, int Pitch, int Span> struct ColumnRows {
 // read the mask (4 to 36 bytes at 64 on sm_90).
 template <class T, bool MsSsim = false> struct BackwardMinBlocks {
     static constexpr int value =
-        TileMinBlocks<T, BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes, MsSsim ? 3 : 4>::value;
+        TileMinBlocks<T, BackwardTile<typename ComputeType<T>::type, 7, false>::kSharedBytes, MsSsim ? 3 : 4>::value;
 };
 
 // What a backward's last step does (a template argument of ssim_backward, so
@@ -145,17 +147,17 @@ __device__ constexpr bool tail_reads_mask(int tail) {
     return tail != GRAD_MSSSIM && (tail & GRAD_MASK) && (tail & (GRAD_WRITE_L1 | GRAD_NORMALIZED));
 }
 
-// The vertical pass's rows per shared-memory load: 4 (ColumnRows, 16-byte loads) in float's plain
-// gradient (GRAD_WRITE); 1 (FilteredRows) in the others, whose tails, MS-SSIM's terms and the narrower
-// types' conversions leave no registers for 12 loaded values (4 to 64 bytes of spill on sm_90 under 64
-// registers).
-template <class T, int Tail> struct BackwardColumns {
-    static constexpr int kSpan = 1;
+// Whether a backward takes BackwardTile's wide layout (vector loads in both passes): float's plain gradient
+// (GRAD_WRITE); not the others, whose tails, MS-SSIM's terms and the narrower types' conversions leave no
+// registers for the loaded vectors (4 to 64 bytes of spill on sm_90 under 64 registers with them).
+template <class T, int Tail> struct BackwardWide {
+    static constexpr bool value = false;
     template <class C, int R> using Rows = FilteredRows<C, R, 3>;
 };
-template <> struct BackwardColumns<float, GRAD_WRITE> {
-    static constexpr int kSpan = 4;
-    template <class C, int R> using Rows = ColumnRows<C, 3, BackwardTile<C, R, kSpan>::kColumnPitch, kSpan>;
+template <> struct BackwardWide<float, GRAD_WRITE> {
+    static constexpr bool value = true;
+    template <class C, int R>
+    using Rows = ColumnRows<C, 3, BackwardTile<C, R, true>::kColumnPitch, BackwardTile<C, R, true>::kColumnSpan>;
 };
 
 // A mask's plane addressing (element strides; stride 0 broadcasts), for the masked tails that read it: the
@@ -166,7 +168,7 @@ template <class C> struct MaskPlanes {
 };
 
 // The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
-// BackwardTile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
+// Tile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
 template <class T, int R, int Tail>
 __device__ inline void backward_planes(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
@@ -177,7 +179,7 @@ __device__ inline void backward_planes(
     typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
     typename ComputeType<T>::type l1, int accumulate, MaskPlanes<typename ComputeType<T>::type> mask_planes) {
     using C = typename ComputeType<T>::type;
-    using Shape = BackwardTile<C, R, BackwardColumns<T, Tail>::kSpan>;
+    using Shape = BackwardTile<C, R, BackwardWide<T, Tail>::value>;
     constexpr bool MsSsim = Tail == GRAD_MSSSIM;
     constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
     constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
@@ -190,7 +192,7 @@ __device__ inline void backward_planes(
     static_assert(R <= 8, "the move table covers halos of R <= 8");
     constexpr int kLog2 = Shape::kHeightLog2;
     __shared__ __align__(16) C tile[3][kHaloRows][Shape::kHaloPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
-    __shared__ __align__(16) typename BackwardColumns<T, Tail>::template Rows<C, R> rows;
+    __shared__ __align__(16) typename BackwardWide<T, Tail>::template Rows<C, R> rows;
     // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
     // forward tile (base_row + i, base_col + j), forward tiles being kHeight rows by
     // 16 columns (Tile). The halo reads map rows of the forward tiles from
@@ -252,9 +254,9 @@ __device__ inline void backward_planes(
         coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
     }
 
-    // The plane index and the plane's element offsets in x, y, grad and the mask wait in shared memory:
-    // thread 0 works them out (the 64-bit divisions and products in one warp, not in eight) and advances
-    // them once every thread has read them (after the shifts' barrier).
+    // The plane index and the plane's element offsets in x, y, grad, the mask and the partial maps wait in
+    // shared memory: thread 0 works them out (the 64-bit divisions and products in one warp, not in eight)
+    // and advances them once every thread has read them (after the shifts' barrier).
     __shared__ PlaneIndex plane;
     __shared__ long long plane_at[5];  // x, y, grad, mask, the partial maps
     const auto locate = [&](long long p) {
@@ -344,10 +346,16 @@ __device__ inline void backward_planes(
         }
         __syncthreads();
         // packed sweeps (10 warp iterations at R = 5, not 12), but in MS-SSIM's backward (see horizontal_pass)
-        horizontal_pass<C, R, 3, !MsSsim, Shape::kHaloSpan>(
-            rows, weights, warp, lane, [&](int r, int c, C (&v)[Shape::kHaloSpan][3]) {
-                for (int q = 0; q < 3; ++q) load_span<Shape::kHaloSpan>(&tile[q][r][c], q, v);
+        if constexpr (Shape::kHaloSpan > 1) {
+            horizontal_pass<C, R, 3, !MsSsim, Shape::kHaloSpan>(
+                rows, weights, warp, lane, [&](int r, int c, C (&v)[Shape::kHaloSpan][3]) {
+                    for (int q = 0; q < 3; ++q) load_span<Shape::kHaloSpan>(&tile[q][r][c], q, v);
+                });
+        } else {
+            horizontal_pass<C, R, 3, !MsSsim>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+                for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
             });
+        }
         __syncthreads();
         // Vertical pass: each row's gradient is finished as soon as its last tap is in.
         const int col = g.col + out_col;
