@@ -185,6 +185,9 @@ __device__ inline void backward_planes(
     constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
     constexpr bool kNormalized = kMasked && (Tail & GRAD_NORMALIZED) != 0;
     constexpr bool kReadsMask = tail_reads_mask(Tail);
+    // packed sweeps (horizontal_pass), but in MS-SSIM's backward and in uint8's L1 tails (with them, 4 to 8
+    // bytes of spill on sm_90 at R = 2, 3)
+    constexpr bool kPack = !MsSsim && !(sizeof(T) == 1 && (Tail & GRAD_WRITE_L1));
     static_assert(kReadsMask == (kMaskedL1 || kNormalized), "the tails that read the mask");
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
@@ -345,14 +348,14 @@ __device__ inline void backward_planes(
             }
         }
         __syncthreads();
-        // packed sweeps (10 warp iterations at R = 5, not 12), but in MS-SSIM's backward (see horizontal_pass)
+        // packed sweeps where kPack (10 warp iterations at R = 5, not 12)
         if constexpr (Shape::kHaloSpan > 1) {
-            horizontal_pass<C, R, 3, !MsSsim, Shape::kHaloSpan>(
+            horizontal_pass<C, R, 3, kPack, Shape::kHaloSpan>(
                 rows, weights, warp, lane, [&](int r, int c, C (&v)[Shape::kHaloSpan][3]) {
                     for (int q = 0; q < 3; ++q) load_span<Shape::kHaloSpan>(&tile[q][r][c], q, v);
                 });
         } else {
-            horizontal_pass<C, R, 3, !MsSsim>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+            horizontal_pass<C, R, 3, kPack>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
                 for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
             });
         }
