@@ -167,9 +167,10 @@ def main(argv=None) -> int:
     pixels = math.prod(shape)
     counted = {}  # architecture -> {kernel: Whole}
     for arch in sorted({args.arch} | {gpu.cc for gpu in GPUS}):
-        rows = sass.measure(arch, "float", 5, shape)
-        counted[arch] = {"cussim forward value": rows[0][1], "cussim forward exact": rows[1][1],
-                         "cussim backward": rows[2][1]}
+        whole = {w.name: w for _, w, _ in sass.measure(arch, "float", 5, shape)}  # by name: the masked rows too
+        counted[arch] = {"cussim forward value": whole["ssim_forward<float, 5, cussim::FORWARD_VALUE>"],
+                         "cussim forward exact": whole["ssim_forward<float, 5, cussim::FORWARD_EXACT>"],
+                         "cussim backward": whole["ssim_backward<float, 5>"]}
         peer = fused_ssim_counts(arch, shape)
         if peer:
             counted[arch]["fused-ssim forward value"] = peer["fusedssimCUDA"][0]
