@@ -185,9 +185,9 @@ __device__ inline void backward_planes(
     constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
     constexpr bool kNormalized = kMasked && (Tail & GRAD_NORMALIZED) != 0;
     constexpr bool kReadsMask = tail_reads_mask(Tail);
-    // packed sweeps (horizontal_pass), but in MS-SSIM's backward and in uint8's L1 tails (with them, 4 to 8
-    // bytes of spill on sm_90 at R = 2, 3)
-    constexpr bool kPack = !MsSsim && !(sizeof(T) == 1 && (Tail & GRAD_WRITE_L1));
+    // packed sweeps (horizontal_pass), but in MS-SSIM's backward, at R = 7 and in uint8's L1 tails (with
+    // them, 4 to 8 bytes of spill: float's at R = 7 on sm_80 under 80 registers, uint8's at R = 2, 3 on sm_90)
+    constexpr bool kPack = !MsSsim && R < 7 && !(sizeof(T) == 1 && (Tail & GRAD_WRITE_L1));
     static_assert(kReadsMask == (kMaskedL1 || kNormalized), "the tails that read the mask");
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;

@@ -382,7 +382,7 @@ template <class C, int R, int Q> struct FilteredRows {
 // warps take each (row, 4 columns) pair once with as few warp iterations as
 // can be (10 per 74 rows at R = 5, not 12). Without Pack (MS-SSIM's backward:
 // with it, ssim_backward<unsigned char, 7, GRAD_MSSSIM> spills 4 bytes on sm_80
-// under its 80 registers; uint8's L1 tails of the backward) the sweeps go on
+// under its 80 registers; the backward at R = 7, uint8's L1 tails) the sweeps go on
 // over every halo row, 12 warp iterations at R = 5. Each loaded value serves up to 4 outputs. load(r, c, v)
 // gives the Q quantities of halo pixel (r, c); with Span > 1, v[s] those of the
 // Span pixels (r, c + s) at once (vector loads; the last ones past the 2R + 4
