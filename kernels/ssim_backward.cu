@@ -32,11 +32,10 @@ template <class C> struct PyramidTerms {
     int variant;
 };
 
-// N consecutive values of C as one shared-memory load (16 or 8 bytes).
+// N consecutive floats as one shared-memory load (16 or 8 bytes: BackwardTile's wide layout).
 template <class C, int N> struct VectorOf;
 template <> struct VectorOf<float, 4> { using type = float4; };
 template <> struct VectorOf<float, 2> { using type = float2; };
-template <> struct VectorOf<double, 2> { using type = double2; };
 
 // v[s][q] = at[s] for s < N, in one load (at: aligned to the vector).
 template <int N, class C, int Q>
@@ -64,8 +63,8 @@ __device__ constexpr int spanned_pitch(int n, int first, int count, int v) {
 // odd multiple of kHaloSpan past the last column a thread reads (the rows of a warp's vector loads fall
 // in distinct bank groups, as with Tile's odd pitch and scalar loads); the filtered rows lie column by
 // column (ColumnRows), read kColumnSpan = kRows rows at once by the vertical pass, their pitch an odd
-// multiple of that (a half-warp's 16 columns in distinct bank groups). Otherwise Tile's layout: scalar
-// loads, FilteredRows.
+// multiple of that (a half-warp's 16 columns in distinct bank groups); float only (VectorOf). Otherwise
+// Tile's layout: scalar loads, FilteredRows.
 template <class C, int R, bool Wide> struct BackwardTile : Tile<C, R> {
     using Base = Tile<C, R>;
     // forward tiles whose shifts the halo can need (see backward_planes)
@@ -93,10 +92,6 @@ template <class C, int Q, int Pitch, int Span> struct ColumnRows {
     __device__ void store(int r, int c, const C (&v)[Q]) {
 #pragma unroll
         for (int q = 0; q < Q; ++q) planes[q][c][r] = v[q];
-    }
-    __device__ void load(int r, int c, C (&v)[Q]) const {
-#pragma unroll
-        for (int q = 0; q < Q; ++q) v[q] = planes[q][c][r];
     }
     __device__ void load(int r, int c, C (&v)[Span][Q]) const {
 #pragma unroll
@@ -267,8 +262,7 @@ __device__ inline void backward_planes(
         plane_at[0] = plane.outer * x_outer + plane.inner * x_inner;
         plane_at[1] = plane.outer * y_outer + plane.inner * y_inner;
         plane_at[2] = plane.outer * g_outer + plane.inner * g_inner;
-        if (kReadsMask || kNormalized)
-            plane_at[3] = plane.outer * mask_planes.outer + plane.inner * mask_planes.inner;
+        if (kReadsMask) plane_at[3] = plane.outer * mask_planes.outer + plane.inner * mask_planes.inner;
     };
     if (tid == 0) {
         plane.start(inner_count);
@@ -277,7 +271,7 @@ __device__ inline void backward_planes(
     __syncthreads();
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long x_at = plane_at[0], y_at = plane_at[1], g_at = plane_at[2];
-        const long long k_at = kReadsMask || kNormalized ? plane_at[3] : 0;
+        const long long k_at = kReadsMask ? plane_at[3] : 0;
         const T* xp = x + x_at;
         const T* yp = y + y_at;
         const C* maps = grad_maps + plane_at[4];
