@@ -32,12 +32,71 @@ template <class C> struct PyramidTerms {
     int variant;
 };
 
+// N consecutive floats as one shared-memory load (16 or 8 bytes: BackwardTile's wide layout).
+template <class C, int N> struct VectorOf;
+template <> struct VectorOf<float, 4> { using type = float4; };
+template <> struct VectorOf<float, 2> { using type = float2; };
+
+// v[s][q] = at[s] for s < N, in one load (at: aligned to the vector).
+template <int N, class C, int Q>
+__device__ inline void load_span(const C* at, int q, C (&v)[N][Q]) {
+    const typename VectorOf<C, N>::type w = *reinterpret_cast<const typename VectorOf<C, N>::type*>(at);
+    v[0][q] = w.x;
+    v[1][q] = w.y;
+    if constexpr (N == 4) {
+        v[2][q] = w.z;
+        v[3][q] = w.w;
+    }
+}
+
+// The smallest odd multiple of v that holds the elements first .. first + v ceil(count / v) - 1 (a thread's
+// vector loads) and at least n: a pitch of BackwardTile.
+__device__ constexpr int spanned_pitch(int n, int first, int count, int v) {
+    const int end = first + (count + v - 1) / v * v, at_least = n > end ? n : end;
+    return (at_least + v - 1) / (2 * v) * (2 * v) + v;
+}
+
 // The backward's tile (Tile): the partial maps' halo, three maps loaded and
 // filtered, and the table of shift moves of the forward tiles its halo reads.
-template <class C, int R> struct BackwardTile : Tile<C, R> {
+// Wide (BackwardWide): the horizontal pass reads a halo row kHaloSpan columns at once (16-byte loads;
+// 8-byte where 16 would pass the 48 KiB of static shared memory, float at R = 7), so the halo's pitch is an
+// odd multiple of kHaloSpan past the last column a thread reads (the rows of a warp's vector loads fall
+// in distinct bank groups, as with Tile's odd pitch and scalar loads); the filtered rows lie column by
+// column (ColumnRows), read kColumnSpan = kRows rows at once by the vertical pass, their pitch an odd
+// multiple of that (a half-warp's 16 columns in distinct bank groups); float only (VectorOf). Otherwise
+// Tile's layout: scalar loads, FilteredRows.
+template <class C, int R, bool Wide> struct BackwardTile : Tile<C, R> {
+    using Base = Tile<C, R>;
     // forward tiles whose shifts the halo can need (see backward_planes)
     static constexpr int kMoveRows = 4, kMoveCols = 4;
+    static constexpr int kColumnSpan = Wide ? Base::kRows : 1;
+    static constexpr int kColumnPitch =
+        spanned_pitch(Base::kHaloRows, Base::kHeight - Base::kRows, Base::kRows + 2 * R, kColumnSpan);
+    static constexpr int kWidePitch =
+        spanned_pitch(Base::kHaloCols, kTile - Base::kHorizontalCols, 2 * R + Base::kHorizontalCols, 4);
+    // static shared memory with 16-byte halo loads, bounded above (the small tables: 2 KiB at most)
+    static constexpr int kWideBytes = 3 * (Base::kHaloRows * kWidePitch + kTile * kColumnPitch) * (int)sizeof(C) + 2048;
+    static constexpr int kHaloSpan = !Wide ? 1 : sizeof(C) == 4 && kWideBytes <= 48 * 1024 ? 4 : 2;
+    static constexpr int kHaloPitch =
+        Wide ? spanned_pitch(Base::kHaloCols, kTile - Base::kHorizontalCols, 2 * R + Base::kHorizontalCols, kHaloSpan)
+             : Base::kPitch;
+    // either layout's static shared memory, bounded above (the wide one's is the smaller at R = 7)
     static constexpr int kSharedBytes = TileSharedBytes<C, R, 3, 3>::value;
+};
+
+// The horizontally filtered rows of Q quantities column by column (BackwardTile): store(r, c, v) the Q
+// values of halo row r, column c; load(r, c, v) those of rows r .. r + Span - 1 (v[s]) in one load each.
+template <class C, int Q, int Pitch, int Span> struct ColumnRows {
+    C planes[Q][kTile][Pitch];
+
+    __device__ void store(int r, int c, const C (&v)[Q]) {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) planes[q][c][r] = v[q];
+    }
+    __device__ void load(int r, int c, C (&v)[Span][Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) load_span<Span>(&planes[q][c][r], q, v);
+    }
 };
 
 // The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
@@ -45,7 +104,7 @@ template <class C, int R> struct BackwardTile : Tile<C, R> {
 // read the mask (4 to 36 bytes at 64 on sm_90).
 template <class T, bool MsSsim = false> struct BackwardMinBlocks {
     static constexpr int value =
-        TileMinBlocks<T, BackwardTile<typename ComputeType<T>::type, 7>::kSharedBytes, MsSsim ? 3 : 4>::value;
+        TileMinBlocks<T, BackwardTile<typename ComputeType<T>::type, 7, false>::kSharedBytes, MsSsim ? 3 : 4>::value;
 };
 
 // What a backward's last step does (a template argument of ssim_backward, so
@@ -83,6 +142,19 @@ __device__ constexpr bool tail_reads_mask(int tail) {
     return tail != GRAD_MSSSIM && (tail & GRAD_MASK) && (tail & (GRAD_WRITE_L1 | GRAD_NORMALIZED));
 }
 
+// Whether a backward takes BackwardTile's wide layout (vector loads in both passes): float's plain gradient
+// (GRAD_WRITE); not the others, whose tails, MS-SSIM's terms and the narrower types' conversions leave no
+// registers for the loaded vectors (4 to 64 bytes of spill on sm_90 under 64 registers with them).
+template <class T, int Tail> struct BackwardWide {
+    static constexpr bool value = false;
+    template <class C, int R> using Rows = FilteredRows<C, R, 3>;
+};
+template <> struct BackwardWide<float, GRAD_WRITE> {
+    static constexpr bool value = true;
+    template <class C, int R>
+    using Rows = ColumnRows<C, 3, BackwardTile<C, R, true>::kColumnPitch, BackwardTile<C, R, true>::kColumnSpan>;
+};
+
 // A mask's plane addressing (element strides; stride 0 broadcasts), for the masked tails that read it: the
 // L1 term's weights, normalized mode's m.
 template <class C> struct MaskPlanes {
@@ -91,7 +163,7 @@ template <class C> struct MaskPlanes {
 };
 
 // The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
-// BackwardTile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
+// Tile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
 template <class T, int R, int Tail>
 __device__ inline void backward_planes(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
@@ -102,20 +174,23 @@ __device__ inline void backward_planes(
     typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
     typename ComputeType<T>::type l1, int accumulate, MaskPlanes<typename ComputeType<T>::type> mask_planes) {
     using C = typename ComputeType<T>::type;
-    using Shape = BackwardTile<C, R>;
+    using Shape = BackwardTile<C, R, BackwardWide<T, Tail>::value>;
     constexpr bool MsSsim = Tail == GRAD_MSSSIM;
     constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
     constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
     constexpr bool kNormalized = kMasked && (Tail & GRAD_NORMALIZED) != 0;
     constexpr bool kReadsMask = tail_reads_mask(Tail);
+    // packed sweeps (horizontal_pass), but in MS-SSIM's backward, at R = 7 and in uint8's L1 tails (with
+    // them, 4 to 8 bytes of spill: float's at R = 7 on sm_80 under 80 registers, uint8's at R = 2, 3 on sm_90)
+    constexpr bool kPack = !MsSsim && R < 7 && !(sizeof(T) == 1 && (Tail & GRAD_WRITE_L1));
     static_assert(kReadsMask == (kMaskedL1 || kNormalized), "the tails that read the mask");
     constexpr int kRows = Shape::kRows, kHeight = Shape::kHeight;
     constexpr int kHaloRows = Shape::kHaloRows, kHaloCols = Shape::kHaloCols;
     constexpr int kWarps = kTile * kTile / 32;
     static_assert(R <= 8, "the move table covers halos of R <= 8");
     constexpr int kLog2 = Shape::kHeightLog2;
-    __shared__ C tile[3][kHaloRows][Shape::kPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
-    __shared__ FilteredRows<C, R, 3> rows;
+    __shared__ __align__(16) C tile[3][kHaloRows][Shape::kHaloPitch];  // g*Pmu (moved), g*Pxx, g*Pdd around the tile
+    __shared__ __align__(16) typename BackwardWide<T, Tail>::template Rows<C, R> rows;
     // moves[0 or 1][i][j]: twice this tile's shift of x (of x - y) minus that of
     // forward tile (base_row + i, base_col + j), forward tiles being kHeight rows by
     // 16 columns (Tile). The halo reads map rows of the forward tiles from
@@ -177,16 +252,29 @@ __device__ inline void backward_planes(
         coarse_size = (long long)pooled_size(height, pyramid.variant) * coarse_w;
     }
 
-    // The plane index waits in shared memory: thread 0 works it out (its 64-bit divisions once, not in
-    // every warp) and advances it once every thread has read it (after the shifts' barrier).
+    // The plane index and the plane's element offsets in x, y, grad, the mask and the partial maps wait in
+    // shared memory: thread 0 works them out (the 64-bit divisions and products in one warp, not in eight)
+    // and advances them once every thread has read them (after the shifts' barrier).
     __shared__ PlaneIndex plane;
-    if (tid == 0) plane.start(inner_count);
+    __shared__ long long plane_at[5];  // x, y, grad, mask, the partial maps
+    const auto locate = [&](long long p) {
+        plane_at[4] = p * g.map_pixels;
+        plane_at[0] = plane.outer * x_outer + plane.inner * x_inner;
+        plane_at[1] = plane.outer * y_outer + plane.inner * y_inner;
+        plane_at[2] = plane.outer * g_outer + plane.inner * g_inner;
+        if (kReadsMask) plane_at[3] = plane.outer * mask_planes.outer + plane.inner * mask_planes.inner;
+    };
+    if (tid == 0) {
+        plane.start(inner_count);
+        locate(blockIdx.y);
+    }
     __syncthreads();
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
-        const long long outer = plane.outer, inner = plane.inner;
-        const T* xp = x + outer * x_outer + inner * x_inner;
-        const T* yp = y + outer * y_outer + inner * y_inner;
-        const C* maps = grad_maps + p * g.map_pixels;
+        const long long x_at = plane_at[0], y_at = plane_at[1], g_at = plane_at[2];
+        const long long k_at = kReadsMask ? plane_at[3] : 0;
+        const T* xp = x + x_at;
+        const T* yp = y + y_at;
+        const C* maps = grad_maps + plane_at[4];
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
         // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd),
@@ -196,13 +284,15 @@ __device__ inline void backward_planes(
         // image is bright and flat.
         if (tid < 2 * (kEntries + 1)) {
             C shift = tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
-            if (kNormalized && !(mask_planes.mask[outer * mask_planes.outer + inner * mask_planes.inner +
-                                                 mask_shift_offset] > C(0)))
+            if (kNormalized && !(mask_planes.mask[k_at + mask_shift_offset] > C(0)))
                 shift = C(0);
             shifts[tid > kEntries][tid % (kEntries + 1)] = shift;
         }
         __syncthreads();
-        if (tid == 0) plane.advance(inner_count);  // every thread has read it: the next plane's
+        if (tid == 0) {  // every thread has read them: the next plane's
+            plane.advance(inner_count);
+            locate(p + gridDim.y);
+        }
         // this tile's shifts, doubled (exactly): the gradient is P0 + 2 x' P1 + 2 d' P2 (ssim_pixel)
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
         if (tid < kEntries) {
@@ -252,24 +342,32 @@ __device__ inline void backward_planes(
             }
         }
         __syncthreads();
-        horizontal_pass<C, R, 3, false>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
-            for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
-        });
+        // packed sweeps where kPack (10 warp iterations at R = 5, not 12)
+        if constexpr (Shape::kHaloSpan > 1) {
+            horizontal_pass<C, R, 3, kPack, Shape::kHaloSpan>(
+                rows, weights, warp, lane, [&](int r, int c, C (&v)[Shape::kHaloSpan][3]) {
+                    for (int q = 0; q < 3; ++q) load_span<Shape::kHaloSpan>(&tile[q][r][c], q, v);
+                });
+        } else {
+            horizontal_pass<C, R, 3, kPack>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+                for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
+            });
+        }
         __syncthreads();
         // Vertical pass: each row's gradient is finished as soon as its last tap is in.
         const int col = g.col + out_col;
         const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
         const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
-        typename GradientType<T>::type* gq = grad + outer * g_outer + inner * g_inner +
+        typename GradientType<T>::type* gq = grad + g_at +
                                              (long long)(g.row + first_row) * g_row + col * g_col;
         // masked: the plane's 1 / total weight folded into the per-plane constants (no per-pixel product)
         const C plane_scale = kMasked ? (C)pyramid.plane_weights[p] : C(1);
         const C scaled_range = kMasked ? inv_range * plane_scale : inv_range;
         const C scaled_l1 = kMasked ? l1 * plane_scale : l1;
-        const C* kq = kReadsMask ? mask_planes.mask + outer * mask_planes.outer + inner * mask_planes.inner +
+        const C* kq = kReadsMask ? mask_planes.mask + k_at +
                                       (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
                                 : nullptr;
-        vertical_rows<C, R, 3>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
+        vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
                 const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);

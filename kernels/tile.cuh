@@ -380,12 +380,14 @@ template <class C, int R, int Q> struct FilteredRows {
 // multiple of 64 (all of them in double); thread t < 4 n of the n rows left
 // (2R in float) filters columns 4 (t / n) .. of row 64 + t % n, so that 8
 // warps take each (row, 4 columns) pair once with as few warp iterations as
-// can be (10 per 74 rows at R = 5, not 12). Without Pack (the backward: with
-// it, ssim_backward<unsigned char, 7, GRAD_MSSSIM> spills 4 bytes on sm_80
-// under its 80 registers) the sweeps go on over every halo row, 12 warp
-// iterations at R = 5. Each loaded value serves up to 4 outputs. load(r, c, v)
-// gives the Q quantities of halo pixel (r, c).
-template <class C, int R, int Q, bool Pack, class Rows, class Load>
+// can be (10 per 74 rows at R = 5, not 12). Without Pack (MS-SSIM's backward:
+// with it, ssim_backward<unsigned char, 7, GRAD_MSSSIM> spills 4 bytes on sm_80
+// under its 80 registers; the backward at R = 7, uint8's L1 tails) the sweeps go on
+// over every halo row, 12 warp iterations at R = 5. Each loaded value serves up to 4 outputs. load(r, c, v)
+// gives the Q quantities of halo pixel (r, c); with Span > 1, v[s] those of the
+// Span pixels (r, c + s) at once (vector loads; the last ones past the 2R + 4
+// columns a thread reads go unused).
+template <class C, int R, int Q, bool Pack, int Span = 1, class Rows, class Load>
 __device__ inline void horizontal_pass(Rows& rows, const C* weights, int warp, int lane, Load load) {
     using Shape = Tile<C, R>;
     constexpr int kCols = Shape::kHorizontalCols, kColGroups = kTile / kCols;
@@ -396,11 +398,22 @@ __device__ inline void horizontal_pass(Rows& rows, const C* weights, int warp, i
     static_assert(kColGroups * kLeft <= kTile * kTile, "a thread per pair left");
     const auto filter = [&](int r, int c) {
         C b[kCols][Q] = {};
+        if constexpr (Span == 1) {
 #pragma unroll
-        for (int j = 0; j < 2 * R + kCols; ++j) {
-            C v[Q];
-            load(r, c + j, v);
-            add_tap<C, R>(b, j, v, weights);
+            for (int j = 0; j < 2 * R + kCols; ++j) {
+                C v[Q];
+                load(r, c + j, v);
+                add_tap<C, R>(b, j, v, weights);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 2 * R + kCols; j += Span) {
+                C v[Span][Q];
+                load(r, c + j, v);
+#pragma unroll
+                for (int s = 0; s < Span; ++s)
+                    if (j + s < 2 * R + kCols) add_tap<C, R>(b, j + s, v[s], weights);
+            }
         }
 #pragma unroll
         for (int o = 0; o < kCols; ++o) rows.store(r, c + o, b[o]);
@@ -425,17 +438,34 @@ __device__ inline void horizontal_pass(Rows& rows, const C* weights, int warp, i
 // The vertical half: this thread's kRows outputs of column `col` from rows
 // first_row .. first_row + kRows + 2R - 1, each loaded value serving up to
 // kRows of them; finish(i, b) takes row i's Q filtered values as soon as its
-// last tap is in (fewer live registers).
-template <class C, int R, int Q, class Rows, class Finish>
+// last tap is in (fewer live registers). With Span > 1, rows.load(r, col, v)
+// gives rows r .. r + Span - 1 at once (v[s]; those past the last go unused).
+template <class C, int R, int Q, int Span = 1, class Rows, class Finish>
 __device__ inline void vertical_rows(const Rows& rows, const C* weights, int first_row, int col, Finish finish) {
     constexpr int kRows = Tile<C, R>::kRows;
     C b[kRows][Q] = {};
+    if constexpr (Span == 1) {
 #pragma unroll
-    for (int j = 0; j < kRows + 2 * R; ++j) {
-        C v[Q];
-        rows.load(first_row + j, col, v);
-        add_tap<C, R>(b, j, v, weights);
-        if (j >= 2 * R) finish(j - 2 * R, b[j - 2 * R]);
+        for (int j = 0; j < kRows + 2 * R; ++j) {
+            C v[Q];
+            rows.load(first_row + j, col, v);
+            add_tap<C, R>(b, j, v, weights);
+            if (j >= 2 * R) finish(j - 2 * R, b[j - 2 * R]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < kRows + 2 * R; i += Span) {
+            C v[Span][Q];
+            rows.load(first_row + i, col, v);
+#pragma unroll
+            for (int s = 0; s < Span; ++s) {
+                const int j = i + s;
+                if (j < kRows + 2 * R) {
+                    add_tap<C, R>(b, j, v[s], weights);
+                    if (j >= 2 * R) finish(j - 2 * R, b[j - 2 * R]);
+                }
+            }
+        }
     }
 }
 
