@@ -204,15 +204,15 @@ constexpr bool kRingOnThisArch = false;
 constexpr bool kRingOnThisArch = true;
 #endif
 
-// A masked forward (Masked) keeps its oldest plane in the ring: its weights' sum and the mask's address
-// beside the whole window in registers spilled 4 bytes for float at R = 5 (128 registers) and 20 for double
-// at R = 7 (255), sm_90.
+// A masked forward (Masked) counts one word more beside its window: its weights' sum and the mask's read
+// beside the 55 words of the float window at R = 5 spilled 8 to 24 bytes at 128 registers (sm_70, sm_80,
+// sm_120; a plane in the ring did not help), so that one takes the whole register file.
 template <class T, int R, int Q, bool Masked = false> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
     static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5 && kRingOnThisArch;
-    static constexpr int kRegisterPlanes = kRing ? 1 : Masked ? 2 * R : 2 * R + 1;
+    static constexpr int kRegisterPlanes = kRing ? 1 : 2 * R + 1;
     static constexpr int kMinBlocks =
-        kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+        kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords + Masked <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 // The masks of the volumes' kernels (docs/spec.rst section 9), their last template argument, as the planes'
@@ -249,12 +249,11 @@ __global__ void __launch_bounds__(
     constexpr int Q = kNormalized ? 6 : 5;  // the quantities filtered
     // x and y around the tile, one plane, shifted by (kx, ky); normalized: 0 where m is 0, and m
     __shared__ C tiles[kNormalized ? 3 : 2][kSide][kSide];
-    // filtered along rows: mx, md, Exx, Eyy, Edd; normalized: m x, m d, m, then m x^2, m y^2, m d^2 (two rounds:
-    // six rows, the third tile and the ring's plane would pass 48 KiB of static shared memory for double at R = 7)
-    __shared__ C rows[kNormalized ? 3 : 5][kSide][kTile];
+    // filtered along rows: mx, md, Exx, Eyy, Edd; normalized: m x, m d, m, m x^2, m y^2, m d^2
+    __shared__ C rows[Q][kSide][kTile];
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kMasked ? kTile * kTile / 16 : kTile * kTile / 32];  // block_sum(_pair)'s warp sums
-    using Window = RollingWindow<C, R, Q, Window3d<T, R, Q, kMasked>::kRegisterPlanes>;
+    using Window = RollingWindow<C, R, Q, Window3d<T, R, Q>::kRegisterPlanes>;
     __shared__ typename Window::Ring ring;
 
     const BrickGeometry g = brick_geometry<R>(padding, depth, height, width, chunk, true);
@@ -328,28 +327,17 @@ __global__ void __launch_bounds__(
             __syncthreads();
             C m[Q];
             if constexpr (kNormalized) {
-                C first[3], second[3];
-                filter_tile<C, R, 3>(
-                    [&](int r, int c, C (&v)[3]) {
-                        const C a = tiles[0][r][c], b = tiles[1][r][c], w = tiles[2][r][c];
-                        v[0] = w * a;
-                        v[1] = w * (a - b);
-                        v[2] = w;
-                    },
-                    rows, weights, tid, first);
-                __syncthreads();  // every thread has read the rows: the second round overwrites them
-                filter_tile<C, R, 3>(
-                    [&](int r, int c, C (&v)[3]) {
+                filter_tile<C, R, 6>(
+                    [&](int r, int c, C (&v)[6]) {
                         const C a = tiles[0][r][c], b = tiles[1][r][c], w = tiles[2][r][c], d = a - b;
-                        v[0] = w * a * a;
-                        v[1] = w * b * b;
-                        v[2] = w * d * d;
+                        v[0] = w * a;
+                        v[1] = w * d;
+                        v[2] = w;
+                        v[3] = w * a * a;
+                        v[4] = w * b * b;
+                        v[5] = w * d * d;
                     },
-                    rows, weights, tid, second);
-                for (int q = 0; q < 3; ++q) {
-                    m[q] = first[q];
-                    m[3 + q] = second[q];
-                }
+                    rows, weights, tid, m);
             } else {
                 filter_tile<C, R, 5>(
                     [&](int r, int c, C (&v)[5]) { moment_terms(tiles[0][r][c], tiles[1][r][c], v); },
