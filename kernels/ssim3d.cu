@@ -204,15 +204,22 @@ constexpr bool kRingOnThisArch = false;
 constexpr bool kRingOnThisArch = true;
 #endif
 
-// A masked forward (Masked) counts one word more beside its window: its weights' sum and the mask's read
-// beside the 55 words of the float window at R = 5 spilled 8 to 24 bytes at 128 registers (sm_70, sm_80,
-// sm_120; a plane in the ring did not help), so that one takes the whole register file.
+// A masked forward (Masked) counts one word more beside its window where its weights' sum and the mask's read
+// beside the 55 words of the float window at R = 5 spilled 8 to 24 bytes at 128 registers (sm_70 to sm_89,
+// sm_120 and sm_121; a plane in the ring did not help): that one takes the whole register file there. On
+// sm_90 to sm_103 it fits in 128.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && __CUDA_ARCH__ < 1200
+constexpr int kMaskedWords = 0;
+#else
+constexpr int kMaskedWords = 1;
+#endif
+
 template <class T, int R, int Q, bool Masked = false> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
     static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5 && kRingOnThisArch;
     static constexpr int kRegisterPlanes = kRing ? 1 : 2 * R + 1;
     static constexpr int kMinBlocks =
-        kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords + Masked <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+        kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords + Masked * kMaskedWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 // The masks of the volumes' kernels (docs/spec.rst section 9), their last template argument, as the planes'
