@@ -65,6 +65,20 @@ def _with_mask(xp, x, y, mask, outputs):
     return volumes, inner, [*strides[:2], *strides[3:], strides[2]], arrays[:2], arrays[2]
 
 
+def _kernel_name(kernel, x, params, mask, mask_mode) -> str:
+    """The name expression of ssim3d_forward or ssim3d_backward for x, or the NotImplementedError of a masked
+    float64 volume at a radius past :data:`cussim._kernels.MASKED_FLOAT64_VOLUME_RADIUS`."""
+    largest = _kernels.MASKED_FLOAT64_VOLUME_RADIUS
+    if mask is not None and compute_dtype(x.dtype) == np.float64 and params.radius > largest:
+        raise NotImplementedError(
+            f"mask: the kernels take masks on float64 volumes with win_size up to {2 * largest + 1}, not "
+            f"{params.win_sizes[0]} (their forward would spill registers there): pass float32 volumes, a smaller "
+            "win_size, or NumPy arrays or CPU tensors (the float64 path, with CUSSIM_NUMPY_BACKEND unset or "
+            "'reference')")
+    return _kernels.volume_name(kernel, ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
+                                None if mask is None else mask_mode)
+
+
 def weighted_sums(shape, dtype, params) -> WeightedSums:
     """The :class:`cussim._launch.WeightedSums` of a masked forward over volumes of ``shape`` (the kernels'
     layout): volumes x :func:`tiles` of the map of each kind, a plane slot per volume."""
@@ -91,9 +105,7 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     volumes, inner, strides, (x, y), mask = _with_mask(xp, x, y, mask, outputs)
     depth, height, width = x.shape[-3:]
     map_shape = params.map_shape(x.shape)
-    name = _kernels.volume_name("forward", ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
-                                None if mask is None else mask_mode)
-    kernel = _kernels.get_kernel("ssim3d", name, x)
+    kernel = _kernels.get_kernel("ssim3d", _kernel_name("forward", x, params, mask, mask_mode), x)
     c = ctype.type
     null = _null(xp)
     blocks = tiles(map_shape)
@@ -151,9 +163,7 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
     if mask is not None and (plane_weights is None or coarse is not None):
         raise ValueError("mask: a masked backward needs plane_weights, the masked forward's plane scales, and no "
                          "coarse scale")
-    name = _kernels.volume_name("backward", ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
-                                None if mask is None else mask_mode)
-    kernel = _kernels.get_kernel("ssim3d", name, x)
+    kernel = _kernels.get_kernel("ssim3d", _kernel_name("backward", x, params, mask, mask_mode), x)
     null = _null(xp)
     kernel(
         (tiles(x.shape), min(volumes, MAX_GRID_Y)), (TILE, TILE),
