@@ -218,8 +218,8 @@ template <class T, int R, int Q, bool Masked = false> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
     static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5 && kRingOnThisArch;
     static constexpr int kRegisterPlanes = kRing ? 1 : 2 * R + 1;
-    static constexpr int kMinBlocks =
-        kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords + Masked * kMaskedWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+    static constexpr int kWindowWords = Q * (2 * R + 1) * kWords + Masked * kMaskedWords;
+    static constexpr int kMinBlocks = kRing ? (R >= 2 ? 4 : 3) : kWindowWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 // The masks of the volumes' kernels (docs/spec.rst section 9), their last template argument, as the planes'
@@ -292,8 +292,7 @@ __global__ void __launch_bounds__(
         if (kNormalized && !(load_voxel(kp, k_depth, k_row, k_col, centre_z, centre_row, centre_col, depth, height,
                                         width, PAD_SAME, C(1)) > C(0)))
             kx = ky = C(0);
-        // The weight of map voxel (d, row, col): mask voxel (d + offset, row + offset, col + offset), its address
-        // worked out where it is read (kept in registers beside the window, it spilled for double at R = 7)
+        // The weight of map voxel (d, row, col): mask voxel (d + offset, row + offset, col + offset)
         const auto centre_weight = [&](const C* weights, int d) {
             return weights[outer * k_outer + inner * k_inner + (d + g.offset) * k_depth + (row + g.offset) * k_row +
                            (col + g.offset) * k_col];
