@@ -191,6 +191,9 @@ class Smoke:
         lines += [
             (f"volumes: ssim, ssim_with_gradient {volume}",
              lambda: self.value_and_gradient(c.ssim, c.ssim_with_gradient, s.volume, spatial_dims=3)),
+            *((f"volumes: masked ({mode} mode, a float32 mask per volume): ssim_with_gradient {volume}",
+               lambda mode=mode: self.masked(c.ssim_with_gradient, s.volume, mode, spatial_dims=3))
+              for mode in ("mean", "normalized")),
             (f"volumes: ms_ssim, ms_ssim_with_gradient, 2 scales {volume}",
              lambda: self.value_and_gradient(c.ms_ssim, c.ms_ssim_with_gradient, s.volume, spatial_dims=3,
                                              weights=(0.5, 0.5))),
@@ -205,14 +208,14 @@ class Smoke:
         ]
         return lines
 
-    def masked(self, gradient_function, shape, mask_mode) -> list:
+    def masked(self, gradient_function, shape, mask_mode, spatial_dims=2) -> list:
         """A gradient function's value and gradient with a mask (one per image, a quarter of its weights 0, the
-        others in (0, 2)) against the reference, per image."""
+        others in (0, 2)) against the reference, per image (per volume with ``spatial_dims=3``)."""
         x, y = images(shape)
         rng = np.random.default_rng(1)
-        mask_shape = (shape[0], 1, *shape[-2:])
+        mask_shape = (shape[0], 1, *shape[-spatial_dims:])
         mask = np.where(rng.random(mask_shape) < 0.25, 0.0, 2 * rng.random(mask_shape)).astype(np.float32)
-        options = dict(mask_mode=mask_mode, axis=tuple(range(1, len(shape))))
+        options = dict(mask_mode=mask_mode, axis=tuple(range(1, len(shape))), spatial_dims=spatial_dims)
         value, grad = gradient_function(self.xp.asarray(x), self.xp.asarray(y), mask=self.xp.asarray(mask),
                                         **options)
         expected, expected_grad = reference(gradient_function, x, y, mask=mask, **options)

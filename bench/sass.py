@@ -98,9 +98,9 @@ def kernel_names(dtype: str, radius: int) -> dict:
     """{family: name expressions} of the counted kernels: the 2-D forward of a value and of a value with the
     exact gradient, the same two with a mask (mask_mode="mean": FORWARD_MASK; "normalized": and
     FORWARD_NORMALIZED), the backward and its masked tails (GRAD_WRITE_MASK, GRAD_WRITE_NORMALIZED); the 3-D
-    forward and backward."""
-    names = {family: [f"{family}_{kernel}<{dtype}, {radius}>" for kernel in ("forward", "backward")]
-             for family in ("ssim", "ssim3d")}
+    forward and backward, and the same with a mask (VOLUME_MASK, and VOLUME_NORMALIZED)."""
+    names = {"ssim3d": [_kernels.volume_name(kernel, dtype, radius, mode) for mode in (None, "mean", "normalized")
+                        for kernel in ("forward", "backward")]}
     names["ssim"] = [*(_kernels.forward_name(dtype, radius, formula, "ssim", False, False, mask_mode=mode)
                        for mode in (None, "mean", "normalized") for formula in (None, "exact")),
                      *(_kernels.backward_name(dtype, radius, tail)

@@ -150,10 +150,33 @@ def _ssim_specialisations(every_option_radii=RADII):
                            "msssim_fold<double>")
 
 
+# The mask argument of ssim3d_forward and ssim3d_backward (kernels/ssim3d.cu, VolumeMask) by mask mode: a masked
+# mean's, normalised convolution's; unmasked names leave it out
+VOLUME_MASKS = {"mean": "cussim::VOLUME_MASK", "normalized": "cussim::VOLUME_MASK | cussim::VOLUME_NORMALIZED"}
+
+
+def volume_name(kernel: str, element: str, radius: int, mask_mode=None) -> str:
+    """The name expression of ssim3d_forward or ssim3d_backward (``kernel``) for an element type, a radius and a
+    mask mode (None: unmasked).
+
+    >>> volume_name("forward", "float", 5), volume_name("backward", "double", 3, "normalized")
+    ('ssim3d_forward<float, 5>', 'ssim3d_backward<double, 3, cussim::VOLUME_MASK | cussim::VOLUME_NORMALIZED>')
+    """
+    mask = "" if mask_mode is None else f", {VOLUME_MASKS[mask_mode]}"
+    return f"ssim3d_{kernel}<{element}, {radius}{mask}>"
+
+
+# The largest radius of the masked volumes' kernels in float64: at R = 7 (win_size 15) their forward spills 16 to
+# 112 bytes under its 255 registers on every architecture the compile check covers (the unmasked one takes 254).
+MASKED_FLOAT64_VOLUME_RADIUS = 6
+
+
 def _ssim3d_specialisations():
-    return tuple(f"{kernel}<{element}, {radius}>" for kernel in ("ssim3d_forward", "ssim3d_backward")
-                 for element in ELEMENT_TYPES for radius in RADII) + tuple(
-                     f"msssim3d_downsample<{element}>" for element in ELEMENT_TYPES)
+    return tuple(volume_name(kernel, element, radius, mode) for mode in (None, *VOLUME_MASKS)
+                 for kernel in ("forward", "backward") for element in ELEMENT_TYPES for radius in RADII
+                 if mode is None or element != "double" or radius <= MASKED_FLOAT64_VOLUME_RADIUS) + tuple(
+                     f"msssim3d_downsample<{element}>" for element in ELEMENT_TYPES) + (
+                         "ssim3d_weighted_finish<float>", "ssim3d_weighted_finish<double>")
 
 
 FAMILIES = {"ssim": _ssim_specialisations(), "ssim3d": _ssim3d_specialisations()}

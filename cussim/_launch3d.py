@@ -20,11 +20,13 @@ Examples
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _arrays, _kernels, _launch
 from ._launch import (ELEMENT_TYPES, GRADIENT_FORMULAS, MAX_GRID_Y, MS_SSIM_VARIANT_CODES, PADDING_CODES, TERMS,
-                      TILE, _element_strides, _null, _taps, compute_dtype, plane_layouts)
+                      TILE, WeightedSums, _element_strides, _null, _taps, compute_dtype, plane_layouts)
 
 DEPTH_CHUNK = 16  # output planes per block: the 2R halo planes are read once per chunk
 MAX_PLANE_VOXELS = 2**31 - 1  # ssim3d_backward addresses a plane of the partial maps in 32-bit arithmetic
@@ -50,27 +52,65 @@ def _none_strides():
     return tuple(np.int64(0) for _ in range(5))
 
 
+def _with_mask(xp, x, y, mask, outputs):
+    """:func:`_volume_layouts` of x, y (broadcast to x) and the mask (broadcast too) if there is one: (volumes,
+    inner count, stride arguments of x, y, ``outputs`` and the mask (zeros without one), laid-out x and y, the
+    mask as laid out (None without one))."""
+    inputs = [x, xp.broadcast_to(y, x.shape)]
+    if mask is not None:
+        inputs.append(xp.broadcast_to(mask, x.shape))
+    volumes, inner, strides, arrays = _volume_layouts(inputs, outputs)
+    if mask is None:
+        return volumes, inner, strides + [_none_strides()], arrays[:2], None
+    return volumes, inner, [*strides[:2], *strides[3:], strides[2]], arrays[:2], arrays[2]
+
+
+def _kernel_name(kernel, x, params, mask, mask_mode) -> str:
+    """The name expression of ssim3d_forward or ssim3d_backward for x, or the NotImplementedError of a masked
+    float64 volume at a radius past :data:`cussim._kernels.MASKED_FLOAT64_VOLUME_RADIUS`."""
+    largest = _kernels.MASKED_FLOAT64_VOLUME_RADIUS
+    if mask is not None and compute_dtype(x.dtype) == np.float64 and params.radius > largest:
+        raise NotImplementedError(
+            f"mask: the kernels take masks on float64 volumes with win_size up to {2 * largest + 1}, not "
+            f"{params.win_sizes[0]} (their forward would spill registers there): pass float32 volumes, a smaller "
+            "win_size, or NumPy arrays or CPU tensors (the float64 path, with CUSSIM_NUMPY_BACKEND unset or "
+            "'reference')")
+    return _kernels.volume_name(kernel, ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
+                                None if mask is None else mask_mode)
+
+
+def weighted_sums(shape, dtype, params) -> WeightedSums:
+    """The :class:`cussim._launch.WeightedSums` of a masked forward over volumes of ``shape`` (the kernels'
+    layout): volumes x :func:`tiles` of the map of each kind, a plane slot per volume."""
+    volumes = math.prod(shape[:-3])
+    return WeightedSums(volumes * tiles(params.map_shape(shape)), volumes)
+
+
 def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weight=0.0, formula="exact",
-            term="ssim", sum_scale=1.0, l1=0.0, finish=None, combine=None):
+            term="ssim", sum_scale=1.0, l1=0.0, finish=None, combine=None, mask=None, mask_mode="mean"):
     """Launches ssim3d_forward: as :func:`cussim._launch.forward`, over volumes.
 
     block_sums: float64, volumes x :func:`tiles` of the map; grad_maps:
     compute dtype, 3 x volumes x map voxels, contiguous. ``finish`` runs
     ssim_finish as a second launch (block_sums' last element, the counter of
     the 2-D forward, stays unused); ``combine``, msssim_combine.
+
+    ``mask`` and ``mask_mode``: as :func:`cussim._launch.forward`'s (block_sums
+    laid out as :func:`weighted_sums` says); the finish is then
+    ssim3d_weighted_finish, a second launch too.
     """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
-    y = xp.broadcast_to(y, x.shape)
     outputs = {"out": map_out} if map_out is not None else {}
-    volumes, inner, strides, (x, y) = _volume_layouts([x, y], outputs)
+    volumes, inner, strides, (x, y), mask = _with_mask(xp, x, y, mask, outputs)
     depth, height, width = x.shape[-3:]
     map_shape = params.map_shape(x.shape)
-    kernel = _kernels.get_kernel("ssim3d", f"ssim3d_forward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>", x)
+    kernel = _kernels.get_kernel("ssim3d", _kernel_name("forward", x, params, mask, mask_mode), x)
     c = ctype.type
     null = _null(xp)
+    blocks = tiles(map_shape)
     kernel(
-        (tiles(map_shape), min(volumes, MAX_GRID_Y)), (TILE, TILE),
+        (blocks, min(volumes, MAX_GRID_Y)), (TILE, TILE),
         (x, *strides[0], y, *strides[1], null if map_out is None else map_out,
          *(strides[2] if map_out is not None else _none_strides()),
          null if block_sums is None else block_sums, null if grad_maps is None else grad_maps,
@@ -78,9 +118,12 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
          np.int32(DEPTH_CHUNK), np.int32(PADDING_CODES[params.padding]), np.int32(params.crop),
          np.int32(TERMS[term]), np.int32(GRADIENT_FORMULAS[formula]), _taps(x, params, ctype),
          c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
-         np.float64(sum_scale), np.float64(l1)),
+         np.float64(sum_scale), np.float64(l1), null if mask is None else mask, *strides[-1]),
     )
-    if finish is not None:  # a second launch: folded into ssim3d_forward, the finish made it spill
+    if finish is not None and mask is not None:  # the weighted finish: means, totals, per-volume scales
+        out, _, a, b = finish
+        _weighted_finish(block_sums, WeightedSums(volumes * blocks, volumes), out, a, b)
+    elif finish is not None:  # a second launch: folded into ssim3d_forward, the finish made it spill
         out, count, a, b = finish
         sums = block_sums[:-1]
         _launch.finish(sums, out, per_output=sums.size // max(1, out.size), count=count, a=a, b=b)
@@ -88,31 +131,48 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
         _launch.combine(combine)
 
 
+def _weighted_finish(block_sums, sums: WeightedSums, out, a, b):
+    """Launches ssim3d_weighted_finish: out[i] = a + b * sum(m S) / sum(m) of output i's block sums, with the
+    totals and per-volume scales where ``sums`` says (one block per output)."""
+    name = "float" if out.dtype == np.float32 else "double"
+    kernel = _kernels.get_kernel("ssim3d", f"ssim3d_weighted_finish<{name}>", block_sums)
+    out, stride, outputs, _, a, b = _launch.finish_args((out, 1.0, a, b), None)
+    kernel((min(int(outputs), 2**31 - 1),), (256,),
+           (block_sums, np.int64(sums.sums), outputs, np.int64(sums.planes), a, b, out, stride))
+
+
 def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=None, coarse=None, variant=None,
-             l1=0.0):
+             l1=0.0, mask=None, mask_mode="mean"):
     """Launches ssim3d_backward: as :func:`cussim._launch.backward`, over volumes.
 
     MS-SSIM's extras: ``plane_weights`` (float64, one per volume) scale each
     volume's gradient; ``coarse`` (compute dtype, contiguous volumes of the
     next scale) adds the adjoint of ``variant``'s 2x2x2 mean.
+
+    ``mask`` and ``mask_mode``: a masked mean's gradient, as
+    :func:`cussim._launch.backward`'s (``plane_weights`` the masked forward's
+    plane scales; no ``coarse``).
     """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
-    y = xp.broadcast_to(y, x.shape)
-    volumes, inner, (sx, sy, sg), (x, y) = _volume_layouts([x, y], {"grad": grad})
+    volumes, inner, (sx, sy, sg, sk), (x, y), mask = _with_mask(xp, x, y, mask, {"grad": grad})
     depth, height, width = x.shape[-3:]
     if height * width > MAX_PLANE_VOXELS:
         raise ValueError(f"x: the gradient of volumes takes planes of at most {MAX_PLANE_VOXELS} voxels (rows x "
                          f"columns), got {height} x {width}; split the volume along its rows or columns")
-    kernel = _kernels.get_kernel("ssim3d", f"ssim3d_backward<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {params.radius}>",
-                                 x)
+    if mask is not None and (plane_weights is None or coarse is not None):
+        raise ValueError("mask: a masked backward needs plane_weights, the masked forward's plane scales, and no "
+                         "coarse scale")
+    kernel = _kernels.get_kernel("ssim3d", _kernel_name("backward", x, params, mask, mask_mode), x)
+    null = _null(xp)
     kernel(
         (tiles(x.shape), min(volumes, MAX_GRID_Y)), (TILE, TILE),
         (x, *sx, y, *sy, grad_maps, grad, *sg, np.int64(volumes), np.int64(inner), np.int32(depth),
          np.int32(height), np.int32(width), np.int32(DEPTH_CHUNK), np.int32(PADDING_CODES[params.padding]),
          _taps(x, params, ctype), ctype.type(1.0 / params.data_range),
-         _null(xp) if plane_weights is None else plane_weights, _null(xp) if coarse is None else coarse,
-         np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1), np.int32(bool(accumulate))),
+         null if plane_weights is None else plane_weights, null if coarse is None else coarse,
+         np.int32(MS_SSIM_VARIANT_CODES.get(variant, 0)), ctype.type(l1), np.int32(bool(accumulate)),
+         null if mask is None else mask, *sk),
     )
 
 

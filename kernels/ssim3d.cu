@@ -13,11 +13,18 @@
 //                          exact gradient or of scikit-image's formula.
 //   ssim3d_backward<T, R>  as ssim_backward: F^T of the three partial maps,
 //                          combined with x and y, written or added into grad.
+//   ssim3d_forward<T, R, cussim::VOLUME_MASK> and ssim3d_backward<T, R, cussim::VOLUME_MASK>,
+//                          with `| cussim::VOLUME_NORMALIZED` too: a masked
+//                          mean's (docs/spec.rst section 9), as the planes'
+//                          FORWARD_MASK (FORWARD_NORMALIZED) and masked tails.
+//   ssim3d_weighted_finish<O>  a masked forward's WeightedSums into the means,
+//                          totals and per-volume scales (weighted_finish_values),
+//                          one block per output.
 //   msssim3d_downsample<T> MS-SSIM's 2x2x2 mean of x and y (docs/spec.rst section 6,
 //                          pytorch-msssim's avg_pool3d on 5-D tensors), as a
 //                          variant halves each side, into contiguous volumes
 //                          of the compute type.
-// ssim_forward.cu's ssim_finish turns the block sums into the means,
+// ssim_forward.cu's ssim_finish turns an unmasked forward's block sums into the means,
 // msssim.cu's msssim_combine the scales' means into MS-SSIM; the backward adds
 // the adjoint of the next scale's 2x2x2 mean (msssim.cuh's pooled_target per axis).
 //
@@ -197,18 +204,39 @@ constexpr bool kRingOnThisArch = false;
 constexpr bool kRingOnThisArch = true;
 #endif
 
-template <class T, int R, int Q> struct Window3d {
+// A masked forward (Masked) counts one word more beside its window where its weights' sum and the mask's read
+// beside the 55 words of the float window at R = 5 spilled 8 to 24 bytes at 128 registers (sm_70 to sm_89,
+// sm_120 and sm_121; a plane in the ring did not help): that one takes the whole register file there. On
+// sm_90 to sm_103 it fits in 128.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && __CUDA_ARCH__ < 1200
+constexpr int kMaskedWords = 0;
+#else
+constexpr int kMaskedWords = 1;
+#endif
+
+template <class T, int R, int Q, bool Masked = false> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
     static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5 && kRingOnThisArch;
     static constexpr int kRegisterPlanes = kRing ? 1 : 2 * R + 1;
-    static constexpr int kMinBlocks =
-        kRing ? (R >= 2 ? 4 : 3) : Q * (2 * R + 1) * kWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+    static constexpr int kWindowWords = Q * (2 * R + 1) * kWords + Masked * kMaskedWords;
+    static constexpr int kMinBlocks = kRing ? (R >= 2 ? 4 : 3) : kWindowWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
+
+// The masks of the volumes' kernels (docs/spec.rst section 9), their last template argument, as the planes'
+// FORWARD_MASK and FORWARD_NORMALIZED (kernels/ssim_forward.cu, same values) and masked tails: the forward's
+// block sums hold sum(m S) and sum(m) (WeightedSums), its partial maps m * weight * P, the backward scales
+// each volume by 1 / its total (the volume_weights argument: WeightedSums' plane scales) and weights the L1
+// term by m. VOLUME_NORMALIZED (with VOLUME_MASK): normalised convolution, the moments F(m x) / W, ... with
+// W = F(m) (x and y 0 where m is 0, so nothing there is read into the arithmetic), the map and the partials 0
+// where the centre weighs 0, the partials divided by W; the backward's gradient all times m (0 where m is
+// 0). Only these specialisations read the mask: VOLUME_UNMASKED's compile as without it.
+enum VolumeMask { VOLUME_UNMASKED = 0, VOLUME_MASK = 64, VOLUME_NORMALIZED = 128 };
 
 }  // namespace cussim
 
-template <class T, int R>
-__global__ void __launch_bounds__(256, cussim::Window3d<T, R, 5>::kMinBlocks) ssim3d_forward(
+template <class T, int R, int Mask = cussim::VOLUME_UNMASKED>
+__global__ void __launch_bounds__(
+    256, cussim::Window3d<T, R, Mask & cussim::VOLUME_NORMALIZED ? 6 : 5, Mask != 0>::kMinBlocks) ssim3d_forward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ map, long long m_outer, long long m_inner, long long m_depth,
@@ -218,15 +246,21 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 5>::kMinBlocks) ss
     const typename cussim::ComputeType<T>::type* __restrict__ taps, typename cussim::ComputeType<T>::type inv_range,
     typename cussim::ComputeType<T>::type c1, typename cussim::ComputeType<T>::type c2,
     typename cussim::ComputeType<T>::type cov, typename cussim::ComputeType<T>::type weight, double sum_scale,
-    double l1) {
+    double l1, const typename cussim::ComputeType<T>::type* __restrict__ mask, long long k_outer, long long k_inner,
+    long long k_depth, long long k_row, long long k_col) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
-    __shared__ C tiles[2][kSide][kSide];  // x and y around the tile, one plane, shifted by (kx, ky)
-    __shared__ C rows[5][kSide][kTile];   // filtered along rows: mx, md, Exx, Eyy, Edd
+    constexpr bool kMasked = (Mask & VOLUME_MASK) != 0, kNormalized = (Mask & VOLUME_NORMALIZED) != 0;
+    static_assert(!kNormalized || kMasked, "normalised convolution: with its mask");
+    constexpr int Q = kNormalized ? 6 : 5;  // the quantities filtered
+    // x and y around the tile, one plane, shifted by (kx, ky); normalized: 0 where m is 0, and m
+    __shared__ C tiles[kNormalized ? 3 : 2][kSide][kSide];
+    // filtered along rows: mx, md, Exx, Eyy, Edd; normalized: m x, m d, m, m x^2, m y^2, m d^2
+    __shared__ C rows[Q][kSide][kTile];
     __shared__ C weights[2 * R + 1];
-    __shared__ double scratch[kTile * kTile / 32];  // block_sum's warp sums
-    using Window = RollingWindow<C, R, 5, Window3d<T, R, 5>::kRegisterPlanes>;
+    __shared__ double scratch[kMasked ? kTile * kTile / 16 : kTile * kTile / 32];  // block_sum(_pair)'s warp sums
+    using Window = RollingWindow<C, R, Q, Window3d<T, R, Q>::kRegisterPlanes>;
     __shared__ typename Window::Ring ring;
 
     const BrickGeometry g = brick_geometry<R>(padding, depth, height, width, chunk, true);
@@ -251,9 +285,20 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 5>::kMinBlocks) ss
                                       width, PAD_SAME, inv_range);
         const C y_centre = load_voxel(yp, y_depth, y_row, y_col, centre_z, centre_row, centre_col, depth, height,
                                       width, PAD_SAME, inv_range);
-        const C kx = is_finite(x_centre) ? x_centre : C(0), ky = is_finite(y_centre) ? y_centre : C(0);
+        C kx = is_finite(x_centre) ? x_centre : C(0), ky = is_finite(y_centre) ? y_centre : C(0);
+        // the mask's volume
+        const C* kp = kMasked ? mask + outer * k_outer + inner * k_inner : nullptr;
+        // normalized: no shift from a voxel of weight 0, whose value may be anything
+        if (kNormalized && !(load_voxel(kp, k_depth, k_row, k_col, centre_z, centre_row, centre_col, depth, height,
+                                        width, PAD_SAME, C(1)) > C(0)))
+            kx = ky = C(0);
+        // The weight of map voxel (d, row, col): mask voxel (d + offset, row + offset, col + offset)
+        const auto centre_weight = [&](const C* weights, int d) {
+            return weights[outer * k_outer + inner * k_inner + (d + g.offset) * k_depth + (row + g.offset) * k_row +
+                           (col + g.offset) * k_col];
+        };
         Window window = {};
-        double thread_sum = 0.0;
+        double thread_sum = 0.0, weight_sum = 0.0;  // weight_sum: masked, the weights' (below)
         // Input plane z feeds map planes z - offset - R .. z - offset + R.
         for (int z = g.first + g.offset - R; z < g.last + g.offset + R; ++z) {
             // a loop per padding (zero outside for "same" and "valid"), as the backward's
@@ -262,10 +307,22 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 5>::kMinBlocks) ss
                 for (int k = tid; k < kSide * kSide; k += kTile * kTile) {
                     const int r = k / kSide, c = k % kSide;
                     const int in_row = g.row + g.offset - R + r, in_col = g.col + g.offset - R + c;
-                    tiles[0][r][c] = load_voxel(xp, x_depth, x_row, x_col, z, in_row, in_col, depth, height, width,
-                                                loaded_padding, inv_range) - kx;
-                    tiles[1][r][c] = load_voxel(yp, y_depth, y_row, y_col, z, in_row, in_col, depth, height, width,
-                                                loaded_padding, inv_range) - ky;
+                    if constexpr (kNormalized) {  // the weight (padded as the images), x' and y' 0 where it is 0
+                        const C w = load_voxel(kp, k_depth, k_row, k_col, z, in_row, in_col, depth, height, width,
+                                               loaded_padding, C(1));
+                        tiles[2][r][c] = w;
+                        tiles[0][r][c] = w > C(0) ? load_voxel(xp, x_depth, x_row, x_col, z, in_row, in_col, depth,
+                                                               height, width, loaded_padding, inv_range) - kx
+                                                  : C(0);
+                        tiles[1][r][c] = w > C(0) ? load_voxel(yp, y_depth, y_row, y_col, z, in_row, in_col, depth,
+                                                               height, width, loaded_padding, inv_range) - ky
+                                                  : C(0);
+                    } else {
+                        tiles[0][r][c] = load_voxel(xp, x_depth, x_row, x_col, z, in_row, in_col, depth, height,
+                                                    width, loaded_padding, inv_range) - kx;
+                        tiles[1][r][c] = load_voxel(yp, y_depth, y_row, y_col, z, in_row, in_col, depth, height,
+                                                    width, loaded_padding, inv_range) - ky;
+                    }
                 }
             };
             if (padding == PAD_REFLECT) {
@@ -274,33 +331,77 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 5>::kMinBlocks) ss
                 fill(PAD_SAME);
             }
             __syncthreads();
-            C m[5];
-            filter_tile<C, R, 5>(
-                [&](int r, int c, C (&v)[5]) { moment_terms(tiles[0][r][c], tiles[1][r][c], v); },
-                rows, weights, tid, m);
+            C m[Q];
+            if constexpr (kNormalized) {
+                filter_tile<C, R, 6>(
+                    [&](int r, int c, C (&v)[6]) {
+                        const C a = tiles[0][r][c], b = tiles[1][r][c], w = tiles[2][r][c], d = a - b;
+                        v[0] = w * a;
+                        v[1] = w * d;
+                        v[2] = w;
+                        v[3] = w * a * a;
+                        v[4] = w * b * b;
+                        v[5] = w * d * d;
+                    },
+                    rows, weights, tid, m);
+            } else {
+                filter_tile<C, R, 5>(
+                    [&](int r, int c, C (&v)[5]) { moment_terms(tiles[0][r][c], tiles[1][r][c], v); },
+                    rows, weights, tid, m);
+            }
             window.push(m, ring, tid);
             const int d = z - g.offset - R;  // the map plane whose window is now complete
             if (d >= g.first && in_map) {
-                C moments[5];
-                window.filtered(weights, ring, tid, moments);
-                const Pixel<C> px = ssim_pixel(moments, kx, ky, c1, c2, cov, term, grad_maps ? formula : 0);
+                C moments[5], inv_w = C(1), centre = C(1);
+                if constexpr (kNormalized) {  // F(m x') / W, ... and 1 / W (0 where W is 0)
+                    C f[6];
+                    window.filtered(weights, ring, tid, f);
+                    inv_w = f[2] > C(0) ? C(1) / f[2] : C(0);
+                    moments[0] = f[0] * inv_w;
+                    moments[1] = f[1] * inv_w;
+                    moments[2] = f[3] * inv_w;
+                    moments[3] = f[4] * inv_w;
+                    moments[4] = f[5] * inv_w;
+                    centre = centre_weight(mask, d);
+                } else {
+                    window.filtered(weights, ring, tid, moments);
+                }
+                Pixel<C> px = ssim_pixel(moments, kx, ky, c1, c2, cov, term, grad_maps ? formula : 0);
+                // normalized: 0 (value and partials) where the centre weighs 0 (there W may be 0 too)
+                if (kNormalized && !(centre > C(0))) px.s = px.partial[0] = px.partial[1] = px.partial[2] = C(0);
                 if (map) map[outer * m_outer + inner * m_inner + d * m_depth + row * m_row + col * m_col] = px.s;
                 const bool counted = counted_column && d >= crop && d < g.map_d - crop;
-                double value = counted ? (double)px.s : 0.0;
-                if (counted && l1 != 0.0) {  // the fused L1 term ("same" padding: the voxel is (d, row, col))
-                    const C dx = load_voxel(xp, x_depth, x_row, x_col, d, row, col, depth, height, width, PAD_SAME,
-                                            inv_range) -
-                                 load_voxel(yp, y_depth, y_row, y_col, d, row, col, depth, height, width, PAD_SAME,
-                                            inv_range);
-                    value = with_l1(value, dx, sum_scale, l1);
+                // masked: this voxel's weight, 0 where the mean does not count it, scales its share of the sums;
+                // the weights' sum in the voxels' order, NaN from a negative weight on (a NaN or an infinite
+                // weight makes it NaN or infinite by itself: the host refuses every such total)
+                C mv = C(0);
+                if constexpr (kMasked) {
+                    const C read = kNormalized ? centre : counted ? centre_weight(mask, d) : C(0);
+                    mv = counted ? read : C(0);
+                    weight_sum = read < C(0) ? (double)__uint_as_float(0x7fc00000u) : weight_sum + (double)mv;
                 }
+                // mean mode: m S in C (m = 1: bitwise S); with the L1 term weighted after it is added (double)
+                double value = counted ? (double)(kMasked && !kNormalized && l1 == 0.0 ? px.s * mv : px.s) : 0.0;
+                if (counted && l1 != 0.0) {  // the fused L1 term ("same" padding: the voxel is (d, row, col))
+                    // normalized: 0 where the weight is 0, whose values are never read
+                    const C dx = kNormalized && !(centre > C(0))
+                                     ? C(0)
+                                     : load_voxel(xp, x_depth, x_row, x_col, d, row, col, depth, height, width,
+                                                  PAD_SAME, inv_range) -
+                                           load_voxel(yp, y_depth, y_row, y_col, d, row, col, depth, height, width,
+                                                      PAD_SAME, inv_range);
+                    value = with_l1(value, dx, sum_scale, l1);
+                    if (kMasked && !kNormalized) value *= (double)mv;
+                }
+                if (kNormalized) value *= (double)mv;
                 thread_sum += value;
                 if (grad_maps) {
                     // partial[0] moves from the moments shifted by kx (x) and kx - ky (d = x - y) to
                     // unshifted ones: ssim3d_backward combines the maps with x and x - y themselves. It is
                     // moved_partial with moves -2 kx and -2 (kx - ky), factored as before: that form cost 1
                     // instruction more per voxel for double at R = 5 (python -m bench.sass).
-                    const C w = partial_weight(counted, formula, weight);
+                    // masked: m weight (m 0 where not counted); normalized: divided by W too
+                    const C w = kMasked ? mv * weight * inv_w : partial_weight(counted, formula, weight);
                     const long long at = p * g.map_voxels + ((long long)d * g.map_h + row) * g.map_w + col;
                     const C partials[3] = {px.partial[0] - C(2) * (kx * px.partial[1] + (kx - ky) * px.partial[2]),
                                            px.partial[1], px.partial[2]};
@@ -308,14 +409,20 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 5>::kMinBlocks) ss
                 }
             }
         }
-        if (block_sums) {
+        if (block_sums && kMasked) {  // the weights' sums follow the values' (WeightedSums)
+            block_sum_pair(thread_sum, weight_sum, scratch, tid);
+            if (tid == 0) {
+                block_sums[p * gridDim.x + blockIdx.x] = thread_sum;
+                block_sums[(volumes + p) * gridDim.x + blockIdx.x] = weight_sum;
+            }
+        } else if (block_sums) {
             const double total = block_sum(thread_sum, scratch, tid);
             if (tid == 0) block_sums[p * gridDim.x + blockIdx.x] = total;
         }
     }
 }
 
-template <class T, int R>
+template <class T, int R, int Mask = cussim::VOLUME_UNMASKED>
 __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 3>::kMinBlocks) ssim3d_backward(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
@@ -325,10 +432,14 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 3>::kMinBlocks) ss
     int chunk, int padding, const typename cussim::ComputeType<T>::type* __restrict__ taps,
     typename cussim::ComputeType<T>::type inv_range, const double* __restrict__ volume_weights,
     const typename cussim::ComputeType<T>::type* __restrict__ coarse, int variant,
-    typename cussim::ComputeType<T>::type l1, int accumulate) {
+    typename cussim::ComputeType<T>::type l1, int accumulate,
+    const typename cussim::ComputeType<T>::type* __restrict__ mask, long long k_outer, long long k_inner,
+    long long k_depth, long long k_row, long long k_col) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     constexpr int kSide = kTile + 2 * R;
+    constexpr bool kMasked = (Mask & VOLUME_MASK) != 0, kNormalized = (Mask & VOLUME_NORMALIZED) != 0;
+    static_assert(!kNormalized || kMasked, "normalised convolution: with its mask");
     __shared__ C tile[3][kSide][kSide];  // g*Pmu, g*Pxx, g*Pdd around the tile, one map plane
     __shared__ C rows[3][kSide][kTile];
     __shared__ C weights[2 * R + 1];
@@ -400,10 +511,26 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 3>::kMinBlocks) ss
                                         inv_range);
                 // P0 + 2 x P1 + 2 (x - y) P2 of the unshifted moments' partials: moved_partial with moves 2 x
                 // and 2 (x - y), factored with one multiply fewer per voxel (python -m bench.sass)
-                C value = (blurred[0] + C(2) * (xv * blurred[1] + (xv - yv) * blurred[2])) * inv_range;
-                if (volume_weights) value *= (C)volume_weights[p];
-                if (coarse) value += pooled_adjoint3d(coarse, p, z, row, col, depth, height, width, variant);
-                if (l1 != C(0)) value += l1_gradient(xv, yv, l1);
+                const C combined = blurred[0] + C(2) * (xv * blurred[1] + (xv - yv) * blurred[2]);
+                C value;
+                if constexpr (kMasked) {
+                    // the volume's 1 / total weight (volume_weights: the forward's plane scales) folded into the
+                    // constants; the L1 term weighted by m (normalized: all of it, below), 0 where m is 0
+                    const C scale = (C)volume_weights[p];
+                    value = combined * (inv_range * scale);
+                    const bool reads_mask = kNormalized || l1 != C(0);
+                    const C mv = reads_mask ? mask[outer * k_outer + inner * k_inner + z * k_depth + row * k_row +
+                                                   col * k_col]
+                                            : C(0);
+                    if (l1 != C(0)) value += kNormalized ? l1_gradient(xv, yv, l1 * scale)
+                                                         : mv * l1_gradient(xv, yv, l1 * scale);
+                    if (kNormalized) value = mv > C(0) ? mv * value : C(0);
+                } else {
+                    value = combined * inv_range;
+                    if (volume_weights) value *= (C)volume_weights[p];
+                    if (coarse) value += pooled_adjoint3d(coarse, p, z, row, col, depth, height, width, variant);
+                    if (l1 != C(0)) value += l1_gradient(xv, yv, l1);
+                }
                 typename GradientType<T>::type* gp =
                     grad + outer * g_outer + inner * g_inner + z * g_depth + row * g_row + col * g_col;
                 if (accumulate) value += (C)element_value(*gp);
@@ -411,6 +538,18 @@ __global__ void __launch_bounds__(256, cussim::Window3d<T, R, 3>::kMinBlocks) ss
             }
         }
     }
+}
+
+// A masked forward's finish (the forward's second launch, as ssim_finish is the unmasked one's): block
+// (256), one block per output (gridDim.x of them at most, each looping), the block sums laid out as
+// WeightedSums with `sums` of each kind and one plane slot per volume.
+template <class O>
+__global__ void __launch_bounds__(256) ssim3d_weighted_finish(double* __restrict__ block_sums, long long sums,
+                                                              long long outputs, long long volumes, double a,
+                                                              double b, O* __restrict__ out, long long out_stride) {
+    __shared__ double scratch[256];
+    cussim::weighted_finish_values(cussim::WeightedSums{block_sums, sums, outputs, volumes}, a, b, out, out_stride,
+                                   scratch, blockIdx.x, gridDim.x, (int)threadIdx.x);
 }
 
 template <class T>

@@ -4,7 +4,7 @@
 // the 16 x 16 tiles of the 3-D kernels), the blocks per SM that ptxas must fit, the planes a block
 // visits (PlaneIndex), and the float64 block sums in a fixed order with the finish that turns them
 // into means (block_sum, finish_values, finish_if_last: the last block to arrive finishes; with a
-// mask, WeightedSums and weighted_finish_if_last).
+// mask, WeightedSums, weighted_finish_values and weighted_finish_if_last).
 //
 // Every image array is addressed by element strides (int64): plane
 // p = outer * inner_count + inner, then row and column; a stride of 0
@@ -139,15 +139,13 @@ struct WeightedSums {
     __device__ unsigned int* counter() const { return reinterpret_cast<unsigned int*>(plane_scales() + planes); }
 };
 
-// finish_if_last for a masked forward: the last block to arrive writes each output as a + b * sum(m S) /
-// sum(m), each result's total weight (the host checks that none is 0) and its planes' 1 / total. Called as
-// finish_if_last is.
+// Each output o = first, first + step, ... < s.outputs of a masked forward's sums: a + b * sum(m S) / sum(m),
+// its total weight (the host checks that none is 0) and its planes' 1 / total, each sum an ordered_sum.
 template <class O>
-__device__ inline void weighted_finish_if_last(WeightedSums s, double a, double b, O* out, long long out_stride,
-                                               double* scratch, int tid) {
-    if (!last_arrival(s.counter(), gridDim.x * gridDim.y, scratch, tid)) return;
+__device__ inline void weighted_finish_values(WeightedSums s, double a, double b, O* out, long long out_stride,
+                                              double* scratch, long long first, long long step, int tid) {
     const long long per_output = s.sums / s.outputs, planes_per_output = s.planes / s.outputs;
-    for (long long o = 0; o < s.outputs; ++o) {
+    for (long long o = first; o < s.outputs; o += step) {
         ordered_sum(s.base + s.sums + o * per_output, per_output, scratch, tid);
         const double total = scratch[0];
         __syncthreads();  // every thread has read it: the next sum overwrites scratch
@@ -159,6 +157,15 @@ __device__ inline void weighted_finish_if_last(WeightedSums s, double a, double 
         for (long long p = tid; p < planes_per_output; p += 256) s.plane_scales()[o * planes_per_output + p] = 1.0 / total;
         __syncthreads();
     }
+}
+
+// finish_if_last for a masked forward: the last block to arrive writes every output's weighted_finish_values.
+// Called as finish_if_last is.
+template <class O>
+__device__ inline void weighted_finish_if_last(WeightedSums s, double a, double b, O* out, long long out_stride,
+                                               double* scratch, int tid) {
+    if (last_arrival(s.counter(), gridDim.x * gridDim.y, scratch, tid))
+        weighted_finish_values(s, a, b, out, out_stride, scratch, 0, 1, tid);
 }
 
 // Where a block's tile of 16 columns by kHeight rows lies, over the map

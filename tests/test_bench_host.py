@@ -201,6 +201,11 @@ WHOLE_KERNEL_BOUNDS = {  # kernel: (instructions per pixel, integer and address 
     "ssim_backward<float, 5, cussim::GRAD_WRITE_NORMALIZED>": (272, 95, 80),
     "ssim3d_forward<float, 5>": (1525, 430, 128),
     "ssim3d_backward<float, 5>": (1090, 480, 64),
+    # masked volumes (VOLUME_MASK, then with VOLUME_NORMALIZED)
+    "ssim3d_forward<float, 5, cussim::VOLUME_MASK>": (1560, 438, 128),
+    "ssim3d_backward<float, 5, cussim::VOLUME_MASK>": (1007, 430, 64),
+    "ssim3d_forward<float, 5, cussim::VOLUME_MASK | cussim::VOLUME_NORMALIZED>": (1700, 413, 255),
+    "ssim3d_backward<float, 5, cussim::VOLUME_MASK | cussim::VOLUME_NORMALIZED>": (1023, 429, 64),
 }
 
 
