@@ -383,14 +383,14 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
 
 def _use_kernels(problem: _Problem, masked_means=False) -> bool:
     """Whether the kernels compute this problem (else the float64 reference). ``masked_means``: whether the
-    caller runs masked problems on them (2-D SSIM's means and normalised maps); other masked problems on the
-    kernels are a NotImplementedError that says what does take them."""
+    caller runs masked problems on them (2-D SSIM's means and normalised maps, 2-D MS-SSIM); other masked
+    problems on the kernels are a NotImplementedError that says what does take them."""
     kernels = problem.xp is not np or _arrays.numpy_backend() == "emulator"
     if kernels and problem.mask is not None:
         if not masked_means or problem.params.spatial != 2:
             raise NotImplementedError(
-                "mask: the kernels take masks for 2-D SSIM and DSSIM means and the L1 + DSSIM loss only so far, "
-                "not for volumes or MS-SSIM: pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
+                "mask: the kernels take masks for 2-D SSIM, DSSIM and MS-SSIM means and the L1 + DSSIM loss only "
+                "so far, not for volumes: pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
                 "'reference')")
     if kernels and not problem.params.one_window:
         raise ValueError(f"win_size and sigma give each spatial axis its own window here "
