@@ -187,6 +187,12 @@ constexpr int kPyramidMinBlocks = 1;
 #else
 constexpr int kPyramidMinBlocks = 4;
 #endif
+// With a mask (a third image): 3 blocks (80 registers) in double, whose 4-level pyramid spilled 40 bytes on
+// sm_90 at 64.
+template <class T, bool Masked> struct PyramidMinBlocks {
+    static constexpr int value =
+        Masked && sizeof(typename ComputeType<T>::type) == 8 && kPyramidMinBlocks > 3 ? 3 : kPyramidMinBlocks;
+};
 
 }  // namespace cussim
 
@@ -208,7 +214,7 @@ constexpr int kPyramidMinBlocks = 4;
 // pooled the same way into mask_out, laid out as x_out (a pooled mask per
 // plane); the others ignore those arguments.
 template <class T, int D, bool Masked = false>
-__global__ void __launch_bounds__(256, cussim::kPyramidMinBlocks) msssim_pyramid(
+__global__ void __launch_bounds__(256, cussim::PyramidMinBlocks<T, Masked>::value) msssim_pyramid(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ x_out,
