@@ -318,8 +318,8 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
     ks = [mask] + views["k"][1:]
     for (first, levels, extension, _, _), x_out, y_out, k_out in zip(
             pyramid.pyramid_launches, views["x_launches"], views["y_launches"], views["k_launches"]):
-        launcher.pyramid(xs[first], ys[first], x_out, y_out, variant, levels, margin=extension, mask=ks[first],
-                         mask_out=k_out)
+        launcher.pyramid(xs[first], ys[first], x_out, y_out, variant, levels, margin=extension,
+                         **({} if mask is None else {"mask": ks[first], "mask_out": k_out}))
     combine = _launch.Combine(views["block_sums"], pyramid.scale_table, views["image_values"],
                               views["plane_weights"] if want_gradient else None, flat_out, pyramid.planes,
                               pyramid.group, 1.0 / (pyramid.images // max(1, flat_out.size)))
