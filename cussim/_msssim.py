@@ -374,7 +374,7 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
         mask = None if problem.mask is None else _ssim._kernel_mask(problem, workspace)
         _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate, mask)
         if mask is not None:  # the one synchronisation of a masked call: each scale's totals, as the reference
-            totals = _arrays.to_host(views["totals"])
+            totals = _ssim.host_totals(views["totals"], workspace)
             for scale_totals in totals:
                 _masks.check_kernel_totals(scale_totals, pyramid.image_shape)
 

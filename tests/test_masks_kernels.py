@@ -267,9 +267,11 @@ def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cup
     with device_allocations_refused():
         record.clear()
         call()
-        assert not record.allocations
+        assert not record.allocations and not record.of("pinned")  # the totals into workspace.host_totals
         assert [e.name for e in record.syncs] == ["ndarray.get"]
     assert _arrays.allocations == before
+    assert workspace.host_totals.shape == (1,)
+    assert workspace.host_totals[0] == pytest.approx(mask.astype(np.float64).sum(), rel=1e-12)
     want_value, want_grad = _on_reference(cussim.dssim_with_gradient, x, y, mask, monkeypatch, win_size=5,
                                           mask_mode=mode)
     np.testing.assert_allclose(out.get(), want_value, rtol=0, atol=1e-5)

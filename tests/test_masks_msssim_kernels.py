@@ -200,7 +200,8 @@ def test_in_place_masked_calls_with_a_masked_workspace(on_kernels, monkeypatch):
 
 def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cupy, monkeypatch):
     """On the strict CuPy stand-in (bench/cupy_standin.py): with out, grad and a masked workspace, a warm masked
-    MS-SSIM call allocates nothing and synchronises once, to read the scales' total weights."""
+    MS-SSIM call allocates nothing and synchronises once, to read the scales' total weights, into the workspace's
+    pinned host buffer (made at the first call)."""
     from bench.cupy_standin import record
     from cussim import _arrays
     from executors import device_allocations_refused
@@ -221,9 +222,11 @@ def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cup
     with device_allocations_refused():
         record.clear()
         call()
-        assert not record.allocations
+        assert not record.allocations and not record.of("pinned")
         assert [e.name for e in record.syncs] == ["ndarray.get"]
     assert _arrays.allocations == before
+    held = workspace.host_totals  # scales x images: 3 scales, 2 images, each with the weight of its mask
+    assert held.shape == (6,) and (held[:2] == mask[1:-1, 1:-1].sum()).all() and (held[2:] > 0).all()
     want_value, want_grad = _on_reference(cussim.ms_ssim_with_gradient, x, y, mask, monkeypatch, **OPTIONS)
     np.testing.assert_allclose(out.get(), want_value, rtol=0, atol=1e-5)
     assert np.linalg.norm(grad.get() - want_grad) <= 1e-4 * np.linalg.norm(want_grad)
