@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 
 from bench import sass, sass_march, sass_units, sass_whole
-from cussim import _nvrtc
+from cussim import _kernels, _nvrtc
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,11 @@ def main(argv=None) -> int:
     pixels = math.prod(shape)
     counted = {}  # architecture -> {kernel: Whole}
     for arch in sorted({args.arch} | {gpu.cc for gpu in GPUS}):
-        rows = sass.measure(arch, "float", 5, shape)
-        counted[arch] = {"cussim forward value": rows[0][1], "cussim forward exact": rows[1][1],
-                         "cussim backward": rows[2][1]}
+        wholes = {w.name: w for _, w, _ in sass.measure(arch, "float", 5, shape)}  # by name: the rows grow
+        counted[arch] = {label: wholes[name] for label, name in (
+            ("cussim forward value", _kernels.forward_name("float", 5, None, "ssim", False, False)),
+            ("cussim forward exact", _kernels.forward_name("float", 5, "exact", "ssim", False, False)),
+            ("cussim backward", _kernels.backward_name("float", 5)))}
         peer = fused_ssim_counts(arch, shape)
         if peer:
             counted[arch]["fused-ssim forward value"] = peer["fusedssimCUDA"][0]
