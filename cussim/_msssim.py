@@ -470,8 +470,8 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
         Where to write the gradient (x's shape; x's dtype for floats, float32
         for integer images).
     workspace : Workspace, optional
-        From :func:`make_ms_ssim_workspace`; with ``out`` and ``grad`` too,
-        the call allocates nothing.
+        From :func:`make_ms_ssim_workspace` (with ``mask=mask`` for masked
+        calls); with ``out`` and ``grad`` too, the call allocates nothing.
     accumulate : bool
         Add into ``grad`` instead of overwriting it.
 
