@@ -75,7 +75,7 @@ __device__ inline C pooled_adjoint(const C* coarse_plane, long long row_code, in
 // kMaskedCombineScratch), free on entry (after a barrier) and on return.
 // msssim_combine and the folded combine run this one piece of code, so their
 // values and weights are bitwise the same.
-// Masked (MS-SSIM with a mask, docs/spec.rst section 8; the folded combine of
+// Masked (MS-SSIM with a mask, docs/spec.rst section 9; the folded combine of
 // FORWARD_COMBINE | FORWARD_MASK): each scale's block sums are those of a
 // masked forward, planes x tiles sums of m S and then as many of m (its
 // pooled mask's weights), so m_j = sum(m S) / sum(m) over the image's planes,

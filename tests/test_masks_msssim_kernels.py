@@ -1,7 +1,7 @@
 """Masked MS-SSIM on the 2-D kernels (kernels/msssim.cu's pyramid pooling the mask, the scales' forwards with
 FORWARD_MASK, the combine's weighted means) through the public functions, on the emulator
 (CUSSIM_NUMPY_BACKEND=emulator) and on a GPU where there is one, against the float64 reference
-(docs/spec.rst sections 6 to 8)."""
+(docs/spec.rst sections 6, 7 and 9)."""
 
 import re
 
