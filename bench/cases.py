@@ -89,6 +89,46 @@ def ms_ssim_cases(cupy, cussim, label, shape, repeats, limits, cache_bytes, foun
     return rows
 
 
+def masked_cases(cupy, cussim, label, shape, repeats, limits, cache_bytes, unmasked_ms_ssim=True) -> list:
+    """Masked rows of one shape (float32), to time beside the unmasked ones on the same pairs (ssim_cases' seed):
+    SSIM with a mask (metric "ssim mask=mean", "ssim mask=normalized"; "same" padding) and MS-SSIM with one
+    ("ms_ssim mask=mean"; pytorch_msssim's variant, and the unmasked MS-SSIM beside it unless
+    ``unmasked_ms_ssim`` is False), the value and the value with its gradient, in place: out, grad and a
+    masked workspace. The mask: one per image (1 x 1 x H x W), a quarter of its pixels 0, the others 1. A
+    masked call synchronises once (its totals), which its time holds. On images too small for MS-SSIM's five
+    scales (a rehearsal's), two scales of win_size 7."""
+    pairs = input_pairs(cupy, shape, "float32", seed=0, cache_bytes=cache_bytes)
+    pixels = math.prod(shape)
+    out, grad = cupy.empty((), cupy.float32), cupy.empty(shape, cupy.float32)
+    x0, _ = pairs[0]
+    mask = (cupy.random.default_rng(4).random((1, 1, *shape[-2:]), dtype=cupy.float32) > 0.25).astype(cupy.float32)
+    rows = []
+    for mode in ("mean", "normalized"):
+        workspace = cussim.make_workspace(x0, mask=mask)
+        calls = {
+            "value": rotating(pairs, lambda x, y: cussim.ssim(x, y, mask=mask, mask_mode=mode, out=out)),
+            "value+gradient": rotating(pairs, lambda x, y: cussim.ssim_with_gradient(
+                x, y, mask=mask, mask_mode=mode, out=out, grad=grad, workspace=workspace)),
+        }
+        rows += [ours_row(f"ssim mask={mode}", op, "same", label, "float32", pixels, event_time(cupy, fn, repeats),
+                          limits, work_case="ssim" + OPERATIONS[op]) for op, fn in calls.items()]
+    small = min(shape[-2:]) < 161
+    options = dict(weights=(0.5, 0.5), win_size=7) if small else {}
+    for masked in (None, mask) if unmasked_ms_ssim else (mask,):
+        workspace = cussim.make_ms_ssim_workspace(x0, mask=masked, **options)
+        calls = {
+            "value": rotating(pairs, lambda x, y: cussim.ms_ssim(x, y, mask=masked, out=out, **options)),
+            "value+gradient": rotating(pairs, lambda x, y: cussim.ms_ssim_with_gradient(
+                x, y, mask=masked, out=out, grad=grad, workspace=workspace, **options)),
+        }
+        metric = "ms_ssim" if masked is None else "ms_ssim mask=mean"
+        convention = "pytorch_msssim" + (", 2 scales, win_size 7" if small else "")
+        rows += [ours_row(metric, op, convention, label, "float32", pixels, event_time(cupy, fn, repeats), limits,
+                          options.get("win_size", 11), work_case="ms_ssim" + OPERATIONS[op])
+                 for op, fn in calls.items()]
+    return rows
+
+
 def torch_loss_cases(cupy, label, shape, repeats, limits, cache_bytes, found, torch_peers) -> list:
     """cussim.torch's l1_dssim_loss (weight 0.2) and SSIMLoss, forward plus backward, against the same
     losses built on fussim and pytorch-msssim; all timed with PyTorch's CUDA events."""
@@ -166,6 +206,8 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
             rows += ssim_cases(cupy, cussim, label, shape, dtype, repeats, limits, cache_bytes, found, matches,
                                torch_peers)
         rows += ms_ssim_cases(cupy, cussim, label, shape, repeats, limits, cache_bytes, found_ms, torch_peers)
+        if label == "1x3x1080x1920":  # masked beside the unmasked rows above
+            rows += masked_cases(cupy, cussim, label, shape, repeats, limits, cache_bytes, unmasked_ms_ssim=False)
     for label, shape in VOLUME_SHAPES.items():
         rows += ssim_cases(cupy, cussim, label, shape, "float32", repeats, limits, cache_bytes, found_volumes,
                            volume_matches, torch_peers, spatial_dims=3)
@@ -174,7 +216,8 @@ def gpu_run(cupy, cussim, repeats: int) -> tuple[dict, list]:
 
 def quick_run(cupy, cussim, repeats: int, shapes: dict, rehearse: bool = False) -> tuple[dict, list]:
     """The quick case list: the ceilings, then SSIM float32 at ``shapes``, the value and the value with its
-    gradient, against QUICK_PEERS that import, each peer's value checked first. ``rehearse``: on
+    gradient, against QUICK_PEERS that import, each peer's value checked first, and at the first shape the masked
+    cases beside the unmasked ones (:func:`masked_cases`). ``rehearse``: on
     bench/cupy_standin.py with PyTorch on the CPU and a 1 MiB copy (the code runs, its times mean nothing)."""
     limits = ceilings(cupy, repeats, copy_bytes=2**20 if rehearse else 256 * 2**20)
     torch_peers = torch_peers_or_none(on_cpu=rehearse)
@@ -189,6 +232,8 @@ def quick_run(cupy, cussim, repeats: int, shapes: dict, rehearse: bool = False) 
     for label, shape in shapes.items():
         rows += ssim_cases(cupy, cussim, label, shape, "float32", repeats, limits, cache_bytes, found, matches,
                            torch_peers)
+    label, shape = next(iter(shapes.items()))
+    rows += masked_cases(cupy, cussim, label, shape, repeats, limits, cache_bytes)
     return limits, rows
 
 

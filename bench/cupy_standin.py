@@ -54,7 +54,8 @@ class StandInError(AssertionError):
 
 @dataclass
 class Event:
-    """One recorded step: what ran (a kernel's name, an array operation, "alloc", "sync"), where, on what."""
+    """One recorded step: what ran (a kernel's name, an array operation, "alloc", "pinned" host memory, "sync"),
+    where, on what."""
 
     kind: str
     name: str
@@ -403,6 +404,12 @@ def get_allocator():
     return _state.allocator or _pool.malloc
 
 
+def alloc_pinned_memory(size):
+    """cupy.cuda.alloc_pinned_memory: page-locked host memory (here plain host memory), a buffer NumPy wraps."""
+    record.events.append(Event("pinned", "alloc_pinned_memory", _current_device(), _stream_ptr(), size))
+    return bytearray(size)
+
+
 def _allocate(nbytes):
     if _state.capturing is not None:
         raise StandInError(f"an allocation of {nbytes} bytes inside a stream capture")
@@ -532,7 +539,12 @@ class ndarray:
     # to the host: a synchronisation
     def get(self, stream=None, order="C", out=None, blocking=True):
         _synchronise("ndarray.get", device=self._mem.device)
-        return self._host.copy()
+        if out is None:
+            return self._host.copy()
+        if out.shape != self.shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError("Shape mismatch or dtype mismatch or out is not C-contiguous")
+        out[...] = self._host
+        return out
 
     def item(self):
         return self.get().item()
@@ -885,7 +897,8 @@ _RUNTIME = {"getDeviceCount": getDeviceCount, "getDeviceProperties": getDevicePr
             "deviceSynchronize": deviceSynchronize, "CUDARuntimeError": CUDARuntimeError}
 _CUDA = {"Device": Device, "Stream": Stream, "Event": TimingEvent, "get_elapsed_time": get_elapsed_time, "ExternalStream": ExternalStream, "Graph": Graph,
          "MemoryPointer": MemoryPointer, "MemoryPool": MemoryPool, "set_allocator": set_allocator,
-         "get_allocator": get_allocator, "get_current_stream": get_current_stream}
+         "get_allocator": get_allocator, "get_current_stream": get_current_stream,
+         "alloc_pinned_memory": alloc_pinned_memory}
 _CUPY = {"ndarray": ndarray, "RawModule": RawModule, "RawKernel": RawKernel, "empty": empty, "zeros": zeros,
          "asarray": asarray, "empty_like": empty_like, "copyto": copyto, "abs": abs, "clip": clip, "from_dlpack": from_dlpack, "asnumpy": asnumpy, "get_default_memory_pool":
          get_default_memory_pool, "broadcast_to": broadcast_to, "moveaxis": moveaxis, "concatenate": concatenate,

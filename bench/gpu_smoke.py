@@ -183,6 +183,10 @@ class Smoke:
                    lambda mode=mode, function=function: self.masked(function, s.image, mode))
                   for mode in ("mean", "normalized")
                   for function in (c.ssim_with_gradient, c.l1_dssim_loss_with_gradient)]
+        lines += [(f"masked (mean mode, a float32 mask per image): ms_ssim_with_gradient {variant} {ms}",
+                   lambda variant=variant: self.masked(c.ms_ssim_with_gradient, s.ms, "mean", variant=variant,
+                                                       channel_axis=1))
+                  for variant in ("pytorch_msssim", "torchmetrics")]
         lines += [(f"ms_ssim, ms_ssim_with_gradient {variant} {ms}",
                    lambda variant=variant: self.value_and_gradient(c.ms_ssim, c.ms_ssim_with_gradient, s.ms,
                                                                    variant=variant, channel_axis=1))
@@ -208,14 +212,15 @@ class Smoke:
         ]
         return lines
 
-    def masked(self, gradient_function, shape, mask_mode, spatial_dims=2) -> list:
+    def masked(self, gradient_function, shape, mask_mode, spatial_dims=2, **extra) -> list:
         """A gradient function's value and gradient with a mask (one per image, a quarter of its weights 0, the
-        others in (0, 2)) against the reference, per image (per volume with ``spatial_dims=3``)."""
+        others in (0, 2)) against the reference, per image (per volume with ``spatial_dims=3``); ``extra``: more
+        options (MS-SSIM's)."""
         x, y = images(shape)
         rng = np.random.default_rng(1)
         mask_shape = (shape[0], 1, *shape[-spatial_dims:])
         mask = np.where(rng.random(mask_shape) < 0.25, 0.0, 2 * rng.random(mask_shape)).astype(np.float32)
-        options = dict(mask_mode=mask_mode, axis=tuple(range(1, len(shape))), spatial_dims=spatial_dims)
+        options = dict(mask_mode=mask_mode, axis=tuple(range(1, len(shape))), spatial_dims=spatial_dims, **extra)
         value, grad = gradient_function(self.xp.asarray(x), self.xp.asarray(y), mask=self.xp.asarray(mask),
                                         **options)
         expected, expected_grad = reference(gradient_function, x, y, mask=mask, **options)
@@ -522,7 +527,8 @@ def ncu_lines(details: str) -> list:
 
 def bench_lines(record: dict) -> list:
     """The benchmark's record in a few lines: the ceilings, then per case cussim's time and share of its floor
-    (convention "same") and every peer's speed-up (the peer's time over cussim's, in the peer's convention)."""
+    (convention "same"; MS-SSIM's pytorch_msssim) and every peer's speed-up (the peer's time over cussim's, in
+    the peer's convention)."""
     lines = []
     if "copy_bytes_per_second" in record:
         lines.append(f"ceilings: copy {record['copy_bytes_per_second'] / 1e9:.0f} GB/s, "
@@ -533,7 +539,7 @@ def bench_lines(record: dict) -> list:
         if "peer" in row:
             cases.setdefault(key, []).append(f"{row['peer']} {row['speedup']:.2f}x"
                                              + ("" if row["same_computation"] else " (differs)"))
-        elif row["convention"] == "same":
+        elif row["convention"] == "same" or row["convention"].startswith("pytorch_msssim"):  # MS-SSIM's default
             floor = f", {row['fraction_of_floor']:.2f} of floor" if "fraction_of_floor" in row else ""
             cases.setdefault(key, []).insert(0, f"cussim {row['ms']:.3f} ms{floor}")
     lines += [f"{metric} {operation} {shape} {dtype}: " + parts[0] + ("; peer time / cussim's: " if parts[1:] else "")

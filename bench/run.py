@@ -11,6 +11,9 @@
   the CPU for cases up to ``SKIMAGE_MAX_PIXELS``), each peer's value checked
   against cussim's in its convention before it is timed;
 - MS-SSIM (float32) against pytorch-msssim and torchmetrics, the same way;
+- masks at 1x3x1080x1920, float32 (bench/cases.py, ``masked_cases``): SSIM
+  with a mask in mean and normalized mode and MS-SSIM with one, the value and
+  the value with its gradient in place, beside the unmasked rows;
 - SSIM of volumes (``spatial_dims=3``) at 1x1x128x128x128 and 4x1x64x128x128,
   float32, the value and the value with its gradient, against pytorch-msssim
   and torchmetrics on 5-D tensors, the same way;
@@ -36,7 +39,8 @@ machine's name.
 ``--quick`` (bench/gpu.sh's case list): the two ceilings, then SSIM at
 1x3x1080x1920 and 5x1x1500x1500, float32, the value and the value with its
 gradient, cussim against fussim and the PyTorch peers that import, each
-peer's value checked first. ``--quick --rehearse`` runs it without a GPU:
+peer's value checked first, then the masked cases at the first shape (with
+the unmasked MS-SSIM beside them). ``--quick --rehearse`` runs it without a GPU:
 bench/cupy_standin.py in CuPy's place (the kernels on the emulator), PyTorch on
 the CPU, small shapes; it checks the code, its times mean nothing.
 

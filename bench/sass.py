@@ -97,14 +97,19 @@ def parse(text: str, lowered: dict) -> dict:
 def kernel_names(dtype: str, radius: int) -> dict:
     """{family: name expressions} of the counted kernels: the 2-D forward of a value and of a value with the
     exact gradient, the same two with a mask (mask_mode="mean": FORWARD_MASK; "normalized": and
-    FORWARD_NORMALIZED), the backward and its masked tails (GRAD_WRITE_MASK, GRAD_WRITE_NORMALIZED); the 3-D
-    forward and backward, and the same with a mask (VOLUME_MASK, and VOLUME_NORMALIZED)."""
-    names = {"ssim3d": [_kernels.volume_name(kernel, dtype, radius, mode) for mode in (None, "mean", "normalized")
-                        for kernel in ("forward", "backward")]}
+    FORWARD_NORMALIZED), the backward and its masked tails (GRAD_WRITE_MASK, GRAD_WRITE_NORMALIZED), MS-SSIM's
+    contrast-structure forward (FORWARD_CS, every scale but the last) of a value and with the exact gradient,
+    without and with a mask; the 3-D forward and backward, and the same with a mask (VOLUME_MASK, and
+    VOLUME_NORMALIZED)."""
+    names = {}
     names["ssim"] = [*(_kernels.forward_name(dtype, radius, formula, "ssim", False, False, mask_mode=mode)
                        for mode in (None, "mean", "normalized") for formula in (None, "exact")),
                      *(_kernels.backward_name(dtype, radius, tail)
-                       for tail in (0, _kernels.MASK_TAIL, _kernels.MASK_TAIL + _kernels.NORMALIZED_TAIL))]
+                       for tail in (0, _kernels.MASK_TAIL, _kernels.MASK_TAIL + _kernels.NORMALIZED_TAIL)),
+                     *(_kernels.forward_name(dtype, radius, formula, "cs", False, False, mask_mode=mode)
+                       for mode in (None, "mean") for formula in (None, "exact"))]
+    names["ssim3d"] = [_kernels.volume_name(kernel, dtype, radius, mode) for mode in (None, "mean", "normalized")
+                       for kernel in ("forward", "backward")]
     return names
 
 
@@ -148,9 +153,10 @@ _DIVISION_64 = re.compile(r"__cuda_sm20_(div|rem)_[su]64")
 
 def pyramid_rows(arch: int = 90, dtype: str = "float") -> list:
     """(name, static instructions, calls of the 64-bit division and remainder subroutines, ptxas's resources) of
-    MS-SSIM's msssim_pyramid at each level count: a kernel that is not a march of tiles, so not counted per
-    pixel."""
-    names = tuple(f"msssim_pyramid<{dtype}, {levels}>" for levels in _kernels.PYRAMID_LEVELS)
+    MS-SSIM's msssim_pyramid at each level count, without and with a mask (pooled as a third image): a kernel
+    that is not a march of tiles, so not counted per pixel."""
+    names = tuple(f"msssim_pyramid<{dtype}, {levels}{masked}>" for masked in ("", ", true")
+                  for levels in _kernels.PYRAMID_LEVELS)
     functions = disassemble(names, arch, "ssim")
     report = _nvrtc.compile_report(_kernels.kernel_source("ssim"), _kernels.COMPILE_OPTIONS, names, arch, "ssim.cu")
     resources = {k.name: k for k in report.kernels}

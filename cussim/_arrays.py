@@ -11,6 +11,7 @@ creates go through :func:`empty`, which a test can count.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import numpy as np
@@ -205,10 +206,20 @@ def empty(xp, shape, dtype):
     return xp.empty(shape, dtype=dtype)
 
 
-def to_host(array) -> np.ndarray:
+def to_host(array, out=None) -> np.ndarray:
     """A NumPy array of ``array``'s values: itself for a NumPy array, else a copy from its device (a host
-    synchronisation)."""
-    return array if is_numpy(array) else array.get()
+    synchronisation), into ``out`` where given (a host array of its shape and dtype, C order)."""
+    return array if is_numpy(array) else array.get(out=out)
+
+
+def pinned_empty(like, shape, dtype):
+    """A host array in page-locked memory (CuPy's pinned allocator) for copies from ``like``'s device; None for a
+    NumPy ``like``, whose values need no copy."""
+    if is_numpy(like):
+        return None
+    dtype = np.dtype(dtype)
+    memory = array_module(like).cuda.alloc_pinned_memory(max(1, math.prod(shape)) * dtype.itemsize)
+    return np.ndarray(shape, dtype, buffer=memory)
 
 
 def numpy_backend() -> str:

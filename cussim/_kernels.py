@@ -52,7 +52,8 @@ PYRAMID_LEVELS = (1, 2, 3, 4)  # 2x2 means per msssim_pyramid launch (5 scales: 
 # (gradient formula or None, term, whether it writes the map, whether it adds the fused L1 term, whether it
 # combines MS-SSIM's scales, and optionally the mask mode, "mean" or "normalized"): values (ssim, dssim, and the map-less skimage drop-in), the map (ssim_map,
 # skimage's full=True), the exact gradient, MS-SSIM's contrast-structure scales, scikit-image's gradient, the
-# L1 + DSSIM loss, MS-SSIM's last scale with the combine, for a value and for the gradient, and the masked means.
+# L1 + DSSIM loss, MS-SSIM's last scale with the combine, for a value and for the gradient, the masked means, and
+# masked MS-SSIM's scales (mean mode: contrast-structure, and the last with the combine, value and gradient).
 FORWARD_OPTIONS = ((None, "ssim", False, False, False), (None, "ssim", True, False, False),
                    ("exact", "ssim", False, False, False), (None, "cs", False, False, False),
                    ("exact", "cs", False, False, False), ("skimage", "ssim", False, False, False),
@@ -63,7 +64,9 @@ FORWARD_OPTIONS = ((None, "ssim", False, False, False), (None, "ssim", True, Fal
                    # value and gradient; the normalised map
                    *((formula, "ssim", False, l1, False, mode) for mode in ("mean", "normalized")
                      for l1 in (False, True) for formula in (None, "exact")),
-                   (None, "ssim", True, False, False, "normalized"))
+                   (None, "ssim", True, False, False, "normalized"),
+                   *((formula, term, False, False, term == "ssim", "mean") for term in ("cs", "ssim")
+                     for formula in (None, "exact")))
 COMMON_FORWARD_OPTIONS = FORWARD_OPTIONS[0], FORWARD_OPTIONS[2]
 
 
@@ -144,7 +147,8 @@ def _ssim_specialisations(every_option_radii=RADII):
     # the backward's other tails: adding into grad (accumulate=True), the fused L1 term, both, MS-SSIM's terms
     names += [backward_name(element, radius, tail) for tail in (*range(1, len(BACKWARD_TAILS)), *MASKED_TAILS)
               for element in ELEMENT_TYPES for radius in RADII]
-    names += [f"msssim_pyramid<{element}, {levels}>" for element in ELEMENT_TYPES for levels in PYRAMID_LEVELS]
+    names += [f"msssim_pyramid<{element}, {levels}{masked}>" for masked in ("", ", true") for element in ELEMENT_TYPES
+              for levels in PYRAMID_LEVELS]
     return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<float>",
                            "msssim_combine<double>", "msssim_fold<float>",
                            "msssim_fold<double>")

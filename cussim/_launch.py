@@ -535,16 +535,18 @@ def _finish_launch(pointers, per_output, count, a, b):
     return kernel, (min(outputs, 2**31 - 1),), (256,), args, _slots(args, pointers), True
 
 
-def pyramid(x, y, x_out, y_out, variant, levels, *, margin=0):
+def pyramid(x, y, x_out, y_out, variant, levels, *, margin=0, mask=None, mask_out=None):
     """Launches msssim_pyramid: ``levels`` (1 to 4) successive 2x2 means of ``variant`` of x and y (y
     broadcasts to x), in one launch.
 
     x_out, y_out: contiguous, compute dtype, the levels one after another,
     each (planes, h', w') with h', w' the sides of the level before halved;
     the last plus 2 ``margin`` (a whole-sample reflected border).
+    ``mask`` (compute dtype, broadcasting to x): pooled the same way into
+    ``mask_out``, laid out as x_out (MS-SSIM with a mask).
     """
-    pointers = (x, y, x_out, y_out)
-    key = ("pyramid", _signature(x), _signature(y), _signature(x_out), variant, levels, margin)
+    pointers = (x, y, x_out, y_out, mask, mask_out)
+    key = ("pyramid", _signature(x), _signature(y), _signature(x_out), variant, levels, margin, _signature(mask))
     _launch_planned(key, lambda: _pyramid_launch(pointers, variant, levels, margin), pointers)
 
 
@@ -561,19 +563,22 @@ def _pyramid_roots(sides, variant, levels) -> int:
 
 
 def _pyramid_launch(pointers, variant, levels, margin):
-    x_in, y_in, x_out, y_out = pointers
+    x_in, y_in, x_out, y_out, mask_in, mask_out = pointers
     xp = _arrays.array_module(x_in)
-    (outer, inner), (lx, ly), (x, y) = plane_layouts([x_in, xp.broadcast_to(y_in, x_in.shape)])
+    (outer, inner), (lx, ly, lk), (x, y), mask = _with_mask(xp, x_in, y_in, mask_in, {})
     height, width = x.shape[-2:]
-    kernel = _kernels.get_kernel("ssim", f"msssim_pyramid<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {levels}>", x)
+    masked = "" if mask is None else ", true"
+    kernel = _kernels.get_kernel("ssim", f"msssim_pyramid<{ELEMENT_TYPES[np.dtype(x.dtype)]}, {levels}{masked}>", x)
+    null = _null(xp)
     args = (x, *lx.args(), y, *ly.args(), x_out, y_out, np.int64(outer * inner), np.int64(inner), np.int32(height),
-            np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin))
+            np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), np.int32(margin),
+            null if mask is None else mask, *lk.args(), null if mask_out is None else mask_out)
     if height * width > MAX_PLANE_PIXELS:
         raise ValueError(f"x: MS-SSIM takes planes of at most {MAX_PLANE_PIXELS} pixels (rows x columns), got "
                          f"{height} x {width}; split the images along their rows or columns")
     roots = _pyramid_roots((height, width), variant, levels)  # per plane: blockIdx.x; the planes: blockIdx.y
     grid = (min(-(-roots // 256), 2**20), min(outer * inner, MAX_GRID_Y))
-    return _planned_launch(kernel, grid, (256,), args, (x, y), pointers)
+    return _planned_launch(kernel, grid, (256,), args, (x, y, mask), pointers, (0, 1, 4))
 
 
 def fold(extended, out, *, margin):

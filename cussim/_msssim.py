@@ -21,7 +21,7 @@ import numbers
 from dataclasses import dataclass
 
 
-from . import _launch, _reference, _ssim
+from . import _arrays, _launch, _masks, _reference, _ssim
 from ._ssim import Workspace, _gradient_buffer, _Layout, _prepare, _Problem
 
 VARIANTS = _reference.MS_SSIM_VARIANTS
@@ -66,6 +66,9 @@ class _Pyramid:
     variant: str
     weights: tuple
     group: int  # planes per image (an image's channels, pooled by torchmetrics)
+    # with a mask (mean mode): each scale's block sums those of a masked forward (the values', then the
+    # weights'), each scale's total weight per image, and the mask's pyramid (a pooled mask per plane)
+    masked: bool = False
 
     @property
     def scales(self) -> int:
@@ -141,12 +144,19 @@ class _Pyramid:
 
     @functools.cached_property
     def scale_table(self) -> tuple:
-        """Per scale: weight, map pixels per plane, tiles per plane, offset of its block sums."""
+        """Per scale: weight, map pixels per plane, tiles per plane, offset of its block sums (masked: the
+        values' and then the weights', twice as many)."""
         table, offset = [], 0
         for j in range(self.scales):
             table.append((self.weights[j], self.map_pixels(j), self.tiles(j), offset))
-            offset += self.planes * self.tiles(j)
+            offset += self.planes * self.tiles(j) * (2 if self.masked else 1)
         return tuple(table)
+
+    @property
+    def image_shape(self) -> tuple:
+        """The images' index shape in the kernels' layout (the batch axes, less torchmetrics' pooled channels):
+        the shape of each scale's totals, as the float64 reference names their indices."""
+        return self.layout.shape[: -self.spatial - (1 if self.group > 1 else 0)]
 
     @property
     def counters(self) -> int:
@@ -173,15 +183,19 @@ class _Pyramid:
                 cursor[buffer] += size
                 return start
 
-            sums = take("block_sums", None, 0, (planes * sum(self._tiles),))
+            copies = 2 if self.masked else 1  # masked: the weights' block sums after the values'
+            sums = take("block_sums", None, 0, (copies * planes * sum(self._tiles),))
             for j, row in enumerate(self.scale_table):
-                views.append(("scale_sums", j, 0, sums + row[3], sums + row[3] + planes * row[2], None))
+                views.append(("scale_sums", j, 0, sums + row[3], sums + row[3] + copies * planes * row[2], None))
             if with_gradient:
                 weights = take("plane_weights", None, 0, (scales, planes))
                 views += [("scale_weights", j, 0, weights + j * planes, weights + (j + 1) * planes, None)
                           for j in range(scales)]
+            if self.masked:  # just before the image values, where the masked combine writes them (combine_if_last)
+                take("totals", None, 0, (scales, self.images))
             take("image_values", None, 0, (self.images + self.counters,))  # and the combine's counters, last
-            for name in ("x", "y"):  # scales 1.. one after another: each scale's planes, each pyramid launch's
+            # scales 1.. one after another (x, y, and masked the mask's): each scale's planes, each pyramid launch's
+            for name in ("x", "y", "k") if self.masked else ("x", "y"):
                 levels = take(None, None, 1, (self.level_starts[-1],))
                 views += [(name, j, 1, levels + start, levels + start + planes * math.prod(self.stored(j)),
                            (planes, *self.stored(j))) for j, start in enumerate(self.level_starts[:-1], 1)]
@@ -201,7 +215,8 @@ class _Pyramid:
         """The workspace carved into named views (no copies, no allocation): arrays, or lists per scale."""
         buffers = (sums, scratch)
         # per scale (or launch) from scale 1 (launch 0): none for one scale
-        views = {name: [None] * self.scales for name in ("x", "y", "x_launches", "y_launches", "grad")}
+        views = {name: [None] * self.scales for name in ("x", "y", "k", "x_launches", "y_launches", "k_launches",
+                                                          "grad")}
         for name, j, buffer, start, stop, shape in self._carving[with_gradient][0]:
             view = buffers[buffer][start:stop]
             if shape is not None:
@@ -237,7 +252,7 @@ def _pyramid(x, y, *, variant, weights, data_range, win_size, sigma, K1, K2, cha
                        min_side=(side, reason), channels_pooled=pooled, spatial_dims=spatial_dims, mask=mask,
                        mask_mode=mask_mode)
     group = problem.x.shape[-3] if pooled else 1
-    return problem, _cached_pyramid(problem.layout, variant, weights, group)
+    return problem, _cached_pyramid(problem.layout, variant, weights, group, problem.mask is not None)
 
 
 # Its scales are worked out once per layout and options, not once per call.
@@ -245,10 +260,14 @@ _cached_pyramid = functools.lru_cache(maxsize=256)(_Pyramid)
 
 
 def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_size=11, channel_axis=None,
-                           spatial_dims=2) -> Workspace:
+                           spatial_dims=2, mask=None) -> Workspace:
     """The workspace of :func:`ms_ssim_with_gradient` for images shaped like ``x`` (allocated once).
 
     ``spatial_dims=3`` for volumes, as in the functions that take it.
+    ``mask``: the mask of the calls (or any of its shape and dtype; its values
+    are not read) for a workspace of masked calls, which holds the mask's
+    pyramid and the scales' weight sums too, and for a mask of another dtype
+    than the compute dtype its weights converted.
 
     Examples
     --------
@@ -257,10 +276,20 @@ def make_ms_ssim_workspace(x, *, variant="pytorch_msssim", weights=None, win_siz
     >>> ws = cussim.make_ms_ssim_workspace(x)
     >>> ws.nbytes > x.nbytes
     True
+    >>> cussim.make_ms_ssim_workspace(x, mask=np.ones((180, 200), bool)).nbytes > ws.nbytes
+    True
     """
     problem, pyramid = _pyramid(x, x, variant=variant, weights=weights, data_range=None, win_size=win_size, sigma=1.5,
                        K1=0.01, K2=0.03, channel_axis=channel_axis, axis=None, spatial_dims=spatial_dims)
-    return _ssim._allocate_workspace(problem, pyramid.sizes(with_gradient=True))
+    if mask is None:
+        return _ssim._allocate_workspace(problem, pyramid.sizes(with_gradient=True))
+    weights = _masks.in_layout(_arrays.as_array(mask, "mask"), problem.x, problem.layout, check_values=False)
+    masked = _cached_pyramid(pyramid.layout, pyramid.variant, pyramid.weights, pyramid.group, True)
+    workspace = _ssim._allocate_workspace(problem, masked.sizes(with_gradient=True))
+    if weights.dtype != problem.layout.compute_dtype:
+        with problem.device():
+            workspace.mask = _arrays.empty(problem.xp, weights.shape, problem.layout.compute_dtype)
+    return workspace
 
 
 def _reference_values(problem: _Problem, pyramid: _Pyramid, want_gradient):
@@ -274,15 +303,23 @@ def _reference_values(problem: _Problem, pyramid: _Pyramid, want_gradient):
         limit=problem.limit, spatial=p.spatial, mask=problem.mask)
 
 
-def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False):
-    """Every launch of one MS-SSIM value (and gradient), in order, on the inputs' device."""
+def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_view=None, accumulate=False, mask=None):
+    """Every launch of one MS-SSIM value (and gradient), in order, on the inputs' device.
+
+    ``mask`` (the compute dtype, for a masked pyramid): pooled with the images (each launch of the pyramid
+    takes it as a third image), each scale's forward weighted by its pooled mask (FORWARD_MASK), the
+    combine's means weighted (their totals in views["totals"]); the backward is the unmasked one, its
+    partial maps and plane weights carrying the weights.
+    """
     variant, scales, margin = pyramid.variant, pyramid.scales, pyramid.margin
     params, launcher = problem.params, problem.layout.launcher
     want_gradient = grad_view is not None
     xs, ys = [problem.x] + views["x"][1:], [problem.y] + views["y"][1:]
-    for (first, levels, extension, _, _), x_out, y_out in zip(pyramid.pyramid_launches, views["x_launches"],
-                                                              views["y_launches"]):
-        launcher.pyramid(xs[first], ys[first], x_out, y_out, variant, levels, margin=extension)
+    ks = [mask] + views["k"][1:]
+    for (first, levels, extension, _, _), x_out, y_out, k_out in zip(
+            pyramid.pyramid_launches, views["x_launches"], views["y_launches"], views["k_launches"]):
+        launcher.pyramid(xs[first], ys[first], x_out, y_out, variant, levels, margin=extension,
+                         **({} if mask is None else {"mask": ks[first], "mask_out": k_out}))
     combine = _launch.Combine(views["block_sums"], pyramid.scale_table, views["image_values"],
                               views["plane_weights"] if want_gradient else None, flat_out, pyramid.planes,
                               pyramid.group, 1.0 / (pyramid.images // max(1, flat_out.size)))
@@ -290,7 +327,8 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
         last = j == scales - 1
         launcher.forward(xs[j], ys[j], params, block_sums=views["scale_sums"][j], weight=1.0,
                         grad_maps=views["grad_maps"][j] if want_gradient else None,
-                        term="ssim" if last else "cs", combine=combine if last else None)
+                        term="ssim" if last else "cs", combine=combine if last else None,
+                        **({} if mask is None else {"mask": ks[j]}))
     if not want_gradient:
         return
     grads = [grad_view] + views["grad"][1:]
@@ -333,13 +371,19 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
         sums, scratch = _ssim._workspace_buffers(problem, workspace, pyramid.sizes(want_gradient), True,
                                                  pyramid.counters)
         views = pyramid.views(sums, scratch, want_gradient)
-        _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate)
+        mask = None if problem.mask is None else _ssim._kernel_mask(problem, workspace)
+        _launch_plan(problem, pyramid, flat_out, views, grad_view, accumulate, mask)
+        if mask is not None:  # the one synchronisation of a masked call: each scale's totals, as the reference
+            totals = _ssim.host_totals(views["totals"], workspace)
+            for scale_totals in totals:
+                _masks.check_kernel_totals(scale_totals, pyramid.image_shape)
 
     return _ssim._compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
         check_workspace=lambda ws: _ssim._check_workspace(ws, problem, pyramid.sizes(with_gradient=True),
                                                           "make_ms_ssim_workspace", options),
-        reference=lambda want_gradient: _reference_values(problem, pyramid, want_gradient), launch=launch)
+        reference=lambda want_gradient: _reference_values(problem, pyramid, want_gradient), launch=launch,
+        masked_means=problem.params.spatial == 2)
 
 
 _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics", "piq"}
@@ -426,8 +470,8 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
         Where to write the gradient (x's shape; x's dtype for floats, float32
         for integer images).
     workspace : Workspace, optional
-        From :func:`make_ms_ssim_workspace`; with ``out`` and ``grad`` too,
-        the call allocates nothing.
+        From :func:`make_ms_ssim_workspace` (with ``mask=mask`` for masked
+        calls); with ``out`` and ``grad`` too, the call allocates nothing.
     accumulate : bool
         Add into ``grad`` instead of overwriting it.
 
@@ -454,7 +498,7 @@ def ms_ssim_with_gradient(x, y, *, variant="pytorch_msssim", weights=None, data_
     def options():  # make_ms_ssim_workspace's arguments for these images, formatted only for a workspace's error
         return ", ".join(f"{name}={value!r}" for name, value in (
             ("variant", variant), ("weights", weights), ("win_size", win_size), ("channel_axis", channel_axis),
-            ("spatial_dims", spatial_dims)))
+            ("spatial_dims", spatial_dims))) + (", mask=mask" if mask is not None else "")
 
     value = _compute(problem, pyramid, out, grad=grad, workspace=workspace, accumulate=accumulate, options=options)
     return value, grad

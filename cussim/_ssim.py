@@ -265,12 +265,16 @@ class Workspace:
     ``mask``: for masked calls whose mask is not of the compute dtype (bool,
     uint8, ...), the mask's weights converted to it, rewritten each call
     (None where the kernels read the caller's mask as it lies).
+    ``host_totals``: on the host, in pinned memory, where a masked call on a GPU
+    reads its total weights back (made at the workspace's first such call; not
+    in ``nbytes``, which counts the device's buffers).
     """
 
     def __init__(self, block_sums, grad_maps, mask=None):
         self.block_sums = block_sums
         self.grad_maps = grad_maps
         self.mask = mask
+        self.host_totals = None
         # How many of block_sums' last elements are block counters at zero (see _launch.forward's
         # ``finish`` and _launch.Combine): cussim zeroes a call's counters where they differ, after the
         # call's checks (_workspace_buffers).
@@ -383,14 +387,14 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
 
 def _use_kernels(problem: _Problem, masked_means=False) -> bool:
     """Whether the kernels compute this problem (else the float64 reference). ``masked_means``: whether the
-    caller runs masked problems on them (SSIM's means and normalised maps, of planes and volumes); other masked
-    problems on the kernels are a NotImplementedError that says what does take them."""
+    caller runs masked problems on them (SSIM's means and normalised maps, of planes and volumes; 2-D MS-SSIM's
+    means); other masked problems on the kernels are a NotImplementedError that says what does take them."""
     kernels = problem.xp is not np or _arrays.numpy_backend() == "emulator"
     if kernels and problem.mask is not None:
         if not masked_means:
             raise NotImplementedError(
-                "mask: the kernels take masks for SSIM and DSSIM means and the L1 + DSSIM loss only so far, "
-                "not for MS-SSIM: pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
+                "mask: the kernels take masks for SSIM and DSSIM means, the L1 + DSSIM loss and 2-D MS-SSIM means, "
+                "not for MS-SSIM of volumes: pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
                 "'reference')")
     if kernels and not problem.params.one_window:
         raise ValueError(f"win_size and sigma give each spatial axis its own window here "
@@ -502,7 +506,18 @@ def _masked_mean_launch(problem: _Problem, flat_out, grad_view, workspace, a, b,
     if want_gradient:
         launcher.backward(problem.x, problem.y, grad_maps, grad_view, problem.params, accumulate=accumulate,
                           l1=l1, mask=mask, mask_mode=problem.mask_mode, plane_weights=sums.plane_scales(block_sums))
-    _masks.check_kernel_totals(_arrays.to_host(sums.totals(block_sums, flat_out.size)), layout.value_shape)
+    _masks.check_kernel_totals(host_totals(sums.totals(block_sums, flat_out.size), workspace), layout.value_shape)
+
+
+def host_totals(totals, workspace):
+    """A masked call's total weights (float64, contiguous) on the host: with a workspace, into its pinned
+    ``host_totals`` (made at its first use, or when too small), so that a warm in-place call allocates no host
+    array either; else a new array (NumPy totals: themselves)."""
+    if workspace is None or _arrays.is_numpy(totals):
+        return _arrays.to_host(totals)
+    if workspace.host_totals is None or workspace.host_totals.size < totals.size:
+        workspace.host_totals = _arrays.pinned_empty(totals, (totals.size,), np.float64)
+    return _arrays.to_host(totals, workspace.host_totals[: totals.size].reshape(totals.shape))
 
 
 def _kernel_mask(problem: _Problem, workspace=None):

@@ -3,9 +3,11 @@
 // (cussim/_kernels.py, SOURCES). MS-SSIM reuses the forward (ssim_forward.cu: FORWARD_CS gives the
 // contrast-structure map A2 / B2, FORWARD_COMBINE folds this combine into the last scale) and the
 // backward (ssim_backward.cu, tail GRAD_MSSSIM), plus:
-//   msssim_pyramid<T, D> D successive 2x2 means of x and y (the next D scales),
+//   msssim_pyramid<T, D, Masked>
+//                        D successive 2x2 means of x and y (the next D scales),
 //                        as a variant does them, into contiguous planes of
-//                        the compute type, in one launch.
+//                        the compute type, in one launch; Masked: of a mask
+//                        too (MS-SSIM with a mask), as a third image.
 //   msssim_combine<O>    per image: the scales' means from their block sums,
 //                        the relu'd weighted product, and d product / d mean
 //                        spread over the planes as backward weights; then, by
@@ -46,13 +48,15 @@ __device__ inline MirrorSources mirror_sources(int t, int n, int margin) {
 // MS-SSIM's pyramid (msssim_pyramid): the sides of levels 0..D, where
 // each level's planes start in the outputs, and the plane at hand. Offsets
 // in a plane are 32-bit (a plane has < 2^31 pixels: cussim/_launch.py).
-template <class T, class C, int D>
+// Masked: the mask's plane (kp, compute type) is pooled as a third image into k_out.
+template <class T, class C, int D, bool Masked = false>
 struct PyramidLevels {
     int height[D + 1], width[D + 1];
     long long offset[D + 1];
     const T *xp, *yp;  // the plane's level 0
-    long long x_row, x_col, y_row, y_col, p;
-    C *x_out, *y_out;
+    const C* kp;
+    long long x_row, x_col, y_row, y_col, k_row, k_col, p;
+    C *x_out, *y_out, *k_out;
     int variant;
 
     // Level l's pixels in a plane that are roots: all of level D; those of a lower level
@@ -68,47 +72,55 @@ struct PyramidLevels {
 
 // The 2x2 mean at level L of pixel (row, col), from its subtree; stored at
 // its level unless L is the last, which the root stores (extended).
-template <class T, class C, int L, int D>
+// Masked: vk, the mask's, likewise (unused otherwise).
+template <class T, class C, int L, int D, bool Masked>
 struct PyramidNode {
-    __device__ __forceinline__ static void eval(const PyramidLevels<T, C, D>& a, int row, int col, C& vx, C& vy) {
-        C sx = C(0), sy = C(0);
+    __device__ __forceinline__ static void eval(const PyramidLevels<T, C, D, Masked>& a, int row, int col, C& vx,
+                                                C& vy, C& vk) {
+        C sx = C(0), sy = C(0), sk = C(0);
 #pragma unroll(L <= 1 ? 4 : 1)  // 8 loads in flight (a subtree of 4 leaves); above, a loop keeps the code small
         for (int k = 0; k < 4; ++k) {
             const int r = pooled_source(row, k / 2, a.height[L - 1], a.variant);
             const int c = pooled_source(col, k % 2, a.width[L - 1], a.variant);
             if (r >= 0 && c >= 0) {
-                C cx, cy;
-                PyramidNode<T, C, L - 1, D>::eval(a, r, c, cx, cy);
+                C cx, cy, ck;
+                PyramidNode<T, C, L - 1, D, Masked>::eval(a, r, c, cx, cy, ck);
                 sx += cx;
                 sy += cy;
+                if (Masked) sk += ck;
             }
         }
         vx = C(0.25) * sx;
         vy = C(0.25) * sy;
+        if (Masked) vk = C(0.25) * sk;
         if (L < D) {
             const long long at = a.offset[L] + a.p * a.height[L] * a.width[L] + (row * a.width[L] + col);
             a.x_out[at] = vx;
             a.y_out[at] = vy;
+            if (Masked) a.k_out[at] = vk;
         }
     }
 };
 
-template <class T, class C, int D>
-struct PyramidNode<T, C, 0, D> {  // level 0: the input pixel
-    __device__ __forceinline__ static void eval(const PyramidLevels<T, C, D>& a, int row, int col, C& vx, C& vy) {
+template <class T, class C, int D, bool Masked>
+struct PyramidNode<T, C, 0, D, Masked> {  // level 0: the input pixel
+    __device__ __forceinline__ static void eval(const PyramidLevels<T, C, D, Masked>& a, int row, int col, C& vx,
+                                                C& vy, C& vk) {
         vx = (C)element_value(a.xp[row * a.x_row + col * a.x_col]);
         vy = (C)element_value(a.yp[row * a.y_row + col * a.y_col]);
+        if (Masked) vk = a.kp[row * a.k_row + col * a.k_col];
     }
 };
 
 // Root k (of the level's roots in one plane) of level L, or of a lower level:
 // its subtree computed and stored; level D's root also at each position of
 // the extension by `margin` (< the level's sides) that holds it.
-template <class T, class C, int L, int D>
+template <class T, class C, int L, int D, bool Masked>
 struct PyramidRoot {
-    __device__ __forceinline__ static void run(const PyramidLevels<T, C, D>& a, int level, int k, int margin) {
+    __device__ __forceinline__ static void run(const PyramidLevels<T, C, D, Masked>& a, int level, int k,
+                                               int margin) {
         if (level != L) {
-            PyramidRoot<T, C, L - 1, D>::run(a, level, k, margin);
+            PyramidRoot<T, C, L - 1, D, Masked>::run(a, level, k, margin);
             return;
         }
         const int h = a.height[L], w = a.width[L];
@@ -128,8 +140,8 @@ struct PyramidRoot {
                 col = cols + (k - below) - row * (w - cols);
             }
         }
-        C vx, vy;
-        PyramidNode<T, C, L, D>::eval(a, row, col, vx, vy);
+        C vx, vy, vk;
+        PyramidNode<T, C, L, D, Masked>::eval(a, row, col, vx, vy, vk);
         if (L < D) return;
         const int ext_h = h + 2 * margin, ext_w = w + 2 * margin;
         const long long plane = a.offset[L] + a.p * ext_h * ext_w;
@@ -142,13 +154,14 @@ struct PyramidRoot {
                     const long long at = plane + (rs.at[i] * ext_w + cs.at[j]);
                     a.x_out[at] = vx;
                     a.y_out[at] = vy;
+                    if (Masked) a.k_out[at] = vk;
                 }
     }
 };
 
-template <class T, class C, int D>
-struct PyramidRoot<T, C, 0, D> {
-    __device__ static void run(const PyramidLevels<T, C, D>&, int, int, int) {}
+template <class T, class C, int D, bool Masked>
+struct PyramidRoot<T, C, 0, D, Masked> {
+    __device__ static void run(const PyramidLevels<T, C, D, Masked>&, int, int, int) {}
 };
 
 // PlaneIndex at plane blockIdx.y, stepping by gridDim.y, from 32-bit
@@ -174,6 +187,12 @@ constexpr int kPyramidMinBlocks = 1;
 #else
 constexpr int kPyramidMinBlocks = 4;
 #endif
+// With a mask (a third image): 3 blocks (80 registers) in double, whose 4-level pyramid spilled 40 bytes on
+// sm_90 at 64.
+template <class T, bool Masked> struct PyramidMinBlocks {
+    static constexpr int value =
+        Masked && sizeof(typename ComputeType<T>::type) == 8 && kPyramidMinBlocks > 3 ? 3 : kPyramidMinBlocks;
+};
 
 }  // namespace cussim
 
@@ -191,17 +210,21 @@ constexpr int kPyramidMinBlocks = 4;
 // 2x2 mean from the stored finer level does, so the levels are bitwise those
 // of D separate means. Launch: block (256); blockIdx.x strides over a plane's
 // roots (32-bit), blockIdx.y over the planes (PlaneIndex: no division per
-// plane).
-template <class T, int D>
-__global__ void __launch_bounds__(256, cussim::kPyramidMinBlocks) msssim_pyramid(
+// plane). Masked: the mask (compute type, its own strides, 0 to broadcast) is
+// pooled the same way into mask_out, laid out as x_out (a pooled mask per
+// plane); the others ignore those arguments.
+template <class T, int D, bool Masked = false>
+__global__ void __launch_bounds__(256, cussim::PyramidMinBlocks<T, Masked>::value) msssim_pyramid(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ x_out,
     typename cussim::ComputeType<T>::type* __restrict__ y_out, long long planes, long long inner_count, int height,
-    int width, int variant, int margin) {
+    int width, int variant, int margin, const typename cussim::ComputeType<T>::type* __restrict__ mask,
+    long long k_outer, long long k_inner, long long k_row, long long k_col,
+    typename cussim::ComputeType<T>::type* __restrict__ mask_out) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
-    PyramidLevels<T, C, D> a;
+    PyramidLevels<T, C, D, Masked> a;
     a.height[0] = height;
     a.width[0] = width;
     a.x_row = x_row;
@@ -210,6 +233,11 @@ __global__ void __launch_bounds__(256, cussim::kPyramidMinBlocks) msssim_pyramid
     a.y_col = y_col;
     a.x_out = x_out;
     a.y_out = y_out;
+    if (Masked) {
+        a.k_row = k_row;
+        a.k_col = k_col;
+        a.k_out = mask_out;
+    }
     a.variant = variant;
     long long offset = 0;
     int roots = 0;  // per plane
@@ -228,6 +256,7 @@ __global__ void __launch_bounds__(256, cussim::kPyramidMinBlocks) msssim_pyramid
         a.p = p;
         a.xp = x + plane.outer * x_outer + plane.inner * x_inner;
         a.yp = y + plane.outer * y_outer + plane.inner * y_inner;
+        if (Masked) a.kp = mask + plane.outer * k_outer + plane.inner * k_inner;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < roots; i += gridDim.x * blockDim.x) {
             int k = i, level = 0;  // the root's index among its level's
 #pragma unroll
@@ -239,7 +268,7 @@ __global__ void __launch_bounds__(256, cussim::kPyramidMinBlocks) msssim_pyramid
                     k -= n;
                 }
             }
-            PyramidRoot<T, C, D, D>::run(a, level, k, margin);
+            PyramidRoot<T, C, D, D, Masked>::run(a, level, k, margin);
         }
     }
 }

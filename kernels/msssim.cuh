@@ -71,22 +71,48 @@ __device__ inline C pooled_adjoint(const C* coarse_plane, long long row_code, in
 // pixels per plane, tiles per plane, and the offset of the scale's block sums
 // (planes x tiles, plane-major). The sums are read as volatile: the last
 // scale's forward combines the sums that its other blocks wrote in the same
-// launch (combine_if_last). scratch: kCombineScratch doubles, free on entry
-// (after a barrier) and on return. msssim_combine and the folded combine run
-// this one piece of code, so their values and weights are bitwise the same.
+// launch (combine_if_last). scratch: kCombineScratch doubles (Masked:
+// kMaskedCombineScratch), free on entry (after a barrier) and on return.
+// msssim_combine and the folded combine run this one piece of code, so their
+// values and weights are bitwise the same.
+// Masked (MS-SSIM with a mask, docs/spec.rst section 9; the folded combine of
+// FORWARD_COMBINE | FORWARD_MASK): each scale's block sums are those of a
+// masked forward, planes x tiles sums of m S and then as many of m (its
+// pooled mask's weights), so m_j = sum(m S) / sum(m) over the image's planes,
+// each sum in the same fixed order; the image's total weight of scale j goes
+// to totals[j * images + image] (images = planes / group; the host refuses a
+// total of 0 or NaN) and its planes' backward weights divide by it in place of
+// the pixels averaged.
 constexpr int kCombineScratch = 256 + 3 * kMaxScales;
+constexpr int kMaskedCombineScratch = kCombineScratch + kMaxScales;
+template <bool Masked = false>
 __device__ inline void combine_image(long long image, const volatile double* block_sums, const double* scale_table,
                                      int scales, long long planes, long long group, double share, double guard,
-                                     double* image_values, double* plane_weights, double* scratch, int tid) {
+                                     double* image_values, double* plane_weights, double* scratch, int tid,
+                                     double* totals = nullptr) {
     constexpr int Threads = 256;
     static_assert(Threads >= kMaxScales && (Threads & (Threads - 1)) == 0, "a power of two >= the scales");
     double* means = scratch + Threads;
     double* weighted_logs = means + kMaxScales;          // w_j log m_j (0 where w_j = 0)
     double* scale_weights = weighted_logs + kMaxScales;  // d value / d m_j * share / pixels averaged
+    double* weight_totals = scale_weights + kMaxScales;  // masked: sum(m) of each scale
     const int j = tid;
     for (int s = 0; s < scales; ++s) {
         const long long tiles = (long long)scale_table[4 * s + 2];
         const volatile double* sums = block_sums + (long long)scale_table[4 * s + 3] + image * group * tiles;
+        double total = 0.0;
+        if constexpr (Masked) {  // the weights' sums first (after the values', planes x tiles further)
+            double partial = 0.0;
+            for (long long k = tid; k < group * tiles; k += Threads) partial += sums[planes * tiles + k];
+            scratch[tid] = partial;
+            __syncthreads();
+            for (int k = Threads / 2; k > 0; k >>= 1) {
+                if (tid < k) scratch[tid] += scratch[tid + k];
+                __syncthreads();
+            }
+            total = scratch[0];
+            __syncthreads();  // every thread has read it
+        }
         double partial = 0.0;
         for (long long k = tid; k < group * tiles; k += Threads) partial += sums[k];
         scratch[tid] = partial;
@@ -96,8 +122,12 @@ __device__ inline void combine_image(long long image, const volatile double* blo
             __syncthreads();
         }
         if (tid == 0) {  // relu, keeping a NaN mean NaN (fmax would make it 0)
-            const double mean = scratch[0] / (scale_table[4 * s + 1] * (double)group);
+            const double mean = Masked ? scratch[0] / total : scratch[0] / (scale_table[4 * s + 1] * (double)group);
             means[s] = mean < 0.0 ? 0.0 : mean;
+            if (Masked) {
+                weight_totals[s] = total;
+                totals[s * (planes / group) + image] = total;
+            }
         }
         __syncthreads();
     }
@@ -122,7 +152,7 @@ __device__ inline void combine_image(long long image, const volatile double* blo
         scale_weights[j] = (zero || w == 0.0)
                                ? 0.0
                                : w * exp(others + (w - 1.0) * log(fmax(means[j], guard))) * share /
-                                     (scale_table[4 * j + 1] * (double)group);
+                                     (Masked ? weight_totals[j] : scale_table[4 * j + 1] * (double)group);
     }
     __syncthreads();
     if (plane_weights) {
@@ -149,8 +179,10 @@ __device__ inline unsigned int* combine_counter(double* image_values, long long 
 // (combine_image, as msssim_combine's block of that image does), so images
 // combine in parallel, as in msssim_combine; the last image to be combined
 // (counter 0) writes the `outputs` values, each the mean of its images'
-// values, as msssim_combine's last block does (finish_values).
-template <class O>
+// values, as msssim_combine's last block does (finish_values). Masked
+// (FORWARD_MASK too): combine_image<true>, whose totals (scales x images)
+// lie just before image_values (cussim/_msssim.py carves them there).
+template <bool Masked = false, class O>
 __device__ inline void combine_if_last(double* block_sums, const double* scale_table, int scales, long long planes,
                                        long long group, double share, double guard, double* image_values,
                                        double* plane_weights, O* out, long long out_stride, long long outputs,
@@ -162,8 +194,8 @@ __device__ inline void combine_if_last(double* block_sums, const double* scale_t
         if (!last_arrival(combine_counter(image_values, images, 1 + image), (unsigned int)(group * gridDim.x),
                           scratch, tid))
             continue;
-        combine_image(image, first_scale, scale_table, scales, planes, group, share, guard, image_values,
-                      plane_weights, scratch, tid);
+        combine_image<Masked>(image, first_scale, scale_table, scales, planes, group, share, guard, image_values,
+                              plane_weights, scratch, tid, Masked ? image_values - scales * images : nullptr);
         if (last_arrival(combine_counter(image_values, images, 0), (unsigned int)images, scratch, tid))
             finish_values(image_values, images / outputs, outputs, count, a, b, out, out_stride, scratch, 0, 1, tid);
     }

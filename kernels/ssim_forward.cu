@@ -440,10 +440,11 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // rows (at least 5 * 18 * 17 values of C, over 6 KiB) serves as the finish's 256 doubles, or the
     // combine's kCombineScratch.
     if (outputs) {
-        static_assert(sizeof(rows) >= kCombineScratch * sizeof(double), "rows holds the finish's scratch");
+        static_assert(sizeof(rows) >= (kMasked ? kMaskedCombineScratch : kCombineScratch) * sizeof(double),
+                      "rows holds the finish's scratch");
         double* last_scratch = reinterpret_cast<double*>(&rows);
-        if constexpr ((Options & FORWARD_COMBINE) != 0)
-            combine_if_last(block_sums, scale_table, scales, planes, group, share, guard, image_values,
+        if constexpr ((Options & FORWARD_COMBINE) != 0)  // masked: the scales' weighted means (MS-SSIM's mask)
+            combine_if_last<kMasked>(block_sums, scale_table, scales, planes, group, share, guard, image_values,
                             plane_weights, out, out_stride, outputs, count, a, b, last_scratch, tid);
         else if constexpr (kMasked)
             weighted_finish_if_last(WeightedSums{block_sums, planes * gridDim.x, outputs, planes}, a, b, out,

@@ -199,6 +199,11 @@ WHOLE_KERNEL_BOUNDS = {  # kernel: (instructions per pixel, integer and address 
     "ssim_forward<float, 5, cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (522, 96, 80),
     "ssim_forward<float, 5, cussim::FORWARD_EXACT | cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (583, 108, 80),
     "ssim_backward<float, 5, cussim::GRAD_WRITE_NORMALIZED>": (272, 95, 80),
+    # MS-SSIM's contrast-structure scales, a value and with the exact gradient, without and with a mask
+    "ssim_forward<float, 5, cussim::FORWARD_CS>": (323, 60, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>": (369, 65, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_MASK>": (344, 66, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT | cussim::FORWARD_MASK>": (393, 70, 64),
     "ssim3d_forward<float, 5>": (1525, 430, 128),
     "ssim3d_backward<float, 5>": (1090, 480, 64),
     # masked volumes (VOLUME_MASK, then with VOLUME_NORMALIZED)
@@ -226,7 +231,8 @@ def test_whole_kernel_counts_do_not_regress():
 # 32-bit plane offsets keep them at 4 blocks of 256 threads; the 3-D forward's window stays in registers.
 RESOURCE_BOUNDS = {  # kernel: most registers
     "ssim3d_forward<float, 5>": 128, "ssim3d_backward<float, 5>": 64, "ssim3d_backward<float, 3>": 64,
-    **{f"msssim_pyramid<float, {levels}>": 64 for levels in _kernels.PYRAMID_LEVELS},
+    **{f"msssim_pyramid<float, {levels}{masked}>": 64 for levels in _kernels.PYRAMID_LEVELS
+       for masked in ("", ", true")},
 }
 
 
@@ -246,7 +252,8 @@ def test_the_pyramid_calls_no_64_bit_division():
     kernel before took 3 to 9, at 1 to 4 levels)."""
     assert sass._DIVISION_64.search("`($__internal_0_$__cuda_sm20_div_s64)")
     rows = sass.pyramid_rows(90, "float")
-    assert [name for name, *_ in rows] == [f"msssim_pyramid<float, {d}>" for d in _kernels.PYRAMID_LEVELS]
+    assert [name for name, *_ in rows] == [f"msssim_pyramid<float, {d}{masked}>" for masked in ("", ", true")
+                                           for d in _kernels.PYRAMID_LEVELS]
     assert all(divisions == 0 and static > 0 for _, static, divisions, _ in rows), rows
 
 
