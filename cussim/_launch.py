@@ -34,9 +34,9 @@ from . import _arrays, _kernels, _reference
 TILE = 16
 MAX_GRID_Y = 65535
 MAX_PLANE_PIXELS = 2**31 - 1  # msssim_pyramid addresses a plane in 32-bit arithmetic
-# A 2-D forward or backward launches at least this many blocks (about 4 waves of an H100's 528 resident
+# A 2-D forward or backward launches at least this many blocks (about 2 waves of an H100's 528 resident
 # 256-thread blocks) before its blocks take several planes each (plane_rows)
-MIN_BLOCKS = 2048
+MIN_BLOCKS = 1024
 PYRAMID_LEVELS = max(_kernels.PYRAMID_LEVELS)  # 2x2 means per launch of MS-SSIM's pyramid
 PADDING_CODES = {"same": 0, "valid": 1, "reflect": 2}
 GRADIENT_FORMULAS = {"exact": 1, "skimage": 2}
@@ -76,8 +76,8 @@ def plane_rows(tiles_per_plane: int, planes: int) -> int:
     ...), so each block pays its set-up (the tile's place, the halo's sources, the plane index) once for
     planes / rows planes. As few rows as keep :data:`MIN_BLOCKS` blocks in flight, at most one per plane.
 
-    >>> plane_rows(2040, 3), plane_rows(2040, 24), plane_rows(4, 3)
-    (2, 2, 3)
+    >>> plane_rows(2040, 3), plane_rows(510, 24), plane_rows(4, 3)
+    (1, 3, 3)
     """
     return max(1, min(planes, MAX_GRID_Y, -(-MIN_BLOCKS // tiles_per_plane)))
 

@@ -432,8 +432,8 @@ def test_more_planes_than_a_grid_dimension_holds(monkeypatch):
     assert len(grids) >= 2
     for grid in grids:
         _module._dims("grid", grid, _module.MAX_GRID)  # raises LaunchConfigError past a limit
-    # 70000 one-tile planes: 2048 blocks (_launch.MIN_BLOCKS), each looping over 34 or 35 planes
-    assert max(grid[1] for grid in grids if len(grid) > 1) == _launch.plane_rows(1, 70000) == 2048
+    # 70000 one-tile planes: 1024 blocks (_launch.MIN_BLOCKS), each looping over 68 or 69 planes
+    assert max(grid[1] for grid in grids if len(grid) > 1) == _launch.plane_rows(1, 70000) == 1024
     grids.clear()
     monkeypatch.setattr(_launch, "MIN_BLOCKS", 10**6)  # a block per plane, as far as the grid holds
     cussim.ssim_with_gradient(planes, planes, win_size=3)
