@@ -41,6 +41,13 @@ def executor(request):
     return Executor(request.param)
 
 
+@pytest.fixture
+def on_kernels(monkeypatch, executor):
+    """The executor, with NumPy arrays computed by the kernels on the emulator."""
+    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
+    return executor
+
+
 @pytest.fixture(scope="session")
 def emulator_runtime(tmp_path_factory):
     """The emulator's runtime object (runtime.cpp through g++, about 2 s), built once per test process."""

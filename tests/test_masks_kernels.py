@@ -10,13 +10,6 @@ import cussim
 RANGES = {np.float32: 1.0, np.float64: 1.0, np.uint8: 255.0}
 
 
-@pytest.fixture
-def on_kernels(monkeypatch, executor):
-    """The executor, with NumPy arrays computed by the kernels on the emulator."""
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    return executor
-
-
 def _images(shape, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.random(shape)

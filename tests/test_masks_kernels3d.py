@@ -10,13 +10,6 @@ from cussim import _launch3d
 from test_masks_kernels import GRADIENT_FUNCTIONS, MODES, _check, _images, _mask, _on_reference
 
 
-@pytest.fixture
-def on_kernels(monkeypatch, executor):
-    """The executor, with NumPy arrays computed by the kernels on the emulator."""
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    return executor
-
-
 def _volumes(shape, dtype, seed=0):
     return _images(shape, dtype, seed)
 

@@ -9,41 +9,10 @@ import numpy as np
 import pytest
 
 import cussim
+from test_masks_kernels import _images, _mask, _on_reference
 
 # three scales of win_size 3: sides of 9 and more for every variant; 23 x 26 halves to odd sides at each scale
 OPTIONS = dict(win_size=3, weights=(0.3, 0.3, 0.4))
-
-
-@pytest.fixture
-def on_kernels(monkeypatch, executor):
-    """The executor, with NumPy arrays computed by the kernels on the emulator."""
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
-    return executor
-
-
-def _images(shape, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.random(shape)
-    y = np.clip(x + 0.15 * rng.standard_normal(shape), 0, 1)
-    if np.dtype(dtype).kind == "u":
-        return (x * 255).round().astype(dtype), (y * 255).round().astype(dtype)
-    return x.astype(dtype), y.astype(dtype)
-
-
-def _mask(shape, seed=1, dtype=np.float32):
-    """Weights: a quarter of the pixels 0, the others in (0, 2)."""
-    rng = np.random.default_rng(seed)
-    m = 2 * rng.random(shape)
-    m[rng.random(shape) < 0.25] = 0
-    return m.astype(dtype)
-
-
-def _on_reference(function, x, y, mask, monkeypatch, **options):
-    monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "reference")
-    try:
-        return function(x, y, mask=mask, **options)
-    finally:
-        monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
 
 
 def _check(executor, monkeypatch, x, y, mask, **options):
