@@ -213,10 +213,8 @@ def to_host(array, out=None) -> np.ndarray:
 
 
 def pinned_empty(like, shape, dtype):
-    """A host array in page-locked memory (CuPy's pinned allocator) for copies from ``like``'s device; None for a
-    NumPy ``like``, whose values need no copy."""
-    if is_numpy(like):
-        return None
+    """A host array in page-locked memory (CuPy's pinned allocator) for copies from ``like``'s device (a device
+    array: NumPy values need no copy)."""
     dtype = np.dtype(dtype)
     memory = array_module(like).cuda.alloc_pinned_memory(max(1, math.prod(shape)) * dtype.itemsize)
     return np.ndarray(shape, dtype, buffer=memory)
