@@ -151,12 +151,21 @@ __device__ inline void normalized_moments(Rows& rows, const Pairs& tile, const W
 // the smallest image (a few blocks per plane), whose occupancy does not matter, and the combine's
 // float64 log and exp need registers. __half's masked forward with partials at most 3 (80 registers): at 64,
 // with the moments in registers through the formulas, it spilled 4 to 8 bytes on sm_90 (float's does not).
+// sm_100 to sm_103 hold 4 blocks by shared memory as sm_90 does, but there ptxas spilled 4 to 16 bytes at 64
+// registers in some 70 specialisations that fit on sm_90 (float and __half, R = 5 and 6): at most 3 blocks
+// (80 registers). __half's fused L1 forward at R = 7 spilled 4 bytes at 80 (sm_80, sm_90): at most 2 (128).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1100
+constexpr int kForwardMostBlocks = 3;
+#else
+constexpr int kForwardMostBlocks = 4;
+#endif
 template <class T> struct IsHalf { static constexpr bool value = false; };
 template <> struct IsHalf<__half> { static constexpr bool value = true; };
 template <class T, int R, int Options> struct ForwardMinBlocks {
     using C = typename cussim::ComputeType<T>::type;
     static constexpr bool kHalfMaskedPartials =
         IsHalf<T>::value && (Options & cussim::FORWARD_MASK) && cussim::forward_formula(Options) != cussim::GRADIENT_NONE;
+    static constexpr bool kHalfL1Wide = IsHalf<T>::value && R == 7 && (Options & cussim::FORWARD_L1);
     static constexpr int value =
         Options & cussim::FORWARD_COMBINE ? 1
         // normalised convolution: 3 tiles and 3 filtered rows, its moments in registers: 80 registers (at
@@ -164,7 +173,7 @@ template <class T, int R, int Options> struct ForwardMinBlocks {
         : Options & cussim::FORWARD_NORMALIZED
             ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value, R < 7 ? 3 : 2>::value
             : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value,
-                                    R < 7 && !kHalfMaskedPartials ? 4 : 3>::value;
+                                    kHalfL1Wide ? 2 : R < 7 && !kHalfMaskedPartials ? kForwardMostBlocks : 3>::value;
 };
 
 template <class T, int R, int Options>
