@@ -35,6 +35,16 @@ def _on_reference(function, x, y, mask, monkeypatch, **options):
         monkeypatch.setenv("CUSSIM_NUMPY_BACKEND", "emulator")
 
 
+def _check_ones_normalized_as_unmasked(on_kernels, gx, gy, ones, **options):
+    """With a mask of ones, normalized mode's value and gradient are the unmasked ones (``options``: "valid"
+    padding, where no window is renormalised)."""
+    value, grad = cussim.ssim_with_gradient(gx, gy, mask=ones, mask_mode="normalized", **options)
+    plain_value, plain_grad = cussim.ssim_with_gradient(gx, gy, **options)
+    np.testing.assert_allclose(on_kernels.asnumpy(value), on_kernels.asnumpy(plain_value), rtol=0, atol=1e-6)
+    want = on_kernels.asnumpy(plain_grad)
+    assert np.linalg.norm(on_kernels.asnumpy(grad) - want) <= 1e-5 * np.linalg.norm(want)
+
+
 def _check(executor, monkeypatch, function, x, y, mask, **options):
     """``function`` with ``mask`` on the kernels against the reference: values (abs 1e-5; 1e-12 in float64) and
     gradients (relative L2 1e-4; 1e-10)."""
@@ -95,11 +105,7 @@ def test_normalized_with_ones_and_valid_padding_is_unmasked(on_kernels):
     x, y = _images((2, 29, 33), np.float32)
     gx, gy = on_kernels.asarray(x), on_kernels.asarray(y)
     ones = on_kernels.asarray(np.ones((29, 33), np.float32))
-    value, grad = cussim.ssim_with_gradient(gx, gy, mask=ones, mask_mode="normalized", padding="valid")
-    plain_value, plain_grad = cussim.ssim_with_gradient(gx, gy, padding="valid")
-    np.testing.assert_allclose(on_kernels.asnumpy(value), on_kernels.asnumpy(plain_value), rtol=0, atol=1e-6)
-    want = on_kernels.asnumpy(plain_grad)
-    assert np.linalg.norm(on_kernels.asnumpy(grad) - want) <= 1e-5 * np.linalg.norm(want)
+    _check_ones_normalized_as_unmasked(on_kernels, gx, gy, ones, padding="valid")
 
 
 @pytest.mark.parametrize("mode", MODES)
