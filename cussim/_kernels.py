@@ -149,9 +149,8 @@ def _ssim_specialisations(every_option_radii=RADII):
               for element in ELEMENT_TYPES for radius in RADII]
     names += [f"msssim_pyramid<{element}, {levels}{masked}>" for masked in ("", ", true") for element in ELEMENT_TYPES
               for levels in PYRAMID_LEVELS]
-    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_combine<float>",
-                           "msssim_combine<double>", "msssim_fold<float>",
-                           "msssim_fold<double>")
+    names += [f"msssim_combine<{name}{masked}>" for masked in ("", ", true") for name in ("float", "double")]
+    return tuple(names) + ("ssim_finish<float>", "ssim_finish<double>", "msssim_fold<float>", "msssim_fold<double>")
 
 
 # The mask argument of ssim3d_forward and ssim3d_backward (kernels/ssim3d.cu, VolumeMask) by mask mode: a masked
@@ -176,11 +175,12 @@ MASKED_FLOAT64_VOLUME_RADIUS = 6
 
 
 def _ssim3d_specialisations():
-    return tuple(volume_name(kernel, element, radius, mode) for mode in (None, *VOLUME_MASKS)
-                 for kernel in ("forward", "backward") for element in ELEMENT_TYPES for radius in RADII
-                 if mode is None or element != "double" or radius <= MASKED_FLOAT64_VOLUME_RADIUS) + tuple(
-                     f"msssim3d_downsample<{element}>" for element in ELEMENT_TYPES) + (
-                         "ssim3d_weighted_finish<float>", "ssim3d_weighted_finish<double>")
+    names = [volume_name(kernel, element, radius, mode) for mode in (None, *VOLUME_MASKS)
+             for kernel in ("forward", "backward") for element in ELEMENT_TYPES for radius in RADII
+             if mode is None or element != "double" or radius <= MASKED_FLOAT64_VOLUME_RADIUS]
+    # the pyramid of volumes: MS-SSIM's 2x2x2 means, with a mask pooled as a third volume too
+    names += [f"msssim3d_downsample<{element}{masked}>" for masked in ("", ", true") for element in ELEMENT_TYPES]
+    return tuple(names) + ("ssim3d_weighted_finish<float>", "ssim3d_weighted_finish<double>")
 
 
 FAMILIES = {"ssim": _ssim_specialisations(), "ssim3d": _ssim3d_specialisations()}

@@ -600,18 +600,22 @@ def _fold_launch(pointers, margin):
     return kernel, (min(-(-out.size // 256), 2**20),), (256,), args, _slots(args, pointers), True
 
 
-def combine(job: Combine):
+def combine(job: Combine, *, masked=False):
     """Launches msssim_combine: per image of ``job.group`` planes, the relu'd product of the scales' means,
-    and each value of ``job.out`` the mean of its images' (one launch; see :class:`Combine`)."""
+    and each value of ``job.out`` the mean of its images' (one launch; see :class:`Combine`).
+
+    ``masked``: each scale's block sums are a masked forward's (the values', then the weights'), each mean
+    weighted by them; the scales' totals (scales x images) are written just before ``job.image_values``,
+    where cussim._msssim carves them."""
     pointers = (job.block_sums, job.image_values, job.plane_weights, job.out)
     key = ("combine", _signature(job.block_sums), _signature(job.image_values), _signature(job.out), job.planes,
-           job.options)
-    _launch_planned(key, lambda: _combine_launch(pointers, job), pointers)
+           job.options, masked)
+    _launch_planned(key, lambda: _combine_launch(pointers, job, masked), pointers)
 
 
-def _combine_launch(pointers, job):
+def _combine_launch(pointers, job, masked):
     name = "float" if job.out.dtype == np.float32 else "double"
-    kernel = _kernels.get_kernel("ssim", f"msssim_combine<{name}>", job.block_sums)
+    kernel = _kernels.get_kernel("ssim", f"msssim_combine<{name}{', true' if masked else ''}>", job.block_sums)
     null = _null(_arrays.array_module(job.block_sums))
     args = (job.block_sums, np.int64(job.planes), *combine_args(job, null), *finish_args(job.finish, None))
     return kernel, (min(job.planes // job.group, 2**31 - 1),), (256,), args, _slots(args, pointers), True

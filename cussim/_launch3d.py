@@ -97,7 +97,9 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
 
     ``mask`` and ``mask_mode``: as :func:`cussim._launch.forward`'s (block_sums
     laid out as :func:`weighted_sums` says); the finish is then
-    ssim3d_weighted_finish, a second launch too.
+    ssim3d_weighted_finish, a second launch too. With ``combine`` (MS-SSIM's
+    last scale, mean mode): the masked msssim_combine, which weights every
+    scale's mean by its pooled mask.
     """
     xp = _arrays.array_module(x)
     ctype = compute_dtype(x.dtype)
@@ -128,7 +130,7 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
         sums = block_sums[:-1]
         _launch.finish(sums, out, per_output=sums.size // max(1, out.size), count=count, a=a, b=b)
     if combine is not None:  # a second launch too: ssim3d_forward has no FORWARD_COMBINE
-        _launch.combine(combine)
+        _launch.combine(combine, masked=mask is not None)
 
 
 def _weighted_finish(block_sums, sums: WeightedSums, out, a, b):
@@ -179,24 +181,27 @@ def backward(x, y, grad_maps, grad, params, *, accumulate=False, plane_weights=N
 PYRAMID_LEVELS = 1  # 2x2x2 means per launch of MS-SSIM's pyramid
 
 
-def pyramid(x, y, x_out, y_out, variant, levels, *, margin=0):
+def pyramid(x, y, x_out, y_out, variant, levels, *, margin=0, mask=None, mask_out=None):
     """MS-SSIM's pyramid for volumes: one level per launch (``levels`` 1, ``margin`` 0), :func:`downsample`."""
-    downsample(x, y, x_out, y_out, variant)
+    downsample(x, y, x_out, y_out, variant, mask=mask, mask_out=mask_out)
 
 
-def downsample(x, y, x_out, y_out, variant):
+def downsample(x, y, x_out, y_out, variant, *, mask=None, mask_out=None):
     """Launches msssim3d_downsample: one 2x2x2 mean of ``variant`` of x and y (y broadcasts to x).
 
     x_out, y_out: contiguous, compute dtype, (volumes, d', h', w'), the
-    downsampled sides.
+    downsampled sides. ``mask`` (compute dtype, broadcasting to x): pooled the
+    same way into ``mask_out``, laid out as x_out (MS-SSIM with a mask).
     """
     xp = _arrays.array_module(x)
-    y = xp.broadcast_to(y, x.shape)
-    volumes, inner, (sx, sy), (x, y) = _volume_layouts([x, y], {})
+    volumes, inner, (sx, sy, sk), (x, y), mask = _with_mask(xp, x, y, mask, {})
     depth, height, width = x.shape[-3:]
-    kernel = _kernels.get_kernel("ssim3d", f"msssim3d_downsample<{ELEMENT_TYPES[np.dtype(x.dtype)]}>", x)
+    masked = "" if mask is None else ", true"
+    kernel = _kernels.get_kernel("ssim3d", f"msssim3d_downsample<{ELEMENT_TYPES[np.dtype(x.dtype)]}{masked}>", x)
+    null = _null(xp)
     kernel(
         (min(-(-x_out.size // 256), 2**20),), (256,),
         (x, *sx, y, *sy, x_out, y_out, np.int64(volumes), np.int64(inner), np.int32(depth), np.int32(height),
-         np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant])),
+         np.int32(width), np.int32(MS_SSIM_VARIANT_CODES[variant]), null if mask is None else mask, *sk,
+         null if mask_out is None else mask_out),
     )

@@ -307,9 +307,9 @@ def _launch_plan(problem: _Problem, pyramid: _Pyramid, flat_out, views, grad_vie
     """Every launch of one MS-SSIM value (and gradient), in order, on the inputs' device.
 
     ``mask`` (the compute dtype, for a masked pyramid): pooled with the images (each launch of the pyramid
-    takes it as a third image), each scale's forward weighted by its pooled mask (FORWARD_MASK), the
-    combine's means weighted (their totals in views["totals"]); the backward is the unmasked one, its
-    partial maps and plane weights carrying the weights.
+    takes it as a third image or volume), each scale's forward weighted by its pooled mask (FORWARD_MASK;
+    volumes: VOLUME_MASK), the combine's means weighted (their totals in views["totals"]; volumes: the masked
+    msssim_combine); the backward is the unmasked one, its partial maps and plane weights carrying the weights.
     """
     variant, scales, margin = pyramid.variant, pyramid.scales, pyramid.margin
     params, launcher = problem.params, problem.layout.launcher
@@ -382,8 +382,7 @@ def _compute(problem: _Problem, pyramid: _Pyramid, out, *, grad=None, workspace=
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
         check_workspace=lambda ws: _ssim._check_workspace(ws, problem, pyramid.sizes(with_gradient=True),
                                                           "make_ms_ssim_workspace", options),
-        reference=lambda want_gradient: _reference_values(problem, pyramid, want_gradient), launch=launch,
-        masked_means=problem.params.spatial == 2)
+        reference=lambda want_gradient: _reference_values(problem, pyramid, want_gradient), launch=launch)
 
 
 _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensorflow", "torchmetrics", "piq"}

@@ -385,17 +385,10 @@ def _reference_values(problem: _Problem, a, b, l1, want_gradient):
     return a + b * _reference.ssim(problem.x, problem.y, taps, **kwargs) + l1_value, None
 
 
-def _use_kernels(problem: _Problem, masked_means=False) -> bool:
-    """Whether the kernels compute this problem (else the float64 reference). ``masked_means``: whether the
-    caller runs masked problems on them (SSIM's means and normalised maps, of planes and volumes; 2-D MS-SSIM's
-    means); other masked problems on the kernels are a NotImplementedError that says what does take them."""
+def _use_kernels(problem: _Problem) -> bool:
+    """Whether the kernels compute this problem (else the float64 reference): masked ones too (SSIM's means and
+    normalised maps, MS-SSIM's means, of planes and volumes)."""
     kernels = problem.xp is not np or _arrays.numpy_backend() == "emulator"
-    if kernels and problem.mask is not None:
-        if not masked_means:
-            raise NotImplementedError(
-                "mask: the kernels take masks for SSIM and DSSIM means, the L1 + DSSIM loss and 2-D MS-SSIM means, "
-                "not for MS-SSIM of volumes: pass NumPy arrays or CPU tensors (with CUSSIM_NUMPY_BACKEND unset or "
-                "'reference')")
     if kernels and not problem.params.one_window:
         raise ValueError(f"win_size and sigma give each spatial axis its own window here "
                          f"({'x'.join(map(str, problem.params.win_sizes))} taps), which the kernels do not compute "
@@ -427,15 +420,14 @@ class _addressable:
             self.view[...] = self.target
 
 
-def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch,
-             masked_means=False):
+def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_workspace, reference, launch):
     """The steps of every mean (SSIM's and MS-SSIM's): outputs checked, then the reference or the kernels.
 
     ``check_workspace(workspace)`` returns the caller's workspace checked;
     ``reference(want_gradient)`` gives (values, gradient in the kernels'
     layout or None) on NumPy inputs; ``launch(flat_out, grad_view,
-    workspace)`` queues the kernels on x's device (workspace may be None).
-    ``masked_means``: whether ``launch`` takes the problem's mask (see :func:`_use_kernels`).
+    workspace)`` queues the kernels on x's device (workspace may be None),
+    with the problem's mask if it has one.
     """
     out = _value_buffer(problem, out)
     want_gradient = grad is not None
@@ -448,7 +440,7 @@ def _compute(problem: _Problem, out, *, grad, workspace, accumulate, check_works
         flat_out = values.reshape(-1)
         if problem.layout.planes == 0:  # an empty batch: the mean of nothing, and no launch with a zero-sized grid
             flat_out[...] = np.nan
-        elif not _use_kernels(problem, masked_means):
+        elif not _use_kernels(problem):
             value, gradient = reference(want_gradient)
             flat_out[...] = np.reshape(value, -1)
             if want_gradient:
@@ -482,8 +474,7 @@ def _mean(problem: _Problem, out, a, b, *, l1=0.0, grad=None, workspace=None, ac
     return _compute(
         problem, out, grad=grad, workspace=workspace, accumulate=accumulate,
         check_workspace=lambda ws: _check_workspace(ws, problem, sizes, "make_workspace", options),
-        reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch,
-        masked_means=True)
+        reference=lambda want_gradient: _reference_values(problem, a, b, l1, want_gradient), launch=launch)
 
 
 def _masked_mean_launch(problem: _Problem, flat_out, grad_view, workspace, a, b, l1, accumulate):
@@ -702,7 +693,7 @@ def ssim_map(x, y, *, data_range=None, win_size=11, sigma=1.5, window="gaussian"
         problem.check_apart({"out": result})
     if problem.layout.planes == 0:
         return result
-    if not _use_kernels(problem, masked_means=True):
+    if not _use_kernels(problem):
         p = problem.params
         S = _reference.ssim_map(problem.x, problem.y, p.windows, K1=p.K1, K2=p.K2, padding=p.padding,
                                 data_range=p.data_range, cov=p.cov, limit=problem.limit, spatial=p.spatial,

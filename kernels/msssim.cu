@@ -8,14 +8,17 @@
 //                        as a variant does them, into contiguous planes of
 //                        the compute type, in one launch; Masked: of a mask
 //                        too (MS-SSIM with a mask), as a third image.
-//   msssim_combine<O>    per image: the scales' means from their block sums,
+//   msssim_combine<O, Masked>
+//                        per image: the scales' means from their block sums,
 //                        the relu'd weighted product, and d product / d mean
 //                        spread over the planes as backward weights; then, by
 //                        the last block, the mean of the images' values of
 //                        each output, stored as O (finish_if_last). It
 //                        serves volumes (kernels/ssim3d.cu); for planes the
 //                        last scale's ssim_forward does the same
-//                        (FORWARD_COMBINE, the same combine_image).
+//                        (FORWARD_COMBINE, the same combine_image). Masked:
+//                        of masked forwards' sums (volumes with a mask), the
+//                        scales' totals written just before the image values.
 //   msssim_fold<C>       the adjoint of torchmetrics' whole-sample extension
 //                        of its last scale.
 // (T, C as in ssim_forward.cu; O: float or double.)
@@ -279,18 +282,21 @@ __global__ void __launch_bounds__(256, cussim::PyramidMinBlocks<T, Masked>::valu
 // (finish_if_last; the counter is combine_counter 0, the element after the
 // image values): one launch for both. The last scale's forward does all of
 // this itself (FORWARD_COMBINE); this kernel serves the volumes.
-template <class O>
+// Masked: each scale's block sums those of a masked forward (combine_image<true>), the totals (scales x
+// images) written just before image_values, as the folded combine writes them (combine_if_last).
+template <class O, bool Masked = false>
 __global__ void __launch_bounds__(256, 1) msssim_combine(
     const double* __restrict__ block_sums, long long planes, const double* __restrict__ scale_table, int scales,
     long long group, double share, double guard, double* __restrict__ image_values,
     double* __restrict__ plane_weights, O* __restrict__ out, long long out_stride, long long outputs, double count,
     double a, double b) {
     using namespace cussim;
-    __shared__ double scratch[kCombineScratch];
+    __shared__ double scratch[Masked ? kMaskedCombineScratch : kCombineScratch];
     const long long images = planes / group;
     for (long long image = blockIdx.x; image < images; image += gridDim.x)
-        combine_image(image, block_sums, scale_table, scales, planes, group, share, guard, image_values,
-                      plane_weights, scratch, (int)threadIdx.x);
+        combine_image<Masked>(image, block_sums, scale_table, scales, planes, group, share, guard, image_values,
+                              plane_weights, scratch, (int)threadIdx.x,
+                              Masked ? image_values - scales * images : nullptr);
     finish_if_last(image_values, images, outputs, count, a, b, out, out_stride, scratch, (int)threadIdx.x);
 }
 

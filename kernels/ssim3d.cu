@@ -20,12 +20,14 @@
 //   ssim3d_weighted_finish<O>  a masked forward's WeightedSums into the means,
 //                          totals and per-volume scales (weighted_finish_values),
 //                          one block per output.
-//   msssim3d_downsample<T> MS-SSIM's 2x2x2 mean of x and y (docs/spec.rst section 6,
+//   msssim3d_downsample<T, Masked> MS-SSIM's 2x2x2 mean of x and y (docs/spec.rst section 6,
 //                          pytorch-msssim's avg_pool3d on 5-D tensors), as a
 //                          variant halves each side, into contiguous volumes
-//                          of the compute type.
+//                          of the compute type; Masked: of a mask too (MS-SSIM
+//                          with a mask), as a third volume.
 // ssim_forward.cu's ssim_finish turns an unmasked forward's block sums into the means,
-// msssim.cu's msssim_combine the scales' means into MS-SSIM; the backward adds
+// msssim.cu's msssim_combine the scales' means into MS-SSIM (with a mask: msssim_combine<O, true> of the masked
+// forwards' sums, whose partial maps carry the pooled weights for the unmasked backward); the backward adds
 // the adjoint of the next scale's 2x2x2 mean (msssim.cuh's pooled_target per axis).
 //
 // The 2.5-D scheme: a block of (16, 16) threads owns a 16 x 16 tile of rows
@@ -552,12 +554,16 @@ __global__ void __launch_bounds__(256) ssim3d_weighted_finish(double* __restrict
                                    scratch, blockIdx.x, gridDim.x, (int)threadIdx.x);
 }
 
-template <class T>
+// Masked: the mask (compute type, its own strides, 0 to broadcast) pooled the same way into mask_out, laid out as
+// x_out (a pooled mask per volume: MS-SSIM with a mask); the others ignore those arguments.
+template <class T, bool Masked = false>
 __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim3d_downsample(
     const T* __restrict__ x, long long x_outer, long long x_inner, long long x_depth, long long x_row, long long x_col,
     const T* __restrict__ y, long long y_outer, long long y_inner, long long y_depth, long long y_row, long long y_col,
     typename cussim::ComputeType<T>::type* __restrict__ x_out, typename cussim::ComputeType<T>::type* __restrict__ y_out,
-    long long volumes, long long inner_count, int depth, int height, int width, int variant) {
+    long long volumes, long long inner_count, int depth, int height, int width, int variant,
+    const typename cussim::ComputeType<T>::type* __restrict__ mask, long long k_outer, long long k_inner,
+    long long k_depth, long long k_row, long long k_col, typename cussim::ComputeType<T>::type* __restrict__ mask_out) {
     using namespace cussim;
     using C = typename ComputeType<T>::type;
     const long long out_d = pooled_size(depth, variant), out_h = pooled_size(height, variant),
@@ -570,7 +576,8 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim3d_dow
         const long long outer = p / inner_count, inner = p % inner_count;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
-        C sx = C(0), sy = C(0);
+        const C* kp = Masked ? mask + outer * k_outer + inner * k_inner : nullptr;
+        C sx = C(0), sy = C(0), sk = C(0);
         for (int k = 0; k < 8; ++k) {
             const int z = pooled_source(o_z, k / 4, depth, variant);
             const int row = pooled_source(o_row, k / 2 % 2, height, variant);
@@ -578,9 +585,11 @@ __global__ void __launch_bounds__(256, cussim::MinBlocks<T>::value) msssim3d_dow
             if (z >= 0 && row >= 0 && col >= 0) {
                 sx += (C)element_value(xp[z * x_depth + row * x_row + col * x_col]);
                 sy += (C)element_value(yp[z * y_depth + row * y_row + col * y_col]);
+                if (Masked) sk += kp[z * k_depth + row * k_row + col * k_col];
             }
         }
         x_out[i] = C(0.125) * sx;
         y_out[i] = C(0.125) * sy;
+        if (Masked) mask_out[i] = C(0.125) * sk;
     }
 }
