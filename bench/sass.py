@@ -153,16 +153,26 @@ _DIVISION_64 = re.compile(r"__cuda_sm20_(div|rem)_[su]64")
 
 def pyramid_rows(arch: int = 90, dtype: str = "float") -> list:
     """(name, static instructions, calls of the 64-bit division and remainder subroutines, ptxas's resources) of
-    MS-SSIM's msssim_pyramid at each level count, without and with a mask (pooled as a third image): a kernel
-    that is not a march of tiles, so not counted per pixel."""
-    names = tuple(f"msssim_pyramid<{dtype}, {levels}{masked}>" for masked in ("", ", true")
-                  for levels in _kernels.PYRAMID_LEVELS)
-    functions = disassemble(names, arch, "ssim")
-    report = _nvrtc.compile_report(_kernels.kernel_source("ssim"), _kernels.COMPILE_OPTIONS, names, arch, "ssim.cu")
-    resources = {k.name: k for k in report.kernels}
-    return [(name, len(functions[name]["instructions"]),
-             sum(op.startswith("CALL") and bool(_DIVISION_64.search(operands))
-                 for _, op, operands in functions[name]["instructions"]), resources[name]) for name in names]
+    MS-SSIM's kernels that are not a march of tiles, so not counted per pixel: the pyramid of images
+    (msssim_pyramid at each level count) and of volumes (msssim3d_downsample), each without and with a mask
+    (pooled as a third image or volume), and the combine of volumes' scales (msssim_combine, of the compute
+    type, without and with a mask)."""
+    output = "double" if dtype == "double" else "float"
+    names = {"ssim": tuple(f"msssim_pyramid<{dtype}, {levels}{masked}>" for masked in ("", ", true")
+                           for levels in _kernels.PYRAMID_LEVELS) +
+             tuple(f"msssim_combine<{output}{masked}>" for masked in ("", ", true")),
+             "ssim3d": tuple(f"msssim3d_downsample<{dtype}{masked}>" for masked in ("", ", true"))}
+    rows = []
+    for family, family_names in names.items():
+        functions = disassemble(family_names, arch, family)
+        report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, family_names, arch,
+                                       f"{family}.cu")
+        resources = {k.name: k for k in report.kernels}
+        rows += [(name, len(functions[name]["instructions"]),
+                  sum(op.startswith("CALL") and bool(_DIVISION_64.search(operands))
+                      for _, op, operands in functions[name]["instructions"]), resources[name])
+                 for name in family_names]
+    return rows
 
 
 def main(argv=None) -> int:
@@ -200,7 +210,8 @@ def main(argv=None) -> int:
           " ".join(f"{x:>9}" for x in sass_units.CATEGORIES))
     for _, w, _ in rows:
         print(f"{w.name:<{width}} " + " ".join(f"{w.categories[x]:>9.1f}" for x in sass_units.CATEGORIES))
-    print(f"\nMS-SSIM's pyramid (not a march of tiles: static instructions, calls of the 64-bit division)\n"
+    print(f"\nMS-SSIM's pyramids and combine (not a march of tiles: static instructions, calls of the 64-bit "
+          f"division)\n"
           f"{'kernel':<{width}} {'static':>6} {'div64':>5} {'regs':>5} {'spill':>5} {'blocks/SM':>9} {'occupancy':>9}")
     for name, static, divisions, k in pyramid_rows(args.arch, args.dtype):
         blocks, fraction = sass_units.occupancy(args.arch, k.registers, k.shared_bytes)

@@ -426,8 +426,8 @@ _DOC_PARAMETERS = _ssim.DOC_IMAGES + """    variant : {"pytorch_msssim", "tensor
         Where to write the result (compute dtype, the result's shape).
     mask : array, optional
         Pixel weights as in :func:`cussim.ssim` (docs/spec.rst section 9),
-        pooled like the images at every scale (the variant's 2x2 mean and
-        padding); each scale's mean is weighted by them.
+        pooled like the images at every scale (the variant's 2x2 mean, 2x2x2
+        for volumes, and padding); each scale's mean is weighted by them.
     mask_mode : {"mean"}
         Only "mean": normalised convolution is not offered for MS-SSIM.
 """

@@ -233,13 +233,15 @@ RESOURCE_BOUNDS = {  # kernel: most registers
     "ssim3d_forward<float, 5>": 128, "ssim3d_backward<float, 5>": 64, "ssim3d_backward<float, 3>": 64,
     **{f"msssim_pyramid<float, {levels}{masked}>": 64 for levels in _kernels.PYRAMID_LEVELS
        for masked in ("", ", true")},
+    # the volumes' pyramid (40 registers with a mask on sm_90, 48 on sm_80): under its cap of 4 blocks
+    "msssim3d_downsample<float>": 64, "msssim3d_downsample<float, true>": 64,
 }
 
 
 @pytest.mark.parametrize("arch", [80, 90])
 def test_volume_and_pyramid_registers_do_not_regress(arch):
     for family in ("ssim3d", "ssim"):
-        names = tuple(name for name in RESOURCE_BOUNDS if name.startswith("ssim3d") == (family == "ssim3d"))
+        names = tuple(name for name in RESOURCE_BOUNDS if ("3d_" in name) == (family == "ssim3d"))
         report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, names, arch,
                                        f"{family}.cu")
         for k in report.kernels:
@@ -249,12 +251,19 @@ def test_volume_and_pyramid_registers_do_not_regress(arch):
 
 def test_the_pyramid_calls_no_64_bit_division():
     """msssim_pyramid's plane and root indices are 32-bit: no call of the 64-bit division subroutines (the
-    kernel before took 3 to 9, at 1 to 4 levels)."""
+    kernel before took 3 to 9, at 1 to 4 levels). The other rows (the combine, the volumes' pyramid, with and
+    without a mask) are there and counted: a mask adds no division to them."""
     assert sass._DIVISION_64.search("`($__internal_0_$__cuda_sm20_div_s64)")
     rows = sass.pyramid_rows(90, "float")
     assert [name for name, *_ in rows] == [f"msssim_pyramid<float, {d}{masked}>" for masked in ("", ", true")
-                                           for d in _kernels.PYRAMID_LEVELS]
-    assert all(divisions == 0 and static > 0 for _, static, divisions, _ in rows), rows
+                                           for d in _kernels.PYRAMID_LEVELS] + [
+        "msssim_combine<float>", "msssim_combine<float, true>", "msssim3d_downsample<float>",
+        "msssim3d_downsample<float, true>"]
+    assert all(divisions == 0 and static > 0 for name, static, divisions, _ in rows
+               if name.startswith("msssim_pyramid")), rows
+    divisions = {name: calls for name, _, calls, _ in rows}
+    assert all(divisions[name + ", true>"] == divisions[name + ">"]
+               for name in ("msssim_combine<float", "msssim3d_downsample<float")), rows
 
 
 def test_whole_kernel_graph_follows_branches_exits_and_thread_tests():
