@@ -201,6 +201,8 @@ class Smoke:
             (f"volumes: ms_ssim, ms_ssim_with_gradient, 2 scales {volume}",
              lambda: self.value_and_gradient(c.ms_ssim, c.ms_ssim_with_gradient, s.volume, spatial_dims=3,
                                              weights=(0.5, 0.5))),
+            (f"volumes: masked (mean mode, a float32 mask per volume): ms_ssim_with_gradient, 2 scales {volume}",
+             lambda: self.masked(c.ms_ssim_with_gradient, s.volume, "mean", spatial_dims=3, weights=(0.5, 0.5))),
             (f"structural_similarity uint8 channel_axis=-1 full gradient {shape}", self.structural_similarity),
             (f"ssim, ssim_with_gradient float32 {'x'.join(map(str, s.large))}",
              lambda: self.value_and_gradient(c.ssim, c.ssim_with_gradient, s.large)),
