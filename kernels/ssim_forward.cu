@@ -88,10 +88,30 @@ template <int R> struct MomentRows {
     }
 };
 // Normalised convolution's rows (FORWARD_NORMALIZED): three quantities, filtered in two rounds (the six
-// would pass the 48 KiB of static shared memory beside the third tile, the weights).
-template <class C, int R, bool Normalized = false> struct ForwardRows {
-    using type = FilteredRows<C, R, Normalized ? 3 : 5>;
+// would pass the 48 KiB of static shared memory beside the third tile, the weights), as a pair (PairOf) and a
+// third value, so that a row is two loads in the vertical pass, not three, and an output two stores in the
+// horizontal one. Bank conflicts, none: 8-byte (float) accesses are served per half-warp, 16-byte (double)
+// per quarter-warp; the horizontal pass's half-warp (quarter-warp) stores one column of 16 (8) consecutive
+// rows, 34 (68) words apart, at 16 (8) different bank pairs (quads); the vertical pass's loads consecutive
+// elements of one row.
+template <class C, int R> struct PairRows {
+    static constexpr int kHaloRows = Tile<C, R>::kHaloRows, kPitch = Tile<C, R>::kRowsPitch;
+    typename PairOf<C>::type pairs[kHaloRows][kPitch];
+    C third[kHaloRows][kPitch];
+
+    __device__ void store(int r, int c, const C (&v)[3]) {
+        pairs[r][c] = pair(v[0], v[1]);
+        third[r][c] = v[2];
+    }
+    __device__ void load(int r, int c, C (&v)[3]) const {
+        const typename PairOf<C>::type p = pairs[r][c];
+        v[0] = p.x;
+        v[1] = p.y;
+        v[2] = third[r][c];
+    }
 };
+template <class C, int R, bool Normalized = false> struct ForwardRows { using type = PairRows<C, R>; };
+template <int R> struct ForwardRows<double, R, false> { using type = FilteredRows<double, R, 5>; };
 template <int R> struct ForwardRows<float, R, false> { using type = MomentRows<R>; };
 
 // A pixel of normalised convolution (FORWARD_NORMALIZED) at a centre of weight `centre`: as it is where the
