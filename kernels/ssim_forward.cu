@@ -122,44 +122,99 @@ __device__ inline Pixel<C> centre_weighted(Pixel<C> px, C centre) {
     return px;
 }
 
+// The horizontal pass's rows of normalised convolution's six quantities (FORWARD_NORMALIZED): the first three
+// (m x', m d', m) stored as they come, into `first`; the other three (m x'^2, m y'^2, m d'^2) held in
+// registers, per filter call of the pass (its swept rows, then the rows left: at most two per thread, see
+// horizontal_pass) and output, until every thread has read the tiles, then stored into `second`, which lies
+// over them (release, after a barrier).
+template <class C, int R> struct HeldRows {
+    static constexpr int kHaloRows = Tile<C, R>::kHaloRows, kCols = Tile<C, R>::kHorizontalCols;
+    static constexpr int kSwept = kHaloRows < 64 ? kHaloRows : kHaloRows / 64 * 64;  // horizontal_pass's, packed
+    PairRows<C, R>& first;
+    C held[2][kCols][3];
+    int row[2] = {-1, -1}, col[2] = {0, 0};
+
+    __device__ void store(int r, int c, const C (&v)[6]) {
+        const C head[3] = {v[0], v[1], v[2]};
+        first.store(r, c, head);
+        // which call and output: known at compile time in each store (warp & 7: the swept rows < 64), so the
+        // held values stay in registers (indices written out, no array indexed at run time)
+        if (r < kSwept)
+            hold<0>(r, c, v);
+        else
+            hold<1>(r, c, v);
+    }
+    template <int kCall> __device__ void hold(int r, int c, const C (&v)[6]) {
+#pragma unroll
+        for (int o = 0; o < kCols; ++o)
+            if ((c & (kCols - 1)) == o) {
+#pragma unroll
+                for (int q = 0; q < 3; ++q) held[kCall][o][q] = v[3 + q];
+            }
+        row[kCall] = r;
+        col[kCall] = c & ~(kCols - 1);
+    }
+    __device__ void release(PairRows<C, R>& second) const {
+        for (int call = 0; call < 2; ++call)
+            if (row[call] >= 0)
+                for (int o = 0; o < kCols; ++o) second.store(row[call], col[call] + o, held[call][o]);
+    }
+};
+
+// Normalised convolution's six filtered rows, read as one: `first` (m x', m d', m) and `second` (m x'^2,
+// m y'^2, m d'^2).
+template <class C, int R> struct SixRows {
+    const PairRows<C, R>& first;
+    const PairRows<C, R>& second;
+
+    __device__ void load(int r, int c, C (&v)[6]) const {
+        C a[3], b[3];
+        first.load(r, c, a);
+        second.load(r, c, b);
+        for (int q = 0; q < 3; ++q) v[q] = a[q], v[3 + q] = b[q];
+    }
+};
+
 // Normalised convolution's moments (FORWARD_NORMALIZED; docs/spec.rst section 9) of this thread's kRows
-// pixels, from the tile of (x', y') pairs (0 where the weight is 0) and that of m: two rounds of the passes over three
-// quantities each, m x', m d', m, then m x'^2, m y'^2, m d'^2 (d' = x' - y'), through `rows`; the moments
-// F(m x') / W, F(m d') / W, ... into m[i], and 1 / W (0 where W is 0) into inv_w[i]. The shifts pass through
-// the normalisation unchanged (F(m k) / W = k). Called by all 256 threads after the tile load's barrier;
-// the next barrier (the block sum's) orders the next plane's use of the rows.
-template <class C, int R, class Rows, class Pairs, class Weights>
-__device__ inline void normalized_moments(Rows& rows, const Pairs& tile, const Weights& weight_tile, const C* weights, int warp, int lane,
+// pixels, from the tile of (x', y') pairs (0 where the weight is 0) and that of m: one horizontal pass over six
+// quantities, m x', m d', m, m x'^2, m y'^2, m d'^2 (d' = x' - y'), the first three into `rows`, the others
+// into `second`, which lies over the tiles (HeldRows: stored after a barrier); one vertical pass over the six;
+// the moments F(m x') / W, F(m d') / W, ... into m[i], and 1 / W (0 where W is 0) into inv_w[i]. The shifts
+// pass through the normalisation unchanged (F(m k) / W = k). Called by all 256 threads after the tile load's
+// barrier; the tiles are overwritten: the next barrier (the block sum's) orders the next plane's tile load.
+template <class C, int R, class Pairs, class Weights>
+__device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& second, const Pairs& tile,
+                                          const Weights& weight_tile, const C* weights, int warp, int lane,
                                           int first_row, C (&m)[Tile<C, R>::kRows][5],
                                           C (&inv_w)[Tile<C, R>::kRows]) {
-    constexpr int kRows = Tile<C, R>::kRows;
-    C first[kRows][3];
-    horizontal_pass<C, R, 3, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
-        const C a = tile[r][c].x, b = tile[r][c].y, w = weight_tile[r][c];
-        v[0] = w * a;
-        v[1] = w * (a - b);
-        v[2] = w;
-    });
-    __syncthreads();
-    vertical_rows<C, R, 3>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[3]) {
-        for (int q = 0; q < 3; ++q) first[i][q] = v[q];
-    });
-    __syncthreads();
-    horizontal_pass<C, R, 3, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+    HeldRows<C, R> held{rows};
+#ifndef CUSSIM_EMULATOR
+    // the block's 256 threads: horizontal_pass's rows left (t < 4 kLeft) then lie past its swept rows, at compile
+    // time too (HeldRows)
+    const int t = threadIdx.y * kTile + threadIdx.x;
+    __builtin_assume(t >= 0 && t < kTile * kTile);
+#endif
+    horizontal_pass<C, R, 6, true>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[6]) {
         const C a = tile[r][c].x, b = tile[r][c].y, w = weight_tile[r][c], d = a - b;
-        v[0] = w * a * a;
-        v[1] = w * b * b;
-        v[2] = w * d * d;
+        const C wa = w * a, wd = w * d;
+        v[0] = wa;
+        v[1] = wd;
+        v[2] = w;
+        v[3] = wa * a;
+        v[4] = w * b * b;
+        v[5] = wd * d;
     });
     __syncthreads();
-    vertical_rows<C, R, 3>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[3]) {
-        const C inv = first[i][2] > C(0) ? C(1) / first[i][2] : C(0);
+    held.release(second);
+    __syncthreads();
+    vertical_rows<C, R, 6>(SixRows<C, R>{rows, second}, weights, first_row, lane & 15, [&](int i, const C (&v)[6]) {
+        const C inv = v[2] > C(0) ? C(1) / v[2] : C(0);
         inv_w[i] = inv;
-        m[i][0] = first[i][0] * inv;
-        m[i][1] = first[i][1] * inv;
-        m[i][2] = v[0] * inv;
-        m[i][3] = v[1] * inv;
-        m[i][4] = v[2] * inv;
+        m[i][0] = v[0] * inv;
+        m[i][1] = v[1] * inv;
+        m[i][2] = v[3] * inv;
+        m[i][3] = v[4] * inv;
+        m[i][4] = v[5] * inv;
     });
 }
 
@@ -223,7 +278,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                   "normalised convolution: SSIM's, with its mask");
     // (x', y'): x and y scaled and shifted, around the tile, as pairs (one 8-byte load per halo pixel in the
     // horizontal pass, not two); normalized: 0 where m is 0, and the weights m around the tile
-    __shared__ typename PairOf<C>::type tile[kHaloRows][Shape::kPitch];
+    // normalized: rows enough for the second three filtered quantities too, which lie over it after the
+    // horizontal pass (normalized_moments)
+    constexpr int kPairBytes = (int)sizeof(typename PairOf<C>::type), kSecondBytes = (int)sizeof(PairRows<C, R>);
+    constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * Shape::kPitch * kPairBytes
+                                  ? (kSecondBytes + Shape::kPitch * kPairBytes - 1) / (Shape::kPitch * kPairBytes)
+                                  : kHaloRows;
+    __shared__ typename PairOf<C>::type tile[kTileRows][Shape::kPitch];
     __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
     // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2,
     // m d^2 (16-byte aligned: MomentRows' elements)
@@ -372,7 +433,16 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             // are too small to hold them), and each pixel's centre weight decides its map value (0 where
             // it is 0) and scales its share of the sums, its partials divided by W (as the loop below).
             C m[kRows][5], inv_w[kRows];
-            normalized_moments<C, R>(rows, tile, weight_tile, weights, warp, lane, first_row, m, inv_w);
+            // the L1 term's x - y of this thread's pixels, read before normalized_moments overwrites the tiles
+            // (0 where the weight is 0)
+            C l1_dx[kRows];
+            if constexpr ((Options & FORWARD_L1) != 0)
+                for (int i = 0; i < kRows; ++i) {
+                    const int r = R + first_row + i, c = R + (lane & 15);
+                    l1_dx[i] = (tile[r][c].x + held.shift[0]) - (tile[r][c].y + held.shift[1]);
+                }
+            normalized_moments<C, R>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]), tile, weight_tile, weights,
+                                     warp, lane, first_row, m, inv_w);
             const C* kq = mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col;
 #pragma unroll
             for (int i = 0; i < kRows; ++i) {
@@ -389,10 +459,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 negative |= centre < C(0);
                 weight_sum += (double)weight_here;
                 double counted_value = counted ? (double)px.s : 0.0;
-                if (Options & FORWARD_L1 && counted) {  // the L1 term; the tile holds 0 where the weight is 0
-                    const int r = R + first_row + i, c = R + (lane & 15);
-                    counted_value = with_l1(counted_value, (tile[r][c].x + sx) - (tile[r][c].y + sy), sum_scale, l1);
-                }
+                if (Options & FORWARD_L1 && counted)  // the L1 term
+                    counted_value = with_l1(counted_value, l1_dx[i], sum_scale, l1);
                 counted_sum += (double)weight_here * counted_value;
                 if (formula != GRADIENT_NONE) {
                     const C w = weight_here * weight * inv_w[i];
