@@ -132,7 +132,6 @@ template <class C, int R> struct HeldRows {
     static constexpr int kSwept = kHaloRows < 64 ? kHaloRows : kHaloRows / 64 * 64;  // horizontal_pass's, packed
     PairRows<C, R>& first;
     C held[2][kCols][3];
-    int row[2] = {-1, -1}, col[2] = {0, 0};
 
     __device__ void store(int r, int c, const C (&v)[6]) {
         const C head[3] = {v[0], v[1], v[2]};
@@ -151,13 +150,16 @@ template <class C, int R> struct HeldRows {
 #pragma unroll
                 for (int q = 0; q < 3; ++q) held[kCall][o][q] = v[3 + q];
             }
-        row[kCall] = r;
-        col[kCall] = c & ~(kCols - 1);
     }
-    __device__ void release(PairRows<C, R>& second) const {
-        for (int call = 0; call < 2; ++call)
-            if (row[call] >= 0)
-                for (int o = 0; o < kCols; ++o) second.store(row[call], col[call] + o, held[call][o]);
+    // Each call's row and columns, as horizontal_pass (packed) gives them to thread t = 32 warp + lane: worked
+    // out again here, not held across the pass (kept live through it, they spilled on sm_100).
+    __device__ void release(PairRows<C, R>& second, int warp, int lane) const {
+        constexpr int kLeft = kHaloRows - kSwept, kColGroups = kTile / kCols;
+        const int r = lane + 32 * (warp / kColGroups), t = 32 * warp + lane;
+        if (kSwept % 64 == 0 || r < kSwept)
+            for (int o = 0; o < kCols; ++o) second.store(r, kCols * (warp % kColGroups) + o, held[0][o]);
+        if (kLeft > 0 && t < kColGroups * kLeft)
+            for (int o = 0; o < kCols; ++o) second.store(kSwept + t % kLeft, kCols * (t / kLeft) + o, held[1][o]);
     }
 };
 
@@ -182,11 +184,14 @@ template <class C, int R> struct SixRows {
 // the moments F(m x') / W, F(m d') / W, ... into m[i], and 1 / W (0 where W is 0) into inv_w[i]. The shifts
 // pass through the normalisation unchanged (F(m k) / W = k). Called by all 256 threads after the tile load's
 // barrier; the tiles are overwritten: the next barrier (the block sum's) orders the next plane's tile load.
-template <class C, int R, class Pairs, class Weights>
+// With kL1 (the fused L1 term), the pixels' x - y (dx: 0 where the weight is 0) replace their centre weights in
+// weight_tile, which the pass no longer reads after its barrier, for the pixel loop (the pairs are overwritten).
+template <class C, int R, bool kL1, class Pairs, class Weights>
 __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& second, const Pairs& tile,
-                                          const Weights& weight_tile, const C* weights, int warp, int lane,
-                                          int first_row, C (&m)[Tile<C, R>::kRows][5],
+                                          Weights& weight_tile, const C* weights, int warp, int lane,
+                                          int first_row, C kx, C ky, C (&m)[Tile<C, R>::kRows][5],
                                           C (&inv_w)[Tile<C, R>::kRows]) {
+    constexpr int kRows = Tile<C, R>::kRows;
     HeldRows<C, R> held{rows};
 #ifndef CUSSIM_EMULATOR
     // the block's 256 threads: horizontal_pass's rows left (t < 4 kLeft) then lie past its swept rows, at compile
@@ -204,8 +209,16 @@ __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& 
         v[4] = w * b * b;
         v[5] = wd * d;
     });
+    C dx[kRows];
+    if constexpr (kL1)
+        for (int i = 0; i < kRows; ++i) {
+            const auto xy = tile[R + first_row + i][R + (lane & 15)];
+            dx[i] = (xy.x + kx) - (xy.y + ky);
+        }
     __syncthreads();
-    held.release(second);
+    held.release(second, warp & 7, lane);
+    if constexpr (kL1)
+        for (int i = 0; i < kRows; ++i) weight_tile[R + first_row + i][R + (lane & 15)] = dx[i];
     __syncthreads();
     vertical_rows<C, R, 6>(SixRows<C, R>{rows, second}, weights, first_row, lane & 15, [&](int i, const C (&v)[6]) {
         const C inv = v[2] > C(0) ? C(1) / v[2] : C(0);
@@ -229,10 +242,12 @@ __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& 
 // sm_100 to sm_103 hold 4 blocks by shared memory as sm_90 does, but there ptxas spilled 4 to 16 bytes at 64
 // registers in some 70 specialisations that fit on sm_90 (float and __half, R = 5 and 6): at most 3 blocks
 // (80 registers). __half's fused L1 forward at R = 7 spilled 4 bytes at 80 (sm_80, sm_90): at most 2 (128).
+// Normalised convolution's forward with partials (one pass over six quantities, normalized_moments) spilled 8
+// to 16 bytes at 80 registers on sm_100 (R = 5; sm_90 fits): there at most 2 blocks (128).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1100
-constexpr int kForwardMostBlocks = 3;
+constexpr int kForwardMostBlocks = 3, kNormalizedPartialsMostBlocks = 2;
 #else
-constexpr int kForwardMostBlocks = 4;
+constexpr int kForwardMostBlocks = 4, kNormalizedPartialsMostBlocks = 3;
 #endif
 template <class T> struct IsHalf { static constexpr bool value = false; };
 template <> struct IsHalf<__half> { static constexpr bool value = true; };
@@ -246,7 +261,10 @@ template <class T, int R, int Options> struct ForwardMinBlocks {
         // normalised convolution: 3 tiles and 3 filtered rows, its moments in registers: 80 registers (at
         // R = 7, 128: 80 spilled 8 bytes on sm_90)
         : Options & cussim::FORWARD_NORMALIZED
-            ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value, R < 7 ? 3 : 2>::value
+            ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value,
+                                    R == 7                                                  ? 2
+                                    : cussim::forward_formula(Options) != cussim::GRADIENT_NONE ? kNormalizedPartialsMostBlocks
+                                                                                            : 3>::value
             : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value,
                                     kHalfL1Wide ? 2 : R < 7 && !kHalfMaskedPartials ? kForwardMostBlocks : 3>::value;
 };
@@ -433,16 +451,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             // are too small to hold them), and each pixel's centre weight decides its map value (0 where
             // it is 0) and scales its share of the sums, its partials divided by W (as the loop below).
             C m[kRows][5], inv_w[kRows];
-            // the L1 term's x - y of this thread's pixels, read before normalized_moments overwrites the tiles
-            // (0 where the weight is 0)
-            C l1_dx[kRows];
-            if constexpr ((Options & FORWARD_L1) != 0)
-                for (int i = 0; i < kRows; ++i) {
-                    const int r = R + first_row + i, c = R + (lane & 15);
-                    l1_dx[i] = (tile[r][c].x + held.shift[0]) - (tile[r][c].y + held.shift[1]);
-                }
-            normalized_moments<C, R>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]), tile, weight_tile, weights,
-                                     warp, lane, first_row, m, inv_w);
+            normalized_moments<C, R, (Options & FORWARD_L1) != 0>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]),
+                                                                   tile, weight_tile, weights, warp, lane, first_row,
+                                                                   kx, ky, m, inv_w);
             const C* kq = mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col;
 #pragma unroll
             for (int i = 0; i < kRows; ++i) {
@@ -459,8 +470,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 negative |= centre < C(0);
                 weight_sum += (double)weight_here;
                 double counted_value = counted ? (double)px.s : 0.0;
-                if (Options & FORWARD_L1 && counted)  // the L1 term
-                    counted_value = with_l1(counted_value, l1_dx[i], sum_scale, l1);
+                if (Options & FORWARD_L1 && counted)  // the L1 term: x - y where the centre weight was (normalized_moments)
+                    counted_value = with_l1(counted_value, weight_tile[R + first_row + i][R + (lane & 15)], sum_scale, l1);
                 counted_sum += (double)weight_here * counted_value;
                 if (formula != GRADIENT_NONE) {
                     const C w = weight_here * weight * inv_w[i];
