@@ -402,12 +402,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                     const C* ko = mask + (held.plane_at[2] + halo_at[2][warp] + halo_at[2][kWarps + lane]);
                     const int k_step = (int)(kWarps * k_row);
                     C* tm = &weight_tile[warp][lane];
+                    // x and y loaded wherever the weight is (the halo lies inside the images), then
+                    // selected: no address formed under the weight's predicate
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
                         const C w = ko[(long long)k_step * i];
-                        to[kWarps * Shape::kPitch * i] =
-                            w > C(0) ? pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
-                                            (C)element_value(yo[(long long)y_step * i]) * inv_range - ky)
-                                     : pair(C(0), C(0));
+                        const C vx = (C)element_value(xo[(long long)x_step * i]) * inv_range - kx;
+                        const C vy = (C)element_value(yo[(long long)y_step * i]) * inv_range - ky;
+                        to[kWarps * Shape::kPitch * i] = w > C(0) ? pair(vx, vy) : pair(C(0), C(0));
                         tm[kWarps * Shape::kPitch * i] = w;
                     });
                 } else {
