@@ -456,14 +456,23 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             normalized_moments<C, R, (Options & FORWARD_L1) != 0>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]),
                                                                    tile, weight_tile, weights, warp, lane, first_row,
                                                                    kx, ky, m, inv_w);
-            const C* kq = mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col;
+            // the centre weights from the weights' tile (one shared load per pixel), or with the L1 term, whose x - y
+            // lies there now, from the mask
+            const C* kq = (Options & FORWARD_L1) != 0
+                              ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
+                              : nullptr;
 #pragma unroll
             for (int i = 0; i < kRows; ++i) {
                 if (i >= rows_here) break;
                 const int row = g.row + first_row + i;
                 const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
-                const C centre = *kq;
-                kq += k_row;
+                C centre;
+                if constexpr ((Options & FORWARD_L1) != 0) {
+                    centre = *kq;
+                    kq += k_row;
+                } else {
+                    centre = weight_tile[R + first_row + i][R + (lane & 15)];
+                }
                 const Pixel<C> px =
                     centre_weighted(ssim_pixel(m[i], sx, sy, c1, c2, cov, TERM_SSIM, formula), centre);
                 if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
