@@ -87,8 +87,9 @@ template <int R> struct MomentRows {
         v[4] = dd[r][c];
     }
 };
-// Normalised convolution's rows (FORWARD_NORMALIZED): three quantities, filtered in two rounds (the six
-// would pass the 48 KiB of static shared memory beside the third tile, the weights), as a pair (PairOf) and a
+// Normalised convolution's rows (FORWARD_NORMALIZED): three quantities (the six would pass the 48 KiB of
+// static shared memory beside the third tile, the weights; the other three lie over the tiles after the
+// horizontal pass, normalized_moments), as a pair (PairOf) and a
 // third value, so that a row is two loads in the vertical pass, not three, and an output two stores in the
 // horizontal one. Bank conflicts, none: 8-byte (float) accesses are served per half-warp, 16-byte (double)
 // per quarter-warp; the horizontal pass's half-warp (quarter-warp) stores one column of 16 (8) consecutive
@@ -158,8 +159,9 @@ template <class C, int R> struct HeldRows {
         const int r = lane + 32 * (warp / kColGroups), t = 32 * warp + lane;
         if (kSwept % 64 == 0 || r < kSwept)
             for (int o = 0; o < kCols; ++o) second.store(r, kCols * (warp % kColGroups) + o, held[0][o]);
-        if (kLeft > 0 && t < kColGroups * kLeft)
-            for (int o = 0; o < kCols; ++o) second.store(kSwept + t % kLeft, kCols * (t / kLeft) + o, held[1][o]);
+        if constexpr (kLeft > 0)
+            if (t < kColGroups * kLeft)
+                for (int o = 0; o < kCols; ++o) second.store(kSwept + t % kLeft, kCols * (t / kLeft) + o, held[1][o]);
     }
 };
 
