@@ -444,11 +444,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         __syncthreads();
         if (tid == 0) held.plane.advance(inner_count);  // every thread has read it: the next plane's
         double counted_sum = 0.0;  // this thread's pixels that the mean counts, in row order
-        // Masked: their weights' sum in the same order, the least of them, 0 at most, so that a negative one shows
-        // (a min per pixel, not a test and a flag; a NaN or an infinite weight makes the sum NaN or infinite by
-        // itself: the host refuses every such total), and this thread's first weight, then one row further per
-        // pixel (a pointer step, not a 64-bit product per pixel).
+        // Masked: their weights' sum in the same order, whether one was negative (a NaN or an infinite weight
+        // makes the sum NaN or infinite by itself: the host refuses every such total), and this thread's
+        // first weight, then one row further per pixel (a pointer step, not a 64-bit product per pixel).
+        // Normalized: the least weight, 0 at most, in place of the flag (a min per pixel, not a test and a flag;
+        // in the mean mode the min spilled 8 bytes on sm_90 in the exact L1 forwards at 64 registers).
         double weight_sum = 0.0;
+        bool negative = false;
         C lowest = C(0);
         if constexpr (kNormalized) {
             // Normalised convolution (docs/spec.rst section 9): its moments stay in registers (the rows
@@ -523,7 +525,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             C m = C(0);
             if (kMasked) {
                 m = counted ? *kq : C(0);
-                lowest = fmin(lowest, m);
+                negative |= m < C(0);
                 weight_sum += (double)m;
                 kq += k_row;
             }
@@ -544,7 +546,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             }
         }
         }
-        if (kMasked && lowest < C(0)) weight_sum = (double)__uint_as_float(0x7fc00000u);  // NaN: a negative weight
+        if (kMasked && (negative || lowest < C(0))) weight_sum = (double)__uint_as_float(0x7fc00000u);  // NaN: a negative weight
         if (block_sums && kMasked) {  // the weights' sums follow the values' (WeightedSums)
             block_sum_pair(counted_sum, weight_sum, scratch, tid);
             if (tid == 0) {
