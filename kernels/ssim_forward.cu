@@ -87,11 +87,32 @@ template <int R> struct MomentRows {
         v[4] = dd[r][c];
     }
 };
-// Normalised convolution's rows (FORWARD_NORMALIZED): three quantities, filtered in two rounds (the six
-// would pass the 48 KiB of static shared memory beside the third tile, the weights).
-template <class C, int R, bool Normalized = false> struct ForwardRows {
-    using type = FilteredRows<C, R, Normalized ? 3 : 5>;
+// Normalised convolution's rows (FORWARD_NORMALIZED): three quantities (the six would pass the 48 KiB of
+// static shared memory beside the third tile, the weights; the other three lie over the tiles after the
+// horizontal pass, normalized_moments), as a pair (PairOf) and a
+// third value, so that a row is two loads in the vertical pass, not three, and an output two stores in the
+// horizontal one. Bank conflicts, none: 8-byte (float) accesses are served per half-warp, 16-byte (double)
+// per quarter-warp; the horizontal pass's half-warp (quarter-warp) stores one column of 16 (8) consecutive
+// rows, 34 (68) words apart, at 16 (8) different bank pairs (quads); the vertical pass's loads consecutive
+// elements of one row.
+template <class C, int R> struct PairRows {
+    static constexpr int kHaloRows = Tile<C, R>::kHaloRows, kPitch = Tile<C, R>::kRowsPitch;
+    typename PairOf<C>::type pairs[kHaloRows][kPitch];
+    C third[kHaloRows][kPitch];
+
+    __device__ void store(int r, int c, const C (&v)[3]) {
+        pairs[r][c] = pair(v[0], v[1]);
+        third[r][c] = v[2];
+    }
+    __device__ void load(int r, int c, C (&v)[3]) const {
+        const typename PairOf<C>::type p = pairs[r][c];
+        v[0] = p.x;
+        v[1] = p.y;
+        v[2] = third[r][c];
+    }
 };
+template <class C, int R, bool Normalized = false> struct ForwardRows { using type = PairRows<C, R>; };
+template <int R> struct ForwardRows<double, R, false> { using type = FilteredRows<double, R, 5>; };
 template <int R> struct ForwardRows<float, R, false> { using type = MomentRows<R>; };
 
 // A pixel of normalised convolution (FORWARD_NORMALIZED) at a centre of weight `centre`: as it is where the
@@ -102,44 +123,113 @@ __device__ inline Pixel<C> centre_weighted(Pixel<C> px, C centre) {
     return px;
 }
 
+// The horizontal pass's rows of normalised convolution's six quantities (FORWARD_NORMALIZED): the first three
+// (m x', m d', m) stored as they come, into `first`; the other three (m x'^2, m y'^2, m d'^2) held in
+// registers, per filter call of the pass (its swept rows, then the rows left: at most two per thread, see
+// horizontal_pass) and output, until every thread has read the tiles, then stored into `second`, which lies
+// over them (release, after a barrier).
+template <class C, int R> struct HeldRows {
+    static constexpr int kHaloRows = Tile<C, R>::kHaloRows, kCols = Tile<C, R>::kHorizontalCols;
+    static constexpr int kSwept = kHaloRows < 64 ? kHaloRows : kHaloRows / 64 * 64;  // horizontal_pass's, packed
+    PairRows<C, R>& first;
+    C held[2][kCols][3];
+
+    __device__ void store(int r, int c, const C (&v)[6]) {
+        const C head[3] = {v[0], v[1], v[2]};
+        first.store(r, c, head);
+        // which call and output: known at compile time in each store (warp & 7: the swept rows < 64), so the
+        // held values stay in registers (indices written out, no array indexed at run time)
+        if (r < kSwept)
+            hold<0>(r, c, v);
+        else
+            hold<1>(r, c, v);
+    }
+    template <int kCall> __device__ void hold(int r, int c, const C (&v)[6]) {
+#pragma unroll
+        for (int o = 0; o < kCols; ++o)
+            if ((c & (kCols - 1)) == o) {
+#pragma unroll
+                for (int q = 0; q < 3; ++q) held[kCall][o][q] = v[3 + q];
+            }
+    }
+    // Each call's row and columns, as horizontal_pass (packed) gives them to thread t = 32 warp + lane: worked
+    // out again here, not held across the pass (kept live through it, they spilled on sm_100).
+    __device__ void release(PairRows<C, R>& second, int warp, int lane) const {
+        constexpr int kLeft = kHaloRows - kSwept, kColGroups = kTile / kCols;
+        const int r = lane + 32 * (warp / kColGroups), t = 32 * warp + lane;
+        if (kSwept % 64 == 0 || r < kSwept)
+            for (int o = 0; o < kCols; ++o) second.store(r, kCols * (warp % kColGroups) + o, held[0][o]);
+        if constexpr (kLeft > 0)
+            if (t < kColGroups * kLeft)
+                for (int o = 0; o < kCols; ++o) second.store(kSwept + t % kLeft, kCols * (t / kLeft) + o, held[1][o]);
+    }
+};
+
+// Normalised convolution's six filtered rows, read as one: `first` (m x', m d', m) and `second` (m x'^2,
+// m y'^2, m d'^2).
+template <class C, int R> struct SixRows {
+    const PairRows<C, R>& first;
+    const PairRows<C, R>& second;
+
+    __device__ void load(int r, int c, C (&v)[6]) const {
+        C a[3], b[3];
+        first.load(r, c, a);
+        second.load(r, c, b);
+        for (int q = 0; q < 3; ++q) v[q] = a[q], v[3 + q] = b[q];
+    }
+};
+
 // Normalised convolution's moments (FORWARD_NORMALIZED; docs/spec.rst section 9) of this thread's kRows
-// pixels, from the tile of (x', y') pairs (0 where the weight is 0) and that of m: two rounds of the passes over three
-// quantities each, m x', m d', m, then m x'^2, m y'^2, m d'^2 (d' = x' - y'), through `rows`; the moments
-// F(m x') / W, F(m d') / W, ... into m[i], and 1 / W (0 where W is 0) into inv_w[i]. The shifts pass through
-// the normalisation unchanged (F(m k) / W = k). Called by all 256 threads after the tile load's barrier;
-// the next barrier (the block sum's) orders the next plane's use of the rows.
-template <class C, int R, class Rows, class Pairs, class Weights>
-__device__ inline void normalized_moments(Rows& rows, const Pairs& tile, const Weights& weight_tile, const C* weights, int warp, int lane,
-                                          int first_row, C (&m)[Tile<C, R>::kRows][5],
+// pixels, from the tile of (x', y') pairs (0 where the weight is 0) and that of m: one horizontal pass over six
+// quantities, m x', m d', m, m x'^2, m y'^2, m d'^2 (d' = x' - y'), the first three into `rows`, the others
+// into `second`, which lies over the tiles (HeldRows: stored after a barrier); one vertical pass over the six;
+// the moments F(m x') / W, F(m d') / W, ... into m[i], and 1 / W (0 where W is 0) into inv_w[i]. The shifts
+// pass through the normalisation unchanged (F(m k) / W = k). Called by all 256 threads after the tile load's
+// barrier; the tiles are overwritten: the next barrier (the block sum's) orders the next plane's tile load.
+// With kL1 (the fused L1 term), the pixels' x - y (dx: 0 where the weight is 0) replace their centre weights in
+// weight_tile, which the pass no longer reads after its barrier, for the pixel loop (the pairs are overwritten).
+template <class C, int R, bool kL1, class Pairs, class Weights>
+__device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& second, const Pairs& tile,
+                                          Weights& weight_tile, const C* weights, int warp, int lane,
+                                          int first_row, C kx, C ky, C (&m)[Tile<C, R>::kRows][5],
                                           C (&inv_w)[Tile<C, R>::kRows]) {
     constexpr int kRows = Tile<C, R>::kRows;
-    C first[kRows][3];
-    horizontal_pass<C, R, 3, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
-        const C a = tile[r][c].x, b = tile[r][c].y, w = weight_tile[r][c];
-        v[0] = w * a;
-        v[1] = w * (a - b);
-        v[2] = w;
-    });
-    __syncthreads();
-    vertical_rows<C, R, 3>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[3]) {
-        for (int q = 0; q < 3; ++q) first[i][q] = v[q];
-    });
-    __syncthreads();
-    horizontal_pass<C, R, 3, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+    HeldRows<C, R> held{rows};
+#ifndef CUSSIM_EMULATOR
+    // the block's 256 threads: horizontal_pass's rows left (t < 4 kLeft) then lie past its swept rows, at compile
+    // time too (HeldRows)
+    const int t = threadIdx.y * kTile + threadIdx.x;
+    __builtin_assume(t >= 0 && t < kTile * kTile);
+#endif
+    horizontal_pass<C, R, 6, true>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[6]) {
         const C a = tile[r][c].x, b = tile[r][c].y, w = weight_tile[r][c], d = a - b;
-        v[0] = w * a * a;
-        v[1] = w * b * b;
-        v[2] = w * d * d;
+        const C wa = w * a, wd = w * d;
+        v[0] = wa;
+        v[1] = wd;
+        v[2] = w;
+        v[3] = wa * a;
+        v[4] = w * b * b;
+        v[5] = wd * d;
     });
+    C dx[kRows];
+    if constexpr (kL1)
+        for (int i = 0; i < kRows; ++i) {
+            const auto xy = tile[R + first_row + i][R + (lane & 15)];
+            dx[i] = (xy.x + kx) - (xy.y + ky);
+        }
     __syncthreads();
-    vertical_rows<C, R, 3>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[3]) {
-        const C inv = first[i][2] > C(0) ? C(1) / first[i][2] : C(0);
+    held.release(second, warp & 7, lane);
+    if constexpr (kL1)
+        for (int i = 0; i < kRows; ++i) weight_tile[R + first_row + i][R + (lane & 15)] = dx[i];
+    __syncthreads();
+    vertical_rows<C, R, 6>(SixRows<C, R>{rows, second}, weights, first_row, lane & 15, [&](int i, const C (&v)[6]) {
+        const C inv = v[2] > C(0) ? C(1) / v[2] : C(0);
         inv_w[i] = inv;
-        m[i][0] = first[i][0] * inv;
-        m[i][1] = first[i][1] * inv;
-        m[i][2] = v[0] * inv;
-        m[i][3] = v[1] * inv;
-        m[i][4] = v[2] * inv;
+        m[i][0] = v[0] * inv;
+        m[i][1] = v[1] * inv;
+        m[i][2] = v[3] * inv;
+        m[i][3] = v[4] * inv;
+        m[i][4] = v[5] * inv;
     });
 }
 
@@ -154,10 +244,12 @@ __device__ inline void normalized_moments(Rows& rows, const Pairs& tile, const W
 // sm_100 to sm_103 hold 4 blocks by shared memory as sm_90 does, but there ptxas spilled 4 to 16 bytes at 64
 // registers in some 70 specialisations that fit on sm_90 (float and __half, R = 5 and 6): at most 3 blocks
 // (80 registers). __half's fused L1 forward at R = 7 spilled 4 bytes at 80 (sm_80, sm_90): at most 2 (128).
+// Normalised convolution's forward with partials (one pass over six quantities, normalized_moments) spilled 8
+// to 16 bytes at 80 registers on sm_100 (R = 5; sm_90 fits): there at most 2 blocks (128).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1100
-constexpr int kForwardMostBlocks = 3;
+constexpr int kForwardMostBlocks = 3, kNormalizedPartialsMostBlocks = 2;
 #else
-constexpr int kForwardMostBlocks = 4;
+constexpr int kForwardMostBlocks = 4, kNormalizedPartialsMostBlocks = 3;
 #endif
 template <class T> struct IsHalf { static constexpr bool value = false; };
 template <> struct IsHalf<__half> { static constexpr bool value = true; };
@@ -171,7 +263,10 @@ template <class T, int R, int Options> struct ForwardMinBlocks {
         // normalised convolution: 3 tiles and 3 filtered rows, its moments in registers: 80 registers (at
         // R = 7, 128: 80 spilled 8 bytes on sm_90)
         : Options & cussim::FORWARD_NORMALIZED
-            ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value, R < 7 ? 3 : 2>::value
+            ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value,
+                                    R == 7                                                  ? 2
+                                    : cussim::forward_formula(Options) != cussim::GRADIENT_NONE ? kNormalizedPartialsMostBlocks
+                                                                                            : 3>::value
             : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value,
                                     kHalfL1Wide ? 2 : R < 7 && !kHalfMaskedPartials ? kForwardMostBlocks : 3>::value;
 };
@@ -203,7 +298,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                   "normalised convolution: SSIM's, with its mask");
     // (x', y'): x and y scaled and shifted, around the tile, as pairs (one 8-byte load per halo pixel in the
     // horizontal pass, not two); normalized: 0 where m is 0, and the weights m around the tile
-    __shared__ typename PairOf<C>::type tile[kHaloRows][Shape::kPitch];
+    // normalized: rows enough for the second three filtered quantities too, which lie over it after the
+    // horizontal pass (normalized_moments)
+    constexpr int kPairBytes = (int)sizeof(typename PairOf<C>::type), kSecondBytes = (int)sizeof(PairRows<C, R>);
+    constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * Shape::kPitch * kPairBytes
+                                  ? (kSecondBytes + Shape::kPitch * kPairBytes - 1) / (Shape::kPitch * kPairBytes)
+                                  : kHaloRows;
+    __shared__ typename PairOf<C>::type tile[kTileRows][Shape::kPitch];
     __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
     // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2,
     // m d^2 (16-byte aligned: MomentRows' elements)
@@ -303,12 +404,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                     const C* ko = mask + (held.plane_at[2] + halo_at[2][warp] + halo_at[2][kWarps + lane]);
                     const int k_step = (int)(kWarps * k_row);
                     C* tm = &weight_tile[warp][lane];
+                    // x and y loaded wherever the weight is (the halo lies inside the images), then
+                    // selected: no address formed under the weight's predicate
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
                         const C w = ko[(long long)k_step * i];
-                        to[kWarps * Shape::kPitch * i] =
-                            w > C(0) ? pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
-                                            (C)element_value(yo[(long long)y_step * i]) * inv_range - ky)
-                                     : pair(C(0), C(0));
+                        const C vx = (C)element_value(xo[(long long)x_step * i]) * inv_range - kx;
+                        const C vy = (C)element_value(yo[(long long)y_step * i]) * inv_range - ky;
+                        to[kWarps * Shape::kPitch * i] = w > C(0) ? pair(vx, vy) : pair(C(0), C(0));
                         tm[kWarps * Shape::kPitch * i] = w;
                     });
                 } else {
@@ -345,34 +447,46 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         // Masked: their weights' sum in the same order, whether one was negative (a NaN or an infinite weight
         // makes the sum NaN or infinite by itself: the host refuses every such total), and this thread's
         // first weight, then one row further per pixel (a pointer step, not a 64-bit product per pixel).
+        // Normalized: the least weight, 0 at most, in place of the flag (a min per pixel, not a test and a flag;
+        // in the mean mode the min spilled 8 bytes on sm_90 in the exact L1 forwards at 64 registers).
         double weight_sum = 0.0;
         bool negative = false;
+        C lowest = C(0);
         if constexpr (kNormalized) {
             // Normalised convolution (docs/spec.rst section 9): its moments stay in registers (the rows
             // are too small to hold them), and each pixel's centre weight decides its map value (0 where
             // it is 0) and scales its share of the sums, its partials divided by W (as the loop below).
             C m[kRows][5], inv_w[kRows];
-            normalized_moments<C, R>(rows, tile, weight_tile, weights, warp, lane, first_row, m, inv_w);
-            const C* kq = mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col;
+            normalized_moments<C, R, (Options & FORWARD_L1) != 0>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]),
+                                                                   tile, weight_tile, weights, warp, lane, first_row,
+                                                                   kx, ky, m, inv_w);
+            // the centre weights from the weights' tile (one shared load per pixel), or with the L1 term, whose x - y
+            // lies there now, from the mask
+            const C* kq = (Options & FORWARD_L1) != 0
+                              ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
+                              : nullptr;
 #pragma unroll
             for (int i = 0; i < kRows; ++i) {
                 if (i >= rows_here) break;
                 const int row = g.row + first_row + i;
                 const C sx = held.shift[0], sy = held.shift[1];  // kx, ky
-                const C centre = *kq;
-                kq += k_row;
+                C centre;
+                if constexpr ((Options & FORWARD_L1) != 0) {
+                    centre = *kq;
+                    kq += k_row;
+                } else {
+                    centre = weight_tile[R + first_row + i][R + (lane & 15)];
+                }
                 const Pixel<C> px =
                     centre_weighted(ssim_pixel(m[i], sx, sy, c1, c2, cov, TERM_SSIM, formula), centre);
                 if (Options & FORWARD_MAP) map[held.map_offset + row * m_row + col * m_col] = px.s;
                 const bool counted = col_counted && row >= crop && row < g.map_h - crop;
                 const C weight_here = counted ? centre : C(0);
-                negative |= centre < C(0);
+                lowest = fmin(lowest, centre);
                 weight_sum += (double)weight_here;
                 double counted_value = counted ? (double)px.s : 0.0;
-                if (Options & FORWARD_L1 && counted) {  // the L1 term; the tile holds 0 where the weight is 0
-                    const int r = R + first_row + i, c = R + (lane & 15);
-                    counted_value = with_l1(counted_value, (tile[r][c].x + sx) - (tile[r][c].y + sy), sum_scale, l1);
-                }
+                if (Options & FORWARD_L1 && counted)  // the L1 term: x - y where the centre weight was (normalized_moments)
+                    counted_value = with_l1(counted_value, weight_tile[R + first_row + i][R + (lane & 15)], sum_scale, l1);
                 counted_sum += (double)weight_here * counted_value;
                 if (formula != GRADIENT_NONE) {
                     const C w = weight_here * weight * inv_w[i];
@@ -432,7 +546,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             }
         }
         }
-        if (kMasked && negative) weight_sum = (double)__uint_as_float(0x7fc00000u);  // NaN: a negative weight
+        if (kMasked && (negative || lowest < C(0))) weight_sum = (double)__uint_as_float(0x7fc00000u);  // NaN: a negative weight
         if (block_sums && kMasked) {  // the weights' sums follow the values' (WeightedSums)
             block_sum_pair(counted_sum, weight_sum, scratch, tid);
             if (tid == 0) {
