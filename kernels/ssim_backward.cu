@@ -269,12 +269,16 @@ __device__ inline void backward_planes(
         locate(blockIdx.y);
     }
     __syncthreads();
+    // The three partial maps' planes of this plane, from thread 0 too (before the shifts' barrier; read by the
+    // tile load, after the moves' barrier, so that thread 0's advance past that barrier does not touch them).
+    __shared__ __align__(16) const C* map_planes[3];
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long x_at = plane_at[0], y_at = plane_at[1], g_at = plane_at[2];
         const long long k_at = kReadsMask ? plane_at[3] : 0;
         const T* xp = x + x_at;
         const T* yp = y + y_at;
-        const C* maps = grad_maps + plane_at[4];
+        if (tid == 0)
+            for (int q = 0; q < 3; ++q) map_planes[q] = grad_maps + plane_at[4] + q * maps_size;
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
         // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd),
@@ -306,7 +310,7 @@ __device__ inline void backward_planes(
                 // The fast path (most tiles): the halo inside the map, no bounds test.
                 // The three maps' pixels at one 32-bit offset in the plane (the map's pixels fit an int:
                 // `inside`), so that each address is one instruction from its map's plane.
-                const C* const map[3] = {maps, maps + maps_size, maps + 2 * maps_size};
+                const C* const map[3] = {map_planes[0], map_planes[1], map_planes[2]};
                 const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
                 // Halo rows 2R .. kHeight + R - 1 lie in this tile's own forward tile row (its first row is
                 // a multiple of kHeight, the halo starts R + offset <= 2R above it): the walk's k-th rows
@@ -316,7 +320,7 @@ __device__ inline void backward_planes(
                 const C own_moves[2] = {moves[0][own][j], moves[1][own][j]};
                 warp_halo_rows<kHaloRows>(warp, [&](int k) {
                     const int r = warp + kWarps * k, a = at + k * step;
-                    const C value[3] = {map[0][a], map[1][a], map[2][a]};
+                    const C value[3] = {__ldg(map[0] + a), __ldg(map[1] + a), __ldg(map[2] + a)};
                     if (!MsSsim && kWarps * k >= 2 * R && kWarps * (k + 1) <= kHeight + R) {
                         tile[0][r][lane] = moved_partial(value, own_moves[0], own_moves[1]);
                     } else {
@@ -333,7 +337,7 @@ __device__ inline void backward_planes(
                     C value[3] = {C(0), C(0), C(0)};
                     if (col_inside && map_row >= 0) {
                         const long long at = (long long)map_row * g.map_w + map_col;
-                        for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
+                        for (int q = 0; q < 3; ++q) value[q] = __ldg(map_planes[q] + at);
                         const int i = (map_row >> kLog2) - base_row;
                         value[0] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
                     }
