@@ -162,6 +162,10 @@ template <class C> struct MaskPlanes {
     long long outer, inner, row, col;
 };
 
+// A non-negative index as a 64-bit one, zero-extended: its products with the 64-bit strides take fewer
+// instructions than those of a sign-extended int (no sign word).
+__device__ inline long long unsigned_index(int i) { return (long long)(unsigned)i; }
+
 // The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
 // Tile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
 template <class T, int R, int Tail>
@@ -227,8 +231,9 @@ __device__ inline void backward_planes(
         const bool own = e == kEntries;
         const int row = Shape::shift_row(own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset, height);
         const int col = Shape::shift_col(own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset, width);
-        shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
-        if (kNormalized) mask_shift_offset = row * mask_planes.row + col * mask_planes.col;
+        const long long r = unsigned_index(row), c = unsigned_index(col);
+        shift_offset = tid > kEntries ? r * y_row + c * y_col : r * x_row + c * x_col;
+        if (kNormalized) mask_shift_offset = r * mask_planes.row + c * mask_planes.col;
     }
     // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
     // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
@@ -359,17 +364,16 @@ __device__ inline void backward_planes(
         }
         __syncthreads();
         // Vertical pass: each row's gradient is finished as soon as its last tap is in.
-        const int col = g.col + out_col;
-        const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
-        const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
-        typename GradientType<T>::type* gq = grad + g_at +
-                                             (long long)(g.row + first_row) * g_row + col * g_col;
+        const long long row = unsigned_index(g.row + first_row), col = unsigned_index(g.col + out_col);
+        const T* xq = xp + row * x_row + col * x_col;
+        const T* yq = yp + row * y_row + col * y_col;
+        typename GradientType<T>::type* gq = grad + g_at + row * g_row + col * g_col;
         // masked: the plane's 1 / total weight folded into the per-plane constants (no per-pixel product)
         const C plane_scale = kMasked ? (C)pyramid.plane_weights[p] : C(1);
         const C scaled_range = kMasked ? inv_range * plane_scale : inv_range;
         const C scaled_l1 = kMasked ? l1 * plane_scale : l1;
         const C* kq = kReadsMask ? mask_planes.mask + k_at +
-                                      (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
+                                      row * mask_planes.row + col * mask_planes.col
                                 : nullptr;
         vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
