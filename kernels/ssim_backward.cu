@@ -275,13 +275,18 @@ __device__ inline void backward_planes(
     }
     __syncthreads();
     // The three partial maps' planes of this plane, from thread 0 too (before the shifts' barrier; read by the
-    // tile load, after the moves' barrier, so that thread 0's advance past that barrier does not touch them).
+    // tile load, after the moves' barrier, so that thread 0's advance past that barrier does not touch them),
+    // not made again from planes * map_pixels by every thread; in the fast tile load but where it spilled 4 to 8
+    // bytes on sm_90 (float's GRAD_ADD_MASK at R = 5, 6; the GRAD_ADD_L1 tails of float, uint8 and uint16 at
+    // R = 3, 4), which read the maps' plane offset from plane_at there as before.
     __shared__ __align__(16) const C* map_planes[3];
+    constexpr bool kSharedMaps = Tail != GRAD_ADD_L1 && Tail != GRAD_ADD_MASK;
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long x_at = plane_at[0], y_at = plane_at[1], g_at = plane_at[2];
         const long long k_at = kReadsMask ? plane_at[3] : 0;
         const T* xp = x + x_at;
         const T* yp = y + y_at;
+        const C* maps = grad_maps + plane_at[4];
         if (tid == 0)
             for (int q = 0; q < 3; ++q) map_planes[q] = grad_maps + plane_at[4] + q * maps_size;
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
@@ -315,7 +320,9 @@ __device__ inline void backward_planes(
                 // The fast path (most tiles): the halo inside the map, no bounds test.
                 // The three maps' pixels at one 32-bit offset in the plane (the map's pixels fit an int:
                 // `inside`), so that each address is one instruction from its map's plane.
-                const C* const map[3] = {map_planes[0], map_planes[1], map_planes[2]};
+                const C* const map[3] = {kSharedMaps ? map_planes[0] : maps,
+                                         kSharedMaps ? map_planes[1] : maps + maps_size,
+                                         kSharedMaps ? map_planes[2] : maps + 2 * maps_size};
                 const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
                 // Halo rows 2R .. kHeight + R - 1 lie in this tile's own forward tile row (its first row is
                 // a multiple of kHeight, the halo starts R + offset <= 2R above it): the walk's k-th rows
