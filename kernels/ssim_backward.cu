@@ -97,6 +97,29 @@ template <class C, int Q, int Pitch, int Span> struct ColumnRows {
 #pragma unroll
         for (int q = 0; q < Q; ++q) load_span<Span>(&planes[q][c][r], q, v);
     }
+    // element (r, c)'s offset in a plane, and load(r, c, v) of the element at that offset
+    __device__ static constexpr int offset(int r, int c) { return c * Pitch + r; }
+    __device__ void load_at(int at, C (&v)[Span][Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) load_span<Span>(&planes[q][0][0] + at, q, v);
+    }
+    __device__ void store_at(int at, const C (&v)[Q]) {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) (&planes[q][0][0])[at] = v[q];
+    }
+};
+
+// ColumnRows as one thread of a pass reads or writes them, its first element (first_row, col) at offset `at`
+// of a plane, read from a table in shared memory each plane (the address worked out from the thread index
+// was made again each plane, 10 to 14 instructions, under the 64-register cap): element (first_row + i, col
+// + j), i and j constant in the pass's unrolled code, is at + offset(i, j).
+template <class Rows> struct TabledColumnRows {
+    Rows& rows;
+    int first_row, col, at;
+
+    __device__ int to(int r, int c) const { return at + (Rows::offset(r, c) - Rows::offset(first_row, col)); }
+    template <class V> __device__ void load(int r, int c, V& v) const { rows.load_at(to(r, c), v); }
+    template <class V> __device__ void store(int r, int c, const V& v) { rows.store_at(to(r, c), v); }
 };
 
 // The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
@@ -243,6 +266,10 @@ __device__ inline void backward_planes(
     const bool col_inside = map_col >= 0;
     const int j = (map_col >> 4) - base_col;
     __shared__ int halo_rows[kHaloRows];
+    // the wide layout: each thread's first element of the vertical pass in ColumnRows (TabledColumnRows)
+    constexpr bool kWide = BackwardWide<T, Tail>::value;
+    __shared__ int column_at[kWide ? kTile * kTile : 1];
+    if constexpr (kWide) column_at[tid] = decltype(rows)::offset(first_row, out_col);
     if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, g.map_h, padding);
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
@@ -382,7 +409,7 @@ __device__ inline void backward_planes(
         const C* kq = kReadsMask ? mask_planes.mask + k_at +
                                       row * mask_planes.row + col * mask_planes.col
                                 : nullptr;
-        vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
+        const auto finish = [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
                 const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
@@ -407,7 +434,13 @@ __device__ inline void backward_planes(
             yq += y_row;
             gq += g_row;
             if (kReadsMask) kq += mask_planes.row;
-        });
+        };
+        if constexpr (kWide) {
+            const TabledColumnRows<decltype(rows)> view{rows, first_row, out_col, column_at[tid]};
+            vertical_rows<C, R, 3, Shape::kColumnSpan>(view, weights, first_row, out_col, finish);
+        } else {
+            vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, finish);
+        }
         __syncthreads();  // the next plane overwrites the tiles and the moves
     }
 }
