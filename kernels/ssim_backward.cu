@@ -103,23 +103,27 @@ template <class C, int Q, int Pitch, int Span> struct ColumnRows {
 #pragma unroll
         for (int q = 0; q < Q; ++q) load_span<Span>(&planes[q][0][0] + at, q, v);
     }
-    __device__ void store_at(int at, const C (&v)[Q]) {
-#pragma unroll
-        for (int q = 0; q < Q; ++q) (&planes[q][0][0])[at] = v[q];
-    }
 };
 
-// ColumnRows as one thread of a pass reads or writes them, its first element (first_row, col) at offset `at`
-// of a plane, read from a table in shared memory each plane (the address worked out from the thread index
-// was made again each plane, 10 to 14 instructions, under the 64-register cap): element (first_row + i, col
-// + j), i and j constant in the pass's unrolled code, is at + offset(i, j).
-template <class Rows> struct TabledColumnRows {
+// The filtered rows (ColumnRows or TabledFilteredRows) as one thread of the vertical pass reads them, its
+// first element (first_row, col) at offset `at` of a plane, read from a table in shared memory each plane
+// (the address worked out from the thread index was made again each plane, ~14 instructions, under the
+// 64-register cap): element (first_row + i, col), i constant in the pass's unrolled code, is at + offset(i, 0).
+template <class Rows> struct TabledRows {
     Rows& rows;
     int first_row, col, at;
 
     __device__ int to(int r, int c) const { return at + (Rows::offset(r, c) - Rows::offset(first_row, col)); }
     template <class V> __device__ void load(int r, int c, V& v) const { rows.load_at(to(r, c), v); }
-    template <class V> __device__ void store(int r, int c, const V& v) { rows.store_at(to(r, c), v); }
+};
+
+// FilteredRows (Tile's layout) as TabledRows reads them.
+template <class C, int R, int Q> struct TabledFilteredRows : FilteredRows<C, R, Q> {
+    __device__ static constexpr int offset(int r, int c) { return r * Tile<C, R>::kRowsPitch + c; }
+    __device__ void load_at(int at, C (&v)[Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) v[q] = (&this->planes[q][0][0])[at];
+    }
 };
 
 // The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
@@ -170,7 +174,7 @@ __device__ constexpr bool tail_reads_mask(int tail) {
 // registers for the loaded vectors (4 to 64 bytes of spill on sm_90 under 64 registers with them).
 template <class T, int Tail> struct BackwardWide {
     static constexpr bool value = false;
-    template <class C, int R> using Rows = FilteredRows<C, R, 3>;
+    template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
 };
 template <> struct BackwardWide<float, GRAD_WRITE> {
     static constexpr bool value = true;
@@ -266,10 +270,13 @@ __device__ inline void backward_planes(
     const bool col_inside = map_col >= 0;
     const int j = (map_col >> 4) - base_col;
     __shared__ int halo_rows[kHaloRows];
-    // the wide layout: each thread's first element of the vertical pass in ColumnRows (TabledColumnRows)
-    constexpr bool kWide = BackwardWide<T, Tail>::value;
-    __shared__ int column_at[kWide ? kTile * kTile : 1];
-    if constexpr (kWide) column_at[tid] = decltype(rows)::offset(first_row, out_col);
+    // each thread's first element of the vertical pass in the filtered rows (TabledRows); not in MS-SSIM's
+    // backward (its tables would pass TileSharedBytes' 2 KiB), nor in normalized mode (+0.8 per pixel at
+    // R = 5), nor where it spilled 4 to 12 bytes (GRAD_ADD_L1: uint8's at R = 4 on sm_90; float's GRAD_WRITE at
+    // R = 6 on sm_90 and sm_100)
+    constexpr bool kTabled = !MsSsim && !kNormalized && Tail != GRAD_ADD_L1 && R != 6;
+    __shared__ int rows_at[kTabled ? kTile * kTile : 1];
+    if constexpr (kTabled) rows_at[tid] = decltype(rows)::offset(first_row, out_col);
     if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, g.map_h, padding);
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
@@ -303,11 +310,12 @@ __device__ inline void backward_planes(
     __syncthreads();
     // The three partial maps' planes of this plane, from thread 0 too (before the shifts' barrier; read by the
     // tile load, after the moves' barrier, so that thread 0's advance past that barrier does not touch them),
-    // not made again from planes * map_pixels by every thread; in the fast tile load but where it spilled 4 to 8
-    // bytes on sm_90 (float's GRAD_ADD_MASK at R = 5, 6; the GRAD_ADD_L1 tails of float, uint8 and uint16 at
-    // R = 3, 4), which read the maps' plane offset from plane_at there as before.
+    // not made again from planes * map_pixels by every thread; in the fast tile load but where it spilled 4 to 12
+    // bytes (on sm_90 float's GRAD_ADD_MASK at R = 5, 6, the GRAD_ADD_L1 tails of float, uint8 and uint16 at
+    // R = 3, 4; float's GRAD_WRITE at R = 6 on sm_100), which read the maps' plane offset from plane_at there as
+    // before.
     __shared__ __align__(16) const C* map_planes[3];
-    constexpr bool kSharedMaps = Tail != GRAD_ADD_L1 && Tail != GRAD_ADD_MASK;
+    constexpr bool kSharedMaps = Tail != GRAD_ADD_L1 && Tail != GRAD_ADD_MASK && R != 6;
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long x_at = plane_at[0], y_at = plane_at[1], g_at = plane_at[2];
         const long long k_at = kReadsMask ? plane_at[3] : 0;
@@ -435,8 +443,8 @@ __device__ inline void backward_planes(
             gq += g_row;
             if (kReadsMask) kq += mask_planes.row;
         };
-        if constexpr (kWide) {
-            const TabledColumnRows<decltype(rows)> view{rows, first_row, out_col, column_at[tid]};
+        if constexpr (kTabled) {
+            const TabledRows<const decltype(rows)> view{rows, first_row, out_col, rows_at[tid]};
             vertical_rows<C, R, 3, Shape::kColumnSpan>(view, weights, first_row, out_col, finish);
         } else {
             vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, finish);
