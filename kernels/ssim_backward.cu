@@ -97,6 +97,33 @@ template <class C, int Q, int Pitch, int Span> struct ColumnRows {
 #pragma unroll
         for (int q = 0; q < Q; ++q) load_span<Span>(&planes[q][c][r], q, v);
     }
+    // element (r, c)'s offset in a plane, and load(r, c, v) of the element at that offset
+    __device__ static constexpr int offset(int r, int c) { return c * Pitch + r; }
+    __device__ void load_at(int at, C (&v)[Span][Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) load_span<Span>(&planes[q][0][0] + at, q, v);
+    }
+};
+
+// The filtered rows (ColumnRows or TabledFilteredRows) as one thread of the vertical pass reads them, its
+// first element (first_row, col) at offset `at` of a plane, read from a table in shared memory each plane
+// (the address worked out from the thread index was made again each plane, ~14 instructions, under the
+// 64-register cap): element (first_row + i, col), i constant in the pass's unrolled code, is at + offset(i, 0).
+template <class Rows> struct TabledRows {
+    Rows& rows;
+    int first_row, col, at;
+
+    __device__ int to(int r, int c) const { return at + (Rows::offset(r, c) - Rows::offset(first_row, col)); }
+    template <class V> __device__ void load(int r, int c, V& v) const { rows.load_at(to(r, c), v); }
+};
+
+// FilteredRows (Tile's layout) as TabledRows reads them.
+template <class C, int R, int Q> struct TabledFilteredRows : FilteredRows<C, R, Q> {
+    __device__ static constexpr int offset(int r, int c) { return r * Tile<C, R>::kRowsPitch + c; }
+    __device__ void load_at(int at, C (&v)[Q]) const {
+#pragma unroll
+        for (int q = 0; q < Q; ++q) v[q] = (&this->planes[q][0][0])[at];
+    }
 };
 
 // The backward's blocks per SM (TileMinBlocks); MS-SSIM's backward (GRAD_MSSSIM) at most 3 blocks, 80
@@ -147,7 +174,7 @@ __device__ constexpr bool tail_reads_mask(int tail) {
 // registers for the loaded vectors (4 to 64 bytes of spill on sm_90 under 64 registers with them).
 template <class T, int Tail> struct BackwardWide {
     static constexpr bool value = false;
-    template <class C, int R> using Rows = FilteredRows<C, R, 3>;
+    template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
 };
 template <> struct BackwardWide<float, GRAD_WRITE> {
     static constexpr bool value = true;
@@ -161,6 +188,10 @@ template <class C> struct MaskPlanes {
     const C* mask;
     long long outer, inner, row, col;
 };
+
+// A non-negative index as a 64-bit one, zero-extended: its products with the 64-bit strides take fewer
+// instructions than those of a sign-extended int (no sign word).
+__device__ inline long long unsigned_index(int i) { return (long long)(unsigned)i; }
 
 // The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
 // Tile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
@@ -227,8 +258,9 @@ __device__ inline void backward_planes(
         const bool own = e == kEntries;
         const int row = Shape::shift_row(own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset, height);
         const int col = Shape::shift_col(own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset, width);
-        shift_offset = tid > kEntries ? row * y_row + col * y_col : row * x_row + col * x_col;
-        if (kNormalized) mask_shift_offset = row * mask_planes.row + col * mask_planes.col;
+        const long long r = unsigned_index(row), c = unsigned_index(col);
+        shift_offset = tid > kEntries ? r * y_row + c * y_col : r * x_row + c * x_col;
+        if (kNormalized) mask_shift_offset = r * mask_planes.row + c * mask_planes.col;
     }
     // This thread's halo column in the tile load (lane < kHaloCols): its map column, whether it holds
     // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
@@ -238,6 +270,13 @@ __device__ inline void backward_planes(
     const bool col_inside = map_col >= 0;
     const int j = (map_col >> 4) - base_col;
     __shared__ int halo_rows[kHaloRows];
+    // each thread's first element of the vertical pass in the filtered rows (TabledRows); not in MS-SSIM's
+    // backward (its tables would pass TileSharedBytes' 2 KiB), nor in normalized mode (+0.8 per pixel at
+    // R = 5), nor where it spilled 4 to 12 bytes (GRAD_ADD_L1: uint8's at R = 4 on sm_90; float's GRAD_WRITE at
+    // R = 6 on sm_90 and sm_100)
+    constexpr bool kTabled = !MsSsim && !kNormalized && Tail != GRAD_ADD_L1 && R != 6;
+    __shared__ int rows_at[kTabled ? kTile * kTile : 1];
+    if constexpr (kTabled) rows_at[tid] = decltype(rows)::offset(first_row, out_col);
     if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, g.map_h, padding);
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
@@ -269,12 +308,22 @@ __device__ inline void backward_planes(
         locate(blockIdx.y);
     }
     __syncthreads();
+    // The three partial maps' planes of this plane, from thread 0 too (before the shifts' barrier; read by the
+    // tile load, after the moves' barrier, so that thread 0's advance past that barrier does not touch them),
+    // not made again from planes * map_pixels by every thread; in the fast tile load but where it spilled 4 to 12
+    // bytes (on sm_90 float's GRAD_ADD_MASK at R = 5, 6, the GRAD_ADD_L1 tails of float, uint8 and uint16 at
+    // R = 3, 4; float's GRAD_WRITE at R = 6 on sm_100), which read the maps' plane offset from plane_at there as
+    // before.
+    __shared__ __align__(16) const C* map_planes[3];
+    constexpr bool kSharedMaps = Tail != GRAD_ADD_L1 && Tail != GRAD_ADD_MASK && R != 6;
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const long long x_at = plane_at[0], y_at = plane_at[1], g_at = plane_at[2];
         const long long k_at = kReadsMask ? plane_at[3] : 0;
         const T* xp = x + x_at;
         const T* yp = y + y_at;
         const C* maps = grad_maps + plane_at[4];
+        if (tid == 0)
+            for (int q = 0; q < 3; ++q) map_planes[q] = grad_maps + plane_at[4] + q * maps_size;
         const C* coarse_plane = MsSsim ? pyramid.coarse + p * coarse_size : nullptr;
         // The partial maps are those of moments shifted by the forward tile's
         // kx and kd = kx - ky (ssim_pixel); with this tile's own shifts (bx, bd),
@@ -306,7 +355,9 @@ __device__ inline void backward_planes(
                 // The fast path (most tiles): the halo inside the map, no bounds test.
                 // The three maps' pixels at one 32-bit offset in the plane (the map's pixels fit an int:
                 // `inside`), so that each address is one instruction from its map's plane.
-                const C* const map[3] = {maps, maps + maps_size, maps + 2 * maps_size};
+                const C* const map[3] = {kSharedMaps ? map_planes[0] : maps,
+                                         kSharedMaps ? map_planes[1] : maps + maps_size,
+                                         kSharedMaps ? map_planes[2] : maps + 2 * maps_size};
                 const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
                 // Halo rows 2R .. kHeight + R - 1 lie in this tile's own forward tile row (its first row is
                 // a multiple of kHeight, the halo starts R + offset <= 2R above it): the walk's k-th rows
@@ -316,7 +367,7 @@ __device__ inline void backward_planes(
                 const C own_moves[2] = {moves[0][own][j], moves[1][own][j]};
                 warp_halo_rows<kHaloRows>(warp, [&](int k) {
                     const int r = warp + kWarps * k, a = at + k * step;
-                    const C value[3] = {map[0][a], map[1][a], map[2][a]};
+                    const C value[3] = {__ldg(map[0] + a), __ldg(map[1] + a), __ldg(map[2] + a)};
                     if (!MsSsim && kWarps * k >= 2 * R && kWarps * (k + 1) <= kHeight + R) {
                         tile[0][r][lane] = moved_partial(value, own_moves[0], own_moves[1]);
                     } else {
@@ -333,7 +384,7 @@ __device__ inline void backward_planes(
                     C value[3] = {C(0), C(0), C(0)};
                     if (col_inside && map_row >= 0) {
                         const long long at = (long long)map_row * g.map_w + map_col;
-                        for (int q = 0; q < 3; ++q) value[q] = maps[q * maps_size + at];
+                        for (int q = 0; q < 3; ++q) value[q] = __ldg(map_planes[q] + at);
                         const int i = (map_row >> kLog2) - base_row;
                         value[0] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
                     }
@@ -355,19 +406,18 @@ __device__ inline void backward_planes(
         }
         __syncthreads();
         // Vertical pass: each row's gradient is finished as soon as its last tap is in.
-        const int col = g.col + out_col;
-        const T* xq = xp + (long long)(g.row + first_row) * x_row + col * x_col;
-        const T* yq = yp + (long long)(g.row + first_row) * y_row + col * y_col;
-        typename GradientType<T>::type* gq = grad + g_at +
-                                             (long long)(g.row + first_row) * g_row + col * g_col;
+        const long long row = unsigned_index(g.row + first_row), col = unsigned_index(g.col + out_col);
+        const T* xq = xp + row * x_row + col * x_col;
+        const T* yq = yp + row * y_row + col * y_col;
+        typename GradientType<T>::type* gq = grad + g_at + row * g_row + col * g_col;
         // masked: the plane's 1 / total weight folded into the per-plane constants (no per-pixel product)
         const C plane_scale = kMasked ? (C)pyramid.plane_weights[p] : C(1);
         const C scaled_range = kMasked ? inv_range * plane_scale : inv_range;
         const C scaled_l1 = kMasked ? l1 * plane_scale : l1;
         const C* kq = kReadsMask ? mask_planes.mask + k_at +
-                                      (long long)(g.row + first_row) * mask_planes.row + col * mask_planes.col
+                                      row * mask_planes.row + col * mask_planes.col
                                 : nullptr;
-        vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, [&](int i, const C (&b)[3]) {
+        const auto finish = [&](int i, const C (&b)[3]) {
             if (i < rows_here) {
                 // 2 x' and 2 d' at this tile's shifts (x - y before the scaling: exact where x and y are close)
                 const C xv = (C)element_value(*xq), yv = (C)element_value(*yq);
@@ -392,7 +442,13 @@ __device__ inline void backward_planes(
             yq += y_row;
             gq += g_row;
             if (kReadsMask) kq += mask_planes.row;
-        });
+        };
+        if constexpr (kTabled) {
+            const TabledRows<const decltype(rows)> view{rows, first_row, out_col, rows_at[tid]};
+            vertical_rows<C, R, 3, Shape::kColumnSpan>(view, weights, first_row, out_col, finish);
+        } else {
+            vertical_rows<C, R, 3, Shape::kColumnSpan>(rows, weights, first_row, out_col, finish);
+        }
         __syncthreads();  // the next plane overwrites the tiles and the moves
     }
 }
