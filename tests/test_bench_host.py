@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 
 import cussim
@@ -259,6 +260,20 @@ def test_volume_and_pyramid_registers_do_not_regress(arch):
         for k in report.kernels:
             assert k.registers <= RESOURCE_BOUNDS[k.name] and k.spill_stores == k.spill_loads == 0, k
             assert k.stack_frame == 0, k
+
+
+@pytest.mark.parametrize("arch", [75, 80, 86, 90, 120])
+def test_the_forward_ring_where_the_launch_plans_it(arch):
+    """cussim._launch3d sizes ssim3d_forward's dynamic ring per architecture as kernels/ssim3d.cu builds it
+    (kForwardRegisterPlanes): with a ring ptxas fits it in 64 or 80 registers (4 or 3 blocks), without one the
+    window takes 128."""
+    from cussim import _launch3d
+    name = "ssim3d_forward<float, 5>"
+    report = _nvrtc.compile_report(_kernels.kernel_source("ssim3d"), _kernels.COMPILE_OPTIONS, (name,), arch,
+                                   "ssim3d.cu")
+    ring = _launch3d.forward_shared_bytes(np.float32, 5, None, arch)
+    assert (report.kernels[0].registers <= 80) == (ring > 0), (arch, report.kernels[0].registers, ring)
+    assert ring == {75: 0, 80: 9 * 5 * 1024, 86: 0, 90: 10 * 5 * 1024, 120: 0}[arch]
 
 
 def test_the_pyramid_calls_no_64_bit_division():
