@@ -195,10 +195,8 @@ def _geometry(name: str, halo_side: int):
     # the 3-D forward stores x and y (tile) and five moments (rows; normalized: x, y, m and six); the 3-D
     # backward three partial maps in each
     quantities = (6 if "VOLUME_NORMALIZED" in name else 5) if forward else 3
-    # the horizontal pass's neighbouring columns a thread (kernels/ssim3d.cu, filter_tile's Columns)
-    columns = 2 if forward else 1
     return 1, {"tile load": halo_side * halo_side / THREADS, "horizontal pass": halo_side * TILE / THREADS}, \
-        {"tile load": 2 if forward else 3, "horizontal pass": quantities, "columns": columns}
+        {"tile load": 2 if forward else 3, "horizontal pass": quantities}
 
 
 def warp_iterations(items: int) -> float:
@@ -209,15 +207,16 @@ def warp_iterations(items: int) -> float:
                for w in range(THREADS // 32)) / (THREADS // 32)
 
 
-def _volume_passes(passes, halo_side: int, quantities: int, columns: int):
+def _volume_passes(passes, halo_side: int, quantities: int):
     """The 3-D kernels' horizontal passes (kernels/ssim3d.cu, filter_tile): every loop counts, each a group of
-    the quantities over the halo rows' outputs, ``columns`` neighbouring ones an item, one item a body (their
-    stores add up to the quantities times ``columns``): {loop: iterations a warp issues per plane}."""
+    the quantities over the halo rows' outputs, one or two neighbouring ones an item (kernels/ssim3d.cu, filter_tile's Columns), one item a body (their
+    stores add up to the quantities times the columns): {loop: iterations a warp issues per plane}."""
     stored = sum(sts for _, _, sts in passes)
-    if stored != quantities * columns:
-        raise ValueError(f"horizontal passes storing {stored} values a body, not {quantities} quantities of "
-                         f"{columns} columns (a body of several items, or a pass in two versions?); the count "
-                         "cannot follow them")
+    columns = stored // quantities  # filter_tile's Columns: 2 where the forward's window is in its ring, else 1
+    if stored % quantities or columns not in (1, 2):
+        raise ValueError(f"horizontal passes storing {stored} values a body, not {quantities} quantities of one or "
+                         "two columns (a body of several items, or a pass in two versions?); the count cannot "
+                         "follow them")
     iterations = warp_iterations(halo_side * TILE // columns)
     return [(Loop("horizontal pass", len(body), len(body), len(body) * iterations, tuple(body)), body, iterations)
             for _, body, _ in passes]
@@ -261,7 +260,7 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
         weights.update({i: per_instruction * planes_per_pixel_iterations[loop.kind] * planes for i in body})
     counted = [c[0] for c in cheapest.values()]
     if passes:
-        for loop, body, iterations in _volume_passes(passes, halo_side, stores["horizontal pass"], stores["columns"]):
+        for loop, body, iterations in _volume_passes(passes, halo_side, stores["horizontal pass"]):
             weights.update({i: iterations * planes for i in body})
             counted.append(loop)
     outside = sum(shares[i] for i in straight) - sum(shares[i] for i in output)

@@ -100,8 +100,10 @@ def forward_shared_bytes(dtype, radius: int, mask_mode=None, arch=None) -> int:
 
     >>> forward_shared_bytes(np.float32, 5), forward_shared_bytes(np.float32, 5, "normalized", 80)
     (51200, 55296)
-    >>> forward_shared_bytes(np.float64, 5), forward_shared_bytes(np.float32, 6), forward_shared_bytes(np.uint8, 5, arch=86)
-    (0, 0, 0)
+    >>> forward_shared_bytes(np.float64, 5), forward_shared_bytes(np.float32, 6)
+    (0, 0)
+    >>> forward_shared_bytes(np.uint8, 5, None, 86), forward_shared_bytes(np.uint8, 5, None, 100)
+    (0, 51200)
     """
     planes = forward_register_planes(arch)
     if not planes or compute_dtype(np.dtype(dtype)) != np.float32 or radius > FORWARD_RING_MAX_RADIUS:

@@ -97,8 +97,8 @@ __device__ inline C load_voxel(const T* volume, long long depth_stride, long lon
 // synchronised; the call synchronises once more (after the horizontal pass, the only one that calls
 // sample), so the caller may refill the tile as soon as it returns (and `rows` after a barrier). Columns
 // (1 or 2): the horizontal pass's neighbouring outputs a thread, which share 2R of their 2R + Columns halo
-// values: each value sampled once, every sum in tap order (bench/sass_march.py counts the forward's 2, the
-// backward's 1).
+// values: each value sampled once, every sum in tap order (2: the forward with its ring; two columns spilled
+// in the backward at 64 registers and in the forward's register windows).
 template <class C, int R, int Q, int Columns = 1, int First = 0, int Count = Q, class Sample>
 __device__ inline void filter_tile(Sample sample, C (&rows)[Count][kTile + 2 * R][kTile], const C* weights, int tid,
                                    C (&out)[Q]) {
@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(
     using Config = Window3d<T, R, Q, kMasked>;
     constexpr bool kRing = Config::kRing;
     constexpr int kGroup = (Q + 1) / 2;  // with the ring: the moments of the 2-D filter's first pass
-    constexpr int kColumns = 2;  // the horizontal pass's columns a thread (filter_tile)
+    constexpr int kColumns = kRing ? 2 : 1;  // the horizontal pass's columns a thread (filter_tile)
     // filtered along rows: mx, md, Exx, Eyy, Edd; normalized: m x, m d, m, m x^2, m y^2, m d^2 (with the ring:
     // in its free slot)
     __shared__ C rows[kRing ? 1 : Q][kRing ? 1 : kSide][kTile];

@@ -245,7 +245,8 @@ def test_whole_kernel_counts_do_not_regress():
 # and on sm_80 with two window planes in registers beside its ring, at 3: 80 registers; WHOLE_KERNEL_BOUNDS
 # keeps sm_90's unmasked one at 64).
 RESOURCE_BOUNDS = {  # kernel: most registers
-    "ssim3d_forward<float, 5>": 80, "ssim3d_forward<float, 5, cussim::VOLUME_MASK>": 80, "ssim3d_backward<float, 5>": 64, "ssim3d_backward<float, 3>": 64,
+    "ssim3d_forward<float, 5>": 80, "ssim3d_forward<float, 5, cussim::VOLUME_MASK>": 80,
+    "ssim3d_backward<float, 5>": 64, "ssim3d_backward<float, 3>": 64,
     **{f"msssim_pyramid<float, {levels}{masked}>": 64 for levels in _kernels.PYRAMID_LEVELS
        for masked in ("", ", true")},
 }
