@@ -833,6 +833,14 @@ class RawKernel:
     def name(self):
         return self._function.name
 
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self._function.max_dynamic_shared_size_bytes
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        self._function.max_dynamic_shared_size_bytes = value
+
     def __call__(self, grid, block, args, *, shared_mem=0):
         function = self._function
         launch_args = tuple(_kernel_argument(function, i, a) for i, a in enumerate(args))

@@ -29,7 +29,7 @@ import tempfile
 
 from bench import sass_march, sass_units, sass_whole
 from bench.sass_march import TILE, KernelCount, count
-from cussim import _kernels, _launch, _nvrtc
+from cussim import _kernels, _launch, _launch3d, _nvrtc
 from cussim._launch3d import DEPTH_CHUNK
 
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -148,6 +148,17 @@ def measure(arch: int = 90, dtype: str = "float", radius: int = 5, shape=sass_un
     return rows
 
 
+def shared_bytes(name: str, arch: int, resources) -> int:
+    """A kernel's shared memory per block: ptxas's static bytes, and ssim3d_forward's dynamic ring
+    (cussim._launch3d.forward_shared_bytes)."""
+    if not name.startswith("ssim3d_forward<"):
+        return resources.shared_bytes
+    element, radius = name[len("ssim3d_forward<"):].split(", ")[:2]
+    dtype = next(d for d, c in _launch.ELEMENT_TYPES.items() if c == element)
+    mode = "normalized" if "VOLUME_NORMALIZED" in name else "mean" if "VOLUME_MASK" in name else None
+    return resources.shared_bytes + _launch3d.forward_shared_bytes(dtype, int(radius.rstrip(">")), mode, arch)
+
+
 _DIVISION_64 = re.compile(r"__cuda_sm20_(div|rem)_[su]64")
 
 
@@ -201,10 +212,11 @@ def main(argv=None) -> int:
           f"{'whole':>6} " + " ".join(f"{p:>12}" for p in parts[:3]) + "        " + " ".join(f"{p:>12}" for p in parts[3:]) + f" {'regs':>5} {'smem':>6} {'spill':>5} "
           f"{'blocks/SM':>9} {'occupancy':>9}")
     for _, w, k in rows:
-        blocks, fraction = sass_units.occupancy(args.arch, k.registers, k.shared_bytes)
+        smem = shared_bytes(w.name, args.arch, k)
+        blocks, fraction = sass_units.occupancy(args.arch, k.registers, smem)
         print(f"{w.name:<{width}} {w.per_pixel:>6.0f} " + " ".join(f"{w.parts.get(p, 0):>12.1f}" for p in parts[:3]) +
               f" ({w.prologue_shortest:>4.0f}) " + " ".join(f"{w.parts.get(p, 0):>12.1f}" for p in parts[3:]) +
-              f" {k.registers:>5} {k.shared_bytes:>6} {k.spill_stores + k.spill_loads:>5} {blocks:>9} "
+              f" {k.registers:>5} {smem:>6} {k.spill_stores + k.spill_loads:>5} {blocks:>9} "
               f"{fraction:>9.0%}")
     print(f"\nthe whole kernel at {shape}, per category\n{'kernel':<{width}} " +
           " ".join(f"{x:>9}" for x in sass_units.CATEGORIES))

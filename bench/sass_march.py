@@ -192,9 +192,34 @@ def _geometry(name: str, halo_side: int):
         # an interior tile's load is unrolled (straight code): the tile-load loops are the border tiles'
         return rows, {"tile load": 0, "horizontal pass": horizontal, "pixels": rows}, \
             {"tile load": 2 if forward else 3, "horizontal pass": 20 if forward else 12, "pixels": 1}
-    # the 3-D forward stores x and y (tile) and five moments (rows); the 3-D backward three partial maps in each
+    # the 3-D forward stores x and y (tile) and five moments (rows; normalized: x, y, m and six); the 3-D
+    # backward three partial maps in each
+    quantities = (6 if "VOLUME_NORMALIZED" in name else 5) if forward else 3
     return 1, {"tile load": halo_side * halo_side / THREADS, "horizontal pass": halo_side * TILE / THREADS}, \
-        {"tile load": 2 if forward else 3, "horizontal pass": 5 if forward else 3}
+        {"tile load": 2 if forward else 3, "horizontal pass": quantities}
+
+
+def warp_iterations(items: int) -> float:
+    """Iterations of ``for (k = tid; k < items; k += 256)`` that a warp of a 256-thread block issues, on
+    average over its 8 warps: warp w issues iteration i where thread 32 w + 256 i has an item (idle lanes
+    included)."""
+    return sum(sum(1 for i in range(-(-items // THREADS)) if 32 * w + THREADS * i < items)
+               for w in range(THREADS // 32)) / (THREADS // 32)
+
+
+def _volume_passes(passes, halo_side: int, quantities: int):
+    """The 3-D kernels' horizontal passes (kernels/ssim3d.cu, filter_tile): every loop counts, each a group of
+    the quantities over the halo rows' outputs, one or two neighbouring ones an item (kernels/ssim3d.cu, filter_tile's Columns), one item a body (their
+    stores add up to the quantities times the columns): {loop: iterations a warp issues per plane}."""
+    stored = sum(sts for _, _, sts in passes)
+    columns = stored // quantities  # filter_tile's Columns: 2 where the forward's window is in its ring, else 1
+    if stored % quantities or columns not in (1, 2):
+        raise ValueError(f"horizontal passes storing {stored} values a body, not {quantities} quantities of one or "
+                         "two columns (a body of several items, or a pass in two versions?); the count cannot "
+                         "follow them")
+    iterations = warp_iterations(halo_side * TILE // columns)
+    return [(Loop("horizontal pass", len(body), len(body), len(body) * iterations, tuple(body)), body, iterations)
+            for _, body, _ in passes]
 
 
 def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
@@ -205,7 +230,7 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
     march = _march(loops)
     inner = _children(march, loops)
     pixels, planes_per_pixel_iterations, stores = _geometry(name, halo_side)
-    cheapest, border = {}, None
+    cheapest, border, passes = {}, None, []
     for head, end in inner:
         body = [i for i, (address, _, _) in enumerate(instructions) if head <= address <= end]
         opcodes = [instructions[i][1] for i in body]
@@ -213,6 +238,9 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
         if kind is None:
             continue
         sts = sum(_stored(op, 8 if "<double," in name else 4) for op in opcodes if op.startswith("STS"))
+        if chunk and kind == "horizontal pass":
+            passes.append((head, body, sts))
+            continue
         per_iteration = len(body) * per_store / max(sts, 1)
         loop = Loop(kind, len(body), per_iteration, per_iteration * planes_per_pixel_iterations[kind] / pixels,
                     tuple(body))
@@ -230,6 +258,11 @@ def count(name: str, function, halo_side: int, chunk: int = 0) -> KernelCount:
     weights.update({i: shares[i] for i in output})
     for loop, body, per_instruction in cheapest.values():
         weights.update({i: per_instruction * planes_per_pixel_iterations[loop.kind] * planes for i in body})
+    counted = [c[0] for c in cheapest.values()]
+    if passes:
+        for loop, body, iterations in _volume_passes(passes, halo_side, stores["horizontal pass"]):
+            weights.update({i: iterations * planes for i in body})
+            counted.append(loop)
     outside = sum(shares[i] for i in straight) - sum(shares[i] for i in output)
-    return KernelCount(name, len(instructions), outside, tuple(c[0] for c in cheapest.values()),
+    return KernelCount(name, len(instructions), outside, tuple(counted),
                        sum(shares[i] for i in output), planes, pixels, weights, border if not chunk else None, march)

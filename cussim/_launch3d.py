@@ -20,6 +20,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -79,6 +80,50 @@ def _kernel_name(kernel, x, params, mask, mask_mode) -> str:
                                 None if mask is None else mask_mode)
 
 
+# The forward's window planes kept in registers when the rest is in its shared-memory ring, by architecture
+# (kernels/ssim3d.cu, kForwardRegisterPlanes: the two must agree); 0: no ring, the window in registers.
+FORWARD_RING_MAX_RADIUS = 5
+
+
+def forward_register_planes(arch) -> int:
+    """Window planes that ssim3d_forward keeps in registers beside its ring on sm_``arch`` (None: the emulator's
+    build, as sm_90), 0 where the whole window stays in registers."""
+    if arch is None or 90 <= arch < 120:
+        return 1
+    return 2 if arch == 80 else 0
+
+
+def forward_shared_bytes(dtype, radius: int, mask_mode=None, arch=None) -> int:
+    """Dynamic shared memory of ssim3d_forward for x of ``dtype``: its window's ring (kernels/ssim3d.cu,
+    Window3d), 2R + 1 planes less those in registers, of 5 values (6 with ``mask_mode`` "normalized") per
+    thread of 256, in float arithmetic up to R = 5 where the architecture has a ring; 0 elsewhere.
+
+    >>> forward_shared_bytes(np.float32, 5), forward_shared_bytes(np.float32, 5, "normalized", 80)
+    (51200, 55296)
+    >>> forward_shared_bytes(np.float64, 5), forward_shared_bytes(np.float32, 6)
+    (0, 0)
+    >>> forward_shared_bytes(np.uint8, 5, None, 86), forward_shared_bytes(np.uint8, 5, None, 100)
+    (0, 51200)
+    """
+    planes = forward_register_planes(arch)
+    if not planes or compute_dtype(np.dtype(dtype)) != np.float32 or radius > FORWARD_RING_MAX_RADIUS:
+        return 0
+    values = 6 if mask_mode == "normalized" else 5
+    return (2 * radius + 1 - planes) * values * TILE * TILE * 4
+
+
+def _arch(x):
+    """The architecture of x's device as an int (90 for sm_90), None for NumPy arrays (the emulator)."""
+    if isinstance(x, np.ndarray):
+        return None
+    return _device_arch(_arrays.array_module(x), x.device.id)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_arch(xp, device_id: int) -> int:
+    return int(xp.cuda.Device(device_id).compute_capability)
+
+
 def weighted_sums(shape, dtype, params) -> WeightedSums:
     """The :class:`cussim._launch.WeightedSums` of a masked forward over volumes of ``shape`` (the kernels'
     layout): volumes x :func:`tiles` of the map of each kind, a plane slot per volume."""
@@ -111,6 +156,9 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     c = ctype.type
     null = _null(xp)
     blocks = tiles(map_shape)
+    shared = forward_shared_bytes(x.dtype, params.radius, None if mask is None else mask_mode, _arch(x))
+    if shared > kernel.max_dynamic_shared_size_bytes:  # past 48 KiB: opted in once per kernel
+        kernel.max_dynamic_shared_size_bytes = shared
     kernel(
         (blocks, min(volumes, MAX_GRID_Y)), (TILE, TILE),
         (x, *strides[0], y, *strides[1], null if map_out is None else map_out,
@@ -121,6 +169,7 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
          np.int32(TERMS[term]), np.int32(GRADIENT_FORMULAS[formula]), _taps(x, params, ctype),
          c(1.0 / params.data_range), c(params.K1**2), c(params.K2**2), c(params.cov), c(weight),
          np.float64(sum_scale), np.float64(l1), null if mask is None else mask, *strides[-1]),
+        shared_mem=shared,
     )
     if finish is not None and mask is not None:  # the weighted finish: means, totals, per-volume scales
         out, _, a, b = finish

@@ -167,20 +167,6 @@ struct PyramidRoot<T, C, 0, D, Masked> {
     __device__ static void run(const PyramidLevels<T, C, D, Masked>&, int, int, int) {}
 };
 
-// PlaneIndex at plane blockIdx.y, stepping by gridDim.y, from 32-bit
-// divisions: both are below 2^16, so an inner count past gridDim.y divides
-// them as gridDim.y + 1 does (quotient 0, remainder the number itself).
-__device__ inline PlaneIndex grid_plane_index(long long inner_count) {
-    const unsigned int y = blockIdx.y, n = gridDim.y;
-    const unsigned int count = inner_count > n ? n + 1 : (unsigned int)inner_count;
-    PlaneIndex index;
-    index.outer = y / count;
-    index.inner = y % count;
-    index.step_outer = n / count;
-    index.step_inner = n % count;
-    return index;
-}
-
 // Four blocks of 256 threads (64 registers) fit without a spill on sm_75 and
 // newer; sm_70, without a uniform datapath (the levels' sides and offsets take
 // vector registers there), spills at 64 and at 80 registers and keeps the whole

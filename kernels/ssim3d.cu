@@ -44,6 +44,8 @@
 // min(volumes, 65535)), blockIdx.x = chunk * tiles_h * tiles_w + tile, the
 // tiles and chunks covering the map (forward) or the volume (backward);
 // blocks loop over volumes. Block sums: volumes x gridDim.x, volume-major.
+// The forward takes cussim/_launch3d.py's forward_shared_bytes of dynamic
+// shared memory (its window's ring; 0 where the window stays in registers).
 // Arrays are addressed by element strides (int64): volume
 // p = outer * inner_count + inner, then depth, row and column. The partial
 // maps are contiguous: 3 x volumes x map voxels.
@@ -91,34 +93,49 @@ __device__ inline C load_voxel(const T* volume, long long depth_stride, long lon
                        inv_range);
 }
 
-// The 2-D filter of Q quantities over a halo tile: after the call, out[q]
-// holds this thread's pixel of quantity q filtered along rows and columns.
-// sample(r, c, v) gives the Q values at halo position (r, c). The caller has
-// filled what sample reads and synchronised; the call synchronises once more
-// (after the horizontal pass, the only one that calls sample), so the caller
-// may refill the tile as soon as it returns.
-template <class C, int R, int Q, class Sample>
-__device__ inline void filter_tile(Sample sample, C (&rows)[Q][kTile + 2 * R][kTile], const C* weights, int tid,
+// The 2-D filter of quantities First .. First + Count - 1 of Q over a halo tile: after the call, out[q]
+// holds this thread's pixel of quantity q filtered along rows and columns (the others untouched).
+// sample(r, c, v) gives the Q values at halo position (r, c). The caller has filled what sample reads and
+// synchronised; the call synchronises once more (after the horizontal pass, the only one that calls
+// sample), so the caller may refill the tile as soon as it returns (and `rows` after a barrier). Columns
+// (1 or 2): the horizontal pass's neighbouring outputs a thread, which share 2R of their 2R + Columns halo
+// values: each value sampled once, every sum in tap order (2: the forward with its ring; two columns spilled
+// in the backward at 64 registers and in the forward's register windows).
+template <class C, int R, int Q, int Columns = 1, int First = 0, int Count = Q, class Sample>
+__device__ inline void filter_tile(Sample sample, C (&rows)[Count][kTile + 2 * R][kTile], const C* weights, int tid,
                                    C (&out)[Q]) {
     constexpr int kSide = kTile + 2 * R;
-    for (int k = tid; k < kSide * kTile; k += kTile * kTile) {
-        const int r = k / kTile, c = k % kTile;
-        C sums[Q];
+    static_assert(Columns == 1 || Columns == 2, "one or two columns a thread");
+    for (int k = tid; k < kSide * kTile / Columns; k += kTile * kTile) {
+        const int r = k / (kTile / Columns), c = Columns * (k % (kTile / Columns));
+        C sums[Columns][Count];
 #pragma unroll
-        for (int q = 0; q < Q; ++q) sums[q] = C(0);
+        for (int i = 0; i < Columns; ++i)
 #pragma unroll
-        for (int t = 0; t <= 2 * R; ++t) {
-            const C w = weights[t];
+            for (int q = 0; q < Count; ++q) sums[i][q] = C(0);
+#pragma unroll
+        for (int j = 0; j < 2 * R + Columns; ++j) {
             C v[Q];
-            sample(r, c + t, v);
+            sample(r, c + j, v);
 #pragma unroll
-            for (int q = 0; q < Q; ++q) sums[q] += w * v[q];
+            for (int i = 0; i < Columns; ++i) {
+                if (j - i >= 0 && j - i <= 2 * R) {  // tap j - i of column c + i
+                    const C w = weights[j - i];
+#pragma unroll
+                    for (int q = 0; q < Count; ++q) sums[i][q] += w * v[First + q];
+                }
+            }
         }
 #pragma unroll
-        for (int q = 0; q < Q; ++q) rows[q][r][c] = sums[q];
+        for (int i = 0; i < Columns; ++i)
+#pragma unroll
+            for (int q = 0; q < Count; ++q) rows[q][r][c + i] = sums[i][q];
     }
     __syncthreads();
-    vertical_pass<C, R, Q>(rows, weights, out);
+    C part[Count];
+    vertical_pass<C, R, Count>(rows, weights, part);
+#pragma unroll
+    for (int q = 0; q < Count; ++q) out[First + q] = part[q];
 }
 
 // The depth taps over the rolling window of the last 2R+1 filtered planes, each
@@ -149,16 +166,23 @@ struct RollingWindow {
         for (int q = 0; q < Q; ++q) planes[K - 1][q] = newest[q];
     }
 
+    // The ring's slot that push() overwrites next: free until then (it holds a plane past the window).
+    __device__ inline C* free_slot(Ring& ring) const { return &ring[oldest][0][0]; }
+
     __device__ inline void filtered(const C* weights, const Ring& ring, int tid, C (&out)[Q]) const {
 #pragma unroll
         for (int q = 0; q < Q; ++q) out[q] = C(0);
-        int slot = oldest;
+        // tap t reads slot oldest + t, or oldest + t - kShared past the last: one of two bases, a constant offset
+        // from it (a slot index wrapped round per tap cost 3 instructions more a tap)
+        constexpr int kSlot = Q * kTile * kTile;
+        const C* first = &ring[0][0][tid] + oldest * kSlot;
+        const C* wrapped = first - kShared * kSlot;
 #pragma unroll
         for (int t = 0; t < kShared; ++t) {
             const C w = weights[t];
+            const C* column = (t < kShared - oldest ? first : wrapped) + t * kSlot;
 #pragma unroll
-            for (int q = 0; q < Q; ++q) out[q] += w * ring[slot][q][tid];
-            slot = slot + 1 == kShared ? 0 : slot + 1;
+            for (int q = 0; q < Q; ++q) out[q] += w * column[q * kTile * kTile];
         }
 #pragma unroll
         for (int t = 0; t < K; ++t) {
@@ -197,9 +221,9 @@ __device__ inline C pooled_adjoint3d(const C* coarse, long long p, int z, int ro
 // architecture the compile check covers (the next sizes spill: float forward
 // R = 6 24 to 36 bytes, double forward R = 2 12 to 52, double backward R = 4
 // 36 to 44); larger windows get the whole register file (255 per thread at
-// one block) rather than spill. The forward's window in the ring spills at 64
-// and 80 registers, and at 128 costs more instructions than it saves
-// (bench/NOTES.md).
+// one block) rather than spill. The forward's window (55 values at R = 5)
+// does not fit beside the rest in static shared memory (48 KiB): its ring is
+// dynamic (kForwardRegisterPlanes below).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 750
 constexpr bool kRingOnThisArch = false;
 #else
@@ -209,19 +233,50 @@ constexpr bool kRingOnThisArch = true;
 // A masked forward (Masked) counts one word more beside its window where its weights' sum and the mask's read
 // beside the 55 words of the float window at R = 5 spilled 8 to 24 bytes at 128 registers (sm_70 to sm_89,
 // sm_120 and sm_121; a plane in the ring did not help): that one takes the whole register file there. On
-// sm_90 to sm_103 it fits in 128.
+// sm_90 to sm_103 it fits in 128 (where the window is in registers: past R = 5, double).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && __CUDA_ARCH__ < 1200
 constexpr int kMaskedWords = 0;
 #else
 constexpr int kMaskedWords = 1;
 #endif
 
+// The forward's window (5 values a plane, 6 normalized) in float arithmetic up to R = 5 goes to a ring in
+// dynamic shared memory where an SM has room for it (opt-in past 48 KiB: cussim/_launch3d.py's
+// forward_shared_bytes sizes it as this does), kForwardRegisterPlanes of its planes in registers: one on
+// sm_90 to sm_103 (228 KiB per SM; 51200 bytes of ring and 5536 static at R = 5: four blocks of 256 threads
+// at 64 registers unmasked, three at 80 masked, whose normalized form holds 3 by its 69744 bytes), two on
+// sm_80 (164 KiB: three blocks, 80 registers). The 2-D filter then runs in two groups of moments through
+// the ring's free slot (its rows buffer). Elsewhere (and past R = 5) the window stays in registers, as the
+// backward's beyond its ring. The emulator (no __CUDA_ARCH__) runs the ring as sm_90 does.
+#if !defined(__CUDA_ARCH__) || (__CUDA_ARCH__ >= 900 && __CUDA_ARCH__ < 1200)
+constexpr int kForwardRegisterPlanes = 1;
+#elif __CUDA_ARCH__ == 800
+constexpr int kForwardRegisterPlanes = 2;
+#else
+constexpr int kForwardRegisterPlanes = 0;  // no ring
+#endif
+
+// The forward's blocks per SM with its ring: 4 (64 registers) unmasked with one register plane, else 3 (80);
+// __half, whose conversions take registers, spilled 4 bytes at 64 (sm_90, R = 3 to 5) and, normalized at
+// R = 1, 8 bytes at 80 (sm_90): 3 and 2 there.
+template <class T> constexpr bool kIsHalf = false;
+template <> constexpr bool kIsHalf<__half> = true;
+template <class T>
+__host__ __device__ constexpr int kForwardRingBlocks(int R, int Q, bool Masked, int register_planes) {
+    return kIsHalf<T> && Q == 6 && R == 1 ? 2 : Masked || register_planes > 1 || kIsHalf<T> ? 3 : 4;
+}
+
+// Q = 3: the backward's window, 5 or 6 the forward's.
 template <class T, int R, int Q, bool Masked = false> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
-    static constexpr bool kRing = Q == 3 && kWords == 1 && R <= 5 && kRingOnThisArch;
-    static constexpr int kRegisterPlanes = kRing ? 1 : 2 * R + 1;
+    static constexpr bool kForward = Q != 3;
+    static constexpr bool kRing =
+        kWords == 1 && R <= 5 && (kForward ? kForwardRegisterPlanes > 0 : kRingOnThisArch);
+    static constexpr int kRegisterPlanes = !kRing ? 2 * R + 1 : kForward ? kForwardRegisterPlanes : 1;
     static constexpr int kWindowWords = Q * (2 * R + 1) * kWords + Masked * kMaskedWords;
-    static constexpr int kMinBlocks = kRing ? (R >= 2 ? 4 : 3) : kWindowWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+    static constexpr int kMinBlocks = kRing ? (kForward ? kForwardRingBlocks<T>(R, Q, Masked, kRegisterPlanes)
+                                                        : R >= 2 ? 4 : 3)
+                                            : kWindowWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 // The masks of the volumes' kernels (docs/spec.rst section 9), their last template argument, as the planes'
@@ -258,31 +313,51 @@ __global__ void __launch_bounds__(
     constexpr int Q = kNormalized ? 6 : 5;  // the quantities filtered
     // x and y around the tile, one plane, shifted by (kx, ky); normalized: 0 where m is 0, and m
     __shared__ C tiles[kNormalized ? 3 : 2][kSide][kSide];
-    // filtered along rows: mx, md, Exx, Eyy, Edd; normalized: m x, m d, m, m x^2, m y^2, m d^2
-    __shared__ C rows[Q][kSide][kTile];
+    using Config = Window3d<T, R, Q, kMasked>;
+    constexpr bool kRing = Config::kRing;
+    constexpr int kGroup = (Q + 1) / 2;  // with the ring: the moments of the 2-D filter's first pass
+    constexpr int kColumns = kRing ? 2 : 1;  // the horizontal pass's columns a thread (filter_tile)
+    // filtered along rows: mx, md, Exx, Eyy, Edd; normalized: m x, m d, m, m x^2, m y^2, m d^2 (with the ring:
+    // in its free slot)
+    __shared__ C rows[kRing ? 1 : Q][kRing ? 1 : kSide][kTile];
     __shared__ C weights[2 * R + 1];
     __shared__ double scratch[kMasked ? kTile * kTile / 16 : kTile * kTile / 32];  // block_sum(_pair)'s warp sums
-    using Window = RollingWindow<C, R, Q, Window3d<T, R, Q>::kRegisterPlanes>;
-    __shared__ typename Window::Ring ring;
+    using Window = RollingWindow<C, R, Q, Config::kRegisterPlanes>;
+    static_assert(!kRing || kGroup * kSide * kTile <= Q * kTile * kTile, "a group's rows fit a ring slot");
+    __shared__ int centre_voxel[3];  // the shifts' voxel (below)
+    __shared__ unsigned char column_flags[kTile * kTile];
+    extern __shared__ __align__(16) unsigned char dynamic_shared[];  // the ring: forward_shared_bytes bytes
+    typename Window::Ring& ring = *reinterpret_cast<typename Window::Ring*>(dynamic_shared);
 
     const BrickGeometry g = brick_geometry<R>(padding, depth, height, width, chunk, true);
     const long long maps_size = volumes * g.map_voxels;
     const int tid = threadIdx.y * kTile + threadIdx.x;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int row = g.row + threadIdx.y, col = g.col + threadIdx.x;
-    const bool in_map = row < g.map_h && col < g.map_w;
-    const bool counted_column = row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop;
+    // whether this thread's column lies in the map (1) and is counted (2), read back per output voxel from
+    // its own byte (kept in predicates through the march, they were spilled at 80 registers, normalized)
+    column_flags[tid] = (row < g.map_h && col < g.map_w ? 1 : 0) |
+                        (row >= crop && row < g.map_h - crop && col >= crop && col < g.map_w - crop ? 2 : 0);
+    const volatile unsigned char* flags = column_flags + tid;
 
-    for (long long p = blockIdx.y; p < volumes; p += gridDim.y) {
-        const long long outer = p / inner_count, inner = p % inner_count;
+    if (tid == 0) {
+        centre_voxel[0] = min(g.first + g.offset + chunk / 2, depth - 1);
+        centre_voxel[1] = min(g.row + g.offset + kTile / 2, height - 1);
+        centre_voxel[2] = min(g.col + g.offset + kTile / 2, width - 1);
+    }
+    __syncthreads();
+    PlaneIndex volume = grid_plane_index(inner_count);  // (outer, inner) of p: no 64-bit division per volume
+    for (long long p = blockIdx.y; p < volumes; p += gridDim.y, volume.advance(inner_count)) {
+        const long long outer = volume.outer, inner = volume.inner;
         const T* xp = x + outer * x_outer + inner * x_inner;
         const T* yp = y + outer * y_outer + inner * y_inner;
         // The shifts (pixel.cuh's ssim_pixel): the voxel nearest the brick's centre, or 0 where it is not
         // finite, so that a NaN or an infinity there stays in the windows that hold it (as tile_shift does;
         // tile_shift's element offset made ptxas spill here, python -m bench.sass and bench/NOTES.md).
-        const int centre_z = min(g.first + g.offset + chunk / 2, depth - 1);
-        const int centre_row = min(g.row + g.offset + kTile / 2, height - 1);
-        const int centre_col = min(g.col + g.offset + kTile / 2, width - 1);
+        // (read back from shared memory per volume: computed once, their offsets stayed in registers through
+        // the march and ptxas spilled them at 64 registers)
+        const volatile int* centre = centre_voxel;
+        const int centre_z = centre[0], centre_row = centre[1], centre_col = centre[2];
         const C x_centre = load_voxel(xp, x_depth, x_row, x_col, centre_z, centre_row, centre_col, depth, height,
                                       width, PAD_SAME, inv_range);
         const C y_centre = load_voxel(yp, y_depth, y_row, y_col, centre_z, centre_row, centre_col, depth, height,
@@ -333,27 +408,36 @@ __global__ void __launch_bounds__(
                 fill(PAD_SAME);
             }
             __syncthreads();
+            const auto sample = [&](int r, int c, C (&v)[Q]) {
+                if constexpr (kNormalized) {
+                    const C a = tiles[0][r][c], b = tiles[1][r][c], w = tiles[2][r][c], d = a - b;
+                    v[0] = w * a;
+                    v[1] = w * d;
+                    v[2] = w;
+                    v[3] = w * a * a;
+                    v[4] = w * b * b;
+                    v[5] = w * d * d;
+                } else {
+                    moment_terms(tiles[0][r][c], tiles[1][r][c], v);
+                }
+            };
             C m[Q];
-            if constexpr (kNormalized) {
-                filter_tile<C, R, 6>(
-                    [&](int r, int c, C (&v)[6]) {
-                        const C a = tiles[0][r][c], b = tiles[1][r][c], w = tiles[2][r][c], d = a - b;
-                        v[0] = w * a;
-                        v[1] = w * d;
-                        v[2] = w;
-                        v[3] = w * a * a;
-                        v[4] = w * b * b;
-                        v[5] = w * d * d;
-                    },
-                    rows, weights, tid, m);
+            if constexpr (kRing) {  // two groups of moments through the ring's free slot, a barrier after each
+                filter_tile<C, R, Q, kColumns, 0, kGroup>(sample, *reinterpret_cast<C(*)[kGroup][kSide][kTile]>(
+                                                            window.free_slot(ring)),
+                                                weights, tid, m);
+                __syncthreads();
+                filter_tile<C, R, Q, kColumns, kGroup, Q - kGroup>(
+                    sample, *reinterpret_cast<C(*)[Q - kGroup][kSide][kTile]>(window.free_slot(ring)), weights, tid,
+                    m);
+                __syncthreads();
             } else {
-                filter_tile<C, R, 5>(
-                    [&](int r, int c, C (&v)[5]) { moment_terms(tiles[0][r][c], tiles[1][r][c], v); },
-                    rows, weights, tid, m);
+                filter_tile<C, R, Q, kColumns>(sample, rows, weights, tid, m);
             }
             window.push(m, ring, tid);
             const int d = z - g.offset - R;  // the map plane whose window is now complete
-            if (d >= g.first && in_map) {
+            const int column = *flags;
+            if (d >= g.first && (column & 1)) {
                 C moments[5], inv_w = C(1), centre = C(1);
                 if constexpr (kNormalized) {  // F(m x') / W, ... and 1 / W (0 where W is 0)
                     C f[6];
@@ -372,7 +456,7 @@ __global__ void __launch_bounds__(
                 // normalized: 0 (value and partials) where the centre weighs 0 (there W may be 0 too)
                 if (kNormalized && !(centre > C(0))) px.s = px.partial[0] = px.partial[1] = px.partial[2] = C(0);
                 if (map) map[outer * m_outer + inner * m_inner + d * m_depth + row * m_row + col * m_col] = px.s;
-                const bool counted = counted_column && d >= crop && d < g.map_d - crop;
+                const bool counted = (column & 2) && d >= crop && d < g.map_d - crop;
                 // masked: this voxel's weight, 0 where the mean does not count it, scales its share of the sums;
                 // the weights' sum in the voxels' order, NaN from a negative weight on (a NaN or an infinite
                 // weight makes it NaN or infinite by itself: the host refuses every such total)

@@ -233,6 +233,20 @@ struct PlaneIndex {
     }
 };
 
+// PlaneIndex at plane blockIdx.y, stepping by gridDim.y, from 32-bit
+// divisions: both are below 2^16, so an inner count past gridDim.y divides
+// them as gridDim.y + 1 does (quotient 0, remainder the number itself).
+__device__ inline PlaneIndex grid_plane_index(long long inner_count) {
+    const unsigned int y = blockIdx.y, n = gridDim.y;
+    const unsigned int count = inner_count > n ? n + 1 : (unsigned int)inner_count;
+    PlaneIndex index;
+    index.outer = y / count;
+    index.inner = y % count;
+    index.step_outer = n / count;
+    index.step_inner = n % count;
+    return index;
+}
+
 // Tap t of the window, read from its first half: the window is symmetric
 // (Gaussian or uniform, bitwise: cussim/_reference.py makes it so, and the
 // backward's adjoint relies on it too), so R + 1 registers hold its taps, not 2R + 1.

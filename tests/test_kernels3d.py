@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cussim import _launch, _launch3d
+from cussim import _emulator, _launch, _launch3d
 from cussim import _reference as ref
 from cussim._params import ssim_params
 from executors import Executor
@@ -188,6 +188,25 @@ def test_no_access_past_the_end_of_any_array(monkeypatch):
     for variant in ("pytorch_msssim", "tensorflow"):
         test_downsampling_of_volumes(emulator, variant, np.float16)
         test_backward_adds_the_adjoint_of_the_2x2x2_mean(emulator, variant)
+
+
+@pytest.mark.parametrize("mask_mode", [None, "mean", "normalized"])
+def test_the_forward_takes_its_ring_in_forward_shared_bytes(monkeypatch, mask_mode):
+    """ssim3d_forward keeps its window's older planes in dynamic shared memory (float arithmetic, R <= 5; the
+    emulator's build as sm_90's: one plane in registers, ten in the ring at R = 5): a launch with a slot less
+    reads past the buffer (the emulator ends it at a guard page)."""
+    x, y = _volumes((1, 17, 16, 17), np.float32)
+    params = _params(x, win_size=11, sigma=1.5)
+    mask = None if mask_mode is None else np.ones(x.shape, np.float32)
+    values = 6 if mask_mode == "normalized" else 5
+    full = _launch3d.forward_shared_bytes(x.dtype, 5, mask_mode)
+    assert full == 10 * values * 256 * 4 > 48 * 1024 * (mask_mode == "normalized")
+    out = np.empty(params.map_shape(x.shape), np.float32)
+    _launch3d.forward(x, y, params, map_out=out, mask=mask, mask_mode=mask_mode or "mean")
+    assert np.isfinite(out).all()
+    monkeypatch.setattr(_launch3d, "forward_shared_bytes", lambda *args: full - values * 256 * 4)
+    with pytest.raises(_emulator.KernelFault, match="dynamic shared memory"):
+        _launch3d.forward(x, y, params, map_out=out, mask=mask, mask_mode=mask_mode or "mean")
 
 
 @pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
