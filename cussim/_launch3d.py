@@ -81,7 +81,8 @@ def _kernel_name(kernel, x, params, mask, mask_mode) -> str:
 
 
 # The forward's window planes kept in registers when the rest is in its shared-memory ring, by architecture
-# (kernels/ssim3d.cu, kForwardRegisterPlanes: the two must agree); 0: no ring, the window in registers.
+# (kernels/ssim3d.cu, kForwardRegisterPlanes: the two must agree, tests/test_bench_host.py ties them); 0: no ring,
+# the window in registers. The launch asks by the architecture the kernel was compiled for (kernel_arch).
 FORWARD_RING_MAX_RADIUS = 5
 
 
@@ -112,16 +113,19 @@ def forward_shared_bytes(dtype, radius: int, mask_mode=None, arch=None) -> int:
     return (2 * radius + 1 - planes) * values * TILE * TILE * 4
 
 
-def _arch(x):
-    """The architecture of x's device as an int (90 for sm_90), None for NumPy arrays (the emulator)."""
-    if isinstance(x, np.ndarray):
-        return None
-    return _device_arch(_arrays.array_module(x), x.device.id)
+def kernel_arch(kernel):
+    """The architecture ``kernel``'s code was compiled for, as ``__CUDA_ARCH__ / 10`` (90 for sm_90): CuPy's
+    ``ptx_version``, the virtual architecture NVRTC compiled for, which can be older than the device's (a
+    device newer than NVRTC runs code for an older one); None for the emulator's kernels (built as sm_90's)."""
+    return getattr(kernel, "ptx_version", None)
 
 
 @functools.lru_cache(maxsize=None)
-def _device_arch(xp, device_id: int) -> int:
-    return int(xp.cuda.Device(device_id).compute_capability)
+def _opt_in(kernel, shared: int) -> None:
+    """Lets ``kernel`` take ``shared`` bytes of dynamic shared memory (past 48 KiB, a GPU's launch needs it
+    asked for), once per kernel and size."""
+    if shared > kernel.max_dynamic_shared_size_bytes:
+        kernel.max_dynamic_shared_size_bytes = shared
 
 
 def weighted_sums(shape, dtype, params) -> WeightedSums:
@@ -156,9 +160,9 @@ def forward(x, y, params, *, map_out=None, block_sums=None, grad_maps=None, weig
     c = ctype.type
     null = _null(xp)
     blocks = tiles(map_shape)
-    shared = forward_shared_bytes(x.dtype, params.radius, None if mask is None else mask_mode, _arch(x))
-    if shared > kernel.max_dynamic_shared_size_bytes:  # past 48 KiB: opted in once per kernel
-        kernel.max_dynamic_shared_size_bytes = shared
+    # the ring as the kernel's own build has it (kForwardRegisterPlanes by __CUDA_ARCH__), not the device's
+    shared = forward_shared_bytes(x.dtype, params.radius, None if mask is None else mask_mode, kernel_arch(kernel))
+    _opt_in(kernel, shared)
     kernel(
         (blocks, min(volumes, MAX_GRID_Y)), (TILE, TILE),
         (x, *strides[0], y, *strides[1], null if map_out is None else map_out,

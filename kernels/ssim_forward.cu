@@ -245,11 +245,15 @@ __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& 
 // registers in some 70 specialisations that fit on sm_90 (float and __half, R = 5 and 6): at most 3 blocks
 // (80 registers). __half's fused L1 forward at R = 7 spilled 4 bytes at 80 (sm_80, sm_90): at most 2 (128).
 // Normalised convolution's forward with partials (one pass over six quantities, normalized_moments) spilled 8
-// to 16 bytes at 80 registers on sm_100 (R = 5; sm_90 fits): there at most 2 blocks (128).
+// to 16 bytes at 80 registers on sm_100 (R = 5; sm_90 fits): there at most 2 blocks (128). Its fused L1 form
+// spilled 4 bytes at 80 on sm_80 (R = 5: float, unsigned char, unsigned short, under CuPy's -ftz=true): at
+// most 2 blocks there (sm_87 builds as sm_80).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1100
-constexpr int kForwardMostBlocks = 3, kNormalizedPartialsMostBlocks = 2;
+constexpr int kForwardMostBlocks = 3, kNormalizedPartialsMostBlocks = 2, kNormalizedL1PartialsMostBlocks = 2;
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 800 || __CUDA_ARCH__ == 870)
+constexpr int kForwardMostBlocks = 4, kNormalizedPartialsMostBlocks = 3, kNormalizedL1PartialsMostBlocks = 2;
 #else
-constexpr int kForwardMostBlocks = 4, kNormalizedPartialsMostBlocks = 3;
+constexpr int kForwardMostBlocks = 4, kNormalizedPartialsMostBlocks = 3, kNormalizedL1PartialsMostBlocks = 3;
 #endif
 template <class T> struct IsHalf { static constexpr bool value = false; };
 template <> struct IsHalf<__half> { static constexpr bool value = true; };
@@ -265,8 +269,9 @@ template <class T, int R, int Options> struct ForwardMinBlocks {
         : Options & cussim::FORWARD_NORMALIZED
             ? cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 3, 3>::value,
                                     R == 7                                                  ? 2
-                                    : cussim::forward_formula(Options) != cussim::GRADIENT_NONE ? kNormalizedPartialsMostBlocks
-                                                                                            : 3>::value
+                                    : cussim::forward_formula(Options) == cussim::GRADIENT_NONE ? 3
+                                    : Options & cussim::FORWARD_L1 ? kNormalizedL1PartialsMostBlocks
+                                                                   : kNormalizedPartialsMostBlocks>::value
             : cussim::TileMinBlocks<T, cussim::TileSharedBytes<C, 7, 2, 5>::value,
                                     kHalfL1Wide ? 2 : R < 7 && !kHalfMaskedPartials ? kForwardMostBlocks : 3>::value;
 };

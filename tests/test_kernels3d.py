@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cussim import _emulator, _launch, _launch3d
+from cussim import _emulator, _kernels, _launch, _launch3d
 from cussim import _reference as ref
 from cussim._params import ssim_params
 from executors import Executor
@@ -207,6 +207,43 @@ def test_the_forward_takes_its_ring_in_forward_shared_bytes(monkeypatch, mask_mo
     monkeypatch.setattr(_launch3d, "forward_shared_bytes", lambda *args: full - values * 256 * 4)
     with pytest.raises(_emulator.KernelFault, match="dynamic shared memory"):
         _launch3d.forward(x, y, params, map_out=out, mask=mask, mask_mode=mask_mode or "mean")
+
+
+class _CompiledFor:
+    """The emulator's kernel as CuPy's build for sm_``arch`` would report itself (``ptx_version``)."""
+
+    def __init__(self, kernel, arch):
+        self.kernel, self.ptx_version = kernel, arch
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
+
+    def __setattr__(self, name, value):
+        if name == "max_dynamic_shared_size_bytes":
+            setattr(self.kernel, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self.kernel(*args, **kwargs)
+
+
+@pytest.mark.parametrize("arch, ring", [(90, True), (100, True), (86, False), (120, False)])
+def test_the_forward_sizes_its_ring_by_the_kernels_architecture(monkeypatch, arch, ring):
+    """The ring's size follows the architecture the kernel was compiled for (its ptx_version), not the
+    device's: the emulator's build has sm_90's ring, so a kernel that says it was built for an architecture
+    without one gets no dynamic shared memory and reads past it."""
+    x, y = _volumes((1, 17, 16, 17), np.float32)
+    params = _params(x, win_size=11, sigma=1.5)
+    out = np.empty(params.map_shape(x.shape), np.float32)
+    get_kernel = _kernels.get_kernel
+    monkeypatch.setattr(_kernels, "get_kernel", lambda *args: _CompiledFor(get_kernel(*args), arch))
+    if ring:
+        _launch3d.forward(x, y, params, map_out=out)
+        assert np.isfinite(out).all()
+    else:
+        with pytest.raises(_emulator.KernelFault, match="dynamic shared memory"):
+            _launch3d.forward(x, y, params, map_out=out)
 
 
 @pytest.mark.parametrize("variant", ["pytorch_msssim", "tensorflow"])
