@@ -169,15 +169,9 @@ def volume_name(kernel: str, element: str, radius: int, mask_mode=None) -> str:
     return f"ssim3d_{kernel}<{element}, {radius}{mask}>"
 
 
-# The largest radius of the masked volumes' kernels in float64: at R = 7 (win_size 15) their forward spills 16 to
-# 112 bytes under its 255 registers on every architecture the compile check covers (the unmasked one takes 254).
-MASKED_FLOAT64_VOLUME_RADIUS = 6
-
-
 def _ssim3d_specialisations():
     names = [volume_name(kernel, element, radius, mode) for mode in (None, *VOLUME_MASKS)
-             for kernel in ("forward", "backward") for element in ELEMENT_TYPES for radius in RADII
-             if mode is None or element != "double" or radius <= MASKED_FLOAT64_VOLUME_RADIUS]
+             for kernel in ("forward", "backward") for element in ELEMENT_TYPES for radius in RADII]
     # the pyramid of volumes: MS-SSIM's 2x2x2 means, with a mask pooled as a third volume too
     names += [f"msssim3d_downsample<{element}{masked}>" for masked in ("", ", true") for element in ELEMENT_TYPES]
     return tuple(names) + ("ssim3d_weighted_finish<float>", "ssim3d_weighted_finish<double>")

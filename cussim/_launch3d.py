@@ -67,15 +67,7 @@ def _with_mask(xp, x, y, mask, outputs):
 
 
 def _kernel_name(kernel, x, params, mask, mask_mode) -> str:
-    """The name expression of ssim3d_forward or ssim3d_backward for x, or the NotImplementedError of a masked
-    float64 volume at a radius past :data:`cussim._kernels.MASKED_FLOAT64_VOLUME_RADIUS`."""
-    largest = _kernels.MASKED_FLOAT64_VOLUME_RADIUS
-    if mask is not None and compute_dtype(x.dtype) == np.float64 and params.radius > largest:
-        raise NotImplementedError(
-            f"mask: the kernels take masks on float64 volumes with win_size up to {2 * largest + 1}, not "
-            f"{params.win_sizes[0]} (their forward would spill registers there): pass float32 volumes, a smaller "
-            "win_size, or NumPy arrays or CPU tensors (the float64 path, with CUSSIM_NUMPY_BACKEND unset or "
-            "'reference')")
+    """The name expression of ssim3d_forward or ssim3d_backward for x."""
     return _kernels.volume_name(kernel, ELEMENT_TYPES[np.dtype(x.dtype)], params.radius,
                                 None if mask is None else mask_mode)
 
@@ -84,6 +76,15 @@ def _kernel_name(kernel, x, params, mask, mask_mode) -> str:
 # (kernels/ssim3d.cu, kForwardRegisterPlanes: the two must agree, tests/test_bench_host.py ties them); 0: no ring,
 # the window in registers. The launch asks by the architecture the kernel was compiled for (kernel_arch).
 FORWARD_RING_MAX_RADIUS = 5
+# float64's normalized forward at R = 7 (kernels/ssim3d.cu, kWideRingPlanes): that many of its 15 window planes in
+# the ring on every architecture, whose registers would not hold the whole window
+WIDE_RING_RADIUS = 7
+
+
+def wide_ring_planes(arch) -> int:
+    """Window planes of float64's normalized forward at R = 7 in its ring on sm_``arch`` (None: the emulator's
+    build, as sm_90)."""
+    return 5 if arch in (70, 72) else 3
 
 
 def forward_register_planes(arch) -> int:
@@ -97,7 +98,8 @@ def forward_register_planes(arch) -> int:
 def forward_shared_bytes(dtype, radius: int, mask_mode=None, arch=None) -> int:
     """Dynamic shared memory of ssim3d_forward for x of ``dtype``: its window's ring (kernels/ssim3d.cu,
     Window3d), 2R + 1 planes less those in registers, of 5 values (6 with ``mask_mode`` "normalized") per
-    thread of 256, in float arithmetic up to R = 5 where the architecture has a ring; 0 elsewhere.
+    thread of 256, in float arithmetic up to R = 5 where the architecture has a ring; in double arithmetic,
+    normalized at R = 7, :func:`wide_ring_planes` planes of 6; 0 elsewhere.
 
     >>> forward_shared_bytes(np.float32, 5), forward_shared_bytes(np.float32, 5, "normalized", 80)
     (51200, 55296)
@@ -105,9 +107,14 @@ def forward_shared_bytes(dtype, radius: int, mask_mode=None, arch=None) -> int:
     (0, 0)
     >>> forward_shared_bytes(np.uint8, 5, None, 86), forward_shared_bytes(np.uint8, 5, None, 100)
     (0, 51200)
+    >>> forward_shared_bytes(np.float64, 7, "normalized", 86), forward_shared_bytes(np.float64, 7, "mean", 86)
+    (36864, 0)
     """
+    ctype = compute_dtype(np.dtype(dtype))
+    if ctype == np.float64 and mask_mode == "normalized" and radius == WIDE_RING_RADIUS:
+        return wide_ring_planes(arch) * 6 * TILE * TILE * 8
     planes = forward_register_planes(arch)
-    if not planes or compute_dtype(np.dtype(dtype)) != np.float32 or radius > FORWARD_RING_MAX_RADIUS:
+    if not planes or ctype != np.float32 or radius > FORWARD_RING_MAX_RADIUS:
         return 0
     values = 6 if mask_mode == "normalized" else 5
     return (2 * radius + 1 - planes) * values * TILE * TILE * 4

@@ -266,17 +266,34 @@ __host__ __device__ constexpr int kForwardRingBlocks(int R, int Q, bool Masked, 
     return kIsHalf<T> && Q == 6 && R == 1 ? 2 : Masked || register_planes > 1 || kIsHalf<T> ? 3 : 4;
 }
 
+// The normalized forward in double arithmetic at R = 7 (win_size 15): its window in registers, 180 words of 15
+// planes, spilled 12 to 80 bytes beside the rest at 255 registers (sm_70 to sm_121). kWideRingPlanes of its
+// planes go to the ring on every architecture, 12,288 bytes each (cussim/_launch3d.py's forward_shared_bytes
+// sizes it as this does), the filter's rows in the ring's free slot (22 KiB static): three (59 KiB in all,
+// under sm_75's 64 KiB), five on sm_70 and sm_72 (84 KiB of their 96; at three and four sm_70 spilled 48
+// and 8 bytes).
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 700 || __CUDA_ARCH__ == 720)
+constexpr int kWideRingPlanes = 5;
+#else
+constexpr int kWideRingPlanes = 3;
+#endif
+
 // Q = 3: the backward's window, 5 or 6 the forward's.
 template <class T, int R, int Q, bool Masked = false> struct Window3d {
     static constexpr int kWords = (int)(sizeof(typename ComputeType<T>::type) / 4);
     static constexpr bool kForward = Q != 3;
+    static constexpr bool kWideRing = kForward && kWords == 2 && Q == 6 && R == 7;
     static constexpr bool kRing =
-        kWords == 1 && R <= 5 && (kForward ? kForwardRegisterPlanes > 0 : kRingOnThisArch);
-    static constexpr int kRegisterPlanes = !kRing ? 2 * R + 1 : kForward ? kForwardRegisterPlanes : 1;
+        kWideRing || (kWords == 1 && R <= 5 && (kForward ? kForwardRegisterPlanes > 0 : kRingOnThisArch));
+    static constexpr int kRegisterPlanes = !kRing     ? 2 * R + 1
+                                           : kWideRing ? 2 * R + 1 - kWideRingPlanes
+                                           : kForward  ? kForwardRegisterPlanes
+                                                       : 1;
     static constexpr int kWindowWords = Q * (2 * R + 1) * kWords + Masked * kMaskedWords;
-    static constexpr int kMinBlocks = kRing ? (kForward ? kForwardRingBlocks<T>(R, Q, Masked, kRegisterPlanes)
-                                                        : R >= 2 ? 4 : 3)
-                                            : kWindowWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
+    static constexpr int kMinBlocks = kWideRing ? 1
+                                      : kRing   ? (kForward ? kForwardRingBlocks<T>(R, Q, Masked, kRegisterPlanes)
+                                                            : R >= 2 ? 4 : 3)
+                                                : kWindowWords <= (kWords == 1 ? 55 : 42) ? 2 : 1;
 };
 
 // The masks of the volumes' kernels (docs/spec.rst section 9), their last template argument, as the planes'

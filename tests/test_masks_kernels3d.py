@@ -238,14 +238,13 @@ def test_in_place_masked_calls_allocate_nothing_and_synchronise_once(standin_cup
     assert np.linalg.norm(grad.get() - want_grad) <= 1e-4 * np.linalg.norm(want_grad)
 
 
-def test_float64_volumes_at_win_size_15_refuse_a_mask_on_the_kernels(on_kernels):
-    """Their masked forward would spill registers (cussim._kernels.MASKED_FLOAT64_VOLUME_RADIUS): refused before
-    any launch, naming what computes them; float32 at 15 and float64 at 13 run."""
-    x, y = _volumes((15, 15, 15), np.float64)
-    gx, gy, gm = (on_kernels.asarray(a) for a in (x, y, _mask((15, 15, 15))))
-    with pytest.raises(NotImplementedError, match="float64 volumes with win_size up to 13, not 15.*pass float32"):
-        cussim.ssim(gx, gy, mask=gm, win_size=15, spatial_dims=3)
-    assert np.isfinite(on_kernels.asnumpy(cussim.ssim(gx, gy, mask=gm, win_size=13, spatial_dims=3)))
+@pytest.mark.parametrize("mode", MODES)
+def test_float64_volumes_at_win_size_15_take_a_mask_on_the_kernels(on_kernels, monkeypatch, mode):
+    """The largest window in float64: the mean mode's forward holds its window in registers, the normalized
+    one three of its planes in its ring (kernels/ssim3d.cu, kWideRingPlanes; _launch3d.wide_ring_planes)."""
+    x, y = _volumes((15, 16, 17), np.float64)
+    _check(on_kernels, monkeypatch, cussim.ssim_with_gradient, x, y, _mask((15, 16, 17)), win_size=15,
+           mask_mode=mode, spatial_dims=3)
 
 
 def test_a_masked_backward_needs_the_forwards_plane_scales():

@@ -173,12 +173,10 @@ def test_volumes_of_several_depth_chunks(on_kernels, monkeypatch):
     _check(on_kernels, monkeypatch, x, y, _mask((2, 13, 12, 11)), axis=(1, 2, 3), **DIMS_OPTIONS[3])
 
 
-def test_float64_volumes_at_win_size_15_are_refused_on_the_kernels(on_kernels):
-    """Their masked forward would spill registers (cussim._kernels.MASKED_FLOAT64_VOLUME_RADIUS), as for SSIM."""
-    x, y = _images((15, 15, 15), np.float64)
-    with pytest.raises(NotImplementedError, match="float64 volumes with win_size up to 13, not 15.*pass float32"):
-        cussim.ms_ssim(on_kernels.asarray(x), on_kernels.asarray(y), mask=on_kernels.asarray(_mask((15, 15, 15))),
-                       win_size=15, weights=(1.0,), spatial_dims=3)
+def test_float64_volumes_at_win_size_15_on_the_kernels(on_kernels, monkeypatch):
+    """The largest window in float64 takes a mask on the kernels, as in SSIM (one scale: 15 voxels a side)."""
+    x, y = _images((15, 15, 16), np.float64)
+    _check(on_kernels, monkeypatch, x, y, _mask((15, 15, 16)), win_size=15, weights=(1.0,), spatial_dims=3)
 
 
 @DIMS
