@@ -198,6 +198,10 @@ class Smoke:
             *((f"volumes: masked ({mode} mode, a float32 mask per volume): ssim_with_gradient {volume}",
                lambda mode=mode: self.masked(c.ssim_with_gradient, s.volume, mode, spatial_dims=3))
               for mode in ("mean", "normalized")),
+            # float64's normalized forward at win_size 15 keeps three window planes in its ring
+            (f"volumes: masked (normalized mode), float64, win_size 15: ssim_with_gradient {volume}",
+             lambda: self.masked(c.ssim_with_gradient, s.volume, "normalized", spatial_dims=3, dtype="float64",
+                                 win_size=15)),
             (f"volumes: ms_ssim, ms_ssim_with_gradient, 2 scales {volume}",
              lambda: self.value_and_gradient(c.ms_ssim, c.ms_ssim_with_gradient, s.volume, spatial_dims=3,
                                              weights=(0.5, 0.5))),
@@ -214,19 +218,20 @@ class Smoke:
         ]
         return lines
 
-    def masked(self, gradient_function, shape, mask_mode, spatial_dims=2, **extra) -> list:
+    def masked(self, gradient_function, shape, mask_mode, spatial_dims=2, dtype="float32", **extra) -> list:
         """A gradient function's value and gradient with a mask (one per image, a quarter of its weights 0, the
         others in (0, 2)) against the reference, per image (per volume with ``spatial_dims=3``); ``extra``: more
         options (MS-SSIM's)."""
-        x, y = images(shape)
+        x, y = images(shape, dtype)
         rng = np.random.default_rng(1)
         mask_shape = (shape[0], 1, *shape[-spatial_dims:])
-        mask = np.where(rng.random(mask_shape) < 0.25, 0.0, 2 * rng.random(mask_shape)).astype(np.float32)
+        mask = np.where(rng.random(mask_shape) < 0.25, 0.0, 2 * rng.random(mask_shape)).astype(dtype)
         options = dict(mask_mode=mask_mode, axis=tuple(range(1, len(shape))), spatial_dims=spatial_dims, **extra)
         value, grad = gradient_function(self.xp.asarray(x), self.xp.asarray(y), mask=self.xp.asarray(mask),
                                         **options)
         expected, expected_grad = reference(gradient_function, x, y, mask=mask, **options)
-        return self.compare({"value": value, "gradient": grad}, {"value": expected, "gradient": expected_grad})
+        return self.compare({"value": value, "gradient": grad}, {"value": expected, "gradient": expected_grad},
+                            dtype)
 
     def preallocated(self, value_function, gradient_function, make_workspace, shape, **options) -> list:
         """The value, then the value with its gradient into the caller's out, grad and workspace twice: the
@@ -440,6 +445,13 @@ def environment(rehearse: bool) -> int:
     float(cussim.ssim(dx, dy))
     print(f"import cussim to the first cussim.ssim result (1x3x256x256 float32, compiling): {first_seconds:.2f} s; "
           f"the second call {1e3 * (time.perf_counter() - start):.2f} ms; value {first:.6f}")
+    if not rehearse:  # the volumes' forward sizes its ring by the architecture its kernel was compiled for
+        from cussim import _kernels, _launch3d
+
+        kernel = _kernels.get_kernel("ssim3d", "ssim3d_forward<float, 5>", dx)
+        arch = _launch3d.kernel_arch(kernel)
+        print(f"ssim3d_forward<float, 5>: ptx_version {arch}, binary_version {kernel.binary_version}, "
+              f"{kernel.num_regs} registers, ring {_launch3d.forward_shared_bytes(np.float32, 5, None, arch)} bytes")
     return 0
 
 
