@@ -32,7 +32,6 @@ import numpy as np
 
 CASES = ("ssim", "dssim_with_gradient", "ms_ssim", "ms_ssim_with_gradient")
 SHAPE = (1, 3, 192, 192)  # MS-SSIM's five scales need sides above 160
-CUPY_OPTIONS = ("-ftz=true",)  # CuPy adds this to every NVRTC compilation
 
 
 def _inputs():
@@ -77,7 +76,7 @@ def _nvrtc_seconds(programs, arch: int) -> tuple:
     """(wall, CPU) seconds to compile ``programs``, (family, name expressions) each, as CuPy would."""
     from cussim import _kernels, _nvrtc
 
-    options = _kernels.COMPILE_OPTIONS + CUPY_OPTIONS
+    options = _kernels.RUN_TIME_OPTIONS
     clock = Clock()
     _nvrtc.compile_report("", options, (), arch)
     for family, names in programs:

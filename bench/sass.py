@@ -51,7 +51,7 @@ def nvdisasm() -> str:
 
 def disassemble(names, arch: int, family: str = "ssim") -> dict:
     """:func:`parse` of the SASS of ``names`` (name expressions) of kernels/{family}.cu for ``sm_{arch}``."""
-    cubin, lowered = _nvrtc.compile_cubin(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, tuple(names),
+    cubin, lowered = _nvrtc.compile_cubin(_kernels.kernel_source(family), _kernels.RUN_TIME_OPTIONS, tuple(names),
                                           arch, f"{family}.cu")
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, f"{family}.cubin")
@@ -139,7 +139,7 @@ def measure(arch: int = 90, dtype: str = "float", radius: int = 5, shape=sass_un
     for family, names in kernel_names(dtype, radius).items():
         chunk = DEPTH_CHUNK if family == "ssim3d" else 0
         functions = disassemble(names, arch, family)
-        report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, tuple(names), arch,
+        report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.RUN_TIME_OPTIONS, tuple(names), arch,
                                        f"{family}.cu")
         resources = {k.name: k for k in report.kernels}
         for name in names:
@@ -176,7 +176,7 @@ def pyramid_rows(arch: int = 90, dtype: str = "float") -> list:
     rows = []
     for family, family_names in names.items():
         functions = disassemble(family_names, arch, family)
-        report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.COMPILE_OPTIONS, family_names, arch,
+        report = _nvrtc.compile_report(_kernels.kernel_source(family), _kernels.RUN_TIME_OPTIONS, family_names, arch,
                                        f"{family}.cu")
         resources = {k.name: k for k in report.kernels}
         rows += [(name, len(functions[name]["instructions"]),

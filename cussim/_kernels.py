@@ -37,8 +37,12 @@ KERNEL_DIRS = (_PACKAGE / "kernels", _PACKAGE.parent / "kernels")
 
 # C++17 (the kernels use `if constexpr`), named although NVRTC 12 defaults to it:
 # CuPy 13 adds --std=c++11 to a RawModule's options that name no standard.
-# The same tuple goes to CuPy, to the emulator and to the compile check.
+# The same tuple goes to CuPy and to the emulator.
 COMPILE_OPTIONS = ("--std=c++17",)
+# What CuPy adds to every NVRTC compilation of a RawModule (cupy.cuda.compiler; tests/test_compile.py checks
+# them against CuPy's own assembly): the compile check and `python -m bench.sass` compile with these too, as
+# the code that runs on a GPU (-ftz=true changes registers and spills).
+RUN_TIME_OPTIONS = COMPILE_OPTIONS + ("-ftz=true", "--device-as-default-execution-space")
 # Architectures the compile check always covers (NVRTC 12 knows sm_70 to sm_121).
 BASE_ARCHS = (70, 80, 90)
 
@@ -222,7 +226,7 @@ def compile_check_jobs(supported) -> list[dict]:
     """The compile check, as :func:`cussim._nvrtc.compile_report` arguments: one program per family and
     architecture holding its :data:`COMPILE_CHECKED` specialisations, with the run-time options."""
     return [
-        dict(source=kernel_source(family), options=COMPILE_OPTIONS, name_expressions=COMPILE_CHECKED[family],
+        dict(source=kernel_source(family), options=RUN_TIME_OPTIONS, name_expressions=COMPILE_CHECKED[family],
              arch=arch, filename=f"{family}.cu")
         for family in FAMILIES for arch in compile_check_archs(supported)
     ]

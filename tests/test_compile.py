@@ -78,6 +78,11 @@ def run_time_options(options) -> tuple:
     return tuple(o for o in options if not o.startswith("-I"))
 
 
+def test_the_run_time_options_are_cupys():
+    """The compile check and bench.sass compile with _kernels.RUN_TIME_OPTIONS: what CuPy gives NVRTC."""
+    assert run_time_options(cupy_options()["options"]) == _kernels.RUN_TIME_OPTIONS
+
+
 def test_kernels_include_no_header():
     for family in _kernels.FAMILIES:
         assert "#include" not in _build.strip_comments(_kernels.kernel_source(family)), family
@@ -93,9 +98,9 @@ def test_cupys_options_keep_cussims_standard():
 
 @pytest.fixture(scope="module")
 def reports():
-    """{(family, arch): CompileReport} of the whole compile check, with the options CuPy compiles with."""
-    options = run_time_options(cupy_options()["options"])
-    jobs = [dict(job, options=options) for job in _kernels.compile_check_jobs(_nvrtc.supported_archs())]
+    """{(family, arch): CompileReport} of the whole compile check, with the options CuPy compiles with
+    (test_the_run_time_options_are_cupys)."""
+    jobs = _kernels.compile_check_jobs(_nvrtc.supported_archs())
     done = _nvrtc.compile_reports(jobs, cache=_build.cache_dir().with_name("nvrtc"))
     return {(job["filename"].removesuffix(".cu"), job["arch"]): report for job, report in zip(jobs, done)}
 
@@ -248,7 +253,7 @@ def test_the_check_is_one_job_per_family_and_architecture():
     for job in jobs:
         family = job["filename"].removesuffix(".cu")
         assert job["name_expressions"] == _kernels.COMPILE_CHECKED[family]
-        assert job["source"] == _kernels.kernel_source(family) and job["options"] == _kernels.COMPILE_OPTIONS
+        assert job["source"] == _kernels.kernel_source(family) and job["options"] == _kernels.RUN_TIME_OPTIONS
 
 
 def test_the_check_covers_every_option_set_and_every_window():
