@@ -189,6 +189,16 @@ template <class C> struct MaskPlanes {
     long long outer, inner, row, col;
 };
 
+// A halo row of a border tile (one 16-byte shared load per row in the tile load's loop, not the row's
+// element offset and its forward tile row made again from the map row each iteration): the element offset of
+// its map row in a plane, in bytes (map_row * map_w * sizeof(C), so that the address is two additions with the
+// column's bytes, not a 64-bit scaling each iteration; -1, a row of zeros, where the halo row leaves the map and is not
+// reflected into it), and the row of the move table (BackwardTile's kMoveRows) of the forward tiles that hold it.
+struct __align__(16) HaloRow {
+    long long at;
+    int move_row;
+};
+
 // A non-negative index as a 64-bit one, zero-extended: its products with the 64-bit strides take fewer
 // instructions than those of a sign-extended int (no sign word).
 __device__ inline long long unsigned_index(int i) { return (long long)(unsigned)i; }
@@ -269,7 +279,8 @@ __device__ inline void backward_planes(
     const int map_col = halo_source(left + lane, g.map_w, padding);
     const bool col_inside = map_col >= 0;
     const int j = (map_col >> 4) - base_col;
-    __shared__ int halo_rows[kHaloRows];
+    // The border tiles' halo rows (HaloRow): worked out once per block by the threads t < kHaloRows.
+    __shared__ HaloRow halo_rows[kHaloRows];
     // each thread's first element of the vertical pass in the filtered rows (TabledRows); not in MS-SSIM's
     // backward (its tables would pass TileSharedBytes' 2 KiB), nor in normalized mode (+0.8 per pixel at
     // R = 5), nor where it spilled 4 to 12 bytes (GRAD_ADD_L1: uint8's at R = 4 on sm_90; float's GRAD_WRITE at
@@ -277,7 +288,11 @@ __device__ inline void backward_planes(
     constexpr bool kTabled = !MsSsim && !kNormalized && Tail != GRAD_ADD_L1 && R != 6;
     __shared__ int rows_at[kTabled ? kTile * kTile : 1];
     if constexpr (kTabled) rows_at[tid] = decltype(rows)::offset(first_row, out_col);
-    if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, g.map_h, padding);
+    if (tid < kHaloRows) {
+        const int map_row = halo_source(top + tid, g.map_h, padding);
+        halo_rows[tid] = {map_row >= 0 ? (long long)map_row * g.map_w * (long long)sizeof(C) : -1LL,
+                          (map_row >> kLog2) - base_row};
+    }
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
     __shared__ long long pooled_rows[MsSsim ? kHeight : 1];  // pooled_code of each row
@@ -380,13 +395,13 @@ __device__ inline void backward_planes(
             } else {
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
-                    const int map_row = halo_rows[r];
+                    const HaloRow row = halo_rows[r];
                     C value[3] = {C(0), C(0), C(0)};
-                    if (col_inside && map_row >= 0) {
-                        const long long at = (long long)map_row * g.map_w + map_col;
-                        for (int q = 0; q < 3; ++q) value[q] = __ldg(map_planes[q] + at);
-                        const int i = (map_row >> kLog2) - base_row;
-                        value[0] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    if (col_inside && row.at >= 0) {
+                        const long long at = row.at + unsigned_index(map_col) * (long long)sizeof(C);  // bytes
+                        for (int q = 0; q < 3; ++q)
+                            value[q] = __ldg(reinterpret_cast<const C*>(reinterpret_cast<const char*>(map_planes[q]) + at));
+                        value[0] = moved_partial(value, moves[0][row.move_row][j], moves[1][row.move_row][j]);
                     }
                     for (int q = 0; q < 3; ++q) tile[q][r][lane] = value[q];
                 }
