@@ -189,6 +189,12 @@ template <class C> struct MaskPlanes {
     long long outer, inner, row, col;
 };
 
+// A forward tile's moves (the backward's move table): twice this tile's shift of x minus that tile's (x), and
+// the same of x - y (d), side by side so that a halo pixel reads both in one shared load, not two.
+template <class C> struct alignas(2 * sizeof(C)) Move {
+    C x, d;
+};
+
 // A halo row of a border tile (one 16-byte shared load per row in the tile load's loop, not the row's
 // element offset and its forward tile row made again from the map row each iteration): the element offset of
 // its map row in a plane, in bytes (map_row * map_w * sizeof(C), so that the address is two additions with the
@@ -239,7 +245,7 @@ __device__ inline void backward_planes(
     // map's end, rows down to top + 2 - kHeight (the tile lies at or above the
     // map's last row): from (top - kHeight) / kHeight on, at most 4 tiles for
     // 2R <= kHeight; columns likewise (16 + 2R halo columns), 4 tiles.
-    __shared__ C moves[2][Shape::kMoveRows][Shape::kMoveCols];
+    __shared__ Move<C> moves[Shape::kMoveRows][Shape::kMoveCols];
     // the shifts (of x, of y) of those forward tiles, then this tile's own, the same for all its windows
     __shared__ C shifts[2][Shape::kMoveRows * Shape::kMoveCols + 1];
     __shared__ C weights[2 * R + 1];
@@ -361,8 +367,7 @@ __device__ inline void backward_planes(
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
         if (tid < kEntries) {
             const int i = tid / Shape::kMoveCols, j = tid % Shape::kMoveCols;
-            moves[0][i][j] = own_x - C(2) * shifts[0][tid];
-            moves[1][i][j] = own_d - C(2) * (shifts[0][tid] - shifts[1][tid]);
+            moves[i][j] = {own_x - C(2) * shifts[0][tid], own_d - C(2) * (shifts[0][tid] - shifts[1][tid])};
         }
         __syncthreads();
         if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
@@ -379,15 +384,16 @@ __device__ inline void backward_planes(
                 // that all fall there take its moves from registers, the others from the table. Not in
                 // MS-SSIM's backward: the two registers made it spill 4 bytes on sm_90 (80 registers).
                 const int own = (g.row >> kLog2) - base_row;
-                const C own_moves[2] = {moves[0][own][j], moves[1][own][j]};
+                const Move<C> own_move = moves[own][j];
                 warp_halo_rows<kHaloRows>(warp, [&](int k) {
                     const int r = warp + kWarps * k, a = at + k * step;
                     const C value[3] = {__ldg(map[0] + a), __ldg(map[1] + a), __ldg(map[2] + a)};
                     if (!MsSsim && kWarps * k >= 2 * R && kWarps * (k + 1) <= kHeight + R) {
-                        tile[0][r][lane] = moved_partial(value, own_moves[0], own_moves[1]);
+                        tile[0][r][lane] = moved_partial(value, own_move.x, own_move.d);
                     } else {
                         const int i = ((top + r) >> kLog2) - base_row;
-                        tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                        const Move<C> move = moves[i][j];
+                        tile[0][r][lane] = moved_partial(value, move.x, move.d);
                     }
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
@@ -401,7 +407,8 @@ __device__ inline void backward_planes(
                         const long long at = row.at + unsigned_index(map_col) * (long long)sizeof(C);  // bytes
                         for (int q = 0; q < 3; ++q)
                             value[q] = __ldg(reinterpret_cast<const C*>(reinterpret_cast<const char*>(map_planes[q]) + at));
-                        value[0] = moved_partial(value, moves[0][row.move_row][j], moves[1][row.move_row][j]);
+                        const Move<C> move = moves[row.move_row][j];
+                        value[0] = moved_partial(value, move.x, move.d);
                     }
                     for (int q = 0; q < 3; ++q) tile[q][r][lane] = value[q];
                 }
