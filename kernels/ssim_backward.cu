@@ -205,6 +205,18 @@ struct __align__(16) HaloRow {
     int move_row;
 };
 
+// halo_source (pixel.cuh) with "reflect"'s half-sample symmetric index (dcba abcd dcba) found by reflecting at
+// the nearer edge until the index lies in [0, n), not by a remainder: a halo position lies at most
+// kHeight - 1 + R rows or 15 + R columns past the side (the last tile's rows and columns past the image, and
+// R), R before it, so one reflection for a side longer than that, a few for a smaller one; each leaves
+// reflect_index's value as it was (its pattern is symmetric about -1/2 and repeats every 2n), so the result is
+// reflect_index's. The remainder's 32-bit division (~30 instructions) was on every warp's path of the prologue.
+__device__ inline int halo_source_reflected(int i, int n, int padding) {
+    if (padding != PAD_REFLECT) return i >= 0 && i < n ? i : -1;
+    while (i < 0 || i >= n) i = i < 0 ? -1 - i : 2 * n - 1 - i;
+    return i;
+}
+
 // A non-negative index as a 64-bit one, zero-extended: its products with the 64-bit strides take fewer
 // instructions than those of a sign-extended int (no sign word).
 __device__ inline long long unsigned_index(int i) { return (long long)(unsigned)i; }
@@ -282,7 +294,7 @@ __device__ inline void backward_planes(
     // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
     // row of each halo row, or -1 for a row of zeros (for tiles whose halo leaves the map).
     // (F is symmetric with reflection: F^T reflects too.)
-    const int map_col = halo_source(left + lane, g.map_w, padding);
+    const int map_col = halo_source_reflected(left + lane, g.map_w, padding);
     const bool col_inside = map_col >= 0;
     const int j = (map_col >> 4) - base_col;
     // The border tiles' halo rows (HaloRow): worked out once per block by the threads t < kHaloRows.
@@ -295,7 +307,7 @@ __device__ inline void backward_planes(
     __shared__ int rows_at[kTabled ? kTile * kTile : 1];
     if constexpr (kTabled) rows_at[tid] = decltype(rows)::offset(first_row, out_col);
     if (tid < kHaloRows) {
-        const int map_row = halo_source(top + tid, g.map_h, padding);
+        const int map_row = halo_source_reflected(top + tid, g.map_h, padding);
         halo_rows[tid] = {map_row >= 0 ? (long long)map_row * g.map_w * (long long)sizeof(C) : -1LL,
                           (map_row >> kLog2) - base_row};
     }
