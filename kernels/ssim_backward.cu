@@ -339,7 +339,13 @@ __device__ inline void backward_planes(
         plane_at[2] = plane.outer * g_outer + plane.inner * g_inner;
         if (kReadsMask) plane_at[3] = plane.outer * mask_planes.outer + plane.inner * mask_planes.inner;
     };
+    // the fast tile load's step between a warp's halo rows, kWarps map rows, one shared load per plane (made
+    // again from width and padding each plane: 3 instructions); in normalized mode only (222.9, not 223.7 per
+    // pixel at R = 5): the others' loads then had their addresses made one by one (203.6 -> 219.8)
+    constexpr bool kSharedStep = kNormalized;
+    __shared__ int halo_step;
     if (tid == 0) {
+        if (kSharedStep) halo_step = kWarps * g.map_w;
         plane.start(inner_count);
         locate(blockIdx.y);
     }
@@ -393,7 +399,7 @@ __device__ inline void backward_planes(
                 const C* const map[3] = {kSharedMaps ? map_planes[0] : maps,
                                          kSharedMaps ? map_planes[1] : maps + maps_size,
                                          kSharedMaps ? map_planes[2] : maps + 2 * maps_size};
-                const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
+                const int at = (top + warp) * g.map_w + left + lane, step = kSharedStep ? halo_step : kWarps * g.map_w;
                 // Halo rows 2R .. kHeight + R - 1 lie in this tile's own forward tile row (its first row is
                 // a multiple of kHeight, the halo starts R + offset <= 2R above it): the walk's k-th rows
                 // that all fall there take its moves from registers, the others from the table. Not in
