@@ -64,12 +64,13 @@ __device__ constexpr int spanned_pitch(int n, int first, int count, int v) {
 // in distinct bank groups, as with Tile's odd pitch and scalar loads); the filtered rows lie column by
 // column (ColumnRows), read kColumnSpan = kRows rows at once by the vertical pass, their pitch an odd
 // multiple of that (a half-warp's 16 columns in distinct bank groups); float only (VectorOf). Otherwise
-// Tile's layout: scalar loads, FilteredRows.
-template <class C, int R, bool Wide> struct BackwardTile : Tile<C, R> {
+// Tile's layout: scalar loads, FilteredRows. WideRows (BackwardWide's rows): the filtered rows' layout apart
+// (false: FilteredRows with Wide's halo).
+template <class C, int R, bool Wide, bool WideRows = Wide> struct BackwardTile : Tile<C, R> {
     using Base = Tile<C, R>;
     // forward tiles whose shifts the halo can need (see backward_planes)
     static constexpr int kMoveRows = 4, kMoveCols = 4;
-    static constexpr int kColumnSpan = Wide ? Base::kRows : 1;
+    static constexpr int kColumnSpan = WideRows ? Base::kRows : 1;
     static constexpr int kColumnPitch =
         spanned_pitch(Base::kHaloRows, Base::kHeight - Base::kRows, Base::kRows + 2 * R, kColumnSpan);
     static constexpr int kWidePitch =
@@ -172,12 +173,23 @@ __device__ constexpr bool tail_reads_mask(int tail) {
 // Whether a backward takes BackwardTile's wide layout (vector loads in both passes): float's plain gradient
 // (GRAD_WRITE); not the others, whose tails, MS-SSIM's terms and the narrower types' conversions leave no
 // registers for the loaded vectors (4 to 64 bytes of spill on sm_90 under 64 registers with them).
+// halo: the halo's vector loads alone (the filtered rows in Tile's layout), float's masked mean (GRAD_WRITE_MASK)
+// but on sm_100 to sm_103 (12 to 28 bytes of spill at R = 5, 7 under 64 registers there).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1200
+constexpr bool kWideMaskedHalo = false;
+#else
+constexpr bool kWideMaskedHalo = true;
+#endif
 template <class T, int Tail> struct BackwardWide {
-    static constexpr bool value = false;
+    static constexpr bool value = false, halo = false;
+    template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
+};
+template <> struct BackwardWide<float, GRAD_WRITE_MASK> {
+    static constexpr bool value = false, halo = kWideMaskedHalo;
     template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
 };
 template <> struct BackwardWide<float, GRAD_WRITE> {
-    static constexpr bool value = true;
+    static constexpr bool value = true, halo = true;
     template <class C, int R>
     using Rows = ColumnRows<C, 3, BackwardTile<C, R, true>::kColumnPitch, BackwardTile<C, R, true>::kColumnSpan>;
 };
@@ -233,7 +245,7 @@ __device__ inline void backward_planes(
     typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
     typename ComputeType<T>::type l1, int accumulate, MaskPlanes<typename ComputeType<T>::type> mask_planes) {
     using C = typename ComputeType<T>::type;
-    using Shape = BackwardTile<C, R, BackwardWide<T, Tail>::value>;
+    using Shape = BackwardTile<C, R, BackwardWide<T, Tail>::halo, BackwardWide<T, Tail>::value>;
     constexpr bool MsSsim = Tail == GRAD_MSSSIM;
     constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
     constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
