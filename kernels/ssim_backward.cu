@@ -173,7 +173,8 @@ __device__ constexpr bool tail_reads_mask(int tail) {
 // Whether a backward takes BackwardTile's wide layout (vector loads in both passes): float's plain gradient
 // (GRAD_WRITE); not the others, whose tails, MS-SSIM's terms and the narrower types' conversions leave no
 // registers for the loaded vectors (4 to 64 bytes of spill on sm_90 under 64 registers with them).
-// halo: the halo's vector loads alone (the filtered rows in Tile's layout), float's masked mean (GRAD_WRITE_MASK)
+// halo: the halo's vector loads alone (the filtered rows in Tile's layout), float's masked gradients (GRAD_WRITE_MASK,
+// GRAD_WRITE_NORMALIZED)
 // but on sm_100 to sm_103 (12 to 28 bytes of spill at R = 5, 7 under 64 registers there).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1200
 constexpr bool kWideMaskedHalo = false;
@@ -185,6 +186,10 @@ template <class T, int Tail> struct BackwardWide {
     template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
 };
 template <> struct BackwardWide<float, GRAD_WRITE_MASK> {
+    static constexpr bool value = false, halo = kWideMaskedHalo;
+    template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
+};
+template <> struct BackwardWide<float, GRAD_WRITE_NORMALIZED> {
     static constexpr bool value = false, halo = kWideMaskedHalo;
     template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
 };
