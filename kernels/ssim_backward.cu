@@ -173,9 +173,9 @@ __device__ constexpr bool tail_reads_mask(int tail) {
 // Whether a backward takes BackwardTile's wide layout (vector loads in both passes): float's plain gradient
 // (GRAD_WRITE); not the others, whose tails, MS-SSIM's terms and the narrower types' conversions leave no
 // registers for the loaded vectors (4 to 64 bytes of spill on sm_90 under 64 registers with them).
-// halo: the halo's vector loads alone (the filtered rows in Tile's layout), float's masked gradients (GRAD_WRITE_MASK,
-// GRAD_WRITE_NORMALIZED)
-// but on sm_100 to sm_103 (12 to 28 bytes of spill at R = 5, 7 under 64 registers there).
+// halo: the halo's vector loads alone (the filtered rows in Tile's layout), float's masked gradients
+// (GRAD_WRITE_MASK, GRAD_WRITE_NORMALIZED) but on sm_100 to sm_103 (12 to 28 bytes of spill at R = 5, 7 under
+// 64 registers there).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1200
 constexpr bool kWideMaskedHalo = false;
 #else
@@ -217,10 +217,20 @@ template <class C> struct alignas(2 * sizeof(C)) Move {
 // its map row in a plane, in bytes (map_row * map_w * sizeof(C), so that the address is two additions with the
 // column's bytes, not a 64-bit scaling each iteration; -1, a row of zeros, where the halo row leaves the map and is not
 // reflected into it), and the row of the move table (BackwardTile's kMoveRows) of the forward tiles that hold it.
+// map_row: the map row itself (-1 for zeros), for the loop's form on sm_100 to sm_103 (kHaloRowOffsets).
 struct __align__(16) HaloRow {
     long long at;
-    int move_row;
+    int move_row, map_row;
 };
+
+// Whether the border tiles' loop takes a halo row's offsets from HaloRow (at, move_row), or makes them from its
+// map row each iteration, as before: on sm_100 to sm_103, where the offsets spilled 4 to 48 bytes under 64
+// registers in 71 of the 455 specialisations (float, __half, uint8, uint16; R = 2 to 7).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1200
+constexpr bool kHaloRowOffsets = false;
+#else
+constexpr bool kHaloRowOffsets = true;
+#endif
 
 // halo_source (pixel.cuh) with "reflect"'s half-sample symmetric index (dcba abcd dcba) found by reflecting at
 // the nearer edge until the index lies in [0, n), not by a remainder: a halo position lies at most
@@ -298,11 +308,8 @@ __device__ inline void backward_planes(
     // pixel's element offset in its plane (Tile::shift_row, shift_col).
     constexpr int kEntries = Shape::kMoveRows * Shape::kMoveCols;
     long long shift_offset = 0, mask_shift_offset = 0;  // normalized: that pixel's in the mask
-    // e, as an unsigned remainder (tid >= 0: no sign's fix-ups); not in normalized mode, whose march it made
-    // longer (223.7 -> 226.9 per pixel at R = 5)
-    const int shift_entry = kNormalized ? tid % (kEntries + 1) : (int)((unsigned)tid % (kEntries + 1));
     {
-        const int e = shift_entry;
+        const int e = tid % (kEntries + 1);
         const bool own = e == kEntries;
         const int row = Shape::shift_row(own ? g.row : (base_row + e / Shape::kMoveCols) * kHeight + g.offset, height);
         const int col = Shape::shift_col(own ? g.col : (base_col + e % Shape::kMoveCols) * kTile + g.offset, width);
@@ -329,7 +336,7 @@ __device__ inline void backward_planes(
     if (tid < kHaloRows) {
         const int map_row = halo_source_reflected(top + tid, g.map_h, padding);
         halo_rows[tid] = {map_row >= 0 ? (long long)map_row * g.map_w * (long long)sizeof(C) : -1LL,
-                          (map_row >> kLog2) - base_row};
+                          (map_row >> kLog2) - base_row, map_row};
     }
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
@@ -394,7 +401,7 @@ __device__ inline void backward_planes(
             C shift = tile_shift(tid > kEntries ? yp : xp, shift_offset, inv_range);
             if (kNormalized && !(mask_planes.mask[k_at + mask_shift_offset] > C(0)))
                 shift = C(0);
-            shifts[tid > kEntries][shift_entry] = shift;
+            shifts[tid > kEntries][tid % (kEntries + 1)] = shift;
         }
         __syncthreads();
         if (tid == 0) {  // every thread has read them: the next plane's
@@ -444,14 +451,25 @@ __device__ inline void backward_planes(
                                                   reinterpret_cast<const char*>(map_planes[2])};
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
-                    const HaloRow row = halo_rows[r];
                     C value[3] = {C(0), C(0), C(0)};
-                    if (col_inside && row.at >= 0) {
-                        const long long at = row.at + unsigned_index(map_col) * (long long)sizeof(C);  // bytes
-                        for (int q = 0; q < 3; ++q)
-                            value[q] = __ldg(reinterpret_cast<const C*>(planes_at[q] + at));
-                        const Move<C> move = moves[row.move_row][j];
-                        value[0] = moved_partial(value, move.x, move.d);
+                    if constexpr (kHaloRowOffsets) {
+                        const HaloRow row = halo_rows[r];
+                        if (col_inside && row.at >= 0) {
+                            const long long at = row.at + unsigned_index(map_col) * (long long)sizeof(C);  // bytes
+                            for (int q = 0; q < 3; ++q)
+                                value[q] = __ldg(reinterpret_cast<const C*>(planes_at[q] + at));
+                            const Move<C> move = moves[row.move_row][j];
+                            value[0] = moved_partial(value, move.x, move.d);
+                        }
+                    } else {
+                        const int map_row = halo_rows[r].map_row;
+                        if (col_inside && map_row >= 0) {
+                            const long long at = (long long)map_row * g.map_w + map_col;  // elements
+                            for (int q = 0; q < 3; ++q)
+                                value[q] = __ldg(reinterpret_cast<const C*>(planes_at[q]) + at);
+                            const Move<C> move = moves[(map_row >> kLog2) - base_row][j];
+                            value[0] = moved_partial(value, move.x, move.d);
+                        }
                     }
                     for (int q = 0; q < 3; ++q) tile[q][r][lane] = value[q];
                 }
@@ -460,8 +478,9 @@ __device__ inline void backward_planes(
         __syncthreads();
         // packed sweeps where kPack (10 warp iterations at R = 5, not 12); the warp as warp & 7, known to lie in
         // [0, 8), so that the pass's warp / 4 and warp % 4 are a shift and a mask without a sign's fix-ups (not in
-        // normalized mode, whose count it raised: 223.7 -> 224.9 per pixel at R = 5)
-        const int pass_warp = kNormalized ? warp : warp & 7;
+        // normalized mode, whose count it raised: 223.7 -> 224.9 per pixel at R = 5, nor in GRAD_ADD_L1: float's
+        // at R = 4 spilled 4 bytes on sm_90)
+        const int pass_warp = kNormalized || Tail == GRAD_ADD_L1 ? warp : warp & 7;
         if constexpr (Shape::kHaloSpan > 1) {
             horizontal_pass<C, R, 3, kPack, Shape::kHaloSpan>(
                 rows, weights, pass_warp, lane, [&](int r, int c, C (&v)[Shape::kHaloSpan][3]) {
