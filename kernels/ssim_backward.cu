@@ -445,7 +445,9 @@ __device__ inline void backward_planes(
                 });
             } else {
                 // the maps' planes read once before the loop, not in each iteration (with the shared window's
-                // base made again there: 6 instructions an iteration)
+                // base made again there: 6 instructions an iteration); not in GRAD_ADD_L1, where float's at
+                // R = 5, 6 spilled 4 bytes on sm_90 with them
+                constexpr bool kHoistPlanes = Tail != GRAD_ADD_L1;
                 const char* const planes_at[3] = {reinterpret_cast<const char*>(map_planes[0]),
                                                   reinterpret_cast<const char*>(map_planes[1]),
                                                   reinterpret_cast<const char*>(map_planes[2])};
@@ -457,7 +459,8 @@ __device__ inline void backward_planes(
                         if (col_inside && row.at >= 0) {
                             const long long at = row.at + unsigned_index(map_col) * (long long)sizeof(C);  // bytes
                             for (int q = 0; q < 3; ++q)
-                                value[q] = __ldg(reinterpret_cast<const C*>(planes_at[q] + at));
+                                value[q] = __ldg(reinterpret_cast<const C*>(
+                                    (kHoistPlanes ? planes_at[q] : reinterpret_cast<const char*>(map_planes[q])) + at));
                             const Move<C> move = moves[row.move_row][j];
                             value[0] = moved_partial(value, move.x, move.d);
                         }
@@ -466,7 +469,8 @@ __device__ inline void backward_planes(
                         if (col_inside && map_row >= 0) {
                             const long long at = (long long)map_row * g.map_w + map_col;  // elements
                             for (int q = 0; q < 3; ++q)
-                                value[q] = __ldg(reinterpret_cast<const C*>(planes_at[q]) + at);
+                                value[q] = __ldg(reinterpret_cast<const C*>(
+                                    kHoistPlanes ? planes_at[q] : reinterpret_cast<const char*>(map_planes[q])) + at);
                             const Move<C> move = moves[(map_row >> kLog2) - base_row][j];
                             value[0] = moved_partial(value, move.x, move.d);
                         }
