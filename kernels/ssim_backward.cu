@@ -64,12 +64,13 @@ __device__ constexpr int spanned_pitch(int n, int first, int count, int v) {
 // in distinct bank groups, as with Tile's odd pitch and scalar loads); the filtered rows lie column by
 // column (ColumnRows), read kColumnSpan = kRows rows at once by the vertical pass, their pitch an odd
 // multiple of that (a half-warp's 16 columns in distinct bank groups); float only (VectorOf). Otherwise
-// Tile's layout: scalar loads, FilteredRows.
-template <class C, int R, bool Wide> struct BackwardTile : Tile<C, R> {
+// Tile's layout: scalar loads, FilteredRows. WideRows (BackwardWide's rows): the filtered rows' layout apart
+// (false: FilteredRows with Wide's halo).
+template <class C, int R, bool Wide, bool WideRows = Wide> struct BackwardTile : Tile<C, R> {
     using Base = Tile<C, R>;
     // forward tiles whose shifts the halo can need (see backward_planes)
     static constexpr int kMoveRows = 4, kMoveCols = 4;
-    static constexpr int kColumnSpan = Wide ? Base::kRows : 1;
+    static constexpr int kColumnSpan = WideRows ? Base::kRows : 1;
     static constexpr int kColumnPitch =
         spanned_pitch(Base::kHaloRows, Base::kHeight - Base::kRows, Base::kRows + 2 * R, kColumnSpan);
     static constexpr int kWidePitch =
@@ -172,12 +173,28 @@ __device__ constexpr bool tail_reads_mask(int tail) {
 // Whether a backward takes BackwardTile's wide layout (vector loads in both passes): float's plain gradient
 // (GRAD_WRITE); not the others, whose tails, MS-SSIM's terms and the narrower types' conversions leave no
 // registers for the loaded vectors (4 to 64 bytes of spill on sm_90 under 64 registers with them).
+// halo: the halo's vector loads alone (the filtered rows in Tile's layout), float's masked gradients
+// (GRAD_WRITE_MASK, GRAD_WRITE_NORMALIZED) but on sm_100 to sm_103 (12 to 28 bytes of spill at R = 5, 7 under
+// 64 registers there).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1200
+constexpr bool kWideMaskedHalo = false;
+#else
+constexpr bool kWideMaskedHalo = true;
+#endif
 template <class T, int Tail> struct BackwardWide {
-    static constexpr bool value = false;
+    static constexpr bool value = false, halo = false;
+    template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
+};
+template <> struct BackwardWide<float, GRAD_WRITE_MASK> {
+    static constexpr bool value = false, halo = kWideMaskedHalo;
+    template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
+};
+template <> struct BackwardWide<float, GRAD_WRITE_NORMALIZED> {
+    static constexpr bool value = false, halo = kWideMaskedHalo;
     template <class C, int R> using Rows = TabledFilteredRows<C, R, 3>;
 };
 template <> struct BackwardWide<float, GRAD_WRITE> {
-    static constexpr bool value = true;
+    static constexpr bool value = true, halo = true;
     template <class C, int R>
     using Rows = ColumnRows<C, 3, BackwardTile<C, R, true>::kColumnPitch, BackwardTile<C, R, true>::kColumnSpan>;
 };
@@ -188,6 +205,44 @@ template <class C> struct MaskPlanes {
     const C* mask;
     long long outer, inner, row, col;
 };
+
+// A forward tile's moves (the backward's move table): twice this tile's shift of x minus that tile's (x), and
+// the same of x - y (d), side by side so that a halo pixel reads both in one shared load, not two.
+template <class C> struct alignas(2 * sizeof(C)) Move {
+    C x, d;
+};
+
+// A halo row of a border tile (one 16-byte shared load per row in the tile load's loop, not the row's
+// element offset and its forward tile row made again from the map row each iteration): the element offset of
+// its map row in a plane, in bytes (map_row * map_w * sizeof(C), so that the address is two additions with the
+// column's bytes, not a 64-bit scaling each iteration; -1, a row of zeros, where the halo row leaves the map and is not
+// reflected into it), and the row of the move table (BackwardTile's kMoveRows) of the forward tiles that hold it.
+// map_row: the map row itself (-1 for zeros), for the loop's form on sm_100 to sm_103 (kHaloRowOffsets).
+struct __align__(16) HaloRow {
+    long long at;
+    int move_row, map_row;
+};
+
+// Whether the border tiles' loop takes a halo row's offsets from HaloRow (at, move_row), or makes them from its
+// map row each iteration, as before: on sm_100 to sm_103, where the offsets spilled 4 to 48 bytes under 64
+// registers in 71 of the 455 specialisations (float, __half, uint8, uint16; R = 2 to 7).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1200
+constexpr bool kHaloRowOffsets = false;
+#else
+constexpr bool kHaloRowOffsets = true;
+#endif
+
+// halo_source (pixel.cuh) with "reflect"'s half-sample symmetric index (dcba abcd dcba) found by reflecting at
+// the nearer edge until the index lies in [0, n), not by a remainder: a halo position lies at most
+// kHeight - 1 + R rows or 15 + R columns past the side (the last tile's rows and columns past the image, and
+// R), R before it, so one reflection for a side longer than that, a few for a smaller one; each leaves
+// reflect_index's value as it was (its pattern is symmetric about -1/2 and repeats every 2n), so the result is
+// reflect_index's. The remainder's 32-bit division (~30 instructions) was on every warp's path of the prologue.
+__device__ inline int halo_source_reflected(int i, int n, int padding) {
+    if (padding != PAD_REFLECT) return i >= 0 && i < n ? i : -1;
+    while (i < 0 || i >= n) i = i < 0 ? -1 - i : 2 * n - 1 - i;
+    return i;
+}
 
 // A non-negative index as a 64-bit one, zero-extended: its products with the 64-bit strides take fewer
 // instructions than those of a sign-extended int (no sign word).
@@ -205,7 +260,7 @@ __device__ inline void backward_planes(
     typename ComputeType<T>::type inv_range, PyramidTerms<typename ComputeType<T>::type> pyramid,
     typename ComputeType<T>::type l1, int accumulate, MaskPlanes<typename ComputeType<T>::type> mask_planes) {
     using C = typename ComputeType<T>::type;
-    using Shape = BackwardTile<C, R, BackwardWide<T, Tail>::value>;
+    using Shape = BackwardTile<C, R, BackwardWide<T, Tail>::halo, BackwardWide<T, Tail>::value>;
     constexpr bool MsSsim = Tail == GRAD_MSSSIM;
     constexpr bool kMasked = !MsSsim && (Tail & GRAD_MASK) != 0;
     constexpr bool kMaskedL1 = kMasked && (Tail & GRAD_WRITE_L1) != 0;
@@ -229,7 +284,7 @@ __device__ inline void backward_planes(
     // map's end, rows down to top + 2 - kHeight (the tile lies at or above the
     // map's last row): from (top - kHeight) / kHeight on, at most 4 tiles for
     // 2R <= kHeight; columns likewise (16 + 2R halo columns), 4 tiles.
-    __shared__ C moves[2][Shape::kMoveRows][Shape::kMoveCols];
+    __shared__ Move<C> moves[Shape::kMoveRows][Shape::kMoveCols];
     // the shifts (of x, of y) of those forward tiles, then this tile's own, the same for all its windows
     __shared__ C shifts[2][Shape::kMoveRows * Shape::kMoveCols + 1];
     __shared__ C weights[2 * R + 1];
@@ -266,10 +321,11 @@ __device__ inline void backward_planes(
     // one (or reflects to one), and the column of the forward tile that holds it, there; and the map
     // row of each halo row, or -1 for a row of zeros (for tiles whose halo leaves the map).
     // (F is symmetric with reflection: F^T reflects too.)
-    const int map_col = halo_source(left + lane, g.map_w, padding);
+    const int map_col = halo_source_reflected(left + lane, g.map_w, padding);
     const bool col_inside = map_col >= 0;
     const int j = (map_col >> 4) - base_col;
-    __shared__ int halo_rows[kHaloRows];
+    // The border tiles' halo rows (HaloRow): worked out once per block by the threads t < kHaloRows.
+    __shared__ HaloRow halo_rows[kHaloRows];
     // each thread's first element of the vertical pass in the filtered rows (TabledRows); not in MS-SSIM's
     // backward (its tables would pass TileSharedBytes' 2 KiB), nor in normalized mode (+0.8 per pixel at
     // R = 5), nor where it spilled 4 to 12 bytes (GRAD_ADD_L1: uint8's at R = 4 on sm_90; float's GRAD_WRITE at
@@ -277,7 +333,11 @@ __device__ inline void backward_planes(
     constexpr bool kTabled = !MsSsim && !kNormalized && Tail != GRAD_ADD_L1 && R != 6;
     __shared__ int rows_at[kTabled ? kTile * kTile : 1];
     if constexpr (kTabled) rows_at[tid] = decltype(rows)::offset(first_row, out_col);
-    if (tid < kHaloRows) halo_rows[tid] = halo_source(top + tid, g.map_h, padding);
+    if (tid < kHaloRows) {
+        const int map_row = halo_source_reflected(top + tid, g.map_h, padding);
+        halo_rows[tid] = {map_row >= 0 ? (long long)map_row * g.map_w * (long long)sizeof(C) : -1LL,
+                          (map_row >> kLog2) - base_row, map_row};
+    }
     // MS-SSIM's 2x2 mean: where the tile's rows and columns go in the next scale, in shared memory
     // and read per pixel (kept in registers across the plane loop, they spilled)
     __shared__ long long pooled_rows[MsSsim ? kHeight : 1];  // pooled_code of each row
@@ -303,7 +363,13 @@ __device__ inline void backward_planes(
         plane_at[2] = plane.outer * g_outer + plane.inner * g_inner;
         if (kReadsMask) plane_at[3] = plane.outer * mask_planes.outer + plane.inner * mask_planes.inner;
     };
+    // the fast tile load's step between a warp's halo rows, kWarps map rows, one shared load per plane (made
+    // again from width and padding each plane: 3 instructions); in normalized mode only (222.9, not 223.7 per
+    // pixel at R = 5): the others' loads then had their addresses made one by one (203.6 -> 219.8)
+    constexpr bool kSharedStep = kNormalized;
+    __shared__ int halo_step;
     if (tid == 0) {
+        if (kSharedStep) halo_step = kWarps * g.map_w;
         plane.start(inner_count);
         locate(blockIdx.y);
     }
@@ -346,8 +412,7 @@ __device__ inline void backward_planes(
         const C own_x = C(2) * shifts[0][kEntries], own_d = own_x - C(2) * shifts[1][kEntries];
         if (tid < kEntries) {
             const int i = tid / Shape::kMoveCols, j = tid % Shape::kMoveCols;
-            moves[0][i][j] = own_x - C(2) * shifts[0][tid];
-            moves[1][i][j] = own_d - C(2) * (shifts[0][tid] - shifts[1][tid]);
+            moves[i][j] = {own_x - C(2) * shifts[0][tid], own_d - C(2) * (shifts[0][tid] - shifts[1][tid])};
         }
         __syncthreads();
         if (lane < kHaloCols) {  // warp w loads halo rows w, w + 8, ..., lane = column
@@ -358,49 +423,75 @@ __device__ inline void backward_planes(
                 const C* const map[3] = {kSharedMaps ? map_planes[0] : maps,
                                          kSharedMaps ? map_planes[1] : maps + maps_size,
                                          kSharedMaps ? map_planes[2] : maps + 2 * maps_size};
-                const int at = (top + warp) * g.map_w + left + lane, step = kWarps * g.map_w;
+                const int at = (top + warp) * g.map_w + left + lane, step = kSharedStep ? halo_step : kWarps * g.map_w;
                 // Halo rows 2R .. kHeight + R - 1 lie in this tile's own forward tile row (its first row is
                 // a multiple of kHeight, the halo starts R + offset <= 2R above it): the walk's k-th rows
                 // that all fall there take its moves from registers, the others from the table. Not in
                 // MS-SSIM's backward: the two registers made it spill 4 bytes on sm_90 (80 registers).
                 const int own = (g.row >> kLog2) - base_row;
-                const C own_moves[2] = {moves[0][own][j], moves[1][own][j]};
+                const Move<C> own_move = moves[own][j];
                 warp_halo_rows<kHaloRows>(warp, [&](int k) {
                     const int r = warp + kWarps * k, a = at + k * step;
                     const C value[3] = {__ldg(map[0] + a), __ldg(map[1] + a), __ldg(map[2] + a)};
                     if (!MsSsim && kWarps * k >= 2 * R && kWarps * (k + 1) <= kHeight + R) {
-                        tile[0][r][lane] = moved_partial(value, own_moves[0], own_moves[1]);
+                        tile[0][r][lane] = moved_partial(value, own_move.x, own_move.d);
                     } else {
                         const int i = ((top + r) >> kLog2) - base_row;
-                        tile[0][r][lane] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                        const Move<C> move = moves[i][j];
+                        tile[0][r][lane] = moved_partial(value, move.x, move.d);
                     }
                     tile[1][r][lane] = value[1];
                     tile[2][r][lane] = value[2];
                 });
             } else {
+                // the maps' planes read once before the loop, not in each iteration (with the shared window's
+                // base made again there: 6 instructions an iteration); not in GRAD_ADD_L1, where float's at
+                // R = 5, 6 spilled 4 bytes on sm_90 with them
+                constexpr bool kHoistPlanes = Tail != GRAD_ADD_L1;
+                const char* const planes_at[3] = {reinterpret_cast<const char*>(map_planes[0]),
+                                                  reinterpret_cast<const char*>(map_planes[1]),
+                                                  reinterpret_cast<const char*>(map_planes[2])};
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
-                    const int map_row = halo_rows[r];
                     C value[3] = {C(0), C(0), C(0)};
-                    if (col_inside && map_row >= 0) {
-                        const long long at = (long long)map_row * g.map_w + map_col;
-                        for (int q = 0; q < 3; ++q) value[q] = __ldg(map_planes[q] + at);
-                        const int i = (map_row >> kLog2) - base_row;
-                        value[0] = moved_partial(value, moves[0][i][j], moves[1][i][j]);
+                    if constexpr (kHaloRowOffsets) {
+                        const HaloRow row = halo_rows[r];
+                        if (col_inside && row.at >= 0) {
+                            const long long at = row.at + unsigned_index(map_col) * (long long)sizeof(C);  // bytes
+                            for (int q = 0; q < 3; ++q)
+                                value[q] = __ldg(reinterpret_cast<const C*>(
+                                    (kHoistPlanes ? planes_at[q] : reinterpret_cast<const char*>(map_planes[q])) + at));
+                            const Move<C> move = moves[row.move_row][j];
+                            value[0] = moved_partial(value, move.x, move.d);
+                        }
+                    } else {
+                        const int map_row = halo_rows[r].map_row;
+                        if (col_inside && map_row >= 0) {
+                            const long long at = (long long)map_row * g.map_w + map_col;  // elements
+                            for (int q = 0; q < 3; ++q)
+                                value[q] = __ldg(reinterpret_cast<const C*>(
+                                    kHoistPlanes ? planes_at[q] : reinterpret_cast<const char*>(map_planes[q])) + at);
+                            const Move<C> move = moves[(map_row >> kLog2) - base_row][j];
+                            value[0] = moved_partial(value, move.x, move.d);
+                        }
                     }
                     for (int q = 0; q < 3; ++q) tile[q][r][lane] = value[q];
                 }
             }
         }
         __syncthreads();
-        // packed sweeps where kPack (10 warp iterations at R = 5, not 12)
+        // packed sweeps where kPack (10 warp iterations at R = 5, not 12); the warp as warp & 7, known to lie in
+        // [0, 8), so that the pass's warp / 4 and warp % 4 are a shift and a mask without a sign's fix-ups (not in
+        // normalized mode, whose count it raised: 223.7 -> 224.9 per pixel at R = 5, nor in GRAD_ADD_L1: float's
+        // at R = 4 spilled 4 bytes on sm_90)
+        const int pass_warp = kNormalized || Tail == GRAD_ADD_L1 ? warp : warp & 7;
         if constexpr (Shape::kHaloSpan > 1) {
             horizontal_pass<C, R, 3, kPack, Shape::kHaloSpan>(
-                rows, weights, warp, lane, [&](int r, int c, C (&v)[Shape::kHaloSpan][3]) {
+                rows, weights, pass_warp, lane, [&](int r, int c, C (&v)[Shape::kHaloSpan][3]) {
                     for (int q = 0; q < 3; ++q) load_span<Shape::kHaloSpan>(&tile[q][r][c], q, v);
                 });
         } else {
-            horizontal_pass<C, R, 3, kPack>(rows, weights, warp, lane, [&](int r, int c, C (&v)[3]) {
+            horizontal_pass<C, R, 3, kPack>(rows, weights, pass_warp, lane, [&](int r, int c, C (&v)[3]) {
                 for (int q = 0; q < 3; ++q) v[q] = tile[q][r][c];
             });
         }
