@@ -426,18 +426,22 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                     });
                 }
             } else {
+                // the image row and column where they are >= 0, zero-extended: 32 x 64-bit products without
+                // the sign word (the same offsets)
                 const int halo_col = halo_cols[lane];
+                const long long col_at = (long long)(unsigned)halo_col;
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
                     const int row = halo_rows[r];
+                    const long long row_at = (long long)(unsigned)row;
                     C vx = C(0), vy = C(0);
                     if (row >= 0 && halo_col >= 0) {
-                        vx = (C)element_value(xp[row * x_row + halo_col * x_col]) * inv_range;
-                        vy = (C)element_value(yp[row * y_row + halo_col * y_col]) * inv_range;
+                        vx = (C)element_value(xp[row_at * x_row + col_at * x_col]) * inv_range;
+                        vy = (C)element_value(yp[row_at * y_row + col_at * y_col]) * inv_range;
                     }
                     if constexpr (kNormalized) {  // the weight (0 outside, as the images), x' and y' 0 where it is 0
                         const C w = row >= 0 && halo_col >= 0
-                                        ? mask[outer * k_outer + inner * k_inner + row * k_row + halo_col * k_col]
+                                        ? mask[outer * k_outer + inner * k_inner + row_at * k_row + col_at * k_col]
                                         : C(0);
                         weight_tile[r][lane] = w;
                         if (!(w > C(0))) vx = kx, vy = ky;
