@@ -306,10 +306,17 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // normalized: rows enough for the second three filtered quantities too, which lie over it after the
     // horizontal pass (normalized_moments)
     constexpr int kPairBytes = (int)sizeof(typename PairOf<C>::type), kSecondBytes = (int)sizeof(PairRows<C, R>);
-    constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * Shape::kPitch * kPairBytes
-                                  ? (kSecondBytes + Shape::kPitch * kPairBytes - 1) / (Shape::kPitch * kPairBytes)
+    // float's unnormalized halo: a pitch of 2 mod 4 pairs (26 at R = 5, not tile.cuh's odd 27), so that the
+    // horizontal pass reads two pairs per 16-byte load (columns c, c + 1 with c even: 16-byte aligned); a
+    // quarter-warp's 8 consecutive rows then lie an odd number of 16 bytes apart (13 at R = 5): 8 different
+    // groups of 4 banks, no conflict. The tile load's stores stay one row per warp (consecutive pairs).
+    constexpr bool kPairedLoads = !kNormalized && sizeof(C) == 4;
+    constexpr int kTilePitch = kPairedLoads ? Shape::kHaloCols + (6 - Shape::kHaloCols % 4) % 4 : Shape::kPitch;
+    static_assert(!kPairedLoads || (kTilePitch % 4 == 2 && kTilePitch >= Shape::kHaloCols), "pairs 16-byte aligned");
+    constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * kTilePitch * kPairBytes
+                                  ? (kSecondBytes + kTilePitch * kPairBytes - 1) / (kTilePitch * kPairBytes)
                                   : kHaloRows;
-    __shared__ typename PairOf<C>::type tile[kTileRows][Shape::kPitch];
+    __shared__ __align__(16) typename PairOf<C>::type tile[kTileRows][kTilePitch];
     __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
     // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2,
     // m d^2 (16-byte aligned: MomentRows' elements)
@@ -415,12 +422,12 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                         const C w = ko[(long long)k_step * i];
                         const C vx = (C)element_value(xo[(long long)x_step * i]) * inv_range - kx;
                         const C vy = (C)element_value(yo[(long long)y_step * i]) * inv_range - ky;
-                        to[kWarps * Shape::kPitch * i] = w > C(0) ? pair(vx, vy) : pair(C(0), C(0));
+                        to[kWarps * kTilePitch * i] = w > C(0) ? pair(vx, vy) : pair(C(0), C(0));
                         tm[kWarps * Shape::kPitch * i] = w;
                     });
                 } else {
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                        to[kWarps * Shape::kPitch * i] =
+                        to[kWarps * kTilePitch * i] =
                             pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
                                  (C)element_value(yo[(long long)y_step * i]) * inv_range - ky);
                     });
@@ -504,10 +511,18 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 }
             }
         } else {
-        horizontal_pass<C, R, 5, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[5]) {
-            const auto xy = tile[r][c];
-            moment_terms(xy.x, xy.y, v);
-        });
+        if constexpr (kPairedLoads) {  // two pairs per load (kTilePitch): columns c and c + 1
+            horizontal_pass<C, R, 5, true, 2>(rows, weights, warp, lane, [&](int r, int c, C (&v)[2][5]) {
+                const float4 xyxy = *reinterpret_cast<const float4*>(&tile[r][c]);
+                moment_terms(xyxy.x, xyxy.y, v[0]);
+                moment_terms(xyxy.z, xyxy.w, v[1]);
+            });
+        } else {
+            horizontal_pass<C, R, 5, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[5]) {
+                const auto xy = tile[r][c];
+                moment_terms(xy.x, xy.y, v);
+            });
+        }
         __syncthreads();
         // The vertical pass leaves each pixel's five moments in registers, m[i], and the pixels' formulas
         // follow, unrolled (m indexed at compile time; no staging through shared memory, no barrier).
