@@ -201,16 +201,27 @@ __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& 
     const int t = threadIdx.y * kTile + threadIdx.x;
     __builtin_assume(t >= 0 && t < kTile * kTile);
 #endif
-    horizontal_pass<C, R, 6, true>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[6]) {
-        const C a = tile[r][c].x, b = tile[r][c].y, w = weight_tile[r][c], d = a - b;
-        const C wa = w * a, wd = w * d;
+    const auto terms = [](C a, C b, C w, C (&v)[6]) {
+        const C d = a - b, wa = w * a, wd = w * d;
         v[0] = wa;
         v[1] = wd;
         v[2] = w;
         v[3] = wa * a;
         v[4] = w * b * b;
         v[5] = wd * d;
-    });
+    };
+    if constexpr (sizeof(C) == 4) {  // two pixels per load (the tiles' pitch of 2 mod 4, ssim_forward)
+        horizontal_pass<C, R, 6, true, 2>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[2][6]) {
+            const float4 xyxy = *reinterpret_cast<const float4*>(&tile[r][c]);
+            const float2 ww = *reinterpret_cast<const float2*>(&weight_tile[r][c]);
+            terms(xyxy.x, xyxy.y, ww.x, v[0]);
+            terms(xyxy.z, xyxy.w, ww.y, v[1]);
+        });
+    } else {
+        horizontal_pass<C, R, 6, true>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[6]) {
+            terms(tile[r][c].x, tile[r][c].y, weight_tile[r][c], v);
+        });
+    }
     C dx[kRows];
     if constexpr (kL1)
         for (int i = 0; i < kRows; ++i) {
@@ -306,18 +317,19 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // normalized: rows enough for the second three filtered quantities too, which lie over it after the
     // horizontal pass (normalized_moments)
     constexpr int kPairBytes = (int)sizeof(typename PairOf<C>::type), kSecondBytes = (int)sizeof(PairRows<C, R>);
-    // float's unnormalized halo: a pitch of 2 mod 4 pairs (26 at R = 5, not tile.cuh's odd 27), so that the
-    // horizontal pass reads two pairs per 16-byte load (columns c, c + 1 with c even: 16-byte aligned); a
-    // quarter-warp's 8 consecutive rows then lie an odd number of 16 bytes apart (13 at R = 5): 8 different
-    // groups of 4 banks, no conflict. The tile load's stores stay one row per warp (consecutive pairs).
-    constexpr bool kPairedLoads = !kNormalized && sizeof(C) == 4;
+    // float's halo: a pitch of 2 mod 4 pairs (26 at R = 5, not tile.cuh's odd 27), so that the horizontal pass
+    // reads two pairs per 16-byte load (columns c, c + 1 with c even: 16-byte aligned; normalized: and two
+    // weights per 8-byte load); a quarter-warp's 8 consecutive rows then lie an odd number of 16 bytes apart
+    // (13 at R = 5): 8 different groups of 4 banks, no conflict (the weights: a half-warp's 16 rows at 16
+    // different pairs of banks). The tile load's stores stay one row per warp (consecutive elements).
+    constexpr bool kPairedLoads = sizeof(C) == 4;
     constexpr int kTilePitch = kPairedLoads ? Shape::kHaloCols + (6 - Shape::kHaloCols % 4) % 4 : Shape::kPitch;
     static_assert(!kPairedLoads || (kTilePitch % 4 == 2 && kTilePitch >= Shape::kHaloCols), "pairs 16-byte aligned");
     constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * kTilePitch * kPairBytes
                                   ? (kSecondBytes + kTilePitch * kPairBytes - 1) / (kTilePitch * kPairBytes)
                                   : kHaloRows;
     __shared__ __align__(16) typename PairOf<C>::type tile[kTileRows][kTilePitch];
-    __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
+    __shared__ __align__(16) C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? kTilePitch : 1];
     // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2,
     // m d^2 (16-byte aligned: MomentRows' elements)
     __shared__ __align__(16) typename ForwardRows<C, R, kNormalized>::type rows;
@@ -423,7 +435,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                         const C vx = (C)element_value(xo[(long long)x_step * i]) * inv_range - kx;
                         const C vy = (C)element_value(yo[(long long)y_step * i]) * inv_range - ky;
                         to[kWarps * kTilePitch * i] = w > C(0) ? pair(vx, vy) : pair(C(0), C(0));
-                        tm[kWarps * Shape::kPitch * i] = w;
+                        tm[kWarps * kTilePitch * i] = w;
                     });
                 } else {
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
