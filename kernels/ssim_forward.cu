@@ -210,7 +210,9 @@ __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& 
         v[4] = w * b * b;
         v[5] = wd * d;
     };
-    if constexpr (sizeof(C) == 4) {  // two pixels per load (the tiles' pitch of 2 mod 4, ssim_forward)
+    // two pixels per load (the tiles' pitch of 2 mod 4, ssim_forward); with the L1 term one (paired, it spilled 8
+    // to 16 bytes at 80 registers on sm_80)
+    if constexpr (sizeof(C) == 4 && !kL1) {
         horizontal_pass<C, R, 6, true, 2>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[2][6]) {
             const float4 xyxy = *reinterpret_cast<const float4*>(&tile[r][c]);
             const float2 ww = *reinterpret_cast<const float2*>(&weight_tile[r][c]);
@@ -322,7 +324,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // weights per 8-byte load); a quarter-warp's 8 consecutive rows then lie an odd number of 16 bytes apart
     // (13 at R = 5): 8 different groups of 4 banks, no conflict (the weights: a half-warp's 16 rows at 16
     // different pairs of banks). The tile load's stores stay one row per warp (consecutive elements).
-    constexpr bool kPairedLoads = sizeof(C) == 4;
+    // (not normalized with the L1 term: normalized_moments)
+    constexpr bool kPairedLoads = sizeof(C) == 4 && !(kNormalized && (Options & FORWARD_L1));
     constexpr int kTilePitch = kPairedLoads ? Shape::kHaloCols + (6 - Shape::kHaloCols % 4) % 4 : Shape::kPitch;
     static_assert(!kPairedLoads || (kTilePitch % 4 == 2 && kTilePitch >= Shape::kHaloCols), "pairs 16-byte aligned");
     constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * kTilePitch * kPairBytes
