@@ -345,6 +345,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ struct {
         PlaneIndex plane;
         long long map_offset, mask_offset;
+        long long grad_at;  // the plane's first element in each partial map (p * map_pixels), thread 0's
         long long shift_at[2];  // the shift pixel's offset in x's and y's plane (thread 0's, not every thread's)
         long long plane_at[3];  // the plane's offset in x, in y and (normalized) in the mask
         C shift[2];
@@ -404,6 +405,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             held.shift[0] = tile_shift(x + held.plane_at[0], held.shift_at[0], inv_range);
             held.shift[1] = tile_shift(y + held.plane_at[1], held.shift_at[1], inv_range);
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
+            if (formula != GRADIENT_NONE) held.grad_at = p * g.map_pixels;  // a 64-bit product once, not per thread
             // the mask's plane, at the map's origin (map pixel (i, j) weighs mask pixel (i + offset, j + offset))
             if (kMasked) {
                 held.plane_at[2] = outer * k_outer + inner * k_inner;
@@ -521,7 +523,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 counted_sum += (double)weight_here * counted_value;
                 if (formula != GRADIENT_NONE) {
                     const C w = weight_here * weight * inv_w[i];
-                    const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
+                    const long long at = held.grad_at + (long long)row * g.map_w + col;
                     for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
                 }
             }
@@ -545,6 +547,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         vertical_rows<C, R, 5>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[5]) {
             for (int q = 0; q < 5; ++q) m[i][q] = v[q];
         });
+        // The partial maps' plane from held.grad_at (thread 0's product), but in SSIM's mean-mode masked forward,
+        // where that spilled 8 bytes on sm_90 under 64 registers (it makes the product again per pixel).
+        constexpr bool kMaskedMean = kMasked && forward_term(Options) == TERM_SSIM;
         const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
                               : nullptr;
         // Without partials or map every row's formula runs, and the sums count none past the map; with them the
@@ -580,7 +585,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             counted_sum += counted_value;
             if (formula != GRADIENT_NONE) {
                 const C w = kMasked ? m * weight : partial_weight(counted, formula, weight);  // m: 0 where not counted
-                const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
+                const long long at = (kMaskedMean ? p * g.map_pixels : held.grad_at) + (long long)row * g.map_w + col;
                 for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
             }
         }
