@@ -346,13 +346,13 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         PlaneIndex plane;
         long long map_offset, mask_offset;
         long long grad_at;  // the plane's first element in each partial map (p * map_pixels), thread 0's
+        long long maps_size;  // the partial maps' distance (planes * map_pixels), thread 0's, once
         long long shift_at[2];  // the shift pixel's offset in x's and y's plane (thread 0's, not every thread's)
         long long plane_at[3];  // the plane's offset in x, in y and (normalized) in the mask
         C shift[2];
     } held;
 
     const TileGeometry g = tile_geometry<R, kHeight>(padding, height, width, true);
-    const long long maps_size = planes * g.map_pixels;
     const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int top = g.row + g.offset - R, left = g.col + g.offset - R;  // the halo, in image pixels
@@ -392,6 +392,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         if constexpr (kNormalized) halo_at[2][tid] = (long long)(left + tid - kWarps) * k_col;
     }
     if (tid == 0) {
+        held.maps_size = planes * g.map_pixels;  // read per plane: not a 64-bit product per thread and plane
         held.plane.start(inner_count);
         held.shift_at[0] = shift_row * x_row + shift_col * x_col;
         held.shift_at[1] = shift_row * y_row + shift_col * y_col;
@@ -524,7 +525,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 if (formula != GRADIENT_NONE) {
                     const C w = weight_here * weight * inv_w[i];
                     const long long at = held.grad_at + (long long)row * g.map_w + col;
-                    for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
+                    for (int q = 0; q < 3; ++q) grad_maps[q * held.maps_size + at] = w * px.partial[q];
                 }
             }
         } else {
@@ -547,8 +548,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         vertical_rows<C, R, 5>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[5]) {
             for (int q = 0; q < 5; ++q) m[i][q] = v[q];
         });
-        // The partial maps' plane from held.grad_at (thread 0's product), but in SSIM's mean-mode masked forward,
-        // where that spilled 8 bytes on sm_90 under 64 registers (it makes the product again per pixel).
+        // The partial maps' plane and distance from held.grad_at and held.maps_size (thread 0's products), but in
+        // SSIM's mean-mode masked forward, where those spilled 8 and 16 bytes on sm_90 under 64 registers (it
+        // makes the products again).
         constexpr bool kMaskedMean = kMasked && forward_term(Options) == TERM_SSIM;
         const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
                               : nullptr;
@@ -586,7 +588,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             if (formula != GRADIENT_NONE) {
                 const C w = kMasked ? m * weight : partial_weight(counted, formula, weight);  // m: 0 where not counted
                 const long long at = (kMaskedMean ? p * g.map_pixels : held.grad_at) + (long long)row * g.map_w + col;
-                for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
+                for (int q = 0; q < 3; ++q) grad_maps[q * (kMaskedMean ? planes * g.map_pixels : held.maps_size) + at] = w * px.partial[q];
             }
         }
         }
