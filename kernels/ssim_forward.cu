@@ -188,7 +188,7 @@ template <class C, int R> struct SixRows {
 // barrier; the tiles are overwritten: the next barrier (the block sum's) orders the next plane's tile load.
 // With kL1 (the fused L1 term), the pixels' x - y (dx: 0 where the weight is 0) replace their centre weights in
 // weight_tile, which the pass no longer reads after its barrier, for the pixel loop (the pairs are overwritten).
-template <class C, int R, bool kL1, class Pairs, class Weights>
+template <class C, int R, bool kL1, bool kPaired, class Pairs, class Weights>
 __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& second, const Pairs& tile,
                                           Weights& weight_tile, const C* weights, int warp, int lane,
                                           int first_row, C kx, C ky, C (&m)[Tile<C, R>::kRows][5],
@@ -210,9 +210,8 @@ __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& 
         v[4] = w * b * b;
         v[5] = wd * d;
     };
-    // two pixels per load (the tiles' pitch of 2 mod 4, ssim_forward); with the L1 term one (paired, it spilled 8
-    // to 16 bytes at 80 registers on sm_80)
-    if constexpr (sizeof(C) == 4 && !kL1) {
+    // kPaired: two pixels per load (the tiles' pitch of 2 mod 4, ssim_forward's kPairedLoads)
+    if constexpr (kPaired) {
         horizontal_pass<C, R, 6, true, 2>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[2][6]) {
             const float4 xyxy = *reinterpret_cast<const float4*>(&tile[r][c]);
             const float2 ww = *reinterpret_cast<const float2*>(&weight_tile[r][c]);
@@ -324,8 +323,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // weights per 8-byte load); a quarter-warp's 8 consecutive rows then lie an odd number of 16 bytes apart
     // (13 at R = 5): 8 different groups of 4 banks, no conflict (the weights: a half-warp's 16 rows at 16
     // different pairs of banks). The tile load's stores stay one row per warp (consecutive elements).
-    // (not normalized with the L1 term: normalized_moments)
-    constexpr bool kPairedLoads = sizeof(C) == 4 && !(kNormalized && (Options & FORWARD_L1));
+    // Not normalized with the L1 term or the map (normalized_moments): paired, those spilled 8 to 16 bytes at 80
+    // registers (with the L1 term on sm_80, with the map on sm_90); they keep one pixel per load.
+    constexpr bool kPairedLoads = sizeof(C) == 4 && !(kNormalized && (Options & (FORWARD_L1 | FORWARD_MAP)));
     constexpr int kTilePitch = kPairedLoads ? Shape::kHaloCols + (6 - Shape::kHaloCols % 4) % 4 : Shape::kPitch;
     static_assert(!kPairedLoads || (kTilePitch % 4 == 2 && kTilePitch >= Shape::kHaloCols), "pairs 16-byte aligned");
     constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * kTilePitch * kPairBytes
@@ -491,7 +491,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             // are too small to hold them), and each pixel's centre weight decides its map value (0 where
             // it is 0) and scales its share of the sums, its partials divided by W (as the loop below).
             C m[kRows][5], inv_w[kRows];
-            normalized_moments<C, R, (Options & FORWARD_L1) != 0>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]),
+            normalized_moments<C, R, (Options & FORWARD_L1) != 0, kPairedLoads>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]),
                                                                    tile, weight_tile, weights, warp, lane, first_row,
                                                                    kx, ky, m, inv_w);
             // the centre weights from the weights' tile (one shared load per pixel), or with the L1 term, whose x - y
