@@ -491,9 +491,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             // are too small to hold them), and each pixel's centre weight decides its map value (0 where
             // it is 0) and scales its share of the sums, its partials divided by W (as the loop below).
             C m[kRows][5], inv_w[kRows];
-            normalized_moments<C, R, (Options & FORWARD_L1) != 0, kPairedLoads>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]),
-                                                                   tile, weight_tile, weights, warp, lane, first_row,
-                                                                   kx, ky, m, inv_w);
+            normalized_moments<C, R, (Options & FORWARD_L1) != 0, kPairedLoads>(
+                rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]), tile, weight_tile, weights, warp, lane, first_row,
+                kx, ky, m, inv_w);
             // the centre weights from the weights' tile (one shared load per pixel), or with the L1 term, whose x - y
             // lies there now, from the mask
             const C* kq = (Options & FORWARD_L1) != 0
@@ -588,7 +588,8 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             if (formula != GRADIENT_NONE) {
                 const C w = kMasked ? m * weight : partial_weight(counted, formula, weight);  // m: 0 where not counted
                 const long long at = (kMaskedMean ? p * g.map_pixels : held.grad_at) + (long long)row * g.map_w + col;
-                for (int q = 0; q < 3; ++q) grad_maps[q * (kMaskedMean ? planes * g.map_pixels : held.maps_size) + at] = w * px.partial[q];
+                for (int q = 0; q < 3; ++q)
+                    grad_maps[q * (kMaskedMean ? planes * g.map_pixels : held.maps_size) + at] = w * px.partial[q];
             }
         }
         }
