@@ -188,7 +188,7 @@ template <class C, int R> struct SixRows {
 // barrier; the tiles are overwritten: the next barrier (the block sum's) orders the next plane's tile load.
 // With kL1 (the fused L1 term), the pixels' x - y (dx: 0 where the weight is 0) replace their centre weights in
 // weight_tile, which the pass no longer reads after its barrier, for the pixel loop (the pairs are overwritten).
-template <class C, int R, bool kL1, class Pairs, class Weights>
+template <class C, int R, bool kL1, bool kPaired, class Pairs, class Weights>
 __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& second, const Pairs& tile,
                                           Weights& weight_tile, const C* weights, int warp, int lane,
                                           int first_row, C kx, C ky, C (&m)[Tile<C, R>::kRows][5],
@@ -201,16 +201,28 @@ __device__ inline void normalized_moments(PairRows<C, R>& rows, PairRows<C, R>& 
     const int t = threadIdx.y * kTile + threadIdx.x;
     __builtin_assume(t >= 0 && t < kTile * kTile);
 #endif
-    horizontal_pass<C, R, 6, true>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[6]) {
-        const C a = tile[r][c].x, b = tile[r][c].y, w = weight_tile[r][c], d = a - b;
-        const C wa = w * a, wd = w * d;
+    const auto terms = [](C a, C b, C w, C (&v)[6]) {
+        const C d = a - b, wa = w * a, wd = w * d;
         v[0] = wa;
         v[1] = wd;
         v[2] = w;
         v[3] = wa * a;
         v[4] = w * b * b;
         v[5] = wd * d;
-    });
+    };
+    // kPaired: two pixels per load (the tiles' pitch of 2 mod 4, ssim_forward's kPairedLoads)
+    if constexpr (kPaired) {
+        horizontal_pass<C, R, 6, true, 2>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[2][6]) {
+            const float4 xyxy = *reinterpret_cast<const float4*>(&tile[r][c]);
+            const float2 ww = *reinterpret_cast<const float2*>(&weight_tile[r][c]);
+            terms(xyxy.x, xyxy.y, ww.x, v[0]);
+            terms(xyxy.z, xyxy.w, ww.y, v[1]);
+        });
+    } else {
+        horizontal_pass<C, R, 6, true>(held, weights, warp & 7, lane, [&](int r, int c, C (&v)[6]) {
+            terms(tile[r][c].x, tile[r][c].y, weight_tile[r][c], v);
+        });
+    }
     C dx[kRows];
     if constexpr (kL1)
         for (int i = 0; i < kRows; ++i) {
@@ -306,11 +318,21 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     // normalized: rows enough for the second three filtered quantities too, which lie over it after the
     // horizontal pass (normalized_moments)
     constexpr int kPairBytes = (int)sizeof(typename PairOf<C>::type), kSecondBytes = (int)sizeof(PairRows<C, R>);
-    constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * Shape::kPitch * kPairBytes
-                                  ? (kSecondBytes + Shape::kPitch * kPairBytes - 1) / (Shape::kPitch * kPairBytes)
+    // float's halo: a pitch of 2 mod 4 pairs (26 at R = 5, not tile.cuh's odd 27), so that the horizontal pass
+    // reads two pairs per 16-byte load (columns c, c + 1 with c even: 16-byte aligned; normalized: and two
+    // weights per 8-byte load); a quarter-warp's 8 consecutive rows then lie an odd number of 16 bytes apart
+    // (13 at R = 5): 8 different groups of 4 banks, no conflict (the weights: a half-warp's 16 rows at 16
+    // different pairs of banks). The tile load's stores stay one row per warp (consecutive elements).
+    // Not normalized with the L1 term or the map (normalized_moments): paired, those spilled 8 to 16 bytes at 80
+    // registers (with the L1 term on sm_80, with the map on sm_90); they keep one pixel per load.
+    constexpr bool kPairedLoads = sizeof(C) == 4 && !(kNormalized && (Options & (FORWARD_L1 | FORWARD_MAP)));
+    constexpr int kTilePitch = kPairedLoads ? Shape::kHaloCols + (6 - Shape::kHaloCols % 4) % 4 : Shape::kPitch;
+    static_assert(!kPairedLoads || (kTilePitch % 4 == 2 && kTilePitch >= Shape::kHaloCols), "pairs 16-byte aligned");
+    constexpr int kTileRows = kNormalized && kSecondBytes > kHaloRows * kTilePitch * kPairBytes
+                                  ? (kSecondBytes + kTilePitch * kPairBytes - 1) / (kTilePitch * kPairBytes)
                                   : kHaloRows;
-    __shared__ typename PairOf<C>::type tile[kTileRows][Shape::kPitch];
-    __shared__ C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? Shape::kPitch : 1];
+    __shared__ __align__(16) typename PairOf<C>::type tile[kTileRows][kTilePitch];
+    __shared__ __align__(16) C weight_tile[kNormalized ? kHaloRows : 1][kNormalized ? kTilePitch : 1];
     // horizontally filtered mx, md, Exx, Eyy, Edd (d = x - y); normalized: m x, m d, m, then m x^2, m y^2,
     // m d^2 (16-byte aligned: MomentRows' elements)
     __shared__ __align__(16) typename ForwardRows<C, R, kNormalized>::type rows;
@@ -323,13 +345,14 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
     __shared__ struct {
         PlaneIndex plane;
         long long map_offset, mask_offset;
+        long long grad_at;  // the plane's first element in each partial map (p * map_pixels), thread 0's
+        long long maps_size;  // the partial maps' distance (planes * map_pixels), thread 0's, once
         long long shift_at[2];  // the shift pixel's offset in x's and y's plane (thread 0's, not every thread's)
         long long plane_at[3];  // the plane's offset in x, in y and (normalized) in the mask
         C shift[2];
     } held;
 
     const TileGeometry g = tile_geometry<R, kHeight>(padding, height, width, true);
-    const long long maps_size = planes * g.map_pixels;
     const int tid = threadIdx.y * kTile + threadIdx.x, warp = tid >> 5, lane = tid & 31;
     if (tid < 2 * R + 1) weights[tid] = taps[tid];
     const int top = g.row + g.offset - R, left = g.col + g.offset - R;  // the halo, in image pixels
@@ -369,6 +392,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         if constexpr (kNormalized) halo_at[2][tid] = (long long)(left + tid - kWarps) * k_col;
     }
     if (tid == 0) {
+        held.maps_size = planes * g.map_pixels;  // read per plane: not a 64-bit product per thread and plane
         held.plane.start(inner_count);
         held.shift_at[0] = shift_row * x_row + shift_col * x_col;
         held.shift_at[1] = shift_row * y_row + shift_col * y_col;
@@ -382,6 +406,7 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             held.shift[0] = tile_shift(x + held.plane_at[0], held.shift_at[0], inv_range);
             held.shift[1] = tile_shift(y + held.plane_at[1], held.shift_at[1], inv_range);
             if (Options & FORWARD_MAP) held.map_offset = outer * m_outer + inner * m_inner;
+            if (formula != GRADIENT_NONE) held.grad_at = p * g.map_pixels;  // a 64-bit product once, not per thread
             // the mask's plane, at the map's origin (map pixel (i, j) weighs mask pixel (i + offset, j + offset))
             if (kMasked) {
                 held.plane_at[2] = outer * k_outer + inner * k_inner;
@@ -415,29 +440,33 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                         const C w = ko[(long long)k_step * i];
                         const C vx = (C)element_value(xo[(long long)x_step * i]) * inv_range - kx;
                         const C vy = (C)element_value(yo[(long long)y_step * i]) * inv_range - ky;
-                        to[kWarps * Shape::kPitch * i] = w > C(0) ? pair(vx, vy) : pair(C(0), C(0));
-                        tm[kWarps * Shape::kPitch * i] = w;
+                        to[kWarps * kTilePitch * i] = w > C(0) ? pair(vx, vy) : pair(C(0), C(0));
+                        tm[kWarps * kTilePitch * i] = w;
                     });
                 } else {
                     warp_halo_rows<kHaloRows>(warp, [&](int i) {
-                        to[kWarps * Shape::kPitch * i] =
+                        to[kWarps * kTilePitch * i] =
                             pair((C)element_value(xo[(long long)x_step * i]) * inv_range - kx,
                                  (C)element_value(yo[(long long)y_step * i]) * inv_range - ky);
                     });
                 }
             } else {
+                // the image row and column where they are >= 0, zero-extended: 32 x 64-bit products without
+                // the sign word (the same offsets)
                 const int halo_col = halo_cols[lane];
+                const long long col_at = (long long)(unsigned)halo_col;
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
                     const int row = halo_rows[r];
+                    const long long row_at = (long long)(unsigned)row;
                     C vx = C(0), vy = C(0);
                     if (row >= 0 && halo_col >= 0) {
-                        vx = (C)element_value(xp[row * x_row + halo_col * x_col]) * inv_range;
-                        vy = (C)element_value(yp[row * y_row + halo_col * y_col]) * inv_range;
+                        vx = (C)element_value(xp[row_at * x_row + col_at * x_col]) * inv_range;
+                        vy = (C)element_value(yp[row_at * y_row + col_at * y_col]) * inv_range;
                     }
                     if constexpr (kNormalized) {  // the weight (0 outside, as the images), x' and y' 0 where it is 0
                         const C w = row >= 0 && halo_col >= 0
-                                        ? mask[outer * k_outer + inner * k_inner + row * k_row + halo_col * k_col]
+                                        ? mask[outer * k_outer + inner * k_inner + row_at * k_row + col_at * k_col]
                                         : C(0);
                         weight_tile[r][lane] = w;
                         if (!(w > C(0))) vx = kx, vy = ky;
@@ -462,9 +491,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             // are too small to hold them), and each pixel's centre weight decides its map value (0 where
             // it is 0) and scales its share of the sums, its partials divided by W (as the loop below).
             C m[kRows][5], inv_w[kRows];
-            normalized_moments<C, R, (Options & FORWARD_L1) != 0>(rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]),
-                                                                   tile, weight_tile, weights, warp, lane, first_row,
-                                                                   kx, ky, m, inv_w);
+            normalized_moments<C, R, (Options & FORWARD_L1) != 0, kPairedLoads>(
+                rows, *reinterpret_cast<PairRows<C, R>*>(&tile[0][0]), tile, weight_tile, weights, warp, lane, first_row,
+                kx, ky, m, inv_w);
             // the centre weights from the weights' tile (one shared load per pixel), or with the L1 term, whose x - y
             // lies there now, from the mask
             const C* kq = (Options & FORWARD_L1) != 0
@@ -495,15 +524,23 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 counted_sum += (double)weight_here * counted_value;
                 if (formula != GRADIENT_NONE) {
                     const C w = weight_here * weight * inv_w[i];
-                    const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
-                    for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
+                    const long long at = held.grad_at + (long long)row * g.map_w + col;
+                    for (int q = 0; q < 3; ++q) grad_maps[q * held.maps_size + at] = w * px.partial[q];
                 }
             }
         } else {
-        horizontal_pass<C, R, 5, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[5]) {
-            const auto xy = tile[r][c];
-            moment_terms(xy.x, xy.y, v);
-        });
+        if constexpr (kPairedLoads) {  // two pairs per load (kTilePitch): columns c and c + 1
+            horizontal_pass<C, R, 5, true, 2>(rows, weights, warp, lane, [&](int r, int c, C (&v)[2][5]) {
+                const float4 xyxy = *reinterpret_cast<const float4*>(&tile[r][c]);
+                moment_terms(xyxy.x, xyxy.y, v[0]);
+                moment_terms(xyxy.z, xyxy.w, v[1]);
+            });
+        } else {
+            horizontal_pass<C, R, 5, true>(rows, weights, warp, lane, [&](int r, int c, C (&v)[5]) {
+                const auto xy = tile[r][c];
+                moment_terms(xy.x, xy.y, v);
+            });
+        }
         __syncthreads();
         // The vertical pass leaves each pixel's five moments in registers, m[i], and the pixels' formulas
         // follow, unrolled (m indexed at compile time; no staging through shared memory, no barrier).
@@ -511,6 +548,10 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
         vertical_rows<C, R, 5>(rows, weights, first_row, lane & 15, [&](int i, const C (&v)[5]) {
             for (int q = 0; q < 5; ++q) m[i][q] = v[q];
         });
+        // The partial maps' plane and distance from held.grad_at and held.maps_size (thread 0's products), but in
+        // SSIM's mean-mode masked forward, where those spilled 8 and 16 bytes on sm_90 under 64 registers (it
+        // makes the products again).
+        constexpr bool kMaskedMean = kMasked && forward_term(Options) == TERM_SSIM;
         const C* kq = kMasked ? mask + held.mask_offset + (long long)(g.row + first_row) * k_row + col * k_col
                               : nullptr;
         // Without partials or map every row's formula runs, and the sums count none past the map; with them the
@@ -546,8 +587,9 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
             counted_sum += counted_value;
             if (formula != GRADIENT_NONE) {
                 const C w = kMasked ? m * weight : partial_weight(counted, formula, weight);  // m: 0 where not counted
-                const long long at = p * g.map_pixels + (long long)row * g.map_w + col;
-                for (int q = 0; q < 3; ++q) grad_maps[q * maps_size + at] = w * px.partial[q];
+                const long long at = (kMaskedMean ? p * g.map_pixels : held.grad_at) + (long long)row * g.map_w + col;
+                for (int q = 0; q < 3; ++q)
+                    grad_maps[q * (kMaskedMean ? planes * g.map_pixels : held.maps_size) + at] = w * px.partial[q];
             }
         }
         }

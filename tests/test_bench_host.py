@@ -203,21 +203,21 @@ def test_sass_refuses_a_radius_or_dtype_the_library_lacks(capsys):
 # shared memory (128 -> 64 and 80 registers, 2 -> 4 and 3 blocks: bench/NOTES.md). Counted with CuPy's run-time
 # options (_kernels.RUN_TIME_OPTIONS, -ftz=true) since 2026-12-08: up to 15 per voxel more than without.
 WHOLE_KERNEL_BOUNDS = {  # kernel: (instructions per pixel, integer and address per pixel, registers)
-    "ssim_forward<float, 5, cussim::FORWARD_VALUE>": (333, 53, 64),
-    "ssim_forward<float, 5, cussim::FORWARD_EXACT>": (385, 60, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_VALUE>": (325, 48, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_EXACT>": (376, 53, 64),
     "ssim_backward<float, 5>": (199, 50, 64),
     # masked means (mask_mode="mean", then "normalized")
-    "ssim_forward<float, 5, cussim::FORWARD_MASK>": (348, 55, 64),
-    "ssim_forward<float, 5, cussim::FORWARD_EXACT | cussim::FORWARD_MASK>": (409, 63, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_MASK>": (343, 53, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_EXACT | cussim::FORWARD_MASK>": (405, 61, 64),
     "ssim_backward<float, 5, cussim::GRAD_WRITE_MASK>": (211, 53, 64),
-    "ssim_forward<float, 5, cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (460, 71, 80),
-    "ssim_forward<float, 5, cussim::FORWARD_EXACT | cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (514, 83, 80),
+    "ssim_forward<float, 5, cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (451, 67, 80),
+    "ssim_forward<float, 5, cussim::FORWARD_EXACT | cussim::FORWARD_MASK | cussim::FORWARD_NORMALIZED>": (504, 75, 80),
     "ssim_backward<float, 5, cussim::GRAD_WRITE_NORMALIZED>": (216, 56, 80),
     # MS-SSIM's contrast-structure scales, a value and with the exact gradient, without and with a mask
-    "ssim_forward<float, 5, cussim::FORWARD_CS>": (304, 48, 64),
-    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>": (349, 57, 64),
-    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_MASK>": (324, 54, 64),
-    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT | cussim::FORWARD_MASK>": (371, 60, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_CS>": (301, 47, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT>": (339, 50, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_MASK>": (320, 53, 64),
+    "ssim_forward<float, 5, cussim::FORWARD_CS | cussim::FORWARD_EXACT | cussim::FORWARD_MASK>": (361, 57, 64),
     "ssim3d_forward<float, 5>": (1610, 495, 64),
     "ssim3d_backward<float, 5>": (1070, 460, 64),
     # masked volumes (VOLUME_MASK, then with VOLUME_NORMALIZED)
