@@ -244,10 +244,6 @@ __device__ inline int halo_source_reflected(int i, int n, int padding) {
     return i;
 }
 
-// A non-negative index as a 64-bit one, zero-extended: its products with the 64-bit strides take fewer
-// instructions than those of a sign-extended int (no sign word).
-__device__ inline long long unsigned_index(int i) { return (long long)(unsigned)i; }
-
 // The body of ssim_backward<T, R, Tail>. Block (16, 16); grid (tiles of 16 columns and
 // Tile<C, R>::kHeight rows covering the image, rows <= min(planes, 65535)).
 template <class T, int R, int Tail>

@@ -454,11 +454,11 @@ __global__ void __launch_bounds__(256, ForwardMinBlocks<T, R, Options>::value) s
                 // the image row and column where they are >= 0, zero-extended: 32 x 64-bit products without
                 // the sign word (the same offsets)
                 const int halo_col = halo_cols[lane];
-                const long long col_at = (long long)(unsigned)halo_col;
+                const long long col_at = unsigned_index(halo_col);
 #pragma unroll 1
                 for (int r = warp; r < kHaloRows; r += kWarps) {
                     const int row = halo_rows[r];
-                    const long long row_at = (long long)(unsigned)row;
+                    const long long row_at = unsigned_index(row);
                     C vx = C(0), vy = C(0);
                     if (row >= 0 && halo_col >= 0) {
                         vx = (C)element_value(xp[row_at * x_row + col_at * x_col]) * inv_range;
